@@ -1,0 +1,1 @@
+broker_url = "redis://localhost:6379/0"
