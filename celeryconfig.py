@@ -1,1 +1,219 @@
-broker_url = "redis://localhost:6379/0"
+"""Celery settings for the cash-receipt worker, read from the environment only.
+
+Every setting comes from one of the variables in the README's table, parsed
+explicitly; a wrong value, or a combination that breaks a rule below, raises
+:class:`ConfigError` at start, never halfway through a task. Celery's own
+``CELERY_*`` variables are refused, so they cannot become a second, silent
+source of truth.
+
+Links: https://docs.celeryq.dev/en/stable/userguide/configuration.html
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or inconsistent with another."""
+
+
+# -- parsing -----------------------------------------------------------------
+
+
+def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    """A string setting; empty counts as unset."""
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def env_number(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float
+) -> float:
+    """A number setting within [minimum, maximum]."""
+    raw = env_str(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum:g} and {maximum:g}, got {raw!r}")
+    return value
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """A whole-number setting within [minimum, maximum]."""
+    raw = env_str(env, name)
+    if raw is None:
+        return default
+    if not raw.lstrip("-").isdigit():
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}")
+    value = int(raw)
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {raw!r}")
+    return value
+
+
+def env_url(env: Mapping[str, str], name: str, default: str, *, schemes: tuple[str, ...]) -> str:
+    """A URL setting with one of ``schemes``."""
+    value = env_str(env, name, default) or default
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL, got {value!r}")
+    return value
+
+
+# Celery reads these itself and lets them override this module.
+SHADOWING_CELERY_VARIABLES = (
+    "CELERY_BROKER_URL",
+    "CELERY_BROKER_READ_URL",
+    "CELERY_BROKER_WRITE_URL",
+    "CELERY_RESULT_BACKEND",
+)
+
+
+def refuse_celery_variables(env: Mapping[str, str]) -> None:
+    """Stop at start when a Celery variable would silently override REDIS_URL."""
+    present = [name for name in SHADOWING_CELERY_VARIABLES if env.get(name)]
+    if present:
+        raise ConfigError(
+            f"{', '.join(present)} is set (also by `celery --broker`); this worker reads "
+            "REDIS_URL only. Unset it and set REDIS_URL instead."
+        )
+
+
+# -- the time rule -------------------------------------------------------------
+
+#: The most HTTP requests one attempt can make: up to five API calls (receipt
+#: lookup, payment lookup, POST, and the lookup pair again after an ambiguous
+#: answer), each of which may fetch a token, get a 401, renew it and resend.
+MAX_HTTP_REQUESTS_PER_ATTEMPT = 20
+#: Slack for Redis round trips, event publishing and scheduling delays.
+VISIBILITY_MARGIN_SECONDS = 60
+
+
+def longest_attempt_seconds(iamport_timeout: float) -> float:
+    """The longest one attempt can run: every request waits out connect and read.
+
+    The thread pool ignores Celery's time limits, so these timeouts are the
+    real bound on a task.
+    """
+    return MAX_HTTP_REQUESTS_PER_ATTEMPT * 2 * iamport_timeout
+
+
+def minimum_visibility_timeout(*, iamport_timeout: float, longest_countdown: float) -> int:
+    """The smallest safe visibility timeout, in whole seconds.
+
+    A retry is a new message that a worker fetches at once and holds, unacked,
+    until its countdown ends; kombu starts the visibility clock at the fetch.
+    So the timeout must cover the longest countdown plus the longest attempt,
+    or Redis hands the message to a second worker while the first still has it.
+    """
+    return math.ceil(
+        longest_countdown + longest_attempt_seconds(iamport_timeout) + VISIBILITY_MARGIN_SECONDS
+    )
+
+
+# -- the settings ----------------------------------------------------------------
+
+_env = os.environ
+refuse_celery_variables(_env)
+
+redis_url = env_url(
+    _env, "REDIS_URL", "redis://localhost:6379/0", schemes=("redis", "rediss", "unix")
+)
+iamport_api_url = env_url(
+    _env, "IAMPORT_API_URL", "https://api.iamport.kr", schemes=("https", "http")
+)
+iamport_key = env_str(_env, "IAMPORT_KEY")
+iamport_secret = env_str(_env, "IAMPORT_SECRET")
+iamport_timeout = env_number(_env, "IAMPORT_TIMEOUT", 10.0, minimum=0.1, maximum=120.0)
+retry_backoff_base = env_number(_env, "RETRY_BACKOFF_BASE", 1.0, minimum=0.01, maximum=3600.0)
+retry_backoff_max = env_number(_env, "RETRY_BACKOFF_MAX", 300.0, minimum=0.01, maximum=3600.0)
+retry_max_attempts = env_int(_env, "RETRY_MAX_ATTEMPTS", 10, minimum=1, maximum=100)
+issuance_failed_max_attempts = env_int(
+    _env, "ISSUANCE_FAILED_MAX_ATTEMPTS", 3, minimum=1, maximum=100
+)
+result_stream = env_str(_env, "RESULT_STREAM", "cash_receipt.events") or "cash_receipt.events"
+result_stream_retention = env_int(
+    _env, "RESULT_STREAM_RETENTION", 7 * 24 * 3600, minimum=60, maximum=365 * 24 * 3600
+)
+
+if retry_backoff_base > retry_backoff_max:
+    raise ConfigError(
+        f"RETRY_BACKOFF_BASE ({retry_backoff_base:g}) is larger than RETRY_BACKOFF_MAX "
+        f"({retry_backoff_max:g})"
+    )
+
+_minimum_visibility = minimum_visibility_timeout(
+    iamport_timeout=iamport_timeout, longest_countdown=retry_backoff_max
+)
+broker_visibility_timeout = env_int(
+    _env, "BROKER_VISIBILITY_TIMEOUT", _minimum_visibility, minimum=1, maximum=7 * 24 * 3600
+)
+if broker_visibility_timeout < _minimum_visibility:
+    raise ConfigError(
+        f"BROKER_VISIBILITY_TIMEOUT={broker_visibility_timeout} is too short: a task can wait "
+        f"{retry_backoff_max:g}s (RETRY_BACKOFF_MAX) and then run "
+        f"{longest_attempt_seconds(iamport_timeout):g}s ({MAX_HTTP_REQUESTS_PER_ATTEMPT} requests "
+        f"x 2 x IAMPORT_TIMEOUT), so it must be at least {_minimum_visibility}; leave it unset to "
+        "derive it"
+    )
+
+worker_concurrency = env_int(_env, "WORKER_CONCURRENCY", 32, minimum=1, maximum=1000)
+
+# -- Celery proper -------------------------------------------------------------------
+
+broker_url = redis_url
+# Events and the token cache live in Redis; task results do not exist.
+result_backend = None
+task_ignore_result = True
+
+# JSON only: a producer in any language can write it, and nothing can smuggle
+# a pickle into the worker.
+task_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+task_default_queue = "cash_receipts"
+task_routes = {"issue_cash_receipt": {"queue": "cash_receipts"}}
+
+# I/O-bound work: a thread pool waits on i'mport cheaply. Celery's time limits
+# do not apply to threads; the client's timeouts bound every task instead.
+worker_pool = "threads"
+
+# Ack after the task has published its outcome, so a crash mid-task redelivers
+# the message; the look-before-POST rule makes that redelivery harmless.
+task_acks_late = True
+# With late acks a prefork child killed mid-task would otherwise be acked.
+task_reject_on_worker_lost = True
+# A task that raised has already published its failure event; do not loop it.
+task_acks_on_failure = True
+# Hold one message per thread: anything prefetched beyond that waits in this
+# worker's memory while another worker sits idle.
+worker_prefetch_multiplier = 1
+# A broker drop while a late-acked task runs would otherwise run it twice.
+worker_cancel_long_running_tasks_on_connection_loss = True
+broker_connection_retry_on_startup = True
+# Never block forever on an exhausted pool when publishing a retry.
+broker_pool_acquire_timeout = 10.0
+
+broker_transport_options = {
+    "visibility_timeout": broker_visibility_timeout,
+    # kombu's default pool of 10 runs out under a larger thread pool
+    # ("Couldn't ack ... MaxConnectionsError"); size it to the concurrency.
+    "max_connections": worker_concurrency * 2 + 10,
+}
+visibility_timeout = broker_visibility_timeout
+
+# Flower lists received, started, retried, succeeded and failed tasks.
+worker_send_task_events = True
+task_send_sent_event = True
+
+# print() in a task must not end up in the log as if it were a warning.
+worker_redirect_stdouts = False

@@ -1,0 +1,32 @@
+"""The Celery app: ``celery -A worker worker`` and ``celery -A worker flower`` find it here.
+
+Configuration comes from ``celeryconfig`` alone. A bad setting stops the
+process here, with its message and without a traceback, before Celery starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+try:
+    import celeryconfig
+except ValueError as error:
+    if type(error).__name__ != "ConfigError":
+        raise
+    raise SystemExit(f"cashreceipt: configuration error: {error}") from None
+
+app = Celery("cashreceipt", include=["tasks.receipts"])
+app.config_from_object(celeryconfig)
+
+
+@signals.worker_init.connect
+def _refuse_to_start_without_credentials(**_: Any) -> None:
+    """A worker without i'mport credentials would fail every task; fail once, at start."""
+    if not (celeryconfig.iamport_key and celeryconfig.iamport_secret):
+        raise SystemExit(
+            "cashreceipt: configuration error: IAMPORT_KEY and IAMPORT_SECRET must be set "
+            "to start a worker (for a local try without credentials, use `make run`, which "
+            "starts the i'mport sandbox)"
+        )

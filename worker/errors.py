@@ -1,0 +1,118 @@
+"""Errors at the i'mport boundary.
+
+Every failure the i'mport client can raise is one of these, so a caller decides
+what to do by class, never by parsing message text (i'mport passes the PG's own
+wording through, and that wording is not stable)::
+
+    IamportError                  anything that went wrong talking to i'mport
+    ├── TransientError            retrying the same request later may succeed
+    │   ├── ConnectionFailed      the request never left: nothing can have happened
+    │   ├── OutcomeUnknown        the request may have reached i'mport: look before re-POSTing
+    │   ├── ProviderUnavailable   502/503/504 or a non-JSON 5xx
+    │   ├── RateLimited           429; carries Retry-After
+    │   └── IssuanceFailed        500 "issuance failed": a PG/NTS rejection *or* a PG outage,
+    │                             so it gets a small retry budget of its own
+    └── PermanentError            the same request will fail the same way
+        ├── InvalidRequest        400 with no receipt behind it
+        ├── NotEligible           the payment is not a paid virtual-account or transfer payment
+        ├── AuthenticationFailed  bad credentials, or a 401 that survived one token renewal
+        ├── UnsupportedPg         501: the PG has no cash-receipt support at i'mport
+        └── UnexpectedResponse    a 2xx that breaks the envelope or the ReceiptAnnotation
+
+Each error keeps the provider's HTTP status, envelope ``code`` and ``message``
+(the body of every non-2xx is read), so a failure event can say exactly what
+i'mport said. None of them ever holds a request body: the identifier in it is
+personal data.
+"""
+
+from __future__ import annotations
+
+
+class IamportError(Exception):
+    """Base of every i'mport failure; carries what the provider said."""
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: int | None = None,
+        provider_message: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.provider_message = provider_message
+
+    def __str__(self) -> str:
+        detail = super().__str__()
+        if self.status is None:
+            return detail
+        return f"HTTP {self.status}: {detail}"
+
+
+class TransientError(IamportError):
+    """Retrying the same request later may succeed."""
+
+    retryable = True
+
+
+class ConnectionFailed(TransientError):
+    """The connection failed before the request was sent."""
+
+
+class OutcomeUnknown(TransientError):
+    """The request may have been processed; settle it with a lookup before re-POSTing."""
+
+
+class ProviderUnavailable(TransientError):
+    """i'mport or the PG answered 502, 503, 504 or an unreadable 5xx."""
+
+
+class RateLimited(TransientError):
+    """i'mport answered 429; ``retry_after`` is its Retry-After in seconds, if given."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        code: int | None = None,
+        provider_message: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code, provider_message=provider_message)
+        self.retry_after = retry_after
+
+
+class IssuanceFailed(TransientError):
+    """500 "issuance failed": a PG or tax-service rejection, or a PG outage."""
+
+
+class PermanentError(IamportError):
+    """The same request will fail the same way; only a human or new data helps."""
+
+
+class InvalidRequest(PermanentError):
+    """400 with no receipt behind it: a missing field or a state i'mport refuses."""
+
+
+class NotEligible(PermanentError):
+    """The payment cannot carry a cash receipt: not paid, or not vbank/trans."""
+
+
+class AuthenticationFailed(PermanentError):
+    """Bad credentials, or a 401 that survived one token renewal."""
+
+    # Fixing the credentials makes the same job succeed.
+    retryable = True
+
+
+class UnsupportedPg(PermanentError):
+    """501: i'mport has no cash-receipt support for this PG."""
+
+
+class UnexpectedResponse(PermanentError):
+    """A 2xx that breaks the envelope or the ReceiptAnnotation."""

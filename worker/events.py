@@ -1,0 +1,136 @@
+"""Result events: exactly one terminal event per task message, in a Redis stream.
+
+Consumers read ``cash_receipt.events`` (the ``RESULT_STREAM``) with a consumer
+group. Each entry has two fields, ``type`` and ``data`` (a JSON object); the
+README documents every key.
+
+Exactly one: the XADD happens inside a Lua script together with a marker keyed
+by the Celery task id. A redelivered or repeated message whose task already
+published its outcome publishes nothing new. The marker lives as long as the
+stream keeps events, so the guarantee holds for the whole retention window.
+
+Retention is by age (``XADD ... MINID ~``), not by length: a length cap on a
+stream deletes entries that a slow consumer group has not read yet, however
+recent they are; an age cap only deletes what is older than the documented
+retention.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+ISSUED = "cash_receipt.issued"
+FAILED = "cash_receipt.failed"
+
+_PUBLISH_ONCE = """
+-- KEYS[1] stream, KEYS[2] per-task marker, KEYS[3] per-payment status
+-- ARGV[1] type, ARGV[2] data, ARGV[3] MINID for age trimming, ARGV[4] retention seconds
+local seen = redis.call('GET', KEYS[2])
+if seen then
+  return {0, seen}
+end
+local id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[3], '*', 'type', ARGV[1], 'data', ARGV[2])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
+if KEYS[3] ~= '' then
+  redis.call('SET', KEYS[3], id, 'EX', ARGV[4])
+end
+return {1, id}
+"""
+
+
+@dataclass(frozen=True)
+class Published:
+    """Where an event went; ``new`` is False when the task had already published."""
+
+    entry_id: str
+    new: bool
+
+
+class EventPublisher:
+    """Publishes terminal events for task messages."""
+
+    def __init__(self, client: redis.Redis, *, stream: str, retention_seconds: int) -> None:
+        if retention_seconds <= 0:
+            raise ValueError("retention_seconds must be positive")
+        self._redis = client
+        self._stream = stream
+        self._retention = retention_seconds
+        self._script = client.register_script(_PUBLISH_ONCE)
+
+    @property
+    def stream(self) -> str:
+        """The stream name events go to."""
+        return self._stream
+
+    def publish_terminal(
+        self,
+        *,
+        event_type: str,
+        task_id: str,
+        imp_uid: str | None,
+        merchant_uid: str | None,
+        attempts: int,
+        duplicate: bool,
+        detail: Mapping[str, Any],
+    ) -> Published:
+        """Publish the one terminal event of ``task_id``, unless it already exists."""
+        data = {
+            "event_id": uuid.uuid4().hex,
+            "occurred_at": datetime.now(UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "imp_uid": imp_uid,
+            "merchant_uid": merchant_uid,
+            "task_id": task_id,
+            "attempts": attempts,
+            "duplicate": duplicate,
+            **detail,
+        }
+        min_id = f"{int((time.time() - self._retention) * 1000)}-0"
+        result = self._script(
+            keys=[self._stream, terminal_key(task_id), status_key(imp_uid) if imp_uid else ""],
+            args=[event_type, json.dumps(data, ensure_ascii=False), min_id, self._retention],
+        )
+        new, entry_id = result
+        return Published(
+            entry_id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
+            new=bool(new),
+        )
+
+
+def terminal_key(task_id: str) -> str:
+    """The marker that makes a task's terminal event happen once."""
+    return f"cash_receipt:terminal:{task_id}"
+
+
+def status_key(imp_uid: str) -> str:
+    """Points at the latest terminal event of a payment, for ``cashreceipt status``."""
+    return f"cash_receipt:last_event:{imp_uid}"
+
+
+def latest_event(client: redis.Redis, *, stream: str, imp_uid: str) -> dict[str, Any] | None:
+    """The latest terminal event of a payment still within retention, decoded."""
+    entry_id = client.get(status_key(imp_uid))
+    if entry_id is None:
+        return None
+    entries = client.xrange(stream, min=entry_id, max=entry_id)
+    if not entries or not entries[0][1]:
+        return None
+    fields = {_text(k): _text(v) for k, v in entries[0][1].items()}
+    return {
+        "id": _text(entries[0][0]),
+        "type": fields.get("type"),
+        "data": json.loads(fields["data"]),
+    }
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

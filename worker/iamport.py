@@ -1,0 +1,296 @@
+"""The i'mport (PortOne V1) client: tokens, receipts and payments over ``requests``.
+
+Built once per worker process (see :mod:`worker.runtime`) and shared by its
+threads. It never retries by itself except for one token renewal on a 401:
+retrying is the task's decision, made by :mod:`worker.retry`, because a blind
+re-POST of a receipt that may already exist is exactly how a tax document gets
+issued twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import requests
+from marshmallow import ValidationError
+
+from worker.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    IamportError,
+    OutcomeUnknown,
+    ProviderUnavailable,
+    UnexpectedResponse,
+)
+from worker.masking import mask_text
+from worker.retry import error_for_status
+from worker.schemas import PAYMENT_SCHEMA, RECEIPT_SCHEMA
+
+log = logging.getLogger(__name__)
+
+#: Renew a cached token this long before i'mport says it expires. Asking in
+#: its last minute also makes i'mport extend it by five minutes for everyone.
+TOKEN_RENEW_MARGIN = 60.0
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """i'mport's ReceiptAnnotation, typed."""
+
+    imp_uid: str
+    receipt_tid: str | None
+    apply_num: str | None
+    type: str | None
+    amount: int | None
+    vat: int | None
+    receipt_url: str | None
+    applied_at: int | None
+    cancelled_at: int | None
+
+    @property
+    def active(self) -> bool:
+        """Issued and not cancelled."""
+        return not self.cancelled_at
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every ReceiptAnnotation field, for the issued event."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Payment:
+    """The fields of i'mport's PaymentAnnotation that decide receipt questions."""
+
+    imp_uid: str
+    merchant_uid: str | None
+    pay_method: str | None
+    pg_provider: str | None
+    status: str
+    amount: int
+    cancel_amount: int
+    currency: str
+    cash_receipt_issued: bool
+
+
+class TokenCache(Protocol):
+    """Where access tokens are shared between worker processes."""
+
+    def get(self, key: str) -> str | None:
+        """The cached token, or None."""
+
+    def put(self, key: str, token: str, ttl: float) -> None:
+        """Cache ``token`` for ``ttl`` seconds."""
+
+
+class IamportClient:
+    """A small V1 client with explicit timeouts, a shared token and typed errors."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        imp_key: str,
+        imp_secret: str,
+        session: requests.Session,
+        token_cache: TokenCache,
+        timeout: float,
+    ) -> None:
+        if not imp_key or not imp_secret:
+            raise ValueError("i'mport credentials are missing: set IAMPORT_KEY and IAMPORT_SECRET")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._base_url = base_url.rstrip("/")
+        self._imp_key = imp_key
+        self._imp_secret = imp_secret
+        self._session = session
+        self._tokens = token_cache
+        # (connect, read): requests has no timeout by default, which is a hang.
+        self._timeout = (timeout, timeout)
+        # One cache entry per merchant account, without putting the key in Redis.
+        self._token_key = "iamport:token:" + hashlib.sha256(imp_key.encode()).hexdigest()[:16]
+
+    # -- receipts and payments -------------------------------------------------
+
+    def issue_receipt(self, imp_uid: str, body: Mapping[str, Any]) -> Receipt:
+        """``POST /receipts/{imp_uid}``. Anything but a clean answer raises."""
+        response = self._call("POST", f"/receipts/{_path(imp_uid)}", json=dict(body))
+        return _receipt(response)
+
+    def find_receipt(self, imp_uid: str) -> Receipt | None:
+        """``GET /receipts/{imp_uid}``; None on 404, which for some PGs proves nothing."""
+        try:
+            response = self._call("GET", f"/receipts/{_path(imp_uid)}", not_found_ok=True)
+        except _NotFound:
+            return None
+        return _receipt(response)
+
+    def get_payment(self, imp_uid: str) -> Payment:
+        """``GET /payments/{imp_uid}``."""
+        response = self._call("GET", f"/payments/{_path(imp_uid)}")
+        try:
+            data = PAYMENT_SCHEMA.load(response)
+        except ValidationError as error:
+            raise UnexpectedResponse(f"malformed PaymentAnnotation: {error.messages}") from None
+        return Payment(**data)
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        not_found_ok: bool = False,
+    ) -> dict[str, Any]:
+        """Send one authorised request; renew the token once if i'mport says 401."""
+        token = self._token(force=False)
+        try:
+            return self._send(method, path, token=token, json=json, not_found_ok=not_found_ok)
+        except AuthenticationFailed:
+            log.info("i'mport refused the cached token; renewing it once")
+            token = self._token(force=True)
+            return self._send(method, path, token=token, json=json, not_found_ok=not_found_ok)
+
+    def _token(self, *, force: bool) -> str:
+        if not force:
+            cached = self._tokens.get(self._token_key)
+            if cached:
+                return cached
+        response = self._send(
+            "POST",
+            "/users/getToken",
+            token=None,
+            json={"imp_key": self._imp_key, "imp_secret": self._imp_secret},
+        )
+        try:
+            token = str(response["access_token"])
+            # Lifetime from i'mport's own two clocks, so our clock's skew cannot matter.
+            lifetime = float(response["expired_at"]) - float(response["now"])
+        except (KeyError, TypeError, ValueError):
+            raise UnexpectedResponse(
+                "getToken answered without access_token/now/expired_at"
+            ) from None
+        margin = min(TOKEN_RENEW_MARGIN, lifetime / 2)
+        if lifetime - margin > 0:
+            self._tokens.put(self._token_key, token, lifetime - margin)
+        return token
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None,
+        json: dict[str, Any] | None = None,
+        not_found_ok: bool = False,
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        started = time.monotonic()
+        try:
+            http = self._session.request(
+                method, self._base_url + path, json=json, headers=headers, timeout=self._timeout
+            )
+        except requests.ConnectTimeout:
+            raise ConnectionFailed(f"{method} {path}: connect timeout") from None
+        except requests.Timeout:
+            # The request went out; i'mport may have acted on it.
+            raise _unknown_outcome(method, path, "read timeout") from None
+        except requests.ConnectionError as error:
+            if _never_connected(error):
+                raise ConnectionFailed(f"{method} {path}: connection refused") from None
+            raise _unknown_outcome(method, path, "connection dropped") from None
+        except requests.RequestException as error:
+            # Chaining is cut everywhere here: requests' texts quote URLs and arguments.
+            raise ConnectionFailed(f"{method} {path}: {type(error).__name__}") from None
+        log.debug(
+            "i'mport %s %s -> %s in %.1f ms",
+            method,
+            path,
+            http.status_code,
+            (time.monotonic() - started) * 1000,
+        )
+        return _envelope(http, method, path, not_found_ok=not_found_ok)
+
+
+class _NotFound(Exception):
+    """A 404 the caller asked to see as "nothing there"."""
+
+
+def _envelope(
+    http: requests.Response, method: str, path: str, *, not_found_ok: bool
+) -> dict[str, Any]:
+    """Accept only a 2xx with ``code == 0`` and a response; turn the rest into errors."""
+    try:
+        body = http.json()
+    except ValueError:
+        body = None
+    code = body.get("code") if isinstance(body, dict) else None
+    message = body.get("message") if isinstance(body, dict) else None
+    message = mask_text(str(message)) if message is not None else None
+    if http.status_code == 404 and not_found_ok:
+        raise _NotFound
+    if not isinstance(body, dict):
+        if http.status_code >= 500:
+            raise ProviderUnavailable(
+                f"{method} {path}: HTTP {http.status_code} without a JSON body",
+                status=http.status_code,
+            )
+        raise UnexpectedResponse(
+            f"{method} {path}: HTTP {http.status_code} without a JSON body",
+            status=http.status_code,
+        )
+    response = body.get("response")
+    if 200 <= http.status_code < 300 and code == 0 and isinstance(response, dict):
+        return response
+    if 200 <= http.status_code < 300 and code == 0:
+        raise UnexpectedResponse(
+            f"{method} {path}: success without a response", status=http.status_code
+        )
+    raise error_for_status(
+        http.status_code,
+        code=code if isinstance(code, int) else None,
+        message=message,
+        headers=http.headers,
+    )
+
+
+def _receipt(response: dict[str, Any]) -> Receipt:
+    try:
+        data = RECEIPT_SCHEMA.load(response)
+    except ValidationError as error:
+        raise UnexpectedResponse(f"malformed ReceiptAnnotation: {error.messages}") from None
+    return Receipt(**data)
+
+
+def _path(imp_uid: str) -> str:
+    return quote(imp_uid, safe="")
+
+
+def _unknown_outcome(method: str, path: str, what: str) -> IamportError:
+    if method == "GET":
+        # A lookup changes nothing, so a lost answer is simply a transient failure.
+        return ProviderUnavailable(f"{method} {path}: {what}")
+    return OutcomeUnknown(f"{method} {path}: {what}; the outcome must be looked up")
+
+
+def _never_connected(error: requests.ConnectionError) -> bool:
+    """True when the TCP connection was refused or never made, so nothing was sent."""
+    text = repr(error.args)
+    return any(
+        marker in text
+        for marker in (
+            "NewConnectionError",
+            "Connection refused",
+            "Failed to establish",
+            "NameResolution",
+        )
+    )

@@ -1,0 +1,85 @@
+"""The per-process objects a task needs, built on first use and then reused.
+
+Nothing here runs at import time: a prefork pool forks after importing the
+tasks, and sockets or tokens made before the fork would be shared by every
+child. The runtime is built lazily, once per process, under a lock because the
+thread pool's threads all ask for it at the same moment on the first batch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import requests
+from requests.adapters import HTTPAdapter
+
+from worker.events import EventPublisher
+from worker.iamport import IamportClient
+from worker.retry import RetryPolicy
+from worker.tokens import RedisTokenCache
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything with side effects that a task uses."""
+
+    client: IamportClient
+    events: EventPublisher
+    redis: redis.Redis
+    policy: RetryPolicy
+
+
+_lock = threading.Lock()
+_built: tuple[int, Runtime] | None = None
+
+
+def get_runtime(conf: Any) -> Runtime:
+    """This process's runtime, built from the Celery app's configuration."""
+    global _built  # noqa: PLW0603 (one per process, by design)
+    pid = os.getpid()
+    built = _built
+    if built is not None and built[0] == pid:
+        return built[1]
+    with _lock:
+        if _built is None or _built[0] != pid:
+            _built = (pid, build_runtime(conf))
+        return _built[1]
+
+
+def build_runtime(conf: Any) -> Runtime:
+    """Build the client, publisher and Redis connection pool from ``conf``."""
+    client = redis.Redis.from_url(conf.redis_url, health_check_interval=30)
+    session = requests.Session()
+    # No transport-level retries: they would re-POST a receipt behind the
+    # task's back. One pooled connection per worker thread.
+    adapter = HTTPAdapter(
+        pool_connections=4, pool_maxsize=int(conf.worker_concurrency), max_retries=0
+    )
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return Runtime(
+        client=IamportClient(
+            base_url=conf.iamport_api_url,
+            imp_key=conf.iamport_key or "",
+            imp_secret=conf.iamport_secret or "",
+            session=session,
+            token_cache=RedisTokenCache(client),
+            timeout=float(conf.iamport_timeout),
+        ),
+        events=EventPublisher(
+            client,
+            stream=conf.result_stream,
+            retention_seconds=int(conf.result_stream_retention),
+        ),
+        redis=client,
+        policy=RetryPolicy(
+            max_attempts=int(conf.retry_max_attempts),
+            issuance_failed_max_attempts=int(conf.issuance_failed_max_attempts),
+            backoff_base=float(conf.retry_backoff_base),
+            backoff_max=float(conf.retry_backoff_max),
+        ),
+    )

@@ -1,0 +1,238 @@
+"""The two edges validated with marshmallow: the task payload and i'mport's answer.
+
+Payload errors are written for the engineer who wired the checkout: plain words,
+keyed by field, and never echoing the value (the identifier is personal data,
+and marshmallow's ``ValidationError.data`` is never shown anywhere).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+IDENTIFIER_TYPES = ("person", "business", "phone", "taxcard")
+RECEIPT_TYPES = ("person", "company")
+
+_SEPARATORS = re.compile(r"[\s\-]")
+# Lengths from research/iamport-api.md §9: phone 10-11 (01x...), business 10,
+# resident registration 13, cash-receipt card 13-19.
+_PHONE = re.compile(r"01[016789]\d{7,8}")
+
+
+class InvalidPayload(ValueError):
+    """The task payload cannot be issued as it is; ``errors`` maps field to reasons."""
+
+    def __init__(self, errors: Mapping[str, list[str]]) -> None:
+        self.errors = {key: list(messages) for key, messages in errors.items()}
+        summary = "; ".join(f"{key}: {' '.join(msgs)}" for key, msgs in sorted(self.errors.items()))
+        super().__init__(f"invalid payload: {summary}")
+
+
+class Identifier(fields.String):
+    """Digits, with hyphens and spaces tolerated and stripped."""
+
+    default_error_messages = {  # noqa: RUF012 (marshmallow's own extension point)
+        "invalid": "Must be a string of digits.",
+        "digits": "Must contain only digits, hyphens and spaces.",
+        "length": "Must be 10 to 19 digits long.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise self.make_error("invalid")
+        digits = _SEPARATORS.sub("", str(value))
+        if not digits.isdigit() or not digits.isascii():
+            raise self.make_error("digits")
+        if not 10 <= len(digits) <= 19:
+            raise self.make_error("length")
+        return digits
+
+
+def identifier_problem(identifier: str, identifier_type: str | None) -> str | None:
+    """Why an identifier cannot be of its declared type, or None when it can.
+
+    Only length, prefix and (for resident numbers) the birth date are checked:
+    resident numbers assigned since October 2020 carry no check digit, and the
+    business-number checksum is known to reject a few real numbers.
+    """
+    if identifier_type == "phone" and not _PHONE.fullmatch(identifier):
+        return "A phone identifier must be a Korean mobile number: 01X and 10 or 11 digits."
+    if identifier_type == "business" and len(identifier) != 10:
+        return "A business registration number has 10 digits."
+    if identifier_type == "taxcard" and not 13 <= len(identifier) <= 19:
+        return "A cash-receipt card number has 13 to 19 digits."
+    if identifier_type == "person":
+        if len(identifier) != 13:
+            return "A resident registration number has 13 digits."
+        if not _plausible_birth_date(identifier):
+            return "A resident registration number must start with a valid birth date."
+    return None
+
+
+def _plausible_birth_date(rrn: str) -> bool:
+    century = {"9": 1800, "0": 1800, "1": 1900, "2": 1900, "5": 1900, "6": 1900}.get(rrn[6], 2000)
+    try:
+        date(century + int(rrn[0:2]), int(rrn[2:4]), int(rrn[4:6]))
+    except ValueError:
+        return False
+    return True
+
+
+def _optional_text(max_length: int) -> fields.String:
+    return fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=max_length)
+    )
+
+
+class PaymentConfirmedSchema(Schema):
+    """The ``issue_cash_receipt`` payload. Unknown fields are dropped, never sent on."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    imp_uid = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    merchant_uid = _optional_text(100)
+    identifier = Identifier(required=True)
+    identifier_type = fields.String(
+        load_default=None, allow_none=True, validate=validate.OneOf(IDENTIFIER_TYPES)
+    )
+    type = fields.String(load_default="person", validate=validate.OneOf(RECEIPT_TYPES))
+    company_tel = _optional_text(40)
+    company_name = _optional_text(100)
+    corp_reg_no = _optional_text(40)
+    buyer_name = _optional_text(100)
+    buyer_email = fields.Email(load_default=None, allow_none=True)
+    buyer_tel = _optional_text(40)
+    tax_free = fields.Integer(
+        load_default=None, allow_none=True, strict=True, validate=validate.Range(min=0)
+    )
+
+    @validates_schema
+    def _identifier_matches_type(self, data: dict[str, Any], **_: Any) -> None:
+        identifier = data.get("identifier")
+        if identifier is None:
+            return
+        problem = identifier_problem(identifier, data.get("identifier_type"))
+        if problem:
+            raise ValidationError(problem, field_name="identifier")
+
+
+@dataclass(frozen=True)
+class ReceiptRequest:
+    """A validated payload: what the worker may send to ``POST /receipts/{imp_uid}``."""
+
+    imp_uid: str
+    identifier: str
+    merchant_uid: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        """The request body, with only the fields i'mport knows and that were given."""
+        return {"identifier": self.identifier, **self.options}
+
+    def to_message(self) -> dict[str, Any]:
+        """The payload again, normalised, for a producer to enqueue."""
+        return {"imp_uid": self.imp_uid, "merchant_uid": self.merchant_uid, **self.body()}
+
+
+_PAYLOAD_SCHEMA = PaymentConfirmedSchema()
+
+
+def load_payload(raw: object) -> ReceiptRequest:
+    """Validate a payment-confirmed payload or raise :class:`InvalidPayload`."""
+    if not isinstance(raw, Mapping):
+        raise InvalidPayload({"_payload": ["Must be a JSON object."]})
+    try:
+        data: dict[str, Any] = _PAYLOAD_SCHEMA.load(dict(raw))
+    except ValidationError as error:
+        raise InvalidPayload(_flatten(error.messages)) from None
+    options = {
+        key: value
+        for key, value in data.items()
+        if key not in {"imp_uid", "merchant_uid", "identifier"} and value is not None
+    }
+    return ReceiptRequest(
+        imp_uid=data["imp_uid"],
+        identifier=data["identifier"],
+        merchant_uid=data["merchant_uid"],
+        options=options,
+    )
+
+
+def payload_from_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ReceiptRequest:
+    """Validate a task message's arguments: exactly one positional payload object."""
+    if len(args) != 1 or kwargs:
+        raise InvalidPayload(
+            {"_payload": ["Expected exactly one positional argument: the payload object."]}
+        )
+    return load_payload(args[0])
+
+
+def _flatten(messages: Any) -> dict[str, list[str]]:
+    if isinstance(messages, Mapping):
+        return {
+            str(key): [str(item) for item in (value if isinstance(value, list) else [value])]
+            for key, value in messages.items()
+        }
+    return {"_payload": [str(item) for item in messages]}
+
+
+def readable_imp_uid(raw: object) -> str | None:
+    """The payload's imp_uid when one can be read, so even a bad payload can be reported."""
+    if isinstance(raw, Mapping):
+        value = raw.get("imp_uid")
+        if isinstance(value, str) and 0 < len(value) <= 100:
+            return value
+    return None
+
+
+def readable_merchant_uid(raw: object) -> str | None:
+    """Like :func:`readable_imp_uid`, for the merchant's order id."""
+    if isinstance(raw, Mapping):
+        value = raw.get("merchant_uid")
+        if isinstance(value, str) and len(value) <= 100:
+            return value
+    return None
+
+
+class ReceiptSchema(Schema):
+    """i'mport's ReceiptAnnotation; its required fields are required here too."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    imp_uid = fields.String(required=True)
+    receipt_tid = fields.String(load_default=None, allow_none=True)
+    apply_num = fields.String(required=True)
+    type = fields.String(required=True)
+    amount = fields.Integer(required=True)
+    vat = fields.Integer(required=True)
+    receipt_url = fields.String(load_default=None, allow_none=True)
+    applied_at = fields.Integer(required=True)
+    cancelled_at = fields.Integer(load_default=0, allow_none=True)
+
+
+class PaymentSchema(Schema):
+    """The part of i'mport's PaymentAnnotation that decides receipt questions."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    imp_uid = fields.String(required=True)
+    merchant_uid = fields.String(load_default=None, allow_none=True)
+    pay_method = fields.String(load_default=None, allow_none=True)
+    pg_provider = fields.String(load_default=None, allow_none=True)
+    status = fields.String(required=True)
+    amount = fields.Integer(required=True)
+    cancel_amount = fields.Integer(load_default=0)
+    currency = fields.String(load_default="KRW")
+    cash_receipt_issued = fields.Boolean(load_default=False)
+
+
+RECEIPT_SCHEMA = ReceiptSchema()
+PAYMENT_SCHEMA = PaymentSchema()
