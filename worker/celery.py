@@ -10,12 +10,9 @@ from typing import Any
 
 from celery import Celery, signals
 
-try:
-    import celeryconfig
-except ValueError as error:
-    if type(error).__name__ != "ConfigError":
-        raise
-    raise SystemExit(f"cashreceipt: configuration error: {error}") from None
+from worker.settings import load_celeryconfig
+
+celeryconfig = load_celeryconfig()
 
 app = Celery("cashreceipt", include=["tasks.receipts"])
 app.config_from_object(celeryconfig)

@@ -1,0 +1,103 @@
+"""Real worker processes, started the way an operator starts them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support.wait import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+class ProcessOutput:
+    """Collects a process's combined output from a reader thread."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._process = process
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        """Everything printed so far."""
+        return "".join(self.lines)
+
+    def finish(self, timeout: float = 10) -> str:
+        """Wait for the stream to end and return all of it."""
+        self._thread.join(timeout)
+        return self.text
+
+
+def worker_env(redis_url: str, sandbox_url: str, **overrides: str) -> dict[str, str]:
+    """The environment of a test worker: fast retries, short timeouts."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CELERY_", "IAMPORT_", "RETRY_", "RESULT_", "BROKER_"))
+    }
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "IAMPORT_API_URL": sandbox_url,
+            "IAMPORT_KEY": "sandbox_key",
+            "IAMPORT_SECRET": "sandbox_secret",
+            "IAMPORT_TIMEOUT": "1",
+            "RETRY_BACKOFF_BASE": "0.05",
+            "RETRY_BACKOFF_MAX": "0.2",
+            "RETRY_MAX_ATTEMPTS": "5",
+            "WORKER_CONCURRENCY": "8",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+@contextmanager
+def running_worker(env: Mapping[str, str], *extra: str) -> Iterator[ProcessOutput]:
+    """``celery -A worker worker`` in a subprocess, ready to take tasks."""
+    process = subprocess.Popen(
+        [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO", *extra],
+        cwd=ROOT,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = ProcessOutput(process)
+    try:
+        wait_for(
+            lambda: " ready." in output.text or process.poll() is not None,
+            timeout=30,
+            message="the worker to be ready",
+        )
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited at start:\n{output.finish()}")
+        yield output
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[str], *, timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -1,0 +1,93 @@
+"""celeryconfig: explicit parsing, the time rule, and refusing to start when wrong."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import celeryconfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_in_subprocess(**env: str) -> subprocess.CompletedProcess[str]:
+    """Import the Celery app with only ``env`` set, as a worker at start would."""
+    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
+    code = "import worker.celery as m; c = m.app.conf; print(c.broker_transport_options)"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_visibility_timeout_covers_countdown_and_longest_attempt() -> None:
+    """The derived minimum is the longest countdown plus every request timing out, plus slack."""
+    assert celeryconfig.longest_attempt_seconds(10) == 400
+    assert (
+        celeryconfig.minimum_visibility_timeout(iamport_timeout=10, longest_countdown=300)
+        == 300 + 400 + celeryconfig.VISIBILITY_MARGIN_SECONDS
+    )
+
+
+def test_defaults_load_and_derive_the_visibility_timeout() -> None:
+    """With nothing set, the documented defaults apply and the timeout is derived."""
+    result = load_in_subprocess()
+    assert result.returncode == 0, result.stderr
+    assert "'visibility_timeout': 760" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"IAMPORT_TIMEOUT": "ten"}, "IAMPORT_TIMEOUT must be a number"),
+        ({"IAMPORT_TIMEOUT": "0"}, "IAMPORT_TIMEOUT must be between"),
+        ({"RETRY_MAX_ATTEMPTS": "2.5"}, "RETRY_MAX_ATTEMPTS must be a whole number"),
+        ({"RETRY_BACKOFF_MAX": "nan"}, "RETRY_BACKOFF_MAX must be between"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must be a redis or rediss or unix URL"),
+        ({"IAMPORT_API_URL": "ftp://x"}, "IAMPORT_API_URL must be a https or http URL"),
+        ({"BROKER_VISIBILITY_TIMEOUT": "600"}, "BROKER_VISIBILITY_TIMEOUT=600 is too short"),
+        ({"CELERY_BROKER_URL": "redis://elsewhere"}, "CELERY_BROKER_URL is set"),
+        (
+            {"RETRY_BACKOFF_BASE": "10", "RETRY_BACKOFF_MAX": "5"},
+            "RETRY_BACKOFF_BASE (10) is larger than RETRY_BACKOFF_MAX",
+        ),
+    ],
+)
+def test_bad_settings_stop_at_start_with_a_clear_message(env: dict[str, str], message: str) -> None:
+    """A wrong value exits non-zero with one line naming the variable, no traceback."""
+    result = load_in_subprocess(**env)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_visibility_timeout_may_be_raised() -> None:
+    """A value above the derived minimum is taken as given."""
+    result = load_in_subprocess(BROKER_VISIBILITY_TIMEOUT="7200")
+    assert result.returncode == 0, result.stderr
+    assert "'visibility_timeout': 7200" in result.stdout
+
+
+def test_worker_refuses_to_start_without_credentials() -> None:
+    """`celery -A worker worker` without IAMPORT_KEY/SECRET stops before taking work."""
+    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "celery"), "-A", "worker", "worker"],
+        cwd=ROOT,
+        env={**clean, "REDIS_URL": "redis://127.0.0.1:1/0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "IAMPORT_KEY and IAMPORT_SECRET must be set" in result.stderr + result.stdout

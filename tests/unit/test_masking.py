@@ -1,0 +1,52 @@
+"""Masked forms of personal data."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.masking import mask_identifier, mask_payload, mask_text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("01012345432", "010****5432"),
+        ("010-1234-5432", "010****5432"),
+        ("9710139019902", "971******9902"),
+        ("123456789", "*********"),
+        ("", ""),
+    ],
+)
+def test_mask_identifier(value: str, expected: str) -> None:
+    """First three and last four digits survive; short values are starred whole."""
+    assert mask_identifier(value) == expected
+
+
+def test_mask_text_hides_numbers_in_free_text() -> None:
+    """Provider messages that echo a number are masked before anyone sees them."""
+    text = mask_text("식별번호 010-1234-5678 오류 (TS1) code 42")
+    assert "1234" not in text
+    assert "010****5678" in text
+    assert "code 42" in text
+
+
+def test_mask_payload() -> None:
+    """Every personal field of a payload is masked; the rest is kept."""
+    masked = mask_payload(
+        {
+            "imp_uid": "imp_1",
+            "identifier": "01012345678",
+            "buyer_tel": "01099998888",
+            "buyer_email": "kim@example.com",
+            "buyer_name": "홍길동",
+            "tax_free": 0,
+        }
+    )
+    assert masked == {
+        "imp_uid": "imp_1",
+        "identifier": "010****5678",
+        "buyer_tel": "010****8888",
+        "buyer_email": "k***@example.com",
+        "buyer_name": "***",
+        "tax_free": 0,
+    }

@@ -1,0 +1,142 @@
+"""The payload schema: what is accepted, what is refused, and in which words."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from worker.schemas import (
+    RECEIPT_SCHEMA,
+    InvalidPayload,
+    load_payload,
+    payload_from_args,
+    readable_imp_uid,
+)
+
+PHONE = "01012345678"
+
+
+def payload(**fields: Any) -> dict[str, Any]:
+    """A valid payload with ``fields`` changed."""
+    return {"imp_uid": "imp_1", "identifier": PHONE, **fields}
+
+
+def errors_of(raw: object) -> dict[str, list[str]]:
+    """The field errors of a payload that must be refused."""
+    with pytest.raises(InvalidPayload) as caught:
+        load_payload(raw)
+    return caught.value.errors
+
+
+def test_minimal_payload_defaults_type_to_person() -> None:
+    """Only imp_uid and identifier are required; type defaults to person."""
+    request = load_payload(payload())
+    assert request.imp_uid == "imp_1"
+    assert request.body() == {"identifier": PHONE, "type": "person"}
+
+
+def test_separators_are_stripped() -> None:
+    """Hyphens and spaces in the identifier are tolerated and removed."""
+    assert load_payload(payload(identifier="010-1234 5678")).identifier == PHONE
+
+
+def test_unknown_fields_are_dropped() -> None:
+    """Unknown fields never reach the request body."""
+    request = load_payload(payload(amount=5000, note="hi", identifier_type="phone"))
+    assert request.body() == {"identifier": PHONE, "identifier_type": "phone", "type": "person"}
+
+
+def test_every_known_field_is_sent() -> None:
+    """All spec fields the payload gives are passed on to i'mport."""
+    fields = {
+        "identifier_type": "business",
+        "identifier": "1168200276",
+        "type": "company",
+        "company_tel": "02-123-4567",
+        "company_name": "Shop",
+        "corp_reg_no": "1168200276",
+        "buyer_name": "홍길동",
+        "buyer_email": "a@example.com",
+        "buyer_tel": "01000000000",
+        "tax_free": 100,
+    }
+    request = load_payload(payload(merchant_uid="order-1", **fields))
+    assert request.merchant_uid == "order-1"
+    assert request.body() == fields
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"identifier": PHONE}, "imp_uid"),
+        ({"imp_uid": "imp_1"}, "identifier"),
+        (payload(identifier="0101234567a"), "identifier"),
+        (payload(identifier="12345"), "identifier"),
+        (payload(identifier="1" * 20), "identifier"),
+        (payload(identifier=["010"]), "identifier"),
+        (payload(identifier_type="passport"), "identifier_type"),
+        (payload(identifier_type="phone", identifier="0212345678"), "identifier"),
+        (payload(identifier_type="business", identifier="123456789012"), "identifier"),
+        (payload(identifier_type="person", identifier="9713139019902"), "identifier"),
+        (payload(identifier_type="person", identifier="97101390199"), "identifier"),
+        (payload(identifier_type="taxcard", identifier="123456789012"), "identifier"),
+        (payload(type="business"), "type"),
+        (payload(tax_free=-1), "tax_free"),
+        (payload(tax_free="100"), "tax_free"),
+        (payload(tax_free=1.5), "tax_free"),
+        (payload(buyer_email="not-an-email"), "buyer_email"),
+    ],
+)
+def test_refused_with_field_error(raw: dict[str, Any], field: str) -> None:
+    """Each bad field is named in a plain-words error."""
+    assert field in errors_of(raw)
+
+
+@pytest.mark.parametrize("raw", [None, "text", 12, ["imp_1"], {"imp_uid": 1, "identifier": 2}])
+def test_non_objects_are_refused(raw: object) -> None:
+    """Anything that is not a JSON object with the right shapes is refused, not crashed on."""
+    assert errors_of(raw)
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    ["9710139019902", "0123456789012", "123456789012345678", "010-9876-5432", "01198765432"],
+)
+def test_errors_never_echo_the_identifier(identifier: str) -> None:
+    """Whatever is wrong, the message does not quote the identifier."""
+    with pytest.raises(InvalidPayload) as caught:
+        load_payload(payload(identifier=identifier, identifier_type="business", tax_free=-5))
+    digits = identifier.replace("-", "")
+    assert digits not in str(caught.value)
+    assert identifier not in str(caught.value)
+
+
+def test_task_arguments_must_be_one_payload() -> None:
+    """No arguments, two arguments or keyword arguments are an invalid payload."""
+    for args, kwargs in [((), {}), ((payload(), payload()), {}), ((), {"payload": payload()})]:
+        with pytest.raises(InvalidPayload, match="exactly one positional argument"):
+            payload_from_args(args, kwargs)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(payload(), "imp_1"), ({"imp_uid": 5}, None), ("imp_1", None), ({"imp_uid": ""}, None)],
+)
+def test_readable_imp_uid(raw: object, expected: str | None) -> None:
+    """An imp_uid is read from a bad payload whenever it is a usable string."""
+    assert readable_imp_uid(raw) == expected
+
+
+def test_receipt_annotation_requires_its_required_fields() -> None:
+    """i'mport's answer is typed: a receipt without apply_num is not a receipt."""
+    good = {
+        "imp_uid": "imp_1",
+        "apply_num": "123",
+        "type": "person",
+        "amount": 11000,
+        "vat": 1000,
+        "applied_at": 1,
+    }
+    assert RECEIPT_SCHEMA.load(good)["cancelled_at"] == 0
+    assert RECEIPT_SCHEMA.validate({k: v for k, v in good.items() if k != "apply_num"})
