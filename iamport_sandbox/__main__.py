@@ -1,0 +1,171 @@
+"""`iamport-sandbox`: start the local i'mport simulator.
+
+Nothing runs on import; `main()` is the console script and `python -m iamport_sandbox`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from iamport_sandbox.app import SANDBOX_KEY, SandboxConfig, build_app
+from iamport_sandbox.faults import FaultStep, parse_rate_flag, parse_step
+
+SHUTDOWN_TIMEOUT = 1.0
+
+EPILOG = """\
+default credentials: --imp-key sandbox_key --imp-secret sandbox_secret
+fault kinds for --fault-rate: status_500 status_502 status_503 status_504 rate_limit
+  drop_before drop_after hang revoke_tokens reject
+admin API (no auth): http://HOST:PORT/__sandbox__/ ; see docs/sandbox.md
+"""
+
+
+def _rate(text: str) -> tuple[str, float]:
+    try:
+        return parse_rate_flag(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _script(text: str) -> tuple[str, list[FaultStep]]:
+    imp_uid, sep, raw = text.partition("=")
+    if not sep or not imp_uid:
+        raise argparse.ArgumentTypeError(f"expected IMP_UID=JSON_LIST, got {text!r}")
+    try:
+        steps = json.loads(raw)
+        if not isinstance(steps, list):
+            steps = [steps]
+        return imp_uid, [parse_step(step) for step in steps]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad script for {imp_uid}: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iamport-sandbox",
+        description="Local simulator of the i'mport (PortOne V1) cash-receipt REST API.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=8787, help="port to bind, 0 for any free one (default 8787)"
+    )
+    parser.add_argument(
+        "--imp-key", default="sandbox_key", help="REST API key (default %(default)s)"
+    )
+    parser.add_argument(
+        "--imp-secret", default="sandbox_secret", help="REST API secret (default %(default)s)"
+    )
+    parser.add_argument(
+        "--token-lifetime",
+        type=int,
+        default=1800,
+        metavar="SECONDS",
+        help="access token lifetime (default %(default)s, as i'mport)",
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="added to every receipts/payments request"
+    )
+    parser.add_argument(
+        "--latency-jitter-ms",
+        type=float,
+        default=0.0,
+        help="plus a uniform random 0..N ms on every receipts/payments request",
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=_rate,
+        action="append",
+        default=[],
+        metavar="KIND=RATE",
+        help="probability in [0,1] of a fault kind per receipts/payments request; repeatable",
+    )
+    parser.add_argument(
+        "--fault-script",
+        type=_script,
+        action="append",
+        default=[],
+        metavar="IMP_UID=JSON",
+        help='scripted next responses, e.g. imp_1=\'[{"kind":"status","status":503}]\'',
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for fault draws and ids")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="DEBUG logs every request, with identifiers masked (default %(default)s)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SandboxConfig:
+    if args.token_lifetime < 1:
+        raise SystemExit("--token-lifetime must be at least 1 second")
+    if args.latency_ms < 0 or args.latency_jitter_ms < 0:
+        raise SystemExit("--latency-ms and --latency-jitter-ms must not be negative")
+    scripts: dict[str, list[FaultStep]] = {}
+    for imp_uid, steps in args.fault_script:
+        scripts.setdefault(imp_uid, []).extend(steps)
+    return SandboxConfig(
+        imp_key=args.imp_key,
+        imp_secret=args.imp_secret,
+        token_lifetime=args.token_lifetime,
+        latency_ms=args.latency_ms,
+        latency_jitter_ms=args.latency_jitter_ms,
+        rates={name: rate for name, rate in args.fault_rate if rate},
+        scripts=scripts,
+        seed=args.seed,
+    )
+
+
+async def serve(config: SandboxConfig, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT, then close within SHUTDOWN_TIMEOUT even with hung requests."""
+    app = build_app(config)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    # With --port 0 the kernel picks the port; the listening line is how callers learn it.
+    bound = runner.addresses[0][1] if runner.addresses else port
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"iamport-sandbox listening on http://{host}:{bound}", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        app[SANDBOX_KEY].closing = True
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # aiohttp's access log would print raw paths and cost time per request; ours masks bodies.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        asyncio.run(serve(config, args.host, args.port))
+    except OSError as exc:
+        print(f"iamport-sandbox: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

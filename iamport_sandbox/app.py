@@ -1,0 +1,475 @@
+"""HTTP face of the sandbox: i'mport's routes, the admin API, and where faults strike.
+
+Faults are applied here rather than in the merchant model because most of them are about the
+transport (a dropped socket, a request that never gets an answer), which only the server sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiohttp import web
+
+from iamport_sandbox import rules
+from iamport_sandbox.errors import InvalidInput
+from iamport_sandbox.faults import FaultPlan, FaultStep, parse_step
+from iamport_sandbox.state import UNAUTHORIZED, Merchant, Reply, error, ok
+from iamport_sandbox.tokens import AdjustableClock, TokenPolicy, TokenStore
+
+log = logging.getLogger("iamport_sandbox")
+
+ADMIN: Final = "/__sandbox__"
+_JSON: Final = "application/json"
+_FORMS: Final = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+_STATUS_MESSAGES: Final[Mapping[int, str]] = {
+    500: "PG사 통신 장애로 요청을 처리하지 못했습니다. (sandbox fault)",
+    502: "Bad Gateway (sandbox fault)",
+    503: "Service Temporarily Unavailable (sandbox fault)",
+    504: "Gateway Timeout (sandbox fault)",
+}
+
+
+@dataclass
+class SandboxConfig:
+    """Startup configuration; POST /__sandbox__/reset returns to exactly this."""
+
+    imp_key: str = "sandbox_key"
+    imp_secret: str = "sandbox_secret"  # noqa: S105 - the documented sandbox default
+    token_lifetime: int = 1800
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    rates: dict[str, float] = field(default_factory=dict)
+    scripts: dict[str, list[FaultStep]] = field(default_factory=dict)
+    seed: int | None = None
+
+
+class BadInput(ValueError):
+    """A client body the sandbox cannot read; answered as 400, never as a crash."""
+
+
+def _response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    return web.Response(
+        body=body, status=status, headers=headers, content_type=_JSON, charset="utf-8"
+    )
+
+
+def _admin_error(message: str) -> web.Response:
+    return _response(400, {"error": message})
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    """A JSON object or a form, whichever the client sent; i'mport accepts both."""
+    if not request.body_exists:
+        return {}
+    if request.content_type in _FORMS:
+        form = await request.post()
+        return {key: value for key, value in form.items() if isinstance(value, str)}
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadInput("요청 본문이 올바른 JSON이 아닙니다. (invalid JSON body)") from None
+    if not isinstance(data, dict):
+        raise BadInput("요청 본문은 JSON 객체여야 합니다. (body must be a JSON object)")
+    return data
+
+
+def _token_of(request: web.Request) -> str | None:
+    """`Authorization` wins over the legacy header; the Bearer scheme is optional (§1.2)."""
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, rest = header.partition(" ")
+        return rest.strip() if scheme.lower() == "bearer" and rest else header.strip()
+    return request.headers.get("X-ImpTokenHeader")
+
+
+Operation = Callable[[str, dict[str, Any], "str | None"], Reply]
+
+
+class Sandbox:
+    """All sandbox state behind one aiohttp application."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.clock = AdjustableClock()
+        self.tokens = TokenStore(self.clock, TokenPolicy(lifetime=config.token_lifetime))
+        self.merchant = Merchant(self.clock, id_seed=config.seed)
+        self.faults = FaultPlan(config.seed)
+        self.closing = False
+        self._apply_startup_faults()
+
+    def _apply_startup_faults(self) -> None:
+        self.faults.clear()
+        self.faults.latency_ms = self.config.latency_ms
+        self.faults.latency_jitter_ms = self.config.latency_jitter_ms
+        self.faults.rates = dict(self.config.rates)
+        for imp_uid, steps in self.config.scripts.items():
+            self.faults.append(imp_uid, list(steps))
+        self.faults.reseed(self.config.seed)
+
+    def reset(self) -> None:
+        """Back to the startup state: CLI faults and token lifetime return, data goes."""
+        self.merchant.reset()
+        self.tokens = TokenStore(self.clock, TokenPolicy(lifetime=self.config.token_lifetime))
+        self.clock.offset = 0.0
+        self._apply_startup_faults()
+
+    # -- i'mport API ------------------------------------------------------------------------
+
+    async def get_token(self, request: web.Request) -> web.StreamResponse:
+        entry = self._begin(request, None)
+        try:
+            params = await _read_body(request)
+        except BadInput as exc:
+            return self._finish(entry, error(400, str(exc)))
+        entry["body"] = rules.mask_fields(params)
+        key, secret = params.get("imp_key"), params.get("imp_secret")
+        if not key or not secret:
+            reply = error(401, "imp_key, imp_secret 파라메터가 누락되었습니다.")
+        elif key != self.config.imp_key or secret != self.config.imp_secret:
+            reply = error(401, "imp_key, imp_secret 인증에 실패하였습니다.")
+        else:
+            token, now = self.tokens.issue()
+            reply = ok(
+                {"access_token": token.access_token, "now": now, "expired_at": token.expired_at}
+            )
+        return self._finish(entry, reply)
+
+    async def get_payment(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(
+            request, "payments", lambda uid, _p, _r: self.merchant.get_payment(uid)
+        )
+
+    async def issue_receipt(self, request: web.Request) -> web.StreamResponse:
+        base_url = f"{request.scheme}://{request.host}"
+
+        def issue(imp_uid: str, params: dict[str, Any], reject: str | None) -> Reply:
+            return self.merchant.issue_receipt(
+                imp_uid, params, base_url=base_url, reject_message=reject
+            )
+
+        return await self._guarded(request, "receipts", issue)
+
+    async def get_receipt(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(
+            request, "receipts", lambda uid, _p, _r: self.merchant.get_receipt(uid)
+        )
+
+    async def cancel_receipt(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(
+            request,
+            "receipts",
+            lambda uid, _p, reject: self.merchant.cancel_receipt(uid, reject_message=reject),
+        )
+
+    async def _guarded(
+        self, request: web.Request, endpoint: str, operation: Operation
+    ) -> web.StreamResponse:
+        """Run an imp_uid endpoint through the fault plan, the token check and the operation."""
+        imp_uid = request.match_info["imp_uid"]
+        entry = self._begin(request, imp_uid)
+        bad_body: str | None = None
+        params: dict[str, Any] = {}
+        if request.method == "POST":
+            try:
+                params = await _read_body(request)
+            except BadInput as exc:
+                bad_body = str(exc)
+            entry["body"] = rules.mask_fields(params)
+
+        step = self.faults.pick(imp_uid, request.method, endpoint)
+        kind = step.kind if step is not None else None
+        entry["fault"] = kind
+        delay = self.faults.delay_seconds(step)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+        if step is not None:
+            early = await self._early_fault(request, entry, step)
+            if early is not None:
+                return early
+        if not self.tokens.is_valid(_token_of(request)):
+            return self._finish(entry, error(401, UNAUTHORIZED))
+        if bad_body is not None:
+            return self._finish(entry, error(400, bad_body))
+        reject = step.message if step is not None and kind == "reject" else None
+        reply = operation(imp_uid, params, reject)
+        if kind == "drop_after":
+            entry["status"] = None
+            entry["outcome"] = reply.status
+            self._log(entry)
+            return self._drop(request)
+        return self._finish(entry, reply)
+
+    async def _early_fault(
+        self, request: web.Request, entry: dict[str, Any], step: FaultStep
+    ) -> web.StreamResponse | None:
+        """Faults that answer (or refuse to) before the request reaches the merchant."""
+        if step.kind == "drop_before":
+            self._log(entry)
+            return self._drop(request)
+        if step.kind == "hang":
+            self._log(entry)
+            await self._hang(request, step.seconds)
+            return self._drop(request)
+        if step.kind == "status":
+            return self._finish(entry, error(step.status, _STATUS_MESSAGES[step.status]))
+        if step.kind == "rate_limit":
+            headers = {"Retry-After": str(step.retry_after)}
+            return self._finish(entry, error(429, "Too Many Requests (sandbox fault)", headers))
+        if step.kind == "revoke_tokens":
+            self.tokens.revoke_all()
+            return self._finish(entry, error(401, UNAUTHORIZED))
+        return None
+
+    def _drop(self, request: web.Request) -> web.StreamResponse:
+        """Close the socket with nothing written; aiohttp then skips the response it is given."""
+        request.protocol.force_close()
+        return web.Response()
+
+    async def _hang(self, request: web.Request, seconds: float) -> None:
+        """Hold the request unanswered until the time is up, the client leaves, or we stop.
+
+        Polling the transport is what frees the slot when a client times out; aiohttp does not
+        cancel handlers on disconnect by default.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self.closing:
+            transport = request.transport
+            remaining = deadline - loop.time()
+            if transport is None or transport.is_closing() or remaining <= 0:
+                return
+            await asyncio.sleep(min(0.1, remaining))
+
+    # -- request log ------------------------------------------------------------------------
+
+    def _begin(self, request: web.Request, imp_uid: str | None) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "method": request.method,
+            "path": request.path,
+            "imp_uid": imp_uid,
+            "status": None,
+            "body": {},
+            "fault": None,
+            "at": self.clock(),
+        }
+        self.merchant.requests.append(entry)
+        return entry
+
+    def _finish(self, entry: dict[str, Any], reply: Reply) -> web.Response:
+        entry["status"] = reply.status
+        self._log(entry)
+        return _response(reply.status, reply.body, reply.headers)
+
+    @staticmethod
+    def _log(entry: dict[str, Any]) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s -> %s fault=%s body=%s",
+                entry["method"],
+                entry["path"],
+                entry["status"] if entry["status"] is not None else "(no response)",
+                entry["fault"],
+                json.dumps(entry["body"], ensure_ascii=False),
+            )
+
+    # -- admin API --------------------------------------------------------------------------
+
+    async def admin_health(self, _request: web.Request) -> web.StreamResponse:
+        return _response(200, {"ok": True})
+
+    async def admin_reset(self, _request: web.Request) -> web.StreamResponse:
+        self.reset()
+        log.info("admin: reset to startup state")
+        return _response(200, {"ok": True})
+
+    async def admin_put_payment(self, request: web.Request) -> web.StreamResponse:
+        imp_uid = request.match_info["imp_uid"]
+        try:
+            payment = self.merchant.seed_payment(imp_uid, await _admin_json(request))
+        except InvalidInput as exc:
+            return _admin_error(str(exc))
+        log.info("admin: payment %s seeded", imp_uid)
+        return _response(200, payment.to_json())
+
+    async def admin_get_payment(self, request: web.Request) -> web.StreamResponse:
+        return _response(200, self.merchant.payment(request.match_info["imp_uid"]).to_json())
+
+    async def admin_requests(self, request: web.Request) -> web.StreamResponse:
+        return _response(200, self.merchant.requests_view(request.query.get("imp_uid")))
+
+    async def admin_receipts(self, _request: web.Request) -> web.StreamResponse:
+        return _response(200, self.merchant.receipts_view())
+
+    async def admin_get_token(self, _request: web.Request) -> web.StreamResponse:
+        return _response(200, self._token_view())
+
+    async def admin_put_token(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self.tokens.policy = _token_policy(await _admin_json(request), self.tokens.policy)
+        except InvalidInput as exc:
+            return _admin_error(str(exc))
+        log.info("admin: token policy %s", self.tokens.policy)
+        return _response(200, self._token_view())
+
+    async def admin_revoke_tokens(self, _request: web.Request) -> web.StreamResponse:
+        self.tokens.revoke_all()
+        log.info("admin: every token revoked")
+        return _response(200, {"ok": True})
+
+    async def admin_get_clock(self, _request: web.Request) -> web.StreamResponse:
+        return _response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
+
+    async def admin_advance_clock(self, request: web.Request) -> web.StreamResponse:
+        try:
+            seconds = _advance_seconds(await _admin_json(request))
+            self.clock.advance(seconds)
+        except InvalidInput as exc:
+            return _admin_error(str(exc))
+        log.info("admin: clock advanced by %ss", seconds)
+        return _response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
+
+    async def admin_script(self, request: web.Request) -> web.StreamResponse:
+        imp_uid = request.match_info["imp_uid"]
+        try:
+            steps = _script_steps(await _admin_json(request))
+        except InvalidInput as exc:
+            return _admin_error(str(exc))
+        self.faults.append(imp_uid, steps)
+        log.info("admin: %d fault step(s) scripted for %s", len(steps), imp_uid)
+        return _response(200, self.faults.to_json())
+
+    async def admin_get_faults(self, _request: web.Request) -> web.StreamResponse:
+        return _response(200, self.faults.to_json())
+
+    async def admin_put_faults(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self.faults.configure(await _admin_json(request))
+        except InvalidInput as exc:
+            return _admin_error(str(exc))
+        log.info("admin: fault rates %s", self.faults.rates)
+        return _response(200, self.faults.to_json())
+
+    async def admin_clear_faults(self, _request: web.Request) -> web.StreamResponse:
+        self.faults.clear()
+        log.info("admin: faults cleared")
+        return _response(200, self.faults.to_json())
+
+    async def receipt_view(self, request: web.Request) -> web.StreamResponse:
+        """What `receipt_url` points at, so a demo can follow the link."""
+        receipt = self.merchant.find_receipt(request.match_info["receipt_tid"])
+        if receipt is None:
+            raise web.HTTPNotFound(text="no such receipt")
+        rows = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in receipt.annotation().items()
+        )
+        page = f"<!doctype html><title>현금영수증 (sandbox)</title><table>{rows}</table>"
+        return web.Response(text=page, content_type="text/html")
+
+    def _token_view(self) -> dict[str, Any]:
+        policy = self.tokens.policy
+        current = self.tokens.current
+        return {
+            "lifetime_seconds": policy.lifetime,
+            "extend_window_seconds": policy.extend_window,
+            "extension_seconds": policy.extension,
+            "current": None
+            if current is None
+            else {
+                "access_token": current.access_token,
+                "issued_at": current.issued_at,
+                "expired_at": current.expired_at,
+            },
+        }
+
+
+async def _admin_json(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise InvalidInput("body is not valid JSON") from None
+
+
+_POLICY_FIELDS: Final = {
+    "lifetime_seconds": "lifetime",
+    "extend_window_seconds": "extend_window",
+    "extension_seconds": "extension",
+}
+
+
+def _token_policy(body: Any, current: TokenPolicy) -> TokenPolicy:
+    """The policy an admin PUT asks for; fields left out keep their current value."""
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a JSON object")
+    unknown = sorted(set(body) - set(_POLICY_FIELDS))
+    if unknown:
+        raise InvalidInput(f"unknown fields: {', '.join(unknown)}")
+    values: dict[str, int] = {}
+    for key, attr in _POLICY_FIELDS.items():
+        value = body.get(key, getattr(current, attr))
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidInput(f"{key} must be a whole number of seconds")
+        values[attr] = value
+    return TokenPolicy(**values)
+
+
+def _advance_seconds(body: Any) -> float:
+    seconds = body.get("advance_seconds") if isinstance(body, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise InvalidInput('body must be {"advance_seconds": N} with N >= 0')
+    return float(seconds)
+
+
+def _script_steps(body: Any) -> list[FaultStep]:
+    script = body.get("script") if isinstance(body, dict) else None
+    if not isinstance(script, list) or not script:
+        raise InvalidInput('body must be {"script": [step, ...]} with at least one step')
+    return [parse_step(raw) for raw in script]
+
+
+SANDBOX_KEY: Final = web.AppKey("sandbox", Sandbox)
+
+
+def build_app(config: SandboxConfig) -> web.Application:
+    """The aiohttp application; `app[SANDBOX_KEY]` reaches the state, e.g. from tests."""
+    sandbox = Sandbox(config)
+    app = web.Application()
+    app[SANDBOX_KEY] = sandbox
+    app.router.add_post("/users/getToken", sandbox.get_token)
+    app.router.add_get("/payments/{imp_uid}", sandbox.get_payment)
+    app.router.add_post("/receipts/{imp_uid}", sandbox.issue_receipt)
+    app.router.add_get("/receipts/{imp_uid}", sandbox.get_receipt)
+    app.router.add_delete("/receipts/{imp_uid}", sandbox.cancel_receipt)
+
+    app.router.add_get(f"{ADMIN}/health", sandbox.admin_health)
+    app.router.add_post(f"{ADMIN}/reset", sandbox.admin_reset)
+    app.router.add_put(f"{ADMIN}/payments/{{imp_uid}}", sandbox.admin_put_payment)
+    app.router.add_get(f"{ADMIN}/payments/{{imp_uid}}", sandbox.admin_get_payment)
+    app.router.add_get(f"{ADMIN}/requests", sandbox.admin_requests)
+    app.router.add_get(f"{ADMIN}/receipts", sandbox.admin_receipts)
+    app.router.add_get(f"{ADMIN}/token", sandbox.admin_get_token)
+    app.router.add_put(f"{ADMIN}/token", sandbox.admin_put_token)
+    app.router.add_post(f"{ADMIN}/tokens/revoke", sandbox.admin_revoke_tokens)
+    app.router.add_get(f"{ADMIN}/clock", sandbox.admin_get_clock)
+    app.router.add_post(f"{ADMIN}/clock", sandbox.admin_advance_clock)
+    app.router.add_get(f"{ADMIN}/faults", sandbox.admin_get_faults)
+    app.router.add_put(f"{ADMIN}/faults", sandbox.admin_put_faults)
+    app.router.add_delete(f"{ADMIN}/faults", sandbox.admin_clear_faults)
+    app.router.add_post(f"{ADMIN}/faults/{{imp_uid}}", sandbox.admin_script)
+    app.router.add_get(f"{ADMIN}/receipt-view/{{receipt_tid}}", sandbox.receipt_view)
+    return app

@@ -1,0 +1,276 @@
+"""Which failure, if any, the next request meets.
+
+Faults come from two places. A per-imp_uid script lets a test stage an exact sequence ("503,
+then drop after creating, then succeed"); global rates let a benchmark or soak run meet failures
+at random, reproducibly with a seed. A scripted step wins over the rates, so a test that scripts
+an imp_uid is never disturbed by rates set for a load run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+from iamport_sandbox.errors import InvalidInput
+
+STEP_KINDS: Final = (
+    "latency",
+    "status",
+    "rate_limit",
+    "drop_before",
+    "drop_after",
+    "hang",
+    "revoke_tokens",
+    "reject",
+)
+
+# Rate names in the order they are drawn for a request; the first that fires is the fault.
+# Cheap, "nothing happened" faults come before the ones that act, and drop_after comes last so
+# its rate is the share of requests that succeed on the server yet fail for the client.
+RATE_KINDS: Final = (
+    "revoke_tokens",
+    "drop_before",
+    "hang",
+    "rate_limit",
+    "status_500",
+    "status_502",
+    "status_503",
+    "status_504",
+    "reject",
+    "drop_after",
+)
+
+INJECTABLE_STATUSES: Final = frozenset({500, 502, 503, 504})
+METHODS: Final = frozenset({"GET", "POST", "DELETE"})
+ENDPOINTS: Final = frozenset({"receipts", "payments"})
+DEFAULT_REJECT_MESSAGE: Final = "[PG] 현금영수증 발급이 거절되었습니다."
+DEFAULT_HANG_SECONDS: Final = 3600.0
+
+
+@dataclass(frozen=True)
+class FaultStep:
+    """One scripted (or drawn) failure and the requests it may apply to."""
+
+    kind: str
+    method: str | None = None
+    endpoint: str | None = None
+    ms: float = 0.0
+    status: int = 500
+    retry_after: int = 1
+    seconds: float = DEFAULT_HANG_SECONDS
+    message: str = DEFAULT_REJECT_MESSAGE
+
+    def matches(self, method: str, endpoint: str) -> bool:
+        return (self.method is None or self.method == method) and (
+            self.endpoint is None or self.endpoint == endpoint
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _number(raw: Mapping[str, Any], key: str, default: float, *, low: float = 0.0) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+        raise InvalidInput(f"{key} must be a number >= {low:g}, got {value!r}")
+    return float(value)
+
+
+def parse_step(raw: Any) -> FaultStep:
+    """Validate one step of an admin or CLI script; ValueError says what is wrong."""
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"a fault step must be an object, got {raw!r}")
+    kind = raw.get("kind")
+    if kind not in STEP_KINDS:
+        raise InvalidInput(f"unknown fault kind {kind!r}; expected one of {', '.join(STEP_KINDS)}")
+    allowed = {"kind", "method", "endpoint", "ms", "status", "retry_after", "seconds", "message"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown fault step fields: {', '.join(unknown)}")
+    method = raw.get("method")
+    if method is not None:
+        method = str(method).upper()
+        if method not in METHODS:
+            raise InvalidInput(f"method must be one of GET, POST, DELETE, got {raw['method']!r}")
+    endpoint = raw.get("endpoint")
+    if endpoint is not None and endpoint not in ENDPOINTS:
+        raise InvalidInput(f"endpoint must be 'receipts' or 'payments', got {endpoint!r}")
+    if kind == "reject":
+        # A rejection is the PG refusing to issue or cancel; a lookup has nothing to refuse.
+        method = method or "POST"
+        endpoint = endpoint or "receipts"
+        if method not in {"POST", "DELETE"} or endpoint != "receipts":
+            raise InvalidInput("a reject step applies only to POST or DELETE /receipts")
+    status = raw.get("status", 500)
+    if kind == "status" and status not in INJECTABLE_STATUSES:
+        raise InvalidInput(f"status must be one of 500, 502, 503, 504, got {status!r}")
+    retry_after = raw.get("retry_after", 1)
+    if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
+        raise InvalidInput(f"retry_after must be a whole number of seconds, got {retry_after!r}")
+    message = raw.get("message", DEFAULT_REJECT_MESSAGE)
+    if not isinstance(message, str) or not message:
+        raise InvalidInput("message must be a non-empty string")
+    return FaultStep(
+        kind=kind,
+        method=method,
+        endpoint=endpoint,
+        ms=_number(raw, "ms", 0.0),
+        status=status,
+        retry_after=retry_after,
+        seconds=_number(raw, "seconds", DEFAULT_HANG_SECONDS),
+        message=message,
+    )
+
+
+def parse_rates(raw: Any) -> dict[str, float]:
+    """Validate a rates object: known names, each an independent probability."""
+    if not isinstance(raw, dict):
+        raise InvalidInput("rates must be an object of KIND: probability")
+    rates: dict[str, float] = {}
+    for name, value in raw.items():
+        if name not in RATE_KINDS:
+            raise InvalidInput(f"unknown rate {name!r}; expected one of {', '.join(RATE_KINDS)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise InvalidInput(f"rate {name} must be a probability in [0, 1], got {value!r}")
+        if value:
+            rates[name] = float(value)
+    return rates
+
+
+def parse_rate_flag(text: str) -> tuple[str, float]:
+    """Parse the CLI's KIND=RATE."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise InvalidInput(f"expected KIND=RATE, got {text!r}")
+    try:
+        rate = float(value)
+    except ValueError:
+        raise InvalidInput(f"rate for {name} is not a number: {value!r}") from None
+    parsed = parse_rates({name: rate})
+    return name, parsed.get(name, 0.0)
+
+
+class FaultPlan:
+    """The fault configuration and the random source that draws from it."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.scripts: dict[str, list[FaultStep]] = {}
+        self.rates: dict[str, float] = {}
+        self.latency_ms = 0.0
+        self.latency_jitter_ms = 0.0
+        self.hang_seconds = DEFAULT_HANG_SECONDS
+        self.retry_after = 1
+        self.reject_message = DEFAULT_REJECT_MESSAGE
+        self.seed = seed
+        self._rng = random.Random(seed)  # noqa: S311 - fault draws, not secrets
+
+    def reseed(self, seed: int | None) -> None:
+        self.seed = seed
+        self._rng = random.Random(seed)  # noqa: S311 - fault draws, not secrets
+
+    def append(self, imp_uid: str, steps: list[FaultStep]) -> None:
+        self.scripts.setdefault(imp_uid, []).extend(steps)
+
+    def clear(self) -> None:
+        self.scripts.clear()
+        self.rates.clear()
+        self.latency_ms = 0.0
+        self.latency_jitter_ms = 0.0
+
+    def configure(self, body: Any) -> None:
+        """Apply an admin PUT body: given keys change, absent keys stay; `rates` replaces all rates.
+
+        Everything is validated before anything changes, so a bad body leaves the plan intact.
+        """
+        if not isinstance(body, dict):
+            raise InvalidInput("body must be a JSON object")
+        allowed = {
+            "latency_ms",
+            "latency_jitter_ms",
+            "rates",
+            "seed",
+            "hang_seconds",
+            "retry_after",
+            "reject_message",
+        }
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise InvalidInput(f"unknown fields: {', '.join(unknown)}")
+        latency = _number(body, "latency_ms", self.latency_ms)
+        jitter = _number(body, "latency_jitter_ms", self.latency_jitter_ms)
+        hang = _number(body, "hang_seconds", self.hang_seconds)
+        rates = parse_rates(body["rates"]) if "rates" in body else self.rates
+        retry_after = body.get("retry_after", self.retry_after)
+        if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
+            raise InvalidInput(
+                f"retry_after must be a whole number of seconds, got {retry_after!r}"
+            )
+        message = body.get("reject_message", self.reject_message)
+        if not isinstance(message, str) or not message:
+            raise InvalidInput("reject_message must be a non-empty string")
+        seed = body.get("seed", self.seed)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise InvalidInput(f"seed must be an integer or null, got {seed!r}")
+        self.latency_ms, self.latency_jitter_ms, self.hang_seconds = latency, jitter, hang
+        self.rates = dict(rates)
+        self.retry_after, self.reject_message = retry_after, message
+        if "seed" in body:
+            self.reseed(seed)
+
+    def pick(self, imp_uid: str, method: str, endpoint: str) -> FaultStep | None:
+        """Consume the first matching scripted step, else draw from the rates."""
+        script = self.scripts.get(imp_uid)
+        if script:
+            for index, step in enumerate(script):
+                if step.matches(method, endpoint):
+                    del script[index]
+                    if not script:
+                        del self.scripts[imp_uid]
+                    return step
+        if not self.rates:
+            return None
+        for name in RATE_KINDS:
+            rate = self.rates.get(name)
+            if not rate:
+                continue
+            if name == "reject" and (method, endpoint) != ("POST", "receipts"):
+                continue
+            if self._rng.random() < rate:
+                return self._drawn(name)
+        return None
+
+    def _drawn(self, name: str) -> FaultStep:
+        if name.startswith("status_"):
+            return FaultStep(kind="status", status=int(name.removeprefix("status_")))
+        return FaultStep(
+            kind=name,
+            retry_after=self.retry_after,
+            seconds=self.hang_seconds,
+            message=self.reject_message,
+        )
+
+    def delay_seconds(self, step: FaultStep | None) -> float:
+        """Global latency (plus jitter, uniform in [0, jitter]) and any scripted latency."""
+        delay = self.latency_ms
+        if self.latency_jitter_ms:
+            delay += self._rng.uniform(0.0, self.latency_jitter_ms)
+        if step is not None and step.kind == "latency":
+            delay += step.ms
+        return delay / 1000.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "latency_ms": self.latency_ms,
+            "latency_jitter_ms": self.latency_jitter_ms,
+            "rates": {name: self.rates.get(name, 0.0) for name in RATE_KINDS},
+            "hang_seconds": self.hang_seconds,
+            "retry_after": self.retry_after,
+            "reject_message": self.reject_message,
+            "seed": self.seed,
+            "scripts": {
+                imp_uid: [step.to_json() for step in steps]
+                for imp_uid, steps in self.scripts.items()
+            },
+        }
