@@ -25,7 +25,14 @@ from worker.schemas import (
     readable_imp_uid,
     readable_merchant_uid,
 )
-from worker.service import Report, issue_receipt
+from worker.service import Report, failure_message, issue_receipt
+
+
+class ReceiptFailed(Exception):
+    """Raised after the failure event is published, so Celery and Flower count a failure.
+
+    Its text is the reason and the (masked) provider message: nothing from the payload.
+    """
 
 
 @app.task(
@@ -37,6 +44,8 @@ from worker.service import Report, issue_receipt
     # The attempt budget is ours (RETRY_MAX_ATTEMPTS, applied by decide()); Celery's
     # own MaxRetriesExceededError would put the raw payload in its message.
     max_retries=None,
+    # Expected outcomes: logged in one line, shown as FAILURE in Flower, no traceback.
+    throws=(ReceiptFailed,),
 )
 def issue_cash_receipt(self: Task, *args: Any, **kwargs: Any) -> str:
     """Issue the cash receipt of one confirmed payment; returns the outcome's name only."""
@@ -67,7 +76,7 @@ def _issue(
         request = payload_from_args(args, kwargs)
     except InvalidPayload as error:
         report.invalid_payload(error)
-        return "failed:invalid_payload"
+        raise ReceiptFailed(f"invalid_payload: {error}") from None
     try:
         issued = issue_receipt(runtime.client, request, look_first=attempt > 1)
     except IamportError as error:
@@ -75,6 +84,6 @@ def _issue(
         if decision.retry:
             raise task.retry(countdown=decision.delay) from None
         report.failed(error, decision.reason or "rejected")
-        return f"failed:{decision.reason}"
+        raise ReceiptFailed(f"{decision.reason}: {failure_message(error)}") from None
     report.issued(issued)
     return "issued:duplicate" if issued.duplicate else "issued"

@@ -97,6 +97,11 @@ def find_issued(client: IamportClient, imp_uid: str) -> tuple[Receipt | None, Pa
     return None, payment
 
 
+def failure_message(error: IamportError) -> str:
+    """What i'mport said, in its words, masked: the message a failure shows."""
+    return mask_text(error.provider_message or str(error))
+
+
 @dataclass(frozen=True)
 class Report:
     """Publishes the terminal event of one task message."""
@@ -140,7 +145,7 @@ class Report:
                     "reason": reason,
                     "status": error.status,
                     "code": error.code,
-                    "message": mask_text(error.provider_message or str(error)),
+                    "message": failure_message(error),
                     "retryable": reason in RETRYABLE_REASONS,
                 }
             },

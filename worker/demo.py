@@ -1,0 +1,233 @@
+"""``make run``: the product, locally, in one command.
+
+Starts a worker and Flower (basic auth) against ``REDIS_URL``, and the i'mport
+sandbox when no i'mport credentials are set. Then it feeds in a few sample
+payment-confirmed events with new imp_uids, waits for their result events with
+a progress line, shows what happened (receipts issued, one failure explained),
+and keeps everything running until Ctrl-C so Flower can be explored.
+
+It never issues real receipts by accident: with IAMPORT_KEY and IAMPORT_SECRET
+set it only starts when ``--live`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LOGS = ROOT / ".run"
+SANDBOX_KEY, SANDBOX_SECRET = "sandbox_key", "sandbox_secret"
+
+
+def samples(run_id: str) -> list[dict[str, Any]]:
+    """Sample payment-confirmed events; the last one is refused by the tax service."""
+    return [
+        {
+            "imp_uid": f"demo_{run_id}_phone",
+            "merchant_uid": f"order-{run_id}-1",
+            "identifier": "010-1234-5678",
+            "identifier_type": "phone",
+        },
+        {
+            "imp_uid": f"demo_{run_id}_business",
+            "merchant_uid": f"order-{run_id}-2",
+            "identifier": "116-82-00276",
+            "identifier_type": "business",
+            "type": "company",
+            "tax_free": 1100,
+        },
+        {
+            "imp_uid": f"demo_{run_id}_card",
+            "merchant_uid": f"order-{run_id}-3",
+            "identifier": "1234-5678-9012-345678",
+            "identifier_type": "taxcard",
+        },
+        {
+            # 11 digits that are not a mobile number: the sandbox's tax service
+            # refuses it, as the real one does ("TS1 발행 요청 번호 오류").
+            "imp_uid": f"demo_{run_id}_rejected",
+            "merchant_uid": f"order-{run_id}-4",
+            "identifier": "12345678901",
+        },
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m worker.demo``."""
+    parser = argparse.ArgumentParser(prog="python -m worker.demo", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="stop after the results are shown")
+    parser.add_argument("--flower-port", type=int, default=5555)
+    parser.add_argument("--live", action="store_true", help="allow real i'mport credentials")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ)
+    redis_url = env.setdefault("REDIS_URL", "redis://localhost:6379/0")
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        print(f"Cannot reach Redis at {redis_url} ({error}). Start Redis or set REDIS_URL.")
+        return 2
+    if env.get("IAMPORT_KEY") and not args.live:
+        print("IAMPORT_KEY is set: this would issue real receipts. Add --live to mean it.")
+        return 2
+
+    LOGS.mkdir(exist_ok=True)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        if not env.get("IAMPORT_KEY"):
+            port = _free_port()
+            env.update(
+                IAMPORT_API_URL=f"http://127.0.0.1:{port}",
+                IAMPORT_KEY=SANDBOX_KEY,
+                IAMPORT_SECRET=SANDBOX_SECRET,
+            )
+            children.append(_spawn("sandbox", [BIN / "iamport-sandbox", "--port", str(port)], env))
+            _wait_http(f"http://127.0.0.1:{port}/__sandbox__/health", "the i'mport sandbox")
+            print(f"i'mport sandbox   http://127.0.0.1:{port}  (no credentials given)")
+        if not env.get("FLOWER_BASIC_AUTH"):
+            env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
+        celery = BIN / "celery"
+        children.append(
+            _spawn(
+                "worker",
+                [celery, "-A", "worker", "worker", "--loglevel", "INFO", "-n", "demo@%h"],
+                env,
+            )
+        )
+        children.append(
+            _spawn(
+                "flower",
+                [celery, "-A", "worker", "flower", f"--port={args.flower_port}"],
+                env,
+            )
+        )
+        user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
+        flower_url = f"http://127.0.0.1:{args.flower_port}"
+        print(f"Flower            {flower_url}  (user {user}, password {password})")
+        print(f"Logs              {LOGS}/")
+        return _feed_and_show(env, args, children)
+    finally:
+        for child in reversed(children):
+            _stop(child)
+
+
+def _feed_and_show(env: dict[str, str], args: argparse.Namespace, children: list[Any]) -> int:
+    os.environ.update(env)  # the producer helper reads the same settings as the worker
+    from worker.events import latest_event  # noqa: PLC0415
+    from worker.producer import enqueue_issue  # noqa: PLC0415
+    from worker.settings import load_celeryconfig  # noqa: PLC0415
+
+    config = load_celeryconfig()
+    client = redis.Redis.from_url(config.redis_url)
+    run_id = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
+    payloads = samples(run_id)
+    tasks = {enqueue_issue(payload): payload["imp_uid"] for payload in payloads}
+    print(f"\nEnqueued {len(tasks)} payment-confirmed events (run {run_id}).")
+
+    outcomes: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + args.timeout
+    while len(outcomes) < len(tasks) and time.monotonic() < deadline:
+        for process in children:
+            if process.poll() is not None:
+                print(f"\n{process.args[0]} exited; see {LOGS}/")
+                return 1
+        for task_id, imp_uid in tasks.items():
+            event = latest_event(client, stream=config.result_stream, imp_uid=imp_uid)
+            if event and event["data"]["task_id"] == task_id:
+                outcomes[imp_uid] = event
+        done = len(outcomes)
+        bar = "#" * (done * 20 // len(tasks))
+        print(f"\rWaiting for result events [{bar:<20}] {done}/{len(tasks)}", end="", flush=True)
+        time.sleep(0.2)
+    print()
+    for payload in payloads:
+        print(_describe(payload["imp_uid"], outcomes.get(payload["imp_uid"])))
+    if len(outcomes) < len(tasks):
+        print(f"Not every result arrived within {args.timeout:g}s; see {LOGS}/worker.log")
+        return 1
+    print(
+        f"\nEvents are in the Redis stream {config.result_stream!r}; "
+        "`cashreceipt status <imp_uid>` shows one."
+    )
+    if args.once:
+        return 0
+    print("Worker, Flower and sandbox keep running. Ctrl-C stops them.")
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        print()
+    return 0
+
+
+def _describe(imp_uid: str, event: dict[str, Any] | None) -> str:
+    if event is None:
+        return f"  {imp_uid:<36} no result yet"
+    data = event["data"]
+    if event["type"] == "cash_receipt.issued":
+        receipt = data["receipt"]
+        return (
+            f"  {imp_uid:<36} ISSUED  amount {receipt['amount']} vat {receipt['vat']} "
+            f"apply_num {receipt['apply_num']}"
+        )
+    error = data["error"]
+    return (
+        f"  {imp_uid:<36} FAILED  {error['reason']} after {data['attempts']} attempts: "
+        f"HTTP {error['status']} {json.dumps(error['message'], ensure_ascii=False)}"
+    )
+
+
+def _spawn(name: str, command: list[Any], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = (LOGS / f"{name}.log").open("wb")
+    return subprocess.Popen(
+        [str(part) for part in command], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_http(url: str, what: str, timeout: float = 20.0) -> None:
+    import requests  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not start within {timeout:g}s; see {LOGS}/")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
