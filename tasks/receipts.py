@@ -17,6 +17,7 @@ from celery import Task
 from worker.celery import app
 from worker.contract import ISSUE_TASK, QUEUE
 from worker.errors import IamportError
+from worker.malformed import guard
 from worker.retry import compute_backoff, decide
 from worker.runtime import Runtime, get_runtime
 from worker.schemas import (
@@ -26,6 +27,14 @@ from worker.schemas import (
     readable_merchant_uid,
 )
 from worker.service import Report, failure_message, issue_receipt
+
+
+class ReceiptTask(Task):  # type: ignore[misc]
+    """Our task class: malformed messages are caught before Celery unpacks them."""
+
+    def start_strategy(self, app: Any, consumer: Any, **kwargs: Any) -> Any:
+        """Celery's strategy for this task, behind :func:`worker.malformed.guard`."""
+        return guard(super().start_strategy(app, consumer, **kwargs), self)
 
 
 class ReceiptFailed(Exception):
@@ -38,6 +47,7 @@ class ReceiptFailed(Exception):
 @app.task(
     name=ISSUE_TASK,
     bind=True,
+    base=ReceiptTask,
     queue=QUEUE,
     acks_late=True,
     ignore_result=True,

@@ -50,7 +50,9 @@ class TestIssued:
         self, producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
     ) -> None:
         """One payload, one POST, one issued event carrying the whole ReceiptAnnotation."""
-        task_id = send(producer, {"imp_uid": imp_uid, "merchant_uid": "order-9", "identifier": PHONE})
+        task_id = send(
+            producer, {"imp_uid": imp_uid, "merchant_uid": "order-9", "identifier": PHONE}
+        )
         event = results.wait(task_id)
         assert event["type"] == "cash_receipt.issued"
         data = event["data"]

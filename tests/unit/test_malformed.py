@@ -1,0 +1,56 @@
+"""Which message bodies Celery would choke on, and what can still be read from them."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.malformed import body_problem, readable_payload
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [[{"imp_uid": "imp_1"}], {}, {"callbacks": None}],
+        [[], {}, None],
+        ([1, 2], {"x": 1}, {}),
+        {"args": [{"imp_uid": "imp_1"}], "kwargs": {}},
+    ],
+)
+def test_celery_shaped_bodies_pass(body: object) -> None:
+    """Protocol-2 triples and protocol-1 mappings go on to Celery untouched."""
+    assert body_problem(body) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"imp_uid": "imp_1", "identifier": "01012345678"},
+        "just a string",
+        5,
+        None,
+        [],
+        [[], {}],
+        [{"imp_uid": "imp_1"}, {}, {}],
+        [[], [], {}],
+        [[], {}, "embed"],
+        {"args": "x"},
+    ],
+)
+def test_other_bodies_are_malformed(body: object) -> None:
+    """Anything Celery would fail to unpack is caught with a reason."""
+    assert body_problem(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "raw", "expected"),
+    [
+        ([[{"imp_uid": "imp_1"}], {}, {}], b"", {"imp_uid": "imp_1"}),
+        ([[], {}, {}], b"", None),
+        ({"imp_uid": "imp_2"}, b"", {"imp_uid": "imp_2"}),
+        (None, b'garbage {"imp_uid": "imp_3", oops', {"imp_uid": "imp_3"}),
+        (None, b"garbage", None),
+    ],
+)
+def test_readable_payload(body: object, raw: bytes, expected: object) -> None:
+    """The likely payload is found inside a triple, a bare object, or raw bytes."""
+    assert readable_payload(body, raw) == expected

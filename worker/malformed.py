@@ -1,0 +1,126 @@
+"""Messages for our task that Celery itself would choke on.
+
+Celery 5.7 unpacks a protocol-2 body as ``args, kwargs, embed`` inside the
+consumer's event loop, outside any task. A body that is valid JSON but not that
+triple (a bare payload object, a string, ``[]``) raises there and stops the
+whole worker; on restart the unacked message comes back and stops it again. A
+body that is not JSON is logged at CRITICAL *with the body*, which may hold an
+identifier, and dropped.
+
+So the task's strategy is wrapped: every ``issue_cash_receipt`` message is
+checked first. A malformed one ends like any bad payload: one
+``cash_receipt.failed`` event with reason ``invalid_payload`` (and its imp_uid
+when one can be read), a log line without the body, and an ack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+from celery import Task
+from kombu.exceptions import DecodeError
+
+from worker.runtime import get_runtime
+from worker.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
+from worker.service import Report
+
+log = logging.getLogger(__name__)
+
+Strategy = Callable[..., Any]
+
+
+def body_problem(payload: object) -> str | None:
+    """Why a decoded body is not a Celery protocol-2 ``[args, kwargs, embed]``, or None."""
+    if isinstance(payload, Mapping):
+        # Protocol 1 and Celery's "hybrid" messages keep args in a mapping.
+        args, kwargs = payload.get("args"), payload.get("kwargs", {})
+        if isinstance(args, list | tuple) and isinstance(kwargs, Mapping):
+            return None
+        return "The message body is a JSON object, not Celery's [args, kwargs, embed]."
+    if not isinstance(payload, list | tuple) or len(payload) != 3:
+        return "The message body is not Celery's [args, kwargs, embed] triple."
+    args, kwargs, embed = payload
+    if not isinstance(args, list | tuple) or not isinstance(kwargs, Mapping):
+        return "The message body's args must be a list and its kwargs an object."
+    if embed is not None and not isinstance(embed, Mapping):
+        return "The message body's embed part must be an object."
+    return None
+
+
+_IMP_UID_IN_TEXT = re.compile(rb'"imp_uid"\s*:\s*"([A-Za-z0-9_\-.]{1,100})"')
+
+
+def readable_payload(payload: object, raw_body: bytes = b"") -> object:
+    """The object most likely meant as the payload, to read an imp_uid from.
+
+    For a body that is not even JSON, an ``"imp_uid": "..."`` pair found in
+    its bytes still names the payment.
+    """
+    if isinstance(payload, list | tuple) and payload and isinstance(payload[0], list | tuple):
+        return payload[0][0] if payload[0] else None
+    if payload is None and raw_body:
+        found = _IMP_UID_IN_TEXT.search(raw_body)
+        return {"imp_uid": found.group(1).decode()} if found else None
+    return payload
+
+
+def guard(strategy: Strategy, task: Task) -> Strategy:
+    """Wrap ``strategy`` so that malformed messages end in a failure event, not a crash."""
+
+    def guarded(
+        message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kwargs: Any
+    ) -> Any:
+        headers = message.headers if isinstance(message.headers, Mapping) else {}
+        problem: str | None
+        try:
+            payload = message.decode() if body is None else body
+        except DecodeError:
+            problem, payload = "The message body is not valid JSON.", None
+        else:
+            problem = body_problem(payload)
+        if problem is None and isinstance(headers.get("id"), str):
+            return strategy(message, body, ack, reject, callbacks, **kwargs)
+        problem = problem or "The message has no task id."
+        _fail_malformed(task, message, headers, payload, problem)
+        return None
+
+    return guarded
+
+
+def _fail_malformed(
+    task: Task, message: Any, headers: Mapping[str, Any], payload: object, problem: str
+) -> None:
+    body = message.body if isinstance(message.body, bytes) else str(message.body or "").encode()
+    raw = readable_payload(payload, body)
+    task_id = headers.get("id")
+    if not isinstance(task_id, str):
+        # No id to key the event on: derive one from the body so a redelivery
+        # of the same bytes still publishes once.
+        task_id = "malformed-" + hashlib.sha256(body).hexdigest()[:32]
+    retries = headers.get("retries")
+    report = Report(
+        events=get_runtime(task.app.conf).events,
+        task_id=task_id,
+        attempts=(retries if isinstance(retries, int) else 0) + 1,
+        imp_uid=readable_imp_uid(raw),
+        merchant_uid=readable_merchant_uid(raw),
+    )
+    try:
+        report.invalid_payload(InvalidPayload({"_message": [problem]}))
+    except redis.RedisError:
+        log.exception("could not publish the failure of malformed message %s; requeued", task_id)
+        message.reject(requeue=True)
+        return
+    log.error(
+        "discarded malformed %s message %s (imp_uid %s): %s",
+        task.name,
+        task_id,
+        report.imp_uid,
+        problem,
+    )
+    message.ack()
