@@ -84,6 +84,11 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+def _seconds_text(seconds: float) -> str:
+    """HTTP wants whole seconds; a fraction is kept only when asked for, so tests run fast."""
+    return str(int(seconds)) if seconds == int(seconds) else f"{seconds:g}"
+
+
 def _token_of(request: web.Request) -> str | None:
     """`Authorization` wins over the legacy header; the Bearer scheme is optional (§1.2)."""
     header = request.headers.get("Authorization")
@@ -225,7 +230,7 @@ class Sandbox:
         if step.kind == "status":
             return self._finish(entry, error(step.status, _STATUS_MESSAGES[step.status]))
         if step.kind == "rate_limit":
-            headers = {"Retry-After": str(step.retry_after)}
+            headers = {"Retry-After": _seconds_text(step.retry_after)}
             return self._finish(entry, error(429, "Too Many Requests (sandbox fault)", headers))
         if step.kind == "revoke_tokens":
             self.tokens.revoke_all()

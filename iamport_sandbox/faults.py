@@ -58,7 +58,7 @@ class FaultStep:
     endpoint: str | None = None
     ms: float = 0.0
     status: int = 500
-    retry_after: int = 1
+    retry_after: float = 1.0
     seconds: float = DEFAULT_HANG_SECONDS
     message: str = DEFAULT_REJECT_MESSAGE
 
@@ -106,9 +106,6 @@ def parse_step(raw: Any) -> FaultStep:
     status = raw.get("status", 500)
     if kind == "status" and status not in INJECTABLE_STATUSES:
         raise InvalidInput(f"status must be one of 500, 502, 503, 504, got {status!r}")
-    retry_after = raw.get("retry_after", 1)
-    if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
-        raise InvalidInput(f"retry_after must be a whole number of seconds, got {retry_after!r}")
     message = raw.get("message", DEFAULT_REJECT_MESSAGE)
     if not isinstance(message, str) or not message:
         raise InvalidInput("message must be a non-empty string")
@@ -118,7 +115,7 @@ def parse_step(raw: Any) -> FaultStep:
         endpoint=endpoint,
         ms=_number(raw, "ms", 0.0),
         status=status,
-        retry_after=retry_after,
+        retry_after=_number(raw, "retry_after", 1.0),
         seconds=_number(raw, "seconds", DEFAULT_HANG_SECONDS),
         message=message,
     )
@@ -161,7 +158,7 @@ class FaultPlan:
         self.latency_ms = 0.0
         self.latency_jitter_ms = 0.0
         self.hang_seconds = DEFAULT_HANG_SECONDS
-        self.retry_after = 1
+        self.retry_after = 1.0
         self.reject_message = DEFAULT_REJECT_MESSAGE
         self.seed = seed
         self._rng = random.Random(seed)  # noqa: S311 - fault draws, not secrets
@@ -202,11 +199,7 @@ class FaultPlan:
         jitter = _number(body, "latency_jitter_ms", self.latency_jitter_ms)
         hang = _number(body, "hang_seconds", self.hang_seconds)
         rates = parse_rates(body["rates"]) if "rates" in body else self.rates
-        retry_after = body.get("retry_after", self.retry_after)
-        if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
-            raise InvalidInput(
-                f"retry_after must be a whole number of seconds, got {retry_after!r}"
-            )
+        retry_after = _number(body, "retry_after", self.retry_after)
         message = body.get("reject_message", self.reject_message)
         if not isinstance(message, str) or not message:
             raise InvalidInput("reject_message must be a non-empty string")

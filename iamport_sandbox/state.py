@@ -368,9 +368,8 @@ class Merchant:
         if rejection is not None:
             raise Refusal(500, f"현금영수증 발행에 실패했습니다. {rejection}")
         if reject_message is not None:
-            raise Refusal(
-                500, f"현금영수증 발행에 실패했습니다. [{payment.pg_provider}] {reject_message}"
-            )
+            # The PG's words go through untouched, as i'mport relays them (research §4.2).
+            raise Refusal(500, reject_message)
 
         self._receipt_seq += 1
         receipt_tid = f"SBX-RCT-{self._receipt_seq:010d}"
@@ -415,7 +414,7 @@ class Merchant:
         if receipt is None:
             return error(400, "취소할 현금영수증 발행 내역이 존재하지 않습니다.")
         if reject_message is not None:
-            return error(500, f"현금영수증 취소에 실패했습니다. [{pg}] {reject_message}")
+            return error(500, reject_message)
         receipt.cancelled_at = int(self._clock())
         payment.cash_receipt_issued = False
         return ok(receipt.annotation())

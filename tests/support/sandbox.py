@@ -1,0 +1,242 @@
+"""Start the i'mport sandbox as the real console program and drive its admin API.
+
+Tests talk to it over loopback HTTP exactly as the worker does, so nothing here imports the
+sandbox package: what is tested is the process a user runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_KEY = "sandbox_key"
+DEFAULT_SECRET = "sandbox_secret"
+READY_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+ADMIN_TIMEOUT = 5.0
+_LISTENING = re.compile(r"iamport-sandbox listening on (http://\S+?):(\d+)\s")
+
+
+class SandboxError(RuntimeError):
+    """The sandbox process failed to start or died while in use; carries its stderr."""
+
+
+class SandboxAdmin:
+    """Client of the admin API under /__sandbox__/ (plain JSON, no token)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _call(self, method: str, path: str, body: Any = None, **params: str) -> Any:
+        response = requests.request(
+            method,
+            f"{self.url}/__sandbox__/{path}",
+            json=body,
+            params=params or None,
+            timeout=ADMIN_TIMEOUT,
+        )
+        if response.status_code != 200:
+            raise AssertionError(
+                f"admin {method} {path} answered {response.status_code}: {response.text}"
+            )
+        return response.json()
+
+    def health(self) -> bool:
+        return bool(self._call("GET", "health").get("ok"))
+
+    def reset(self) -> None:
+        """Back to the state the process started in (its CLI faults and lifetime included)."""
+        self._call("POST", "reset")
+
+    def seed_payment(self, imp_uid: str, **fields: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("PUT", f"payments/{imp_uid}", fields)
+        return result
+
+    def requests(self, imp_uid: str | None = None) -> list[dict[str, Any]]:
+        """Every API request seen, oldest first, identifiers masked."""
+        query = {"imp_uid": imp_uid} if imp_uid is not None else {}
+        entries: list[dict[str, Any]] = self._call("GET", "requests", **query)["requests"]
+        return entries
+
+    def receipts(self) -> dict[str, Any]:
+        """`{"receipts": [...], "issued_counts": {imp_uid: n}}`, cancelled receipts included."""
+        result: dict[str, Any] = self._call("GET", "receipts")
+        return result
+
+    def issued_count(self, imp_uid: str) -> int:
+        return int(self.receipts()["issued_counts"].get(imp_uid, 0))
+
+    def token(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "token")
+        return result
+
+    def set_token_lifetime(self, seconds: int, **policy: int) -> dict[str, Any]:
+        """Lifetime of tokens minted from now on; `extend_window_seconds` and
+        `extension_seconds` may be given too."""
+        result: dict[str, Any] = self._call("PUT", "token", {"lifetime_seconds": seconds, **policy})
+        return result
+
+    def revoke_tokens(self) -> None:
+        self._call("POST", "tokens/revoke")
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the sandbox's clock forward; returns its new `now`."""
+        return float(self._call("POST", "clock", {"advance_seconds": seconds})["now"])
+
+    def script(self, imp_uid: str, *steps: dict[str, Any]) -> dict[str, Any]:
+        """Append fault steps; each is consumed by the next matching request on imp_uid."""
+        result: dict[str, Any] = self._call("POST", f"faults/{imp_uid}", {"script": list(steps)})
+        return result
+
+    def set_rates(self, **body: Any) -> dict[str, Any]:
+        """PUT /__sandbox__/faults: `rates={...}`, `latency_ms`, `latency_jitter_ms`, `seed`..."""
+        result: dict[str, Any] = self._call("PUT", "faults", body)
+        return result
+
+    def faults(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "faults")
+        return result
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "faults")
+
+
+class Sandbox(SandboxAdmin):
+    """A running sandbox process. Its admin methods are on it directly and on `.admin`."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        port: int,
+        imp_key: str,
+        imp_secret: str,
+        process: subprocess.Popen[bytes],
+        log_path: Path,
+    ) -> None:
+        super().__init__(url)
+        self.port = port
+        self.imp_key = imp_key
+        self.imp_secret = imp_secret
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def admin(self) -> SandboxAdmin:
+        return self
+
+    def stderr(self) -> str:
+        """Everything the process has logged so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def get_token(self) -> str:
+        """A valid access token, obtained the way a client would."""
+        response = requests.post(
+            f"{self.url}/users/getToken",
+            json={"imp_key": self.imp_key, "imp_secret": self.imp_secret},
+            timeout=ADMIN_TIMEOUT,
+        )
+        response.raise_for_status()
+        return str(response.json()["response"]["access_token"])
+
+
+def _flag(args: tuple[str, ...], name: str, default: str) -> str:
+    """The value the CLI will see for `name`, which argparse takes from its last mention."""
+    value = default
+    for index, arg in enumerate(args):
+        if arg == name and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith(name + "="):
+            value = arg.partition("=")[2]
+    return value
+
+
+def sandbox_command() -> list[str]:
+    """`python -m iamport_sandbox` with this interpreter, so the venv's packages are used."""
+    return [sys.executable, "-m", "iamport_sandbox"]
+
+
+def _wait_until_ready(process: subprocess.Popen[bytes], log_path: Path) -> tuple[str, int]:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SandboxError(
+                f"sandbox exited with {process.returncode} before it was ready:\n"
+                + log_path.read_text(errors="replace")
+            )
+        match = _LISTENING.search(log_path.read_text(errors="replace"))
+        if match:
+            url, port = match.group(1) + ":" + match.group(2), int(match.group(2))
+            try:
+                if requests.get(f"{url}/__sandbox__/health", timeout=1).ok:
+                    return url, port
+            except requests.ConnectionError:
+                pass
+        time.sleep(0.02)
+    raise SandboxError(
+        f"sandbox not ready after {READY_TIMEOUT:g}s:\n" + log_path.read_text(errors="replace")
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT)
+
+
+@contextmanager
+def running_sandbox(*extra_args: str, port: int | None = None) -> Iterator[Sandbox]:
+    """Run `python -m iamport_sandbox` on loopback until the block ends.
+
+    With no `port`, the sandbox binds port 0 and its startup line says which port it got, so
+    parallel runs never race for a port. Raises SandboxError, with the process's stderr, if it
+    cannot start or has died by the time the block ends.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="iamport-sandbox-"))
+    log_path = workdir / "stderr.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    command = [*sandbox_command(), "--host", "127.0.0.1", "--port", str(port or 0), *extra_args]
+    try:
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT
+            )
+        try:
+            url, bound = _wait_until_ready(process, log_path)
+            sandbox = Sandbox(
+                url=url,
+                port=bound,
+                imp_key=_flag(extra_args, "--imp-key", DEFAULT_KEY),
+                imp_secret=_flag(extra_args, "--imp-secret", DEFAULT_SECRET),
+                process=process,
+                log_path=log_path,
+            )
+            yield sandbox
+            if process.poll() is not None:
+                raise SandboxError(
+                    f"sandbox died during the test (exit {process.returncode}):\n"
+                    + log_path.read_text(errors="replace")
+                )
+        finally:
+            _stop(process)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
