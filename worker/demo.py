@@ -27,6 +27,8 @@ from typing import Any
 
 import redis
 
+from worker.settings import load_celeryconfig
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LOGS = ROOT / ".run"
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m worker.demo``."""
     parser = argparse.ArgumentParser(prog="python -m worker.demo", description=__doc__)
     parser.add_argument("--once", action="store_true", help="stop after the results are shown")
-    parser.add_argument("--flower-port", type=int, default=5555)
+    parser.add_argument("--flower-port", type=int, default=5555, help="0 picks a free port")
     parser.add_argument("--live", action="store_true", help="allow real i'mport credentials")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
     args = parser.parse_args(argv)
@@ -87,21 +89,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("IAMPORT_KEY is set: this would issue real receipts. Add --live to mean it.")
         return 2
 
+    use_sandbox = not env.get("IAMPORT_KEY")
+    port = _free_port()
+    if use_sandbox:
+        env.update(
+            IAMPORT_API_URL=f"http://127.0.0.1:{port}",
+            IAMPORT_KEY=SANDBOX_KEY,
+            IAMPORT_SECRET=SANDBOX_SECRET,
+        )
+    if not env.get("FLOWER_BASIC_AUTH"):
+        env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
+    flower_port = args.flower_port or _free_port()
+    # Check every setting before anything starts, with the same message a worker gives.
+    os.environ.update(env)
+    load_celeryconfig()
+
     LOGS.mkdir(exist_ok=True)
     children: list[subprocess.Popen[bytes]] = []
     try:
-        if not env.get("IAMPORT_KEY"):
-            port = _free_port()
-            env.update(
-                IAMPORT_API_URL=f"http://127.0.0.1:{port}",
-                IAMPORT_KEY=SANDBOX_KEY,
-                IAMPORT_SECRET=SANDBOX_SECRET,
-            )
+        if use_sandbox:
             children.append(_spawn("sandbox", [BIN / "iamport-sandbox", "--port", str(port)], env))
             _wait_http(f"http://127.0.0.1:{port}/__sandbox__/health", "the i'mport sandbox")
             print(f"i'mport sandbox   http://127.0.0.1:{port}  (no credentials given)")
-        if not env.get("FLOWER_BASIC_AUTH"):
-            env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
         celery = BIN / "celery"
         children.append(
             _spawn(
@@ -113,12 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         children.append(
             _spawn(
                 "flower",
-                [celery, "-A", "worker", "flower", f"--port={args.flower_port}"],
+                [celery, "-A", "worker", "flower", f"--port={flower_port}"],
                 env,
             )
         )
         user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
-        flower_url = f"http://127.0.0.1:{args.flower_port}"
+        flower_url = f"http://127.0.0.1:{flower_port}"
         print(f"Flower            {flower_url}  (user {user}, password {password})")
         print(f"Logs              {LOGS}/")
         return _feed_and_show(env, args, children)
@@ -128,10 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _feed_and_show(env: dict[str, str], args: argparse.Namespace, children: list[Any]) -> int:
-    os.environ.update(env)  # the producer helper reads the same settings as the worker
     from worker.events import latest_event  # noqa: PLC0415
     from worker.producer import enqueue_issue  # noqa: PLC0415
-    from worker.settings import load_celeryconfig  # noqa: PLC0415
 
     config = load_celeryconfig()
     client = redis.Redis.from_url(config.redis_url)
