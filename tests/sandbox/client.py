@@ -62,7 +62,7 @@ class Api:
         return self.call("GET", f"/payments/{imp_uid}")
 
 
-def get_token(url: str, key: str = "sandbox_key", secret: str = "sandbox_secret") -> Any:
+def get_token(url: str, key: str = "sandbox_key", secret: str = "sandbox_secret") -> Any:  # noqa: S107 - documented sandbox default
     """The getToken envelope, as JSON."""
     response = requests.post(
         f"{url}/users/getToken", json={"imp_key": key, "imp_secret": secret}, timeout=TIMEOUT
