@@ -1,0 +1,218 @@
+"""The i'mport client against the sandbox over HTTP: envelopes, errors, timeouts and the token."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.support.redis_server import RedisServer
+from tests.support.sandbox import Sandbox
+from tests.support.wait import free_port
+from worker.errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    InvalidRequest,
+    IssuanceFailed,
+    OutcomeUnknown,
+    ProviderUnavailable,
+    RateLimited,
+    UnsupportedPg,
+)
+from worker.iamport import IamportClient
+from worker.tokens import RedisTokenCache
+
+pytestmark = pytest.mark.integration
+BODY = {"identifier": "01055554321"}
+
+
+class CountingSession(requests.Session):
+    """A real session that counts getToken calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token_requests = 0
+
+    def request(self, method: str | bytes, url: str | bytes, *args: object, **kwargs: object):  # type: ignore[override]
+        if str(url).endswith("/users/getToken"):
+            self.token_requests += 1
+        return super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def session() -> Iterator[CountingSession]:
+    """A fresh HTTP session per test."""
+    with CountingSession() as counting:
+        yield counting
+
+
+@pytest.fixture
+def cache(redis_server: RedisServer) -> RedisTokenCache:
+    """The shared token cache on the private Redis, emptied of earlier tokens."""
+    client = redis_server.client()
+    for key in client.scan_iter("iamport:token:*"):
+        client.delete(key)
+    return RedisTokenCache(client)
+
+
+def make_client(
+    sandbox: Sandbox,
+    session: requests.Session,
+    cache: RedisTokenCache,
+    *,
+    secret: str | None = None,
+    url: str | None = None,
+) -> IamportClient:
+    """A client configured as a worker process builds it."""
+    return IamportClient(
+        base_url=url or sandbox.url,
+        imp_key=sandbox.imp_key,
+        imp_secret=secret or sandbox.imp_secret,
+        session=session,
+        token_cache=cache,
+        timeout=0.5,
+    )
+
+
+def test_issue_returns_a_typed_receipt(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache, imp_uid: str
+) -> None:
+    """A 200 with code 0 becomes a Receipt; the token is fetched once and then shared."""
+    client = make_client(sandbox, session, cache)
+    receipt = client.issue_receipt(imp_uid, BODY)
+    assert (receipt.imp_uid, receipt.amount, receipt.vat, receipt.active) == (
+        imp_uid,
+        11000,
+        1000,
+        True,
+    )
+    assert client.find_receipt(imp_uid) == receipt
+    other = make_client(sandbox, requests.Session(), cache)
+    assert other.get_payment(imp_uid).cash_receipt_issued is True
+    assert session.token_requests == 1
+
+
+def test_lookup_of_a_missing_receipt_is_none(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache, imp_uid: str
+) -> None:
+    """404 on GET /receipts reads as "no receipt", not as an error."""
+    assert make_client(sandbox, session, cache).find_receipt(imp_uid) is None
+
+
+@pytest.mark.parametrize(
+    ("step", "error_class", "status"),
+    [
+        ({"kind": "status", "status": 500}, IssuanceFailed, 500),
+        ({"kind": "reject", "message": "PG says no"}, IssuanceFailed, 500),
+        ({"kind": "status", "status": 502}, ProviderUnavailable, 502),
+        ({"kind": "status", "status": 503}, ProviderUnavailable, 503),
+        ({"kind": "status", "status": 504}, ProviderUnavailable, 504),
+        ({"kind": "rate_limit", "retry_after": 3}, RateLimited, 429),
+        ({"kind": "drop_before"}, OutcomeUnknown, None),
+        ({"kind": "drop_after"}, OutcomeUnknown, None),
+        ({"kind": "hang", "seconds": 3}, OutcomeUnknown, None),
+    ],
+)
+def test_post_failures_map_to_the_error_tree(
+    sandbox: Sandbox,
+    session: CountingSession,
+    cache: RedisTokenCache,
+    imp_uid: str,
+    step: dict[str, object],
+    error_class: type[Exception],
+    status: int | None,
+) -> None:
+    """Every fault lands in its class, with the provider's status and message kept."""
+    sandbox.admin.script(imp_uid, {**step, "method": "POST"})
+    with pytest.raises(error_class) as caught:
+        make_client(sandbox, session, cache).issue_receipt(imp_uid, BODY)
+    assert getattr(caught.value, "status", None) == status
+    if step["kind"] == "reject":
+        assert caught.value.provider_message == "PG says no"  # type: ignore[attr-defined]
+    if step["kind"] == "rate_limit":
+        assert caught.value.retry_after == 3  # type: ignore[attr-defined]
+
+
+def test_a_lost_lookup_is_only_transient(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache, imp_uid: str
+) -> None:
+    """A GET changes nothing, so its hang is a plain transient error, not an unknown outcome."""
+    sandbox.admin.script(imp_uid, {"kind": "hang", "seconds": 3, "method": "GET"})
+    with pytest.raises(ProviderUnavailable):
+        make_client(sandbox, session, cache).find_receipt(imp_uid)
+
+
+def test_permanent_answers(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache, imp_uid: str
+) -> None:
+    """400 and 501 keep i'mport's status, code and message."""
+    client = make_client(sandbox, session, cache)
+    client.issue_receipt(imp_uid, BODY)
+    with pytest.raises(InvalidRequest) as caught:
+        client.issue_receipt(imp_uid, BODY)
+    assert caught.value.status == 400
+    assert caught.value.code not in (0, None)
+    assert caught.value.provider_message
+    sandbox.admin.seed_payment(f"{imp_uid}_p", pg_provider="payco")
+    with pytest.raises(UnsupportedPg):
+        client.issue_receipt(f"{imp_uid}_p", BODY)
+
+
+def test_refused_connection_is_a_connection_failure(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache
+) -> None:
+    """Nothing listening: the request never left, so it is safe to resend."""
+    client = make_client(sandbox, session, cache, url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ConnectionFailed):
+        client.get_payment("imp_x")
+
+
+def test_bad_credentials(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache
+) -> None:
+    """getToken's 401 is AuthenticationFailed, asked once, not retried."""
+    with pytest.raises(AuthenticationFailed):
+        make_client(sandbox, session, cache, secret="wrong").get_payment("imp_x")
+    assert session.token_requests == 1
+
+
+def test_revoked_token_is_renewed_once(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache, imp_uid: str
+) -> None:
+    """A 401 on the cached token: one renewal, one resend, success."""
+    client = make_client(sandbox, session, cache)
+    client.get_payment(imp_uid)
+    sandbox.admin.revoke_tokens()
+    assert client.get_payment(imp_uid).imp_uid == imp_uid
+    assert session.token_requests == 2
+
+
+def test_token_that_expires_mid_run_is_renewed(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache, imp_uid: str
+) -> None:
+    """The sandbox's clock passes expiry while our cache still holds the token: renewed on 401."""
+    client = make_client(sandbox, session, cache)
+    client.get_payment(imp_uid)
+    sandbox.admin.advance_clock(31 * 60)
+    assert client.issue_receipt(imp_uid, BODY).active
+    assert session.token_requests == 2
+    statuses = [r["status"] for r in sandbox.admin.requests(imp_uid)]
+    assert statuses[-2:] == [401, 200]
+
+
+def test_short_lived_token_is_renewed_before_it_expires(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache, redis_server: RedisServer
+) -> None:
+    """The cache drops a token ahead of i'mport's expiry, so no call ever meets a 401."""
+    sandbox.admin.set_token_lifetime(2)
+    sandbox.admin.revoke_tokens()
+    try:
+        client = make_client(sandbox, session, cache)
+        client.get_payment("imp_short")
+        ttl_ms = redis_server.client().pttl(
+            next(redis_server.client().scan_iter("iamport:token:*"))
+        )
+        assert 0 < ttl_ms <= 1000
+    finally:
+        sandbox.admin.set_token_lifetime(1800)
