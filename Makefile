@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest clean
+.PHONY: install run test lint typecheck pytest docker-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# No Docker engine runs where the tests run: check the image and stack statically.
+docker-check: $(STAMP)
+	$(BIN)/hadolint docker/Dockerfile
+	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
+	CASHRECEIPT_ENV_FILE=.env.example docker-compose -f docker/docker-compose.yml --profile dev config -q
+
+test: lint typecheck docker-check pytest
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

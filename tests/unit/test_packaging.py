@@ -1,0 +1,34 @@
+"""The wheel the Docker image installs carries everything the services run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_wheel_has_config_tasks_sandbox_and_console_scripts(tmp_path: Path) -> None:
+    """celeryconfig.py, both packages, the sandbox, and the two console scripts are in the wheel."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("cashreceipt-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for expected in (
+        "celeryconfig.py",
+        "worker/celery.py",
+        "tasks/receipts.py",
+        "iamport_sandbox/__main__.py",
+    ):
+        assert expected in names
+    assert not any(name.startswith("tests/") for name in names)
+    (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "cashreceipt = worker.cli:main" in text
+    assert "iamport-sandbox = iamport_sandbox.__main__:main" in text
