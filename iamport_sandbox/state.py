@@ -58,7 +58,7 @@ def error(status: int, message: str, headers: Mapping[str, str] | None = None) -
 UNAUTHORIZED: Final = "인증 Token이 전달되지 않았거나 유효하지 않습니다."
 
 
-@dataclass
+@dataclass(slots=True)
 class Payment:
     """The PaymentAnnotation fields a cash-receipt client reads (research §3.5)."""
 
@@ -101,7 +101,7 @@ class Payment:
         return data
 
 
-@dataclass
+@dataclass(slots=True)
 class Receipt:
     """A ReceiptAnnotation plus what the admin API shows about how it came to be."""
 
