@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import requests
 from marshmallow import ValidationError
+from urllib3.exceptions import NewConnectionError
 
 from worker.errors import (
     AuthenticationFailed,
@@ -283,14 +284,10 @@ def _unknown_outcome(method: str, path: str, what: str) -> IamportError:
 
 
 def _never_connected(error: requests.ConnectionError) -> bool:
-    """True when the TCP connection was refused or never made, so nothing was sent."""
-    text = repr(error.args)
-    return any(
-        marker in text
-        for marker in (
-            "NewConnectionError",
-            "Connection refused",
-            "Failed to establish",
-            "NameResolution",
-        )
-    )
+    """True when the TCP connection was refused or never made, so nothing was sent.
+
+    Anything else (a reset, a close without an answer) happened after the
+    request may have been written, so its outcome is unknown.
+    """
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(reason, NewConnectionError)
