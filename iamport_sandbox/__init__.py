@@ -1,0 +1,4 @@
+"""Local simulator of i'mport's (PortOne V1) cash-receipt REST API; see docs/sandbox.md.
+
+Importing the package starts nothing: run `iamport-sandbox` or `python -m iamport_sandbox`.
+"""

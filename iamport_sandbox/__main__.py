@@ -160,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     # aiohttp's access log would print raw paths and cost time per request; ours masks bodies.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
     try:
         asyncio.run(serve(config, args.host, args.port))
     except OSError as exc:

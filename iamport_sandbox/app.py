@@ -109,25 +109,24 @@ class Sandbox:
         self.clock = AdjustableClock()
         self.tokens = TokenStore(self.clock, TokenPolicy(lifetime=config.token_lifetime))
         self.merchant = Merchant(self.clock, id_seed=config.seed)
-        self.faults = FaultPlan(config.seed)
+        self.faults = self._startup_faults()
         self.closing = False
-        self._apply_startup_faults()
 
-    def _apply_startup_faults(self) -> None:
-        self.faults.clear()
-        self.faults.latency_ms = self.config.latency_ms
-        self.faults.latency_jitter_ms = self.config.latency_jitter_ms
-        self.faults.rates = dict(self.config.rates)
+    def _startup_faults(self) -> FaultPlan:
+        plan = FaultPlan(self.config.seed)
+        plan.latency_ms = self.config.latency_ms
+        plan.latency_jitter_ms = self.config.latency_jitter_ms
+        plan.rates = dict(self.config.rates)
         for imp_uid, steps in self.config.scripts.items():
-            self.faults.append(imp_uid, list(steps))
-        self.faults.reseed(self.config.seed)
+            plan.append(imp_uid, list(steps))
+        return plan
 
     def reset(self) -> None:
         """Back to the startup state: CLI faults and token lifetime return, data goes."""
         self.merchant.reset()
         self.tokens = TokenStore(self.clock, TokenPolicy(lifetime=self.config.token_lifetime))
         self.clock.offset = 0.0
-        self._apply_startup_faults()
+        self.faults = self._startup_faults()
 
     # -- i'mport API ------------------------------------------------------------------------
 
@@ -280,11 +279,15 @@ class Sandbox:
     @staticmethod
     def _log(entry: dict[str, Any]) -> None:
         if log.isEnabledFor(logging.DEBUG):
+            status = entry["status"]
+            if status is None:
+                outcome = entry.get("outcome")
+                status = "(no response)" if outcome is None else f"(no response; did {outcome})"
             log.debug(
                 "%s %s -> %s fault=%s body=%s",
                 entry["method"],
                 entry["path"],
-                entry["status"] if entry["status"] is not None else "(no response)",
+                status,
                 entry["fault"],
                 json.dumps(entry["body"], ensure_ascii=False),
             )

@@ -93,7 +93,7 @@ def test_reset_forgets_everything_but_startup_config(
     sandbox.seed_payment(imp_uid, amount=99000)
     success(api.issue(imp_uid))
     sandbox.script(imp_uid, {"kind": "status", "status": 503})
-    sandbox.set_rates(rates={"hang": 0.5}, latency_ms=5)
+    sandbox.set_rates(rates={"hang": 0.5}, latency_ms=5, reject_message="x", hang_seconds=1)
     sandbox.set_token_lifetime(3)
     sandbox.advance_clock(60)
     sandbox.reset()
@@ -103,6 +103,7 @@ def test_reset_forgets_everything_but_startup_config(
     assert faults["scripts"] == {}
     assert set(faults["rates"].values()) == {0.0}
     assert faults["latency_ms"] == 0
+    assert (faults["reject_message"], faults["hang_seconds"]) != ("x", 1)
     assert sandbox.token() == {
         "lifetime_seconds": 1800,
         "extend_window_seconds": 60,
