@@ -9,6 +9,7 @@ from celery import Celery
 
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
+from tests.support.spec import RECEIPT_FIELDS
 from tests.support.worker import ProcessOutput
 from worker.producer import enqueue_issue
 from worker.schemas import InvalidPayload
@@ -16,17 +17,6 @@ from worker.schemas import InvalidPayload
 pytestmark = pytest.mark.integration
 
 PHONE = "01055554321"
-RECEIPT_FIELDS = {
-    "imp_uid",
-    "receipt_tid",
-    "apply_num",
-    "type",
-    "amount",
-    "vat",
-    "receipt_url",
-    "applied_at",
-    "cancelled_at",
-}
 
 
 def send(producer: Celery, payload: Any, **options: Any) -> str:

@@ -9,18 +9,7 @@ import requests
 
 from tests.sandbox.client import Api, failure, success
 from tests.support.sandbox import Sandbox
-
-RECEIPT_FIELDS = {
-    "imp_uid",
-    "receipt_tid",
-    "apply_num",
-    "type",
-    "amount",
-    "vat",
-    "receipt_url",
-    "applied_at",
-    "cancelled_at",
-}
+from tests.support.spec import RECEIPT_FIELDS
 
 
 def test_unknown_payment_is_a_paid_vbank_default(api: Api, imp_uid: str) -> None:
