@@ -11,8 +11,10 @@ Links: https://docs.celeryq.dev/en/stable/userguide/configuration.html
 
 from __future__ import annotations
 
+import base64
 import math
 import os
+import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -66,6 +68,48 @@ def env_url(env: Mapping[str, str], name: str, default: str, *, schemes: tuple[s
     if parts.scheme not in schemes or not (parts.netloc or parts.path):
         raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL, got {value!r}")
     return value
+
+
+def env_flag(env: Mapping[str, str], name: str) -> bool:
+    """A 0/1 switch; anything else is an error rather than a guess."""
+    raw = env_str(env, name, "0")
+    if raw not in {"0", "1"}:
+        raise ConfigError(f"{name} must be 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+def fernet_keys(env: Mapping[str, str]) -> list[str]:
+    """PII_ENCRYPTION_KEYS, or the file PII_ENCRYPTION_KEYS_FILE names: Fernet keys, newest first.
+
+    Each key is checked for shape here (32 bytes, url-safe base64), so a typo
+    stops the process at start; a key's value is never echoed.
+    """
+    inline, path = env_str(env, "PII_ENCRYPTION_KEYS"), env_str(env, "PII_ENCRYPTION_KEYS_FILE")
+    if inline and path:
+        raise ConfigError("set PII_ENCRYPTION_KEYS or PII_ENCRYPTION_KEYS_FILE, not both")
+    source, text = "PII_ENCRYPTION_KEYS", inline or ""
+    if path:
+        source = f"PII_ENCRYPTION_KEYS_FILE ({path})"
+        try:
+            with open(path, encoding="ascii") as handle:
+                text = handle.read()
+        except OSError as error:
+            raise ConfigError(f"{source} cannot be read: {error.strerror}") from None
+        except UnicodeError:
+            raise ConfigError(f"{source} is not a text file of Fernet keys") from None
+    keys = [key for key in re.split(r"[,\s]+", text) if key]
+    for position, key in enumerate(keys, start=1):
+        try:
+            raw = base64.urlsafe_b64decode(key.encode("ascii"))
+        except (ValueError, UnicodeError):
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigError(
+                f"{source}: key {position} is not a Fernet key (32 url-safe base64 bytes)"
+            )
+    if path and not keys:
+        raise ConfigError(f"{source} holds no key")
+    return keys
 
 
 # Celery reads these itself and lets them override this module.
@@ -167,6 +211,11 @@ if broker_visibility_timeout < _minimum_visibility:
 
 worker_concurrency = env_int(_env, "WORKER_CONCURRENCY", 32, minimum=1, maximum=1000)
 
+# Identifiers are sealed with these (worker.sealing). The worker and the
+# producers refuse to run without one unless plaintext is explicitly allowed.
+pii_encryption_keys = fernet_keys(_env)
+allow_plaintext_pii = env_flag(_env, "ALLOW_PLAINTEXT_PII")
+
 # -- Celery proper -------------------------------------------------------------------
 
 broker_url = redis_url
@@ -210,6 +259,13 @@ broker_transport_options = {
     "max_connections": worker_concurrency * 2 + 10,
 }
 visibility_timeout = broker_visibility_timeout
+
+# kombu's Redis transport, except that a queue entry which is not a message is
+# parked instead of stopping the worker (worker/transport.py).
+broker_transport = "worker.transport:Transport"
+# Unknown, invalid and undecodable task messages are parked, not logged whole
+# and dropped (worker/consumer.py).
+worker_consumer = "worker.consumer:Consumer"
 
 # Flower lists received, started, retried, succeeded and failed tasks.
 worker_send_task_events = True

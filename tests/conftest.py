@@ -16,7 +16,7 @@ from celery import Celery
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
-from tests.support.worker import ProcessOutput, running_worker, worker_env
+from tests.support.worker import TEST_PII_KEY, ProcessOutput, running_worker, worker_env
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +47,8 @@ def producer(redis_server: RedisServer) -> Iterator[Celery]:
     """A producer that knows nothing of our code: a bare Celery app on the same Redis."""
     app = Celery("checkout", broker=redis_server.url)
     app.conf.task_serializer = "json"
+    # What our helper reads when this app is handed to it (worker.producer).
+    app.conf.pii_encryption_keys = [TEST_PII_KEY]
     yield app
     app.close()
 

@@ -6,10 +6,13 @@ process here, with its message and without a traceback, before Celery starts.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
 
+from worker.logmask import MaskPersonalData, install
+from worker.sealing import Sealer, SealingUnavailable
 from worker.settings import load_celeryconfig
 
 celeryconfig = load_celeryconfig()
@@ -19,11 +22,25 @@ app.config_from_object(celeryconfig)
 
 
 @signals.worker_init.connect
-def _refuse_to_start_without_credentials(**_: Any) -> None:
-    """A worker without i'mport credentials would fail every task; fail once, at start."""
+def _refuse_to_start_misconfigured(**_: Any) -> None:
+    """A worker without credentials or a PII key would fail every task; fail once, at start."""
     if not (celeryconfig.iamport_key and celeryconfig.iamport_secret):
         raise SystemExit(
             "cashreceipt: configuration error: IAMPORT_KEY and IAMPORT_SECRET must be set "
             "to start a worker (for a local try without credentials, use `make run`, which "
             "starts the i'mport sandbox)"
         )
+    try:
+        Sealer.from_conf(celeryconfig)
+    except SealingUnavailable as error:
+        raise SystemExit(f"cashreceipt: configuration error: {error}") from None
+
+
+def _mask_logs(logger: logging.Logger, **_: Any) -> None:
+    """Every handler Celery sets up masks identifiers and secrets, at every level."""
+    secrets = [celeryconfig.iamport_secret or "", *celeryconfig.pii_encryption_keys]
+    install(MaskPersonalData(secrets), [logger, logging.getLogger()])
+
+
+signals.after_setup_logger.connect(_mask_logs)
+signals.after_setup_task_logger.connect(_mask_logs)

@@ -97,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             IAMPORT_KEY=SANDBOX_KEY,
             IAMPORT_SECRET=SANDBOX_SECRET,
         )
+    if not (env.get("PII_ENCRYPTION_KEYS") or env.get("PII_ENCRYPTION_KEYS_FILE")):
+        env["PII_ENCRYPTION_KEYS_FILE"] = str(_local_key_file())
     if not env.get("FLOWER_BASIC_AUTH"):
         env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
     flower_port = args.flower_port or _free_port()
@@ -214,6 +216,18 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _local_key_file() -> Path:
+    """A Fernet key for local runs, made once and kept, so earlier runs' messages still open."""
+    path = LOGS / "pii-keys"
+    if not path.exists():
+        from cryptography.fernet import Fernet  # noqa: PLC0415
+
+        LOGS.mkdir(exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(Fernet.generate_key().decode() + "\n", encoding="ascii")
+    return path
 
 
 def _free_port() -> int:

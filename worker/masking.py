@@ -15,7 +15,8 @@ from typing import Any
 # Payload keys whose values are personal data.
 PERSONAL_FIELDS = frozenset({"identifier", "buyer_tel", "buyer_email", "buyer_name"})
 
-_DIGIT_RUN = re.compile(r"\d(?:[\d\- ]{5,}\d)")
+# Digits with single hyphens or spaces between them, not glued to letters.
+_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z])\d(?:[\- ]?\d){9,}(?![0-9A-Za-z])")
 
 
 def mask_identifier(value: object) -> str:
@@ -31,23 +32,49 @@ def mask_identifier(value: object) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Mask every run of 7+ digits (hyphens and spaces allowed inside) in free text.
+    """Mask every run of 10+ digits (hyphens and spaces allowed inside) in free text.
+
+    Ten is the shortest identifier (a business number, an old mobile number).
 
     Provider messages, decode-error logs and exception texts may echo a number
     we never chose to show; this is the last line of defence for them.
     """
-    return _DIGIT_RUN.sub(lambda match: mask_identifier(match.group(0)), text)
+    return _DIGIT_RUN.sub(_mask_unless_date, text)
+
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?: \d{2})?")
+
+
+def _mask_unless_date(match: re.Match[str]) -> str:
+    """Dates and times in log lines look like digit runs; they are not identifiers."""
+    text = match.group(0)
+    return text if _DATE.fullmatch(text) else mask_identifier(text)
 
 
 def mask_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a payload that is safe to log or show."""
     masked: dict[str, Any] = {}
     for key, value in payload.items():
-        if key in PERSONAL_FIELDS and value is not None:
+        if key == "identifier_sealed":
+            masked[key] = "<sealed>"
+        elif not isinstance(key, str) or not isinstance(value, str | int | float | bool | None):
+            masked[str(key)[:40]] = "<redacted>"
+        elif key in PERSONAL_FIELDS and value is not None:
             masked[key] = mask_identifier(value) if key != "buyer_email" else _mask_email(value)
         else:
             masked[key] = value
     return masked
+
+
+def masked_args_repr(args: object) -> str:
+    """What Flower, task events and logs show for a task's arguments.
+
+    Never empty: Celery falls back to the raw arguments when argsrepr is "".
+    """
+    if not isinstance(args, list | tuple):
+        return "<redacted>"
+    shown = [mask_payload(arg) if isinstance(arg, Mapping) else "<redacted>" for arg in args]
+    return repr(shown)
 
 
 def _mask_email(value: object) -> str:

@@ -17,29 +17,31 @@ from typing import Any
 from celery import Celery
 
 from worker.contract import ISSUE_TASK, QUEUE
-from worker.masking import mask_payload
+from worker.masking import masked_args_repr
 from worker.schemas import load_payload
+from worker.sealing import Sealer
 
 
 def enqueue_issue(payload: Mapping[str, Any], *, app: Celery | None = None) -> str:
-    """Validate ``payload`` and enqueue its receipt; returns the task id.
+    """Validate ``payload``, seal its identifier and enqueue its receipt; returns the task id.
 
     Raises :class:`~worker.schemas.InvalidPayload` when the payload can never
-    be issued, and kombu's ``OperationalError`` when the broker is unreachable.
+    be issued, :class:`~worker.sealing.SealingUnavailable` when no PII key is
+    configured (and plaintext was not allowed), and kombu's
+    ``OperationalError`` when the broker is unreachable.
     """
-    request = load_payload(payload)
-    message = request.to_message()
     if app is None:
         from worker.celery import app as default_app  # noqa: PLC0415 (reads config on demand)
 
         app = default_app
+    sealer = Sealer.from_conf(app.conf)
+    message = load_payload(payload, sealer).to_message(sealer)
     result = app.send_task(
         ISSUE_TASK,
         args=[message],
         queue=QUEUE,
         serializer="json",
-        # Non-empty on purpose: Celery falls back to the raw args for "".
-        argsrepr=repr([mask_payload(message)]),
+        argsrepr=masked_args_repr([message]),
         kwargsrepr="{}",
     )
     return str(result.id)

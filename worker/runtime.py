@@ -20,6 +20,7 @@ from requests.adapters import HTTPAdapter
 from worker.events import EventPublisher
 from worker.iamport import IamportClient
 from worker.retry import RetryPolicy
+from worker.sealing import Sealer
 from worker.tokens import RedisTokenCache
 
 
@@ -31,6 +32,7 @@ class Runtime:
     events: EventPublisher
     redis: redis.Redis
     policy: RetryPolicy
+    sealer: Sealer
 
 
 _lock = threading.Lock()
@@ -76,6 +78,7 @@ def build_runtime(conf: Any) -> Runtime:
             retention_seconds=int(conf.result_stream_retention),
         ),
         redis=client,
+        sealer=Sealer.from_conf(conf),
         policy=RetryPolicy(
             max_attempts=int(conf.retry_max_attempts),
             issuance_failed_max_attempts=int(conf.issuance_failed_max_attempts),

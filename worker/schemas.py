@@ -15,6 +15,8 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from worker.sealing import Sealer, UnsealError
+
 IDENTIFIER_TYPES = ("person", "business", "phone", "taxcard")
 RECEIPT_TYPES = ("person", "company")
 
@@ -53,25 +55,61 @@ class Identifier(fields.String):
         return digits
 
 
+def _phone_problem(number: str) -> str | None:
+    if _PHONE.fullmatch(number):
+        return None
+    return "A phone identifier must be a Korean mobile number: 01X and 10 or 11 digits."
+
+
+def _business_problem(number: str) -> str | None:
+    if len(number) != 10:
+        return "A business registration number has 10 digits."
+    if not business_number_checks(number):
+        return "A business registration number's check digit does not match."
+    return None
+
+
+def _person_problem(number: str) -> str | None:
+    if len(number) != 13:
+        return "A resident registration number has 13 digits."
+    if not _plausible_birth_date(number):
+        return "A resident registration number must start with a valid birth date."
+    return None
+
+
+def _taxcard_problem(number: str) -> str | None:
+    if 13 <= len(number) <= 19:
+        return None
+    return "A cash-receipt card number has 13 to 19 digits."
+
+
+_TYPE_PROBLEMS = {
+    "phone": _phone_problem,
+    "business": _business_problem,
+    "person": _person_problem,
+    "taxcard": _taxcard_problem,
+}
+
+
 def identifier_problem(identifier: str, identifier_type: str | None) -> str | None:
     """Why an identifier cannot be of its declared type, or None when it can.
 
-    Only length, prefix and (for resident numbers) the birth date are checked:
-    resident numbers assigned since October 2020 carry no check digit, and the
-    business-number checksum is known to reject a few real numbers.
+    Without a type nothing is inferred from the length (13 digits may be a
+    resident number or a card): only what holds for every type (10-19 digits)
+    was checked, and i'mport decides the rest. Resident numbers are checked for
+    length and birth date only: those assigned since October 2020 carry no
+    check digit.
     """
-    if identifier_type == "phone" and not _PHONE.fullmatch(identifier):
-        return "A phone identifier must be a Korean mobile number: 01X and 10 or 11 digits."
-    if identifier_type == "business" and len(identifier) != 10:
-        return "A business registration number has 10 digits."
-    if identifier_type == "taxcard" and not 13 <= len(identifier) <= 19:
-        return "A cash-receipt card number has 13 to 19 digits."
-    if identifier_type == "person":
-        if len(identifier) != 13:
-            return "A resident registration number has 13 digits."
-        if not _plausible_birth_date(identifier):
-            return "A resident registration number must start with a valid birth date."
-    return None
+    problem = _TYPE_PROBLEMS.get(identifier_type or "")
+    return problem(identifier) if problem else None
+
+
+def business_number_checks(number: str) -> bool:
+    """The National Tax Service check digit of a 10-digit business registration number."""
+    weights = (1, 3, 7, 1, 3, 7, 1, 3, 5)
+    total = sum(int(digit) * weight for digit, weight in zip(number[:9], weights, strict=True))
+    total += int(number[8]) * 5 // 10
+    return (10 - total % 10) % 10 == int(number[9])
 
 
 def _plausible_birth_date(rrn: str) -> bool:
@@ -135,20 +173,35 @@ class ReceiptRequest:
         """The request body, with only the fields i'mport knows and that were given."""
         return {"identifier": self.identifier, **self.options}
 
-    def to_message(self) -> dict[str, Any]:
-        """The payload again, normalised, for a producer to enqueue."""
-        return {"imp_uid": self.imp_uid, "merchant_uid": self.merchant_uid, **self.body()}
+    def to_message(self, sealer: Sealer) -> dict[str, Any]:
+        """The payload again, normalised, with the identifier sealed (when a key exists).
+
+        This is what our producers enqueue and what a retry re-publishes: the
+        broker never holds the identifier in clear unless plaintext was allowed.
+        """
+        message = {"imp_uid": self.imp_uid, "merchant_uid": self.merchant_uid, **self.body()}
+        if sealer.enabled:
+            message["identifier_sealed"] = sealer.seal(message.pop("identifier"))
+        return message
 
 
 _PAYLOAD_SCHEMA = PaymentConfirmedSchema()
 
 
-def load_payload(raw: object) -> ReceiptRequest:
-    """Validate a payment-confirmed payload or raise :class:`InvalidPayload`."""
+def load_payload(raw: object, sealer: Sealer | None = None) -> ReceiptRequest:
+    """Validate a payment-confirmed payload or raise :class:`InvalidPayload`.
+
+    The identifier comes in clear as ``identifier`` or sealed as
+    ``identifier_sealed``; a sealed one is opened with ``sealer`` and then
+    validated like a clear one.
+    """
     if not isinstance(raw, Mapping):
         raise InvalidPayload({"_payload": ["Must be a JSON object."]})
+    fields = dict(raw)
+    if "identifier_sealed" in fields:
+        fields["identifier"] = _unsealed(fields, sealer)
     try:
-        data: dict[str, Any] = _PAYLOAD_SCHEMA.load(dict(raw))
+        data: dict[str, Any] = _PAYLOAD_SCHEMA.load(fields)
     except ValidationError as error:
         raise InvalidPayload(_flatten(error.messages)) from None
     options = {
@@ -164,13 +217,31 @@ def load_payload(raw: object) -> ReceiptRequest:
     )
 
 
-def payload_from_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ReceiptRequest:
+def _unsealed(fields: dict[str, Any], sealer: Sealer | None) -> str:
+    sealed = fields.pop("identifier_sealed")
+    if "identifier" in fields:
+        raise InvalidPayload(
+            {"identifier_sealed": ["Give identifier or identifier_sealed, not both."]}
+        )
+    if not isinstance(sealed, str):
+        raise InvalidPayload({"identifier_sealed": ["Must be a Fernet token string."]})
+    if sealer is None:
+        raise InvalidPayload({"identifier_sealed": ["No key is configured to unseal it."]})
+    try:
+        return sealer.unseal(sealed)
+    except UnsealError as error:
+        raise InvalidPayload({"identifier_sealed": [f"Invalid: {error}."]}) from None
+
+
+def payload_from_args(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], sealer: Sealer | None = None
+) -> ReceiptRequest:
     """Validate a task message's arguments: exactly one positional payload object."""
     if len(args) != 1 or kwargs:
         raise InvalidPayload(
             {"_payload": ["Expected exactly one positional argument: the payload object."]}
         )
-    return load_payload(args[0])
+    return load_payload(args[0], sealer)
 
 
 def _flatten(messages: Any) -> dict[str, list[str]]:

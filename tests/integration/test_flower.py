@@ -21,8 +21,10 @@ AUTH = ("ops", "s3cret-pass")
 
 
 @pytest.fixture(scope="module")
-def flower(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[str]:
-    """``celery -A worker flower`` with FLOWER_BASIC_AUTH; yields its URL."""
+def flower(
+    redis_server: RedisServer, sandbox: Sandbox, worker: ProcessOutput, producer: Celery
+) -> Iterator[str]:
+    """``celery -A worker flower`` with FLOWER_BASIC_AUTH, once it is receiving events."""
     port = free_port()
     env = worker_env(redis_server.url, sandbox.url, FLOWER_BASIC_AUTH=":".join(AUTH))
     process = subprocess.Popen(
@@ -44,8 +46,18 @@ def flower(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[str]:
         except requests.RequestException:
             return False
 
+    def sees_events() -> bool:
+        # Events are pub/sub: Flower only sees those sent after it subscribed.
+        probe = producer.send_task("issue_cash_receipt", args=[{}], queue="cash_receipts")
+        try:
+            wait_for(lambda: str(probe.id) in tasks(url), timeout=2, message="a probe task")
+        except AssertionError:
+            return False
+        return True
+
     try:
         wait_for(answers, timeout=30, message="Flower to answer")
+        wait_for(sees_events, timeout=30, interval=0, message="Flower to receive task events")
         yield url
     finally:
         stop(process)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +54,23 @@ def test_consumer_example_reads_events_with_a_group(
     assert pending["pending"] == 0
 
 
-def test_make_run_shows_receipts_and_one_failure(redis_server: RedisServer) -> None:
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of its own: the session's worker must not take the demo's messages."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_make_run_shows_receipts_and_one_failure(own_redis: RedisServer) -> None:
     """The README's run command, non-interactive: three receipts issued, one refusal explained."""
     result = subprocess.run(
         [sys.executable, "-m", "worker.demo", "--once", "--flower-port", "0", "--timeout", "60"],
         cwd=ROOT,
         env={
             "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-            "REDIS_URL": redis_server.url,
+            "REDIS_URL": own_redis.url,
         },
         capture_output=True,
         text=True,

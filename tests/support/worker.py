@@ -11,9 +11,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 from tests.support.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The Fernet key test workers and producers seal identifiers with.
+TEST_PII_KEY = Fernet.generate_key().decode()
 BIN = Path(sys.executable).parent
 
 
@@ -47,7 +51,9 @@ def worker_env(redis_url: str, sandbox_url: str, **overrides: str) -> dict[str, 
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("CELERY_", "IAMPORT_", "RETRY_", "RESULT_", "BROKER_"))
+        if not key.startswith(
+            ("CELERY_", "IAMPORT_", "RETRY_", "RESULT_", "BROKER_", "PII_", "ALLOW_")
+        )
     }
     env.update(
         {
@@ -60,6 +66,7 @@ def worker_env(redis_url: str, sandbox_url: str, **overrides: str) -> dict[str, 
             "RETRY_BACKOFF_MAX": "0.2",
             "RETRY_MAX_ATTEMPTS": "5",
             "WORKER_CONCURRENCY": "8",
+            "PII_ENCRYPTION_KEYS": TEST_PII_KEY,
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -1,0 +1,57 @@
+"""The worker's Celery consumer: unknown, invalid and undecodable messages are parked.
+
+Celery's defaults log the message body (which may hold an identifier) and
+drop the message. During a rolling deploy a newer producer's task would then be
+lost on an older worker. These overrides park it instead (see
+:mod:`worker.parking`) and log one masked line.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+from worker.parking import park, parked_record
+from worker.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+
+class Consumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer, parking what it cannot run instead of logging and dropping it."""
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        """Not a Celery task message at all."""
+        self._park(message, "not a Celery task message")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        """A task this worker does not know (an older or newer deploy's, or a typo)."""
+        name = (message.headers or {}).get("task")
+        self._park(message, f"unknown task {name!r}")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        """A task message Celery refuses (bad ETA, disallowed content type...)."""
+        self._park(message, f"invalid task message: {type(exc).__name__}")
+
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        """A body that cannot be decoded with its declared content type."""
+        self._park(message, f"undecodable body: {type(exc).__name__}")
+
+    def _park(self, message: Any, reason: str) -> None:
+        envelope = getattr(message, "_raw", None)
+        record = parked_record(
+            reason=reason,
+            queue=(message.delivery_info or {}).get("routing_key"),
+            envelope=envelope if isinstance(envelope, dict) else None,
+            raw=None if isinstance(envelope, dict) else message.body,
+        )
+        try:
+            park(get_runtime(self.app.conf).redis, record)
+        except redis.RedisError:
+            # Not parked, so not acked either: it comes back after the visibility timeout.
+            message.reject_log_error(log, self.connection_errors, requeue=True)
+            return
+        message.ack()

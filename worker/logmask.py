@@ -1,0 +1,54 @@
+"""A logging filter that masks identifiers and secrets in every line, at every level.
+
+Our own code never logs a payload, but Celery and kombu do on paths we do not
+own: the thread pool's DEBUG "Apply ... (args: ...)" line carries the message
+body, and the unknown-task, invalid-task and decode-error paths dump it. So
+every handler of the worker gets this filter: a run of ten or more digits
+becomes ``010****5678``, and the literal values of secrets (the i'mport secret,
+the Fernet keys) become ``<secret>``, in the message, its arguments and any
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from worker.masking import mask_text
+
+
+class MaskPersonalData(logging.Filter):
+    """Rewrites a record so that no identifier or secret can be printed from it."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        # Short values would mask unrelated text; real secrets are long.
+        self._secrets = tuple(secret for secret in secrets if secret and len(secret) >= 8)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Mask the record in place; never drops it."""
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        record.msg, record.args = self._clean(message), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
+        if record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._clean(record.stack_info)
+        return True
+
+    def _clean(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "<secret>")
+        return mask_text(text)
+
+
+def install(filter_: logging.Filter, loggers: Iterable[logging.Logger]) -> None:
+    """Attach ``filter_`` to every handler of ``loggers`` (records propagate to handlers)."""
+    for logger in loggers:
+        for handler in logger.handlers:
+            if filter_ not in handler.filters:
+                handler.addFilter(filter_)

@@ -1,0 +1,36 @@
+"""A Celery Request that never shows a payload's personal data.
+
+Celery takes what it shows of a task's arguments from the message's
+``argsrepr`` header, which the producer wrote: a bare ``send_task`` fills it
+with the raw payload. That header reaches the "received" log line and its
+extra data, the ``task-received`` event (Flower's UI and ``/api/*``), the
+failure log context, and ``inspect active/reserved/scheduled`` (which by
+default return the raw arguments themselves). This class recomputes it from
+the arguments, masked, whatever the producer sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.worker.request import Request
+
+from worker.masking import masked_args_repr
+
+
+class MaskedRequest(Request):  # type: ignore[misc]
+    """The worker's view of one task message, with masked argument reprs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._argsrepr = masked_args_repr(self._args)
+        self._kwargsrepr = "{}" if not self._kwargs else "<redacted>"
+        # The task's own context (failure logs, retries) reads these keys.
+        self._request_dict["argsrepr"] = self._argsrepr
+        self._request_dict["kwargsrepr"] = self._kwargsrepr
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        """What remote control shows: always the masked form, even when not asked."""
+        del safe
+        info: dict[str, Any] = super().info(safe=True)
+        return info

@@ -1,0 +1,79 @@
+"""kombu's Redis transport, made to survive queue entries that are not messages.
+
+kombu pops an entry with BRPOP and parses it as a JSON envelope inside the
+worker's event loop; an entry that is not JSON, or not an envelope (no
+``properties``, a body that is not valid base64), raises there and stops the
+worker. The entry is already off the list by then, so it is also lost.
+
+This transport parses the entry first. One that cannot be a message is parked
+(:mod:`worker.parking`) with the reason, and the worker goes on. Everything
+else is delivered exactly as kombu would.
+
+Tied to kombu 5.7's ``Channel._brpop_read`` (celery 5.7 pins kombu 5.7); the
+fuzz tests drive this path against a real worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from queue import Empty
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+from worker.parking import park, parked_record
+
+log = logging.getLogger(__name__)
+
+
+class Channel(kombu_redis.Channel):
+    """A Redis channel that parks unreadable queue entries instead of crashing."""
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise Empty()
+            dest, item = dest__item
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            envelope = self._readable(dest, item)
+            if envelope is not None:
+                self.connection._deliver(envelope, dest)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # as kombu does
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+
+    def _readable(self, queue: str, item: bytes) -> dict[str, Any] | None:
+        """The entry as an envelope kombu can build a message from, or None once parked."""
+        try:
+            envelope = loads(bytes_to_str(item))
+            # Builds the message as _deliver will: a missing key, a body that is not
+            # base64 or an envelope that is not an object raises here, not there.
+            self.Message(envelope, channel=self)
+        except Exception as error:  # noqa: BLE001 (anything kombu would die of)
+            record = parked_record(
+                reason=f"unreadable queue entry: {type(error).__name__}",
+                queue=queue,
+                envelope=None,
+                raw=item,
+            )
+            with self.conn_or_acquire() as client:
+                park(client, record)
+            return None
+        return envelope if isinstance(envelope, dict) else None
+
+
+class Transport(kombu_redis.Transport):
+    """``broker_transport`` for the worker: kombu's Redis transport with :class:`Channel`."""
+
+    Channel = Channel
