@@ -36,6 +36,16 @@ class ProcessOutput:
             self.lines.append(line)
 
     @property
+    def pid(self) -> int:
+        """The process id (for a thread-pool worker, the only process)."""
+        return int(self._process.pid)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self._process.poll() is None
+
+    @property
     def text(self) -> str:
         """Everything printed so far."""
         return "".join(self.lines)

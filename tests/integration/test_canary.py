@@ -1,0 +1,225 @@
+"""The canary: recognisable identifiers go in; none comes out anywhere but at i'mport.
+
+Fake identifiers are sent through a bare ``send_task`` (plain) and through the
+helper (sealed), and driven through success, rejection, retries, exhaustion, a
+killed worker and Flower. Then every place an identifier could leak is dumped
+and searched: the worker's log at DEBUG, Flower's log and API, every Redis key
+and value, and the result events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from celery import Celery
+
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox
+from tests.support.wait import free_port, wait_for
+from tests.support.worker import (
+    BIN,
+    ROOT,
+    TEST_PII_KEY,
+    ProcessOutput,
+    running_worker,
+    stop,
+    worker_env,
+)
+from worker.producer import enqueue_issue
+
+pytestmark = pytest.mark.integration
+AUTH = ("ops", "canary-pass-123")
+
+# Recognisable fakes, one per path: 0109 + a marker + a number.
+CANARIES = {
+    "bare_ok": "01097770001",
+    "helper_ok": "01097770002",
+    "bare_retry": "01097770003",
+    "helper_rejected": "01097770004",
+    "bare_exhausted": "01097770005",
+    "helper_killed": "01097770006",
+    "bare_invalid": "01097770007",
+}
+
+
+def forms(identifier: str) -> list[str]:
+    """The ways an identifier could be printed."""
+    return [identifier, f"{identifier[:3]}-{identifier[3:7]}-{identifier[7:]}"]
+
+
+def dump_redis(client: redis.Redis) -> str:
+    """Every key and value in the database, as text."""
+    lines = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        value: Any
+        if kind == "string":
+            value = client.get(key)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "hash":
+            value = client.hgetall(key)
+        elif kind == "set":
+            value = client.smembers(key)
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            value = client.xrange(key)
+        else:
+            value = kind
+        lines.append(f"{key} {value!r}")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def canary_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of the canary's own, so its dump holds only what these tests wrote."""
+    server = RedisServer(Path(tmp_path_factory.mktemp("canary-redis")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def canary_env(canary_redis: RedisServer, sandbox: Sandbox) -> dict[str, str]:
+    """Worker settings: DEBUG-level logs are searched too."""
+    return worker_env(canary_redis.url, sandbox.url, RETRY_MAX_ATTEMPTS="3")
+
+
+@pytest.fixture(scope="module")
+def flower_log(
+    canary_env: dict[str, str], canary_redis: RedisServer
+) -> Iterator[tuple[str, ProcessOutput]]:
+    """Flower on the canary's Redis, with its output captured."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(BIN / "celery"), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"],
+        cwd=ROOT,
+        env={**canary_env, "FLOWER_BASIC_AUTH": ":".join(AUTH)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = ProcessOutput(process)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(url), timeout=30, message="Flower")
+        yield url, output
+    finally:
+        stop(process)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/healthcheck", timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def test_no_identifier_leaks_anywhere(
+    canary_env: dict[str, str],
+    canary_redis: RedisServer,
+    sandbox: Sandbox,
+    flower_log: tuple[str, ProcessOutput],
+    imp_uid: str,
+) -> None:
+    """Zero hits for any canary in logs, Flower, Redis and events after every path ran."""
+    flower_url, flower_output = flower_log
+    producer = Celery("checkout", broker=canary_redis.url)
+    producer.conf.pii_encryption_keys = [TEST_PII_KEY]
+    results = ResultStream(canary_redis.client())
+    uid = {name: f"{imp_uid}_{name}" for name in CANARIES}
+
+    def bare(name: str, **extra: Any) -> str:
+        payload = {
+            "imp_uid": uid[name],
+            "identifier": CANARIES[name],
+            "buyer_tel": CANARIES[name],
+            **extra,
+        }
+        return str(
+            producer.send_task("issue_cash_receipt", args=[payload], queue="cash_receipts").id
+        )
+
+    def helper(name: str) -> str:
+        return enqueue_issue({"imp_uid": uid[name], "identifier": CANARIES[name]}, app=producer)
+
+    # A PG message that echoes the identifier: it must be masked before it is shown.
+    echo = f"PG: identifier {CANARIES['helper_rejected']} refused"
+    sandbox.admin.script(
+        uid["helper_rejected"], *[{"kind": "reject", "message": echo, "method": "POST"}] * 3
+    )
+    sandbox.admin.script(uid["bare_retry"], {"kind": "status", "status": 503, "method": "POST"})
+    sandbox.admin.script(uid["bare_exhausted"], *[{"kind": "status", "status": 504}] * 20)
+    sandbox.admin.script(uid["helper_killed"], {"kind": "hang", "seconds": 30, "method": "POST"})
+
+    worker_log = ""
+    with running_worker(canary_env, "--loglevel", "DEBUG") as first:
+        killed_task = helper("helper_killed")
+        wait_for(
+            lambda: any(
+                r["method"] == "POST" for r in sandbox.admin.requests(uid["helper_killed"])
+            ),
+            message="the doomed POST to be in flight",
+        )
+        os.kill(first.pid, signal.SIGKILL)
+        wait_for(lambda: not first.alive, message="the kill")
+        worker_log += first.finish()
+    with running_worker(canary_env, "--loglevel", "DEBUG") as second:
+        tasks = [
+            bare("bare_ok"),
+            helper("helper_ok"),
+            bare("bare_retry"),
+            helper("helper_rejected"),
+            bare("bare_exhausted"),
+            bare("bare_invalid", tax_free=-1),
+        ]
+        events = [results.wait(task_id, timeout=30) for task_id in tasks]
+        assert [e["type"].rsplit(".", 1)[1] for e in events] == [
+            "issued", "issued", "issued", "failed", "failed", "failed",
+        ]  # fmt: skip
+        flower_api = _flower_answers(flower_url, tasks)
+        worker_log += second.text
+
+    # The killed task's message is still unacked (the sweeper's job), but sealed.
+    assert killed_task
+    everything = {
+        "worker log": worker_log,
+        "flower log": flower_output.text,
+        "flower api": flower_api,
+        "redis": dump_redis(canary_redis.client()),
+        "events": json.dumps(results.all(), ensure_ascii=False),
+    }
+    assert "DEBUG" in worker_log, "the worker did not log at DEBUG; the search would prove little"
+    assert "<sealed>" in flower_api or "****" in flower_api
+    for name, identifier in CANARIES.items():
+        for form in forms(identifier):
+            hits = [place for place, text in everything.items() if form in text]
+            assert not hits, f"{name} ({form}) leaked into {hits}"
+
+
+def _flower_answers(url: str, task_ids: list[str]) -> str:
+    """Flower's API answers about the tasks, once it has seen them all."""
+
+    def seen() -> str | None:
+        listing = requests.get(f"{url}/api/tasks", auth=AUTH, timeout=5)
+        if not all(task_id in listing.json() for task_id in task_ids):
+            return None
+        infos = [
+            requests.get(f"{url}/api/task/info/{task_id}", auth=AUTH, timeout=5).text
+            for task_id in task_ids
+        ]
+        workers = requests.get(f"{url}/api/workers", auth=AUTH, timeout=10).text
+        return "\n".join([listing.text, *infos, workers])
+
+    return wait_for(seen, timeout=30, message="Flower to list every task")
