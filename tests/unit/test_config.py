@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 import celeryconfig
 
 ROOT = Path(__file__).resolve().parents[2]
+KEY = Fernet.generate_key().decode()
 
 
 def load_in_subprocess(**env: str) -> subprocess.CompletedProcess[str]:
@@ -60,6 +62,17 @@ def test_defaults_load_and_derive_the_visibility_timeout() -> None:
             {"RETRY_BACKOFF_BASE": "10", "RETRY_BACKOFF_MAX": "5"},
             "RETRY_BACKOFF_BASE (10) is larger than RETRY_BACKOFF_MAX",
         ),
+        ({"PII_ENCRYPTION_KEYS": "not-a-key"}, "PII_ENCRYPTION_KEYS: key 1 is not a Fernet key"),
+        (
+            {"PII_ENCRYPTION_KEYS": f"{KEY},short"},
+            "PII_ENCRYPTION_KEYS: key 2 is not a Fernet key",
+        ),
+        ({"PII_ENCRYPTION_KEYS_FILE": "/nonexistent/keys"}, "cannot be read"),
+        (
+            {"PII_ENCRYPTION_KEYS": KEY, "PII_ENCRYPTION_KEYS_FILE": "/x"},
+            "not both",
+        ),
+        ({"ALLOW_PLAINTEXT_PII": "yes"}, "ALLOW_PLAINTEXT_PII must be 0 or 1"),
     ],
 )
 def test_bad_settings_stop_at_start_with_a_clear_message(env: dict[str, str], message: str) -> None:
@@ -68,6 +81,7 @@ def test_bad_settings_stop_at_start_with_a_clear_message(env: dict[str, str], me
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert KEY not in result.stderr
 
 
 def test_visibility_timeout_may_be_raised() -> None:
@@ -91,3 +105,43 @@ def test_worker_refuses_to_start_without_credentials() -> None:
     )
     assert result.returncode != 0
     assert "IAMPORT_KEY and IAMPORT_SECRET must be set" in result.stderr + result.stdout
+
+
+def test_keys_file_is_read(tmp_path: Path) -> None:
+    """PII_ENCRYPTION_KEYS_FILE holds keys one per line (Docker secrets), newest first."""
+    other = Fernet.generate_key().decode()
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEY}\n{other}\n", encoding="ascii")
+    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
+    code = "import celeryconfig as c; print(len(c.pii_encryption_keys))"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**clean, "PII_ENCRYPTION_KEYS_FILE": str(keys)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip() == "2", result.stderr
+
+
+def test_worker_refuses_to_start_without_a_pii_key() -> None:
+    """With credentials but no key (and no ALLOW_PLAINTEXT_PII) the worker stops at start."""
+    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "celery"), "-A", "worker", "worker"],
+        cwd=ROOT,
+        env={
+            **clean,
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "IAMPORT_KEY": "k",
+            "IAMPORT_SECRET": "s",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "no PII encryption key: set PII_ENCRYPTION_KEYS" in result.stderr + result.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.masking import mask_identifier, mask_payload, mask_text
+from worker.masking import mask_identifier, mask_payload, mask_text, masked_args_repr
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,19 @@ def test_mask_payload() -> None:
         "buyer_name": "***",
         "tax_free": 0,
     }
+
+
+def test_masked_args_repr_never_shows_personal_data() -> None:
+    """Flower's view of task arguments: masked fields, sealed marker, nothing raw."""
+    shown = masked_args_repr(
+        [{"imp_uid": "imp_1", "identifier": "01012345678", "identifier_sealed": "gAAAA-token"}]
+    )
+    assert "01012345678" not in shown
+    assert "gAAAA-token" not in shown
+    assert "<sealed>" in shown
+    assert "imp_1" in shown
+    assert masked_args_repr(["01012345678"]) == "['<redacted>']"
+    assert masked_args_repr("01012345678") == "<redacted>"
+    assert masked_args_repr([{"nested": {"identifier": "01012345678"}}]) == (
+        "[{'nested': '<redacted>'}]"
+    )

@@ -9,6 +9,7 @@ import pytest
 from worker.schemas import (
     RECEIPT_SCHEMA,
     InvalidPayload,
+    business_number_checks,
     load_payload,
     payload_from_args,
     readable_imp_uid,
@@ -78,6 +79,7 @@ def test_every_known_field_is_sent() -> None:
         (payload(identifier_type="passport"), "identifier_type"),
         (payload(identifier_type="phone", identifier="0212345678"), "identifier"),
         (payload(identifier_type="business", identifier="123456789012"), "identifier"),
+        (payload(identifier_type="business", identifier="1168200277"), "identifier"),
         (payload(identifier_type="person", identifier="9713139019902"), "identifier"),
         (payload(identifier_type="person", identifier="97101390199"), "identifier"),
         (payload(identifier_type="taxcard", identifier="123456789012"), "identifier"),
@@ -140,3 +142,23 @@ def test_receipt_annotation_requires_its_required_fields() -> None:
     }
     assert RECEIPT_SCHEMA.load(good)["cancelled_at"] == 0
     assert RECEIPT_SCHEMA.validate({k: v for k, v in good.items() if k != "apply_num"})
+
+
+@pytest.mark.parametrize(
+    ("number", "valid"),
+    [("1168200276", True), ("1208147521", True), ("1168200277", False), ("2061812345", False)],
+)
+def test_business_number_check_digit(number: str, valid: bool) -> None:
+    """The NTS check digit (research §9.2): known-good numbers pass, altered ones fail."""
+    assert business_number_checks(number) is valid
+
+
+@pytest.mark.parametrize("identifier", ["9710139019902", "0501014123456", "1234567890123"])
+def test_untyped_13_digits_are_not_judged(identifier: str) -> None:
+    """Without identifier_type, 13 digits may be a resident number or a card: i'mport decides."""
+    assert load_payload(payload(identifier=identifier)).identifier == identifier
+
+
+def test_new_resident_numbers_without_check_digit_pass() -> None:
+    """Numbers issued since October 2020 have random digits: only the birth date is checked."""
+    assert load_payload(payload(identifier="9710131987654", identifier_type="person"))

@@ -1,0 +1,61 @@
+"""The log filter: identifiers and secrets never reach a log line."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from worker.logmask import MaskPersonalData, install
+
+SECRET = "s3cr3t-value-of-iamport"
+
+
+@pytest.fixture
+def captured() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger whose one handler carries the filter, writing to a buffer."""
+    stream = io.StringIO()
+    logger = logging.getLogger(f"test.logmask.{id(stream)}")
+    logger.propagate = False
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    install(MaskPersonalData([SECRET, "short"]), [logger])
+    yield logger, stream
+    logger.removeHandler(handler)
+
+
+def test_arguments_are_masked(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """An identifier passed as a %-argument is masked in the output, at DEBUG too."""
+    logger, stream = captured
+    logger.debug("body: %r", b'{"identifier": "010-1234-5678"}')
+    assert "010****5678" in stream.getvalue()
+    assert "1234" not in stream.getvalue()
+
+
+def test_tracebacks_are_masked(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """An exception text that quotes an identifier is masked in the traceback."""
+    logger, stream = captured
+    error = ValueError("bad identifier 9710139019902")
+    logger.error("failed", exc_info=(ValueError, error, None))
+    assert "9710139019902" not in stream.getvalue()
+    assert "971******9902" in stream.getvalue()
+
+
+def test_secrets_are_replaced(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """The literal secret becomes <secret>; too-short values are not treated as secrets."""
+    logger, stream = captured
+    logger.info("key=%s other=short", SECRET)
+    assert SECRET not in stream.getvalue()
+    assert "<secret>" in stream.getvalue()
+    assert "other=short" in stream.getvalue()
+
+
+def test_ordinary_lines_are_unchanged(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """Task ids, dates and short numbers pass through as they were."""
+    logger, stream = captured
+    line = "Task issue_cash_receipt[758db68f-5558-4b35] retry in 12s at 2026-11-24 18:38:06"
+    logger.info(line)
+    assert stream.getvalue().strip() == line
