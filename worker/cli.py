@@ -4,6 +4,7 @@
     cashreceipt enqueue --file payload.json          (or - for standard input)
     cashreceipt enqueue --imp-uid imp_1 --identifier 01012345678 --identifier-type phone
     cashreceipt status imp_1
+    cashreceipt parked [--limit N] [--requeue]
 
 Exit codes: 0 done, 1 nothing found, 2 bad input or configuration.
 """
@@ -51,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show the latest outcome of a payment")
     status.add_argument("imp_uid")
+
+    parked = commands.add_parser(
+        "parked", help="list messages the worker could not run (unknown task, unreadable)"
+    )
+    parked.add_argument("--limit", type=int, default=20)
+    parked.add_argument(
+        "--requeue", action="store_true", help="push every readable one back to its queue"
+    )
     return parser
 
 
@@ -60,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "enqueue":
             return _enqueue(args)
+        if args.command == "parked":
+            return _parked(args.limit, requeue=args.requeue)
         return _status(args.imp_uid)
     except InvalidPayload as error:
         print(json.dumps({"error": "invalid_payload", "fields": error.errors}), file=sys.stderr)
@@ -95,14 +106,32 @@ def _payload_from(args: argparse.Namespace) -> dict[str, Any]:
     return {**payload, **given}
 
 
-def _status(imp_uid: str) -> int:
+def _redis() -> tuple[Any, Any]:
     import redis  # noqa: PLC0415
 
-    from worker.events import latest_event  # noqa: PLC0415
     from worker.settings import load_celeryconfig  # noqa: PLC0415
 
     celeryconfig = load_celeryconfig()
-    client = redis.Redis.from_url(celeryconfig.redis_url)
+    return redis.Redis.from_url(celeryconfig.broker_url), celeryconfig
+
+
+def _parked(limit: int, *, requeue: bool) -> int:
+    from worker.parking import list_parked, requeue_parked  # noqa: PLC0415
+
+    client, _ = _redis()
+    if requeue:
+        print(json.dumps({"requeued": requeue_parked(client)}))
+        return 0
+    for record in list_parked(client, limit):
+        shown = {key: value for key, value in record.items() if key not in {"envelope", "raw"}}
+        print(json.dumps(shown, ensure_ascii=False))
+    return 0
+
+
+def _status(imp_uid: str) -> int:
+    from worker.events import latest_event  # noqa: PLC0415
+
+    client, celeryconfig = _redis()
     event = latest_event(client, stream=celeryconfig.result_stream, imp_uid=imp_uid)
     if event is None:
         print(json.dumps({"imp_uid": imp_uid, "status": "unknown"}))
