@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from worker.settings import load_celeryconfig
+from worker.urls import redact_url
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -83,7 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         client.ping()
     except redis.RedisError as error:
-        print(f"Cannot reach Redis at {redis_url} ({error}). Start Redis or set REDIS_URL.")
+        print(
+            f"Cannot reach Redis at {redact_url(redis_url)} ({error}). "
+            "Start Redis or set REDIS_URL."
+        )
         return 2
     if env.get("IAMPORT_KEY") and not args.live:
         print("IAMPORT_KEY is set: this would issue real receipts. Add --live to mean it.")
@@ -124,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         children.append(
             _spawn(
                 "flower",
-                [celery, "-A", "worker", "flower", f"--port={flower_port}"],
+                [celery, "-A", "worker", "flower", f"--port={flower_port}", "--read_only=true"],
                 env,
             )
         )
@@ -143,7 +147,7 @@ def _feed_and_show(env: dict[str, str], args: argparse.Namespace, children: list
     from worker.producer import enqueue_issue  # noqa: PLC0415
 
     config = load_celeryconfig()
-    client = redis.Redis.from_url(config.redis_url)
+    client = redis.Redis.from_url(config.broker_url)
     run_id = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
     payloads = samples(run_id)
     tasks = {enqueue_issue(payload): payload["imp_uid"] for payload in payloads}

@@ -220,6 +220,7 @@ def _flower_answers(url: str, task_ids: list[str]) -> str:
             for task_id in task_ids
         ]
         workers = requests.get(f"{url}/api/workers", auth=AUTH, timeout=10).text
-        return "\n".join([listing.text, *infos, workers])
+        metrics = requests.get(f"{url}/metrics", timeout=5).text
+        return "\n".join([listing.text, *infos, workers, metrics])
 
     return wait_for(seen, timeout=30, message="Flower to list every task")

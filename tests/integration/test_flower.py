@@ -28,7 +28,15 @@ def flower(
     port = free_port()
     env = worker_env(redis_server.url, sandbox.url, FLOWER_BASIC_AUTH=":".join(AUTH))
     process = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"],
+        [
+            str(BIN / "celery"),
+            "-A",
+            "worker",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            "--read_only=true",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -75,6 +83,22 @@ def test_flower_requires_basic_auth(flower: str) -> None:
     """Without the credentials Flower's UI and API answer 401."""
     assert requests.get(f"{flower}/api/tasks", timeout=5).status_code == 401
     assert requests.get(f"{flower}/api/tasks", auth=("ops", "wrong"), timeout=5).status_code == 401
+
+
+def test_flower_is_read_only(flower: str) -> None:
+    """Even with the password, Flower cannot shut down, restart or revoke anything."""
+    for action in ("worker/shutdown/celery@x", "worker/pool/restart/celery@x", "task/revoke/x"):
+        response = requests.post(f"{flower}/api/{action}", auth=AUTH, timeout=5)
+        assert response.status_code == 403, action
+
+
+def test_metrics_are_open_but_carry_no_task_data(flower: str, producer: Celery) -> None:
+    """/metrics needs no password (as documented): counters by task name and worker only."""
+    response = requests.get(f"{flower}/metrics", timeout=5)
+    assert response.status_code == 200
+    assert "flower_events_total" in response.text
+    assert "identifier" not in response.text
+    assert "imp_" not in response.text
 
 
 def test_flower_lists_outcomes_with_run_times(
