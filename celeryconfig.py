@@ -12,11 +12,16 @@ Links: https://docs.celeryq.dev/en/stable/userguide/configuration.html
 from __future__ import annotations
 
 import base64
+import ipaddress
 import math
 import os
 import re
+import ssl
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from worker.urls import redact_url
 
 
 class ConfigError(ValueError):
@@ -64,9 +69,12 @@ def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int, ma
 def env_url(env: Mapping[str, str], name: str, default: str, *, schemes: tuple[str, ...]) -> str:
     """A URL setting with one of ``schemes``."""
     value = env_str(env, name, default) or default
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # an unbalanced [ in the host
+        parts = urlsplit("")
     if parts.scheme not in schemes or not (parts.netloc or parts.path):
-        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL, got {value!r}")
+        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL, got {redact_url(value)!r}")
     return value
 
 
@@ -131,6 +139,113 @@ def refuse_celery_variables(env: Mapping[str, str]) -> None:
         )
 
 
+# -- connecting securely -----------------------------------------------------------
+
+#: Files a rediss:// REDIS_URL may name in its query, under redis-py's names.
+REDIS_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+#: The values redis-py reads as false.
+_FALSE_WORDS = frozenset({"0", "F", "FALSE", "N", "NO"})
+
+
+def redis_tls(url: str) -> tuple[str, dict[str, Any] | None]:
+    """REDIS_URL with certificate verification written into it, and ``broker_use_ssl`` to match.
+
+    Left alone, a ``rediss://`` broker URL is not safe: kombu connects without
+    checking the server's certificate (``CERT_NONE``, with a warning only) and,
+    under our own transport class, without TLS at all; and both kombu and
+    redis-py obey ``ssl_cert_reqs=none`` in the URL. So the URL gets an
+    explicit ``ssl_cert_reqs=required``, which kombu and redis-py both read,
+    and any option that would weaken verification stops the process instead.
+    A private CA is trusted with ``ssl_ca_certs=<file>``; ``ssl_certfile`` and
+    ``ssl_keyfile`` give a client certificate. Error messages never echo the
+    URL: it may hold a password.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if parts.scheme != "rediss":
+        for key, _ in query:
+            if key.startswith("ssl_"):
+                raise ConfigError(f"REDIS_URL: {key} needs a rediss:// (TLS) URL")
+        return url, None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    given_reqs = False
+    for key, value in query:
+        if key == "ssl_cert_reqs":
+            if value != "required":
+                raise ConfigError(
+                    f"REDIS_URL: ssl_cert_reqs={value} is refused: certificate verification "
+                    "stays on. Leave ssl_cert_reqs out, and trust a private CA with "
+                    "ssl_ca_certs=/path/to/ca.pem"
+                )
+            given_reqs = True
+        elif key == "ssl_check_hostname":
+            if value.strip().upper() in _FALSE_WORDS:
+                raise ConfigError(
+                    "REDIS_URL: ssl_check_hostname=false is refused: any certificate from a "
+                    "trusted CA would pass. Connect by a name (or IP) that the certificate lists"
+                )
+        elif key in REDIS_TLS_FILES:
+            if not os.path.isfile(value):
+                raise ConfigError(f"REDIS_URL: {key}={value} is not a file")
+            options[key] = value
+        elif key.startswith("ssl_"):
+            raise ConfigError(
+                f"REDIS_URL: {key} is not supported; use ssl_ca_certs, ssl_certfile, ssl_keyfile"
+            )
+    if not given_reqs:
+        query_text = "&".join(filter(None, [parts.query, "ssl_cert_reqs=required"]))
+        url = urlunsplit(parts._replace(query=query_text))
+    return url, options
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1: traffic that never leaves the machine."""
+    if not host:
+        return False
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_plain_http(url: str, *, allow_http: bool) -> None:
+    """Stop when IAMPORT_API_URL would send the i'mport key and secret unencrypted.
+
+    Plain http is fine on loopback (the sandbox under ``make run`` and the
+    tests) and, with IAMPORT_ALLOW_HTTP=1, on a private network such as the
+    compose stack's ``http://sandbox:8787``; anywhere else it is a typo.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
+        raise ConfigError(
+            f"IAMPORT_API_URL={redact_url(url)} is plain http: the i'mport key and secret "
+            "would cross the network unencrypted. Use https, or set IAMPORT_ALLOW_HTTP=1 for a "
+            "sandbox on a private network"
+        )
+
+
+#: The variables requests reads for another CA bundle (only when verification is on).
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+def check_ca_bundles(env: Mapping[str, str]) -> None:
+    """Stop at start when requests would be pointed at a CA bundle that is not there.
+
+    requests reads these only to *replace* the trusted CAs; an empty value is
+    ignored, so neither can turn verification off. A path that does not exist,
+    though, makes every request raise a bare OSError mid-task.
+    """
+    # requests takes the first one that is not empty, as here.
+    name = next((name for name in CA_BUNDLE_VARIABLES if env.get(name)), None)
+    if name is not None and not os.path.exists(env[name]):
+        raise ConfigError(
+            f"{name}={env[name]} does not exist; it names the CAs that i'mport's "
+            "certificate is checked against"
+        )
+
+
 # -- the time rule -------------------------------------------------------------
 
 #: The most HTTP requests one attempt can make: up to five API calls (receipt
@@ -168,12 +283,18 @@ def minimum_visibility_timeout(*, iamport_timeout: float, longest_countdown: flo
 _env = os.environ
 refuse_celery_variables(_env)
 
-redis_url = env_url(
-    _env, "REDIS_URL", "redis://localhost:6379/0", schemes=("redis", "rediss", "unix")
+# REDIS_URL: the broker, and the Redis of our own clients (token cache, events).
+# Published as broker_url only: Celery masks the password of that name in
+# `celery inspect conf`, `celery report` and Flower, and of no other name.
+broker_url, broker_use_ssl = redis_tls(
+    env_url(_env, "REDIS_URL", "redis://localhost:6379/0", schemes=("redis", "rediss", "unix"))
 )
 iamport_api_url = env_url(
     _env, "IAMPORT_API_URL", "https://api.iamport.kr", schemes=("https", "http")
 )
+iamport_allow_http = env_flag(_env, "IAMPORT_ALLOW_HTTP")
+refuse_plain_http(iamport_api_url, allow_http=iamport_allow_http)
+check_ca_bundles(_env)
 iamport_key = env_str(_env, "IAMPORT_KEY")
 iamport_secret = env_str(_env, "IAMPORT_SECRET")
 iamport_timeout = env_number(_env, "IAMPORT_TIMEOUT", 10.0, minimum=0.1, maximum=120.0)
@@ -218,7 +339,6 @@ allow_plaintext_pii = env_flag(_env, "ALLOW_PLAINTEXT_PII")
 
 # -- Celery proper -------------------------------------------------------------------
 
-broker_url = redis_url
 # Events and the token cache live in Redis; task results do not exist.
 result_backend = None
 task_ignore_result = True

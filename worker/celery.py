@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from celery import Celery, signals
 
@@ -38,7 +39,12 @@ def _refuse_to_start_misconfigured(**_: Any) -> None:
 
 def _mask_logs(logger: logging.Logger, **_: Any) -> None:
     """Every handler Celery sets up masks identifiers and secrets, at every level."""
-    secrets = [celeryconfig.iamport_secret or "", *celeryconfig.pii_encryption_keys]
+    secrets = [
+        celeryconfig.iamport_secret or "",
+        *celeryconfig.pii_encryption_keys,
+        # Celery masks it in the broker URL; this catches any other line that quotes it.
+        unquote(urlsplit(celeryconfig.broker_url).password or ""),
+    ]
     install(MaskPersonalData(secrets), [logger, logging.getLogger()])
 
 

@@ -54,7 +54,7 @@ def get_runtime(conf: Any) -> Runtime:
 
 def build_runtime(conf: Any) -> Runtime:
     """Build the client, publisher and Redis connection pool from ``conf``."""
-    client = redis.Redis.from_url(conf.redis_url, health_check_interval=30)
+    client = redis.Redis.from_url(conf.broker_url, health_check_interval=30)
     session = requests.Session()
     # No transport-level retries: they would re-POST a receipt behind the
     # task's back. One pooled connection per worker thread.
