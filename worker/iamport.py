@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -106,6 +107,9 @@ class IamportClient:
             raise ValueError("i'mport credentials are missing: set IAMPORT_KEY and IAMPORT_SECRET")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if session.verify is False:
+            # The first request carries the key and secret: certificates are always checked.
+            raise ValueError("the session must verify TLS certificates (session.verify is False)")
         self._base_url = base_url.rstrip("/")
         self._imp_key = imp_key
         self._imp_secret = imp_secret
@@ -202,6 +206,17 @@ class IamportClient:
             )
         except requests.ConnectTimeout:
             raise ConnectionFailed(f"{method} {path}: connect timeout") from None
+        except requests.exceptions.SSLError as error:
+            # Before ConnectionError, whose subclass this is: an untrusted or
+            # mismatched certificate stops the TLS handshake, so no byte of the
+            # request was sent. Read as "connection dropped" it would make a
+            # POST an unknown outcome. Other TLS errors (a broken record or an
+            # abrupt close mid-answer) may come after the request went out.
+            if _certificate_refused(error):
+                raise ConnectionFailed(
+                    f"{method} {path}: TLS certificate not trusted (nothing was sent)"
+                ) from None
+            raise _unknown_outcome(method, path, "TLS error") from None
         except requests.Timeout:
             # The request went out; i'mport may have acted on it.
             raise _unknown_outcome(method, path, "read timeout") from None
@@ -281,6 +296,18 @@ def _unknown_outcome(method: str, path: str, what: str) -> IamportError:
         # A lookup changes nothing, so a lost answer is simply a transient failure.
         return ProviderUnavailable(f"{method} {path}: {what}")
     return OutcomeUnknown(f"{method} {path}: {what}; the outcome must be looked up")
+
+
+def _certificate_refused(error: requests.exceptions.SSLError) -> bool:
+    """True when the server's certificate failed verification, so the handshake never finished.
+
+    requests wraps urllib3's MaxRetryError, whose reason is urllib3's SSLError
+    around the ssl module's own error; the type decides, as in
+    :func:`_never_connected`, not the message.
+    """
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    cause = reason.args[0] if reason is not None and reason.args else None
+    return isinstance(cause, ssl.SSLCertVerificationError)
 
 
 def _never_connected(error: requests.ConnectionError) -> bool:
