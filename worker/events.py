@@ -30,20 +30,30 @@ import redis
 ISSUED = "cash_receipt.issued"
 FAILED = "cash_receipt.failed"
 
-_PUBLISH_ONCE = """
--- KEYS[1] stream, KEYS[2] per-task marker, KEYS[3] per-payment status
--- ARGV[1] type, ARGV[2] data, ARGV[3] MINID for age trimming, ARGV[4] retention seconds
-local seen = redis.call('GET', KEYS[2])
-if seen then
-  return {0, seen}
+#: A Lua function shared by every script that ends a task: XADD the event
+#: unless this task already published one, and remember where it went.
+PUBLISH_ONCE_LUA = """
+local function publish_once(stream, marker, status, event_type, data, minid, retention)
+  local seen = redis.call('GET', marker)
+  if seen then
+    return {0, seen}
+  end
+  local id = redis.call('XADD', stream, 'MINID', '~', minid, '*', 'type', event_type, 'data', data)
+  redis.call('SET', marker, id, 'EX', retention)
+  if status ~= '' then
+    redis.call('SET', status, id, 'EX', retention)
+  end
+  return {1, id}
 end
-local id = redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[3], '*', 'type', ARGV[1], 'data', ARGV[2])
-redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
-if KEYS[3] ~= '' then
-  redis.call('SET', KEYS[3], id, 'EX', ARGV[4])
-end
-return {1, id}
 """
+
+_PUBLISH_ONCE = (
+    PUBLISH_ONCE_LUA
+    + """
+-- KEYS: stream, per-task marker, per-payment status. ARGV: type, data, MINID, retention s
+return publish_once(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,143 @@
+"""Ledger transitions on a real Redis: one path for duplicates, fencing, due jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+from worker.events import ISSUED
+from worker.ledger import DUE_KEY, Ledger, ledger_key
+
+pytestmark = pytest.mark.integration
+PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA"}
+
+
+@pytest.fixture
+def ledger(redis_server: RedisServer) -> Ledger:
+    """A ledger with a short lease, publishing to its own stream."""
+    return Ledger(
+        redis_server.client(),
+        stream="test.ledger.events",
+        event_retention_seconds=3600,
+        retention_seconds=600,
+        lease_seconds=0.5,
+    )
+
+
+def finish(ledger: Ledger, imp_uid: str, fence: int, task_id: str) -> str | None:
+    """End a claimed job as issued."""
+    return ledger.finish(
+        imp_uid,
+        fence=fence,
+        state="issued",
+        task_id=task_id,
+        event_type=ISSUED,
+        data={"imp_uid": imp_uid, "task_id": task_id},
+        receipt={"apply_num": "123"},
+    )
+
+
+def test_concurrent_claims_take_exactly_one_path(ledger: Ledger, imp_uid: str) -> None:
+    """Twenty tasks race for one payment: one claims, the others see it busy."""
+    with ThreadPoolExecutor(20) as pool:
+        claims = list(
+            pool.map(
+                lambda n: ledger.claim(imp_uid, task_id=f"{imp_uid}-t{n}", payload=PAYLOAD),
+                range(20),
+            )
+        )
+    kinds = sorted(claim.kind for claim in claims)
+    assert kinds == ["busy"] * 19 + ["claimed"]
+
+
+def test_issued_is_reported_not_reclaimed(ledger: Ledger, imp_uid: str) -> None:
+    """Once issued, a new task finds the receipt and the same task finds itself done."""
+    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    assert finish(ledger, imp_uid, claim.fence, f"{imp_uid}-t1")
+    other = ledger.claim(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD)
+    assert (other.kind, other.receipt) == ("issued", {"apply_num": "123"})
+    assert ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD).kind == "done"
+
+
+def test_fenced_out_claim_cannot_finish(ledger: Ledger, imp_uid: str) -> None:
+    """A task whose lease passed and whose job was taken over cannot end it."""
+    first = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    time.sleep(0.6)  # the lease is 0.5 s: let it pass (a clock, not a hope)
+    second = ledger.claim(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD)
+    assert second.kind == "claimed"
+    assert second.resumed
+    assert second.fence == first.fence + 1
+    assert finish(ledger, imp_uid, first.fence, f"{imp_uid}-t1") is None
+    assert finish(ledger, imp_uid, second.fence, f"{imp_uid}-t2")
+
+
+def test_same_task_reclaims_its_own_job(ledger: Ledger, imp_uid: str) -> None:
+    """A redelivered message of the owning task takes the job back at once, as resumed."""
+    first = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    again = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    assert (again.kind, again.resumed, again.attempt) == ("claimed", True, first.attempt + 1)
+
+
+def test_failed_job_is_reopened_by_a_new_payload(ledger: Ledger, imp_uid: str) -> None:
+    """A failed job is re-opened by a new message, with a fresh attempt count."""
+    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    ledger.finish(
+        imp_uid,
+        fence=claim.fence,
+        state="failed",
+        task_id=f"{imp_uid}-t1",
+        event_type="cash_receipt.failed",
+        data={},
+        error={"reason": "rejected"},
+    )
+    reopened = ledger.claim(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD)
+    assert (reopened.kind, reopened.attempt, reopened.resumed) == ("claimed", 1, False)
+
+
+def test_received_and_parked_jobs_become_due(
+    ledger: Ledger, redis_server: RedisServer, imp_uid: str
+) -> None:
+    """A producer's received job and a parked one are handed to the sweeper once when due."""
+    assert (
+        ledger.receive(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD, resend_after=0)
+        == "received"
+    )
+    (job,) = [
+        job for job in ledger.due_jobs(limit=100, regrace_seconds=60) if job.imp_uid == imp_uid
+    ]
+    assert (job.state, job.task_id, job.payload) == ("received", f"{imp_uid}-t1", PAYLOAD)
+    assert imp_uid not in [j.imp_uid for j in ledger.due_jobs(limit=100, regrace_seconds=60)]
+
+    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    assert ledger.park(imp_uid, fence=claim.fence, until=time.time() - 1, error={"reason": "x"})
+    due = [job for job in ledger.due_jobs(limit=100, regrace_seconds=60) if job.imp_uid == imp_uid]
+    assert [(job.state, job.attempts) for job in due] == [("received", 1)]
+    resumed = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    assert (resumed.resumed, resumed.attempt) == (True, 2)
+
+
+def test_receive_leaves_live_jobs_alone(ledger: Ledger, imp_uid: str) -> None:
+    """A producer's second message for a job in flight does not reset it."""
+    ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    assert (
+        ledger.receive(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD, resend_after=60)
+        == "in_flight"
+    )
+
+
+def test_terminal_records_expire_and_leave_the_due_set(
+    ledger: Ledger, redis_server: RedisServer, imp_uid: str
+) -> None:
+    """A finished job gets the ledger retention as its TTL and is no longer due."""
+    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    finish(ledger, imp_uid, claim.fence, f"{imp_uid}-t1")
+    client = redis_server.client()
+    assert 0 < client.ttl(ledger_key(imp_uid)) <= 600
+    assert client.zscore(DUE_KEY, imp_uid) is None
+    record = ledger.record(imp_uid)
+    assert record is not None
+    assert (record["state"], json.loads(record["receipt"])) == ("issued", {"apply_num": "123"})

@@ -1,0 +1,361 @@
+"""The receipt ledger: one record per payment in Redis, the source of truth for "done or not".
+
+Celery on Redis can lose a message (kombu's BRPOP and its unacked HSET are two
+round trips; a failed retry publish is dropped) and routinely runs one twice
+(visibility timeout, redelivery). i'mport V1 has no idempotency key. So the
+state of every receipt job lives here, and every transition is one Lua script,
+so concurrent duplicates take exactly one path::
+
+    (none) ─claim─▶ in_flight ─finish─▶ issued
+       │              │  ▲     └─finish─▶ failed ─receive/claim─▶ (re-opened)
+    receive         park │ claim (lease passed, or the same task again)
+       ▼              ▼  │
+    received ◀────────┘──┘   (the sweeper re-sends received jobs when due)
+
+A record (hash ``cash_receipt:ledger:<imp_uid>``) holds the state, the task id
+of the message that owns the job, a fencing token (``fence``, bumped on every
+claim, so a worker that lost its claim cannot finish the job), the attempt
+count, the payload (identifier sealed), the last error, the receipt, and
+timestamps. ``cash_receipt:ledger:due`` (a sorted set) holds, for every
+non-terminal job, when the sweeper should look at it again: a lease deadline
+for in-flight jobs, a next-attempt time for parked ones.
+
+The terminal transition and its XADD happen in one script, keyed by the task
+id (the marker of :mod:`worker.events`): a redelivered message whose task
+already ended publishes nothing new, and exactly one event per issued payment
+is not a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.events import PUBLISH_ONCE_LUA, status_key, terminal_key
+
+DUE_KEY = "cash_receipt:ledger:due"
+TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
+
+
+def ledger_key(imp_uid: str) -> str:
+    """The ledger record of one payment."""
+    return f"cash_receipt:ledger:{imp_uid}"
+
+
+# Every script takes the time from its caller (milliseconds), so tests can
+# reason about it and Redis's clock never matters.
+
+_RECEIVE = """
+-- KEYS: ledger, due. ARGV: task_id, payload, now_ms, resend_at_ms, imp_uid
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and state ~= 'failed' then
+  return state
+end
+if not state then
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[3], 'fence', 0)
+end
+redis.call('HSET', KEYS[1], 'state', 'received', 'task_id', ARGV[1], 'payload', ARGV[2],
+  'attempts', 0, 'updated_at', ARGV[3], 'next_attempt_at', ARGV[4])
+redis.call('HDEL', KEYS[1], 'last_error', 'receipt', 'lease_until')
+redis.call('PERSIST', KEYS[1])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+return 'received'
+"""
+
+_CLAIM = """
+-- KEYS: ledger, due, terminal marker of this task.
+-- ARGV: task_id, payload, now_ms, lease_ms, imp_uid
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {'done'}
+end
+local now = tonumber(ARGV[3])
+local record = redis.call('HMGET', KEYS[1],
+  'state', 'task_id', 'lease_until', 'receipt', 'attempts')
+local state, owner, lease, receipt = record[1], record[2], tonumber(record[3] or '0'), record[4]
+local attempts = tonumber(record[5] or '0')
+if state == 'issued' then
+  return {'issued', receipt}
+end
+if state == 'cancelled' then
+  return {'cancelled'}
+end
+local resumed = 0
+if state == 'in_flight' then
+  if owner ~= ARGV[1] and lease > now then
+    return {'busy', tostring(lease)}
+  end
+  resumed = 1
+elseif state == 'received' then
+  if attempts > 0 then resumed = 1 end
+elseif state == 'failed' then
+  attempts = 0
+else
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[3])
+end
+attempts = attempts + 1
+local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'state', 'in_flight', 'task_id', ARGV[1], 'payload', ARGV[2],
+  'attempts', attempts, 'updated_at', ARGV[3], 'lease_until', now + tonumber(ARGV[4]))
+redis.call('HDEL', KEYS[1], 'next_attempt_at', 'receipt')
+redis.call('PERSIST', KEYS[1])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
+return {'claimed', tostring(fence), tostring(attempts), tostring(resumed)}
+"""
+
+_HOLD = """
+-- Keep (or park) a claimed job while it waits to retry.
+-- KEYS: ledger, due. ARGV: fence, now_ms, due_ms, new_state, last_error, imp_uid
+local record = redis.call('HMGET', KEYS[1], 'state', 'fence')
+if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', ARGV[2], 'last_error', ARGV[5])
+if ARGV[4] == 'received' then
+  redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'lease_until')
+else
+  redis.call('HSET', KEYS[1], 'lease_until', ARGV[3])
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
+return 1
+"""
+
+_FINISH = (
+    PUBLISH_ONCE_LUA
+    + """
+-- The terminal transition and its event, together.
+-- KEYS: ledger, due, stream, terminal marker, status pointer.
+-- ARGV: fence, state, event type, event data, minid, event retention s,
+--       now_ms, receipt json, last_error json, ledger retention s, imp_uid
+local record = redis.call('HMGET', KEYS[1], 'state', 'fence')
+if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then
+  return {-1, record[1] or ''}
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[7])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'receipt', ARGV[8]) end
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[9]) end
+redis.call('HDEL', KEYS[1], 'lease_until', 'next_attempt_at')
+redis.call('ZREM', KEYS[2], ARGV[11])
+redis.call('EXPIRE', KEYS[1], ARGV[10])
+local published = publish_once(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+redis.call('HSET', KEYS[1], 'event_id', published[2])
+return published
+"""
+)
+
+_DUE = """
+-- Hand a due job to the sweeper once, pushing its due time forward.
+-- KEYS: ledger, due. ARGV: now_ms, regrace_ms, imp_uid
+local record = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'payload', 'lease_until',
+  'next_attempt_at', 'attempts')
+local state = record[1]
+if not state or state == 'issued' or state == 'failed' or state == 'cancelled' then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return false
+end
+local now = tonumber(ARGV[1])
+local due = tonumber((state == 'in_flight' and record[4]) or record[5] or '0')
+if due > now then
+  redis.call('ZADD', KEYS[2], due, ARGV[3])
+  return false
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+return {state, record[2], record[3], record[6] or '0'}
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`Ledger.claim` found.
+
+    ``kind`` is ``claimed`` (this task now owns the job: ``fence``,
+    ``attempt``), ``busy`` (another live task owns it until ``lease_until``),
+    ``issued`` (``receipt`` exists), ``cancelled``, or ``done`` (this very task
+    already published its outcome). ``resumed`` is set when an earlier attempt
+    may have reached i'mport, so the job must look before it POSTs.
+    """
+
+    kind: str
+    fence: int = 0
+    attempt: int = 0
+    resumed: bool = False
+    receipt: dict[str, Any] | None = None
+    lease_until: int = 0
+
+
+@dataclass(frozen=True)
+class DueJob:
+    """A job the sweeper must re-send: it is parked and due, or its owner's lease passed."""
+
+    imp_uid: str
+    state: str
+    task_id: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+class Ledger:
+    """The ledger's transitions, each one Lua script."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        stream: str,
+        event_retention_seconds: int,
+        retention_seconds: int,
+        lease_seconds: float,
+    ) -> None:
+        self._redis = client
+        self._stream = stream
+        self._event_retention = event_retention_seconds
+        self._retention = retention_seconds
+        self._lease_ms = int(lease_seconds * 1000)
+        self._receive = client.register_script(_RECEIVE)
+        self._claim = client.register_script(_CLAIM)
+        self._hold = client.register_script(_HOLD)
+        self._finish = client.register_script(_FINISH)
+        self._due = client.register_script(_DUE)
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claim holds before the sweeper may hand the job to another task."""
+        return self._lease_ms / 1000
+
+    def receive(
+        self, imp_uid: str, *, task_id: str, payload: Mapping[str, Any], resend_after: float
+    ) -> str:
+        """Record a job before it is enqueued; returns the state it is in now.
+
+        Only a new or failed job becomes ``received``; an existing one is left
+        as it is (its task will report it as a duplicate).
+        """
+        now = _now_ms()
+        result = self._receive(
+            keys=[ledger_key(imp_uid), DUE_KEY],
+            args=[task_id, json.dumps(payload), now, now + int(resend_after * 1000), imp_uid],
+        )
+        return _text(result)
+
+    def claim(self, imp_uid: str, *, task_id: str, payload: Mapping[str, Any]) -> Claim:
+        """Try to own the job for one attempt."""
+        result = self._claim(
+            keys=[ledger_key(imp_uid), DUE_KEY, terminal_key(task_id)],
+            args=[task_id, json.dumps(payload), _now_ms(), self._lease_ms, imp_uid],
+        )
+        kind = _text(result[0])
+        if kind == "claimed":
+            return Claim(
+                kind,
+                fence=int(result[1]),
+                attempt=int(result[2]),
+                resumed=_text(result[3]) == "1",
+            )
+        if kind == "issued":
+            return Claim(kind, receipt=json.loads(_text(result[1])) if result[1] else None)
+        if kind == "busy":
+            return Claim(kind, lease_until=int(result[1]))
+        return Claim(kind)
+
+    def extend(self, imp_uid: str, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:
+        """Keep the claim through a short retry countdown plus one more attempt."""
+        until = _now_ms() + int(seconds * 1000) + self._lease_ms
+        return self._hold_job(imp_uid, fence, due=until, state="in_flight", error=error)
+
+    def park(self, imp_uid: str, *, fence: int, until: float, error: Mapping[str, Any]) -> bool:
+        """Hand the job back to the ledger until ``until`` (epoch s); the sweeper resumes it."""
+        return self._hold_job(imp_uid, fence, due=int(until * 1000), state="received", error=error)
+
+    def _hold_job(
+        self, imp_uid: str, fence: int, *, due: int, state: str, error: Mapping[str, Any]
+    ) -> bool:
+        result = self._hold(
+            keys=[ledger_key(imp_uid), DUE_KEY],
+            args=[fence, _now_ms(), due, state, json.dumps(error, ensure_ascii=False), imp_uid],
+        )
+        return bool(result)
+
+    def finish(
+        self,
+        imp_uid: str,
+        *,
+        fence: int,
+        state: str,
+        task_id: str,
+        event_type: str,
+        data: Mapping[str, Any],
+        receipt: Mapping[str, Any] | None = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """End the job and publish its event, atomically; None when this claim was fenced out."""
+        now = _now_ms()
+        min_id = f"{now - self._event_retention * 1000}-0"
+        result = self._finish(
+            keys=[
+                ledger_key(imp_uid),
+                DUE_KEY,
+                self._stream,
+                terminal_key(task_id),
+                status_key(imp_uid),
+            ],
+            args=[
+                fence,
+                state,
+                event_type,
+                json.dumps(data, ensure_ascii=False),
+                min_id,
+                self._event_retention,
+                now,
+                json.dumps(receipt) if receipt is not None else "",
+                json.dumps(error, ensure_ascii=False) if error is not None else "",
+                self._retention,
+                imp_uid,
+            ],
+        )
+        if int(result[0]) == -1:
+            return None
+        return _text(result[1])
+
+    def due_jobs(self, *, limit: int, regrace_seconds: float) -> list[DueJob]:
+        """Jobs the sweeper must re-send now; each is handed out once per ``regrace_seconds``."""
+        now = _now_ms()
+        members = self._redis.zrangebyscore(DUE_KEY, 0, now, start=0, num=limit)
+        jobs = []
+        for member in members:
+            imp_uid = _text(member)
+            found = self._due(
+                keys=[ledger_key(imp_uid), DUE_KEY],
+                args=[now, int(regrace_seconds * 1000), imp_uid],
+            )
+            if not found:
+                continue
+            state, task_id, payload, attempts = (_text(part) for part in found)
+            jobs.append(DueJob(imp_uid, state, task_id, json.loads(payload), int(attempts)))
+        return jobs
+
+    def record(self, imp_uid: str) -> dict[str, str] | None:
+        """The raw ledger record of a payment, or None."""
+        raw = self._redis.hgetall(ledger_key(imp_uid))
+        if not raw:
+            return None
+        return {_text(key): _text(value) for key, value in raw.items()}
+
+    def stuck(self, *, older_than: float, limit: int = 100) -> list[str]:
+        """imp_uids whose non-terminal job has been due for longer than ``older_than`` seconds."""
+        ceiling = _now_ms() - int(older_than * 1000)
+        return [
+            _text(m) for m in self._redis.zrangebyscore(DUE_KEY, 0, ceiling, start=0, num=limit)
+        ]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
