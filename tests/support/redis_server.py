@@ -1,7 +1,9 @@
 """A private redis-server per test session: never the shared one on 6379.
 
 Fault tests stop and restart it on the same port and folder, as an operator's
-Redis would come back after a crash.
+Redis would come back after a crash. Options make it ask for a password
+(``requirepass``) or speak TLS only (``--tls-port``, no plain port), with the
+URL a worker would be given for it.
 """
 
 from __future__ import annotations
@@ -9,27 +11,46 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
+from tests.support.tls import TlsFiles
 from tests.support.wait import free_port, wait_for
 
 
 class RedisServer:
     """One redis-server process in its own folder, on a free port."""
 
-    def __init__(self, folder: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not on PATH; install Debian's redis-server")
         self.folder = folder
         self.port = free_port()
         self.appendonly = appendonly
+        self.password = password
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """The URL a worker or client connects with."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The URL a worker or client connects with: password and CA included."""
+        return self.url_with(password=self.password, ca=self.tls.ca if self.tls else None)
+
+    def url_with(self, *, password: str | None, ca: Path | None) -> str:
+        """This server's URL with another password or CA (or none), to show a refusal."""
+        auth = f":{quote(password, safe='')}@" if password else ""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        query = f"?ssl_ca_certs={quote(str(ca))}" if ca else ""
+        return f"rediss://{auth}127.0.0.1:{self.port}/0{query}"
 
     def client(self) -> redis.Redis:
         """A new client of this server."""
@@ -48,10 +69,25 @@ class RedisServer:
                 "--appendonly", "yes" if self.appendonly else "no",
                 "--maxmemory-policy", "noeviction",
                 "--logfile", str(self.folder / "redis.log"),
+                *self._security_arguments(),
             ],
         )  # fmt: skip
-        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        probe = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         wait_for(lambda: _pings(probe), timeout=10, message=f"redis-server on {self.port}")
+
+    def _security_arguments(self) -> list[str]:
+        arguments = ["--requirepass", self.password] if self.password else []
+        if self.tls is not None:
+            # TLS only: the plain port is closed, so nothing can skip the handshake.
+            arguments += [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        return arguments
 
     def stop(self) -> None:
         """Kill the server at once, as a crash would."""

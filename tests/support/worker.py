@@ -109,6 +109,25 @@ def running_worker(env: Mapping[str, str], *extra: str) -> Iterator[ProcessOutpu
         stop(process)
 
 
+@contextmanager
+def unready_worker(
+    env: Mapping[str, str], *extra: str
+) -> Iterator[tuple[subprocess.Popen[str], ProcessOutput]]:
+    """``celery -A worker worker`` not waited on: for a worker that must fail to get ready."""
+    process = subprocess.Popen(
+        [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO", *extra],
+        cwd=ROOT,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield process, ProcessOutput(process)
+    finally:
+        stop(process)
+
+
 def stop(process: subprocess.Popen[str], *, timeout: float = 15) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds."""
     if process.poll() is None:
