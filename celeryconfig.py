@@ -253,7 +253,7 @@ def check_ca_bundles(env: Mapping[str, str]) -> None:
 #: answer), each of which may fetch a token, get a 401, renew it and resend.
 MAX_HTTP_REQUESTS_PER_ATTEMPT = 20
 #: Slack for Redis round trips, event publishing and scheduling delays.
-VISIBILITY_MARGIN_SECONDS = 60
+VISIBILITY_MARGIN_SECONDS = 10
 
 
 def longest_attempt_seconds(iamport_timeout: float) -> float:
@@ -300,7 +300,13 @@ iamport_secret = env_str(_env, "IAMPORT_SECRET")
 iamport_timeout = env_number(_env, "IAMPORT_TIMEOUT", 10.0, minimum=0.1, maximum=120.0)
 retry_backoff_base = env_number(_env, "RETRY_BACKOFF_BASE", 1.0, minimum=0.01, maximum=3600.0)
 retry_backoff_max = env_number(_env, "RETRY_BACKOFF_MAX", 300.0, minimum=0.01, maximum=3600.0)
-retry_max_attempts = env_int(_env, "RETRY_MAX_ATTEMPTS", 10, minimum=1, maximum=100)
+# 40 attempts of full-jitter backoff capped at 300 s span about 80 minutes on
+# average: an hour-long i'mport outage is ridden out.
+retry_max_attempts = env_int(_env, "RETRY_MAX_ATTEMPTS", 40, minimum=1, maximum=1000)
+# Delays up to this are Celery countdowns; longer ones park the job in the
+# ledger and the sweeper resumes it, so no countdown outlives the visibility
+# timeout and a long outage holds no message in any worker's memory.
+retry_countdown_max = env_number(_env, "RETRY_COUNTDOWN_MAX", 30.0, minimum=0.0, maximum=3600.0)
 issuance_failed_max_attempts = env_int(
     _env, "ISSUANCE_FAILED_MAX_ATTEMPTS", 3, minimum=1, maximum=100
 )
@@ -315,8 +321,9 @@ if retry_backoff_base > retry_backoff_max:
         f"({retry_backoff_max:g})"
     )
 
+_longest_countdown = min(retry_backoff_max, retry_countdown_max)
 _minimum_visibility = minimum_visibility_timeout(
-    iamport_timeout=iamport_timeout, longest_countdown=retry_backoff_max
+    iamport_timeout=iamport_timeout, longest_countdown=_longest_countdown
 )
 broker_visibility_timeout = env_int(
     _env, "BROKER_VISIBILITY_TIMEOUT", _minimum_visibility, minimum=1, maximum=7 * 24 * 3600
@@ -324,13 +331,27 @@ broker_visibility_timeout = env_int(
 if broker_visibility_timeout < _minimum_visibility:
     raise ConfigError(
         f"BROKER_VISIBILITY_TIMEOUT={broker_visibility_timeout} is too short: a task can wait "
-        f"{retry_backoff_max:g}s (RETRY_BACKOFF_MAX) and then run "
+        f"{_longest_countdown:g}s (the smaller of RETRY_BACKOFF_MAX and RETRY_COUNTDOWN_MAX) "
+        "and then run "
         f"{longest_attempt_seconds(iamport_timeout):g}s ({MAX_HTTP_REQUESTS_PER_ATTEMPT} requests "
         f"x 2 x IAMPORT_TIMEOUT), so it must be at least {_minimum_visibility}; leave it unset to "
         "derive it"
     )
 
 worker_concurrency = env_int(_env, "WORKER_CONCURRENCY", 32, minimum=1, maximum=1000)
+
+# The ledger (worker/ledger.py). A claim lasts one attempt's worst case; past
+# that the sweeper hands the job to another task, so a job whose worker died
+# resumes after this lease, well inside the visibility timeout.
+ledger_lease_seconds = longest_attempt_seconds(iamport_timeout) + VISIBILITY_MARGIN_SECONDS
+ledger_retention = env_int(
+    _env, "LEDGER_RETENTION", 30 * 24 * 3600, minimum=60, maximum=365 * 24 * 3600
+)
+sweep_interval = env_number(_env, "SWEEP_INTERVAL", 5.0, minimum=0.1, maximum=600.0)
+# How long a duplicate message waits for the job in flight before it retries.
+duplicate_wait = env_number(_env, "DUPLICATE_WAIT", 20.0, minimum=0.0, maximum=600.0)
+if duplicate_wait >= broker_visibility_timeout:
+    raise ConfigError("DUPLICATE_WAIT must be shorter than the broker visibility timeout")
 
 # Identifiers are sealed with these (worker.sealing). The worker and the
 # producers refuse to run without one unless plaintext is explicitly allowed.
@@ -377,6 +398,11 @@ broker_transport_options = {
     # kombu's default pool of 10 runs out under a larger thread pool
     # ("Couldn't ack ... MaxConnectionsError"); size it to the concurrency.
     "max_connections": worker_concurrency * 2 + 10,
+    # kombu sweeps unacked messages every interval x throttle seconds (10 x 10
+    # by default). One scan every interval, at most 10 s, resumes the message of
+    # a dead worker within the visibility timeout + 10 s (+ the scan's mutex).
+    "unacked_restore_interval": max(1, min(10, broker_visibility_timeout // 10)),
+    "unacked_restore_throttle": 1,
 }
 visibility_timeout = broker_visibility_timeout
 

@@ -13,8 +13,10 @@ from urllib.parse import unquote, urlsplit
 from celery import Celery, signals
 
 from worker.logmask import MaskPersonalData, install
+from worker.runtime import get_runtime
 from worker.sealing import Sealer, SealingUnavailable
 from worker.settings import load_celeryconfig
+from worker.sweeper import Sweeper
 
 celeryconfig = load_celeryconfig()
 
@@ -50,3 +52,26 @@ def _mask_logs(logger: logging.Logger, **_: Any) -> None:
 
 signals.after_setup_logger.connect(_mask_logs)
 signals.after_setup_task_logger.connect(_mask_logs)
+
+
+_sweepers: list[Sweeper] = []
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    """Every worker sweeps; the sweeper's lock keeps it to one sweep at a time."""
+    runtime = get_runtime(app.conf)
+    sweeper = Sweeper(
+        ledger=runtime.ledger,
+        client=runtime.redis,
+        send=app.send_task,
+        interval=float(celeryconfig.sweep_interval),
+    )
+    sweeper.start()
+    _sweepers.append(sweeper)
+
+
+@signals.worker_shutting_down.connect
+def _stop_sweeper(**_: Any) -> None:
+    for sweeper in _sweepers:
+        sweeper.stop()

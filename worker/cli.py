@@ -3,7 +3,9 @@
     cashreceipt enqueue '{"imp_uid": "imp_1", "identifier": "010-1234-5678"}'
     cashreceipt enqueue --file payload.json          (or - for standard input)
     cashreceipt enqueue --imp-uid imp_1 --identifier 01012345678 --identifier-type phone
-    cashreceipt status imp_1
+    cashreceipt status imp_1                  (the ledger record, masked, and the latest event)
+    cashreceipt stuck [--older-than SECONDS]  (jobs overdue in a non-terminal state)
+    cashreceipt settle imp_1                  (look the receipt up at i'mport, settle the job)
     cashreceipt parked [--limit N] [--requeue]
 
 Exit codes: 0 done, 1 nothing found, 2 bad input or configuration.
@@ -53,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the latest outcome of a payment")
     status.add_argument("imp_uid")
 
+    stuck = commands.add_parser("stuck", help="list jobs stuck in a non-terminal state")
+    stuck.add_argument("--older-than", type=float, default=60.0, help="seconds overdue")
+    stuck.add_argument("--limit", type=int, default=100)
+
+    settle = commands.add_parser("settle", help="force a lookup at i'mport and settle the job")
+    settle.add_argument("imp_uid")
+
     parked = commands.add_parser(
         "parked", help="list messages the worker could not run (unknown task, unreadable)"
     )
@@ -71,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _enqueue(args)
         if args.command == "parked":
             return _parked(args.limit, requeue=args.requeue)
+        if args.command == "stuck":
+            return _stuck(args.older_than, args.limit)
+        if args.command == "settle":
+            return _settle(args.imp_uid)
         return _status(args.imp_uid)
     except InvalidPayload as error:
         print(json.dumps({"error": "invalid_payload", "fields": error.errors}), file=sys.stderr)
@@ -130,14 +143,38 @@ def _parked(limit: int, *, requeue: bool) -> int:
 
 def _status(imp_uid: str) -> int:
     from worker.events import latest_event  # noqa: PLC0415
+    from worker.ledger import ledger_key, shown_record  # noqa: PLC0415
 
     client, celeryconfig = _redis()
+    raw = client.hgetall(ledger_key(imp_uid))
     event = latest_event(client, stream=celeryconfig.result_stream, imp_uid=imp_uid)
-    if event is None:
+    if not raw and event is None:
         print(json.dumps({"imp_uid": imp_uid, "status": "unknown"}))
         return 1
-    print(json.dumps(event, ensure_ascii=False, indent=2))
+    shown = {"imp_uid": imp_uid, "ledger": shown_record(raw) if raw else None, "event": event}
+    print(json.dumps(shown, ensure_ascii=False, indent=2))
     return 0
+
+
+def _stuck(older_than: float, limit: int) -> int:
+    from worker.ledger import ledger_key, shown_record  # noqa: PLC0415
+    from worker.ledger import stuck as stuck_jobs  # noqa: PLC0415
+
+    client, _ = _redis()
+    for imp_uid in stuck_jobs(client, older_than=older_than, limit=limit):
+        record = shown_record(client.hgetall(ledger_key(imp_uid)))
+        print(json.dumps({"imp_uid": imp_uid, **record}, ensure_ascii=False))
+    return 0
+
+
+def _settle(imp_uid: str) -> int:
+    from worker.celery import app  # noqa: PLC0415
+    from worker.runtime import get_runtime  # noqa: PLC0415
+    from worker.service import settle  # noqa: PLC0415
+
+    outcome = settle(get_runtime(app.conf), imp_uid)
+    print(json.dumps({"imp_uid": imp_uid, "outcome": outcome}))
+    return 0 if outcome != "unknown" else 1
 
 
 if __name__ == "__main__":

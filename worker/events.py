@@ -92,18 +92,14 @@ class EventPublisher:
         detail: Mapping[str, Any],
     ) -> Published:
         """Publish the one terminal event of ``task_id``, unless it already exists."""
-        data = {
-            "event_id": uuid.uuid4().hex,
-            "occurred_at": datetime.now(UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-            "imp_uid": imp_uid,
-            "merchant_uid": merchant_uid,
-            "task_id": task_id,
-            "attempts": attempts,
-            "duplicate": duplicate,
-            **detail,
-        }
+        data = event_data(
+            task_id=task_id,
+            imp_uid=imp_uid,
+            merchant_uid=merchant_uid,
+            attempts=attempts,
+            duplicate=duplicate,
+            detail=detail,
+        )
         min_id = f"{int((time.time() - self._retention) * 1000)}-0"
         result = self._script(
             keys=[self._stream, terminal_key(task_id), status_key(imp_uid) if imp_uid else ""],
@@ -114,6 +110,28 @@ class EventPublisher:
             entry_id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
             new=bool(new),
         )
+
+
+def event_data(
+    *,
+    task_id: str,
+    imp_uid: str | None,
+    merchant_uid: str | None,
+    attempts: int,
+    duplicate: bool,
+    detail: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``data`` field of a result event (the README lists every key)."""
+    return {
+        "event_id": uuid.uuid4().hex,
+        "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "imp_uid": imp_uid,
+        "merchant_uid": merchant_uid,
+        "task_id": task_id,
+        "attempts": attempts,
+        "duplicate": duplicate,
+        **detail,
+    }
 
 
 def terminal_key(task_id: str) -> str:

@@ -32,11 +32,13 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from worker.events import PUBLISH_ONCE_LUA, status_key, terminal_key
+from worker.masking import mask_payload
 
 DUE_KEY = "cash_receipt:ledger:due"
 TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
@@ -345,12 +347,35 @@ class Ledger:
             return None
         return {_text(key): _text(value) for key, value in raw.items()}
 
-    def stuck(self, *, older_than: float, limit: int = 100) -> list[str]:
-        """imp_uids whose non-terminal job has been due for longer than ``older_than`` seconds."""
-        ceiling = _now_ms() - int(older_than * 1000)
-        return [
-            _text(m) for m in self._redis.zrangebyscore(DUE_KEY, 0, ceiling, start=0, num=limit)
-        ]
+
+def stuck(client: redis.Redis, *, older_than: float, limit: int = 100) -> list[str]:
+    """imp_uids whose non-terminal job has been due for longer than ``older_than`` seconds.
+
+    A healthy fleet re-sends a due job within one sweep interval, so anything
+    overdue by much more is stuck: no worker runs, or the job keeps failing.
+    """
+    ceiling = _now_ms() - int(older_than * 1000)
+    return [_text(m) for m in client.zrangebyscore(DUE_KEY, 0, ceiling, start=0, num=limit)]
+
+
+def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """A ledger record as an operator may see it: sealed fields marked, times readable."""
+    record = {_text(key): _text(value) for key, value in raw.items()}
+    shown: dict[str, Any] = {}
+    for key, value in record.items():
+        if key == "payload":
+            shown[key] = mask_payload(json.loads(value))
+        elif key in {"receipt", "last_error"}:
+            shown[key] = json.loads(value)
+        elif key in {"created_at", "updated_at", "lease_until", "next_attempt_at"}:
+            shown[key] = datetime.fromtimestamp(int(value) / 1000, UTC).isoformat(
+                timespec="seconds"
+            )
+        elif key in {"attempts", "fence"}:
+            shown[key] = int(value)
+        else:
+            shown[key] = value
+    return shown
 
 
 def _now_ms() -> int:

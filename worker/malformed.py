@@ -103,8 +103,10 @@ def _fail_malformed(
         # of the same bytes still publishes once.
         task_id = "malformed-" + hashlib.sha256(body).hexdigest()[:32]
     retries = headers.get("retries")
+    runtime = get_runtime(task.app.conf)
     report = Report(
-        events=get_runtime(task.app.conf).events,
+        events=runtime.events,
+        ledger=runtime.ledger,
         task_id=task_id,
         attempts=(retries if isinstance(retries, int) else 0) + 1,
         imp_uid=readable_imp_uid(raw),

@@ -55,7 +55,7 @@ def mask_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a payload that is safe to log or show."""
     masked: dict[str, Any] = {}
     for key, value in payload.items():
-        if key == "identifier_sealed":
+        if key in {"identifier_sealed", "buyer_sealed"}:
             masked[key] = "<sealed>"
         elif not isinstance(key, str) or not isinstance(value, str | int | float | bool | None):
             masked[str(key)[:40]] = "<redacted>"

@@ -11,12 +11,15 @@ worker's "received" log never show the identifier.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import redis
 from celery import Celery
 
 from worker.contract import ISSUE_TASK, QUEUE
+from worker.ledger import Ledger
 from worker.masking import masked_args_repr
 from worker.schemas import load_payload
 from worker.sealing import Sealer
@@ -36,12 +39,42 @@ def enqueue_issue(payload: Mapping[str, Any], *, app: Celery | None = None) -> s
         app = default_app
     sealer = Sealer.from_conf(app.conf)
     message = load_payload(payload, sealer).to_message(sealer)
-    result = app.send_task(
+    task_id = str(uuid.uuid4())
+    # The ledger first: if the message is lost on its way to a worker, the
+    # sweeper re-sends it from here once the visibility timeout has passed.
+    _ledger(app).receive(
+        message["imp_uid"],
+        task_id=task_id,
+        payload=message,
+        resend_after=float(getattr(app.conf, "broker_visibility_timeout", 0) or DEFAULT_RESEND),
+    )
+    app.send_task(
         ISSUE_TASK,
         args=[message],
+        task_id=task_id,
         queue=QUEUE,
         serializer="json",
         argsrepr=masked_args_repr([message]),
         kwargsrepr="{}",
     )
-    return str(result.id)
+    return task_id
+
+
+#: When the app's configuration does not say (a bare Celery app handed in).
+DEFAULT_RESEND = 440.0
+_ledgers: dict[str, Ledger] = {}
+
+
+def _ledger(app: Celery) -> Ledger:
+    """One ledger client per broker URL, made on first use."""
+    url = str(app.conf.broker_url)
+    if url not in _ledgers:
+        conf = app.conf
+        _ledgers[url] = Ledger(
+            redis.Redis.from_url(url),
+            stream=getattr(conf, "result_stream", None) or "cash_receipt.events",
+            event_retention_seconds=int(getattr(conf, "result_stream_retention", 0) or 604800),
+            retention_seconds=int(getattr(conf, "ledger_retention", 0) or 2592000),
+            lease_seconds=float(getattr(conf, "ledger_lease_seconds", 0) or DEFAULT_RESEND),
+        )
+    return _ledgers[url]

@@ -19,6 +19,7 @@ from requests.adapters import HTTPAdapter
 
 from worker.events import EventPublisher
 from worker.iamport import IamportClient
+from worker.ledger import Ledger
 from worker.retry import RetryPolicy
 from worker.sealing import Sealer
 from worker.tokens import RedisTokenCache
@@ -31,6 +32,7 @@ class Runtime:
     client: IamportClient
     events: EventPublisher
     redis: redis.Redis
+    ledger: Ledger
     policy: RetryPolicy
     sealer: Sealer
 
@@ -78,6 +80,13 @@ def build_runtime(conf: Any) -> Runtime:
             retention_seconds=int(conf.result_stream_retention),
         ),
         redis=client,
+        ledger=Ledger(
+            client,
+            stream=conf.result_stream,
+            event_retention_seconds=int(conf.result_stream_retention),
+            retention_seconds=int(conf.ledger_retention),
+            lease_seconds=float(conf.ledger_lease_seconds),
+        ),
         sealer=Sealer.from_conf(conf),
         policy=RetryPolicy(
             max_attempts=int(conf.retry_max_attempts),

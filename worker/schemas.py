@@ -7,6 +7,7 @@ and marshmallow's ``ValidationError.data`` is never shown anywhere).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 from worker.sealing import Sealer, UnsealError
 
 IDENTIFIER_TYPES = ("person", "business", "phone", "taxcard")
+BUYER_FIELDS = ("buyer_name", "buyer_email", "buyer_tel")
 RECEIPT_TYPES = ("person", "company")
 
 _SEPARATORS = re.compile(r"[\s\-]")
@@ -174,14 +176,19 @@ class ReceiptRequest:
         return {"identifier": self.identifier, **self.options}
 
     def to_message(self, sealer: Sealer) -> dict[str, Any]:
-        """The payload again, normalised, with the identifier sealed (when a key exists).
+        """The payload again, normalised, with its personal data sealed (when a key exists).
 
-        This is what our producers enqueue and what a retry re-publishes: the
-        broker never holds the identifier in clear unless plaintext was allowed.
+        This is what our producers enqueue, what a retry re-publishes and what
+        the ledger stores: the identifier becomes ``identifier_sealed``, and the
+        buyer's name, e-mail and phone travel together in ``buyer_sealed``.
+        Nothing personal is held in clear unless plaintext was allowed.
         """
         message = {"imp_uid": self.imp_uid, "merchant_uid": self.merchant_uid, **self.body()}
         if sealer.enabled:
             message["identifier_sealed"] = sealer.seal(message.pop("identifier"))
+            buyer = {key: message.pop(key) for key in BUYER_FIELDS if key in message}
+            if buyer:
+                message["buyer_sealed"] = sealer.seal(json.dumps(buyer, ensure_ascii=False))
         return message
 
 
@@ -199,7 +206,9 @@ def load_payload(raw: object, sealer: Sealer | None = None) -> ReceiptRequest:
         raise InvalidPayload({"_payload": ["Must be a JSON object."]})
     fields = dict(raw)
     if "identifier_sealed" in fields:
-        fields["identifier"] = _unsealed(fields, sealer)
+        fields["identifier"] = _unsealed(fields, "identifier_sealed", sealer)
+    if "buyer_sealed" in fields:
+        fields.update(_buyer_fields(_unsealed(fields, "buyer_sealed", sealer)))
     try:
         data: dict[str, Any] = _PAYLOAD_SCHEMA.load(fields)
     except ValidationError as error:
@@ -217,20 +226,29 @@ def load_payload(raw: object, sealer: Sealer | None = None) -> ReceiptRequest:
     )
 
 
-def _unsealed(fields: dict[str, Any], sealer: Sealer | None) -> str:
-    sealed = fields.pop("identifier_sealed")
-    if "identifier" in fields:
-        raise InvalidPayload(
-            {"identifier_sealed": ["Give identifier or identifier_sealed, not both."]}
-        )
+def _unsealed(fields: dict[str, Any], name: str, sealer: Sealer | None) -> str:
+    sealed = fields.pop(name)
+    if name == "identifier_sealed" and "identifier" in fields:
+        raise InvalidPayload({name: ["Give identifier or identifier_sealed, not both."]})
     if not isinstance(sealed, str):
-        raise InvalidPayload({"identifier_sealed": ["Must be a Fernet token string."]})
+        raise InvalidPayload({name: ["Must be a Fernet token string."]})
     if sealer is None:
-        raise InvalidPayload({"identifier_sealed": ["No key is configured to unseal it."]})
+        raise InvalidPayload({name: ["No key is configured to unseal it."]})
     try:
         return sealer.unseal(sealed)
     except UnsealError as error:
-        raise InvalidPayload({"identifier_sealed": [f"Invalid: {error}."]}) from None
+        raise InvalidPayload({name: [f"Invalid: {error}."]}) from None
+
+
+def _buyer_fields(text: str) -> dict[str, Any]:
+    """The buyer fields inside ``buyer_sealed``: a JSON object of name, e-mail and phone."""
+    try:
+        buyer = json.loads(text)
+    except ValueError:
+        buyer = None
+    if not isinstance(buyer, dict) or not set(buyer) <= set(BUYER_FIELDS):
+        raise InvalidPayload({"buyer_sealed": ["Must seal an object of buyer fields."]})
+    return buyer
 
 
 def payload_from_args(

@@ -11,15 +11,22 @@ Settlebank) or were issued by the PG itself.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.errors import IamportError, InvalidRequest, NotEligible, OutcomeUnknown
-from worker.events import FAILED, ISSUED, EventPublisher, Published
+from worker.events import FAILED, ISSUED, EventPublisher, Published, event_data
 from worker.iamport import IamportClient, Payment, Receipt
+from worker.ledger import Ledger
 from worker.masking import mask_text
 from worker.schemas import InvalidPayload, ReceiptRequest
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -102,54 +109,110 @@ def failure_message(error: IamportError) -> str:
     return mask_text(error.provider_message or str(error))
 
 
+def invalid_detail(error: InvalidPayload) -> dict[str, Any]:
+    """The ``error`` of an invalid-payload event."""
+    return {
+        "error": {
+            "reason": "invalid_payload",
+            "status": None,
+            "code": None,
+            "message": str(error),
+            "retryable": False,
+            "fields": error.errors,
+        }
+    }
+
+
+def failure_detail(
+    reason: str, *, status: int | None, code: int | None, message: str
+) -> dict[str, Any]:
+    """The ``error`` of a failure event; ``message`` is already masked."""
+    return {
+        "error": {
+            "reason": reason,
+            "status": status,
+            "code": code,
+            "message": message,
+            "retryable": reason in RETRYABLE_REASONS,
+        }
+    }
+
+
+def error_detail(error: IamportError, reason: str) -> dict[str, Any]:
+    """The ``error`` of a failure event for what i'mport answered."""
+    return failure_detail(
+        reason, status=error.status, code=error.code, message=failure_message(error)
+    )
+
+
 @dataclass(frozen=True)
 class Report:
-    """Publishes the terminal event of one task message."""
+    """Publishes the terminal event of one task message.
+
+    The owner of a job ends it through the ledger (:meth:`finish`), which makes
+    the transition and publishes in one step; everything else (an invalid
+    payload, a duplicate of a settled job) publishes directly. Either way, a
+    task id publishes once.
+    """
 
     events: EventPublisher
+    ledger: Ledger
     task_id: str
     attempts: int
     imp_uid: str | None
     merchant_uid: str | None
 
-    def issued(self, issued: Issued) -> Published:
-        """The receipt exists."""
-        return self._publish(
-            ISSUED, duplicate=issued.duplicate, detail={"receipt": issued.receipt.as_dict()}
-        )
+    def issued_duplicate(self, receipt: Mapping[str, Any]) -> Published:
+        """This message repeated a payment whose receipt exists."""
+        return self._publish(ISSUED, duplicate=True, detail={"receipt": dict(receipt)})
 
     def invalid_payload(self, error: InvalidPayload) -> Published:
         """The payload can never be issued as it is."""
-        return self._publish(
-            FAILED,
-            duplicate=False,
-            detail={
-                "error": {
-                    "reason": "invalid_payload",
-                    "status": None,
-                    "code": None,
-                    "message": str(error),
-                    "retryable": False,
-                    "fields": error.errors,
-                }
-            },
-        )
+        return self._publish(FAILED, duplicate=False, detail=invalid_detail(error))
 
-    def failed(self, error: IamportError, reason: str) -> Published:
-        """i'mport said no for good, or the retry budget ran out."""
-        return self._publish(
-            FAILED,
-            duplicate=False,
-            detail={
-                "error": {
-                    "reason": reason,
-                    "status": error.status,
-                    "code": error.code,
-                    "message": failure_message(error),
-                    "retryable": reason in RETRYABLE_REASONS,
-                }
-            },
+    def refused(self, reason: str, message: str) -> Published:
+        """This message repeated a payment that cannot be issued again (cancelled)."""
+        detail = failure_detail(reason, status=None, code=None, message=message)
+        return self._publish(FAILED, duplicate=True, detail=detail)
+
+    def finish(
+        self,
+        *,
+        fence: int,
+        issued: Receipt | None = None,
+        duplicate: bool = False,
+        error: IamportError | None = None,
+        reason: str = "",
+    ) -> bool:
+        """End the owned job as issued (``issued``) or failed (``error``, ``reason``).
+
+        False when the claim was fenced out: another task owns the job now.
+        """
+        assert self.imp_uid is not None
+        if issued is not None:
+            state, event_type, detail = "issued", ISSUED, {"receipt": issued.as_dict()}
+        else:
+            assert error is not None
+            state, event_type, detail = "failed", FAILED, error_detail(error, reason)
+        data = event_data(
+            task_id=self.task_id,
+            imp_uid=self.imp_uid,
+            merchant_uid=self.merchant_uid,
+            attempts=self.attempts,
+            duplicate=duplicate,
+            detail=detail,
         )
+        entry = self.ledger.finish(
+            self.imp_uid,
+            fence=fence,
+            state=state,
+            task_id=self.task_id,
+            event_type=event_type,
+            data=data,
+            receipt=detail.get("receipt"),
+            error=detail.get("error"),
+        )
+        return entry is not None
 
     def _publish(self, event_type: str, *, duplicate: bool, detail: dict[str, Any]) -> Published:
         published = self.events.publish_terminal(
@@ -168,3 +231,37 @@ class Report:
                 published.entry_id,
             )
         return published
+
+
+def settle(runtime: Runtime, imp_uid: str) -> str:
+    """Force a lookup at i'mport and settle the job: ``cashreceipt settle``.
+
+    The job is claimed under its own task id, which fences out whatever task
+    holds it now. If i'mport has an active receipt, the job ends issued (its
+    event goes out for the task that started it); if not, it is handed back
+    to the ledger, due now, and the sweeper re-sends it.
+    """
+    record = runtime.ledger.record(imp_uid)
+    if record is None:
+        return "unknown"
+    if record["state"] in {"issued", "failed", "cancelled"}:
+        return record["state"]
+    task_id = record["task_id"]
+    payload = json.loads(record["payload"])
+    claim = runtime.ledger.claim(imp_uid, task_id=task_id, payload=payload)
+    if claim.kind != "claimed":
+        return claim.kind
+    existing, _ = find_issued(runtime.client, imp_uid)
+    if existing is not None:
+        report = Report(
+            events=runtime.events,
+            ledger=runtime.ledger,
+            task_id=task_id,
+            attempts=claim.attempt,
+            imp_uid=imp_uid,
+            merchant_uid=payload.get("merchant_uid"),
+        )
+        return "issued" if report.finish(fence=claim.fence, issued=existing) else "fenced"
+    note = {"reason": "settled", "message": "no receipt at i'mport; re-sent"}
+    runtime.ledger.park(imp_uid, fence=claim.fence, until=time.time(), error=note)
+    return "resent"

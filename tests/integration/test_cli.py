@@ -50,7 +50,13 @@ def test_enqueue_from_json_then_status(
     status = run(redis_server, sandbox, "status", imp_uid)
     assert status.returncode == 0
     shown = json.loads(status.stdout)
-    assert (shown["type"], shown["data"]["task_id"]) == ("cash_receipt.issued", task_id)
+    assert (shown["event"]["type"], shown["event"]["data"]["task_id"]) == (
+        "cash_receipt.issued",
+        task_id,
+    )
+    assert (shown["ledger"]["state"], shown["ledger"]["task_id"]) == ("issued", task_id)
+    assert shown["ledger"]["payload"]["identifier_sealed"] == "<sealed>"
+    assert "5555" not in status.stdout
 
 
 @pytest.mark.usefixtures("worker")

@@ -44,7 +44,7 @@ def test_defaults_load_and_derive_the_visibility_timeout() -> None:
     """With nothing set, the documented defaults apply and the timeout is derived."""
     result = load_in_subprocess()
     assert result.returncode == 0, result.stderr
-    assert "'visibility_timeout': 760" in result.stdout
+    assert "'visibility_timeout': 440" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_defaults_load_and_derive_the_visibility_timeout() -> None:
         ({"REDIS_URL": "rediss://r/0?ssl_ciphers=NULL"}, "ssl_ciphers is not supported"),
         ({"REDIS_URL": "redis://r/0?ssl_ca_certs=/etc/hosts"}, "needs a rediss:// (TLS) URL"),
         ({"REDIS_URL": ":s3cret-pass@r:6379"}, "got '**@r:6379'"),
-        ({"BROKER_VISIBILITY_TIMEOUT": "600"}, "BROKER_VISIBILITY_TIMEOUT=600 is too short"),
+        ({"BROKER_VISIBILITY_TIMEOUT": "300"}, "BROKER_VISIBILITY_TIMEOUT=300 is too short"),
         ({"CELERY_BROKER_URL": "redis://elsewhere"}, "CELERY_BROKER_URL is set"),
         (
             {"RETRY_BACKOFF_BASE": "10", "RETRY_BACKOFF_MAX": "5"},
