@@ -47,7 +47,8 @@ class Identifier(fields.String):
     }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        if not isinstance(value, str | int) or isinstance(value, bool):
+        # A JSON number is refused: it has already lost a phone number's leading 0.
+        if not isinstance(value, str):
             raise self.make_error("invalid")
         digits = _SEPARATORS.sub("", str(value))
         if not digits.isdigit() or not digits.isascii():

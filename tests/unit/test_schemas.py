@@ -76,6 +76,8 @@ def test_every_known_field_is_sent() -> None:
         (payload(identifier="12345"), "identifier"),
         (payload(identifier="1" * 20), "identifier"),
         (payload(identifier=["010"]), "identifier"),
+        (payload(identifier=1012345678), "identifier"),  # a number lost its leading 0
+        (payload(identifier=10**5000), "identifier"),
         (payload(identifier_type="passport"), "identifier_type"),
         (payload(identifier_type="phone", identifier="0212345678"), "identifier"),
         (payload(identifier_type="business", identifier="123456789012"), "identifier"),
