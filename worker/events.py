@@ -47,7 +47,7 @@ local function publish_once(stream, marker, status, event_type, data, minid, ret
 end
 """
 
-_PUBLISH_ONCE = (
+PUBLISH_ONCE_SCRIPT = (
     PUBLISH_ONCE_LUA
     + """
 -- KEYS: stream, per-task marker, per-payment status. ARGV: type, data, MINID, retention s
@@ -73,7 +73,7 @@ class EventPublisher:
         self._redis = client
         self._stream = stream
         self._retention = retention_seconds
-        self._script = client.register_script(_PUBLISH_ONCE)
+        self._script = client.register_script(PUBLISH_ONCE_SCRIPT)
 
     @property
     def stream(self) -> str:

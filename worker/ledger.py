@@ -37,7 +37,14 @@ from typing import Any
 
 import redis
 
-from worker.events import PUBLISH_ONCE_LUA, status_key, terminal_key
+from worker.events import (
+    ISSUED,
+    PUBLISH_ONCE_LUA,
+    PUBLISH_ONCE_SCRIPT,
+    event_data,
+    status_key,
+    terminal_key,
+)
 from worker.masking import mask_payload
 
 DUE_KEY = "cash_receipt:ledger:due"
@@ -49,13 +56,21 @@ def ledger_key(imp_uid: str) -> str:
     return f"cash_receipt:ledger:{imp_uid}"
 
 
+def waiters_key(imp_uid: str) -> str:
+    """The task ids of other messages waiting on a payment's job in flight."""
+    return f"cash_receipt:ledger:{imp_uid}:waiters"
+
+
 # Every script takes the time from its caller (milliseconds), so tests can
 # reason about it and Redis's clock never matters.
 
 _RECEIVE = """
--- KEYS: ledger, due. ARGV: task_id, payload, now_ms, resend_at_ms, imp_uid
+-- KEYS: ledger, due, waiters. ARGV: task_id, payload, now_ms, resend_at_ms, imp_uid
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'failed' then
+  if state == 'received' or state == 'in_flight' then
+    redis.call('SADD', KEYS[3], ARGV[1])
+  end
   return state
 end
 if not state then
@@ -70,7 +85,7 @@ return 'received'
 """
 
 _CLAIM = """
--- KEYS: ledger, due, terminal marker of this task.
+-- KEYS: ledger, due, terminal marker of this task, waiters.
 -- ARGV: task_id, payload, now_ms, lease_ms, imp_uid
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {'done'}
@@ -89,6 +104,7 @@ end
 local resumed = 0
 if state == 'in_flight' then
   if owner ~= ARGV[1] and lease > now then
+    redis.call('SADD', KEYS[4], ARGV[1])
     return {'busy', tostring(lease)}
   end
   resumed = 1
@@ -131,7 +147,7 @@ _FINISH = (
     PUBLISH_ONCE_LUA
     + """
 -- The terminal transition and its event, together.
--- KEYS: ledger, due, stream, terminal marker, status pointer.
+-- KEYS: ledger, due, stream, terminal marker, status pointer, waiters.
 -- ARGV: fence, state, event type, event data, minid, event retention s,
 --       now_ms, receipt json, last_error json, ledger retention s, imp_uid
 local record = redis.call('HMGET', KEYS[1], 'state', 'fence')
@@ -146,6 +162,24 @@ redis.call('ZREM', KEYS[2], ARGV[11])
 redis.call('EXPIRE', KEYS[1], ARGV[10])
 local published = publish_once(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('HSET', KEYS[1], 'event_id', published[2])
+if ARGV[2] == 'issued' then
+  -- Every other message that asked for this payment meanwhile ends now too,
+  -- as a duplicate, even if that message itself is lost.
+  local owner = redis.call('HGET', KEYS[1], 'task_id')
+  for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+    if waiter ~= owner then
+      local data = cjson.decode(ARGV[4])
+      data['task_id'] = waiter
+      data['duplicate'] = true
+      data['event_id'] = redis.sha1hex(waiter .. published[2])
+      publish_once(KEYS[3], 'cash_receipt:terminal:' .. waiter, KEYS[5], ARGV[3],
+        cjson.encode(data), ARGV[5], ARGV[6])
+    end
+  end
+  redis.call('DEL', KEYS[6])
+else
+  redis.call('EXPIRE', KEYS[6], ARGV[10])
+end
 return published
 """
 )
@@ -223,6 +257,7 @@ class Ledger:
         self._hold = client.register_script(_HOLD)
         self._finish = client.register_script(_FINISH)
         self._due = client.register_script(_DUE)
+        self._publish = client.register_script(PUBLISH_ONCE_SCRIPT)
 
     @property
     def lease_seconds(self) -> float:
@@ -239,7 +274,7 @@ class Ledger:
         """
         now = _now_ms()
         result = self._receive(
-            keys=[ledger_key(imp_uid), DUE_KEY],
+            keys=[ledger_key(imp_uid), DUE_KEY, waiters_key(imp_uid)],
             args=[task_id, json.dumps(payload), now, now + int(resend_after * 1000), imp_uid],
         )
         return _text(result)
@@ -247,7 +282,7 @@ class Ledger:
     def claim(self, imp_uid: str, *, task_id: str, payload: Mapping[str, Any]) -> Claim:
         """Try to own the job for one attempt."""
         result = self._claim(
-            keys=[ledger_key(imp_uid), DUE_KEY, terminal_key(task_id)],
+            keys=[ledger_key(imp_uid), DUE_KEY, terminal_key(task_id), waiters_key(imp_uid)],
             args=[task_id, json.dumps(payload), _now_ms(), self._lease_ms, imp_uid],
         )
         kind = _text(result[0])
@@ -304,6 +339,7 @@ class Ledger:
                 self._stream,
                 terminal_key(task_id),
                 status_key(imp_uid),
+                waiters_key(imp_uid),
             ],
             args=[
                 fence,
@@ -322,6 +358,24 @@ class Ledger:
         if int(result[0]) == -1:
             return None
         return _text(result[1])
+
+    def report_issued_duplicate(self, imp_uid: str, *, task_id: str) -> None:
+        """Publish, for ``task_id``, that this payment's receipt already exists."""
+        record = self.record(imp_uid) or {}
+        payload = json.loads(record.get("payload") or "{}")
+        data = event_data(
+            task_id=task_id,
+            imp_uid=imp_uid,
+            merchant_uid=payload.get("merchant_uid"),
+            attempts=0,
+            duplicate=True,
+            detail={"receipt": json.loads(record.get("receipt") or "{}")},
+        )
+        min_id = f"{_now_ms() - self._event_retention * 1000}-0"
+        self._publish(
+            keys=[self._stream, terminal_key(task_id), status_key(imp_uid)],
+            args=[ISSUED, json.dumps(data, ensure_ascii=False), min_id, self._event_retention],
+        )
 
     def due_jobs(self, *, limit: int, regrace_seconds: float) -> list[DueJob]:
         """Jobs the sweeper must re-send now; each is handed out once per ``regrace_seconds``."""

@@ -42,12 +42,17 @@ def enqueue_issue(payload: Mapping[str, Any], *, app: Celery | None = None) -> s
     task_id = str(uuid.uuid4())
     # The ledger first: if the message is lost on its way to a worker, the
     # sweeper re-sends it from here once the visibility timeout has passed.
-    _ledger(app).receive(
+    ledger = _ledger(app)
+    state = ledger.receive(
         message["imp_uid"],
         task_id=task_id,
         payload=message,
         resend_after=float(getattr(app.conf, "broker_visibility_timeout", 0) or DEFAULT_RESEND),
     )
+    if state == "issued":
+        # Nothing to do but say so: the duplicate's event, at once, no message.
+        ledger.report_issued_duplicate(message["imp_uid"], task_id=task_id)
+        return task_id
     app.send_task(
         ISSUE_TASK,
         args=[message],

@@ -36,7 +36,7 @@ def finish(ledger: Ledger, imp_uid: str, fence: int, task_id: str) -> str | None
         state="issued",
         task_id=task_id,
         event_type=ISSUED,
-        data={"imp_uid": imp_uid, "task_id": task_id},
+        data={"imp_uid": imp_uid, "task_id": task_id, "duplicate": False},
         receipt={"apply_num": "123"},
     )
 
@@ -141,3 +141,26 @@ def test_terminal_records_expire_and_leave_the_due_set(
     record = ledger.record(imp_uid)
     assert record is not None
     assert (record["state"], json.loads(record["receipt"])) == ("issued", {"apply_num": "123"})
+
+
+def test_waiting_messages_end_with_the_owner(
+    ledger: Ledger, redis_server: RedisServer, imp_uid: str
+) -> None:
+    """Messages that waited on a job in flight get their duplicate events when it is issued."""
+    owner = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    assert ledger.claim(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD).kind == "busy"
+    assert ledger.receive(imp_uid, task_id=f"{imp_uid}-t3", payload=PAYLOAD, resend_after=60) == (
+        "in_flight"
+    )
+    finish(ledger, imp_uid, owner.fence, f"{imp_uid}-t1")
+    events = [
+        (json.loads(fields["data"])["task_id"], json.loads(fields["data"])["duplicate"])
+        for _, fields in redis_server.client().xrange("test.ledger.events")
+        if json.loads(fields["data"]).get("imp_uid") == imp_uid
+    ]
+    assert sorted(events) == [
+        (f"{imp_uid}-t1", False),
+        (f"{imp_uid}-t2", True),
+        (f"{imp_uid}-t3", True),
+    ]
+    assert ledger.claim(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD).kind == "done"
