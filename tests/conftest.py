@@ -19,6 +19,13 @@ from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.worker import TEST_PII_KEY, ProcessOutput, running_worker, worker_env
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """--chaos-long: the chaos suite's long profile (10,000 payments)."""
+    parser.addoption(
+        "--chaos-long", action="store_true", help="run the chaos suite with 10,000 payments"
+    )
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private redis-server for the whole session."""

@@ -67,6 +67,8 @@ class RedisServer:
                 "--dir", str(self.folder),
                 "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no",
+                # As production runs it: every acknowledged write survives a crash.
+                "--appendfsync", "always",
                 "--maxmemory-policy", "noeviction",
                 "--logfile", str(self.folder / "redis.log"),
                 *self._security_arguments(),

@@ -1,0 +1,255 @@
+"""The chaos suite: exactly once, whatever fails.
+
+Payment events, with duplicates, go through the Python helper while the
+sandbox fails a fifth of its answers, drops connections after creating
+receipts and adds latency; workers are SIGKILLed at random points and
+replaced; Redis is killed and restarted once (AOF, fsync always). At the end,
+for every payment: exactly one receipt at the sandbox, exactly one terminal
+event per task message, exactly one non-duplicate issued event; nothing lost.
+
+CI runs the short profile (300 payments); ``pytest tests/chaos --chaos-long``
+runs 10,000.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from tests.support.redis_server import RedisServer
+from tests.support.sandbox import Sandbox, running_sandbox
+from tests.support.wait import wait_for
+from tests.support.worker import BIN, ROOT, TEST_PII_KEY, worker_env
+from worker.producer import enqueue_issue
+
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+
+FAULTS = (
+    "--fault-rate", "status_502=0.07",
+    "--fault-rate", "status_503=0.07",
+    "--fault-rate", "status_504=0.06",
+    "--fault-rate", "drop_after=0.05",
+    "--latency-jitter-ms", "60",
+    "--seed", "20261124",
+)  # fmt: skip
+
+
+@dataclass
+class Profile:
+    """How much chaos."""
+
+    payments: int
+    duplicate_share: float
+    kills: int
+    drain_timeout: float
+
+
+@dataclass
+class Fleet:
+    """Worker processes, each in its own process group, killed and replaced at will."""
+
+    env: dict[str, str]
+    logs: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    started: int = 0
+    kills: int = 0
+
+    def start(self) -> None:
+        """Start one more worker, as an operator would."""
+        self.started += 1
+        log = (self.logs / f"worker-{self.started}.log").open("wb")
+        self.processes.append(
+            subprocess.Popen(
+                [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO",
+                 "-n", f"chaos{self.started}@%h"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )  # fmt: skip
+
+    def kill_one(self, rng: random.Random) -> None:
+        """SIGKILL a random worker with everything in its process group, then replace it."""
+        alive = [process for process in self.processes if process.poll() is None]
+        victim = rng.choice(alive)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=10)
+        self.kills += 1
+        self.start()
+
+    def stop(self) -> None:
+        """Stop every worker that still runs."""
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+    def text(self) -> str:
+        """Every worker's log."""
+        return "".join(path.read_text(errors="replace") for path in sorted(self.logs.glob("*.log")))
+
+
+@pytest.fixture
+def profile(request: pytest.FixtureRequest) -> Profile:
+    """The short CI profile, or the long one with --chaos-long."""
+    if request.config.getoption("--chaos-long"):
+        return Profile(payments=10_000, duplicate_share=0.2, kills=6, drain_timeout=1800)
+    return Profile(payments=300, duplicate_share=0.2, kills=3, drain_timeout=240)
+
+
+@pytest.fixture
+def chaos_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A durable Redis (AOF, fsync always) of the suite's own."""
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def chaos_sandbox() -> Iterator[Sandbox]:
+    """The sandbox failing about a fifth of its answers, and worse."""
+    with running_sandbox(*FAULTS) as sandbox:
+        yield sandbox
+
+
+def enqueue_with_patience(producer: Celery, payload: dict[str, str], deadline: float) -> str:
+    """Enqueue like a checkout would: retry while Redis is down, up to a deadline."""
+    while True:
+        try:
+            return enqueue_issue(payload, app=producer)
+        except (OperationalError, redis.RedisError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_exactly_once_under_chaos(
+    profile: Profile, chaos_redis: RedisServer, chaos_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Every payment: one receipt, one event per message, one non-duplicate issued event."""
+    rng = random.Random(20261124)
+    env = worker_env(
+        chaos_redis.url,
+        chaos_sandbox.url,
+        IAMPORT_TIMEOUT="0.25",
+        RETRY_BACKOFF_BASE="0.05",
+        RETRY_BACKOFF_MAX="0.5",
+        RETRY_COUNTDOWN_MAX="0.5",
+        RETRY_MAX_ATTEMPTS="200",
+        SWEEP_INTERVAL="0.5",
+        DUPLICATE_WAIT="2",
+        WORKER_CONCURRENCY="16",
+    )
+    fleet = Fleet(env=env, logs=tmp_path)
+    fleet.start()
+    fleet.start()
+    producer = Celery("checkout", broker=chaos_redis.url)
+    producer.conf.pii_encryption_keys = [TEST_PII_KEY]
+    producer.conf.broker_visibility_timeout = 21
+
+    imp_uids = [f"chaos_{uuid.uuid4().hex[:10]}" for _ in range(profile.payments)]
+    plan = list(imp_uids)
+    plan += [rng.choice(imp_uids) for _ in range(int(profile.payments * profile.duplicate_share))]
+    rng.shuffle(plan)
+    sent: list[tuple[str, str]] = []  # (task_id, imp_uid)
+    started = time.monotonic()
+
+    def produce() -> None:
+        for index, imp_uid in enumerate(plan):
+            payload = {
+                "imp_uid": imp_uid,
+                "merchant_uid": f"order-{index}",
+                "identifier": "01055554321",
+            }
+            sent.append((enqueue_with_patience(producer, payload, time.monotonic() + 60), imp_uid))
+            time.sleep(rng.uniform(0, 0.01))
+
+    producing = threading.Thread(target=produce)
+    producing.start()
+    kill_points = sorted(rng.uniform(0.1, 0.9) for _ in range(profile.kills))
+    redis_point = rng.uniform(0.3, 0.7)
+    events_so_far = lambda: len(sent)  # noqa: E731
+    for point in kill_points:
+        wait_for(lambda p=point: events_so_far() >= p * len(plan), timeout=120, message="progress")
+        fleet.kill_one(rng)
+        if redis_point is not None and events_so_far() >= redis_point * len(plan):
+            chaos_redis.stop()
+            time.sleep(rng.uniform(0.5, 1.5))  # an outage of some length, on purpose
+            chaos_redis.start()
+            redis_point = None
+    producing.join(timeout=300)
+    assert not producing.is_alive(), "the producer did not finish"
+    if redis_point is not None:
+        chaos_redis.stop()
+        chaos_redis.start()
+
+    client = chaos_redis.client()
+
+    def events_by_task() -> dict[str, list[dict[str, object]]]:
+        found: dict[str, list[dict[str, object]]] = {}
+        for _, fields in client.xrange("cash_receipt.events"):
+            data = json.loads(fields["data"])
+            found.setdefault(data["task_id"], []).append({"type": fields["type"], **data})
+        return found
+
+    wanted = {task_id for task_id, _ in sent}
+    try:
+        wait_for(
+            lambda: wanted <= set(events_by_task()),
+            timeout=profile.drain_timeout,
+            interval=0.5,
+            message="an event for every task message",
+        )
+    finally:
+        fleet.stop()
+    drained = time.monotonic() - started
+
+    events = events_by_task()
+    receipts = chaos_sandbox.admin.receipts()["issued_counts"]
+    requests = chaos_sandbox.admin.requests()
+    per_task = Counter({task_id: len(events[task_id]) for task_id in wanted})
+    non_duplicate_issued = Counter(
+        event["imp_uid"]
+        for batch in events.values()
+        for event in batch
+        if event["type"] == "cash_receipt.issued" and not event["duplicate"]
+    )
+    failures = [e for batch in events.values() for e in batch if e["type"] != "cash_receipt.issued"]
+    duplicates = sum(1 for batch in events.values() for e in batch if e["duplicate"])
+    posts = sum(1 for r in requests if r["method"] == "POST")
+    print(
+        "\nchaos: "
+        f"{len(plan)} payment events ({len(imp_uids)} payments, "
+        f"{len(plan) - len(imp_uids)} duplicates), "
+        f"{sum(receipts.get(u, 0) for u in imp_uids)} receipts, {duplicates} duplicates absorbed, "
+        f"{posts - len(imp_uids)} re-POSTs, {len(requests)} API calls, "
+        f"{fleet.kills} worker kills, 1 Redis restart, "
+        f"{fleet.text().count('sweeper re-sent')} sweeps that re-sent jobs, drained in {drained:.1f}s"
+    )
+
+    assert not failures, failures[:3]
+    assert [u for u in imp_uids if receipts.get(u, 0) != 1] == []
+    assert [t for t, n in per_task.items() if n != 1] == []
+    assert [u for u in imp_uids if non_duplicate_issued[u] != 1] == []
+    assert fleet.kills >= profile.kills
+    assert "01055554321" not in fleet.text()
