@@ -244,7 +244,8 @@ def test_exactly_once_under_chaos(
         f"{sum(receipts.get(u, 0) for u in imp_uids)} receipts, {duplicates} duplicates absorbed, "
         f"{posts - len(imp_uids)} re-POSTs, {len(requests)} API calls, "
         f"{fleet.kills} worker kills, 1 Redis restart, "
-        f"{fleet.text().count('sweeper re-sent')} sweeps that re-sent jobs, drained in {drained:.1f}s"
+        f"{fleet.text().count('sweeper re-sent')} sweeps that re-sent jobs, "
+        f"drained in {drained:.1f}s"
     )
 
     assert not failures, failures[:3]
