@@ -1,0 +1,176 @@
+"""Riding out an i'mport outage, and resuming after a worker dies: time compressed by settings.
+
+Production waits minutes; these settings scale every delay down about a
+hundredfold (backoff capped at 3 s instead of 300 s, parking past 0.3 s), so a
+"one-hour" outage takes seconds and the same code paths run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+import celeryconfig
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox, running_sandbox
+from tests.support.wait import wait_for
+from tests.support.worker import TEST_PII_KEY, running_worker, worker_env
+from worker.ledger import ledger_key
+from worker.producer import enqueue_issue
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of this module's own: its workers run with other settings."""
+    server = RedisServer(Path(tmp_path_factory.mktemp("outage-redis")), appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def own_sandbox() -> Iterator[Sandbox]:
+    """A sandbox of this module's own: the outage is global."""
+    with running_sandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def producer(own_redis: RedisServer) -> Iterator[Celery]:
+    """The Python helper's app on this module's Redis."""
+    app = Celery("checkout", broker=own_redis.url)
+    app.conf.pii_encryption_keys = [TEST_PII_KEY]
+    yield app
+    app.close()
+
+
+def compressed_env(redis_url: str, sandbox_url: str, **extra: str) -> dict[str, str]:
+    """Worker settings with time compressed about a hundredfold."""
+    return worker_env(
+        redis_url,
+        sandbox_url,
+        IAMPORT_TIMEOUT="0.25",
+        RETRY_BACKOFF_BASE="0.2",
+        RETRY_BACKOFF_MAX="3",
+        RETRY_COUNTDOWN_MAX="0.3",
+        SWEEP_INTERVAL="0.2",
+        **{"RETRY_MAX_ATTEMPTS": "40", **extra},
+    )
+
+
+def test_outage_is_ridden_out_and_resumes_spread(
+    own_redis: RedisServer, own_sandbox: Sandbox, producer: Celery
+) -> None:
+    """Jobs park in the ledger through an outage and resume, spread out, when i'mport is back."""
+    results = ResultStream(own_redis.client())
+    own_sandbox.admin.set_rates(rates={"status_503": 1.0})
+    with running_worker(compressed_env(own_redis.url, own_sandbox.url)):
+        imp_uids = [f"outage_{uuid.uuid4().hex[:8]}_{n}" for n in range(30)]
+        tasks = [
+            enqueue_issue({"imp_uid": u, "identifier": "01055554321"}, app=producer)
+            for u in imp_uids
+        ]
+        client = own_redis.client()
+
+        def parked() -> list[str]:
+            """Jobs that tried, failed, and now wait in the ledger for their next attempt."""
+            records = [client.hgetall(ledger_key(u)) for u in imp_uids]
+            return [
+                u
+                for u, record in zip(imp_uids, records, strict=True)
+                if record.get("state") == "received" and int(record.get("attempts", 0)) >= 1
+            ]
+
+        # Parked, not waiting in a countdown: the ledger holds them with a next-attempt time.
+        wait_for(lambda: len(parked()) >= 10, timeout=20, message="jobs parked in the ledger")
+        record = client.hgetall(ledger_key(parked()[0]))
+        assert int(record["next_attempt_at"]) > 0
+        assert json.loads(record["last_error"])["status"] == 503
+        # The outage goes on until jobs have been resumed and refused several times.
+        wait_for(
+            lambda: max(int(client.hget(ledger_key(u), "attempts") or 0) for u in imp_uids) >= 5,
+            timeout=60,
+            message="jobs to retry through the outage",
+        )
+        back_at = time.time()
+        own_sandbox.admin.clear_faults()
+        events = [results.wait(task_id, timeout=60) for task_id in tasks]
+
+    assert {event["type"] for event in events} == {"cash_receipt.issued"}
+    assert all(own_sandbox.admin.issued_count(u) == 1 for u in imp_uids)
+    successes = sorted(
+        request["at"]
+        for request in own_sandbox.admin.requests()
+        if request["method"] == "POST"
+        and request["status"] == 200
+        and request["imp_uid"] in imp_uids
+    )
+    assert successes[0] >= back_at - 0.5
+    buckets = [int((at - successes[0]) / 0.25) for at in successes]
+    busiest = max(buckets.count(bucket) for bucket in set(buckets))
+    assert successes[-1] - successes[0] >= 1.0, "resumed jobs all arrived at once"
+    assert busiest <= len(successes) // 2
+
+
+def test_spent_budget_fails_and_stays_replayable(
+    own_redis: RedisServer, own_sandbox: Sandbox, producer: Celery
+) -> None:
+    """When the attempts run out the job fails with an event, stays in the ledger, and re-opens."""
+    imp_uid = f"budget_{uuid.uuid4().hex[:8]}"
+    results = ResultStream(own_redis.client())
+    own_sandbox.admin.script(imp_uid, *[{"kind": "status", "status": 503}] * 200)
+    with running_worker(compressed_env(own_redis.url, own_sandbox.url, RETRY_MAX_ATTEMPTS="4")):
+        failed = results.wait(
+            enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+        )
+        assert failed["data"]["error"]["reason"] == "retries_exhausted"
+        assert failed["data"]["attempts"] == 4
+        record = own_redis.client().hgetall(ledger_key(imp_uid))
+        assert record["state"] == "failed"
+        assert json.loads(record["payload"])["identifier_sealed"]
+        own_sandbox.admin.clear_faults()
+        replayed = results.wait(
+            enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+        )
+    assert replayed["type"] == "cash_receipt.issued"
+    assert replayed["data"]["attempts"] == 1
+    assert own_sandbox.admin.issued_count(imp_uid) == 1
+
+
+def test_job_of_a_killed_worker_resumes_within_the_bound(
+    own_redis: RedisServer, own_sandbox: Sandbox, producer: Celery
+) -> None:
+    """SIGKILL mid-call: another live worker finishes the job within visibility timeout + 30 s."""
+    imp_uid = f"killed_{uuid.uuid4().hex[:8]}"
+    results = ResultStream(own_redis.client())
+    env = compressed_env(own_redis.url, own_sandbox.url)
+    # What celeryconfig derives for these settings (IAMPORT_TIMEOUT 0.25, countdowns <= 0.3 s).
+    visibility = celeryconfig.minimum_visibility_timeout(
+        iamport_timeout=0.25, longest_countdown=0.3
+    )
+    own_sandbox.admin.script(imp_uid, {"kind": "hang", "seconds": 3600, "method": "POST"})
+    with running_worker(env) as doomed, running_worker(env):
+        task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+        wait_for(
+            lambda: any(r["method"] == "POST" for r in own_sandbox.admin.requests(imp_uid)),
+            message="the POST to be in flight",
+        )
+        os.kill(doomed.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        event = results.wait(task_id, timeout=visibility + 30)
+        resumed_after = time.monotonic() - killed_at
+    assert event["type"] == "cash_receipt.issued"
+    assert resumed_after <= visibility + 30
+    assert own_sandbox.admin.issued_count(imp_uid) == 1
+    print(f"\nkilled worker's job resumed after {resumed_after:.1f}s (bound {visibility + 30}s)")
