@@ -163,6 +163,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[10])
 local published = publish_once(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('HSET', KEYS[1], 'event_id', published[2])
 if ARGV[2] == 'issued' then
+  -- Done for good: the payload (sealed personal data) is not needed any more.
+  redis.call('HDEL', KEYS[1], 'payload')
   -- Every other message that asked for this payment meanwhile ends now too,
   -- as a duplicate, even if that message itself is lost.
   local owner = redis.call('HGET', KEYS[1], 'task_id')
@@ -359,14 +361,15 @@ class Ledger:
             return None
         return _text(result[1])
 
-    def report_issued_duplicate(self, imp_uid: str, *, task_id: str) -> None:
+    def report_issued_duplicate(
+        self, imp_uid: str, *, task_id: str, merchant_uid: str | None
+    ) -> None:
         """Publish, for ``task_id``, that this payment's receipt already exists."""
         record = self.record(imp_uid) or {}
-        payload = json.loads(record.get("payload") or "{}")
         data = event_data(
             task_id=task_id,
             imp_uid=imp_uid,
-            merchant_uid=payload.get("merchant_uid"),
+            merchant_uid=merchant_uid,
             attempts=0,
             duplicate=True,
             detail={"receipt": json.loads(record.get("receipt") or "{}")},

@@ -51,7 +51,9 @@ def enqueue_issue(payload: Mapping[str, Any], *, app: Celery | None = None) -> s
     )
     if state == "issued":
         # Nothing to do but say so: the duplicate's event, at once, no message.
-        ledger.report_issued_duplicate(message["imp_uid"], task_id=task_id)
+        ledger.report_issued_duplicate(
+            message["imp_uid"], task_id=task_id, merchant_uid=message.get("merchant_uid")
+        )
         return task_id
     app.send_task(
         ISSUE_TASK,

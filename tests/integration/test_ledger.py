@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.support.redis_server import RedisServer
 from worker.events import ISSUED
 from worker.ledger import DUE_KEY, Ledger, ledger_key
+from worker.schemas import load_payload
+from worker.sealing import Sealer
 
 pytestmark = pytest.mark.integration
 PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA"}
@@ -164,3 +168,43 @@ def test_waiting_messages_end_with_the_owner(
         (f"{imp_uid}-t3", True),
     ]
     assert ledger.claim(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD).kind == "done"
+
+
+def test_size_of_one_issued_payment(
+    ledger: Ledger, redis_server: RedisServer, imp_uid: str
+) -> None:
+    """What one issued payment costs in Redis (README: LEDGER_RETENTION), measured, bounded."""
+    sealer = Sealer([Fernet.generate_key().decode()])
+    payload = load_payload(
+        {
+            "imp_uid": imp_uid,
+            "merchant_uid": "order-2026-11-24-000123",
+            "identifier": "010-1234-5678",
+            "identifier_type": "phone",
+            "buyer_name": "홍길동",
+            "buyer_email": "buyer@example.com",
+            "buyer_tel": "010-1234-5678",
+        },
+        sealer,
+    ).to_message(sealer)
+    task_id = str(uuid.uuid4())
+    claim = ledger.claim(imp_uid, task_id=task_id, payload=payload)
+    receipt = {
+        "imp_uid": imp_uid, "receipt_tid": "SBX-RCT-0000000001", "apply_num": "123456789",
+        "type": "person", "amount": 11000, "vat": 1000,
+        "receipt_url": "https://iniweb.inicis.com/receipt/0000000001", "applied_at": 1795545489,
+        "cancelled_at": 0,
+    }  # fmt: skip
+    ledger.finish(
+        imp_uid, fence=claim.fence, state="issued", task_id=task_id, event_type=ISSUED,
+        data={"imp_uid": imp_uid, "task_id": task_id, "duplicate": False, "receipt": receipt},
+        receipt=receipt,
+    )  # fmt: skip
+    client = redis_server.client()
+    record = client.memory_usage(ledger_key(imp_uid))
+    markers = client.memory_usage(f"cash_receipt:terminal:{task_id}") + client.memory_usage(
+        f"cash_receipt:last_event:{imp_uid}"
+    )
+    print(f"\nledger record {record} B, event markers {markers} B")
+    assert record < 1536
+    assert markers < 512
