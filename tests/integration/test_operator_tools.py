@@ -1,0 +1,141 @@
+"""The operator's tools on a Redis with no worker: status, stuck, settle, and the sweeper's lock."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox
+from tests.support.worker import worker_env
+from worker.ledger import Ledger
+from worker.sweeper import Sweeper
+
+pytestmark = pytest.mark.integration
+CLI = str(Path(sys.executable).parent / "cashreceipt")
+PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA-not-opened-here"}
+
+
+@pytest.fixture
+def idle_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis no worker consumes from: jobs stay where the test puts them."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def ledger_on(server: RedisServer) -> Ledger:
+    """The ledger as the worker builds it."""
+    return Ledger(
+        server.client(),
+        stream="cash_receipt.events",
+        event_retention_seconds=3600,
+        retention_seconds=3600,
+        lease_seconds=60,
+    )
+
+
+def cli(server: RedisServer, sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``cashreceipt`` against this Redis and the sandbox."""
+    return subprocess.run(
+        [CLI, *args],
+        env=worker_env(server.url, sandbox.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_stuck_lists_overdue_jobs(idle_redis: RedisServer, sandbox: Sandbox) -> None:
+    """A job due two minutes ago is stuck; one due in an hour is not."""
+    ledger = ledger_on(idle_redis)
+    ledger.receive("imp_late", task_id="t-late", payload=PAYLOAD, resend_after=-120)
+    ledger.receive("imp_fine", task_id="t-fine", payload=PAYLOAD, resend_after=3600)
+    result = cli(idle_redis, sandbox, "stuck", "--older-than", "60")
+    assert result.returncode == 0, result.stderr
+    listed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["imp_uid"], r["state"], r["task_id"]) for r in listed] == [
+        ("imp_late", "received", "t-late")
+    ]
+    assert listed[0]["payload"]["identifier_sealed"] == "<sealed>"
+
+
+def test_settle_adopts_a_receipt_that_exists(
+    idle_redis: RedisServer, sandbox: Sandbox, imp_uid: str
+) -> None:
+    """A job stuck in flight whose receipt exists at i'mport ends issued, with its event."""
+    ledger = ledger_on(idle_redis)
+    task_id = str(uuid.uuid4())
+    ledger.claim(imp_uid, task_id=task_id, payload={**PAYLOAD, "imp_uid": imp_uid})
+    token = sandbox.get_token()
+    created = requests.post(
+        f"{sandbox.url}/receipts/{imp_uid}",
+        json={"identifier": "01055554321"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=5,
+    )
+    assert created.status_code == 200
+    result = cli(idle_redis, sandbox, "settle", imp_uid)
+    assert json.loads(result.stdout) == {"imp_uid": imp_uid, "outcome": "issued"}
+    event = ResultStream(idle_redis.client()).wait(task_id)
+    assert event["type"] == "cash_receipt.issued"
+    assert event["data"]["receipt"]["apply_num"] == created.json()["response"]["apply_num"]
+    assert sandbox.admin.issued_count(imp_uid) == 1
+
+
+def test_settle_resends_when_nothing_was_issued(
+    idle_redis: RedisServer, sandbox: Sandbox, imp_uid: str
+) -> None:
+    """No receipt at i'mport: the job is handed back to the ledger, due now, for the sweeper."""
+    ledger = ledger_on(idle_redis)
+    ledger.claim(imp_uid, task_id="t-1", payload={**PAYLOAD, "imp_uid": imp_uid})
+    result = cli(idle_redis, sandbox, "settle", imp_uid)
+    assert json.loads(result.stdout)["outcome"] == "resent"
+    due = ledger.due_jobs(limit=10, regrace_seconds=60)
+    assert [(job.imp_uid, job.state, job.task_id) for job in due] == [(imp_uid, "received", "t-1")]
+
+
+def test_one_sweep_at_a_time(idle_redis: RedisServer) -> None:
+    """Two sweepers at once: the lock lets one re-send the due jobs, exactly once."""
+    ledger = ledger_on(idle_redis)
+    for n in range(20):
+        ledger.receive(f"imp_{n}", task_id=f"t-{n}", payload=PAYLOAD, resend_after=-1)
+    sent: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(2)
+
+    def send(name: str, **options: Any) -> None:
+        with lock:
+            sent.append({"name": name, **options})
+
+    sweepers = [
+        Sweeper(ledger=ledger, client=idle_redis.client(), send=send, interval=5) for _ in range(2)
+    ]
+    counts: list[int] = []
+
+    def sweep(sweeper: Sweeper) -> None:
+        barrier.wait()
+        counts.append(sweeper.sweep_once())
+
+    threads = [threading.Thread(target=sweep, args=(s,)) for s in sweepers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(counts) == [0, 20]
+    assert sorted(message["task_id"] for message in sent) == sorted(f"t-{n}" for n in range(20))
+    assert {message["name"] for message in sent} == {"issue_cash_receipt"}
+    assert all(0 <= message["countdown"] <= 5 for message in sent)
+    assert all("gAAAA" not in message["argsrepr"] for message in sent)
