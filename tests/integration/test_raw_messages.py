@@ -2,57 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
-from typing import Any
 
 import pytest
 
+from tests.support.envelopes import body_of, envelope
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.worker import ProcessOutput
 
 pytestmark = pytest.mark.integration
-
-
-def envelope(body: bytes, *, task: str = "issue_cash_receipt", task_id: str | None = None) -> str:
-    """A kombu/Celery protocol-2 message for the Redis transport, built by hand."""
-    task_id = task_id or str(uuid.uuid4())
-    return json.dumps(
-        {
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {
-                "lang": "js",
-                "task": task,
-                "id": task_id,
-                "root_id": task_id,
-                "parent_id": None,
-                "group": None,
-                "retries": 0,
-                "eta": None,
-                "expires": None,
-                "argsrepr": "<payload>",
-                "kwargsrepr": "{}",
-            },
-            "properties": {
-                "correlation_id": task_id,
-                "reply_to": "",
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": "cash_receipts"},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-    )
-
-
-def body_of(payload: Any) -> bytes:
-    """The JSON body of a protocol-2 message: [args, kwargs, embed]."""
-    return json.dumps([[payload], {}, {"callbacks": None, "errbacks": None}]).encode()
 
 
 @pytest.mark.usefixtures("worker")
