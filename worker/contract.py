@@ -6,3 +6,5 @@ from __future__ import annotations
 ISSUE_TASK = "issue_cash_receipt"
 #: The queue the task is routed to and workers consume.
 QUEUE = "cash_receipts"
+#: The task that cancels a payment's receipt (and re-issues after a partial refund).
+CANCEL_TASK = "cancel_cash_receipt"

@@ -18,20 +18,25 @@ from typing import Any
 import redis
 from celery import Celery
 
-from worker.contract import ISSUE_TASK, QUEUE
+from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.ledger import Ledger
 from worker.masking import masked_args_repr
-from worker.schemas import load_payload
+from worker.schemas import load_cancellation, load_payload
 from worker.sealing import Sealer
 
 
-def enqueue_issue(payload: Mapping[str, Any], *, app: Celery | None = None) -> str:
+def enqueue_issue(
+    payload: Mapping[str, Any], *, app: Celery | None = None, task_id: str | None = None
+) -> str:
     """Validate ``payload``, seal its identifier and enqueue its receipt; returns the task id.
 
     Raises :class:`~worker.schemas.InvalidPayload` when the payload can never
     be issued, :class:`~worker.sealing.SealingUnavailable` when no PII key is
     configured (and plaintext was not allowed), and kombu's
     ``OperationalError`` when the broker is unreachable.
+
+    ``task_id`` makes a retry of the same request idempotent (the ingress
+    derives it from the stream entry): the same id ends in the same one event.
     """
     if app is None:
         from worker.celery import app as default_app  # noqa: PLC0415 (reads config on demand)
@@ -39,7 +44,7 @@ def enqueue_issue(payload: Mapping[str, Any], *, app: Celery | None = None) -> s
         app = default_app
     sealer = Sealer.from_conf(app.conf)
     message = load_payload(payload, sealer).to_message(sealer)
-    task_id = str(uuid.uuid4())
+    task_id = task_id or str(uuid.uuid4())
     # The ledger first: if the message is lost on its way to a worker, the
     # sweeper re-sends it from here once the visibility timeout has passed.
     ledger = _ledger(app)
@@ -85,3 +90,30 @@ def _ledger(app: Celery) -> Ledger:
             lease_seconds=float(getattr(conf, "ledger_lease_seconds", 0) or DEFAULT_RESEND),
         )
     return _ledgers[url]
+
+
+def enqueue_cancel(
+    payload: Mapping[str, Any], *, app: Celery | None = None, task_id: str | None = None
+) -> str:
+    """Validate a payment-cancelled payload and enqueue ``cancel_cash_receipt``; returns the id.
+
+    ``payload`` is at least ``imp_uid``; ``amount`` (the refunded amount) makes
+    it a partial refund: the receipt is cancelled and a new one issued for what
+    is left. Raises :class:`~worker.schemas.InvalidPayload` when it is malformed.
+    """
+    if app is None:
+        from worker.celery import app as default_app  # noqa: PLC0415 (reads config on demand)
+
+        app = default_app
+    message = load_cancellation(payload)
+    task_id = task_id or str(uuid.uuid4())
+    app.send_task(
+        CANCEL_TASK,
+        args=[message],
+        task_id=task_id,
+        queue=QUEUE,
+        serializer="json",
+        argsrepr=masked_args_repr([message]),
+        kwargsrepr="{}",
+    )
+    return task_id

@@ -326,3 +326,32 @@ class PaymentSchema(Schema):
 
 RECEIPT_SCHEMA = ReceiptSchema()
 PAYMENT_SCHEMA = PaymentSchema()
+
+
+class PaymentCancelledSchema(Schema):
+    """The ``cancel_cash_receipt`` payload: which payment, and how much was refunded."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    imp_uid = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    merchant_uid = _optional_text(100)
+    # The refunded amount of a partial refund; absent for a full one.
+    amount = fields.Integer(
+        load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1)
+    )
+    reason = _optional_text(200)
+
+
+_CANCEL_SCHEMA = PaymentCancelledSchema()
+
+
+def load_cancellation(raw: object) -> dict[str, Any]:
+    """Validate a payment-cancelled payload or raise :class:`InvalidPayload`."""
+    if not isinstance(raw, Mapping):
+        raise InvalidPayload({"_payload": ["Must be a JSON object."]})
+    try:
+        data: dict[str, Any] = _CANCEL_SCHEMA.load(dict(raw))
+    except ValidationError as error:
+        raise InvalidPayload(_flatten(error.messages)) from None
+    return {key: value for key, value in data.items() if value is not None}
