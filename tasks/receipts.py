@@ -1,4 +1,4 @@
-"""The ``issue_cash_receipt`` task: load the payload, issue, map the outcome.
+"""The ``issue_cash_receipt`` and ``cancel_cash_receipt`` tasks: load, act, map the outcome.
 
 Like a web view, the task only translates: the payload into a
 :class:`~worker.schemas.ReceiptRequest`, the service's errors into "retry in N
@@ -9,6 +9,7 @@ seconds" or one failure event. Everything it decides is decided by
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from typing import Any
@@ -16,9 +17,11 @@ from typing import Any
 import redis
 from celery import Task
 
+from worker.cancellation import cancel_live_receipt
 from worker.celery import app
-from worker.contract import ISSUE_TASK, QUEUE
+from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.errors import IamportError
+from worker.iamport import Receipt
 from worker.ledger import Claim
 from worker.malformed import guard
 from worker.masking import mask_payload, masked_args_repr
@@ -27,9 +30,12 @@ from worker.runtime import Runtime, get_runtime
 from worker.schemas import (
     InvalidPayload,
     ReceiptRequest,
+    load_cancellation,
+    load_payload,
     payload_from_args,
     readable_imp_uid,
     readable_merchant_uid,
+    single_argument,
 )
 from worker.service import Report, error_detail, failure_message, issue_receipt
 
@@ -54,42 +60,53 @@ class ReceiptFailed(Exception):
     """
 
 
-@app.task(
-    name=ISSUE_TASK,
-    bind=True,
-    base=ReceiptTask,
-    queue=QUEUE,
-    acks_late=True,
-    ignore_result=True,
+_TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "base": ReceiptTask,
+    "queue": QUEUE,
+    "acks_late": True,
+    "ignore_result": True,
     # The attempt budget is ours (RETRY_MAX_ATTEMPTS, applied by decide()); Celery's
     # own MaxRetriesExceededError would put the raw payload in its message.
-    max_retries=None,
+    "max_retries": None,
     # Expected outcomes: logged in one line, shown as FAILURE in Flower, no traceback.
-    throws=(ReceiptFailed,),
-)
+    "throws": (ReceiptFailed,),
+}
+
+
+@app.task(name=ISSUE_TASK, **_TASK_OPTIONS)
 def issue_cash_receipt(self: Task, *args: Any, **kwargs: Any) -> str:
     """Issue the cash receipt of one confirmed payment; returns the outcome's name only."""
-    attempt = _Attempt(self, get_runtime(self.app.conf))
-    try:
-        return attempt.run(args, kwargs)
-    except redis.RedisError:
-        # The outcome could not be recorded. Try again later: the ledger keeps
-        # the job, and the next attempt looks the receipt up before any POST.
-        raise attempt.retry(attempt.backoff(), args) from None
+    return _IssueRun(self, get_runtime(self.app.conf)).guarded(args, kwargs)
 
 
-class _Attempt:
-    """One run of the task: claim the job in the ledger, issue, end or hand back."""
+@app.task(name=CANCEL_TASK, **_TASK_OPTIONS)
+def cancel_cash_receipt(self: Task, *args: Any, **kwargs: Any) -> str:
+    """Cancel a refunded payment's receipt (and re-issue the rest after a partial refund)."""
+    return _CancelRun(self, get_runtime(self.app.conf)).guarded(args, kwargs)
+
+
+class _Run:
+    """One run of a task: claim the job in the ledger, act, end it or hand it back."""
+
+    purpose = "issue"
 
     def __init__(self, task: Task, runtime: Runtime) -> None:
         self.task = task
         self.runtime = runtime
         self.conf = task.app.conf
-        self.request: ReceiptRequest | None = None
+        self.message: dict[str, Any] | None = None
 
-    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        raw = args[0] if args else None
-        report = Report(
+    def guarded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        try:
+            return self.run(args, kwargs)
+        except redis.RedisError:
+            # The outcome could not be recorded. Try again later: the ledger keeps
+            # the job, and the next attempt looks at i'mport before acting.
+            raise self.retry(self.backoff(), args) from None
+
+    def report(self, raw: object) -> Report:
+        return Report(
             events=self.runtime.events,
             ledger=self.runtime.ledger,
             task_id=str(self.task.request.id),
@@ -97,65 +114,50 @@ class _Attempt:
             imp_uid=readable_imp_uid(raw),
             merchant_uid=readable_merchant_uid(raw),
         )
-        try:
-            self.request = payload_from_args(args, kwargs, self.runtime.sealer)
-        except InvalidPayload as error:
-            report.invalid_payload(error)
-            raise ReceiptFailed(f"invalid_payload: {error}") from None
+
+    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def claim_loop(self, report: Report, imp_uid: str, args: tuple[Any, ...]) -> str:
+        """Claim the job; while another task holds it, wait for its outcome, within a bound."""
+        assert self.message is not None
         deadline = time.monotonic() + float(self.conf.duplicate_wait)
         while True:
             claim = self.runtime.ledger.claim(
-                self.request.imp_uid,
-                task_id=report.task_id,
-                payload=self.request.to_message(self.runtime.sealer),
+                imp_uid, task_id=report.task_id, payload=self.message, purpose=self.purpose
             )
             if claim.kind == "claimed":
-                outcome = self._issue(replace(report, attempts=claim.attempt), claim)
+                outcome = self.act(replace(report, attempts=claim.attempt), claim)
                 if outcome is not None:
                     return outcome
-                # Fenced out: another task took the job over. Report its outcome.
-                continue
+                continue  # fenced out: another task took the job over; report its outcome
             if claim.kind == "done":
                 return "done"  # a redelivery: this task already published its outcome
-            if claim.kind == "issued":
-                report.issued_duplicate(claim.receipt or {})
-                return "issued:duplicate"
-            if claim.kind == "cancelled":
-                report.refused("cancelled", "the receipt of this payment was cancelled")
-                raise ReceiptFailed("cancelled: the receipt of this payment was cancelled")
-            # busy: another task holds the job. Wait for its outcome, within a bound.
+            if claim.kind != "busy":
+                return self.settled(report, claim)
             if time.monotonic() >= deadline:
                 raise self.retry(self.backoff(), args) from None
             time.sleep(DUPLICATE_POLL_SECONDS)
 
-    def _issue(self, report: Report, claim: Claim) -> str | None:
-        """Issue as the job's owner; None when another task took the job over meanwhile."""
-        assert self.request is not None
-        ledger, policy = self.runtime.ledger, self.runtime.policy
-        try:
-            issued = issue_receipt(self.runtime.client, self.request, look_first=claim.resumed)
-        except IamportError as error:
-            decision = decide(error, attempt=claim.attempt, policy=policy)
-            if not decision.retry:
-                reason = decision.reason or "rejected"
-                if not report.finish(fence=claim.fence, error=error, reason=reason):
-                    return None
-                raise ReceiptFailed(f"{reason}: {failure_message(error)}") from None
-            last = error_detail(error, "retrying")["error"]
-            imp_uid = self.request.imp_uid
-            if decision.delay > float(self.conf.retry_countdown_max):
-                # A long wait (an outage): hand the job to the ledger, hold nothing.
-                until = time.time() + decision.delay
-                ledger.park(imp_uid, fence=claim.fence, until=until, error=last)
-                return "parked"
-            if not ledger.extend(imp_uid, fence=claim.fence, seconds=decision.delay, error=last):
-                return None
-            raise self.retry(
-                decision.delay, (self.request.to_message(self.runtime.sealer),)
-            ) from None
-        if not report.finish(fence=claim.fence, issued=issued.receipt, duplicate=issued.duplicate):
+    def act(self, report: Report, claim: Claim) -> str | None:
+        raise NotImplementedError
+
+    def settled(self, report: Report, claim: Claim) -> str:
+        raise NotImplementedError
+
+    def hand_back(
+        self, imp_uid: str, claim: Claim, error: IamportError, delay: float
+    ) -> str | None:
+        """Retry later: a short countdown, or, for a long wait, park the job in the ledger."""
+        last = error_detail(error, "retrying")["error"]
+        ledger = self.runtime.ledger
+        if delay > float(self.conf.retry_countdown_max):
+            ledger.park(imp_uid, fence=claim.fence, until=time.time() + delay, error=last)
+            return "parked"
+        if not ledger.extend(imp_uid, fence=claim.fence, seconds=delay, error=last):
             return None
-        return "issued:duplicate" if issued.duplicate else "issued"
+        assert self.message is not None
+        raise self.retry(delay, (self.message,)) from None
 
     def backoff(self) -> float:
         """A delay from the retry policy, for waits outside i'mport."""
@@ -170,8 +172,8 @@ class _Attempt:
         identifier included, with an argsrepr recomputed from them. A payload
         that never validated is re-sent masked: only its failure event is owed.
         """
-        if self.request is not None:
-            new_args = [self.request.to_message(self.runtime.sealer)]
+        if self.message is not None:
+            new_args = [self.message]
         elif args and isinstance(args[0], dict):
             new_args = [mask_payload(args[0])]
         else:
@@ -185,3 +187,119 @@ class _Attempt:
             throw=False,
         )
         return exc
+
+
+class _IssueRun(_Run):
+    """``issue_cash_receipt``."""
+
+    request: ReceiptRequest
+
+    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        report = self.report(args[0] if args else None)
+        try:
+            self.request = payload_from_args(args, kwargs, self.runtime.sealer)
+        except InvalidPayload as error:
+            report.invalid_payload(error)
+            raise ReceiptFailed(f"invalid_payload: {error}") from None
+        self.message = self.request.to_message(self.runtime.sealer)
+        return self.claim_loop(report, self.request.imp_uid, args)
+
+    def settled(self, report: Report, claim: Claim) -> str:
+        if claim.kind == "issued":
+            report.issued_duplicate(claim.receipt or {})
+            return "issued:duplicate"
+        # cancelled: a stale issue message never issues again.
+        report.refused("cancelled", "the receipt of this payment was cancelled")
+        raise ReceiptFailed("cancelled: the receipt of this payment was cancelled")
+
+    def act(self, report: Report, claim: Claim) -> str | None:
+        """Issue as the job's owner; None when another task took the job over meanwhile."""
+        try:
+            issued = issue_receipt(self.runtime.client, self.request, look_first=claim.resumed)
+        except IamportError as error:
+            decision = decide(error, attempt=claim.attempt, policy=self.runtime.policy)
+            if decision.retry:
+                return self.hand_back(self.request.imp_uid, claim, error, decision.delay)
+            reason = decision.reason or "rejected"
+            if not report.finish(fence=claim.fence, error=error, reason=reason):
+                return None
+            raise ReceiptFailed(f"{reason}: {failure_message(error)}") from None
+        if not report.finish(fence=claim.fence, issued=issued.receipt, duplicate=issued.duplicate):
+            return None
+        return "issued:duplicate" if issued.duplicate else "issued"
+
+
+class _CancelRun(_Run):
+    """``cancel_cash_receipt``."""
+
+    purpose = "cancel"
+
+    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        report = self.report(args[0] if args else None)
+        try:
+            self.message = load_cancellation(single_argument(args, kwargs))
+        except InvalidPayload as error:
+            report.cancel_invalid(error)
+            raise ReceiptFailed(f"invalid_payload: {error}") from None
+        return self.claim_loop(report, self.message["imp_uid"], args)
+
+    def settled(self, report: Report, claim: Claim) -> str:
+        # cancelled already: this cancellation repeated one that happened.
+        report.cancelled_duplicate(claim.receipt)
+        return "cancelled:duplicate"
+
+    def act(self, report: Report, claim: Claim) -> str | None:
+        assert self.message is not None
+        imp_uid = self.message["imp_uid"]
+        ledger, client = self.runtime.ledger, self.runtime.client
+        record = ledger.record(imp_uid) or {}
+        cancelled_json = record.get("cancelled_receipt")
+        try:
+            if record.get("cancel_step") == "cancelled":
+                cancelled = Receipt(**json.loads(cancelled_json)) if cancelled_json else None
+            else:
+                cancelled = cancel_live_receipt(client, imp_uid)
+                ledger.note(
+                    imp_uid,
+                    fence=claim.fence,
+                    field="cancelled_receipt",
+                    value=json.dumps(cancelled.as_dict()) if cancelled else "",
+                )
+                if not ledger.note(
+                    imp_uid, fence=claim.fence, field="cancel_step", value="cancelled"
+                ):
+                    return None
+        except IamportError as error:
+            decision = decide(error, attempt=claim.attempt, policy=self.runtime.policy)
+            if decision.retry:
+                return self.hand_back(imp_uid, claim, error, decision.delay)
+            reason = decision.reason or "rejected"
+            if not report.finish_cancel_failed(fence=claim.fence, error=error, reason=reason):
+                return None
+            raise ReceiptFailed(f"cancel {reason}: {failure_message(error)}") from None
+        if "amount" not in self.message or not record.get("payload"):
+            ok = report.finish_cancelled(fence=claim.fence, cancelled=cancelled)
+            return "cancelled" if ok else None
+        return self.reissue(report, claim, cancelled, json.loads(record["payload"]))
+
+    def reissue(
+        self, report: Report, claim: Claim, cancelled: Receipt | None, payload: dict[str, Any]
+    ) -> str | None:
+        """After a partial refund: a new receipt for what is left, which i'mport computes."""
+        request = load_payload(payload, self.runtime.sealer)
+        try:
+            # Look first: an earlier attempt may have issued it without hearing back.
+            issued = issue_receipt(self.runtime.client, request, look_first=True)
+        except IamportError as error:
+            decision = decide(error, attempt=claim.attempt, policy=self.runtime.policy)
+            if decision.retry:
+                return self.hand_back(request.imp_uid, claim, error, decision.delay)
+            reason = decision.reason or "rejected"
+            ok = report.finish_cancelled(
+                fence=claim.fence, cancelled=cancelled, reissue_error=(error, reason)
+            )
+            return "cancelled:reissue_failed" if ok else None
+        ok = report.finish_cancelled(
+            fence=claim.fence, cancelled=cancelled, reissued=issued.receipt
+        )
+        return "cancelled:reissued" if ok else None

@@ -29,6 +29,8 @@ import redis
 
 ISSUED = "cash_receipt.issued"
 FAILED = "cash_receipt.failed"
+CANCELLED = "cash_receipt.cancelled"
+CANCEL_FAILED = "cash_receipt.cancel_failed"
 
 #: A Lua function shared by every script that ends a task: XADD the event
 #: unless this task already published one, and remember where it went.

@@ -135,6 +135,11 @@ class IamportClient:
             return None
         return _receipt(response)
 
+    def cancel_receipt(self, imp_uid: str) -> Receipt:
+        """``DELETE /receipts/{imp_uid}``: the cancelled receipt, with ``cancelled_at`` set."""
+        response = self._call("DELETE", f"/receipts/{_path(imp_uid)}")
+        return _receipt(response)
+
     def get_payment(self, imp_uid: str) -> Payment:
         """``GET /payments/{imp_uid}``."""
         response = self._call("GET", f"/payments/{_path(imp_uid)}")

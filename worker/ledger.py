@@ -48,12 +48,19 @@ from worker.events import (
 from worker.masking import mask_payload
 
 DUE_KEY = "cash_receipt:ledger:due"
+#: Jobs that failed for good, by when: the dead-letter view.
+FAILED_KEY = "cash_receipt:ledger:failed"
 TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
 
 
 def ledger_key(imp_uid: str) -> str:
     """The ledger record of one payment."""
     return f"cash_receipt:ledger:{imp_uid}"
+
+
+def history_key(imp_uid: str) -> str:
+    """The last 50 attempts and outcomes of a payment's jobs, newest first."""
+    return f"cash_receipt:ledger:{imp_uid}:history"
 
 
 def waiters_key(imp_uid: str) -> str:
@@ -85,21 +92,27 @@ return 'received'
 """
 
 _CLAIM = """
--- KEYS: ledger, due, terminal marker of this task, waiters.
--- ARGV: task_id, payload, now_ms, lease_ms, imp_uid
+-- KEYS: ledger, due, terminal marker of this task, waiters, failed index.
+-- ARGV: task_id, payload, now_ms, lease_ms, imp_uid, purpose ('issue' or 'cancel')
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {'done'}
 end
 local now = tonumber(ARGV[3])
+local purpose = ARGV[6]
 local record = redis.call('HMGET', KEYS[1],
-  'state', 'task_id', 'lease_until', 'receipt', 'attempts')
+  'state', 'task_id', 'lease_until', 'receipt', 'attempts', 'op')
 local state, owner, lease, receipt = record[1], record[2], tonumber(record[3] or '0'), record[4]
 local attempts = tonumber(record[5] or '0')
-if state == 'issued' then
+local op = record[6] or 'issue'
+if state == 'issued' and purpose == 'issue' then
   return {'issued', receipt}
 end
 if state == 'cancelled' then
-  return {'cancelled'}
+  return {'cancelled', receipt or ''}
+end
+if purpose == 'issue' and op == 'cancel' and (state == 'in_flight' or state == 'received') then
+  -- A cancellation owns the job: an issue message is stale and must not re-issue.
+  return {'cancelled', ''}
 end
 local resumed = 0
 if state == 'in_flight' then
@@ -110,16 +123,25 @@ if state == 'in_flight' then
   resumed = 1
 elseif state == 'received' then
   if attempts > 0 then resumed = 1 end
-elseif state == 'failed' then
+elseif state == 'failed' or state == 'issued' then
+  -- A new operation on a finished job: a re-opened issue, or a cancellation.
   attempts = 0
+  redis.call('HDEL', KEYS[1], 'cancel_step')
 else
   redis.call('HSET', KEYS[1], 'created_at', ARGV[3])
 end
 attempts = attempts + 1
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
-redis.call('HSET', KEYS[1], 'state', 'in_flight', 'task_id', ARGV[1], 'payload', ARGV[2],
+redis.call('HSET', KEYS[1], 'state', 'in_flight', 'task_id', ARGV[1], 'op', purpose,
   'attempts', attempts, 'updated_at', ARGV[3], 'lease_until', now + tonumber(ARGV[4]))
-redis.call('HDEL', KEYS[1], 'next_attempt_at', 'receipt')
+if purpose == 'issue' then
+  redis.call('HSET', KEYS[1], 'payload', ARGV[2])
+  redis.call('HDEL', KEYS[1], 'receipt')
+else
+  redis.call('HSET', KEYS[1], 'cancel', ARGV[2])
+end
+redis.call('HDEL', KEYS[1], 'next_attempt_at')
+redis.call('ZREM', KEYS[5], ARGV[5])
 redis.call('PERSIST', KEYS[1])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
 return {'claimed', tostring(fence), tostring(attempts), tostring(resumed)}
@@ -127,12 +149,15 @@ return {'claimed', tostring(fence), tostring(attempts), tostring(resumed)}
 
 _HOLD = """
 -- Keep (or park) a claimed job while it waits to retry.
--- KEYS: ledger, due. ARGV: fence, now_ms, due_ms, new_state, last_error, imp_uid
-local record = redis.call('HMGET', KEYS[1], 'state', 'fence')
+-- KEYS: ledger, due, history. ARGV: fence, now_ms, due_ms, new_state, last_error, imp_uid
+local record = redis.call('HMGET', KEYS[1], 'state', 'fence', 'attempts', 'op')
 if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', ARGV[2], 'last_error', ARGV[5])
+redis.call('LPUSH', KEYS[3], cjson.encode({at = tonumber(ARGV[2]), op = record[4] or 'issue',
+  attempt = tonumber(record[3] or '0'), outcome = 'retry', error = cjson.decode(ARGV[5])}))
+redis.call('LTRIM', KEYS[3], 0, 49)
 if ARGV[4] == 'received' then
   redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[3])
   redis.call('HDEL', KEYS[1], 'lease_until')
@@ -147,12 +172,25 @@ _FINISH = (
     PUBLISH_ONCE_LUA
     + """
 -- The terminal transition and its event, together.
--- KEYS: ledger, due, stream, terminal marker, status pointer, waiters.
+-- KEYS: ledger, due, stream, terminal marker, status pointer, waiters, failed index,
+--       history, terminal marker of the extra event.
 -- ARGV: fence, state, event type, event data, minid, event retention s,
---       now_ms, receipt json, last_error json, ledger retention s, imp_uid
-local record = redis.call('HMGET', KEYS[1], 'state', 'fence')
+--       now_ms, receipt json, last_error json, ledger retention s, imp_uid,
+--       extra event type ('' for none), extra event data
+local record = redis.call('HMGET', KEYS[1], 'state', 'fence', 'attempts', 'op')
 if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then
   return {-1, record[1] or ''}
+end
+local entry = {at = tonumber(ARGV[7]), op = record[4] or 'issue',
+  attempt = tonumber(record[3] or '0'), outcome = ARGV[3]}
+if ARGV[9] ~= '' then entry['error'] = cjson.decode(ARGV[9]) end
+redis.call('LPUSH', KEYS[8], cjson.encode(entry))
+redis.call('LTRIM', KEYS[8], 0, 49)
+redis.call('EXPIRE', KEYS[8], ARGV[10])
+if ARGV[2] == 'failed' then
+  redis.call('ZADD', KEYS[7], ARGV[7], ARGV[11])
+else
+  redis.call('ZREM', KEYS[7], ARGV[11])
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[7])
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'receipt', ARGV[8]) end
@@ -162,9 +200,11 @@ redis.call('ZREM', KEYS[2], ARGV[11])
 redis.call('EXPIRE', KEYS[1], ARGV[10])
 local published = publish_once(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('HSET', KEYS[1], 'event_id', published[2])
+if ARGV[12] ~= '' then
+  -- A partial refund: the cancellation and the new receipt are one transition.
+  publish_once(KEYS[3], KEYS[9], KEYS[5], ARGV[12], ARGV[13], ARGV[5], ARGV[6])
+end
 if ARGV[2] == 'issued' then
-  -- Done for good: the payload (sealed personal data) is not needed any more.
-  redis.call('HDEL', KEYS[1], 'payload')
   -- Every other message that asked for this payment meanwhile ends now too,
   -- as a duplicate, even if that message itself is lost.
   local owner = redis.call('HGET', KEYS[1], 'task_id')
@@ -186,11 +226,22 @@ return published
 """
 )
 
+_NOTE = """
+-- Record a step of the job the owner has taken (e.g. the old receipt is cancelled).
+-- KEYS: ledger. ARGV: fence, field, value
+local record = redis.call('HMGET', KEYS[1], 'state', 'fence')
+if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"""
+
 _DUE = """
 -- Hand a due job to the sweeper once, pushing its due time forward.
 -- KEYS: ledger, due. ARGV: now_ms, regrace_ms, imp_uid
 local record = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'payload', 'lease_until',
-  'next_attempt_at', 'attempts')
+  'next_attempt_at', 'attempts', 'op', 'cancel')
 local state = record[1]
 if not state or state == 'issued' or state == 'failed' or state == 'cancelled' then
   redis.call('ZREM', KEYS[2], ARGV[3])
@@ -203,7 +254,10 @@ if due > now then
   return false
 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
-return {state, record[2], record[3], record[6] or '0'}
+local op = record[7] or 'issue'
+local payload = record[3]
+if op == 'cancel' then payload = record[8] end
+return {state, record[2], payload, record[6] or '0', op}
 """
 
 
@@ -220,6 +274,7 @@ class Claim:
 
     kind: str
     fence: int = 0
+    op: str = "issue"
     attempt: int = 0
     resumed: bool = False
     receipt: dict[str, Any] | None = None
@@ -235,6 +290,7 @@ class DueJob:
     task_id: str
     payload: dict[str, Any]
     attempts: int
+    op: str = "issue"
 
 
 class Ledger:
@@ -259,6 +315,7 @@ class Ledger:
         self._hold = client.register_script(_HOLD)
         self._finish = client.register_script(_FINISH)
         self._due = client.register_script(_DUE)
+        self._note = client.register_script(_NOTE)
         self._publish = client.register_script(PUBLISH_ONCE_SCRIPT)
 
     @property
@@ -281,11 +338,19 @@ class Ledger:
         )
         return _text(result)
 
-    def claim(self, imp_uid: str, *, task_id: str, payload: Mapping[str, Any]) -> Claim:
-        """Try to own the job for one attempt."""
+    def claim(
+        self, imp_uid: str, *, task_id: str, payload: Mapping[str, Any], purpose: str = "issue"
+    ) -> Claim:
+        """Try to own the job for one attempt of ``purpose`` (``issue`` or ``cancel``)."""
         result = self._claim(
-            keys=[ledger_key(imp_uid), DUE_KEY, terminal_key(task_id), waiters_key(imp_uid)],
-            args=[task_id, json.dumps(payload), _now_ms(), self._lease_ms, imp_uid],
+            keys=[
+                ledger_key(imp_uid),
+                DUE_KEY,
+                terminal_key(task_id),
+                waiters_key(imp_uid),
+                FAILED_KEY,
+            ],
+            args=[task_id, json.dumps(payload), _now_ms(), self._lease_ms, imp_uid, purpose],
         )
         kind = _text(result[0])
         if kind == "claimed":
@@ -294,8 +359,9 @@ class Ledger:
                 fence=int(result[1]),
                 attempt=int(result[2]),
                 resumed=_text(result[3]) == "1",
+                op=purpose,
             )
-        if kind == "issued":
+        if kind in {"issued", "cancelled"} and len(result) > 1:
             return Claim(kind, receipt=json.loads(_text(result[1])) if result[1] else None)
         if kind == "busy":
             return Claim(kind, lease_until=int(result[1]))
@@ -314,7 +380,7 @@ class Ledger:
         self, imp_uid: str, fence: int, *, due: int, state: str, error: Mapping[str, Any]
     ) -> bool:
         result = self._hold(
-            keys=[ledger_key(imp_uid), DUE_KEY],
+            keys=[ledger_key(imp_uid), DUE_KEY, history_key(imp_uid)],
             args=[fence, _now_ms(), due, state, json.dumps(error, ensure_ascii=False), imp_uid],
         )
         return bool(result)
@@ -330,8 +396,13 @@ class Ledger:
         data: Mapping[str, Any],
         receipt: Mapping[str, Any] | None = None,
         error: Mapping[str, Any] | None = None,
+        extra_event: tuple[str, Mapping[str, Any]] | None = None,
     ) -> str | None:
-        """End the job and publish its event, atomically; None when this claim was fenced out."""
+        """End the job and publish its event, atomically; None when this claim was fenced out.
+
+        ``extra_event`` is a second event of the same transition (the new receipt
+        of a partial refund), published once under its own marker.
+        """
         now = _now_ms()
         min_id = f"{now - self._event_retention * 1000}-0"
         result = self._finish(
@@ -342,6 +413,9 @@ class Ledger:
                 terminal_key(task_id),
                 status_key(imp_uid),
                 waiters_key(imp_uid),
+                FAILED_KEY,
+                history_key(imp_uid),
+                terminal_key(f"{task_id}:2"),
             ],
             args=[
                 fence,
@@ -355,6 +429,8 @@ class Ledger:
                 json.dumps(error, ensure_ascii=False) if error is not None else "",
                 self._retention,
                 imp_uid,
+                extra_event[0] if extra_event else "",
+                json.dumps(extra_event[1], ensure_ascii=False) if extra_event else "",
             ],
         )
         if int(result[0]) == -1:
@@ -393,9 +469,13 @@ class Ledger:
             )
             if not found:
                 continue
-            state, task_id, payload, attempts = (_text(part) for part in found)
-            jobs.append(DueJob(imp_uid, state, task_id, json.loads(payload), int(attempts)))
+            state, task_id, payload, attempts, op = (_text(part) for part in found)
+            jobs.append(DueJob(imp_uid, state, task_id, json.loads(payload), int(attempts), op))
         return jobs
+
+    def note(self, imp_uid: str, *, fence: int, field: str, value: str) -> bool:
+        """Record a step the owner has taken, so a retry does not take it again."""
+        return bool(self._note(keys=[ledger_key(imp_uid)], args=[fence, field, value]))
 
     def record(self, imp_uid: str) -> dict[str, str] | None:
         """The raw ledger record of a payment, or None."""
@@ -420,7 +500,7 @@ def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
     record = {_text(key): _text(value) for key, value in raw.items()}
     shown: dict[str, Any] = {}
     for key, value in record.items():
-        if key == "payload":
+        if key in {"payload", "cancel"}:
             shown[key] = mask_payload(json.loads(value))
         elif key in {"receipt", "last_error"}:
             shown[key] = json.loads(value)
@@ -441,3 +521,13 @@ def _now_ms() -> int:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def failed_jobs(client: redis.Redis, *, limit: int = 100) -> list[str]:
+    """imp_uids whose job failed for good, newest first: the dead-letter view."""
+    return [_text(m) for m in client.zrevrange(FAILED_KEY, 0, limit - 1)]
+
+
+def job_history(client: redis.Redis, imp_uid: str) -> list[dict[str, Any]]:
+    """The attempts and outcomes the ledger kept for a payment, newest first."""
+    return [json.loads(_text(item)) for item in client.lrange(history_key(imp_uid), 0, -1)]

@@ -256,11 +256,16 @@ def payload_from_args(
     args: tuple[Any, ...], kwargs: Mapping[str, Any], sealer: Sealer | None = None
 ) -> ReceiptRequest:
     """Validate a task message's arguments: exactly one positional payload object."""
+    return load_payload(single_argument(args, kwargs), sealer)
+
+
+def single_argument(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> object:
+    """The one positional argument a task message must carry."""
     if len(args) != 1 or kwargs:
         raise InvalidPayload(
             {"_payload": ["Expected exactly one positional argument: the payload object."]}
         )
-    return load_payload(args[0], sealer)
+    return args[0]
 
 
 def _flatten(messages: Any) -> dict[str, list[str]]:

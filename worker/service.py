@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from worker.errors import IamportError, InvalidRequest, NotEligible, OutcomeUnknown
-from worker.events import FAILED, ISSUED, EventPublisher, Published, event_data
+from worker.events import (
+    CANCEL_FAILED,
+    CANCELLED,
+    FAILED,
+    ISSUED,
+    EventPublisher,
+    Published,
+    event_data,
+)
 from worker.iamport import IamportClient, Payment, Receipt
 from worker.ledger import Ledger
 from worker.masking import mask_text
@@ -213,6 +221,80 @@ class Report:
             error=detail.get("error"),
         )
         return entry is not None
+
+    def cancelled_duplicate(self, receipt: Mapping[str, Any] | None) -> Published:
+        """This cancellation repeated one that already happened."""
+        return self._publish(
+            CANCELLED, duplicate=True, detail={"receipt": dict(receipt) if receipt else None}
+        )
+
+    def cancel_invalid(self, error: InvalidPayload) -> Published:
+        """The cancellation payload is malformed."""
+        return self._publish(CANCEL_FAILED, duplicate=False, detail=invalid_detail(error))
+
+    def finish_cancelled(
+        self,
+        *,
+        fence: int,
+        cancelled: Receipt | None,
+        reissued: Receipt | None = None,
+        reissue_error: tuple[IamportError, str] | None = None,
+    ) -> bool:
+        """End a cancellation: ``cancelled``, and after a partial refund the new receipt.
+
+        Both events are one ledger transition. A re-issue that failed for good
+        leaves the job failed (replayable) with its failure event.
+        """
+        assert self.imp_uid is not None
+        cancelled_data = self._data(
+            duplicate=False, detail={"receipt": cancelled.as_dict() if cancelled else None}
+        )
+        extra: tuple[str, Mapping[str, Any]] | None = None
+        state, receipt, error = "cancelled", cancelled.as_dict() if cancelled else None, None
+        if reissued is not None:
+            state, receipt = "issued", reissued.as_dict()
+            extra = (ISSUED, self._data(duplicate=False, detail={"receipt": receipt}))
+        elif reissue_error is not None:
+            detail = error_detail(*reissue_error)
+            state, error = "failed", detail["error"]
+            extra = (FAILED, self._data(duplicate=False, detail=detail))
+        entry = self.ledger.finish(
+            self.imp_uid,
+            fence=fence,
+            state=state,
+            task_id=self.task_id,
+            event_type=CANCELLED,
+            data=cancelled_data,
+            receipt=receipt,
+            error=error,
+            extra_event=extra,
+        )
+        return entry is not None
+
+    def finish_cancel_failed(self, *, fence: int, error: IamportError, reason: str) -> bool:
+        """The receipt could not be cancelled: it stays live, and the job issued."""
+        assert self.imp_uid is not None
+        detail = error_detail(error, reason)
+        entry = self.ledger.finish(
+            self.imp_uid,
+            fence=fence,
+            state="issued",
+            task_id=self.task_id,
+            event_type=CANCEL_FAILED,
+            data=self._data(duplicate=False, detail=detail),
+            error=detail["error"],
+        )
+        return entry is not None
+
+    def _data(self, *, duplicate: bool, detail: dict[str, Any]) -> dict[str, Any]:
+        return event_data(
+            task_id=self.task_id,
+            imp_uid=self.imp_uid,
+            merchant_uid=self.merchant_uid,
+            attempts=self.attempts,
+            duplicate=duplicate,
+            detail=detail,
+        )
 
     def _publish(self, event_type: str, *, duplicate: bool, detail: dict[str, Any]) -> Published:
         published = self.events.publish_terminal(

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from worker.contract import ISSUE_TASK, QUEUE
+from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.ledger import Ledger
 from worker.masking import masked_args_repr
 
@@ -72,7 +72,7 @@ class Sweeper:
             jobs = self._ledger.due_jobs(limit=BATCH, regrace_seconds=self._ledger.lease_seconds)
             for job in jobs:
                 self._send(
-                    ISSUE_TASK,
+                    CANCEL_TASK if job.op == "cancel" else ISSUE_TASK,
                     args=[job.payload],
                     task_id=job.task_id,
                     queue=QUEUE,

@@ -55,7 +55,7 @@ def test_enqueue_from_json_then_status(
         task_id,
     )
     assert (shown["ledger"]["state"], shown["ledger"]["task_id"]) == ("issued", task_id)
-    assert "payload" not in shown["ledger"]  # issued: the sealed payload is dropped
+    assert shown["ledger"]["payload"]["identifier_sealed"] == "<sealed>"
     assert "5555" not in status.stdout
 
 

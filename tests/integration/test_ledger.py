@@ -206,5 +206,5 @@ def test_size_of_one_issued_payment(
         f"cash_receipt:last_event:{imp_uid}"
     )
     print(f"\nledger record {record} B, event markers {markers} B")
-    assert record < 1536
+    assert record < 2560
     assert markers < 512

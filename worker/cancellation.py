@@ -1,0 +1,32 @@
+"""Cancelling a payment's receipt, and re-issuing after a partial refund. No Celery in here.
+
+A refunded payment must not keep a live receipt. ``DELETE /receipts/{imp_uid}``
+cancels it; after a partial refund a new receipt is then issued for what is
+left, which i'mport computes from the payment. The same rules as issuing hold:
+look before acting (a DELETE whose answer was lost is settled by the lookup,
+whose ``cancelled_at`` tells), retry what is transient, and record each step
+in the ledger so that a retry never cancels the new receipt it just issued.
+"""
+
+from __future__ import annotations
+
+from worker.errors import InvalidRequest
+from worker.iamport import IamportClient, Receipt
+
+
+def cancel_live_receipt(client: IamportClient, imp_uid: str) -> Receipt | None:
+    """Make sure no live receipt remains; returns the cancelled one, or None if there was none."""
+    receipt = client.find_receipt(imp_uid)
+    if receipt is not None and not receipt.active:
+        return receipt  # already cancelled (perhaps by an attempt whose answer was lost)
+    if receipt is None and not client.get_payment(imp_uid).cash_receipt_issued:
+        return None
+    # A live receipt, or one i'mport says exists but cannot show (KICC, Settlebank).
+    try:
+        return client.cancel_receipt(imp_uid)
+    except InvalidRequest:
+        # 400: nothing issued through i'mport to cancel. Look again, to be sure.
+        again = client.find_receipt(imp_uid)
+        if again is not None and again.active:
+            raise
+        return again
