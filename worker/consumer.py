@@ -23,6 +23,32 @@ log = logging.getLogger(__name__)
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """Celery's consumer, parking what it cannot run instead of logging and dropping it."""
 
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's handler, behind a guard: one bad message is parked, never fatal.
+
+        Celery looks the task name up in a dict before anything else; a name that
+        is a list or an object raises there and stops the worker, and the message,
+        restored on restart, stops it again.
+        """
+        handler = super().create_task_handler(*args, **kwargs)
+        connection_errors = tuple(self.connection_errors)
+
+        def on_task_received(message: Any) -> Any:
+            headers = message.headers
+            if isinstance(headers, dict) and not isinstance(headers.get("task", ""), str):
+                self._park(message, "the task name is not a string")
+                return None
+            try:
+                return handler(message)
+            except connection_errors:
+                raise
+            except Exception as error:
+                log.exception("a message could not be handled; parking it")
+                self._park(message, f"unhandled message: {type(error).__name__}")
+                return None
+
+        return on_task_received
+
     def on_unknown_message(self, body: Any, message: Any) -> None:
         """Not a Celery task message at all."""
         self._park(message, "not a Celery task message")

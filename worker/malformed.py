@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.exceptions import InvalidTaskError
 from kombu.exceptions import DecodeError
 
 from worker.runtime import get_runtime
@@ -55,6 +56,18 @@ def body_problem(payload: object) -> str | None:
 _IMP_UID_IN_TEXT = re.compile(rb'"imp_uid"\s*:\s*"([A-Za-z0-9_\-.]{1,100})"')
 
 
+def header_problem(headers: Mapping[str, Any]) -> str | None:
+    """Why the headers cannot carry a task run, or None."""
+    if not isinstance(headers.get("id"), str):
+        return "The message has no task id."
+    retries = headers.get("retries", 0)
+    if retries is not None and (
+        not isinstance(retries, int) or isinstance(retries, bool) or retries < 0
+    ):
+        return "The message's retries header is not a count."
+    return None
+
+
 def readable_payload(payload: object, raw_body: bytes = b"") -> object:
     """The object most likely meant as the payload, to read an imp_uid from.
 
@@ -81,11 +94,16 @@ def guard(strategy: Strategy, task: Task) -> Strategy:
             payload = message.decode() if body is None else body
         except DecodeError:
             problem, payload = "The message body is not valid JSON.", None
+        except Exception as error:  # noqa: BLE001 (bad content type or encoding: kombu's own errors)
+            problem, payload = f"The message body cannot be decoded ({type(error).__name__}).", None
         else:
-            problem = body_problem(payload)
-        if problem is None and isinstance(headers.get("id"), str):
-            return strategy(message, body, ack, reject, callbacks, **kwargs)
-        problem = problem or "The message has no task id."
+            problem = body_problem(payload) or header_problem(headers)
+        if problem is None:
+            try:
+                return strategy(message, body, ack, reject, callbacks, **kwargs)
+            except InvalidTaskError as error:
+                # Celery refuses the message itself (an ETA that is not a date...).
+                problem = f"Celery refuses the message ({type(error).__name__})."
         _fail_malformed(task, message, headers, payload, problem)
         return None
 
@@ -101,7 +119,9 @@ def _fail_malformed(
     if not isinstance(task_id, str):
         # No id to key the event on: derive one from the body so a redelivery
         # of the same bytes still publishes once.
-        task_id = "malformed-" + hashlib.sha256(body).hexdigest()[:32]
+        # The delivery tag tells two such messages apart; a redelivery keeps it.
+        tag = str(getattr(message, "delivery_tag", "")).encode()
+        task_id = "malformed-" + hashlib.sha256(tag + b"\0" + body).hexdigest()[:32]
     retries = headers.get("retries")
     runtime = get_runtime(task.app.conf)
     report = Report(

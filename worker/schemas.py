@@ -149,8 +149,12 @@ class PaymentConfirmedSchema(Schema):
     buyer_name = _optional_text(100)
     buyer_email = fields.Email(load_default=None, allow_none=True)
     buyer_tel = _optional_text(40)
+    # Capped where JSON numbers stay exact: a bigger one could not be sent on.
     tax_free = fields.Integer(
-        load_default=None, allow_none=True, strict=True, validate=validate.Range(min=0)
+        load_default=None,
+        allow_none=True,
+        strict=True,
+        validate=validate.Range(min=0, max=2**53 - 1),
     )
 
     @validates_schema

@@ -60,6 +60,7 @@ class Channel(kombu_redis.Channel):
             # Builds the message as _deliver will: a missing key, a body that is not
             # base64 or an envelope that is not an object raises here, not there.
             self.Message(envelope, channel=self)
+            _check_delivery(envelope)
         except Exception as error:  # noqa: BLE001 (anything kombu would die of)
             record = parked_record(
                 reason=f"unreadable queue entry: {type(error).__name__}",
@@ -71,6 +72,22 @@ class Channel(kombu_redis.Channel):
                 park(client, record)
             return None
         return envelope if isinstance(envelope, dict) else None
+
+
+def _check_delivery(envelope: dict[str, Any]) -> None:
+    """What kombu needs later to ack or requeue the message, checked now.
+
+    A delivery tag that is not a scalar stops the worker at ack time; missing
+    delivery info makes kombu drop the connection, with the entry already
+    popped and so lost.
+    """
+    properties = envelope["properties"]
+    tag = properties.get("delivery_tag")
+    if isinstance(tag, bool) or not isinstance(tag, str | int | float):
+        raise TypeError("delivery_tag must be a string or a number")
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict) or "exchange" not in info or "routing_key" not in info:
+        raise TypeError("delivery_info must name an exchange and a routing key")
 
 
 class Transport(kombu_redis.Transport):
