@@ -130,6 +130,11 @@ elseif state == 'failed' or state == 'issued' then
 else
   redis.call('HSET', KEYS[1], 'created_at', ARGV[3])
 end
+if owner and owner ~= ARGV[1] and (state == 'in_flight' or state == 'received') then
+  -- A takeover: the message that owned the job may be gone (its worker died,
+  -- its retry was never published). It still ends in one event, as a waiter.
+  redis.call('SADD', KEYS[4], owner)
+end
 attempts = attempts + 1
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'state', 'in_flight', 'task_id', ARGV[1], 'op', purpose,

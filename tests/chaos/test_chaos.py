@@ -143,6 +143,7 @@ def enqueue_with_patience(producer: Celery, payload: dict[str, str], deadline: f
             time.sleep(0.2)
 
 
+@pytest.mark.timeout(2400)
 def test_exactly_once_under_chaos(
     profile: Profile, chaos_redis: RedisServer, chaos_sandbox: Sandbox, tmp_path: Path
 ) -> None:

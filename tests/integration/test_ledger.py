@@ -208,3 +208,19 @@ def test_size_of_one_issued_payment(
     print(f"\nledger record {record} B, event markers {markers} B")
     assert record < 2560
     assert markers < 512
+
+
+def test_a_taken_over_owner_still_gets_its_event(
+    ledger: Ledger, redis_server: RedisServer, imp_uid: str
+) -> None:
+    """When another message takes a job whose lease passed, the old owner's message ends too."""
+    ledger.claim(imp_uid, task_id=f"{imp_uid}-old", payload=PAYLOAD)
+    time.sleep(0.6)  # the lease is 0.5 s: let it pass (a clock, not a hope)
+    new = ledger.claim(imp_uid, task_id=f"{imp_uid}-new", payload=PAYLOAD)
+    finish(ledger, imp_uid, new.fence, f"{imp_uid}-new")
+    published = {
+        json.loads(fields["data"])["task_id"]: json.loads(fields["data"])["duplicate"]
+        for _, fields in redis_server.client().xrange("test.ledger.events")
+        if json.loads(fields["data"]).get("imp_uid") == imp_uid
+    }
+    assert published == {f"{imp_uid}-new": False, f"{imp_uid}-old": True}
