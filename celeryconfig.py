@@ -353,6 +353,21 @@ duplicate_wait = env_number(_env, "DUPLICATE_WAIT", 20.0, minimum=0.0, maximum=6
 if duplicate_wait >= broker_visibility_timeout:
     raise ConfigError("DUPLICATE_WAIT must be shorter than the broker visibility timeout")
 
+# The ingress (worker/ingress.py, `cashreceipt ingress`): producers XADD payment
+# events to this stream, and every ingress instance reads it in this consumer group.
+ingress_stream = env_str(_env, "INGRESS_STREAM", "payment.events") or "payment.events"
+ingress_group = env_str(_env, "INGRESS_GROUP", "cashreceipt-ingress") or "cashreceipt-ingress"
+if ingress_stream == result_stream:
+    raise ConfigError(
+        f"INGRESS_STREAM and RESULT_STREAM are both {ingress_stream!r}: the ingress would "
+        "read the result events as payment events"
+    )
+# An entry pending this long is taken to belong to a dead instance and is taken
+# over (XAUTOCLAIM). Handling one entry takes milliseconds; taking over one that
+# a live but slow instance still holds is harmless (the task id is the same),
+# only wasted work.
+ingress_claim_idle = env_number(_env, "INGRESS_CLAIM_IDLE", 30.0, minimum=0.1, maximum=86400.0)
+
 # Identifiers are sealed with these (worker.sealing). The worker and the
 # producers refuse to run without one unless plaintext is explicitly allowed.
 pii_encryption_keys = fernet_keys(_env)

@@ -1,0 +1,543 @@
+"""The ingress: payment events from a Redis stream into the ledger and the queue.
+
+Producers in any language ``XADD`` to ``INGRESS_STREAM`` (``payment.events``)
+an entry of two fields, ``type`` (``payment.confirmed`` or
+``payment.cancelled``) and ``data`` (a JSON object), and are done: XADD is one
+command in every Redis client, where a Celery message has to be built by hand.
+``cashreceipt ingress`` turns each entry into a job, with the same checks as
+the Python helper (:func:`worker.producer.enqueue_issue`).
+
+Nothing is lost. Instances share a consumer group, so each entry goes to one of
+them, and Redis keeps it in that consumer's pending list until it is
+acknowledged. An entry is acknowledged only once its job is in the ledger and
+its message in the queue (or it was set aside as malformed). An entry whose
+consumer died stays pending, and another instance takes it over with
+XAUTOCLAIM once it has been idle ``INGRESS_CLAIM_IDLE`` seconds. A Redis or
+broker failure leaves the entry pending too; this process backs off and tries
+it again.
+
+Nothing is done twice. The task id of an entry is derived from the stream and
+the entry id (:func:`task_id_for`), so handling the same entry again (after a
+crash between the enqueue and the acknowledgement, or when a slow instance's
+entry was taken over) sends the same task id again: the ledger keeps the
+first ``received`` record, the worker takes "the same task again", and the
+terminal event is published once per task id.
+
+Handled entries are deleted (XACK and XDEL in one transaction), not only
+acknowledged: the stream holds identifiers, sealed or not, and an entry that
+is done has no reason to keep them.
+
+Malformed entries (not JSON, an invalid payload, an unknown ``type``) never
+block the stream: each ends in the dead-letter list ``cash_receipt:dead:ingress``
+with its personal fields masked and, when an ``imp_uid`` can be read, in the
+failure event its task would have published. Then it is deleted like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from types import FrameType, ModuleType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from worker.events import CANCEL_FAILED, FAILED, EventPublisher
+from worker.logmask import MaskPersonalData, install
+from worker.masking import mask_payload, mask_text
+from worker.producer import enqueue_cancel, enqueue_issue
+from worker.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
+from worker.sealing import Sealer, SealingUnavailable
+from worker.service import invalid_detail
+
+log = logging.getLogger("worker.ingress")
+
+CONFIRMED = "payment.confirmed"
+CANCELLED = "payment.cancelled"
+ENTRY_TYPES = (CONFIRMED, CANCELLED)
+
+DEAD_KEY = "cash_receipt:dead:ingress"
+#: A flood of garbage must not fill a noeviction Redis; the oldest beyond this
+#: are trimmed, and the trim is logged.
+DEAD_LIMIT = 10_000
+#: The most of an entry's data a dead letter keeps.
+DATA_LIMIT = 64 * 1024
+
+#: Fixed for good: an entry handled before and after a deploy must get the same task id.
+TASK_ID_NAMESPACE = uuid.UUID("6b0d3a52-8f1e-5c47-9a2d-5e3c1b7f4a90")
+
+#: Pending entries (ours after a failure, or a dead consumer's) are read this many at a time.
+RECOVERY_BATCH = 10
+#: Backoff after Redis or the broker failed, doubling up to the cap, in seconds.
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
+#: A consumer with nothing pending and idle this long is gone; its name is removed
+#: from the group, so that restarts (a new ``hostname-pid`` each) do not pile up.
+GONE_CONSUMER_IDLE_MS = 3600 * 1000
+
+#: Redis or the broker failed: the entry stays pending and is tried again.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OperationalError, OSError)
+
+_FORGET_GONE_CONSUMERS = """
+-- KEYS: stream. ARGV: group, idle ms, this consumer. Atomic, so that a consumer
+-- is never removed with entries pending (they would be lost with it).
+local removed = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['pending'] == 0 and info['idle'] > tonumber(ARGV[2]) and info['name'] ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
+def task_id_for(stream: str, entry_id: str) -> str:
+    """The task id of a stream entry: the same every time the entry is handled."""
+    return str(uuid.uuid5(TASK_ID_NAMESPACE, f"{stream}:{entry_id}"))
+
+
+class Malformed(Exception):
+    """An entry that can never become a job; ``reason`` is a short code, ``errors`` by field."""
+
+    def __init__(self, reason: str, errors: Mapping[str, list[str]]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errors = {key: list(messages) for key, messages in errors.items()}
+
+
+class Ingress:
+    """Reads the ingress stream with a consumer group and turns entries into jobs."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        app: Celery,
+        stream: str,
+        group: str,
+        consumer: str,
+        claim_idle_seconds: float,
+        events: EventPublisher,
+    ) -> None:
+        self._redis = client
+        self._app = app
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self._claim_idle_ms = max(1, int(claim_idle_seconds * 1000))
+        # Half the idle time: a dead consumer's entry resumes within 1.5 x INGRESS_CLAIM_IDLE.
+        self._claim_every = max(0.05, claim_idle_seconds / 2)
+        self._next_claim = 0.0
+        self._events = events
+        self._forget = client.register_script(_FORGET_GONE_CONSUMERS)
+        self._stopping = False
+        # Our own pending entries are read again at start (a restart under the
+        # same --consumer name) and after a failure left some behind.
+        self._own_pending = True
+        # Entries left pending after an unexpected error, for --once's exit code.
+        self.left_pending = 0
+
+    def stop(self) -> None:
+        """Finish the entry in hand, then return from :meth:`run` (safe in a signal handler)."""
+        self._stopping = True
+
+    def run(self, *, block_ms: int, once: bool = False) -> int:
+        """Handle entries until stopped; with ``once``, until none is left. Returns an exit code.
+
+        A Redis or broker failure is logged and retried with backoff (with
+        ``once`` it ends the run with 1 instead, as does an entry left pending
+        after an unexpected error).
+        """
+        backoff = BACKOFF_FIRST
+        ready = False
+        while not self._stopping:
+            try:
+                if not ready:
+                    self.ensure_group()
+                    log.info(
+                        "ingress ready: stream %s, group %s, consumer %s",
+                        self.stream,
+                        self.group,
+                        self.consumer,
+                    )
+                    ready = True
+                handled = self.round(block_ms=None if once else block_ms, claim_now=once)
+            except TRANSIENT_ERRORS as error:
+                if _no_group(error):
+                    ready = False  # the group (or the stream) was deleted: create it again
+                then = "entries stay pending" if once else f"retrying in {backoff:.1f}s"
+                log.warning(
+                    "ingress: Redis or the broker failed (%s: %s); %s",
+                    type(error).__name__,
+                    error,
+                    then,
+                )
+                self._own_pending = True
+                if once:
+                    return 1
+                self._sleep(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            backoff = BACKOFF_FIRST
+            if once and handled == 0:
+                break
+        log.info("ingress stopped: consumer %s", self.consumer)
+        return 1 if once and self.left_pending else 0
+
+    def ensure_group(self) -> None:
+        """Create the stream and the group if needed, from the stream's first entry."""
+        try:
+            # From "0": entries XADDed before any ingress ever ran are jobs too.
+            self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    def round(self, *, block_ms: int | None, claim_now: bool = False) -> int:
+        """One pass: entries to take over, our own left pending, then new ones. Returns how many
+        were handled (acknowledged)."""
+        handled = 0
+        now = time.monotonic()
+        if claim_now or now >= self._next_claim:
+            self._next_claim = now + self._claim_every
+            handled += self.reclaim()
+        if self._own_pending and not self._stopping:
+            handled += self._read_own_pending()
+            self._own_pending = False
+        if not self._stopping:
+            # One at a time: on SIGTERM nothing read is left waiting for a takeover.
+            reply = self._redis.xreadgroup(
+                self.group, self.consumer, {self.stream: ">"}, count=1, block=block_ms
+            )
+            # What was read is in hand: it is finished even if SIGTERM came during the read.
+            handled += self._handle_all(_entries(reply), in_hand=True)
+        return handled
+
+    def reclaim(self) -> int:
+        """Take over entries pending longer than INGRESS_CLAIM_IDLE (a dead consumer's)."""
+        handled, cursor = 0, "0-0"
+        while not self._stopping:
+            reply = self._redis.xautoclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=self._claim_idle_ms,
+                start_id=cursor,
+                count=RECOVERY_BATCH,
+            )
+            cursor, entries = _text(reply[0]), reply[1]
+            if entries:
+                log.warning("ingress took over %d pending entries", len(entries))
+            handled += self._handle_all(entries)
+            if cursor == "0-0":
+                break
+        self._forget(keys=[self.stream], args=[self.group, GONE_CONSUMER_IDLE_MS, self.consumer])
+        return handled
+
+    def _read_own_pending(self) -> int:
+        handled, start = 0, "0"
+        while not self._stopping:
+            reply = self._redis.xreadgroup(
+                self.group, self.consumer, {self.stream: start}, count=RECOVERY_BATCH
+            )
+            entries = _entries(reply)
+            if not entries:
+                break
+            handled += self._handle_all(entries)
+            start = _text(entries[-1][0])
+        return handled
+
+    def _handle_all(self, entries: Sequence[Any], *, in_hand: bool = False) -> int:
+        handled = 0
+        for raw_id, fields in entries:
+            if self._stopping and not in_hand:
+                break
+            if self.handle(_text(raw_id), fields):
+                handled += 1
+        return handled
+
+    def handle(self, entry_id: str, fields: Mapping[bytes | str, bytes | str] | None) -> bool:
+        """Turn one entry into a job, or a dead letter; acknowledge and delete it.
+
+        Returns False when the entry stays pending after an unexpected error:
+        it is tried again when it is taken over, never in a loop here. Redis
+        and broker failures propagate, with the entry pending.
+        """
+        task_id = task_id_for(self.stream, entry_id)
+        if not fields:
+            # Deleted after a takeover by an instance that had only been slow: done.
+            self._redis.xack(self.stream, self.group, entry_id)
+            return True
+        raw_kind, raw = _field(fields, "type"), _field(fields, "data")
+        kind = raw_kind.decode("utf-8", "replace") if raw_kind is not None else None
+        data: object = None
+        try:
+            data = _decoded(raw)
+            self._enqueue(kind, data, task_id)
+        except (Malformed, InvalidPayload) as error:
+            reason = error.reason if isinstance(error, Malformed) else "invalid_payload"
+            self._dead_letter(
+                entry_id=entry_id,
+                task_id=task_id,
+                kind=kind,
+                raw=raw,
+                data=data,
+                reason=reason,
+                errors=error.errors,
+            )
+            return True
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:
+            # Task ids, not entry ids: the log filter masks a 13-digit entry id as a number.
+            log.exception("ingress: the entry of task %s failed; it stays pending", task_id)
+            self.left_pending += 1
+            return False
+        self._done(entry_id)
+        log.info("ingress: %s enqueued as task %s", kind, task_id)
+        return True
+
+    def _enqueue(self, kind: str | None, data: object, task_id: str) -> None:
+        """The helper's checks and enqueueing, with the entry's own task id."""
+        if kind == CONFIRMED:
+            enqueue_issue(_object(data), app=self._app, task_id=task_id)
+        elif kind == CANCELLED:
+            enqueue_cancel(_object(data), app=self._app, task_id=task_id)
+        else:
+            raise Malformed("unknown_type", {"type": [f"Must be {CONFIRMED} or {CANCELLED}."]})
+
+    def _done(self, entry_id: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xack(self.stream, self.group, entry_id)
+        pipe.xdel(self.stream, entry_id)
+        pipe.execute()
+
+    def _dead_letter(
+        self,
+        *,
+        entry_id: str,
+        task_id: str,
+        kind: str | None,
+        raw: bytes | None,
+        data: object,
+        reason: str,
+        errors: Mapping[str, list[str]],
+    ) -> None:
+        """The failure event (when an imp_uid can be read), then the dead letter, ack and delete.
+
+        The event is once per task id, and the dead letter goes in the same
+        transaction as the acknowledgement: handled again after a crash, the
+        entry adds neither a second event nor a second dead letter.
+        """
+        imp_uid = readable_imp_uid(data)
+        if imp_uid is not None:
+            self._events.publish_terminal(
+                event_type=CANCEL_FAILED if kind == CANCELLED else FAILED,
+                task_id=task_id,
+                imp_uid=imp_uid,
+                merchant_uid=readable_merchant_uid(data),
+                attempts=1,
+                duplicate=False,
+                detail=invalid_detail(InvalidPayload(errors)),
+            )
+        record = {
+            "at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "stream": self.stream,
+            "entry_id": entry_id,
+            "task_id": task_id,
+            "type": mask_text(kind[:100]) if kind is not None else None,
+            "imp_uid": imp_uid,
+            "reason": reason,
+            "errors": dict(errors),
+            "data": _shown_data(raw, data),
+        }
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.lpush(DEAD_KEY, json.dumps(record, ensure_ascii=False))
+        pipe.ltrim(DEAD_KEY, 0, DEAD_LIMIT - 1)
+        pipe.llen(DEAD_KEY)
+        pipe.xack(self.stream, self.group, entry_id)
+        pipe.xdel(self.stream, entry_id)
+        length = pipe.execute()[2]
+        log.error(
+            "ingress: the entry of task %s is malformed (%s: %s); it is in %s",
+            task_id,
+            reason,
+            ", ".join(sorted(errors)),
+            DEAD_KEY,
+        )
+        if length >= DEAD_LIMIT:
+            log.warning("%s is at its limit of %d; the oldest are trimmed", DEAD_KEY, DEAD_LIMIT)
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep in short steps, so that SIGTERM is honoured at once."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+
+def list_dead_ingress(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest dead letters of the ingress (malformed entries), newest first."""
+    return [json.loads(item) for item in client.lrange(DEAD_KEY, 0, limit - 1)]
+
+
+def _field(fields: Mapping[bytes | str, bytes | str], name: str) -> bytes | None:
+    value = fields.get(name.encode(), fields.get(name))
+    return value.encode() if isinstance(value, str) else value
+
+
+def _decoded(raw: bytes | None) -> object:
+    """The entry's ``data``, parsed; not UTF-8 or not JSON is :class:`Malformed`."""
+    if raw is None:
+        raise Malformed("invalid_json", {"data": ["Missing: a JSON object is required."]})
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise Malformed("invalid_json", {"data": ["Not UTF-8 text."]}) from None
+    except ValueError as error:
+        message = error.msg if isinstance(error, json.JSONDecodeError) else "unreadable"
+        raise Malformed("invalid_json", {"data": [f"Not valid JSON ({message})."]}) from None
+
+
+def _object(data: object) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise InvalidPayload({"_payload": ["Must be a JSON object."]})
+    return data
+
+
+def _shown_data(raw: bytes | None, data: object) -> object:
+    """What a dead letter shows of the entry's data: personal fields masked, size capped."""
+    if isinstance(data, Mapping):
+        shown = mask_payload(data)
+        if len(json.dumps(shown, ensure_ascii=False)) <= DATA_LIMIT:
+            return shown
+    if raw is None:
+        return None
+    return mask_text(raw[:DATA_LIMIT].decode("utf-8", "replace"))
+
+
+def _entries(reply: Any) -> list[Any]:
+    """The entries of an XREADGROUP reply on one stream: ``[[stream, [(id, fields), ...]]]``."""
+    return [entry for _, entries in reply or [] for entry in entries]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _no_group(error: BaseException) -> bool:
+    return isinstance(error, redis.ResponseError) and "NOGROUP" in str(error)
+
+
+def default_consumer() -> str:
+    """``hostname-pid``: unique per process, so that no two instances share pending entries."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``cashreceipt ingress``."""
+    parser = argparse.ArgumentParser(
+        prog="cashreceipt ingress",
+        description="Read payment events from the ingress stream and enqueue their jobs.",
+    )
+    parser.add_argument(
+        "--consumer",
+        default=None,
+        help="this instance's name in the consumer group (default: hostname-pid)",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="handle what is in the stream (and what can be taken over), then exit",
+    )
+    parser.add_argument(
+        "--block-ms",
+        type=int,
+        default=2000,
+        help="how long one read waits for new entries; SIGTERM is noticed within it",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``cashreceipt ingress``. Exit codes: 0 stopped or done, 1 entries left pending (--once),
+    2 configuration error."""
+    args = build_parser().parse_args(argv)
+    if args.block_ms < 1:
+        print("cashreceipt: --block-ms must be at least 1", file=sys.stderr)
+        return 2
+    from worker.settings import load_celeryconfig  # noqa: PLC0415 (reads the environment)
+
+    celeryconfig = load_celeryconfig()
+    _setup_logging(celeryconfig)
+    from worker.celery import app  # noqa: PLC0415 (after the configuration was checked)
+
+    try:
+        Sealer.from_conf(app.conf)
+    except SealingUnavailable as error:
+        print(f"cashreceipt: configuration error: {error}", file=sys.stderr)
+        return 2
+    consumer = args.consumer or default_consumer()
+    client = redis.Redis.from_url(
+        celeryconfig.broker_url,
+        # Named, so that operators (and tests) can tell ingress connections apart.
+        client_name="cashreceipt-ingress:"
+        + "".join(c if c.isprintable() and not c.isspace() else "_" for c in consumer),
+        health_check_interval=30,
+        # redis-py's default of 5 s would cut a longer blocking read short.
+        socket_timeout=args.block_ms / 1000 + 10,
+        socket_connect_timeout=10,
+    )
+    ingress = Ingress(
+        client,
+        app=app,
+        stream=celeryconfig.ingress_stream,
+        group=celeryconfig.ingress_group,
+        consumer=consumer,
+        claim_idle_seconds=float(celeryconfig.ingress_claim_idle),
+        events=EventPublisher(
+            client,
+            stream=celeryconfig.result_stream,
+            retention_seconds=int(celeryconfig.result_stream_retention),
+        ),
+    )
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("ingress got %s: finishing the entry in hand", signal.Signals(signum).name)
+        ingress.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return ingress.run(block_ms=args.block_ms, once=args.once)
+
+
+def _setup_logging(celeryconfig: ModuleType) -> None:
+    """Log to stderr through the same mask as the workers: no identifier, no secret."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="[%(asctime)s: %(levelname)s/ingress] %(message)s",
+    )
+    secrets = [
+        celeryconfig.iamport_secret or "",
+        *celeryconfig.pii_encryption_keys,
+        unquote(urlsplit(celeryconfig.broker_url).password or ""),
+    ]
+    install(MaskPersonalData(secrets), [logging.getLogger()])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
