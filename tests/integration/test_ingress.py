@@ -1,0 +1,431 @@
+"""The ingress end to end: XADD → ``python -m worker.ingress`` → worker → sandbox → event.
+
+Every test has a stream of its own (``INGRESS_STREAM``), on the session's
+Redis, worker and sandbox; the dead-letter list is shared, so records are
+picked out by stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from cryptography.fernet import Fernet
+
+from tests.support.ingress import INGRESS, blocked_reader, run_once, running_ingress, xadd
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox
+from tests.support.wait import wait_for
+from tests.support.worker import ROOT, TEST_PII_KEY, ProcessOutput, worker_env
+from worker.contract import CANCEL_TASK, ISSUE_TASK
+from worker.ingress import list_dead_ingress, task_id_for
+from worker.ledger import ledger_key
+from worker.producer import enqueue_issue
+
+pytestmark = pytest.mark.integration
+
+GROUP = "cashreceipt-ingress"
+PHONE = "01055554321"
+CONFIRMED, CANCELLED = "payment.confirmed", "payment.cancelled"
+
+
+@pytest.fixture
+def stream() -> str:
+    """An ingress stream nobody else uses."""
+    return f"payment.events.{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def env(redis_server: RedisServer, sandbox: Sandbox, stream: str) -> dict[str, str]:
+    """The ingress's environment: the session's Redis and PII key, this test's stream."""
+    return worker_env(redis_server.url, sandbox.url, INGRESS_STREAM=stream)
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> redis.Redis:
+    """A plain client of the session's Redis, as a producer in any language has."""
+    return redis_server.client()
+
+
+def new_imp_uid() -> str:
+    """A payment nobody has seen yet."""
+    return f"imp_{uuid.uuid4().hex[:12]}"
+
+
+def drained(client: redis.Redis, stream: str) -> bool:
+    """Nothing left in the stream, and nothing pending in the group."""
+    return client.xlen(stream) == 0 and client.xpending(stream, GROUP)["pending"] == 0
+
+
+def dead_letters(client: redis.Redis, stream: str) -> dict[str, dict[str, Any]]:
+    """This stream's dead letters, by entry id."""
+    return {
+        record["entry_id"]: record
+        for record in list_dead_ingress(client, 1000)
+        if record["stream"] == stream
+    }
+
+
+def issued_originals(results: ResultStream, imp_uid: str) -> list[dict[str, Any]]:
+    """The issued events of a payment that are not duplicates: exactly one when all is well."""
+    return [
+        event
+        for event in results.for_imp_uid(imp_uid)
+        if event["type"] == "cash_receipt.issued" and not event["data"]["duplicate"]
+    ]
+
+
+def test_confirmed_payment_is_issued_and_its_entry_deleted(
+    worker: ProcessOutput,
+    env: dict[str, str],
+    client: redis.Redis,
+    stream: str,
+    sandbox: Sandbox,
+    results: ResultStream,
+) -> None:
+    """XADD payment.confirmed: one receipt, one issued event, a ledger record, no entry left."""
+    imp_uid = new_imp_uid()
+    entry = xadd(
+        client,
+        stream,
+        CONFIRMED,
+        {"imp_uid": imp_uid, "merchant_uid": "order-7", "identifier": "010-5555-4321"},
+    )
+    code, log = run_once(env)
+    assert code == 0, log
+    task_id = task_id_for(stream, entry)
+    event = results.wait(task_id)
+    assert event["type"] == "cash_receipt.issued"
+    assert (event["data"]["imp_uid"], event["data"]["merchant_uid"]) == (imp_uid, "order-7")
+    assert drained(client, stream)
+    record = client.hgetall(ledger_key(imp_uid))
+    assert (record["state"], record["task_id"]) == ("issued", task_id)
+    assert sandbox.admin.issued_count(imp_uid) == 1
+    assert f"payment.confirmed enqueued as task {task_id}" in log
+    assert PHONE not in log and "5555-4321" not in log
+
+
+def test_sealed_identifier_is_opened_by_the_worker(
+    worker: ProcessOutput,
+    env: dict[str, str],
+    client: redis.Redis,
+    stream: str,
+    sandbox: Sandbox,
+    results: ResultStream,
+) -> None:
+    """A producer that seals the identifier with the PII key, as any Fernet library can."""
+    imp_uid = new_imp_uid()
+    sealed = Fernet(TEST_PII_KEY.encode()).encrypt(PHONE.encode()).decode()
+    entry = xadd(
+        client,
+        stream,
+        CONFIRMED,
+        {"imp_uid": imp_uid, "identifier_sealed": sealed, "identifier_type": "phone"},
+    )
+    code, log = run_once(env)
+    assert code == 0, log
+    assert results.wait(task_id_for(stream, entry))["type"] == "cash_receipt.issued"
+    posts = [r for r in sandbox.admin.requests(imp_uid) if r["method"] == "POST"]
+    assert posts[0]["body"]["identifier"] == "010****4321"
+    assert drained(client, stream)
+
+
+def test_malformed_entries_are_dead_lettered_without_blocking(
+    worker: ProcessOutput,
+    env: dict[str, str],
+    client: redis.Redis,
+    stream: str,
+    results: ResultStream,
+) -> None:
+    """Each malformed entry: a dead letter, a failure event if an imp_uid is readable; a valid
+    entry behind them still goes through."""
+    bad_identifier, bad_seal, unknown, bad_cancel, good = (new_imp_uid() for _ in range(5))
+    entries = {
+        "bad_json": xadd(
+            client, stream, CONFIRMED, '{"imp_uid": "x", "identifier": "010-1234-5678"'
+        ),
+        "not_utf8": xadd(client, stream, CONFIRMED, b"\xff\xfe{}"),
+        "not_object": xadd(client, stream, CONFIRMED, '["010-1234-5678"]'),
+        "no_data": str(client.xadd(stream, {"type": CONFIRMED})),
+        "no_imp_uid": xadd(client, stream, CONFIRMED, {"identifier": PHONE}),
+        "bad_identifier": xadd(
+            client, stream, CONFIRMED, {"imp_uid": bad_identifier, "identifier": "12"}
+        ),
+        "bad_seal": xadd(
+            client, stream, CONFIRMED, {"imp_uid": bad_seal, "identifier_sealed": "gAAAAAB-nope"}
+        ),
+        "unknown_type": xadd(
+            client,
+            stream,
+            "payment.refunded",
+            {"imp_uid": unknown, "merchant_uid": "order-3", "identifier": PHONE},
+        ),
+        "bad_cancel": xadd(client, stream, CANCELLED, {"imp_uid": bad_cancel, "amount": "all"}),
+    }
+    valid = xadd(client, stream, CONFIRMED, {"imp_uid": good, "identifier": PHONE})
+    code, log = run_once(env)
+    assert code == 0, log
+
+    assert results.wait(task_id_for(stream, valid))["type"] == "cash_receipt.issued"
+    assert drained(client, stream)
+    dead = dead_letters(client, stream)
+    assert set(dead) == set(entries.values())
+    reasons = {name: dead[entry]["reason"] for name, entry in entries.items()}
+    assert reasons == {
+        "bad_json": "invalid_json",
+        "not_utf8": "invalid_json",
+        "not_object": "invalid_payload",
+        "no_data": "invalid_json",
+        "no_imp_uid": "invalid_payload",
+        "bad_identifier": "invalid_payload",
+        "bad_seal": "invalid_payload",
+        "unknown_type": "unknown_type",
+        "bad_cancel": "invalid_payload",
+    }
+    assert "imp_uid" in dead[entries["no_imp_uid"]]["errors"]
+    assert dead[entries["unknown_type"]]["data"]["identifier"] == "010****4321"
+    assert dead[entries["unknown_type"]]["type"] == "payment.refunded"
+    assert "010****5678" in dead[entries["bad_json"]]["data"]
+
+    # A failure event for each entry whose imp_uid can be read, under the entry's task id.
+    expected = {
+        "bad_identifier": ("cash_receipt.failed", bad_identifier, "identifier"),
+        "bad_seal": ("cash_receipt.failed", bad_seal, "identifier_sealed"),
+        "unknown_type": ("cash_receipt.failed", unknown, "type"),
+        "bad_cancel": ("cash_receipt.cancel_failed", bad_cancel, "amount"),
+    }
+    for name, (event_type, imp_uid, field) in expected.items():
+        event = results.wait(task_id_for(stream, entries[name]))
+        assert (event["type"], event["data"]["imp_uid"]) == (event_type, imp_uid), name
+        assert event["data"]["error"]["reason"] == "invalid_payload"
+        assert field in event["data"]["error"]["fields"], name
+    assert results.for_imp_uid(unknown)[0]["data"]["merchant_uid"] == "order-3"
+    for name in ("bad_json", "not_utf8", "not_object", "no_data", "no_imp_uid"):
+        assert results.for_task(task_id_for(stream, entries[name])) == [], name
+
+    shown = log + json.dumps(list(dead.values())) + json.dumps(results.all())
+    assert PHONE not in shown and "010-1234-5678" not in shown
+
+
+def test_cancellation_entry_cancels_the_receipt(
+    worker: ProcessOutput,
+    env: dict[str, str],
+    client: redis.Redis,
+    stream: str,
+    sandbox: Sandbox,
+    results: ResultStream,
+) -> None:
+    """payment.cancelled, after the payment's receipt was issued through the stream, cancels it."""
+    imp_uid = new_imp_uid()
+    sandbox.admin.seed_payment(imp_uid, pg_provider="kcp")
+    with running_ingress(env, "--block-ms", "200"):
+        issued = xadd(client, stream, CONFIRMED, {"imp_uid": imp_uid, "identifier": PHONE})
+        assert results.wait(task_id_for(stream, issued))["type"] == "cash_receipt.issued"
+        cancelled = xadd(client, stream, CANCELLED, {"imp_uid": imp_uid, "reason": "refund"})
+        event = results.wait(task_id_for(stream, cancelled))
+        wait_for(lambda: drained(client, stream), message="the stream to be drained")
+    assert event["type"] == "cash_receipt.cancelled", event
+    assert any(r["method"] == "DELETE" for r in sandbox.admin.requests(imp_uid))
+
+
+def test_two_instances_share_the_group_and_handle_each_entry_once(
+    worker: ProcessOutput,
+    env: dict[str, str],
+    client: redis.Redis,
+    stream: str,
+    sandbox: Sandbox,
+    results: ResultStream,
+) -> None:
+    """Twenty entries between two running instances: each enqueued by exactly one of them."""
+    imp_uids = [new_imp_uid() for _ in range(20)]
+    with (
+        running_ingress(env, "--consumer", "one", "--block-ms", "200") as (_, first),
+        running_ingress(env, "--consumer", "two", "--block-ms", "200") as (_, second),
+    ):
+        pipe = client.pipeline()
+        for imp_uid in imp_uids:
+            pipe.xadd(
+                stream,
+                {"type": CONFIRMED, "data": json.dumps({"imp_uid": imp_uid, "identifier": PHONE})},
+            )
+        entries = [str(entry) for entry in pipe.execute()]
+        events = [results.wait(task_id_for(stream, entry)) for entry in entries]
+        wait_for(lambda: drained(client, stream), message="the stream to be drained")
+    assert [event["data"]["imp_uid"] for event in events] == imp_uids
+    assert all(sandbox.admin.issued_count(imp_uid) == 1 for imp_uid in imp_uids)
+    handled = {
+        name: [
+            entry
+            for entry in entries
+            if f"enqueued as task {task_id_for(stream, entry)}" in output.text
+        ]
+        for name, output in (("one", first), ("two", second))
+    }
+    assert sorted(handled["one"] + handled["two"]) == sorted(entries)
+    assert handled["one"] and handled["two"], "one instance took every entry"
+
+
+def test_sigkill_between_read_and_ack_is_taken_over_once(
+    worker: ProcessOutput,
+    env: dict[str, str],
+    client: redis.Redis,
+    stream: str,
+    sandbox: Sandbox,
+    results: ResultStream,
+) -> None:
+    """An ingress SIGKILLed holding a read entry: another instance takes it over, issues once,
+    deletes it."""
+    env = {**env, "INGRESS_CLAIM_IDLE": "0.5"}
+    imp_uid = new_imp_uid()
+    with running_ingress(env, "--consumer", "doomed", "--block-ms", "60000") as (doomed, _):
+        # Stopped while it waits in XREADGROUP: Redis hands it the entry, it never handles it.
+        wait_for(
+            lambda: blocked_reader(client, "doomed"), message="the ingress to wait for entries"
+        )
+        os.kill(doomed.pid, signal.SIGSTOP)
+        entry = xadd(client, stream, CONFIRMED, {"imp_uid": imp_uid, "identifier": PHONE})
+        pending = wait_for(
+            lambda: client.xpending_range(stream, GROUP, "-", "+", 10),
+            message="the entry to be pending with the stopped ingress",
+        )
+        assert [(p["message_id"], p["consumer"]) for p in pending] == [(entry, "doomed")]
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait(timeout=10)
+    task_id = task_id_for(stream, entry)
+    assert results.for_task(task_id) == []
+    assert not client.exists(ledger_key(imp_uid))
+
+    with running_ingress(env, "--consumer", "heir", "--block-ms", "200") as (_, heir):
+        event = results.wait(task_id)
+        wait_for(lambda: drained(client, stream), message="the stream to be drained")
+    assert event["type"] == "cash_receipt.issued"
+    assert issued_originals(results, imp_uid) == [event]
+    assert sandbox.admin.issued_count(imp_uid) == 1
+    assert "took over 1 pending entries" in heir.text
+
+
+def test_entry_enqueued_but_not_acked_is_harmless_to_handle_again(
+    worker: ProcessOutput,
+    env: dict[str, str],
+    client: redis.Redis,
+    stream: str,
+    sandbox: Sandbox,
+    results: ResultStream,
+    producer: Celery,
+) -> None:
+    """A crash after the enqueue and before the XACK: the takeover handles the entry again under
+    the same task id, which adds no event and no receipt."""
+    imp_uid = new_imp_uid()
+    client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    entry = xadd(client, stream, CONFIRMED, {"imp_uid": imp_uid, "identifier": PHONE})
+    task_id = task_id_for(stream, entry)
+    # What an ingress that died just before its XACK had done: read, ledger, enqueue.
+    client.xreadgroup(GROUP, "crashed", {stream: ">"}, count=1)
+    enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer, task_id=task_id)
+    first = results.wait(task_id)
+    wait_for(
+        lambda: client.xpending_range(stream, GROUP, "-", "+", 1, idle=100),
+        message="the entry to be idle longer than INGRESS_CLAIM_IDLE",
+    )
+    code, log = run_once({**env, "INGRESS_CLAIM_IDLE": "0.1"})
+    assert code == 0, log
+    assert "took over 1 pending entries" in log
+    assert f"enqueued as task {task_id}" in log
+    assert drained(client, stream)
+    assert results.for_task(task_id) == [first]
+    assert issued_originals(results, imp_uid) == [first]
+    assert sandbox.admin.issued_count(imp_uid) == 1
+
+
+def test_sigterm_finishes_and_exits_zero(env: dict[str, str]) -> None:
+    """SIGTERM while waiting for entries: a clean exit 0, within the read's block time."""
+    with running_ingress(env, "--block-ms", "500") as (process, output):
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    assert "ingress stopped" in output.finish()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, made to refuse writes: no worker reads from it."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_entry_stays_pending_while_redis_refuses_writes(
+    own_redis: RedisServer, sandbox: Sandbox, stream: str
+) -> None:
+    """The ledger write fails (Redis out of memory): nothing is acked; once Redis takes writes
+    again the same entries are enqueued, an issue and a cancellation."""
+    client = own_redis.client()
+    env = worker_env(own_redis.url, sandbox.url, INGRESS_STREAM=stream)
+    imp_uid = new_imp_uid()
+    try:
+        with running_ingress(env, "--block-ms", "500") as (_, output):
+            # Reads still work out of memory (XREADGROUP is not refused); the ledger's write is.
+            pipe = client.pipeline(transaction=True)
+            pipe.xadd(
+                stream,
+                {"type": CONFIRMED, "data": json.dumps({"imp_uid": imp_uid, "identifier": PHONE})},
+            )
+            pipe.xadd(
+                stream,
+                {"type": CANCELLED, "data": json.dumps({"imp_uid": imp_uid, "amount": 1000})},
+            )
+            pipe.config_set("maxmemory", 1)
+            confirmed, cancelled = (str(entry) for entry in pipe.execute()[:2])
+            wait_for(lambda: "Redis or the broker failed" in output.text, message="a refused write")
+            assert client.xpending(stream, GROUP)["pending"] == 1
+            assert client.xlen(stream) == 2
+            assert not client.exists(ledger_key(imp_uid))
+            client.config_set("maxmemory", 0)
+            wait_for(lambda: drained(client, stream), message="the entries to be enqueued")
+    finally:
+        client.config_set("maxmemory", 0)
+    assert "OutOfMemoryError" in output.text
+    assert client.hget(ledger_key(imp_uid), "task_id") == task_id_for(stream, confirmed)
+    queued = [json.loads(message) for message in client.lrange("cash_receipts", 0, -1)]
+    sent = {(m["headers"]["task"], m["headers"]["id"]) for m in queued}
+    assert sent == {
+        (ISSUE_TASK, task_id_for(stream, confirmed)),
+        (CANCEL_TASK, task_id_for(stream, cancelled)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"INGRESS_CLAIM_IDLE": "soon"}, "INGRESS_CLAIM_IDLE must be a number"),
+        ({"INGRESS_STREAM": "cash_receipt.events"}, "INGRESS_STREAM and RESULT_STREAM"),
+        ({"PII_ENCRYPTION_KEYS": ""}, "configuration error: no PII encryption key"),
+    ],
+)
+def test_refuses_to_start_misconfigured(
+    env: dict[str, str], setting: dict[str, str], message: str
+) -> None:
+    """A bad setting or no PII key stops the ingress at start, with one line naming it."""
+    code, log = run_once({**env, **setting}, timeout=20)
+    assert code != 0
+    assert message in log
+    assert "Traceback" not in log
+
+
+def test_help_lists_the_options() -> None:
+    """``--consumer``, ``--once`` and ``--block-ms`` are the options ``cashreceipt ingress`` has."""
+    result = subprocess.run(
+        [*INGRESS, "--help"], capture_output=True, text=True, check=False, timeout=20, cwd=ROOT
+    )
+    assert result.returncode == 0
+    assert all(option in result.stdout for option in ("--consumer", "--once", "--block-ms"))
