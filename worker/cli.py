@@ -1,27 +1,33 @@
 """``cashreceipt``: the operator's and the integrator's command line.
 
     cashreceipt enqueue '{"imp_uid": "imp_1", "identifier": "010-1234-5678"}'
-    cashreceipt enqueue --file payload.json          (or - for standard input)
-    cashreceipt enqueue --imp-uid imp_1 --identifier 01012345678 --identifier-type phone
-    cashreceipt status imp_1                  (the ledger record, masked, and the latest event)
-    cashreceipt stuck [--older-than SECONDS]  (jobs overdue in a non-terminal state)
-    cashreceipt settle imp_1                  (look the receipt up at i'mport, settle the job)
-    cashreceipt parked [--limit N] [--requeue]
+    cashreceipt status imp_1          the ledger record (masked), its history, the latest event
+    cashreceipt tail                  follow the result events
+    cashreceipt stuck                 jobs overdue in a non-terminal state
+    cashreceipt settle imp_1          look the receipt up at i'mport, settle the job
+    cashreceipt dead [--reason R]     jobs that failed for good, and malformed ingress entries
+    cashreceipt replay imp_1 ...      re-enqueue failed jobs (or --reason R), with corrections
+    cashreceipt reconcile [imp_1 ...] compare the ledger with i'mport
+    cashreceipt parked [--requeue]    messages the worker could not run
+    cashreceipt ingress               read the ingress stream (see README)
 
-Exit codes: 0 done, 1 nothing found, 2 bad input or configuration.
+Every command has ``--help``. ``--json`` prints JSON lines instead of text.
+Colour is used only on a terminal. Exit codes: 0 done, 1 nothing found or a
+mismatch, 2 bad input or configuration.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+import click
+
 from worker.schemas import InvalidPayload
 
-_FLAG_FIELDS = (
+_FIELDS = (
     "imp_uid",
     "merchant_uid",
     "identifier",
@@ -35,146 +41,369 @@ _FLAG_FIELDS = (
     "buyer_tel",
 )
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, separate so that tests and docs can inspect it."""
-    parser = argparse.ArgumentParser(
-        prog="cashreceipt", description="Issue Korean cash receipts through i'mport, exactly once."
+
+def _emit(item: dict[str, Any], *, as_json: bool, text: str) -> None:
+    if as_json:
+        click.echo(json.dumps(item, ensure_ascii=False))
+    else:
+        click.echo(text)
+
+
+def _config() -> Any:
+    from worker.settings import load_celeryconfig  # noqa: PLC0415 (reads the environment)
+
+    return load_celeryconfig()
+
+
+def _redis() -> Any:
+    import redis  # noqa: PLC0415
+
+    return redis.Redis.from_url(_config().broker_url)
+
+
+def _app() -> Any:
+    from worker.celery import app  # noqa: PLC0415 (loads the configuration)
+
+    return app
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Issue Korean cash receipts through i'mport, exactly once."""
+
+
+def _field_options(command: Any) -> Any:
+    """One option per payload field: --imp-uid, --identifier, ..."""
+    for name in reversed(_FIELDS):
+        command = click.option("--" + name.replace("_", "-"), name)(command)
+    return command
+
+
+@cli.command()
+@click.argument("payload", required=False)
+@_field_options
+@click.option("--file", "path", help="Read the JSON payload from a file, or - for stdin.")
+@click.option("--tax-free", type=int, help="The tax-free part of the amount.")
+@json_option
+@click.pass_context
+def enqueue(
+    ctx: click.Context,
+    /,
+    payload: str | None,
+    path: str | None,
+    tax_free: int | None,
+    as_json: bool,
+    **_fields: str | None,
+) -> None:
+    """Validate a payment-confirmed payload and enqueue its receipt.
+
+    The payload comes as a JSON argument, from --file, or from the field
+    options (--imp-uid, --identifier, ...); options override the JSON.
+    """
+    from worker.producer import enqueue_issue  # noqa: PLC0415
+
+    given = {name: ctx.params.get(name) for name in _FIELDS}
+    fields = {name: value for name, value in given.items() if value is not None}
+    if tax_free is not None:
+        fields["tax_free"] = tax_free
+    data = _payload(payload, path, fields)
+    task_id = enqueue_issue(data, app=_app())
+    _emit(
+        {"task_id": task_id, "imp_uid": data.get("imp_uid")},
+        as_json=as_json,
+        text=f"enqueued {data.get('imp_uid')} as task {task_id}",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
 
-    enqueue = commands.add_parser(
-        "enqueue", help="validate a payment-confirmed payload and enqueue its receipt"
-    )
-    enqueue.add_argument("payload", nargs="?", help="the payload as a JSON object")
-    enqueue.add_argument("--file", help="read the JSON payload from a file, or - for stdin")
-    for name in _FLAG_FIELDS:
-        enqueue.add_argument("--" + name.replace("_", "-"), dest=name)
-    enqueue.add_argument("--tax-free", dest="tax_free", type=int)
 
-    status = commands.add_parser("status", help="show the latest outcome of a payment")
-    status.add_argument("imp_uid")
+def _payload(text: str | None, path: str | None, fields: dict[str, Any]) -> dict[str, Any]:
+    if text is not None and path is not None:
+        raise InvalidPayload({"_payload": ["Give the payload inline or with --file, not both."]})
+    if path is not None:
+        with click.open_file(path, encoding="utf-8") as stream:
+            text = stream.read()
+    if text is None:
+        return fields
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidPayload({"_payload": [f"Not valid JSON ({error.msg})."]}) from None
+    if not isinstance(data, dict):
+        raise InvalidPayload({"_payload": ["Must be a JSON object."]})
+    return {**data, **fields}
 
-    stuck = commands.add_parser("stuck", help="list jobs stuck in a non-terminal state")
-    stuck.add_argument("--older-than", type=float, default=60.0, help="seconds overdue")
-    stuck.add_argument("--limit", type=int, default=100)
 
-    settle = commands.add_parser("settle", help="force a lookup at i'mport and settle the job")
-    settle.add_argument("imp_uid")
+@cli.command()
+@click.argument("imp_uid")
+@json_option
+def status(imp_uid: str, as_json: bool) -> None:
+    """Show a payment's ledger record (masked), its history and its latest event."""
+    from worker.events import latest_event  # noqa: PLC0415
+    from worker.ledger import job_history, ledger_key, shown_record  # noqa: PLC0415
 
-    parked = commands.add_parser(
-        "parked", help="list messages the worker could not run (unknown task, unreadable)"
-    )
-    parked.add_argument("--limit", type=int, default=20)
-    parked.add_argument(
-        "--requeue", action="store_true", help="push every readable one back to its queue"
-    )
-    return parser
+    client = _redis()
+    raw = client.hgetall(ledger_key(imp_uid))
+    event = latest_event(client, stream=_config().result_stream, imp_uid=imp_uid)
+    if not raw and event is None:
+        _emit(
+            {"imp_uid": imp_uid, "status": "unknown"}, as_json=as_json, text=f"{imp_uid}: unknown"
+        )
+        sys.exit(1)
+    ledger: dict[str, Any] = shown_record(raw) if raw else {}
+    history = job_history(client, imp_uid)
+    if as_json:
+        shown = {"imp_uid": imp_uid, "ledger": ledger or None, "history": history, "event": event}
+        click.echo(json.dumps(shown, ensure_ascii=False, indent=2))
+        return
+    click.echo(f"{click.style(imp_uid, bold=True)}  {_state(ledger.get('state', 'no record'))}")
+    for key in ("task_id", "op", "attempts", "updated_at", "next_attempt_at", "lease_until"):
+        if key in ledger:
+            click.echo(f"  {key:<16}{ledger[key]}")
+    error = ledger.get("last_error") or {}
+    if error:
+        click.echo(f"  {'last_error':<16}{_failure(error)}")
+    for entry in history:
+        outcome = entry.get("outcome")
+        click.echo(f"  {'history':<16}attempt {entry.get('attempt')} {entry.get('op')}: {outcome}")
+    if event:
+        click.echo(f"  {'latest event':<16}{event['type']} ({event['id']})")
+
+
+def _failure(error: dict[str, Any]) -> str:
+    return f"{error.get('reason')}: HTTP {error.get('status')} {error.get('message')}"
+
+
+def _state(state: str) -> str:
+    colour = {"issued": "green", "failed": "red", "cancelled": "yellow"}.get(state)
+    return click.style(state, fg=colour) if colour else state
+
+
+@cli.command()
+@click.option("--from-start", is_flag=True, help="Begin with the oldest event kept.")
+@click.option("--count", type=int, default=0, help="Stop after this many events (0: follow).")
+@json_option
+def tail(from_start: bool, count: int, as_json: bool) -> None:
+    """Follow the result events (they carry no personal data)."""
+    client = _redis()
+    stream = _config().result_stream
+    last = "0" if from_start else "$"
+    seen = 0
+    while count == 0 or seen < count:
+        batch = client.xread({stream: last}, block=1000, count=100) or []
+        for _, entries in batch:
+            for entry_id, fields in entries:
+                last = entry_id
+                event = {k.decode(): v.decode() for k, v in fields.items()}
+                data = json.loads(event["data"])
+                _emit(
+                    {"id": entry_id.decode(), "type": event["type"], "data": data},
+                    as_json=as_json,
+                    text=_event_line(event["type"], data),
+                )
+                seen += 1
+                if count and seen >= count:
+                    return
+
+
+def _event_line(event_type: str, data: dict[str, Any]) -> str:
+    kind = event_type.removeprefix("cash_receipt.")
+    line = f"{data.get('occurred_at')}  {_state(kind):<20} {data.get('imp_uid')}"
+    if data.get("duplicate"):
+        line += " (duplicate)"
+    if "error" in data:
+        error = data["error"]
+        line += f"  {error.get('reason')}: {error.get('message')}"
+    return line
+
+
+@cli.command()
+@click.option("--older-than", type=float, default=60.0, show_default=True, help="Seconds overdue.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@json_option
+def stuck(older_than: float, limit: int, as_json: bool) -> None:
+    """List jobs overdue in a non-terminal state (no worker runs them, or they keep failing)."""
+    from worker.ledger import ledger_key, shown_record  # noqa: PLC0415
+    from worker.ledger import stuck as stuck_jobs  # noqa: PLC0415
+
+    client = _redis()
+    for imp_uid in stuck_jobs(client, older_than=older_than, limit=limit):
+        record = shown_record(client.hgetall(ledger_key(imp_uid)))
+        _emit(
+            {"imp_uid": imp_uid, **record},
+            as_json=as_json,
+            text=f"{imp_uid}  {record.get('state')}  attempts {record.get('attempts')}",
+        )
+
+
+@cli.command()
+@click.argument("imp_uid")
+@json_option
+def settle(imp_uid: str, as_json: bool) -> None:
+    """Look the receipt up at i'mport now: adopt it, or hand the job back to be re-sent."""
+    from worker.runtime import get_runtime  # noqa: PLC0415
+    from worker.service import settle as settle_job  # noqa: PLC0415
+
+    outcome = settle_job(get_runtime(_app().conf), imp_uid)
+    _emit({"imp_uid": imp_uid, "outcome": outcome}, as_json=as_json, text=f"{imp_uid}: {outcome}")
+    if outcome == "unknown":
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--reason", help="Only jobs whose last failure had this reason.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@json_option
+def dead(reason: str | None, limit: int, as_json: bool) -> None:
+    """List jobs that failed for good, and malformed ingress entries: the dead letters."""
+    from worker.operations import dead_jobs  # noqa: PLC0415
+
+    client = _redis()
+    for job in dead_jobs(client, reason=reason, limit=limit):
+        error = job.get("last_error") or {}
+        _emit(
+            {"kind": "job", **job},
+            as_json=as_json,
+            text=f"{job['imp_uid']}  {_state('failed')}  {_failure(error)}",
+        )
+    for entry in _dead_ingress(client, limit):
+        if reason is not None and entry.get("reason") != reason:
+            continue
+        where = f"{entry.get('imp_uid') or '-'}  ingress {entry.get('entry_id')}"
+        _emit({"kind": "ingress", **entry}, as_json=as_json, text=f"{where}: {entry.get('reason')}")
+
+
+def _dead_ingress(client: Any, limit: int) -> list[dict[str, Any]]:
+    try:
+        from worker.ingress import list_dead_ingress  # noqa: PLC0415
+    except ImportError:
+        return []
+    entries: list[dict[str, Any]] = list_dead_ingress(client, limit)
+    return entries
+
+
+@cli.command()
+@click.argument("imp_uids", nargs=-1)
+@click.option("--reason", help="Replay every failed job whose last failure had this reason.")
+@click.option("--identifier", help="A corrected identifier (with one imp_uid only).")
+@click.option("--identifier-type", help="Its type, if it changes.")
+@json_option
+def replay(
+    imp_uids: tuple[str, ...],
+    reason: str | None,
+    identifier: str | None,
+    identifier_type: str | None,
+    as_json: bool,
+) -> None:
+    """Re-enqueue failed jobs after the cause is fixed (a corrected identifier, credentials)."""
+    from worker.operations import replay as replay_jobs  # noqa: PLC0415
+    from worker.operations import replay_reason  # noqa: PLC0415
+
+    if not imp_uids and reason is None:
+        raise click.UsageError("name imp_uids, or --reason")
+    corrections = {
+        key: value
+        for key, value in {"identifier": identifier, "identifier_type": identifier_type}.items()
+        if value is not None
+    }
+    if corrections and len(imp_uids) != 1:
+        raise click.UsageError("a correction applies to exactly one imp_uid")
+    client = _redis()
+    targets = list(imp_uids) or replay_reason(client, reason or "")
+    replayed = 0
+    for outcome in replay_jobs(client, _app(), targets, corrections=corrections or None):
+        item = {"imp_uid": outcome.imp_uid, "task_id": outcome.task_id, "skipped": outcome.skipped}
+        text = (
+            f"{outcome.imp_uid}: replayed as task {outcome.task_id}"
+            if outcome.task_id
+            else f"{outcome.imp_uid}: skipped ({outcome.skipped})"
+        )
+        _emit(item, as_json=as_json, text=text)
+        replayed += outcome.task_id is not None
+    if replayed == 0:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("imp_uids", nargs=-1)
+@click.option("--limit", type=int, default=10_000, show_default=True)
+@json_option
+def reconcile(imp_uids: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Compare the ledger with i'mport (every record, or the given ones); exit 1 on a mismatch."""
+    from worker.operations import ledger_payments  # noqa: PLC0415
+    from worker.operations import reconcile as compare  # noqa: PLC0415
+    from worker.runtime import get_runtime  # noqa: PLC0415
+
+    client = _redis()
+    runtime = get_runtime(_app().conf)
+    targets = list(imp_uids) or ledger_payments(client, limit=limit)
+    mismatches = 0
+    for mismatch in compare(client, runtime.client, targets):
+        mismatches += 1
+        _emit(
+            {"imp_uid": mismatch.imp_uid, "ledger": mismatch.ledger, "iamport": mismatch.iamport},
+            as_json=as_json,
+            text=f"{mismatch.imp_uid}: ledger {mismatch.ledger}, i'mport {mismatch.iamport}",
+        )
+    if not as_json:
+        click.echo(f"{len(targets)} checked, {mismatches} mismatched", err=True)
+    if mismatches:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--requeue", is_flag=True, help="Push every readable one back to its queue.")
+@json_option
+def parked(limit: int, requeue: bool, as_json: bool) -> None:
+    """List messages the worker could not run (unknown task, unreadable), or requeue them."""
+    from worker.parking import list_parked, requeue_parked  # noqa: PLC0415
+
+    client = _redis()
+    if requeue:
+        moved = requeue_parked(client)
+        _emit({"requeued": moved}, as_json=as_json, text=f"requeued {moved}")
+        return
+    for record in list_parked(client, limit):
+        shown = {key: value for key, value in record.items() if key not in {"envelope", "raw"}}
+        _emit(
+            shown,
+            as_json=as_json,
+            text=f"{shown.get('parked_at')}  {shown.get('id')}  {shown.get('reason')}",
+        )
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def ingress(ctx: click.Context) -> None:
+    """Read the ingress stream and enqueue what it says (options: cashreceipt ingress --help)."""
+    from worker.ingress import main as ingress_main  # noqa: PLC0415
+
+    sys.exit(ingress_main(list(ctx.args)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cashreceipt`` console script."""
-    args = build_parser().parse_args(argv)
     try:
-        if args.command == "enqueue":
-            return _enqueue(args)
-        if args.command == "parked":
-            return _parked(args.limit, requeue=args.requeue)
-        if args.command == "stuck":
-            return _stuck(args.older_than, args.limit)
-        if args.command == "settle":
-            return _settle(args.imp_uid)
-        return _status(args.imp_uid)
+        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except InvalidPayload as error:
-        print(json.dumps({"error": "invalid_payload", "fields": error.errors}), file=sys.stderr)
+        click.echo(json.dumps({"error": "invalid_payload", "fields": error.errors}), err=True)
         return 2
-
-
-def _enqueue(args: argparse.Namespace) -> int:
-    from worker.producer import enqueue_issue  # noqa: PLC0415 (loads the app's configuration)
-
-    payload = _payload_from(args)
-    task_id = enqueue_issue(payload)
-    print(json.dumps({"task_id": task_id, "imp_uid": payload.get("imp_uid")}))
-    return 0
-
-
-def _payload_from(args: argparse.Namespace) -> dict[str, Any]:
-    flags = {name: getattr(args, name) for name in (*_FLAG_FIELDS, "tax_free")}
-    given = {name: value for name, value in flags.items() if value is not None}
-    if args.payload is None and args.file is None:
-        return given
-    if args.payload is not None and args.file is not None:
-        raise InvalidPayload({"_payload": ["Give the payload inline or with --file, not both."]})
-    text = args.payload
-    if args.file is not None:
-        with sys.stdin if args.file == "-" else open(args.file, encoding="utf-8") as stream:
-            text = stream.read()
-    try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidPayload({"_payload": [f"Not valid JSON ({error.msg})."]}) from None
-    if not isinstance(payload, dict):
-        raise InvalidPayload({"_payload": ["Must be a JSON object."]})
-    return {**payload, **given}
-
-
-def _redis() -> tuple[Any, Any]:
-    import redis  # noqa: PLC0415
-
-    from worker.settings import load_celeryconfig  # noqa: PLC0415
-
-    celeryconfig = load_celeryconfig()
-    return redis.Redis.from_url(celeryconfig.broker_url), celeryconfig
-
-
-def _parked(limit: int, *, requeue: bool) -> int:
-    from worker.parking import list_parked, requeue_parked  # noqa: PLC0415
-
-    client, _ = _redis()
-    if requeue:
-        print(json.dumps({"requeued": requeue_parked(client)}))
-        return 0
-    for record in list_parked(client, limit):
-        shown = {key: value for key, value in record.items() if key not in {"envelope", "raw"}}
-        print(json.dumps(shown, ensure_ascii=False))
-    return 0
-
-
-def _status(imp_uid: str) -> int:
-    from worker.events import latest_event  # noqa: PLC0415
-    from worker.ledger import ledger_key, shown_record  # noqa: PLC0415
-
-    client, celeryconfig = _redis()
-    raw = client.hgetall(ledger_key(imp_uid))
-    event = latest_event(client, stream=celeryconfig.result_stream, imp_uid=imp_uid)
-    if not raw and event is None:
-        print(json.dumps({"imp_uid": imp_uid, "status": "unknown"}))
+    except click.exceptions.Abort:
         return 1
-    shown = {"imp_uid": imp_uid, "ledger": shown_record(raw) if raw else None, "event": event}
-    print(json.dumps(shown, ensure_ascii=False, indent=2))
+    except click.ClickException as error:
+        error.show()
+        return 2
+    except SystemExit as exit_:
+        code = exit_.code
+        if isinstance(code, str):
+            click.echo(code, err=True)
+            return 2
+        return int(code or 0)
     return 0
-
-
-def _stuck(older_than: float, limit: int) -> int:
-    from worker.ledger import ledger_key, shown_record  # noqa: PLC0415
-    from worker.ledger import stuck as stuck_jobs  # noqa: PLC0415
-
-    client, _ = _redis()
-    for imp_uid in stuck_jobs(client, older_than=older_than, limit=limit):
-        record = shown_record(client.hgetall(ledger_key(imp_uid)))
-        print(json.dumps({"imp_uid": imp_uid, **record}, ensure_ascii=False))
-    return 0
-
-
-def _settle(imp_uid: str) -> int:
-    from worker.celery import app  # noqa: PLC0415
-    from worker.runtime import get_runtime  # noqa: PLC0415
-    from worker.service import settle  # noqa: PLC0415
-
-    outcome = settle(get_runtime(app.conf), imp_uid)
-    print(json.dumps({"imp_uid": imp_uid, "outcome": outcome}))
-    return 0 if outcome != "unknown" else 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``cashreceipt`` with the test worker's settings."""
     return subprocess.run(
-        [CLI, *args],
+        [CLI, args[0], "--json", *args[1:]],
         env=worker_env(redis_server.url, sandbox.url),
         input=stdin,
         capture_output=True,

@@ -49,7 +49,7 @@ def ledger_on(server: RedisServer) -> Ledger:
 def cli(server: RedisServer, sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``cashreceipt`` against this Redis and the sandbox."""
     return subprocess.run(
-        [CLI, *args],
+        [CLI, args[0], "--json", *args[1:]],
         env=worker_env(server.url, sandbox.url),
         capture_output=True,
         text=True,

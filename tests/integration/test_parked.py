@@ -47,7 +47,7 @@ def test_unknown_task_is_parked_and_can_be_requeued(
 
     env = worker_env(redis_server.url, sandbox.url)
     listing = subprocess.run(
-        [CLI, "parked"], env=env, capture_output=True, text=True, timeout=60, check=True
+        [CLI, "parked", "--json"], env=env, capture_output=True, text=True, timeout=60, check=True
     )
     shown = [json.loads(line) for line in listing.stdout.splitlines()]
     mine = next(record for record in shown if record["id"] == unknown)
@@ -55,7 +55,7 @@ def test_unknown_task_is_parked_and_can_be_requeued(
     assert mine["task"] == "reissue_cash_receipt_v2"
 
     requeued = subprocess.run(
-        [CLI, "parked", "--requeue"],
+        [CLI, "parked", "--requeue", "--json"],
         env=env,
         capture_output=True,
         text=True,

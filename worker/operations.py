@@ -1,0 +1,137 @@
+"""What the operator's commands do, without the command line: dead letters, replay, reconcile.
+
+Kept apart from :mod:`worker.cli` so that each can be tested against a real
+Redis and the sandbox without parsing arguments, and reused from a shell.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+
+from worker.iamport import IamportClient
+from worker.ledger import (
+    failed_jobs,
+    job_history,
+    ledger_key,
+    shown_record,
+)
+from worker.producer import enqueue_issue
+from worker.service import find_issued
+
+
+def dead_jobs(
+    client: redis.Redis, *, reason: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Jobs that failed for good, newest first, masked; only ``reason`` if given."""
+    found = []
+    for imp_uid in failed_jobs(client, limit=10_000):
+        raw = client.hgetall(ledger_key(imp_uid))
+        if not raw:
+            continue
+        record = shown_record(raw)
+        failure = record.get("last_error") or {}
+        if reason is not None and failure.get("reason") != reason:
+            continue
+        found.append({"imp_uid": imp_uid, **record})
+        if len(found) >= limit:
+            break
+    return found
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """One replayed job: the new task id, or why it was not replayed."""
+
+    imp_uid: str
+    task_id: str | None
+    skipped: str | None = None
+
+
+def replay(
+    client: redis.Redis,
+    app: Celery,
+    imp_uids: Iterable[str],
+    *,
+    corrections: dict[str, Any] | None = None,
+) -> Iterator[Replayed]:
+    """Re-enqueue failed jobs from their sealed payloads, with ``corrections`` applied.
+
+    A correction of the identifier replaces the sealed one. The ledger keeps
+    the earlier attempts in the job's history; the replay is a new attempt,
+    with a fresh attempt budget.
+    """
+    for imp_uid in imp_uids:
+        raw = client.hgetall(ledger_key(imp_uid))
+        record = {_text(k): _text(v) for k, v in raw.items()}
+        if record.get("state") != "failed":
+            yield Replayed(imp_uid, None, skipped=f"state is {record.get('state', 'unknown')}")
+            continue
+        payload = json.loads(record.get("payload") or "{}")
+        if not payload:
+            yield Replayed(imp_uid, None, skipped="no payload kept")
+            continue
+        if corrections:
+            if "identifier" in corrections:
+                payload.pop("identifier_sealed", None)
+            payload.update(corrections)
+        yield Replayed(imp_uid, enqueue_issue(payload, app=app))
+
+
+def replay_reason(client: redis.Redis, reason: str, *, limit: int = 1000) -> list[str]:
+    """The imp_uids of failed jobs whose last failure had ``reason``."""
+    return [job["imp_uid"] for job in dead_jobs(client, reason=reason, limit=limit)]
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A payment on which the ledger and i'mport disagree."""
+
+    imp_uid: str
+    ledger: str
+    iamport: str
+
+
+def reconcile(
+    client: redis.Redis, iamport: IamportClient, imp_uids: Iterable[str]
+) -> Iterator[Mismatch]:
+    """Compare the ledger with i'mport for each payment; yield where they disagree.
+
+    Issued in the ledger must mean an active receipt at i'mport; failed or
+    cancelled must mean none. In-flight jobs are skipped: they are settling.
+    """
+    for imp_uid in imp_uids:
+        state = _text(client.hget(ledger_key(imp_uid), "state") or b"unknown")
+        if state in {"in_flight", "received"}:
+            continue
+        receipt, _ = find_issued(iamport, imp_uid)
+        live = receipt is not None
+        if (state == "issued") != live:
+            yield Mismatch(imp_uid, state, "active receipt" if live else "no active receipt")
+
+
+def ledger_payments(client: redis.Redis, *, limit: int = 10_000) -> list[str]:
+    """imp_uids with a ledger record (SCAN: cheap for Redis, fine for a one-off check)."""
+    found = []
+    for key in client.scan_iter(match="cash_receipt:ledger:*", count=1000):
+        name = _text(key)[len("cash_receipt:ledger:") :]
+        if ":" in name or name in {"due", "failed"}:
+            continue
+        found.append(name)
+        if len(found) >= limit:
+            break
+    return sorted(found)
+
+
+def history(client: redis.Redis, imp_uid: str) -> list[dict[str, Any]]:
+    """The attempts the ledger kept for a payment, newest first."""
+    return job_history(client, imp_uid)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
