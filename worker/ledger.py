@@ -117,7 +117,8 @@ end
 local resumed = 0
 if state == 'in_flight' then
   if owner ~= ARGV[1] and lease > now then
-    redis.call('SADD', KEYS[4], ARGV[1])
+    -- Issue messages wait on the job; a cancellation waits too, but must act after.
+    if purpose == 'issue' then redis.call('SADD', KEYS[4], ARGV[1]) end
     return {'busy', tostring(lease)}
   end
   resumed = 1
@@ -130,7 +131,8 @@ elseif state == 'failed' or state == 'issued' then
 else
   redis.call('HSET', KEYS[1], 'created_at', ARGV[3])
 end
-if owner and owner ~= ARGV[1] and (state == 'in_flight' or state == 'received') then
+if owner and owner ~= ARGV[1] and op == 'issue'
+    and (state == 'in_flight' or state == 'received') then
   -- A takeover: the message that owned the job may be gone (its worker died,
   -- its retry was never published). It still ends in one event, as a waiter.
   redis.call('SADD', KEYS[4], owner)
@@ -222,6 +224,20 @@ if ARGV[2] == 'issued' then
       publish_once(KEYS[3], 'cash_receipt:terminal:' .. waiter, KEYS[5], ARGV[3],
         cjson.encode(data), ARGV[5], ARGV[6])
     end
+  end
+  redis.call('DEL', KEYS[6])
+elseif ARGV[2] == 'cancelled' then
+  -- Issue messages still waiting will never issue: each ends as a stale one.
+  for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+    local data = cjson.decode(ARGV[4])
+    data['task_id'] = waiter
+    data['duplicate'] = true
+    data['receipt'] = nil
+    data['event_id'] = redis.sha1hex(waiter .. published[2])
+    data['error'] = {reason = 'cancelled', status = cjson.null, code = cjson.null,
+      message = 'the receipt of this payment was cancelled', retryable = false}
+    publish_once(KEYS[3], 'cash_receipt:terminal:' .. waiter, KEYS[5], 'cash_receipt.failed',
+      cjson.encode(data), ARGV[5], ARGV[6])
   end
   redis.call('DEL', KEYS[6])
 else

@@ -1,0 +1,150 @@
+"""Refunds: the receipt is cancelled, re-issued for the balance after a partial refund, once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import requests
+from celery import Celery
+
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox
+from tests.support.wait import wait_for
+from worker.ledger import ledger_key
+from worker.producer import enqueue_cancel, enqueue_issue
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
+PHONE = "01055554321"
+
+
+def issue(producer: Celery, results: ResultStream, imp_uid: str) -> dict[str, Any]:
+    """Issue a receipt through the helper and wait for it."""
+    event = results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer))
+    assert event["type"] == "cash_receipt.issued"
+    return event
+
+
+def receipt_at_iamport(sandbox: Sandbox, imp_uid: str) -> dict[str, Any]:
+    """What GET /receipts answers now."""
+    answer = requests.get(
+        f"{sandbox.url}/receipts/{imp_uid}",
+        headers={"Authorization": f"Bearer {sandbox.get_token()}"},
+        timeout=5,
+    )
+    response: dict[str, Any] = answer.json()["response"]
+    return response
+
+
+def test_full_refund_cancels_and_stale_issue_never_reissues(
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    imp_uid: str,
+) -> None:
+    """DELETE, a cancelled event, the ledger cancelled; a late issue message issues nothing."""
+    issued = issue(producer, results, imp_uid)
+    cancelled = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer))
+    assert cancelled["type"] == "cash_receipt.cancelled"
+    assert cancelled["data"]["duplicate"] is False
+    receipt = cancelled["data"]["receipt"]
+    assert receipt["apply_num"] == issued["data"]["receipt"]["apply_num"]
+    assert receipt["cancelled_at"] > 0
+    assert receipt_at_iamport(sandbox, imp_uid)["cancelled_at"] > 0
+    assert redis_server.client().hget(ledger_key(imp_uid), "state") == "cancelled"
+
+    stale = results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer))
+    assert stale["type"] == "cash_receipt.failed"
+    assert stale["data"]["error"]["reason"] == "cancelled"
+    again = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer))
+    assert (again["type"], again["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
+    assert sandbox.admin.issued_count(imp_uid) == 1
+    assert [r["method"] for r in sandbox.admin.requests(imp_uid)].count("DELETE") == 1
+
+
+def test_partial_refund_reissues_for_the_balance(
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    imp_uid: str,
+) -> None:
+    """Cancel and re-issue in one transition: both events; i'mport computes the new amount."""
+    sandbox.admin.seed_payment(imp_uid, amount=33000)
+    first = issue(producer, results, imp_uid)
+    assert first["data"]["receipt"]["amount"] == 33000
+    sandbox.admin.seed_payment(imp_uid, cancel_amount=11000)  # the refund happened at i'mport
+    task_id = enqueue_cancel({"imp_uid": imp_uid, "amount": 11000}, app=producer)
+    wait_for(lambda: len(results.for_task(task_id)) == 2, message="both events of the refund")
+    cancelled, reissued = sorted(results.for_task(task_id), key=lambda e: e["id"])
+    assert cancelled["type"] == "cash_receipt.cancelled"
+    assert cancelled["data"]["receipt"]["apply_num"] == first["data"]["receipt"]["apply_num"]
+    assert reissued["type"] == "cash_receipt.issued"
+    assert reissued["data"]["receipt"]["amount"] == 22000
+    assert (
+        receipt_at_iamport(sandbox, imp_uid)["apply_num"]
+        == reissued["data"]["receipt"]["apply_num"]
+    )
+    assert sandbox.admin.issued_count(imp_uid) == 2
+    assert redis_server.client().hget(ledger_key(imp_uid), "state") == "issued"
+
+
+def test_cancellation_during_issuance_leaves_no_live_receipt(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
+) -> None:
+    """A cancel that arrives while the POST is in flight waits for it, then cancels."""
+    sandbox.admin.script(imp_uid, {"kind": "latency", "ms": 800, "method": "POST"})
+    issued_task = enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer)
+    wait_for(lambda: sandbox.admin.requests(imp_uid) or None, message="the POST to start")
+    cancelled = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer))
+    assert results.wait(issued_task)["type"] == "cash_receipt.issued"
+    assert cancelled["type"] == "cash_receipt.cancelled"
+    assert receipt_at_iamport(sandbox, imp_uid)["cancelled_at"] > 0
+
+
+def test_lost_delete_answer_is_settled_by_lookup(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
+) -> None:
+    """The DELETE went through but its answer was lost: the lookup sees it; no second DELETE."""
+    issue(producer, results, imp_uid)
+    sandbox.admin.script(imp_uid, {"kind": "drop_after", "method": "DELETE"})
+    cancelled = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer))
+    assert cancelled["type"] == "cash_receipt.cancelled"
+    assert cancelled["data"]["receipt"]["cancelled_at"] > 0
+    assert [r["method"] for r in sandbox.admin.requests(imp_uid)].count("DELETE") == 1
+
+
+def test_pg_without_cancel_support_is_a_final_cancel_failure(
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    imp_uid: str,
+) -> None:
+    """KICC receipts cannot be cancelled through i'mport: cancel_failed; the job stays issued."""
+    sandbox.admin.seed_payment(imp_uid, pg_provider="kicc")
+    event = results.wait(
+        enqueue_issue(
+            {"imp_uid": imp_uid, "identifier": PHONE, "identifier_type": "phone"}, app=producer
+        )
+    )
+    assert event["type"] == "cash_receipt.issued"
+    failed = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer))
+    assert failed["type"] == "cash_receipt.cancel_failed"
+    assert (failed["data"]["error"]["reason"], failed["data"]["error"]["status"]) == (
+        "unsupported_pg",
+        501,
+    )
+    assert redis_server.client().hget(ledger_key(imp_uid), "state") == "issued"
+
+
+def test_malformed_cancellation_fails_at_once(producer: Celery, results: ResultStream) -> None:
+    """A cancellation without an imp_uid ends in one cancel_failed event, invalid_payload."""
+    task_id = str(
+        producer.send_task("cancel_cash_receipt", args=[{"amount": -5}], queue="cash_receipts").id
+    )
+    event = results.wait(task_id)
+    assert event["type"] == "cash_receipt.cancel_failed"
+    assert set(event["data"]["error"]["fields"]) == {"imp_uid", "amount"}
