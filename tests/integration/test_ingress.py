@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import uuid
@@ -429,3 +431,74 @@ def test_help_lists_the_options() -> None:
     )
     assert result.returncode == 0
     assert all(option in result.stdout for option in ("--consumer", "--once", "--block-ms"))
+
+
+def readme_block(marker: str, language: str) -> str:
+    """The fenced code block that follows ``<!-- marker -->`` in the README."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(rf"<!-- {marker} -->\n```{language}\n(.*?)```", text, re.DOTALL)
+    assert found, f"README has no {marker} block"
+    return found.group(1)
+
+
+def test_readme_python_producer_reaches_the_worker(
+    worker: ProcessOutput,
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    client: redis.Redis,
+    results: ResultStream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's Python producer, as written, on the default stream: issued."""
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("PII_ENCRYPTION_KEYS", TEST_PII_KEY)
+    namespace: dict[str, Any] = {"__name__": "readme_producer"}
+    exec(readme_block("ingress-producer-example", "python"), namespace)  # noqa: S102
+    imp_uid = new_imp_uid()
+    entry = namespace["payment_confirmed"](imp_uid, "order-1", "010-5555-4321")
+    code, log = run_once(worker_env(redis_server.url, sandbox.url))
+    assert code == 0, log
+    event = results.wait(task_id_for("payment.events", entry))
+    assert (event["type"], event["data"]["imp_uid"]) == ("cash_receipt.issued", imp_uid)
+    assert drained(client, "payment.events")
+
+
+def test_readme_redis_cli_lines_are_accepted(
+    worker: ProcessOutput,
+    redis_server: RedisServer,
+    env: dict[str, str],
+    client: redis.Redis,
+    stream: str,
+    sandbox: Sandbox,
+    results: ResultStream,
+) -> None:
+    """The README's redis-cli lines, with a real token and this test's payment: issued, then
+    cancelled."""
+    imp_uid = new_imp_uid()
+    sandbox.admin.seed_payment(imp_uid, pg_provider="kcp", amount=11000)
+    sealed = Fernet(TEST_PII_KEY.encode()).encrypt(PHONE.encode()).decode()
+    commands = []
+    for line in readme_block("ingress-redis-cli", "sh").splitlines():
+        arguments = shlex.split(line.replace("gAAAAABn…", sealed).replace("imp_123", imp_uid))
+        assert arguments[:3] == ["redis-cli", "XADD", "payment.events"]
+        commands.append(["redis-cli", "-p", str(redis_server.port), "XADD", stream, *arguments[3:]])
+
+    def redis_cli(command: list[str]) -> str:
+        """Run one README line; returns the entry id it printed."""
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+    with running_ingress(env, "--block-ms", "200"):
+        # One after the other: a cancellation racing its own issue is another matter.
+        issued = results.wait(task_id_for(stream, redis_cli(commands[0])))
+        refund_task = task_id_for(stream, redis_cli(commands[1]))
+        # A partial refund: the receipt is cancelled and one re-issued for the rest.
+        refund = wait_for(
+            lambda: len(results.for_task(refund_task)) == 2,
+            message="the refund's two events",
+        )
+    assert issued["type"] == "cash_receipt.issued"
+    assert refund
+    assert [event["type"] for event in results.for_task(refund_task)] == [
+        "cash_receipt.cancelled",
+        "cash_receipt.issued",
+    ]
