@@ -1,0 +1,138 @@
+"""Jobs that failed for good: listed as dead letters, replayed once the cause is fixed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from celery import Celery
+
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox
+from tests.support.worker import running_worker, worker_env
+from worker.producer import enqueue_issue
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
+CLI = str(Path(sys.executable).parent / "cashreceipt")
+REFUSED = "12345678901"  # the sandbox's tax service refuses it (TS1)
+
+
+def cli(
+    redis_server: RedisServer, sandbox: Sandbox, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``cashreceipt <command> --json ...`` with the test worker's settings."""
+    return subprocess.run(
+        [CLI, args[0], "--json", *args[1:]],
+        env=worker_env(redis_server.url, sandbox.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def lines(result: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+    """The JSON lines a command printed."""
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_rejected_job_is_dead_then_replayed_with_a_corrected_identifier(
+    producer: Celery,
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    results: ResultStream,
+    imp_uid: str,
+) -> None:
+    """dead lists it with its reason; replay with the right identifier issues it; history stays."""
+    failed = results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": REFUSED}, app=producer))
+    assert failed["data"]["error"]["reason"] == "rejected"
+
+    dead = [
+        job for job in lines(cli(redis_server, sandbox, "dead")) if job.get("imp_uid") == imp_uid
+    ]
+    assert len(dead) == 1
+    assert dead[0]["last_error"]["reason"] == "rejected"  # type: ignore[index]
+    assert REFUSED not in json.dumps(dead)
+
+    replayed = cli(redis_server, sandbox, "replay", imp_uid, "--identifier", "010-5555-4321")
+    assert replayed.returncode == 0, replayed.stderr
+    (outcome,) = lines(replayed)
+    issued = results.wait(str(outcome["task_id"]))
+    assert issued["type"] == "cash_receipt.issued"
+    assert sandbox.admin.issued_count(imp_uid) == 1
+    assert not [j for j in lines(cli(redis_server, sandbox, "dead")) if j.get("imp_uid") == imp_uid]
+
+    status = json.loads(cli(redis_server, sandbox, "status", imp_uid).stdout)
+    outcomes = [entry["outcome"] for entry in status["history"]]
+    assert outcomes[0] == "cash_receipt.issued"
+    assert "cash_receipt.failed" in outcomes  # the earlier, rejected attempts are kept
+
+
+def test_replay_by_reason_after_credentials_are_restored(
+    redis_server: RedisServer, sandbox: Sandbox, results: ResultStream, imp_uid: str
+) -> None:
+    """Jobs that failed on auth are all replayed by reason once the credentials are right."""
+    # A key i'mport does not know (and so no shared token cached for it).
+    bad = worker_env(redis_server.url, sandbox.url, IAMPORT_KEY="revoked-key")
+    producer = Celery("checkout", broker=redis_server.url)
+    producer.conf.pii_encryption_keys = [bad["PII_ENCRYPTION_KEYS"]]
+    uids = [f"{imp_uid}_{n}" for n in range(3)]
+    # A queue of its own, so that the session worker (good credentials) does not take them.
+    with running_worker(bad, "-Q", "cash_receipts_auth_test"):
+        tasks = [
+            str(
+                producer.send_task(
+                    "issue_cash_receipt",
+                    args=[{"imp_uid": uid, "identifier": "01055554321"}],
+                    queue="cash_receipts_auth_test",
+                ).id
+            )
+            for uid in uids
+        ]
+        assert {results.wait(t)["data"]["error"]["reason"] for t in tasks} == {"auth"}
+    replayed = cli(redis_server, sandbox, "replay", "--reason", "auth")
+    new_tasks = [str(o["task_id"]) for o in lines(replayed) if o["imp_uid"] in uids]
+    assert len(new_tasks) == 3
+    assert {results.wait(t)["type"] for t in new_tasks} == {"cash_receipt.issued"}
+
+
+def test_reconcile_finds_a_receipt_cancelled_behind_our_back(
+    producer: Celery,
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    results: ResultStream,
+    imp_uid: str,
+) -> None:
+    """The ledger says issued, i'mport has no active receipt: reconcile reports it, exit 1."""
+    results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer))
+    assert cli(redis_server, sandbox, "reconcile", imp_uid).returncode == 0
+    requests.delete(
+        f"{sandbox.url}/receipts/{imp_uid}",
+        headers={"Authorization": f"Bearer {sandbox.get_token()}"},
+        timeout=5,
+    ).raise_for_status()
+    result = cli(redis_server, sandbox, "reconcile", imp_uid)
+    assert result.returncode == 1
+    assert lines(result) == [
+        {"imp_uid": imp_uid, "ledger": "issued", "iamport": "no active receipt"}
+    ]
+
+
+def test_tail_prints_the_events(
+    producer: Celery,
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    results: ResultStream,
+    imp_uid: str,
+) -> None:
+    """tail --from-start --count N prints N events as JSON lines, without personal data."""
+    results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer))
+    shown = lines(cli(redis_server, sandbox, "tail", "--from-start", "--count", "3"))
+    assert len(shown) == 3
+    assert all(str(event["type"]).startswith("cash_receipt.") for event in shown)
+    assert "5555" not in json.dumps(shown)
