@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from iamport_sandbox.app import SANDBOX_KEY, SandboxConfig, build_app
-from iamport_sandbox.faults import FaultStep, parse_rate_flag, parse_step
+from iamport_sandbox.faults import (
+    DEFAULT_HANG_SECONDS,
+    DEFAULT_REJECT_MESSAGE,
+    FaultStep,
+    parse_rate_flag,
+    parse_step,
+)
 
 SHUTDOWN_TIMEOUT = 1.0
 
@@ -24,6 +30,7 @@ EPILOG = """\
 default credentials: --imp-key sandbox_key --imp-secret sandbox_secret
 fault kinds for --fault-rate: status_500 status_502 status_503 status_504 rate_limit
   drop_before drop_after hang revoke_tokens reject
+script-only kinds: latency status garbage
 admin API (no auth): http://HOST:PORT/__sandbox__/ ; see docs/sandbox.md
 """
 
@@ -97,6 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IMP_UID=JSON",
         help='scripted next responses, e.g. imp_1=\'[{"kind":"status","status":503}]\'',
     )
+    parser.add_argument(
+        "--hang-seconds",
+        type=float,
+        default=DEFAULT_HANG_SECONDS,
+        metavar="SECONDS",
+        help="how long a rate-drawn hang holds the request (default %(default)g)",
+    )
+    parser.add_argument(
+        "--retry-after",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="the Retry-After of a rate-drawn 429 (default %(default)g)",
+    )
+    parser.add_argument(
+        "--reject-message",
+        default=DEFAULT_REJECT_MESSAGE,
+        metavar="TEXT",
+        help="the PG's message in a rate-drawn rejection",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for fault draws and ids")
     parser.add_argument(
         "--log-level",
@@ -112,6 +139,10 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         raise SystemExit("--token-lifetime must be at least 1 second")
     if args.latency_ms < 0 or args.latency_jitter_ms < 0:
         raise SystemExit("--latency-ms and --latency-jitter-ms must not be negative")
+    if args.hang_seconds < 0 or args.retry_after < 0:
+        raise SystemExit("--hang-seconds and --retry-after must not be negative")
+    if not args.reject_message:
+        raise SystemExit("--reject-message must not be empty")
     scripts: dict[str, list[FaultStep]] = {}
     for imp_uid, steps in args.fault_script:
         scripts.setdefault(imp_uid, []).extend(steps)
@@ -124,6 +155,9 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         rates={name: rate for name, rate in args.fault_rate if rate},
         scripts=scripts,
         seed=args.seed,
+        hang_seconds=args.hang_seconds,
+        retry_after=args.retry_after,
+        reject_message=args.reject_message,
     )
 
 

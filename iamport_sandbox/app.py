@@ -18,7 +18,13 @@ from aiohttp import web
 
 from iamport_sandbox import rules
 from iamport_sandbox.errors import InvalidInput
-from iamport_sandbox.faults import FaultPlan, FaultStep, parse_step
+from iamport_sandbox.faults import (
+    DEFAULT_HANG_SECONDS,
+    DEFAULT_REJECT_MESSAGE,
+    FaultPlan,
+    FaultStep,
+    parse_step,
+)
 from iamport_sandbox.state import UNAUTHORIZED, Merchant, Reply, error, ok
 from iamport_sandbox.tokens import AdjustableClock, TokenPolicy, TokenStore
 
@@ -48,6 +54,10 @@ class SandboxConfig:
     rates: dict[str, float] = field(default_factory=dict)
     scripts: dict[str, list[FaultStep]] = field(default_factory=dict)
     seed: int | None = None
+    # What rate-drawn faults carry (scripted steps carry their own).
+    hang_seconds: float = DEFAULT_HANG_SECONDS
+    retry_after: float = 1.0
+    reject_message: str = DEFAULT_REJECT_MESSAGE
 
 
 class BadInput(ValueError):
@@ -117,6 +127,9 @@ class Sandbox:
         plan.latency_ms = self.config.latency_ms
         plan.latency_jitter_ms = self.config.latency_jitter_ms
         plan.rates = dict(self.config.rates)
+        plan.hang_seconds = self.config.hang_seconds
+        plan.retry_after = self.config.retry_after
+        plan.reject_message = self.config.reject_message
         for imp_uid, steps in self.config.scripts.items():
             plan.append(imp_uid, list(steps))
         return plan
@@ -215,7 +228,7 @@ class Sandbox:
             return self._drop(request)
         return self._finish(entry, reply)
 
-    async def _early_fault(
+    async def _early_fault(  # noqa: PLR0911 (one answer per fault kind)
         self, request: web.Request, entry: dict[str, Any], step: FaultStep
     ) -> web.StreamResponse | None:
         """Faults that answer (or refuse to) before the request reaches the merchant."""
@@ -231,6 +244,10 @@ class Sandbox:
         if step.kind == "rate_limit":
             headers = {"Retry-After": _seconds_text(step.retry_after)}
             return self._finish(entry, error(429, "Too Many Requests (sandbox fault)", headers))
+        if step.kind == "garbage":
+            entry["status"] = step.status
+            self._log(entry)
+            return web.Response(text=step.body, status=step.status, content_type="text/html")
         if step.kind == "revoke_tokens":
             self.tokens.revoke_all()
             return self._finish(entry, error(401, UNAUTHORIZED))

@@ -24,6 +24,7 @@ STEP_KINDS: Final = (
     "hang",
     "revoke_tokens",
     "reject",
+    "garbage",
 )
 
 # Rate names in the order they are drawn for a request; the first that fires is the fault.
@@ -47,6 +48,9 @@ METHODS: Final = frozenset({"GET", "POST", "DELETE"})
 ENDPOINTS: Final = frozenset({"receipts", "payments"})
 DEFAULT_REJECT_MESSAGE: Final = "[PG] 현금영수증 발급이 거절되었습니다."
 DEFAULT_HANG_SECONDS: Final = 3600.0
+# What a load balancer or gateway in front of an API answers when the API behind it is sick: not
+# i'mport's envelope, not even JSON.
+DEFAULT_GARBAGE_BODY: Final = "<html><body><h1>502 Bad Gateway</h1></body></html>"
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class FaultStep:
     retry_after: float = 1.0
     seconds: float = DEFAULT_HANG_SECONDS
     message: str = DEFAULT_REJECT_MESSAGE
+    body: str = DEFAULT_GARBAGE_BODY
 
     def matches(self, method: str, endpoint: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -85,7 +90,17 @@ def parse_step(raw: Any) -> FaultStep:
     kind = raw.get("kind")
     if kind not in STEP_KINDS:
         raise InvalidInput(f"unknown fault kind {kind!r}; expected one of {', '.join(STEP_KINDS)}")
-    allowed = {"kind", "method", "endpoint", "ms", "status", "retry_after", "seconds", "message"}
+    allowed = {
+        "kind",
+        "method",
+        "endpoint",
+        "ms",
+        "status",
+        "retry_after",
+        "seconds",
+        "message",
+        "body",
+    }
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise InvalidInput(f"unknown fault step fields: {', '.join(unknown)}")
@@ -103,9 +118,18 @@ def parse_step(raw: Any) -> FaultStep:
         endpoint = endpoint or "receipts"
         if method not in {"POST", "DELETE"} or endpoint != "receipts":
             raise InvalidInput("a reject step applies only to POST or DELETE /receipts")
-    status = raw.get("status", 500)
+    status = raw.get("status", 502 if kind == "garbage" else 500)
     if kind == "status" and status not in INJECTABLE_STATUSES:
         raise InvalidInput(f"status must be one of 500, 502, 503, 504, got {status!r}")
+    if kind == "garbage" and (
+        isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599
+    ):
+        raise InvalidInput(
+            f"a garbage step's status must be an HTTP status 200-599, got {status!r}"
+        )
+    body = raw.get("body", DEFAULT_GARBAGE_BODY)
+    if not isinstance(body, str):
+        raise InvalidInput("body must be a string")
     message = raw.get("message", DEFAULT_REJECT_MESSAGE)
     if not isinstance(message, str) or not message:
         raise InvalidInput("message must be a non-empty string")
@@ -118,6 +142,7 @@ def parse_step(raw: Any) -> FaultStep:
         retry_after=_number(raw, "retry_after", 1.0),
         seconds=_number(raw, "seconds", DEFAULT_HANG_SECONDS),
         message=message,
+        body=body,
     )
 
 

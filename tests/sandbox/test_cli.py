@@ -106,6 +106,32 @@ def test_flags_configure_the_process(imp_uid: str) -> None:
         success(Api(sandbox.url, sandbox.get_token()).issue(imp_uid))
 
 
+def test_flags_set_what_drawn_faults_carry(imp_uid: str) -> None:
+    """--retry-after, --reject-message and --hang-seconds shape the faults the rates draw."""
+    with running_sandbox(
+        "--fault-rate",
+        "rate_limit=1.0",
+        "--retry-after",
+        "0.25",
+        "--reject-message",
+        "[PG] 테스트 거절",
+        "--hang-seconds",
+        "0.2",
+    ) as sandbox:
+        api = Api(sandbox.url, sandbox.get_token())
+        limited = api.issue(imp_uid)
+        failure(limited, 429)
+        assert limited.headers["Retry-After"] == "0.25"
+        sandbox.set_rates(rates={"reject": 1.0})
+        assert failure(api.issue(imp_uid), 500) == "[PG] 테스트 거절"
+        sandbox.set_rates(rates={"hang": 1.0})
+        started = time.monotonic()
+        with pytest.raises(requests.ConnectionError):
+            api.issue(imp_uid)  # the hang ends in a closed connection, long before 3600 s
+        assert time.monotonic() - started < 5
+        assert sandbox.faults()["hang_seconds"] == 0.2
+
+
 def test_latency_flag(imp_uid: str) -> None:
     """--latency-ms delays every receipts/payments answer."""
     with running_sandbox("--latency-ms", "200") as sandbox:

@@ -41,6 +41,20 @@ def test_status_step(api: Api, sandbox: Sandbox, imp_uid: str, status: int) -> N
     success(api.issue(imp_uid))
 
 
+@pytest.mark.parametrize("status", [200, 502])
+def test_garbage_step_answers_html_instead_of_the_envelope(
+    api: Api, sandbox: Sandbox, imp_uid: str, status: int
+) -> None:
+    """A gateway's HTML page in place of i'mport's JSON; nothing is created."""
+    sandbox.script(imp_uid, {"kind": "garbage", "status": status, "body": "<h1>oops</h1>"})
+    answer = api.issue(imp_uid)
+    assert answer.status_code == status
+    assert answer.headers["Content-Type"].startswith("text/html")
+    assert answer.text == "<h1>oops</h1>"
+    assert sandbox.issued_count(imp_uid) == 0
+    success(api.issue(imp_uid))
+
+
 def test_rate_limit_step(api: Api, sandbox: Sandbox, imp_uid: str) -> None:
     """429 carries Retry-After (default 1 s), and nothing is done."""
     sandbox.script(imp_uid, {"kind": "rate_limit"}, {"kind": "rate_limit", "retry_after": 0.1})
