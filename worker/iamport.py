@@ -265,6 +265,11 @@ def _envelope(
                 f"{method} {path}: HTTP {http.status_code} without a JSON body",
                 status=http.status_code,
             )
+        if 200 <= http.status_code < 300:
+            # Not i'mport's envelope, yet a success status: something between us and i'mport
+            # (a proxy, a gateway page) answered. Whether i'mport acted is unknown, so a POST
+            # or DELETE must be settled by a lookup, never reported as failed or re-sent blind.
+            raise _unknown_outcome(method, path, f"HTTP {http.status_code} without a JSON body")
         raise UnexpectedResponse(
             f"{method} {path}: HTTP {http.status_code} without a JSON body",
             status=http.status_code,

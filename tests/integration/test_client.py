@@ -112,6 +112,9 @@ def test_lookup_of_a_missing_receipt_is_none(
         ({"kind": "drop_before"}, OutcomeUnknown, None),
         ({"kind": "drop_after"}, OutcomeUnknown, None),
         ({"kind": "hang", "seconds": 3}, OutcomeUnknown, None),
+        # A gateway's HTML page: on a 5xx i'mport is down; on a 2xx nobody knows what happened.
+        ({"kind": "garbage", "status": 502}, ProviderUnavailable, 502),
+        ({"kind": "garbage", "status": 200}, OutcomeUnknown, None),
     ],
 )
 def test_post_failures_map_to_the_error_tree(

@@ -126,6 +126,21 @@ class TestIssued:
         assert methods[1][0] == "GET"
         assert methods[-1] == ("POST", 200)
 
+    @pytest.mark.parametrize("status", [200, 502])
+    def test_a_gateway_page_instead_of_json_is_looked_up_then_retried(
+        self, producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str, status: int
+    ) -> None:
+        """An HTML page, even with a 2xx, is no answer: look up, then POST again, once."""
+        sandbox.admin.script(imp_uid, {"kind": "garbage", "status": status, "method": "POST"})
+        event = results.wait(send(producer, {"imp_uid": imp_uid, "identifier": PHONE}))
+        assert event["type"] == "cash_receipt.issued"
+        assert event["data"]["attempts"] == 2
+        methods = [(r["method"], r["status"]) for r in sandbox.admin.requests(imp_uid)]
+        assert methods[0] == ("POST", status)
+        assert methods[1][0] == "GET"
+        assert methods[-1] == ("POST", 200)
+        assert sandbox.admin.issued_count(imp_uid) == 1
+
     def test_rate_limit_waits_for_retry_after(
         self, producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
     ) -> None:
@@ -235,6 +250,24 @@ class TestFailed:
         event = results.wait(send(producer, {"imp_uid": imp_uid, "identifier": PHONE}))
         assert event["data"]["error"]["message"] == "PG: 발급 불가 카드"
         assert event["data"]["error"]["reason"] == "rejected"
+
+    def test_success_without_a_receipt_is_an_unexpected_response(
+        self, producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
+    ) -> None:
+        """code 0 with no ReceiptAnnotation: a broken i'mport, for a human; never retried."""
+        envelope = '{"code": 0, "message": null, "response": null}'
+        sandbox.admin.script(
+            imp_uid, {"kind": "garbage", "status": 200, "body": envelope, "method": "POST"}
+        )
+        event = results.wait(send(producer, {"imp_uid": imp_uid, "identifier": PHONE}))
+        assert event["type"] == "cash_receipt.failed"
+        error = event["data"]["error"]
+        assert (error["reason"], error["status"], error["retryable"]) == (
+            "unexpected_response",
+            200,
+            False,
+        )
+        assert len(posts(sandbox, imp_uid)) == 1
 
     def test_unsupported_pg(
         self, producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
