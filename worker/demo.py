@@ -111,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_celeryconfig()
 
     LOGS.mkdir(exist_ok=True)
+    # `kill`, a closed terminal or a supervisor stop must not orphan the worker, which would
+    # go on taking messages from REDIS_URL: turn them into an exit that runs the `finally`.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     children: list[subprocess.Popen[bytes]] = []
     try:
         if use_sandbox:
@@ -180,7 +184,7 @@ def _feed_and_show(env: dict[str, str], args: argparse.Namespace, children: list
     )
     if args.once:
         return 0
-    print("Worker, Flower and sandbox keep running. Ctrl-C stops them.")
+    print("Worker, Flower and sandbox keep running. Ctrl-C stops them.", flush=True)
     try:
         signal.pause()
     except KeyboardInterrupt:
@@ -210,6 +214,10 @@ def _spawn(name: str, command: list[Any], env: dict[str, str]) -> subprocess.Pop
     return subprocess.Popen(
         [str(part) for part in command], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from celery import Celery
 
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
+from tests.support.wait import wait_for
+from tests.support.worker import ProcessOutput
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,3 +84,56 @@ def test_make_run_shows_receipts_and_one_failure(own_redis: RedisServer) -> None
     assert result.stdout.count(" ISSUED ") == 3
     assert "FAILED  rejected after 3 attempts: HTTP 500" in result.stdout
     assert "TS1" in result.stdout
+
+
+def _children_of(pid: int) -> set[int]:
+    """The pids whose parent is ``pid``, read from /proc."""
+    found: set[int] = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_make_run_stops_its_children_on_a_signal(own_redis: RedisServer, signum: int) -> None:
+    """A demo stopped by kill or a closed terminal takes its worker, Flower and sandbox with it."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "worker.demo", "--flower-port", "0", "--timeout", "60"],
+        cwd=ROOT,
+        env={
+            "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+            "REDIS_URL": own_redis.url,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = ProcessOutput(demo)
+        wait_for(lambda: "keep running" in output.text, timeout=90, message="the demo's results")
+        children = _children_of(demo.pid)
+        assert len(children) == 3, output.text  # sandbox, worker, Flower
+        demo.send_signal(signum)
+        assert demo.wait(timeout=60) == 128 + signum
+        wait_for(
+            lambda: not any(_alive(pid) for pid in children),
+            timeout=30,
+            message="the demo's children to exit",
+        )
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()

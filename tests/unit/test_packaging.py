@@ -32,3 +32,21 @@ def test_wheel_has_config_tasks_sandbox_and_console_scripts(tmp_path: Path) -> N
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "cashreceipt = worker.cli:main" in text
     assert "iamport-sandbox = iamport_sandbox.__main__:main" in text
+
+
+def test_the_worker_never_imports_the_sandbox() -> None:
+    """Production code must not depend on the simulator: it is a test and demo tool only."""
+    probe = (
+        "import sys, worker.celery, worker.cli, worker.ingress, tasks.receipts; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'iamport_sandbox'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "ALLOW_PLAINTEXT_PII": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]"
