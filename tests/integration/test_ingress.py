@@ -265,13 +265,13 @@ def test_two_instances_share_the_group_and_handle_each_entry_once(
         wait_for(lambda: drained(client, stream), message="the stream to be drained")
     assert [event["data"]["imp_uid"] for event in events] == imp_uids
     assert all(sandbox.admin.issued_count(imp_uid) == 1 for imp_uid in imp_uids)
+    # Both have exited; finish() reads what their pipes still held.
+    logs = {"one": first.finish(), "two": second.finish()}
     handled = {
         name: [
-            entry
-            for entry in entries
-            if f"enqueued as task {task_id_for(stream, entry)}" in output.text
+            entry for entry in entries if f"enqueued as task {task_id_for(stream, entry)}" in log
         ]
-        for name, output in (("one", first), ("two", second))
+        for name, log in logs.items()
     }
     assert sorted(handled["one"] + handled["two"]) == sorted(entries)
     assert handled["one"] and handled["two"], "one instance took every entry"
