@@ -6,15 +6,23 @@ body, and the unknown-task, invalid-task and decode-error paths dump it. So
 every handler of the worker gets this filter: a run of ten or more digits
 becomes ``010****5678``, and the literal values of secrets (the i'mport secret,
 the Fernet keys) become ``<secret>``, in the message, its arguments and any
-traceback.
+traceback, and in every field a log call attached with ``extra=`` (the
+structured fields of JSON lines, and Celery's ``data``, which holds a task's
+arguments).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from worker.masking import mask_text
+
+#: The attributes every LogRecord has; anything else came from ``extra=``.
+STANDARD_ATTRIBUTES = frozenset(
+    {*logging.LogRecord("", 0, "", 0, "", (), None).__dict__, "message", "asctime"}
+)
 
 
 class MaskPersonalData(logging.Filter):
@@ -38,7 +46,24 @@ class MaskPersonalData(logging.Filter):
             record.exc_text = self._clean(record.exc_text)
         if record.stack_info:
             record.stack_info = self._clean(record.stack_info)
+        for name, value in list(vars(record).items()):
+            if name not in STANDARD_ATTRIBUTES:
+                setattr(record, name, self._clean_value(value))
         return True
+
+    def _clean_value(self, value: Any) -> Any:
+        """A copy of an ``extra`` value with every string, and every long number, masked."""
+        if isinstance(value, str):
+            return self._clean(value)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**9:
+            # An identifier passed as a number would print as a run of digits.
+            masked = self._clean(str(value))
+            return value if masked == str(value) else masked
+        if isinstance(value, dict):
+            return {key: self._clean_value(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean_value(item) for item in value]
+        return value
 
     def _clean(self, text: str) -> str:
         for secret in self._secrets:

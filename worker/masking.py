@@ -31,15 +31,31 @@ def mask_identifier(value: object) -> str:
     return f"{text[:3]}{'*' * (len(text) - 7)}{text[-4:]}"
 
 
+# A UUID (a task id): its hex groups can be all digits, one task id in a hundred.
+_UUID = re.compile(
+    r"(?<![0-9A-Za-z])[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"(?![0-9A-Za-z])"
+)
+
+
 def mask_text(text: str) -> str:
     """Mask every run of 10+ digits (hyphens and spaces allowed inside) in free text.
 
     Ten is the shortest identifier (a business number, an old mobile number).
 
     Provider messages, decode-error logs and exception texts may echo a number
-    we never chose to show; this is the last line of defence for them.
+    we never chose to show; this is the last line of defence for them. UUIDs
+    are left whole: a task id whose last group happens to be all digits is
+    still the task id an operator searches the logs for, and no identifier is
+    written in that shape.
     """
-    return _DIGIT_RUN.sub(_mask_unless_date, text)
+    parts, start = [], 0
+    for match in _UUID.finditer(text):
+        parts.append(_DIGIT_RUN.sub(_mask_unless_date, text[start : match.start()]))
+        parts.append(match.group(0))
+        start = match.end()
+    parts.append(_DIGIT_RUN.sub(_mask_unless_date, text[start:]))
+    return "".join(parts)
 
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?: \d{2})?")

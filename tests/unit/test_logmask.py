@@ -59,3 +59,25 @@ def test_ordinary_lines_are_unchanged(captured: tuple[logging.Logger, io.StringI
     line = "Task issue_cash_receipt[758db68f-5558-4b35] retry in 12s at 2026-11-24 18:38:06"
     logger.info(line)
     assert stream.getvalue().strip() == line
+
+
+def test_extra_fields_are_masked(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """Fields given with extra= (Celery's `data` holds a task's arguments) are masked too."""
+    logger, _ = captured
+    seen: list[logging.LogRecord] = []
+    # After the mask, on the same handler: what any formatter would get.
+    logger.handlers[0].addFilter(lambda record: seen.append(record) or True)
+    logger.info(
+        "x",
+        extra={
+            "data": {"args": "[{'identifier': '010-1234-5678'}]", "runtime": 0.1},
+            "reason": f"key {SECRET}",
+            "attempt": 2,
+            "numbers": [9710139019902, True],
+        },
+    )
+    [record] = seen
+    assert record.data == {"args": "[{'identifier': '010****5678'}]", "runtime": 0.1}
+    assert record.reason == "key <secret>"
+    assert record.attempt == 2
+    assert record.numbers == ["971******9902", True]

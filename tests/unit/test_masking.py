@@ -30,6 +30,25 @@ def test_mask_text_hides_numbers_in_free_text() -> None:
     assert "code 42" in text
 
 
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        "758db68f-5558-4b35-9a2d-123456789012",  # a last group of digits only
+        "758db68f-1234-5678-9012-abcdefabcdef",  # three middle groups of digits only
+    ],
+)
+def test_mask_text_keeps_task_ids_whole(task_id: str) -> None:
+    """A UUID is a task id, never an identifier: it survives, and the text around it is masked."""
+    text = mask_text(f"Task issue_cash_receipt[{task_id}] for 01012345678 and x_{task_id}")
+    assert text == f"Task issue_cash_receipt[{task_id}] for 010****5678 and x_{task_id}"
+
+
+def test_mask_text_masks_digits_glued_to_a_uuid_shape() -> None:
+    """Only a whole UUID is spared: a longer hex run that merely contains one is masked."""
+    text = mask_text("0758db68f-5558-4b35-9a2d-1234567890123")
+    assert "1234567890123" not in text
+
+
 def test_mask_payload() -> None:
     """Every personal field of a payload is masked; the rest is kept."""
     masked = mask_payload(
