@@ -14,8 +14,6 @@ import shlex
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -355,15 +353,6 @@ def test_sigterm_finishes_and_exits_zero(env: dict[str, str]) -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     assert "ingress stopped" in output.finish()
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of this test's own, made to refuse writes: no worker reads from it."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_entry_stays_pending_while_redis_refuses_writes(

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,6 @@ from worker.sweeper import Sweeper
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "cashreceipt")
 PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA-not-opened-here"}
-
-
-@pytest.fixture
-def idle_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis no worker consumes from: jobs stay where the test puts them."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 def ledger_on(server: RedisServer) -> Ledger:
@@ -58,12 +48,12 @@ def cli(server: RedisServer, sandbox: Sandbox, *args: str) -> subprocess.Complet
     )
 
 
-def test_stuck_lists_overdue_jobs(idle_redis: RedisServer, sandbox: Sandbox) -> None:
+def test_stuck_lists_overdue_jobs(own_redis: RedisServer, sandbox: Sandbox) -> None:
     """A job due two minutes ago is stuck; one due in an hour is not."""
-    ledger = ledger_on(idle_redis)
+    ledger = ledger_on(own_redis)
     ledger.receive("imp_late", task_id="t-late", payload=PAYLOAD, resend_after=-120)
     ledger.receive("imp_fine", task_id="t-fine", payload=PAYLOAD, resend_after=3600)
-    result = cli(idle_redis, sandbox, "stuck", "--older-than", "60")
+    result = cli(own_redis, sandbox, "stuck", "--older-than", "60")
     assert result.returncode == 0, result.stderr
     listed = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["imp_uid"], r["state"], r["task_id"]) for r in listed] == [
@@ -73,10 +63,10 @@ def test_stuck_lists_overdue_jobs(idle_redis: RedisServer, sandbox: Sandbox) -> 
 
 
 def test_settle_adopts_a_receipt_that_exists(
-    idle_redis: RedisServer, sandbox: Sandbox, imp_uid: str
+    own_redis: RedisServer, sandbox: Sandbox, imp_uid: str
 ) -> None:
     """A job stuck in flight whose receipt exists at i'mport ends issued, with its event."""
-    ledger = ledger_on(idle_redis)
+    ledger = ledger_on(own_redis)
     task_id = str(uuid.uuid4())
     ledger.claim(imp_uid, task_id=task_id, payload={**PAYLOAD, "imp_uid": imp_uid})
     token = sandbox.get_token()
@@ -87,29 +77,29 @@ def test_settle_adopts_a_receipt_that_exists(
         timeout=5,
     )
     assert created.status_code == 200
-    result = cli(idle_redis, sandbox, "settle", imp_uid)
+    result = cli(own_redis, sandbox, "settle", imp_uid)
     assert json.loads(result.stdout) == {"imp_uid": imp_uid, "outcome": "issued"}
-    event = ResultStream(idle_redis.client()).wait(task_id)
+    event = ResultStream(own_redis.client()).wait(task_id)
     assert event["type"] == "cash_receipt.issued"
     assert event["data"]["receipt"]["apply_num"] == created.json()["response"]["apply_num"]
     assert sandbox.admin.issued_count(imp_uid) == 1
 
 
 def test_settle_resends_when_nothing_was_issued(
-    idle_redis: RedisServer, sandbox: Sandbox, imp_uid: str
+    own_redis: RedisServer, sandbox: Sandbox, imp_uid: str
 ) -> None:
     """No receipt at i'mport: the job is handed back to the ledger, due now, for the sweeper."""
-    ledger = ledger_on(idle_redis)
+    ledger = ledger_on(own_redis)
     ledger.claim(imp_uid, task_id="t-1", payload={**PAYLOAD, "imp_uid": imp_uid})
-    result = cli(idle_redis, sandbox, "settle", imp_uid)
+    result = cli(own_redis, sandbox, "settle", imp_uid)
     assert json.loads(result.stdout)["outcome"] == "resent"
     due = ledger.due_jobs(limit=10, regrace_seconds=60)
     assert [(job.imp_uid, job.state, job.task_id) for job in due] == [(imp_uid, "received", "t-1")]
 
 
-def test_one_sweep_at_a_time(idle_redis: RedisServer) -> None:
+def test_one_sweep_at_a_time(own_redis: RedisServer) -> None:
     """Two sweepers at once: the lock lets one re-send the due jobs, exactly once."""
-    ledger = ledger_on(idle_redis)
+    ledger = ledger_on(own_redis)
     for n in range(20):
         ledger.receive(f"imp_{n}", task_id=f"t-{n}", payload=PAYLOAD, resend_after=-1)
     sent: list[dict[str, Any]] = []
@@ -121,7 +111,7 @@ def test_one_sweep_at_a_time(idle_redis: RedisServer) -> None:
             sent.append({"name": name, **options})
 
     sweepers = [
-        Sweeper(ledger=ledger, client=idle_redis.client(), send=send, interval=5) for _ in range(2)
+        Sweeper(ledger=ledger, client=own_redis.client(), send=send, interval=5) for _ in range(2)
     ]
     counts: list[int] = []
 

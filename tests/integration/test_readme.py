@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +61,6 @@ def test_consumer_example_reads_events_with_a_group(
     wait_for(consumed_ours, timeout=30, message="the README consumer to see our receipt")
     pending = redis_server.client().xpending("cash_receipt.events", "checkout")
     assert pending["pending"] == 0
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis of its own: the session's worker must not take the demo's messages."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_make_run_shows_receipts_and_one_failure(own_redis: RedisServer) -> None:
