@@ -86,6 +86,14 @@ def env_flag(env: Mapping[str, str], name: str) -> bool:
     return raw == "1"
 
 
+def env_choice(env: Mapping[str, str], name: str, default: str, *, choices: tuple[str, ...]) -> str:
+    """One of ``choices``; anything else is an error rather than a guess."""
+    value = env_str(env, name, default) or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def fernet_keys(env: Mapping[str, str]) -> list[str]:
     """PII_ENCRYPTION_KEYS, or the file PII_ENCRYPTION_KEYS_FILE names: Fernet keys, newest first.
 
@@ -372,6 +380,12 @@ ingress_claim_idle = env_number(_env, "INGRESS_CLAIM_IDLE", 30.0, minimum=0.1, m
 # producers refuse to run without one unless plaintext is explicitly allowed.
 pii_encryption_keys = fernet_keys(_env)
 allow_plaintext_pii = env_flag(_env, "ALLOW_PLAINTEXT_PII")
+
+# -- logs ----------------------------------------------------------------------------
+
+# LOG_FORMAT: "text", readable lines (Celery's), or "json", one object per line
+# for a log shipper (worker/logs.py). Either way every line is masked.
+log_format = env_choice(_env, "LOG_FORMAT", "text", choices=("text", "json"))
 
 # -- Celery proper -------------------------------------------------------------------
 

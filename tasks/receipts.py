@@ -10,12 +10,15 @@ seconds" or one failure event. Everything it decides is decided by
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from dataclasses import replace
 from typing import Any
 
 import redis
 from celery import Task
+from celery.utils.log import get_task_logger
 
 from worker.cancellation import cancel_live_receipt
 from worker.celery import app
@@ -23,6 +26,7 @@ from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.errors import IamportError
 from worker.iamport import Receipt
 from worker.ledger import Claim
+from worker.logs import outcome_line
 from worker.malformed import guard
 from worker.masking import mask_payload, masked_args_repr
 from worker.retry import compute_backoff, decide
@@ -42,6 +46,9 @@ from worker.service import Report, error_detail, failure_message, issue_receipt
 #: How often a duplicate looks at the ledger while another task holds the job.
 DUPLICATE_POLL_SECONDS = 0.1
 
+# Under celery.task: readable lines name the task and its id by themselves.
+log = get_task_logger(__name__)
+
 
 class ReceiptTask(Task):  # type: ignore[misc]
     """Our task class: masked argument reprs, and a guard against malformed messages."""
@@ -51,6 +58,15 @@ class ReceiptTask(Task):  # type: ignore[misc]
     def start_strategy(self, app: Any, consumer: Any, **kwargs: Any) -> Any:
         """Celery's strategy for this task, behind :func:`worker.malformed.guard`."""
         return guard(super().start_strategy(app, consumer, **kwargs), self)
+
+
+#: Outcomes of a message whose job was already done: nothing was asked of i'mport.
+DUPLICATE_OUTCOMES = frozenset({"issued:duplicate", "cancelled:duplicate", "done"})
+
+
+def error_cause(error: IamportError) -> str:
+    """A retry's cause for its log line and metric label: the error's class, in snake case."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
 
 
 class ReceiptFailed(Exception):
@@ -96,16 +112,69 @@ class _Run:
         self.runtime = runtime
         self.conf = task.app.conf
         self.message: dict[str, Any] | None = None
+        # How this run ended, for its outcome line and the metrics.
+        self.started = time.monotonic()
+        self.outcome = ""
+        self.reason: str | None = None
+        self.attempt = int(task.request.retries) + 1
+        self.imp_uid: str | None = None
+        self.provider_status: int | None = None
+        self.provider_code: int | None = None
 
     def guarded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """Run, and whatever happens, end in one outcome line and its count."""
+        try:
+            outcome = self.run_or_retry(args, kwargs)
+        except Exception as error:
+            if not self.outcome:  # neither a failure nor a retry: something unexpected
+                self.outcome, self.reason = "error", type(error).__name__
+            raise
+        else:
+            self.outcome = outcome
+            return outcome
+        finally:
+            self.ended()
+
+    def run_or_retry(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         try:
             return self.run(args, kwargs)
         except redis.RedisError:
             # The outcome could not be recorded. Try again later: the ledger keeps
             # the job, and the next attempt looks at i'mport before acting.
-            raise self.retry(self.backoff(), args) from None
+            raise self.retry(self.backoff(), args, cause="redis") from None
+
+    def ended(self) -> None:
+        """The one line a run logs about itself, masked like any other."""
+        outcome = self.outcome or "error"
+        fields: dict[str, Any] = {
+            "task": self.task.name,
+            "task_id": str(self.task.request.id),
+            "imp_uid": self.imp_uid,
+            "attempt": self.attempt,
+            "outcome": outcome,
+            "reason": self.reason,
+            "duplicate": outcome in DUPLICATE_OUTCOMES,
+            "duration_ms": round((time.monotonic() - self.started) * 1000, 1),
+            "provider_status": self.provider_status,
+            "provider_code": self.provider_code,
+        }
+        level = logging.WARNING if outcome in {"failed", "error"} else logging.INFO
+        log.log(level, outcome_line(fields), extra=fields)
+
+    def answered(self, error: IamportError | None = None) -> None:
+        """What i'mport last said in this run: its HTTP status and code (none: no answer)."""
+        if error is None:
+            self.provider_status, self.provider_code = 200, 0
+        else:
+            self.provider_status, self.provider_code = error.status, error.code
+
+    def fail(self, reason: str, text: str) -> ReceiptFailed:
+        """The exception that ends this run as a failure, after its event is published."""
+        self.outcome, self.reason = "failed", reason
+        return ReceiptFailed(text)
 
     def report(self, raw: object) -> Report:
+        self.imp_uid = readable_imp_uid(raw)
         return Report(
             events=self.runtime.events,
             ledger=self.runtime.ledger,
@@ -127,6 +196,7 @@ class _Run:
                 imp_uid, task_id=report.task_id, payload=self.message, purpose=self.purpose
             )
             if claim.kind == "claimed":
+                self.attempt = claim.attempt
                 outcome = self.act(replace(report, attempts=claim.attempt), claim)
                 if outcome is not None:
                     return outcome
@@ -136,7 +206,7 @@ class _Run:
             if claim.kind != "busy":
                 return self.settled(report, claim)
             if time.monotonic() >= deadline:
-                raise self.retry(self.backoff(), args) from None
+                raise self.retry(self.backoff(), args, cause="busy") from None
             time.sleep(DUPLICATE_POLL_SECONDS)
 
     def act(self, report: Report, claim: Claim) -> str | None:
@@ -153,11 +223,12 @@ class _Run:
         ledger = self.runtime.ledger
         if delay > float(self.conf.retry_countdown_max):
             ledger.park(imp_uid, fence=claim.fence, until=time.time() + delay, error=last)
+            self.reason = error_cause(error)
             return "parked"
         if not ledger.extend(imp_uid, fence=claim.fence, seconds=delay, error=last):
             return None
         assert self.message is not None
-        raise self.retry(delay, (self.message,)) from None
+        raise self.retry(delay, (self.message,), cause=error_cause(error)) from None
 
     def backoff(self) -> float:
         """A delay from the retry policy, for waits outside i'mport."""
@@ -165,7 +236,7 @@ class _Run:
         attempt = int(self.task.request.retries) + 1
         return compute_backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max)
 
-    def retry(self, delay: float, args: tuple[Any, ...]) -> BaseException:
+    def retry(self, delay: float, args: tuple[Any, ...], *, cause: str) -> BaseException:
         """Celery's retry, re-publishing the payload sealed, with a masked repr.
 
         Celery would otherwise re-send the arguments as they came, plaintext
@@ -186,6 +257,7 @@ class _Run:
             kwargsrepr="{}",
             throw=False,
         )
+        self.outcome, self.reason = "retry", cause
         return exc
 
 
@@ -200,7 +272,7 @@ class _IssueRun(_Run):
             self.request = payload_from_args(args, kwargs, self.runtime.sealer)
         except InvalidPayload as error:
             report.invalid_payload(error)
-            raise ReceiptFailed(f"invalid_payload: {error}") from None
+            raise self.fail("invalid_payload", f"invalid_payload: {error}") from None
         self.message = self.request.to_message(self.runtime.sealer)
         return self.claim_loop(report, self.request.imp_uid, args)
 
@@ -210,20 +282,22 @@ class _IssueRun(_Run):
             return "issued:duplicate"
         # cancelled: a stale issue message never issues again.
         report.refused("cancelled", "the receipt of this payment was cancelled")
-        raise ReceiptFailed("cancelled: the receipt of this payment was cancelled")
+        raise self.fail("cancelled", "cancelled: the receipt of this payment was cancelled")
 
     def act(self, report: Report, claim: Claim) -> str | None:
         """Issue as the job's owner; None when another task took the job over meanwhile."""
         try:
             issued = issue_receipt(self.runtime.client, self.request, look_first=claim.resumed)
         except IamportError as error:
+            self.answered(error)
             decision = decide(error, attempt=claim.attempt, policy=self.runtime.policy)
             if decision.retry:
                 return self.hand_back(self.request.imp_uid, claim, error, decision.delay)
             reason = decision.reason or "rejected"
             if not report.finish(fence=claim.fence, error=error, reason=reason):
                 return None
-            raise ReceiptFailed(f"{reason}: {failure_message(error)}") from None
+            raise self.fail(reason, f"{reason}: {failure_message(error)}") from None
+        self.answered()
         if not report.finish(fence=claim.fence, issued=issued.receipt, duplicate=issued.duplicate):
             return None
         return "issued:duplicate" if issued.duplicate else "issued"
@@ -240,7 +314,7 @@ class _CancelRun(_Run):
             self.message = load_cancellation(single_argument(args, kwargs))
         except InvalidPayload as error:
             report.cancel_invalid(error)
-            raise ReceiptFailed(f"invalid_payload: {error}") from None
+            raise self.fail("invalid_payload", f"invalid_payload: {error}") from None
         return self.claim_loop(report, self.message["imp_uid"], args)
 
     def settled(self, report: Report, claim: Claim) -> str:
@@ -270,13 +344,16 @@ class _CancelRun(_Run):
                 ):
                     return None
         except IamportError as error:
+            self.answered(error)
             decision = decide(error, attempt=claim.attempt, policy=self.runtime.policy)
             if decision.retry:
                 return self.hand_back(imp_uid, claim, error, decision.delay)
             reason = decision.reason or "rejected"
             if not report.finish_cancel_failed(fence=claim.fence, error=error, reason=reason):
                 return None
-            raise ReceiptFailed(f"cancel {reason}: {failure_message(error)}") from None
+            raise self.fail(reason, f"cancel {reason}: {failure_message(error)}") from None
+        if record.get("cancel_step") != "cancelled":
+            self.answered()
         if "amount" not in self.message or not record.get("payload"):
             ok = report.finish_cancelled(fence=claim.fence, cancelled=cancelled)
             return "cancelled" if ok else None
@@ -291,14 +368,17 @@ class _CancelRun(_Run):
             # Look first: an earlier attempt may have issued it without hearing back.
             issued = issue_receipt(self.runtime.client, request, look_first=True)
         except IamportError as error:
+            self.answered(error)
             decision = decide(error, attempt=claim.attempt, policy=self.runtime.policy)
             if decision.retry:
                 return self.hand_back(request.imp_uid, claim, error, decision.delay)
             reason = decision.reason or "rejected"
+            self.reason = reason
             ok = report.finish_cancelled(
                 fence=claim.fence, cancelled=cancelled, reissue_error=(error, reason)
             )
             return "cancelled:reissue_failed" if ok else None
+        self.answered()
         ok = report.finish_cancelled(
             fence=claim.fence, cancelled=cancelled, reissued=issued.receipt
         )

@@ -11,8 +11,11 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from celery import Celery, signals
+from celery.app.task import Task
+from celery.apps import worker as celery_worker_app
 
 from worker.logmask import MaskPersonalData, install
+from worker.logs import say_as_json, setup_process_logging, use_json
 from worker.runtime import get_runtime
 from worker.sealing import Sealer, SealingUnavailable
 from worker.settings import load_celeryconfig
@@ -52,6 +55,41 @@ def _mask_logs(logger: logging.Logger, **_: Any) -> None:
 
 signals.after_setup_logger.connect(_mask_logs)
 signals.after_setup_task_logger.connect(_mask_logs)
+
+
+def _task_context() -> dict[str, Any]:
+    """The task being run in this thread, for JSON lines logged deep inside it."""
+    task: Task | None = app.current_task
+    if task is None or not task.request.id:
+        return {}
+    return {"task_id": task.request.id, "task": task.name}
+
+
+def _format_logs(logger: logging.Logger, **_: Any) -> None:
+    """LOG_FORMAT=json: every handler Celery set up writes one JSON object per line."""
+    if celeryconfig.log_format == "json":
+        use_json([*logger.handlers, *logging.getLogger().handlers], context=_task_context)
+
+
+signals.after_setup_logger.connect(_format_logs)
+signals.after_setup_task_logger.connect(_format_logs)
+
+
+@signals.celeryd_init.connect
+def _json_from_the_start(instance: Any, **_: Any) -> None:
+    """LOG_FORMAT=json: nothing but JSON lines, from the first one to the last.
+
+    Runs as the worker starts, before Celery sets up logging: the banner (many
+    lines of text) is left out, warnings until then (running as root) go
+    through a masked JSON handler that Celery's own set-up replaces, and
+    Celery's shutdown notices are written as JSON.
+    """
+    if celeryconfig.log_format != "json":
+        return
+    instance.quiet = True
+    logging.captureWarnings(True)
+    setup_process_logging(celeryconfig, level=logging.WARNING, text="%(message)s")
+    celery_worker_app.safe_say = say_as_json
 
 
 _sweepers: list[Sweeper] = []

@@ -19,6 +19,7 @@ mismatch, 2 bad input or configuration.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -52,9 +53,16 @@ def _emit(item: dict[str, Any], *, as_json: bool, text: str) -> None:
 
 
 def _config() -> Any:
+    from worker.logs import setup_process_logging  # noqa: PLC0415
     from worker.settings import load_celeryconfig  # noqa: PLC0415 (reads the environment)
 
-    return load_celeryconfig()
+    conf = load_celeryconfig()
+    # What the code under a command warns about goes to stderr masked, in
+    # LOG_FORMAT, never through logging's bare last-resort handler.
+    setup_process_logging(
+        conf, level=logging.WARNING, text="cashreceipt: %(levelname)s: %(message)s"
+    )
+    return conf
 
 
 def _redis() -> Any:

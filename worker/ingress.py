@@ -48,14 +48,13 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType, ModuleType
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
 from worker.events import CANCEL_FAILED, FAILED, EventPublisher
-from worker.logmask import MaskPersonalData, install
+from worker.logs import setup_process_logging
 from worker.masking import mask_payload, mask_text
 from worker.producer import enqueue_cancel, enqueue_issue
 from worker.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
@@ -525,18 +524,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setup_logging(celeryconfig: ModuleType) -> None:
-    """Log to stderr through the same mask as the workers: no identifier, no secret."""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="[%(asctime)s: %(levelname)s/ingress] %(message)s",
+    """Log to stderr through the same mask as the workers (no identifier, no secret), as text
+    or as JSON lines (LOG_FORMAT)."""
+    setup_process_logging(
+        celeryconfig, level=logging.INFO, text="[%(asctime)s: %(levelname)s/ingress] %(message)s"
     )
-    secrets = [
-        celeryconfig.iamport_secret or "",
-        *celeryconfig.pii_encryption_keys,
-        unquote(urlsplit(celeryconfig.broker_url).password or ""),
-    ]
-    install(MaskPersonalData(secrets), [logging.getLogger()])
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def worker_env(redis_url: str, sandbox_url: str, **overrides: str) -> dict[str, 
         key: value
         for key, value in os.environ.items()
         if not key.startswith(
-            ("CELERY_", "IAMPORT_", "RETRY_", "RESULT_", "BROKER_", "PII_", "ALLOW_")
+            ("CELERY_", "IAMPORT_", "RETRY_", "RESULT_", "BROKER_", "PII_", "ALLOW_", "LOG_")
         )
     }
     env.update(

@@ -88,6 +88,8 @@ def test_defaults_load_and_derive_the_visibility_timeout() -> None:
             "not both",
         ),
         ({"ALLOW_PLAINTEXT_PII": "yes"}, "ALLOW_PLAINTEXT_PII must be 0 or 1"),
+        ({"LOG_FORMAT": "JSON "}, "LOG_FORMAT must be one of text, json, got 'JSON'"),
+        ({"LOG_FORMAT": "logfmt"}, "LOG_FORMAT must be one of text, json, got 'logfmt'"),
     ],
 )
 def test_bad_settings_stop_at_start_with_a_clear_message(env: dict[str, str], message: str) -> None:
