@@ -94,6 +94,16 @@ def env_choice(env: Mapping[str, str], name: str, default: str, *, choices: tupl
     return value
 
 
+def env_address(env: Mapping[str, str], name: str, default: str) -> str:
+    """An IP address to listen on; a host name would resolve to whichever address came first."""
+    value = env_str(env, name, default) or default
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be an IP address to listen on, got {value!r}") from None
+    return value
+
+
 def fernet_keys(env: Mapping[str, str]) -> list[str]:
     """PII_ENCRYPTION_KEYS, or the file PII_ENCRYPTION_KEYS_FILE names: Fernet keys, newest first.
 
@@ -381,11 +391,17 @@ ingress_claim_idle = env_number(_env, "INGRESS_CLAIM_IDLE", 30.0, minimum=0.1, m
 pii_encryption_keys = fernet_keys(_env)
 allow_plaintext_pii = env_flag(_env, "ALLOW_PLAINTEXT_PII")
 
-# -- logs ----------------------------------------------------------------------------
+# -- logs and metrics ----------------------------------------------------------------
 
 # LOG_FORMAT: "text", readable lines (Celery's), or "json", one object per line
 # for a log shipper (worker/logs.py). Either way every line is masked.
 log_format = env_choice(_env, "LOG_FORMAT", "text", choices=("text", "json"))
+# A worker serves Prometheus metrics on this port (worker/metrics.py); 0 turns
+# them off. A second worker on the same host needs a port of its own: a port in
+# use stops the start rather than leaving a worker nobody can see.
+metrics_port = env_int(_env, "METRICS_PORT", 9809, minimum=0, maximum=65535)
+# Every interface by default: the scraper runs in another container or host.
+metrics_address = env_address(_env, "METRICS_ADDRESS", "0.0.0.0")  # noqa: S104
 
 # -- Celery proper -------------------------------------------------------------------
 
@@ -404,7 +420,11 @@ task_routes = {"issue_cash_receipt": {"queue": "cash_receipts"}}
 
 # I/O-bound work: a thread pool waits on i'mport cheaply. Celery's time limits
 # do not apply to threads; the client's timeouts bound every task instead.
-worker_pool = "threads"
+# WORKER_POOL=prefork runs WORKER_CONCURRENCY child processes instead (none of
+# the time rules above change: no time limit is set). It is read here because
+# `celery worker --pool prefork` cannot be told from Celery's default and
+# loses to this setting.
+worker_pool = env_choice(_env, "WORKER_POOL", "threads", choices=("threads", "prefork"))
 
 # Ack after the task has published its outcome, so a crash mid-task redelivers
 # the message; the look-before-POST rule makes that redelivery harmless.

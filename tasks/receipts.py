@@ -144,7 +144,7 @@ class _Run:
             raise self.retry(self.backoff(), args, cause="redis") from None
 
     def ended(self) -> None:
-        """The one line a run logs about itself, masked like any other."""
+        """The one line a run logs about itself (masked like any other), and its count."""
         outcome = self.outcome or "error"
         fields: dict[str, Any] = {
             "task": self.task.name,
@@ -160,6 +160,7 @@ class _Run:
         }
         level = logging.WARNING if outcome in {"failed", "error"} else logging.INFO
         log.log(level, outcome_line(fields), extra=fields)
+        self.runtime.metrics.task_ended(task=self.purpose, outcome=outcome, reason=self.reason)
 
     def answered(self, error: IamportError | None = None) -> None:
         """What i'mport last said in this run: its HTTP status and code (none: no answer)."""

@@ -14,8 +14,10 @@ from celery import Celery, signals
 from celery.app.task import Task
 from celery.apps import worker as celery_worker_app
 
+from worker.contract import QUEUE
 from worker.logmask import MaskPersonalData, install
 from worker.logs import say_as_json, setup_process_logging, use_json
+from worker.metrics import MetricsServer, StateCollector, queue_depth, start_server
 from worker.runtime import get_runtime
 from worker.sealing import Sealer, SealingUnavailable
 from worker.settings import load_celeryconfig
@@ -92,6 +94,41 @@ def _json_from_the_start(instance: Any, **_: Any) -> None:
     celery_worker_app.safe_say = say_as_json
 
 
+_metrics: list[MetricsServer] = []
+
+
+@signals.worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """Serve /metrics from the main process, before the pool forks (METRICS_PORT=0: none)."""
+    if not celeryconfig.metrics_port:
+        return
+    state = StateCollector(
+        client=lambda: get_runtime(app.conf).redis,
+        queue_depth=lambda: queue_depth(app, QUEUE),
+        queue=QUEUE,
+        ingress_stream=celeryconfig.ingress_stream,
+    )
+    try:
+        server = start_server(
+            port=celeryconfig.metrics_port,
+            address=celeryconfig.metrics_address,
+            collectors=[state],
+        )
+    except OSError as error:
+        raise SystemExit(
+            f"cashreceipt: configuration error: METRICS_PORT={celeryconfig.metrics_port} on "
+            f"{celeryconfig.metrics_address} cannot be served ({error.strerror}); give each "
+            "worker on a host its own port, or set METRICS_PORT=0"
+        ) from None
+    _metrics.append(server)
+
+
+@signals.worker_shutdown.connect
+def _stop_metrics(**_: Any) -> None:
+    while _metrics:
+        _metrics.pop().stop()
+
+
 _sweepers: list[Sweeper] = []
 
 
@@ -104,6 +141,7 @@ def _start_sweeper(**_: Any) -> None:
         client=runtime.redis,
         send=app.send_task,
         interval=float(celeryconfig.sweep_interval),
+        resent=runtime.metrics.resent.inc,
     )
     sweeper.start()
     _sweepers.append(sweeper)

@@ -106,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not env.get("FLOWER_BASIC_AUTH"):
         env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
     flower_port = args.flower_port or _free_port()
+    # A free port, not the fixed default: the demo must start next to anything.
+    env.setdefault("METRICS_PORT", str(_free_port()))
     # Check every setting before anything starts, with the same message a worker gives.
     os.environ.update(env)
     load_celeryconfig()
@@ -139,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
         flower_url = f"http://127.0.0.1:{flower_port}"
         print(f"Flower            {flower_url}  (user {user}, password {password})")
+        if env["METRICS_PORT"] != "0":
+            print(f"Metrics           http://127.0.0.1:{env['METRICS_PORT']}/metrics")
         print(f"Logs              {LOGS}/")
         return _feed_and_show(env, args, children)
     finally:

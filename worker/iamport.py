@@ -90,6 +90,17 @@ class TokenCache(Protocol):
         """Cache ``token`` for ``ttl`` seconds."""
 
 
+class RequestObserver(Protocol):
+    """Told about every HTTP request: method, endpoint, status ('none' without an answer), time."""
+
+    def __call__(self, method: str, endpoint: str, status: str, seconds: float) -> None:
+        """Record one request (the latency histogram of :mod:`worker.metrics`)."""
+
+
+def _unobserved(method: str, endpoint: str, status: str, seconds: float) -> None:
+    """No observer: nothing to record."""
+
+
 class IamportClient:
     """A small V1 client with explicit timeouts, a shared token and typed errors."""
 
@@ -102,6 +113,7 @@ class IamportClient:
         session: requests.Session,
         token_cache: TokenCache,
         timeout: float,
+        observe: RequestObserver = _unobserved,
     ) -> None:
         if not imp_key or not imp_secret:
             raise ValueError("i'mport credentials are missing: set IAMPORT_KEY and IAMPORT_SECRET")
@@ -115,6 +127,7 @@ class IamportClient:
         self._imp_secret = imp_secret
         self._session = session
         self._tokens = token_cache
+        self._observe = observe
         # (connect, read): requests has no timeout by default, which is a hang.
         self._timeout = (timeout, timeout)
         # One cache entry per merchant account, without putting the key in Redis.
@@ -205,10 +218,12 @@ class IamportClient:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         started = time.monotonic()
+        status = "none"
         try:
             http = self._session.request(
                 method, self._base_url + path, json=json, headers=headers, timeout=self._timeout
             )
+            status = str(http.status_code)
         except requests.ConnectTimeout:
             raise ConnectionFailed(f"{method} {path}: connect timeout") from None
         except requests.exceptions.SSLError as error:
@@ -232,6 +247,8 @@ class IamportClient:
         except requests.RequestException as error:
             # Chaining is cut everywhere here: requests' texts quote URLs and arguments.
             raise ConnectionFailed(f"{method} {path}: {type(error).__name__}") from None
+        finally:
+            self._observe(method, _endpoint(path), status, time.monotonic() - started)
         log.debug(
             "i'mport %s %s -> %s in %.1f ms",
             method,
@@ -295,6 +312,13 @@ def _receipt(response: dict[str, Any]) -> Receipt:
     except ValidationError as error:
         raise UnexpectedResponse(f"malformed ReceiptAnnotation: {error.messages}") from None
     return Receipt(**data)
+
+
+def _endpoint(path: str) -> str:
+    """A path without its imp_uid, for a metric label: ``receipts``, ``payments``, ``token``."""
+    if path == "/users/getToken":
+        return "token"
+    return path.strip("/").split("/", 1)[0]
 
 
 def _path(imp_uid: str) -> str:

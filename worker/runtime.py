@@ -20,6 +20,7 @@ from requests.adapters import HTTPAdapter
 from worker.events import EventPublisher
 from worker.iamport import IamportClient
 from worker.ledger import Ledger
+from worker.metrics import Metrics
 from worker.retry import RetryPolicy
 from worker.sealing import Sealer
 from worker.tokens import RedisTokenCache
@@ -35,6 +36,7 @@ class Runtime:
     ledger: Ledger
     policy: RetryPolicy
     sealer: Sealer
+    metrics: Metrics
 
 
 _lock = threading.Lock()
@@ -65,6 +67,7 @@ def build_runtime(conf: Any) -> Runtime:
     )
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+    metrics = Metrics()
     return Runtime(
         client=IamportClient(
             base_url=conf.iamport_api_url,
@@ -73,6 +76,7 @@ def build_runtime(conf: Any) -> Runtime:
             session=session,
             token_cache=RedisTokenCache(client),
             timeout=float(conf.iamport_timeout),
+            observe=metrics.observe_iamport,
         ),
         events=EventPublisher(
             client,
@@ -94,4 +98,5 @@ def build_runtime(conf: Any) -> Runtime:
             backoff_base=float(conf.retry_backoff_base),
             backoff_max=float(conf.retry_backoff_max),
         ),
+        metrics=metrics,
     )

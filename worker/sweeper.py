@@ -53,12 +53,14 @@ class Sweeper:
         send: Callable[..., Any],
         interval: float,
         rand: Callable[[], float] = random.random,
+        resent: Callable[[int], object] = lambda count: None,
     ) -> None:
         self._ledger = ledger
         self._redis = client
         self._send = send
         self._interval = interval
         self._rand = rand
+        self._resent = resent
         self._release = client.register_script(_RELEASE)
         self._stop = threading.Event()
 
@@ -82,6 +84,7 @@ class Sweeper:
                 )
             if jobs:
                 log.info("sweeper re-sent %d job(s) from the ledger", len(jobs))
+                self._resent(len(jobs))
             return len(jobs)
         finally:
             self._release(keys=[LOCK_KEY], args=[token])

@@ -219,3 +219,33 @@ def test_short_lived_token_is_renewed_before_it_expires(
         assert 0 < ttl_ms <= 1000
     finally:
         sandbox.admin.set_token_lifetime(1800)
+
+
+def test_every_request_is_observed_with_its_endpoint_and_status(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache, imp_uid: str
+) -> None:
+    """The latency histogram's feed: each request once, no imp_uid in it, 'none' for no answer."""
+    seen: list[tuple[str, str, str, float]] = []
+    client = IamportClient(
+        base_url=sandbox.url,
+        imp_key=sandbox.imp_key,
+        imp_secret=sandbox.imp_secret,
+        session=session,
+        token_cache=cache,
+        timeout=0.5,
+        observe=lambda method, endpoint, status, seconds: seen.append(
+            (method, endpoint, status, seconds)
+        ),
+    )
+    sandbox.admin.script(imp_uid, {"kind": "latency", "ms": 200, "method": "POST"})
+    client.issue_receipt(imp_uid, BODY)
+    sandbox.admin.script(imp_uid, {"kind": "hang", "seconds": 3, "method": "GET"})
+    with pytest.raises(ProviderUnavailable):
+        client.find_receipt(imp_uid)
+    assert [entry[:3] for entry in seen] == [
+        ("POST", "token", "200"),
+        ("POST", "receipts", "200"),
+        ("GET", "receipts", "none"),
+    ]
+    assert seen[1][3] >= 0.2  # the scripted latency is inside the measured time
+    assert seen[2][3] >= 0.5  # so is the read timeout

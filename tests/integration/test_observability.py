@@ -1,4 +1,4 @@
-"""Structured logs, from real worker processes on their own Redis.
+"""Structured logs and Prometheus metrics, from real worker processes on their own Redis.
 
 Each test starts its own redis-server, so that no other worker (the session's
 shares the session Redis) takes its tasks, and a fresh worker, whose counters
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 from typing import Any
 
 import pytest
+import redis
 import requests
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,8 +23,11 @@ from tests.support.ingress import run_once, xadd
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
-from tests.support.wait import wait_for
-from tests.support.worker import running_worker, worker_env
+from tests.support.wait import free_port, wait_for
+from tests.support.worker import running_worker, unready_worker, worker_env
+from worker.ledger import Ledger
+from worker.metrics import StateCollector, queue_depth
+from worker.parking import PARKED_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +170,158 @@ def test_json_ingress_prints_only_json_lines(own_redis: RedisServer, sandbox: Sa
     assert any("is malformed" in message for message in messages)
     for form in PHONE_FORMS:
         assert form not in log
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_counters_add_up_across_the_worker_processes(
+    pool: str, own_redis: RedisServer, sandbox: Sandbox
+) -> None:
+    """Issued, failed by reason, retries, duplicates and i'mport latencies, read over HTTP.
+
+    With the prefork pool two child processes run the tasks (two slow POSTs keep
+    both busy at once), and the main process, which runs none, serves the sums.
+    """
+    port = free_port()
+    producer = Celery("checkout", broker=own_redis.url)
+    results = ResultStream(own_redis.client())
+    uid = {name: new_uid(name) for name in ("slow1", "slow2", "ok", "retry", "rejected", "bad")}
+    for name in ("slow1", "slow2"):
+        sandbox.admin.script(uid[name], {"kind": "latency", "ms": 700, "method": "POST"})
+    sandbox.admin.script(uid["retry"], {"kind": "status", "status": 503, "method": "POST"})
+    sandbox.admin.script(uid["rejected"], *[{"kind": "reject", "method": "POST"}] * 3)
+    env = worker_env(
+        own_redis.url,
+        sandbox.url,
+        WORKER_POOL=pool,
+        WORKER_CONCURRENCY="2",
+        METRICS_PORT=str(port),
+        METRICS_ADDRESS="127.0.0.1",
+        LOG_FORMAT="json",
+    )
+    with running_worker(env) as output:
+        first = [
+            send(producer, uid[name]) for name in ("slow1", "slow2", "ok", "retry", "rejected")
+        ]
+        first.append(send(producer, uid["bad"], tax_free=-1))
+        for task_id in first:
+            results.wait(task_id, timeout=30)
+        duplicates = [send(producer, uid["ok"]), send(producer, uid["slow1"])]
+        for task_id in duplicates:
+            assert results.wait(task_id, timeout=30)["data"]["duplicate"] is True
+
+        def counted() -> Samples | None:
+            samples = scrape(port)
+            done = value(samples, "cashreceipt_duplicates_absorbed_total", task="issue") == 2
+            return samples if done else None
+
+        samples = wait_for(counted, timeout=15, message="the duplicates to be counted")
+        lines = json_lines(output.text)
+
+    issued = [e for e in results.all() if e["type"] == "cash_receipt.issued"]
+    assert value(samples, "cashreceipt_receipts_issued_total") == 4
+    assert len([e for e in issued if not e["data"]["duplicate"]]) == 4
+    assert value(samples, "cashreceipt_receipts_failed_total", reason="rejected") == 1
+    assert value(samples, "cashreceipt_receipts_failed_total", reason="invalid_payload") == 1
+    retries = "cashreceipt_retries_total"
+    assert value(samples, retries, task="issue", cause="provider_unavailable", how="countdown") == 1
+    assert value(samples, retries, task="issue", cause="issuance_failed", how="countdown") == 2
+    latency = "cashreceipt_iamport_request_duration_seconds_count"
+    assert value(samples, latency, method="POST", endpoint="receipts", status="200") == 4
+    assert value(samples, latency, method="POST", endpoint="receipts", status="503") == 1
+    assert value(samples, latency, method="POST", endpoint="receipts", status="500") == 3
+    slow = "cashreceipt_iamport_request_duration_seconds_bucket"
+    # The two slow POSTs took at least 0.7 s: above the 0.5 s bucket, within the 1 s one.
+    assert (
+        value(samples, latency, method="POST", endpoint="receipts", status="200")
+        - value(samples, slow, method="POST", endpoint="receipts", status="200", le="0.5")
+        == 2
+    )
+    assert value(samples, "cashreceipt_ledger_jobs", state="failed") == 1
+    assert value(samples, "cashreceipt_ledger_jobs", state="in_flight") == 0
+    assert value(samples, "cashreceipt_queue_messages", queue="cash_receipts") == 0
+    assert value(samples, "cashreceipt_state_up") == 1
+
+    # Which processes ran the tasks, by their outcome lines.
+    pids = {line["pid"] for line in lines if line["logger"] == "tasks.receipts"}
+    if pool == "prefork":
+        assert len(pids) >= 2, pids
+        assert output.pid not in pids
+    else:
+        assert pids == {output.pid}
+
+
+def test_state_is_read_from_redis_and_the_broker_at_scrape_time(own_redis: RedisServer) -> None:
+    """Queue depth, ledger jobs by state, the oldest due job, parked messages, ingress backlog."""
+    client = own_redis.client()
+    ledger = Ledger(
+        client,
+        stream="cash_receipt.events",
+        event_retention_seconds=600,
+        retention_seconds=600,
+        lease_seconds=30,
+    )
+    payload = {"imp_uid": "x", "identifier_sealed": "gAAAA"}
+    ledger.receive("imp_due", task_id="t-due", payload=payload, resend_after=-120)
+    ledger.receive("imp_later", task_id="t-later", payload=payload, resend_after=600)
+    ledger.claim("imp_running", task_id="t-running", payload=payload)
+    claim = ledger.claim("imp_failed", task_id="t-failed", payload=payload)
+    ledger.finish(
+        "imp_failed",
+        fence=claim.fence,
+        state="failed",
+        task_id="t-failed",
+        event_type="cash_receipt.failed",
+        data={"task_id": "t-failed", "imp_uid": "imp_failed"},
+        error={"reason": "rejected"},
+    )
+    producer = Celery("checkout", broker=own_redis.url)
+    for _ in range(3):
+        producer.send_task("issue_cash_receipt", args=[{}], queue="cash_receipts")
+    client.lpush(PARKED_KEY, "{}")
+    xadd(client, "payment.events", "payment.confirmed", {"imp_uid": "imp_waiting"})
+
+    def read(server_client: redis.Redis) -> dict[str, Any]:
+        collector = StateCollector(
+            client=lambda: server_client,
+            queue_depth=lambda: queue_depth(producer, "cash_receipts"),
+            queue="cash_receipts",
+            ingress_stream="payment.events",
+        )
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in collector.collect()
+            for sample in family.samples
+        }
+
+    state = read(client)
+    assert state[("cashreceipt_queue_messages", (("queue", "cash_receipts"),))] == 3
+    assert state[("cashreceipt_ledger_jobs", (("state", "received"),))] == 2
+    assert state[("cashreceipt_ledger_jobs", (("state", "in_flight"),))] == 1
+    assert state[("cashreceipt_ledger_jobs", (("state", "failed"),))] == 1
+    assert 119 <= state[("cashreceipt_ledger_oldest_due_seconds", ())] < 150
+    assert state[("cashreceipt_parked_messages", ())] == 1
+    assert state[("cashreceipt_ingress_backlog_entries", ())] == 1
+    assert state[("cashreceipt_state_up", ())] == 1
+    empty = Celery("checkout", broker=own_redis.url)
+    assert queue_depth(empty, "no_such_queue") == 0
+
+    own_redis.stop()
+    assert read(client) == {("cashreceipt_state_up", ()): 0}
+
+
+def test_a_metrics_port_in_use_stops_the_start(own_redis: RedisServer, sandbox: Sandbox) -> None:
+    """A second worker on the port of the first would be invisible: it refuses, and says why."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = worker_env(
+            own_redis.url, sandbox.url, METRICS_PORT=str(port), METRICS_ADDRESS="127.0.0.1"
+        )
+        with unready_worker(env) as (process, output):
+            wait_for(lambda: process.poll() is not None, timeout=30, message="the worker to exit")
+            text = output.finish()
+    assert process.returncode != 0
+    assert f"METRICS_PORT={port} on 127.0.0.1 cannot be served" in text
+    assert "set METRICS_PORT=0" in text
+    assert " ready." not in text

@@ -78,6 +78,8 @@ def worker_env(redis_url: str, sandbox_url: str, **overrides: str) -> dict[str, 
             "WORKER_CONCURRENCY": "8",
             "PII_ENCRYPTION_KEYS": TEST_PII_KEY,
             "PYTHONUNBUFFERED": "1",
+            # Many workers run at once on one host here; the metrics tests give theirs a port.
+            "METRICS_PORT": "0",
         }
     )
     env.update(overrides)

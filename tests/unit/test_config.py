@@ -90,6 +90,10 @@ def test_defaults_load_and_derive_the_visibility_timeout() -> None:
         ({"ALLOW_PLAINTEXT_PII": "yes"}, "ALLOW_PLAINTEXT_PII must be 0 or 1"),
         ({"LOG_FORMAT": "JSON "}, "LOG_FORMAT must be one of text, json, got 'JSON'"),
         ({"LOG_FORMAT": "logfmt"}, "LOG_FORMAT must be one of text, json, got 'logfmt'"),
+        ({"METRICS_PORT": "http"}, "METRICS_PORT must be a whole number"),
+        ({"METRICS_PORT": "70000"}, "METRICS_PORT must be between 0 and 65535"),
+        ({"METRICS_ADDRESS": "localhost"}, "METRICS_ADDRESS must be an IP address"),
+        ({"WORKER_POOL": "gevent"}, "WORKER_POOL must be one of threads, prefork"),
     ],
 )
 def test_bad_settings_stop_at_start_with_a_clear_message(env: dict[str, str], message: str) -> None:

@@ -1,0 +1,66 @@
+"""Which counter a task's outcome moves: the table behind the metrics."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from worker.metrics import Metrics
+
+
+@pytest.mark.parametrize(
+    ("task", "outcome", "reason", "expected"),
+    [
+        ("issue", "issued", None, [("cashreceipt_receipts_issued_total", {})]),
+        ("issue", "issued:duplicate", None,
+         [("cashreceipt_duplicates_absorbed_total", {"task": "issue"})]),
+        ("issue", "done", None, [("cashreceipt_duplicates_absorbed_total", {"task": "issue"})]),
+        ("issue", "failed", "rejected",
+         [("cashreceipt_receipts_failed_total", {"reason": "rejected"})]),
+        ("issue", "retry", "rate_limited",
+         [("cashreceipt_retries_total",
+           {"task": "issue", "cause": "rate_limited", "how": "countdown"})]),
+        ("issue", "parked", "provider_unavailable",
+         [("cashreceipt_retries_total",
+           {"task": "issue", "cause": "provider_unavailable", "how": "parked"})]),
+        ("issue", "error", "KeyError", [("cashreceipt_task_errors_total", {"task": "issue"})]),
+        ("cancel", "cancelled", None, [("cashreceipt_receipts_cancelled_total", {})]),
+        ("cancel", "cancelled:duplicate", None,
+         [("cashreceipt_duplicates_absorbed_total", {"task": "cancel"})]),
+        ("cancel", "cancelled:reissued", None,
+         [("cashreceipt_receipts_cancelled_total", {}),
+          ("cashreceipt_receipts_issued_total", {})]),
+        ("cancel", "cancelled:reissue_failed", "not_eligible",
+         [("cashreceipt_receipts_cancelled_total", {}),
+          ("cashreceipt_receipts_failed_total", {"reason": "not_eligible"})]),
+        ("cancel", "failed", "unsupported_pg",
+         [("cashreceipt_cancellations_failed_total", {"reason": "unsupported_pg"})]),
+    ],
+)  # fmt: skip
+def test_an_outcome_moves_its_counters_and_no_other(
+    task: str, outcome: str, reason: str | None, expected: list[tuple[str, dict[str, str]]]
+) -> None:
+    """Each outcome adds one to exactly the counters it names."""
+    registry = CollectorRegistry()
+    Metrics(registry).task_ended(task=task, outcome=outcome, reason=reason)
+    moved = {
+        (sample.name, tuple(sorted(sample.labels.items())))
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.value
+    }
+    assert moved == {(name, tuple(sorted(labels.items()))) for name, labels in expected}
+
+
+def test_latency_is_observed_by_endpoint_without_the_imp_uid() -> None:
+    """The i'mport client reports each request; the labels are bounded."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.observe_iamport("POST", "receipts", "200", 0.03)
+    metrics.observe_iamport("POST", "receipts", "none", 10.0)
+    count = "cashreceipt_iamport_request_duration_seconds_count"
+    labels = {"method": "POST", "endpoint": "receipts"}
+    assert registry.get_sample_value(count, {**labels, "status": "200"}) == 1
+    assert registry.get_sample_value(count, {**labels, "status": "none"}) == 1
+    bucket = "cashreceipt_iamport_request_duration_seconds_bucket"
+    assert registry.get_sample_value(bucket, {**labels, "status": "200", "le": "0.05"}) == 1

@@ -1,0 +1,338 @@
+"""Prometheus metrics: what the tasks count, and the state Redis holds, read at scrape time.
+
+Two kinds of number, measured in two ways:
+
+- **Counts and the i'mport latency histogram** happen in the process that runs
+  the task: with the prefork pool that is a child process, which Celery
+  recycles and replaces, and which nobody can scrape. So prometheus-client
+  runs in its multiprocess mode: every process of a worker writes its values
+  to a memory-mapped file in a directory private to that worker (made at start,
+  named by ``PROMETHEUS_MULTIPROC_DIR``), and the worker's main process, which
+  serves ``/metrics``, adds up the files of all its children, living and dead,
+  at each scrape. A child that exits keeps its counts; the thread pool, one
+  process, takes the same path. Counting costs a write to memory: no network
+  round trip on the hot path, where the alternative (counters in Redis, one
+  exporter for the fleet) would add one to every i'mport call.
+- **State** (the queue's depth, ledger jobs by state, the oldest due job,
+  parked messages, the ingress backlog) is nobody's count: it is read from the
+  broker and Redis when Prometheus scrapes (:class:`StateCollector`), so it is
+  right whichever worker did what, and across restarts. Every worker reports
+  the same fleet-wide values: aggregate them with ``max``, never ``sum``.
+
+Labels never carry an imp_uid, a task id or anything from a payload: they
+would be personal data or unbounded series.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from worker.ingress import DEAD_KEY
+from worker.ledger import DUE_KEY, FAILED_KEY, ledger_key
+from worker.parking import PARKED_KEY
+
+log = logging.getLogger(__name__)
+
+#: i'mport usually answers in tens of milliseconds; IAMPORT_TIMEOUT (10 s by
+#: default) bounds the slowest.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: The most due-index entries one scrape reads to split them by state; beyond
+#: it (a backlog of this size is an outage in itself) the rest count as "unknown".
+LEDGER_SCAN_LIMIT = 100_000
+_SCAN_CHUNK = 1000
+
+
+class Metrics:
+    """The counters and the histogram a worker process updates.
+
+    Built once per process (with the runtime, after a prefork child forked),
+    never at import: in multiprocess mode a value is bound to a file when its
+    metric is made.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # registry=None: not registered anywhere. In multiprocess mode the files
+        # are what is served, through MultiProcessCollector.
+        self.issued = Counter(
+            "cashreceipt_receipts_issued",
+            "Receipts issued by i'mport for a job (re-issues after a partial refund included)",
+            registry=registry,
+        )
+        self.failed = Counter(
+            "cashreceipt_receipts_failed",
+            "Issue jobs that ended in a failure event, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.cancelled = Counter(
+            "cashreceipt_receipts_cancelled",
+            "Receipts cancelled after a refund",
+            registry=registry,
+        )
+        self.cancel_failed = Counter(
+            "cashreceipt_cancellations_failed",
+            "Cancellations that ended in a cancel_failed event, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "cashreceipt_retries",
+            "Attempts handed back to retry later: as a Celery countdown or parked in the ledger",
+            ["task", "cause", "how"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "cashreceipt_duplicates_absorbed",
+            "Task messages that found their job already done and ended without calling i'mport",
+            ["task"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "cashreceipt_task_errors",
+            "Task runs that raised something unexpected (a bug, or Redis gone mid-task)",
+            ["task"],
+            registry=registry,
+        )
+        self.resent = Counter(
+            "cashreceipt_sweeper_resent_jobs",
+            "Jobs the sweeper re-sent from the ledger (lost messages, parked jobs, dead workers)",
+            registry=registry,
+        )
+        self.iamport_seconds = Histogram(
+            "cashreceipt_iamport_request_duration_seconds",
+            "Time of each HTTP request to i'mport, by method, endpoint and HTTP status "
+            "('none' when no answer came)",
+            ["method", "endpoint", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe_iamport(self, method: str, endpoint: str, status: str, seconds: float) -> None:
+        """One request to i'mport; the shape of :class:`worker.iamport.RequestObserver`."""
+        self.iamport_seconds.labels(method, endpoint, status).observe(seconds)
+
+    def task_ended(self, *, task: str, outcome: str, reason: str | None) -> None:
+        """Count one task run by how it ended (the outcomes of ``tasks.receipts``)."""
+        cause = reason or "unknown"
+        if outcome in {"issued", "cancelled:reissued"}:
+            self.issued.inc()
+        if outcome.startswith("cancelled") and outcome != "cancelled:duplicate":
+            self.cancelled.inc()
+        if outcome in {"issued:duplicate", "cancelled:duplicate", "done"}:
+            self.duplicates.labels(task).inc()
+        elif outcome == "failed" and task == "issue":
+            self.failed.labels(cause).inc()
+        elif outcome == "failed":
+            self.cancel_failed.labels(cause).inc()
+        elif outcome == "cancelled:reissue_failed":
+            self.failed.labels(cause).inc()
+        elif outcome in {"retry", "parked"}:
+            self.retries.labels(task, cause, "countdown" if outcome == "retry" else "parked").inc()
+        elif outcome == "error":
+            self.errors.labels(task).inc()
+
+
+# -- state, read at scrape time ------------------------------------------------------
+
+
+def ledger_jobs(client: redis.Redis, *, limit: int = LEDGER_SCAN_LIMIT) -> dict[str, int]:
+    """Jobs that still need someone, by state: ``received``, ``in_flight``, ``failed``.
+
+    Every non-terminal job is in the due index and every failed one in the
+    failed index; issued and cancelled records have no index (counting them
+    would read every record at every scrape), and their rate is a counter.
+    """
+    counts = {"received": 0, "in_flight": 0, "failed": int(client.zcard(FAILED_KEY))}
+    total = int(client.zcard(DUE_KEY))
+    scanned = 0
+    while scanned < min(total, limit):
+        members = client.zrange(DUE_KEY, scanned, scanned + _SCAN_CHUNK - 1)
+        if not members:
+            break
+        with client.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.hget(ledger_key(_text(member)), "state")
+            states = pipe.execute()
+        for state in states:
+            # A finished job leaves the index lazily (the sweeper drops it).
+            if state is not None and _text(state) in counts and _text(state) != "failed":
+                counts[_text(state)] += 1
+        scanned += len(members)
+    if total > scanned:
+        counts["unknown"] = total - scanned
+    return counts
+
+
+def queue_depth(app: Any, queue: str) -> int:
+    """Messages waiting in ``queue``, asked of the broker through kombu (Redis or RabbitMQ).
+
+    A passive declare changes nothing; on Redis it counts the queue's lists.
+    A connection per scrape: a scrape every few seconds does not need a pool.
+    """
+    with app.connection_for_read(connect_timeout=5) as connection:
+        connection.connect()
+        channel = connection.channel()
+        try:
+            return int(channel.queue_declare(queue=queue, passive=True).message_count)
+        except connection.channel_errors:
+            return 0  # no queue yet: nothing was ever sent, or all of it was taken
+        finally:
+            channel.close()
+
+
+def oldest_due_seconds(client: redis.Redis, *, now: float) -> float:
+    """How long the most overdue non-terminal job has been due; 0 when none is.
+
+    A due job is re-sent at the next sweep (every SWEEP_INTERVAL), which moves
+    it forward: only a job nobody picks up grows old here.
+    """
+    oldest = client.zrange(DUE_KEY, 0, 0, withscores=True)
+    if not oldest:
+        return 0.0
+    return max(0.0, now - float(oldest[0][1]) / 1000)
+
+
+class StateCollector:
+    """Fleet-wide state from the broker and Redis, read when Prometheus scrapes.
+
+    A read that fails does not fail the scrape (the counters are still
+    served): ``cashreceipt_state_up`` says 0 instead.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: Callable[[], redis.Redis],
+        queue_depth: Callable[[], int],
+        queue: str,
+        ingress_stream: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._queue_depth = queue_depth
+        self._queue = queue
+        self._ingress_stream = ingress_stream
+        self._clock = clock
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing: the registry must not read Redis when this is registered."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Read everything, then yield it; on a failure, only ``cashreceipt_state_up 0``."""
+        try:
+            families = list(self._read())
+        except Exception as error:  # noqa: BLE001 (Redis, the broker or kombu: the scrape lives)
+            log.warning("metrics: reading the queue and the ledger failed: %s", error)
+            families, up = [], 0.0
+        else:
+            up = 1.0
+        yield from families
+        yield GaugeMetricFamily(
+            "cashreceipt_state_up",
+            "1 when the queue and the ledger could be read at this scrape",
+            value=up,
+        )
+
+    def _read(self) -> Iterator[Metric]:
+        client = self._client()
+        depth = GaugeMetricFamily(
+            "cashreceipt_queue_messages",
+            "Task messages waiting in the queue (not yet taken by a worker)",
+            labels=["queue"],
+        )
+        depth.add_metric([self._queue], self._queue_depth())
+        yield depth
+        jobs = GaugeMetricFamily(
+            "cashreceipt_ledger_jobs",
+            "Ledger jobs that still need someone, by state (failed: dead letters)",
+            labels=["state"],
+        )
+        for state, count in ledger_jobs(client).items():
+            jobs.add_metric([state], count)
+        yield jobs
+        yield GaugeMetricFamily(
+            "cashreceipt_ledger_oldest_due_seconds",
+            "How long the most overdue non-terminal job has waited for a worker",
+            value=oldest_due_seconds(client, now=self._clock()),
+        )
+        yield GaugeMetricFamily(
+            "cashreceipt_parked_messages",
+            "Messages the workers could not run, set aside in cash_receipt:parked",
+            value=int(client.llen(PARKED_KEY)),
+        )
+        yield GaugeMetricFamily(
+            "cashreceipt_ingress_backlog_entries",
+            "Payment events in the ingress stream not yet handled (handled ones are deleted)",
+            value=int(client.xlen(self._ingress_stream)),
+        )
+        yield GaugeMetricFamily(
+            "cashreceipt_ingress_dead_entries",
+            "Malformed ingress entries kept in cash_receipt:dead:ingress",
+            value=int(client.llen(DEAD_KEY)),
+        )
+
+
+# -- serving ----------------------------------------------------------------------------
+
+
+def enable_multiprocess(directory: str) -> None:
+    """Make every metric made from now on, in this process and its children, write to files.
+
+    prometheus-client picks its value class from the environment when it is
+    imported, which here is before the worker starts; it is picked again now.
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+@dataclass
+class MetricsServer:
+    """The /metrics endpoint of one worker and the directory its processes count in."""
+
+    directory: str
+    server: Any
+    port: int
+
+    def stop(self) -> None:
+        """Stop serving and remove the files (a new start counts from zero)."""
+        self.server.shutdown()
+        self.server.server_close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_server(*, port: int, address: str, collectors: Iterable[Collector]) -> MetricsServer:
+    """Serve the multiprocess counters and ``collectors`` on ``address:port``, in a thread.
+
+    Called in the worker's main process before the pool starts, so that every
+    child inherits the directory. Raises OSError when the port is taken.
+    """
+    directory = tempfile.mkdtemp(prefix="cashreceipt-metrics-")
+    enable_multiprocess(directory)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    for collector in collectors:
+        registry.register(collector)
+    try:
+        server, _ = start_http_server(port, addr=address, registry=registry)
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return MetricsServer(directory=directory, server=server, port=server.server_port)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
