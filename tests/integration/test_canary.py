@@ -3,8 +3,9 @@
 Fake identifiers are sent through a bare ``send_task`` (plain) and through the
 helper (sealed), and driven through success, rejection, retries, exhaustion, a
 killed worker and Flower. Then every place an identifier could leak is dumped
-and searched: the worker's log at DEBUG, Flower's log and API, every Redis key
-and value, and the result events.
+and searched: the worker's log at DEBUG (as text, and as JSON lines), its
+/metrics, Flower's log and API, every Redis key and value, and the result
+events.
 """
 
 from __future__ import annotations
@@ -126,15 +127,24 @@ def _answers(url: str) -> bool:
         return False
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
 def test_no_identifier_leaks_anywhere(
+    log_format: str,
     canary_env: dict[str, str],
     canary_redis: RedisServer,
     sandbox: Sandbox,
     flower_log: tuple[str, ProcessOutput],
     imp_uid: str,
 ) -> None:
-    """Zero hits for any canary in logs, Flower, Redis and events after every path ran."""
+    """Zero hits for any canary in logs, metrics, Flower, Redis and events after every path ran."""
     flower_url, flower_output = flower_log
+    metrics_port = free_port()
+    env = {
+        **canary_env,
+        "LOG_FORMAT": log_format,
+        "METRICS_PORT": str(metrics_port),
+        "METRICS_ADDRESS": "127.0.0.1",
+    }
     producer = Celery("checkout", broker=canary_redis.url)
     producer.conf.pii_encryption_keys = [TEST_PII_KEY]
     results = ResultStream(canary_redis.client())
@@ -164,7 +174,7 @@ def test_no_identifier_leaks_anywhere(
     sandbox.admin.script(uid["helper_killed"], {"kind": "hang", "seconds": 30, "method": "POST"})
 
     worker_log = ""
-    with running_worker(canary_env, "--loglevel", "DEBUG") as first:
+    with running_worker(env, "--loglevel", "DEBUG") as first:
         killed_task = helper("helper_killed")
         wait_for(
             lambda: any(
@@ -175,7 +185,7 @@ def test_no_identifier_leaks_anywhere(
         os.kill(first.pid, signal.SIGKILL)
         wait_for(lambda: not first.alive, message="the kill")
         worker_log += first.finish()
-    with running_worker(canary_env, "--loglevel", "DEBUG") as second:
+    with running_worker(env, "--loglevel", "DEBUG") as second:
         tasks = [
             bare("bare_ok"),
             helper("helper_ok"),
@@ -189,18 +199,28 @@ def test_no_identifier_leaks_anywhere(
             "issued", "issued", "issued", "failed", "failed", "failed",
         ]  # fmt: skip
         flower_api = _flower_answers(flower_url, tasks)
+        metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         worker_log += second.text
 
     # The killed task's message is still unacked (the sweeper's job), but sealed.
     assert killed_task
     everything = {
         "worker log": worker_log,
+        "worker metrics": metrics,
         "flower log": flower_output.text,
         "flower api": flower_api,
         "redis": dump_redis(canary_redis.client()),
         "events": json.dumps(results.all(), ensure_ascii=False),
     }
-    assert "DEBUG" in worker_log, "the worker did not log at DEBUG; the search would prove little"
+    if log_format == "json":
+        # The second worker's lines (the first was killed, perhaps mid-line).
+        lines = [json.loads(line) for line in second.text.splitlines() if line.strip()]
+        assert any(line["level"] == "debug" for line in lines), "no DEBUG line was searched"
+    else:
+        assert "DEBUG" in worker_log, (
+            "the worker did not log at DEBUG; the search would prove little"
+        )
+    assert "cashreceipt_receipts_issued_total 3.0" in metrics
     assert "<sealed>" in flower_api or "****" in flower_api
     for name, identifier in CANARIES.items():
         for form in forms(identifier):
