@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import uuid
 from typing import Any
@@ -24,7 +25,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import free_port, wait_for
-from tests.support.worker import running_worker, unready_worker, worker_env
+from tests.support.worker import ROOT, running_worker, unready_worker, worker_env
 from worker.ledger import Ledger
 from worker.metrics import StateCollector, queue_depth
 from worker.parking import PARKED_KEY
@@ -240,6 +241,13 @@ def test_counters_add_up_across_the_worker_processes(
     assert value(samples, "cashreceipt_ledger_jobs", state="in_flight") == 0
     assert value(samples, "cashreceipt_queue_messages", queue="cash_receipts") == 0
     assert value(samples, "cashreceipt_state_up") == 1
+
+    # Everything served is in the README's table.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    served = {name for name, _ in samples if name.startswith("cashreceipt_")}
+    for name in served:
+        family = re.sub(r"_(total|bucket|count|sum|created)$", "", name)
+        assert f"`{family}" in readme, f"{family} is not documented"
 
     # Which processes ran the tasks, by their outcome lines.
     pids = {line["pid"] for line in lines if line["logger"] == "tasks.receipts"}
