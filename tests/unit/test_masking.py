@@ -43,6 +43,12 @@ def test_mask_text_keeps_task_ids_whole(task_id: str) -> None:
     assert text == f"Task issue_cash_receipt[{task_id}] for 010****5678 and x_{task_id}"
 
 
+def test_mask_text_keeps_imp_uids_whole() -> None:
+    """i'mport's ids (imp_ and 12 digits) are what operators search for; the buyer's are not."""
+    text = mask_text("imp_448712340638 for 01012345678 (imp_uid=imp_448712340638)")
+    assert text == "imp_448712340638 for 010****5678 (imp_uid=imp_448712340638)"
+
+
 def test_mask_text_masks_digits_glued_to_a_uuid_shape() -> None:
     """Only a whole UUID is spared: a longer hex run that merely contains one is masked."""
     text = mask_text("0758db68f-5558-4b35-9a2d-1234567890123")
