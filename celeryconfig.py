@@ -283,16 +283,24 @@ def longest_attempt_seconds(iamport_timeout: float) -> float:
     return MAX_HTTP_REQUESTS_PER_ATTEMPT * 2 * iamport_timeout
 
 
-def minimum_visibility_timeout(*, iamport_timeout: float, longest_countdown: float) -> int:
+def minimum_visibility_timeout(
+    *, iamport_timeout: float, longest_countdown: float, duplicate_wait: float
+) -> int:
     """The smallest safe visibility timeout, in whole seconds.
 
     A retry is a new message that a worker fetches at once and holds, unacked,
     until its countdown ends; kombu starts the visibility clock at the fetch.
-    So the timeout must cover the longest countdown plus the longest attempt,
+    Then the message may wait up to ``DUPLICATE_WAIT`` for another task's job
+    before it claims the job, and makes one attempt: a message that is fenced
+    out and claims again hands the job on to a new message instead of
+    attempting twice (tasks/receipts.py). So the timeout must cover all three,
     or Redis hands the message to a second worker while the first still has it.
     """
     return math.ceil(
-        longest_countdown + longest_attempt_seconds(iamport_timeout) + VISIBILITY_MARGIN_SECONDS
+        longest_countdown
+        + duplicate_wait
+        + longest_attempt_seconds(iamport_timeout)
+        + VISIBILITY_MARGIN_SECONDS
     )
 
 
@@ -339,9 +347,14 @@ if retry_backoff_base > retry_backoff_max:
         f"({retry_backoff_max:g})"
     )
 
+# How long a duplicate message waits for the job in flight before it retries.
+duplicate_wait = env_number(_env, "DUPLICATE_WAIT", 20.0, minimum=0.0, maximum=600.0)
+
 _longest_countdown = min(retry_backoff_max, retry_countdown_max)
 _minimum_visibility = minimum_visibility_timeout(
-    iamport_timeout=iamport_timeout, longest_countdown=_longest_countdown
+    iamport_timeout=iamport_timeout,
+    longest_countdown=_longest_countdown,
+    duplicate_wait=duplicate_wait,
 )
 broker_visibility_timeout = env_int(
     _env, "BROKER_VISIBILITY_TIMEOUT", _minimum_visibility, minimum=1, maximum=7 * 24 * 3600
@@ -349,8 +362,8 @@ broker_visibility_timeout = env_int(
 if broker_visibility_timeout < _minimum_visibility:
     raise ConfigError(
         f"BROKER_VISIBILITY_TIMEOUT={broker_visibility_timeout} is too short: a task can wait "
-        f"{_longest_countdown:g}s (the smaller of RETRY_BACKOFF_MAX and RETRY_COUNTDOWN_MAX) "
-        "and then run "
+        f"{_longest_countdown:g}s (the smaller of RETRY_BACKOFF_MAX and RETRY_COUNTDOWN_MAX), "
+        f"wait {duplicate_wait:g}s for a duplicate (DUPLICATE_WAIT) and then run "
         f"{longest_attempt_seconds(iamport_timeout):g}s ({MAX_HTTP_REQUESTS_PER_ATTEMPT} requests "
         f"x 2 x IAMPORT_TIMEOUT), so it must be at least {_minimum_visibility}; leave it unset to "
         "derive it"
@@ -366,10 +379,6 @@ ledger_retention = env_int(
     _env, "LEDGER_RETENTION", 30 * 24 * 3600, minimum=60, maximum=365 * 24 * 3600
 )
 sweep_interval = env_number(_env, "SWEEP_INTERVAL", 5.0, minimum=0.1, maximum=600.0)
-# How long a duplicate message waits for the job in flight before it retries.
-duplicate_wait = env_number(_env, "DUPLICATE_WAIT", 20.0, minimum=0.0, maximum=600.0)
-if duplicate_wait >= broker_visibility_timeout:
-    raise ConfigError("DUPLICATE_WAIT must be shorter than the broker visibility timeout")
 
 # The ingress (worker/ingress.py, `cashreceipt ingress`): producers XADD payment
 # events to this stream, and every ingress instance reads it in this consumer group.

@@ -25,7 +25,7 @@ from worker.celery import app
 from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.errors import IamportError
 from worker.iamport import Receipt
-from worker.ledger import Claim
+from worker.ledger import FENCE_HEADER, Claim
 from worker.logs import outcome_line
 from worker.malformed import guard
 from worker.masking import mask_payload, masked_args_repr
@@ -120,6 +120,8 @@ class _Run:
         self.imp_uid: str | None = None
         self.provider_status: int | None = None
         self.provider_code: int | None = None
+        #: The fence of the claim this run holds, handed on to its retry.
+        self.fence: int | None = None
 
     def guarded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Run, and whatever happens, end in one outcome line and its count."""
@@ -192,15 +194,29 @@ class _Run:
         """Claim the job; while another task holds it, wait for its outcome, within a bound."""
         assert self.message is not None
         deadline = time.monotonic() + float(self.conf.duplicate_wait)
+        carried = _carried_fence(self.task.request)
+        acted = False
         while True:
             claim = self.runtime.ledger.claim(
-                imp_uid, task_id=report.task_id, payload=self.message, purpose=self.purpose
+                imp_uid,
+                task_id=report.task_id,
+                payload=self.message,
+                purpose=self.purpose,
+                fence=carried,
             )
             if claim.kind == "claimed":
                 self.attempt = claim.attempt
+                self.fence = claim.fence
+                if acted:
+                    # One attempt per message, so that a message's time stays within
+                    # the visibility timeout (celeryconfig's time rule): the job is
+                    # handed on to a new message of this task, with its fence.
+                    raise self.retry(0.0, (self.message,), cause="handed_on") from None
+                acted = True
                 outcome = self.act(replace(report, attempts=claim.attempt), claim)
                 if outcome is not None:
                     return outcome
+                self.fence = None
                 continue  # fenced out: another task took the job over; report its outcome
             if claim.kind == "done":
                 return "done"  # a redelivery: this task already published its outcome
@@ -256,10 +272,20 @@ class _Run:
             countdown=min(delay, float(self.conf.retry_countdown_max)),
             argsrepr=masked_args_repr(new_args),
             kwargsrepr="{}",
+            # Only a retry of the claim this run holds may take over its lease.
+            headers={FENCE_HEADER: self.fence},
             throw=False,
         )
         self.outcome, self.reason = "retry", cause
         return exc
+
+
+def _carried_fence(request: Any) -> int | None:
+    """The fence a message was handed a job with (FENCE_HEADER), or None."""
+    value = getattr(request, FENCE_HEADER, None)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
 
 
 class _IssueRun(_Run):

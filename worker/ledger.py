@@ -8,7 +8,7 @@ so concurrent duplicates take exactly one path::
 
     (none) ─claim─▶ in_flight ─finish─▶ issued
        │              │  ▲     └─finish─▶ failed ─receive/claim─▶ (re-opened)
-    receive         park │ claim (lease passed, or the same task again)
+    receive         park │ claim (lease passed, or the fence handed on)
        ▼              ▼  │
     received ◀────────┘──┘   (the sweeper re-sends received jobs when due)
 
@@ -51,6 +51,9 @@ DUE_KEY = "cash_receipt:ledger:due"
 #: Jobs that failed for good, by when: the dead-letter view.
 FAILED_KEY = "cash_receipt:ledger:failed"
 TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
+#: The message header that hands a claimed job on to the next message of its
+#: task (a retry, a sweeper re-send): the fence it was handed on with.
+FENCE_HEADER = "ledger_fence"
 
 
 def ledger_key(imp_uid: str) -> str:
@@ -93,14 +96,15 @@ return 'received'
 
 _CLAIM = """
 -- KEYS: ledger, due, terminal marker of this task, waiters, failed index.
--- ARGV: task_id, payload, now_ms, lease_ms, imp_uid, purpose ('issue' or 'cancel')
+-- ARGV: task_id, payload, now_ms, lease_ms, imp_uid, purpose ('issue' or 'cancel'),
+--       the fence the message carries ('' for none)
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {'done'}
 end
 local now = tonumber(ARGV[3])
 local purpose = ARGV[6]
 local record = redis.call('HMGET', KEYS[1],
-  'state', 'task_id', 'lease_until', 'receipt', 'attempts', 'op')
+  'state', 'task_id', 'lease_until', 'receipt', 'attempts', 'op', 'fence')
 local state, owner, lease, receipt = record[1], record[2], tonumber(record[3] or '0'), record[4]
 local attempts = tonumber(record[5] or '0')
 local op = record[6] or 'issue'
@@ -116,7 +120,11 @@ if purpose == 'issue' and op == 'cancel' and (state == 'in_flight' or state == '
 end
 local resumed = 0
 if state == 'in_flight' then
-  if owner ~= ARGV[1] and lease > now then
+  -- A live lease is taken over only by the message its owner handed the job to
+  -- (a retry or a sweeper re-send, carrying the current fence): another copy
+  -- of the same task (a re-send of a job that was still queued, a redelivery)
+  -- waits like any duplicate, or two copies would POST at once.
+  if lease > now and (owner ~= ARGV[1] or ARGV[7] ~= record[7]) then
     -- Issue messages wait on the job; a cancellation waits too, but must act after.
     if purpose == 'issue' then redis.call('SADD', KEYS[4], ARGV[1]) end
     return {'busy', tostring(lease)}
@@ -211,9 +219,10 @@ if ARGV[12] ~= '' then
   -- A partial refund: the cancellation and the new receipt are one transition.
   publish_once(KEYS[3], KEYS[9], KEYS[5], ARGV[12], ARGV[13], ARGV[5], ARGV[6])
 end
-if ARGV[2] == 'issued' then
+if ARGV[2] == 'issued' or (ARGV[2] == 'failed' and ARGV[12] == '') then
   -- Every other message that asked for this payment meanwhile ends now too,
-  -- as a duplicate, even if that message itself is lost.
+  -- with the owner's outcome, as a duplicate, even if that message itself is
+  -- lost. After a failure, a new payload (not a waiter) re-opens the job.
   local owner = redis.call('HGET', KEYS[1], 'task_id')
   for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
     if waiter ~= owner then
@@ -262,7 +271,7 @@ _DUE = """
 -- Hand a due job to the sweeper once, pushing its due time forward.
 -- KEYS: ledger, due. ARGV: now_ms, regrace_ms, imp_uid
 local record = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'payload', 'lease_until',
-  'next_attempt_at', 'attempts', 'op', 'cancel')
+  'next_attempt_at', 'attempts', 'op', 'cancel', 'fence')
 local state = record[1]
 if not state or state == 'issued' or state == 'failed' or state == 'cancelled' then
   redis.call('ZREM', KEYS[2], ARGV[3])
@@ -278,7 +287,7 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
 local op = record[7] or 'issue'
 local payload = record[3]
 if op == 'cancel' then payload = record[8] end
-return {state, record[2], payload, record[6] or '0', op}
+return {state, record[2], payload, record[6] or '0', op, record[9] or '0'}
 """
 
 
@@ -312,6 +321,8 @@ class DueJob:
     payload: dict[str, Any]
     attempts: int
     op: str = "issue"
+    #: The fence when it was handed out: the re-sent message carries it.
+    fence: int = 0
 
 
 class Ledger:
@@ -360,9 +371,20 @@ class Ledger:
         return _text(result)
 
     def claim(
-        self, imp_uid: str, *, task_id: str, payload: Mapping[str, Any], purpose: str = "issue"
+        self,
+        imp_uid: str,
+        *,
+        task_id: str,
+        payload: Mapping[str, Any],
+        purpose: str = "issue",
+        fence: int | None = None,
     ) -> Claim:
-        """Try to own the job for one attempt of ``purpose`` (``issue`` or ``cancel``)."""
+        """Try to own the job for one attempt of ``purpose`` (``issue`` or ``cancel``).
+
+        ``fence`` is the one the message carries (header ``ledger_fence``): only
+        a message carrying the current fence may take over a live lease of its
+        own task.
+        """
         result = self._claim(
             keys=[
                 ledger_key(imp_uid),
@@ -371,7 +393,15 @@ class Ledger:
                 waiters_key(imp_uid),
                 FAILED_KEY,
             ],
-            args=[task_id, json.dumps(payload), _now_ms(), self._lease_ms, imp_uid, purpose],
+            args=[
+                task_id,
+                json.dumps(payload),
+                _now_ms(),
+                self._lease_ms,
+                imp_uid,
+                purpose,
+                "" if fence is None else str(fence),
+            ],
         )
         kind = _text(result[0])
         if kind == "claimed":
@@ -490,8 +520,10 @@ class Ledger:
             )
             if not found:
                 continue
-            state, task_id, payload, attempts, op = (_text(part) for part in found)
-            jobs.append(DueJob(imp_uid, state, task_id, json.loads(payload), int(attempts), op))
+            state, task_id, payload, attempts, op, fence = (_text(part) for part in found)
+            jobs.append(
+                DueJob(imp_uid, state, task_id, json.loads(payload), int(attempts), op, int(fence))
+            )
         return jobs
 
     def note(self, imp_uid: str, *, fence: int, field: str, value: str) -> bool:

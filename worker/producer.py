@@ -73,7 +73,7 @@ def enqueue_issue(
 
 
 #: When the app's configuration does not say (a bare Celery app handed in).
-DEFAULT_RESEND = 440.0
+DEFAULT_RESEND = 460.0
 _ledgers: dict[str, Ledger] = {}
 
 

@@ -318,10 +318,13 @@ class Report:
 def settle(runtime: Runtime, imp_uid: str) -> str:
     """Force a lookup at i'mport and settle the job: ``cashreceipt settle``.
 
-    The job is claimed under its own task id, which fences out whatever task
-    holds it now. If i'mport has an active receipt, the job ends issued (its
-    event goes out for the task that started it); if not, it is handed back
-    to the ledger, due now, and the sweeper re-sends it.
+    The job is claimed under its own task id, but only when no live claim
+    holds it (it is ``received``, or its owner's lease passed): taking over a
+    worker that is still in the middle of its POST would let the re-sent job
+    POST too. Such a job is left alone (``busy``). If i'mport has an active
+    receipt, the job ends issued (its event goes out for the task that started
+    it); if not, it is handed back to the ledger, due now, and the sweeper
+    re-sends it.
     """
     record = runtime.ledger.record(imp_uid)
     if record is None:

@@ -26,7 +26,7 @@ from typing import Any
 import redis
 
 from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
-from worker.ledger import Ledger
+from worker.ledger import FENCE_HEADER, Ledger
 from worker.masking import masked_args_repr
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,9 @@ class Sweeper:
                     countdown=self._rand() * self._interval,
                     argsrepr=masked_args_repr([job.payload]),
                     kwargsrepr="{}",
+                    # The message the job is handed to: it may take over a lease
+                    # of its own task that has not passed yet (FENCE_HEADER).
+                    headers={FENCE_HEADER: job.fence},
                 )
             if jobs:
                 log.info("sweeper re-sent %d job(s) from the ledger", len(jobs))

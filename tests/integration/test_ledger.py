@@ -79,11 +79,37 @@ def test_fenced_out_claim_cannot_finish(ledger: Ledger, imp_uid: str) -> None:
     assert finish(ledger, imp_uid, second.fence, f"{imp_uid}-t2")
 
 
-def test_same_task_reclaims_its_own_job(ledger: Ledger, imp_uid: str) -> None:
-    """A redelivered message of the owning task takes the job back at once, as resumed."""
-    first = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
-    again = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+def test_same_task_takes_a_live_lease_only_with_its_fence(ledger: Ledger, imp_uid: str) -> None:
+    """Another copy of the owning task waits; the retry it handed its fence to takes over."""
+    task_id = f"{imp_uid}-t1"
+    first = ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD)
+    assert ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD).kind == "busy"
+    stale = ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD, fence=first.fence - 1)
+    assert stale.kind == "busy"
+    again = ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD, fence=first.fence)
     assert (again.kind, again.resumed, again.attempt) == ("claimed", True, first.attempt + 1)
+    # The copy that took over holds the fence now; the handed-on one cannot be used twice.
+    assert ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD, fence=first.fence).kind == (
+        "busy"
+    )
+
+
+def test_same_task_takes_its_job_back_once_the_lease_passed(ledger: Ledger, imp_uid: str) -> None:
+    """A redelivery after its worker died resumes the job without any fence."""
+    first = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    time.sleep(0.6)  # the lease is 0.5 s: let it pass (a clock, not a hope)
+    again = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    assert (again.kind, again.resumed, again.fence) == ("claimed", True, first.fence + 1)
+
+
+def test_a_received_job_is_claimed_by_one_of_two_copies(ledger: Ledger, imp_uid: str) -> None:
+    """The producer's message and the sweeper's re-send of it (with the fence): one acts."""
+    task_id = f"{imp_uid}-t1"
+    ledger.receive(imp_uid, task_id=task_id, payload=PAYLOAD, resend_after=0)
+    (job,) = [j for j in ledger.due_jobs(limit=100, regrace_seconds=60) if j.imp_uid == imp_uid]
+    original = ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD)
+    resent = ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD, fence=job.fence)
+    assert (original.kind, resent.kind) == ("claimed", "busy")
 
 
 def test_failed_job_is_reopened_by_a_new_payload(ledger: Ledger, imp_uid: str) -> None:
@@ -168,6 +194,38 @@ def test_waiting_messages_end_with_the_owner(
         (f"{imp_uid}-t3", True),
     ]
     assert ledger.claim(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD).kind == "done"
+
+
+def test_waiters_of_a_failed_job_report_its_failure(
+    ledger: Ledger, redis_server: RedisServer, imp_uid: str
+) -> None:
+    """Messages that waited end with the owner's failure, as duplicates; a new one re-opens."""
+    owner = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    assert ledger.claim(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD).kind == "busy"
+    ledger.receive(imp_uid, task_id=f"{imp_uid}-t3", payload=PAYLOAD, resend_after=60)
+    ledger.finish(
+        imp_uid,
+        fence=owner.fence,
+        state="failed",
+        task_id=f"{imp_uid}-t1",
+        event_type="cash_receipt.failed",
+        data={"imp_uid": imp_uid, "task_id": f"{imp_uid}-t1", "duplicate": False},
+        error={"reason": "rejected"},
+    )
+    events = sorted(
+        (fields["type"], data["task_id"], data["duplicate"])
+        for _, fields in redis_server.client().xrange("test.ledger.events")
+        if (data := json.loads(fields["data"])).get("imp_uid") == imp_uid
+    )
+    assert events == [
+        ("cash_receipt.failed", f"{imp_uid}-t1", False),
+        ("cash_receipt.failed", f"{imp_uid}-t2", True),
+        ("cash_receipt.failed", f"{imp_uid}-t3", True),
+    ]
+    for waiter in (f"{imp_uid}-t2", f"{imp_uid}-t3"):
+        assert ledger.claim(imp_uid, task_id=waiter, payload=PAYLOAD).kind == "done"
+    reopened = ledger.claim(imp_uid, task_id=f"{imp_uid}-t4", payload=PAYLOAD)
+    assert (reopened.kind, reopened.attempt) == ("claimed", 1)
 
 
 def test_size_of_one_issued_payment(

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import requests
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
+from tests.support.wait import wait_for
 from tests.support.worker import worker_env
 from worker.ledger import Ledger
 from worker.sweeper import Sweeper
@@ -25,15 +27,24 @@ CLI = str(Path(sys.executable).parent / "cashreceipt")
 PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA-not-opened-here"}
 
 
-def ledger_on(server: RedisServer) -> Ledger:
+def ledger_on(server: RedisServer, *, lease: float = 60) -> Ledger:
     """The ledger as the worker builds it."""
     return Ledger(
         server.client(),
         stream="cash_receipt.events",
         event_retention_seconds=3600,
         retention_seconds=3600,
-        lease_seconds=60,
+        lease_seconds=lease,
     )
+
+
+def claimed_and_abandoned(ledger: Ledger, imp_uid: str, task_id: str) -> None:
+    """A job claimed by a worker that then died: in flight, its lease passed."""
+    ledger.claim(imp_uid, task_id=task_id, payload={**PAYLOAD, "imp_uid": imp_uid})
+    record = ledger.record(imp_uid)
+    assert record is not None
+    lease_until = int(record["lease_until"]) / 1000
+    wait_for(lambda: time.time() > lease_until, timeout=5, message="the lease to pass")
 
 
 def cli(server: RedisServer, sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
@@ -66,9 +77,9 @@ def test_settle_adopts_a_receipt_that_exists(
     own_redis: RedisServer, sandbox: Sandbox, imp_uid: str
 ) -> None:
     """A job stuck in flight whose receipt exists at i'mport ends issued, with its event."""
-    ledger = ledger_on(own_redis)
+    ledger = ledger_on(own_redis, lease=0.2)
     task_id = str(uuid.uuid4())
-    ledger.claim(imp_uid, task_id=task_id, payload={**PAYLOAD, "imp_uid": imp_uid})
+    claimed_and_abandoned(ledger, imp_uid, task_id)
     token = sandbox.get_token()
     created = requests.post(
         f"{sandbox.url}/receipts/{imp_uid}",
@@ -89,12 +100,26 @@ def test_settle_resends_when_nothing_was_issued(
     own_redis: RedisServer, sandbox: Sandbox, imp_uid: str
 ) -> None:
     """No receipt at i'mport: the job is handed back to the ledger, due now, for the sweeper."""
-    ledger = ledger_on(own_redis)
-    ledger.claim(imp_uid, task_id="t-1", payload={**PAYLOAD, "imp_uid": imp_uid})
+    ledger = ledger_on(own_redis, lease=0.2)
+    claimed_and_abandoned(ledger, imp_uid, "t-1")
     result = cli(own_redis, sandbox, "settle", imp_uid)
     assert json.loads(result.stdout)["outcome"] == "resent"
     due = ledger.due_jobs(limit=10, regrace_seconds=60)
     assert [(job.imp_uid, job.state, job.task_id) for job in due] == [(imp_uid, "received", "t-1")]
+
+
+def test_settle_leaves_a_job_in_flight_under_a_live_lease_alone(
+    own_redis: RedisServer, sandbox: Sandbox, imp_uid: str
+) -> None:
+    """A worker may be in the middle of its POST: settle neither fences it out nor re-sends."""
+    ledger = ledger_on(own_redis)
+    claim = ledger.claim(imp_uid, task_id="t-1", payload={**PAYLOAD, "imp_uid": imp_uid})
+    result = cli(own_redis, sandbox, "settle", imp_uid)
+    assert json.loads(result.stdout)["outcome"] == "busy"
+    record = ledger.record(imp_uid)
+    assert record is not None
+    assert (record["state"], int(record["fence"])) == ("in_flight", claim.fence)
+    assert sandbox.admin.requests(imp_uid) == []
 
 
 def test_one_sweep_at_a_time(own_redis: RedisServer) -> None:

@@ -31,12 +31,14 @@ def load_in_subprocess(**env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_visibility_timeout_covers_countdown_and_longest_attempt() -> None:
-    """The derived minimum is the longest countdown plus every request timing out, plus slack."""
+def test_visibility_timeout_covers_countdown_duplicate_wait_and_longest_attempt() -> None:
+    """The longest countdown, a duplicate's wait, every request timing out, plus slack."""
     assert celeryconfig.longest_attempt_seconds(10) == 400
     assert (
-        celeryconfig.minimum_visibility_timeout(iamport_timeout=10, longest_countdown=300)
-        == 300 + 400 + celeryconfig.VISIBILITY_MARGIN_SECONDS
+        celeryconfig.minimum_visibility_timeout(
+            iamport_timeout=10, longest_countdown=30, duplicate_wait=20
+        )
+        == 30 + 20 + 400 + celeryconfig.VISIBILITY_MARGIN_SECONDS
     )
 
 
@@ -44,7 +46,7 @@ def test_defaults_load_and_derive_the_visibility_timeout() -> None:
     """With nothing set, the documented defaults apply and the timeout is derived."""
     result = load_in_subprocess()
     assert result.returncode == 0, result.stderr
-    assert "'visibility_timeout': 440" in result.stdout
+    assert "'visibility_timeout': 460" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -103,6 +105,17 @@ def test_bad_settings_stop_at_start_with_a_clear_message(env: dict[str, str], me
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert KEY not in result.stderr
+
+
+def test_a_longer_duplicate_wait_raises_the_derived_visibility_timeout() -> None:
+    """DUPLICATE_WAIT is part of a message's time: 30 + 100 + 400 + 10 s."""
+    result = load_in_subprocess(DUPLICATE_WAIT="100")
+    assert result.returncode == 0, result.stderr
+    assert "'visibility_timeout': 540" in result.stdout
+    refused = load_in_subprocess(DUPLICATE_WAIT="100", BROKER_VISIBILITY_TIMEOUT="460")
+    assert refused.returncode != 0
+    assert "DUPLICATE_WAIT" in refused.stderr
+    assert "at least 540" in refused.stderr
 
 
 def test_visibility_timeout_may_be_raised() -> None:
