@@ -68,14 +68,16 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def _park(self, message: Any, reason: str) -> None:
         envelope = getattr(message, "_raw", None)
+        runtime = get_runtime(self.app.conf)
         record = parked_record(
             reason=reason,
             queue=(message.delivery_info or {}).get("routing_key"),
             envelope=envelope if isinstance(envelope, dict) else None,
             raw=None if isinstance(envelope, dict) else message.body,
+            sealer=runtime.sealer,
         )
         try:
-            park(get_runtime(self.app.conf).redis, record)
+            park(runtime.redis, record)
         except redis.RedisError:
             # Not parked, so not acked either: it comes back after the visibility timeout.
             message.reject_log_error(log, self.connection_errors, requeue=True)

@@ -8,22 +8,35 @@ reason. ``cashreceipt parked`` lists them; ``cashreceipt parked --requeue``
 pushes the readable ones back to their queue, e.g. once a worker that knows
 their task is deployed.
 
-Parked envelopes keep their base64 body, so they can be replayed, but the
-``argsrepr``/``kwargsrepr`` headers, which a bare producer fills with the raw
-arguments, are replaced. An unreadable entry is kept as masked text.
+Parked envelopes stay replayable, but hold no personal data in clear: the
+body is decoded and every payload in it has its identifier and buyer fields
+sealed, as the ledger stores them (masked when no key is configured, which
+costs the replay); a body that is not JSON is dropped and kept as masked text.
+The ``argsrepr``/``kwargsrepr`` headers, which a bare producer fills with the
+raw arguments, are replaced. An unreadable entry is kept as masked text.
+
+Records are kept :data:`PARKED_RETENTION_SECONDS` (7 days): the sweeper drops
+older ones (:func:`expire_parked`), and the list itself expires that long
+after the last message was parked. At most :data:`PARKED_LIMIT` are kept.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import json
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
-from worker.masking import mask_text
+from worker.masking import mask_payload, mask_text
+from worker.schemas import BUYER_FIELDS
+from worker.sealing import Sealer, SealingUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,38 +45,141 @@ PARKED_KEY = "cash_receipt:parked"
 #: are trimmed, and the trim is logged.
 PARKED_LIMIT = 10_000
 RAW_LIMIT = 64 * 1024
+#: How long a parked message is kept for an operator to look at or replay.
+PARKED_RETENTION_SECONDS = 7 * 24 * 3600
+#: How deep a body is searched for payloads to seal.
+_DEPTH = 4
+
+_PARK = """
+-- KEYS: parked list. ARGV: record, limit, retention s, oldest parked_at_ms kept
+if ARGV[1] ~= '' then
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+-- Newest first, so the expired ones are at the tail.
+local dropped = 0
+while true do
+  local tail = redis.call('LINDEX', KEYS[1], -1)
+  if not tail then break end
+  local ok, record = pcall(cjson.decode, tail)
+  local at = 0
+  if ok and type(record) == 'table' then at = tonumber(record['parked_at_ms']) or 0 end
+  if at >= tonumber(ARGV[4]) then break end
+  redis.call('RPOP', KEYS[1])
+  dropped = dropped + 1
+end
+return {redis.call('LLEN', KEYS[1]), dropped}
+"""
 
 
 def parked_record(
-    *, reason: str, queue: str | None, envelope: Mapping[str, Any] | None, raw: bytes | str | None
+    *,
+    reason: str,
+    queue: str | None,
+    envelope: Mapping[str, Any] | None,
+    raw: bytes | str | None,
+    sealer: Sealer | None = None,
 ) -> dict[str, Any]:
-    """The JSON-ready record of one parked message."""
+    """The JSON-ready record of one parked message, with no personal data in clear.
+
+    ``sealer`` seals the payloads in the body; without one (or without a key)
+    their personal fields are masked instead.
+    """
     headers = dict(envelope.get("headers") or {}) if envelope else {}
     clean: dict[str, Any] | None = None
+    body_text: str | None = None
     if envelope is not None:
         clean = dict(envelope)
         if headers:
             headers.update(argsrepr="<redacted>", kwargsrepr="<redacted>")
             clean["headers"] = headers
+        clean, body_text = _sealed_body(clean, sealer)
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    if clean is None and text:
+        body_text = text
+    now = time.time()
     return {
-        "parked_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "parked_at": datetime.fromtimestamp(now, UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z"),
+        "parked_at_ms": int(now * 1000),
         "reason": mask_text(reason),
         "queue": queue,
         "task": headers.get("task") if isinstance(headers.get("task"), str) else None,
         "id": headers.get("id") if isinstance(headers.get("id"), str) else None,
         "envelope": clean,
-        "raw": mask_text(text[:RAW_LIMIT]) if clean is None and text else None,
+        "raw": mask_text(body_text[:RAW_LIMIT]) if body_text else None,
     }
 
 
+def _sealed_body(
+    envelope: dict[str, Any], sealer: Sealer | None
+) -> tuple[dict[str, Any], str | None]:
+    """The envelope with its body's payloads sealed; or without a body, and its masked text.
+
+    A body we cannot read as JSON cannot be sealed field by field, so it is
+    not kept: only its masked text is, and the message is no longer replayable.
+    """
+    body = envelope.get("body")
+    if body is None:
+        return envelope, None
+    base64_body = (envelope.get("properties") or {}).get("body_encoding") == "base64"
+    try:
+        raw = base64.b64decode(body, validate=True) if base64_body else str(body).encode()
+        decoded = json.loads(raw)
+    except (binascii.Error, TypeError, ValueError):
+        text = body if isinstance(body, str) else json.dumps(body, default=str)
+        if base64_body:
+            with contextlib.suppress(binascii.Error, TypeError, ValueError):
+                text = base64.b64decode(body).decode("utf-8", "replace")
+        return {**envelope, "body": None}, text
+    sealed = json.dumps(_seal_payloads(decoded, sealer, _DEPTH), ensure_ascii=False).encode()
+    encoded = base64.b64encode(sealed).decode("ascii") if base64_body else sealed.decode()
+    return {**envelope, "body": encoded}, None
+
+
+def _seal_payloads(value: Any, sealer: Sealer | None, depth: int) -> Any:
+    """``value`` with every payload-like object's personal fields sealed (or masked)."""
+    if depth <= 0:
+        return value
+    if isinstance(value, list):
+        return [_seal_payloads(item, sealer, depth - 1) for item in value]
+    if not isinstance(value, dict):
+        return value
+    inner = {key: _seal_payloads(item, sealer, depth - 1) for key, item in value.items()}
+    personal = {key: inner[key] for key in ("identifier", *BUYER_FIELDS) if key in inner}
+    if not personal:
+        return inner
+    try:
+        return _sealed_fields(inner, sealer)
+    except SealingUnavailable:
+        return {**inner, **mask_payload(personal)}
+
+
+def _sealed_fields(payload: dict[str, Any], sealer: Sealer | None) -> dict[str, Any]:
+    """The payload as the ledger stores it: identifier and buyer fields sealed.
+
+    A field that cannot take the sealed form (its sealed twin is already
+    there, so a replay refuses it anyway) is masked.
+    """
+    if sealer is None:
+        raise SealingUnavailable("no key to seal with")
+    sealed = dict(payload)
+    if "identifier" in sealed and "identifier_sealed" not in sealed:
+        sealed["identifier_sealed"] = sealer.seal(str(sealed.pop("identifier")))
+    buyer = {key: sealed.pop(key) for key in BUYER_FIELDS if key in sealed}
+    if buyer and "buyer_sealed" not in sealed:
+        sealed["buyer_sealed"] = sealer.seal(json.dumps(buyer, ensure_ascii=False))
+    leftover = {key: payload[key] for key in ("identifier", *buyer) if key in payload}
+    if "identifier_sealed" in payload or "buyer_sealed" in payload:
+        sealed.update(mask_payload({k: v for k, v in leftover.items() if f"{k}_sealed" in payload}))
+    return sealed
+
+
 def park(client: redis.Redis, record: Mapping[str, Any]) -> None:
-    """Keep ``record``; trim the list at :data:`PARKED_LIMIT`."""
-    pipe = client.pipeline()
-    pipe.lpush(PARKED_KEY, json.dumps(record, ensure_ascii=False))
-    pipe.ltrim(PARKED_KEY, 0, PARKED_LIMIT - 1)
-    pipe.llen(PARKED_KEY)
-    length = pipe.execute()[-1]
+    """Keep ``record``; trim the list at :data:`PARKED_LIMIT` and drop expired records."""
+    length, _ = _run_park(client, json.dumps(record, ensure_ascii=False))
     log.error(
         "parked a message (task %s, id %s, queue %s): %s",
         record.get("task"),
@@ -73,6 +189,20 @@ def park(client: redis.Redis, record: Mapping[str, Any]) -> None:
     )
     if length >= PARKED_LIMIT:
         log.warning("%s is at its limit of %d; the oldest are trimmed", PARKED_KEY, PARKED_LIMIT)
+
+
+def expire_parked(client: redis.Redis) -> int:
+    """Drop parked records older than :data:`PARKED_RETENTION_SECONDS`; returns how many."""
+    return _run_park(client, "")[1]
+
+
+def _run_park(client: redis.Redis, record: str) -> tuple[int, int]:
+    oldest = int((time.time() - PARKED_RETENTION_SECONDS) * 1000)
+    script = client.register_script(_PARK)
+    length, dropped = script(
+        keys=[PARKED_KEY], args=[record, PARKED_LIMIT, PARKED_RETENTION_SECONDS, oldest]
+    )
+    return int(length), int(dropped)
 
 
 def list_parked(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
@@ -85,7 +215,8 @@ def requeue_parked(client: redis.Redis) -> int:
     moved = 0
     for item in client.lrange(PARKED_KEY, 0, -1):
         record = json.loads(item)
-        if record.get("envelope") is None or not record.get("queue"):
+        envelope = record.get("envelope")
+        if envelope is None or envelope.get("body") is None or not record.get("queue"):
             continue
         pipe = client.pipeline(transaction=True)
         pipe.lpush(record["queue"], json.dumps(record["envelope"]))

@@ -28,6 +28,7 @@ import redis
 from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.ledger import FENCE_HEADER, Ledger
 from worker.masking import masked_args_repr
+from worker.parking import expire_parked
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class Sweeper:
             if jobs:
                 log.info("sweeper re-sent %d job(s) from the ledger", len(jobs))
                 self._resent(len(jobs))
+            if expire_parked(self._redis):
+                log.info("sweeper dropped parked messages past their retention")
             return len(jobs)
         finally:
             self._release(keys=[LOCK_KEY], args=[token])

@@ -2,24 +2,89 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from typing import Any
+
+from cryptography.fernet import Fernet
+
 from worker.parking import parked_record
+from worker.schemas import load_payload
+from worker.sealing import Sealer
+
+
+def envelope_of(body: object, **headers: object) -> dict[str, Any]:
+    """A kombu envelope as the Redis transport stores it: a base64 JSON body."""
+    return {
+        "body": base64.b64encode(json.dumps(body).encode()).decode(),
+        "headers": {"task": "new_task", "id": "t-1", **headers},
+        "properties": {"delivery_tag": "x", "body_encoding": "base64"},
+    }
+
+
+def body(record: dict[str, Any]) -> Any:
+    """The parked envelope's body, decoded as a worker would."""
+    return json.loads(base64.b64decode(record["envelope"]["body"]))
 
 
 def test_envelope_is_kept_with_reprs_redacted() -> None:
     """The body stays for replay; argsrepr and kwargsrepr, which a bare producer fills raw, go."""
-    envelope = {
-        "body": "W1t7fV0=",
-        "headers": {"task": "new_task", "id": "t-1", "argsrepr": "[{'identifier': '01012345678'}]"},
-        "properties": {"delivery_tag": "x"},
-    }
+    envelope = envelope_of([[{}], {}, {}], argsrepr="[{'identifier': '01012345678'}]")
     record = parked_record(
         reason="unknown task 'new_task'", queue="cash_receipts", envelope=envelope, raw=None
     )
     assert (record["task"], record["id"], record["queue"]) == ("new_task", "t-1", "cash_receipts")
-    assert record["envelope"]["body"] == "W1t7fV0="
+    assert body(record) == [[{}], {}, {}]
     assert record["envelope"]["headers"]["argsrepr"] == "<redacted>"
     assert "01012345678" not in str(record)
     assert envelope["headers"]["argsrepr"].startswith("[{")  # the caller's dict is untouched
+
+
+def test_personal_fields_in_the_body_are_sealed_as_the_ledger_seals_them() -> None:
+    """Decoded, the parked body holds the identifier and buyer only sealed; a worker opens them."""
+    sealer = Sealer([Fernet.generate_key().decode()])
+    payload = {
+        "imp_uid": "imp_1",
+        "identifier": "010-9777-0042",
+        "buyer_name": "홍길동",
+        "buyer_tel": "01098765432",
+    }
+    record = parked_record(
+        reason="unknown task",
+        queue="cash_receipts",
+        envelope=envelope_of([[payload], {"payload": dict(payload)}, {}]),
+        raw=None,
+        sealer=sealer,
+    )
+    text = json.dumps(body(record), ensure_ascii=False)
+    for value in ("9777", "0042", "홍길동", "98765432"):
+        assert value not in text
+    for sealed in (body(record)[0][0], body(record)[1]["payload"]):
+        assert set(sealed) == {"imp_uid", "identifier_sealed", "buyer_sealed"}
+        opened = load_payload(sealed, sealer)
+        assert (opened.imp_uid, opened.body()["identifier"]) == ("imp_1", "01097770042")
+        assert json.loads(sealer.unseal(sealed["buyer_sealed"]))["buyer_name"] == "홍길동"
+
+
+def test_without_a_key_personal_fields_are_masked() -> None:
+    """Plaintext mode cannot seal: the parked body shows masked forms (no replay for it)."""
+    record = parked_record(
+        reason="unknown task",
+        queue="cash_receipts",
+        envelope=envelope_of([[{"imp_uid": "imp_1", "identifier": "01097770042"}], {}, {}]),
+        raw=None,
+        sealer=Sealer([], allow_plaintext=True),
+    )
+    assert body(record)[0][0] == {"imp_uid": "imp_1", "identifier": "010****0042"}
+
+
+def test_a_body_that_is_not_json_is_kept_only_as_masked_text() -> None:
+    """It cannot be sealed field by field: the body goes, its masked text stays."""
+    envelope = envelope_of([])
+    envelope["body"] = base64.b64encode(b"not json 01097770042").decode()
+    record = parked_record(reason="undecodable", queue="q", envelope=envelope, raw=None)
+    assert record["envelope"]["body"] is None
+    assert record["raw"] == "not json 010****0042"
 
 
 def test_unreadable_entry_is_kept_masked() -> None:
