@@ -541,11 +541,36 @@ class Ledger:
 def stuck(client: redis.Redis, *, older_than: float, limit: int = 100) -> list[str]:
     """imp_uids whose non-terminal job has been due for longer than ``older_than`` seconds.
 
-    A healthy fleet re-sends a due job within one sweep interval, so anything
-    overdue by much more is stuck: no worker runs, or the job keeps failing.
+    A healthy fleet re-sends a due job within one sweep interval, and the next
+    claim moves it on, so anything overdue by much more is stuck: no worker
+    runs, or every re-sent message fails before it can claim the job. "Due" is
+    read from the record (``lease_until`` in flight, ``next_attempt_at`` when
+    received, else ``updated_at``/``created_at``), which only a transition
+    moves: the due index's score is pushed forward every time the sweeper
+    hands the job out, so a job re-sent forever would never look overdue there.
+    Oldest first.
     """
     ceiling = _now_ms() - int(older_than * 1000)
-    return [_text(m) for m in client.zrangebyscore(DUE_KEY, 0, ceiling, start=0, num=limit)]
+    overdue: list[tuple[int, str]] = []
+    members = [_text(m) for m in client.zrange(DUE_KEY, 0, -1)]
+    for start in range(0, len(members), 500):
+        batch = members[start : start + 500]
+        pipe = client.pipeline(transaction=False)
+        for imp_uid in batch:
+            pipe.hmget(
+                ledger_key(imp_uid),
+                ["state", "lease_until", "next_attempt_at", "updated_at", "created_at"],
+            )
+        for imp_uid, fields in zip(batch, pipe.execute(), strict=True):
+            state, lease, next_at, updated, created = (
+                _text(f) if f is not None else None for f in fields
+            )
+            if state is None or state in TERMINAL_STATES:
+                continue
+            due = (lease if state == "in_flight" else next_at) or updated or created or "0"
+            if int(due) <= ceiling:
+                overdue.append((int(due), imp_uid))
+    return [imp_uid for _, imp_uid in sorted(overdue)[:limit]]
 
 
 def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:

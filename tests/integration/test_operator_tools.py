@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 import requests
+from cryptography.fernet import Fernet
 
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
-from tests.support.worker import worker_env
-from worker.ledger import Ledger
+from tests.support.worker import ProcessOutput, worker_env
+from worker.ledger import DUE_KEY, Ledger
+from worker.sealing import Sealer
 from worker.sweeper import Sweeper
 
 pytestmark = pytest.mark.integration
@@ -154,3 +156,30 @@ def test_one_sweep_at_a_time(own_redis: RedisServer) -> None:
     assert {message["name"] for message in sent} == {"issue_cash_receipt"}
     assert all(0 <= message["countdown"] <= 5 for message in sent)
     assert all("gAAAA" not in message["argsrepr"] for message in sent)
+
+
+def test_stuck_lists_a_job_the_sweeper_re_sends_forever(
+    worker: ProcessOutput, redis_server: RedisServer, sandbox: Sandbox, imp_uid: str
+) -> None:
+    """Every re-sent message fails before it can claim the job (sealed under a dropped key).
+
+    The sweeper keeps handing the job out, which pushes its due-index score
+    forward each time; stuck still lists it, from the record's own due time.
+    """
+    client = redis_server.client()
+    ledger = ledger_on(redis_server)
+    task_id = str(uuid.uuid4())
+    dropped_key = Sealer([Fernet.generate_key().decode()])
+    payload = {"imp_uid": imp_uid, "identifier_sealed": dropped_key.seal("01055554321")}
+    ledger.receive(imp_uid, task_id=task_id, payload=payload, resend_after=-5)
+    event = ResultStream(client).wait(task_id, timeout=30)
+    assert event["data"]["error"]["reason"] == "invalid_payload"
+    wait_for(
+        lambda: (client.zscore(DUE_KEY, imp_uid) or 0) > time.time() * 1000,
+        message="the sweeper to hand the job out (pushing its due score forward)",
+    )
+    result = cli(redis_server, sandbox, "stuck", "--older-than", "2", "--limit", "1000")
+    assert result.returncode == 0, result.stderr
+    listed = [json.loads(line) for line in result.stdout.splitlines()]
+    mine = [record for record in listed if record["imp_uid"] == imp_uid]
+    assert [(r["state"], r["task_id"]) for r in mine] == [("received", task_id)]
