@@ -30,6 +30,7 @@ from worker.errors import (
     ProviderUnavailable,
     UnexpectedResponse,
 )
+from worker.logmask import remember_secret
 from worker.masking import mask_text
 from worker.retry import error_for_status
 from worker.schemas import PAYMENT_SCHEMA, RECEIPT_SCHEMA
@@ -185,6 +186,7 @@ class IamportClient:
         if not force:
             cached = self._tokens.get(self._token_key)
             if cached:
+                remember_secret(cached)
                 return cached
         response = self._send(
             "POST",
@@ -194,6 +196,7 @@ class IamportClient:
         )
         try:
             token = str(response["access_token"])
+            remember_secret(token)  # a secret like IAMPORT_SECRET: never in a log line
             # Lifetime from i'mport's own two clocks, so our clock's skew cannot matter.
             lifetime = float(response["expired_at"]) - float(response["now"])
         except (KeyError, TypeError, ValueError):

@@ -5,15 +5,19 @@ own: the thread pool's DEBUG "Apply ... (args: ...)" line carries the message
 body, and the unknown-task, invalid-task and decode-error paths dump it. So
 every handler of the worker gets this filter: a run of ten or more digits
 becomes ``010****5678``, and the literal values of secrets (the i'mport secret,
-the Fernet keys) become ``<secret>``, in the message, its arguments and any
-traceback, and in every field a log call attached with ``extra=`` (the
-structured fields of JSON lines, and Celery's ``data``, which holds a task's
-arguments).
+the Fernet keys, and every i'mport access token this process has used) become
+``<secret>``, in the message, its arguments and any traceback, and in every
+field a log call attached with ``extra=`` (the structured fields of JSON lines,
+and Celery's ``data``, which holds a task's arguments). A token this process
+never saw is still caught in its usual shapes (``Bearer …``,
+``access_token: …``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +27,27 @@ from worker.masking import mask_text
 STANDARD_ATTRIBUTES = frozenset(
     {*logging.LogRecord("", 0, "", 0, "", (), None).__dict__, "message", "asctime"}
 )
+
+#: Access tokens change at run time: the i'mport client registers each one it
+#: uses (:func:`remember_secret`). Only the newest few can still be in use.
+_REMEMBERED_LIMIT = 16
+_remembered: list[str] = []
+_remembered_lock = threading.Lock()
+_TOKEN_SHAPES = re.compile(
+    r"(?P<lead>\bBearer\s+|access_token\W{1,4})(?P<token>[A-Za-z0-9._~+/=-]{8,})",
+    re.IGNORECASE,
+)
+
+
+def remember_secret(value: str) -> None:
+    """Mask ``value`` in every log line from now on (an access token, once fetched)."""
+    if not value or len(value) < 8:
+        return
+    with _remembered_lock:
+        if value in _remembered:
+            return
+        _remembered.append(value)
+        del _remembered[:-_REMEMBERED_LIMIT]
 
 
 class MaskPersonalData(logging.Filter):
@@ -66,8 +91,9 @@ class MaskPersonalData(logging.Filter):
         return value
 
     def _clean(self, text: str) -> str:
-        for secret in self._secrets:
+        for secret in (*self._secrets, *_remembered):
             text = text.replace(secret, "<secret>")
+        text = _TOKEN_SHAPES.sub(lambda match: f"{match.group('lead')}<secret>", text)
         return mask_text(text)
 
 

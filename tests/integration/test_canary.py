@@ -1,15 +1,19 @@
 """The canary: recognisable identifiers go in; none comes out anywhere but at i'mport.
 
 Fake identifiers are sent through a bare ``send_task`` (plain) and through the
-helper (sealed), and driven through success, rejection, retries, exhaustion, a
-killed worker and Flower. Then every place an identifier could leak is dumped
-and searched: the worker's log at DEBUG (as text, and as JSON lines), its
-/metrics, Flower's log and API, every Redis key and value, and the result
-events.
+helper (sealed), and driven through success, rejection, retries, exhaustion, an
+unknown task, a killed worker (whose job is driven to its end) and Flower. Then
+every place an identifier could leak is dumped and searched: the worker's log
+at DEBUG (as text, and as JSON lines), its /metrics, Flower's log, API and UI
+pages, every Redis key and value (with the base64 body of every kombu envelope
+decoded: queues, the unacked hash, parked messages), and the result events.
+The i'mport secret, the access token and the Fernet key are searched for too.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import signal
@@ -23,6 +27,7 @@ import redis
 import requests
 from celery import Celery
 
+import celeryconfig
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
@@ -36,6 +41,7 @@ from tests.support.worker import (
     stop,
     worker_env,
 )
+from worker.parking import PARKED_KEY
 from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
@@ -50,7 +56,15 @@ CANARIES = {
     "bare_exhausted": "01097770005",
     "helper_killed": "01097770006",
     "bare_invalid": "01097770007",
+    "bare_unknown": "01097770008",
 }
+#: Time compressed so that the killed worker's job ends within the test.
+IAMPORT_TIMEOUT, DUPLICATE_WAIT, RETRY_BACKOFF_MAX = 0.5, 2.0, 0.2
+VISIBILITY = celeryconfig.minimum_visibility_timeout(
+    iamport_timeout=IAMPORT_TIMEOUT,
+    longest_countdown=RETRY_BACKOFF_MAX,
+    duplicate_wait=DUPLICATE_WAIT,
+)
 
 
 def forms(identifier: str) -> list[str]:
@@ -58,9 +72,38 @@ def forms(identifier: str) -> list[str]:
     return [identifier, f"{identifier[:3]}-{identifier[3:7]}-{identifier[7:]}"]
 
 
-def dump_redis(client: redis.Redis) -> str:
-    """Every key and value in the database, as text."""
-    lines = []
+def envelope_bodies(value: Any) -> list[str]:
+    """The decoded bodies of every kombu envelope in ``value`` (JSON text, or lists of it).
+
+    kombu stores a message body base64-encoded: searching the raw value for an
+    identifier would pass whatever the body held.
+    """
+    if isinstance(value, list | tuple | set):
+        return [body for item in value for body in envelope_bodies(item)]
+    if isinstance(value, dict):
+        found = [body for item in value.values() for body in envelope_bodies(item)]
+        properties = value.get("properties")
+        encoded = value.get("body")
+        if isinstance(properties, dict) and isinstance(encoded, str):
+            if properties.get("body_encoding") == "base64":
+                try:
+                    found.append(base64.b64decode(encoded).decode("utf-8", "replace"))
+                except (binascii.Error, ValueError):
+                    found.append(encoded)
+            else:
+                found.append(encoded)
+        return found
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return envelope_bodies(json.loads(value))
+        except ValueError:
+            return []
+    return []
+
+
+def dump_redis(client: redis.Redis) -> tuple[str, list[str]]:
+    """Every key and value in the database, as text; and every envelope body, decoded."""
+    lines, bodies = [], []
     for key in client.scan_iter(count=1000):
         kind = client.type(key)
         value: Any
@@ -78,8 +121,15 @@ def dump_redis(client: redis.Redis) -> str:
             value = client.xrange(key)
         else:
             value = kind
-        lines.append(f"{key} {value!r}")
-    return "\n".join(lines)
+        if kind == "hash":
+            decoded = envelope_bodies(list(value.values()))
+        elif kind == "zset":
+            decoded = envelope_bodies([member for member, _ in value])
+        else:
+            decoded = envelope_bodies(value)
+        bodies.extend(decoded)
+        lines.append(f"{key} {value!r} {decoded!r}")
+    return "\n".join(lines), bodies
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +143,16 @@ def canary_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="module")
 def canary_env(canary_redis: RedisServer, sandbox: Sandbox) -> dict[str, str]:
-    """Worker settings: DEBUG-level logs are searched too."""
-    return worker_env(canary_redis.url, sandbox.url, RETRY_MAX_ATTEMPTS="3")
+    """Worker settings: DEBUG-level logs are searched too; time compressed."""
+    return worker_env(
+        canary_redis.url,
+        sandbox.url,
+        RETRY_MAX_ATTEMPTS="3",
+        IAMPORT_TIMEOUT=str(IAMPORT_TIMEOUT),
+        DUPLICATE_WAIT=str(DUPLICATE_WAIT),
+        RETRY_BACKOFF_MAX=str(RETRY_BACKOFF_MAX),
+        SWEEP_INTERVAL="0.5",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +220,10 @@ def test_no_identifier_leaks_anywhere(
         )
 
     def helper(name: str) -> str:
-        return enqueue_issue({"imp_uid": uid[name], "identifier": CANARIES[name]}, app=producer)
+        return enqueue_issue(
+            {"imp_uid": uid[name], "identifier": CANARIES[name], "buyer_tel": CANARIES[name]},
+            app=producer,
+        )
 
     # A PG message that echoes the identifier: it must be masked before it is shown.
     echo = f"PG: identifier {CANARIES['helper_rejected']} refused"
@@ -194,22 +255,42 @@ def test_no_identifier_leaks_anywhere(
             bare("bare_exhausted"),
             bare("bare_invalid", tax_free=-1),
         ]
+        unknown = str(
+            producer.send_task(
+                "reissue_cash_receipt_v2",
+                args=[{"imp_uid": uid["bare_unknown"], "identifier": CANARIES["bare_unknown"]}],
+                queue="cash_receipts",
+            ).id
+        )
         events = [results.wait(task_id, timeout=30) for task_id in tasks]
         assert [e["type"].rsplit(".", 1)[1] for e in events] == [
             "issued", "issued", "issued", "failed", "failed", "failed",
         ]  # fmt: skip
-        flower_api = _flower_answers(flower_url, tasks)
+        # The killed worker's job resumes (sweeper, or kombu's restore) and ends.
+        killed = results.wait(killed_task, timeout=VISIBILITY + 30)
+        assert killed["type"] == "cash_receipt.issued"
+        client = canary_redis.client()
+        wait_for(
+            lambda: any(unknown in item for item in client.lrange(PARKED_KEY, 0, -1)),
+            message="the unknown task to be parked",
+        )
+        flower_api = _flower_answers(flower_url, [*tasks, killed_task])
         metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         worker_log += second.text
 
-    # The killed task's message is still unacked (the sweeper's job), but sealed.
-    assert killed_task
+    redis_dump, bodies = dump_redis(canary_redis.client())
+    assert any("identifier_sealed" in body for body in bodies), "no envelope body was decoded"
+    token_key = next(iter(canary_redis.client().scan_iter("iamport:token:*")))
+    tokens = {
+        canary_redis.client().get(token_key),
+        sandbox.admin.token()["current"]["access_token"],
+    }
     everything = {
         "worker log": worker_log,
         "worker metrics": metrics,
         "flower log": flower_output.text,
-        "flower api": flower_api,
-        "redis": dump_redis(canary_redis.client()),
+        "flower api and ui": flower_api,
+        "redis": redis_dump,
         "events": json.dumps(results.all(), ensure_ascii=False),
     }
     if log_format == "json":
@@ -220,27 +301,54 @@ def test_no_identifier_leaks_anywhere(
         assert "DEBUG" in worker_log, (
             "the worker did not log at DEBUG; the search would prove little"
         )
-    assert "cashreceipt_receipts_issued_total 3.0" in metrics
+    assert "cashreceipt_receipts_issued_total 4.0" in metrics  # with the killed job
     assert "<sealed>" in flower_api or "****" in flower_api
     for name, identifier in CANARIES.items():
         for form in forms(identifier):
             hits = [place for place, text in everything.items() if form in text]
             assert not hits, f"{name} ({form}) leaked into {hits}"
+    secrets = {
+        "IAMPORT_SECRET": canary_env["IAMPORT_SECRET"],
+        "the Fernet key": TEST_PII_KEY,
+        **{f"access token {n}": token for n, token in enumerate(tokens) if token},
+    }
+    # The token cache holds the token by design: every other key must not.
+    everything["redis"] = "\n".join(
+        line for line in redis_dump.splitlines() if not line.startswith(token_key)
+    )
+    for name, secret in secrets.items():
+        hits = [place for place, text in everything.items() if secret in text]
+        assert not hits, f"{name} leaked into {hits}"
 
 
 def _flower_answers(url: str, task_ids: list[str]) -> str:
-    """Flower's API answers about the tasks, once it has seen them all."""
+    """Flower's API answers and UI pages about the tasks, once it has seen them all."""
+
+    def get(path: str, **params: str) -> str:
+        answer = requests.get(f"{url}{path}", params=params, auth=AUTH, timeout=10)
+        assert answer.ok, (path, answer.status_code)
+        return answer.text
 
     def seen() -> str | None:
         listing = requests.get(f"{url}/api/tasks", auth=AUTH, timeout=5)
         if not all(task_id in listing.json() for task_id in task_ids):
             return None
-        infos = [
-            requests.get(f"{url}/api/task/info/{task_id}", auth=AUTH, timeout=5).text
-            for task_id in task_ids
-        ]
-        workers = requests.get(f"{url}/api/workers", auth=AUTH, timeout=10).text
+        infos = [get(f"/api/task/info/{task_id}") for task_id in task_ids]
+        pages = [get(f"/task/{task_id}") for task_id in task_ids]
+        table = get(
+            "/tasks/datatable",
+            **{
+                "draw": "1",
+                "start": "0",
+                "length": "1000",
+                "search[value]": "",
+                "order[0][column]": "0",
+                "order[0][dir]": "asc",
+                "columns[0][data]": "name",
+            },
+        )
+        workers = get("/api/workers")
         metrics = requests.get(f"{url}/metrics", timeout=5).text
-        return "\n".join([listing.text, *infos, workers, metrics])
+        return "\n".join([listing.text, *infos, *pages, table, workers, metrics])
 
     return wait_for(seen, timeout=30, message="Flower to list every task")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.logmask import MaskPersonalData, install
+from worker.logmask import MaskPersonalData, install, remember_secret
 
 SECRET = "s3cr3t-value-of-iamport"
 
@@ -81,3 +81,16 @@ def test_extra_fields_are_masked(captured: tuple[logging.Logger, io.StringIO]) -
     assert record.reason == "key <secret>"
     assert record.attempt == 2
     assert record.numbers == ["971******9902", True]
+
+
+def test_access_tokens_are_masked(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    """A token the client used is masked by value; any token in its usual shapes too."""
+    logger, stream = captured
+    remember_secret("a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0")
+    logger.info("token a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0 cached")
+    logger.info("headers {'Authorization': 'Bearer never-seen-token-xyz'}")
+    logger.info('answer {"access_token": "another.unseen_token", "now": 1}')
+    text = stream.getvalue()
+    for token in ("a1b2c3d4e5f6", "never-seen-token-xyz", "another.unseen_token"):
+        assert token not in text
+    assert text.count("<secret>") == 3
