@@ -71,10 +71,13 @@ def issue_receipt(client: IamportClient, request: ReceiptRequest, *, look_first:
         log.info("an ambiguous POST for %s had issued the receipt", request.imp_uid)
         return Issued(existing, duplicate=False)
     except InvalidRequest:
-        # 400 also means "already issued"; only a lookup tells which.
+        # 400 also means "already issued"; only a lookup tells which. On a first
+        # attempt the receipt predates this job: a duplicate. On a later one it
+        # may be this job's own earlier POST, processed after its lookup missed
+        # it (an answer that came after the timeout): not a duplicate.
         existing, payment = find_issued(client, request.imp_uid)
         if existing is not None:
-            return Issued(existing, duplicate=True)
+            return Issued(existing, duplicate=not look_first)
         if payment is not None and (
             payment.status != "paid" or payment.pay_method not in CASH_PAY_METHODS
         ):
