@@ -2,7 +2,8 @@
 
 Payment events, with duplicates, go through the Python helper while the
 sandbox fails a fifth of its answers, drops connections after creating
-receipts and adds latency; workers are SIGKILLed at random points and
+receipts, adds latency, and for some payments answers a POST only after the
+client's timeout, having created the receipt; workers are SIGKILLed at random points and
 replaced; Redis is killed and restarted once (AOF, fsync always). At the end,
 for every payment: exactly one receipt at the sandbox, exactly one terminal
 event per task message, exactly one non-duplicate issued event; nothing lost.
@@ -35,6 +36,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import BIN, ROOT, TEST_PII_KEY, worker_env
+from worker.ledger import job_history
 from worker.producer import enqueue_issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -47,6 +49,13 @@ FAULTS = (
     "--latency-jitter-ms", "60",
     "--seed", "20261124",
 )  # fmt: skip
+#: The worker's read timeout here (IAMPORT_TIMEOUT). For a share of the payments
+#: the first POST is processed only after it (a latency spike: the sandbox does
+#: the work after the delay and answers a client that gave up): before the
+#: retry looks, between its lookup and its POST, or after its POST.
+IAMPORT_TIMEOUT = 0.25
+LATE_POST_MS = (260, 900)
+LATE_POST_SHARE = 0.05
 
 
 @dataclass
@@ -152,7 +161,7 @@ def test_exactly_once_under_chaos(
     env = worker_env(
         chaos_redis.url,
         chaos_sandbox.url,
-        IAMPORT_TIMEOUT="0.25",
+        IAMPORT_TIMEOUT=str(IAMPORT_TIMEOUT),
         RETRY_BACKOFF_BASE="0.05",
         RETRY_BACKOFF_MAX="0.5",
         RETRY_COUNTDOWN_MAX="0.5",
@@ -169,6 +178,10 @@ def test_exactly_once_under_chaos(
     producer.conf.broker_visibility_timeout = 21
 
     imp_uids = [f"chaos_{uuid.uuid4().hex[:10]}" for _ in range(profile.payments)]
+    late = rng.sample(imp_uids, int(profile.payments * LATE_POST_SHARE))
+    for imp_uid in late:
+        delay = rng.uniform(*LATE_POST_MS)
+        chaos_sandbox.admin.script(imp_uid, {"kind": "latency", "ms": delay, "method": "POST"})
     plan = list(imp_uids)
     plan += [rng.choice(imp_uids) for _ in range(int(profile.payments * profile.duplicate_share))]
     rng.shuffle(plan)
@@ -190,6 +203,7 @@ def test_exactly_once_under_chaos(
     kill_points = sorted(rng.uniform(0.1, 0.9) for _ in range(profile.kills))
     redis_point = rng.uniform(0.3, 0.7)
     events_so_far = lambda: len(sent)  # noqa: E731
+    redis_restarts = 0
     for point in kill_points:
         wait_for(lambda p=point: events_so_far() >= p * len(plan), timeout=120, message="progress")
         fleet.kill_one(rng)
@@ -197,12 +211,14 @@ def test_exactly_once_under_chaos(
             chaos_redis.stop()
             time.sleep(rng.uniform(0.5, 1.5))  # an outage of some length, on purpose
             chaos_redis.start()
+            redis_restarts += 1
             redis_point = None
     producing.join(timeout=300)
     assert not producing.is_alive(), "the producer did not finish"
     if redis_point is not None:
         chaos_redis.stop()
         chaos_redis.start()
+        redis_restarts += 1
 
     client = chaos_redis.client()
 
@@ -238,13 +254,25 @@ def test_exactly_once_under_chaos(
     failures = [e for batch in events.values() for e in batch if e["type"] != "cash_receipt.issued"]
     duplicates = sum(1 for batch in events.values() for e in batch if e["duplicate"])
     posts = sum(1 for r in requests if r["method"] == "POST")
+    # Real task retries: every retry or park the ledger recorded (worker/ledger.py history).
+    retries = sum(
+        1
+        for imp_uid in imp_uids
+        for entry in job_history(client, imp_uid)
+        if entry["outcome"] == "retry"
+    )
+    late_answered = sum(
+        1 for r in requests if r["method"] == "POST" and r.get("imp_uid") in set(late)
+    )
     print(
         "\nchaos: "
         f"{len(plan)} payment events ({len(imp_uids)} payments, "
         f"{len(plan) - len(imp_uids)} duplicates), "
         f"{sum(receipts.get(u, 0) for u in imp_uids)} receipts, {duplicates} duplicates absorbed, "
-        f"{posts - len(imp_uids)} re-POSTs, {len(requests)} API calls, "
-        f"{fleet.kills} worker kills, 1 Redis restart, "
+        f"{retries} task retries, {posts - len(imp_uids)} POSTs beyond one per payment "
+        f"(each after a lookup found nothing), {len(late)} payments whose POST was "
+        f"processed after the timeout ({late_answered} POSTs for them), {len(requests)} API calls, "
+        f"{fleet.kills} worker kills, {redis_restarts} Redis restart(s), "
         f"{fleet.text().count('sweeper re-sent')} sweeps that re-sent jobs, "
         f"drained in {drained:.1f}s"
     )
@@ -254,4 +282,6 @@ def test_exactly_once_under_chaos(
     assert [t for t, n in per_task.items() if n != 1] == []
     assert [u for u in imp_uids if non_duplicate_issued[u] != 1] == []
     assert fleet.kills >= profile.kills
+    assert redis_restarts == 1
+    assert retries > 0
     assert "01055554321" not in fleet.text()
