@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -15,7 +16,7 @@ from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput
 from worker.contract import ISSUE_TASK, QUEUE
-from worker.ledger import FENCE_HEADER, ledger_key
+from worker.ledger import FENCE_HEADER, Ledger, ledger_key
 from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
@@ -120,3 +121,41 @@ def test_two_copies_of_one_task_make_one_post(
     assert sorted(line.rsplit(": ", 1)[-1].strip() for line in ended) == ["'done'", "'issued'"]
     assert posts(sandbox, imp_uid) == [200]
     assert len(results.for_task(task_id)) == 1
+
+
+def test_a_fenced_out_message_hands_the_job_on_instead_of_attempting_again(
+    worker: ProcessOutput,
+    sandbox: Sandbox,
+    producer: Celery,
+    redis_server: RedisServer,
+    results: ResultStream,
+    imp_uid: str,
+) -> None:
+    """One attempt per message (the time rule): a second claim goes to a retry with the fence.
+
+    While the owner's POST is in flight, its job is taken over with its fence
+    and handed back to the ledger (as a retry of the same task would). The
+    owner is fenced out; its next claim succeeds, and it hands the job on to
+    a new message of its task rather than making a second attempt itself.
+    """
+    sandbox.admin.script(imp_uid, {"kind": "latency", "ms": 600, "method": "POST"})
+    ledger = Ledger(
+        redis_server.client(),
+        stream="cash_receipt.events",
+        event_retention_seconds=3600,
+        retention_seconds=3600,
+        lease_seconds=60,
+    )
+    task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+    wait_for(lambda: posts(sandbox, imp_uid) or None, timeout=20, message="the owner's POST")
+    record = ledger.record(imp_uid)
+    assert record is not None
+    taken = ledger.claim(imp_uid, task_id=task_id, payload={}, fence=int(record["fence"]))
+    assert taken.kind == "claimed"
+    assert ledger.park(imp_uid, fence=taken.fence, until=time.time() + 3600, error={"x": 1})
+
+    event = results.wait(task_id, timeout=30)
+    assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.issued", False)
+    retried = [line for line in worker.lines if f"[{task_id}] retry" in line]
+    assert retried, "the fenced-out message did not hand the job on"
+    assert posts(sandbox, imp_uid) == [200]
