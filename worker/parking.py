@@ -97,7 +97,7 @@ def parked_record(
         clean, body_text = _sealed_body(clean, sealer)
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     if clean is None and text:
-        body_text = text
+        body_text = _masked_entry(text)
     now = time.time()
     return {
         "parked_at": datetime.fromtimestamp(now, UTC)
@@ -137,6 +137,36 @@ def _sealed_body(
     sealed = json.dumps(_seal_payloads(decoded, sealer, _DEPTH), ensure_ascii=False).encode()
     encoded = base64.b64encode(sealed).decode("ascii") if base64_body else sealed.decode()
     return {**envelope, "body": encoded}, None
+
+
+def _masked_entry(text: str) -> str:
+    """An unreadable entry's text, with any JSON in it shown decoded and masked.
+
+    Such an entry is not replayable, so nothing needs sealing: its personal
+    fields are masked, and a base64 body inside it is decoded first (else the
+    identifier would sit in it, encoded but in clear).
+    """
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return json.dumps(_seal_payloads(_decoded_bodies(value, _DEPTH), None, _DEPTH), default=str)
+
+
+def _decoded_bodies(value: Any, depth: int) -> Any:
+    """``value`` with each base64 JSON ``body`` replaced by what it encodes."""
+    if depth <= 0:
+        return value
+    if isinstance(value, list):
+        return [_decoded_bodies(item, depth - 1) for item in value]
+    if not isinstance(value, dict):
+        return value
+    decoded = {key: _decoded_bodies(item, depth - 1) for key, item in value.items()}
+    body = decoded.get("body")
+    if isinstance(body, str):
+        with contextlib.suppress(binascii.Error, ValueError):
+            decoded["body"] = _decoded_bodies(json.loads(base64.b64decode(body)), depth - 1)
+    return decoded
 
 
 def _seal_payloads(value: Any, sealer: Sealer | None, depth: int) -> Any:

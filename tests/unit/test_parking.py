@@ -94,3 +94,19 @@ def test_unreadable_entry_is_kept_masked() -> None:
     )
     assert record["envelope"] is None
     assert record["raw"].startswith("junk 010****5678")
+
+
+def test_an_unreadable_entry_with_a_base64_body_is_kept_decoded_and_masked() -> None:
+    """An entry kombu cannot take (no properties) still hides nothing in its base64 body."""
+    payload = {"imp_uid": "imp_1", "identifier": "01097770042", "buyer_name": "홍길동"}
+    entry = json.dumps(
+        {"body": base64.b64encode(json.dumps([[payload], {}, {}]).encode()).decode()}
+    )
+    record = parked_record(reason="unreadable", queue="q", envelope=None, raw=entry.encode())
+    shown = json.loads(record["raw"])
+    assert shown["body"][0][0] == {
+        "imp_uid": "imp_1",
+        "identifier": "010****0042",
+        "buyer_name": "***",
+    }
+    assert "97770042" not in record["raw"]
