@@ -20,7 +20,7 @@ import redis
 from celery import Task
 from celery.utils.log import get_task_logger
 
-from worker.cancellation import cancel_live_receipt
+from worker.cancellation import cancel_live_receipt, receipt_for_balance
 from worker.celery import app
 from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.errors import IamportError
@@ -358,6 +358,12 @@ class _CancelRun(_Run):
         try:
             if record.get("cancel_step") == "cancelled":
                 cancelled = Receipt(**json.loads(cancelled_json)) if cancelled_json else None
+            elif "amount" in self.message and (live := receipt_for_balance(client, imp_uid)):
+                # This refund was already handled (the same event, sent again):
+                # no DELETE, no POST; the live receipt stays the job's.
+                earlier = json.loads(cancelled_json) if cancelled_json else None
+                ok = report.finish_cancel_duplicate(fence=claim.fence, live=live, earlier=earlier)
+                return "cancelled:duplicate" if ok else None
             else:
                 cancelled = cancel_live_receipt(client, imp_uid)
                 ledger.note(

@@ -6,6 +6,12 @@ left, which i'mport computes from the payment. The same rules as issuing hold:
 look before acting (a DELETE whose answer was lost is settled by the lookup,
 whose ``cancelled_at`` tells), retry what is transient, and record each step
 in the ledger so that a retry never cancels the new receipt it just issued.
+
+A partial refund has no idempotency key of its own (the same refund may come
+twice, from an outbox relay that repeats), but i'mport keeps the cumulative
+``cancel_amount``: a live receipt for exactly ``amount - cancel_amount``
+already reflects every refund so far, and cancelling it again would only
+issue a third receipt.
 """
 
 from __future__ import annotations
@@ -30,3 +36,14 @@ def cancel_live_receipt(client: IamportClient, imp_uid: str) -> Receipt | None:
         if again is not None and again.active:
             raise
         return again
+
+
+def receipt_for_balance(client: IamportClient, imp_uid: str) -> Receipt | None:
+    """The live receipt when it already covers what is left after every refund, else None."""
+    receipt = client.find_receipt(imp_uid)
+    if receipt is None or not receipt.active or receipt.amount is None:
+        return None
+    payment = client.get_payment(imp_uid)
+    if payment.cancel_amount <= 0:
+        return None  # i'mport shows no refund yet: this receipt predates it
+    return receipt if receipt.amount == payment.amount - payment.cancel_amount else None

@@ -74,12 +74,31 @@ def waiters_key(imp_uid: str) -> str:
 # Every script takes the time from its caller (milliseconds), so tests can
 # reason about it and Redis's clock never matters.
 
-_RECEIVE = """
+# Whether a cancellation payload (JSON) is a partial refund: it has an amount.
+# Only a full refund ends a payment's receipts for good; after a partial one
+# with no receipt to replace, a later confirmation must still issue.
+_PARTIAL_LUA = """
+local function partial(cancel)
+  if not cancel or cancel == '' then return false end
+  local ok, decoded = pcall(cjson.decode, cancel)
+  return ok and type(decoded) == 'table' and type(decoded['amount']) == 'number'
+end
+"""
+
+_RECEIVE = (
+    _PARTIAL_LUA
+    + """
 -- KEYS: ledger, due, waiters. ARGV: task_id, payload, now_ms, resend_at_ms, imp_uid
-local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'failed' then
+local record = redis.call('HMGET', KEYS[1], 'state', 'op', 'cancel')
+local state = record[1]
+local reopen = state == 'failed' or (state == 'cancelled' and partial(record[3]))
+if state and not reopen then
   if state == 'received' or state == 'in_flight' then
-    redis.call('SADD', KEYS[3], ARGV[1])
+    -- A waiter ends with the owner. Not behind a partial refund, which may end
+    -- with no receipt: this message then issues by itself once it is over.
+    if not (record[2] == 'cancel' and partial(record[3])) then
+      redis.call('SADD', KEYS[3], ARGV[1])
+    end
   end
   return state
 end
@@ -87,14 +106,54 @@ if not state then
   redis.call('HSET', KEYS[1], 'created_at', ARGV[3], 'fence', 0)
 end
 redis.call('HSET', KEYS[1], 'state', 'received', 'task_id', ARGV[1], 'payload', ARGV[2],
-  'attempts', 0, 'updated_at', ARGV[3], 'next_attempt_at', ARGV[4])
+  'op', 'issue', 'attempts', 0, 'updated_at', ARGV[3], 'next_attempt_at', ARGV[4])
 redis.call('HDEL', KEYS[1], 'last_error', 'receipt', 'lease_until')
 redis.call('PERSIST', KEYS[1])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 return 'received'
 """
+)
 
-_CLAIM = """
+_RECEIVE_CANCEL = (
+    _PARTIAL_LUA
+    + """
+-- Record a cancellation before it is enqueued, so that a lost message is re-sent.
+-- KEYS: ledger, due, terminal marker of this task. ARGV: task_id, cancel, now_ms,
+-- resend_at_ms, imp_uid
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return 'done'
+end
+local record = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'cancel')
+local state, owner = record[1], record[2]
+if state and owner == ARGV[1] then
+  return state  -- the same task again (an ingress entry handled twice)
+end
+if state == 'cancelled' and not (partial(record[3]) and not partial(ARGV[2])) then
+  return state  -- nothing left to cancel: the task reports a duplicate
+end
+if state == 'received' or state == 'in_flight' then
+  -- Another task owns the job. The cancellation waits its turn; if the job
+  -- ends issued before this task has claimed it, it becomes the job's owner.
+  redis.call('HSET', KEYS[1], 'pending_cancel_task', ARGV[1], 'pending_cancel', ARGV[2],
+    'pending_cancel_due', ARGV[4])
+  return state
+end
+if not state then
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[3], 'fence', 0)
+end
+redis.call('HSET', KEYS[1], 'state', 'received', 'op', 'cancel', 'task_id', ARGV[1],
+  'cancel', ARGV[2], 'attempts', 0, 'updated_at', ARGV[3], 'next_attempt_at', ARGV[4])
+redis.call('HDEL', KEYS[1], 'cancel_step', 'lease_until',
+  'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
+redis.call('PERSIST', KEYS[1])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+return 'received'
+"""
+)
+
+_CLAIM = (
+    _PARTIAL_LUA
+    + """
 -- KEYS: ledger, due, terminal marker of this task, waiters, failed index.
 -- ARGV: task_id, payload, now_ms, lease_ms, imp_uid, purpose ('issue' or 'cancel'),
 --       the fence the message carries ('' for none)
@@ -104,19 +163,28 @@ end
 local now = tonumber(ARGV[3])
 local purpose = ARGV[6]
 local record = redis.call('HMGET', KEYS[1],
-  'state', 'task_id', 'lease_until', 'receipt', 'attempts', 'op', 'fence')
+  'state', 'task_id', 'lease_until', 'receipt', 'attempts', 'op', 'fence', 'cancel',
+  'next_attempt_at')
 local state, owner, lease, receipt = record[1], record[2], tonumber(record[3] or '0'), record[4]
 local attempts = tonumber(record[5] or '0')
 local op = record[6] or 'issue'
+local after_partial = partial(record[8])
 if state == 'issued' and purpose == 'issue' then
   return {'issued', receipt}
 end
-if state == 'cancelled' then
+if state == 'cancelled' and not (after_partial and (purpose == 'issue' or not partial(ARGV[2])))
+then
+  -- A full refund ends the payment's receipts; after a partial one an issue
+  -- (or a full refund) still has work to do.
   return {'cancelled', receipt or ''}
 end
 if purpose == 'issue' and op == 'cancel' and (state == 'in_flight' or state == 'received') then
-  -- A cancellation owns the job: an issue message is stale and must not re-issue.
-  return {'cancelled', ''}
+  if not after_partial then
+    -- A full refund owns the job: an issue message is stale and must not re-issue.
+    return {'cancelled', ''}
+  end
+  -- A partial refund is being handled: wait; this message may have to issue after it.
+  return {'busy', tostring(lease > 0 and lease or tonumber(record[9] or '0'))}
 end
 local resumed = 0
 if state == 'in_flight' then
@@ -132,7 +200,7 @@ if state == 'in_flight' then
   resumed = 1
 elseif state == 'received' then
   if attempts > 0 then resumed = 1 end
-elseif state == 'failed' or state == 'issued' then
+elseif state == 'failed' or state == 'issued' or state == 'cancelled' then
   -- A new operation on a finished job: a re-opened issue, or a cancellation.
   attempts = 0
   redis.call('HDEL', KEYS[1], 'cancel_step')
@@ -154,6 +222,9 @@ if purpose == 'issue' then
   redis.call('HDEL', KEYS[1], 'receipt')
 else
   redis.call('HSET', KEYS[1], 'cancel', ARGV[2])
+  if redis.call('HGET', KEYS[1], 'pending_cancel_task') == ARGV[1] then
+    redis.call('HDEL', KEYS[1], 'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
+  end
 end
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 redis.call('ZREM', KEYS[5], ARGV[5])
@@ -161,6 +232,7 @@ redis.call('PERSIST', KEYS[1])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
 return {'claimed', tostring(fence), tostring(attempts), tostring(resumed)}
 """
+)
 
 _HOLD = """
 -- Keep (or park) a claimed job while it waits to retry.
@@ -202,7 +274,8 @@ if ARGV[9] ~= '' then entry['error'] = cjson.decode(ARGV[9]) end
 redis.call('LPUSH', KEYS[8], cjson.encode(entry))
 redis.call('LTRIM', KEYS[8], 0, 49)
 redis.call('EXPIRE', KEYS[8], ARGV[10])
-if ARGV[2] == 'failed' then
+if ARGV[2] == 'failed' or ARGV[3] == 'cash_receipt.cancel_failed' then
+  -- A dead letter: a job that failed, or a refund whose receipt stays live.
   redis.call('ZADD', KEYS[7], ARGV[7], ARGV[11])
 else
   redis.call('ZREM', KEYS[7], ARGV[11])
@@ -223,14 +296,23 @@ if ARGV[2] == 'issued' or (ARGV[2] == 'failed' and ARGV[12] == '') then
   -- Every other message that asked for this payment meanwhile ends now too,
   -- with the owner's outcome, as a duplicate, even if that message itself is
   -- lost. After a failure, a new payload (not a waiter) re-opens the job.
+  -- Waiters are issue messages: after a cancellation's transition (a partial
+  -- refund's re-issue, a repeated refund, a cancel_failed) they get the live receipt.
   local owner = redis.call('HGET', KEYS[1], 'task_id')
+  local live = redis.call('HGET', KEYS[1], 'receipt')
+  local waiter_type = ARGV[3]
+  if ARGV[2] == 'issued' then waiter_type = 'cash_receipt.issued' end
   for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
     if waiter ~= owner then
       local data = cjson.decode(ARGV[4])
       data['task_id'] = waiter
       data['duplicate'] = true
       data['event_id'] = redis.sha1hex(waiter .. published[2])
-      publish_once(KEYS[3], 'cash_receipt:terminal:' .. waiter, KEYS[5], ARGV[3],
+      if ARGV[3] ~= waiter_type then
+        data['error'] = nil
+        data['receipt'] = live and cjson.decode(live) or cjson.null
+      end
+      publish_once(KEYS[3], 'cash_receipt:terminal:' .. waiter, KEYS[5], waiter_type,
         cjson.encode(data), ARGV[5], ARGV[6])
     end
   end
@@ -251,6 +333,20 @@ elseif ARGV[2] == 'cancelled' then
   redis.call('DEL', KEYS[6])
 else
   redis.call('EXPIRE', KEYS[6], ARGV[10])
+end
+if ARGV[2] == 'issued' then
+  -- A cancellation recorded while this job was in hand now owns it: the
+  -- receipt must not stay live if that cancellation's message was lost.
+  local pending = redis.call('HMGET', KEYS[1],
+    'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
+  if pending[1] and redis.call('EXISTS', 'cash_receipt:terminal:' .. pending[1]) == 0 then
+    redis.call('HSET', KEYS[1], 'state', 'received', 'op', 'cancel', 'task_id', pending[1],
+      'cancel', pending[2], 'attempts', 0, 'next_attempt_at', pending[3])
+    redis.call('HDEL', KEYS[1], 'cancel_step')
+    redis.call('PERSIST', KEYS[1])
+    redis.call('ZADD', KEYS[2], pending[3], ARGV[11])
+  end
+  redis.call('HDEL', KEYS[1], 'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
 end
 return published
 """
@@ -343,6 +439,7 @@ class Ledger:
         self._retention = retention_seconds
         self._lease_ms = int(lease_seconds * 1000)
         self._receive = client.register_script(_RECEIVE)
+        self._receive_cancel = client.register_script(_RECEIVE_CANCEL)
         self._claim = client.register_script(_CLAIM)
         self._hold = client.register_script(_HOLD)
         self._finish = client.register_script(_FINISH)
@@ -367,6 +464,23 @@ class Ledger:
         result = self._receive(
             keys=[ledger_key(imp_uid), DUE_KEY, waiters_key(imp_uid)],
             args=[task_id, json.dumps(payload), now, now + int(resend_after * 1000), imp_uid],
+        )
+        return _text(result)
+
+    def receive_cancel(
+        self, imp_uid: str, *, task_id: str, cancel: Mapping[str, Any], resend_after: float
+    ) -> str:
+        """Record a cancellation before it is enqueued; returns the job's state now.
+
+        A job nobody holds becomes this cancellation's, ``received`` and due in
+        ``resend_after`` seconds, so the sweeper re-sends a lost message. While
+        another task holds the job, the cancellation is kept beside it and takes
+        the job over if it ends issued. ``done`` means this task already ended.
+        """
+        now = _now_ms()
+        result = self._receive_cancel(
+            keys=[ledger_key(imp_uid), DUE_KEY, terminal_key(task_id)],
+            args=[task_id, json.dumps(cancel), now, now + int(resend_after * 1000), imp_uid],
         )
         return _text(result)
 
@@ -578,11 +692,17 @@ def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
     record = {_text(key): _text(value) for key, value in raw.items()}
     shown: dict[str, Any] = {}
     for key, value in record.items():
-        if key in {"payload", "cancel"}:
+        if key in {"payload", "cancel", "pending_cancel"}:
             shown[key] = mask_payload(json.loads(value))
         elif key in {"receipt", "last_error"}:
             shown[key] = json.loads(value)
-        elif key in {"created_at", "updated_at", "lease_until", "next_attempt_at"}:
+        elif key in {
+            "created_at",
+            "updated_at",
+            "lease_until",
+            "next_attempt_at",
+            "pending_cancel_due",
+        }:
             shown[key] = datetime.fromtimestamp(int(value) / 1000, UTC).isoformat(
                 timespec="seconds"
             )

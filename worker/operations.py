@@ -16,29 +16,37 @@ from celery import Celery
 
 from worker.iamport import IamportClient
 from worker.ledger import (
+    FAILED_KEY,
     failed_jobs,
     job_history,
     ledger_key,
     shown_record,
 )
-from worker.producer import enqueue_issue
+from worker.producer import enqueue_cancel, enqueue_issue
 from worker.service import find_issued
 
 
 def dead_jobs(
     client: redis.Redis, *, reason: str | None = None, limit: int = 100
 ) -> list[dict[str, Any]]:
-    """Jobs that failed for good, newest first, masked; only ``reason`` if given."""
+    """Jobs that failed for good, newest first, masked; only ``reason`` if given.
+
+    ``failed`` says what failed: ``issue`` (the job is failed) or ``cancel``
+    (cancel_failed: the refunded payment's receipt is still live). Index
+    entries whose record has expired (``LEDGER_RETENTION``) are dropped here.
+    """
     found = []
     for imp_uid in failed_jobs(client, limit=10_000):
         raw = client.hgetall(ledger_key(imp_uid))
         if not raw:
+            client.zrem(FAILED_KEY, imp_uid)  # its record expired: nothing left to replay
             continue
         record = shown_record(raw)
         failure = record.get("last_error") or {}
         if reason is not None and failure.get("reason") != reason:
             continue
-        found.append({"imp_uid": imp_uid, **record})
+        failed = "cancel" if _cancel_failed(record) else "issue"
+        found.append({"imp_uid": imp_uid, "failed": failed, **record})
         if len(found) >= limit:
             break
     return found
@@ -64,11 +72,18 @@ def replay(
 
     A correction of the identifier replaces the sealed one. The ledger keeps
     the earlier attempts in the job's history; the replay is a new attempt,
-    with a fresh attempt budget.
+    with a fresh attempt budget. A cancellation that failed for good
+    (``cancel_failed``, the receipt still live) is sent again as it was.
     """
     for imp_uid in imp_uids:
         raw = client.hgetall(ledger_key(imp_uid))
         record = {_text(k): _text(v) for k, v in raw.items()}
+        if _cancel_failed(record) and client.zscore(FAILED_KEY, imp_uid) is not None:
+            if corrections:
+                yield Replayed(imp_uid, None, skipped="a cancellation takes no corrections")
+                continue
+            yield Replayed(imp_uid, enqueue_cancel(json.loads(record["cancel"]), app=app))
+            continue
         if record.get("state") != "failed":
             yield Replayed(imp_uid, None, skipped=f"state is {record.get('state', 'unknown')}")
             continue
@@ -81,6 +96,11 @@ def replay(
                 payload.pop("identifier_sealed", None)
             payload.update(corrections)
         yield Replayed(imp_uid, enqueue_issue(payload, app=app))
+
+
+def _cancel_failed(record: dict[str, Any]) -> bool:
+    """Whether a record is a cancellation that ended in cancel_failed (the job stays issued)."""
+    return record.get("state") == "issued" and record.get("op") == "cancel" and "cancel" in record
 
 
 def replay_reason(client: redis.Redis, reason: str, *, limit: int = 1000) -> list[str]:

@@ -52,7 +52,7 @@ def enqueue_issue(
         message["imp_uid"],
         task_id=task_id,
         payload=message,
-        resend_after=float(getattr(app.conf, "broker_visibility_timeout", 0) or DEFAULT_RESEND),
+        resend_after=_resend_after(app),
     )
     if state == "issued":
         # Nothing to do but say so: the duplicate's event, at once, no message.
@@ -75,6 +75,11 @@ def enqueue_issue(
 #: When the app's configuration does not say (a bare Celery app handed in).
 DEFAULT_RESEND = 460.0
 _ledgers: dict[str, Ledger] = {}
+
+
+def _resend_after(app: Celery) -> float:
+    """How long the sweeper leaves a recorded job to its message before re-sending it."""
+    return float(getattr(app.conf, "broker_visibility_timeout", 0) or DEFAULT_RESEND)
 
 
 def _ledger(app: Celery) -> Ledger:
@@ -100,6 +105,10 @@ def enqueue_cancel(
     ``payload`` is at least ``imp_uid``; ``amount`` (the refunded amount) makes
     it a partial refund: the receipt is cancelled and a new one issued for what
     is left. Raises :class:`~worker.schemas.InvalidPayload` when it is malformed.
+
+    The cancellation is recorded in the ledger before it is sent, so a
+    message the broker loses is re-sent by the sweeper and listed by
+    ``cashreceipt stuck`` meanwhile.
     """
     if app is None:
         from worker.celery import app as default_app  # noqa: PLC0415 (reads config on demand)
@@ -107,6 +116,13 @@ def enqueue_cancel(
         app = default_app
     message = load_cancellation(payload)
     task_id = task_id or str(uuid.uuid4())
+    # The ledger first, as for an issue: a refund whose message is lost must
+    # not leave its receipt live. The sweeper re-sends it when it is due.
+    state = _ledger(app).receive_cancel(
+        message["imp_uid"], task_id=task_id, cancel=message, resend_after=_resend_after(app)
+    )
+    if state == "done":
+        return task_id  # this very task already ended (an ingress entry handled twice)
     app.send_task(
         CANCEL_TASK,
         args=[message],

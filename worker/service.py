@@ -274,8 +274,31 @@ class Report:
         )
         return entry is not None
 
+    def finish_cancel_duplicate(
+        self, *, fence: int, live: Receipt, earlier: Mapping[str, Any] | None
+    ) -> bool:
+        """A refund already reflected by the live receipt: a duplicate; the job stays issued.
+
+        The event carries the receipt the earlier handling cancelled, when known.
+        """
+        assert self.imp_uid is not None
+        entry = self.ledger.finish(
+            self.imp_uid,
+            fence=fence,
+            state="issued",
+            task_id=self.task_id,
+            event_type=CANCELLED,
+            data=self._data(duplicate=True, detail={"receipt": dict(earlier) if earlier else None}),
+            receipt=live.as_dict(),
+        )
+        return entry is not None
+
     def finish_cancel_failed(self, *, fence: int, error: IamportError, reason: str) -> bool:
-        """The receipt could not be cancelled: it stays live, and the job issued."""
+        """The receipt could not be cancelled: it stays live, and the job issued.
+
+        The ledger lists it with the dead letters, so that a refunded payment's
+        live receipt is seen, and ``cashreceipt replay`` sends the cancellation again.
+        """
         assert self.imp_uid is not None
         detail = error_detail(error, reason)
         entry = self.ledger.finish(
@@ -335,6 +358,8 @@ def settle(runtime: Runtime, imp_uid: str) -> str:
     if record["state"] in {"issued", "failed", "cancelled"}:
         return record["state"]
     task_id = record["task_id"]
+    if record.get("op") == "cancel":
+        return _settle_cancel(runtime, imp_uid, task_id, json.loads(record.get("cancel") or "{}"))
     payload = json.loads(record["payload"])
     claim = runtime.ledger.claim(imp_uid, task_id=task_id, payload=payload)
     if claim.kind != "claimed":
@@ -351,5 +376,15 @@ def settle(runtime: Runtime, imp_uid: str) -> str:
         )
         return "issued" if report.finish(fence=claim.fence, issued=existing) else "fenced"
     note = {"reason": "settled", "message": "no receipt at i'mport; re-sent"}
+    runtime.ledger.park(imp_uid, fence=claim.fence, until=time.time(), error=note)
+    return "resent"
+
+
+def _settle_cancel(runtime: Runtime, imp_uid: str, task_id: str, cancel: dict[str, Any]) -> str:
+    """A cancellation has nothing to adopt: hand it back due now, to be re-sent."""
+    claim = runtime.ledger.claim(imp_uid, task_id=task_id, payload=cancel, purpose="cancel")
+    if claim.kind != "claimed":
+        return claim.kind
+    note = {"reason": "settled", "message": "a cancellation; re-sent"}
     runtime.ledger.park(imp_uid, fence=claim.fence, until=time.time(), error=note)
     return "resent"

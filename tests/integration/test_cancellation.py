@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -148,3 +149,81 @@ def test_malformed_cancellation_fails_at_once(producer: Celery, results: ResultS
     event = results.wait(task_id)
     assert event["type"] == "cash_receipt.cancel_failed"
     assert set(event["data"]["error"]["fields"]) == {"imp_uid", "amount"}
+
+
+def refund_events(results: ResultStream, task_id: str, count: int) -> list[dict[str, Any]]:
+    """The ``count`` events of one cancellation task, in stream order."""
+    wait_for(lambda: len(results.for_task(task_id)) >= count, message=f"{count} refund events")
+    events = sorted(results.for_task(task_id), key=lambda e: e["id"])
+    assert len(events) == count, events
+    return events
+
+
+def test_repeated_partial_refund_is_a_duplicate(
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    imp_uid: str,
+) -> None:
+    """The same refund sent twice (an outbox relay repeating): no DELETE, no third receipt.
+
+    A further refund still cancels and re-issues: the live receipt no longer covers the balance.
+    """
+    sandbox.admin.seed_payment(imp_uid, amount=33000)
+    issue(producer, results, imp_uid)
+    sandbox.admin.seed_payment(imp_uid, cancel_amount=11000)
+    refund = {"imp_uid": imp_uid, "amount": 11000}
+    _, reissued = refund_events(results, enqueue_cancel(refund, app=producer), 2)
+    assert reissued["data"]["receipt"]["amount"] == 22000
+
+    again = results.wait(enqueue_cancel(refund, app=producer))
+    assert (again["type"], again["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
+    assert sandbox.admin.issued_count(imp_uid) == 2
+    assert [r["method"] for r in sandbox.admin.requests(imp_uid)].count("DELETE") == 1
+    live = receipt_at_iamport(sandbox, imp_uid)
+    assert live["apply_num"] == reissued["data"]["receipt"]["apply_num"]
+    assert live["cancelled_at"] == 0
+    record = redis_server.client().hgetall(ledger_key(imp_uid))
+    assert record["state"] == "issued"
+    assert json.loads(record["receipt"])["apply_num"] == live["apply_num"]
+
+    sandbox.admin.seed_payment(imp_uid, cancel_amount=16000)  # a second, different refund
+    cancelled, third = refund_events(
+        results, enqueue_cancel({"imp_uid": imp_uid, "amount": 5000}, app=producer), 2
+    )
+    assert cancelled["data"]["receipt"]["apply_num"] == live["apply_num"]
+    assert (third["type"], third["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 17000)
+    assert sandbox.admin.issued_count(imp_uid) == 3
+
+
+def test_partial_refund_before_confirmation_leaves_the_issue_to_go_ahead(
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    imp_uid: str,
+) -> None:
+    """Nothing to cancel yet: the later confirmation issues for what is left, i'mport's sum."""
+    sandbox.admin.seed_payment(imp_uid, amount=33000, cancel_amount=11000)
+    cancelled = results.wait(enqueue_cancel({"imp_uid": imp_uid, "amount": 11000}, app=producer))
+    assert (cancelled["type"], cancelled["data"]["receipt"]) == ("cash_receipt.cancelled", None)
+    assert redis_server.client().hget(ledger_key(imp_uid), "state") == "cancelled"
+
+    issued = issue(producer, results, imp_uid)
+    assert (issued["data"]["duplicate"], issued["data"]["receipt"]["amount"]) == (False, 22000)
+    assert sandbox.admin.issued_count(imp_uid) == 1
+    again = results.wait(enqueue_cancel({"imp_uid": imp_uid, "amount": 11000}, app=producer))
+    assert (again["type"], again["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
+    assert sandbox.admin.issued_count(imp_uid) == 1
+
+
+def test_full_refund_before_confirmation_refuses_the_issue(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
+) -> None:
+    """A payment refunded in full never gets a receipt, however late its confirmation comes."""
+    cancelled = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer))
+    assert (cancelled["type"], cancelled["data"]["receipt"]) == ("cash_receipt.cancelled", None)
+    late = results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer))
+    assert (late["type"], late["data"]["error"]["reason"]) == ("cash_receipt.failed", "cancelled")
+    assert sandbox.admin.issued_count(imp_uid) == 0

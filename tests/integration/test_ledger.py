@@ -339,3 +339,40 @@ def test_a_taken_over_owner_still_gets_its_event(
         if json.loads(fields["data"]).get("imp_uid") == imp_uid
     }
     assert published == {f"{imp_uid}-new": False, f"{imp_uid}-old": True}
+
+
+def test_cancellation_recorded_behind_an_issue_owns_the_job_once_issued(
+    ledger: Ledger, redis_server: RedisServer, imp_uid: str
+) -> None:
+    """A refund recorded while the issue is in flight is due after it, even with no message."""
+    owner = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    cancel = {"imp_uid": imp_uid}
+    state = ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=cancel, resend_after=0)
+    assert state == "in_flight"
+    assert ledger.record(imp_uid)["task_id"] == f"{imp_uid}-t1"  # type: ignore[index]
+    finish(ledger, imp_uid, owner.fence, f"{imp_uid}-t1")
+
+    record = ledger.record(imp_uid)
+    assert record is not None
+    assert (record["state"], record["op"], record["task_id"]) == (
+        "received",
+        "cancel",
+        f"{imp_uid}-c1",
+    )
+    assert redis_server.client().ttl(ledger_key(imp_uid)) == -1  # not expiring while owed
+    (job,) = [j for j in ledger.due_jobs(limit=100, regrace_seconds=60) if j.imp_uid == imp_uid]
+    assert (job.op, job.task_id, job.payload) == ("cancel", f"{imp_uid}-c1", cancel)
+
+
+def test_a_repeated_cancellation_of_the_same_task_changes_nothing(
+    ledger: Ledger, imp_uid: str
+) -> None:
+    """An ingress entry handled twice records its cancellation once."""
+    cancel = {"imp_uid": imp_uid, "amount": 100}
+    first = ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=cancel, resend_after=60)
+    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-c1", payload=cancel, purpose="cancel")
+    again = ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=cancel, resend_after=0)
+    assert (first, claim.kind, again) == ("received", "claimed", "in_flight")
+    record = ledger.record(imp_uid)
+    assert record is not None
+    assert (record["attempts"], record["fence"]) == ("1", str(claim.fence))

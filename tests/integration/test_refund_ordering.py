@@ -1,0 +1,181 @@
+"""Refunds against jobs that are not simply issued: a parked issue, a lost cancellation message.
+
+A Redis, a sandbox and workers of this module's own: a long honoured
+Retry-After parks the issue in the ledger (RETRY_BACKOFF_MAX is raised for
+that), and the sweeper runs often, so that a lost message is re-sent within
+seconds (the producer's visibility timeout is 1 s).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox, running_sandbox
+from tests.support.wait import wait_for
+from tests.support.worker import BIN, TEST_PII_KEY, running_worker, worker_env
+from worker.ledger import DUE_KEY, ledger_key
+from worker.producer import enqueue_cancel, enqueue_issue
+
+pytestmark = pytest.mark.integration
+PHONE = "01055554321"
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of this module's own: its workers start and stop with the tests."""
+    server = RedisServer(Path(tmp_path_factory.mktemp("refund-redis")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def own_sandbox() -> Iterator[Sandbox]:
+    """A sandbox of this module's own."""
+    with running_sandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def env(own_redis: RedisServer, own_sandbox: Sandbox) -> dict[str, str]:
+    """Workers that park a long Retry-After in the ledger and sweep every 0.2 s."""
+    return worker_env(
+        own_redis.url,
+        own_sandbox.url,
+        RETRY_BACKOFF_MAX="60",
+        RETRY_COUNTDOWN_MAX="0.3",
+        SWEEP_INTERVAL="0.2",
+    )
+
+
+@pytest.fixture(scope="module")
+def producer(own_redis: RedisServer) -> Iterator[Celery]:
+    """The helper's app; the sweeper re-sends its recorded jobs 1 s after they were sent."""
+    app = Celery("checkout", broker=own_redis.url)
+    app.conf.pii_encryption_keys = [TEST_PII_KEY]
+    app.conf.broker_visibility_timeout = 1
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def client(own_redis: RedisServer) -> redis.Redis:
+    """The module's Redis, decoded."""
+    return own_redis.client()
+
+
+def parked_issue(
+    producer: Celery, sandbox: Sandbox, client: redis.Redis, imp_uid: str, **payment: Any
+) -> str:
+    """An issue whose POST met a 429 with Retry-After 60: parked in the ledger, no message."""
+    sandbox.admin.seed_payment(imp_uid, **payment)
+    sandbox.admin.script(imp_uid, {"kind": "rate_limit", "retry_after": 60, "method": "POST"})
+    task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer)
+
+    def parked() -> bool:
+        record = client.hgetall(ledger_key(imp_uid))
+        return record.get("state") == "received" and int(record.get("attempts", 0)) == 1
+
+    wait_for(parked, timeout=20, message="the issue to park in the ledger")
+    return task_id
+
+
+def test_full_refund_of_a_parked_issue_ends_it(
+    env: dict[str, str],
+    producer: Celery,
+    own_sandbox: Sandbox,
+    client: redis.Redis,
+    imp_uid: str,
+) -> None:
+    """The cancellation takes the parked job over: no receipt, the issue ends as cancelled."""
+    results = ResultStream(client)
+    with running_worker(env):
+        issue_task = parked_issue(producer, own_sandbox, client, imp_uid)
+        cancelled = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer))
+        assert (cancelled["type"], cancelled["data"]["receipt"]) == ("cash_receipt.cancelled", None)
+        stale = results.wait(issue_task)
+        assert (stale["type"], stale["data"]["error"]["reason"]) == (
+            "cash_receipt.failed",
+            "cancelled",
+        )
+    assert client.hget(ledger_key(imp_uid), "state") == "cancelled"
+    assert client.zscore(DUE_KEY, imp_uid) is None  # nothing left for the sweeper to resume
+    assert own_sandbox.admin.issued_count(imp_uid) == 0
+
+
+def test_partial_refund_of_a_parked_issue_issues_for_the_balance(
+    env: dict[str, str],
+    producer: Celery,
+    own_sandbox: Sandbox,
+    client: redis.Redis,
+    imp_uid: str,
+) -> None:
+    """The cancellation issues the parked job's receipt, for what is left; the issue reports it."""
+    results = ResultStream(client)
+    with running_worker(env):
+        issue_task = parked_issue(producer, own_sandbox, client, imp_uid, amount=33000)
+        own_sandbox.admin.seed_payment(imp_uid, cancel_amount=11000)
+        cancel_task = enqueue_cancel({"imp_uid": imp_uid, "amount": 11000}, app=producer)
+        wait_for(lambda: len(results.for_task(cancel_task)) == 2, message="both refund events")
+        cancelled, issued = sorted(results.for_task(cancel_task), key=lambda e: e["id"])
+        assert (cancelled["type"], cancelled["data"]["receipt"]) == ("cash_receipt.cancelled", None)
+        assert (issued["type"], issued["data"]["receipt"]["amount"]) == (
+            "cash_receipt.issued",
+            22000,
+        )
+        waiter = results.wait(issue_task)
+        assert (waiter["type"], waiter["data"]["duplicate"]) == ("cash_receipt.issued", True)
+        assert waiter["data"]["receipt"] == issued["data"]["receipt"]
+    assert own_sandbox.admin.issued_count(imp_uid) == 1
+
+
+def test_lost_cancellation_message_is_listed_stuck_and_resent(
+    env: dict[str, str],
+    producer: Celery,
+    own_sandbox: Sandbox,
+    client: redis.Redis,
+    imp_uid: str,
+) -> None:
+    """The broker loses the cancellation (no worker yet, its list deleted): the sweeper re-sends it.
+
+    Meanwhile ``cashreceipt stuck`` lists the job; the receipt ends cancelled, once.
+    """
+    results = ResultStream(client)
+    with running_worker(env):
+        issued = results.wait(
+            enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer)
+        )
+    task_id = enqueue_cancel({"imp_uid": imp_uid}, app=producer)
+    assert client.delete("cash_receipts") == 1  # the message is gone: only the ledger knows
+
+    def listed() -> list[dict[str, Any]]:
+        stuck = subprocess.run(
+            [str(BIN / "cashreceipt"), "stuck", "--older-than", "0", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        shown = [json.loads(line) for line in stuck.stdout.splitlines() if line.strip()]
+        return [job for job in shown if job["imp_uid"] == imp_uid]
+
+    (job,) = wait_for(listed, timeout=20, interval=0.5, message="the cancellation to be due")
+    assert (job["state"], job["op"], job["task_id"]) == ("received", "cancel", task_id)
+
+    with running_worker(env):
+        cancelled = results.wait(task_id, timeout=30)
+    assert cancelled["type"] == "cash_receipt.cancelled"
+    assert cancelled["data"]["receipt"]["apply_num"] == issued["data"]["receipt"]["apply_num"]
+    assert client.hget(ledger_key(imp_uid), "state") == "cancelled"
+    assert [r["method"] for r in own_sandbox.admin.requests(imp_uid)].count("DELETE") == 1
