@@ -11,22 +11,33 @@
     cashreceipt parked [--requeue]    messages the worker could not run
     cashreceipt ingress               read the ingress stream (see README)
 
-Every command has ``--help``. ``--json`` prints JSON lines instead of text.
-Colour is used only on a terminal. Exit codes: 0 done, 1 nothing found or a
-mismatch, 2 bad input or configuration.
+Every command has ``--help``. ``--json`` prints JSON lines (one object per
+line) instead of text. Colour is used only on a terminal, and never when
+``NO_COLOR`` is set. Exit codes: 0 done, 1 nothing found or a mismatch, 2 bad
+input or configuration, 3 Redis (or i'mport) could not be reached: try again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import click
+import redis
+from kombu.exceptions import OperationalError
 
+from worker.errors import IamportError
+from worker.masking import mask_text
 from worker.schemas import InvalidPayload
+from worker.sealing import SealingUnavailable
+from worker.urls import redact_url
+
+#: Exit codes (README, "Operator tools").
+EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
 _FIELDS = (
     "imp_uid",
@@ -66,8 +77,6 @@ def _config() -> Any:
 
 
 def _redis() -> Any:
-    import redis  # noqa: PLC0415
-
     return redis.Redis.from_url(_config().broker_url)
 
 
@@ -162,7 +171,7 @@ def status(imp_uid: str, as_json: bool) -> None:
     history = job_history(client, imp_uid)
     if as_json:
         shown = {"imp_uid": imp_uid, "ledger": ledger or None, "history": history, "event": event}
-        click.echo(json.dumps(shown, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(shown, ensure_ascii=False))
         return
     click.echo(f"{click.style(imp_uid, bold=True)}  {_state(ledger.get('state', 'no record'))}")
     for key in ("task_id", "op", "attempts", "updated_at", "next_attempt_at", "lease_until"):
@@ -183,7 +192,12 @@ def _failure(error: dict[str, Any]) -> str:
 
 
 def _state(state: str) -> str:
-    colour = {"issued": "green", "failed": "red", "cancelled": "yellow"}.get(state)
+    colour = {
+        "issued": "green",
+        "failed": "red",
+        "cancel_failed": "red",
+        "cancelled": "yellow",
+    }.get(state)
     return click.style(state, fg=colour) if colour else state
 
 
@@ -235,13 +249,17 @@ def stuck(older_than: float, limit: int, as_json: bool) -> None:
     from worker.ledger import stuck as stuck_jobs  # noqa: PLC0415
 
     client = _redis()
-    for imp_uid in stuck_jobs(client, older_than=older_than, limit=limit):
+    found = stuck_jobs(client, older_than=older_than, limit=limit)
+    for imp_uid in found:
         record = shown_record(client.hgetall(ledger_key(imp_uid)))
         _emit(
             {"imp_uid": imp_uid, **record},
             as_json=as_json,
-            text=f"{imp_uid}  {record.get('state')}  attempts {record.get('attempts')}",
+            text=f"{imp_uid}  {record.get('state')} {record.get('op', 'issue')}"
+            f"  attempts {record.get('attempts')}",
         )
+    if not found:
+        sys.exit(EXIT_NOT_FOUND)
 
 
 @cli.command()
@@ -267,18 +285,24 @@ def dead(reason: str | None, limit: int, as_json: bool) -> None:
     from worker.operations import dead_jobs  # noqa: PLC0415
 
     client = _redis()
+    shown = 0
     for job in dead_jobs(client, reason=reason, limit=limit):
         error = job.get("last_error") or {}
+        what = "cancel_failed" if job["failed"] == "cancel" else "failed"
         _emit(
             {"kind": "job", **job},
             as_json=as_json,
-            text=f"{job['imp_uid']}  {_state('failed')}  {_failure(error)}",
+            text=f"{job['imp_uid']}  {_state(what)}  {_failure(error)}",
         )
+        shown += 1
     for entry in _dead_ingress(client, limit):
         if reason is not None and entry.get("reason") != reason:
             continue
         where = f"{entry.get('imp_uid') or '-'}  ingress {entry.get('entry_id')}"
         _emit({"kind": "ingress", **entry}, as_json=as_json, text=f"{where}: {entry.get('reason')}")
+        shown += 1
+    if not shown:
+        sys.exit(EXIT_NOT_FOUND)
 
 
 def _dead_ingress(client: Any, limit: int) -> list[dict[str, Any]]:
@@ -293,22 +317,42 @@ def _dead_ingress(client: Any, limit: int) -> list[dict[str, Any]]:
 @cli.command()
 @click.argument("imp_uids", nargs=-1)
 @click.option("--reason", help="Replay every failed job whose last failure had this reason.")
-@click.option("--identifier", help="A corrected identifier (with one imp_uid only).")
+@click.option(
+    "--identifier-stdin",
+    "identifier_stdin",
+    is_flag=True,
+    help="Read a corrected identifier from standard input (asked for, hidden, on a "
+    "terminal). The safe way: it stays out of ps and shell history.",
+)
+@click.option(
+    "--identifier",
+    help="A corrected identifier, in argv (visible in ps and shell history: "
+    "prefer --identifier-stdin).",
+)
 @click.option("--identifier-type", help="Its type, if it changes.")
 @json_option
 def replay(
+    *,
     imp_uids: tuple[str, ...],
     reason: str | None,
+    identifier_stdin: bool,
     identifier: str | None,
     identifier_type: str | None,
     as_json: bool,
 ) -> None:
-    """Re-enqueue failed jobs after the cause is fixed (a corrected identifier, credentials)."""
+    """Re-enqueue failed jobs after the cause is fixed (a corrected identifier, credentials).
+
+    A cancellation that failed for good (cancel_failed) is sent again as it was.
+    """
     from worker.operations import replay as replay_jobs  # noqa: PLC0415
     from worker.operations import replay_reason  # noqa: PLC0415
 
     if not imp_uids and reason is None:
         raise click.UsageError("name imp_uids, or --reason")
+    if identifier_stdin:
+        if identifier is not None:
+            raise click.UsageError("give --identifier-stdin or --identifier, not both")
+        identifier = _read_identifier()
     corrections = {
         key: value
         for key, value in {"identifier": identifier, "identifier_type": identifier_type}.items()
@@ -330,6 +374,18 @@ def replay(
         replayed += outcome.task_id is not None
     if replayed == 0:
         sys.exit(1)
+
+
+def _read_identifier() -> str:
+    """The identifier from standard input: a hidden prompt on a terminal, else one line."""
+    if sys.stdin.isatty():
+        value = click.prompt("Corrected identifier", hide_input=True, err=True)
+    else:
+        value = sys.stdin.readline()
+    value = str(value).strip()
+    if not value:
+        raise click.UsageError("--identifier-stdin read no identifier")
+    return value
 
 
 @cli.command()
@@ -393,18 +449,27 @@ def ingress(ctx: click.Context) -> None:
     sys.exit(ingress_main(list(ctx.args)))
 
 
+#: What a command may raise that is said in one line rather than a traceback.
+_OURS = (
+    click.ClickException,
+    InvalidPayload,
+    SealingUnavailable,
+    IamportError,
+    redis.RedisError,
+    OperationalError,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cashreceipt`` console script."""
+    """Entry point of the ``cashreceipt`` console script: one line per failure, no traceback."""
+    # https://no-color.org: set and not empty means no colour, even on a terminal.
+    color = False if os.environ.get("NO_COLOR") else None
     try:
-        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
-    except InvalidPayload as error:
-        click.echo(json.dumps({"error": "invalid_payload", "fields": error.errors}), err=True)
-        return 2
+        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False, color=color)
     except click.exceptions.Abort:
         return 1
-    except click.ClickException as error:
-        error.show()
-        return 2
+    except _OURS as error:
+        return _failed(error)
     except SystemExit as exit_:
         code = exit_.code
         if isinstance(code, str):
@@ -412,6 +477,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(code or 0)
     return 0
+
+
+def _failed(error: Exception) -> int:
+    """Say what went wrong in one line on stderr; the exit code it means."""
+    if isinstance(error, click.ClickException):
+        error.show()
+        return EXIT_USAGE
+    code = EXIT_USAGE
+    if isinstance(error, InvalidPayload):
+        text = json.dumps({"error": "invalid_payload", "fields": error.errors})
+    elif isinstance(error, SealingUnavailable):
+        text = f"cashreceipt: configuration error: {error}"
+    elif isinstance(error, IamportError):
+        text, code = f"cashreceipt: i'mport: {mask_text(str(error))}", EXIT_UNAVAILABLE
+    else:
+        text = f"cashreceipt: Redis at {_shown_redis_url()}: {_reason(error)}"
+        code = EXIT_UNAVAILABLE
+    click.echo(text, err=True)
+    return code
+
+
+def _shown_redis_url() -> str:
+    """The Redis URL for a message, password redacted."""
+    try:
+        url = str(_config().broker_url)
+    except SystemExit:
+        url = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+    return redact_url(url)
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an error, with any URL's password redacted."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return " ".join(redact_url(word) if "@" in word else word for word in lines[0].split())
 
 
 if __name__ == "__main__":

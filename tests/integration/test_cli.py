@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from tests.support.worker import worker_env
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "cashreceipt")
+PHONE = "01055554321"
 
 
 def run(
@@ -98,3 +101,100 @@ def test_status_of_an_unknown_payment(redis_server: RedisServer, sandbox: Sandbo
     result = run(redis_server, sandbox, "status", "imp_never_seen")
     assert result.returncode == 1
     assert json.loads(result.stdout)["status"] == "unknown"
+
+
+def plain(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run ``cashreceipt`` as given (no --json added), with ``env``."""
+    return subprocess.run(
+        [CLI, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status", "imp_1"], ["dead"], ["stuck"], ["tail", "--count", "1"], ["enqueue", "--json",
+     '{"imp_uid": "imp_1", "identifier": "01055554321"}']],
+)  # fmt: skip
+def test_unreachable_redis_is_one_line_exit_3(
+    redis_server: RedisServer, sandbox: Sandbox, args: list[str]
+) -> None:
+    """No traceback: one line naming Redis, its URL's password redacted; 3 means try again."""
+    unreachable = "redis://:s3cret-pass@127.0.0.1:9/0"  # the discard port: nothing listens
+    result = plain(worker_env(unreachable, sandbox.url), *args)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("cashreceipt: Redis at redis://:**@127.0.0.1:9/0: ")
+    assert len(result.stderr.splitlines()) == 1
+    assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_enqueue_without_a_pii_key_is_one_line_exit_2(
+    redis_server: RedisServer, sandbox: Sandbox
+) -> None:
+    """No key to seal with: a configuration error in one line, nothing enqueued."""
+    env = worker_env(redis_server.url, sandbox.url, PII_ENCRYPTION_KEYS="")
+    result = plain(env, "enqueue", '{"imp_uid": "imp_nokey", "identifier": "01055554321"}')
+    assert result.returncode == 2
+    assert result.stderr.startswith("cashreceipt: configuration error: no PII encryption key")
+    assert len(result.stderr.splitlines()) == 1
+    assert "5554321" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["dead", "--reason", "no_such_reason"], ["stuck", "--older-than", "1e9"]],
+)
+def test_nothing_found_exits_1(
+    redis_server: RedisServer, sandbox: Sandbox, args: list[str]
+) -> None:
+    """dead and stuck with nothing to list: exit 1, as the README says, and no output."""
+    result = run(redis_server, sandbox, *args)
+    assert (result.returncode, result.stdout) == (1, "")
+
+
+@pytest.mark.usefixtures("worker")
+def test_status_json_is_one_line_and_colour_follows_no_color(
+    redis_server: RedisServer, sandbox: Sandbox, results: ResultStream, imp_uid: str
+) -> None:
+    """--json is one JSON line; on a terminal the text has colour, unless NO_COLOR is set."""
+    enqueued = run(
+        redis_server, sandbox, "enqueue", json.dumps({"imp_uid": imp_uid, "identifier": PHONE})
+    )
+    results.wait(json.loads(enqueued.stdout)["task_id"])
+    status = run(redis_server, sandbox, "status", imp_uid)
+    assert len(status.stdout.splitlines()) == 1
+    assert json.loads(status.stdout)["ledger"]["state"] == "issued"
+
+    env = worker_env(redis_server.url, sandbox.url)
+    assert "\x1b[" in on_terminal(env, "status", imp_uid)
+    assert "\x1b[" not in on_terminal({**env, "NO_COLOR": "1"}, "status", imp_uid)
+    assert "\x1b[" not in plain(env, "status", imp_uid).stdout  # not a terminal
+
+
+def on_terminal(env: dict[str, str], *args: str) -> str:
+    """What ``cashreceipt`` prints when its output is a terminal (a pseudo-terminal)."""
+    leader, follower = pty.openpty()
+    try:
+        process = subprocess.Popen([CLI, *args], env=env, stdout=follower, stderr=follower)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(leader)
+    return b"".join(chunks).decode()
+
+
+def test_replay_identifier_stdin_needs_an_identifier(
+    redis_server: RedisServer, sandbox: Sandbox
+) -> None:
+    """An empty standard input is bad input, said before anything is looked up."""
+    result = run(redis_server, sandbox, "replay", "imp_1", "--identifier-stdin", stdin="")
+    assert result.returncode == 2
+    assert "read no identifier" in result.stderr

@@ -14,8 +14,10 @@ from celery import Celery
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
+from tests.support.wait import wait_for
 from tests.support.worker import running_worker, worker_env
-from worker.producer import enqueue_issue
+from worker.ledger import ledger_key
+from worker.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 CLI = str(Path(sys.executable).parent / "cashreceipt")
@@ -23,12 +25,13 @@ REFUSED = "12345678901"  # the sandbox's tax service refuses it (TS1)
 
 
 def cli(
-    redis_server: RedisServer, sandbox: Sandbox, *args: str
+    redis_server: RedisServer, sandbox: Sandbox, *args: str, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """``cashreceipt <command> --json ...`` with the test worker's settings."""
     return subprocess.run(
         [CLI, args[0], "--json", *args[1:]],
         env=worker_env(redis_server.url, sandbox.url),
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
@@ -41,12 +44,22 @@ def lines(result: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
+@pytest.mark.parametrize(
+    ("given", "stdin"),
+    [
+        # The safe way: the identifier stays out of argv (ps, shell history).
+        (["--identifier-stdin"], "010-5555-4321\n"),
+        (["--identifier", "010-5555-4321"], ""),
+    ],
+)
 def test_rejected_job_is_dead_then_replayed_with_a_corrected_identifier(
     producer: Celery,
     redis_server: RedisServer,
     sandbox: Sandbox,
     results: ResultStream,
     imp_uid: str,
+    given: list[str],
+    stdin: str,
 ) -> None:
     """dead lists it with its reason; replay with the right identifier issues it; history stays."""
     failed = results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": REFUSED}, app=producer))
@@ -59,8 +72,9 @@ def test_rejected_job_is_dead_then_replayed_with_a_corrected_identifier(
     assert dead[0]["last_error"]["reason"] == "rejected"  # type: ignore[index]
     assert REFUSED not in json.dumps(dead)
 
-    replayed = cli(redis_server, sandbox, "replay", imp_uid, "--identifier", "010-5555-4321")
+    replayed = cli(redis_server, sandbox, "replay", imp_uid, *given, stdin=stdin)
     assert replayed.returncode == 0, replayed.stderr
+    assert "5555" not in replayed.stdout + replayed.stderr
     (outcome,) = lines(replayed)
     issued = results.wait(str(outcome["task_id"]))
     assert issued["type"] == "cash_receipt.issued"
@@ -136,3 +150,71 @@ def test_tail_prints_the_events(
     assert len(shown) == 3
     assert all(str(event["type"]).startswith("cash_receipt.") for event in shown)
     assert "5555" not in json.dumps(shown)
+
+
+def test_final_cancel_failure_is_dead_and_replayable(
+    producer: Celery,
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    results: ResultStream,
+    imp_uid: str,
+) -> None:
+    """A refund whose DELETE never got through is a dead letter; replay cancels the receipt."""
+    issued = results.wait(
+        enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+    )
+    assert issued["type"] == "cash_receipt.issued"
+    # Every DELETE of the test worker's budget (RETRY_MAX_ATTEMPTS=5) meets an outage.
+    sandbox.admin.script(imp_uid, *[{"kind": "status", "status": 503, "method": "DELETE"}] * 5)
+    failed = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer))
+    assert (failed["type"], failed["data"]["error"]["reason"]) == (
+        "cash_receipt.cancel_failed",
+        "retries_exhausted",
+    )
+
+    listed = cli(redis_server, sandbox, "dead", "--reason", "retries_exhausted")
+    dead = [job for job in lines(listed) if job.get("imp_uid") == imp_uid]
+    assert len(dead) == 1, listed.stdout
+    assert (dead[0]["failed"], dead[0]["state"], dead[0]["op"]) == ("cancel", "issued", "cancel")
+
+    replayed = cli(redis_server, sandbox, "replay", imp_uid)
+    assert replayed.returncode == 0, replayed.stderr
+    (outcome,) = lines(replayed)
+    cancelled = results.wait(str(outcome["task_id"]))
+    assert (cancelled["type"], cancelled["data"]["duplicate"]) == ("cash_receipt.cancelled", False)
+    assert cancelled["data"]["receipt"]["apply_num"] == issued["data"]["receipt"]["apply_num"]
+    assert redis_server.client().hget(ledger_key(imp_uid), "state") == "cancelled"
+    assert not [j for j in lines(cli(redis_server, sandbox, "dead")) if j.get("imp_uid") == imp_uid]
+
+
+def test_failed_reissue_after_a_partial_refund_is_replayable(
+    producer: Celery,
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    results: ResultStream,
+    imp_uid: str,
+) -> None:
+    """The old receipt is cancelled, the new one refused: dead; replay issues for the balance."""
+    sandbox.admin.seed_payment(imp_uid, amount=33000)
+    results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer))
+    sandbox.admin.seed_payment(imp_uid, cancel_amount=11000)
+    sandbox.admin.script(imp_uid, *[{"kind": "reject", "message": "PG down", "method": "POST"}] * 3)
+    task_id = enqueue_cancel({"imp_uid": imp_uid, "amount": 11000}, app=producer)
+    wait_for(lambda: len(results.for_task(task_id)) == 2, message="both events of the refund")
+    assert [e["type"] for e in sorted(results.for_task(task_id), key=lambda e: e["id"])] == [
+        "cash_receipt.cancelled",
+        "cash_receipt.failed",
+    ]
+
+    listed = lines(cli(redis_server, sandbox, "dead"))
+    dead = [job for job in listed if job.get("imp_uid") == imp_uid]
+    assert [(job["failed"], job["state"]) for job in dead] == [("issue", "failed")]
+    replayed = cli(redis_server, sandbox, "replay", imp_uid)
+    assert replayed.returncode == 0, replayed.stderr
+    (outcome,) = lines(replayed)
+    reissued = results.wait(str(outcome["task_id"]))
+    assert (reissued["type"], reissued["data"]["receipt"]["amount"]) == (
+        "cash_receipt.issued",
+        22000,
+    )
+    assert sandbox.admin.issued_count(imp_uid) == 2
