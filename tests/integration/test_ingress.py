@@ -1,4 +1,4 @@
-"""The ingress end to end: XADD → ``python -m worker.ingress`` → worker → sandbox → event.
+"""The ingress end to end: XADD → ``cashreceipt ingress`` → worker → sandbox → event.
 
 Every test has a stream of its own (``INGRESS_STREAM``), on the session's
 Redis, worker and sandbox; the dead-letter list is shared, so records are

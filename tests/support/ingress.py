@@ -1,10 +1,9 @@
-"""The ingress as real processes (``python -m worker.ingress``), and producing to its stream."""
+"""The ingress as real processes (``cashreceipt ingress``, as compose runs it), and producing."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -12,9 +11,10 @@ from typing import Any
 import redis
 
 from tests.support.wait import wait_for
-from tests.support.worker import ROOT, ProcessOutput, stop
+from tests.support.worker import BIN, ROOT, ProcessOutput, stop
 
-INGRESS = [sys.executable, "-m", "worker.ingress"]
+#: The console script the issue names and docker-compose runs.
+INGRESS = [str(BIN / "cashreceipt"), "ingress"]
 
 
 def run_once(env: Mapping[str, str], *extra: str, timeout: float = 30) -> tuple[int, str]:
