@@ -24,6 +24,14 @@ The terminal transition and its XADD happen in one script, keyed by the task
 id (the marker of :mod:`worker.events`): a redelivered message whose task
 already ended publishes nothing new, and exactly one event per issued payment
 is not a duplicate.
+
+A refund is the same job under ``op`` ``cancel`` (its payload in ``cancel``):
+recorded ``received`` before it is sent (:meth:`Ledger.receive_cancel`), or,
+while another task holds the job, kept in ``pending_cancel*`` until that job
+ends issued. Only a full refund ends the job's receipts for good: a job
+``cancelled`` by a partial refund (nothing was left to re-issue) re-opens for
+the next issue. A final ``cancel_failed`` leaves the job ``issued`` and in the
+failed index, the dead-letter view.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.support.redis_server import RedisServer
+from tests.support.wait import wait_for
 from worker.events import ISSUED, event_data, status_key, terminal_key
-from worker.ledger import DUE_KEY, Ledger, history_key, ledger_key
+from worker.ledger import DUE_KEY, FAILED_KEY, Ledger, history_key, ledger_key
+from worker.operations import dead_jobs
 from worker.schemas import load_payload
 from worker.sealing import Sealer
 
@@ -44,6 +46,19 @@ def finish(ledger: Ledger, imp_uid: str, fence: int, task_id: str) -> str | None
         event_type=ISSUED,
         data={"imp_uid": imp_uid, "task_id": task_id, "duplicate": False},
         receipt={"apply_num": "123"},
+    )
+
+
+def fail(ledger: Ledger, imp_uid: str, fence: int, task_id: str) -> str | None:
+    """End a claimed job as failed for good (rejected)."""
+    return ledger.finish(
+        imp_uid,
+        fence=fence,
+        state="failed",
+        task_id=task_id,
+        event_type="cash_receipt.failed",
+        data={},
+        error={"reason": "rejected"},
     )
 
 
@@ -117,15 +132,7 @@ def test_a_received_job_is_claimed_by_one_of_two_copies(ledger: Ledger, imp_uid:
 def test_failed_job_is_reopened_by_a_new_payload(ledger: Ledger, imp_uid: str) -> None:
     """A failed job is re-opened by a new message, with a fresh attempt count."""
     claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
-    ledger.finish(
-        imp_uid,
-        fence=claim.fence,
-        state="failed",
-        task_id=f"{imp_uid}-t1",
-        event_type="cash_receipt.failed",
-        data={},
-        error={"reason": "rejected"},
-    )
+    fail(ledger, imp_uid, claim.fence, f"{imp_uid}-t1")
     reopened = ledger.claim(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD)
     assert (reopened.kind, reopened.attempt, reopened.resumed) == ("claimed", 1, False)
 
@@ -376,3 +383,23 @@ def test_a_repeated_cancellation_of_the_same_task_changes_nothing(
     record = ledger.record(imp_uid)
     assert record is not None
     assert (record["attempts"], record["fence"]) == ("1", str(claim.fence))
+
+
+def test_dead_view_drops_index_entries_whose_record_expired(
+    redis_server: RedisServer, imp_uid: str
+) -> None:
+    """A failed job outlives neither LEDGER_RETENTION nor, once listed, its index entry."""
+    client = redis_server.client()
+    short = Ledger(
+        client,
+        stream="test.ledger.events",
+        event_retention_seconds=3600,
+        retention_seconds=1,
+        lease_seconds=0.5,
+    )
+    claim = short.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    fail(short, imp_uid, claim.fence, f"{imp_uid}-t1")
+    assert client.zscore(FAILED_KEY, imp_uid) is not None
+    wait_for(lambda: not client.exists(ledger_key(imp_uid)), message="the record to expire")
+    assert imp_uid not in [job["imp_uid"] for job in dead_jobs(client)]
+    assert client.zscore(FAILED_KEY, imp_uid) is None
