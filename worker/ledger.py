@@ -30,7 +30,8 @@ recorded ``received`` before it is sent (:meth:`Ledger.receive_cancel`), or,
 while another task holds the job, kept in ``pending_cancel*`` until that job
 ends issued. Only a full refund ends the job's receipts for good: a job
 ``cancelled`` by a partial refund (nothing was left to re-issue) re-opens for
-the next issue. A final ``cancel_failed`` leaves the job ``issued`` and in the
+the next issue, and an issue recorded while it ran (``pending_issue*``) owns
+the job at once. A final ``cancel_failed`` leaves the job ``issued`` and in the
 failed index, the dead-letter view.
 """
 
@@ -102,10 +103,13 @@ local state = record[1]
 local reopen = state == 'failed' or (state == 'cancelled' and partial(record[3]))
 if state and not reopen then
   if state == 'received' or state == 'in_flight' then
-    -- A waiter ends with the owner. Not behind a partial refund, which may end
-    -- with no receipt: this message then issues by itself once it is over.
-    if not (record[2] == 'cancel' and partial(record[3])) then
-      redis.call('SADD', KEYS[3], ARGV[1])
+    -- A waiter ends with the owner.
+    redis.call('SADD', KEYS[3], ARGV[1])
+    if record[2] == 'cancel' and partial(record[3]) then
+      -- Behind a partial refund, which may end with no receipt to replace:
+      -- kept, to own the job then (its message waits meanwhile).
+      redis.call('HSET', KEYS[1], 'pending_issue_task', ARGV[1], 'pending_issue', ARGV[2],
+        'pending_issue_due', ARGV[4])
     end
   end
   return state
@@ -265,6 +269,7 @@ return 1
 
 _FINISH = (
     PUBLISH_ONCE_LUA
+    + _PARTIAL_LUA
     + """
 -- The terminal transition and its event, together.
 -- KEYS: ledger, due, stream, terminal marker, status pointer, waiters, failed index,
@@ -326,19 +331,34 @@ if ARGV[2] == 'issued' or (ARGV[2] == 'failed' and ARGV[12] == '') then
   end
   redis.call('DEL', KEYS[6])
 elseif ARGV[2] == 'cancelled' then
-  -- Issue messages still waiting will never issue: each ends as a stale one.
-  for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
-    local data = cjson.decode(ARGV[4])
-    data['task_id'] = waiter
-    data['duplicate'] = true
-    data['receipt'] = nil
-    data['event_id'] = redis.sha1hex(waiter .. published[2])
-    data['error'] = {reason = 'cancelled', status = cjson.null, code = cjson.null,
-      message = 'the receipt of this payment was cancelled', retryable = false}
-    publish_once(KEYS[3], 'cash_receipt:terminal:' .. waiter, KEYS[5], 'cash_receipt.failed',
-      cjson.encode(data), ARGV[5], ARGV[6])
+  local rec = redis.call('HMGET', KEYS[1],
+    'cancel', 'pending_issue_task', 'pending_issue', 'pending_issue_due')
+  if partial(rec[1]) then
+    -- A partial refund with no receipt to replace: issue messages that came
+    -- meanwhile still issue. The one recorded last owns the job now.
+    if rec[2] and redis.call('EXISTS', 'cash_receipt:terminal:' .. rec[2]) == 0 then
+      redis.call('HSET', KEYS[1], 'state', 'received', 'op', 'issue', 'task_id', rec[2],
+        'payload', rec[3], 'attempts', 0, 'next_attempt_at', rec[4])
+      redis.call('HDEL', KEYS[1], 'receipt')
+      redis.call('PERSIST', KEYS[1])
+      redis.call('ZADD', KEYS[2], rec[4], ARGV[11])
+    end
+    redis.call('EXPIRE', KEYS[6], ARGV[10])
+  else
+    -- Issue messages still waiting will never issue: each ends as a stale one.
+    for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+      local data = cjson.decode(ARGV[4])
+      data['task_id'] = waiter
+      data['duplicate'] = true
+      data['receipt'] = nil
+      data['event_id'] = redis.sha1hex(waiter .. published[2])
+      data['error'] = {reason = 'cancelled', status = cjson.null, code = cjson.null,
+        message = 'the receipt of this payment was cancelled', retryable = false}
+      publish_once(KEYS[3], 'cash_receipt:terminal:' .. waiter, KEYS[5], 'cash_receipt.failed',
+        cjson.encode(data), ARGV[5], ARGV[6])
+    end
+    redis.call('DEL', KEYS[6])
   end
-  redis.call('DEL', KEYS[6])
 else
   redis.call('EXPIRE', KEYS[6], ARGV[10])
 end
@@ -356,6 +376,7 @@ if ARGV[2] == 'issued' then
   end
   redis.call('HDEL', KEYS[1], 'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
 end
+redis.call('HDEL', KEYS[1], 'pending_issue_task', 'pending_issue', 'pending_issue_due')
 return published
 """
 )
@@ -700,7 +721,7 @@ def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
     record = {_text(key): _text(value) for key, value in raw.items()}
     shown: dict[str, Any] = {}
     for key, value in record.items():
-        if key in {"payload", "cancel", "pending_cancel"}:
+        if key in {"payload", "cancel", "pending_cancel", "pending_issue"}:
             shown[key] = mask_payload(json.loads(value))
         elif key in {"receipt", "last_error"}:
             shown[key] = json.loads(value)
@@ -710,6 +731,7 @@ def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
             "lease_until",
             "next_attempt_at",
             "pending_cancel_due",
+            "pending_issue_due",
         }:
             shown[key] = datetime.fromtimestamp(int(value) / 1000, UTC).isoformat(
                 timespec="seconds"

@@ -227,3 +227,20 @@ def test_full_refund_before_confirmation_refuses_the_issue(
     late = results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer))
     assert (late["type"], late["data"]["error"]["reason"]) == ("cash_receipt.failed", "cancelled")
     assert sandbox.admin.issued_count(imp_uid) == 0
+
+
+def test_confirmation_during_a_partial_refund_issues_after_it(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
+) -> None:
+    """The issue waits for the refund in hand (nothing to cancel yet), then issues the balance."""
+    sandbox.admin.seed_payment(imp_uid, amount=33000, cancel_amount=11000)
+    sandbox.admin.script(imp_uid, {"kind": "latency", "ms": 1500, "method": "GET"})
+    cancel_task = enqueue_cancel({"imp_uid": imp_uid, "amount": 11000}, app=producer)
+    wait_for(lambda: sandbox.admin.requests(imp_uid) or None, message="the refund's lookup")
+    issue_task = enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer)
+    cancelled = results.wait(cancel_task)
+    assert (cancelled["type"], cancelled["data"]["receipt"]) == ("cash_receipt.cancelled", None)
+    issued = results.wait(issue_task, timeout=40)
+    assert (issued["type"], issued["data"]["duplicate"]) == ("cash_receipt.issued", False)
+    assert issued["data"]["receipt"]["amount"] == 22000
+    assert sandbox.admin.issued_count(imp_uid) == 1

@@ -403,3 +403,40 @@ def test_dead_view_drops_index_entries_whose_record_expired(
     wait_for(lambda: not client.exists(ledger_key(imp_uid)), message="the record to expire")
     assert imp_uid not in [job["imp_uid"] for job in dead_jobs(client)]
     assert client.zscore(FAILED_KEY, imp_uid) is None
+
+
+def test_issue_recorded_behind_a_partial_refund_owns_the_job_after_it(
+    ledger: Ledger, redis_server: RedisServer, imp_uid: str
+) -> None:
+    """A partial refund that found nothing to replace hands the job to the issue that came."""
+    refund = {"imp_uid": imp_uid, "amount": 100}
+    ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=refund, resend_after=60)
+    cancel = ledger.claim(imp_uid, task_id=f"{imp_uid}-c1", payload=refund, purpose="cancel")
+    assert ledger.receive(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD, resend_after=0) == (
+        "in_flight"
+    )
+    assert ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD).kind == "busy"
+    ledger.finish(
+        imp_uid,
+        fence=cancel.fence,
+        state="cancelled",
+        task_id=f"{imp_uid}-c1",
+        event_type="cash_receipt.cancelled",
+        data={"imp_uid": imp_uid, "task_id": f"{imp_uid}-c1"},
+    )
+    record = ledger.record(imp_uid)
+    assert record is not None
+    assert (record["state"], record["op"], record["task_id"]) == (
+        "received",
+        "issue",
+        f"{imp_uid}-t1",
+    )
+    assert json.loads(record["payload"]) == PAYLOAD
+    events = [
+        json.loads(fields["data"]).get("task_id")
+        for _, fields in redis_server.client().xrange("test.ledger.events")
+    ]
+    assert f"{imp_uid}-t1" not in events  # not failed as a stale issue
+    (job,) = [j for j in ledger.due_jobs(limit=100, regrace_seconds=60) if j.imp_uid == imp_uid]
+    assert (job.op, job.task_id) == ("issue", f"{imp_uid}-t1")
+    assert ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD).kind == "claimed"
