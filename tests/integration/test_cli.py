@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -170,14 +172,25 @@ def test_status_json_is_one_line_and_colour_follows_no_color(
     assert "\x1b[" not in plain(env, "status", imp_uid).stdout  # not a terminal
 
 
-def on_terminal(env: dict[str, str], *args: str) -> str:
-    """What ``cashreceipt`` prints when its output is a terminal (a pseudo-terminal)."""
+def on_terminal(
+    env: dict[str, str], *args: str, prompt: bytes = b"", answer: bytes = b"", expect: int = 0
+) -> str:
+    """What ``cashreceipt`` prints on a (pseudo-)terminal; ``answer`` is typed after ``prompt``."""
     leader, follower = pty.openpty()
+    chunks: list[bytes] = []
     try:
-        process = subprocess.Popen([CLI, *args], env=env, stdout=follower, stderr=follower)
+        process = subprocess.Popen(
+            [CLI, *args], env=env, stdin=follower, stdout=follower, stderr=follower
+        )
         os.close(follower)
-        chunks = []
-        while True:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if answer and prompt in b"".join(chunks):
+                # Typed only once asked: turning echo off flushes what came before.
+                os.write(leader, answer)
+                answer = b""
+            if not select.select([leader], [], [], 1)[0]:
+                continue
             try:
                 chunk = os.read(leader, 4096)
             except OSError:  # EIO: the other side closed
@@ -185,10 +198,29 @@ def on_terminal(env: dict[str, str], *args: str) -> str:
             if not chunk:
                 break
             chunks.append(chunk)
-        assert process.wait(timeout=60) == 0
+        assert process.wait(timeout=10) == expect, b"".join(chunks)
     finally:
         os.close(leader)
     return b"".join(chunks).decode()
+
+
+def test_replay_asks_for_the_identifier_hidden_on_a_terminal(
+    redis_server: RedisServer, sandbox: Sandbox
+) -> None:
+    """On a terminal --identifier-stdin prompts, and what is typed is not echoed."""
+    env = worker_env(redis_server.url, sandbox.url)
+    shown = on_terminal(
+        env,
+        "replay",
+        "imp_never_failed",
+        "--identifier-stdin",
+        prompt=b"Corrected identifier",
+        answer=b"01055554321\n",
+        expect=1,
+    )
+    assert "Corrected identifier" in shown
+    assert "skipped" in shown  # it was read, and the replay went on (nothing to replay)
+    assert "5554321" not in shown
 
 
 def test_replay_identifier_stdin_needs_an_identifier(
