@@ -373,6 +373,7 @@ if ARGV[2] == 'issued' then
     redis.call('HDEL', KEYS[1], 'cancel_step')
     redis.call('PERSIST', KEYS[1])
     redis.call('ZADD', KEYS[2], pending[3], ARGV[11])
+    redis.call('ZREM', KEYS[7], ARGV[11])  -- owed, not dead: a cancel_failed is retried
   end
   redis.call('HDEL', KEYS[1], 'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
 end

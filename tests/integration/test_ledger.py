@@ -440,3 +440,26 @@ def test_issue_recorded_behind_a_partial_refund_owns_the_job_after_it(
     (job,) = [j for j in ledger.due_jobs(limit=100, regrace_seconds=60) if j.imp_uid == imp_uid]
     assert (job.op, job.task_id) == ("issue", f"{imp_uid}-t1")
     assert ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD).kind == "claimed"
+
+
+def test_a_cancel_failed_with_a_refund_behind_it_is_not_dead(
+    ledger: Ledger, redis_server: RedisServer, imp_uid: str
+) -> None:
+    """The later refund owns the job at once: it is due, not listed as a dead letter."""
+    first = {"imp_uid": imp_uid}
+    ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=first, resend_after=60)
+    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-c1", payload=first, purpose="cancel")
+    ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c2", cancel=first, resend_after=0)
+    ledger.finish(
+        imp_uid,
+        fence=claim.fence,
+        state="issued",
+        task_id=f"{imp_uid}-c1",
+        event_type="cash_receipt.cancel_failed",
+        data={"imp_uid": imp_uid, "task_id": f"{imp_uid}-c1"},
+        error={"reason": "retries_exhausted"},
+    )
+    assert redis_server.client().zscore(FAILED_KEY, imp_uid) is None
+    record = ledger.record(imp_uid)
+    assert record is not None
+    assert (record["state"], record["task_id"]) == ("received", f"{imp_uid}-c2")
