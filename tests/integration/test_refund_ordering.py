@@ -1,9 +1,10 @@
 """Refunds against jobs that are not simply issued: a parked issue, a lost cancellation message.
 
-A Redis, a sandbox and workers of this module's own: a long honoured
-Retry-After parks the issue in the ledger (RETRY_BACKOFF_MAX is raised for
-that), and the sweeper runs often, so that a lost message is re-sent within
-seconds (the producer's visibility timeout is 1 s).
+A Redis per test (``own_redis``), a sandbox of the module's own, and workers
+started by each test: a long honoured Retry-After parks the issue in the
+ledger (RETRY_BACKOFF_MAX is raised for that), and the sweeper runs often, so
+that a lost message is re-sent within seconds (the producer's visibility
+timeout is 1 s).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,22 +31,13 @@ PHONE = "01055554321"
 
 
 @pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A Redis of this module's own: its workers start and stop with the tests."""
-    server = RedisServer(Path(tmp_path_factory.mktemp("refund-redis")))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def own_sandbox() -> Iterator[Sandbox]:
     """A sandbox of this module's own."""
     with running_sandbox() as sandbox:
         yield sandbox
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def env(own_redis: RedisServer, own_sandbox: Sandbox) -> dict[str, str]:
     """Workers that park a long Retry-After in the ledger and sweep every 0.2 s."""
     return worker_env(
@@ -58,7 +49,7 @@ def env(own_redis: RedisServer, own_sandbox: Sandbox) -> dict[str, str]:
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def producer(own_redis: RedisServer) -> Iterator[Celery]:
     """The helper's app; the sweeper re-sends its recorded jobs 1 s after they were sent."""
     app = Celery("checkout", broker=own_redis.url)
