@@ -7,13 +7,9 @@ sandbox package: what is tested is the process a user runs.
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,17 +17,13 @@ from typing import Any
 
 import requests
 
+from worker.bench.servers import SandboxError, sandbox_command, stop_process, wait_for_sandbox
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KEY = "sandbox_key"
 DEFAULT_SECRET = "sandbox_secret"
-READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 ADMIN_TIMEOUT = 5.0
-_LISTENING = re.compile(r"iamport-sandbox listening on (http://\S+?):(\d+)\s")
-
-
-class SandboxError(RuntimeError):
-    """The sandbox process failed to start or died while in use; carries its stderr."""
 
 
 class SandboxAdmin:
@@ -164,44 +156,6 @@ def _flag(args: tuple[str, ...], name: str, default: str) -> str:
     return value
 
 
-def sandbox_command() -> list[str]:
-    """`python -m iamport_sandbox` with this interpreter, so the venv's packages are used."""
-    return [sys.executable, "-m", "iamport_sandbox"]
-
-
-def _wait_until_ready(process: subprocess.Popen[bytes], log_path: Path) -> tuple[str, int]:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SandboxError(
-                f"sandbox exited with {process.returncode} before it was ready:\n"
-                + log_path.read_text(errors="replace")
-            )
-        match = _LISTENING.search(log_path.read_text(errors="replace"))
-        if match:
-            url, port = match.group(1) + ":" + match.group(2), int(match.group(2))
-            try:
-                if requests.get(f"{url}/__sandbox__/health", timeout=1).ok:
-                    return url, port
-            except requests.ConnectionError:
-                pass
-        time.sleep(0.02)
-    raise SandboxError(
-        f"sandbox not ready after {READY_TIMEOUT:g}s:\n" + log_path.read_text(errors="replace")
-    )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=STOP_TIMEOUT)
-
-
 @contextmanager
 def running_sandbox(*extra_args: str, port: int | None = None) -> Iterator[Sandbox]:
     """Run `python -m iamport_sandbox` on loopback until the block ends.
@@ -221,7 +175,7 @@ def running_sandbox(*extra_args: str, port: int | None = None) -> Iterator[Sandb
                 command, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT
             )
         try:
-            url, bound = _wait_until_ready(process, log_path)
+            url, bound = wait_for_sandbox(process, log_path)
             sandbox = Sandbox(
                 url=url,
                 port=bound,
@@ -237,6 +191,6 @@ def running_sandbox(*extra_args: str, port: int | None = None) -> Iterator[Sandb
                     + log_path.read_text(errors="replace")
                 )
         finally:
-            _stop(process)
+            stop_process(process, STOP_TIMEOUT)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,214 @@
+"""Private servers for the benchmark and the tests: a redis-server and the i'mport sandbox.
+
+Both the benchmark (``cashreceipt bench``) and the test suite start their own
+``redis-server`` on a free port in a folder of their own, never the shared one
+on 6379, and the sandbox as the console program a user runs. The code lives
+here, outside ``tests/``, so the two share one copy.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, TypeVar
+from urllib.parse import quote
+
+import redis
+import requests
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    """A condition did not hold in time (an AssertionError, so a test reads it as a failure)."""
+
+
+def wait_for(
+    condition: Callable[[], T | None],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {message}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TlsFiles(Protocol):
+    """PEM files for a TLS-only server: the CA, and the server's certificate and key."""
+
+    @property
+    def ca(self) -> Path: ...
+    @property
+    def cert(self) -> Path: ...
+    @property
+    def key(self) -> Path: ...
+
+
+class RedisServer:
+    """One redis-server process in its own folder, on a free port.
+
+    Fault tests stop and restart it on the same port and folder, as an
+    operator's Redis would come back after a crash. Options make it ask for a
+    password (``requirepass``) or speak TLS only (``--tls-port``, no plain
+    port), with the URL a worker would be given for it.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not on PATH; install Debian's redis-server")
+        self.folder = folder
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.password = password
+        self.tls = tls
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL a worker or client connects with: password and CA included."""
+        return self.url_with(password=self.password, ca=self.tls.ca if self.tls else None)
+
+    def url_with(self, *, password: str | None, ca: Path | None) -> str:
+        """This server's URL with another password or CA (or none), to show a refusal."""
+        auth = f":{quote(password, safe='')}@" if password else ""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        query = f"?ssl_ca_certs={quote(str(ca))}" if ca else ""
+        return f"rediss://{auth}127.0.0.1:{self.port}/0{query}"
+
+    def client(self) -> redis.Redis:
+        """A new client of this server."""
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def start(self) -> None:
+        """Start (or restart) the server and wait until it answers PING."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.folder),
+                "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no",
+                # As production runs it: every acknowledged write survives a crash.
+                "--appendfsync", "always",
+                "--maxmemory-policy", "noeviction",
+                "--logfile", str(self.folder / "redis.log"),
+                *self._security_arguments(),
+            ],
+        )  # fmt: skip
+        probe = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        wait_for(lambda: _pings(probe), timeout=10, message=f"redis-server on {self.port}")
+
+    def _security_arguments(self) -> list[str]:
+        arguments = ["--requirepass", self.password] if self.password else []
+        if self.tls is not None:
+            # TLS only: the plain port is closed, so nothing can skip the handshake.
+            arguments += [
+                "--port", "0",
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        return arguments
+
+    def stop(self) -> None:
+        """Kill the server at once, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+# -- the i'mport sandbox ---------------------------------------------------------
+
+SANDBOX_READY_TIMEOUT = 15.0
+_LISTENING = re.compile(r"iamport-sandbox listening on (http://\S+?):(\d+)\s")
+
+
+class SandboxError(RuntimeError):
+    """The sandbox process failed to start or died while in use; carries its stderr."""
+
+
+def sandbox_command() -> list[str]:
+    """`python -m iamport_sandbox` with this interpreter, so the venv's packages are used."""
+    return [sys.executable, "-m", "iamport_sandbox"]
+
+
+def wait_for_sandbox(process: subprocess.Popen[bytes], log_path: Path) -> tuple[str, int]:
+    """The URL and port of a starting sandbox, once its health check answers.
+
+    The port comes from the one line the sandbox always prints to stderr, so a
+    sandbox started on port 0 never races another for a port.
+    """
+    deadline = time.monotonic() + SANDBOX_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SandboxError(
+                f"sandbox exited with {process.returncode} before it was ready:\n"
+                + log_path.read_text(errors="replace")
+            )
+        match = _LISTENING.search(log_path.read_text(errors="replace"))
+        if match:
+            url, port = match.group(1) + ":" + match.group(2), int(match.group(2))
+            try:
+                if requests.get(f"{url}/__sandbox__/health", timeout=1).ok:
+                    return url, port
+            except requests.ConnectionError:
+                pass
+        time.sleep(0.02)
+    raise SandboxError(
+        f"sandbox not ready after {SANDBOX_READY_TIMEOUT:g}s:\n"
+        + log_path.read_text(errors="replace")
+    )
+
+
+def stop_process(process: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
