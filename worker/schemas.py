@@ -175,6 +175,8 @@ class ReceiptRequest:
     identifier: str
     merchant_uid: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: The identifier's token as it came, when the newest key sealed exactly this value.
+    sealed_identifier: str | None = field(default=None, repr=False, compare=False)
 
     def body(self) -> dict[str, Any]:
         """The request body, with only the fields i'mport knows and that were given."""
@@ -190,7 +192,8 @@ class ReceiptRequest:
         """
         message = {"imp_uid": self.imp_uid, "merchant_uid": self.merchant_uid, **self.body()}
         if sealer.enabled:
-            message["identifier_sealed"] = sealer.seal(message.pop("identifier"))
+            identifier = message.pop("identifier")
+            message["identifier_sealed"] = self.sealed_identifier or sealer.seal(identifier)
             buyer = {key: message.pop(key) for key in BUYER_FIELDS if key in message}
             if buyer:
                 message["buyer_sealed"] = sealer.seal(json.dumps(buyer, ensure_ascii=False))
@@ -210,10 +213,11 @@ def load_payload(raw: object, sealer: Sealer | None = None) -> ReceiptRequest:
     if not isinstance(raw, Mapping):
         raise InvalidPayload({"_payload": ["Must be a JSON object."]})
     fields = dict(raw)
+    token, reusable = fields.get("identifier_sealed"), False
     if "identifier_sealed" in fields:
-        fields["identifier"] = _unsealed(fields, "identifier_sealed", sealer)
+        fields["identifier"], reusable = _unsealed(fields, "identifier_sealed", sealer)
     if "buyer_sealed" in fields:
-        fields.update(_buyer_fields(_unsealed(fields, "buyer_sealed", sealer)))
+        fields.update(_buyer_fields(_unsealed(fields, "buyer_sealed", sealer)[0]))
     try:
         data: dict[str, Any] = _PAYLOAD_SCHEMA.load(fields)
     except ValidationError as error:
@@ -223,15 +227,19 @@ def load_payload(raw: object, sealer: Sealer | None = None) -> ReceiptRequest:
         for key, value in data.items()
         if key not in {"imp_uid", "merchant_uid", "identifier"} and value is not None
     }
+    # Reused only when it seals the normalised digits themselves, under the newest key.
+    same = reusable and isinstance(token, str) and data["identifier"] == fields["identifier"]
     return ReceiptRequest(
         imp_uid=data["imp_uid"],
         identifier=data["identifier"],
         merchant_uid=data["merchant_uid"],
         options=options,
+        sealed_identifier=token if same else None,
     )
 
 
-def _unsealed(fields: dict[str, Any], name: str, sealer: Sealer | None) -> str:
+def _unsealed(fields: dict[str, Any], name: str, sealer: Sealer | None) -> tuple[str, bool]:
+    """The value of a sealed field, and whether the newest key sealed it."""
     sealed = fields.pop(name)
     if name == "identifier_sealed" and "identifier" in fields:
         raise InvalidPayload({name: ["Give identifier or identifier_sealed, not both."]})
@@ -240,7 +248,7 @@ def _unsealed(fields: dict[str, Any], name: str, sealer: Sealer | None) -> str:
     if sealer is None:
         raise InvalidPayload({name: ["No key is configured to unseal it."]})
     try:
-        return sealer.unseal(sealed)
+        return sealer.open(sealed)
     except UnsealError as error:
         raise InvalidPayload({name: [f"Invalid: {error}."]}) from None
 

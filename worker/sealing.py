@@ -39,6 +39,7 @@ class Sealer:
                 "ALLOW_PLAINTEXT_PII=1 lets identifiers travel in clear"
             )
         self._fernet = MultiFernet([Fernet(key) for key in keys]) if keys else None
+        self._newest = Fernet(keys[0]) if keys else None
 
     @classmethod
     def from_conf(cls, conf: object) -> Sealer:
@@ -59,9 +60,22 @@ class Sealer:
 
     def unseal(self, token: str) -> str:
         """The value inside ``token``; raises :class:`UnsealError` without saying more."""
-        if self._fernet is None:
+        return self.open(token)[0]
+
+    def open(self, token: str) -> tuple[str, bool]:
+        """The value inside ``token``, and whether the newest key sealed it.
+
+        A token under the newest key is as good as a fresh seal of its value,
+        so it may travel on unchanged (one encryption saved per task); one under
+        an older key is re-sealed, which is how rotation retires old keys.
+        """
+        if self._fernet is None or self._newest is None:
             raise UnsealError("no key is configured to unseal it")
         try:
-            return self._fernet.decrypt(token.encode("ascii")).decode()
+            raw = token.encode("ascii")
+            try:
+                return self._newest.decrypt(raw).decode(), True
+            except InvalidToken:
+                return self._fernet.decrypt(raw).decode(), False
         except (InvalidToken, UnicodeError, ValueError):
             raise UnsealError("it cannot be unsealed with the configured keys") from None

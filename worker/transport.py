@@ -16,6 +16,8 @@ fuzz tests drive this path against a real worker.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from queue import Empty
 from typing import Any
 
@@ -30,6 +32,28 @@ log = logging.getLogger(__name__)
 
 class Channel(kombu_redis.Channel):
     """A Redis channel that parks unreadable queue entries instead of crashing."""
+
+    _shared_client: tuple[Any, Any] | None = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        """A Redis client for one operation: one per connection pool, not one per call.
+
+        kombu builds a new ``redis.Redis`` around the same pool for every ack,
+        publish and event (redis-py 8's constructor is not cheap: about a
+        twentieth of a thread-pool worker's CPU). A client over a pool is safe
+        to share between threads; a new pool (after a fork or a reconnect)
+        gets a new client.
+        """
+        if client:
+            yield client
+            return
+        pool = self.pool
+        shared = self._shared_client
+        if shared is None or shared[0] is not pool:
+            shared = (pool, self._create_client())
+            self._shared_client = shared
+        yield shared[1]
 
     def _brpop_read(self, **options: Any) -> bool:
         try:

@@ -92,3 +92,27 @@ def test_plaintext_mode_sends_the_identifier_in_clear() -> None:
         sealer
     )
     assert message["identifier"] == "01012345678"
+
+
+def test_a_token_under_the_newest_key_travels_on_and_an_older_one_is_resealed() -> None:
+    """Retries and the ledger keep a current token as it came; rotation still retires old keys."""
+    sealer = Sealer([NEW, OLD])
+    current = sealer.seal("01012345678")
+    message = load_payload({"imp_uid": "imp_1", "identifier_sealed": current}, sealer).to_message(
+        sealer
+    )
+    assert message["identifier_sealed"] == current
+
+    older = Sealer([OLD]).seal("01012345678")
+    message = load_payload({"imp_uid": "imp_1", "identifier_sealed": older}, sealer).to_message(
+        sealer
+    )
+    assert message["identifier_sealed"] != older
+    assert Sealer([NEW]).unseal(message["identifier_sealed"]) == "01012345678"
+
+    # A token of the digits with separators is re-sealed as the normalised digits.
+    spaced = sealer.seal("010-1234-5678")
+    message = load_payload({"imp_uid": "imp_1", "identifier_sealed": spaced}, sealer).to_message(
+        sealer
+    )
+    assert sealer.unseal(message["identifier_sealed"]) == "01012345678"
