@@ -168,7 +168,8 @@ def test_exactly_once_under_chaos(
         RETRY_MAX_ATTEMPTS="200",
         SWEEP_INTERVAL="0.5",
         DUPLICATE_WAIT="2",
-        WORKER_CONCURRENCY="16",
+        # The default pool and concurrency (WORKER_CONCURRENCY unset), as operators run it.
+        WORKER_CONCURRENCY="",
     )
     fleet = Fleet(env=env, logs=tmp_path)
     fleet.start()
