@@ -451,7 +451,7 @@ def ingress(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("-n", "--n", "n", default=2000, show_default=True, help="Events per drain run.")
+@click.option("-n", "--n", "n", default=1500, show_default=True, help="Events per drain run.")
 @click.option(
     "--latency",
     "latencies",

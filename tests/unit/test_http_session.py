@@ -1,0 +1,31 @@
+"""The i'mport session reads requests' environment once, with requests' own rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.runtime import http_session
+
+
+def test_ca_bundle_and_proxies_are_resolved_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """REQUESTS_CA_BUNDLE wins over CURL_CA_BUNDLE; the proxy is the one requests would use."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    env = {"REQUESTS_CA_BUNDLE": "/etc/ca/a.pem", "CURL_CA_BUNDLE": "/etc/ca/b.pem"}
+    session = http_session("https://api.iamport.kr", pool_size=64, env=env)
+    assert session.trust_env is False
+    assert session.verify == "/etc/ca/a.pem"
+    assert session.proxies.get("https") == "http://proxy.internal:3128"
+    adapter = session.get_adapter("https://api.iamport.kr/receipts/imp_1")
+    assert adapter._pool_maxsize == 64  # type: ignore[attr-defined]
+    assert adapter.max_retries.total == 0  # type: ignore[attr-defined]
+
+
+def test_no_proxy_and_no_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host in NO_PROXY goes direct; without a bundle, the system's CAs are verified."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "api.iamport.kr")
+    session = http_session("https://api.iamport.kr", pool_size=8, env={"CURL_CA_BUNDLE": ""})
+    assert "https" not in session.proxies
+    assert session.verify is True
