@@ -41,7 +41,7 @@ def test_readme_bench_command_prints_its_tables(tmp_path: Path) -> None:
     json_path = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "IAMPORT_"))}
     finished = subprocess.run(
-        [str(CLI), *words[2:], *TINY, "--json", str(json_path)],
+        [str(CLI), *words[1:], *TINY, "--json", str(json_path)],
         capture_output=True,
         text=True,
         env=env,

@@ -26,8 +26,8 @@ Profiles:
     Light load: events at a steady rate (10/s), each timed from the call to
     the helper to the moment its result event is read from the stream.
 ``scaleout``
-    Latency-bound draining by one worker process, then by two (standing in
-    for two hosts).
+    Draining by one worker process, then by two (standing in for two hosts);
+    latency-bound at its default L of 1000 ms.
 ``soak``
     A long run (100,000 receipts by default) with the worker's RSS sampled.
 
@@ -827,7 +827,7 @@ def _scaleout(rows: Sequence[Row], options: Options) -> tuple[str, list[str]]:
     if one is None or two is None:
         return "", []
     ratio = two["receipts_per_s"] / one["receipts_per_s"]
-    text = "\nScale-out: latency-bound drain, one worker process and two (receipts/s)\n" + _table(
+    text = "\nScale-out: the same drain by one worker process and by two (receipts/s)\n" + _table(
         ["L ms", "N", "1 process", "2 processes", "2÷1", "cpu ms (1)", "cpu ms (2)"],
         [[str(one["latency_ms"]), str(one["n"]), _num(one["receipts_per_s"]),
           _num(two["receipts_per_s"]), f"{ratio:.2f}",
