@@ -62,6 +62,7 @@ from cryptography.fernet import Fernet
 from worker.bench.bare import BARE_TASK
 from worker.bench.servers import (
     RedisServer,
+    free_port,
     sandbox_command,
     stop_process,
     wait_for_sandbox,
@@ -81,7 +82,7 @@ PROFILES = ("throughput", "latency", "scaleout", "soak")
 #: The README's settings (and Celery's own): none of the caller's reach a measured worker.
 SETTING_PREFIXES = (
     "CELERY_", "REDIS_", "IAMPORT_", "RETRY_", "RESULT_", "BROKER_", "PII_", "ALLOW_",
-    "WORKER_", "LEDGER_", "SWEEP_", "DUPLICATE_", "INGRESS_", "ISSUANCE_",
+    "WORKER_", "LEDGER_", "SWEEP_", "DUPLICATE_", "INGRESS_", "ISSUANCE_", "METRICS_", "LOG_",
 )  # fmt: skip
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -235,9 +236,11 @@ class Bench:
             str(BIN / "celery"), "-A", kind.app, "worker", "-n", f"{name}@%h", *kind.args, *extra,
         ]  # fmt: skip
         with log_path.open("wb") as log:
+            # Each worker process on a host serves its metrics on a port of its own.
+            extra_env = {"METRICS_PORT": str(free_port()), **self.options.env}
             process = subprocess.Popen(
                 command,
-                env=self.env(extra=self.options.env),
+                env=self.env(extra=extra_env),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.folder,
