@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from worker.contract import QUEUE, rabbitmq_queues
 from worker.urls import redact_url
 
 
@@ -148,12 +149,22 @@ SHADOWING_CELERY_VARIABLES = (
 
 
 def refuse_celery_variables(env: Mapping[str, str]) -> None:
-    """Stop at start when a Celery variable would silently override REDIS_URL."""
-    present = [name for name in SHADOWING_CELERY_VARIABLES if env.get(name)]
+    """Stop at start when a Celery variable would silently override REDIS_URL or BROKER_URL.
+
+    The one exception is the ``celery`` command's own echo: it reads
+    BROKER_URL (as the envvar of ``--broker``) and copies it, unchanged, into
+    CELERY_BROKER_URL. That copy says nothing BROKER_URL does not.
+    """
+    present = [
+        name
+        for name in SHADOWING_CELERY_VARIABLES
+        if env.get(name)
+        and not (name == "CELERY_BROKER_URL" and env.get(name) == env.get("BROKER_URL"))
+    ]
     if present:
         raise ConfigError(
             f"{', '.join(present)} is set (also by `celery --broker`); this worker reads "
-            "REDIS_URL only. Unset it and set REDIS_URL instead."
+            "REDIS_URL and BROKER_URL only. Unset it and set REDIS_URL or BROKER_URL instead."
         )
 
 
@@ -165,8 +176,8 @@ REDIS_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 _FALSE_WORDS = frozenset({"0", "F", "FALSE", "N", "NO"})
 
 
-def redis_tls(url: str) -> tuple[str, dict[str, Any] | None]:
-    """REDIS_URL with certificate verification written into it, and ``broker_use_ssl`` to match.
+def redis_tls(url: str, name: str = "REDIS_URL") -> tuple[str, dict[str, Any] | None]:
+    """A Redis URL with certificate verification written into it, and ``broker_use_ssl`` to match.
 
     Left alone, a ``rediss://`` broker URL is not safe: kombu connects without
     checking the server's certificate (``CERT_NONE``, with a warning only) and,
@@ -175,15 +186,16 @@ def redis_tls(url: str) -> tuple[str, dict[str, Any] | None]:
     explicit ``ssl_cert_reqs=required``, which kombu and redis-py both read,
     and any option that would weaken verification stops the process instead.
     A private CA is trusted with ``ssl_ca_certs=<file>``; ``ssl_certfile`` and
-    ``ssl_keyfile`` give a client certificate. Error messages never echo the
-    URL: it may hold a password.
+    ``ssl_keyfile`` give a client certificate. Error messages name the setting
+    (``name``: REDIS_URL or BROKER_URL) and never echo the URL: it may hold a
+    password.
     """
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     if parts.scheme != "rediss":
         for key, _ in query:
             if key.startswith("ssl_"):
-                raise ConfigError(f"REDIS_URL: {key} needs a rediss:// (TLS) URL")
+                raise ConfigError(f"{name}: {key} needs a rediss:// (TLS) URL")
         return url, None
     options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     given_reqs = False
@@ -191,7 +203,7 @@ def redis_tls(url: str) -> tuple[str, dict[str, Any] | None]:
         if key == "ssl_cert_reqs":
             if value != "required":
                 raise ConfigError(
-                    f"REDIS_URL: ssl_cert_reqs={value} is refused: certificate verification "
+                    f"{name}: ssl_cert_reqs={value} is refused: certificate verification "
                     "stays on. Leave ssl_cert_reqs out, and trust a private CA with "
                     "ssl_ca_certs=/path/to/ca.pem"
                 )
@@ -199,16 +211,16 @@ def redis_tls(url: str) -> tuple[str, dict[str, Any] | None]:
         elif key == "ssl_check_hostname":
             if value.strip().upper() in _FALSE_WORDS:
                 raise ConfigError(
-                    "REDIS_URL: ssl_check_hostname=false is refused: any certificate from a "
+                    f"{name}: ssl_check_hostname=false is refused: any certificate from a "
                     "trusted CA would pass. Connect by a name (or IP) that the certificate lists"
                 )
         elif key in REDIS_TLS_FILES:
             if not os.path.isfile(value):
-                raise ConfigError(f"REDIS_URL: {key}={value} is not a file")
+                raise ConfigError(f"{name}: {key}={value} is not a file")
             options[key] = value
         elif key.startswith("ssl_"):
             raise ConfigError(
-                f"REDIS_URL: {key} is not supported; use ssl_ca_certs, ssl_certfile, ssl_keyfile"
+                f"{name}: {key} is not supported; use ssl_ca_certs, ssl_certfile, ssl_keyfile"
             )
     if not given_reqs:
         query_text = "&".join(filter(None, [parts.query, "ssl_cert_reqs=required"]))
@@ -264,6 +276,36 @@ def check_ca_bundles(env: Mapping[str, str]) -> None:
         )
 
 
+# -- the broker ----------------------------------------------------------------------
+
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
+def is_redis_url(url: str) -> bool:
+    """Whether a broker URL is Redis (else RabbitMQ): the transport settings differ."""
+    return urlsplit(url).scheme in REDIS_SCHEMES
+
+
+def amqp_tls(url: str) -> dict[str, Any] | None:
+    """``broker_use_ssl`` for a RabbitMQ URL: an ``amqps://`` broker is always verified.
+
+    py-amqp given just ``ssl=True`` checks the certificate against the system's
+    CAs but not the host name; naming ``server_hostname`` (kombu fills in the
+    URL's host) turns the host name check on. Query options are refused: they
+    are the way kombu's URL parsing could weaken this.
+    """
+    parts = urlsplit(url)
+    if parts.query:
+        raise ConfigError("BROKER_URL: a RabbitMQ URL takes no query options here")
+    if parts.scheme != "amqps":
+        return None
+    return {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None}
+
+
+QUEUE_TYPES = ("quorum", "classic")
+
+
 # -- the time rule -------------------------------------------------------------
 
 #: The most HTTP requests one attempt can make: up to five API calls (receipt
@@ -309,12 +351,31 @@ def minimum_visibility_timeout(
 _env = os.environ
 refuse_celery_variables(_env)
 
-# REDIS_URL: the broker, and the Redis of our own clients (token cache, events).
-# Published as broker_url only: Celery masks the password of that name in
-# `celery inspect conf`, `celery report` and Flower, and of no other name.
-broker_url, broker_use_ssl = redis_tls(
-    env_url(_env, "REDIS_URL", "redis://localhost:6379/0", schemes=("redis", "rediss", "unix"))
+# REDIS_URL: the Redis of our own clients (ledger, token cache, events, parked
+# messages, the ingress stream), and the broker too unless BROKER_URL says otherwise.
+# The name matters: Celery masks the password of a setting whose name holds
+# "backend" (and of broker_url) in `celery inspect conf`, `celery report` and
+# Flower; a plain "redis_url" would be shown whole.
+ledger_backend_url, _redis_ssl = redis_tls(
+    env_url(_env, "REDIS_URL", "redis://localhost:6379/0", schemes=REDIS_SCHEMES)
 )
+# BROKER_URL: where task messages travel. Redis (REDIS_URL's server when unset)
+# or RabbitMQ (amqp://, amqps://), for teams whose queue outgrew one Redis.
+_broker = env_str(_env, "BROKER_URL")
+if _broker is None:
+    broker_url, broker_use_ssl = ledger_backend_url, _redis_ssl
+else:
+    broker_url = env_url(_env, "BROKER_URL", _broker, schemes=REDIS_SCHEMES + AMQP_SCHEMES)
+    if is_redis_url(broker_url):
+        broker_url, broker_use_ssl = redis_tls(broker_url, "BROKER_URL")
+        if broker_url != _broker:
+            # The celery command hands BROKER_URL to kombu as written, past this module.
+            raise ConfigError(
+                "BROKER_URL: a rediss:// broker URL must say ssl_cert_reqs=required itself"
+            )
+    else:
+        broker_use_ssl = amqp_tls(broker_url)
+broker_is_redis = is_redis_url(broker_url)
 iamport_api_url = env_url(
     _env, "IAMPORT_API_URL", "https://api.iamport.kr", schemes=("https", "http")
 )
@@ -430,8 +491,8 @@ task_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 
-task_default_queue = "cash_receipts"
-task_routes = {"issue_cash_receipt": {"queue": "cash_receipts"}}
+task_default_queue = QUEUE
+task_routes = {"issue_cash_receipt": {"queue": QUEUE}}
 
 # I/O-bound work: a thread pool waits on i'mport cheaply. Celery's time limits
 # do not apply to threads; the client's timeouts bound every task instead.
@@ -457,22 +518,48 @@ broker_connection_retry_on_startup = True
 # Never block forever on an exhausted pool when publishing a retry.
 broker_pool_acquire_timeout = 10.0
 
-broker_transport_options = {
-    "visibility_timeout": broker_visibility_timeout,
-    # kombu's default pool of 10 runs out under a larger thread pool
-    # ("Couldn't ack ... MaxConnectionsError"); size it to the concurrency.
-    "max_connections": worker_concurrency * 2 + 10,
-    # kombu sweeps unacked messages every interval x throttle seconds (10 x 10
-    # by default). One scan every interval, at most 10 s, resumes the message of
-    # a dead worker within the visibility timeout + 10 s (+ the scan's mutex).
-    "unacked_restore_interval": max(1, min(10, broker_visibility_timeout // 10)),
-    "unacked_restore_throttle": 1,
-}
-visibility_timeout = broker_visibility_timeout
+if broker_is_redis:
+    broker_transport_options = {
+        "visibility_timeout": broker_visibility_timeout,
+        # kombu's default pool of 10 runs out under a larger thread pool
+        # ("Couldn't ack ... MaxConnectionsError"); size it to the concurrency.
+        "max_connections": worker_concurrency * 2 + 10,
+        # kombu sweeps unacked messages every interval x throttle seconds (10 x 10
+        # by default). One scan every interval, at most 10 s, resumes the message of
+        # a dead worker within the visibility timeout + 10 s (+ the scan's mutex).
+        "unacked_restore_interval": max(1, min(10, broker_visibility_timeout // 10)),
+        "unacked_restore_throttle": 1,
+    }
+    visibility_timeout = broker_visibility_timeout
+    # kombu's Redis transport, except that a queue entry which is not a message is
+    # parked instead of stopping the worker (worker/transport.py).
+    broker_transport = "worker.transport:Transport"
+else:
+    # RabbitMQ. A quorum queue is replicated across the cluster's nodes and
+    # survives losing a minority of them; "classic" is for a single node.
+    broker_queue_type = env_choice(_env, "BROKER_QUEUE_TYPE", "quorum", choices=QUEUE_TYPES)
+    # Durable, and bound to a topic exchange: Celery's native delayed delivery
+    # (how a countdown works on a quorum queue, which has no global QoS to hold
+    # early messages in the worker) routes a delayed message back through that
+    # exchange, and refuses a direct one. Producers must declare the same queue:
+    # worker.contract.rabbitmq_queues.
+    task_queues = rabbitmq_queues(broker_queue_type)
+    task_default_exchange = QUEUE
+    task_default_exchange_type = "topic"
+    task_default_routing_key = QUEUE
+    # Quorum queues refuse global QoS: Celery sees the queue type and sets the
+    # prefetch per consumer instead (Celery >= 5.5), which is what we want.
+    worker_detect_quorum_queues = True
+    # Native delayed delivery counts whole seconds and refuses less than one
+    # (worker.retry.broker_countdown rounds up; worker.celery applies it).
+    countdown_whole_seconds = broker_queue_type == "quorum"
+    # The publishing pool must not run out under the thread pool (retries,
+    # the sweeper): one connection per thread and some to spare.
+    broker_pool_limit = worker_concurrency * 2 + 10
+    # No visibility timeout: RabbitMQ redelivers an unacked message when the
+    # connection that holds it closes. Its consumer_timeout (30 min by default)
+    # must stay above the longest attempt (see the time rule).
 
-# kombu's Redis transport, except that a queue entry which is not a message is
-# parked instead of stopping the worker (worker/transport.py).
-broker_transport = "worker.transport:Transport"
 # Unknown, invalid and undecodable task messages are parked, not logged whole
 # and dropped (worker/consumer.py).
 worker_consumer = "worker.consumer:Consumer"

@@ -6,6 +6,7 @@ own imp_uids, so one session-wide worker and sandbox serve them all.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +14,11 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
+from tests.support.rabbitmq import BROKER_URL_VARIABLE, RabbitVhost, Unavailable, use_rabbitmq
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
-from tests.support.worker import TEST_PII_KEY, ProcessOutput, running_worker, worker_env
+from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,6 +26,52 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--chaos-long", action="store_true", help="run the chaos suite with 10,000 payments"
     )
+
+
+_vhost: RabbitVhost | None = None
+_rabbitmq_unavailable: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """BROKER=rabbitmq: a virtual host of this run's own, named to every test worker."""
+    global _vhost, _rabbitmq_unavailable  # noqa: PLW0603 (one per session)
+    if not use_rabbitmq():
+        return
+    vhost = RabbitVhost()
+    try:
+        vhost.create()
+    except Unavailable as error:
+        _rabbitmq_unavailable = str(error)
+        return
+    _vhost = vhost
+    os.environ[BROKER_URL_VARIABLE] = vhost.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _vhost is not None:
+        _vhost.delete()
+        os.environ.pop(BROKER_URL_VARIABLE, None)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if not use_rabbitmq():
+        return "broker: redis (BROKER=rabbitmq runs the integration tests on RabbitMQ)"
+    if _vhost is not None:
+        return f"broker: rabbitmq, virtual host {_vhost.name}"
+    return f"broker: rabbitmq UNAVAILABLE, integration tests skipped: {_rabbitmq_unavailable}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On RabbitMQ, skip what needs the Redis broker, or everything when there is no RabbitMQ."""
+    if not use_rabbitmq():
+        return
+    for item in items:
+        if _rabbitmq_unavailable is not None and (
+            item.get_closest_marker("integration") or item.get_closest_marker("chaos")
+        ):
+            item.add_marker(pytest.mark.skip(reason=_rabbitmq_unavailable))
+        elif item.get_closest_marker("redis_broker"):
+            item.add_marker(pytest.mark.skip(reason="reads or writes the Redis broker's own lists"))
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +109,7 @@ def worker(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[ProcessOutpu
 @pytest.fixture(scope="session")
 def producer(redis_server: RedisServer) -> Iterator[Celery]:
     """A producer that knows nothing of our code: a bare Celery app on the same Redis."""
-    app = Celery("checkout", broker=redis_server.url)
-    app.conf.task_serializer = "json"
-    # What our helper reads when this app is handed to it (worker.producer).
-    app.conf.pii_encryption_keys = [TEST_PII_KEY]
+    app = producer_app(redis_server.url)
     yield app
     app.close()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from celery import Celery, signals
 from celery.app.task import Task
@@ -18,14 +17,31 @@ from worker.contract import QUEUE
 from worker.logmask import MaskPersonalData, install
 from worker.logs import say_as_json, setup_process_logging, use_json
 from worker.metrics import MetricsServer, StateCollector, queue_depth, start_server
+from worker.retry import broker_countdown
 from worker.runtime import get_runtime
 from worker.sealing import Sealer, SealingUnavailable
-from worker.settings import load_celeryconfig
+from worker.settings import config_secrets, load_celeryconfig
 from worker.sweeper import Sweeper
 
 celeryconfig = load_celeryconfig()
 
-app = Celery("cashreceipt", include=["tasks.receipts"])
+
+class CashReceiptCelery(Celery):  # type: ignore[misc]
+    """Celery, with countdowns that a RabbitMQ quorum queue can carry.
+
+    Every publish goes through ``send_task``: the helper's, the sweeper's and a
+    task's retry (``Task.retry`` ends in ``app.send_task``).
+    """
+
+    def send_task(
+        self, name: str, *args: Any, countdown: float | None = None, **options: Any
+    ) -> Any:
+        whole = bool(self.conf.get("countdown_whole_seconds"))
+        countdown = broker_countdown(countdown, whole_seconds=whole)
+        return super().send_task(name, *args, countdown=countdown, **options)
+
+
+app = CashReceiptCelery("cashreceipt", include=["tasks.receipts"])
 app.config_from_object(celeryconfig)
 
 
@@ -46,13 +62,7 @@ def _refuse_to_start_misconfigured(**_: Any) -> None:
 
 def _mask_logs(logger: logging.Logger, **_: Any) -> None:
     """Every handler Celery sets up masks identifiers and secrets, at every level."""
-    secrets = [
-        celeryconfig.iamport_secret or "",
-        *celeryconfig.pii_encryption_keys,
-        # Celery masks it in the broker URL; this catches any other line that quotes it.
-        unquote(urlsplit(celeryconfig.broker_url).password or ""),
-    ]
-    install(MaskPersonalData(secrets), [logger, logging.getLogger()])
+    install(MaskPersonalData(config_secrets(celeryconfig)), [logger, logging.getLogger()])
 
 
 signals.after_setup_logger.connect(_mask_logs)

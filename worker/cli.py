@@ -78,7 +78,7 @@ def _config() -> Any:
 
 
 def _redis() -> Any:
-    return redis.Redis.from_url(_config().broker_url)
+    return redis.Redis.from_url(_config().ledger_backend_url)
 
 
 def _app() -> Any:
@@ -422,11 +422,12 @@ def reconcile(imp_uids: tuple[str, ...], limit: int, as_json: bool) -> None:
 @json_option
 def parked(limit: int, requeue: bool, as_json: bool) -> None:
     """List messages the worker could not run (unknown task, unreadable), or requeue them."""
-    from worker.parking import list_parked, requeue_parked  # noqa: PLC0415
+    from worker.parking import list_parked, publisher, requeue_parked  # noqa: PLC0415
 
     client = _redis()
     if requeue:
-        moved = requeue_parked(client)
+        # On a Redis broker back onto the queue's list; on RabbitMQ, published.
+        moved = requeue_parked(client, None if _config().broker_is_redis else publisher(_app()))
         _emit({"requeued": moved}, as_json=as_json, text=f"requeued {moved}")
         return
     for record in list_parked(client, limit):

@@ -9,12 +9,13 @@ lost on an older worker. These overrides park it instead (see
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import redis
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from worker.parking import park, parked_record
+from worker.parking import park, parked_record, portable_envelope
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,11 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         self._park(message, f"undecodable body: {type(exc).__name__}")
 
     def _park(self, message: Any, reason: str) -> None:
-        envelope = getattr(message, "_raw", None)
+        envelope = portable_envelope(message)
         runtime = get_runtime(self.app.conf)
         record = parked_record(
             reason=reason,
-            queue=(message.delivery_info or {}).get("routing_key"),
+            queue=queue_of(message),
             envelope=envelope if isinstance(envelope, dict) else None,
             raw=None if isinstance(envelope, dict) else message.body,
             sealer=runtime.sealer,
@@ -83,3 +84,19 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             message.reject_log_error(log, self.connection_errors, requeue=True)
             return
         message.ack()
+
+
+def queue_of(message: Any) -> str | None:
+    """The queue a message was meant for, from its routing key.
+
+    A countdown on a RabbitMQ quorum queue travels through Celery's delay
+    exchanges, whose routing key carries the delay as a dotted binary prefix;
+    that prefix is dropped, so a parked retry is requeued to its own queue.
+    """
+    key = (message.delivery_info or {}).get("routing_key")
+    if not isinstance(key, str):
+        return None
+    return _DELAY_PREFIX.sub("", key, count=1)
+
+
+_DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")

@@ -155,7 +155,7 @@ def _feed_and_show(env: dict[str, str], args: argparse.Namespace, children: list
     from worker.producer import enqueue_issue  # noqa: PLC0415
 
     config = load_celeryconfig()
-    client = redis.Redis.from_url(config.broker_url)
+    client = redis.Redis.from_url(config.ledger_backend_url)
     run_id = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
     payloads = samples(run_id)
     tasks = {enqueue_issue(payload): payload["imp_uid"] for payload in payloads}

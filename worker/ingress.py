@@ -491,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     consumer = args.consumer or default_consumer()
     client = redis.Redis.from_url(
-        celeryconfig.broker_url,
+        celeryconfig.ledger_backend_url,
         # Named, so that operators (and tests) can tell ingress connections apart.
         client_name="cashreceipt-ingress:"
         + "".join(c if c.isprintable() and not c.isspace() else "_" for c in consumer),

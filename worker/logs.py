@@ -18,10 +18,10 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
-from urllib.parse import unquote, urlsplit
 
 from worker.logmask import MaskPersonalData, install
 from worker.masking import mask_text
+from worker.settings import config_secrets
 
 LOG_FORMATS = ("text", "json")
 
@@ -112,11 +112,7 @@ def setup_process_logging(
     again (the CLI's commands can run in one process), it replaces the handler
     it installed before instead of adding a second one.
     """
-    secrets = [
-        conf.iamport_secret or "",
-        *conf.pii_encryption_keys,
-        unquote(urlsplit(conf.broker_url).password or ""),
-    ]
+    secrets = config_secrets(conf)
     root = logging.getLogger()
     for old in list(root.handlers):
         if isinstance(old, _ProcessHandler):

@@ -28,7 +28,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -240,17 +241,89 @@ def list_parked(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
     return [json.loads(item) for item in client.lrange(PARKED_KEY, 0, limit - 1)]
 
 
-def requeue_parked(client: redis.Redis) -> int:
-    """Push every parked envelope back to its queue; unreadable ones stay. Returns how many."""
+#: Sends one parked envelope to a queue on a broker that is not this Redis.
+Publish = Callable[[str, Mapping[str, Any]], None]
+
+
+def requeue_parked(client: redis.Redis, publish: Publish | None = None) -> int:
+    """Push every parked envelope back to its queue; unreadable ones stay. Returns how many.
+
+    On a Redis broker the envelope goes back onto the queue's list as it was.
+    On another broker (RabbitMQ) ``publish`` sends it, and only then is the
+    record dropped: a failed publish leaves it parked.
+    """
     moved = 0
     for item in client.lrange(PARKED_KEY, 0, -1):
         record = json.loads(item)
         envelope = record.get("envelope")
         if envelope is None or envelope.get("body") is None or not record.get("queue"):
             continue
-        pipe = client.pipeline(transaction=True)
-        pipe.lpush(record["queue"], json.dumps(record["envelope"]))
-        pipe.lrem(PARKED_KEY, 1, item)  # type: ignore[arg-type]  # the exact bytes listed
-        pipe.execute()
+        if publish is not None:
+            publish(record["queue"], record["envelope"])
+            client.lrem(PARKED_KEY, 1, item)  # type: ignore[arg-type]  # the exact bytes listed
+        else:
+            pipe = client.pipeline(transaction=True)
+            pipe.lpush(record["queue"], json.dumps(record["envelope"]))
+            pipe.lrem(PARKED_KEY, 1, item)  # type: ignore[arg-type]  # the exact bytes listed
+            pipe.execute()
         moved += 1
     return moved
+
+
+def portable_envelope(message: Any) -> dict[str, Any] | None:
+    """A kombu message from any transport as the envelope kombu's Redis transport stores.
+
+    Redis messages carry that envelope already (``message._raw``); an AMQP
+    message is rebuilt from its parts, so that it can be parked, listed and
+    republished the same way. None when the body is not bytes or text.
+    """
+    raw = getattr(message, "_raw", None)
+    if isinstance(raw, dict):
+        return raw
+    body = message.body
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    if not isinstance(body, bytes):
+        return None
+    properties = getattr(message, "properties", None) or {}
+    info = message.delivery_info or {}
+    return {
+        "body": base64.b64encode(body).decode("ascii"),
+        "content-type": message.content_type,
+        "content-encoding": message.content_encoding,
+        "headers": dict(message.headers or {}),
+        "properties": {
+            "correlation_id": properties.get("correlation_id"),
+            "reply_to": properties.get("reply_to"),
+            "delivery_mode": 2,
+            "delivery_info": {
+                "exchange": info.get("exchange") or "",
+                "routing_key": info.get("routing_key"),
+            },
+            "priority": properties.get("priority") or 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+
+
+def publisher(app: Any) -> Publish:
+    """:data:`Publish` through a Celery app's broker connection (RabbitMQ)."""
+
+    def publish(queue: str, envelope: Mapping[str, Any]) -> None:
+        properties = envelope.get("properties") or {}
+        with app.producer_or_acquire() as producer:
+            producer.publish(
+                base64.b64decode(envelope["body"]),
+                # The default exchange routes by queue name, whatever binds the queue.
+                exchange="",
+                routing_key=queue,
+                headers=dict(envelope.get("headers") or {}),
+                content_type=envelope.get("content-type"),
+                content_encoding=envelope.get("content-encoding"),
+                correlation_id=properties.get("correlation_id"),
+                delivery_mode=2,
+                retry=True,
+            )
+
+    return publish

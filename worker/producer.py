@@ -23,6 +23,7 @@ from worker.ledger import Ledger
 from worker.masking import masked_args_repr
 from worker.schemas import load_cancellation, load_payload
 from worker.sealing import Sealer
+from worker.settings import redis_url
 
 
 def enqueue_issue(
@@ -83,8 +84,8 @@ def _resend_after(app: Celery) -> float:
 
 
 def _ledger(app: Celery) -> Ledger:
-    """One ledger client per broker URL, made on first use."""
-    url = str(app.conf.broker_url)
+    """One ledger client per Redis URL (REDIS_URL), made on first use."""
+    url = redis_url(app.conf)
     if url not in _ledgers:
         conf = app.conf
         _ledgers[url] = Ledger(

@@ -9,6 +9,7 @@ policy can be read and tested in one place.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -159,3 +160,17 @@ def decide(
     if isinstance(error, RateLimited) and error.retry_after is not None:
         delay = max(delay, error.retry_after)
     return Decision(retry=True, delay=min(delay, policy.backoff_max))
+
+
+def broker_countdown(delay: float | None, *, whole_seconds: bool) -> float | None:
+    """The countdown to publish for ``delay`` seconds.
+
+    On a RabbitMQ quorum queue a countdown is native delayed delivery, which
+    counts whole seconds and refuses a delay that truncates to 0 (kombu's
+    ``calculate_routing_key`` raises, so a 0.3 s retry would never be
+    published). There a delay is rounded up to whole seconds; a few hundred
+    milliseconds more before a retry cost nothing.
+    """
+    if not whole_seconds or delay is None or delay <= 0:
+        return delay
+    return float(math.ceil(delay))

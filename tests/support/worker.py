@@ -11,9 +11,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from celery import Celery
 from cryptography.fernet import Fernet
 
+from tests.support.rabbitmq import session_broker_url
 from tests.support.wait import wait_for
+from worker.contract import rabbitmq_queues
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The Fernet key test workers and producers seal identifiers with.
@@ -82,8 +85,30 @@ def worker_env(redis_url: str, sandbox_url: str, **overrides: str) -> dict[str, 
             "METRICS_PORT": "0",
         }
     )
+    broker = session_broker_url()
+    if broker is not None:
+        # BROKER=rabbitmq: the messages go through RabbitMQ, the rest stays in Redis.
+        env["BROKER_URL"] = broker
     env.update(overrides)
     return env
+
+
+def producer_app(redis_url: str) -> Celery:
+    """A producer that knows nothing of our code: a bare Celery app on the test broker.
+
+    On Redis it shares the worker's Redis; on RabbitMQ (BROKER=rabbitmq) it
+    declares the queue as the worker does, and names the Redis the helper's
+    ledger lives in.
+    """
+    broker = session_broker_url()
+    app = Celery("checkout", broker=broker or redis_url)
+    app.conf.task_serializer = "json"
+    # What our helper reads when this app is handed to it (worker.producer).
+    app.conf.pii_encryption_keys = [TEST_PII_KEY]
+    if broker is not None:
+        app.conf.ledger_backend_url = redis_url
+        app.conf.task_queues = rabbitmq_queues()
+    return app
 
 
 @contextmanager
