@@ -564,6 +564,14 @@ else:
 # and dropped (worker/consumer.py).
 worker_consumer = "worker.consumer:Consumer"
 
+# Graceful shutdown (README, "Stopping and rolling deploys"). SIGTERM starts
+# Celery's soft shutdown (REMAP_SIGTERM=SIGQUIT, set by the image and `make run`):
+# no new messages, the tasks in hand get this long to finish, and whatever is
+# still unacked then goes back to the queue for another worker.
+worker_soft_shutdown_timeout = env_number(
+    _env, "WORKER_SOFT_SHUTDOWN_TIMEOUT", 30.0, minimum=0.0, maximum=3600.0
+)
+
 # Flower lists received, started, retried, succeeded and failed tasks.
 worker_send_task_events = True
 task_send_sent_event = True

@@ -18,8 +18,10 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
+from worker import stopping
 from worker.cancellation import cancel_live_receipt, receipt_for_balance
 from worker.celery import app
 from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
@@ -139,7 +141,17 @@ class _Run:
 
     def run_or_retry(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         try:
-            return self.run(args, kwargs)
+            with stopping.running(str(self.task.request.id)):
+                return self.run(args, kwargs)
+        except stopping.HandedBack:
+            # The worker is stopping and cancelled this task at a safe point: the
+            # message goes back to the queue, and another worker resumes the job
+            # (the same task id takes its claim back at once).
+            log.warning(
+                "task %s handed back to the queue: the worker is stopping", self.task.request.id
+            )
+            self.outcome, self.reason = "handed_back", "shutdown"
+            raise Reject("handed back at shutdown", requeue=True) from None
         except redis.RedisError:
             # The outcome could not be recorded. Try again later: the ledger keeps
             # the job, and the next attempt looks at i'mport before acting.
@@ -224,6 +236,7 @@ class _Run:
                 return self.settled(report, claim)
             if time.monotonic() >= deadline:
                 raise self.retry(self.backoff(), args, cause="busy") from None
+            stopping.check()
             time.sleep(DUPLICATE_POLL_SECONDS)
 
     def act(self, report: Report, claim: Claim) -> str | None:

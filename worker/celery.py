@@ -157,6 +157,24 @@ def _start_sweeper(**_: Any) -> None:
     _sweepers.append(sweeper)
 
 
+@signals.worker_ready.connect
+def _bounded_shutdown_on_sigterm(sender: Any, **_: Any) -> None:
+    """SIGTERM starts Celery's soft shutdown, bounded, instead of an open-ended warm one.
+
+    Celery's own SIGTERM (warm shutdown) waits for every running task however
+    long it takes; only its cold shutdown (SIGQUIT, or SIGTERM under
+    ``REMAP_SIGTERM=SIGQUIT``) honours ``worker_soft_shutdown_timeout``: stop
+    consuming, let the tasks in hand finish within the timeout, then cancel
+    what still runs, whose messages go back to the queue (worker.stopping).
+    This installs that handler for SIGTERM, as REMAP_SIGTERM would, so that
+    every start command (compose, `make run`, the tests, by hand) stops the
+    same way. The pool of a prefork or thread worker is the sender's controller.
+    """
+    from celery.apps.worker import install_worker_term_hard_handler  # noqa: PLC0415
+
+    install_worker_term_hard_handler(sender.controller, sig="SIGTERM")
+
+
 @signals.worker_shutting_down.connect
 def _stop_sweeper(**_: Any) -> None:
     for sweeper in _sweepers:

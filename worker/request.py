@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.concurrency.base import BasePool
 from celery.worker.request import Request
 
+from worker import stopping
 from worker.masking import masked_args_repr
 
 
@@ -34,3 +36,20 @@ class MaskedRequest(Request):  # type: ignore[misc]
         del safe
         info: dict[str, Any] = super().info(safe=True)
         return info
+
+    def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
+        """Cancel the task; in a pool that cannot kill it (threads), ask it to stop.
+
+        Celery cancels what still runs when the soft shutdown is over, and on a
+        broker connection loss. Its thread pool cannot terminate a job (Celery
+        raises NotImplementedError and the shutdown goes wrong), so the task is
+        marked instead (:mod:`worker.stopping`) and hands its message back at
+        its next safe point. A task not started yet is simply never started:
+        the pool drops queued work when it stops, and the message is unacked.
+        """
+        if type(pool).terminate_job is not BasePool.terminate_job:
+            super().cancel(pool, signal=signal, emit_retry=emit_retry)
+            return
+        stopping.cancel(self.id)
+        if self.time_start:
+            self._announce_cancelled(emit_retry=emit_retry)

@@ -16,7 +16,6 @@ from typing import Any
 
 import redis
 import requests
-from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
 
 from worker.events import EventPublisher
@@ -26,6 +25,7 @@ from worker.metrics import Metrics
 from worker.retry import RetryPolicy
 from worker.sealing import Sealer
 from worker.settings import redis_url
+from worker.stopping import StoppableAdapter
 from worker.tokens import RedisTokenCache
 
 
@@ -76,8 +76,9 @@ def http_session(base_url: str, *, pool_size: int, env: Mapping[str, str]) -> re
     if bundle:
         session.verify = bundle
     # No transport-level retries: they would re-POST a receipt behind the
-    # task's back. One pooled connection per worker thread.
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    # task's back. One pooled connection per worker thread. A task the worker
+    # cancelled at shutdown sends no further request (worker.stopping).
+    adapter = StoppableAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session

@@ -79,6 +79,8 @@ def worker_env(redis_url: str, sandbox_url: str, **overrides: str) -> dict[str, 
             "RETRY_BACKOFF_MAX": "0.2",
             "RETRY_MAX_ATTEMPTS": "5",
             "WORKER_CONCURRENCY": "8",
+            # SIGTERM: two seconds for the tasks in hand, then the rest is handed back.
+            "WORKER_SOFT_SHUTDOWN_TIMEOUT": "2",
             "PII_ENCRYPTION_KEYS": TEST_PII_KEY,
             "PYTHONUNBUFFERED": "1",
             # Many workers run at once on one host here; the metrics tests give theirs a port.

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import redis
 import requests
+from celery.app.utils import filter_hidden_settings
 
 import celeryconfig
 from celeryconfig import ConfigError, redis_tls, refuse_plain_http
@@ -85,10 +86,15 @@ def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
 
 
-def test_the_config_exposes_the_redis_url_only_as_broker_url() -> None:
-    """No setting but broker_url holds REDIS_URL: Celery censors that name in inspect conf."""
+def test_the_config_exposes_the_redis_url_only_under_censored_names() -> None:
+    """REDIS_URL is held only by broker_url and ledger_backend_url: Celery censors both names."""
     assert not hasattr(celeryconfig, "redis_url")
-    assert celeryconfig.broker_url.startswith(("redis://", "rediss://", "unix://"))
+    assert celeryconfig.ledger_backend_url.startswith(("redis://", "rediss://", "unix://"))
+    censored = filter_hidden_settings(
+        {"broker_url": "redis://:pw1@r/0", "ledger_backend_url": "rediss://u:pw2@r/0"}
+    )
+    assert "pw1" not in str(censored)
+    assert "pw2" not in str(censored)
 
 
 def test_client_refuses_a_session_that_does_not_verify() -> None:

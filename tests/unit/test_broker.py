@@ -1,0 +1,168 @@
+"""BROKER_URL: Redis or RabbitMQ as the broker, with REDIS_URL keeping the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from worker import stopping
+from worker.retry import broker_countdown
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOW = """
+import json, worker.celery as m
+NAMES = ("broker_url", "ledger_backend_url")
+from celery.app.utils import filter_hidden_settings
+c = m.app.conf
+queues = [(q.name, q.exchange.type, q.durable, q.queue_arguments) for q in (c.task_queues or [])]
+print(json.dumps({
+    "broker_url": c.broker_url,
+    "redis": c.ledger_backend_url,
+    "transport": c.broker_transport,
+    "options": c.broker_transport_options,
+    "queues": queues,
+    "whole": bool(c.get("countdown_whole_seconds")),
+    "censored": str(filter_hidden_settings({k: c[k] for k in NAMES})),
+}))
+"""
+
+
+def show(**env: str) -> subprocess.CompletedProcess[str]:
+    """The settings a worker starts with, given only ``env``."""
+    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
+    return subprocess.run(
+        [sys.executable, "-c", SHOW],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_without_broker_url_redis_is_the_broker_with_our_transport() -> None:
+    result = show(REDIS_URL="redis://:s3cret@r:6379/2")
+    assert result.returncode == 0, result.stderr
+    conf = json.loads(result.stdout)
+    assert conf["broker_url"] == conf["redis"] == "redis://:s3cret@r:6379/2"
+    assert conf["transport"] == "worker.transport:Transport"
+    assert conf["options"]["visibility_timeout"] == 440
+    assert conf["queues"] == []
+    assert "s3cret" not in conf["censored"]
+
+
+def test_rabbitmq_broker_gets_a_durable_quorum_queue_and_no_redis_transport() -> None:
+    result = show(REDIS_URL="redis://:s3cret@r:6379/2", BROKER_URL="amqp://u:rabbitpw@mq:5672/v")
+    assert result.returncode == 0, result.stderr
+    conf = json.loads(result.stdout)
+    assert conf["broker_url"] == "amqp://u:rabbitpw@mq:5672/v"
+    assert conf["redis"] == "redis://:s3cret@r:6379/2"
+    assert conf["transport"] is None
+    assert "visibility_timeout" not in (conf["options"] or {})
+    assert conf["queues"] == [["cash_receipts", "topic", True, {"x-queue-type": "quorum"}]]
+    assert conf["whole"] is True
+    # What `celery inspect conf` and Flower show: neither password.
+    assert "s3cret" not in conf["censored"]
+    assert "rabbitpw" not in conf["censored"]
+
+
+def test_classic_queue_on_request() -> None:
+    result = show(BROKER_URL="amqp://mq//", BROKER_QUEUE_TYPE="classic")
+    conf = json.loads(result.stdout)
+    assert conf["queues"] == [["cash_receipts", "topic", True, None]]
+    assert conf["whole"] is False
+
+
+def test_the_celery_command_echo_of_broker_url_is_accepted() -> None:
+    """`celery` copies BROKER_URL into CELERY_BROKER_URL; only a different value is refused."""
+    same = show(BROKER_URL="amqp://mq//", CELERY_BROKER_URL="amqp://mq//")
+    assert same.returncode == 0, same.stderr
+    other = show(BROKER_URL="amqp://mq//", CELERY_BROKER_URL="amqp://elsewhere//")
+    assert other.returncode != 0
+    assert "CELERY_BROKER_URL is set" in other.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BROKER_URL": "kafka://k"}, "BROKER_URL must be a redis or rediss or unix or amqp"),
+        ({"BROKER_URL": "amqp://mq//", "BROKER_QUEUE_TYPE": "stream"}, "BROKER_QUEUE_TYPE must"),
+        ({"BROKER_URL": "amqp://mq//?ssl=0"}, "a RabbitMQ URL takes no query options"),
+        ({"BROKER_URL": "rediss://:pw@r:6380/0"}, "must say ssl_cert_reqs=required itself"),
+        ({"BROKER_URL": "rediss://r/0?ssl_cert_reqs=none"}, "BROKER_URL: ssl_cert_reqs=none"),
+    ],
+)
+def test_bad_broker_settings_stop_at_start(env: dict[str, str], message: str) -> None:
+    result = show(**env)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "pw@" not in result.stderr
+
+
+def test_amqps_is_verified_with_the_host_name() -> None:
+    code = (
+        "import celeryconfig as c, ssl; "
+        "print(c.broker_use_ssl == {'cert_reqs': ssl.CERT_REQUIRED, 'server_hostname': None})"
+    )
+    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**clean, "BROKER_URL": "amqps://u:p@mq:5671/v"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip() == "True", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("delay", "whole", "expected"),
+    [
+        (None, True, None),
+        (0.0, True, 0.0),
+        (0.05, True, 1.0),
+        (1.0, True, 1.0),
+        (1.2, True, 2.0),
+        (0.05, False, 0.05),
+        (29.5, False, 29.5),
+    ],
+)
+def test_broker_countdown(delay: float | None, whole: bool, expected: float | None) -> None:
+    """On a quorum queue a countdown is whole seconds, never one that truncates to 0."""
+    assert broker_countdown(delay, whole_seconds=whole) == expected
+
+
+def test_only_the_cancelled_task_stops_and_only_in_its_own_thread() -> None:
+    """check() raises for the cancelled task's thread; other tasks and threads go on."""
+    seen: dict[str, bool] = {}
+
+    def run(task_id: str) -> None:
+        with stopping.running(task_id):
+            try:
+                stopping.check()
+            except stopping.HandedBack:
+                seen[task_id] = True
+            else:
+                seen[task_id] = False
+
+    stopping.cancel("t-1")
+    threads = [threading.Thread(target=run, args=(t,)) for t in ("t-1", "t-2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == {"t-1": True, "t-2": False}
+    stopping.check()  # no task in this thread: nothing to stop
+    # Once its run ended the mark is gone: a redelivery of t-1 here runs normally.
+    run("t-1")
+    assert seen["t-1"] is False
