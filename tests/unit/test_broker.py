@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from tests.support.clean_env import python_clean
 from worker import stopping
 from worker.retry import broker_countdown
 
@@ -35,16 +34,7 @@ print(json.dumps({
 
 def show(**env: str) -> subprocess.CompletedProcess[str]:
     """The settings a worker starts with, given only ``env``."""
-    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
-    return subprocess.run(
-        [sys.executable, "-c", SHOW],
-        cwd=ROOT,
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return python_clean(SHOW, **env)
 
 
 def test_without_broker_url_redis_is_the_broker_with_our_transport() -> None:
@@ -112,16 +102,7 @@ def test_amqps_is_verified_with_the_host_name() -> None:
         "import celeryconfig as c, ssl; "
         "print(c.broker_use_ssl == {'cert_reqs': ssl.CERT_REQUIRED, 'server_hostname': None})"
     )
-    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**clean, "BROKER_URL": "amqps://u:p@mq:5671/v"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = python_clean(code, BROKER_URL="amqps://u:p@mq:5671/v")
     assert result.stdout.strip() == "True", result.stderr
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,24 +10,17 @@ import pytest
 from cryptography.fernet import Fernet
 
 import celeryconfig
+from tests.support.clean_env import python_clean, run_clean
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = Fernet.generate_key().decode()
+CELERY_WORKER = [str(Path(sys.executable).parent / "celery"), "-A", "worker", "worker"]
 
 
 def load_in_subprocess(**env: str) -> subprocess.CompletedProcess[str]:
     """Import the Celery app with only ``env`` set, as a worker at start would."""
-    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
     code = "import worker.celery as m; c = m.app.conf; print(c.broker_transport_options)"
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return python_clean(code, **env)
 
 
 def test_visibility_timeout_covers_countdown_duplicate_wait_and_longest_attempt() -> None:
@@ -127,16 +119,7 @@ def test_visibility_timeout_may_be_raised() -> None:
 
 def test_worker_refuses_to_start_without_credentials() -> None:
     """`celery -A worker worker` without IAMPORT_KEY/SECRET stops before taking work."""
-    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "celery"), "-A", "worker", "worker"],
-        cwd=ROOT,
-        env={**clean, "REDIS_URL": "redis://127.0.0.1:1/0"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_clean(CELERY_WORKER, REDIS_URL="redis://127.0.0.1:1/0")
     assert result.returncode != 0
     assert "IAMPORT_KEY and IAMPORT_SECRET must be set" in result.stderr + result.stdout
 
@@ -146,36 +129,15 @@ def test_keys_file_is_read(tmp_path: Path) -> None:
     other = Fernet.generate_key().decode()
     keys = tmp_path / "keys"
     keys.write_text(f"{KEY}\n{other}\n", encoding="ascii")
-    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
     code = "import celeryconfig as c; print(len(c.pii_encryption_keys))"
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**clean, "PII_ENCRYPTION_KEYS_FILE": str(keys)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = python_clean(code, PII_ENCRYPTION_KEYS_FILE=str(keys))
     assert result.stdout.strip() == "2", result.stderr
 
 
 def test_worker_refuses_to_start_without_a_pii_key() -> None:
     """With credentials but no key (and no ALLOW_PLAINTEXT_PII) the worker stops at start."""
-    clean = {k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}}
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "celery"), "-A", "worker", "worker"],
-        cwd=ROOT,
-        env={
-            **clean,
-            "REDIS_URL": "redis://127.0.0.1:1/0",
-            "IAMPORT_KEY": "k",
-            "IAMPORT_SECRET": "s",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_clean(
+        CELERY_WORKER, REDIS_URL="redis://127.0.0.1:1/0", IAMPORT_KEY="k", IAMPORT_SECRET="s"
     )
     assert result.returncode != 0
     assert "no PII encryption key: set PII_ENCRYPTION_KEYS" in result.stderr + result.stdout
