@@ -28,11 +28,13 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-# No Docker engine runs where the tests run: check the image and stack statically.
+# No Docker engine runs where the tests run: check the image and stack statically, with
+# .env.example as the services' env_file and as the source of ${...} values (FLOWER_BASIC_AUTH).
 docker-check: $(STAMP)
 	$(BIN)/hadolint docker/Dockerfile
 	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
-	CASHRECEIPT_ENV_FILE=.env.example docker-compose -f docker/docker-compose.yml --profile dev config -q
+	CASHRECEIPT_ENV_FILE=.env.example docker-compose --env-file docker/.env.example \
+		-f docker/docker-compose.yml --profile dev config -q
 
 test: lint typecheck docker-check pytest
 

@@ -10,11 +10,12 @@ import pytest
 import requests
 from celery import Celery
 
+from tests.support.commands import FLOWER, argv
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import free_port, wait_for
-from tests.support.worker import BIN, ROOT, ProcessOutput, stop, worker_env
+from tests.support.worker import ROOT, ProcessOutput, stop, worker_env
 
 pytestmark = pytest.mark.integration
 AUTH = ("ops", "s3cret-pass")
@@ -28,15 +29,7 @@ def flower(
     port = free_port()
     env = worker_env(redis_server.url, sandbox.url, FLOWER_BASIC_AUTH=":".join(AUTH))
     process = subprocess.Popen(
-        [
-            str(BIN / "celery"),
-            "-A",
-            "worker",
-            "flower",
-            f"--port={port}",
-            "--address=127.0.0.1",
-            "--read_only=true",
-        ],
+        argv(FLOWER, f"--port={port}", "--address=127.0.0.1"),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
+from tests.support.commands import WORKER, argv
 from tests.support.newer_tasks import NEWER_TASK, ran_key
 from tests.support.rabbitmq import RabbitVhost, session_broker_url
 from tests.support.redis_server import RedisServer
@@ -100,7 +101,7 @@ def env_for(redis: RedisServer, broker: str, sandbox: Sandbox) -> dict[str, str]
 def start_worker(env: dict[str, str], name: str, *extra: str) -> subprocess.Popen[str]:
     """``celery -A worker worker`` as compose starts it, with a node name."""
     return subprocess.Popen(
-        [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO", "-n", name, *extra],
+        argv(WORKER, "-n", name, *extra),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

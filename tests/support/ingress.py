@@ -10,11 +10,13 @@ from typing import Any
 
 import redis
 
+from tests.support.commands import INGRESS as INGRESS_COMMAND
+from tests.support.commands import argv
 from tests.support.wait import wait_for
-from tests.support.worker import BIN, ROOT, ProcessOutput, stop
+from tests.support.worker import ROOT, ProcessOutput, stop
 
-#: The console script the issue names and docker-compose runs.
-INGRESS = [str(BIN / "cashreceipt"), "ingress"]
+#: ``cashreceipt ingress``, as compose starts it.
+INGRESS = argv(INGRESS_COMMAND)
 
 
 def run_once(env: Mapping[str, str], *extra: str, timeout: float = 30) -> tuple[int, str]:

@@ -158,7 +158,7 @@ def _flag(args: tuple[str, ...], name: str, default: str) -> str:
 
 @contextmanager
 def running_sandbox(*extra_args: str, port: int | None = None) -> Iterator[Sandbox]:
-    """Run `python -m iamport_sandbox` on loopback until the block ends.
+    """Run `iamport-sandbox` on loopback until the block ends.
 
     With no `port`, the sandbox binds port 0 and its startup line says which port it got, so
     parallel runs never race for a port. Raises SandboxError, with the process's stderr, if it

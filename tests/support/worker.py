@@ -14,6 +14,7 @@ from pathlib import Path
 from celery import Celery
 from cryptography.fernet import Fernet
 
+from tests.support.commands import WORKER, argv
 from tests.support.rabbitmq import session_broker_url
 from tests.support.wait import wait_for
 from worker.contract import rabbitmq_queues
@@ -117,7 +118,7 @@ def producer_app(redis_url: str) -> Celery:
 def running_worker(env: Mapping[str, str], *extra: str) -> Iterator[ProcessOutput]:
     """``celery -A worker worker`` in a subprocess, ready to take tasks."""
     process = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO", *extra],
+        argv(WORKER, *extra),
         cwd=ROOT,
         env=dict(env),
         stdout=subprocess.PIPE,
@@ -144,7 +145,7 @@ def unready_worker(
 ) -> Iterator[tuple[subprocess.Popen[str], ProcessOutput]]:
     """``celery -A worker worker`` not waited on: for a worker that must fail to get ready."""
     process = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "worker", "worker", "--loglevel", "INFO", *extra],
+        argv(WORKER, *extra),
         cwd=ROOT,
         env=dict(env),
         stdout=subprocess.PIPE,

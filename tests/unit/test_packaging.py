@@ -11,7 +11,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_wheel_has_config_tasks_sandbox_and_console_scripts(tmp_path: Path) -> None:
-    """celeryconfig.py, both packages, the sandbox, and the two console scripts are in the wheel."""
+    """celeryconfig.py, both packages, the sandbox, and the two console scripts are in the wheel.
+
+    The image installs this wheel and nothing else (docker/Dockerfile), so a
+    module or script missing here is missing in production.
+    """
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
         check=True,
@@ -23,6 +27,8 @@ def test_wheel_has_config_tasks_sandbox_and_console_scripts(tmp_path: Path) -> N
     for expected in (
         "celeryconfig.py",
         "worker/celery.py",
+        # The ingress container's health check: `python -m worker.health ingress`.
+        "worker/health.py",
         "tasks/receipts.py",
         "iamport_sandbox/__main__.py",
     ):

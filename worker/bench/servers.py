@@ -170,8 +170,8 @@ class SandboxError(RuntimeError):
 
 
 def sandbox_command() -> list[str]:
-    """`python -m iamport_sandbox` with this interpreter, so the venv's packages are used."""
-    return [sys.executable, "-m", "iamport_sandbox"]
+    """This environment's `iamport-sandbox` console script, as docker-compose starts it."""
+    return [str(Path(sys.executable).parent / "iamport-sandbox")]
 
 
 def wait_for_sandbox(process: subprocess.Popen[bytes], log_path: Path) -> tuple[str, int]:

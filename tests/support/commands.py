@@ -1,0 +1,26 @@
+"""The start commands of every service, as docker/docker-compose.yml runs them.
+
+Tests start their processes with these (the console scripts of this
+environment, the same arguments), and ``tests/unit/test_compose.py`` checks
+that the compose file's commands are these, so that what is tested is what
+runs in production.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+#: Where this environment's console scripts are (celery, cashreceipt, iamport-sandbox).
+BIN = Path(sys.executable).parent
+
+WORKER = ("celery", "-A", "worker", "worker", "--loglevel", "INFO")
+#: Read-only: Flower can look, not revoke or shut workers down. Basic auth from FLOWER_BASIC_AUTH.
+FLOWER = ("celery", "-A", "worker", "flower", "--read_only=true")
+INGRESS = ("cashreceipt", "ingress")
+SANDBOX = ("iamport-sandbox",)
+
+
+def argv(command: tuple[str, ...], *extra: str) -> list[str]:
+    """``command`` with its program taken from this environment, then ``extra``."""
+    return [str(BIN / command[0]), *command[1:], *extra]

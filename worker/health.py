@@ -1,0 +1,53 @@
+"""Container health checks: ``python -m worker.health ingress``.
+
+One image runs every service, so the image's HEALTHCHECK (``celery inspect
+ping``, answered by a worker) is wrong for the ingress; the compose file gives
+the ingress this one instead. The ingress names its Redis connection
+``cashreceipt-ingress:<hostname>-<pid>``; it is healthy when a connection of
+that name, from this container's host name, is open: it is connected and
+reading its stream. Exit 0 healthy, 1 not, 2 configuration error.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+
+#: The prefix of an ingress's Redis client name (worker.ingress names it so).
+INGRESS_CLIENT_PREFIX = "cashreceipt-ingress:"
+
+
+def ingress_connected(clients: Iterable[Mapping[str, Any]], hostname: str) -> bool:
+    """Whether CLIENT LIST shows an ingress of ``hostname``."""
+    prefix = f"{INGRESS_CLIENT_PREFIX}{hostname}-"
+    return any(str(client.get("name", "")).startswith(prefix) for client in clients)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args != ["ingress"]:
+        print("usage: python -m worker.health ingress", file=sys.stderr)
+        return 2
+    from worker.settings import load_celeryconfig  # noqa: PLC0415 (reads the environment)
+
+    conf = load_celeryconfig()
+    client = redis.Redis.from_url(
+        conf.ledger_backend_url, socket_timeout=5, socket_connect_timeout=5
+    )
+    try:
+        healthy = ingress_connected(client.client_list(), socket.gethostname())
+    except redis.RedisError as error:
+        print(f"unhealthy: Redis: {type(error).__name__}", file=sys.stderr)
+        return 1
+    if not healthy:
+        print("unhealthy: no ingress of this host is connected to Redis", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
