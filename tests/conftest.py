@@ -14,11 +14,19 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tests.support.rabbitmq import BROKER_URL_VARIABLE, RabbitVhost, Unavailable, use_rabbitmq
+from tests.support.rabbitmq import (
+    BROKER_URL_VARIABLE,
+    RABBITMQ_URL,
+    RabbitVhost,
+    Unavailable,
+    delete_vhosts,
+    use_rabbitmq,
+)
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
+from worker.urls import redact_url
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,36 +36,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-_vhost: RabbitVhost | None = None
 _rabbitmq_unavailable: str | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """BROKER=rabbitmq: a virtual host of this run's own, named to every test worker."""
-    global _vhost, _rabbitmq_unavailable  # noqa: PLW0603 (one per session)
+    """BROKER=rabbitmq: check RabbitMQ is there; each private Redis gets a vhost on first use."""
+    global _rabbitmq_unavailable  # noqa: PLW0603 (one per session)
     if not use_rabbitmq():
         return
-    vhost = RabbitVhost()
     try:
-        vhost.create()
+        RabbitVhost(RABBITMQ_URL).check()
     except Unavailable as error:
         _rabbitmq_unavailable = str(error)
         return
-    _vhost = vhost
-    os.environ[BROKER_URL_VARIABLE] = vhost.url
+    os.environ[BROKER_URL_VARIABLE] = RABBITMQ_URL
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _vhost is not None:
-        _vhost.delete()
-        os.environ.pop(BROKER_URL_VARIABLE, None)
+    delete_vhosts()
+    os.environ.pop(BROKER_URL_VARIABLE, None)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     if not use_rabbitmq():
         return "broker: redis (BROKER=rabbitmq runs the integration tests on RabbitMQ)"
-    if _vhost is not None:
-        return f"broker: rabbitmq, virtual host {_vhost.name}"
+    if _rabbitmq_unavailable is None:
+        return f"broker: rabbitmq at {redact_url(RABBITMQ_URL)}, a virtual host per private Redis"
     return f"broker: rabbitmq UNAVAILABLE, integration tests skipped: {_rabbitmq_unavailable}"
 
 

@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 import redis
 import requests
-from celery import Celery
 
 import celeryconfig
 from tests.support.redis_server import RedisServer
@@ -37,6 +36,7 @@ from tests.support.worker import (
     ROOT,
     TEST_PII_KEY,
     ProcessOutput,
+    producer_app,
     running_worker,
     stop,
     worker_env,
@@ -203,7 +203,7 @@ def test_no_identifier_leaks_anywhere(
         "METRICS_PORT": str(metrics_port),
         "METRICS_ADDRESS": "127.0.0.1",
     }
-    producer = Celery("checkout", broker=canary_redis.url)
+    producer = producer_app(canary_redis.url)
     producer.conf.pii_encryption_keys = [TEST_PII_KEY]
     results = ResultStream(canary_redis.client())
     uid = {name: f"{imp_uid}_{name}" for name in CANARIES}

@@ -15,7 +15,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
-from tests.support.worker import running_worker, worker_env
+from tests.support.worker import producer_app, running_worker, worker_env
 from worker.ledger import ledger_key
 from worker.producer import enqueue_cancel, enqueue_issue
 
@@ -93,7 +93,7 @@ def test_replay_by_reason_after_credentials_are_restored(
     """Jobs that failed on auth are all replayed by reason once the credentials are right."""
     # A key i'mport does not know (and so no shared token cached for it).
     bad = worker_env(redis_server.url, sandbox.url, IAMPORT_KEY="revoked-key")
-    producer = Celery("checkout", broker=redis_server.url)
+    producer = producer_app(redis_server.url)
     producer.conf.pii_encryption_keys = [bad["PII_ENCRYPTION_KEYS"]]
     uids = [f"{imp_uid}_{n}" for n in range(3)]
     # A queue of its own, so that the session worker (good credentials) does not take them.

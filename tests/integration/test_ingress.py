@@ -261,6 +261,13 @@ def test_two_instances_share_the_group_and_handle_each_entry_once(
         entries = [str(entry) for entry in pipe.execute()]
         events = [results.wait(task_id_for(stream, entry)) for entry in entries]
         wait_for(lambda: drained(client, stream), message="the stream to be drained")
+
+        def logged(entry: str) -> bool:
+            line = f"enqueued as task {task_id_for(stream, entry)}"
+            return line in first.text or line in second.text
+
+        # The event can arrive before the instance's log line has been read from its pipe.
+        wait_for(lambda: all(map(logged, entries)), message="every entry's log line")
     assert [event["data"]["imp_uid"] for event in events] == imp_uids
     assert all(sandbox.admin.issued_count(imp_uid) == 1 for imp_uid in imp_uids)
     # Both have exited; finish() reads what their pipes still held.
@@ -355,6 +362,7 @@ def test_sigterm_finishes_and_exits_zero(env: dict[str, str]) -> None:
     assert "ingress stopped" in output.finish()
 
 
+@pytest.mark.redis_broker  # reads the queued messages off the Redis broker's list
 def test_entry_stays_pending_while_redis_refuses_writes(
     own_redis: RedisServer, sandbox: Sandbox, stream: str
 ) -> None:

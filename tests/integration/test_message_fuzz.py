@@ -47,7 +47,8 @@ from worker.parking import PARKED_KEY
 from worker.schemas import InvalidPayload, load_payload
 from worker.sealing import Sealer
 
-pytestmark = pytest.mark.integration
+# Raw entries go straight onto the Redis broker's list: with RabbitMQ there is no such list.
+pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]
 
 #: How many generated entries one batch pushes through the worker.
 BATCH = 200

@@ -23,7 +23,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import wait_for
-from tests.support.worker import TEST_PII_KEY, running_worker, worker_env
+from tests.support.worker import TEST_PII_KEY, producer_app, running_worker, worker_env
 from worker.ledger import ledger_key
 from worker.producer import enqueue_issue
 
@@ -49,7 +49,7 @@ def own_sandbox() -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def producer(own_redis: RedisServer) -> Iterator[Celery]:
     """The Python helper's app on this module's Redis."""
-    app = Celery("checkout", broker=own_redis.url)
+    app = producer_app(own_redis.url)
     app.conf.pii_encryption_keys = [TEST_PII_KEY]
     yield app
     app.close()

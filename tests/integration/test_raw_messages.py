@@ -11,7 +11,8 @@ from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.worker import ProcessOutput
 
-pytestmark = pytest.mark.integration
+# Raw entries go straight onto the Redis broker's list: with RabbitMQ there is no such list.
+pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]
 
 
 @pytest.mark.usefixtures("worker")

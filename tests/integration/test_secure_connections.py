@@ -25,7 +25,8 @@ from worker.errors import ConnectionFailed, ProviderUnavailable
 from worker.iamport import IamportClient
 from worker.producer import enqueue_issue
 
-pytestmark = pytest.mark.integration
+# REDIS_URL as the broker: its password and TLS, and kombu refusing an unverified server.
+pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]
 
 #: Needs percent-encoding in a URL (":", "@", "/"), as generated passwords often do.
 PASSWORD = "s3cret:p@ss/word-0123"

@@ -8,8 +8,8 @@ afterwards, finishes the batch. Then a rolling deploy: a task only the newer
 deploy knows is parked by the older worker, not dropped, and runs once the
 newer worker is up and the parked messages are requeued.
 
-These run on the broker of the session (BROKER=rabbitmq: a virtual host of
-this module's own, so that no other test's worker takes the batch).
+They run on this module's own Redis, and with BROKER=rabbitmq on its own
+virtual host, so that no other test's worker takes the batch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from celery import Celery
 
 from tests.support.commands import WORKER, argv
 from tests.support.newer_tasks import NEWER_TASK, ran_key
-from tests.support.rabbitmq import RabbitVhost, session_broker_url
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
@@ -56,20 +55,6 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]
 
 
 @pytest.fixture(scope="module")
-def own_broker(own_redis: RedisServer) -> Iterator[str]:
-    """This module's broker: its Redis, or a RabbitMQ virtual host of its own."""
-    if session_broker_url() is None:
-        yield own_redis.url
-        return
-    vhost = RabbitVhost()
-    vhost.create()
-    try:
-        yield vhost.url
-    finally:
-        vhost.delete()
-
-
-@pytest.fixture(scope="module")
 def own_sandbox() -> Iterator[Sandbox]:
     """A sandbox of this module's own: its latency is global."""
     with running_sandbox() as sandbox:
@@ -77,24 +62,21 @@ def own_sandbox() -> Iterator[Sandbox]:
 
 
 @pytest.fixture(scope="module")
-def producer(own_redis: RedisServer, own_broker: str) -> Iterator[Celery]:
-    """The Python helper's app on this module's Redis and broker."""
+def producer(own_redis: RedisServer) -> Iterator[Celery]:
+    """The Python helper's app on this module's Redis (and its broker)."""
     app = producer_app(own_redis.url)
-    app.conf.broker_url = own_broker
     yield app
     app.close()
 
 
-def env_for(redis: RedisServer, broker: str, sandbox: Sandbox) -> dict[str, str]:
-    """A worker's settings here: a broker URL only when it is not the Redis itself."""
-    extra = {"BROKER_URL": broker} if broker != redis.url else {}
+def env_for(redis: RedisServer, sandbox: Sandbox) -> dict[str, str]:
+    """A worker's settings here: few threads, a short soft shutdown, slow i'mport."""
     return worker_env(
         redis.url,
         sandbox.url,
         WORKER_CONCURRENCY=str(CONCURRENCY),
         WORKER_SOFT_SHUTDOWN_TIMEOUT=str(SOFT_SHUTDOWN),
         IAMPORT_TIMEOUT=str(IAMPORT_TIMEOUT),
-        **extra,
     )
 
 
@@ -111,7 +93,7 @@ def start_worker(env: dict[str, str], name: str, *extra: str) -> subprocess.Pope
 
 
 def test_sigterm_mid_batch_loses_nothing_and_issues_nothing_twice(
-    own_redis: RedisServer, own_broker: str, own_sandbox: Sandbox, producer: Celery
+    own_redis: RedisServer, own_sandbox: Sandbox, producer: Celery
 ) -> None:
     """In flight at SIGTERM: finished or handed back; a second worker ends every task once."""
     own_sandbox.admin.clear_faults()
@@ -121,7 +103,7 @@ def test_sigterm_mid_batch_loses_nothing_and_issues_nothing_twice(
     # the receipt up, a second request, which a cancelled task never starts.
     for imp_uid in imp_uids[::2]:
         own_sandbox.admin.script(imp_uid, {"kind": "drop_after", "method": "POST"})
-    env = env_for(own_redis, own_broker, own_sandbox)
+    env = env_for(own_redis, own_sandbox)
     client = own_redis.client()
     results = ResultStream(client)
 
@@ -174,11 +156,11 @@ def test_sigterm_mid_batch_loses_nothing_and_issues_nothing_twice(
 
 
 def test_a_task_only_the_newer_deploy_knows_waits_parked_for_it(
-    own_redis: RedisServer, own_broker: str, own_sandbox: Sandbox, producer: Celery
+    own_redis: RedisServer, own_sandbox: Sandbox, producer: Celery
 ) -> None:
     """Rolling deploy: the old worker parks the new task (not dropped); the new worker runs it."""
     own_sandbox.admin.clear_faults()
-    env = env_for(own_redis, own_broker, own_sandbox)
+    env = env_for(own_redis, own_sandbox)
     client = own_redis.client()
     payload = {"imp_uid": f"roll_{uuid.uuid4().hex[:8]}", "identifier": "01055554321"}
 

@@ -1,7 +1,8 @@
 """RabbitMQ as the broker of the integration suite: ``BROKER=rabbitmq``.
 
-Each run gets its own virtual host (made with ``rabbitmqctl``, removed at the
-end), so runs on a shared RabbitMQ never see each other's queues; the queue
+Each private Redis of a run gets a virtual host of its own (made with
+``rabbitmqctl``, removed at the end), so neither runs on a shared RabbitMQ nor
+tests with Redis servers of their own see each other's queues; the queue
 keeps its contract name, ``cash_receipts``. Redis stays the ledger, the token
 cache and the events, as in production. Where no RabbitMQ answers, or it
 cannot be given a virtual host, the integration tests are skipped with the
@@ -21,7 +22,7 @@ from urllib.parse import quote, urlsplit
 BROKER = os.environ.get("BROKER", "redis").strip().lower() or "redis"
 #: The RabbitMQ server, without a virtual host; CI's runs on this machine.
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
-#: Set for the session to the broker URL (with its virtual host) that test workers use.
+#: Set for the session to the RabbitMQ server the test brokers live on.
 BROKER_URL_VARIABLE = "CASHRECEIPT_TEST_BROKER_URL"
 CTL_TIMEOUT = 60
 
@@ -38,8 +39,35 @@ def use_rabbitmq() -> bool:
 
 
 def session_broker_url() -> str | None:
-    """The RabbitMQ URL of this run, or None when the broker is Redis."""
+    """The RabbitMQ server of this run (no virtual host), or None when the broker is Redis."""
     return os.environ.get(BROKER_URL_VARIABLE) or None
+
+
+_vhosts: dict[str, RabbitVhost] = {}
+
+
+def broker_for(redis_url: str) -> str | None:
+    """The RabbitMQ broker paired with the Redis at ``redis_url``, or None on Redis.
+
+    Each Redis a test starts gets a virtual host of its own, made on first use,
+    as each Redis is a broker of its own when Redis is the broker: a worker of
+    one test's Redis never takes another's messages.
+    """
+    base = session_broker_url()
+    if base is None:
+        return None
+    key = redis_url.split("?", 1)[0]
+    if key not in _vhosts:
+        vhost = RabbitVhost(base)
+        vhost.create()
+        _vhosts[key] = vhost
+    return _vhosts[key].url
+
+
+def delete_vhosts() -> None:
+    """Remove every virtual host this run made."""
+    while _vhosts:
+        _vhosts.popitem()[1].delete()
 
 
 class RabbitVhost:
@@ -57,8 +85,8 @@ class RabbitVhost:
     def url(self) -> str:
         return f"{self.base_url}/{quote(self.name, safe='')}"
 
-    def create(self) -> None:
-        """Check the server answers, then add the vhost and let the user in."""
+    def check(self) -> None:
+        """Raise :class:`Unavailable` unless the server answers and rabbitmqctl can manage it."""
         try:
             socket.create_connection((self.host, self.port), timeout=3).close()
         except OSError as error:
@@ -70,6 +98,10 @@ class RabbitVhost:
                 "BROKER=rabbitmq, but rabbitmqctl is not on PATH: a run needs a virtual host "
                 "of its own so that it cannot collide with another run's cash_receipts queue"
             )
+        self._ctl("list_vhosts")
+
+    def create(self) -> None:
+        """Add the vhost and let the user in."""
         self._ctl("add_vhost", self.name)
         self._ctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
 

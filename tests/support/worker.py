@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ from celery import Celery
 from cryptography.fernet import Fernet
 
 from tests.support.commands import WORKER, argv
-from tests.support.rabbitmq import session_broker_url
+from tests.support.rabbitmq import broker_for
 from tests.support.wait import wait_for
 from worker.contract import rabbitmq_queues
 
@@ -88,7 +89,7 @@ def worker_env(redis_url: str, sandbox_url: str, **overrides: str) -> dict[str, 
             "METRICS_PORT": "0",
         }
     )
-    broker = session_broker_url()
+    broker = broker_for(redis_url)
     if broker is not None:
         # BROKER=rabbitmq: the messages go through RabbitMQ, the rest stays in Redis.
         env["BROKER_URL"] = broker
@@ -103,7 +104,7 @@ def producer_app(redis_url: str) -> Celery:
     declares the queue as the worker does, and names the Redis the helper's
     ledger lives in.
     """
-    broker = session_broker_url()
+    broker = broker_for(redis_url)
     app = Celery("checkout", broker=broker or redis_url)
     app.conf.task_serializer = "json"
     # What our helper reads when this app is handed to it (worker.producer).
@@ -114,11 +115,22 @@ def producer_app(redis_url: str) -> Celery:
     return app
 
 
+def worker_argv(*extra: str) -> list[str]:
+    """The worker's command, with a node name of its own unless ``extra`` names one.
+
+    As each container has its own host name in production. Two workers of one
+    name collide on RabbitMQ (their remote-control queue is exclusive).
+    """
+    named = "-n" in extra or any(arg.startswith(("--hostname", "-n")) for arg in extra)
+    node = () if named else ("-n", f"test-{uuid.uuid4().hex[:8]}@%h")
+    return argv(WORKER, *node, *extra)
+
+
 @contextmanager
 def running_worker(env: Mapping[str, str], *extra: str) -> Iterator[ProcessOutput]:
     """``celery -A worker worker`` in a subprocess, ready to take tasks."""
     process = subprocess.Popen(
-        argv(WORKER, *extra),
+        worker_argv(*extra),
         cwd=ROOT,
         env=dict(env),
         stdout=subprocess.PIPE,
@@ -145,7 +157,7 @@ def unready_worker(
 ) -> Iterator[tuple[subprocess.Popen[str], ProcessOutput]]:
     """``celery -A worker worker`` not waited on: for a worker that must fail to get ready."""
     process = subprocess.Popen(
-        argv(WORKER, *extra),
+        worker_argv(*extra),
         cwd=ROOT,
         env=dict(env),
         stdout=subprocess.PIPE,

@@ -165,3 +165,11 @@ def test_dockerfile_is_pinned_slim_non_root_with_a_health_check() -> None:
     runtime = text[text.index("AS runtime") :]
     assert "COPY . " not in runtime
     assert "--no-index" in runtime
+
+
+def test_readme_configuration_table_names_every_setting() -> None:
+    """The README's configuration table is where operators look each setting up."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Configuration") : readme.index("### The time rule")]
+    rows = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
+    assert settings_read_by_celeryconfig() - rows == set()
