@@ -117,7 +117,8 @@ def test_json_worker_prints_only_json_lines_and_one_outcome_line_per_run(
     lines = json_lines(text)
 
     assert any(line["level"] == "debug" for line in lines), "DEBUG lines were not written"
-    assert any("Warm shutdown" in line["message"] for line in lines), "no JSON shutdown notice"
+    # SIGTERM is the bounded soft (cold) shutdown: README, "Stopping and rolling deploys".
+    assert any("Cold shutdown" in line["message"] for line in lines), "no JSON shutdown notice"
     if os.geteuid() == 0:  # Celery warns before it sets up logging: that line is JSON too
         assert any(line["logger"] == "py.warnings" for line in lines)
     for form in PHONE_FORMS:
