@@ -144,12 +144,17 @@ class _Run:
             with stopping.running(str(self.task.request.id)):
                 return self.run(args, kwargs)
         except stopping.HandedBack:
-            # The worker is stopping and cancelled this task at a safe point: the
-            # message goes back to the queue, and another worker resumes the job
-            # (the same task id takes its claim back at once).
+            # The worker is stopping and cancelled this task at a safe point: the job
+            # goes back to the queue for another worker. Holding a claim, it goes as
+            # a retry that carries the claim's fence, now, which alone may take over
+            # the live lease; holding none, the message itself is requeued.
             log.warning(
                 "task %s handed back to the queue: the worker is stopping", self.task.request.id
             )
+            if self.fence is not None:
+                retry = self.retry(0, args, cause="shutdown")
+                self.outcome = "handed_back"
+                raise retry from None
             self.outcome, self.reason = "handed_back", "shutdown"
             raise Reject("handed back at shutdown", requeue=True) from None
         except redis.RedisError:

@@ -7,7 +7,8 @@ that; a thread cannot, so Celery's thread pool has no way to cancel at all.
 Here a cancelled task is marked instead, and stops at its next safe point:
 before its next HTTP request to i'mport, or its next look at the ledger while
 it waits for a duplicate. It raises :class:`HandedBack` there, and the task
-rejects its message with requeue, so another worker takes it up. Stopping at
+hands the job back to the queue (tasks/receipts.py: a retry with the claim's
+fence, or its message requeued), so another worker takes it up. Stopping at
 a request boundary is what a crash would do, and is safe for the same
 reason: every attempt looks at i'mport before it POSTs.
 
