@@ -611,7 +611,7 @@ def _failed(error: Exception) -> int:
 def _shown_redis_url() -> str:
     """The Redis URL for a message, password redacted."""
     try:
-        url = str(_config().broker_url)
+        url = str(_config().ledger_backend_url)
     except SystemExit:
         url = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
     return redact_url(url)
