@@ -65,6 +65,15 @@ def header_problem(headers: Mapping[str, Any]) -> str | None:
         not isinstance(retries, int) or isinstance(retries, bool) or retries < 0
     ):
         return "The message's retries header is not a count."
+    for name in ("eta", "expires"):
+        # Celery parses a string (or a number, for expires) and turns a bad one into
+        # InvalidTaskError; a falsy list or object slips past its parser and
+        # raises AttributeError inside the request instead.
+        value = headers.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, str | int | float)
+        ):
+            return f"The message's {name} header is not a date."
     return None
 
 

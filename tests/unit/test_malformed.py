@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.malformed import body_problem, readable_payload
+from worker.malformed import body_problem, header_problem, readable_payload
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,21 @@ def test_other_bodies_are_malformed(body: object) -> None:
 def test_readable_payload(body: object, raw: bytes, expected: object) -> None:
     """The likely payload is found inside a triple, a bare object, or raw bytes."""
     assert readable_payload(body, raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"id": "t", "eta": None, "expires": None}, None),
+        ({"id": "t", "eta": "2026-12-01T00:00:00+00:00", "expires": 60}, None),
+        # Celery's parser turns a bad string into InvalidTaskError (an event), but a
+        # falsy list or object raised AttributeError inside its request (parked).
+        ({"id": "t", "eta": []}, "The message's eta header is not a date."),
+        ({"id": "t", "expires": {}}, "The message's expires header is not a date."),
+        ({"id": "t", "eta": True}, "The message's eta header is not a date."),
+    ],
+)
+def test_eta_and_expires_must_be_dates_or_absent(
+    headers: dict[str, object], problem: str | None
+) -> None:
+    assert header_problem(headers) == problem
