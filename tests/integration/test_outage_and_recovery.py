@@ -12,47 +12,27 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from celery import Celery
 
 import celeryconfig
+
+# This module's own Redis, sandbox and producer, in place of the session's.
+from tests.support.module_services import (  # noqa: F401
+    module_producer,
+    module_redis,
+    module_sandbox,
+)
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
-from tests.support.sandbox import Sandbox, running_sandbox
+from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
-from tests.support.worker import TEST_PII_KEY, producer_app, running_worker, worker_env
+from tests.support.worker import running_worker, worker_env
 from worker.ledger import ledger_key
 from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A Redis of this module's own: its workers run with other settings."""
-    server = RedisServer(Path(tmp_path_factory.mktemp("outage-redis")), appendonly=True)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def own_sandbox() -> Iterator[Sandbox]:
-    """A sandbox of this module's own: the outage is global."""
-    with running_sandbox() as sandbox:
-        yield sandbox
-
-
-@pytest.fixture(scope="module")
-def producer(own_redis: RedisServer) -> Iterator[Celery]:
-    """The Python helper's app on this module's Redis."""
-    app = producer_app(own_redis.url)
-    app.conf.pii_encryption_keys = [TEST_PII_KEY]
-    yield app
-    app.close()
 
 
 #: The backoff cap is compressed a hundredfold (300 s -> 3 s), so an hour of outage is this long.

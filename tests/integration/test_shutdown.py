@@ -17,19 +17,24 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from celery import Celery
 
 from tests.support.commands import WORKER, argv
+
+# This module's own Redis, sandbox and producer, in place of the session's.
+from tests.support.module_services import (  # noqa: F401
+    module_producer,
+    module_redis,
+    module_sandbox,
+)
 from tests.support.newer_tasks import NEWER_TASK, ran_key
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
-from tests.support.sandbox import Sandbox, running_sandbox
+from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
-from tests.support.worker import BIN, ROOT, ProcessOutput, producer_app, running_worker, worker_env
+from tests.support.worker import BIN, ROOT, ProcessOutput, running_worker, worker_env
 from worker.ledger import ledger_key
 from worker.parking import PARKED_KEY
 from worker.producer import enqueue_issue
@@ -43,30 +48,6 @@ SOFT_SHUTDOWN = 1
 IAMPORT_TIMEOUT = 5
 CONCURRENCY = 4
 CLI = str(BIN / "cashreceipt")
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A Redis of this module's own: the session's worker must not take these batches."""
-    server = RedisServer(Path(tmp_path_factory.mktemp("shutdown-redis")), appendonly=True)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def own_sandbox() -> Iterator[Sandbox]:
-    """A sandbox of this module's own: its latency is global."""
-    with running_sandbox() as sandbox:
-        yield sandbox
-
-
-@pytest.fixture(scope="module")
-def producer(own_redis: RedisServer) -> Iterator[Celery]:
-    """The Python helper's app on this module's Redis (and its broker)."""
-    app = producer_app(own_redis.url)
-    yield app
-    app.close()
 
 
 def env_for(redis: RedisServer, sandbox: Sandbox) -> dict[str, str]:
