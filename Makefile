@@ -7,10 +7,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install run test lint typecheck pytest pytest-rabbitmq docker-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sandbox/pyproject.toml bench/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,flower]' -e ./sandbox -e ./bench
 	touch $(STAMP)
 
 install: $(STAMP)

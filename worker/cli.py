@@ -524,7 +524,7 @@ def bench(  # noqa: PLR0917 (click passes every option positionally)
     import os  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from worker.bench import run  # noqa: PLC0415
+    from cashreceipt_bench import run  # noqa: PLC0415
 
     chosen = tuple(p.strip() for p in profiles.split(",") if p.strip())
     unknown = sorted(set(chosen) - set(run.PROFILES))

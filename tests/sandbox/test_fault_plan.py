@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from iamport_sandbox.errors import InvalidInput
 from iamport_sandbox.faults import RATE_KINDS, FaultPlan, parse_rate_flag, parse_step
 

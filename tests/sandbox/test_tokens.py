@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from iamport_sandbox.errors import InvalidInput
 from iamport_sandbox.tokens import AdjustableClock, TokenPolicy, TokenStore
 

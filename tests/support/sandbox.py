@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
-from worker.bench.servers import SandboxError, sandbox_command, stop_process, wait_for_sandbox
+from cashreceipt_bench.servers import SandboxError, sandbox_command, stop_process, wait_for_sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KEY = "sandbox_key"

@@ -1,10 +1,10 @@
 """Waiting on conditions with a bound, instead of sleeping and hoping.
 
-The code is shared with the benchmark (``worker.bench.servers``).
+The code is shared with the benchmark (``cashreceipt_bench.servers``).
 """
 
 from __future__ import annotations
 
-from worker.bench.servers import free_port, wait_for
+from cashreceipt_bench.servers import free_port, wait_for
 
 __all__ = ["free_port", "wait_for"]

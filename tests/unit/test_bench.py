@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from worker.bench.run import Options, parse_env, percentile, render, summarize
+from cashreceipt_bench.run import Options, parse_env, percentile, render, summarize
 
 
 def test_percentile_is_nearest_rank() -> None:

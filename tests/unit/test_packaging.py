@@ -10,8 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_wheel_has_config_tasks_sandbox_and_console_scripts(tmp_path: Path) -> None:
-    """celeryconfig.py, both packages, the sandbox, and the two console scripts are in the wheel.
+def test_wheel_has_config_tasks_and_console_script(tmp_path: Path) -> None:
+    """celeryconfig.py, both packages and the console script are in the wheel; the sandbox is not.
 
     The image installs this wheel and nothing else (docker/Dockerfile), so a
     module or script missing here is missing in production.
@@ -30,14 +30,14 @@ def test_wheel_has_config_tasks_sandbox_and_console_scripts(tmp_path: Path) -> N
         # The ingress container's health check: `python -m worker.health ingress`.
         "worker/health.py",
         "tasks/receipts.py",
-        "iamport_sandbox/__main__.py",
     ):
         assert expected in names
-    assert not any(name.startswith("tests/") for name in names)
+    for absent in ("tests/", "iamport_sandbox/", "cashreceipt_bench/"):
+        assert not any(name.startswith(absent) for name in names)
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "cashreceipt = worker.cli:main" in text
-    assert "iamport-sandbox = iamport_sandbox.__main__:main" in text
+    assert "iamport-sandbox" not in text
 
 
 def test_the_worker_never_imports_the_sandbox() -> None:

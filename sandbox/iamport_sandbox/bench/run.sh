@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark the sandbox with wrk (Debian: apt-get install -y wrk), as docs/sandbox.md reports.
-# Usage: iamport_sandbox/bench/run.sh [DURATION] ; needs .venv (make install) and wrk.
+# Usage: sandbox/iamport_sandbox/bench/run.sh [DURATION] ; needs .venv (make install) and wrk.
 # Starts its own sandbox on a free port, loopback only, and stops it on exit.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

@@ -1,6 +1,6 @@
 """The prefork baseline: our task under Celery's default worker configuration.
 
-``celery -A worker.bench.prefork worker`` is our worker as Celery would run it
+``celery -A cashreceipt_bench.prefork worker`` is our worker as Celery would run it
 out of the box: the prefork pool with one child per core, early acks and a
 prefetch of 4 (Celery's defaults), task events off. Everything else (the
 ledger, sealing, the client) is ours, so the ratio to it is what the I/O pool

@@ -1,6 +1,6 @@
 """The bare baseline: a Celery task that does one POST and one XADD, nothing else.
 
-``celery -A worker.bench.bare worker`` runs it with the **same** Celery
+``celery -A cashreceipt_bench.bare worker`` runs it with the **same** Celery
 settings as our worker (pool, concurrency, acks, prefetch, events, broker
 pool sizes), read from the same ``celeryconfig``, so the ratio of our
 throughput to this task's is the price of the ledger, sealing, validation,

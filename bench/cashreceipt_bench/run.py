@@ -8,10 +8,10 @@ same Redis (flushed between runs):
 ``ours``
     ``celery -A worker worker`` in its default configuration.
 ``bare``
-    :mod:`worker.bench.bare`: one POST and one XADD per task, with the same
+    :mod:`cashreceipt_bench.bare`: one POST and one XADD per task, with the same
     Celery settings.
 ``prefork``
-    :mod:`worker.bench.prefork`: our task under Celery's default prefork
+    :mod:`cashreceipt_bench.prefork`: our task under Celery's default prefork
     configuration (a child per core, early acks, prefetch 4).
 
 Profiles:
@@ -59,8 +59,8 @@ import redis
 from celery import Celery
 from cryptography.fernet import Fernet
 
-from worker.bench.bare import BARE_TASK
-from worker.bench.servers import (
+from cashreceipt_bench.bare import BARE_TASK
+from cashreceipt_bench.servers import (
     RedisServer,
     free_port,
     sandbox_command,
@@ -548,11 +548,11 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 # -- the whole benchmark ---------------------------------------------------------
 
 OURS = Kind(name="ours", app="worker")
-BARE = Kind(name="bare", app="worker.bench.bare", our_task=False)
+BARE = Kind(name="bare", app="cashreceipt_bench.bare", our_task=False)
 #: Celery's defaults: prefork, a child per core, prefetch 4; early acks come from the app.
 PREFORK = Kind(
     name="prefork",
-    app="worker.bench.prefork",
+    app="cashreceipt_bench.prefork",
     args=("-P", "prefork", "-c", str(os.cpu_count() or 1), "--prefetch-multiplier", "4"),
 )
 
