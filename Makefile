@@ -1,24 +1,44 @@
 # Two commands matter: `make run` (install, then start the product locally) and
-# `make test` (install, then run every check CI runs). Both build .venv themselves.
+# `make test` (install, then run every check CI runs). Both build .venv themselves,
+# from uv.lock as it is (`uv sync --frozen`): two installs of one commit are the same.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# uv itself, pinned with its hashes (tools/uv-requirements.txt, exported from the uv
+# dependency group), in a venv of its own: no curl | sh, no uv from whatever PATH has.
+TOOLS  := .tools
+UV     := $(TOOLS)/bin/uv
+# The runtime with Flower (`make run` starts it), the sandbox and the benchmark (workspace
+# members), and the dev group. Never resolves again; `make lint` checks that uv.lock
+# still matches every pyproject.toml.
+SYNC   := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never \
+	$(UV) sync --frozen --all-packages --extra flower --group dev --python $(PYTHON)
 
-.PHONY: install run test lint typecheck pytest pytest-rabbitmq docker-check clean
+.PHONY: install run test lint typecheck audit pytest pytest-rabbitmq docker-check lock clean
 
-$(STAMP): pyproject.toml sandbox/pyproject.toml bench/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,flower]' -e ./sandbox -e ./bench
+$(UV): tools/uv-requirements.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --require-hashes --no-deps -r tools/uv-requirements.txt
+	touch $(UV)
+
+$(STAMP): $(UV) uv.lock pyproject.toml sandbox/pyproject.toml bench/pyproject.toml
+	$(SYNC) --quiet
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# After changing a dependency in any pyproject.toml: resolve again and commit uv.lock.
+lock: $(UV)
+	UV_PYTHON_DOWNLOADS=never $(UV) lock --python $(PYTHON)
+	$(UV) export --frozen --only-group uv --no-emit-workspace --no-header \
+		-o tools/uv-requirements.txt >/dev/null
 
 run: $(STAMP)
 	$(BIN)/python -m worker.demo
 
 lint: $(STAMP)
+	UV_PYTHON_DOWNLOADS=never $(UV) lock --check --offline --python $(PYTHON)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -50,4 +70,4 @@ docker-check: $(STAMP)
 test: lint typecheck docker-check pytest pytest-rabbitmq
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(TOOLS) build dist *.egg-info

@@ -1,28 +1,62 @@
-"""The wheel the Docker image installs carries everything the services run."""
+"""What `pip install cashreceipt` and the worker image get: the runtime, and nothing else.
+
+The wheel is what docker/Dockerfile installs in the worker image, and what a
+library user gets from an index. The sandbox (sandbox/, iamport-sandbox), the
+benchmark with the private servers (bench/, cashreceipt-bench) and the tests are
+distributions or files of their own and must stay out of it, as code and as
+requirements. Flower is the ``flower`` extra: operators install it, workers do not.
+"""
 
 from __future__ import annotations
 
+import email
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
 ROOT = Path(__file__).resolve().parents[2]
+#: uv from the locked dev group: the version the Makefile bootstraps.
+UV = Path(sys.executable).parent / "uv"
 
 
-def test_wheel_has_config_tasks_and_console_script(tmp_path: Path) -> None:
-    """celeryconfig.py, both packages and the console script are in the wheel; the sandbox is not.
-
-    The image installs this wheel and nothing else (docker/Dockerfile), so a
-    module or script missing here is missing in production.
-    """
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [UV, "build", "--wheel", "--quiet", "--out-dir", out, ROOT],
         check=True,
         capture_output=True,
         timeout=300,
     )
-    (wheel,) = tmp_path.glob("cashreceipt-*.whl")
+    (built,) = out.glob("cashreceipt-*.whl")
+    yield built
+
+
+def _metadata(wheel: Path) -> Message:
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        return email.message_from_bytes(archive.read(name))
+
+
+def _requirements(wheel: Path) -> dict[str, Requirement]:
+    return {
+        (req := Requirement(line)).name: req for line in _metadata(wheel).get_all("Requires-Dist")
+    }
+
+
+def test_wheel_has_config_tasks_and_console_script(wheel: Path) -> None:
+    """celeryconfig.py, both packages and the console script are in the wheel.
+
+    The image installs this wheel, so a module or script missing here is missing in
+    production.
+    """
     names = zipfile.ZipFile(wheel).namelist()
     for expected in (
         "celeryconfig.py",
@@ -32,12 +66,67 @@ def test_wheel_has_config_tasks_and_console_script(tmp_path: Path) -> None:
         "tasks/receipts.py",
     ):
         assert expected in names
-    for absent in ("tests/", "iamport_sandbox/", "cashreceipt_bench/"):
-        assert not any(name.startswith(absent) for name in names)
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "cashreceipt = worker.cli:main" in text
     assert "iamport-sandbox" not in text
+
+
+def test_wheel_carries_no_sandbox_benchmark_or_tests(wheel: Path) -> None:
+    """Only the runtime's top-level packages: worker, tasks, celeryconfig, and the metadata."""
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {"worker", "tasks", "celeryconfig.py", "cashreceipt-0.1.0.dist-info"}
+    assert not any("aiohttp" in name or "sandbox" in name for name in names)
+
+
+def test_wheel_requires_the_runtime_only(wheel: Path) -> None:
+    """No aiohttp, no sandbox or benchmark; Flower only under its extra; no dev tool."""
+    requirements = _requirements(wheel)
+    assert set(requirements) == {
+        "celery",
+        "kombu",
+        "redis",
+        "requests",
+        "urllib3",
+        "marshmallow",
+        "cryptography",
+        "click",
+        "prometheus-client",
+        "flower",
+    }
+    for name, requirement in requirements.items():
+        if name == "flower":
+            assert str(requirement.marker) == 'extra == "flower"'
+        else:
+            assert requirement.marker is None, name
+    assert _metadata(wheel).get_all("Provides-Extra") == ["flower"]
+
+
+@pytest.mark.parametrize(
+    ("name", "first_fixed", "why"),
+    [
+        ("requests", "2.32.4", "CVE-2024-47081"),
+        ("urllib3", "2.6.0", "CVE-2025-66418, CVE-2025-66471"),
+        ("cryptography", "44.0.1", "CVE-2024-12797"),
+        ("marshmallow", "4.1.2", "CVE-2025-68480"),
+    ],
+)
+def test_floors_are_above_the_known_cves(
+    wheel: Path, name: str, first_fixed: str, why: str
+) -> None:
+    """No version the range admits is older than the fix (a floor at or above it)."""
+    specifier = _requirements(wheel)[name].specifier
+    floors = [Version(s.version) for s in specifier if s.operator in {">=", "=="}]
+    assert floors, f"{name} has no floor ({why})"
+    assert min(floors) >= Version(first_fixed), f"{name} {specifier} admits {why}"
+
+
+def test_kombu_stays_below_the_next_minor(wheel: Path) -> None:
+    """worker/transport.py and worker/consumer.py override kombu internals."""
+    specifier = _requirements(wheel)["kombu"].specifier
+    assert not specifier.contains("5.8.0")
+    assert specifier.contains("5.7.0")
 
 
 def test_the_worker_never_imports_the_sandbox() -> None:
