@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="the PG's message in a rate-drawn rejection",
     )
+    parser.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="accept a POST while a receipt is active, creating a second one (a visible "
+        "double issue); blind requests are counted in every mode",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for fault draws and ids")
     parser.add_argument(
         "--log-level",
@@ -158,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         hang_seconds=args.hang_seconds,
         retry_after=args.retry_after,
         reject_message=args.reject_message,
+        allow_duplicates=args.allow_duplicates,
     )
 
 

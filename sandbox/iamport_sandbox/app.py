@@ -58,6 +58,8 @@ class SandboxConfig:
     hang_seconds: float = DEFAULT_HANG_SECONDS
     retry_after: float = 1.0
     reject_message: str = DEFAULT_REJECT_MESSAGE
+    # Accept a second POST while a receipt is active, so a double issue shows (audit.py).
+    allow_duplicates: bool = False
 
 
 class BadInput(ValueError):
@@ -118,7 +120,9 @@ class Sandbox:
         self.config = config
         self.clock = AdjustableClock()
         self.tokens = TokenStore(self.clock, TokenPolicy(lifetime=config.token_lifetime))
-        self.merchant = Merchant(self.clock, id_seed=config.seed)
+        self.merchant = Merchant(
+            self.clock, id_seed=config.seed, allow_duplicates=config.allow_duplicates
+        )
         self.faults = self._startup_faults()
         self.closing = False
 
@@ -137,6 +141,7 @@ class Sandbox:
     def reset(self) -> None:
         """Back to the startup state: CLI faults and token lifetime return, data goes."""
         self.merchant.reset()
+        self.merchant.audit.allow_duplicates = self.config.allow_duplicates
         self.tokens = TokenStore(self.clock, TokenPolicy(lifetime=self.config.token_lifetime))
         self.clock.offset = 0.0
         self.faults = self._startup_faults()
@@ -195,6 +200,9 @@ class Sandbox:
         """Run an imp_uid endpoint through the fault plan, the token check and the operation."""
         imp_uid = request.match_info["imp_uid"]
         entry = self._begin(request, imp_uid)
+        if endpoint == "receipts" and request.method in {"POST", "DELETE"}:
+            # Judged on arrival: only answers written before now can have informed the client.
+            entry["blind"] = self.merchant.audit.arrived(imp_uid, request.method)
         bad_body: str | None = None
         params: dict[str, Any] = {}
         if request.method == "POST":
@@ -226,7 +234,22 @@ class Sandbox:
             entry["outcome"] = reply.status
             self._log(entry)
             return self._drop(request)
-        return self._finish(entry, reply)
+        response = self._finish(entry, reply)
+        if reply.shows is not None:
+            await self._answer_lookup(request, response, imp_uid, reply)
+        return response
+
+    async def _answer_lookup(
+        self, request: web.Request, response: web.Response, imp_uid: str, reply: Reply
+    ) -> None:
+        """Write a lookup's answer now, then let the audit know what the client has been told."""
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            return  # the client left: it was told nothing
+        if reply.shows is not None:
+            self.merchant.audit.answered(imp_uid, reply.shows)
 
     async def _early_fault(  # noqa: PLR0911 (one answer per fault kind)
         self, request: web.Request, entry: dict[str, Any], step: FaultStep
@@ -336,6 +359,23 @@ class Sandbox:
 
     async def admin_receipts(self, _request: web.Request) -> web.StreamResponse:
         return _response(200, self.merchant.receipts_view())
+
+    async def admin_get_audit(self, _request: web.Request) -> web.StreamResponse:
+        return _response(200, self.merchant.audit.view())
+
+    async def admin_put_audit(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await _admin_json(request)
+        except InvalidInput as exc:
+            return _admin_error(str(exc))
+        if not isinstance(body, dict) or set(body) != {"allow_duplicates"}:
+            return _admin_error('body must be {"allow_duplicates": true|false}')
+        allow = body["allow_duplicates"]
+        if not isinstance(allow, bool):
+            return _admin_error('body must be {"allow_duplicates": true|false}')
+        self.merchant.audit.allow_duplicates = allow
+        log.info("admin: duplicates %s", "allowed" if allow else "refused")
+        return _response(200, self.merchant.audit.view())
 
     async def admin_get_token(self, _request: web.Request) -> web.StreamResponse:
         return _response(200, self._token_view())
@@ -487,6 +527,8 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_get(f"{ADMIN}/payments/{{imp_uid}}", sandbox.admin_get_payment)
     app.router.add_get(f"{ADMIN}/requests", sandbox.admin_requests)
     app.router.add_get(f"{ADMIN}/receipts", sandbox.admin_receipts)
+    app.router.add_get(f"{ADMIN}/audit", sandbox.admin_get_audit)
+    app.router.add_put(f"{ADMIN}/audit", sandbox.admin_put_audit)
     app.router.add_get(f"{ADMIN}/token", sandbox.admin_get_token)
     app.router.add_put(f"{ADMIN}/token", sandbox.admin_put_token)
     app.router.add_post(f"{ADMIN}/tokens/revoke", sandbox.admin_revoke_tokens)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from iamport_sandbox import rules
+from iamport_sandbox.audit import Audit, Shown
 from iamport_sandbox.errors import InvalidInput, Refusal
 from iamport_sandbox.tokens import Clock
 
@@ -40,15 +41,17 @@ SEEDABLE_FIELDS: Final = frozenset(
 
 @dataclass(frozen=True)
 class Reply:
-    """An API answer before it becomes HTTP: status, envelope, extra headers."""
+    """An API answer before it becomes HTTP: status, envelope, extra headers, and, for a
+    lookup, what it tells the client about the receipt (audit.py)."""
 
     status: int
     body: dict[str, Any]
     headers: Mapping[str, str] = field(default_factory=dict)
+    shows: Shown | None = None
 
 
-def ok(response: dict[str, Any]) -> Reply:
-    return Reply(200, {"code": 0, "message": None, "response": response})
+def ok(response: dict[str, Any], shows: Shown | None = None) -> Reply:
+    return Reply(200, {"code": 0, "message": None, "response": response}, shows=shows)
 
 
 def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Reply:
@@ -257,8 +260,11 @@ def _seed_value(name: str, value: Any) -> Any:
 class Merchant:
     """One merchant account's payments and receipts, plus the record of every API request."""
 
-    def __init__(self, clock: Clock, *, id_seed: int | None = None) -> None:
+    def __init__(
+        self, clock: Clock, *, id_seed: int | None = None, allow_duplicates: bool = False
+    ) -> None:
         self._clock = clock
+        self.audit = Audit(allow_duplicates=allow_duplicates)
         self._ids = random.Random(id_seed)  # noqa: S311 - fake approval numbers, not secrets
         self._receipt_seq = 0
         self.payments: dict[str, Payment] = {}
@@ -274,6 +280,7 @@ class Merchant:
         self.all_receipts.clear()
         self.issued_counts.clear()
         self.requests.clear()
+        self.audit.clear()
 
     # -- payments ---------------------------------------------------------------------------
 
@@ -310,6 +317,7 @@ class Merchant:
         updated.update({name: _seed_value(name, value) for name, value in fields.items()})
         if updated["cancel_amount"] > updated["amount"]:
             raise InvalidInput("cancel_amount must not exceed amount")
+        was_active = self.has_receipt(imp_uid)
         now = int(self._clock())
         status = updated["status"]
         if status == "cancelled" and not updated["cancelled_at"]:
@@ -322,18 +330,24 @@ class Merchant:
             updated["paid_at"] = now
         payment = Payment(**updated)
         self.payments[imp_uid] = payment
+        self.audit.changed(imp_uid, was_active=was_active, is_active=self.has_receipt(imp_uid))
         return payment
 
     def get_payment(self, imp_uid: str) -> Reply:
-        return ok(self.payment(imp_uid).to_json())
+        payment = self.payment(imp_uid)
+        shows = self.audit.shown(imp_uid, active=payment.cash_receipt_issued)
+        return ok(payment.to_json(), shows)
 
     # -- receipts ---------------------------------------------------------------------------
 
     def active_receipt(self, imp_uid: str) -> Receipt | None:
-        history = self.receipts.get(imp_uid)
-        if history and not history[-1].cancelled_at:
-            return history[-1]
-        return None
+        """The newest uncancelled receipt: with duplicates allowed there may be older ones."""
+        history = self.receipts.get(imp_uid, [])
+        return next((r for r in reversed(history) if not r.cancelled_at), None)
+
+    def has_receipt(self, imp_uid: str) -> bool:
+        """What a lookup of either kind would show as issued, for the audit's epochs."""
+        return self.active_receipt(imp_uid) is not None or self.payment(imp_uid).cash_receipt_issued
 
     def issue_receipt(
         self,
@@ -360,7 +374,7 @@ class Merchant:
         request = IssueRequest.parse(params)
         payment = self.payment(imp_uid)
         _check_issuable(payment, request, params)
-        if self.active_receipt(imp_uid) is not None:
+        if self.active_receipt(imp_uid) is not None and not self.audit.allow_duplicates:
             raise Refusal(400, "이미 현금영수증이 발행된 결제건입니다.")
         amount = payment.amount - payment.cancel_amount
         vat = request.vat(amount)
@@ -371,6 +385,7 @@ class Merchant:
             # The PG's words go through untouched, as i'mport relays them (research §4.2).
             raise Refusal(500, reject_message)
 
+        was_active = self.has_receipt(imp_uid)
         self._receipt_seq += 1
         receipt_tid = f"SBX-RCT-{self._receipt_seq:010d}"
         receipt = Receipt(
@@ -389,17 +404,25 @@ class Merchant:
         self.all_receipts.append(receipt)
         self.issued_counts[imp_uid] += 1
         payment.cash_receipt_issued = True
+        self.audit.created(imp_uid)
+        self.audit.changed(imp_uid, was_active=was_active, is_active=True)
         return receipt
 
     def get_receipt(self, imp_uid: str) -> Reply:
-        """GET /receipts/{imp_uid}: the latest receipt, cancelled or not, where the PG can look."""
+        """GET /receipts/{imp_uid} where the PG can look: the newest active receipt, else the
+        latest one (cancelled); 404 when none was issued. Elsewhere a 404 that shows nothing."""
         payment = self.payment(imp_uid)
         history = self.receipts.get(imp_uid)
         if payment.pg_provider not in rules.LOOKUP_PGS or not history:
-            return error(
+            shows = None
+            if payment.pg_provider in rules.LOOKUP_PGS:
+                shows = self.audit.shown(imp_uid, active=False)
+            reply = error(
                 404, "존재하지 않는 거래정보이거나 현금영수증 발행 내역이 확인되지 않습니다."
             )
-        return ok(history[-1].annotation())
+            return Reply(reply.status, reply.body, shows=shows)
+        receipt = self.active_receipt(imp_uid) or history[-1]
+        return ok(receipt.annotation(), self.audit.shown(imp_uid, active=not receipt.cancelled_at))
 
     def cancel_receipt(self, imp_uid: str, *, reject_message: str | None = None) -> Reply:
         """DELETE /receipts/{imp_uid}: cancel the active receipt so a new one may be issued."""
@@ -415,8 +438,12 @@ class Merchant:
             return error(400, "취소할 현금영수증 발행 내역이 존재하지 않습니다.")
         if reject_message is not None:
             return error(500, reject_message)
+        was_active = self.has_receipt(imp_uid)
         receipt.cancelled_at = int(self._clock())
-        payment.cash_receipt_issued = False
+        # With duplicates allowed an older receipt may still be active.
+        payment.cash_receipt_issued = self.active_receipt(imp_uid) is not None
+        self.audit.cancelled(imp_uid)
+        self.audit.changed(imp_uid, was_active=was_active, is_active=self.has_receipt(imp_uid))
         return ok(receipt.annotation())
 
     def find_receipt(self, receipt_tid: str) -> Receipt | None:

@@ -70,6 +70,16 @@ class SandboxAdmin:
     def issued_count(self, imp_uid: str) -> int:
         return int(self.receipts()["issued_counts"].get(imp_uid, 0))
 
+    def audit(self) -> dict[str, Any]:
+        """Blind requests and receipts per imp_uid, and whether duplicates are allowed."""
+        result: dict[str, Any] = self._call("GET", "audit")
+        return result
+
+    def allow_duplicates(self, allow: bool = True) -> dict[str, Any]:
+        """Accept (or refuse again) a POST while a receipt is active; until the next reset."""
+        result: dict[str, Any] = self._call("PUT", "audit", {"allow_duplicates": allow})
+        return result
+
     def token(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "token")
         return result
