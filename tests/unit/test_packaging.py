@@ -10,6 +10,7 @@ requirements. Flower is the ``flower`` extra: operators install it, workers do n
 from __future__ import annotations
 
 import email
+import os
 import subprocess
 import sys
 import zipfile
@@ -127,6 +128,50 @@ def test_kombu_stays_below_the_next_minor(wheel: Path) -> None:
     specifier = _requirements(wheel)["kombu"].specifier
     assert not specifier.contains("5.8.0")
     assert specifier.contains("5.7.0")
+
+
+@pytest.fixture(scope="module")
+def runtime_only(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A venv with what `pip install cashreceipt` gets: the wheel, and the runtime from uv.lock.
+
+    The requirements come from the lock as `make install` takes them, so from uv's
+    cache after it (about a second); the project itself is the wheel just built, not
+    uv's cached build, which is keyed on pyproject.toml and would miss a code change.
+    """
+    venv = tmp_path_factory.mktemp("runtime") / "venv"
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON_DOWNLOADS": "never"}
+    for command in (
+        [UV, "sync", "--frozen", "--package", "cashreceipt", "--no-dev", "--no-install-project"],
+        [UV, "pip", "install", "--python", venv / "bin" / "python", "--no-deps", wheel],
+    ):
+        subprocess.run(
+            [*command, "--quiet"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300
+        )
+    return venv
+
+
+def test_the_runtime_install_has_no_sandbox_benchmark_aiohttp_or_flower(runtime_only: Path) -> None:
+    (site,) = runtime_only.glob("lib/python*/site-packages")
+    installed = {path.name.split("-")[0].lower() for path in site.iterdir()}
+    assert {"worker", "tasks", "celery", "kombu"} <= installed
+    assert not installed & {"iamport_sandbox", "cashreceipt_bench", "aiohttp", "flower", "tests"}
+
+
+def test_bench_without_the_benchmark_says_how_to_install_it(runtime_only: Path) -> None:
+    """One line on stderr and exit code 2 (a usage or configuration error), no traceback."""
+    result = subprocess.run(
+        [runtime_only / "bin" / "cashreceipt", "bench"],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "cashreceipt bench needs the benchmark, which is not installed: from a checkout of "
+        "this repository, `pip install ./sandbox ./bench` (or `make install`)\n"
+    )
 
 
 def test_the_worker_never_imports_the_sandbox() -> None:
