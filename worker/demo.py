@@ -1,6 +1,7 @@
 """``make run``: the product, locally, in one command.
 
-Starts a worker and Flower (basic auth) against ``REDIS_URL``, and the i'mport
+Starts a worker and Flower (basic auth) against ``REDIS_URL`` (or a private
+redis-server when nothing answers there: worker/demo_redis.py), and the i'mport
 sandbox when no i'mport credentials are set. Then it feeds in a few sample
 payment-confirmed events with new imp_uids, waits for their result events with
 a progress line, shows what happened (receipts issued, one failure explained),
@@ -17,7 +18,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,8 +27,8 @@ from typing import Any
 
 import redis
 
+from worker.demo_redis import NoRedis, free_port, plan_redis
 from worker.settings import load_celeryconfig
-from worker.urls import redact_url
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -71,30 +71,24 @@ def samples(run_id: str) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m worker.demo``."""
-    parser = argparse.ArgumentParser(prog="python -m worker.demo", description=__doc__)
-    parser.add_argument("--once", action="store_true", help="stop after the results are shown")
-    parser.add_argument("--flower-port", type=int, default=5555, help="0 picks a free port")
-    parser.add_argument("--live", action="store_true", help="allow real i'mport credentials")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
+    logs: Path = args.run_dir.resolve()
 
     env = dict(os.environ)
-    redis_url = env.setdefault("REDIS_URL", "redis://localhost:6379/0")
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
     try:
-        client.ping()
-    except redis.RedisError as error:
-        print(
-            f"Cannot reach Redis at {redact_url(redis_url)} ({error}). "
-            "Start Redis or set REDIS_URL."
+        plan = plan_redis(
+            env.get("REDIS_URL", "redis://localhost:6379/0"), logs, env.get("PATH", os.defpath)
         )
+    except NoRedis as error:
+        print(error)
         return 2
+    env["REDIS_URL"] = plan.url
     if env.get("IAMPORT_KEY") and not args.live:
         print("IAMPORT_KEY is set: this would issue real receipts. Add --live to mean it.")
         return 2
 
     use_sandbox = not env.get("IAMPORT_KEY")
-    port = _free_port()
+    port = free_port()
     if use_sandbox:
         env.update(
             IAMPORT_API_URL=f"http://127.0.0.1:{port}",
@@ -102,26 +96,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             IAMPORT_SECRET=SANDBOX_SECRET,
         )
     if not (env.get("PII_ENCRYPTION_KEYS") or env.get("PII_ENCRYPTION_KEYS_FILE")):
-        env["PII_ENCRYPTION_KEYS_FILE"] = str(_local_key_file())
+        env["PII_ENCRYPTION_KEYS_FILE"] = str(_local_key_file(logs))
     if not env.get("FLOWER_BASIC_AUTH"):
         env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
-    flower_port = args.flower_port or _free_port()
+    flower_port = args.flower_port or free_port()
     # A free port, not the fixed default: the demo must start next to anything.
-    env.setdefault("METRICS_PORT", str(_free_port()))
+    env.setdefault("METRICS_PORT", str(free_port()))
     # Check every setting before anything starts, with the same message a worker gives.
     os.environ.update(env)
     load_celeryconfig()
 
-    LOGS.mkdir(exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     # `kill`, a closed terminal or a supervisor stop must not orphan the worker, which would
     # go on taking messages from REDIS_URL: turn them into an exit that runs the `finally`.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
     children: list[subprocess.Popen[bytes]] = []
     try:
+        if plan.command is not None:
+            children.append(_start_redis(plan.url, plan.command, env, logs))
+        if plan.notice:
+            print(plan.notice)
         if use_sandbox:
-            children.append(_spawn("sandbox", [BIN / "iamport-sandbox", "--port", str(port)], env))
-            _wait_http(f"http://127.0.0.1:{port}/__sandbox__/health", "the i'mport sandbox")
+            children.append(
+                _spawn("sandbox", [BIN / "iamport-sandbox", "--port", str(port)], env, logs)
+            )
+            _wait_http(f"http://127.0.0.1:{port}/__sandbox__/health", "the i'mport sandbox", logs)
             print(f"i'mport sandbox   http://127.0.0.1:{port}  (no credentials given)")
         celery = BIN / "celery"
         children.append(
@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "worker",
                 [celery, "-A", "worker", "worker", "--loglevel", "INFO", "-n", "demo@%h"],
                 env,
+                logs,
             )
         )
         children.append(
@@ -136,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "flower",
                 [celery, "-A", "worker", "flower", f"--port={flower_port}", "--read_only=true"],
                 env,
+                logs,
             )
         )
         user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
@@ -143,14 +145,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Flower            {flower_url}  (user {user}, password {password})")
         if env["METRICS_PORT"] != "0":
             print(f"Metrics           http://127.0.0.1:{env['METRICS_PORT']}/metrics")
-        print(f"Logs              {LOGS}/")
-        return _feed_and_show(env, args, children)
+        print(f"Logs              {logs}/")
+        return _feed_and_show(env, args, children, logs)
     finally:
         for child in reversed(children):
             _stop(child)
 
 
-def _feed_and_show(env: dict[str, str], args: argparse.Namespace, children: list[Any]) -> int:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m worker.demo", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="stop after the results are shown")
+    parser.add_argument("--flower-port", type=int, default=5555, help="0 picks a free port")
+    parser.add_argument("--live", action="store_true", help="allow real i'mport credentials")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for results")
+    parser.add_argument(
+        "--run-dir", type=Path, default=LOGS, help="logs, the local PII key, a private Redis's data"
+    )
+    return parser
+
+
+def _start_redis(
+    url: str, command: Sequence[str], env: dict[str, str], logs: Path
+) -> subprocess.Popen[bytes]:
+    """The private redis-server, answering PING; its log is redis.log."""
+    (logs / "redis").mkdir(exist_ok=True)
+    # Its own session: a Ctrl-C in the terminal reaches the demo alone, which stops Redis
+    # last (its `finally`), after the worker has handed its tasks back to it.
+    process = _spawn("redis", command, env, logs, new_session=True)
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if client.ping():
+                return process
+        except redis.RedisError:
+            time.sleep(0.1)
+    _stop(process)
+    raise SystemExit(f"redis-server did not start; see {logs}/redis.log")
+
+
+def _feed_and_show(
+    env: dict[str, str], args: argparse.Namespace, children: list[Any], logs: Path
+) -> int:
     from worker.events import latest_event  # noqa: PLC0415
     from worker.producer import enqueue_issue  # noqa: PLC0415
 
@@ -166,7 +202,7 @@ def _feed_and_show(env: dict[str, str], args: argparse.Namespace, children: list
     while len(outcomes) < len(tasks) and time.monotonic() < deadline:
         for process in children:
             if process.poll() is not None:
-                print(f"\n{process.args[0]} exited; see {LOGS}/")
+                print(f"\n{process.args[0]} exited; see {logs}/")
                 return 1
         for task_id, imp_uid in tasks.items():
             event = latest_event(client, stream=config.result_stream, imp_uid=imp_uid)
@@ -180,7 +216,7 @@ def _feed_and_show(env: dict[str, str], args: argparse.Namespace, children: list
     for payload in payloads:
         print(_describe(payload["imp_uid"], outcomes.get(payload["imp_uid"])))
     if len(outcomes) < len(tasks):
-        print(f"Not every result arrived within {args.timeout:g}s; see {LOGS}/worker.log")
+        print(f"Not every result arrived within {args.timeout:g}s; see {logs}/worker.log")
         return 1
     print(
         f"\nEvents are in the Redis stream {config.result_stream!r}; "
@@ -188,7 +224,10 @@ def _feed_and_show(env: dict[str, str], args: argparse.Namespace, children: list
     )
     if args.once:
         return 0
-    print("Worker, Flower and sandbox keep running. Ctrl-C stops them.", flush=True)
+    print(
+        "Worker, Flower and sandbox (and a Redis it started) keep running. Ctrl-C stops them.",
+        flush=True,
+    )
     try:
         signal.pause()
     except KeyboardInterrupt:
@@ -213,10 +252,17 @@ def _describe(imp_uid: str, event: dict[str, Any] | None) -> str:
     )
 
 
-def _spawn(name: str, command: list[Any], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log = (LOGS / f"{name}.log").open("wb")
+def _spawn(
+    name: str, command: Sequence[Any], env: dict[str, str], logs: Path, *, new_session: bool = False
+) -> subprocess.Popen[bytes]:
+    log = (logs / f"{name}.log").open("wb")
     return subprocess.Popen(
-        [str(part) for part in command], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        [str(part) for part in command],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=new_session,
     )
 
 
@@ -234,25 +280,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _local_key_file() -> Path:
+def _local_key_file(logs: Path) -> Path:
     """A Fernet key for local runs, made once and kept, so earlier runs' messages still open."""
-    path = LOGS / "pii-keys"
+    path = logs / "pii-keys"
     if not path.exists():
         from cryptography.fernet import Fernet  # noqa: PLC0415
 
-        LOGS.mkdir(exist_ok=True)
+        logs.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(Fernet.generate_key().decode() + "\n", encoding="ascii")
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_http(url: str, what: str, timeout: float = 20.0) -> None:
+def _wait_http(url: str, what: str, logs: Path, timeout: float = 20.0) -> None:
     import requests  # noqa: PLC0415
 
     deadline = time.monotonic() + timeout
@@ -263,7 +303,7 @@ def _wait_http(url: str, what: str, timeout: float = 20.0) -> None:
         except requests.RequestException:
             pass
         time.sleep(0.1)
-    raise SystemExit(f"{what} did not start within {timeout:g}s; see {LOGS}/")
+    raise SystemExit(f"{what} did not start within {timeout:g}s; see {logs}/")
 
 
 if __name__ == "__main__":

@@ -126,12 +126,9 @@ def profile(request: pytest.FixtureRequest) -> Profile:
 
 
 @pytest.fixture
-def chaos_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def chaos_redis(aof_redis: RedisServer) -> RedisServer:
     """A durable Redis (AOF, fsync always) of the suite's own."""
-    server = RedisServer(tmp_path / "redis", appendonly=True)
-    server.start()
-    yield server
-    server.stop()
+    return aof_redis
 
 
 @pytest.fixture
