@@ -1,0 +1,75 @@
+"""Defects the sandbox's oracle shows (docs/sandbox.md, "Duplicates and blind requests") and
+that are not fixed yet: each reproduced on its own, as a strict xfail that names it.
+
+Strict, so that the fix turns the test into an unexpected pass: then the marker goes and the
+test stays as the fix's regression test. Never a skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox, running_sandbox
+from tests.support.wait import wait_for
+from tests.support.worker import producer_app, running_worker, worker_env
+from worker.producer import enqueue_issue
+
+pytestmark = [pytest.mark.integration]
+
+#: The worker's read timeout, and how late the sandbox processes the first POST: well past the
+#: timeout, so the retry's lookup and POST come first, and well inside the settle bound
+#: (IAMPORT_SETTLE_SECONDS, issue 12 item 3) a worker that honours it waits before looking.
+TIMEOUT = 0.25
+LATE_POST_MS = 4000
+SETTLE_SECONDS = 6
+
+
+@pytest.fixture
+def honest_sandbox() -> Iterator[Sandbox]:
+    """A sandbox of this test's own that issues a second receipt rather than refusing it."""
+    with running_sandbox("--allow-duplicates") as sandbox:
+        yield sandbox
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="late-processing double issue: a POST that i'mport processes after the client's "
+    "timeout and after the retry's lookup is a second receipt (no settle bound yet, "
+    "issue 12 item 3: IAMPORT_SETTLE_SECONDS)",
+)
+def test_a_post_processed_late_is_not_a_second_receipt(
+    own_redis: RedisServer, honest_sandbox: Sandbox, imp_uid: str
+) -> None:
+    """The first POST times out and is processed seconds later; the job issues once."""
+    honest_sandbox.script(imp_uid, {"kind": "latency", "ms": LATE_POST_MS, "method": "POST"})
+    env = worker_env(
+        own_redis.url,
+        honest_sandbox.url,
+        IAMPORT_TIMEOUT=str(TIMEOUT),
+        IAMPORT_SETTLE_SECONDS=str(SETTLE_SECONDS),
+        RETRY_MAX_ATTEMPTS="20",
+    )
+    producer = producer_app(own_redis.url)
+    with running_worker(env):
+        task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+        event = ResultStream(own_redis.client()).wait(task_id, timeout=30)
+        assert event["type"] == "cash_receipt.issued"
+        # Until the late POST has been processed: the sandbox fills in its status then.
+        wait_for(
+            lambda: all(
+                entry["status"] is not None
+                for entry in honest_sandbox.requests(imp_uid)
+                if entry["method"] == "POST"
+            ),
+            timeout=LATE_POST_MS / 1000 + 5,
+            message="the late POST to be processed",
+        )
+    producer.close()
+    audit = honest_sandbox.audit()
+    assert audit["double_active"] == []
+    assert audit["payments"][imp_uid]["created"] == 1
+    assert audit["blind_posts"] == 0
