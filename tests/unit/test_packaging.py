@@ -13,6 +13,7 @@ import email
 import os
 import subprocess
 import sys
+import tomllib
 import zipfile
 from collections.abc import Iterator
 from email.message import Message
@@ -104,15 +105,16 @@ def test_wheel_requires_the_runtime_only(wheel: Path) -> None:
     assert _metadata(wheel).get_all("Provides-Extra") == ["flower"]
 
 
-@pytest.mark.parametrize(
-    ("name", "first_fixed", "why"),
-    [
-        ("requests", "2.32.4", "CVE-2024-47081"),
-        ("urllib3", "2.6.0", "CVE-2025-66418, CVE-2025-66471"),
-        ("cryptography", "44.0.1", "CVE-2024-12797"),
-        ("marshmallow", "4.1.2", "CVE-2025-68480"),
-    ],
-)
+#: The runtime's requirements with a known CVE below a release: (name, first fixed, which).
+FIXED = [
+    ("requests", "2.32.4", "CVE-2024-47081"),
+    ("urllib3", "2.6.0", "CVE-2025-66418, CVE-2025-66471"),
+    ("cryptography", "44.0.1", "CVE-2024-12797"),
+    ("marshmallow", "4.1.2", "CVE-2025-68480"),
+]
+
+
+@pytest.mark.parametrize(("name", "first_fixed", "why"), FIXED)
 def test_floors_are_above_the_known_cves(
     wheel: Path, name: str, first_fixed: str, why: str
 ) -> None:
@@ -121,6 +123,15 @@ def test_floors_are_above_the_known_cves(
     floors = [Version(s.version) for s in specifier if s.operator in {">=", "=="}]
     assert floors, f"{name} has no floor ({why})"
     assert min(floors) >= Version(first_fixed), f"{name} {specifier} admits {why}"
+
+
+def test_the_lock_installs_no_release_below_a_fix_and_no_kombu_5_8() -> None:
+    """What make install and the image install: uv.lock, the sandbox's aiohttp included."""
+    with (ROOT / "uv.lock").open("rb") as lock:
+        locked = {p["name"]: Version(p["version"]) for p in tomllib.load(lock)["package"]}
+    for name, first_fixed, why in [*FIXED, ("aiohttp", "3.14.3", "the sandbox's floor")]:
+        assert locked[name] >= Version(first_fixed), f"uv.lock has {name} {locked[name]} ({why})"
+    assert locked["kombu"] < Version("5.8")
 
 
 def test_kombu_stays_below_the_next_minor(wheel: Path) -> None:
