@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,19 @@ def _pid_on(port: int) -> int | None:
     return None
 
 
-def test_make_run_starts_a_private_append_only_redis_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop", "exit_code"),
+    [
+        # Ctrl-C: the terminal signals the foreground process group (Redis has its own).
+        (lambda demo: os.killpg(demo.pid, signal.SIGINT), 0),
+        # kill, or a supervisor's stop: the demo alone.
+        (lambda demo: demo.send_signal(signal.SIGTERM), 128 + signal.SIGTERM),
+    ],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_make_run_starts_a_private_append_only_redis_and_stops_it(
+    tmp_path: Path, stop: Callable[[subprocess.Popen[str]], None], exit_code: int
+) -> None:
     port = free_port()
     demo = subprocess.Popen(
         [sys.executable, "-m", "worker.demo", "--flower-port", "0", "--run-dir", tmp_path],
@@ -51,6 +64,7 @@ def test_make_run_starts_a_private_append_only_redis_and_ctrl_c_stops_it(tmp_pat
         # Its own process group, as a terminal's foreground job is: Ctrl-C signals the group.
         start_new_session=True,
     )
+    server: int | None = None
     try:
         output = ProcessOutput(demo)
         wait_for(lambda: "keep running" in output.text, timeout=90, message="the demo's results")
@@ -66,8 +80,8 @@ def test_make_run_starts_a_private_append_only_redis_and_ctrl_c_stops_it(tmp_pat
         assert server is not None
         assert Path(f"/proc/{server}/exe").resolve().name.startswith("redis-")
 
-        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C
-        assert demo.wait(timeout=60) == 0, output.text
+        stop(demo)
+        assert demo.wait(timeout=60) == exit_code, output.text
         wait_for(lambda: not Path(f"/proc/{server}").exists(), timeout=30, message="Redis to exit")
         assert _pid_on(port) is None
         assert any((tmp_path / "redis" / "appendonlydir").iterdir())
@@ -75,6 +89,8 @@ def test_make_run_starts_a_private_append_only_redis_and_ctrl_c_stops_it(tmp_pat
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
+        if server is not None and Path(f"/proc/{server}").exists():
+            os.kill(server, signal.SIGKILL)  # what a failed run left behind
 
 
 def test_make_run_without_redis_server_on_path_says_how_to_get_one(tmp_path: Path) -> None:
