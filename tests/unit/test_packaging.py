@@ -201,3 +201,20 @@ def test_the_worker_never_imports_the_sandbox() -> None:
         check=True,
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_bootstrapped_uv_is_the_locked_one() -> None:
+    """tools/uv-requirements.txt (what the Makefile installs) is the uv group's export, hashes
+    and all, and pyproject.toml requires that version: `make lock` keeps them together."""
+    exported = subprocess.run(
+        [UV, "export", "--frozen", "--only-group", "uv", "--no-emit-workspace", "--no-header"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert (ROOT / "tools" / "uv-requirements.txt").read_text() == exported
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        required = tomllib.load(file)["tool"]["uv"]["required-version"]
+    assert exported.startswith(f"uv{required} \\\n")
