@@ -30,7 +30,7 @@ EPILOG = """\
 default credentials: --imp-key sandbox_key --imp-secret sandbox_secret
 fault kinds for --fault-rate: status_500 status_502 status_503 status_504 rate_limit
   drop_before drop_after hang revoke_tokens reject
-script-only kinds: latency status garbage
+script-only kinds: latency status garbage answer
 admin API (no auth): http://HOST:PORT/__sandbox__/ ; see docs/sandbox.md
 """
 
@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Retry-After of a rate-drawn 429 (default %(default)g)",
     )
     parser.add_argument(
+        "--late-limit-seconds",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="act on a request at most this long after it arrived, whatever its latency: "
+        "the bound on late processing (default: none)",
+    )
+    parser.add_argument(
         "--reject-message",
         default=DEFAULT_REJECT_MESSAGE,
         metavar="TEXT",
@@ -147,6 +155,8 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         raise SystemExit("--latency-ms and --latency-jitter-ms must not be negative")
     if args.hang_seconds < 0 or args.retry_after < 0:
         raise SystemExit("--hang-seconds and --retry-after must not be negative")
+    if args.late_limit_seconds is not None and args.late_limit_seconds < 0:
+        raise SystemExit("--late-limit-seconds must not be negative")
     if not args.reject_message:
         raise SystemExit("--reject-message must not be empty")
     scripts: dict[str, list[FaultStep]] = {}
@@ -165,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         retry_after=args.retry_after,
         reject_message=args.reject_message,
         allow_duplicates=args.allow_duplicates,
+        late_limit_seconds=args.late_limit_seconds,
     )
 
 

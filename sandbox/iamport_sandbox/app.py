@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Final
 
 from aiohttp import web
@@ -60,6 +61,7 @@ class SandboxConfig:
     reject_message: str = DEFAULT_REJECT_MESSAGE
     # Accept a second POST while a receipt is active, so a double issue shows (audit.py).
     allow_duplicates: bool = False
+    late_limit_seconds: float | None = None
 
 
 class BadInput(ValueError):
@@ -71,6 +73,14 @@ def _response(status: int, payload: Any, headers: Mapping[str, str] | None = Non
     return web.Response(
         body=body, status=status, headers=headers, content_type=_JSON, charset="utf-8"
     )
+
+
+def _reason(status: int) -> str:
+    """The status's own phrase, e.g. "Request Timeout", for an injected answer."""
+    try:
+        return f"{HTTPStatus(status).phrase} (sandbox fault)"
+    except ValueError:
+        return "(sandbox fault)"
 
 
 def _admin_error(message: str) -> web.Response:
@@ -134,6 +144,7 @@ class Sandbox:
         plan.hang_seconds = self.config.hang_seconds
         plan.retry_after = self.config.retry_after
         plan.reject_message = self.config.reject_message
+        plan.late_limit_seconds = self.config.late_limit_seconds
         for imp_uid, steps in self.config.scripts.items():
             plan.append(imp_uid, list(steps))
         return plan
@@ -271,10 +282,30 @@ class Sandbox:
             entry["status"] = step.status
             self._log(entry)
             return web.Response(text=step.body, status=step.status, content_type="text/html")
+        if step.kind == "answer":
+            return self._answer(entry, step)
         if step.kind == "revoke_tokens":
             self.tokens.revoke_all()
             return self._finish(entry, error(401, UNAUTHORIZED))
         return None
+
+    def _answer(self, entry: dict[str, Any], step: FaultStep) -> web.Response:
+        """A status with the body kind asked for, and Retry-After if given; nothing is done."""
+        entry["status"] = step.status
+        self._log(entry)
+        header = step.retry_after_header
+        headers = {} if header is None else {"Retry-After": header}
+        reason = _reason(step.status)
+        if step.body_kind == "envelope":
+            return _response(step.status, error(step.status, reason).body, headers)
+        if step.body_kind == "json":
+            return _response(step.status, {"error": reason, "status": step.status}, headers)
+        if step.body_kind == "html":
+            page = f"<html><body><h1>{step.status} {html.escape(reason)}</h1></body></html>"
+            return web.Response(
+                text=page, status=step.status, headers=headers, content_type="text/html"
+            )
+        return web.Response(body=b"", status=step.status, headers=headers)
 
     def _drop(self, request: web.Request) -> web.StreamResponse:
         """Close the socket with nothing written; aiohttp then skips the response it is given."""

@@ -25,6 +25,7 @@ STEP_KINDS: Final = (
     "revoke_tokens",
     "reject",
     "garbage",
+    "answer",
 )
 
 # Rate names in the order they are drawn for a request; the first that fires is the fault.
@@ -51,6 +52,9 @@ DEFAULT_HANG_SECONDS: Final = 3600.0
 # What a load balancer or gateway in front of an API answers when the API behind it is sick: not
 # i'mport's envelope, not even JSON.
 DEFAULT_GARBAGE_BODY: Final = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+# The bodies an `answer` step can carry: nothing, a gateway's page, JSON that is not i'mport's,
+# and i'mport's own envelope.
+BODY_KINDS: Final = ("empty", "html", "json", "envelope")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class FaultStep:
     seconds: float = DEFAULT_HANG_SECONDS
     message: str = DEFAULT_REJECT_MESSAGE
     body: str = DEFAULT_GARBAGE_BODY
+    body_kind: str = "envelope"
+    # An `answer` step's Retry-After header, as sent: seconds or an HTTP date; None sends none.
+    retry_after_header: str | None = None
 
     def matches(self, method: str, endpoint: str) -> bool:
         return (self.method is None or self.method == method) and (
@@ -100,6 +107,7 @@ def parse_step(raw: Any) -> FaultStep:
         "seconds",
         "message",
         "body",
+        "body_kind",
     }
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -118,15 +126,11 @@ def parse_step(raw: Any) -> FaultStep:
         endpoint = endpoint or "receipts"
         if method not in {"POST", "DELETE"} or endpoint != "receipts":
             raise InvalidInput("a reject step applies only to POST or DELETE /receipts")
-    status = raw.get("status", 502 if kind == "garbage" else 500)
-    if kind == "status" and status not in INJECTABLE_STATUSES:
-        raise InvalidInput(f"status must be one of 500, 502, 503, 504, got {status!r}")
-    if kind == "garbage" and (
-        isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599
-    ):
-        raise InvalidInput(
-            f"a garbage step's status must be an HTTP status 200-599, got {status!r}"
-        )
+    status = _status(raw, kind)
+    body_kind = raw.get("body_kind", "envelope")
+    if body_kind not in BODY_KINDS:
+        raise InvalidInput(f"body_kind must be one of {', '.join(BODY_KINDS)}, got {body_kind!r}")
+    header, retry_after = _retry_after(raw, kind)
     body = raw.get("body", DEFAULT_GARBAGE_BODY)
     if not isinstance(body, str):
         raise InvalidInput("body must be a string")
@@ -139,11 +143,38 @@ def parse_step(raw: Any) -> FaultStep:
         endpoint=endpoint,
         ms=_number(raw, "ms", 0.0),
         status=status,
-        retry_after=_number(raw, "retry_after", 1.0),
+        retry_after=retry_after,
         seconds=_number(raw, "seconds", DEFAULT_HANG_SECONDS),
         message=message,
         body=body,
+        body_kind=body_kind,
+        retry_after_header=header,
     )
+
+
+def _status(raw: Mapping[str, Any], kind: str) -> int:
+    """The step's status: 500-504 for a `status` step, any HTTP status for garbage or an answer."""
+    status = raw.get("status", 502 if kind == "garbage" else 500)
+    if kind == "status" and status not in INJECTABLE_STATUSES:
+        raise InvalidInput(f"status must be one of 500, 502, 503, 504, got {status!r}")
+    if kind in {"garbage", "answer"} and (
+        isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599
+    ):
+        raise InvalidInput(f"a {kind} step's status must be an HTTP status 200-599, got {status!r}")
+    return int(status)
+
+
+def _retry_after(raw: Mapping[str, Any], kind: str) -> tuple[str | None, float]:
+    """An `answer` step's Retry-After as sent (seconds, an HTTP date, or none); a 429's seconds."""
+    if kind != "answer":
+        return None, _number(raw, "retry_after", 1.0)
+    value = raw.get("retry_after")
+    if value is None:
+        return None, 1.0
+    if isinstance(value, str) and value.strip():
+        return value.strip(), 1.0
+    seconds = _number(raw, "retry_after", 1.0)
+    return (str(int(seconds)) if seconds == int(seconds) else f"{seconds:g}"), seconds
 
 
 def parse_rates(raw: Any) -> dict[str, float]:
@@ -185,6 +216,9 @@ class FaultPlan:
         self.hang_seconds = DEFAULT_HANG_SECONDS
         self.retry_after = 1.0
         self.reject_message = DEFAULT_REJECT_MESSAGE
+        # The latest a request is acted on after it arrived, in seconds (None: no limit): the
+        # provider's bound on late processing that the worker's IAMPORT_SETTLE_SECONDS assumes.
+        self.late_limit_seconds: float | None = None
         self.seed = seed
         self._rng = random.Random(seed)  # noqa: S311 - fault draws, not secrets
 
@@ -216,10 +250,16 @@ class FaultPlan:
             "hang_seconds",
             "retry_after",
             "reject_message",
+            "late_limit_seconds",
         }
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise InvalidInput(f"unknown fields: {', '.join(unknown)}")
+        late_limit = self.late_limit_seconds
+        if body.get("late_limit_seconds") is not None:
+            late_limit = _number(body, "late_limit_seconds", 0.0)
+        elif "late_limit_seconds" in body:
+            late_limit = None
         latency = _number(body, "latency_ms", self.latency_ms)
         jitter = _number(body, "latency_jitter_ms", self.latency_jitter_ms)
         hang = _number(body, "hang_seconds", self.hang_seconds)
@@ -234,6 +274,7 @@ class FaultPlan:
         self.latency_ms, self.latency_jitter_ms, self.hang_seconds = latency, jitter, hang
         self.rates = dict(rates)
         self.retry_after, self.reject_message = retry_after, message
+        self.late_limit_seconds = late_limit
         if "seed" in body:
             self.reseed(seed)
 
@@ -270,13 +311,20 @@ class FaultPlan:
         )
 
     def delay_seconds(self, step: FaultStep | None) -> float:
-        """Global latency (plus jitter, uniform in [0, jitter]) and any scripted latency."""
+        """Global latency (plus jitter, uniform in [0, jitter]) and any scripted latency.
+
+        The work comes after the delay, whether or not the client still waits, so a delay is
+        how late a request is acted on: never more than ``late_limit_seconds``.
+        """
         delay = self.latency_ms
         if self.latency_jitter_ms:
             delay += self._rng.uniform(0.0, self.latency_jitter_ms)
         if step is not None and step.kind == "latency":
             delay += step.ms
-        return delay / 1000.0
+        seconds = delay / 1000.0
+        if self.late_limit_seconds is not None:
+            seconds = min(seconds, self.late_limit_seconds)
+        return seconds
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -286,6 +334,7 @@ class FaultPlan:
             "hang_seconds": self.hang_seconds,
             "retry_after": self.retry_after,
             "reject_message": self.reject_message,
+            "late_limit_seconds": self.late_limit_seconds,
             "seed": self.seed,
             "scripts": {
                 imp_uid: [step.to_json() for step in steps]

@@ -55,6 +55,64 @@ def test_garbage_step_answers_html_instead_of_the_envelope(
     success(api.issue(imp_uid))
 
 
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 503])
+@pytest.mark.parametrize(
+    ("body_kind", "content_type", "is_envelope"),
+    [
+        ("empty", None, False),
+        ("html", "text/html", False),
+        ("json", "application/json", False),
+        ("envelope", "application/json", True),
+    ],
+)
+def test_answer_step_gives_each_status_each_body(
+    api: Api,
+    sandbox: Sandbox,
+    imp_uid: str,
+    status: int,
+    body_kind: str,
+    content_type: str | None,
+    is_envelope: bool,
+) -> None:
+    """Any status with an empty body, a gateway's page, other JSON or i'mport's envelope."""
+    sandbox.script(imp_uid, {"kind": "answer", "status": status, "body_kind": body_kind})
+    answer = api.issue(imp_uid)
+    assert answer.status_code == status
+    assert "Retry-After" not in answer.headers
+    if content_type is None:
+        assert answer.content == b""
+    else:
+        assert answer.headers["Content-Type"].startswith(content_type)
+    if content_type == "application/json":
+        assert ({"code", "message", "response"} <= set(answer.json())) is is_envelope
+    assert sandbox.issued_count(imp_uid) == 0
+    success(api.issue(imp_uid))
+
+
+@pytest.mark.parametrize(
+    "retry_after", [3, 0.5, "Wed, 21 Oct 2026 07:28:00 GMT"], ids=["seconds", "fraction", "date"]
+)
+def test_answer_step_sends_retry_after_as_given(
+    api: Api, sandbox: Sandbox, imp_uid: str, retry_after: float | str
+) -> None:
+    """Retry-After in seconds or as an HTTP date, on any answer."""
+    step = {"kind": "answer", "status": 503, "body_kind": "html", "retry_after": retry_after}
+    sandbox.script(imp_uid, step)
+    assert api.issue(imp_uid).headers["Retry-After"] == str(retry_after)
+
+
+def test_late_limit_caps_how_late_a_request_is_acted_on(
+    api: Api, sandbox: Sandbox, imp_uid: str
+) -> None:
+    """With late_limit_seconds, a 5 s latency spike acts on the request within the limit."""
+    sandbox.set_rates(late_limit_seconds=0.3)
+    sandbox.script(imp_uid, {"kind": "latency", "ms": 5000})
+    started = time.monotonic()
+    success(api.issue(imp_uid))
+    assert time.monotonic() - started < 2
+    assert sandbox.faults()["late_limit_seconds"] == 0.3
+
+
 def test_rate_limit_step(api: Api, sandbox: Sandbox, imp_uid: str) -> None:
     """429 carries Retry-After (default 1 s), and nothing is done."""
     sandbox.script(imp_uid, {"kind": "rate_limit"}, {"kind": "rate_limit", "retry_after": 0.1})
