@@ -325,8 +325,32 @@ def longest_attempt_seconds(iamport_timeout: float) -> float:
     return MAX_HTTP_REQUESTS_PER_ATTEMPT * 2 * iamport_timeout
 
 
+def settle_bound(bounds: Mapping[str, float]) -> float:
+    """The largest bound on late processing of every provider configured (0 with none).
+
+    One worker serves every provider, and a lease or a redelivery cannot tell
+    whose request a dead worker had in flight: they wait out the longest.
+    (PortOne V2's PORTONE_SETTLE_SECONDS joins IAMPORT_SETTLE_SECONDS here.)
+    """
+    return max(bounds.values(), default=0.0)
+
+
+def lease_seconds(iamport_timeout: float, settle_seconds: float) -> float:
+    """How long a claim holds: one attempt's worst case, then the bound on late processing.
+
+    A job taken over after its worker died mid-POST is looked up no earlier
+    than the bound after that POST was sent, even if the send time was never
+    recorded.
+    """
+    return longest_attempt_seconds(iamport_timeout) + settle_seconds + VISIBILITY_MARGIN_SECONDS
+
+
 def minimum_visibility_timeout(
-    *, iamport_timeout: float, longest_countdown: float, duplicate_wait: float
+    *,
+    iamport_timeout: float,
+    longest_countdown: float,
+    duplicate_wait: float,
+    settle_seconds: float,
 ) -> int:
     """The smallest safe visibility timeout, in whole seconds.
 
@@ -337,12 +361,11 @@ def minimum_visibility_timeout(
     out and claims again hands the job on to a new message instead of
     attempting twice (tasks/receipts.py). So the timeout must cover all three,
     or Redis hands the message to a second worker while the first still has it.
+    A message redelivered because its worker died mid-POST must also come after
+    the bound on late processing (``settle_seconds``), like a lease.
     """
     return math.ceil(
-        longest_countdown
-        + duplicate_wait
-        + longest_attempt_seconds(iamport_timeout)
-        + VISIBILITY_MARGIN_SECONDS
+        longest_countdown + duplicate_wait + lease_seconds(iamport_timeout, settle_seconds)
     )
 
 
@@ -385,6 +408,14 @@ check_ca_bundles(_env)
 iamport_key = env_str(_env, "IAMPORT_KEY")
 iamport_secret = env_str(_env, "IAMPORT_SECRET")
 iamport_timeout = env_number(_env, "IAMPORT_TIMEOUT", 10.0, minimum=0.1, maximum=120.0)
+# How long after a request was sent i'mport may still act on it (README, "The
+# limit of the guarantee"). i'mport publishes no bound; PortOne's own SDK waits
+# 60 s for an answer, so 60 s, and never less than our read timeout by default.
+iamport_settle_seconds = env_number(
+    _env, "IAMPORT_SETTLE_SECONDS", max(60.0, iamport_timeout), minimum=0.0, maximum=3600.0
+)
+# Every provider's bound; the lease and the visibility timeout wait out the largest.
+settle_seconds = settle_bound({"iamport": iamport_settle_seconds})
 retry_backoff_base = env_number(_env, "RETRY_BACKOFF_BASE", 1.0, minimum=0.01, maximum=3600.0)
 retry_backoff_max = env_number(_env, "RETRY_BACKOFF_MAX", 300.0, minimum=0.01, maximum=3600.0)
 # 60 attempts of full-jitter backoff capped at 300 s span about 2 hours on
@@ -418,6 +449,7 @@ _minimum_visibility = minimum_visibility_timeout(
     iamport_timeout=iamport_timeout,
     longest_countdown=_longest_countdown,
     duplicate_wait=duplicate_wait,
+    settle_seconds=settle_seconds,
 )
 broker_visibility_timeout = env_int(
     _env, "BROKER_VISIBILITY_TIMEOUT", _minimum_visibility, minimum=1, maximum=7 * 24 * 3600
@@ -428,8 +460,9 @@ if broker_visibility_timeout < _minimum_visibility:
         f"{_longest_countdown:g}s (the smaller of RETRY_BACKOFF_MAX and RETRY_COUNTDOWN_MAX), "
         f"wait {duplicate_wait:g}s for a duplicate (DUPLICATE_WAIT) and then run "
         f"{longest_attempt_seconds(iamport_timeout):g}s ({MAX_HTTP_REQUESTS_PER_ATTEMPT} requests "
-        f"x 2 x IAMPORT_TIMEOUT), so it must be at least {_minimum_visibility}; leave it unset to "
-        "derive it"
+        f"x 2 x IAMPORT_TIMEOUT) and its POST may be acted on {settle_seconds:g}s later "
+        f"(IAMPORT_SETTLE_SECONDS), so it must be at least {_minimum_visibility}; leave it unset "
+        "to derive it"
     )
 
 # Threads per worker process. A task spends nearly all its time waiting on
@@ -438,10 +471,11 @@ if broker_visibility_timeout < _minimum_visibility:
 # here (README, Performance). Run one process per core to use the others.
 worker_concurrency = env_int(_env, "WORKER_CONCURRENCY", 64, minimum=1, maximum=1000)
 
-# The ledger (worker/ledger.py). A claim lasts one attempt's worst case; past
-# that the sweeper hands the job to another task, so a job whose worker died
-# resumes after this lease, well inside the visibility timeout.
-ledger_lease_seconds = longest_attempt_seconds(iamport_timeout) + VISIBILITY_MARGIN_SECONDS
+# The ledger (worker/ledger.py). A claim lasts one attempt's worst case and the
+# bound on late processing; past that the sweeper hands the job to another
+# task, so a job whose worker died resumes after this lease, well inside the
+# visibility timeout.
+ledger_lease_seconds = lease_seconds(iamport_timeout, settle_seconds)
 ledger_retention = env_int(
     _env, "LEDGER_RETENTION", 30 * 24 * 3600, minimum=60, maximum=365 * 24 * 3600
 )

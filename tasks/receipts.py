@@ -25,7 +25,7 @@ from worker import stopping
 from worker.cancellation import cancel_live_receipt, receipt_for_balance
 from worker.celery import app
 from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
-from worker.errors import IamportError
+from worker.errors import IamportError, OutcomeUnknown
 from worker.iamport import Receipt
 from worker.ledger import FENCE_HEADER, Claim
 from worker.logs import outcome_line
@@ -43,13 +43,27 @@ from worker.schemas import (
     readable_merchant_uid,
     single_argument,
 )
-from worker.service import Report, error_detail, failure_message, issue_receipt
+from worker.service import (
+    SENT_AT_FIELD,
+    Issued,
+    Report,
+    SendLog,
+    Superseded,
+    error_detail,
+    failure_message,
+    issue_receipt,
+    recorded_sent_at,
+    settle_delay,
+)
 
 #: How often a duplicate looks at the ledger while another task holds the job.
 DUPLICATE_POLL_SECONDS = 0.1
 
 # Under celery.task: readable lines name the task and its id by themselves.
 log = get_task_logger(__name__)
+
+#: Why a resumed job waits before it looks: its last POST or DELETE is unsettled.
+_SETTLING = "i'mport may still act on the last request; looking after IAMPORT_SETTLE_SECONDS"
 
 
 class ReceiptTask(Task):  # type: ignore[misc]
@@ -124,6 +138,8 @@ class _Run:
         self.provider_code: int | None = None
         #: The fence of the claim this run holds, handed on to its retry.
         self.fence: int | None = None
+        #: When this run sent its last POST or DELETE, while unanswered (epoch s).
+        self.sent_at: float | None = None
 
     def guarded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Run, and whatever happens, end in one outcome line and its count."""
@@ -188,6 +204,11 @@ class _Run:
         else:
             self.provider_status, self.provider_code = error.status, error.code
 
+    def count_late(self, issued: Issued) -> None:
+        """A receipt that appeared after a settled lookup: count it for the alert."""
+        if issued.late:
+            self.runtime.metrics.late_processing("iamport")
+
     def fail(self, reason: str, text: str) -> ReceiptFailed:
         """The exception that ends this run as a failure, after its event is published."""
         self.outcome, self.reason = "failed", reason
@@ -230,7 +251,7 @@ class _Run:
                     # handed on to a new message of this task, with its fence.
                     raise self.retry(0.0, (self.message,), cause="handed_on") from None
                 acted = True
-                outcome = self.act(replace(report, attempts=claim.attempt), claim)
+                outcome = self.attempt_once(report, imp_uid, claim)
                 if outcome is not None:
                     return outcome
                 self.fence = None
@@ -250,10 +271,41 @@ class _Run:
     def settled(self, report: Report, claim: Claim) -> str:
         raise NotImplementedError
 
+    def sends(self, imp_uid: str, claim: Claim) -> SendLog:
+        """The ledger as this run's :class:`~worker.service.SendLog`, under its claim's fence."""
+        return _LedgerSends(self, imp_uid, claim.fence)
+
+    def attempt_once(self, report: Report, imp_uid: str, claim: Claim) -> str | None:
+        """The claimed attempt: act, unless the job's last request is not settled yet.
+
+        A retry, a takeover after a crash and a redelivery all come here: their
+        lookup must wait until i'mport can no longer act on the job's last POST
+        or DELETE, or it would prove nothing. None: another task owns the job now.
+        """
+        try:
+            if claim.resumed:
+                sent_at = recorded_sent_at(self.runtime.ledger.record(imp_uid))
+                wait = settle_delay(sent_at, bound=self.runtime.settle_seconds, now=time.time())
+                if wait > 0:
+                    return self.hand_back(imp_uid, claim, OutcomeUnknown(_SETTLING), wait)
+            return self.act(replace(report, attempts=claim.attempt), claim)
+        except Superseded:
+            return None
+
     def hand_back(
         self, imp_uid: str, claim: Claim, error: IamportError, delay: float
     ) -> str | None:
-        """Retry later: a short countdown, or, for a long wait, park the job in the ledger."""
+        """Retry later: a short countdown, or, for a long wait, park the job in the ledger.
+
+        After an ambiguous POST or DELETE, no sooner than the bound on late
+        processing after it was sent: the retry's first step is the lookup
+        that settles it.
+        """
+        if isinstance(error, OutcomeUnknown):
+            delay = max(
+                delay,
+                settle_delay(self.sent_at, bound=self.runtime.settle_seconds, now=time.time()),
+            )
         last = error_detail(error, "retrying")["error"]
         ledger = self.runtime.ledger
         if delay > float(self.conf.retry_countdown_max):
@@ -298,6 +350,25 @@ class _Run:
         return exc
 
 
+class _LedgerSends:
+    """A run's POST and DELETE send times, kept in its job's ledger record under its fence."""
+
+    def __init__(self, run: _Run, imp_uid: str, fence: int) -> None:
+        self._run, self._imp_uid, self._fence = run, imp_uid, fence
+
+    def sending(self) -> None:
+        now = time.time()
+        ledger = self._run.runtime.ledger
+        if not ledger.note(self._imp_uid, fence=self._fence, field=SENT_AT_FIELD, value=repr(now)):
+            raise Superseded  # fenced out: the job's new owner sends, not this run
+        self._run.sent_at = now
+
+    def answered(self) -> None:
+        self._run.sent_at = None
+        ledger = self._run.runtime.ledger
+        ledger.note(self._imp_uid, fence=self._fence, field=SENT_AT_FIELD, value="")
+
+
 def _carried_fence(request: Any) -> int | None:
     """The fence a message was handed a job with (FENCE_HEADER), or None."""
     value = getattr(request, FENCE_HEADER, None)
@@ -332,7 +403,13 @@ class _IssueRun(_Run):
     def act(self, report: Report, claim: Claim) -> str | None:
         """Issue as the job's owner; None when another task took the job over meanwhile."""
         try:
-            issued = issue_receipt(self.runtime.client, self.request, look_first=claim.resumed)
+            issued = issue_receipt(
+                self.runtime.client,
+                self.request,
+                look_first=claim.resumed,
+                sends=self.sends(self.request.imp_uid, claim),
+            )
+            self.count_late(issued)
         except IamportError as error:
             self.answered(error)
             decision = decide(error, attempt=claim.attempt, policy=self.runtime.policy)
@@ -383,7 +460,7 @@ class _CancelRun(_Run):
                 ok = report.finish_cancel_duplicate(fence=claim.fence, live=live, earlier=earlier)
                 return "cancelled:duplicate" if ok else None
             else:
-                cancelled = cancel_live_receipt(client, imp_uid)
+                cancelled = cancel_live_receipt(client, imp_uid, sends=self.sends(imp_uid, claim))
                 ledger.note(
                     imp_uid,
                     fence=claim.fence,
@@ -417,7 +494,13 @@ class _CancelRun(_Run):
         request = load_payload(payload, self.runtime.sealer)
         try:
             # Look first: an earlier attempt may have issued it without hearing back.
-            issued = issue_receipt(self.runtime.client, request, look_first=True)
+            issued = issue_receipt(
+                self.runtime.client,
+                request,
+                look_first=True,
+                sends=self.sends(request.imp_uid, claim),
+            )
+            self.count_late(issued)
         except IamportError as error:
             self.answered(error)
             decision = decide(error, attempt=claim.attempt, policy=self.runtime.policy)

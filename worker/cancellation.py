@@ -18,10 +18,17 @@ from __future__ import annotations
 
 from worker.errors import InvalidRequest
 from worker.iamport import IamportClient, Receipt
+from worker.service import UNLOGGED, SendLog, send_logged
 
 
-def cancel_live_receipt(client: IamportClient, imp_uid: str) -> Receipt | None:
-    """Make sure no live receipt remains; returns the cancelled one, or None if there was none."""
+def cancel_live_receipt(
+    client: IamportClient, imp_uid: str, *, sends: SendLog = UNLOGGED
+) -> Receipt | None:
+    """Make sure no live receipt remains; returns the cancelled one, or None if there was none.
+
+    The DELETE's send time goes to ``sends``, so an ambiguous one is settled
+    only after the bound on late processing.
+    """
     receipt = client.find_receipt(imp_uid)
     if receipt is not None and not receipt.active:
         return receipt  # already cancelled (perhaps by an attempt whose answer was lost)
@@ -29,7 +36,7 @@ def cancel_live_receipt(client: IamportClient, imp_uid: str) -> Receipt | None:
         return None
     # A live receipt, or one i'mport says exists but cannot show (KICC, Settlebank).
     try:
-        return client.cancel_receipt(imp_uid)
+        return send_logged(sends, lambda: client.cancel_receipt(imp_uid))
     except InvalidRequest:
         # 400: nothing issued through i'mport to cancel. Look again, to be sure.
         again = client.find_receipt(imp_uid)

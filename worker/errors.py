@@ -7,8 +7,10 @@ wording through, and that wording is not stable)::
     IamportError                  anything that went wrong talking to i'mport
     ├── TransientError            retrying the same request later may succeed
     │   ├── ConnectionFailed      the request never left: nothing can have happened
-    │   ├── OutcomeUnknown        the request may have reached i'mport: look before re-POSTing
-    │   ├── ProviderUnavailable   502/503/504 or a non-JSON 5xx
+    │   ├── OutcomeUnknown        a POST or DELETE that may have reached i'mport: no answer, or a
+    │   │                         transient status without i'mport's envelope (a gateway's page);
+    │   │                         settled by a lookup, IAMPORT_SETTLE_SECONDS after it was sent
+    │   ├── ProviderUnavailable   502/503/504, a JSON 408/425, a lookup's bare 5xx
     │   ├── RateLimited           429; carries Retry-After
     │   └── IssuanceFailed        500 "issuance failed": a PG/NTS rejection *or* a PG outage,
     │                             so it gets a small retry budget of its own
@@ -54,25 +56,13 @@ class IamportError(Exception):
 
 
 class TransientError(IamportError):
-    """Retrying the same request later may succeed."""
+    """Retrying the same request later may succeed; ``retry_after`` is the server's wait, if any.
+
+    Any transient answer may carry ``Retry-After`` (a 503 from a gateway as
+    well as a 429), and it is honoured whatever the class.
+    """
 
     retryable = True
-
-
-class ConnectionFailed(TransientError):
-    """The connection failed before the request was sent."""
-
-
-class OutcomeUnknown(TransientError):
-    """The request may have been processed; settle it with a lookup before re-POSTing."""
-
-
-class ProviderUnavailable(TransientError):
-    """i'mport or the PG answered 502, 503, 504 or an unreadable 5xx."""
-
-
-class RateLimited(TransientError):
-    """i'mport answered 429; ``retry_after`` is its Retry-After in seconds, if given."""
 
     def __init__(
         self,
@@ -85,6 +75,22 @@ class RateLimited(TransientError):
     ) -> None:
         super().__init__(message, status=status, code=code, provider_message=provider_message)
         self.retry_after = retry_after
+
+
+class ConnectionFailed(TransientError):
+    """The connection failed before the request was sent."""
+
+
+class OutcomeUnknown(TransientError):
+    """The request may have been processed; settle it with a lookup before re-POSTing."""
+
+
+class ProviderUnavailable(TransientError):
+    """i'mport or the PG is not answering properly: 502-504, a 408/425, a lookup's bare 5xx."""
+
+
+class RateLimited(TransientError):
+    """i'mport answered 429; ``retry_after`` is its Retry-After in seconds, if given."""
 
 
 class IssuanceFailed(TransientError):

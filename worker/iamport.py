@@ -32,7 +32,7 @@ from worker.errors import (
 )
 from worker.logmask import remember_secret
 from worker.masking import mask_text
-from worker.retry import error_for_status
+from worker.retry import error_for_answer, is_envelope
 from worker.schemas import PAYMENT_SCHEMA, RECEIPT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -280,43 +280,29 @@ class _NotFound(Exception):
 def _envelope(
     http: requests.Response, method: str, path: str, *, not_found_ok: bool
 ) -> dict[str, Any]:
-    """Accept only a 2xx with ``code == 0`` and a response; turn the rest into errors."""
+    """Accept only a 2xx with ``code == 0`` and a response; turn the rest into errors.
+
+    What an answer means is decided by :func:`worker.retry.error_for_answer`
+    from its status and whether its body is i'mport's envelope.
+    """
     try:
         body = http.json()
     except ValueError:
         body = None
-    code = body.get("code") if isinstance(body, dict) else None
-    message = body.get("message") if isinstance(body, dict) else None
-    message = mask_text(str(message)) if message is not None else None
     if http.status_code == 404 and not_found_ok:
         raise _NotFound
-    if not isinstance(body, dict):
-        if http.status_code >= 500:
-            raise ProviderUnavailable(
-                f"{method} {path}: HTTP {http.status_code} without a JSON body",
-                status=http.status_code,
+    if is_envelope(body):
+        code, response = body["code"], body["response"]
+        if 200 <= http.status_code < 300 and code == 0:
+            if isinstance(response, dict):
+                return response
+            raise UnexpectedResponse(
+                f"{method} {path}: success without a response", status=http.status_code
             )
-        if 200 <= http.status_code < 300:
-            # Not i'mport's envelope, yet a success status: something between us and i'mport
-            # (a proxy, a gateway page) answered. Whether i'mport acted is unknown, so a POST
-            # or DELETE must be settled by a lookup, never reported as failed or re-sent blind.
-            raise _unknown_outcome(method, path, f"HTTP {http.status_code} without a JSON body")
-        raise UnexpectedResponse(
-            f"{method} {path}: HTTP {http.status_code} without a JSON body",
-            status=http.status_code,
-        )
-    response = body.get("response")
-    if 200 <= http.status_code < 300 and code == 0 and isinstance(response, dict):
-        return response
-    if 200 <= http.status_code < 300 and code == 0:
-        raise UnexpectedResponse(
-            f"{method} {path}: success without a response", status=http.status_code
-        )
-    raise error_for_status(
-        http.status_code,
-        code=code if isinstance(code, int) else None,
-        message=message,
-        headers=http.headers,
+        message = body.get("message")
+        body = {**body, "message": mask_text(str(message)) if message is not None else None}
+    raise error_for_answer(
+        method, http.status_code, body=body, headers=http.headers, request=f"{method} {path}"
     )
 
 

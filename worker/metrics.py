@@ -111,6 +111,14 @@ class Metrics:
             "Jobs the sweeper re-sent from the ledger (lost messages, parked jobs, dead workers)",
             registry=registry,
         )
+        self.late = Counter(
+            "cashreceipt_late_processing_detected",
+            "Receipts that appeared after a lookup made past the provider's bound on late "
+            "processing (IAMPORT_SETTLE_SECONDS) found none: the limit of the exactly-once "
+            "guarantee was crossed, by provider",
+            ["provider"],
+            registry=registry,
+        )
         self.iamport_seconds = Histogram(
             "cashreceipt_iamport_request_duration_seconds",
             "Time of each HTTP request to i'mport, by method, endpoint and HTTP status "
@@ -123,6 +131,10 @@ class Metrics:
     def observe_iamport(self, method: str, endpoint: str, status: str, seconds: float) -> None:
         """One request to i'mport; the shape of :class:`worker.iamport.RequestObserver`."""
         self.iamport_seconds.labels(method, endpoint, status).observe(seconds)
+
+    def late_processing(self, provider: str) -> None:
+        """A provider acted on a request later than its bound: alert, and reconcile."""
+        self.late.labels(provider).inc()
 
     def task_ended(self, *, task: str, outcome: str, reason: str | None) -> None:
         """Count one task run by how it ended (the outcomes of ``tasks.receipts``)."""

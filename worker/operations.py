@@ -122,17 +122,36 @@ def reconcile(
 ) -> Iterator[Mismatch]:
     """Compare the ledger with i'mport for each payment; yield where they disagree.
 
-    Issued in the ledger must mean an active receipt at i'mport; failed or
-    cancelled must mean none. In-flight jobs are skipped: they are settling.
+    Issued in the ledger must mean an active receipt at i'mport, and the very
+    one the ledger recorded; failed or cancelled must mean none. A receipt the
+    ledger did not expect is a request i'mport acted on later than
+    IAMPORT_SETTLE_SECONDS (a second issue, when i'mport did not refuse it),
+    or an issue made outside this worker: either way a human must look.
+    In-flight jobs are skipped: they are settling.
     """
     for imp_uid in imp_uids:
-        state = _text(client.hget(ledger_key(imp_uid), "state") or b"unknown")
+        state, recorded = (
+            _text(value) if value is not None else None
+            for value in client.hmget(ledger_key(imp_uid), ["state", "receipt"])
+        )
+        state = state or "unknown"
         if state in {"in_flight", "received"}:
             continue
         receipt, _ = find_issued(iamport, imp_uid)
         live = receipt is not None
         if (state == "issued") != live:
             yield Mismatch(imp_uid, state, "active receipt" if live else "no active receipt")
+        elif receipt is not None and _another_receipt(recorded, receipt.receipt_tid):
+            yield Mismatch(imp_uid, state, "another active receipt than the ledger's")
+
+
+def _another_receipt(recorded: str | None, live_tid: str | None) -> bool:
+    """Whether i'mport's live receipt is not the one the ledger recorded (when both are known)."""
+    try:
+        ours = json.loads(recorded or "{}").get("receipt_tid")
+    except (ValueError, AttributeError):
+        return False
+    return bool(ours and live_tid and ours != live_tid)
 
 
 def ledger_payments(client: redis.Redis, *, limit: int = 10_000) -> list[str]:

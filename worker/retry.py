@@ -1,16 +1,20 @@
 """When to retry, and how long to wait: pure functions, tested as tables.
 
-Two questions are kept apart on purpose. :func:`error_for_status` turns what
-i'mport answered into one class of :mod:`worker.errors`; :func:`decide` turns
-that class plus the attempt number into "retry in N seconds" or "give up, and
-call it this". Neither touches the network, the clock or Celery, so the whole
-policy can be read and tested in one place.
+Two questions are kept apart on purpose. :func:`error_for_answer` turns what
+i'mport (or whatever stood in front of it) answered into one class of
+:mod:`worker.errors`; :func:`decide` turns that class plus the attempt
+number into "retry in N seconds" or "give up, and call it this". Neither
+touches the network, the clock or Celery, so the whole policy can be read
+and tested in one place.
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -20,6 +24,7 @@ from worker.errors import (
     InvalidRequest,
     IssuanceFailed,
     NotEligible,
+    OutcomeUnknown,
     PermanentError,
     ProviderUnavailable,
     RateLimited,
@@ -28,50 +33,138 @@ from worker.errors import (
     UnsupportedPg,
 )
 
+#: Statuses that say "not now" whoever sends them: a gateway, a rate limiter or
+#: i'mport. Without i'mport's envelope every 5xx counts too (a load balancer's
+#: page says nothing about whether i'mport acted).
+TRANSIENT_STATUSES = frozenset({408, 425, 429})
+#: The longest Retry-After honoured, in seconds: a date a year ahead is a
+#: misconfigured server, not a plan. decide() caps it again at RETRY_BACKOFF_MAX.
+RETRY_AFTER_CAP = 3600.0
+#: The methods whose lost answer may hide a change at i'mport.
+CHANGING_METHODS = frozenset({"POST", "DELETE"})
+
+
+def is_envelope(body: object) -> bool:
+    """Whether a JSON body is i'mport's ``{"code": .., "message": .., "response": ..}``."""
+    return (
+        isinstance(body, dict)
+        and isinstance(body.get("code"), int)
+        and not isinstance(body.get("code"), bool)
+        and "message" in body
+        and "response" in body
+    )
+
+
+def error_for_answer(
+    method: str,
+    status: int,
+    *,
+    body: object,
+    headers: Mapping[str, str] | None = None,
+    now: float | None = None,
+    request: str | None = None,
+) -> IamportError:
+    """The error an answer other than a clean success means, by status *and* by body.
+
+    i'mport's envelope means i'mport itself answered, so its status says what
+    happened (:func:`error_for_status`). Anything else (an empty body, an HTML
+    page, some other JSON) came from something in between, or from i'mport
+    failing before it could say: then only "not now" statuses (408, 425, 429,
+    any 5xx) are transient, and for a POST or DELETE they leave the outcome
+    unknown: a gateway may time out while i'mport goes on. ``now`` (epoch
+    seconds) reads a Retry-After given as an HTTP date; ``request`` names the
+    request in the error's text (the method when None).
+    """
+    retry_after = parse_retry_after((headers or {}).get("Retry-After"), now=now)
+    if is_envelope(body):
+        assert isinstance(body, dict)
+        message = body.get("message")
+        return error_for_status(
+            status,
+            code=body["code"],
+            message=None if message is None else str(message),
+            retry_after=retry_after,
+        )
+    what = f"{request or method}: HTTP {status} without i'mport's envelope"
+    transient = status in TRANSIENT_STATUSES or status >= 500
+    if (transient or 200 <= status < 300) and method in CHANGING_METHODS:
+        # A 2xx that is not i'mport's envelope is something in between answering too.
+        return OutcomeUnknown(
+            f"{what}; the outcome must be looked up", status=status, retry_after=retry_after
+        )
+    if status == 429:
+        return RateLimited(what, status=status, retry_after=retry_after)
+    if transient or 200 <= status < 300:
+        return ProviderUnavailable(what, status=status, retry_after=retry_after)
+    return UnexpectedResponse(what, status=status)
+
 
 def error_for_status(
     status: int,
     *,
     code: int | None,
     message: str | None,
-    headers: Mapping[str, str] | None = None,
+    retry_after: float | None = None,
 ) -> IamportError:
-    """Map a non-success answer to the error class that decides its fate.
+    """Map a non-success answer in i'mport's envelope to the error class that decides its fate.
 
     A 2xx with ``code != 0`` is treated like a 400: the receipts endpoints use
-    real statuses, but other V1 endpoints report business errors that way.
+    real statuses, but other V1 endpoints report business errors that way. A
+    408 or 425 is "try again" whoever says it.
     """
     text = message or f"i'mport answered HTTP {status}"
+    transient: type[TransientError] | None = None
     if status == 429:
-        retry_after = parse_retry_after((headers or {}).get("Retry-After"))
-        return RateLimited(
+        transient = RateLimited
+    elif status == 500:
+        transient = IssuanceFailed
+    elif status in TRANSIENT_STATUSES or (status > 501):
+        transient = ProviderUnavailable
+    if transient is not None:
+        return transient(
             text, retry_after=retry_after, status=status, code=code, provider_message=message
         )
-    error_class: type[IamportError]
+    permanent: type[IamportError]
     if status == 401:
-        error_class = AuthenticationFailed
-    elif status == 500:
-        error_class = IssuanceFailed
+        permanent = AuthenticationFailed
     elif status == 501:
-        error_class = UnsupportedPg
-    elif status >= 500:
-        error_class = ProviderUnavailable
+        permanent = UnsupportedPg
     elif status < 300 or 400 <= status < 500:
-        error_class = InvalidRequest
+        permanent = InvalidRequest
     else:
-        error_class = UnexpectedResponse
-    return error_class(text, status=status, code=code, provider_message=message)
+        permanent = UnexpectedResponse
+    return permanent(text, status=status, code=code, provider_message=message)
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Read Retry-After in its delay-seconds form; an HTTP date or junk reads as absent."""
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Retry-After in seconds: delay-seconds or an HTTP date (RFC 9110 10.2.3), capped.
+
+    A date is read against ``now`` (epoch seconds; the clock when None); one
+    in the past means "now" (0). Junk or a negative delay reads as absent.
+    Whatever it says, at most :data:`RETRY_AFTER_CAP`.
+    """
     if value is None:
         return None
+    text = value.strip()
+    seconds: float | None
     try:
-        seconds = float(value.strip())
+        seconds = float(text)
     except ValueError:
+        seconds = _seconds_until(text, now=now)
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return None
-    return seconds if seconds >= 0 else None
+    return min(seconds, RETRY_AFTER_CAP)
+
+
+def _seconds_until(http_date: str, *, now: float | None) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(http_date)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 850 and asctime forms carry no zone: GMT by definition
+        when = when.replace(tzinfo=datetime.UTC)
+    reference = time.time() if now is None else now
+    return max(0.0, when.timestamp() - reference)
 
 
 def compute_backoff(
@@ -144,9 +237,10 @@ def decide(
       more often a rejection (which repeats) than an outage; when that budget is
       spent the failure carries the provider's message as ``rejected``.
     - Everything else transient is retried until ``max_attempts``.
-    - A 429's Retry-After is a floor under the jittered delay. Every delay is
-      capped at ``backoff_max``: the broker's visibility timeout is derived from
-      that cap, and a longer countdown would be redelivered while still waiting.
+    - A Retry-After (a 429's, or any transient answer's) is a floor under the
+      jittered delay. Every delay is capped at ``backoff_max``: the broker's
+      visibility timeout is derived from that cap, and a longer countdown
+      would be redelivered while still waiting.
     """
     if isinstance(error, PermanentError) or not isinstance(error, TransientError):
         return Decision(retry=False, reason=reason_for(error))
@@ -157,7 +251,7 @@ def decide(
         reason = "rejected" if isinstance(error, IssuanceFailed) else "retries_exhausted"
         return Decision(retry=False, reason=reason)
     delay = compute_backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max, rand=rand)
-    if isinstance(error, RateLimited) and error.retry_after is not None:
+    if isinstance(error, TransientError) and error.retry_after is not None:
         delay = max(delay, error.retry_after)
     return Decision(retry=True, delay=min(delay, policy.backoff_max))
 

@@ -40,6 +40,8 @@ class Runtime:
     policy: RetryPolicy
     sealer: Sealer
     metrics: Metrics
+    #: IAMPORT_SETTLE_SECONDS: how long after sending i'mport may still act on a request.
+    settle_seconds: float
 
 
 _lock = threading.Lock()
@@ -123,4 +125,5 @@ def build_runtime(conf: Any) -> Runtime:
             backoff_max=float(conf.retry_backoff_max),
         ),
         metrics=metrics,
+        settle_seconds=float(conf.iamport_settle_seconds),
     )

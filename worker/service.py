@@ -7,6 +7,12 @@ outcome is unknown, a 400 that may mean "already issued", and every retry are
 settled by ``GET /receipts/{imp_uid}``, then by ``GET /payments/{imp_uid}`` and
 its ``cash_receipt_issued`` for PGs whose receipts cannot be looked up (KICC,
 Settlebank) or were issued by the PG itself.
+
+A lookup proves nothing while i'mport may still act on the request: a lookup
+that settles an ambiguous POST or DELETE is made no earlier than
+``IAMPORT_SETTLE_SECONDS`` after it was sent (:func:`settle_delay`). The send
+time is kept in the ledger (:class:`SendLog`), so a retry, a takeover after a
+crash and ``cashreceipt settle`` all wait it out.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from worker.errors import IamportError, InvalidRequest, NotEligible, OutcomeUnknown
 from worker.events import (
@@ -44,26 +50,115 @@ CASH_PAY_METHODS = frozenset({"vbank", "trans"})
 RETRYABLE_REASONS = frozenset({"retries_exhausted", "auth", "not_eligible"})
 
 
+#: The ledger field holding when the job's last POST or DELETE was sent (epoch
+#: seconds), while its outcome is unsettled; empty once i'mport answered it.
+SENT_AT_FIELD = "sent_at"
+
+
+def settle_delay(sent_at: float | None, *, bound: float, now: float) -> float:
+    """How long to wait before a lookup may settle a request sent at ``sent_at``.
+
+    Until ``bound`` seconds after the send, the provider may still act on it,
+    so a lookup that finds nothing proves nothing. None (nothing unsettled) and
+    a bound already past both mean now.
+    """
+    if sent_at is None:
+        return 0.0
+    return max(0.0, sent_at + bound - now)
+
+
+def recorded_sent_at(record: Mapping[str, str] | None) -> float | None:
+    """The unsettled send time a ledger record holds, or None."""
+    raw = (record or {}).get(SENT_AT_FIELD) or ""
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+class Superseded(Exception):
+    """Another task took the job over: this one must not send anything."""
+
+
+class SendLog(Protocol):
+    """Where the send time of a POST or DELETE is kept until i'mport answers it."""
+
+    def sending(self) -> None:
+        """Record that a request that changes something is about to go out.
+
+        Raises :class:`Superseded` when this task no longer owns the job.
+        """
+
+    def answered(self) -> None:
+        """The request got an answer from i'mport: nothing is left to settle."""
+
+
+class _Unlogged:
+    """No ledger behind the caller: nothing to record."""
+
+    def sending(self) -> None:
+        pass
+
+    def answered(self) -> None:
+        pass
+
+
+UNLOGGED: SendLog = _Unlogged()
+_T = TypeVar("_T")
+
+
+def send_logged(log_: SendLog, send: Callable[[], _T]) -> _T:
+    """Send a POST or DELETE with its send time recorded, cleared when i'mport answers.
+
+    A success is not cleared here: the job's next transition records the
+    outcome, and a Redis round trip per receipt is saved. An ambiguous answer
+    (:class:`OutcomeUnknown`) keeps the send time for the settling lookup.
+    """
+    log_.sending()
+    try:
+        return send()
+    except OutcomeUnknown:
+        raise
+    except IamportError:
+        log_.answered()
+        raise
+
+
 @dataclass(frozen=True)
 class Issued:
-    """A receipt exists for the payment; ``duplicate`` when it predates this job's POST."""
+    """A receipt exists for the payment; ``duplicate`` when it predates this job's POST.
+
+    ``late`` when the receipt appeared after this attempt's lookup found none,
+    and before its POST: an earlier POST of this job acted on later than the
+    bound the lookup waited out, or someone else issued meanwhile. Either way
+    the guarantee's limit was crossed, and it is counted for an alert.
+    """
 
     receipt: Receipt
     duplicate: bool
+    late: bool = False
 
 
-def issue_receipt(client: IamportClient, request: ReceiptRequest, *, look_first: bool) -> Issued:
+def issue_receipt(
+    client: IamportClient,
+    request: ReceiptRequest,
+    *,
+    look_first: bool,
+    sends: SendLog = UNLOGGED,
+) -> Issued:
     """Make sure the payment has exactly one active receipt, issuing it if needed.
 
     ``look_first`` is set on every attempt after the first: an earlier attempt
-    may have created the receipt without hearing the answer.
+    may have created the receipt without hearing the answer (the caller has
+    waited out the bound on late processing before this lookup).
     """
     if look_first:
         existing, _ = find_issued(client, request.imp_uid)
         if existing is not None:
             return Issued(existing, duplicate=False)
     try:
-        return Issued(client.issue_receipt(request.imp_uid, request.body()), duplicate=False)
+        receipt = send_logged(sends, lambda: client.issue_receipt(request.imp_uid, request.body()))
+        return Issued(receipt, duplicate=False)
     except OutcomeUnknown:
         existing, _ = find_issued(client, request.imp_uid)
         if existing is None:
@@ -77,7 +172,13 @@ def issue_receipt(client: IamportClient, request: ReceiptRequest, *, look_first:
         # it (an answer that came after the timeout): not a duplicate.
         existing, payment = find_issued(client, request.imp_uid)
         if existing is not None:
-            return Issued(existing, duplicate=not look_first)
+            if look_first:
+                log.warning(
+                    "a receipt for %s appeared after this attempt's lookup found none: "
+                    "a request acted on later than IAMPORT_SETTLE_SECONDS",
+                    request.imp_uid,
+                )
+            return Issued(existing, duplicate=not look_first, late=look_first)
         if payment is not None and (
             payment.status != "paid" or payment.pay_method not in CASH_PAY_METHODS
         ):
@@ -344,19 +445,20 @@ class Report:
 def settle(runtime: Runtime, imp_uid: str) -> str:
     """Force a lookup at i'mport and settle the job: ``cashreceipt settle``.
 
-    The job is claimed under its own task id, but only when no live claim
-    holds it (it is ``received``, or its owner's lease passed): taking over a
-    worker that is still in the middle of its POST would let the re-sent job
-    POST too. Such a job is left alone (``busy``). If i'mport has an active
-    receipt, the job ends issued (its event goes out for the task that started
-    it); if not, it is handed back to the ledger, due now, and the sweeper
-    re-sends it.
+    Nothing is done while i'mport may still act on the job's last POST or
+    DELETE (``settling``: try again after IAMPORT_SETTLE_SECONDS). The job is
+    claimed under its own task id, but only when no live claim holds it (it
+    is ``received``, or its owner's lease passed): taking over a worker that
+    is still in the middle of its POST would let the re-sent job POST too.
+    Such a job is left alone (``busy``). If i'mport has an active receipt, the
+    job ends issued (its event goes out for the task that started it); if
+    not, it is handed back to the ledger, due now, and the sweeper re-sends it.
     """
     record = runtime.ledger.record(imp_uid)
     if record is None:
         return "unknown"
-    if record["state"] in {"issued", "failed", "cancelled"}:
-        return record["state"]
+    if (left_as_is := _not_to_settle(runtime, record)) is not None:
+        return left_as_is
     task_id = record["task_id"]
     if record.get("op") == "cancel":
         return _settle_cancel(runtime, imp_uid, task_id, json.loads(record.get("cancel") or "{}"))
@@ -378,6 +480,16 @@ def settle(runtime: Runtime, imp_uid: str) -> str:
     note = {"reason": "settled", "message": "no receipt at i'mport; re-sent"}
     runtime.ledger.park(imp_uid, fence=claim.fence, until=time.time(), error=note)
     return "resent"
+
+
+def _not_to_settle(runtime: Runtime, record: Mapping[str, str]) -> str | None:
+    """Why ``cashreceipt settle`` leaves a job as it is: it ended, or it is still settling."""
+    if record["state"] in {"issued", "failed", "cancelled"}:
+        return record["state"]
+    if settle_delay(recorded_sent_at(record), bound=runtime.settle_seconds, now=time.time()) > 0:
+        # i'mport may still act on the job's last POST or DELETE: a lookup now proves nothing.
+        return "settling"
+    return None
 
 
 def _settle_cancel(runtime: Runtime, imp_uid: str, task_id: str, cancel: dict[str, Any]) -> str:

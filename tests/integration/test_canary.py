@@ -64,6 +64,7 @@ VISIBILITY = celeryconfig.minimum_visibility_timeout(
     iamport_timeout=IAMPORT_TIMEOUT,
     longest_countdown=RETRY_BACKOFF_MAX,
     duplicate_wait=DUPLICATE_WAIT,
+    settle_seconds=1,  # worker_env's IAMPORT_SETTLE_SECONDS
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.utils
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +20,7 @@ from worker.errors import (
     OutcomeUnknown,
     ProviderUnavailable,
     RateLimited,
+    UnexpectedResponse,
     UnsupportedPg,
 )
 from worker.iamport import IamportClient
@@ -112,9 +115,11 @@ def test_lookup_of_a_missing_receipt_is_none(
         ({"kind": "drop_before"}, OutcomeUnknown, None),
         ({"kind": "drop_after"}, OutcomeUnknown, None),
         ({"kind": "hang", "seconds": 3}, OutcomeUnknown, None),
-        # A gateway's HTML page: on a 5xx i'mport is down; on a 2xx nobody knows what happened.
-        ({"kind": "garbage", "status": 502}, ProviderUnavailable, 502),
-        ({"kind": "garbage", "status": 200}, OutcomeUnknown, None),
+        # A gateway's HTML page: whatever its status, nobody knows whether i'mport acted
+        # (a gateway gives up on i'mport while i'mport goes on). It used to read a 5xx page
+        # as "i'mport is down", which let a POST be re-sent without waiting out the bound.
+        ({"kind": "garbage", "status": 502}, OutcomeUnknown, 502),
+        ({"kind": "garbage", "status": 200}, OutcomeUnknown, 200),
     ],
 )
 def test_post_failures_map_to_the_error_tree(
@@ -135,6 +140,96 @@ def test_post_failures_map_to_the_error_tree(
         assert caught.value.provider_message == "PG says no"  # type: ignore[attr-defined]
     if step["kind"] == "rate_limit":
         assert caught.value.retry_after == 3  # type: ignore[attr-defined]
+
+
+#: Every status a gateway, a rate limiter or i'mport says "not now" with, and 400/401.
+STATUSES = (400, 401, 408, 425, 429, 500, 501, 502, 503, 504)
+BODY_KINDS = ("empty", "html", "json", "envelope")
+
+
+def expected_class(status: int, body_kind: str, method: str) -> type[Exception]:
+    """The issue's table: i'mport's envelope keeps its meanings; without it, "not now"
+    statuses are transient, and a POST or DELETE that met one is ambiguous."""
+    if body_kind == "envelope":
+        return {
+            400: InvalidRequest,
+            401: AuthenticationFailed,
+            408: ProviderUnavailable,
+            425: ProviderUnavailable,
+            429: RateLimited,
+            500: IssuanceFailed,
+            501: UnsupportedPg,
+        }.get(status, ProviderUnavailable)
+    if status in {400, 401}:
+        return UnexpectedResponse
+    if method != "GET":
+        return OutcomeUnknown
+    return RateLimited if status == 429 else ProviderUnavailable
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE", "GET"])
+@pytest.mark.parametrize("body_kind", BODY_KINDS)
+@pytest.mark.parametrize("status", STATUSES)
+def test_every_status_with_every_body(
+    sandbox: Sandbox,
+    session: CountingSession,
+    cache: RedisTokenCache,
+    imp_uid: str,
+    status: int,
+    body_kind: str,
+    method: str,
+) -> None:
+    """Each (status x body kind) over HTTP, through the real client, for each method."""
+    endpoint = "payments" if method == "GET" else "receipts"
+    step = {"kind": "answer", "status": status, "body_kind": body_kind}
+    step = {**step, "method": method, "endpoint": endpoint}
+    # i'mport's own 401 renews the token once and resends: that one meets the 401 too.
+    sandbox.admin.script(imp_uid, *[step] * (2 if (status, body_kind) == (401, "envelope") else 1))
+    client = make_client(sandbox, session, cache)
+    call = {
+        "POST": lambda: client.issue_receipt(imp_uid, BODY),
+        "DELETE": lambda: client.cancel_receipt(imp_uid),
+        "GET": lambda: client.get_payment(imp_uid),
+    }[method]
+    with pytest.raises(expected_class(status, body_kind, method)) as caught:
+        call()
+    assert caught.value.status == status  # type: ignore[attr-defined]
+    assert sandbox.admin.issued_count(imp_uid) == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("7", 7.0), ("in a while", None), (None, None)],
+)
+def test_retry_after_in_seconds_travels(
+    sandbox: Sandbox,
+    session: CountingSession,
+    cache: RedisTokenCache,
+    imp_uid: str,
+    header: str | None,
+    seconds: float | None,
+) -> None:
+    """A bare 503's Retry-After reaches the error, as does a bare 429's."""
+    step: dict[str, object] = {"kind": "answer", "status": 503, "body_kind": "html"}
+    if header is not None:
+        step["retry_after"] = header
+    sandbox.admin.script(imp_uid, {**step, "method": "POST"})
+    with pytest.raises(OutcomeUnknown) as caught:
+        make_client(sandbox, session, cache).issue_receipt(imp_uid, BODY)
+    assert caught.value.retry_after == seconds
+
+
+def test_retry_after_as_an_http_date(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache, imp_uid: str
+) -> None:
+    """A 429 whose Retry-After is a date 30 s ahead waits about 30 s."""
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    step = {"kind": "answer", "status": 429, "body_kind": "empty", "retry_after": when}
+    sandbox.admin.script(imp_uid, {**step, "method": "GET"})
+    with pytest.raises(RateLimited) as caught:
+        make_client(sandbox, session, cache).get_payment(imp_uid)
+    assert caught.value.retry_after is not None
+    assert 25 <= caught.value.retry_after <= 30
 
 
 def test_a_lost_lookup_is_only_transient(

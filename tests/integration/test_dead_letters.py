@@ -137,6 +137,37 @@ def test_reconcile_finds_a_receipt_cancelled_behind_our_back(
     ]
 
 
+def test_reconcile_finds_a_receipt_the_ledger_did_not_record(
+    producer: Celery,
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    results: ResultStream,
+    imp_uid: str,
+) -> None:
+    """i'mport's active receipt is not the ledger's: what a POST acted on beyond
+    IAMPORT_SETTLE_SECONDS leaves behind. Reconcile reports it, exit 1."""
+    results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer))
+    headers = {"Authorization": f"Bearer {sandbox.get_token()}"}
+    # Another receipt in place of ours, as a late POST leaves it on a PG that allows two.
+    for method in ("DELETE", "POST"):
+        requests.request(
+            method,
+            f"{sandbox.url}/receipts/{imp_uid}",
+            headers=headers,
+            json={"identifier": "01055554321"} if method == "POST" else None,
+            timeout=5,
+        ).raise_for_status()
+    result = cli(redis_server, sandbox, "reconcile", imp_uid)
+    assert result.returncode == 1
+    assert lines(result) == [
+        {
+            "imp_uid": imp_uid,
+            "ledger": "issued",
+            "iamport": "another active receipt than the ledger's",
+        }
+    ]
+
+
 def test_tail_prints_the_events(
     producer: Celery,
     redis_server: RedisServer,

@@ -121,8 +121,26 @@ class TestIssued:
             # A gateway's HTML page instead of i'mport's JSON: even with a 2xx it is no answer.
             {"kind": "garbage", "status": 502},
             {"kind": "garbage", "status": 200},
+            # "Not now" without i'mport's envelope: once final failures (unexpected_response).
+            {"kind": "answer", "status": 408, "body_kind": "empty"},
+            {"kind": "answer", "status": 429, "body_kind": "empty", "retry_after": "0.1"},
+            {"kind": "answer", "status": 503, "body_kind": "json"},
+            # ... and i'mport's own 408 or 425, once read as a rejection.
+            {"kind": "answer", "status": 408, "body_kind": "envelope"},
+            {"kind": "answer", "status": 425, "body_kind": "envelope"},
         ],
-        ids=["502", "503", "504", "html-502", "html-200"],
+        ids=[
+            "502",
+            "503",
+            "504",
+            "html-502",
+            "html-200",
+            "bare-408",
+            "bare-429-retry-after",
+            "json-503",
+            "json-408",
+            "json-425",
+        ],
     )
     def test_gateway_errors_are_retried_to_success(
         self,

@@ -149,9 +149,9 @@ def test_job_of_a_killed_worker_resumes_within_the_bound(
     results = ResultStream(own_redis.client())
     env = compressed_env(own_redis.url, own_sandbox.url)
     # What celeryconfig derives for these settings (IAMPORT_TIMEOUT 0.25, countdowns <= 0.3 s,
-    # DUPLICATE_WAIT 20 s).
+    # DUPLICATE_WAIT 20 s, IAMPORT_SETTLE_SECONDS 1 s).
     visibility = celeryconfig.minimum_visibility_timeout(
-        iamport_timeout=0.25, longest_countdown=0.3, duplicate_wait=20
+        iamport_timeout=0.25, longest_countdown=0.3, duplicate_wait=20, settle_seconds=1
     )
     own_sandbox.admin.script(imp_uid, {"kind": "hang", "seconds": 3600, "method": "POST"})
     with running_worker(env) as doomed, running_worker(env):

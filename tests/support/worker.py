@@ -77,6 +77,9 @@ def worker_env(redis_url: str, sandbox_url: str, **overrides: str) -> dict[str, 
             "IAMPORT_KEY": "sandbox_key",
             "IAMPORT_SECRET": "sandbox_secret",
             "IAMPORT_TIMEOUT": "1",
+            # The sandbox acts on a request at once (or within a scripted latency): an ambiguous
+            # POST is settled a second after it was sent, not i'mport's 60.
+            "IAMPORT_SETTLE_SECONDS": "1",
             "RETRY_BACKOFF_BASE": "0.05",
             "RETRY_BACKOFF_MAX": "0.2",
             "RETRY_MAX_ATTEMPTS": "5",

@@ -43,7 +43,7 @@ def test_without_broker_url_redis_is_the_broker_with_our_transport() -> None:
     conf = json.loads(result.stdout)
     assert conf["broker_url"] == conf["redis"] == "redis://:s3cret@r:6379/2"
     assert conf["transport"] == "worker.transport:Transport"
-    assert conf["options"]["visibility_timeout"] == 460
+    assert conf["options"]["visibility_timeout"] == 520
     assert conf["queues"] == []
     assert "s3cret" not in conf["censored"]
 

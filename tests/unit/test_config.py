@@ -24,21 +24,46 @@ def load_in_subprocess(**env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_visibility_timeout_covers_countdown_duplicate_wait_and_longest_attempt() -> None:
-    """The longest countdown, a duplicate's wait, every request timing out, plus slack."""
+    """The longest countdown, a duplicate's wait, every request timing out, the bound on late
+    processing, plus slack."""
     assert celeryconfig.longest_attempt_seconds(10) == 400
     assert (
         celeryconfig.minimum_visibility_timeout(
-            iamport_timeout=10, longest_countdown=30, duplicate_wait=20
+            iamport_timeout=10, longest_countdown=30, duplicate_wait=20, settle_seconds=60
         )
-        == 30 + 20 + 400 + celeryconfig.VISIBILITY_MARGIN_SECONDS
+        == 30 + 20 + 400 + 60 + celeryconfig.VISIBILITY_MARGIN_SECONDS
     )
+    assert celeryconfig.lease_seconds(10, 60) == 400 + 60 + celeryconfig.VISIBILITY_MARGIN_SECONDS
+
+
+def test_the_largest_bound_on_late_processing_rules() -> None:
+    """The lease and the visibility timeout wait out the slowest provider's bound."""
+    assert celeryconfig.settle_bound({"iamport": 60, "portone": 90}) == 90
+    assert celeryconfig.settle_bound({"iamport": 60}) == 60
+    assert celeryconfig.settle_bound({}) == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "bound"),
+    [
+        ({}, "60.0"),  # i'mport's default
+        ({"IAMPORT_TIMEOUT": "90"}, "90.0"),  # never below the read timeout by default
+        ({"IAMPORT_SETTLE_SECONDS": "5"}, "5.0"),
+    ],
+)
+def test_settle_seconds_default_and_setting(env: dict[str, str], bound: str) -> None:
+    """IAMPORT_SETTLE_SECONDS defaults to 60 s, or the read timeout when that is longer."""
+    code = "import celeryconfig as c; print(c.iamport_settle_seconds, c.settle_seconds)"
+    result = python_clean(code, **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [bound, bound]
 
 
 def test_defaults_load_and_derive_the_visibility_timeout() -> None:
     """With nothing set, the documented defaults apply and the timeout is derived."""
     result = load_in_subprocess()
     assert result.returncode == 0, result.stderr
-    assert "'visibility_timeout': 460" in result.stdout
+    assert "'visibility_timeout': 520" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -100,14 +125,14 @@ def test_bad_settings_stop_at_start_with_a_clear_message(env: dict[str, str], me
 
 
 def test_a_longer_duplicate_wait_raises_the_derived_visibility_timeout() -> None:
-    """DUPLICATE_WAIT is part of a message's time: 30 + 100 + 400 + 10 s."""
+    """DUPLICATE_WAIT is part of a message's time: 30 + 100 + 400 + 60 + 10 s."""
     result = load_in_subprocess(DUPLICATE_WAIT="100")
     assert result.returncode == 0, result.stderr
-    assert "'visibility_timeout': 540" in result.stdout
-    refused = load_in_subprocess(DUPLICATE_WAIT="100", BROKER_VISIBILITY_TIMEOUT="460")
+    assert "'visibility_timeout': 600" in result.stdout
+    refused = load_in_subprocess(DUPLICATE_WAIT="100", BROKER_VISIBILITY_TIMEOUT="520")
     assert refused.returncode != 0
     assert "DUPLICATE_WAIT" in refused.stderr
-    assert "at least 540" in refused.stderr
+    assert "at least 600" in refused.stderr
 
 
 def test_visibility_timeout_may_be_raised() -> None:

@@ -27,6 +27,7 @@ from worker.retry import (
     RetryPolicy,
     compute_backoff,
     decide,
+    error_for_answer,
     error_for_status,
     parse_retry_after,
 )
@@ -42,6 +43,8 @@ POLICY = RetryPolicy(
     [
         (400, InvalidRequest),
         (404, InvalidRequest),
+        (408, ProviderUnavailable),  # "try again", whoever says it: not a rejection
+        (425, ProviderUnavailable),
         (200, InvalidRequest),  # a 2xx with code != 0 is a business error
         (401, AuthenticationFailed),
         (429, RateLimited),
@@ -63,9 +66,87 @@ def test_status_maps_to_error_class(status: int, expected: type[IamportError]) -
 
 def test_rate_limit_keeps_retry_after() -> None:
     """A 429 carries i'mport's Retry-After into the error."""
-    error = error_for_status(429, code=None, message=None, headers={"Retry-After": "7"})
+    error = error_for_answer("POST", 429, body=ENVELOPE, headers={"Retry-After": "7"}, now=NOW)
     assert isinstance(error, RateLimited)
     assert error.retry_after == 7.0
+
+
+NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+ENVELOPE = {"code": -1, "message": "msg", "response": None}
+#: The bodies an answer can come with, as the client reads them: not JSON at
+#: all (an empty body or an HTML page read as None), JSON that is not
+#: i'mport's envelope, and the envelope.
+BODIES = {
+    "empty": None,
+    "html": None,
+    "other_json": {"error": "upstream timed out"},
+    "json_list": ["not", "an", "envelope"],
+    "envelope": ENVELOPE,
+}
+#: (status, body kind) -> the class for a POST or DELETE, and for a GET.
+BARE_TRANSIENT = (408, 425, 429, 500, 501, 502, 503, 504)
+
+
+def _expected(status: int, kind: str, method: str) -> type[IamportError]:
+    """The classification table, written out as the issue states it."""
+    if kind == "envelope":
+        return {
+            400: InvalidRequest,
+            404: InvalidRequest,
+            401: AuthenticationFailed,
+            408: ProviderUnavailable,
+            425: ProviderUnavailable,
+            429: RateLimited,
+            500: IssuanceFailed,
+            501: UnsupportedPg,
+            502: ProviderUnavailable,
+            503: ProviderUnavailable,
+            504: ProviderUnavailable,
+        }[status]
+    if status in BARE_TRANSIENT:
+        if method in {"POST", "DELETE"}:
+            return OutcomeUnknown  # a gateway answered: i'mport may have acted
+        return RateLimited if status == 429 else ProviderUnavailable
+    return UnexpectedResponse
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE", "GET"])
+@pytest.mark.parametrize("kind", sorted(BODIES))
+@pytest.mark.parametrize("status", [400, 401, 404, *BARE_TRANSIENT])
+def test_answer_maps_by_status_and_body(method: str, kind: str, status: int) -> None:
+    """Every (status x body kind x method): the envelope keeps i'mport's meanings, the rest
+    are a gateway's, and a "not now" from a gateway leaves a POST or DELETE ambiguous."""
+    error = error_for_answer(method, status, body=BODIES[kind], headers={}, now=NOW)
+    assert type(error) is _expected(status, kind, method)
+    assert error.status == status
+    if kind == "envelope":
+        assert (error.code, error.provider_message) == (-1, "msg")
+
+
+@pytest.mark.parametrize(
+    ("status", "method", "expected"),
+    [
+        (200, "POST", OutcomeUnknown),  # a 2xx that is not i'mport's: nobody knows what happened
+        (200, "GET", ProviderUnavailable),
+        (505, "POST", OutcomeUnknown),  # any 5xx without the envelope
+        (599, "GET", ProviderUnavailable),
+        (302, "POST", UnexpectedResponse),
+    ],
+)
+def test_other_bare_answers(status: int, method: str, expected: type[IamportError]) -> None:
+    """Statuses outside the table's columns, without the envelope."""
+    assert type(error_for_answer(method, status, body=None, now=NOW)) is expected
+
+
+@pytest.mark.parametrize("kind", ["empty", "other_json", "envelope"])
+@pytest.mark.parametrize("status", [429, 503])
+def test_any_transient_answer_keeps_retry_after(kind: str, status: int) -> None:
+    """Retry-After is honoured on every transient answer, with or without the envelope."""
+    error = error_for_answer(
+        "POST", status, body=BODIES[kind], headers={"Retry-After": "12"}, now=NOW
+    )
+    assert error.retryable
+    assert error.retry_after == 12.0  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -73,14 +154,25 @@ def test_rate_limit_keeps_retry_after() -> None:
     [
         ("3", 3.0),
         (" 1.5 ", 1.5),
+        ("0", 0.0),
         ("-1", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ("soon", None),
+        ("", None),
+        ("nan", None),
         (None, None),
+        ("86400", 3600.0),  # capped
+        # an HTTP date, against NOW: IMF-fixdate, the obsolete RFC 850 and asctime forms
+        ("Tue, 14 Nov 2023 22:13:50 GMT", 30.0),
+        ("Tuesday, 14-Nov-23 22:13:50 GMT", 30.0),
+        ("Tue Nov 14 22:13:50 2023", 30.0),
+        ("Tue, 14 Nov 2023 22:00:00 GMT", 0.0),  # in the past: now
+        ("Wed, 14 Nov 2024 22:13:20 GMT", 3600.0),  # a year ahead: capped
+        ("Tue, 32 Nov 2023 22:13:50 GMT", None),
     ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    """Only the delay-seconds form is honoured; anything else reads as absent."""
-    assert parse_retry_after(value) == expected
+    """Delay-seconds or an HTTP date; a past date is now, junk is absent, all capped."""
+    assert parse_retry_after(value, now=NOW) == expected
 
 
 @pytest.mark.parametrize(
@@ -109,6 +201,9 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
         (RateLimited("x", retry_after=5), 1, Decision(retry=True, delay=5.0)),
         (RateLimited("x", retry_after=0.5), 3, Decision(retry=True, delay=4.0)),
         (RateLimited("x", retry_after=600), 1, Decision(retry=True, delay=30.0)),
+        # ... and any transient answer's Retry-After, a gateway's 503 as much as a 429
+        (OutcomeUnknown("x", retry_after=9), 1, Decision(retry=True, delay=9.0)),
+        (ProviderUnavailable("x", retry_after=9), 1, Decision(retry=True, delay=9.0)),
     ],
 )
 def test_decide(error: IamportError, attempt: int, expected: Decision) -> None:

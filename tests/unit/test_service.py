@@ -10,7 +10,7 @@ from worker.errors import InvalidRequest
 from worker.iamport import Payment, Receipt
 from worker.schemas import ReceiptRequest, load_payload
 from worker.sealing import Sealer
-from worker.service import issue_receipt
+from worker.service import issue_receipt, recorded_sent_at, settle_delay
 
 RECEIPT = Receipt(
     imp_uid="imp_1",
@@ -68,3 +68,38 @@ def test_a_400_behind_which_a_receipt_exists(look_first: bool, duplicate: bool) 
     client: Any = ReceiptAppearsAfterTheLookup()
     issued = issue_receipt(client, request(), look_first=look_first)
     assert (issued.receipt, issued.duplicate) == (RECEIPT, duplicate)
+    # On a later attempt its lookup waited out the bound on late processing, so the receipt
+    # appearing after it is a request acted on beyond the bound: counted for an alert.
+    assert issued.late is (not duplicate)
+
+
+@pytest.mark.parametrize(
+    ("sent_at", "bound", "now", "delay"),
+    [
+        (None, 60.0, 1000.0, 0.0),  # nothing unsettled: look now
+        (1000.0, 60.0, 1000.0, 60.0),  # just sent: the whole bound
+        (1000.0, 60.0, 1010.0, 50.0),  # ten seconds on (a read timeout): the rest of it
+        (1000.0, 60.0, 1060.0, 0.0),  # exactly the bound: now
+        (1000.0, 60.0, 5000.0, 0.0),  # long past (a parked job, a crash): now
+        (1000.0, 0.0, 1000.0, 0.0),  # no bound: now
+        (1000.0, 1.5, 999.0, 2.5),  # our clock stepped back: still the whole wait
+    ],
+)
+def test_settle_delay(sent_at: float | None, bound: float, now: float, delay: float) -> None:
+    """The settling lookup comes no earlier than the bound after the request was sent."""
+    assert settle_delay(sent_at, bound=bound, now=now) == delay
+
+
+@pytest.mark.parametrize(
+    ("record", "sent_at"),
+    [
+        (None, None),
+        ({}, None),
+        ({"sent_at": ""}, None),  # answered: nothing to settle
+        ({"sent_at": "1700000000.25"}, 1700000000.25),
+        ({"sent_at": "junk"}, None),
+    ],
+)
+def test_recorded_sent_at(record: dict[str, str] | None, sent_at: float | None) -> None:
+    """The ledger record's send time, while unsettled."""
+    assert recorded_sent_at(record) == sent_at
