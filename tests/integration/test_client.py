@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from tests.support.answers import STATUSES, expected_class
 from tests.support.redis_server import RedisServer
 from tests.support.sandbox import Sandbox
 from tests.support.wait import free_port
@@ -20,7 +21,6 @@ from worker.errors import (
     OutcomeUnknown,
     ProviderUnavailable,
     RateLimited,
-    UnexpectedResponse,
     UnsupportedPg,
 )
 from worker.iamport import IamportClient
@@ -142,29 +142,7 @@ def test_post_failures_map_to_the_error_tree(
         assert caught.value.retry_after == 3  # type: ignore[attr-defined]
 
 
-#: Every status a gateway, a rate limiter or i'mport says "not now" with, and 400/401.
-STATUSES = (400, 401, 408, 425, 429, 500, 501, 502, 503, 504)
 BODY_KINDS = ("empty", "html", "json", "envelope")
-
-
-def expected_class(status: int, body_kind: str, method: str) -> type[Exception]:
-    """The issue's table: i'mport's envelope keeps its meanings; without it, "not now"
-    statuses are transient, and a POST or DELETE that met one is ambiguous."""
-    if body_kind == "envelope":
-        return {
-            400: InvalidRequest,
-            401: AuthenticationFailed,
-            408: ProviderUnavailable,
-            425: ProviderUnavailable,
-            429: RateLimited,
-            500: IssuanceFailed,
-            501: UnsupportedPg,
-        }.get(status, ProviderUnavailable)
-    if status in {400, 401}:
-        return UnexpectedResponse
-    if method != "GET":
-        return OutcomeUnknown
-    return RateLimited if status == 429 else ProviderUnavailable
 
 
 @pytest.mark.parametrize("method", ["POST", "DELETE", "GET"])
@@ -191,7 +169,8 @@ def test_every_status_with_every_body(
         "DELETE": lambda: client.cancel_receipt(imp_uid),
         "GET": lambda: client.get_payment(imp_uid),
     }[method]
-    with pytest.raises(expected_class(status, body_kind, method)) as caught:
+    expected = expected_class(status, envelope=body_kind == "envelope", method=method)
+    with pytest.raises(expected) as caught:
         call()
     assert caught.value.status == status  # type: ignore[attr-defined]
     assert sandbox.admin.issued_count(imp_uid) == 0

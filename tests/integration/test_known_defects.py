@@ -35,12 +35,8 @@ def honest_sandbox() -> Iterator[Sandbox]:
         yield sandbox
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="late-processing double issue: a POST that i'mport processes after the client's "
-    "timeout and after the retry's lookup is a second receipt (no settle bound yet, "
-    "issue 12 item 3: IAMPORT_SETTLE_SECONDS)",
-)
+# Fixed by IAMPORT_SETTLE_SECONDS (issue 12 item 3): the retry's lookup waits out the bound
+# after the first POST was sent. Its strict xfail went; the test stays as the fix's regression.
 def test_a_post_processed_late_is_not_a_second_receipt(
     own_redis: RedisServer, honest_sandbox: Sandbox, imp_uid: str
 ) -> None:

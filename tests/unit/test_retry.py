@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.answers import STATUSES, expected_class
 from worker.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -83,41 +84,16 @@ BODIES = {
     "json_list": ["not", "an", "envelope"],
     "envelope": ENVELOPE,
 }
-#: (status, body kind) -> the class for a POST or DELETE, and for a GET.
-BARE_TRANSIENT = (408, 425, 429, 500, 501, 502, 503, 504)
-
-
-def _expected(status: int, kind: str, method: str) -> type[IamportError]:
-    """The classification table, written out as the issue states it."""
-    if kind == "envelope":
-        return {
-            400: InvalidRequest,
-            404: InvalidRequest,
-            401: AuthenticationFailed,
-            408: ProviderUnavailable,
-            425: ProviderUnavailable,
-            429: RateLimited,
-            500: IssuanceFailed,
-            501: UnsupportedPg,
-            502: ProviderUnavailable,
-            503: ProviderUnavailable,
-            504: ProviderUnavailable,
-        }[status]
-    if status in BARE_TRANSIENT:
-        if method in {"POST", "DELETE"}:
-            return OutcomeUnknown  # a gateway answered: i'mport may have acted
-        return RateLimited if status == 429 else ProviderUnavailable
-    return UnexpectedResponse
 
 
 @pytest.mark.parametrize("method", ["POST", "DELETE", "GET"])
 @pytest.mark.parametrize("kind", sorted(BODIES))
-@pytest.mark.parametrize("status", [400, 401, 404, *BARE_TRANSIENT])
+@pytest.mark.parametrize("status", STATUSES)
 def test_answer_maps_by_status_and_body(method: str, kind: str, status: int) -> None:
     """Every (status x body kind x method): the envelope keeps i'mport's meanings, the rest
     are a gateway's, and a "not now" from a gateway leaves a POST or DELETE ambiguous."""
     error = error_for_answer(method, status, body=BODIES[kind], headers={}, now=NOW)
-    assert type(error) is _expected(status, kind, method)
+    assert type(error) is expected_class(status, envelope=kind == "envelope", method=method)
     assert error.status == status
     if kind == "envelope":
         assert (error.code, error.provider_message) == (-1, "msg")

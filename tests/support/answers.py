@@ -1,0 +1,51 @@
+"""What each answer from i'mport (or from whatever stands in front of it) must mean.
+
+The issue's table, written out once, independently of :mod:`worker.retry`: the unit
+test checks the pure classification against it, and the client test checks every
+(status x body kind) over HTTP against the sandbox.
+"""
+
+from __future__ import annotations
+
+from worker.errors import (
+    AuthenticationFailed,
+    IamportError,
+    InvalidRequest,
+    IssuanceFailed,
+    OutcomeUnknown,
+    ProviderUnavailable,
+    RateLimited,
+    UnexpectedResponse,
+    UnsupportedPg,
+)
+
+#: Every status a gateway, a rate limiter or i'mport says "not now" with.
+NOT_NOW = (408, 425, 429, 500, 501, 502, 503, 504)
+#: ... and statuses whose meaning the envelope alone gives.
+STATUSES = (400, 401, 404, *NOT_NOW)
+
+_IN_ENVELOPE: dict[int, type[IamportError]] = {
+    400: InvalidRequest,
+    401: AuthenticationFailed,
+    404: InvalidRequest,
+    408: ProviderUnavailable,
+    425: ProviderUnavailable,
+    429: RateLimited,
+    500: IssuanceFailed,
+    501: UnsupportedPg,
+    502: ProviderUnavailable,
+    503: ProviderUnavailable,
+    504: ProviderUnavailable,
+}
+
+
+def expected_class(status: int, *, envelope: bool, method: str) -> type[IamportError]:
+    """i'mport's envelope keeps its meanings; without it, "not now" statuses are transient,
+    and a POST or DELETE that met one is ambiguous (i'mport may have acted)."""
+    if envelope:
+        return _IN_ENVELOPE[status]
+    if status not in NOT_NOW:
+        return UnexpectedResponse
+    if method in {"POST", "DELETE"}:
+        return OutcomeUnknown
+    return RateLimited if status == 429 else ProviderUnavailable
