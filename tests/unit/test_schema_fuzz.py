@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import pytest
 from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, settings
 from hypothesis import given as given_
@@ -40,6 +41,13 @@ SEALED_FIELDS = ("identifier_sealed", "buyer_sealed")
 ERROR_KEYS = frozenset({*FIELDS, *SEALED_FIELDS, "_payload"})
 SECRET_DIGITS = 7
 _DIGIT_RUN = re.compile(rf"\d{{{SECRET_DIGITS},}}")
+
+# Pure computation, about 25 s of CPU per large test, nearly all of it Hypothesis
+# generating. The suite's 120 s is a bound on waiting for processes; here it is a
+# race with the machine's load: on 2 cores shared with other work a test gets a
+# fraction of a core, and it timed out at 120 s with a third of one. This bound
+# still stops a hang (a regex backtracking on a huge string, say).
+pytestmark = pytest.mark.timeout(600)
 
 FUZZ = settings(
     deadline=None,
