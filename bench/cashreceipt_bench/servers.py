@@ -66,6 +66,10 @@ class TlsFiles(Protocol):
     def key(self) -> Path: ...
 
 
+#: Ports a new redis-server tries, when another process takes each one it is given first.
+REDIS_PORT_ATTEMPTS = 5
+
+
 class RedisServer:
     """One redis-server process in its own folder, on a free port.
 
@@ -73,6 +77,11 @@ class RedisServer:
     operator's Redis would come back after a crash. Options make it ask for a
     password (``requirepass``) or speak TLS only (``--tls-port``, no plain
     port), with the URL a worker would be given for it.
+
+    A free port is only free when :func:`free_port` looks: another process
+    (another test run's Redis, say) may take it before redis-server binds it.
+    So a server counts as started only once the one that answers on the port
+    is this process, never the other one that took the port.
     """
 
     def __init__(
@@ -91,6 +100,7 @@ class RedisServer:
         self.password = password
         self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
+        self._started = False
 
     @property
     def url(self) -> str:
@@ -110,9 +120,28 @@ class RedisServer:
         return redis.Redis.from_url(self.url, decode_responses=True)
 
     def start(self) -> None:
-        """Start (or restart) the server and wait until it answers PING."""
+        """Start (or restart) the server and wait until it answers, as itself.
+
+        A first start whose port was taken meanwhile moves to another free
+        port. A restart keeps its port, which its clients know, and fails if
+        the port was taken while it was down.
+        """
+        restart, self._started = self._started, True
+        for _ in range(1 if restart else REDIS_PORT_ATTEMPTS):
+            if self._launch():
+                return
+            if not restart:
+                self.port = free_port()
+        log = self.folder / "redis.log"
+        raise RuntimeError(
+            f"redis-server could not listen on 127.0.0.1:{self.port}:\n"
+            + (log.read_text(errors="replace")[-2000:] if log.exists() else "")
+        )
+
+    def _launch(self) -> bool:
+        """Run redis-server on ``self.port``; False when it exits (the port was taken)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
+        process = self.process = subprocess.Popen(
             [
                 "redis-server",
                 "--port", str(self.port),
@@ -128,7 +157,18 @@ class RedisServer:
             ],
         )  # fmt: skip
         probe = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-        wait_for(lambda: _pings(probe), timeout=10, message=f"redis-server on {self.port}")
+        try:
+            wait_for(
+                lambda: process.poll() is not None or _answers_as(probe, process.pid),
+                timeout=10,
+                message=f"redis-server on {self.port}",
+            )
+        except WaitTimeout:
+            self.stop()
+            raise
+        finally:
+            probe.close()
+        return process.poll() is None
 
     def _security_arguments(self) -> list[str]:
         arguments = ["--requirepass", self.password] if self.password else []
@@ -152,10 +192,11 @@ class RedisServer:
         self.process = None
 
 
-def _pings(client: redis.Redis) -> bool:
+def _answers_as(client: redis.Redis, pid: int) -> bool:
+    """Whether the server at the client's address answers, and is process ``pid``."""
     try:
-        return bool(client.ping())
-    except redis.ConnectionError:
+        return int(client.info("server")["process_id"]) == pid
+    except redis.RedisError:  # not listening yet, or another server that refuses us
         return False
 
 
