@@ -49,11 +49,13 @@ def claimed_and_abandoned(ledger: Ledger, imp_uid: str, task_id: str) -> None:
     wait_for(lambda: time.time() > lease_until, timeout=5, message="the lease to pass")
 
 
-def cli(server: RedisServer, sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``cashreceipt`` against this Redis and the sandbox."""
+def cli(
+    server: RedisServer, sandbox: Sandbox, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cashreceipt`` against this Redis and the sandbox (``env``: more settings)."""
     return subprocess.run(
         [CLI, args[0], "--json", *args[1:]],
-        env=worker_env(server.url, sandbox.url),
+        env=worker_env(server.url, sandbox.url, **env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -108,6 +110,23 @@ def test_settle_resends_when_nothing_was_issued(
     assert json.loads(result.stdout)["outcome"] == "resent"
     due = ledger.due_jobs(limit=10, regrace_seconds=60)
     assert [(job.imp_uid, job.state, job.task_id) for job in due] == [(imp_uid, "received", "t-1")]
+
+
+def test_settle_waits_out_the_bound_after_a_post_was_sent(
+    own_redis: RedisServer, sandbox: Sandbox, imp_uid: str
+) -> None:
+    """A worker died just after sending its POST: until IAMPORT_SETTLE_SECONDS after the send
+    i'mport may still act on it, so settle looks at nothing (`settling`); after it, it settles."""
+    ledger = ledger_on(own_redis, lease=0.2)
+    claim = ledger.claim(imp_uid, task_id="t-1", payload={**PAYLOAD, "imp_uid": imp_uid})
+    assert ledger.note(imp_uid, fence=claim.fence, field="sent_at", value=repr(time.time()))
+    claimed_lease = int((ledger.record(imp_uid) or {})["lease_until"]) / 1000
+    wait_for(lambda: time.time() > claimed_lease, timeout=5, message="the lease to pass")
+    result = cli(own_redis, sandbox, "settle", imp_uid, IAMPORT_SETTLE_SECONDS="60")
+    assert json.loads(result.stdout)["outcome"] == "settling"
+    assert sandbox.admin.requests(imp_uid) == []
+    result = cli(own_redis, sandbox, "settle", imp_uid, IAMPORT_SETTLE_SECONDS="0")
+    assert json.loads(result.stdout)["outcome"] == "resent"
 
 
 def test_settle_leaves_a_job_in_flight_under_a_live_lease_alone(

@@ -93,3 +93,33 @@ def test_a_post_processed_beyond_the_bound_is_counted(
     assert sandbox.admin.issued_count(imp_uid) == 1
     detected = "cashreceipt_late_processing_detected_total"
     assert value(samples, detected, provider="iamport") == 1
+
+
+def test_a_long_bound_parks_the_job_until_the_settling_lookup(
+    own_redis: RedisServer, sandbox: Sandbox
+) -> None:
+    """A bound longer than RETRY_COUNTDOWN_MAX parks the job in the ledger; the sweeper resumes it
+    and its first request is the lookup, no earlier than the bound after the POST was sent."""
+    imp_uid = f"parked_{uuid.uuid4().hex[:8]}"
+    sandbox.admin.script(imp_uid, {"kind": "hang", "seconds": 2, "method": "POST"})
+    env = worker_env(
+        own_redis.url,
+        sandbox.url,
+        IAMPORT_TIMEOUT="1",
+        IAMPORT_SETTLE_SECONDS="3",
+        RETRY_COUNTDOWN_MAX="0.5",
+        SWEEP_INTERVAL="0.2",
+    )
+    with running_worker(env) as output:
+        event = issue(own_redis, imp_uid, timeout=30)
+        log = output.text
+    assert event["type"] == "cash_receipt.issued"
+    assert "attempt 1: parked (outcome_unknown)" in log, log
+    requests_seen = sandbox.admin.requests(imp_uid)
+    first_post = next(r for r in requests_seen if r["method"] == "POST")
+    # After the hung POST: the at-once lookup (receipt, payment), then nothing until the bound.
+    after = [r for r in requests_seen if r["at"] > first_post["at"]]
+    resumed = [r for r in after if r["at"] >= first_post["at"] + 1.5]
+    assert resumed[0]["method"] == "GET"
+    assert resumed[0]["at"] >= first_post["at"] + 3 - 0.05
+    assert sandbox.admin.issued_count(imp_uid) == 1

@@ -60,6 +60,7 @@ def test_console_script_is_installed() -> None:
         ["--fault-rate", "hang=2"],
         ["--token-lifetime", "0"],
         ["--fault-script", 'imp_1=[{"kind":"explode"}]'],
+        ["--late-limit-seconds", "-1"],
     ],
 )
 def test_bad_flags_exit_non_zero(args: list[str]) -> None:
@@ -139,6 +140,16 @@ def test_latency_flag(imp_uid: str) -> None:
         started = time.monotonic()
         success(api.payment(imp_uid))
         assert time.monotonic() - started >= 0.2
+
+
+def test_late_limit_flag(imp_uid: str) -> None:
+    """--late-limit-seconds caps a latency spike: the request is acted on within the limit."""
+    with running_sandbox("--latency-ms", "5000", "--late-limit-seconds", "0.2") as sandbox:
+        api = Api(sandbox.url, sandbox.get_token())
+        started = time.monotonic()
+        success(api.issue(imp_uid))
+        assert 0.2 <= time.monotonic() - started < 2
+        assert sandbox.faults()["late_limit_seconds"] == 0.2
 
 
 def test_log_masks_identifiers(sandbox: Sandbox, api: Api, imp_uid: str) -> None:
