@@ -183,7 +183,10 @@ def status(imp_uid: str, as_json: bool) -> None:
         click.echo(f"  {'last_error':<16}{_failure(error)}")
     for entry in history:
         outcome = entry.get("outcome")
-        click.echo(f"  {'history':<16}attempt {entry.get('attempt')} {entry.get('op')}: {outcome}")
+        then = f", then {entry['then']}" if entry.get("then") else ""
+        click.echo(
+            f"  {'history':<16}attempt {entry.get('attempt')} {entry.get('op')}: {outcome}{then}"
+        )
     if event:
         click.echo(f"  {'latest event':<16}{event['type']} ({event['id']})")
 

@@ -284,6 +284,8 @@ end
 local entry = {at = tonumber(ARGV[7]), op = record[4] or 'issue',
   attempt = tonumber(record[3] or '0'), outcome = ARGV[3]}
 if ARGV[9] ~= '' then entry['error'] = cjson.decode(ARGV[9]) end
+-- The transition's second event (a partial refund's re-issue, or its failure).
+if ARGV[12] ~= '' then entry['then'] = ARGV[12] end
 redis.call('LPUSH', KEYS[8], cjson.encode(entry))
 redis.call('LTRIM', KEYS[8], 0, 49)
 redis.call('EXPIRE', KEYS[8], ARGV[10])

@@ -3,7 +3,8 @@
 Payment events, with duplicates, go through the Python helper while the
 sandbox fails a fifth of its answers, drops connections after creating
 receipts, adds latency, and for some payments answers a POST only after the
-client's timeout, having created the receipt; workers are SIGKILLed at random points and
+client's timeout, having created the receipt; some payments are partly refunded once
+issued (cancel, then re-issue for the rest); workers are SIGKILLed at random points and
 replaced; Redis is killed and restarted once (AOF, fsync always).
 
 The sandbox runs with duplicates allowed, so a second POST would be a second
@@ -11,8 +12,8 @@ receipt rather than a harmless "already issued", and it counts blind requests
 (docs/sandbox.md). The fleet keeps running for a lease and two sweeps past the
 last first event, so a late duplicate has time to show. Then: never two active
 receipts for a payment, receipts created = 1 + the re-issues the ledger
-recorded, no blind request, exactly one terminal event per task message and one
-non-duplicate issued event per payment, every ledger record terminal,
+recorded, no blind request, exactly one terminal transition per task message and
+1 + re-issues non-duplicate issued events per payment, every ledger record terminal,
 ``cashreceipt stuck`` empty and ``cashreceipt reconcile`` clean.
 
 CI runs the short profile (300 payments); ``pytest tests/chaos --chaos-long``
@@ -45,7 +46,7 @@ from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import BIN, ROOT, TEST_PII_KEY, worker_env
 from worker.ledger import TERMINAL_STATES, job_history, ledger_key
-from worker.producer import enqueue_issue
+from worker.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -68,6 +69,11 @@ LATE_POST_SHARE = 0.05
 #: request (--late-limit-seconds): the late POSTs above stay within it, so each is settled by
 #: a lookup made after i'mport acted. Beyond it, the guarantee ends (README).
 SETTLE_SECONDS = 1.0
+#: A share of the payments is partly refunded once issued: the receipt is
+#: cancelled (DELETE) and re-issued for the rest (POST), under the same faults.
+REFUND_SHARE = 0.05
+REFUND_AMOUNT = 1000
+CANCEL_EVENTS = frozenset({"cash_receipt.cancelled", "cash_receipt.cancel_failed"})
 
 
 @dataclass
@@ -195,11 +201,13 @@ def late_margin(requests: list[dict[str, Any]], late_ms: dict[str, float]) -> fl
     return min(margins, default=float("inf"))
 
 
-def enqueue_with_patience(producer: Celery, payload: dict[str, str], deadline: float) -> str:
+def enqueue_with_patience(
+    producer: Celery, payload: dict[str, Any], deadline: float, enqueue: Any = enqueue_issue
+) -> str:
     """Enqueue like a checkout would: retry while Redis is down, up to a deadline."""
     while True:
         try:
-            return enqueue_issue(payload, app=producer)
+            return str(enqueue(payload, app=producer))
         except (OperationalError, redis.RedisError, ConnectionError):
             if time.monotonic() > deadline:
                 raise
@@ -210,7 +218,7 @@ def enqueue_with_patience(producer: Celery, payload: dict[str, str], deadline: f
 def test_exactly_once_under_chaos(
     profile: Profile, chaos_redis: RedisServer, chaos_sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    """Every payment: one receipt, one event per message, one non-duplicate issued event."""
+    """Every payment: one live receipt, one transition per message, nothing blind or stuck."""
     rng = random.Random(20261124)
     env = worker_env(
         chaos_redis.url,
@@ -242,7 +250,9 @@ def test_exactly_once_under_chaos(
     plan = list(imp_uids)
     plan += [rng.choice(imp_uids) for _ in range(int(profile.payments * profile.duplicate_share))]
     rng.shuffle(plan)
+    refunded = set(rng.sample(imp_uids, int(profile.payments * REFUND_SHARE)))
     sent: list[tuple[str, str]] = []  # (task_id, imp_uid)
+    refunds: list[tuple[str, str]] = []  # (task_id, imp_uid)
     started = time.monotonic()
     drained = 0.0
 
@@ -256,8 +266,31 @@ def test_exactly_once_under_chaos(
             sent.append((enqueue_with_patience(producer, payload, time.monotonic() + 60), imp_uid))
             time.sleep(rng.uniform(0, 0.01))
 
+    def refund(deadline: float) -> None:
+        """Refund part of each chosen payment as soon as its receipt is issued."""
+        waiting = set(refunded)
+        while waiting and time.monotonic() < deadline:
+            try:
+                issued = {
+                    json.loads(fields["data"])["imp_uid"]
+                    for _, fields in chaos_redis.client().xrange("cash_receipt.events")
+                    if fields["type"] == "cash_receipt.issued"
+                }
+            except (redis.RedisError, ConnectionError):
+                issued = set()
+            for imp_uid in sorted(waiting & issued):
+                waiting.discard(imp_uid)
+                chaos_sandbox.admin.seed_payment(imp_uid, cancel_amount=REFUND_AMOUNT)
+                payload = {"imp_uid": imp_uid, "amount": REFUND_AMOUNT}
+                refunds.append(
+                    (enqueue_with_patience(producer, payload, deadline, enqueue_cancel), imp_uid)
+                )
+            time.sleep(0.3)
+
     producing = threading.Thread(target=produce)
     producing.start()
+    refunding = threading.Thread(target=refund, args=(time.monotonic() + profile.drain_timeout,))
+    refunding.start()
     kill_points = sorted(rng.uniform(0.1, 0.9) for _ in range(profile.kills))
     redis_point = rng.uniform(0.3, 0.7)
     events_so_far = lambda: len(sent)  # noqa: E731
@@ -278,6 +311,9 @@ def test_exactly_once_under_chaos(
         chaos_redis.start()
         redis_restarts += 1
 
+    refunding.join(timeout=profile.drain_timeout + 60)
+    assert not refunding.is_alive(), "the refunds did not finish"
+    assert len(refunds) == len(refunded), "a refunded payment was never issued"
     client = chaos_redis.client()
 
     def events_by_task() -> dict[str, list[dict[str, object]]]:
@@ -288,7 +324,15 @@ def test_exactly_once_under_chaos(
             found.setdefault(data["task_id"], []).append({"type": fields["type"], "at": at, **data})
         return found
 
-    wanted = {task_id for task_id, _ in sent}
+    wanted = {task_id for task_id, _ in sent + refunds}
+    refund_tasks = {task_id for task_id, _ in refunds}
+
+    def transitions(task_id: str, batch: list[dict[str, object]]) -> int:
+        """Terminal transitions: a partial refund's cancelled + issued events are one."""
+        if task_id in refund_tasks:
+            return sum(1 for e in batch if e["type"] in CANCEL_EVENTS)
+        return len(batch)
+
     lease, sweep_interval = fleet_timing(env)
     try:
         wait_for(
@@ -303,7 +347,7 @@ def test_exactly_once_under_chaos(
         # event before counting, so a late second event has had its chance.
         last_first = max(min(float(e["at"]) for e in events_by_task()[t]) for t in wanted)
         quiet_until = last_first + lease + 2 * sweep_interval
-        repeated = lambda: any(len(b) > 1 for b in events_by_task().values())  # noqa: E731
+        repeated = lambda: any(transitions(t, b) > 1 for t, b in events_by_task().items())  # noqa: E731
         wait_for(
             lambda: time.time() >= quiet_until or repeated(),
             timeout=quiet_until - time.time() + 30,
@@ -317,14 +361,19 @@ def test_exactly_once_under_chaos(
     audit = chaos_sandbox.admin.audit()
     created = {u: audit["payments"].get(u, {}).get("created", 0) for u in imp_uids}
     requests = chaos_sandbox.admin.requests()
-    per_task = Counter({task_id: len(events[task_id]) for task_id in wanted})
+    per_task = Counter({task_id: transitions(task_id, events[task_id]) for task_id in wanted})
     non_duplicate_issued = Counter(
         event["imp_uid"]
         for batch in events.values()
         for event in batch
         if event["type"] == "cash_receipt.issued" and not event["duplicate"]
     )
-    failures = [e for batch in events.values() for e in batch if e["type"] != "cash_receipt.issued"]
+    failures = [
+        e
+        for batch in events.values()
+        for e in batch
+        if e["type"] not in {"cash_receipt.issued", "cash_receipt.cancelled"}
+    ]
     duplicates = sum(1 for batch in events.values() for e in batch if e["duplicate"])
     posts = sum(1 for r in requests if r["method"] == "POST")
     histories = {imp_uid: job_history(client, imp_uid) for imp_uid in imp_uids}
@@ -334,7 +383,7 @@ def test_exactly_once_under_chaos(
         imp_uid
         for imp_uid, h in histories.items()
         for entry in h
-        if entry["outcome"] == "cancelled:reissued"
+        if (entry["op"], entry.get("then")) == ("cancel", "cash_receipt.issued")
     )
     states = {imp_uid: client.hget(ledger_key(imp_uid), "state") for imp_uid in imp_uids}
     late_answered = sum(
@@ -344,9 +393,11 @@ def test_exactly_once_under_chaos(
     print(
         "\nchaos: "
         f"{len(plan)} payment events ({len(imp_uids)} payments, "
-        f"{len(plan) - len(imp_uids)} duplicates), "
+        f"{len(plan) - len(imp_uids)} duplicates), {len(refunds)} partial refunds "
+        f"({sum(reissues.values())} re-issues), "
         f"{sum(created.values())} receipts, {duplicates} duplicates absorbed, "
-        f"{retries} task retries, {posts - len(imp_uids)} POSTs beyond one per payment "
+        f"{retries} task retries, {posts - len(imp_uids) - sum(reissues.values())} POSTs "
+        "beyond one per payment and re-issue "
         f"(each after a lookup found nothing), {len(late)} payments whose POST was "
         f"processed after the timeout ({late_answered} POSTs for them; the retry's lookup came "
         f"{margin:.2f}s or more after one was processed), {len(requests)} API calls, "
@@ -377,9 +428,10 @@ def test_exactly_once_under_chaos(
         "task messages without exactly one terminal event": {
             t: n for t, n in per_task.items() if n != 1
         },
-        "payments without one non-duplicate issued event": [
-            u for u in imp_uids if non_duplicate_issued[u] != 1
+        "payments without 1 + re-issues non-duplicate issued events": [
+            u for u in imp_uids if non_duplicate_issued[u] != 1 + reissues[u]
         ],
+        "refunds without a re-issue": sorted(refunded - set(reissues)),
         # What operators see.
         "ledger records not terminal": {
             u: s for u, s in states.items() if s not in TERMINAL_STATES
@@ -392,7 +444,8 @@ def test_exactly_once_under_chaos(
             reconciled.returncode, reconciled.stdout[:500], reconciled.stderr[-500:]
         ],
     }  # fmt: skip
-    assert {check: found for check, found in broken.items() if found} == {}
+    found = {check: what for check, what in broken.items() if what}
+    assert not found, "\n".join(f"{check}: {str(what)[:600]}" for check, what in found.items())
     # That the chaos happened.
     assert fleet.kills >= profile.kills
     assert redis_restarts == 1
