@@ -1,5 +1,5 @@
-"""Defects the sandbox's oracle shows (docs/sandbox.md, "Duplicates and blind requests") and
-that are not fixed yet: each reproduced on its own, as a strict xfail that names it.
+"""Defects the sandbox's oracle showed (docs/sandbox.md, "Duplicates and blind requests"),
+each reproduced on its own: a strict xfail naming the defect while it is not fixed.
 
 Strict, so that the fix turns the test into an unexpected pass: then the marker goes and the
 test stays as the fix's regression test. Never a skip.
