@@ -253,12 +253,16 @@ class Sandbox:
     async def _answer_lookup(
         self, request: web.Request, response: web.Response, imp_uid: str, reply: Reply
     ) -> None:
-        """Write a lookup's answer now, then let the audit know what the client has been told."""
+        """Write a lookup's answer now, then let the audit know what the client has been told.
+
+        A client that gave up (its read timeout) and closed the connection was told nothing:
+        writing to it raises.
+        """
         try:
             await response.prepare(request)
             await response.write_eof()
         except ConnectionError:
-            return  # the client left: it was told nothing
+            return
         if reply.shows is not None:
             self.merchant.audit.answered(imp_uid, reply.shows)
 

@@ -197,6 +197,23 @@ def test_a_lookup_never_answered_does_not_count(api: Api, sandbox: Sandbox, imp_
     assert blind(sandbox, imp_uid) == (0, 0)
 
 
+def test_a_lookup_the_client_gave_up_on_does_not_count(
+    api: Api, sandbox: Sandbox, imp_uid: str
+) -> None:
+    """The lookup ran after the client's read timeout had closed the connection."""
+    success(api.issue(imp_uid))
+    sandbox.script(imp_uid, {"kind": "latency", "ms": 600, "method": "GET"})
+    with pytest.raises(requests.Timeout):
+        api.call("GET", f"/receipts/{imp_uid}", timeout=0.2)
+    wait_for(
+        lambda: all(e["status"] is not None for e in sandbox.requests(imp_uid)),
+        timeout=5,
+        message="the lookup to be processed",
+    )
+    failure(api.issue(imp_uid), 400)
+    assert blind(sandbox, imp_uid) == (0, 0)
+
+
 def test_only_answers_sent_before_the_request_arrived_count(
     api: Api, sandbox: Sandbox, imp_uid: str
 ) -> None:
