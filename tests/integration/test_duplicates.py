@@ -156,6 +156,10 @@ def test_a_fenced_out_message_hands_the_job_on_instead_of_attempting_again(
 
     event = results.wait(task_id, timeout=30)
     assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.issued", False)
-    retried = [line for line in worker.lines if f"[{task_id}] retry" in line]
-    assert retried, "the fenced-out message did not hand the job on"
+    # Celery logs the retry after the run that raised it has published it, so the new
+    # message's run may have ended first: the line is waited for, not assumed.
+    wait_for(
+        lambda: any(f"[{task_id}] retry" in line for line in worker.lines),
+        message="the fenced-out message to hand the job on (its retry line)",
+    )
     assert posts(sandbox, imp_uid) == [200]
