@@ -105,26 +105,60 @@ def env_address(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
+def env_secret(env: Mapping[str, str], name: str) -> tuple[str, str | None]:
+    """``name`` itself, or the contents of the file ``name``_FILE names: a Docker secret.
+
+    Returns where the value came from (for messages, which never echo the value)
+    and the value, or None when neither is set. Setting both is an error rather
+    than a silent choice. A file is read as UTF-8 with its line endings removed
+    from the end only: a secret file is usually written with one.
+    """
+    inline, path = env_str(env, name), env_str(env, f"{name}_FILE")
+    if inline and path:
+        raise ConfigError(f"set {name} or {name}_FILE, not both")
+    if not path:
+        return name, inline
+    source = f"{name}_FILE ({path})"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise ConfigError(f"{source} cannot be read: {error.strerror}") from None
+    except UnicodeError:
+        raise ConfigError(f"{source} is not a UTF-8 text file") from None
+    return source, text.rstrip("\r\n")
+
+
+#: Settings that hold a credential and may come from a file instead (``X_FILE``):
+#: Docker and Kubernetes hand secrets over as files, never in the environment that
+#: ``docker inspect`` and /proc/<pid>/environ show.
+SECRET_FILE_VARIABLES = ("IAMPORT_SECRET_FILE", "REDIS_URL_FILE", "BROKER_URL_FILE")
+
+
+def with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
+    """``env`` with each ``X_FILE`` of SECRET_FILE_VARIABLES read into ``X``.
+
+    The parsers below then read one variable whichever way it was given.
+    """
+    resolved = dict(env)
+    for file_variable in SECRET_FILE_VARIABLES:
+        name = file_variable.removesuffix("_FILE")
+        source, value = env_secret(env, name)
+        if source != name:
+            if not value:
+                raise ConfigError(f"{source} is empty")
+            resolved[name] = value
+    return resolved
+
+
 def fernet_keys(env: Mapping[str, str]) -> list[str]:
     """PII_ENCRYPTION_KEYS, or the file PII_ENCRYPTION_KEYS_FILE names: Fernet keys, newest first.
 
     Each key is checked for shape here (32 bytes, url-safe base64), so a typo
     stops the process at start; a key's value is never echoed.
     """
-    inline, path = env_str(env, "PII_ENCRYPTION_KEYS"), env_str(env, "PII_ENCRYPTION_KEYS_FILE")
-    if inline and path:
-        raise ConfigError("set PII_ENCRYPTION_KEYS or PII_ENCRYPTION_KEYS_FILE, not both")
-    source, text = "PII_ENCRYPTION_KEYS", inline or ""
-    if path:
-        source = f"PII_ENCRYPTION_KEYS_FILE ({path})"
-        try:
-            with open(path, encoding="ascii") as handle:
-                text = handle.read()
-        except OSError as error:
-            raise ConfigError(f"{source} cannot be read: {error.strerror}") from None
-        except UnicodeError:
-            raise ConfigError(f"{source} is not a text file of Fernet keys") from None
-    keys = [key for key in re.split(r"[,\s]+", text) if key]
+    source, text = env_secret(env, "PII_ENCRYPTION_KEYS")
+    keys = [key for key in re.split(r"[,\s]+", text or "") if key]
     for position, key in enumerate(keys, start=1):
         try:
             raw = base64.urlsafe_b64decode(key.encode("ascii"))
@@ -134,7 +168,7 @@ def fernet_keys(env: Mapping[str, str]) -> list[str]:
             raise ConfigError(
                 f"{source}: key {position} is not a Fernet key (32 url-safe base64 bytes)"
             )
-    if path and not keys:
+    if source != "PII_ENCRYPTION_KEYS" and not keys:
         raise ConfigError(f"{source} holds no key")
     return keys
 
@@ -371,8 +405,9 @@ def minimum_visibility_timeout(
 
 # -- the settings ----------------------------------------------------------------
 
-_env = os.environ
-refuse_celery_variables(_env)
+refuse_celery_variables(os.environ)
+# IAMPORT_SECRET, REDIS_URL and BROKER_URL may each come from a file (X_FILE).
+_env = with_secret_files(os.environ)
 
 # REDIS_URL: the Redis of our own clients (ledger, token cache, events, parked
 # messages, the ingress stream), and the broker too unless BROKER_URL says otherwise.

@@ -8,7 +8,9 @@ here, outside ``tests/``, so the two share one copy.
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -68,6 +70,10 @@ class TlsFiles(Protocol):
 
 #: Ports a new redis-server tries, when another process takes each one it is given first.
 REDIS_PORT_ATTEMPTS = 5
+#: The ACL user the project's processes log in as (docker/redis/users.acl).
+APP_USER = "cashreceipt"
+#: The tests' own user, for what the project may not do: fault injection, FLUSHDB, CONFIG.
+ADMIN_USER = "harness"
 
 
 class RedisServer:
@@ -82,6 +88,13 @@ class RedisServer:
     (another test run's Redis, say) may take it before redis-server binds it.
     So a server counts as started only once the one that answers on the port
     is this process, never the other one that took the port.
+
+    Given ``acl`` (the template docker/redis/users.acl), it runs with the stack's
+    users instead, rendered by the stack's own script: :attr:`url` logs in as
+    the restricted ``cashreceipt`` user (``password``, or a random one), and
+    :meth:`client` as an all-powerful ``harness`` user that exists only here.
+    So a worker, an ingress or a command that starts using a command the ACL
+    does not allow fails its test, and :meth:`denied` names it.
     """
 
     def __init__(
@@ -91,13 +104,16 @@ class RedisServer:
         appendonly: bool = False,
         password: str | None = None,
         tls: TlsFiles | None = None,
+        acl: Path | None = None,
     ) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not on PATH; install Debian's redis-server")
         self.folder = folder
         self.port = free_port()
         self.appendonly = appendonly
-        self.password = password
+        self.acl = acl
+        self.password = password or (secrets.token_hex(16) if acl else None)
+        self.admin_password = secrets.token_hex(16)
         self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
         self._started = False
@@ -107,17 +123,41 @@ class RedisServer:
         """The URL a worker or client connects with: password and CA included."""
         return self.url_with(password=self.password, ca=self.tls.ca if self.tls else None)
 
+    @property
+    def admin_url(self) -> str:
+        """The URL of a user allowed everything (the server's only one without an ACL)."""
+        if self.acl is None:
+            return self.url
+        return self._url(ADMIN_USER, self.admin_password, self.tls.ca if self.tls else None)
+
     def url_with(self, *, password: str | None, ca: Path | None) -> str:
         """This server's URL with another password or CA (or none), to show a refusal."""
-        auth = f":{quote(password, safe='')}@" if password else ""
+        return self._url(APP_USER if self.acl else "", password, ca)
+
+    def _url(self, user: str, password: str | None, ca: Path | None) -> str:
+        auth = f"{user}:{quote(password, safe='')}@" if password else ""
         if self.tls is None:
             return f"redis://{auth}127.0.0.1:{self.port}/0"
         query = f"?ssl_ca_certs={quote(str(ca))}" if ca else ""
         return f"rediss://{auth}127.0.0.1:{self.port}/0{query}"
 
     def client(self) -> redis.Redis:
-        """A new client of this server."""
-        return redis.Redis.from_url(self.url, decode_responses=True)
+        """A new client of this server, allowed every command (for the tests' own checks)."""
+        return redis.Redis.from_url(self.admin_url, decode_responses=True)
+
+    def denied(self) -> list[str]:
+        """Commands, keys or channels the ACL refused since the start, from ACL LOG.
+
+        Failed logins (a test of a wrong password) are not counted: those are meant.
+        """
+        if self.acl is None:
+            return []
+        entries = self.client().acl_log()
+        return [
+            f"{entry['username']}: {entry['reason']} {entry['object']}"
+            for entry in entries
+            if entry["reason"] != "auth"
+        ]
 
     def start(self) -> None:
         """Start (or restart) the server and wait until it answers, as itself.
@@ -156,7 +196,7 @@ class RedisServer:
                 *self._security_arguments(),
             ],
         )  # fmt: skip
-        probe = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        probe = redis.Redis.from_url(self.admin_url, socket_connect_timeout=0.2)
         try:
             wait_for(
                 lambda: process.poll() is not None or _answers_as(probe, process.pid),
@@ -171,7 +211,10 @@ class RedisServer:
         return process.poll() is None
 
     def _security_arguments(self) -> list[str]:
-        arguments = ["--requirepass", self.password] if self.password else []
+        if self.acl is not None:
+            arguments = ["--aclfile", str(self._render_acl(self.acl))]
+        else:
+            arguments = ["--requirepass", self.password] if self.password else []
         if self.tls is not None:
             # TLS only: the plain port is closed, so nothing can skip the handshake.
             arguments += [
@@ -183,6 +226,22 @@ class RedisServer:
                 "--tls-auth-clients", "no",
             ]  # fmt: skip
         return arguments
+
+    def _render_acl(self, template: Path) -> Path:
+        """The template rendered by the stack's own script, plus the tests' admin user."""
+        secret = self.folder / "app-password"
+        secret.write_text(f"{self.password}\n", encoding="utf-8")
+        os.chmod(secret, 0o600)
+        rendered = subprocess.run(
+            ["sh", str(template.parent / "render-acl.sh"), str(template), str(secret)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        admin = f"user {ADMIN_USER} on >{self.admin_password} ~* &* +@all\n"
+        path = self.folder / "users.acl"
+        path.write_text(rendered + admin, encoding="utf-8")
+        return path
 
     def stop(self) -> None:
         """Kill the server at once, as a crash would."""

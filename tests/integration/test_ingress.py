@@ -478,7 +478,9 @@ def test_readme_redis_cli_lines_are_accepted(
     for line in readme_block("ingress-redis-cli", "sh").splitlines():
         arguments = shlex.split(line.replace("gAAAAABn…", sealed).replace("imp_123", imp_uid))
         assert arguments[:3] == ["redis-cli", "XADD", "payment.events"]
-        commands.append(["redis-cli", "-p", str(redis_server.port), "XADD", stream, *arguments[3:]])
+        # As a producer logs in: the ACL user (docker/redis/users.acl) may XADD.
+        login = ["-u", redis_server.url, "--no-auth-warning"]
+        commands.append(["redis-cli", *login, "XADD", stream, *arguments[3:]])
 
     def redis_cli(command: list[str]) -> str:
         """Run one README line; returns the entry id it printed."""

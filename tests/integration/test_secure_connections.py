@@ -52,7 +52,7 @@ def tls_redis(
 
 @pytest.fixture(scope="module")
 def auth_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A plain redis-server with requirepass."""
+    """A plain redis-server whose ACL user has a password of this test's."""
     server = RedisServer(tmp_path_factory.mktemp("redis-auth"), password=PASSWORD)
     server.start()
     yield server
@@ -97,9 +97,9 @@ def test_worker_issues_over_tls_with_a_private_ca(
 def test_worker_issues_with_user_and_password(
     auth_redis: RedisServer, sandbox: Sandbox, imp_uid: str
 ) -> None:
-    """redis://user:password@… (here Redis's default user) works for the broker and the events."""
-    url = f"redis://default:{quote(PASSWORD, safe='')}@127.0.0.1:{auth_redis.port}/0"
-    event, output = issue_through(url, auth_redis, sandbox, imp_uid)
+    """redis://user:password@… (the stack's ACL user) works for the broker and the events."""
+    assert auth_redis.url.startswith(f"redis://cashreceipt:{quote(PASSWORD, safe='')}@")
+    event, output = issue_through(auth_redis.url, auth_redis, sandbox, imp_uid)
     assert (event["type"], event["data"]["imp_uid"]) == ("cash_receipt.issued", imp_uid)
     assert_password_never_printed(output, PASSWORD)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, running_redis
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.worker import producer_app
 
@@ -21,10 +21,8 @@ from tests.support.worker import producer_app
 @pytest.fixture(name="own_redis", scope="module")
 def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A durable (AOF) redis-server of this module's own."""
-    server = RedisServer(tmp_path_factory.mktemp("module-redis"), appendonly=True)
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path_factory.mktemp("module-redis"), appendonly=True) as server:
+        yield server
 
 
 @pytest.fixture(name="own_sandbox", scope="module")

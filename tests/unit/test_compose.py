@@ -1,14 +1,17 @@
 """docker/: the compose stack runs what the tests run, and .env.example lists every setting.
 
-No Docker engine runs here (``make docker-check`` validates the files with
-hadolint and ``docker-compose config``); these tests check what the issue
-asks of their content.
+No Docker engine runs here (``make docker-check`` lints the Dockerfile with
+hadolint and validates the compose files against the Compose specification's
+schema); these tests check what the issue asks of their content: the ACL, the
+secrets and who gets each, Flower's binding and password, the images' targets.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,18 @@ from tests.support import commands
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 #: Read by docker-compose.yml itself (interpolation), by Flower, not by celeryconfig.py.
-COMPOSE_ONLY = {"FLOWER_BASIC_AUTH"}
+COMPOSE_ONLY = {"FLOWER_BASIC_AUTH", "FLOWER_PUBLISH_ADDRESS"}
+#: Each credential's secret, and the only services that get it.
+SECRETS = {
+    "redis": {"redis_password"},
+    "worker": {"redis_url", "pii_keys", "iamport_secret"},
+    "ingress": {"redis_url", "pii_keys"},
+    "flower": {"redis_url", "flower_basic_auth"},
+    "sandbox": set(),
+}
+#: Settings that hold a credential: never a plain value in the environment or .env.
+CREDENTIALS = ("IAMPORT_SECRET", "REDIS_URL", "BROKER_URL", "FLOWER_BASIC_AUTH")
+CREDENTIALS += ("PII_ENCRYPTION_KEYS",)
 #: Variables celeryconfig.py names only to refuse them: not settings.
 REFUSED = {"CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL"}
 REFUSED |= {"CELERY_RESULT_BACKEND"}
@@ -55,6 +69,8 @@ def settings_read_by_celeryconfig() -> set[str]:
                 argument = node.args[position]
                 if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
                     names.add(argument.value)
+                    if called == "env_secret":  # the value, or the file X_FILE names
+                        names.add(f"{argument.value}_FILE")
         elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):
             target = node.targets[0]
             if isinstance(target, ast.Name) and target.id.endswith("_VARIABLES"):
@@ -73,7 +89,8 @@ def test_the_settings_parser_finds_what_it_should() -> None:
         "REDIS_URL",  # env_url
         "BROKER_URL",  # env_str + env_url
         "IAMPORT_TIMEOUT",  # env_number
-        "PII_ENCRYPTION_KEYS_FILE",  # env_str inside fernet_keys
+        "PII_ENCRYPTION_KEYS_FILE",  # env_secret inside fernet_keys
+        "IAMPORT_SECRET_FILE",  # SECRET_FILE_VARIABLES
         "IAMPORT_ALLOW_HTTP",  # env_flag
         "BROKER_QUEUE_TYPE",  # env_choice
         "REQUESTS_CA_BUNDLE",  # a *_VARIABLES tuple
@@ -114,6 +131,99 @@ def test_redis_is_durable_and_never_evicts() -> None:
     assert redis["healthcheck"]["test"]
 
 
+def test_no_obsolete_version_key() -> None:
+    """Compose v2 ignores ``version:`` and warns that it is obsolete."""
+    assert "version" not in compose()
+
+
+def test_redis_runs_with_the_acl_file_and_its_health_check_logs_in() -> None:
+    """The one ACL file is mounted and rendered by start.sh; PING as the ACL user."""
+    redis = services()["redis"]
+    assert redis["entrypoint"] == ["sh", "/etc/cashreceipt/start.sh"]
+    assert "./redis:/etc/cashreceipt:ro" in redis["volumes"]
+    start = (DOCKER / "redis" / "start.sh").read_text()
+    assert "render-acl.sh /etc/cashreceipt/users.acl" in start
+    assert '--aclfile "$acl"' in start
+    assert "--user cashreceipt ping" in " ".join(redis["healthcheck"]["test"])
+
+
+def test_the_tests_redis_uses_the_same_acl_file() -> None:
+    from tests.support.redis_server import ACL
+
+    assert ACL == DOCKER / "redis" / "users.acl"
+
+
+def render_acl(tmp_path: Path, password: str) -> list[str]:
+    secret = tmp_path / "password"
+    secret.write_text(password, encoding="utf-8")
+    script, template = DOCKER / "redis" / "render-acl.sh", DOCKER / "redis" / "users.acl"
+    result = subprocess.run(
+        ["sh", str(script), str(template), str(secret)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 or not password.strip(), result.stderr
+    return result.stdout.splitlines() if result.returncode == 0 else [result.stderr]
+
+
+def test_acl_renders_to_two_users_with_only_the_password_hash(tmp_path: Path) -> None:
+    """No default user; the app user may run named commands only, none of the admin ones."""
+    import hashlib
+
+    lines = render_acl(tmp_path, "a-password-0123\n")
+    assert lines[0] == "user default off"
+    assert len(lines) == 2
+    rules = lines[1].split()
+    assert rules[:3] == ["user", "cashreceipt", "on"]
+    assert f"#{hashlib.sha256(b'a-password-0123').hexdigest()}" in rules
+    assert "a-password-0123" not in lines[1]
+    assert rules.index("-@all") < min(i for i, rule in enumerate(rules) if rule.startswith("+"))
+    allowed = {rule[1:] for rule in rules if rule.startswith("+")}
+    assert not any(rule.startswith("@") for rule in allowed)
+    for command in ("eval", "brpop", "xreadgroup", "publish", "ping", "client"):
+        assert command in allowed
+    for command in ("config", "flushall", "flushdb", "keys", "debug", "shutdown", "acl"):
+        assert command not in allowed and not any(a.startswith(f"{command}|") for a in allowed)
+    assert {"-client|kill", "-client|pause"} <= set(rules)
+
+
+def test_acl_refuses_an_empty_password(tmp_path: Path) -> None:
+    assert "is empty" in render_acl(tmp_path, "\n")[0]
+
+
+def test_each_secret_goes_only_to_the_services_that_need_it() -> None:
+    found = services()
+    assert set(compose()["secrets"]) == set().union(*SECRETS.values())
+    for name, expected in SECRETS.items():
+        assert set(found[name].get("secrets", [])) == expected, name
+        for variable, value in found[name].get("environment", {}).items():
+            if variable.endswith("_FILE"):
+                secret = value.removeprefix("/run/secrets/")
+                assert secret in expected, (name, variable)
+
+
+def test_no_credential_is_a_plain_environment_value() -> None:
+    """Not in the compose file's environment, nor set in .env.example (every service reads it)."""
+    for name, service in services().items():
+        assert not set(service.get("environment", {})) & set(CREDENTIALS), name
+    example = (DOCKER / ".env.example").read_text()
+    for variable in CREDENTIALS:
+        assert not re.search(rf"^{variable}=", example, re.MULTILINE), variable
+
+
+def test_each_service_builds_the_image_of_its_role() -> None:
+    found = services()
+    targets = {name: found[name].get("build", {}).get("target") for name in SECRETS}
+    assert targets == {
+        "redis": None,
+        "worker": "worker",
+        "ingress": "worker",
+        "flower": "flower",
+        "sandbox": "sandbox",
+    }
+
+
 @pytest.mark.parametrize("name", ["worker", "ingress", "flower", "sandbox"])
 def test_each_app_service_has_a_health_check_of_its_own(name: str) -> None:
     """One image serves them all: none may inherit the worker's ping."""
@@ -131,11 +241,62 @@ def test_two_workers_and_the_sandbox_only_for_dev() -> None:
     assert all("profiles" not in found[name] for name in ("redis", "worker", "ingress", "flower"))
 
 
-def test_flower_is_read_only_and_needs_basic_auth() -> None:
+def test_flower_is_read_only_on_loopback_with_its_password_from_a_secret() -> None:
     flower = services()["flower"]
     assert "--read_only=true" in flower["command"]
-    # ${FLOWER_BASIC_AUTH:?...}: the stack refuses to start without it.
-    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert flower["environment"]["FLOWER_BASIC_AUTH_FILE"] == "/run/secrets/flower_basic_auth"
+    assert flower["ports"] == ["${FLOWER_PUBLISH_ADDRESS:-127.0.0.1}:5555:5555"]
+
+
+def flower_entrypoint(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """docker/flower/entrypoint.sh with only ``env``, running ``env`` in place of Flower."""
+    return subprocess.run(
+        ["sh", str(DOCKER / "flower" / "entrypoint.sh"), "env"],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_flower_entrypoint_reads_the_file_and_listens_on_loopback(tmp_path: Path) -> None:
+    auth = tmp_path / "auth"
+    auth.write_text("ops:a-long-pass\n", encoding="utf-8")
+    result = flower_entrypoint(tmp_path, FLOWER_BASIC_AUTH_FILE=str(auth))
+    assert result.returncode == 0, result.stderr
+    shown = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert shown["FLOWER_BASIC_AUTH"] == "ops:a-long-pass"
+    assert shown["FLOWER_ADDRESS"] == "127.0.0.1"
+    assert "FLOWER_BASIC_AUTH_FILE" not in shown
+
+
+@pytest.mark.parametrize(
+    ("content", "env", "message"),
+    [
+        ("admin:change-me\n", {}, "refusing the example password"),
+        ("ops:fine-pass,admin:change-me", {}, "refusing the example password"),
+        ("admin:\n", {}, "must be user:password, with a password"),
+        ("just-a-password", {}, "must be user:password"),
+        ("\n", {}, "no password"),
+        (None, {}, "cannot be read"),
+        ("ops:fine-pass", {"FLOWER_BASIC_AUTH": "ops:other"}, "not both"),
+    ],
+)
+def test_flower_entrypoint_refuses_to_start(
+    tmp_path: Path, content: str | None, env: dict[str, str], message: str
+) -> None:
+    auth = tmp_path / "auth"
+    if content is not None:
+        auth.write_text(content, encoding="utf-8")
+    result = flower_entrypoint(tmp_path, FLOWER_BASIC_AUTH_FILE=str(auth), **env)
+    assert result.returncode == 64
+    assert message in result.stderr
+    assert result.stdout == ""
+    assert "fine-pass" not in result.stderr
+
+
+def test_flower_entrypoint_without_any_password_refuses(tmp_path: Path) -> None:
+    assert "no password" in flower_entrypoint(tmp_path).stderr
 
 
 def _seconds(text: str) -> float:
@@ -152,19 +313,49 @@ def test_worker_grace_period_outlasts_the_soft_shutdown_and_one_request() -> Non
     assert _seconds(services()["worker"]["stop_grace_period"]) > soft + request
 
 
-def test_dockerfile_is_pinned_slim_non_root_with_a_health_check() -> None:
+def dockerfile_stages() -> dict[str, str]:
+    """Each stage's text, by its name."""
     text = (DOCKER / "Dockerfile").read_text()
-    bases = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
-    assert len(bases) == 2  # build, then runtime
-    for base in bases:
-        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base
+    parts = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    return {re.match(r"\S+ AS (\w+)", part)[1]: part for part in parts}  # type: ignore[index]
+
+
+def test_dockerfile_is_pinned_slim_non_root_from_the_lock() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert base and re.fullmatch(r"python:3\.11\.\d+-slim-(bookworm|trixie)", base[1]), base
+    assert set(re.findall(r"^FROM (\S+)", text, re.MULTILINE)) <= {"${PYTHON_IMAGE}", "runtime"}
     images = [service["image"] for service in services().values() if "build" not in service]
     assert all(re.fullmatch(r"[\w/.-]+:\d+\.\d+\.\d+[\w.-]*", image) for image in images), images
-    assert re.search(r"^USER (?!0\b|root\b)\S+", text, re.MULTILINE)
-    assert re.search(r"^HEALTHCHECK ", text, re.MULTILINE)
-    runtime = text[text.index("AS runtime") :]
-    assert "COPY . " not in runtime
-    assert "--no-index" in runtime
+    stages = dockerfile_stages()
+    assert list(stages) == ["build", "runtime", "sandbox", "flower", "worker"]  # worker: default
+    assert stages["build"].count("uv sync --frozen") == 3
+    assert "--require-hashes" in stages["build"]
+    for name in ("sandbox", "flower", "worker"):
+        stage = stages[name]
+        # Only a venv from the build stage: no wheel, no sources, nothing resolved here.
+        assert re.findall(r"^COPY --from=(\S+) (\S+)", stage, re.MULTILINE) == [
+            ("build", f"/opt/{name}")
+        ], name
+        assert "pip install" not in stage and ".whl" not in stage
+        assert re.search(r"^USER (?!0\b|root\b)\S+", stage, re.MULTILINE), name
+        assert re.search(r"^HEALTHCHECK ", stage, re.MULTILINE), name
+    assert "flower-entrypoint" in stages["flower"].split("ENTRYPOINT", 1)[1]
+
+
+def test_dockerignore_keeps_secrets_and_the_run_folder_out() -> None:
+    """The context is the repository: only what the Dockerfile copies goes in."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in lines  # everything out, then only what the images are built from
+    included = {line[1:] for line in lines if line.startswith("!")}
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.MULTILINE))
+    for sources in copied:
+        for source in sources.split():
+            assert any(
+                f"{source.rstrip('/')}/".startswith(f"{item.rstrip('/')}/") for item in included
+            ), source
+    assert not any("pii" in item or "secret" in item or ".run" in item for item in included)
 
 
 def test_readme_configuration_table_names_every_setting() -> None:

@@ -159,6 +159,51 @@ def test_keys_file_is_read(tmp_path: Path) -> None:
     assert result.stdout.strip() == "2", result.stderr
 
 
+@pytest.mark.parametrize("name", ["IAMPORT_SECRET", "REDIS_URL", "BROKER_URL"])
+def test_a_credential_is_read_from_its_file_without_the_trailing_newline(
+    tmp_path: Path, name: str
+) -> None:
+    """X_FILE (a Docker secret) stands for X; the newline that ends the file is not part of it."""
+    value = {"IAMPORT_SECRET": "s3cret value", "REDIS_URL": "redis://u:p@r:6379/1"}.get(
+        name, "amqp://u:p@rabbit:5672/v"
+    )
+    secret = tmp_path / "secret"
+    secret.write_text(f"{value}\r\n", encoding="utf-8")
+    code = (
+        "import celeryconfig as c; print(repr({'IAMPORT_SECRET': c.iamport_secret, "
+        f"'REDIS_URL': c.ledger_backend_url, 'BROKER_URL': c.broker_url}}[{name!r}]))"
+    )
+    result = python_clean(code, **{f"{name}_FILE": str(secret)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr(value)
+
+
+@pytest.mark.parametrize("name", ["IAMPORT_SECRET", "REDIS_URL", "BROKER_URL"])
+def test_a_credential_file_that_is_missing_empty_or_doubled_stops_the_start(
+    tmp_path: Path, name: str
+) -> None:
+    """Each case exits with one line naming the variable, and never shows the value."""
+    empty = tmp_path / "empty"
+    empty.write_text("\n", encoding="utf-8")
+    written = tmp_path / "written"
+    written.write_text("redis://u:hidden-pass@r:6379/0\n", encoding="utf-8")
+    cases = [
+        ({f"{name}_FILE": str(tmp_path / "missing")}, f"{name}_FILE ({tmp_path / 'missing'})"),
+        ({f"{name}_FILE": str(empty)}, f"{name}_FILE ({empty}) is empty"),
+        (
+            {name: "redis://u:hidden-pass@r:6379/0", f"{name}_FILE": str(written)},
+            f"set {name} or {name}_FILE, not both",
+        ),
+    ]
+    for env, message in cases:
+        result = load_in_subprocess(**env)
+        assert result.returncode != 0
+        assert message in result.stderr
+        assert "cannot be read" in result.stderr or "missing" not in message
+        assert "hidden-pass" not in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_worker_refuses_to_start_without_a_pii_key() -> None:
     """With credentials but no key (and no ALLOW_PLAINTEXT_PII) the worker stops at start."""
     result = run_clean(
