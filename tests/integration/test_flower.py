@@ -23,13 +23,23 @@ AUTH = ("ops", "s3cret-pass")
 
 @pytest.fixture(scope="module")
 def flower(
-    redis_server: RedisServer, sandbox: Sandbox, worker: ProcessOutput, producer: Celery
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    worker: ProcessOutput,
+    producer: Celery,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """``celery -A worker flower`` with FLOWER_BASIC_AUTH, once it is receiving events."""
+    """``celery -A worker flower`` as the flower image starts it, once it receives events.
+
+    Through the image's entrypoint: the password from a secret file
+    (FLOWER_BASIC_AUTH_FILE), and the address its default, 127.0.0.1.
+    """
     port = free_port()
-    env = worker_env(redis_server.url, sandbox.url, FLOWER_BASIC_AUTH=":".join(AUTH))
+    secret = tmp_path_factory.mktemp("flower") / "flower_basic_auth"
+    secret.write_text(":".join(AUTH) + "\n", encoding="utf-8")
+    env = worker_env(redis_server.url, sandbox.url, FLOWER_BASIC_AUTH_FILE=str(secret))
     process = subprocess.Popen(
-        argv(FLOWER, f"--port={port}", "--address=127.0.0.1"),
+        ["sh", str(ROOT / "docker" / "flower" / "entrypoint.sh"), *argv(FLOWER, f"--port={port}")],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -16,6 +16,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput
+from worker.urls import redact_url
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,9 +80,8 @@ def test_make_run_shows_receipts_and_one_failure(own_redis: RedisServer) -> None
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # own_redis runs without appendonly: the demo uses it, and says what that means.
-    assert f"Warning: the Redis at {own_redis.url} does not persist what it acknowledges" in (
-        result.stdout
-    )
+    shown = redact_url(own_redis.url)  # it logs in as the ACL user, password masked
+    assert f"Warning: the Redis at {shown} does not persist what it acknowledges" in result.stdout
     assert result.stdout.count(" ISSUED ") == 3
     assert "FAILED  rejected after 3 attempts: HTTP 500" in result.stdout
     assert "TS1" in result.stdout

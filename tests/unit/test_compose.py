@@ -364,3 +364,22 @@ def test_readme_configuration_table_names_every_setting() -> None:
     table = readme[readme.index("## Configuration") : readme.index("### The time rule")]
     rows = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
     assert settings_read_by_celeryconfig() - rows == set()
+
+
+def test_the_rabbitmq_override_hands_the_broker_url_as_a_secret() -> None:
+    """BROKER_URL_FILE, to the services that talk to the broker and no other."""
+    override = yaml.safe_load((DOCKER / "broker-rabbitmq.yml").read_text())
+    assert set(override["secrets"]) == {"broker_url"}
+    assert set(override["services"]) == {"worker", "ingress", "flower"}
+    for service in override["services"].values():
+        assert service["secrets"] == ["broker_url"]
+        assert service["environment"] == {"BROKER_URL_FILE": "/run/secrets/broker_url"}
+
+
+def test_docker_check_validates_every_compose_file_against_the_compose_spec() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    listed = re.search(r"^COMPOSE_FILES := (.+)$", makefile, re.MULTILINE)
+    assert listed
+    assert set(listed[1].split()) == {f"docker/{path.name}" for path in DOCKER.glob("*.yml")}
+    assert "check-jsonschema --builtin-schema vendor.compose-spec $(COMPOSE_FILES)" in makefile
+    assert "docker-compose " not in makefile.split("docker-check:", 1)[1].split("\n\n", 1)[0]
