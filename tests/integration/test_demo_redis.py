@@ -17,6 +17,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput
 from worker.demo_redis import NoRedis, free_port, plan_redis
+from worker.urls import redact_url
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +121,7 @@ def test_a_redis_that_does_not_persist_is_used_with_a_warning(
     plan = plan_redis(own_redis.url, tmp_path, PATH)
     assert (plan.url, plan.command) == (own_redis.url, None)
     assert plan.notice == (
-        f"Warning: the Redis at {own_redis.url} does not persist what it acknowledges "
+        f"Warning: the Redis at {redact_url(own_redis.url)} does not persist what it acknowledges "
         "(appendonly no): a crash or restart loses queued payments and ledger records. "
         "Fine for a demo only."
     )

@@ -383,3 +383,14 @@ def test_docker_check_validates_every_compose_file_against_the_compose_spec() ->
     assert set(listed[1].split()) == {f"docker/{path.name}" for path in DOCKER.glob("*.yml")}
     assert "check-jsonschema --builtin-schema vendor.compose-spec $(COMPOSE_FILES)" in makefile
     assert "docker-compose " not in makefile.split("docker-check:", 1)[1].split("\n\n", 1)[0]
+
+
+def test_every_secret_file_is_ignored_by_git() -> None:
+    """The files the README has users write into docker/ never reach a commit or an image."""
+    ignored = set((ROOT / ".gitignore").read_text().splitlines())
+    files = [compose(), yaml.safe_load((DOCKER / "broker-rabbitmq.yml").read_text())]
+    for secrets in files:
+        for secret in secrets["secrets"].values():
+            default = re.fullmatch(r"\$\{\w+:-\./([\w.-]+)\}", secret["file"])
+            assert default, secret
+            assert f"docker/{default[1]}" in ignored
