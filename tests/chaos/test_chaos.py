@@ -43,7 +43,7 @@ from kombu.exceptions import OperationalError
 
 from tests.support.redis_server import RedisServer
 from tests.support.sandbox import Sandbox, running_sandbox
-from tests.support.wait import wait_for
+from tests.support.wait import WaitTimeout, wait_for
 from tests.support.worker import BIN, ROOT, TEST_PII_KEY, worker_env
 from worker.ledger import TERMINAL_STATES, job_history, ledger_key
 from worker.producer import enqueue_cancel, enqueue_issue
@@ -187,9 +187,12 @@ def late_margin(requests: list[dict[str, Any]], late_ms: dict[str, float]) -> fl
     is the second. Processing ends by the scripted delay plus the jitter.
     """
     jitter = float(FAULTS[FAULTS.index("--latency-jitter-ms") + 1]) / 1000
+    by_payment: dict[str, list[dict[str, Any]]] = {}
+    for entry in requests:
+        by_payment.setdefault(entry.get("imp_uid") or "", []).append(entry)
     margins = []
     for imp_uid, delay in late_ms.items():
-        seen = [r for r in requests if r.get("imp_uid") == imp_uid]
+        seen = by_payment.get(imp_uid, [])
         post = next(r for r in seen if r["method"] == "POST")
         lookups = [
             r["at"]
@@ -204,10 +207,15 @@ def late_margin(requests: list[dict[str, Any]], late_ms: dict[str, float]) -> fl
 def enqueue_with_patience(
     producer: Celery, payload: dict[str, Any], deadline: float, enqueue: Any = enqueue_issue
 ) -> str:
-    """Enqueue like a checkout would: retry while Redis is down, up to a deadline."""
+    """Enqueue like a checkout would: retry while Redis is down, up to a deadline.
+
+    Every try carries the same task id, as the helper asks of a retried request: a try that
+    failed after recording the job is then the same message, not a second one.
+    """
+    task_id = str(uuid.uuid4())
     while True:
         try:
-            return str(enqueue(payload, app=producer))
+            return str(enqueue(payload, app=producer, task_id=task_id))
         except (OperationalError, redis.RedisError, ConnectionError):
             if time.monotonic() > deadline:
                 raise
@@ -337,12 +345,25 @@ def test_exactly_once_under_chaos(
 
     lease, sweep_interval = fleet_timing(env)
     try:
-        wait_for(
-            lambda: wanted <= set(events_by_task()),
-            timeout=profile.drain_timeout,
-            interval=0.5,
-            message="an event for every task message",
-        )
+        try:
+            wait_for(
+                lambda: wanted <= set(events_by_task()),
+                timeout=profile.drain_timeout,
+                interval=0.5,
+                message="an event for every task message",
+            )
+        except WaitTimeout:
+            silent = sorted(wanted - set(events_by_task()))
+            named = dict(sent + refunds)
+            raise AssertionError(
+                f"{len(silent)} task message(s) without an event: "
+                + "; ".join(
+                    f"{t} ({named[t]}: ledger {client.hget(ledger_key(named[t]), 'task_id')} "
+                    f"{client.hget(ledger_key(named[t]), 'state')}, "
+                    f"history {job_history(client, named[t])[:4]})"
+                    for t in silent[:5]
+                )
+            ) from None
         drained = time.monotonic() - started
         # A worker killed holding a job resumes it only after its lease, and the
         # sweeper re-sends within an interval: wait that out past the last first
