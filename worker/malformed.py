@@ -60,10 +60,10 @@ def header_problem(headers: Mapping[str, Any]) -> str | None:
     """Why the headers cannot carry a task run, or None."""
     if not isinstance(headers.get("id"), str):
         return "The message has no task id."
+    # Absent is 0; null is not: Celery reads it as None, our run's int() raised and the
+    # message ended without an event, and Celery's own retry adds 1 to it.
     retries = headers.get("retries", 0)
-    if retries is not None and (
-        not isinstance(retries, int) or isinstance(retries, bool) or retries < 0
-    ):
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         return "The message's retries header is not a count."
     for name in ("eta", "expires"):
         # Celery parses a string (or a number, for expires) and turns a bad one into

@@ -612,6 +612,8 @@ POISON = {
         _poison("content encoding is a number", ("content-encoding",), 7),
         _poison("pickle content type", ("content-type",), "application/x-python-serialize"),
         _poison("retries header is not a number", ("headers", "retries"), "x"),
+        # Found with another seed: the run read int(None) and raised, so no event.
+        _poison("retries header is null", ("headers", "retries"), None),
         _poison("eta header is not a date", ("headers", "eta"), "not a date"),
         _poison("delivery tag is a list", ("properties", "delivery_tag"), [1]),
         _poison("delivery tag is null", ("properties", "delivery_tag"), None),

@@ -59,6 +59,22 @@ def test_readable_payload(body: object, raw: bytes, expected: object) -> None:
 @pytest.mark.parametrize(
     ("headers", "problem"),
     [
+        ({"id": "t"}, None),
+        ({"id": "t", "retries": 0}, None),
+        ({"id": "t", "retries": 3}, None),
+        ({"id": "t", "retries": None}, "The message's retries header is not a count."),
+        ({"id": "t", "retries": -1}, "The message's retries header is not a count."),
+        ({"id": "t", "retries": "1"}, "The message's retries header is not a count."),
+        ({"id": "t", "retries": True}, "The message's retries header is not a count."),
+    ],
+)
+def test_retries_must_be_a_count_or_absent(headers: dict[str, object], problem: str | None) -> None:
+    assert header_problem(headers) == problem
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
         ({"id": "t", "eta": None, "expires": None}, None),
         ({"id": "t", "eta": "2026-12-01T00:00:00+00:00", "expires": 60}, None),
         # Celery's parser turns a bad string into InvalidTaskError (an event), but a
