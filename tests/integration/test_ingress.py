@@ -252,6 +252,13 @@ def test_two_instances_share_the_group_and_handle_each_entry_once(
         running_ingress(env, "--consumer", "one", "--block-ms", "200") as (_, first),
         running_ingress(env, "--consumer", "two", "--block-ms", "200") as (_, second),
     ):
+        # "ready" is logged before the first read. Once both wait inside XREADGROUP, Redis
+        # hands the first two entries one to each; otherwise a fast first instance could
+        # take all twenty, one by one, before the second reads at all.
+        wait_for(
+            lambda: blocked_reader(client, "one") and blocked_reader(client, "two"),
+            message="both instances to wait for entries",
+        )
         pipe = client.pipeline()
         for imp_uid in imp_uids:
             pipe.xadd(
