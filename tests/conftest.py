@@ -108,6 +108,37 @@ def sandbox() -> Iterator[Sandbox]:
         yield running
 
 
+SANDBOX_TESTS = Path(__file__).parent / "sandbox"
+
+
+def _blind_requests(sandbox: Sandbox) -> dict[str, tuple[int, int]]:
+    return {
+        imp_uid: (figures["blind_posts"], figures["blind_deletes"])
+        for imp_uid, figures in sandbox.audit()["payments"].items()
+    }
+
+
+@pytest.fixture(autouse=True)
+def no_blind_requests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that drives the worker against the session's sandbox is an oracle check too:
+    nothing was sent after a lookup had shown it wrong (docs/sandbox.md, blind requests).
+
+    The sandbox suite makes blind requests on purpose, with a sandbox of its own.
+    """
+    if "sandbox" not in request.fixturenames or request.node.path.is_relative_to(SANDBOX_TESTS):
+        yield
+        return
+    sandbox: Sandbox = request.getfixturevalue("sandbox")
+    before = _blind_requests(sandbox)
+    yield
+    new = {
+        imp_uid: counts
+        for imp_uid, counts in _blind_requests(sandbox).items()
+        if any(n > was for n, was in zip(counts, before.get(imp_uid, (0, 0)), strict=True))
+    }
+    assert not new, f"blind (POSTs, DELETEs) per imp_uid while this test ran: {new}"
+
+
 @pytest.fixture(scope="session")
 def worker(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[ProcessOutput]:
     """One real worker, started as an operator would, with fast test retries."""
