@@ -51,10 +51,26 @@ def wait_for(
 
 
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on loopback that nothing listens on, kept from other askers for a while.
+
+    Bound and closed, a port is free for the next process that asks the kernel
+    for any port, until the server it was meant for binds it. Here one
+    connection is made to it and closed from the port's side, which leaves the
+    port in TIME_WAIT for about a minute: the kernel then gives it to no one
+    asking for any port, while a server that sets SO_REUSEADDR (redis-server,
+    Flower, the sandbox, the metrics server) can listen on it at once. The
+    technique of Yelp's ephemeral-port-reserve.
+    """
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        address = listener.getsockname()
+        with socket.create_connection(address) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the port's side closes first: it is the one in TIME_WAIT
+            client.recv(1)  # the FIN has arrived
+        return int(address[1])
 
 
 class TlsFiles(Protocol):
