@@ -68,7 +68,8 @@ pytest-rabbitmq: $(STAMP)
 # No Docker engine runs where the tests run: lint the Dockerfile, and validate the compose
 # files as Compose v2 reads them, against the Compose specification's JSON schema
 # (compose-spec/compose-spec, schema/compose-spec.json, as the locked check-jsonschema
-# 0.39.0 vendors it). Compose v1's `docker-compose config` is not what users run.
+# 0.39.0 vendors it: JSON Schema 2020-12, sha256 d549057e...). Compose v1's
+# `docker-compose config` is not what users run.
 COMPOSE_FILES := docker/docker-compose.yml docker/broker-rabbitmq.yml
 docker-check: $(STAMP)
 	$(BIN)/hadolint docker/Dockerfile

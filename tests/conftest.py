@@ -95,10 +95,8 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A durable Redis (AOF, fsync always) for one test alone, as production should run it."""
-    server = RedisServer(tmp_path / "redis", appendonly=True)
-    server.start()
-    yield server
-    server.stop()
+    with running_redis(tmp_path / "redis", appendonly=True) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
