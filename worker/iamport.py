@@ -32,7 +32,7 @@ from worker.errors import (
 )
 from worker.logmask import remember_secret
 from worker.masking import mask_text
-from worker.retry import error_for_answer, is_envelope
+from worker.retry import CHANGING_METHODS, error_for_answer, is_envelope
 from worker.schemas import PAYMENT_SCHEMA, RECEIPT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 #: Renew a cached token this long before i'mport says it expires. Asking in
 #: its last minute also makes i'mport extend it by five minutes for everyone.
 TOKEN_RENEW_MARGIN = 60.0
+TOKEN_PATH = "/users/getToken"  # noqa: S105 (a path, not a password)
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class IamportClient:
                 return cached
         response = self._send(
             "POST",
-            "/users/getToken",
+            TOKEN_PATH,
             token=None,
             json={"imp_key": self._imp_key, "imp_secret": self._imp_secret},
         )
@@ -302,7 +303,12 @@ def _envelope(
         message = body.get("message")
         body = {**body, "message": mask_text(str(message)) if message is not None else None}
     raise error_for_answer(
-        method, http.status_code, body=body, headers=http.headers, request=f"{method} {path}"
+        method,
+        http.status_code,
+        body=body,
+        headers=http.headers,
+        request=f"{method} {path}",
+        changes=_changes(method, path),
     )
 
 
@@ -316,7 +322,7 @@ def _receipt(response: dict[str, Any]) -> Receipt:
 
 def _endpoint(path: str) -> str:
     """A path without its imp_uid, for a metric label: ``receipts``, ``payments``, ``token``."""
-    if path == "/users/getToken":
+    if path == TOKEN_PATH:
         return "token"
     return path.strip("/").split("/", 1)[0]
 
@@ -325,9 +331,15 @@ def _path(imp_uid: str) -> str:
     return quote(imp_uid, safe="")
 
 
+def _changes(method: str, path: str) -> bool:
+    """Whether a request may change a receipt at i'mport: a token request may not."""
+    return method in CHANGING_METHODS and path != TOKEN_PATH
+
+
 def _unknown_outcome(method: str, path: str, what: str) -> IamportError:
-    if method == "GET":
-        # A lookup changes nothing, so a lost answer is simply a transient failure.
+    if not _changes(method, path):
+        # A lookup or a token request changes no receipt, so a lost answer is
+        # simply a transient failure, not an outcome to look up.
         return ProviderUnavailable(f"{method} {path}: {what}")
     return OutcomeUnknown(f"{method} {path}: {what}; the outcome must be looked up")
 

@@ -63,6 +63,7 @@ def error_for_answer(
     headers: Mapping[str, str] | None = None,
     now: float | None = None,
     request: str | None = None,
+    changes: bool | None = None,
 ) -> IamportError:
     """The error an answer other than a clean success means, by status *and* by body.
 
@@ -73,8 +74,13 @@ def error_for_answer(
     any 5xx) are transient, and for a POST or DELETE they leave the outcome
     unknown: a gateway may time out while i'mport goes on. ``now`` (epoch
     seconds) reads a Retry-After given as an HTTP date; ``request`` names the
-    request in the error's text (the method when None).
+    request in the error's text (the method when None). ``changes`` says whether
+    the request may change something at i'mport (by default: a POST or DELETE);
+    a token request is a POST that changes no receipt, so its lost answer is
+    only "not now".
     """
+    if changes is None:
+        changes = method in CHANGING_METHODS
     retry_after = parse_retry_after((headers or {}).get("Retry-After"), now=now)
     if is_envelope(body):
         assert isinstance(body, dict)
@@ -87,7 +93,7 @@ def error_for_answer(
         )
     what = f"{request or method}: HTTP {status} without i'mport's envelope"
     transient = status in TRANSIENT_STATUSES or status >= 500
-    if (transient or 200 <= status < 300) and method in CHANGING_METHODS:
+    if (transient or 200 <= status < 300) and changes:
         # A 2xx that is not i'mport's envelope is something in between answering too.
         return OutcomeUnknown(
             f"{what}; the outcome must be looked up", status=status, retry_after=retry_after
