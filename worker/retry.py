@@ -77,7 +77,8 @@ def error_for_answer(
     request in the error's text (the method when None). ``changes`` says whether
     the request may change something at i'mport (by default: a POST or DELETE);
     a token request is a POST that changes no receipt, so its lost answer is
-    only "not now".
+    only "not now", and so is its 500: only a request that may change a
+    receipt can fail to issue.
     """
     if changes is None:
         changes = method in CHANGING_METHODS
@@ -90,6 +91,7 @@ def error_for_answer(
             code=body["code"],
             message=None if message is None else str(message),
             retry_after=retry_after,
+            changes=changes,
         )
     what = f"{request or method}: HTTP {status} without i'mport's envelope"
     transient = status in TRANSIENT_STATUSES or status >= 500
@@ -111,19 +113,22 @@ def error_for_status(
     code: int | None,
     message: str | None,
     retry_after: float | None = None,
+    changes: bool = True,
 ) -> IamportError:
     """Map a non-success answer in i'mport's envelope to the error class that decides its fate.
 
     A 2xx with ``code != 0`` is treated like a 400: the receipts endpoints use
     real statuses, but other V1 endpoints report business errors that way. A
-    408 or 425 is "try again" whoever says it.
+    408 or 425 is "try again" whoever says it. A 500 is "issuance failed" only
+    for a request that ``changes`` a receipt: read so for a lookup, it ended a
+    job ``rejected`` while the receipt its lost POST created was live.
     """
     text = message or f"i'mport answered HTTP {status}"
     transient: type[TransientError] | None = None
     if status == 429:
         transient = RateLimited
     elif status == 500:
-        transient = IssuanceFailed
+        transient = IssuanceFailed if changes else ProviderUnavailable
     elif status in TRANSIENT_STATUSES or (status > 501):
         transient = ProviderUnavailable
     if transient is not None:

@@ -192,6 +192,19 @@ class TestIssued:
         assert len(posts(sandbox, imp_uid)) == 1
         assert sandbox.admin.issued_count(imp_uid) == 1
 
+    def test_lookup_answered_500_in_the_envelope_is_retried(
+        self, producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
+    ) -> None:
+        """A lookup's 500 is i'mport failing to look, not "issuance failed": the job ends with
+        the receipt its lost POST created. (Read as issuance failed, three such lookups ended
+        it `rejected` with that receipt live.)"""
+        lookup_fails = {"kind": "answer", "status": 500, "body_kind": "envelope", "method": "GET"}
+        sandbox.admin.script(imp_uid, {"kind": "drop_after", "method": "POST"}, *[lookup_fails] * 3)
+        event = results.wait(send(producer, {"imp_uid": imp_uid, "identifier": PHONE}))
+        assert event["type"] == "cash_receipt.issued", event["data"].get("error")
+        assert len(posts(sandbox, imp_uid)) == 1
+        assert sandbox.admin.issued_count(imp_uid) == 1
+
     def test_pg_without_lookup_is_settled_through_the_payment(
         self, producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
     ) -> None:

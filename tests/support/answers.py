@@ -43,6 +43,8 @@ def expected_class(status: int, *, envelope: bool, method: str) -> type[IamportE
     """i'mport's envelope keeps its meanings; without it, "not now" statuses are transient,
     and a POST or DELETE that met one is ambiguous (i'mport may have acted)."""
     if envelope:
+        if status == 500 and method not in {"POST", "DELETE"}:
+            return ProviderUnavailable  # a lookup that failed issued nothing
         return _IN_ENVELOPE[status]
     if status not in NOT_NOW:
         return UnexpectedResponse

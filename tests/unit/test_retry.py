@@ -99,6 +99,14 @@ def test_answer_maps_by_status_and_body(method: str, kind: str, status: int) -> 
         assert (error.code, error.provider_message) == (-1, "msg")
 
 
+def test_token_request_500_is_transient_not_issuance_failed() -> None:
+    """getToken is a POST that issues nothing: its 500 in the envelope is i'mport failing to
+    answer. Read as "issuance failed", three of them ended a job `rejected` with no POST made."""
+    error = error_for_answer("POST", 500, body=ENVELOPE, now=NOW, changes=False)
+    assert type(error) is ProviderUnavailable
+    assert type(error_for_answer("POST", 500, body=ENVELOPE, now=NOW)) is IssuanceFailed
+
+
 @pytest.mark.parametrize(
     ("status", "method", "expected"),
     [
