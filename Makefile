@@ -37,10 +37,12 @@ lock: $(UV)
 run: $(STAMP)
 	$(BIN)/python -m worker.demo
 
+# lint-imports keeps the import contracts of pyproject.toml's [tool.importlinter].
 lint: $(STAMP)
 	UV_PYTHON_DOWNLOADS=never $(UV) lock --check --offline --python $(PYTHON)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
