@@ -54,6 +54,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from worker.events import CANCEL_FAILED, FAILED, EventPublisher
+from worker.keys import DEAD_KEY
 from worker.logs import setup_process_logging
 from worker.masking import mask_payload, mask_text
 from worker.producer import enqueue_cancel, enqueue_issue
@@ -67,7 +68,6 @@ CONFIRMED = "payment.confirmed"
 CANCELLED = "payment.cancelled"
 ENTRY_TYPES = (CONFIRMED, CANCELLED)
 
-DEAD_KEY = "cash_receipt:dead:ingress"
 #: A flood of garbage must not fill a noeviction Redis; the oldest beyond this
 #: are trimmed, and the trim is logged.
 DEAD_LIMIT = 10_000

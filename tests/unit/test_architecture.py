@@ -1,0 +1,137 @@
+"""The package's modules import each other without a cycle (issue 13).
+
+A cycle is counted as import-linter (grimp) counts it: an import inside a function or
+under ``if TYPE_CHECKING:`` is an edge like any other. Python tolerates such a cycle at
+run time, which is why it can grow unseen; it still means no module in it can be read,
+tested or moved without the others. String references (``include=["tasks.receipts"]``,
+``"worker.transport:Transport"``) are not imports and are not counted.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: (importer, imported) -> the importer's line numbers.
+Edges = dict[tuple[str, str], list[int]]
+
+
+def project_modules(root: Path) -> dict[str, Path]:
+    """Every module of the runtime, by dotted name: worker/, tasks/ and celeryconfig."""
+    paths = [*root.glob("worker/**/*.py"), *root.glob("tasks/**/*.py"), root / "celeryconfig.py"]
+    modules = {}
+    for path in paths:
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _owner(name: str, modules: Mapping[str, Path]) -> str | None:
+    """The project module ``name`` refers to: itself, or the nearest module above it."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in modules:
+            return candidate
+    return None
+
+
+def _imported(node: ast.Import | ast.ImportFrom, module: str, path: Path) -> Iterable[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    base = node.module or ""
+    if node.level:
+        package = module.split(".")
+        if path.name != "__init__.py":
+            package = package[:-1]
+        package = package[: len(package) - node.level + 1]
+        base = ".".join([*package, base] if base else package)
+    # `from worker import celery` imports the module worker.celery, not just worker.
+    return [f"{base}.{alias.name}" for alias in node.names]
+
+
+def import_edges(modules: Mapping[str, Path]) -> Edges:
+    """Every import between project modules, wherever it stands in the file."""
+    edges: Edges = {}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            for name in _imported(node, module, path):
+                target = _owner(name, modules)
+                if target is not None and target != module:
+                    edges.setdefault((module, target), []).append(node.lineno)
+    return edges
+
+
+def cycles(edges: Edges) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    graph: dict[str, list[str]] = {}
+    for importer, imported in edges:
+        graph.setdefault(importer, []).append(imported)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph.get(node, []):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def _shown(component: list[str], edges: Edges) -> str:
+    inside = sorted((a, b) for a, b in edges if a in component and b in component)
+    return "\n".join(f"  {a} -> {b} (line {', '.join(map(str, edges[a, b]))})" for a, b in inside)
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    edges = import_edges(project_modules(ROOT))
+    found = cycles(edges)
+    assert not found, "import cycles:\n" + "\n\n".join(_shown(c, edges) for c in found)
+
+
+def test_a_cycle_through_a_function_or_type_checking_import_is_found(tmp_path: Path) -> None:
+    """The check sees the imports a cycle hides in: a function's body, TYPE_CHECKING."""
+    package = tmp_path / "worker"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from worker.b import g\n")
+    (package / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import c\n"
+    )
+    (package / "c.py").write_text("import worker.a\n")
+    (package / "d.py").write_text("from worker import a\n")
+    (tmp_path / "celeryconfig.py").write_text("")
+
+    edges = import_edges(project_modules(tmp_path))
+
+    assert cycles(edges) == [["worker.a", "worker.b", "worker.c"]]
+    assert ("worker.d", "worker.a") in edges
