@@ -274,7 +274,14 @@ def settle(imp_uid: str, as_json: bool) -> None:
     from worker.runtime import get_runtime  # noqa: PLC0415
     from worker.service import settle as settle_job  # noqa: PLC0415
 
-    outcome = settle_job(get_runtime(_app().conf), imp_uid)
+    runtime = get_runtime(_app().conf)
+    outcome = settle_job(
+        imp_uid,
+        ledger=runtime.ledger,
+        client=runtime.client,
+        events=runtime.events,
+        settle_seconds=runtime.settle_seconds,
+    )
     _emit({"imp_uid": imp_uid, "outcome": outcome}, as_json=as_json, text=f"{imp_uid}: {outcome}")
     if outcome == "unknown":
         sys.exit(1)

@@ -53,6 +53,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from worker.core.events import invalid_detail
 from worker.events import CANCEL_FAILED, FAILED, EventPublisher
 from worker.keys import DEAD_KEY
 from worker.logs import setup_process_logging
@@ -60,7 +61,6 @@ from worker.masking import mask_payload, mask_text
 from worker.producer import enqueue_cancel, enqueue_issue
 from worker.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
 from worker.sealing import Sealer, SealingUnavailable
-from worker.service import invalid_detail
 
 log = logging.getLogger("worker.ingress")
 

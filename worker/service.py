@@ -22,8 +22,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from worker.core.events import failure_detail, invalid_detail
 from worker.errors import IamportError, InvalidRequest, NotEligible, OutcomeUnknown
 from worker.events import (
     CANCEL_FAILED,
@@ -39,16 +40,9 @@ from worker.ledger import Ledger
 from worker.masking import mask_text
 from worker.schemas import InvalidPayload, ReceiptRequest
 
-if TYPE_CHECKING:
-    from worker.runtime import Runtime
-
 log = logging.getLogger(__name__)
 
 CASH_PAY_METHODS = frozenset({"vbank", "trans"})
-
-# Whether a retry of the same job could still help, per failure reason.
-RETRYABLE_REASONS = frozenset({"retries_exhausted", "auth", "not_eligible"})
-
 
 #: The ledger field holding when the job's last POST or DELETE was sent (epoch
 #: seconds), while its outcome is unsettled; empty once i'mport answered it.
@@ -219,35 +213,6 @@ def find_issued(client: IamportClient, imp_uid: str) -> tuple[Receipt | None, Pa
 def failure_message(error: IamportError) -> str:
     """What i'mport said, in its words, masked: the message a failure shows."""
     return mask_text(error.provider_message or str(error))
-
-
-def invalid_detail(error: InvalidPayload) -> dict[str, Any]:
-    """The ``error`` of an invalid-payload event."""
-    return {
-        "error": {
-            "reason": "invalid_payload",
-            "status": None,
-            "code": None,
-            "message": str(error),
-            "retryable": False,
-            "fields": error.errors,
-        }
-    }
-
-
-def failure_detail(
-    reason: str, *, status: int | None, code: int | None, message: str
-) -> dict[str, Any]:
-    """The ``error`` of a failure event; ``message`` is already masked."""
-    return {
-        "error": {
-            "reason": reason,
-            "status": status,
-            "code": code,
-            "message": message,
-            "retryable": reason in RETRYABLE_REASONS,
-        }
-    }
 
 
 def error_detail(error: IamportError, reason: str) -> dict[str, Any]:
@@ -442,7 +407,14 @@ class Report:
         return published
 
 
-def settle(runtime: Runtime, imp_uid: str) -> str:
+def settle(
+    imp_uid: str,
+    *,
+    ledger: Ledger,
+    client: IamportClient,
+    events: EventPublisher,
+    settle_seconds: float,
+) -> str:
     """Force a lookup at i'mport and settle the job: ``cashreceipt settle``.
 
     Nothing is done while i'mport may still act on the job's last POST or
@@ -453,24 +425,25 @@ def settle(runtime: Runtime, imp_uid: str) -> str:
     Such a job is left alone (``busy``). If i'mport has an active receipt, the
     job ends issued (its event goes out for the task that started it); if
     not, it is handed back to the ledger, due now, and the sweeper re-sends it.
+    ``settle_seconds`` is IAMPORT_SETTLE_SECONDS.
     """
-    record = runtime.ledger.record(imp_uid)
+    record = ledger.record(imp_uid)
     if record is None:
         return "unknown"
-    if (left_as_is := _not_to_settle(runtime, record)) is not None:
+    if (left_as_is := _not_to_settle(record, settle_seconds)) is not None:
         return left_as_is
     task_id = record["task_id"]
     if record.get("op") == "cancel":
-        return _settle_cancel(runtime, imp_uid, task_id, json.loads(record.get("cancel") or "{}"))
+        return _settle_cancel(ledger, imp_uid, task_id, json.loads(record.get("cancel") or "{}"))
     payload = json.loads(record["payload"])
-    claim = runtime.ledger.claim(imp_uid, task_id=task_id, payload=payload)
+    claim = ledger.claim(imp_uid, task_id=task_id, payload=payload)
     if claim.kind != "claimed":
         return claim.kind
-    existing, _ = find_issued(runtime.client, imp_uid)
+    existing, _ = find_issued(client, imp_uid)
     if existing is not None:
         report = Report(
-            events=runtime.events,
-            ledger=runtime.ledger,
+            events=events,
+            ledger=ledger,
             task_id=task_id,
             attempts=claim.attempt,
             imp_uid=imp_uid,
@@ -478,25 +451,25 @@ def settle(runtime: Runtime, imp_uid: str) -> str:
         )
         return "issued" if report.finish(fence=claim.fence, issued=existing) else "fenced"
     note = {"reason": "settled", "message": "no receipt at i'mport; re-sent"}
-    runtime.ledger.park(imp_uid, fence=claim.fence, until=time.time(), error=note)
+    ledger.park(imp_uid, fence=claim.fence, until=time.time(), error=note)
     return "resent"
 
 
-def _not_to_settle(runtime: Runtime, record: Mapping[str, str]) -> str | None:
+def _not_to_settle(record: Mapping[str, str], settle_seconds: float) -> str | None:
     """Why ``cashreceipt settle`` leaves a job as it is: it ended, or it is still settling."""
     if record["state"] in {"issued", "failed", "cancelled"}:
         return record["state"]
-    if settle_delay(recorded_sent_at(record), bound=runtime.settle_seconds, now=time.time()) > 0:
+    if settle_delay(recorded_sent_at(record), bound=settle_seconds, now=time.time()) > 0:
         # i'mport may still act on the job's last POST or DELETE: a lookup now proves nothing.
         return "settling"
     return None
 
 
-def _settle_cancel(runtime: Runtime, imp_uid: str, task_id: str, cancel: dict[str, Any]) -> str:
+def _settle_cancel(ledger: Ledger, imp_uid: str, task_id: str, cancel: dict[str, Any]) -> str:
     """A cancellation has nothing to adopt: hand it back due now, to be re-sent."""
-    claim = runtime.ledger.claim(imp_uid, task_id=task_id, payload=cancel, purpose="cancel")
+    claim = ledger.claim(imp_uid, task_id=task_id, payload=cancel, purpose="cancel")
     if claim.kind != "claimed":
         return claim.kind
     note = {"reason": "settled", "message": "a cancellation; re-sent"}
-    runtime.ledger.park(imp_uid, fence=claim.fence, until=time.time(), error=note)
+    ledger.park(imp_uid, fence=claim.fence, until=time.time(), error=note)
     return "resent"
