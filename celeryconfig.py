@@ -2,406 +2,47 @@
 
 Every setting comes from one of the variables in the README's table, parsed
 explicitly; a wrong value, or a combination that breaks a rule below, raises
-:class:`ConfigError` at start, never halfway through a task. Celery's own
-``CELERY_*`` variables are refused, so they cannot become a second, silent
-source of truth.
+:class:`worker.config.ConfigError` at start, never halfway through a task.
+Celery's own ``CELERY_*`` variables are refused, so they cannot become a
+second, silent source of truth. The parsers and the rules live in :mod:`worker.config`; this
+module holds the settings only.
 
 Links: https://docs.celeryq.dev/en/stable/userguide/configuration.html
 """
 
 from __future__ import annotations
 
-import base64
-import ipaddress
-import math
 import os
-import re
-import ssl
-from collections.abc import Mapping
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from worker.contract import QUEUE, rabbitmq_queues
-from worker.urls import redact_url
-
-
-class ConfigError(ValueError):
-    """A setting is missing, malformed or inconsistent with another."""
-
-
-# -- parsing -----------------------------------------------------------------
-
-
-def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
-    """A string setting; empty counts as unset."""
-    value = env.get(name, "").strip()
-    return value or default
-
-
-def env_number(
-    env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float
-) -> float:
-    """A number setting within [minimum, maximum]."""
-    raw = env_str(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or not minimum <= value <= maximum:
-        raise ConfigError(f"{name} must be between {minimum:g} and {maximum:g}, got {raw!r}")
-    return value
-
-
-def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
-    """A whole-number setting within [minimum, maximum]."""
-    raw = env_str(env, name)
-    if raw is None:
-        return default
-    if not raw.lstrip("-").isdigit():
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}")
-    value = int(raw)
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {raw!r}")
-    return value
-
-
-def env_url(env: Mapping[str, str], name: str, default: str, *, schemes: tuple[str, ...]) -> str:
-    """A URL setting with one of ``schemes``."""
-    value = env_str(env, name, default) or default
-    try:
-        parts = urlsplit(value)
-    except ValueError:  # an unbalanced [ in the host
-        parts = urlsplit("")
-    if parts.scheme not in schemes or not (parts.netloc or parts.path):
-        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL, got {redact_url(value)!r}")
-    return value
-
-
-def env_flag(env: Mapping[str, str], name: str) -> bool:
-    """A 0/1 switch; anything else is an error rather than a guess."""
-    raw = env_str(env, name, "0")
-    if raw not in {"0", "1"}:
-        raise ConfigError(f"{name} must be 0 or 1, got {raw!r}")
-    return raw == "1"
-
-
-def env_choice(env: Mapping[str, str], name: str, default: str, *, choices: tuple[str, ...]) -> str:
-    """One of ``choices``; anything else is an error rather than a guess."""
-    value = env_str(env, name, default) or default
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def env_address(env: Mapping[str, str], name: str, default: str) -> str:
-    """An IP address to listen on; a host name would resolve to whichever address came first."""
-    value = env_str(env, name, default) or default
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be an IP address to listen on, got {value!r}") from None
-    return value
-
-
-def env_secret(env: Mapping[str, str], name: str) -> tuple[str, str | None]:
-    """``name`` itself, or the contents of the file ``name``_FILE names: a Docker secret.
-
-    Returns where the value came from (for messages, which never echo the value)
-    and the value, or None when neither is set. Setting both is an error rather
-    than a silent choice. A file is read as UTF-8 with its line endings removed
-    from the end only: a secret file is usually written with one.
-    """
-    inline, path = env_str(env, name), env_str(env, f"{name}_FILE")
-    if inline and path:
-        raise ConfigError(f"set {name} or {name}_FILE, not both")
-    if not path:
-        return name, inline
-    source = f"{name}_FILE ({path})"
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as error:
-        raise ConfigError(f"{source} cannot be read: {error.strerror}") from None
-    except UnicodeError:
-        raise ConfigError(f"{source} is not a UTF-8 text file") from None
-    return source, text.rstrip("\r\n")
-
-
-#: Settings that hold a credential and may come from a file instead (``X_FILE``):
-#: Docker and Kubernetes hand secrets over as files, never in the environment that
-#: ``docker inspect`` and /proc/<pid>/environ show.
-SECRET_FILE_VARIABLES = ("IAMPORT_SECRET_FILE", "REDIS_URL_FILE", "BROKER_URL_FILE")
-
-
-def with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
-    """``env`` with each ``X_FILE`` of SECRET_FILE_VARIABLES read into ``X``.
-
-    The parsers below then read one variable whichever way it was given.
-    """
-    resolved = dict(env)
-    for file_variable in SECRET_FILE_VARIABLES:
-        name = file_variable.removesuffix("_FILE")
-        source, value = env_secret(env, name)
-        if source != name:
-            if not value:
-                raise ConfigError(f"{source} is empty")
-            resolved[name] = value
-    return resolved
-
-
-def fernet_keys(env: Mapping[str, str]) -> list[str]:
-    """PII_ENCRYPTION_KEYS, or the file PII_ENCRYPTION_KEYS_FILE names: Fernet keys, newest first.
-
-    Each key is checked for shape here (32 bytes, url-safe base64), so a typo
-    stops the process at start; a key's value is never echoed.
-    """
-    source, text = env_secret(env, "PII_ENCRYPTION_KEYS")
-    keys = [key for key in re.split(r"[,\s]+", text or "") if key]
-    for position, key in enumerate(keys, start=1):
-        try:
-            raw = base64.urlsafe_b64decode(key.encode("ascii"))
-        except (ValueError, UnicodeError):
-            raw = b""
-        if len(raw) != 32:
-            raise ConfigError(
-                f"{source}: key {position} is not a Fernet key (32 url-safe base64 bytes)"
-            )
-    if source != "PII_ENCRYPTION_KEYS" and not keys:
-        raise ConfigError(f"{source} holds no key")
-    return keys
-
-
-# Celery reads these itself and lets them override this module.
-SHADOWING_CELERY_VARIABLES = (
-    "CELERY_BROKER_URL",
-    "CELERY_BROKER_READ_URL",
-    "CELERY_BROKER_WRITE_URL",
-    "CELERY_RESULT_BACKEND",
+from worker.config.broker import (
+    AMQP_SCHEMES,
+    QUEUE_TYPES,
+    REDIS_SCHEMES,
+    choose_broker,
+    is_redis_url,
 )
-
-
-def refuse_celery_variables(env: Mapping[str, str]) -> None:
-    """Stop at start when a Celery variable would silently override REDIS_URL or BROKER_URL.
-
-    The one exception is the ``celery`` command's own echo: it reads
-    BROKER_URL (as the envvar of ``--broker``) and copies it, unchanged, into
-    CELERY_BROKER_URL. That copy says nothing BROKER_URL does not.
-    """
-    present = [
-        name
-        for name in SHADOWING_CELERY_VARIABLES
-        if env.get(name)
-        and not (name == "CELERY_BROKER_URL" and env.get(name) == env.get("BROKER_URL"))
-    ]
-    if present:
-        raise ConfigError(
-            f"{', '.join(present)} is set (also by `celery --broker`); this worker reads "
-            "REDIS_URL and BROKER_URL only. Unset it and set REDIS_URL or BROKER_URL instead."
-        )
-
-
-# -- connecting securely -----------------------------------------------------------
-
-#: Files a rediss:// REDIS_URL may name in its query, under redis-py's names.
-REDIS_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-#: The values redis-py reads as false.
-_FALSE_WORDS = frozenset({"0", "F", "FALSE", "N", "NO"})
-
-
-def redis_tls(url: str, name: str = "REDIS_URL") -> tuple[str, dict[str, Any] | None]:
-    """A Redis URL with certificate verification written into it, and ``broker_use_ssl`` to match.
-
-    Left alone, a ``rediss://`` broker URL is not safe: kombu connects without
-    checking the server's certificate (``CERT_NONE``, with a warning only) and,
-    under our own transport class, without TLS at all; and both kombu and
-    redis-py obey ``ssl_cert_reqs=none`` in the URL. So the URL gets an
-    explicit ``ssl_cert_reqs=required``, which kombu and redis-py both read,
-    and any option that would weaken verification stops the process instead.
-    A private CA is trusted with ``ssl_ca_certs=<file>``; ``ssl_certfile`` and
-    ``ssl_keyfile`` give a client certificate. Error messages name the setting
-    (``name``: REDIS_URL or BROKER_URL) and never echo the URL: it may hold a
-    password.
-    """
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if parts.scheme != "rediss":
-        for key, _ in query:
-            if key.startswith("ssl_"):
-                raise ConfigError(f"{name}: {key} needs a rediss:// (TLS) URL")
-        return url, None
-    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    given_reqs = False
-    for key, value in query:
-        if key == "ssl_cert_reqs":
-            if value != "required":
-                raise ConfigError(
-                    f"{name}: ssl_cert_reqs={value} is refused: certificate verification "
-                    "stays on. Leave ssl_cert_reqs out, and trust a private CA with "
-                    "ssl_ca_certs=/path/to/ca.pem"
-                )
-            given_reqs = True
-        elif key == "ssl_check_hostname":
-            if value.strip().upper() in _FALSE_WORDS:
-                raise ConfigError(
-                    f"{name}: ssl_check_hostname=false is refused: any certificate from a "
-                    "trusted CA would pass. Connect by a name (or IP) that the certificate lists"
-                )
-        elif key in REDIS_TLS_FILES:
-            if not os.path.isfile(value):
-                raise ConfigError(f"{name}: {key}={value} is not a file")
-            options[key] = value
-        elif key.startswith("ssl_"):
-            raise ConfigError(
-                f"{name}: {key} is not supported; use ssl_ca_certs, ssl_certfile, ssl_keyfile"
-            )
-    if not given_reqs:
-        query_text = "&".join(filter(None, [parts.query, "ssl_cert_reqs=required"]))
-        url = urlunsplit(parts._replace(query=query_text))
-    return url, options
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for localhost, 127.0.0.0/8 and ::1: traffic that never leaves the machine."""
-    if not host:
-        return False
-    if host.rstrip(".").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def refuse_plain_http(url: str, *, allow_http: bool) -> None:
-    """Stop when IAMPORT_API_URL would send the i'mport key and secret unencrypted.
-
-    Plain http is fine on loopback (the sandbox under ``make run`` and the
-    tests) and, with IAMPORT_ALLOW_HTTP=1, on a private network such as the
-    compose stack's ``http://sandbox:8787``; anywhere else it is a typo.
-    """
-    parts = urlsplit(url)
-    if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
-        raise ConfigError(
-            f"IAMPORT_API_URL={redact_url(url)} is plain http: the i'mport key and secret "
-            "would cross the network unencrypted. Use https, or set IAMPORT_ALLOW_HTTP=1 for a "
-            "sandbox on a private network"
-        )
-
-
-#: The variables requests reads for another CA bundle (only when verification is on).
-CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-
-
-def check_ca_bundles(env: Mapping[str, str]) -> None:
-    """Stop at start when requests would be pointed at a CA bundle that is not there.
-
-    requests reads these only to *replace* the trusted CAs; an empty value is
-    ignored, so neither can turn verification off. A path that does not exist,
-    though, makes every request raise a bare OSError mid-task.
-    """
-    # requests takes the first one that is not empty, as here.
-    name = next((name for name in CA_BUNDLE_VARIABLES if env.get(name)), None)
-    if name is not None and not os.path.exists(env[name]):
-        raise ConfigError(
-            f"{name}={env[name]} does not exist; it names the CAs that i'mport's "
-            "certificate is checked against"
-        )
-
-
-# -- the broker ----------------------------------------------------------------------
-
-REDIS_SCHEMES = ("redis", "rediss", "unix")
-AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
-
-
-def is_redis_url(url: str) -> bool:
-    """Whether a broker URL is Redis (else RabbitMQ): the transport settings differ."""
-    return urlsplit(url).scheme in REDIS_SCHEMES
-
-
-def amqp_tls(url: str) -> dict[str, Any] | None:
-    """``broker_use_ssl`` for a RabbitMQ URL: an ``amqps://`` broker is always verified.
-
-    py-amqp given just ``ssl=True`` checks the certificate against the system's
-    CAs but not the host name; naming ``server_hostname`` (kombu fills in the
-    URL's host) turns the host name check on. Query options are refused: they
-    are the way kombu's URL parsing could weaken this.
-    """
-    parts = urlsplit(url)
-    if parts.query:
-        raise ConfigError("BROKER_URL: a RabbitMQ URL takes no query options here")
-    if parts.scheme != "amqps":
-        return None
-    return {"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None}
-
-
-QUEUE_TYPES = ("quorum", "classic")
-
-
-# -- the time rule -------------------------------------------------------------
-
-#: The most HTTP requests one attempt can make: up to five API calls (receipt
-#: lookup, payment lookup, POST, and the lookup pair again after an ambiguous
-#: answer), each of which may fetch a token, get a 401, renew it and resend.
-MAX_HTTP_REQUESTS_PER_ATTEMPT = 20
-#: Slack for Redis round trips, event publishing and scheduling delays.
-VISIBILITY_MARGIN_SECONDS = 10
-
-
-def longest_attempt_seconds(iamport_timeout: float) -> float:
-    """The longest one attempt can run: every request waits out connect and read.
-
-    The thread pool ignores Celery's time limits, so these timeouts are the
-    real bound on a task.
-    """
-    return MAX_HTTP_REQUESTS_PER_ATTEMPT * 2 * iamport_timeout
-
-
-def settle_bound(bounds: Mapping[str, float]) -> float:
-    """The largest bound on late processing of every provider configured (0 with none).
-
-    One worker serves every provider, and a lease or a redelivery cannot tell
-    whose request a dead worker had in flight: they wait out the longest.
-    (PortOne V2's PORTONE_SETTLE_SECONDS joins IAMPORT_SETTLE_SECONDS here.)
-    """
-    return max(bounds.values(), default=0.0)
-
-
-def lease_seconds(iamport_timeout: float, settle_seconds: float) -> float:
-    """How long a claim holds: one attempt's worst case, then the bound on late processing.
-
-    A job taken over after its worker died mid-POST is looked up no earlier
-    than the bound after that POST was sent, even if the send time was never
-    recorded.
-    """
-    return longest_attempt_seconds(iamport_timeout) + settle_seconds + VISIBILITY_MARGIN_SECONDS
-
-
-def minimum_visibility_timeout(
-    *,
-    iamport_timeout: float,
-    longest_countdown: float,
-    duplicate_wait: float,
-    settle_seconds: float,
-) -> int:
-    """The smallest safe visibility timeout, in whole seconds.
-
-    A retry is a new message that a worker fetches at once and holds, unacked,
-    until its countdown ends; kombu starts the visibility clock at the fetch.
-    Then the message may wait up to ``DUPLICATE_WAIT`` for another task's job
-    before it claims the job, and makes one attempt: a message that is fenced
-    out and claims again hands the job on to a new message instead of
-    attempting twice (tasks/receipts.py). So the timeout must cover all three,
-    or Redis hands the message to a second worker while the first still has it.
-    A message redelivered because its worker died mid-POST must also come after
-    the bound on late processing (``settle_seconds``), like a lease.
-    """
-    return math.ceil(
-        longest_countdown + duplicate_wait + lease_seconds(iamport_timeout, settle_seconds)
-    )
-
+from worker.config.parse import (
+    env_address,
+    env_choice,
+    env_flag,
+    env_int,
+    env_number,
+    env_str,
+    env_url,
+    fernet_keys,
+    refuse_celery_variables,
+    refuse_same_stream,
+    with_secret_files,
+)
+from worker.config.timing import (
+    check_backoff,
+    check_visibility_timeout,
+    lease_seconds,
+    minimum_visibility_timeout,
+    settle_bound,
+)
+from worker.config.tls import check_ca_bundles, redis_tls, refuse_plain_http
+from worker.contract import QUEUE, rabbitmq_queues
 
 # -- the settings ----------------------------------------------------------------
 
@@ -420,19 +61,9 @@ ledger_backend_url, _redis_ssl = redis_tls(
 # BROKER_URL: where task messages travel. Redis (REDIS_URL's server when unset)
 # or RabbitMQ (amqp://, amqps://), for teams whose queue outgrew one Redis.
 _broker = env_str(_env, "BROKER_URL")
-if _broker is None:
-    broker_url, broker_use_ssl = ledger_backend_url, _redis_ssl
-else:
-    broker_url = env_url(_env, "BROKER_URL", _broker, schemes=REDIS_SCHEMES + AMQP_SCHEMES)
-    if is_redis_url(broker_url):
-        broker_url, broker_use_ssl = redis_tls(broker_url, "BROKER_URL")
-        if broker_url != _broker:
-            # The celery command hands BROKER_URL to kombu as written, past this module.
-            raise ConfigError(
-                "BROKER_URL: a rediss:// broker URL must say ssl_cert_reqs=required itself"
-            )
-    else:
-        broker_use_ssl = amqp_tls(broker_url)
+if _broker is not None:
+    _broker = env_url(_env, "BROKER_URL", _broker, schemes=REDIS_SCHEMES + AMQP_SCHEMES)
+broker_url, broker_use_ssl = choose_broker(_broker, (ledger_backend_url, _redis_ssl))
 broker_is_redis = is_redis_url(broker_url)
 iamport_api_url = env_url(
     _env, "IAMPORT_API_URL", "https://api.iamport.kr", schemes=("https", "http")
@@ -470,11 +101,7 @@ result_stream_retention = env_int(
     _env, "RESULT_STREAM_RETENTION", 7 * 24 * 3600, minimum=60, maximum=365 * 24 * 3600
 )
 
-if retry_backoff_base > retry_backoff_max:
-    raise ConfigError(
-        f"RETRY_BACKOFF_BASE ({retry_backoff_base:g}) is larger than RETRY_BACKOFF_MAX "
-        f"({retry_backoff_max:g})"
-    )
+check_backoff(retry_backoff_base, retry_backoff_max)
 
 # How long a duplicate message waits for the job in flight before it retries.
 duplicate_wait = env_number(_env, "DUPLICATE_WAIT", 20.0, minimum=0.0, maximum=600.0)
@@ -489,16 +116,13 @@ _minimum_visibility = minimum_visibility_timeout(
 broker_visibility_timeout = env_int(
     _env, "BROKER_VISIBILITY_TIMEOUT", _minimum_visibility, minimum=1, maximum=7 * 24 * 3600
 )
-if broker_visibility_timeout < _minimum_visibility:
-    raise ConfigError(
-        f"BROKER_VISIBILITY_TIMEOUT={broker_visibility_timeout} is too short: a task can wait "
-        f"{_longest_countdown:g}s (the smaller of RETRY_BACKOFF_MAX and RETRY_COUNTDOWN_MAX), "
-        f"wait {duplicate_wait:g}s for a duplicate (DUPLICATE_WAIT) and then run "
-        f"{longest_attempt_seconds(iamport_timeout):g}s ({MAX_HTTP_REQUESTS_PER_ATTEMPT} requests "
-        f"x 2 x IAMPORT_TIMEOUT) and its POST may be acted on {settle_seconds:g}s later "
-        f"(IAMPORT_SETTLE_SECONDS), so it must be at least {_minimum_visibility}; leave it unset "
-        "to derive it"
-    )
+check_visibility_timeout(
+    broker_visibility_timeout,
+    iamport_timeout=iamport_timeout,
+    longest_countdown=_longest_countdown,
+    duplicate_wait=duplicate_wait,
+    settle_seconds=settle_seconds,
+)
 
 # Threads per worker process. A task spends nearly all its time waiting on
 # i'mport (100-500 ms), so one process keeps 64 in flight: 320 receipts/s at
@@ -520,11 +144,7 @@ sweep_interval = env_number(_env, "SWEEP_INTERVAL", 5.0, minimum=0.1, maximum=60
 # events to this stream, and every ingress instance reads it in this consumer group.
 ingress_stream = env_str(_env, "INGRESS_STREAM", "payment.events") or "payment.events"
 ingress_group = env_str(_env, "INGRESS_GROUP", "cashreceipt-ingress") or "cashreceipt-ingress"
-if ingress_stream == result_stream:
-    raise ConfigError(
-        f"INGRESS_STREAM and RESULT_STREAM are both {ingress_stream!r}: the ingress would "
-        "read the result events as payment events"
-    )
+refuse_same_stream(ingress_stream, result_stream)
 # An entry pending this long is taken to belong to a dead instance and is taken
 # over (XAUTOCLAIM). Handling one entry takes milliseconds; taking over one that
 # a live but slow instance still holds is harmless (the task id is the same),

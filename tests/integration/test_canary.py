@@ -26,7 +26,6 @@ import pytest
 import redis
 import requests
 
-import celeryconfig
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
@@ -41,6 +40,7 @@ from tests.support.worker import (
     stop,
     worker_env,
 )
+from worker.config import timing
 from worker.parking import PARKED_KEY
 from worker.producer import enqueue_issue
 
@@ -60,7 +60,7 @@ CANARIES = {
 }
 #: Time compressed so that the killed worker's job ends within the test.
 IAMPORT_TIMEOUT, DUPLICATE_WAIT, RETRY_BACKOFF_MAX = 0.5, 2.0, 0.2
-VISIBILITY = celeryconfig.minimum_visibility_timeout(
+VISIBILITY = timing.minimum_visibility_timeout(
     iamport_timeout=IAMPORT_TIMEOUT,
     longest_countdown=RETRY_BACKOFF_MAX,
     duplicate_wait=DUPLICATE_WAIT,

@@ -16,8 +16,6 @@ import uuid
 import pytest
 from celery import Celery
 
-import celeryconfig
-
 # This module's own Redis, sandbox and producer, in place of the session's.
 from tests.support.module_services import (  # noqa: F401
     module_producer,
@@ -29,6 +27,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import running_worker, worker_env
+from worker.config import timing
 from worker.ledger import ledger_key
 from worker.producer import enqueue_issue
 
@@ -150,7 +149,7 @@ def test_job_of_a_killed_worker_resumes_within_the_bound(
     env = compressed_env(own_redis.url, own_sandbox.url)
     # What celeryconfig derives for these settings (IAMPORT_TIMEOUT 0.25, countdowns <= 0.3 s,
     # DUPLICATE_WAIT 20 s, IAMPORT_SETTLE_SECONDS 1 s).
-    visibility = celeryconfig.minimum_visibility_timeout(
+    visibility = timing.minimum_visibility_timeout(
         iamport_timeout=0.25, longest_countdown=0.3, duplicate_wait=20, settle_seconds=1
     )
     own_sandbox.admin.script(imp_uid, {"kind": "hang", "seconds": 3600, "method": "POST"})

@@ -52,15 +52,18 @@ def services() -> dict[str, Any]:
 
 
 def settings_read_by_celeryconfig() -> set[str]:
-    """Every environment variable celeryconfig.py reads, from its source.
+    """Every environment variable celeryconfig.py reads, from its source and worker/config's.
 
     A variable is read when its name is the second argument of an ``env_*``
     parser or the argument of ``env.get``, or listed in a ``*_VARIABLES`` tuple
     that is read in a loop; the tuple of refused Celery variables is not.
+    Some are named only in the functions celeryconfig calls (``fernet_keys``,
+    ``check_ca_bundles``, the secret files), which live in worker/config.
     """
-    tree = ast.parse((ROOT / "celeryconfig.py").read_text())
+    sources = [ROOT / "celeryconfig.py", *sorted((ROOT / "worker" / "config").glob("*.py"))]
+    nodes = [node for path in sources for node in ast.walk(ast.parse(path.read_text()))]
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Call):
             func = node.func
             called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")

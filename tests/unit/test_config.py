@@ -1,4 +1,4 @@
-"""celeryconfig: explicit parsing, the time rule, and refusing to start when wrong."""
+"""celeryconfig and worker.config: explicit parsing, the time rule, refusing to start when wrong."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-import celeryconfig
 from tests.support.clean_env import python_clean, run_clean
+from worker.config import ConfigError, timing
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = Fernet.generate_key().decode()
@@ -26,21 +26,128 @@ def load_in_subprocess(**env: str) -> subprocess.CompletedProcess[str]:
 def test_visibility_timeout_covers_countdown_duplicate_wait_and_longest_attempt() -> None:
     """The longest countdown, a duplicate's wait, every request timing out, the bound on late
     processing, plus slack."""
-    assert celeryconfig.longest_attempt_seconds(10) == 400
+    assert timing.longest_attempt_seconds(10) == 400
     assert (
-        celeryconfig.minimum_visibility_timeout(
+        timing.minimum_visibility_timeout(
             iamport_timeout=10, longest_countdown=30, duplicate_wait=20, settle_seconds=60
         )
-        == 30 + 20 + 400 + 60 + celeryconfig.VISIBILITY_MARGIN_SECONDS
+        == 30 + 20 + 400 + 60 + timing.VISIBILITY_MARGIN_SECONDS
     )
-    assert celeryconfig.lease_seconds(10, 60) == 400 + 60 + celeryconfig.VISIBILITY_MARGIN_SECONDS
+    assert timing.lease_seconds(10, 60) == 400 + 60 + timing.VISIBILITY_MARGIN_SECONDS
 
 
-def test_the_largest_bound_on_late_processing_rules() -> None:
+@pytest.mark.parametrize(
+    ("iamport_timeout", "settle_seconds", "lease"),
+    [
+        (10, 60, 400 + 60 + 10),  # the defaults
+        (0.25, 1, 10 + 1 + 10),  # the integration tests' compressed time
+        (0.1, 0, 4 + 0 + 10),  # the smallest timeout; no bound on late processing
+        (120, 3600, 4800 + 3600 + 10),  # the largest of both
+    ],
+)
+def test_a_lease_is_the_longest_attempt_then_the_settle_bound_then_slack(
+    iamport_timeout: float, settle_seconds: float, lease: float
+) -> None:
+    """A claim outlives every request timing out, and then i'mport's bound on late processing."""
+    assert timing.lease_seconds(iamport_timeout, settle_seconds) == pytest.approx(lease)
+
+
+@pytest.mark.parametrize(
+    ("countdown", "duplicate_wait", "iamport_timeout", "settle_seconds", "minimum"),
+    [
+        (30, 20, 10, 60, 520),  # the defaults: README's 30 + 20 + 400 + 60 + 10
+        (30, 100, 10, 60, 600),  # a longer DUPLICATE_WAIT raises it
+        (0.3, 20, 0.25, 1, 42),  # 41.3 s rounds up: a whole second short would be unsafe
+        (0, 0, 0.1, 0, 14),  # nothing to wait for but one attempt and the slack
+    ],
+)
+def test_minimum_visibility_timeout_table(
+    countdown: float,
+    duplicate_wait: float,
+    iamport_timeout: float,
+    settle_seconds: float,
+    minimum: int,
+) -> None:
+    """The minimum is the sum of the waits and the lease, rounded up to whole seconds."""
+    rule = {
+        "iamport_timeout": iamport_timeout,
+        "longest_countdown": countdown,
+        "duplicate_wait": duplicate_wait,
+        "settle_seconds": settle_seconds,
+    }
+    assert timing.minimum_visibility_timeout(**rule) == minimum
+    timing.check_visibility_timeout(minimum, **rule)
+    with pytest.raises(ConfigError, match=f"must be at least {minimum};"):
+        timing.check_visibility_timeout(minimum - 1, **rule)
+
+
+@pytest.mark.parametrize(
+    ("base", "most", "refused"),
+    [(1, 300, False), (5, 5, False), (10, 5, True), (0.5, 0.25, True)],
+)
+def test_the_first_backoff_delay_may_not_exceed_the_cap(
+    base: float, most: float, refused: bool
+) -> None:
+    """RETRY_BACKOFF_BASE above RETRY_BACKOFF_MAX is a typo, not a policy."""
+    if refused:
+        with pytest.raises(ConfigError, match=r"RETRY_BACKOFF_BASE \(\S+\) is larger than"):
+            timing.check_backoff(base, most)
+    else:
+        timing.check_backoff(base, most)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "largest"),
+    [({"iamport": 60, "portone": 90}, 90), ({"iamport": 60}, 60), ({}, 0)],
+)
+def test_the_largest_bound_on_late_processing_rules(
+    bounds: dict[str, float], largest: float
+) -> None:
     """The lease and the visibility timeout wait out the slowest provider's bound."""
-    assert celeryconfig.settle_bound({"iamport": 60, "portone": 90}) == 90
-    assert celeryconfig.settle_bound({"iamport": 60}) == 60
-    assert celeryconfig.settle_bound({}) == 0
+    assert timing.settle_bound(bounds) == largest
+
+
+def test_importing_the_config_package_reads_no_environment() -> None:
+    """worker.config can be imported, and its rules tested, with no environment read.
+
+    Every read of ``os.environ`` during the imports is recorded; celeryconfig,
+    the one module that reads it, is imported last as the guard's own check.
+    """
+    code = """
+import importlib, os, pkgutil, sys
+import worker.urls  # imported by the package, reads nothing; loaded before the guard
+
+class Recording(dict):
+    reads = []
+    def __getitem__(self, key):
+        self.reads.append(key); return super().__getitem__(key)
+    def get(self, key, default=None):
+        self.reads.append(key); return super().get(key, default)
+    def __contains__(self, key):
+        self.reads.append(key); return super().__contains__(key)
+    def __iter__(self):
+        self.reads.append("*"); return super().__iter__()
+    def items(self):
+        self.reads.append("*"); return super().items()
+    def keys(self):
+        self.reads.append("*"); return super().keys()
+
+os.environ = Recording(os.environ)
+import worker.config
+names = [m.name for m in pkgutil.iter_modules(worker.config.__path__, "worker.config.")]
+for name in names:
+    importlib.import_module(name)
+print(len(names), sorted(set(os.environ.reads)))
+import celeryconfig
+print(bool(os.environ.reads))
+"""
+    result = python_clean(code)
+    assert result.returncode == 0, result.stderr
+    imported, guard = result.stdout.splitlines()
+    count, reads = imported.split(maxsplit=1)
+    assert int(count) >= 5
+    assert reads == "[]"
+    assert guard == "True"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,107 @@
+"""The time rule: how long a claim holds and a message stays invisible (README, "The time rule")."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from worker.config import ConfigError
+
+#: The most HTTP requests one attempt can make: up to five API calls (receipt
+#: lookup, payment lookup, POST, and the lookup pair again after an ambiguous
+#: answer), each of which may fetch a token, get a 401, renew it and resend.
+MAX_HTTP_REQUESTS_PER_ATTEMPT = 20
+#: Slack for Redis round trips, event publishing and scheduling delays.
+VISIBILITY_MARGIN_SECONDS = 10
+
+
+def longest_attempt_seconds(iamport_timeout: float) -> float:
+    """The longest one attempt can run: every request waits out connect and read.
+
+    The thread pool ignores Celery's time limits, so these timeouts are the
+    real bound on a task.
+    """
+    return MAX_HTTP_REQUESTS_PER_ATTEMPT * 2 * iamport_timeout
+
+
+def settle_bound(bounds: Mapping[str, float]) -> float:
+    """The largest bound on late processing of every provider configured (0 with none).
+
+    One worker serves every provider, and a lease or a redelivery cannot tell
+    whose request a dead worker had in flight: they wait out the longest.
+    (PortOne V2's PORTONE_SETTLE_SECONDS joins IAMPORT_SETTLE_SECONDS here.)
+    """
+    return max(bounds.values(), default=0.0)
+
+
+def lease_seconds(iamport_timeout: float, settle_seconds: float) -> float:
+    """How long a claim holds: one attempt's worst case, then the bound on late processing.
+
+    A job taken over after its worker died mid-POST is looked up no earlier
+    than the bound after that POST was sent, even if the send time was never
+    recorded.
+    """
+    return longest_attempt_seconds(iamport_timeout) + settle_seconds + VISIBILITY_MARGIN_SECONDS
+
+
+def minimum_visibility_timeout(
+    *,
+    iamport_timeout: float,
+    longest_countdown: float,
+    duplicate_wait: float,
+    settle_seconds: float,
+) -> int:
+    """The smallest safe visibility timeout, in whole seconds.
+
+    A retry is a new message that a worker fetches at once and holds, unacked,
+    until its countdown ends; kombu starts the visibility clock at the fetch.
+    Then the message may wait up to ``DUPLICATE_WAIT`` for another task's job
+    before it claims the job, and makes one attempt: a message that is fenced
+    out and claims again hands the job on to a new message instead of
+    attempting twice (tasks/receipts.py). So the timeout must cover all three,
+    or Redis hands the message to a second worker while the first still has it.
+    A message redelivered because its worker died mid-POST must also come after
+    the bound on late processing (``settle_seconds``), like a lease.
+    """
+    return math.ceil(
+        longest_countdown + duplicate_wait + lease_seconds(iamport_timeout, settle_seconds)
+    )
+
+
+def check_backoff(base: float, most: float) -> None:
+    """Stop when the first retry delay would be longer than the cap on every delay."""
+    if base > most:
+        raise ConfigError(
+            f"RETRY_BACKOFF_BASE ({base:g}) is larger than RETRY_BACKOFF_MAX ({most:g})"
+        )
+
+
+def check_visibility_timeout(
+    timeout: int,
+    *,
+    iamport_timeout: float,
+    longest_countdown: float,
+    duplicate_wait: float,
+    settle_seconds: float,
+) -> None:
+    """Stop when BROKER_VISIBILITY_TIMEOUT is below :func:`minimum_visibility_timeout`.
+
+    The message says which settings make up the minimum, so the one to change
+    can be found.
+    """
+    minimum = minimum_visibility_timeout(
+        iamport_timeout=iamport_timeout,
+        longest_countdown=longest_countdown,
+        duplicate_wait=duplicate_wait,
+        settle_seconds=settle_seconds,
+    )
+    if timeout < minimum:
+        raise ConfigError(
+            f"BROKER_VISIBILITY_TIMEOUT={timeout} is too short: a task can wait "
+            f"{longest_countdown:g}s (the smaller of RETRY_BACKOFF_MAX and RETRY_COUNTDOWN_MAX), "
+            f"wait {duplicate_wait:g}s for a duplicate (DUPLICATE_WAIT) and then run "
+            f"{longest_attempt_seconds(iamport_timeout):g}s ({MAX_HTTP_REQUESTS_PER_ATTEMPT} "
+            f"requests x 2 x IAMPORT_TIMEOUT) and its POST may be acted on {settle_seconds:g}s "
+            f"later (IAMPORT_SETTLE_SECONDS), so it must be at least {minimum}; leave it unset "
+            "to derive it"
+        )
