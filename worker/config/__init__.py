@@ -12,6 +12,5 @@ from __future__ import annotations
 class ConfigError(ValueError):
     """A setting is missing, malformed or inconsistent with another.
 
-    The name is matched, not the class (``worker.config.load``): ``celeryconfig``
-    may be imported by a path that does not go through this package's loader.
+    ``load_celeryconfig`` recognises it by its name, so the name stays.
     """

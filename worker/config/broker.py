@@ -10,14 +10,13 @@ from worker.config.tls import amqp_tls, redis_tls
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+#: BROKER_QUEUE_TYPE: RabbitMQ's replicated queue, or the single-node one.
+QUEUE_TYPES = ("quorum", "classic")
 
 
 def is_redis_url(url: str) -> bool:
     """Whether a broker URL is Redis (else RabbitMQ): the transport settings differ."""
     return urlsplit(url).scheme in REDIS_SCHEMES
-
-
-QUEUE_TYPES = ("quorum", "classic")
 
 
 def choose_broker(
