@@ -336,16 +336,32 @@ class _Run:
             new_args = [mask_payload(args[0])]
         else:
             new_args = []
-        exc: BaseException = self.task.retry(
-            args=new_args,
-            kwargs={},
-            countdown=min(delay, float(self.conf.retry_countdown_max)),
-            argsrepr=masked_args_repr(new_args),
-            kwargsrepr="{}",
-            # Only a retry of the claim this run holds may take over its lease.
-            headers={FENCE_HEADER: self.fence},
-            throw=False,
-        )
+        try:
+            exc: BaseException = self.task.retry(
+                args=new_args,
+                kwargs={},
+                countdown=min(delay, float(self.conf.retry_countdown_max)),
+                argsrepr=masked_args_repr(new_args),
+                kwargsrepr="{}",
+                # Only a retry of the claim this run holds may take over its lease.
+                headers={FENCE_HEADER: self.fence},
+                throw=False,
+            )
+        except Reject as refused:
+            unpublished: Exception = refused.reason
+            # Celery turns a retry it could not publish into Reject(requeue=False),
+            # an ack: the broker may take the ack while it refused the publish (a
+            # Redis out of memory, or back up a moment later), and the message would
+            # be gone. It goes back to the queue instead; if the broker refuses
+            # that too, it stays unacked and the visibility timeout returns it.
+            self.outcome, self.reason = "requeued", "retry_unpublished"
+            log.warning(
+                "task %s could not publish its retry (%s): its message goes back to the queue",
+                self.task.request.id,
+                type(unpublished).__name__,
+            )
+            requeued: BaseException = Reject(unpublished, requeue=True)
+            return requeued
         self.outcome, self.reason = "retry", cause
         return exc
 
