@@ -15,7 +15,8 @@
 Every command has ``--help``. ``--json`` prints JSON lines (one object per
 line) instead of text. Colour is used only on a terminal, and never when
 ``NO_COLOR`` is set. Exit codes: 0 done, 1 nothing found or a mismatch, 2 bad
-input or configuration, 3 Redis (or i'mport) could not be reached: try again.
+input or configuration, 3 Redis (or i'mport) could not be reached: try again,
+4 (``reconcile``) no mismatch, but i'mport did not answer for some payment.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from worker.sealing import SealingUnavailable
 from worker.urls import redact_url
 
 #: Exit codes (README, "Operator tools").
-EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
+EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_CHECKED = 1, 2, 3, 4
 
 _FIELDS = (
     "imp_uid",
@@ -404,26 +405,49 @@ def _read_identifier() -> str:
 @click.option("--limit", type=int, default=10_000, show_default=True)
 @json_option
 def reconcile(imp_uids: tuple[str, ...], limit: int, as_json: bool) -> None:
-    """Compare the ledger with i'mport (every record, or the given ones); exit 1 on a mismatch."""
-    from worker.operations import ledger_payments  # noqa: PLC0415
+    """Compare the ledger with i'mport (every record, or the given ones).
+
+    Exit 1 on a mismatch; else 4 if i'mport did not answer for some payment
+    (not checked, so not known to be clean).
+    """
+    from worker.operations import Mismatch, ledger_payments  # noqa: PLC0415
     from worker.operations import reconcile as compare  # noqa: PLC0415
     from worker.runtime import get_runtime  # noqa: PLC0415
 
     client = _redis()
     runtime = get_runtime(_app().conf)
     targets = list(imp_uids) or ledger_payments(client, limit=limit)
-    mismatches = 0
-    for mismatch in compare(client, runtime.client, targets):
-        mismatches += 1
+    mismatches = not_checked = 0
+    for found in compare(client, runtime.client, targets):
+        if isinstance(found, Mismatch):
+            mismatches += 1
+            _emit(
+                {"imp_uid": found.imp_uid, "ledger": found.ledger, "iamport": found.iamport},
+                as_json=as_json,
+                text=f"{found.imp_uid}: ledger {found.ledger}, i'mport {found.iamport}",
+            )
+            continue
+        not_checked += 1
+        status = f", HTTP {found.status}" if found.status is not None else ""
         _emit(
-            {"imp_uid": mismatch.imp_uid, "ledger": mismatch.ledger, "iamport": mismatch.iamport},
+            {
+                "imp_uid": found.imp_uid,
+                "ledger": found.ledger,
+                "not_checked": found.reason,
+                "status": found.status,
+            },
             as_json=as_json,
-            text=f"{mismatch.imp_uid}: ledger {mismatch.ledger}, i'mport {mismatch.iamport}",
+            text=f"{found.imp_uid}: ledger {found.ledger}, not checked ({found.reason}{status})",
         )
-    if not as_json:
-        click.echo(f"{len(targets)} checked, {mismatches} mismatched", err=True)
+    # On stderr in both modes: stdout stays one line per payment to look at.
+    click.echo(
+        f"{len(targets) - not_checked} checked, {mismatches} mismatched, {not_checked} not checked",
+        err=True,
+    )
     if mismatches:
-        sys.exit(1)
+        sys.exit(EXIT_NOT_FOUND)
+    if not_checked:
+        sys.exit(EXIT_NOT_CHECKED)
 
 
 @cli.command()

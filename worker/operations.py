@@ -7,14 +7,16 @@ Redis and the sandbox without parsing arguments, and reused from a shell.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from celery import Celery
 
-from worker.iamport import IamportClient
+from worker.errors import ConnectionFailed, IamportError, RateLimited, TransientError
+from worker.iamport import IamportClient, Payment, Receipt
 from worker.ledger import (
     FAILED_KEY,
     failed_jobs,
@@ -23,6 +25,7 @@ from worker.ledger import (
     shown_record,
 )
 from worker.producer import enqueue_cancel, enqueue_issue
+from worker.retry import reason_for
 from worker.service import find_issued
 
 
@@ -117,9 +120,39 @@ class Mismatch:
     iamport: str
 
 
+@dataclass(frozen=True)
+class NotChecked:
+    """A payment i'mport did not answer for: neither clean nor a mismatch, so it is reported.
+
+    ``reason`` is the failure-reason vocabulary of the events for what i'mport
+    answered last (``rate_limited``, ``unavailable`` and ``unreachable`` for
+    the transient kinds); ``status`` its HTTP status, if any. Nothing of the
+    request or of the provider's message is kept: no identifier can leak.
+    """
+
+    imp_uid: str
+    ledger: str
+    reason: str
+    status: int | None
+
+
+#: Lookups per payment when i'mport answers "not now" (a 429, a 503, no answer).
+LOOKUP_ATTEMPTS = 3
+#: The longest wait before one retry, whatever Retry-After says, in seconds.
+LOOKUP_RETRY_WAIT_MAX = 2.0
+#: The seconds of waiting a whole run may spend on retries: past it, a lookup
+#: that fails is reported at once, so an outage costs one try per payment.
+RECONCILE_RETRY_BUDGET = 10.0
+
+
 def reconcile(
-    client: redis.Redis, iamport: IamportClient, imp_uids: Iterable[str]
-) -> Iterator[Mismatch]:
+    client: redis.Redis,
+    iamport: IamportClient,
+    imp_uids: Iterable[str],
+    *,
+    retry_budget: float = RECONCILE_RETRY_BUDGET,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Mismatch | NotChecked]:
     """Compare the ledger with i'mport for each payment; yield where they disagree.
 
     Issued in the ledger must mean an active receipt at i'mport, and the very
@@ -128,7 +161,15 @@ def reconcile(
     IAMPORT_SETTLE_SECONDS (a second issue, when i'mport did not refuse it),
     or an issue made outside this worker: either way a human must look.
     In-flight jobs are skipped: they are settling.
+
+    A payment i'mport does not answer for is a :class:`NotChecked`, and the
+    run goes on: one rate limit over a long list must not hide a late double
+    issue further down. A transient answer is retried a little
+    (``LOOKUP_ATTEMPTS``), but the waiting of the whole run is capped at
+    ``retry_budget`` seconds, so a long outage reports every payment rather
+    than hanging.
     """
+    budget = [retry_budget]
     for imp_uid in imp_uids:
         state, recorded = (
             _text(value) if value is not None else None
@@ -137,12 +178,43 @@ def reconcile(
         state = state or "unknown"
         if state in {"in_flight", "received"}:
             continue
-        receipt, _ = find_issued(iamport, imp_uid)
+        try:
+            receipt, _ = _look_up(iamport, imp_uid, budget, sleep)
+        except IamportError as error:
+            yield NotChecked(imp_uid, state, lookup_failure(error), error.status)
+            continue
         live = receipt is not None
         if (state == "issued") != live:
             yield Mismatch(imp_uid, state, "active receipt" if live else "no active receipt")
         elif receipt is not None and _another_receipt(recorded, receipt.receipt_tid):
             yield Mismatch(imp_uid, state, "another active receipt than the ledger's")
+
+
+def _look_up(
+    iamport: IamportClient, imp_uid: str, budget: list[float], sleep: Callable[[float], None]
+) -> tuple[Receipt | None, Payment | None]:
+    """find_issued, retried on a transient answer while ``budget[0]`` (seconds, shared) lasts."""
+    for attempt in range(1, LOOKUP_ATTEMPTS + 1):
+        try:
+            return find_issued(iamport, imp_uid)
+        except TransientError as error:
+            wait = min(error.retry_after or 0.2 * 2**attempt, LOOKUP_RETRY_WAIT_MAX)
+            if attempt == LOOKUP_ATTEMPTS or wait > budget[0]:
+                raise
+            budget[0] -= wait
+            sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def lookup_failure(error: IamportError) -> str:
+    """The reason a lookup failed, in the events' words; the transient kinds by name."""
+    if isinstance(error, RateLimited):
+        return "rate_limited"
+    if isinstance(error, ConnectionFailed):
+        return "unreachable"
+    if isinstance(error, TransientError):
+        return "unavailable"
+    return reason_for(error)
 
 
 def _another_receipt(recorded: str | None, live_tid: str | None) -> bool:

@@ -168,11 +168,14 @@ def test_reconcile_finds_a_receipt_the_ledger_did_not_record(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconcile stops at the first payment i'mport does not answer for (exit 3): every "
-    "later payment, double issues included, goes unchecked and unreported",
-)
+def issued_pair(producer: Celery, results: ResultStream, imp_uid: str) -> tuple[str, str]:
+    """Two payments with their receipt issued: one for i'mport to refuse, one past it."""
+    pair = (f"{imp_uid}_a", f"{imp_uid}_b")
+    for uid in pair:
+        results.wait(enqueue_issue({"imp_uid": uid, "identifier": "01055554321"}, app=producer))
+    return pair
+
+
 def test_reconcile_checks_every_payment_past_one_i_mport_did_not_answer_for(
     producer: Celery,
     redis_server: RedisServer,
@@ -182,9 +185,7 @@ def test_reconcile_checks_every_payment_past_one_i_mport_did_not_answer_for(
 ) -> None:
     """One lookup answered 503 (a rate limit or a blip, over a long list) must not hide a
     mismatch further down: the list is the operator's only view of late double issues."""
-    first, second = f"{imp_uid}_a", f"{imp_uid}_b"
-    for uid in (first, second):
-        results.wait(enqueue_issue({"imp_uid": uid, "identifier": "01055554321"}, app=producer))
+    first, second = issued_pair(producer, results, imp_uid)
     requests.delete(
         f"{sandbox.url}/receipts/{second}",
         headers={"Authorization": f"Bearer {sandbox.get_token()}"},
@@ -192,9 +193,50 @@ def test_reconcile_checks_every_payment_past_one_i_mport_did_not_answer_for(
     ).raise_for_status()
     sandbox.admin.script(first, *[{"kind": "status", "status": 503, "method": "GET"}] * 20)
     result = cli(redis_server, sandbox, "reconcile", first, second)
-    assert {"imp_uid": second, "ledger": "issued", "iamport": "no active receipt"} in lines(
-        result
-    ), result.stdout + result.stderr
+    assert lines(result) == [
+        {"imp_uid": first, "ledger": "issued", "not_checked": "unavailable", "status": 503},
+        {"imp_uid": second, "ledger": "issued", "iamport": "no active receipt"},
+    ], result.stdout + result.stderr
+    assert result.returncode == 1  # a mismatch outranks what could not be checked
+    assert "1 checked, 1 mismatched, 1 not checked" in result.stderr
+
+
+def test_reconcile_that_could_not_check_a_payment_is_not_clean(
+    producer: Celery,
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    results: ResultStream,
+    imp_uid: str,
+) -> None:
+    """No mismatch but a payment i'mport would not answer for (429 after 429): exit 4, never 0,
+    so automation cannot take "could not verify" for "clean"; the line names the reason."""
+    first, second = issued_pair(producer, results, imp_uid)
+    sandbox.admin.script(
+        first,
+        *[{"kind": "answer", "status": 429, "retry_after": 1, "method": "GET"}] * 20,
+    )
+    result = cli(redis_server, sandbox, "reconcile", first, second)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert lines(result) == [
+        {"imp_uid": first, "ledger": "issued", "not_checked": "rate_limited", "status": 429}
+    ]
+    assert "1 checked, 0 mismatched, 1 not checked" in result.stderr
+    assert "5555" not in result.stdout + result.stderr
+
+
+def test_reconcile_retries_a_lookup_i_mport_briefly_refused(
+    producer: Celery,
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    results: ResultStream,
+    imp_uid: str,
+) -> None:
+    """Two 503s, then an answer: the third lookup checks the payment, and it is clean."""
+    results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer))
+    sandbox.admin.script(imp_uid, *[{"kind": "status", "status": 503, "method": "GET"}] * 2)
+    result = cli(redis_server, sandbox, "reconcile", imp_uid)
+    assert (result.returncode, lines(result)) == (0, []), result.stdout + result.stderr
+    assert "1 checked, 0 mismatched, 0 not checked" in result.stderr
 
 
 def test_tail_prints_the_events(
