@@ -34,6 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LOGS = ROOT / ".run"
 SANDBOX_KEY, SANDBOX_SECRET = "sandbox_key", "sandbox_secret"
+# A demo's worker holds nothing worth 30 s of soft shutdown, and Ctrl-C should feel
+# immediate; an operator's WORKER_SOFT_SHUTDOWN_TIMEOUT still wins.
+DEMO_SOFT_SHUTDOWN = "5"
+# How long the worker, Flower and the sandbox get, together, to exit after SIGTERM
+# before SIGKILL: the soft shutdown plus room for a loaded machine. Redis then gets
+# its own STOP_GRACE, last, once nothing writes to it any more.
+STOP_GRACE = 15.0
+FLOWER_GRACE = 3.0
 
 
 def samples(run_id: str) -> list[dict[str, Any]]:
@@ -89,19 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     use_sandbox = not env.get("IAMPORT_KEY")
     port = free_port()
-    if use_sandbox:
-        env.update(
-            IAMPORT_API_URL=f"http://127.0.0.1:{port}",
-            IAMPORT_KEY=SANDBOX_KEY,
-            IAMPORT_SECRET=SANDBOX_SECRET,
-        )
-    if not (env.get("PII_ENCRYPTION_KEYS") or env.get("PII_ENCRYPTION_KEYS_FILE")):
-        env["PII_ENCRYPTION_KEYS_FILE"] = str(_local_key_file(logs))
-    if not env.get("FLOWER_BASIC_AUTH"):
-        env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
+    _demo_defaults(env, logs, sandbox_port=port if use_sandbox else None)
     flower_port = args.flower_port or free_port()
-    # A free port, not the fixed default: the demo must start next to anything.
-    env.setdefault("METRICS_PORT", str(free_port()))
     # Check every setting before anything starts, with the same message a worker gives.
     os.environ.update(env)
     load_celeryconfig()
@@ -112,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
     children: list[subprocess.Popen[bytes]] = []
+    flower: subprocess.Popen[bytes] | None = None
     try:
         if plan.command is not None:
             children.append(_start_redis(plan.url, plan.command, env, logs))
@@ -132,14 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logs,
             )
         )
-        children.append(
-            _spawn(
-                "flower",
-                [celery, "-A", "worker", "flower", f"--port={flower_port}", "--read_only=true"],
-                env,
-                logs,
-            )
+        flower = _spawn(
+            "flower",
+            [celery, "-A", "worker", "flower", f"--port={flower_port}", "--read_only=true"],
+            env,
+            logs,
         )
+        children.append(flower)
         user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
         flower_url = f"http://127.0.0.1:{flower_port}"
         print(f"Flower            {flower_url}  (user {user}, password {password})")
@@ -147,9 +144,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Metrics           http://127.0.0.1:{env['METRICS_PORT']}/metrics")
         print(f"Logs              {logs}/")
         return _feed_and_show(env, args, children, logs)
+    except KeyboardInterrupt:
+        print("\nInterrupted; stopping.")
+        return 128 + signal.SIGINT
     finally:
-        for child in reversed(children):
-            _stop(child)
+        _stop_all(
+            children,
+            flower=flower,
+            redis_server=children[0] if plan.command is not None else None,
+            soft_shutdown=float(env["WORKER_SOFT_SHUTDOWN_TIMEOUT"]),
+        )
+
+
+def _demo_defaults(env: dict[str, str], logs: Path, *, sandbox_port: int | None) -> None:
+    """What the demo sets where the user set nothing: the sandbox, a local PII key, a
+    Flower password, free ports and a short soft shutdown."""
+    if sandbox_port is not None:
+        env.update(
+            IAMPORT_API_URL=f"http://127.0.0.1:{sandbox_port}",
+            IAMPORT_KEY=SANDBOX_KEY,
+            IAMPORT_SECRET=SANDBOX_SECRET,
+        )
+    if not (env.get("PII_ENCRYPTION_KEYS") or env.get("PII_ENCRYPTION_KEYS_FILE")):
+        env["PII_ENCRYPTION_KEYS_FILE"] = str(_local_key_file(logs))
+    if not env.get("FLOWER_BASIC_AUTH"):
+        env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
+    # A free port, not the fixed default: the demo must start next to anything.
+    env.setdefault("METRICS_PORT", str(free_port()))
+    env.setdefault("WORKER_SOFT_SHUTDOWN_TIMEOUT", DEMO_SOFT_SHUTDOWN)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -180,7 +202,7 @@ def _start_redis(
                 return process
         except redis.RedisError:
             time.sleep(0.1)
-    _stop(process)
+    _stop((process, STOP_GRACE))
     raise SystemExit(f"redis-server did not start; see {logs}/redis.log")
 
 
@@ -224,11 +246,13 @@ def _feed_and_show(
     )
     if args.once:
         return 0
-    print(
-        "Worker, Flower and sandbox (and a Redis it started) keep running. Ctrl-C stops them.",
-        flush=True,
-    )
     try:
+        # The line is inside the `try`: a Ctrl-C that arrives right after it is shown,
+        # before pause(), must stop the demo the same way (seen: exit by SIGINT, -2).
+        print(
+            "Worker, Flower and sandbox (and a Redis it started) keep running. Ctrl-C stops them.",
+            flush=True,
+        )
         signal.pause()
     except KeyboardInterrupt:
         print()
@@ -270,11 +294,43 @@ def _exit_on_signal(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
+def _stop_all(
+    children: list[subprocess.Popen[bytes]],
+    *,
+    flower: subprocess.Popen[bytes] | None,
+    redis_server: subprocess.Popen[bytes] | None,
+    soft_shutdown: float,
+) -> None:
+    """Everything but Redis together, then Redis, once nothing writes to it any more.
+
+    Flower keeps no state, and after a Ctrl-C it can hang joining a thread that waits
+    on the broker (its SIGTERM handler's exit is then ignored): it gets FLOWER_GRACE.
+    """
+    _stop(
+        *(
+            (child, FLOWER_GRACE if child is flower else soft_shutdown + STOP_GRACE)
+            for child in children
+            if child is not redis_server
+        )
+    )
+    if redis_server is not None:
+        _stop((redis_server, STOP_GRACE))
+
+
+def _stop(*stops: tuple[subprocess.Popen[bytes], float]) -> None:
+    """SIGTERM to all at once, then SIGKILL to each still running ``grace`` seconds later.
+
+    All at once, not one after another: stopped in turn, a Flower that ignores Ctrl-C
+    and a worker in soft shutdown added their waits, and on a loaded machine the demo
+    took over a minute to exit.
+    """
+    for process, _ in stops:
+        if process.poll() is None:
+            process.terminate()
+    start = time.monotonic()
+    for process, grace in stops:
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=max(0.0, start + grace - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

@@ -64,6 +64,7 @@ class Sweeper:
         self._resent = resent
         self._release = client.register_script(_RELEASE)
         self._stop = threading.Event()
+        self._stopping = False
 
     def sweep_once(self) -> int:
         """Re-send every due job, if this process holds the lock; returns how many."""
@@ -110,5 +111,15 @@ class Sweeper:
         return thread
 
     def stop(self) -> None:
-        """Stop after the current sweep."""
+        """Stop after the current sweep; safe to call from a signal handler, re-entered.
+
+        It runs in Celery's shutdown signal handler. A second signal (Ctrl-C, then a
+        supervisor's SIGTERM) runs that handler again in the same thread, possibly in
+        the middle of ``Event.set``, whose lock is not re-entrant: the worker hung
+        there until SIGKILL. The flag is set before the lock is taken, so a second
+        call returns at once.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
         self._stop.set()

@@ -82,7 +82,12 @@ def test_make_run_starts_a_private_append_only_redis_and_stops_it(
         assert Path(f"/proc/{server}/exe").resolve().name.startswith("redis-")
 
         stop(demo)
-        assert demo.wait(timeout=60) == exit_code, output.text
+        # The children get 5 s of soft shutdown + 15 s together, then Redis 15 s.
+        try:
+            code = demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the demo did not exit within 60 s:\n{output.text}")
+        assert code == exit_code, output.text
         wait_for(lambda: not Path(f"/proc/{server}").exists(), timeout=30, message="Redis to exit")
         assert _pid_on(port) is None
         assert any((tmp_path / "redis" / "appendonlydir").iterdir())
