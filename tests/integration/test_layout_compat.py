@@ -1,0 +1,181 @@
+"""Records written by an earlier release are finished by this code, in the same layout.
+
+The fixture ``layout/redis_layout.json`` was captured at commit 06a651e (main, before
+the scripts moved out of the Python strings into worker/lua/, issue 13) with
+``python -m tests.support.layout tests/integration/layout/redis_layout.json 06a651e``:
+the exact Redis contents (keys, types, TTLs, hash fields, values) the store left
+after the scenarios of :mod:`tests.support.layout`. Each test runs on a Redis of its
+own: the sweeper's due index is global, and a test here hands out every due job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.support import layout
+from tests.support.redis_server import running_redis
+from worker.events import CANCELLED, ISSUED
+from worker.ledger import Claim, DueJob, Ledger
+
+pytestmark = pytest.mark.integration
+FIXTURE = json.loads((Path(__file__).parent / "layout" / "redis_layout.json").read_text())
+CAPTURED = FIXTURE["scenarios"]
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[redis.Redis]:
+    """An empty private Redis for one test (its client decodes replies)."""
+    with running_redis(tmp_path) as server:
+        yield server.client()
+
+
+def _events(client: redis.Redis) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (fields["type"], json.loads(fields["data"])) for _, fields in client.xrange(layout.STREAM)
+    ]
+
+
+def _record(client: redis.Redis, imp_uid: str) -> dict[str, str]:
+    return dict(client.hgetall(f"cash_receipt:ledger:{imp_uid}"))
+
+
+def _claim(store: Ledger, job: DueJob) -> Claim:
+    claim = store.claim(
+        job.imp_uid, task_id=job.task_id, payload=job.payload, purpose=job.op, fence=job.fence
+    )
+    assert claim.kind == "claimed", (job, claim)
+    return claim
+
+
+def _issue(store: Ledger, imp_uid: str, claim: Claim, task_id: str, apply_num: str) -> None:
+    receipt = {**layout.RECEIPT, "apply_num": apply_num}
+    entry = store.finish(
+        imp_uid,
+        fence=claim.fence,
+        state="issued",
+        task_id=task_id,
+        event_type=ISSUED,
+        data={"imp_uid": imp_uid, "task_id": task_id, "duplicate": False, "receipt": receipt},
+        receipt=receipt,
+    )
+    assert entry is not None
+
+
+def test_mid_flight_jobs_of_the_old_code_are_finished(client: redis.Redis) -> None:
+    """Jobs the old code left claimed, parked, and in a refund are handed out and finished.
+
+    The old code's leases have long passed and its parked job is due: the sweeper's
+    call hands out all four, each with the fence it must carry, and the new scripts
+    take them over and end them in the events the old ones owed, reading the old
+    records (waiters, ``pending_issue*``, ``pending_cancel*``, ``cancel_step``).
+    """
+    layout.load(client, CAPTURED["mid_flight"])
+    store = layout.ledger(client)
+    jobs = {job.imp_uid: job for job in store.due_jobs(limit=10, regrace_seconds=30)}
+    assert {uid: (job.state, job.op, job.task_id) for uid, job in jobs.items()} == {
+        "imp_layout_claimed": ("in_flight", "issue", "task-claimed-1"),
+        "imp_layout_parked": ("received", "issue", "task-parked-1"),
+        "imp_layout_refund": ("in_flight", "cancel", "task-refund-cancel"),
+        "imp_layout_pending_cancel": ("in_flight", "issue", "task-pending-issue"),
+    }
+    assert jobs["imp_layout_refund"].payload == layout.PARTIAL
+    before = len(_events(client))
+
+    # An issue in flight, and the message that waited on it: both end, one receipt.
+    claim = _claim(store, jobs["imp_layout_claimed"])
+    assert claim.resumed
+    _issue(store, "imp_layout_claimed", claim, "task-claimed-1", "C1")
+
+    # The parked issue resumes where its history left it.
+    claim = _claim(store, jobs["imp_layout_parked"])
+    assert (claim.resumed, claim.attempt) == (True, 2)
+    _issue(store, "imp_layout_parked", claim, "task-parked-1", "P1")
+    history = store.record("imp_layout_parked")
+    assert history is not None
+    assert history["state"] == "issued"
+
+    # The partial refund: its cancel step is read back, so it does not cancel twice;
+    # with no receipt to replace, the issue message recorded meanwhile owns the job.
+    claim = _claim(store, jobs["imp_layout_refund"])
+    record = _record(client, "imp_layout_refund")
+    assert record["cancel_step"] == "cancelled"
+    assert json.loads(record["cancelled_receipt"]) == layout.RECEIPT
+    entry = store.finish(
+        "imp_layout_refund",
+        fence=claim.fence,
+        state="cancelled",
+        task_id="task-refund-cancel",
+        event_type=CANCELLED,
+        data={"task_id": "task-refund-cancel", "duplicate": False, "receipt": layout.RECEIPT},
+        receipt=layout.RECEIPT,
+    )
+    assert entry is not None
+    record = _record(client, "imp_layout_refund")
+    assert (record["state"], record["op"], record["task_id"]) == (
+        "received",
+        "issue",
+        "task-refund-reissue",
+    )
+    claim = store.claim("imp_layout_refund", task_id="task-refund-reissue", payload=layout.PAYLOAD)
+    assert claim.kind == "claimed"
+    _issue(store, "imp_layout_refund", claim, "task-refund-reissue", "R2")
+
+    # The issue with a full refund kept beside it: once issued, the refund owns the job.
+    claim = _claim(store, jobs["imp_layout_pending_cancel"])
+    _issue(store, "imp_layout_pending_cancel", claim, "task-pending-issue", "PC1")
+    record = _record(client, "imp_layout_pending_cancel")
+    assert (record["state"], record["op"], record["task_id"]) == (
+        "received",
+        "cancel",
+        "task-pending-cancel",
+    )
+    assert "pending_cancel_task" not in record
+    claim = store.claim(
+        "imp_layout_pending_cancel",
+        task_id="task-pending-cancel",
+        payload=layout.FULL,
+        purpose="cancel",
+    )
+    assert claim.kind == "claimed"
+    entry = store.finish(
+        "imp_layout_pending_cancel",
+        fence=claim.fence,
+        state="cancelled",
+        task_id="task-pending-cancel",
+        event_type=CANCELLED,
+        data={"task_id": "task-pending-cancel", "duplicate": False},
+    )
+    assert entry is not None
+
+    ended = [(kind, data["task_id"], data["duplicate"]) for kind, data in _events(client)[before:]]
+    assert ended == [
+        (ISSUED, "task-claimed-1", False),
+        (ISSUED, "task-claimed-2", True),
+        (ISSUED, "task-parked-1", False),
+        (CANCELLED, "task-refund-cancel", False),
+        (ISSUED, "task-refund-reissue", False),
+        (ISSUED, "task-pending-issue", False),
+        (CANCELLED, "task-pending-cancel", False),
+    ]
+    for uid in jobs:
+        assert _record(client, uid)["state"] in {"issued", "cancelled"}
+    assert client.zcard("cash_receipt:ledger:due") == 0
+    for task_id in ("task-claimed-2", "task-refund-reissue", "task-pending-cancel"):
+        assert client.exists(f"cash_receipt:terminal:{task_id}")
+
+
+@pytest.mark.parametrize("scenario", sorted(CAPTURED))
+def test_the_new_code_writes_the_old_layout(client: redis.Redis, scenario: str) -> None:
+    """The same scenario leaves the same keys, types, TTLs, hash fields and values.
+
+    Only what differs between any two runs is left out (times, stream ids, event ids,
+    the order of waiters' events): see :func:`tests.support.layout.normalized`.
+    """
+    layout.SCENARIOS[scenario](client)
+    assert layout.normalized(layout.dump(client)) == layout.normalized(CAPTURED[scenario])
