@@ -33,6 +33,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from worker.errors import IamportError
+from worker.keys import ledger_key
 from worker.masking import mask_text
 from worker.schemas import InvalidPayload
 from worker.sealing import SealingUnavailable
@@ -159,7 +160,7 @@ def _payload(text: str | None, path: str | None, fields: dict[str, Any]) -> dict
 def status(imp_uid: str, as_json: bool) -> None:
     """Show a payment's ledger record (masked), its history and its latest event."""
     from worker.events import latest_event  # noqa: PLC0415
-    from worker.ledger import job_history, ledger_key, shown_record  # noqa: PLC0415
+    from worker.ledger import job_history, shown_record  # noqa: PLC0415
 
     client = _redis()
     raw = client.hgetall(ledger_key(imp_uid))
@@ -250,7 +251,7 @@ def _event_line(event_type: str, data: dict[str, Any]) -> str:
 @json_option
 def stuck(older_than: float, limit: int, as_json: bool) -> None:
     """List jobs overdue in a non-terminal state (no worker runs them, or they keep failing)."""
-    from worker.ledger import ledger_key, shown_record  # noqa: PLC0415
+    from worker.ledger import shown_record  # noqa: PLC0415
     from worker.ledger import stuck as stuck_jobs  # noqa: PLC0415
 
     client = _redis()

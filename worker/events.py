@@ -4,10 +4,11 @@ Consumers read ``cash_receipt.events`` (the ``RESULT_STREAM``) with a consumer
 group. Each entry has two fields, ``type`` and ``data`` (a JSON object); the
 README documents every key.
 
-Exactly one: the XADD happens inside a Lua script together with a marker keyed
-by the Celery task id. A redelivered or repeated message whose task already
-published its outcome publishes nothing new. The marker lives as long as the
-stream keeps events, so the guarantee holds for the whole retention window.
+Exactly one: the XADD happens inside a Lua script (worker/lua/publish_once.lua)
+together with a marker keyed by the Celery task id. A redelivered or repeated
+message whose task already published its outcome publishes nothing new. The
+marker lives as long as the stream keeps events, so the guarantee holds for the
+whole retention window.
 
 Retention is by age (``XADD ... MINID ~``), not by length: a length cap on a
 stream deletes entries that a slow consumer group has not read yet, however
@@ -27,35 +28,13 @@ from typing import Any
 
 import redis
 
+from worker import lua
+from worker.keys import status_key, terminal_key
+
 ISSUED = "cash_receipt.issued"
 FAILED = "cash_receipt.failed"
 CANCELLED = "cash_receipt.cancelled"
 CANCEL_FAILED = "cash_receipt.cancel_failed"
-
-#: A Lua function shared by every script that ends a task: XADD the event
-#: unless this task already published one, and remember where it went.
-PUBLISH_ONCE_LUA = """
-local function publish_once(stream, marker, status, event_type, data, minid, retention)
-  local seen = redis.call('GET', marker)
-  if seen then
-    return {0, seen}
-  end
-  local id = redis.call('XADD', stream, 'MINID', '~', minid, '*', 'type', event_type, 'data', data)
-  redis.call('SET', marker, id, 'EX', retention)
-  if status ~= '' then
-    redis.call('SET', status, id, 'EX', retention)
-  end
-  return {1, id}
-end
-"""
-
-PUBLISH_ONCE_SCRIPT = (
-    PUBLISH_ONCE_LUA
-    + """
--- KEYS: stream, per-task marker, per-payment status. ARGV: type, data, MINID, retention s
-return publish_once(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-"""
-)
 
 
 @dataclass(frozen=True)
@@ -75,7 +54,7 @@ class EventPublisher:
         self._redis = client
         self._stream = stream
         self._retention = retention_seconds
-        self._script = client.register_script(PUBLISH_ONCE_SCRIPT)
+        self._script = client.register_script(lua.source("publish"))
 
     @property
     def stream(self) -> str:
@@ -134,16 +113,6 @@ def event_data(
         "duplicate": duplicate,
         **detail,
     }
-
-
-def terminal_key(task_id: str) -> str:
-    """The marker that makes a task's terminal event happen once."""
-    return f"cash_receipt:terminal:{task_id}"
-
-
-def status_key(imp_uid: str) -> str:
-    """Points at the latest terminal event of a payment, for ``cashreceipt status``."""
-    return f"cash_receipt:last_event:{imp_uid}"
 
 
 def latest_event(client: redis.Redis, *, stream: str, imp_uid: str) -> dict[str, Any] | None:

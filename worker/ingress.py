@@ -53,6 +53,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from worker import lua
 from worker.core.events import invalid_detail
 from worker.events import CANCEL_FAILED, FAILED, EventPublisher
 from worker.keys import DEAD_KEY
@@ -87,21 +88,6 @@ GONE_CONSUMER_IDLE_MS = 3600 * 1000
 
 #: Redis or the broker failed: the entry stays pending and is tried again.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OperationalError, OSError)
-
-_FORGET_GONE_CONSUMERS = """
--- KEYS: stream. ARGV: group, idle ms, this consumer. Atomic, so that a consumer
--- is never removed with entries pending (they would be lost with it).
-local removed = 0
-for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
-  local info = {}
-  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
-  if info['pending'] == 0 and info['idle'] > tonumber(ARGV[2]) and info['name'] ~= ARGV[3] then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
-    removed = removed + 1
-  end
-end
-return removed
-"""
 
 
 def task_id_for(stream: str, entry_id: str) -> str:
@@ -142,7 +128,7 @@ class Ingress:
         self._claim_every = max(0.05, claim_idle_seconds / 2)
         self._next_claim = 0.0
         self._events = events
-        self._forget = client.register_script(_FORGET_GONE_CONSUMERS)
+        self._forget = client.register_script(lua.source("forget_gone_consumers"))
         self._stopping = False
         # Our own pending entries are read again at start (a restart under the
         # same --consumer name) and after a failure left some behind.

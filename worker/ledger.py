@@ -3,8 +3,8 @@
 Celery on Redis can lose a message (kombu's BRPOP and its unacked HSET are two
 round trips; a failed retry publish is dropped) and routinely runs one twice
 (visibility timeout, redelivery). i'mport V1 has no idempotency key. So the
-state of every receipt job lives here, and every transition is one Lua script,
-so concurrent duplicates take exactly one path::
+state of every receipt job lives here, and every transition is one Lua script
+(in worker/lua/), so concurrent duplicates take exactly one path::
 
     (none) ─claim─▶ in_flight ─finish─▶ issued
        │              │  ▲     └─finish─▶ failed ─receive/claim─▶ (re-opened)
@@ -46,377 +46,24 @@ from typing import Any
 
 import redis
 
-from worker.events import (
-    ISSUED,
-    PUBLISH_ONCE_LUA,
-    PUBLISH_ONCE_SCRIPT,
-    event_data,
+from worker import lua
+from worker.events import CANCEL_FAILED, FAILED, ISSUED, event_data
+from worker.keys import (
+    DUE_KEY,
+    FAILED_KEY,
+    TERMINAL_PREFIX,
+    history_key,
+    ledger_key,
     status_key,
     terminal_key,
+    waiters_key,
 )
 from worker.masking import mask_payload
 
-DUE_KEY = "cash_receipt:ledger:due"
-#: Jobs that failed for good, by when: the dead-letter view.
-FAILED_KEY = "cash_receipt:ledger:failed"
 TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
 #: The message header that hands a claimed job on to the next message of its
 #: task (a retry, a sweeper re-send): the fence it was handed on with.
 FENCE_HEADER = "ledger_fence"
-
-
-def ledger_key(imp_uid: str) -> str:
-    """The ledger record of one payment."""
-    return f"cash_receipt:ledger:{imp_uid}"
-
-
-def history_key(imp_uid: str) -> str:
-    """The last 50 attempts and outcomes of a payment's jobs, newest first."""
-    return f"cash_receipt:ledger:{imp_uid}:history"
-
-
-def waiters_key(imp_uid: str) -> str:
-    """The task ids of other messages waiting on a payment's job in flight."""
-    return f"cash_receipt:ledger:{imp_uid}:waiters"
-
-
-# Every script takes the time from its caller (milliseconds), so tests can
-# reason about it and Redis's clock never matters.
-
-# Whether a cancellation payload (JSON) is a partial refund: it has an amount.
-# Only a full refund ends a payment's receipts for good; after a partial one
-# with no receipt to replace, a later confirmation must still issue.
-_PARTIAL_LUA = """
-local function partial(cancel)
-  if not cancel or cancel == '' then return false end
-  local ok, decoded = pcall(cjson.decode, cancel)
-  return ok and type(decoded) == 'table' and type(decoded['amount']) == 'number'
-end
-"""
-
-_RECEIVE = (
-    _PARTIAL_LUA
-    + """
--- KEYS: ledger, due, waiters. ARGV: task_id, payload, now_ms, resend_at_ms, imp_uid
-local record = redis.call('HMGET', KEYS[1], 'state', 'op', 'cancel')
-local state = record[1]
-local reopen = state == 'failed' or (state == 'cancelled' and partial(record[3]))
-if state and not reopen then
-  if state == 'received' or state == 'in_flight' then
-    -- A waiter ends with the owner.
-    redis.call('SADD', KEYS[3], ARGV[1])
-    if record[2] == 'cancel' and partial(record[3]) then
-      -- Behind a partial refund, which may end with no receipt to replace:
-      -- kept, to own the job then (its message waits meanwhile).
-      redis.call('HSET', KEYS[1], 'pending_issue_task', ARGV[1], 'pending_issue', ARGV[2],
-        'pending_issue_due', ARGV[4])
-    end
-  end
-  return state
-end
-if not state then
-  redis.call('HSET', KEYS[1], 'created_at', ARGV[3], 'fence', 0)
-end
-redis.call('HSET', KEYS[1], 'state', 'received', 'task_id', ARGV[1], 'payload', ARGV[2],
-  'op', 'issue', 'attempts', 0, 'updated_at', ARGV[3], 'next_attempt_at', ARGV[4])
-redis.call('HDEL', KEYS[1], 'last_error', 'receipt', 'lease_until')
-redis.call('PERSIST', KEYS[1])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
-return 'received'
-"""
-)
-
-_RECEIVE_CANCEL = (
-    _PARTIAL_LUA
-    + """
--- Record a cancellation before it is enqueued, so that a lost message is re-sent.
--- KEYS: ledger, due, terminal marker of this task. ARGV: task_id, cancel, now_ms,
--- resend_at_ms, imp_uid
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  return 'done'
-end
-local record = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'cancel')
-local state, owner = record[1], record[2]
-if state and owner == ARGV[1] then
-  return state  -- the same task again (an ingress entry handled twice)
-end
-if state == 'cancelled' and not (partial(record[3]) and not partial(ARGV[2])) then
-  return state  -- nothing left to cancel: the task reports a duplicate
-end
-if state == 'received' or state == 'in_flight' then
-  -- Another task owns the job. The cancellation waits its turn; if the job
-  -- ends issued before this task has claimed it, it becomes the job's owner.
-  redis.call('HSET', KEYS[1], 'pending_cancel_task', ARGV[1], 'pending_cancel', ARGV[2],
-    'pending_cancel_due', ARGV[4])
-  return state
-end
-if not state then
-  redis.call('HSET', KEYS[1], 'created_at', ARGV[3], 'fence', 0)
-end
-redis.call('HSET', KEYS[1], 'state', 'received', 'op', 'cancel', 'task_id', ARGV[1],
-  'cancel', ARGV[2], 'attempts', 0, 'updated_at', ARGV[3], 'next_attempt_at', ARGV[4])
-redis.call('HDEL', KEYS[1], 'cancel_step', 'lease_until',
-  'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
-redis.call('PERSIST', KEYS[1])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
-return 'received'
-"""
-)
-
-_CLAIM = (
-    _PARTIAL_LUA
-    + """
--- KEYS: ledger, due, terminal marker of this task, waiters, failed index.
--- ARGV: task_id, payload, now_ms, lease_ms, imp_uid, purpose ('issue' or 'cancel'),
---       the fence the message carries ('' for none)
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  return {'done'}
-end
-local now = tonumber(ARGV[3])
-local purpose = ARGV[6]
-local record = redis.call('HMGET', KEYS[1],
-  'state', 'task_id', 'lease_until', 'receipt', 'attempts', 'op', 'fence', 'cancel',
-  'next_attempt_at')
-local state, owner, lease, receipt = record[1], record[2], tonumber(record[3] or '0'), record[4]
-local attempts = tonumber(record[5] or '0')
-local op = record[6] or 'issue'
-local after_partial = partial(record[8])
-if state == 'issued' and purpose == 'issue' then
-  return {'issued', receipt}
-end
-if state == 'cancelled' and not (after_partial and (purpose == 'issue' or not partial(ARGV[2])))
-then
-  -- A full refund ends the payment's receipts; after a partial one an issue
-  -- (or a full refund) still has work to do.
-  return {'cancelled', receipt or ''}
-end
-if purpose == 'issue' and op == 'cancel' and (state == 'in_flight' or state == 'received') then
-  if not after_partial then
-    -- A full refund owns the job: an issue message is stale and must not re-issue.
-    return {'cancelled', ''}
-  end
-  -- A partial refund is being handled: wait; this message may have to issue after it.
-  return {'busy', tostring(lease > 0 and lease or tonumber(record[9] or '0'))}
-end
-local resumed = 0
-if state == 'in_flight' then
-  -- A live lease is taken over only by the message its owner handed the job to
-  -- (a retry or a sweeper re-send, carrying the current fence): another copy
-  -- of the same task (a re-send of a job that was still queued, a redelivery)
-  -- waits like any duplicate, or two copies would POST at once.
-  if lease > now and (owner ~= ARGV[1] or ARGV[7] ~= record[7]) then
-    -- Issue messages wait on the job; a cancellation waits too, but must act after.
-    if purpose == 'issue' then redis.call('SADD', KEYS[4], ARGV[1]) end
-    return {'busy', tostring(lease)}
-  end
-  resumed = 1
-elseif state == 'received' then
-  if attempts > 0 then resumed = 1 end
-elseif state == 'failed' or state == 'issued' or state == 'cancelled' then
-  -- A new operation on a finished job: a re-opened issue, or a cancellation.
-  attempts = 0
-  redis.call('HDEL', KEYS[1], 'cancel_step')
-else
-  redis.call('HSET', KEYS[1], 'created_at', ARGV[3])
-end
-if owner and owner ~= ARGV[1] and op == 'issue'
-    and (state == 'in_flight' or state == 'received') then
-  -- A takeover: the message that owned the job may be gone (its worker died,
-  -- its retry was never published). It still ends in one event, as a waiter.
-  redis.call('SADD', KEYS[4], owner)
-end
-attempts = attempts + 1
-local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
-redis.call('HSET', KEYS[1], 'state', 'in_flight', 'task_id', ARGV[1], 'op', purpose,
-  'attempts', attempts, 'updated_at', ARGV[3], 'lease_until', now + tonumber(ARGV[4]))
-if purpose == 'issue' then
-  redis.call('HSET', KEYS[1], 'payload', ARGV[2])
-  redis.call('HDEL', KEYS[1], 'receipt')
-else
-  redis.call('HSET', KEYS[1], 'cancel', ARGV[2])
-  if redis.call('HGET', KEYS[1], 'pending_cancel_task') == ARGV[1] then
-    redis.call('HDEL', KEYS[1], 'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
-  end
-end
-redis.call('HDEL', KEYS[1], 'next_attempt_at')
-redis.call('ZREM', KEYS[5], ARGV[5])
-redis.call('PERSIST', KEYS[1])
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
-return {'claimed', tostring(fence), tostring(attempts), tostring(resumed)}
-"""
-)
-
-_HOLD = """
--- Keep (or park) a claimed job while it waits to retry.
--- KEYS: ledger, due, history. ARGV: fence, now_ms, due_ms, new_state, last_error, imp_uid
-local record = redis.call('HMGET', KEYS[1], 'state', 'fence', 'attempts', 'op')
-if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', ARGV[2], 'last_error', ARGV[5])
-redis.call('LPUSH', KEYS[3], cjson.encode({at = tonumber(ARGV[2]), op = record[4] or 'issue',
-  attempt = tonumber(record[3] or '0'), outcome = 'retry', error = cjson.decode(ARGV[5])}))
-redis.call('LTRIM', KEYS[3], 0, 49)
-if ARGV[4] == 'received' then
-  redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[3])
-  redis.call('HDEL', KEYS[1], 'lease_until')
-else
-  redis.call('HSET', KEYS[1], 'lease_until', ARGV[3])
-end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[6])
-return 1
-"""
-
-_FINISH = (
-    PUBLISH_ONCE_LUA
-    + _PARTIAL_LUA
-    + """
--- The terminal transition and its event, together.
--- KEYS: ledger, due, stream, terminal marker, status pointer, waiters, failed index,
---       history, terminal marker of the extra event.
--- ARGV: fence, state, event type, event data, minid, event retention s,
---       now_ms, receipt json, last_error json, ledger retention s, imp_uid,
---       extra event type ('' for none), extra event data
-local record = redis.call('HMGET', KEYS[1], 'state', 'fence', 'attempts', 'op')
-if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then
-  return {-1, record[1] or ''}
-end
-local entry = {at = tonumber(ARGV[7]), op = record[4] or 'issue',
-  attempt = tonumber(record[3] or '0'), outcome = ARGV[3]}
-if ARGV[9] ~= '' then entry['error'] = cjson.decode(ARGV[9]) end
--- The transition's second event (a partial refund's re-issue, or its failure).
-if ARGV[12] ~= '' then entry['then'] = ARGV[12] end
-redis.call('LPUSH', KEYS[8], cjson.encode(entry))
-redis.call('LTRIM', KEYS[8], 0, 49)
-redis.call('EXPIRE', KEYS[8], ARGV[10])
-if ARGV[2] == 'failed' or ARGV[3] == 'cash_receipt.cancel_failed' then
-  -- A dead letter: a job that failed, or a refund whose receipt stays live.
-  redis.call('ZADD', KEYS[7], ARGV[7], ARGV[11])
-else
-  redis.call('ZREM', KEYS[7], ARGV[11])
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[7])
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'receipt', ARGV[8]) end
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[9]) end
-redis.call('HDEL', KEYS[1], 'lease_until', 'next_attempt_at')
-redis.call('ZREM', KEYS[2], ARGV[11])
-redis.call('EXPIRE', KEYS[1], ARGV[10])
-local published = publish_once(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-redis.call('HSET', KEYS[1], 'event_id', published[2])
-if ARGV[12] ~= '' then
-  -- A partial refund: the cancellation and the new receipt are one transition.
-  publish_once(KEYS[3], KEYS[9], KEYS[5], ARGV[12], ARGV[13], ARGV[5], ARGV[6])
-end
-if ARGV[2] == 'issued' or (ARGV[2] == 'failed' and ARGV[12] == '') then
-  -- Every other message that asked for this payment meanwhile ends now too,
-  -- with the owner's outcome, as a duplicate, even if that message itself is
-  -- lost. After a failure, a new payload (not a waiter) re-opens the job.
-  -- Waiters are issue messages: after a cancellation's transition (a partial
-  -- refund's re-issue, a repeated refund, a cancel_failed) they get the live receipt.
-  local owner = redis.call('HGET', KEYS[1], 'task_id')
-  local live = redis.call('HGET', KEYS[1], 'receipt')
-  local waiter_type = ARGV[3]
-  if ARGV[2] == 'issued' then waiter_type = 'cash_receipt.issued' end
-  for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
-    if waiter ~= owner then
-      local data = cjson.decode(ARGV[4])
-      data['task_id'] = waiter
-      data['duplicate'] = true
-      data['event_id'] = redis.sha1hex(waiter .. published[2])
-      if ARGV[3] ~= waiter_type then
-        data['error'] = nil
-        data['receipt'] = live and cjson.decode(live) or cjson.null
-      end
-      publish_once(KEYS[3], 'cash_receipt:terminal:' .. waiter, KEYS[5], waiter_type,
-        cjson.encode(data), ARGV[5], ARGV[6])
-    end
-  end
-  redis.call('DEL', KEYS[6])
-elseif ARGV[2] == 'cancelled' then
-  local rec = redis.call('HMGET', KEYS[1],
-    'cancel', 'pending_issue_task', 'pending_issue', 'pending_issue_due')
-  if partial(rec[1]) then
-    -- A partial refund with no receipt to replace: issue messages that came
-    -- meanwhile still issue. The one recorded last owns the job now.
-    if rec[2] and redis.call('EXISTS', 'cash_receipt:terminal:' .. rec[2]) == 0 then
-      redis.call('HSET', KEYS[1], 'state', 'received', 'op', 'issue', 'task_id', rec[2],
-        'payload', rec[3], 'attempts', 0, 'next_attempt_at', rec[4])
-      redis.call('HDEL', KEYS[1], 'receipt')
-      redis.call('PERSIST', KEYS[1])
-      redis.call('ZADD', KEYS[2], rec[4], ARGV[11])
-    end
-    redis.call('EXPIRE', KEYS[6], ARGV[10])
-  else
-    -- Issue messages still waiting will never issue: each ends as a stale one.
-    for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
-      local data = cjson.decode(ARGV[4])
-      data['task_id'] = waiter
-      data['duplicate'] = true
-      data['receipt'] = nil
-      data['event_id'] = redis.sha1hex(waiter .. published[2])
-      data['error'] = {reason = 'cancelled', status = cjson.null, code = cjson.null,
-        message = 'the receipt of this payment was cancelled', retryable = false}
-      publish_once(KEYS[3], 'cash_receipt:terminal:' .. waiter, KEYS[5], 'cash_receipt.failed',
-        cjson.encode(data), ARGV[5], ARGV[6])
-    end
-    redis.call('DEL', KEYS[6])
-  end
-else
-  redis.call('EXPIRE', KEYS[6], ARGV[10])
-end
-if ARGV[2] == 'issued' then
-  -- A cancellation recorded while this job was in hand now owns it: the
-  -- receipt must not stay live if that cancellation's message was lost.
-  local pending = redis.call('HMGET', KEYS[1],
-    'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
-  if pending[1] and redis.call('EXISTS', 'cash_receipt:terminal:' .. pending[1]) == 0 then
-    redis.call('HSET', KEYS[1], 'state', 'received', 'op', 'cancel', 'task_id', pending[1],
-      'cancel', pending[2], 'attempts', 0, 'next_attempt_at', pending[3])
-    redis.call('HDEL', KEYS[1], 'cancel_step')
-    redis.call('PERSIST', KEYS[1])
-    redis.call('ZADD', KEYS[2], pending[3], ARGV[11])
-    redis.call('ZREM', KEYS[7], ARGV[11])  -- owed, not dead: a cancel_failed is retried
-  end
-  redis.call('HDEL', KEYS[1], 'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
-end
-redis.call('HDEL', KEYS[1], 'pending_issue_task', 'pending_issue', 'pending_issue_due')
-return published
-"""
-)
-
-_NOTE = """
--- Record a step of the job the owner has taken (e.g. the old receipt is cancelled).
--- KEYS: ledger. ARGV: fence, field, value
-local record = redis.call('HMGET', KEYS[1], 'state', 'fence')
-if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then
-  return 0
-end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-return 1
-"""
-
-_DUE = """
--- Hand a due job to the sweeper once, pushing its due time forward.
--- KEYS: ledger, due. ARGV: now_ms, regrace_ms, imp_uid
-local record = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'payload', 'lease_until',
-  'next_attempt_at', 'attempts', 'op', 'cancel', 'fence')
-local state = record[1]
-if not state or state == 'issued' or state == 'failed' or state == 'cancelled' then
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  return false
-end
-local now = tonumber(ARGV[1])
-local due = tonumber((state == 'in_flight' and record[4]) or record[5] or '0')
-if due > now then
-  redis.call('ZADD', KEYS[2], due, ARGV[3])
-  return false
-end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
-local op = record[7] or 'issue'
-local payload = record[3]
-if op == 'cancel' then payload = record[8] end
-return {state, record[2], payload, record[6] or '0', op, record[9] or '0'}
-"""
 
 
 @dataclass(frozen=True)
@@ -454,7 +101,7 @@ class DueJob:
 
 
 class Ledger:
-    """The ledger's transitions, each one Lua script."""
+    """The ledger's transitions, each one Lua script (worker/lua/)."""
 
     def __init__(
         self,
@@ -470,14 +117,14 @@ class Ledger:
         self._event_retention = event_retention_seconds
         self._retention = retention_seconds
         self._lease_ms = int(lease_seconds * 1000)
-        self._receive = client.register_script(_RECEIVE)
-        self._receive_cancel = client.register_script(_RECEIVE_CANCEL)
-        self._claim = client.register_script(_CLAIM)
-        self._hold = client.register_script(_HOLD)
-        self._finish = client.register_script(_FINISH)
-        self._due = client.register_script(_DUE)
-        self._note = client.register_script(_NOTE)
-        self._publish = client.register_script(PUBLISH_ONCE_SCRIPT)
+        self._receive = client.register_script(lua.source("receive"))
+        self._receive_cancel = client.register_script(lua.source("receive_cancel"))
+        self._claim = client.register_script(lua.source("claim"))
+        self._hold = client.register_script(lua.source("hold"))
+        self._finish = client.register_script(lua.source("finish"))
+        self._due = client.register_script(lua.source("due"))
+        self._note = client.register_script(lua.source("note"))
+        self._publish = client.register_script(lua.source("publish"))
 
     @property
     def lease_seconds(self) -> float:
@@ -628,6 +275,10 @@ class Ledger:
                 imp_uid,
                 extra_event[0] if extra_event else "",
                 json.dumps(extra_event[1], ensure_ascii=False) if extra_event else "",
+                TERMINAL_PREFIX,
+                ISSUED,
+                FAILED,
+                CANCEL_FAILED,
             ],
         )
         if int(result[0]) == -1:

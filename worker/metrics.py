@@ -40,9 +40,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from worker.keys import DEAD_KEY
-from worker.ledger import DUE_KEY, FAILED_KEY, ledger_key
-from worker.parking import PARKED_KEY
+from worker.keys import DEAD_KEY, DUE_KEY, FAILED_KEY, PARKED_KEY, ledger_key
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,8 @@ from celery import Celery
 
 from worker.errors import ConnectionFailed, IamportError, RateLimited, TransientError
 from worker.iamport import IamportClient, Payment, Receipt
-from worker.ledger import (
-    FAILED_KEY,
-    failed_jobs,
-    job_history,
-    ledger_key,
-    shown_record,
-)
+from worker.keys import FAILED_KEY, LEDGER_PREFIX, ledger_key
+from worker.ledger import failed_jobs, job_history, shown_record
 from worker.producer import enqueue_cancel, enqueue_issue
 from worker.retry import reason_for
 from worker.service import find_issued
@@ -229,8 +224,8 @@ def _another_receipt(recorded: str | None, live_tid: str | None) -> bool:
 def ledger_payments(client: redis.Redis, *, limit: int = 10_000) -> list[str]:
     """imp_uids with a ledger record (SCAN: cheap for Redis, fine for a one-off check)."""
     found = []
-    for key in client.scan_iter(match="cash_receipt:ledger:*", count=1000):
-        name = _text(key)[len("cash_receipt:ledger:") :]
+    for key in client.scan_iter(match=f"{LEDGER_PREFIX}*", count=1000):
+        name = _text(key)[len(LEDGER_PREFIX) :]
         if ":" in name or name in {"due", "failed"}:
             continue
         found.append(name)

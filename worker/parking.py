@@ -35,13 +35,14 @@ from typing import Any
 
 import redis
 
+from worker import lua
+from worker.keys import PARKED_KEY
 from worker.masking import mask_payload, mask_text
 from worker.schemas import BUYER_FIELDS
 from worker.sealing import Sealer, SealingUnavailable
 
 log = logging.getLogger(__name__)
 
-PARKED_KEY = "cash_receipt:parked"
 #: A flood of garbage must not fill a noeviction Redis; the oldest beyond this
 #: are trimmed, and the trim is logged.
 PARKED_LIMIT = 10_000
@@ -50,28 +51,6 @@ RAW_LIMIT = 64 * 1024
 PARKED_RETENTION_SECONDS = 7 * 24 * 3600
 #: How deep a body is searched for payloads to seal.
 _DEPTH = 4
-
-_PARK = """
--- KEYS: parked list. ARGV: record, limit, retention s, oldest parked_at_ms kept
-if ARGV[1] ~= '' then
-  redis.call('LPUSH', KEYS[1], ARGV[1])
-  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-end
--- Newest first, so the expired ones are at the tail.
-local dropped = 0
-while true do
-  local tail = redis.call('LINDEX', KEYS[1], -1)
-  if not tail then break end
-  local ok, record = pcall(cjson.decode, tail)
-  local at = 0
-  if ok and type(record) == 'table' then at = tonumber(record['parked_at_ms']) or 0 end
-  if at >= tonumber(ARGV[4]) then break end
-  redis.call('RPOP', KEYS[1])
-  dropped = dropped + 1
-end
-return {redis.call('LLEN', KEYS[1]), dropped}
-"""
 
 
 def parked_record(
@@ -229,7 +208,7 @@ def expire_parked(client: redis.Redis) -> int:
 
 def _run_park(client: redis.Redis, record: str) -> tuple[int, int]:
     oldest = int((time.time() - PARKED_RETENTION_SECONDS) * 1000)
-    script = client.register_script(_PARK)
+    script = client.register_script(lua.source("park"))
     length, dropped = script(
         keys=[PARKED_KEY], args=[record, PARKED_LIMIT, PARKED_RETENTION_SECONDS, oldest]
     )

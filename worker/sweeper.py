@@ -25,22 +25,16 @@ from typing import Any
 
 import redis
 
+from worker import lua
 from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
+from worker.keys import SWEEPER_LOCK_KEY
 from worker.ledger import FENCE_HEADER, Ledger
 from worker.masking import masked_args_repr
 from worker.parking import expire_parked
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = "cash_receipt:sweeper:lock"
 BATCH = 500
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class Sweeper:
@@ -62,7 +56,7 @@ class Sweeper:
         self._interval = interval
         self._rand = rand
         self._resent = resent
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(lua.source("release_lock"))
         self._stop = threading.Event()
         self._stopping = False
 
@@ -70,7 +64,7 @@ class Sweeper:
         """Re-send every due job, if this process holds the lock; returns how many."""
         token = uuid.uuid4().hex
         hold_ms = max(1000, int(self._interval * 2000))
-        if not self._redis.set(LOCK_KEY, token, nx=True, px=hold_ms):
+        if not self._redis.set(SWEEPER_LOCK_KEY, token, nx=True, px=hold_ms):
             return 0
         try:
             jobs = self._ledger.due_jobs(limit=BATCH, regrace_seconds=self._ledger.lease_seconds)
@@ -94,7 +88,7 @@ class Sweeper:
                 log.info("sweeper dropped parked messages past their retention")
             return len(jobs)
         finally:
-            self._release(keys=[LOCK_KEY], args=[token])
+            self._release(keys=[SWEEPER_LOCK_KEY], args=[token])
 
     def run(self) -> None:
         """Sweep every interval until :meth:`stop`; a failed sweep is logged and retried."""

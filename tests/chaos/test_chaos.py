@@ -45,7 +45,8 @@ from tests.support.redis_server import RedisServer
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import WaitTimeout, wait_for
 from tests.support.worker import BIN, ROOT, TEST_PII_KEY, worker_env
-from worker.ledger import TERMINAL_STATES, job_history, ledger_key
+from worker.keys import ledger_key
+from worker.ledger import TERMINAL_STATES, job_history
 from worker.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]

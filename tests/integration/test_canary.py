@@ -41,7 +41,7 @@ from tests.support.worker import (
     worker_env,
 )
 from worker.config import timing
-from worker.parking import PARKED_KEY
+from worker.keys import PARKED_KEY
 from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,8 @@ from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
-from worker.ledger import job_history, ledger_key
+from worker.keys import ledger_key
+from worker.ledger import job_history
 from worker.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]

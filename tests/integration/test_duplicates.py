@@ -16,7 +16,8 @@ from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput
 from worker.contract import ISSUE_TASK, QUEUE
-from worker.ledger import FENCE_HEADER, Ledger, ledger_key
+from worker.keys import ledger_key
+from worker.ledger import FENCE_HEADER, Ledger
 from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration

@@ -29,7 +29,7 @@ from tests.support.wait import wait_for
 from tests.support.worker import ROOT, TEST_PII_KEY, ProcessOutput, worker_env
 from worker.contract import CANCEL_TASK, ISSUE_TASK
 from worker.ingress import list_dead_ingress, task_id_for
-from worker.ledger import ledger_key
+from worker.keys import ledger_key
 from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration

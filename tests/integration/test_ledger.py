@@ -14,8 +14,9 @@ from cryptography.fernet import Fernet
 
 from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_for
-from worker.events import ISSUED, event_data, status_key, terminal_key
-from worker.ledger import DUE_KEY, FAILED_KEY, Ledger, history_key, ledger_key
+from worker.events import ISSUED, event_data
+from worker.keys import DUE_KEY, FAILED_KEY, history_key, ledger_key, status_key, terminal_key
+from worker.ledger import Ledger
 from worker.operations import dead_jobs
 from worker.schemas import load_payload
 from worker.sealing import Sealer

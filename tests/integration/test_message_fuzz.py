@@ -43,7 +43,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import TEST_PII_KEY, ProcessOutput, running_worker, worker_env
-from worker.parking import PARKED_KEY
+from worker.keys import PARKED_KEY
 from worker.schemas import InvalidPayload, load_payload
 from worker.sealing import Sealer
 

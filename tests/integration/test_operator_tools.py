@@ -20,7 +20,8 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput, worker_env
-from worker.ledger import DUE_KEY, Ledger
+from worker.keys import DUE_KEY
+from worker.ledger import Ledger
 from worker.sealing import Sealer
 from worker.sweeper import Sweeper
 

@@ -28,7 +28,7 @@ from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import running_worker, worker_env
 from worker.config import timing
-from worker.ledger import ledger_key
+from worker.keys import ledger_key
 from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration

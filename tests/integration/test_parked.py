@@ -17,7 +17,8 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import TEST_PII_KEY, ProcessOutput, worker_env
-from worker.parking import PARKED_KEY, PARKED_RETENTION_SECONDS
+from worker.keys import PARKED_KEY
+from worker.parking import PARKED_RETENTION_SECONDS
 from worker.sealing import Sealer
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import BIN, TEST_PII_KEY, running_worker, worker_env
-from worker.ledger import DUE_KEY, ledger_key
+from worker.keys import DUE_KEY, ledger_key
 from worker.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = pytest.mark.integration

@@ -35,8 +35,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import BIN, ROOT, ProcessOutput, running_worker, worker_env
-from worker.ledger import ledger_key
-from worker.parking import PARKED_KEY
+from worker.keys import PARKED_KEY, ledger_key
 from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration

@@ -74,6 +74,21 @@ def test_wheel_has_config_tasks_and_console_script(wheel: Path) -> None:
     assert "iamport-sandbox" not in text
 
 
+def test_wheel_has_the_lua_scripts(wheel: Path) -> None:
+    """Every script of worker/lua/ is in the wheel: the store reads them at run time.
+
+    They are package data, not modules: a build that only picked up ``*.py`` would
+    install a worker that fails at its first Redis transition.
+    """
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(name for name in names if name.endswith(".lua"))
+    expected = sorted(f"worker/lua/{path.name}" for path in (ROOT / "worker" / "lua").glob("*.lua"))
+    assert len(expected) > 10
+    assert shipped == expected
+    for name in expected:
+        assert zipfile.ZipFile(wheel).read(name) == (ROOT / name).read_bytes()
+
+
 def test_wheel_carries_no_sandbox_benchmark_or_tests(wheel: Path) -> None:
     """Only the runtime's top-level packages: worker, tasks, celeryconfig, and the metadata."""
     names = zipfile.ZipFile(wheel).namelist()

@@ -1,0 +1,74 @@
+"""The store's scripts are .lua files, joined at load time, that build no key name (issue 13).
+
+Lua in a Python string is read by nobody's Lua tooling and was assembled by string
+concatenation; a key name spelled inside a script is a second copy of the layout
+that :mod:`worker.keys` cannot see. These read the source tree, as a reviewer would.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from worker import lua
+
+ROOT = Path(__file__).resolve().parents[2]
+LUA_DIR = ROOT / "worker" / "lua"
+SCRIPTS = sorted(path.stem for path in LUA_DIR.glob("*.lua"))
+#: What only Lua for Redis says: a call into Redis, or the arguments of a script.
+LUA_MARKERS = re.compile(r"redis\.p?call\(|redis\.sha1hex|\bKEYS\[\d|\bARGV\[\d|cjson\.")
+
+
+def test_no_lua_in_python_strings() -> None:
+    """No module of the runtime holds Lua: every script is a file in worker/lua/."""
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted([*ROOT.glob("worker/**/*.py"), *ROOT.glob("tasks/**/*.py")])
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if LUA_MARKERS.search(line)
+    ]
+    assert found == []
+
+
+def test_the_marker_finds_lua() -> None:
+    """The search above would see the Lua it looks for (it is no empty pattern)."""
+    text = lua.source("finish")
+    assert LUA_MARKERS.search(text)
+    assert sum(1 for line in text.splitlines() if LUA_MARKERS.search(line)) > 50
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_no_script_spells_a_key_name(name: str) -> None:
+    """Keys reach a script as KEYS, or as a prefix in ARGV: none is written in the Lua."""
+    text = (LUA_DIR / f"{name}.lua").read_text()
+    code = "\n".join(line.partition("--")[0] for line in text.splitlines())
+    literals = re.findall(r"'([^']*)'|\"([^\"]*)\"", code)
+    assert [lit for pair in literals for lit in pair if "cash_receipt" in lit or ":" in lit] == []
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_loads_with_its_fragments(name: str) -> None:
+    """A script's fragments come first, once each, and each one exists."""
+    text = lua.source(name)
+    own = (LUA_DIR / f"{name}.lua").read_text()
+    assert text.endswith(own)
+    first = own.partition("\n")[0]
+    if first.startswith("-- needs:"):
+        needs = [need.strip() for need in first.removeprefix("-- needs:").split(",")]
+        assert text == "".join((LUA_DIR / f"{need}.lua").read_text() for need in needs) + own
+        for need in needs:
+            assert f"local function {need}(" in text
+
+
+def test_every_script_is_used() -> None:
+    """Each .lua file is loaded by a module, or needed by a script: none is left behind."""
+    python = "\n".join(path.read_text() for path in ROOT.glob("worker/**/*.py"))
+    needed = "\n".join((LUA_DIR / f"{name}.lua").read_text().partition("\n")[0] for name in SCRIPTS)
+    unused = [
+        name
+        for name in SCRIPTS
+        if f'lua.source("{name}")' not in python and not re.search(rf"\b{name}\b", needed)
+    ]
+    assert unused == []

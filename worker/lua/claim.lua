@@ -1,0 +1,78 @@
+-- needs: partial
+-- KEYS: ledger, due, terminal marker of this task, waiters, failed index.
+-- ARGV: task_id, payload, now_ms, lease_ms, imp_uid, purpose ('issue' or 'cancel'),
+--       the fence the message carries ('' for none)
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {'done'}
+end
+local now = tonumber(ARGV[3])
+local purpose = ARGV[6]
+local record = redis.call('HMGET', KEYS[1],
+  'state', 'task_id', 'lease_until', 'receipt', 'attempts', 'op', 'fence', 'cancel',
+  'next_attempt_at')
+local state, owner, lease, receipt = record[1], record[2], tonumber(record[3] or '0'), record[4]
+local attempts = tonumber(record[5] or '0')
+local op = record[6] or 'issue'
+local after_partial = partial(record[8])
+if state == 'issued' and purpose == 'issue' then
+  return {'issued', receipt}
+end
+if state == 'cancelled' and not (after_partial and (purpose == 'issue' or not partial(ARGV[2])))
+then
+  -- A full refund ends the payment's receipts; after a partial one an issue
+  -- (or a full refund) still has work to do.
+  return {'cancelled', receipt or ''}
+end
+if purpose == 'issue' and op == 'cancel' and (state == 'in_flight' or state == 'received') then
+  if not after_partial then
+    -- A full refund owns the job: an issue message is stale and must not re-issue.
+    return {'cancelled', ''}
+  end
+  -- A partial refund is being handled: wait; this message may have to issue after it.
+  return {'busy', tostring(lease > 0 and lease or tonumber(record[9] or '0'))}
+end
+local resumed = 0
+if state == 'in_flight' then
+  -- A live lease is taken over only by the message its owner handed the job to
+  -- (a retry or a sweeper re-send, carrying the current fence): another copy
+  -- of the same task (a re-send of a job that was still queued, a redelivery)
+  -- waits like any duplicate, or two copies would POST at once.
+  if lease > now and (owner ~= ARGV[1] or ARGV[7] ~= record[7]) then
+    -- Issue messages wait on the job; a cancellation waits too, but must act after.
+    if purpose == 'issue' then redis.call('SADD', KEYS[4], ARGV[1]) end
+    return {'busy', tostring(lease)}
+  end
+  resumed = 1
+elseif state == 'received' then
+  if attempts > 0 then resumed = 1 end
+elseif state == 'failed' or state == 'issued' or state == 'cancelled' then
+  -- A new operation on a finished job: a re-opened issue, or a cancellation.
+  attempts = 0
+  redis.call('HDEL', KEYS[1], 'cancel_step')
+else
+  redis.call('HSET', KEYS[1], 'created_at', ARGV[3])
+end
+if owner and owner ~= ARGV[1] and op == 'issue'
+    and (state == 'in_flight' or state == 'received') then
+  -- A takeover: the message that owned the job may be gone (its worker died,
+  -- its retry was never published). It still ends in one event, as a waiter.
+  redis.call('SADD', KEYS[4], owner)
+end
+attempts = attempts + 1
+local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'state', 'in_flight', 'task_id', ARGV[1], 'op', purpose,
+  'attempts', attempts, 'updated_at', ARGV[3], 'lease_until', now + tonumber(ARGV[4]))
+if purpose == 'issue' then
+  redis.call('HSET', KEYS[1], 'payload', ARGV[2])
+  redis.call('HDEL', KEYS[1], 'receipt')
+else
+  redis.call('HSET', KEYS[1], 'cancel', ARGV[2])
+  if redis.call('HGET', KEYS[1], 'pending_cancel_task') == ARGV[1] then
+    redis.call('HDEL', KEYS[1], 'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
+  end
+end
+redis.call('HDEL', KEYS[1], 'next_attempt_at')
+redis.call('ZREM', KEYS[5], ARGV[5])
+redis.call('PERSIST', KEYS[1])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
+return {'claimed', tostring(fence), tostring(attempts), tostring(resumed)}

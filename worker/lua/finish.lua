@@ -1,0 +1,115 @@
+-- needs: publish_once, partial
+-- The terminal transition and its event, together.
+-- KEYS: ledger, due, stream, terminal marker, status pointer, waiters, failed index,
+--       history, terminal marker of the extra event.
+-- ARGV: fence, state, event type, event data, minid, event retention s,
+--       now_ms, receipt json, last_error json, ledger retention s, imp_uid,
+--       extra event type ('' for none), extra event data, the terminal markers'
+--       key prefix (a waiter's marker is named from its task id, read here),
+--       the issued, failed and cancel_failed event types
+local terminal_prefix = ARGV[14]
+local issued_type, failed_type, cancel_failed_type = ARGV[15], ARGV[16], ARGV[17]
+local record = redis.call('HMGET', KEYS[1], 'state', 'fence', 'attempts', 'op')
+if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then
+  return {-1, record[1] or ''}
+end
+local entry = {at = tonumber(ARGV[7]), op = record[4] or 'issue',
+  attempt = tonumber(record[3] or '0'), outcome = ARGV[3]}
+if ARGV[9] ~= '' then entry['error'] = cjson.decode(ARGV[9]) end
+-- The transition's second event (a partial refund's re-issue, or its failure).
+if ARGV[12] ~= '' then entry['then'] = ARGV[12] end
+redis.call('LPUSH', KEYS[8], cjson.encode(entry))
+redis.call('LTRIM', KEYS[8], 0, 49)
+redis.call('EXPIRE', KEYS[8], ARGV[10])
+if ARGV[2] == 'failed' or ARGV[3] == cancel_failed_type then
+  -- A dead letter: a job that failed, or a refund whose receipt stays live.
+  redis.call('ZADD', KEYS[7], ARGV[7], ARGV[11])
+else
+  redis.call('ZREM', KEYS[7], ARGV[11])
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[7])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'receipt', ARGV[8]) end
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[9]) end
+redis.call('HDEL', KEYS[1], 'lease_until', 'next_attempt_at')
+redis.call('ZREM', KEYS[2], ARGV[11])
+redis.call('EXPIRE', KEYS[1], ARGV[10])
+local published = publish_once(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+redis.call('HSET', KEYS[1], 'event_id', published[2])
+if ARGV[12] ~= '' then
+  -- A partial refund: the cancellation and the new receipt are one transition.
+  publish_once(KEYS[3], KEYS[9], KEYS[5], ARGV[12], ARGV[13], ARGV[5], ARGV[6])
+end
+if ARGV[2] == 'issued' or (ARGV[2] == 'failed' and ARGV[12] == '') then
+  -- Every other message that asked for this payment meanwhile ends now too,
+  -- with the owner's outcome, as a duplicate, even if that message itself is
+  -- lost. After a failure, a new payload (not a waiter) re-opens the job.
+  -- Waiters are issue messages: after a cancellation's transition (a partial
+  -- refund's re-issue, a repeated refund, a cancel_failed) they get the live receipt.
+  local owner = redis.call('HGET', KEYS[1], 'task_id')
+  local live = redis.call('HGET', KEYS[1], 'receipt')
+  local waiter_type = ARGV[3]
+  if ARGV[2] == 'issued' then waiter_type = issued_type end
+  for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+    if waiter ~= owner then
+      local data = cjson.decode(ARGV[4])
+      data['task_id'] = waiter
+      data['duplicate'] = true
+      data['event_id'] = redis.sha1hex(waiter .. published[2])
+      if ARGV[3] ~= waiter_type then
+        data['error'] = nil
+        data['receipt'] = live and cjson.decode(live) or cjson.null
+      end
+      publish_once(KEYS[3], terminal_prefix .. waiter, KEYS[5], waiter_type,
+        cjson.encode(data), ARGV[5], ARGV[6])
+    end
+  end
+  redis.call('DEL', KEYS[6])
+elseif ARGV[2] == 'cancelled' then
+  local rec = redis.call('HMGET', KEYS[1],
+    'cancel', 'pending_issue_task', 'pending_issue', 'pending_issue_due')
+  if partial(rec[1]) then
+    -- A partial refund with no receipt to replace: issue messages that came
+    -- meanwhile still issue. The one recorded last owns the job now.
+    if rec[2] and redis.call('EXISTS', terminal_prefix .. rec[2]) == 0 then
+      redis.call('HSET', KEYS[1], 'state', 'received', 'op', 'issue', 'task_id', rec[2],
+        'payload', rec[3], 'attempts', 0, 'next_attempt_at', rec[4])
+      redis.call('HDEL', KEYS[1], 'receipt')
+      redis.call('PERSIST', KEYS[1])
+      redis.call('ZADD', KEYS[2], rec[4], ARGV[11])
+    end
+    redis.call('EXPIRE', KEYS[6], ARGV[10])
+  else
+    -- Issue messages still waiting will never issue: each ends as a stale one.
+    for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+      local data = cjson.decode(ARGV[4])
+      data['task_id'] = waiter
+      data['duplicate'] = true
+      data['receipt'] = nil
+      data['event_id'] = redis.sha1hex(waiter .. published[2])
+      data['error'] = {reason = 'cancelled', status = cjson.null, code = cjson.null,
+        message = 'the receipt of this payment was cancelled', retryable = false}
+      publish_once(KEYS[3], terminal_prefix .. waiter, KEYS[5], failed_type,
+        cjson.encode(data), ARGV[5], ARGV[6])
+    end
+    redis.call('DEL', KEYS[6])
+  end
+else
+  redis.call('EXPIRE', KEYS[6], ARGV[10])
+end
+if ARGV[2] == 'issued' then
+  -- A cancellation recorded while this job was in hand now owns it: the
+  -- receipt must not stay live if that cancellation's message was lost.
+  local pending = redis.call('HMGET', KEYS[1],
+    'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
+  if pending[1] and redis.call('EXISTS', terminal_prefix .. pending[1]) == 0 then
+    redis.call('HSET', KEYS[1], 'state', 'received', 'op', 'cancel', 'task_id', pending[1],
+      'cancel', pending[2], 'attempts', 0, 'next_attempt_at', pending[3])
+    redis.call('HDEL', KEYS[1], 'cancel_step')
+    redis.call('PERSIST', KEYS[1])
+    redis.call('ZADD', KEYS[2], pending[3], ARGV[11])
+    redis.call('ZREM', KEYS[7], ARGV[11])  -- owed, not dead: a cancel_failed is retried
+  end
+  redis.call('HDEL', KEYS[1], 'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
+end
+redis.call('HDEL', KEYS[1], 'pending_issue_task', 'pending_issue', 'pending_issue_due')
+return published

@@ -1,0 +1,20 @@
+-- Keep one parked message (none for '') and drop the expired ones.
+-- KEYS: parked list. ARGV: record, limit, retention s, oldest parked_at_ms kept
+if ARGV[1] ~= '' then
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+-- Newest first, so the expired ones are at the tail.
+local dropped = 0
+while true do
+  local tail = redis.call('LINDEX', KEYS[1], -1)
+  if not tail then break end
+  local ok, record = pcall(cjson.decode, tail)
+  local at = 0
+  if ok and type(record) == 'table' then at = tonumber(record['parked_at_ms']) or 0 end
+  if at >= tonumber(ARGV[4]) then break end
+  redis.call('RPOP', KEYS[1])
+  dropped = dropped + 1
+end
+return {redis.call('LLEN', KEYS[1]), dropped}
