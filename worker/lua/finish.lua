@@ -9,6 +9,19 @@
 --       the issued, failed and cancel_failed event types
 local terminal_prefix = ARGV[14]
 local issued_type, failed_type, cancel_failed_type = ARGV[15], ARGV[16], ARGV[17]
+-- The job passes to a message recorded while it was in hand (an issue after a
+-- partial refund, a cancellation after an issue), unless that task already ended:
+-- received, its payload in field, due at due. True when it did.
+local function hand_over(task_id, op, field, value, due)
+  if not task_id or redis.call('EXISTS', terminal_prefix .. task_id) == 1 then
+    return false
+  end
+  redis.call('HSET', KEYS[1], 'state', 'received', 'op', op, 'task_id', task_id,
+    field, value, 'attempts', 0, 'next_attempt_at', due)
+  redis.call('PERSIST', KEYS[1])
+  redis.call('ZADD', KEYS[2], due, ARGV[11])
+  return true
+end
 local record = redis.call('HMGET', KEYS[1], 'state', 'fence', 'attempts', 'op')
 if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then
   return {-1, record[1] or ''}
@@ -70,12 +83,8 @@ elseif ARGV[2] == 'cancelled' then
   if partial(rec[1]) then
     -- A partial refund with no receipt to replace: issue messages that came
     -- meanwhile still issue. The one recorded last owns the job now.
-    if rec[2] and redis.call('EXISTS', terminal_prefix .. rec[2]) == 0 then
-      redis.call('HSET', KEYS[1], 'state', 'received', 'op', 'issue', 'task_id', rec[2],
-        'payload', rec[3], 'attempts', 0, 'next_attempt_at', rec[4])
+    if hand_over(rec[2], 'issue', 'payload', rec[3], rec[4]) then
       redis.call('HDEL', KEYS[1], 'receipt')
-      redis.call('PERSIST', KEYS[1])
-      redis.call('ZADD', KEYS[2], rec[4], ARGV[11])
     end
     redis.call('EXPIRE', KEYS[6], ARGV[10])
   else
@@ -101,12 +110,8 @@ if ARGV[2] == 'issued' then
   -- receipt must not stay live if that cancellation's message was lost.
   local pending = redis.call('HMGET', KEYS[1],
     'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
-  if pending[1] and redis.call('EXISTS', terminal_prefix .. pending[1]) == 0 then
-    redis.call('HSET', KEYS[1], 'state', 'received', 'op', 'cancel', 'task_id', pending[1],
-      'cancel', pending[2], 'attempts', 0, 'next_attempt_at', pending[3])
+  if hand_over(pending[1], 'cancel', 'cancel', pending[2], pending[3]) then
     redis.call('HDEL', KEYS[1], 'cancel_step')
-    redis.call('PERSIST', KEYS[1])
-    redis.call('ZADD', KEYS[2], pending[3], ARGV[11])
     redis.call('ZREM', KEYS[7], ARGV[11])  -- owed, not dead: a cancel_failed is retried
   end
   redis.call('HDEL', KEYS[1], 'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
