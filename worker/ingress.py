@@ -67,7 +67,6 @@ log = logging.getLogger("worker.ingress")
 
 CONFIRMED = "payment.confirmed"
 CANCELLED = "payment.cancelled"
-ENTRY_TYPES = (CONFIRMED, CANCELLED)
 
 #: A flood of garbage must not fill a noeviction Redis; the oldest beyond this
 #: are trimmed, and the trim is logged.

@@ -71,7 +71,7 @@ class Claim:
     """What :meth:`Ledger.claim` found.
 
     ``kind`` is ``claimed`` (this task now owns the job: ``fence``,
-    ``attempt``), ``busy`` (another live task owns it until ``lease_until``),
+    ``attempt``), ``busy`` (another live task owns it),
     ``issued`` (``receipt`` exists), ``cancelled``, or ``done`` (this very task
     already published its outcome). ``resumed`` is set when an earlier attempt
     may have reached i'mport, so the job must look before it POSTs.
@@ -83,7 +83,6 @@ class Claim:
     attempt: int = 0
     resumed: bool = False
     receipt: dict[str, Any] | None = None
-    lease_until: int = 0
 
 
 @dataclass(frozen=True)
@@ -207,8 +206,6 @@ class Ledger:
             )
         if kind in {"issued", "cancelled"} and len(result) > 1:
             return Claim(kind, receipt=json.loads(_text(result[1])) if result[1] else None)
-        if kind == "busy":
-            return Claim(kind, lease_until=int(result[1]))
         return Claim(kind)
 
     def extend(self, imp_uid: str, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:

@@ -23,8 +23,6 @@ from worker.logmask import MaskPersonalData, install
 from worker.masking import mask_text
 from worker.settings import config_secrets
 
-LOG_FORMATS = ("text", "json")
-
 #: The ``extra`` fields a JSON line carries as keys of its own. Anything else a
 #: library attaches is left out: Celery's ``data`` holds a task's arguments.
 FIELDS = (

@@ -18,7 +18,7 @@ from celery import Celery
 from worker.errors import ConnectionFailed, IamportError, RateLimited, TransientError
 from worker.iamport import IamportClient, Payment, Receipt
 from worker.keys import FAILED_KEY, LEDGER_PREFIX, ledger_key
-from worker.ledger import failed_jobs, job_history, shown_record
+from worker.ledger import failed_jobs, shown_record
 from worker.producer import enqueue_cancel, enqueue_issue
 from worker.retry import reason_for
 from worker.service import find_issued
@@ -232,11 +232,6 @@ def ledger_payments(client: redis.Redis, *, limit: int = 10_000) -> list[str]:
         if len(found) >= limit:
             break
     return sorted(found)
-
-
-def history(client: redis.Redis, imp_uid: str) -> list[dict[str, Any]]:
-    """The attempts the ledger kept for a payment, newest first."""
-    return job_history(client, imp_uid)
 
 
 def _text(value: object) -> str:
