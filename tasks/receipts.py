@@ -121,7 +121,7 @@ def cancel_cash_receipt(self: Task, *args: Any, **kwargs: Any) -> str:
 class _Run:
     """One run of a task: claim the job in the ledger, act, end it or hand it back."""
 
-    purpose = "issue"
+    op = "issue"
 
     def __init__(self, task: Task, runtime: Runtime) -> None:
         self.task = task
@@ -195,7 +195,7 @@ class _Run:
         }
         level = logging.WARNING if outcome in {"failed", "error"} else logging.INFO
         log.log(level, outcome_line(fields), extra=fields)
-        self.runtime.metrics.task_ended(task=self.purpose, outcome=outcome, reason=self.reason)
+        self.runtime.metrics.task_ended(task=self.op, outcome=outcome, reason=self.reason)
 
     def answered(self, error: IamportError | None = None) -> None:
         """What i'mport last said in this run: its HTTP status and code (none: no answer)."""
@@ -239,7 +239,7 @@ class _Run:
                 imp_uid,
                 task_id=report.task_id,
                 payload=self.message,
-                purpose=self.purpose,
+                op=self.op,
                 fence=carried,
             )
             if claim.kind == "claimed":
@@ -444,7 +444,7 @@ class _IssueRun(_Run):
 class _CancelRun(_Run):
     """``cancel_cash_receipt``."""
 
-    purpose = "cancel"
+    op = "cancel"
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         report = self.report(args[0] if args else None)

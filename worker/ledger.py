@@ -168,10 +168,10 @@ class Ledger:
         *,
         task_id: str,
         payload: Mapping[str, Any],
-        purpose: str = "issue",
+        op: str = "issue",
         fence: int | None = None,
     ) -> Claim:
-        """Try to own the job for one attempt of ``purpose`` (``issue`` or ``cancel``).
+        """Try to own the job for one attempt of ``op`` (``issue`` or ``cancel``).
 
         ``fence`` is the one the message carries (header ``ledger_fence``): only
         a message carrying the current fence may take over a live lease of its
@@ -191,7 +191,7 @@ class Ledger:
                 _now_ms(),
                 self._lease_ms,
                 imp_uid,
-                purpose,
+                op,
                 "" if fence is None else str(fence),
             ],
         )
@@ -202,7 +202,7 @@ class Ledger:
                 fence=int(result[1]),
                 attempt=int(result[2]),
                 resumed=_text(result[3]) == "1",
-                op=purpose,
+                op=op,
             )
         if kind in {"issued", "cancelled"} and len(result) > 1:
             return Claim(kind, receipt=json.loads(_text(result[1])) if result[1] else None)

@@ -467,7 +467,7 @@ def _not_to_settle(record: Mapping[str, str], settle_seconds: float) -> str | No
 
 def _settle_cancel(ledger: Ledger, imp_uid: str, task_id: str, cancel: dict[str, Any]) -> str:
     """A cancellation has nothing to adopt: hand it back due now, to be re-sent."""
-    claim = ledger.claim(imp_uid, task_id=task_id, payload=cancel, purpose="cancel")
+    claim = ledger.claim(imp_uid, task_id=task_id, payload=cancel, op="cancel")
     if claim.kind != "claimed":
         return claim.kind
     note = {"reason": "settled", "message": "a cancellation; re-sent"}

@@ -47,7 +47,7 @@ def _record(client: redis.Redis, imp_uid: str) -> dict[str, str]:
 
 def _claim(store: Ledger, job: DueJob) -> Claim:
     claim = store.claim(
-        job.imp_uid, task_id=job.task_id, payload=job.payload, purpose=job.op, fence=job.fence
+        job.imp_uid, task_id=job.task_id, payload=job.payload, op=job.op, fence=job.fence
     )
     assert claim.kind == "claimed", (job, claim)
     return claim
@@ -140,7 +140,7 @@ def test_mid_flight_jobs_of_the_old_code_are_finished(client: redis.Redis) -> No
         "imp_layout_pending_cancel",
         task_id="task-pending-cancel",
         payload=layout.FULL,
-        purpose="cancel",
+        op="cancel",
     )
     assert claim.kind == "claimed"
     entry = store.finish(

@@ -378,7 +378,7 @@ def test_a_repeated_cancellation_of_the_same_task_changes_nothing(
     """An ingress entry handled twice records its cancellation once."""
     cancel = {"imp_uid": imp_uid, "amount": 100}
     first = ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=cancel, resend_after=60)
-    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-c1", payload=cancel, purpose="cancel")
+    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-c1", payload=cancel, op="cancel")
     again = ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=cancel, resend_after=0)
     assert (first, claim.kind, again) == ("received", "claimed", "in_flight")
     record = ledger.record(imp_uid)
@@ -412,7 +412,7 @@ def test_issue_recorded_behind_a_partial_refund_owns_the_job_after_it(
     """A partial refund that found nothing to replace hands the job to the issue that came."""
     refund = {"imp_uid": imp_uid, "amount": 100}
     ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=refund, resend_after=60)
-    cancel = ledger.claim(imp_uid, task_id=f"{imp_uid}-c1", payload=refund, purpose="cancel")
+    cancel = ledger.claim(imp_uid, task_id=f"{imp_uid}-c1", payload=refund, op="cancel")
     assert ledger.receive(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD, resend_after=0) == (
         "in_flight"
     )
@@ -449,7 +449,7 @@ def test_a_cancel_failed_with_a_refund_behind_it_is_not_dead(
     """The later refund owns the job at once: it is due, not listed as a dead letter."""
     first = {"imp_uid": imp_uid}
     ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=first, resend_after=60)
-    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-c1", payload=first, purpose="cancel")
+    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-c1", payload=first, op="cancel")
     ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c2", cancel=first, resend_after=0)
     ledger.finish(
         imp_uid,

@@ -92,7 +92,7 @@ def mid_flight(client: redis.Redis) -> None:
         receipt=RECEIPT,
     )
     store.receive_cancel(uid, task_id="task-refund-cancel", cancel=PARTIAL, resend_after=60)
-    claim = store.claim(uid, task_id="task-refund-cancel", payload=PARTIAL, purpose="cancel")
+    claim = store.claim(uid, task_id="task-refund-cancel", payload=PARTIAL, op="cancel")
     store.note(uid, fence=claim.fence, field="cancelled_receipt", value=json.dumps(RECEIPT))
     store.note(uid, fence=claim.fence, field="cancel_step", value="cancelled")
     store.receive(uid, task_id="task-refund-reissue", payload=PAYLOAD, resend_after=60)
@@ -137,7 +137,7 @@ def full_issue(client: redis.Redis) -> None:
 
     # A partial refund, re-issued for the balance: two events, one transition.
     store.receive_cancel(uid, task_id="task-partial", cancel=PARTIAL, resend_after=60)
-    claim = store.claim(uid, task_id="task-partial", payload=PARTIAL, purpose="cancel")
+    claim = store.claim(uid, task_id="task-partial", payload=PARTIAL, op="cancel")
     store.note(uid, fence=claim.fence, field="cancel_step", value="cancelled")
     balance = {**RECEIPT, "apply_num": "A2"}
     store.finish(
@@ -152,7 +152,7 @@ def full_issue(client: redis.Redis) -> None:
     )
     # Then a full refund ends the payment's receipts, and a stale issue is told so.
     store.receive_cancel(uid, task_id="task-full", cancel=FULL, resend_after=60)
-    claim = store.claim(uid, task_id="task-full", payload=FULL, purpose="cancel")
+    claim = store.claim(uid, task_id="task-full", payload=FULL, op="cancel")
     store.receive(uid, task_id="task-issue-5", payload=PAYLOAD, resend_after=60)
     store.finish(
         uid,

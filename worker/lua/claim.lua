@@ -1,29 +1,29 @@
 -- needs: partial
 -- KEYS: ledger, due, terminal marker of this task, waiters, failed index.
--- ARGV: task_id, payload, now_ms, lease_ms, imp_uid, purpose ('issue' or 'cancel'),
+-- ARGV: task_id, payload, now_ms, lease_ms, imp_uid, op ('issue' or 'cancel'),
 --       the fence the message carries ('' for none)
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {'done'}
 end
 local now = tonumber(ARGV[3])
-local purpose = ARGV[6]
+local op = ARGV[6]
 local record = redis.call('HMGET', KEYS[1],
   'state', 'task_id', 'lease_until', 'receipt', 'attempts', 'op', 'fence', 'cancel',
   'next_attempt_at')
 local state, owner, lease, receipt = record[1], record[2], tonumber(record[3] or '0'), record[4]
 local attempts = tonumber(record[5] or '0')
-local op = record[6] or 'issue'
+local recorded_op = record[6] or 'issue'
 local after_partial = partial(record[8])
-if state == 'issued' and purpose == 'issue' then
+if state == 'issued' and op == 'issue' then
   return {'issued', receipt}
 end
-if state == 'cancelled' and not (after_partial and (purpose == 'issue' or not partial(ARGV[2])))
+if state == 'cancelled' and not (after_partial and (op == 'issue' or not partial(ARGV[2])))
 then
   -- A full refund ends the payment's receipts; after a partial one an issue
   -- (or a full refund) still has work to do.
   return {'cancelled', receipt or ''}
 end
-if purpose == 'issue' and op == 'cancel' and (state == 'in_flight' or state == 'received') then
+if op == 'issue' and recorded_op == 'cancel' and (state == 'in_flight' or state == 'received') then
   if not after_partial then
     -- A full refund owns the job: an issue message is stale and must not re-issue.
     return {'cancelled', ''}
@@ -39,7 +39,7 @@ if state == 'in_flight' then
   -- waits like any duplicate, or two copies would POST at once.
   if lease > now and (owner ~= ARGV[1] or ARGV[7] ~= record[7]) then
     -- Issue messages wait on the job; a cancellation waits too, but must act after.
-    if purpose == 'issue' then redis.call('SADD', KEYS[4], ARGV[1]) end
+    if op == 'issue' then redis.call('SADD', KEYS[4], ARGV[1]) end
     return {'busy', tostring(lease)}
   end
   resumed = 1
@@ -52,7 +52,7 @@ elseif state == 'failed' or state == 'issued' or state == 'cancelled' then
 else
   redis.call('HSET', KEYS[1], 'created_at', ARGV[3])
 end
-if owner and owner ~= ARGV[1] and op == 'issue'
+if owner and owner ~= ARGV[1] and recorded_op == 'issue'
     and (state == 'in_flight' or state == 'received') then
   -- A takeover: the message that owned the job may be gone (its worker died,
   -- its retry was never published). It still ends in one event, as a waiter.
@@ -60,9 +60,9 @@ if owner and owner ~= ARGV[1] and op == 'issue'
 end
 attempts = attempts + 1
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
-redis.call('HSET', KEYS[1], 'state', 'in_flight', 'task_id', ARGV[1], 'op', purpose,
+redis.call('HSET', KEYS[1], 'state', 'in_flight', 'task_id', ARGV[1], 'op', op,
   'attempts', attempts, 'updated_at', ARGV[3], 'lease_until', now + tonumber(ARGV[4]))
-if purpose == 'issue' then
+if op == 'issue' then
   redis.call('HSET', KEYS[1], 'payload', ARGV[2])
   redis.call('HDEL', KEYS[1], 'receipt')
 else
