@@ -108,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # go on taking messages from REDIS_URL: turn them into an exit that runs the `finally`.
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
+    # Started in the background by a shell without job control (`make run &`, a CI
+    # script), a process inherits SIGINT ignored, Python then leaves it so, and Ctrl-C
+    # (SIGINT to the group) would stop the worker but never the demo, which waited on.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     children: list[subprocess.Popen[bytes]] = []
     flower: subprocess.Popen[bytes] | None = None
     try:

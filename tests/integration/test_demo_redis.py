@@ -41,22 +41,48 @@ def _pid_on(port: int) -> int | None:
     return None
 
 
+#: The demo as a shell without job control starts a background job (`make run &`, a CI
+#: script): with SIGINT ignored, which exec keeps. The demo then hung on Ctrl-C.
+IGNORING_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+]
+
+
+def _ctrl_c(demo: subprocess.Popen[str]) -> None:
+    # The terminal signals the foreground process group (Redis has its own).
+    os.killpg(demo.pid, signal.SIGINT)
+
+
 @pytest.mark.parametrize(
-    ("stop", "exit_code"),
+    ("launcher", "stop", "exit_code"),
     [
-        # Ctrl-C: the terminal signals the foreground process group (Redis has its own).
-        (lambda demo: os.killpg(demo.pid, signal.SIGINT), 0),
+        ([], _ctrl_c, 0),
+        (IGNORING_SIGINT, _ctrl_c, 0),
         # kill, or a supervisor's stop: the demo alone.
-        (lambda demo: demo.send_signal(signal.SIGTERM), 128 + signal.SIGTERM),
+        ([], lambda demo: demo.send_signal(signal.SIGTERM), 128 + signal.SIGTERM),
     ],
-    ids=["ctrl-c", "sigterm"],
+    ids=["ctrl-c", "ctrl-c-started-in-background", "sigterm"],
 )
 def test_make_run_starts_a_private_append_only_redis_and_stops_it(
-    tmp_path: Path, stop: Callable[[subprocess.Popen[str]], None], exit_code: int
+    tmp_path: Path,
+    launcher: list[str],
+    stop: Callable[[subprocess.Popen[str]], None],
+    exit_code: int,
 ) -> None:
     port = free_port()
     demo = subprocess.Popen(
-        [sys.executable, "-m", "worker.demo", "--flower-port", "0", "--run-dir", tmp_path],
+        [
+            *(launcher or [sys.executable]),
+            "-m",
+            "worker.demo",
+            "--flower-port",
+            "0",
+            "--run-dir",
+            tmp_path,
+        ],
         cwd=ROOT,
         env={"PATH": PATH, "REDIS_URL": f"redis://localhost:{port}/0"},
         stdout=subprocess.PIPE,
