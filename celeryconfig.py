@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from worker.config import defaults
 from worker.config.broker import (
     AMQP_SCHEMES,
     QUEUE_TYPES,
@@ -96,9 +97,13 @@ retry_countdown_max = env_number(_env, "RETRY_COUNTDOWN_MAX", 30.0, minimum=0.0,
 issuance_failed_max_attempts = env_int(
     _env, "ISSUANCE_FAILED_MAX_ATTEMPTS", 3, minimum=1, maximum=100
 )
-result_stream = env_str(_env, "RESULT_STREAM", "cash_receipt.events") or "cash_receipt.events"
+result_stream = env_str(_env, "RESULT_STREAM", defaults.RESULT_STREAM) or defaults.RESULT_STREAM
 result_stream_retention = env_int(
-    _env, "RESULT_STREAM_RETENTION", 7 * 24 * 3600, minimum=60, maximum=365 * 24 * 3600
+    _env,
+    "RESULT_STREAM_RETENTION",
+    defaults.RESULT_STREAM_RETENTION,
+    minimum=60,
+    maximum=365 * 24 * 3600,
 )
 
 check_backoff(retry_backoff_base, retry_backoff_max)
@@ -136,14 +141,14 @@ worker_concurrency = env_int(_env, "WORKER_CONCURRENCY", 64, minimum=1, maximum=
 # visibility timeout.
 ledger_lease_seconds = lease_seconds(iamport_timeout, settle_seconds)
 ledger_retention = env_int(
-    _env, "LEDGER_RETENTION", 30 * 24 * 3600, minimum=60, maximum=365 * 24 * 3600
+    _env, "LEDGER_RETENTION", defaults.LEDGER_RETENTION, minimum=60, maximum=365 * 24 * 3600
 )
 sweep_interval = env_number(_env, "SWEEP_INTERVAL", 5.0, minimum=0.1, maximum=600.0)
 
 # The ingress (worker/ingress.py, `cashreceipt ingress`): producers XADD payment
 # events to this stream, and every ingress instance reads it in this consumer group.
-ingress_stream = env_str(_env, "INGRESS_STREAM", "payment.events") or "payment.events"
-ingress_group = env_str(_env, "INGRESS_GROUP", "cashreceipt-ingress") or "cashreceipt-ingress"
+ingress_stream = env_str(_env, "INGRESS_STREAM", defaults.INGRESS_STREAM) or defaults.INGRESS_STREAM
+ingress_group = env_str(_env, "INGRESS_GROUP", defaults.INGRESS_GROUP) or defaults.INGRESS_GROUP
 refuse_same_stream(ingress_stream, result_stream)
 # An entry pending this long is taken to belong to a dead instance and is taken
 # over (XAUTOCLAIM). Handling one entry takes milliseconds; taking over one that

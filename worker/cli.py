@@ -35,6 +35,7 @@ from kombu.exceptions import OperationalError
 from worker.errors import IamportError
 from worker.keys import ledger_key
 from worker.masking import mask_text
+from worker.redis_client import redis_client
 from worker.schemas import InvalidPayload
 from worker.sealing import SealingUnavailable
 from worker.urls import redact_url
@@ -80,7 +81,7 @@ def _config() -> Any:
 
 
 def _redis() -> Any:
-    return redis.Redis.from_url(_config().ledger_backend_url)
+    return redis_client(_config().ledger_backend_url)
 
 
 def _app() -> Any:

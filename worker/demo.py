@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from worker.demo_redis import NoRedis, free_port, plan_redis
+from worker.redis_client import redis_client
 from worker.settings import load_celeryconfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,7 +199,7 @@ def _start_redis(
     # Its own session: a Ctrl-C in the terminal reaches the demo alone, which stops Redis
     # last (its `finally`), after the worker has handed its tasks back to it.
     process = _spawn("redis", command, env, logs, new_session=True)
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    client = redis_client(url, socket_connect_timeout=0.5)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -217,7 +218,7 @@ def _feed_and_show(
     from worker.producer import enqueue_issue  # noqa: PLC0415
 
     config = load_celeryconfig()
-    client = redis.Redis.from_url(config.ledger_backend_url)
+    client = redis_client(config.ledger_backend_url)
     run_id = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
     payloads = samples(run_id)
     tasks = {enqueue_issue(payload): payload["imp_uid"] for payload in payloads}

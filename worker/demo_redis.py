@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import redis
 
+from worker.redis_client import redis_client
 from worker.urls import redact_url
 
 #: Hosts where starting our own server stands in for the one REDIS_URL names.
@@ -45,7 +46,7 @@ class RedisPlan:
 
 def plan_redis(url: str, run_dir: Path, path: str | None) -> RedisPlan:
     """Use the Redis at ``url`` if one answers there; else plan a private one (see module)."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    client = redis_client(url, socket_connect_timeout=2, socket_timeout=5)
     shown = redact_url(url)
     try:
         persistence = client.info("persistence")

@@ -17,6 +17,8 @@ from typing import Any
 
 import redis
 
+from worker.redis_client import redis_client
+
 #: The prefix of an ingress's Redis client name (worker.ingress names it so).
 INGRESS_CLIENT_PREFIX = "cashreceipt-ingress:"
 
@@ -35,9 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from worker.settings import load_celeryconfig  # noqa: PLC0415 (reads the environment)
 
     conf = load_celeryconfig()
-    client = redis.Redis.from_url(
-        conf.ledger_backend_url, socket_timeout=5, socket_connect_timeout=5
-    )
+    client = redis_client(conf.ledger_backend_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         healthy = ingress_connected(client.client_list(), socket.gethostname())
     except redis.RedisError as error:

@@ -60,6 +60,7 @@ from worker.keys import DEAD_KEY
 from worker.logs import setup_process_logging
 from worker.masking import mask_payload, mask_text
 from worker.producer import enqueue_cancel, enqueue_issue
+from worker.redis_client import redis_client
 from worker.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
 from worker.sealing import Sealer, SealingUnavailable
 
@@ -475,10 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cashreceipt: configuration error: {error}", file=sys.stderr)
         return 2
     consumer = args.consumer or default_consumer()
-    client = redis.Redis.from_url(
+    client = redis_client(
         celeryconfig.ledger_backend_url,
         # Named, so that operators (and tests) can tell ingress connections apart.
-        client_name="cashreceipt-ingress:"
+        name="cashreceipt-ingress:"
         + "".join(c if c.isprintable() and not c.isspace() else "_" for c in consumer),
         health_check_interval=30,
         # redis-py's default of 5 s would cut a longer blocking read short.

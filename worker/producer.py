@@ -15,12 +15,13 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import redis
 from celery import Celery
 
+from worker.config.defaults import LEDGER_RETENTION, RESULT_STREAM, RESULT_STREAM_RETENTION
 from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.ledger import Ledger
 from worker.masking import masked_args_repr
+from worker.redis_client import redis_client
 from worker.schemas import load_cancellation, load_payload
 from worker.sealing import Sealer
 from worker.settings import redis_url
@@ -89,10 +90,12 @@ def _ledger(app: Celery) -> Ledger:
     if url not in _ledgers:
         conf = app.conf
         _ledgers[url] = Ledger(
-            redis.Redis.from_url(url),
-            stream=getattr(conf, "result_stream", None) or "cash_receipt.events",
-            event_retention_seconds=int(getattr(conf, "result_stream_retention", 0) or 604800),
-            retention_seconds=int(getattr(conf, "ledger_retention", 0) or 2592000),
+            redis_client(url),
+            stream=getattr(conf, "result_stream", None) or RESULT_STREAM,
+            event_retention_seconds=int(
+                getattr(conf, "result_stream_retention", 0) or RESULT_STREAM_RETENTION
+            ),
+            retention_seconds=int(getattr(conf, "ledger_retention", 0) or LEDGER_RETENTION),
             lease_seconds=float(getattr(conf, "ledger_lease_seconds", 0) or DEFAULT_RESEND),
         )
     return _ledgers[url]

@@ -22,6 +22,7 @@ from worker.events import EventPublisher
 from worker.iamport import IamportClient
 from worker.ledger import Ledger
 from worker.metrics import Metrics
+from worker.redis_client import redis_client
 from worker.retry import RetryPolicy
 from worker.sealing import Sealer
 from worker.settings import redis_url
@@ -89,7 +90,7 @@ def http_session(base_url: str, *, pool_size: int, env: Mapping[str, str]) -> re
 def build_runtime(conf: Any) -> Runtime:
     """Build the client, publisher and Redis connection pool from ``conf``."""
     # REDIS_URL, not the broker: with RabbitMQ as the broker these stay in Redis.
-    client = redis.Redis.from_url(redis_url(conf), health_check_interval=30)
+    client = redis_client(redis_url(conf), health_check_interval=30)
     session = http_session(
         conf.iamport_api_url, pool_size=int(conf.worker_concurrency), env=os.environ
     )
