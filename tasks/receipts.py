@@ -46,9 +46,9 @@ from worker.schemas import (
 from worker.service import (
     SENT_AT_FIELD,
     Issued,
-    Report,
     SendLog,
     Superseded,
+    TerminalPublisher,
     error_detail,
     failure_message,
     issue_receipt,
@@ -214,9 +214,9 @@ class _Run:
         self.outcome, self.reason = "failed", reason
         return ReceiptFailed(text)
 
-    def report(self, raw: object) -> Report:
+    def terminal_publisher(self, raw: object) -> TerminalPublisher:
         self.imp_uid = readable_imp_uid(raw)
-        return Report(
+        return TerminalPublisher(
             events=self.runtime.events,
             ledger=self.runtime.ledger,
             task_id=str(self.task.request.id),
@@ -228,7 +228,7 @@ class _Run:
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         raise NotImplementedError
 
-    def claim_loop(self, report: Report, imp_uid: str, args: tuple[Any, ...]) -> str:
+    def claim_loop(self, terminal: TerminalPublisher, imp_uid: str, args: tuple[Any, ...]) -> str:
         """Claim the job; while another task holds it, wait for its outcome, within a bound."""
         assert self.message is not None
         deadline = time.monotonic() + float(self.conf.duplicate_wait)
@@ -237,7 +237,7 @@ class _Run:
         while True:
             claim = self.runtime.ledger.claim(
                 imp_uid,
-                task_id=report.task_id,
+                task_id=terminal.task_id,
                 payload=self.message,
                 op=self.op,
                 fence=carried,
@@ -251,7 +251,7 @@ class _Run:
                     # handed on to a new message of this task, with its fence.
                     raise self.retry(0.0, (self.message,), cause="handed_on") from None
                 acted = True
-                outcome = self.attempt_once(report, imp_uid, claim)
+                outcome = self.attempt_once(terminal, imp_uid, claim)
                 if outcome is not None:
                     return outcome
                 self.fence = None
@@ -259,23 +259,23 @@ class _Run:
             if claim.kind == "done":
                 return "done"  # a redelivery: this task already published its outcome
             if claim.kind != "busy":
-                return self.settled(report, claim)
+                return self.settled(terminal, claim)
             if time.monotonic() >= deadline:
                 raise self.retry(self.backoff(), args, cause="busy") from None
             stopping.check()
             time.sleep(DUPLICATE_POLL_SECONDS)
 
-    def act(self, report: Report, claim: Claim) -> str | None:
+    def act(self, terminal: TerminalPublisher, claim: Claim) -> str | None:
         raise NotImplementedError
 
-    def settled(self, report: Report, claim: Claim) -> str:
+    def settled(self, terminal: TerminalPublisher, claim: Claim) -> str:
         raise NotImplementedError
 
     def sends(self, imp_uid: str, claim: Claim) -> SendLog:
         """The ledger as this run's :class:`~worker.service.SendLog`, under its claim's fence."""
         return _LedgerSends(self, imp_uid, claim.fence)
 
-    def attempt_once(self, report: Report, imp_uid: str, claim: Claim) -> str | None:
+    def attempt_once(self, terminal: TerminalPublisher, imp_uid: str, claim: Claim) -> str | None:
         """The claimed attempt: act, unless the job's last request is not settled yet.
 
         A retry, a takeover after a crash and a redelivery all come here: their
@@ -288,7 +288,7 @@ class _Run:
                 wait = settle_delay(sent_at, bound=self.runtime.settle_seconds, now=time.time())
                 if wait > 0:
                     return self.hand_back(imp_uid, claim, OutcomeUnknown(_SETTLING), wait)
-            return self.act(replace(report, attempts=claim.attempt), claim)
+            return self.act(replace(terminal, attempts=claim.attempt), claim)
         except Superseded:
             return None
 
@@ -399,24 +399,24 @@ class _IssueRun(_Run):
     request: ReceiptRequest
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        report = self.report(args[0] if args else None)
+        terminal = self.terminal_publisher(args[0] if args else None)
         try:
             self.request = payload_from_args(args, kwargs, self.runtime.sealer)
         except InvalidPayload as error:
-            report.invalid_payload(error)
+            terminal.invalid_payload(error)
             raise self.fail("invalid_payload", f"invalid_payload: {error}") from None
         self.message = self.request.to_message(self.runtime.sealer)
-        return self.claim_loop(report, self.request.imp_uid, args)
+        return self.claim_loop(terminal, self.request.imp_uid, args)
 
-    def settled(self, report: Report, claim: Claim) -> str:
+    def settled(self, terminal: TerminalPublisher, claim: Claim) -> str:
         if claim.kind == "issued":
-            report.issued_duplicate(claim.receipt or {})
+            terminal.issued_duplicate(claim.receipt or {})
             return "issued:duplicate"
         # cancelled: a stale issue message never issues again.
-        report.refused("cancelled", "the receipt of this payment was cancelled")
+        terminal.refused("cancelled", "the receipt of this payment was cancelled")
         raise self.fail("cancelled", "cancelled: the receipt of this payment was cancelled")
 
-    def act(self, report: Report, claim: Claim) -> str | None:
+    def act(self, terminal: TerminalPublisher, claim: Claim) -> str | None:
         """Issue as the job's owner; None when another task took the job over meanwhile."""
         try:
             issued = issue_receipt(
@@ -432,11 +432,13 @@ class _IssueRun(_Run):
             if decision.retry:
                 return self.hand_back(self.request.imp_uid, claim, error, decision.delay)
             reason = decision.reason or "rejected"
-            if not report.finish(fence=claim.fence, error=error, reason=reason):
+            if not terminal.finish(fence=claim.fence, error=error, reason=reason):
                 return None
             raise self.fail(reason, f"{reason}: {failure_message(error)}") from None
         self.answered()
-        if not report.finish(fence=claim.fence, issued=issued.receipt, duplicate=issued.duplicate):
+        if not terminal.finish(
+            fence=claim.fence, issued=issued.receipt, duplicate=issued.duplicate
+        ):
             return None
         return "issued:duplicate" if issued.duplicate else "issued"
 
@@ -447,20 +449,20 @@ class _CancelRun(_Run):
     op = "cancel"
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        report = self.report(args[0] if args else None)
+        terminal = self.terminal_publisher(args[0] if args else None)
         try:
             self.message = load_cancellation(single_argument(args, kwargs))
         except InvalidPayload as error:
-            report.cancel_invalid(error)
+            terminal.cancel_invalid(error)
             raise self.fail("invalid_payload", f"invalid_payload: {error}") from None
-        return self.claim_loop(report, self.message["imp_uid"], args)
+        return self.claim_loop(terminal, self.message["imp_uid"], args)
 
-    def settled(self, report: Report, claim: Claim) -> str:
+    def settled(self, terminal: TerminalPublisher, claim: Claim) -> str:
         # cancelled already: this cancellation repeated one that happened.
-        report.cancelled_duplicate(claim.receipt)
+        terminal.cancelled_duplicate(claim.receipt)
         return "cancelled:duplicate"
 
-    def act(self, report: Report, claim: Claim) -> str | None:
+    def act(self, terminal: TerminalPublisher, claim: Claim) -> str | None:
         assert self.message is not None
         imp_uid = self.message["imp_uid"]
         ledger, client = self.runtime.ledger, self.runtime.client
@@ -473,7 +475,7 @@ class _CancelRun(_Run):
                 # This refund was already handled (the same event, sent again):
                 # no DELETE, no POST; the live receipt stays the job's.
                 earlier = json.loads(cancelled_json) if cancelled_json else None
-                ok = report.finish_cancel_duplicate(fence=claim.fence, live=live, earlier=earlier)
+                ok = terminal.finish_cancel_duplicate(fence=claim.fence, live=live, earlier=earlier)
                 return "cancelled:duplicate" if ok else None
             else:
                 cancelled = cancel_live_receipt(client, imp_uid, sends=self.sends(imp_uid, claim))
@@ -493,18 +495,22 @@ class _CancelRun(_Run):
             if decision.retry:
                 return self.hand_back(imp_uid, claim, error, decision.delay)
             reason = decision.reason or "rejected"
-            if not report.finish_cancel_failed(fence=claim.fence, error=error, reason=reason):
+            if not terminal.finish_cancel_failed(fence=claim.fence, error=error, reason=reason):
                 return None
             raise self.fail(reason, f"cancel {reason}: {failure_message(error)}") from None
         if record.get("cancel_step") != "cancelled":
             self.answered()
         if "amount" not in self.message or not record.get("payload"):
-            ok = report.finish_cancelled(fence=claim.fence, cancelled=cancelled)
+            ok = terminal.finish_cancelled(fence=claim.fence, cancelled=cancelled)
             return "cancelled" if ok else None
-        return self.reissue(report, claim, cancelled, json.loads(record["payload"]))
+        return self.reissue(terminal, claim, cancelled, json.loads(record["payload"]))
 
     def reissue(
-        self, report: Report, claim: Claim, cancelled: Receipt | None, payload: dict[str, Any]
+        self,
+        terminal: TerminalPublisher,
+        claim: Claim,
+        cancelled: Receipt | None,
+        payload: dict[str, Any],
     ) -> str | None:
         """After a partial refund: a new receipt for what is left, which i'mport computes."""
         request = load_payload(payload, self.runtime.sealer)
@@ -524,12 +530,12 @@ class _CancelRun(_Run):
                 return self.hand_back(request.imp_uid, claim, error, decision.delay)
             reason = decision.reason or "rejected"
             self.reason = reason
-            ok = report.finish_cancelled(
+            ok = terminal.finish_cancelled(
                 fence=claim.fence, cancelled=cancelled, reissue_error=(error, reason)
             )
             return "cancelled:reissue_failed" if ok else None
         self.answered()
-        ok = report.finish_cancelled(
+        ok = terminal.finish_cancelled(
             fence=claim.fence, cancelled=cancelled, reissued=issued.receipt
         )
         return "cancelled:reissued" if ok else None

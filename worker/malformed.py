@@ -28,7 +28,7 @@ from kombu.exceptions import DecodeError
 
 from worker.runtime import get_runtime
 from worker.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
-from worker.service import Report
+from worker.service import TerminalPublisher
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _fail_malformed(
         task_id = "malformed-" + hashlib.sha256(tag + b"\0" + body).hexdigest()[:32]
     retries = headers.get("retries")
     runtime = get_runtime(task.app.conf)
-    report = Report(
+    terminal = TerminalPublisher(
         events=runtime.events,
         ledger=runtime.ledger,
         task_id=task_id,
@@ -142,7 +142,7 @@ def _fail_malformed(
         merchant_uid=readable_merchant_uid(raw),
     )
     try:
-        report.invalid_payload(InvalidPayload({"_message": [problem]}))
+        terminal.invalid_payload(InvalidPayload({"_message": [problem]}))
     except redis.RedisError:
         log.exception("could not publish the failure of malformed message %s; requeued", task_id)
         message.reject(requeue=True)
@@ -151,7 +151,7 @@ def _fail_malformed(
         "discarded malformed %s message %s (imp_uid %s): %s",
         task.name,
         task_id,
-        report.imp_uid,
+        terminal.imp_uid,
         problem,
     )
     message.ack()

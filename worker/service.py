@@ -223,7 +223,7 @@ def error_detail(error: IamportError, reason: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Report:
+class TerminalPublisher:
     """Publishes the terminal event of one task message.
 
     The owner of a job ends it through the ledger (:meth:`finish`), which makes
@@ -441,7 +441,7 @@ def settle(
         return claim.kind
     existing, _ = find_issued(client, imp_uid)
     if existing is not None:
-        report = Report(
+        terminal = TerminalPublisher(
             events=events,
             ledger=ledger,
             task_id=task_id,
@@ -449,7 +449,7 @@ def settle(
             imp_uid=imp_uid,
             merchant_uid=payload.get("merchant_uid"),
         )
-        return "issued" if report.finish(fence=claim.fence, issued=existing) else "fenced"
+        return "issued" if terminal.finish(fence=claim.fence, issued=existing) else "fenced"
     note = {"reason": "settled", "message": "no receipt at i'mport; re-sent"}
     ledger.park(imp_uid, fence=claim.fence, until=time.time(), error=note)
     return "resent"
