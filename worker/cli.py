@@ -309,7 +309,7 @@ def dead(reason: str | None, limit: int, as_json: bool) -> None:
             text=f"{job['imp_uid']}  {_state(what)}  {_failure(error)}",
         )
         shown += 1
-    for entry in _dead_ingress(client, limit):
+    for entry in _dead_entries(client, limit):
         if reason is not None and entry.get("reason") != reason:
             continue
         where = f"{entry.get('imp_uid') or '-'}  ingress {entry.get('entry_id')}"
@@ -319,12 +319,12 @@ def dead(reason: str | None, limit: int, as_json: bool) -> None:
         sys.exit(EXIT_NOT_FOUND)
 
 
-def _dead_ingress(client: Any, limit: int) -> list[dict[str, Any]]:
+def _dead_entries(client: Any, limit: int) -> list[dict[str, Any]]:
     try:
-        from worker.ingress import list_dead_ingress  # noqa: PLC0415
+        from worker.ingress import dead_entries  # noqa: PLC0415
     except ImportError:
         return []
-    entries: list[dict[str, Any]] = list_dead_ingress(client, limit)
+    entries: list[dict[str, Any]] = dead_entries(client, limit)
     return entries
 
 

@@ -56,7 +56,7 @@ from kombu.exceptions import OperationalError
 from worker import lua
 from worker.core.events import invalid_detail
 from worker.events import CANCEL_FAILED, FAILED, EventPublisher
-from worker.keys import DEAD_KEY
+from worker.keys import DEAD_ENTRIES_KEY
 from worker.logs import setup_process_logging
 from worker.masking import mask_payload, mask_text
 from worker.producer import enqueue_cancel, enqueue_issue
@@ -71,7 +71,7 @@ CANCELLED = "payment.cancelled"
 
 #: A flood of garbage must not fill a noeviction Redis; the oldest beyond this
 #: are trimmed, and the trim is logged.
-DEAD_LIMIT = 10_000
+DEAD_ENTRIES_LIMIT = 10_000
 #: The most of an entry's data a dead letter keeps.
 DATA_LIMIT = 64 * 1024
 
@@ -351,9 +351,9 @@ class Ingress:
             "data": _shown_data(raw, data),
         }
         pipe = self._redis.pipeline(transaction=True)
-        pipe.lpush(DEAD_KEY, json.dumps(record, ensure_ascii=False))
-        pipe.ltrim(DEAD_KEY, 0, DEAD_LIMIT - 1)
-        pipe.llen(DEAD_KEY)
+        pipe.lpush(DEAD_ENTRIES_KEY, json.dumps(record, ensure_ascii=False))
+        pipe.ltrim(DEAD_ENTRIES_KEY, 0, DEAD_ENTRIES_LIMIT - 1)
+        pipe.llen(DEAD_ENTRIES_KEY)
         pipe.xack(self.stream, self.group, entry_id)
         pipe.xdel(self.stream, entry_id)
         length = pipe.execute()[2]
@@ -362,10 +362,14 @@ class Ingress:
             task_id,
             reason,
             ", ".join(sorted(errors)),
-            DEAD_KEY,
+            DEAD_ENTRIES_KEY,
         )
-        if length >= DEAD_LIMIT:
-            log.warning("%s is at its limit of %d; the oldest are trimmed", DEAD_KEY, DEAD_LIMIT)
+        if length >= DEAD_ENTRIES_LIMIT:
+            log.warning(
+                "%s is at its limit of %d; the oldest are trimmed",
+                DEAD_ENTRIES_KEY,
+                DEAD_ENTRIES_LIMIT,
+            )
 
     def _sleep(self, seconds: float) -> None:
         """Sleep in short steps, so that SIGTERM is honoured at once."""
@@ -374,9 +378,9 @@ class Ingress:
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
-def list_dead_ingress(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
+def dead_entries(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
     """The newest dead letters of the ingress (malformed entries), newest first."""
-    return [json.loads(item) for item in client.lrange(DEAD_KEY, 0, limit - 1)]
+    return [json.loads(item) for item in client.lrange(DEAD_ENTRIES_KEY, 0, limit - 1)]
 
 
 def _field(fields: Mapping[bytes | str, bytes | str], name: str) -> bytes | None:

@@ -19,8 +19,8 @@ from __future__ import annotations
 LEDGER_PREFIX = "cash_receipt:ledger:"
 #: When the sweeper should look at each non-terminal job again (a sorted set).
 DUE_KEY = "cash_receipt:ledger:due"
-#: Jobs that failed for good, by when: the dead-letter view (a sorted set).
-FAILED_KEY = "cash_receipt:ledger:failed"
+#: Jobs that failed for good, by when: the ledger's dead letters (a sorted set).
+DEAD_JOBS_KEY = "cash_receipt:ledger:failed"
 #: Once-only markers of terminal events, one per task id (strings: the event's id).
 TERMINAL_PREFIX = "cash_receipt:terminal:"
 #: The latest terminal event of each payment (strings: the event's id).
@@ -31,7 +31,7 @@ PARKED_KEY = "cash_receipt:parked"
 SWEEPER_LOCK_KEY = "cash_receipt:sweeper:lock"
 #: The ingress's dead letters: stream entries it could not turn into a job (a list,
 #: newest first; ``cashreceipt dead`` lists them).
-DEAD_KEY = "cash_receipt:dead:ingress"
+DEAD_ENTRIES_KEY = "cash_receipt:dead:ingress"
 
 
 def ledger_key(imp_uid: str) -> str:

@@ -32,7 +32,7 @@ ends issued. Only a full refund ends the job's receipts for good: a job
 ``cancelled`` by a partial refund (nothing was left to re-issue) re-opens for
 the next issue, and an issue recorded while it ran (``pending_issue*``) owns
 the job at once. A final ``cancel_failed`` leaves the job ``issued`` and in the
-failed index, the dead-letter view.
+dead-job index (the dead letters of the ledger).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ import redis
 from worker import lua
 from worker.events import CANCEL_FAILED, FAILED, ISSUED, event_data
 from worker.keys import (
+    DEAD_JOBS_KEY,
     DUE_KEY,
-    FAILED_KEY,
     TERMINAL_PREFIX,
     history_key,
     ledger_key,
@@ -183,7 +183,7 @@ class Ledger:
                 DUE_KEY,
                 terminal_key(task_id),
                 waiters_key(imp_uid),
-                FAILED_KEY,
+                DEAD_JOBS_KEY,
             ],
             args=[
                 task_id,
@@ -254,7 +254,7 @@ class Ledger:
                 terminal_key(task_id),
                 status_key(imp_uid),
                 waiters_key(imp_uid),
-                FAILED_KEY,
+                DEAD_JOBS_KEY,
                 history_key(imp_uid),
                 terminal_key(f"{task_id}:2"),
             ],
@@ -402,9 +402,9 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def failed_jobs(client: redis.Redis, *, limit: int = 100) -> list[str]:
-    """imp_uids whose job failed for good, newest first: the dead-letter view."""
-    return [_text(m) for m in client.zrevrange(FAILED_KEY, 0, limit - 1)]
+def dead_job_ids(client: redis.Redis, *, limit: int = 100) -> list[str]:
+    """imp_uids whose job failed for good, newest first: the ledger's dead letters."""
+    return [_text(m) for m in client.zrevrange(DEAD_JOBS_KEY, 0, limit - 1)]
 
 
 def job_history(client: redis.Redis, imp_uid: str) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from worker.keys import DEAD_KEY, DUE_KEY, FAILED_KEY, PARKED_KEY, ledger_key
+from worker.keys import DEAD_ENTRIES_KEY, DEAD_JOBS_KEY, DUE_KEY, PARKED_KEY, ledger_key
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +162,10 @@ def ledger_jobs(client: redis.Redis, *, limit: int = LEDGER_SCAN_LIMIT) -> dict[
     """Jobs that still need someone, by state: ``received``, ``in_flight``, ``failed``.
 
     Every non-terminal job is in the due index and every failed one in the
-    failed index; issued and cancelled records have no index (counting them
+    dead-job index; issued and cancelled records have no index (counting them
     would read every record at every scrape), and their rate is a counter.
     """
-    counts = {"received": 0, "in_flight": 0, "failed": int(client.zcard(FAILED_KEY))}
+    counts = {"received": 0, "in_flight": 0, "failed": int(client.zcard(DEAD_JOBS_KEY))}
     total = int(client.zcard(DUE_KEY))
     scanned = 0
     while scanned < min(total, limit):
@@ -292,7 +292,7 @@ class StateCollector:
         yield GaugeMetricFamily(
             "cashreceipt_ingress_dead_entries",
             "Malformed ingress entries kept in cash_receipt:dead:ingress",
-            value=int(client.llen(DEAD_KEY)),
+            value=int(client.llen(DEAD_ENTRIES_KEY)),
         )
 
 

@@ -17,8 +17,8 @@ from celery import Celery
 
 from worker.errors import ConnectionFailed, IamportError, RateLimited, TransientError
 from worker.iamport import IamportClient, Payment, Receipt
-from worker.keys import FAILED_KEY, LEDGER_PREFIX, ledger_key
-from worker.ledger import failed_jobs, shown_record
+from worker.keys import DEAD_JOBS_KEY, LEDGER_PREFIX, ledger_key
+from worker.ledger import dead_job_ids, shown_record
 from worker.producer import enqueue_cancel, enqueue_issue
 from worker.retry import reason_for
 from worker.service import find_issued
@@ -34,10 +34,10 @@ def dead_jobs(
     entries whose record has expired (``LEDGER_RETENTION``) are dropped here.
     """
     found = []
-    for imp_uid in failed_jobs(client, limit=10_000):
+    for imp_uid in dead_job_ids(client, limit=10_000):
         raw = client.hgetall(ledger_key(imp_uid))
         if not raw:
-            client.zrem(FAILED_KEY, imp_uid)  # its record expired: nothing left to replay
+            client.zrem(DEAD_JOBS_KEY, imp_uid)  # its record expired: nothing left to replay
             continue
         record = shown_record(raw)
         failure = record.get("last_error") or {}
@@ -76,7 +76,7 @@ def replay(
     for imp_uid in imp_uids:
         raw = client.hgetall(ledger_key(imp_uid))
         record = {_text(k): _text(v) for k, v in raw.items()}
-        if _cancel_failed(record) and client.zscore(FAILED_KEY, imp_uid) is not None:
+        if _cancel_failed(record) and client.zscore(DEAD_JOBS_KEY, imp_uid) is not None:
             if corrections:
                 yield Replayed(imp_uid, None, skipped="a cancellation takes no corrections")
                 continue

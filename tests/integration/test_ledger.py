@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_for
 from worker.events import ISSUED, event_data
-from worker.keys import DUE_KEY, FAILED_KEY, history_key, ledger_key, status_key, terminal_key
+from worker.keys import DEAD_JOBS_KEY, DUE_KEY, history_key, ledger_key, status_key, terminal_key
 from worker.ledger import Ledger
 from worker.operations import dead_jobs
 from worker.schemas import load_payload
@@ -400,10 +400,10 @@ def test_dead_view_drops_index_entries_whose_record_expired(
     )
     claim = short.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
     fail(short, imp_uid, claim.fence, f"{imp_uid}-t1")
-    assert client.zscore(FAILED_KEY, imp_uid) is not None
+    assert client.zscore(DEAD_JOBS_KEY, imp_uid) is not None
     wait_for(lambda: not client.exists(ledger_key(imp_uid)), message="the record to expire")
     assert imp_uid not in [job["imp_uid"] for job in dead_jobs(client)]
-    assert client.zscore(FAILED_KEY, imp_uid) is None
+    assert client.zscore(DEAD_JOBS_KEY, imp_uid) is None
 
 
 def test_issue_recorded_behind_a_partial_refund_owns_the_job_after_it(
@@ -460,7 +460,7 @@ def test_a_cancel_failed_with_a_refund_behind_it_is_not_dead(
         data={"imp_uid": imp_uid, "task_id": f"{imp_uid}-c1"},
         error={"reason": "retries_exhausted"},
     )
-    assert redis_server.client().zscore(FAILED_KEY, imp_uid) is None
+    assert redis_server.client().zscore(DEAD_JOBS_KEY, imp_uid) is None
     record = ledger.record(imp_uid)
     assert record is not None
     assert (record["state"], record["task_id"]) == ("received", f"{imp_uid}-c2")

@@ -1,6 +1,6 @@
 -- needs: publish_once, partial
 -- The terminal transition and its event, together.
--- KEYS: ledger, due, stream, terminal marker, status pointer, waiters, failed index,
+-- KEYS: ledger, due, stream, terminal marker, status pointer, waiters, dead-job index,
 --       history, terminal marker of the extra event.
 -- ARGV: fence, state, event type, event data, minid, event retention s,
 --       now_ms, receipt json, last_error json, ledger retention s, imp_uid,
