@@ -41,6 +41,7 @@ from worker.config.timing import (
     lease_seconds,
     minimum_visibility_timeout,
     settle_bound,
+    unacked_restore_interval,
 )
 from worker.config.tls import check_ca_bundles, redis_tls, refuse_plain_http
 from worker.contract import QUEUE, rabbitmq_queues
@@ -218,10 +219,8 @@ if broker_is_redis:
         # kombu's default pool of 10 runs out under a larger thread pool
         # ("Couldn't ack ... MaxConnectionsError"); size it to the concurrency.
         "max_connections": worker_concurrency * 2 + 10,
-        # kombu sweeps unacked messages every interval x throttle seconds (10 x 10
-        # by default). One scan every interval, at most 10 s, resumes the message of
-        # a dead worker within the visibility timeout + 10 s (+ the scan's mutex).
-        "unacked_restore_interval": max(1, min(10, broker_visibility_timeout // 10)),
+        # One scan for unacked messages every interval (throttle 1), at most 10 s.
+        "unacked_restore_interval": unacked_restore_interval(broker_visibility_timeout),
         "unacked_restore_throttle": 1,
     }
     visibility_timeout = broker_visibility_timeout

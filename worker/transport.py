@@ -22,17 +22,52 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import ResponseError
 
 from worker.parking import park, parked_record
 
 log = logging.getLogger(__name__)
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS, except that a requeue Redis refuses does not stop the worker."""
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """Requeue as kombu does; when Redis refuses, leave the message unacked.
+
+        kombu moves the message from the unacked hash back to the queue in one
+        MULTI/EXEC, and a Redis out of memory (or read-only, or refusing the
+        command) discards all of it. The error would reach Celery's event loop,
+        which catches only connection errors there: the worker stopped
+        ("Unrecoverable error"), every task in hand with it. The message is
+        still in the unacked hash, so kombu's visibility-timeout scan brings it
+        back; this worker only stops counting it as in hand, or the refused
+        requeues would use up its prefetch. A connection error still goes to
+        Celery, which knows what to do with one.
+        """
+        if not requeue:
+            super().reject(delivery_tag, requeue=False)
+            return
+        try:
+            self.restore_by_tag(delivery_tag, leftmost=True)
+        except ResponseError as refused:
+            log.warning(
+                "message %s could not go back to the queue (%s): it stays unacked, and "
+                "returns once the visibility timeout has passed",
+                delivery_tag,
+                type(refused).__name__,
+            )
+        virtual.QoS.ack(self, delivery_tag)
+
+
 class Channel(kombu_redis.Channel):
     """A Redis channel that parks unreadable queue entries instead of crashing."""
 
+    # A requeue Redis refuses leaves the message unacked instead of stopping the worker.
+    QoS = QoS
     _shared_client: tuple[Any, Any] | None = None
 
     @contextmanager

@@ -2,16 +2,19 @@
 
 Celery's ``Task.retry`` turns a retry it cannot publish into
 ``Reject(requeue=False)``, and rejecting without requeue is an ack: when the
-broker takes the ack but refused the publish (a Redis out of memory refuses
-LPUSH, not HDEL; a broker back up a moment later), the message is gone and
-its task message never ends in an event. Here a real worker on a private
-Redis meets exactly that: the Redis runs out of memory while the task waits
-on i'mport, so recording the answer fails, and so does publishing the retry.
+broker takes the ack but refused the publish (a broker back up a moment
+later), the message is gone and its task message never ends in an event. Here
+the private Redis of a real worker runs out of memory while the task waits on
+i'mport: recording the answer fails, publishing the retry fails, and putting
+the message back on the queue fails too. The message must stay unacked, with a
+worker still running to restore it once the visibility timeout has passed.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from celery import Celery
@@ -26,11 +29,32 @@ from tests.support.rabbitmq import broker_for
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
-from tests.support.wait import wait_for
-from tests.support.worker import running_worker, worker_env
+from tests.support.wait import WaitTimeout, wait_for
+from tests.support.worker import ProcessOutput, running_worker, worker_env
+from worker.config.timing import (
+    VISIBILITY_MARGIN_SECONDS,
+    longest_attempt_seconds,
+    minimum_visibility_timeout,
+    unacked_restore_interval,
+)
 from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
+
+#: What worker/transport.py logs when Redis refuses to put a message back on the queue.
+REQUEUE_REFUSED = "could not go back to the queue"
+#: Lines after which the refused requeue will not come: the answer was recorded, or
+#: the worker stopped.
+GONE_ON = ("issued after", "Unrecoverable error")
+
+
+@contextmanager
+def worker_output_on_timeout(output: ProcessOutput) -> Iterator[None]:
+    """A wait that times out says what the worker printed, so the failure can be read."""
+    try:
+        yield
+    except WaitTimeout as timed_out:
+        raise AssertionError(f"{timed_out}; the worker's output:\n{output.text}") from None
 
 
 @pytest.mark.timeout(240)
@@ -61,22 +85,48 @@ def test_a_retry_that_cannot_be_published_is_not_dropped(
             interval=0.02,
             message="the POST to reach the sandbox",
         )
-        # While i'mport holds the POST, Redis fills up: writes are refused, deletes are not.
+        # While i'mport holds the POST, Redis fills up: writes are refused, deletes are not
+        # (nor any command inside MULTI). It stays full until the worker has tried to put
+        # the message back on the queue, so that is refused too.
         admin.config_set("maxmemory", 1)
         try:
-            wait_for(
-                lambda: any(
-                    line in output.text for line in ("could not publish its retry", "issued after")
-                ),
-                timeout=20,
-                message="the task to fail to publish its retry",
-            )
+            with worker_output_on_timeout(output):
+                wait_for(
+                    lambda: any(line in output.text for line in (REQUEUE_REFUSED, *GONE_ON)),
+                    timeout=20,
+                    message="the task's message to fail to go back to the queue",
+                )
         finally:
             admin.config_set("maxmemory", 0)
         assert "could not publish its retry" in output.text, output.text
-        # Back with the broker, unacked: kombu restores it once the visibility timeout
-        # passed (about a lease here), and by then the job's lease has passed too.
-        event = ResultStream(own_redis.client()).wait(task_id, timeout=150)
+        # Before, the refused requeue's error reached Celery's event loop and stopped the
+        # worker: nothing was left to restore the message.
+        assert "Unrecoverable error" not in output.text, output.text
+        assert REQUEUE_REFUSED in output.text, output.text
+        # The message is still in kombu's unacked hash: the worker's scan restores it once
+        # the visibility timeout has passed since it was fetched, within one scan interval.
+        # By then the job's lease has passed too (the visibility timeout covers the lease
+        # and the longest countdown), so the copy takes the job over and makes one attempt,
+        # lookup first, bounded by the client's timeouts; then the margin the settings
+        # keep for Redis round trips, publishing and scheduling.
+        settings = {
+            "iamport_timeout": float(env["IAMPORT_TIMEOUT"]),
+            "longest_countdown": min(
+                float(env["RETRY_BACKOFF_MAX"]), float(env["RETRY_COUNTDOWN_MAX"])
+            ),
+            "duplicate_wait": float(env["DUPLICATE_WAIT"]),
+            "settle_seconds": float(env["IAMPORT_SETTLE_SECONDS"]),
+        }
+        visibility = minimum_visibility_timeout(**settings)
+        bound = (
+            visibility
+            + unacked_restore_interval(visibility)
+            + longest_attempt_seconds(settings["iamport_timeout"])
+            + VISIBILITY_MARGIN_SECONDS
+        )
+        with worker_output_on_timeout(output):
+            event = ResultStream(own_redis.client()).wait(task_id, timeout=bound)
         assert event["type"] == "cash_receipt.issued"
         assert not event["data"]["duplicate"]
+        assert output.alive, output.text
     assert own_sandbox.admin.issued_count(imp_uid) == 1

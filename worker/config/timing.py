@@ -68,6 +68,16 @@ def minimum_visibility_timeout(
     )
 
 
+def unacked_restore_interval(visibility_timeout: int) -> int:
+    """How often, in seconds, kombu scans for unacked messages past the visibility timeout.
+
+    kombu scans every interval x throttle seconds (10 x 10 by default). One scan
+    every interval, at most 10 s, returns the message of a dead worker (or one
+    whose requeue Redis refused) within the visibility timeout and this.
+    """
+    return max(1, min(10, visibility_timeout // 10))
+
+
 def check_backoff(base: float, most: float) -> None:
     """Stop when the first retry delay would be longer than the cap on every delay."""
     if base > most:
