@@ -31,8 +31,11 @@ UV = Path(sys.executable).parent / "uv"
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("wheel")
+    # The wheel is built from the sdist (uv build's default), in a fresh directory:
+    # built in place, setuptools would reuse the checkout's build/lib, which keeps
+    # the files of earlier builds, a script since renamed or removed included.
     subprocess.run(
-        [UV, "build", "--wheel", "--quiet", "--out-dir", out, ROOT],
+        [UV, "build", "--quiet", "--out-dir", out, ROOT],
         check=True,
         capture_output=True,
         timeout=300,
