@@ -52,7 +52,7 @@ refuse_celery_variables(os.environ)
 # IAMPORT_SECRET, REDIS_URL and BROKER_URL may each come from a file (X_FILE).
 _env = with_secret_files(os.environ)
 
-# REDIS_URL: the Redis of our own clients (ledger, token cache, events, parked
+# REDIS_URL: the Redis of our own clients (ledger, token cache, events, dead
 # messages, the ingress stream), and the broker too unless BROKER_URL says otherwise.
 # The name matters: Celery masks the password of a setting whose name holds
 # "backend" (and of broker_url) in `celery inspect conf`, `celery report` and
@@ -225,7 +225,7 @@ if broker_is_redis:
     }
     visibility_timeout = broker_visibility_timeout
     # kombu's Redis transport, except that a queue entry which is not a message is
-    # parked instead of stopping the worker (worker/transport.py).
+    # kept as a dead message instead of stopping the worker (worker/transport.py).
     broker_transport = "worker.transport:Transport"
 else:
     # RabbitMQ. A quorum queue is replicated across the cluster's nodes and
@@ -253,7 +253,7 @@ else:
     # connection that holds it closes. Its consumer_timeout (30 min by default)
     # must stay above the longest attempt (see the time rule).
 
-# Unknown, invalid and undecodable task messages are parked, not logged whole
+# Unknown, invalid and undecodable task messages are kept as dead messages, not logged whole
 # and dropped (worker/consumer.py).
 worker_consumer = "worker.consumer:Consumer"
 

@@ -321,10 +321,10 @@ def dead(reason: str | None, limit: int, as_json: bool) -> None:
 
 def _dead_entries(client: Any, limit: int) -> list[dict[str, Any]]:
     try:
-        from worker.ingress import dead_entries  # noqa: PLC0415
+        from worker.ingress import list_dead_entries  # noqa: PLC0415
     except ImportError:
         return []
-    entries: list[dict[str, Any]] = dead_entries(client, limit)
+    entries: list[dict[str, Any]] = list_dead_entries(client, limit)
     return entries
 
 
@@ -458,15 +458,17 @@ def reconcile(imp_uids: tuple[str, ...], limit: int, as_json: bool) -> None:
 @json_option
 def parked(limit: int, requeue: bool, as_json: bool) -> None:
     """List messages the worker could not run (unknown task, unreadable), or requeue them."""
-    from worker.parking import list_parked, publisher, requeue_parked  # noqa: PLC0415
+    from worker.dead_messages import list_dead_messages, publisher, requeue_dead_messages  # noqa: PLC0415
 
     client = _redis()
     if requeue:
         # On a Redis broker back onto the queue's list; on RabbitMQ, published.
-        moved = requeue_parked(client, None if _config().broker_is_redis else publisher(_app()))
+        moved = requeue_dead_messages(
+            client, None if _config().broker_is_redis else publisher(_app())
+        )
         _emit({"requeued": moved}, as_json=as_json, text=f"requeued {moved}")
         return
-    for record in list_parked(client, limit):
+    for record in list_dead_messages(client, limit):
         shown = {key: value for key, value in record.items() if key not in {"envelope", "raw"}}
         _emit(
             shown,

@@ -1,9 +1,9 @@
-"""The worker's Celery consumer: unknown, invalid and undecodable messages are parked.
+"""The worker's Celery consumer: unknown, invalid and undecodable messages are dead letters.
 
 Celery's defaults log the message body (which may hold an identifier) and
 drop the message. During a rolling deploy a newer producer's task would then be
-lost on an older worker. These overrides park it instead (see
-:mod:`worker.parking`) and log one masked line.
+lost on an older worker. These overrides keep it as a dead message instead (see
+:mod:`worker.dead_messages`) and log one masked line.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from typing import Any
 import redis
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from worker.parking import park, parked_record, portable_envelope
+from worker.dead_messages import dead_message_record, keep_dead_message, portable_envelope
 from worker.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
-    """Celery's consumer, parking what it cannot run instead of logging and dropping it."""
+    """Celery's consumer: what it cannot run is kept as a dead message, not logged and dropped."""
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
-        """Celery's handler, behind a guard: one bad message is parked, never fatal.
+        """Celery's handler, behind a guard: one bad message is a dead letter, never fatal.
 
         Celery looks the task name up in a dict before anything else; a name that
         is a list or an object raises there and stops the worker, and the message,
@@ -37,7 +37,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         def on_task_received(message: Any) -> Any:
             headers = message.headers
             if isinstance(headers, dict) and not isinstance(headers.get("task", ""), str):
-                self._park(message, "the task name is not a string")
+                self._dead_letter(message, "the task name is not a string")
                 return None
             try:
                 return handler(message)
@@ -45,32 +45,32 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 raise
             except Exception as error:
                 log.exception("a message could not be handled; parking it")
-                self._park(message, f"unhandled message: {type(error).__name__}")
+                self._dead_letter(message, f"unhandled message: {type(error).__name__}")
                 return None
 
         return on_task_received
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         """Not a Celery task message at all."""
-        self._park(message, "not a Celery task message")
+        self._dead_letter(message, "not a Celery task message")
 
     def on_unknown_task(self, body: Any, message: Any, exc: BaseException) -> None:
         """A task this worker does not know (an older or newer deploy's, or a typo)."""
         name = (message.headers or {}).get("task")
-        self._park(message, f"unknown task {name!r}")
+        self._dead_letter(message, f"unknown task {name!r}")
 
     def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
         """A task message Celery refuses (bad ETA, disallowed content type...)."""
-        self._park(message, f"invalid task message: {type(exc).__name__}")
+        self._dead_letter(message, f"invalid task message: {type(exc).__name__}")
 
     def on_decode_error(self, message: Any, exc: BaseException) -> None:
         """A body that cannot be decoded with its declared content type."""
-        self._park(message, f"undecodable body: {type(exc).__name__}")
+        self._dead_letter(message, f"undecodable body: {type(exc).__name__}")
 
-    def _park(self, message: Any, reason: str) -> None:
+    def _dead_letter(self, message: Any, reason: str) -> None:
         envelope = portable_envelope(message)
         runtime = get_runtime(self.app.conf)
-        record = parked_record(
+        record = dead_message_record(
             reason=reason,
             queue=queue_of(message),
             envelope=envelope if isinstance(envelope, dict) else None,
@@ -78,9 +78,9 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             sealer=runtime.sealer,
         )
         try:
-            park(runtime.redis, record)
+            keep_dead_message(runtime.redis, record)
         except redis.RedisError:
-            # Not parked, so not acked either: it comes back after the visibility timeout.
+            # Not kept, so not acked either: it comes back after the visibility timeout.
             message.reject_log_error(log, self.connection_errors, requeue=True)
             return
         message.ack()
@@ -91,7 +91,7 @@ def queue_of(message: Any) -> str | None:
 
     A countdown on a RabbitMQ quorum queue travels through Celery's delay
     exchanges, whose routing key carries the delay as a dotted binary prefix;
-    that prefix is dropped, so a parked retry is requeued to its own queue.
+    that prefix is dropped, so a retry kept as a dead message is requeued to its own queue.
     """
     key = (message.delivery_info or {}).get("routing_key")
     if not isinstance(key, str):

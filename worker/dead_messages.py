@@ -1,23 +1,27 @@
-"""Parked messages: what the worker cannot run, kept where an operator can see it.
+"""Dead messages: what the worker cannot run, kept where an operator can see it.
 
 Celery drops a message whose task this worker does not know, and one it cannot
 decode, after logging its body; kombu's Redis transport stops the worker on a
 queue entry that is not even JSON. Here every such message is set aside
 instead, in the Redis list ``cash_receipt:parked`` (newest first), with the
-reason. ``cashreceipt parked`` lists them; ``cashreceipt parked --requeue``
-pushes the readable ones back to their queue, e.g. once a worker that knows
-their task is deployed.
+reason: a dead letter, like the ledger's dead jobs and the ingress's dead
+entries. The names users see keep the word "parked" (the key, the
+``parked_at`` fields, ``cashreceipt parked``, the metric); in code these are
+dead messages, and "park" means a job's long retry wait in the ledger
+(:meth:`worker.ledger.Ledger.park`). ``cashreceipt parked`` lists them;
+``cashreceipt parked --requeue`` pushes the readable ones back to their queue,
+e.g. once a worker that knows their task is deployed.
 
-Parked envelopes stay replayable, but hold no personal data in clear: the
+Dead messages stay replayable, but hold no personal data in clear: the
 body is decoded and every payload in it has its identifier and buyer fields
 sealed, as the ledger stores them (masked when no key is configured, which
 costs the replay); a body that is not JSON is dropped and kept as masked text.
 The ``argsrepr``/``kwargsrepr`` headers, which a bare producer fills with the
 raw arguments, are replaced. An unreadable entry is kept as masked text.
 
-Records are kept :data:`PARKED_RETENTION_SECONDS` (7 days): the sweeper drops
-older ones (:func:`expire_parked`), and the list itself expires that long
-after the last message was parked. At most :data:`PARKED_LIMIT` are kept.
+Records are kept :data:`DEAD_MESSAGE_RETENTION_SECONDS` (7 days): the sweeper drops
+older ones (:func:`expire_dead_messages`), and the list itself expires that long
+after the last message was kept. At most :data:`DEAD_MESSAGES_LIMIT` are kept.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 import redis
 
 from worker import lua
-from worker.keys import PARKED_KEY
+from worker.keys import DEAD_MESSAGES_KEY
 from worker.masking import mask_payload, mask_text
 from worker.schemas import BUYER_FIELDS
 from worker.sealing import Sealer, SealingUnavailable
@@ -45,15 +49,15 @@ log = logging.getLogger(__name__)
 
 #: A flood of garbage must not fill a noeviction Redis; the oldest beyond this
 #: are trimmed, and the trim is logged.
-PARKED_LIMIT = 10_000
+DEAD_MESSAGES_LIMIT = 10_000
 RAW_LIMIT = 64 * 1024
-#: How long a parked message is kept for an operator to look at or replay.
-PARKED_RETENTION_SECONDS = 7 * 24 * 3600
+#: How long a dead message is kept for an operator to look at or replay.
+DEAD_MESSAGE_RETENTION_SECONDS = 7 * 24 * 3600
 #: How deep a body is searched for payloads to seal.
 _DEPTH = 4
 
 
-def parked_record(
+def dead_message_record(
     *,
     reason: str,
     queue: str | None,
@@ -61,7 +65,7 @@ def parked_record(
     raw: bytes | str | None,
     sealer: Sealer | None = None,
 ) -> dict[str, Any]:
-    """The JSON-ready record of one parked message, with no personal data in clear.
+    """The JSON-ready record of one dead message, with no personal data in clear.
 
     ``sealer`` seals the payloads in the body; without one (or without a key)
     their personal fields are masked instead.
@@ -187,9 +191,9 @@ def _sealed_fields(payload: dict[str, Any], sealer: Sealer | None) -> dict[str, 
     return sealed
 
 
-def park(client: redis.Redis, record: Mapping[str, Any]) -> None:
-    """Keep ``record``; trim the list at :data:`PARKED_LIMIT` and drop expired records."""
-    length, _ = _run_park(client, json.dumps(record, ensure_ascii=False))
+def keep_dead_message(client: redis.Redis, record: Mapping[str, Any]) -> None:
+    """Keep ``record``; trim the list at :data:`DEAD_MESSAGES_LIMIT` and drop expired records."""
+    length, _ = _keep(client, json.dumps(record, ensure_ascii=False))
     log.error(
         "parked a message (task %s, id %s, queue %s): %s",
         record.get("task"),
@@ -197,53 +201,58 @@ def park(client: redis.Redis, record: Mapping[str, Any]) -> None:
         record.get("queue"),
         record.get("reason"),
     )
-    if length >= PARKED_LIMIT:
-        log.warning("%s is at its limit of %d; the oldest are trimmed", PARKED_KEY, PARKED_LIMIT)
+    if length >= DEAD_MESSAGES_LIMIT:
+        log.warning(
+            "%s is at its limit of %d; the oldest are trimmed",
+            DEAD_MESSAGES_KEY,
+            DEAD_MESSAGES_LIMIT,
+        )
 
 
-def expire_parked(client: redis.Redis) -> int:
-    """Drop parked records older than :data:`PARKED_RETENTION_SECONDS`; returns how many."""
-    return _run_park(client, "")[1]
+def expire_dead_messages(client: redis.Redis) -> int:
+    """Drop dead messages older than :data:`DEAD_MESSAGE_RETENTION_SECONDS`; returns how many."""
+    return _keep(client, "")[1]
 
 
-def _run_park(client: redis.Redis, record: str) -> tuple[int, int]:
-    oldest = int((time.time() - PARKED_RETENTION_SECONDS) * 1000)
-    script = client.register_script(lua.source("park"))
+def _keep(client: redis.Redis, record: str) -> tuple[int, int]:
+    oldest = int((time.time() - DEAD_MESSAGE_RETENTION_SECONDS) * 1000)
+    script = client.register_script(lua.source("dead_message"))
     length, dropped = script(
-        keys=[PARKED_KEY], args=[record, PARKED_LIMIT, PARKED_RETENTION_SECONDS, oldest]
+        keys=[DEAD_MESSAGES_KEY],
+        args=[record, DEAD_MESSAGES_LIMIT, DEAD_MESSAGE_RETENTION_SECONDS, oldest],
     )
     return int(length), int(dropped)
 
 
-def list_parked(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest parked records."""
-    return [json.loads(item) for item in client.lrange(PARKED_KEY, 0, limit - 1)]
+def list_dead_messages(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest dead messages."""
+    return [json.loads(item) for item in client.lrange(DEAD_MESSAGES_KEY, 0, limit - 1)]
 
 
-#: Sends one parked envelope to a queue on a broker that is not this Redis.
+#: Sends one dead message's envelope to a queue on a broker that is not this Redis.
 Publish = Callable[[str, Mapping[str, Any]], None]
 
 
-def requeue_parked(client: redis.Redis, publish: Publish | None = None) -> int:
-    """Push every parked envelope back to its queue; unreadable ones stay. Returns how many.
+def requeue_dead_messages(client: redis.Redis, publish: Publish | None = None) -> int:
+    """Push every dead message's envelope back to its queue; unreadable ones stay. Returns how many.
 
     On a Redis broker the envelope goes back onto the queue's list as it was.
     On another broker (RabbitMQ) ``publish`` sends it, and only then is the
-    record dropped: a failed publish leaves it parked.
+    record dropped: a failed publish leaves it kept.
     """
     moved = 0
-    for item in client.lrange(PARKED_KEY, 0, -1):
+    for item in client.lrange(DEAD_MESSAGES_KEY, 0, -1):
         record = json.loads(item)
         envelope = record.get("envelope")
         if envelope is None or envelope.get("body") is None or not record.get("queue"):
             continue
         if publish is not None:
             publish(record["queue"], record["envelope"])
-            client.lrem(PARKED_KEY, 1, item)  # type: ignore[arg-type]  # the exact bytes listed
+            client.lrem(DEAD_MESSAGES_KEY, 1, item)  # type: ignore[arg-type]  # the exact bytes listed
         else:
             pipe = client.pipeline(transaction=True)
             pipe.lpush(record["queue"], json.dumps(record["envelope"]))
-            pipe.lrem(PARKED_KEY, 1, item)  # type: ignore[arg-type]  # the exact bytes listed
+            pipe.lrem(DEAD_MESSAGES_KEY, 1, item)  # type: ignore[arg-type]  # the exact bytes listed
             pipe.execute()
         moved += 1
     return moved
@@ -253,7 +262,7 @@ def portable_envelope(message: Any) -> dict[str, Any] | None:
     """A kombu message from any transport as the envelope kombu's Redis transport stores.
 
     Redis messages carry that envelope already (``message._raw``); an AMQP
-    message is rebuilt from its parts, so that it can be parked, listed and
+    message is rebuilt from its parts, so that it can be kept, listed and
     republished the same way. None when the body is not bytes or text.
     """
     raw = getattr(message, "_raw", None)

@@ -378,7 +378,7 @@ class Ingress:
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
-def dead_entries(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
+def list_dead_entries(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
     """The newest dead letters of the ingress (malformed entries), newest first."""
     return [json.loads(item) for item in client.lrange(DEAD_ENTRIES_KEY, 0, limit - 1)]
 

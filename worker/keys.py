@@ -25,8 +25,9 @@ DEAD_JOBS_KEY = "cash_receipt:ledger:failed"
 TERMINAL_PREFIX = "cash_receipt:terminal:"
 #: The latest terminal event of each payment (strings: the event's id).
 LAST_EVENT_PREFIX = "cash_receipt:last_event:"
-#: Messages the workers could not run, set aside (a list, newest first).
-PARKED_KEY = "cash_receipt:parked"
+#: Messages the workers could not run, set aside: dead messages (a list, newest first;
+#: ``cashreceipt parked`` lists them).
+DEAD_MESSAGES_KEY = "cash_receipt:parked"
 #: One sweep at a time across the fleet (a string: the holder's token).
 SWEEPER_LOCK_KEY = "cash_receipt:sweeper:lock"
 #: The ingress's dead letters: stream entries it could not turn into a job (a list,

@@ -14,7 +14,7 @@ Two kinds of number, measured in two ways:
   round trip on the hot path, where the alternative (counters in Redis, one
   exporter for the fleet) would add one to every i'mport call.
 - **State** (the queue's depth, ledger jobs by state, the oldest due job,
-  parked messages, the ingress backlog) is nobody's count: it is read from the
+  dead messages, the ingress backlog) is nobody's count: it is read from the
   broker and Redis when Prometheus scrapes (:class:`StateCollector`), so it is
   right whichever worker did what, and across restarts. Every worker reports
   the same fleet-wide values: aggregate them with ``max``, never ``sum``.
@@ -40,7 +40,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from worker.keys import DEAD_ENTRIES_KEY, DEAD_JOBS_KEY, DUE_KEY, PARKED_KEY, ledger_key
+from worker.keys import DEAD_ENTRIES_KEY, DEAD_JOBS_KEY, DEAD_MESSAGES_KEY, DUE_KEY, ledger_key
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class StateCollector:
         yield GaugeMetricFamily(
             "cashreceipt_parked_messages",
             "Messages the workers could not run, set aside in cash_receipt:parked",
-            value=int(client.llen(PARKED_KEY)),
+            value=int(client.llen(DEAD_MESSAGES_KEY)),
         )
         yield GaugeMetricFamily(
             "cashreceipt_ingress_backlog_entries",

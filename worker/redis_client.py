@@ -1,6 +1,6 @@
 """The one place a Redis client of the package's own is built from a URL.
 
-REDIS_URL's Redis (the ledger, the events, the token cache, parked messages,
+REDIS_URL's Redis (the ledger, the events, the token cache, dead messages,
 the ingress stream) is reached through :func:`redis_client` by the worker, the
 producer helper, the ingress, the CLI, the health check and the demo alike, so
 an option every connection needs is added here once. Each caller states its

@@ -27,10 +27,10 @@ import redis
 
 from worker import lua
 from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
+from worker.dead_messages import expire_dead_messages
 from worker.keys import SWEEPER_LOCK_KEY
 from worker.ledger import FENCE_HEADER, Ledger
 from worker.masking import masked_args_repr
-from worker.parking import expire_parked
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Sweeper:
             if jobs:
                 log.info("sweeper re-sent %d job(s) from the ledger", len(jobs))
                 self._resent(len(jobs))
-            if expire_parked(self._redis):
+            if expire_dead_messages(self._redis):
                 log.info("sweeper dropped parked messages past their retention")
             return len(jobs)
         finally:

@@ -5,8 +5,8 @@ worker's event loop; an entry that is not JSON, or not an envelope (no
 ``properties``, a body that is not valid base64), raises there and stops the
 worker. The entry is already off the list by then, so it is also lost.
 
-This transport parses the entry first. One that cannot be a message is parked
-(:mod:`worker.parking`) with the reason, and the worker goes on. Everything
+This transport parses the entry first. One that cannot be a message is kept as a dead message
+(:mod:`worker.dead_messages`) with the reason, and the worker goes on. Everything
 else is delivered exactly as kombu would.
 
 Tied to kombu 5.7's ``Channel._brpop_read`` (celery 5.7 pins kombu 5.7); the
@@ -27,7 +27,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from redis.exceptions import ResponseError
 
-from worker.parking import park, parked_record
+from worker.dead_messages import dead_message_record, keep_dead_message
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class QoS(kombu_redis.QoS):
 
 
 class Channel(kombu_redis.Channel):
-    """A Redis channel that parks unreadable queue entries instead of crashing."""
+    """A Redis channel that keeps unreadable queue entries as dead messages, never crashing."""
 
     # A requeue Redis refuses leaves the message unacked instead of stopping the worker.
     QoS = QoS
@@ -113,7 +113,7 @@ class Channel(kombu_redis.Channel):
                 flush()
 
     def _readable(self, queue: str, item: bytes) -> dict[str, Any] | None:
-        """The entry as an envelope kombu can build a message from, or None once parked."""
+        """The entry as an envelope kombu can build a message from, or None once kept aside."""
         try:
             envelope = loads(bytes_to_str(item))
             # Builds the message as _deliver will: a missing key, a body that is not
@@ -121,14 +121,14 @@ class Channel(kombu_redis.Channel):
             self.Message(envelope, channel=self)
             _check_delivery(envelope)
         except Exception as error:  # noqa: BLE001 (anything kombu would die of)
-            record = parked_record(
+            record = dead_message_record(
                 reason=f"unreadable queue entry: {type(error).__name__}",
                 queue=queue,
                 envelope=None,
                 raw=item,
             )
             with self.conn_or_acquire() as client:
-                park(client, record)
+                keep_dead_message(client, record)
             return None
         return envelope if isinstance(envelope, dict) else None
 

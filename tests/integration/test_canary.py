@@ -41,7 +41,7 @@ from tests.support.worker import (
     worker_env,
 )
 from worker.config import timing
-from worker.keys import PARKED_KEY
+from worker.keys import DEAD_MESSAGES_KEY
 from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
@@ -272,7 +272,7 @@ def test_no_identifier_leaks_anywhere(
         assert killed["type"] == "cash_receipt.issued"
         client = canary_redis.client()
         wait_for(
-            lambda: any(unknown in item for item in client.lrange(PARKED_KEY, 0, -1)),
+            lambda: any(unknown in item for item in client.lrange(DEAD_MESSAGES_KEY, 0, -1)),
             message="the unknown task to be parked",
         )
         flower_api = _flower_answers(flower_url, [*tasks, killed_task])

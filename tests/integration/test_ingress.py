@@ -28,7 +28,7 @@ from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ROOT, TEST_PII_KEY, ProcessOutput, worker_env
 from worker.contract import CANCEL_TASK, ISSUE_TASK
-from worker.ingress import dead_entries, task_id_for
+from worker.ingress import list_dead_entries, task_id_for
 from worker.keys import ledger_key
 from worker.producer import enqueue_issue
 
@@ -71,7 +71,7 @@ def dead_letters(client: redis.Redis, stream: str) -> dict[str, dict[str, Any]]:
     """This stream's dead letters, by entry id."""
     return {
         record["entry_id"]: record
-        for record in dead_entries(client, 1000)
+        for record in list_dead_entries(client, 1000)
         if record["stream"] == stream
     }
 

@@ -43,7 +43,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import TEST_PII_KEY, ProcessOutput, running_worker, worker_env
-from worker.keys import PARKED_KEY
+from worker.keys import DEAD_MESSAGES_KEY
 from worker.schemas import InvalidPayload, load_payload
 from worker.sealing import Sealer
 
@@ -507,7 +507,7 @@ def stuck(client: redis.Redis) -> str:
 def assert_accounted_for(entries: list[Entry], client: redis.Redis, sentinel: str) -> None:
     """Per entry: one event or one parked record, as expected; nothing dropped, nothing extra."""
     events = [e for e in ResultStream(client).all() if e["data"]["task_id"] != sentinel]
-    records = [json.loads(item) for item in client.lrange(PARKED_KEY, 0, -1)]
+    records = [json.loads(item) for item in client.lrange(DEAD_MESSAGES_KEY, 0, -1)]
     by_task: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         by_task.setdefault(event["data"]["task_id"], []).append(event)

@@ -27,7 +27,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import free_port, wait_for
 from tests.support.worker import ROOT, running_worker, unready_worker, worker_env
-from worker.keys import PARKED_KEY
+from worker.keys import DEAD_MESSAGES_KEY
 from worker.ledger import Ledger
 from worker.metrics import StateCollector, queue_depth
 
@@ -318,7 +318,7 @@ def test_state_is_read_from_redis_and_the_broker_at_scrape_time(own_redis: Redis
     producer = Celery("checkout", broker=own_redis.url)
     for _ in range(3):
         producer.send_task("issue_cash_receipt", args=[{}], queue="cash_receipts")
-    client.lpush(PARKED_KEY, "{}")
+    client.lpush(DEAD_MESSAGES_KEY, "{}")
     xadd(client, "payment.events", "payment.confirmed", {"imp_uid": "imp_waiting"})
 
     def read(server_client: redis.Redis) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import TEST_PII_KEY, ProcessOutput, worker_env
-from worker.keys import PARKED_KEY
-from worker.parking import PARKED_RETENTION_SECONDS
+from worker.dead_messages import DEAD_MESSAGE_RETENTION_SECONDS
+from worker.keys import DEAD_MESSAGES_KEY
 from worker.sealing import Sealer
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,10 @@ CLI = str(Path(sys.executable).parent / "cashreceipt")
 
 def parked_ids(redis_server: RedisServer) -> list[str]:
     """The task ids in the parked list."""
-    return [json.loads(item).get("id") for item in redis_server.client().lrange(PARKED_KEY, 0, -1)]
+    return [
+        json.loads(item).get("id")
+        for item in redis_server.client().lrange(DEAD_MESSAGES_KEY, 0, -1)
+    ]
 
 
 def test_unknown_task_is_parked_and_can_be_requeued(
@@ -46,7 +49,7 @@ def test_unknown_task_is_parked_and_can_be_requeued(
     wait_for(lambda: unknown in parked_ids(redis_server), message="the unknown task to be parked")
     assert "01055554321" not in worker.text
     client = redis_server.client()
-    parked = [json.loads(item) for item in client.lrange(PARKED_KEY, 0, -1)]
+    parked = [json.loads(item) for item in client.lrange(DEAD_MESSAGES_KEY, 0, -1)]
     record = next(record for record in parked if record["id"] == unknown)
     # The body is base64: decode it, or the check below would pass whatever it held.
     (args, _kwargs, _embed) = json.loads(base64.b64decode(record["envelope"]["body"]))
@@ -56,7 +59,7 @@ def test_unknown_task_is_parked_and_can_be_requeued(
     decoded = [base64.b64decode(r["envelope"]["body"]) for r in parked if r["envelope"]["body"]]
     assert all(b"5554321" not in body for body in decoded)
     assert "5554321" not in json.dumps(parked)
-    assert 0 < client.ttl(PARKED_KEY) <= PARKED_RETENTION_SECONDS
+    assert 0 < client.ttl(DEAD_MESSAGES_KEY) <= DEAD_MESSAGE_RETENTION_SECONDS
 
     env = worker_env(redis_server.url, sandbox.url)
     listing = subprocess.run(
@@ -87,12 +90,15 @@ def test_unknown_task_is_parked_and_can_be_requeued(
 def test_parked_messages_past_their_retention_are_dropped(
     worker: ProcessOutput, redis_server: RedisServer
 ) -> None:
-    """The worker's sweeper drops parked records older than PARKED_RETENTION_SECONDS."""
+    """The worker's sweeper drops parked records older than DEAD_MESSAGE_RETENTION_SECONDS."""
     client = redis_server.client()
     now_ms = int(time.time() * 1000)
-    old = {"id": "parked-long-ago", "parked_at_ms": now_ms - PARKED_RETENTION_SECONDS * 1000 - 1}
+    old = {
+        "id": "parked-long-ago",
+        "parked_at_ms": now_ms - DEAD_MESSAGE_RETENTION_SECONDS * 1000 - 1,
+    }
     recent = {"id": "parked-lately", "parked_at_ms": now_ms - 60_000}
-    client.rpush(PARKED_KEY, json.dumps(recent), json.dumps(old))  # oldest at the tail
+    client.rpush(DEAD_MESSAGES_KEY, json.dumps(recent), json.dumps(old))  # oldest at the tail
     wait_for(
         lambda: "parked-long-ago" not in parked_ids(redis_server),
         timeout=20,

@@ -35,7 +35,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import BIN, ROOT, ProcessOutput, running_worker, worker_env
-from worker.keys import PARKED_KEY, ledger_key
+from worker.keys import DEAD_MESSAGES_KEY, ledger_key
 from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
@@ -148,7 +148,7 @@ def test_a_task_only_the_newer_deploy_knows_waits_parked_for_it(
         task_id = str(producer.send_task(NEWER_TASK, args=[payload], queue="cash_receipts").id)
 
         def parked() -> bool:
-            return any(task_id in item for item in client.lrange(PARKED_KEY, 0, -1))
+            return any(task_id in item for item in client.lrange(DEAD_MESSAGES_KEY, 0, -1))
 
         wait_for(parked, timeout=30, message="the old worker to park the newer task")
         assert f"unknown task '{NEWER_TASK}'" in old.text

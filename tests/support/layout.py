@@ -2,7 +2,7 @@
 
 The layout (key names, types, hash fields, values) is a contract with deployed data:
 records written by one release are finished by the next. The scenarios here drive
-the store only through its public calls (``Ledger``, ``EventPublisher``, ``park``),
+the store only through its public calls (``Ledger``, ``EventPublisher``, ``keep_dead_message``),
 so the same code runs against an older checkout to capture a fixture
 (``python -m tests.support.layout OUT.json``, from that checkout's worktree) and
 against the current code in tests/integration/test_layout_compat.py.
@@ -25,9 +25,9 @@ from typing import Any
 
 import redis
 
+from worker.dead_messages import keep_dead_message
 from worker.events import CANCELLED, FAILED, ISSUED, EventPublisher
 from worker.ledger import Ledger
-from worker.parking import park
 
 STREAM = "cash_receipt.events"
 PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA", "amount": 1000}
@@ -179,7 +179,9 @@ def full_issue(client: redis.Redis) -> None:
         error=rejected,
     )
 
-    park(client, {"reason": "unknown task", "queue": "cash_receipts", "parked_at_ms": _ms()})
+    keep_dead_message(
+        client, {"reason": "unknown task", "queue": "cash_receipts", "parked_at_ms": _ms()}
+    )
     EventPublisher(client, stream=STREAM, retention_seconds=3600).publish_terminal(
         event_type=FAILED,
         task_id="task-invalid",

@@ -8,7 +8,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
-from worker.parking import parked_record
+from worker.dead_messages import dead_message_record
 from worker.schemas import load_payload
 from worker.sealing import Sealer
 
@@ -30,7 +30,7 @@ def body(record: dict[str, Any]) -> Any:
 def test_envelope_is_kept_with_reprs_redacted() -> None:
     """The body stays for replay; argsrepr and kwargsrepr, which a bare producer fills raw, go."""
     envelope = envelope_of([[{}], {}, {}], argsrepr="[{'identifier': '01012345678'}]")
-    record = parked_record(
+    record = dead_message_record(
         reason="unknown task 'new_task'", queue="cash_receipts", envelope=envelope, raw=None
     )
     assert (record["task"], record["id"], record["queue"]) == ("new_task", "t-1", "cash_receipts")
@@ -49,7 +49,7 @@ def test_personal_fields_in_the_body_are_sealed_as_the_ledger_seals_them() -> No
         "buyer_name": "홍길동",
         "buyer_tel": "01098765432",
     }
-    record = parked_record(
+    record = dead_message_record(
         reason="unknown task",
         queue="cash_receipts",
         envelope=envelope_of([[payload], {"payload": dict(payload)}, {}]),
@@ -68,7 +68,7 @@ def test_personal_fields_in_the_body_are_sealed_as_the_ledger_seals_them() -> No
 
 def test_without_a_key_personal_fields_are_masked() -> None:
     """Plaintext mode cannot seal: the parked body shows masked forms (no replay for it)."""
-    record = parked_record(
+    record = dead_message_record(
         reason="unknown task",
         queue="cash_receipts",
         envelope=envelope_of([[{"imp_uid": "imp_1", "identifier": "01097770042"}], {}, {}]),
@@ -82,14 +82,14 @@ def test_a_body_that_is_not_json_is_kept_only_as_masked_text() -> None:
     """It cannot be sealed field by field: the body goes, its masked text stays."""
     envelope = envelope_of([])
     envelope["body"] = base64.b64encode(b"not json 01097770042").decode()
-    record = parked_record(reason="undecodable", queue="q", envelope=envelope, raw=None)
+    record = dead_message_record(reason="undecodable", queue="q", envelope=envelope, raw=None)
     assert record["envelope"]["body"] is None
     assert record["raw"] == "not json 010****0042"
 
 
 def test_unreadable_entry_is_kept_masked() -> None:
     """An entry that is not an envelope is kept as text, identifiers masked."""
-    record = parked_record(
+    record = dead_message_record(
         reason="unreadable", queue="q", envelope=None, raw=b"junk 010-1234-5678 \xff"
     )
     assert record["envelope"] is None
@@ -102,7 +102,7 @@ def test_an_unreadable_entry_with_a_base64_body_is_kept_decoded_and_masked() -> 
     entry = json.dumps(
         {"body": base64.b64encode(json.dumps([[payload], {}, {}]).encode()).decode()}
     )
-    record = parked_record(reason="unreadable", queue="q", envelope=None, raw=entry.encode())
+    record = dead_message_record(reason="unreadable", queue="q", envelope=None, raw=entry.encode())
     shown = json.loads(record["raw"])
     assert shown["body"][0][0] == {
         "imp_uid": "imp_1",

@@ -1,5 +1,5 @@
--- Keep one parked message (none for '') and drop the expired ones.
--- KEYS: parked list. ARGV: record, limit, retention s, oldest parked_at_ms kept
+-- Keep one dead message (none for '') and drop the expired ones.
+-- KEYS: dead messages' list. ARGV: record, limit, retention s, oldest parked_at_ms kept
 if ARGV[1] ~= '' then
   redis.call('LPUSH', KEYS[1], ARGV[1])
   redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
