@@ -67,13 +67,13 @@ from cashreceipt_bench.servers import (
     stop_process,
     wait_for_sandbox,
 )
+from worker.config.defaults import RESULT_STREAM
 from worker.contract import QUEUE
 from worker.producer import enqueue_issue
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
 SANDBOX_KEY, SANDBOX_SECRET = "sandbox_key", "sandbox_secret"
-STREAM = "cash_receipt.events"
 #: A run fails when no result event arrives for this long.
 STALL_SECONDS = 60.0
 #: The share of N left out at the start of a drain, as warm-up.
@@ -450,7 +450,7 @@ class ResultReader:
         self._stop = threading.Event()
 
     def poll(self, *, block_ms: int) -> None:
-        answer: Any = self._redis.xread({STREAM: self._last}, count=5000, block=block_ms)
+        answer: Any = self._redis.xread({RESULT_STREAM: self._last}, count=5000, block=block_ms)
         now = time.perf_counter()
         for _stream, entries in answer or []:
             for entry_id, fields in entries:
