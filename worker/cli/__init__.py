@@ -1,0 +1,130 @@
+"""``cashreceipt``: the operator's and the integrator's command line.
+
+    cashreceipt enqueue '{"imp_uid": "imp_1", "identifier": "010-1234-5678"}'
+    cashreceipt status imp_1          the ledger record (masked), its history, the latest event
+    cashreceipt tail                  follow the result events
+    cashreceipt stuck                 jobs overdue in a non-terminal state
+    cashreceipt settle imp_1          look the receipt up at i'mport, settle the job
+    cashreceipt dead [--reason R]     jobs that failed for good, and malformed ingress entries
+    cashreceipt replay imp_1 ...      re-enqueue failed jobs (or --reason R), with corrections
+    cashreceipt reconcile [imp_1 ...] compare the ledger with i'mport
+    cashreceipt parked [--requeue]    messages the worker could not run
+    cashreceipt ingress               read the ingress stream (see README)
+    cashreceipt bench                 measure throughput and latency (see README)
+
+Every command has ``--help``. ``--json`` prints JSON lines (one object per
+line) instead of text. Colour is used only on a terminal, and never when
+``NO_COLOR`` is set. Exit codes: 0 done, 1 nothing found or a mismatch, 2 bad
+input or configuration, 3 Redis (or i'mport) could not be reached: try again,
+4 (``reconcile``) no mismatch, but i'mport did not answer for some payment.
+
+The commands live by group: ``jobs`` (enqueue, status, tail, stuck, settle),
+``dead_letters`` (dead, replay, parked), ``reconcile``, ``ingress`` and ``bench``;
+``common`` holds what they share. This module builds the group and runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import click
+import redis
+from kombu.exceptions import OperationalError
+
+from worker.cli.bench import bench
+from worker.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, load_config
+from worker.cli.dead_letters import dead, parked, replay
+from worker.cli.ingress import ingress
+from worker.cli.jobs import enqueue, settle, status, stuck, tail
+from worker.cli.reconcile import reconcile
+from worker.errors import IamportError
+from worker.masking import mask_text
+from worker.schemas import InvalidPayload
+from worker.sealing import SealingUnavailable
+from worker.urls import redact_url
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Issue Korean cash receipts through i'mport, exactly once."""
+
+
+for _command in (
+    enqueue,
+    status,
+    tail,
+    stuck,
+    settle,
+    dead,
+    replay,
+    reconcile,
+    parked,
+    ingress,
+    bench,
+):
+    cli.add_command(_command)
+
+#: What a command may raise that is said in one line rather than a traceback.
+_OURS = (
+    click.ClickException,
+    InvalidPayload,
+    SealingUnavailable,
+    IamportError,
+    redis.RedisError,
+    OperationalError,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cashreceipt`` console script: one line per failure, no traceback."""
+    # https://no-color.org: set and not empty means no colour, even on a terminal.
+    color = False if os.environ.get("NO_COLOR") else None
+    try:
+        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False, color=color)
+    except click.exceptions.Abort:
+        return 1
+    except _OURS as error:
+        return _failed(error)
+    except SystemExit as exit_:
+        code = exit_.code
+        if isinstance(code, str):
+            click.echo(code, err=True)
+            return 2
+        return int(code or 0)
+    return 0
+
+
+def _failed(error: Exception) -> int:
+    """Say what went wrong in one line on stderr; the exit code it means."""
+    if isinstance(error, click.ClickException):
+        error.show()
+        return EXIT_USAGE
+    code = EXIT_USAGE
+    if isinstance(error, InvalidPayload):
+        text = json.dumps({"error": "invalid_payload", "fields": error.errors})
+    elif isinstance(error, SealingUnavailable):
+        text = f"cashreceipt: configuration error: {error}"
+    elif isinstance(error, IamportError):
+        text, code = f"cashreceipt: i'mport: {mask_text(str(error))}", EXIT_UNAVAILABLE
+    else:
+        text = f"cashreceipt: Redis at {_shown_redis_url()}: {_reason(error)}"
+        code = EXIT_UNAVAILABLE
+    click.echo(text, err=True)
+    return code
+
+
+def _shown_redis_url() -> str:
+    """The Redis URL for a message, password redacted."""
+    try:
+        url = str(load_config().ledger_backend_url)
+    except SystemExit:
+        url = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+    return redact_url(url)
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an error, with any URL's password redacted."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return " ".join(redact_url(word) if "@" in word else word for word in lines[0].split())

@@ -1,0 +1,70 @@
+"""What every ``cashreceipt`` command shares: the exit codes, ``--json``, the settings, Redis."""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import ModuleType
+from typing import Any
+
+import click
+from celery import Celery
+
+from worker.config.load import load_celeryconfig
+from worker.logs import setup_process_logging
+from worker.redis_client import redis_client
+
+#: Exit codes (README, "Operator tools").
+EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_CHECKED = 1, 2, 3, 4
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+
+
+def emit(item: dict[str, Any], *, as_json: bool, text: str) -> None:
+    """One result: ``item`` as a JSON line with ``--json``, else ``text``."""
+    if as_json:
+        click.echo(json.dumps(item, ensure_ascii=False))
+    else:
+        click.echo(text)
+
+
+def load_config() -> ModuleType:
+    """The settings (read from the environment now); a bad one exits 2 with its message."""
+    conf = load_celeryconfig()
+    # What the code under a command warns about goes to stderr masked, in
+    # LOG_FORMAT, never through logging's bare last-resort handler.
+    setup_process_logging(
+        conf, level=logging.WARNING, text="cashreceipt: %(levelname)s: %(message)s"
+    )
+    return conf
+
+
+def ledger_redis() -> Any:
+    """The Redis of the ledger and the events (REDIS_URL); untyped, as redis-py's replies are."""
+    return redis_client(load_config().ledger_backend_url)
+
+
+def celery_app() -> Celery:
+    """The worker's Celery app, for a command that sends a task or builds the runtime."""
+    # Deliberately lazy: worker.celery reads the settings when it is imported, so importing it
+    # here, not at the top, lets --help, --version and the commands that need only Redis run
+    # without it, and a bad setting is said by main() in one line (exit 2), not at import.
+    from worker.celery import app  # noqa: PLC0415
+
+    return app
+
+
+def failure_text(error: dict[str, Any]) -> str:
+    """A job's last error, in one phrase."""
+    return f"{error.get('reason')}: HTTP {error.get('status')} {error.get('message')}"
+
+
+def state_text(state: str) -> str:
+    """A job's state, coloured by what it means (on a terminal only)."""
+    colour = {
+        "issued": "green",
+        "failed": "red",
+        "cancel_failed": "red",
+        "cancelled": "yellow",
+    }.get(state)
+    return click.style(state, fg=colour) if colour else state

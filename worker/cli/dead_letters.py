@@ -1,0 +1,143 @@
+"""The dead letters and what to do with them: ``dead``, ``replay``, ``parked``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from worker.cli.common import (
+    EXIT_NOT_FOUND,
+    celery_app,
+    emit,
+    failure_text,
+    json_option,
+    ledger_redis,
+    load_config,
+    state_text,
+)
+from worker.dead_messages import list_dead_messages, publisher, requeue_dead_messages
+from worker.ingress import list_dead_entries
+from worker.operations import dead_jobs, replay_reason
+from worker.operations import replay as replay_jobs
+
+
+@click.command()
+@click.option("--reason", help="Only jobs whose last failure had this reason.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@json_option
+def dead(reason: str | None, limit: int, as_json: bool) -> None:
+    """List jobs that failed for good, and malformed ingress entries: the dead letters."""
+    client = ledger_redis()
+    shown = 0
+    for job in dead_jobs(client, reason=reason, limit=limit):
+        error = job.get("last_error") or {}
+        what = "cancel_failed" if job["failed"] == "cancel" else "failed"
+        emit(
+            {"kind": "job", **job},
+            as_json=as_json,
+            text=f"{job['imp_uid']}  {state_text(what)}  {failure_text(error)}",
+        )
+        shown += 1
+    for entry in list_dead_entries(client, limit):
+        if reason is not None and entry.get("reason") != reason:
+            continue
+        where = f"{entry.get('imp_uid') or '-'}  ingress {entry.get('entry_id')}"
+        emit({"kind": "ingress", **entry}, as_json=as_json, text=f"{where}: {entry.get('reason')}")
+        shown += 1
+    if not shown:
+        sys.exit(EXIT_NOT_FOUND)
+
+
+@click.command()
+@click.argument("imp_uids", nargs=-1)
+@click.option("--reason", help="Replay every failed job whose last failure had this reason.")
+@click.option(
+    "--identifier-stdin",
+    "identifier_stdin",
+    is_flag=True,
+    help="Read a corrected identifier from standard input (asked for, hidden, on a "
+    "terminal). The safe way: it stays out of ps and shell history.",
+)
+@click.option(
+    "--identifier",
+    help="A corrected identifier, in argv (visible in ps and shell history: "
+    "prefer --identifier-stdin).",
+)
+@click.option("--identifier-type", help="Its type, if it changes.")
+@json_option
+def replay(
+    *,
+    imp_uids: tuple[str, ...],
+    reason: str | None,
+    identifier_stdin: bool,
+    identifier: str | None,
+    identifier_type: str | None,
+    as_json: bool,
+) -> None:
+    """Re-enqueue failed jobs after the cause is fixed (a corrected identifier, credentials).
+
+    A cancellation that failed for good (cancel_failed) is sent again as it was.
+    """
+    if not imp_uids and reason is None:
+        raise click.UsageError("name imp_uids, or --reason")
+    if identifier_stdin:
+        if identifier is not None:
+            raise click.UsageError("give --identifier-stdin or --identifier, not both")
+        identifier = _read_identifier()
+    corrections = {
+        key: value
+        for key, value in {"identifier": identifier, "identifier_type": identifier_type}.items()
+        if value is not None
+    }
+    if corrections and len(imp_uids) != 1:
+        raise click.UsageError("a correction applies to exactly one imp_uid")
+    client = ledger_redis()
+    targets = list(imp_uids) or replay_reason(client, reason or "")
+    replayed = 0
+    for outcome in replay_jobs(client, celery_app(), targets, corrections=corrections or None):
+        item = {"imp_uid": outcome.imp_uid, "task_id": outcome.task_id, "skipped": outcome.skipped}
+        text = (
+            f"{outcome.imp_uid}: replayed as task {outcome.task_id}"
+            if outcome.task_id
+            else f"{outcome.imp_uid}: skipped ({outcome.skipped})"
+        )
+        emit(item, as_json=as_json, text=text)
+        replayed += outcome.task_id is not None
+    if replayed == 0:
+        sys.exit(1)
+
+
+def _read_identifier() -> str:
+    """The identifier from standard input: a hidden prompt on a terminal, else one line."""
+    if sys.stdin.isatty():
+        value = click.prompt("Corrected identifier", hide_input=True, err=True)
+    else:
+        value = sys.stdin.readline()
+    value = str(value).strip()
+    if not value:
+        raise click.UsageError("--identifier-stdin read no identifier")
+    return value
+
+
+@click.command()
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--requeue", is_flag=True, help="Push every readable one back to its queue.")
+@json_option
+def parked(limit: int, requeue: bool, as_json: bool) -> None:
+    """List messages the worker could not run (unknown task, unreadable), or requeue them."""
+    client = ledger_redis()
+    if requeue:
+        # On a Redis broker back onto the queue's list; on RabbitMQ, published.
+        moved = requeue_dead_messages(
+            client, None if load_config().broker_is_redis else publisher(celery_app())
+        )
+        emit({"requeued": moved}, as_json=as_json, text=f"requeued {moved}")
+        return
+    for record in list_dead_messages(client, limit):
+        shown = {key: value for key, value in record.items() if key not in {"envelope", "raw"}}
+        emit(
+            shown,
+            as_json=as_json,
+            text=f"{shown.get('parked_at')}  {shown.get('id')}  {shown.get('reason')}",
+        )

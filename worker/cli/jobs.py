@@ -1,0 +1,210 @@
+"""Sending and looking at jobs: ``enqueue``, ``status``, ``tail``, ``stuck``, ``settle``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from worker.cli.common import (
+    EXIT_NOT_FOUND,
+    celery_app,
+    emit,
+    failure_text,
+    json_option,
+    ledger_redis,
+    load_config,
+    state_text,
+)
+from worker.events import latest_event
+from worker.keys import ledger_key
+from worker.ledger import job_history, shown_record
+from worker.ledger import stuck as stuck_jobs
+from worker.producer import enqueue_issue
+from worker.runtime import get_runtime
+from worker.schemas import InvalidPayload
+from worker.service import settle as settle_job
+
+_FIELDS = (
+    "imp_uid",
+    "merchant_uid",
+    "identifier",
+    "identifier_type",
+    "type",
+    "company_tel",
+    "company_name",
+    "corp_reg_no",
+    "buyer_name",
+    "buyer_email",
+    "buyer_tel",
+)
+
+
+def _field_options(command: Any) -> Any:
+    """One option per payload field: --imp-uid, --identifier, ..."""
+    for name in reversed(_FIELDS):
+        command = click.option("--" + name.replace("_", "-"), name)(command)
+    return command
+
+
+@click.command()
+@click.argument("payload", required=False)
+@_field_options
+@click.option("--file", "path", help="Read the JSON payload from a file, or - for stdin.")
+@click.option("--tax-free", type=int, help="The tax-free part of the amount.")
+@json_option
+@click.pass_context
+def enqueue(
+    ctx: click.Context,
+    /,
+    payload: str | None,
+    path: str | None,
+    tax_free: int | None,
+    as_json: bool,
+    **_fields: str | None,
+) -> None:
+    """Validate a payment-confirmed payload and enqueue its receipt.
+
+    The payload comes as a JSON argument, from --file, or from the field
+    options (--imp-uid, --identifier, ...); options override the JSON.
+    """
+    given = {name: ctx.params.get(name) for name in _FIELDS}
+    fields = {name: value for name, value in given.items() if value is not None}
+    if tax_free is not None:
+        fields["tax_free"] = tax_free
+    data = _payload(payload, path, fields)
+    task_id = enqueue_issue(data, app=celery_app())
+    emit(
+        {"task_id": task_id, "imp_uid": data.get("imp_uid")},
+        as_json=as_json,
+        text=f"enqueued {data.get('imp_uid')} as task {task_id}",
+    )
+
+
+def _payload(text: str | None, path: str | None, fields: dict[str, Any]) -> dict[str, Any]:
+    if text is not None and path is not None:
+        raise InvalidPayload({"_payload": ["Give the payload inline or with --file, not both."]})
+    if path is not None:
+        with click.open_file(path, encoding="utf-8") as stream:
+            text = stream.read()
+    if text is None:
+        return fields
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidPayload({"_payload": [f"Not valid JSON ({error.msg})."]}) from None
+    if not isinstance(data, dict):
+        raise InvalidPayload({"_payload": ["Must be a JSON object."]})
+    return {**data, **fields}
+
+
+@click.command()
+@click.argument("imp_uid")
+@json_option
+def status(imp_uid: str, as_json: bool) -> None:
+    """Show a payment's ledger record (masked), its history and its latest event."""
+    client = ledger_redis()
+    raw = client.hgetall(ledger_key(imp_uid))
+    event = latest_event(client, stream=load_config().result_stream, imp_uid=imp_uid)
+    if not raw and event is None:
+        emit({"imp_uid": imp_uid, "status": "unknown"}, as_json=as_json, text=f"{imp_uid}: unknown")
+        sys.exit(1)
+    ledger: dict[str, Any] = shown_record(raw) if raw else {}
+    history = job_history(client, imp_uid)
+    if as_json:
+        shown = {"imp_uid": imp_uid, "ledger": ledger or None, "history": history, "event": event}
+        click.echo(json.dumps(shown, ensure_ascii=False))
+        return
+    click.echo(f"{click.style(imp_uid, bold=True)}  {state_text(ledger.get('state', 'no record'))}")
+    for key in ("task_id", "op", "attempts", "updated_at", "next_attempt_at", "lease_until"):
+        if key in ledger:
+            click.echo(f"  {key:<16}{ledger[key]}")
+    error = ledger.get("last_error") or {}
+    if error:
+        click.echo(f"  {'last_error':<16}{failure_text(error)}")
+    for entry in history:
+        outcome = entry.get("outcome")
+        then = f", then {entry['then']}" if entry.get("then") else ""
+        click.echo(
+            f"  {'history':<16}attempt {entry.get('attempt')} {entry.get('op')}: {outcome}{then}"
+        )
+    if event:
+        click.echo(f"  {'latest event':<16}{event['type']} ({event['id']})")
+
+
+@click.command()
+@click.option("--from-start", is_flag=True, help="Begin with the oldest event kept.")
+@click.option("--count", type=int, default=0, help="Stop after this many events (0: follow).")
+@json_option
+def tail(from_start: bool, count: int, as_json: bool) -> None:
+    """Follow the result events (they carry no personal data)."""
+    client = ledger_redis()
+    stream = load_config().result_stream
+    last = "0" if from_start else "$"
+    seen = 0
+    while count == 0 or seen < count:
+        batch = client.xread({stream: last}, block=1000, count=100) or []
+        for _, entries in batch:
+            for entry_id, fields in entries:
+                last = entry_id
+                event = {k.decode(): v.decode() for k, v in fields.items()}
+                data = json.loads(event["data"])
+                emit(
+                    {"id": entry_id.decode(), "type": event["type"], "data": data},
+                    as_json=as_json,
+                    text=_event_line(event["type"], data),
+                )
+                seen += 1
+                if count and seen >= count:
+                    return
+
+
+def _event_line(event_type: str, data: dict[str, Any]) -> str:
+    kind = event_type.removeprefix("cash_receipt.")
+    line = f"{data.get('occurred_at')}  {state_text(kind):<20} {data.get('imp_uid')}"
+    if data.get("duplicate"):
+        line += " (duplicate)"
+    if "error" in data:
+        error = data["error"]
+        line += f"  {error.get('reason')}: {error.get('message')}"
+    return line
+
+
+@click.command()
+@click.option("--older-than", type=float, default=60.0, show_default=True, help="Seconds overdue.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@json_option
+def stuck(older_than: float, limit: int, as_json: bool) -> None:
+    """List jobs overdue in a non-terminal state (no worker runs them, or they keep failing)."""
+    client = ledger_redis()
+    found = stuck_jobs(client, older_than=older_than, limit=limit)
+    for imp_uid in found:
+        record = shown_record(client.hgetall(ledger_key(imp_uid)))
+        emit(
+            {"imp_uid": imp_uid, **record},
+            as_json=as_json,
+            text=f"{imp_uid}  {record.get('state')} {record.get('op', 'issue')}"
+            f"  attempts {record.get('attempts')}",
+        )
+    if not found:
+        sys.exit(EXIT_NOT_FOUND)
+
+
+@click.command()
+@click.argument("imp_uid")
+@json_option
+def settle(imp_uid: str, as_json: bool) -> None:
+    """Look the receipt up at i'mport now: adopt it, or hand the job back to be re-sent."""
+    runtime = get_runtime(celery_app().conf)
+    outcome = settle_job(
+        imp_uid,
+        ledger=runtime.ledger,
+        client=runtime.client,
+        events=runtime.events,
+        settle_seconds=runtime.settle_seconds,
+    )
+    emit({"imp_uid": imp_uid, "outcome": outcome}, as_json=as_json, text=f"{imp_uid}: {outcome}")
+    if outcome == "unknown":
+        sys.exit(1)
