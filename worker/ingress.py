@@ -35,7 +35,6 @@ failure event its task would have published. Then it is deleted like any other.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -54,6 +53,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from worker import lua
+from worker.config.load import load_celeryconfig
 from worker.core.events import invalid_detail
 from worker.events import CANCEL_FAILED, FAILED, EventPublisher
 from worker.keys import DEAD_ENTRIES_KEY
@@ -436,50 +436,31 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The options of ``cashreceipt ingress``."""
-    parser = argparse.ArgumentParser(
-        prog="cashreceipt ingress",
-        description="Read payment events from the ingress stream and enqueue their jobs.",
-    )
-    parser.add_argument(
-        "--consumer",
-        default=None,
-        help="this instance's name in the consumer group (default: hostname-pid)",
-    )
-    parser.add_argument(
-        "--once",
-        action="store_true",
-        help="handle what is in the stream (and what can be taken over), then exit",
-    )
-    parser.add_argument(
-        "--block-ms",
-        type=int,
-        default=2000,
-        help="how long one read waits for new entries; SIGTERM is noticed within it",
-    )
-    return parser
+#: ``--block-ms`` when not given: SIGTERM is noticed within one read's wait.
+DEFAULT_BLOCK_MS = 2000
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``cashreceipt ingress``. Exit codes: 0 stopped or done, 1 entries left pending (--once),
-    2 configuration error."""
-    args = build_parser().parse_args(argv)
-    if args.block_ms < 1:
+def serve(
+    *, consumer: str | None = None, once: bool = False, block_ms: int = DEFAULT_BLOCK_MS
+) -> int:
+    """Run one ingress instance (``cashreceipt ingress``) until SIGTERM, or, with ``once``,
+    until the stream is handled. Exit codes: 0 stopped or done, 1 entries left pending
+    (``once``), 2 configuration error."""
+    if block_ms < 1:
         print("cashreceipt: --block-ms must be at least 1", file=sys.stderr)
         return 2
-    from worker.settings import load_celeryconfig  # noqa: PLC0415 (reads the environment)
-
     celeryconfig = load_celeryconfig()
     _setup_logging(celeryconfig)
-    from worker.celery import app  # noqa: PLC0415 (after the configuration was checked)
+    # Deliberately lazy: worker.celery reads the settings when it is imported, and importing
+    # this module must not (producers import task_id_for from it); by now they were checked.
+    from worker.celery import app  # noqa: PLC0415
 
     try:
         Sealer.from_conf(app.conf)
     except SealingUnavailable as error:
         print(f"cashreceipt: configuration error: {error}", file=sys.stderr)
         return 2
-    consumer = args.consumer or default_consumer()
+    consumer = consumer or default_consumer()
     client = redis_client(
         celeryconfig.ledger_backend_url,
         # Named, so that operators (and tests) can tell ingress connections apart.
@@ -487,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "".join(c if c.isprintable() and not c.isspace() else "_" for c in consumer),
         health_check_interval=30,
         # redis-py's default of 5 s would cut a longer blocking read short.
-        socket_timeout=args.block_ms / 1000 + 10,
+        socket_timeout=block_ms / 1000 + 10,
         socket_connect_timeout=10,
     )
     ingress = Ingress(
@@ -510,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    return ingress.run(block_ms=args.block_ms, once=args.once)
+    return ingress.run(block_ms=block_ms, once=once)
 
 
 def _setup_logging(celeryconfig: ModuleType) -> None:
@@ -519,7 +500,3 @@ def _setup_logging(celeryconfig: ModuleType) -> None:
     setup_process_logging(
         celeryconfig, level=logging.INFO, text="[%(asctime)s: %(levelname)s/ingress] %(message)s"
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,12 +33,8 @@ import click
 import redis
 from kombu.exceptions import OperationalError
 
-from worker.cli.bench import bench
+from worker.cli import bench, dead_letters, ingress, jobs, reconcile
 from worker.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, load_config
-from worker.cli.dead_letters import dead, parked, replay
-from worker.cli.ingress import ingress
-from worker.cli.jobs import enqueue, settle, status, stuck, tail
-from worker.cli.reconcile import reconcile
 from worker.errors import IamportError
 from worker.masking import mask_text
 from worker.schemas import InvalidPayload
@@ -52,17 +48,17 @@ def cli() -> None:
 
 
 for _command in (
-    enqueue,
-    status,
-    tail,
-    stuck,
-    settle,
-    dead,
-    replay,
-    reconcile,
-    parked,
-    ingress,
-    bench,
+    jobs.enqueue,
+    jobs.status,
+    jobs.tail,
+    jobs.stuck,
+    jobs.settle,
+    dead_letters.dead,
+    dead_letters.replay,
+    dead_letters.parked,
+    reconcile.reconcile,
+    ingress.ingress,
+    bench.bench,
 ):
     cli.add_command(_command)
 

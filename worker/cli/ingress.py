@@ -6,14 +6,31 @@ import sys
 
 import click
 
-from worker.ingress import main as ingress_main
+from worker.ingress import DEFAULT_BLOCK_MS, serve
 
 
-@click.command(
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    add_help_option=False,
+@click.command()
+@click.option(
+    "--consumer",
+    default=None,
+    help="this instance's name in the consumer group (default: hostname-pid)",
 )
-@click.pass_context
-def ingress(ctx: click.Context) -> None:
-    """Read the ingress stream and enqueue what it says (options: cashreceipt ingress --help)."""
-    sys.exit(ingress_main(list(ctx.args)))
+@click.option(
+    "--once",
+    is_flag=True,
+    help="handle what is in the stream (and what can be taken over), then exit",
+)
+@click.option(
+    "--block-ms",
+    type=int,
+    default=DEFAULT_BLOCK_MS,
+    show_default=True,
+    help="how long one read waits for new entries; SIGTERM is noticed within it",
+)
+def ingress(consumer: str | None, once: bool, block_ms: int) -> None:
+    """Read payment events from the ingress stream and enqueue their jobs.
+
+    Exit 0 when stopped (SIGTERM) or done, 1 when --once left entries pending,
+    2 on a configuration error.
+    """
+    sys.exit(serve(consumer=consumer, once=once, block_ms=block_ms))

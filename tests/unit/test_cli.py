@@ -1,0 +1,49 @@
+"""The ``cashreceipt`` command line as click parses it (no Redis needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import worker.cli.ingress
+from worker.cli import main
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """What ``cashreceipt ingress`` asks the ingress to run with (it runs nothing)."""
+    calls: list[dict[str, Any]] = []
+
+    def serve(**options: Any) -> int:
+        calls.append(options)
+        return 1
+
+    monkeypatch.setattr(worker.cli.ingress, "serve", serve)
+    return calls
+
+
+def test_ingress_defaults(served: list[dict[str, Any]]) -> None:
+    """No option: hostname-pid as the consumer, run until stopped, 2 s reads."""
+    assert main(["ingress"]) == 1  # the ingress's own exit code
+    assert served == [{"consumer": None, "once": False, "block_ms": 2000}]
+
+
+def test_ingress_options(served: list[dict[str, Any]]) -> None:
+    assert main(["ingress", "--consumer", "web-1", "--once", "--block-ms", "200"]) == 1
+    assert served == [{"consumer": "web-1", "once": True, "block_ms": 200}]
+
+
+@pytest.mark.parametrize("argv", [["--block-ms", "soon"], ["--bogus"], ["extra"]])
+def test_ingress_usage_error_exits_2(
+    served: list[dict[str, Any]], argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ingress", *argv]) == 2
+    assert served == []
+    assert "Error:" in capsys.readouterr().err
+
+
+def test_ingress_block_ms_below_1_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before the settings are read, with the same line as always."""
+    assert main(["ingress", "--block-ms", "0"]) == 2
+    assert capsys.readouterr().err == "cashreceipt: --block-ms must be at least 1\n"
