@@ -151,7 +151,12 @@ def test_a_task_only_the_newer_deploy_knows_waits_parked_for_it(
             return any(task_id in item for item in client.lrange(DEAD_MESSAGES_KEY, 0, -1))
 
         wait_for(parked, timeout=30, message="the old worker to park the newer task")
-        assert f"unknown task '{NEWER_TASK}'" in old.text
+        # The worker logs after it has set the message aside: the line can come later.
+        wait_for(
+            lambda: f"unknown task '{NEWER_TASK}'" in old.text,
+            timeout=10,
+            message="the old worker to log the unknown task",
+        )
     assert client.get(ran_key(task_id)) is None
 
     with running_worker(

@@ -58,6 +58,7 @@ def running_ingress(
         yield process, output
     finally:
         stop(process)
+        output.finish()  # all of it, for assertions after the `with`
 
 
 def xadd(client: redis.Redis, stream: str, event_type: str, data: Any) -> str:

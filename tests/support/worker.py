@@ -152,6 +152,9 @@ def running_worker(env: Mapping[str, str], *extra: str) -> Iterator[ProcessOutpu
         yield output
     finally:
         stop(process)
+        # The reader thread may still hold lines the process wrote before it exited: an
+        # assertion on the output after the `with` must see all of it.
+        output.finish()
 
 
 @contextmanager
@@ -167,10 +170,12 @@ def unready_worker(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    output = ProcessOutput(process)
     try:
-        yield process, ProcessOutput(process)
+        yield process, output
     finally:
         stop(process)
+        output.finish()  # all of it, for assertions after the `with`
 
 
 def stop(process: subprocess.Popen[str], *, timeout: float = 15) -> None:
