@@ -25,6 +25,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from worker.dead_messages import dead_message_record, keep_dead_message
@@ -83,6 +84,15 @@ class Channel(kombu_redis.Channel):
         if client:
             yield client
             return
+        if self._pool is None and self.connection.client is None:
+            # Celery closes a lost connection twice: ``collect()`` detaches the
+            # transport from it, then ``close()`` closes the channel, whose
+            # restore of the unacked messages would build a pool from no
+            # connection (AttributeError: the worker stopped, "Unrecoverable
+            # error", whenever Redis went away with a message in hand). A
+            # connection error is what Celery ignores there and recovers from;
+            # the messages stay in the unacked hash until the visibility scan.
+            raise RedisConnectionError("the broker connection is closed")
         pool = self.pool
         shared = self._shared_client
         if shared is None or shared[0] is not pool:

@@ -167,3 +167,41 @@ def test_job_of_a_killed_worker_resumes_within_the_bound(
     assert resumed_after <= visibility + 30
     assert own_sandbox.admin.issued_count(imp_uid) == 1
     print(f"\nkilled worker's job resumed after {resumed_after:.1f}s (bound {visibility + 30}s)")
+
+
+def test_a_worker_holding_a_message_outlives_a_redis_restart(
+    own_redis: RedisServer, own_sandbox: Sandbox, producer: Celery
+) -> None:
+    """Redis dies while a worker holds an unacked message: the worker reconnects and goes on.
+
+    Celery 5.7 detaches the lost connection's transport (``collect()``) before it
+    closes the connection; closing the channel then restores its unacked messages
+    through a pool built from no connection, and the AttributeError stopped the
+    worker ("Unrecoverable error"): every worker holding a message, the whole
+    fleet at once, on a Redis restart.
+    """
+    imp_uid = f"restart_{uuid.uuid4().hex[:8]}"
+    results = ResultStream(own_redis.client())
+    # Time compressed, but a countdown long enough to hold the message through the restart.
+    compressed = compressed_env(own_redis.url, own_sandbox.url)
+    env = {**compressed, "RETRY_BACKOFF_MAX": "30", "RETRY_COUNTDOWN_MAX": "30"}
+    # A Retry-After that keeps the retry's message unacked in the worker, on its countdown.
+    own_sandbox.admin.script(imp_uid, {"kind": "rate_limit", "retry_after": 6, "method": "POST"})
+    with running_worker(env) as worker:
+        task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+        wait_for(
+            lambda: "Retry in" in worker.text and own_redis.client().hlen("unacked") == 1,
+            message="the retry to be held unacked on its countdown",
+        )
+        own_redis.stop()
+        own_redis.start()
+        wait_for(
+            lambda: worker.text.count("Connected to") >= 2 or not worker.alive,
+            timeout=30,
+            message="the worker to reconnect",
+        )
+        assert worker.alive, "the worker stopped when Redis restarted"
+        assert "Unrecoverable error" not in worker.text
+        event = results.wait(task_id, timeout=60)
+    assert event["type"] == "cash_receipt.issued"
+    assert own_sandbox.admin.issued_count(imp_uid) == 1
