@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 
 from aiohttp import web
 
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local simulator of the i'mport (PortOne V1) cash-receipt REST API.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version('iamport-sandbox')}"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument(

@@ -9,6 +9,7 @@ import select
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,13 @@ def test_replay_identifier_stdin_needs_an_identifier(
     result = run(redis_server, sandbox, "replay", "imp_1", "--identifier-stdin", stdin="")
     assert result.returncode == 2
     assert "read no identifier" in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["ingress"], ["status"], ["bench"]])
+def test_version_needs_no_settings(args: list[str]) -> None:
+    """The console script prints its version and exits 0 even with a setting it would refuse,
+    and before a required argument (``status IMP_UID``) is missed."""
+    env = {**os.environ, "INGRESS_CLAIM_IDLE": "soon"}
+    result = plain(env, *args, "--version")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"cashreceipt {version('cashreceipt')}\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,14 @@ def test_console_script_is_installed() -> None:
         [str(SCRIPT), "--help"], capture_output=True, text=True, timeout=30, check=True
     )
     assert "iamport-sandbox" in result.stdout
+
+
+def test_version() -> None:
+    """``--version``: the distribution's version, exit 0."""
+    result = subprocess.run(
+        [str(SCRIPT), "--version"], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stdout == f"iamport-sandbox {version('iamport-sandbox')}\n"
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,14 @@
-"""The ``cashreceipt`` command line as click parses it (no Redis needed)."""
+"""The ``cashreceipt`` command line as click parses it (no Redis needed): options, --version."""
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 import pytest
 
 import worker.cli.ingress
-from worker.cli import main
+from worker.cli import cli, main
 
 
 @pytest.fixture
@@ -47,3 +48,11 @@ def test_ingress_block_ms_below_1_exits_2(capsys: pytest.CaptureFixture[str]) ->
     """Refused before the settings are read, with the same line as always."""
     assert main(["ingress", "--block-ms", "0"]) == 2
     assert capsys.readouterr().err == "cashreceipt: --block-ms must be at least 1\n"
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in sorted(cli.commands))])
+def test_every_command_has_version(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``cashreceipt --version`` and ``cashreceipt CMD --version`` print the package's version
+    and exit 0, before any required argument is missed or any setting read."""
+    assert main([*command, "--version"]) == 0
+    assert capsys.readouterr() == (f"cashreceipt {version('cashreceipt')}\n", "")

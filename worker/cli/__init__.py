@@ -12,7 +12,7 @@
     cashreceipt ingress               read the ingress stream (see README)
     cashreceipt bench                 measure throughput and latency (see README)
 
-Every command has ``--help``. ``--json`` prints JSON lines (one object per
+Every command has ``--help`` and ``--version``. ``--json`` prints JSON lines (one object per
 line) instead of text. Colour is used only on a terminal, and never when
 ``NO_COLOR`` is set. Exit codes: 0 done, 1 nothing found or a mismatch, 2 bad
 input or configuration, 3 Redis (or i'mport) could not be reached: try again,
@@ -34,7 +34,13 @@ import redis
 from kombu.exceptions import OperationalError
 
 from worker.cli import bench, dead_letters, ingress, jobs, reconcile
-from worker.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, load_config
+from worker.cli.common import (
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CommandLine,
+    load_config,
+    version_option,
+)
 from worker.errors import IamportError
 from worker.masking import mask_text
 from worker.schemas import InvalidPayload
@@ -42,7 +48,11 @@ from worker.sealing import SealingUnavailable
 from worker.urls import redact_url
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=CommandLine,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    params=[version_option()],
+)
 def cli() -> None:
     """Issue Korean cash receipts through i'mport, exactly once."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib.metadata import version
 from types import ModuleType
 from typing import Any
 
@@ -68,3 +69,30 @@ def state_text(state: str) -> str:
         "cancelled": "yellow",
     }.get(state)
     return click.style(state, fg=colour) if colour else state
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"cashreceipt {version('cashreceipt')}")
+        ctx.exit()
+
+
+def version_option() -> click.Option:
+    """``--version``: the installed package's version, then exit 0, before anything else is
+    parsed or read (an argument left out, the settings)."""
+    return click.Option(
+        ["--version"],
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_show_version,
+        help="Show the version and exit.",
+    )
+
+
+class CommandLine(click.Group):
+    """The ``cashreceipt`` group: every command added to it gets ``--version``, as it has."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.append(version_option())
+        super().add_command(cmd, name)
