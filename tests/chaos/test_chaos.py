@@ -14,7 +14,8 @@ last first event, so a late duplicate has time to show. Then: never two active
 receipts for a payment, receipts created = 1 + the re-issues the ledger
 recorded, no blind request, exactly one terminal transition per task message and
 1 + re-issues non-duplicate issued events per payment, every ledger record terminal,
-``cashreceipt stuck`` empty and ``cashreceipt reconcile`` clean.
+``cashreceipt stuck`` empty and ``cashreceipt reconcile`` clean, and no worker
+stopped on its own (a Redis restart once stopped every worker holding messages).
 
 CI runs the short profile (300 payments); ``pytest tests/chaos --chaos-long``
 runs 10,000, with the same assertions.
@@ -96,6 +97,7 @@ class Fleet:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     started: int = 0
     kills: int = 0
+    killed: set[int] = field(default_factory=set)
 
     def start(self) -> None:
         """Start one more worker, as an operator would."""
@@ -113,11 +115,21 @@ class Fleet:
     def kill_one(self, rng: random.Random) -> None:
         """SIGKILL a random worker with everything in its process group, then replace it."""
         alive = [process for process in self.processes if process.poll() is None]
+        assert alive, f"every worker stopped on its own: {self.died()}"
         victim = rng.choice(alive)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait(timeout=10)
+        self.killed.add(victim.pid)
         self.kills += 1
         self.start()
+
+    def died(self) -> list[str]:
+        """Workers that exited though nobody killed them (a Redis restart once did that)."""
+        return [
+            f"chaos{number} exited {process.returncode}"
+            for number, process in enumerate(self.processes, start=1)
+            if process.poll() is not None and process.pid not in self.killed
+        ]
 
     def stop(self) -> None:
         """Stop every worker that still runs."""
@@ -382,6 +394,7 @@ def test_exactly_once_under_chaos(
             message="a lease and two sweeps past the last first event",
         )
     finally:
+        died = fleet.died()
         fleet.stop()
 
     events = events_by_task()
@@ -464,6 +477,8 @@ def test_exactly_once_under_chaos(
         ],
         "refunds without a re-issue": sorted(refunded - set(reissues)),
         # What operators see.
+        "workers that stopped on their own": died,
+        "unrecoverable errors in the workers' logs": fleet.text().count("Unrecoverable error"),
         "ledger records not terminal": {
             u: s for u, s in states.items() if s not in TERMINAL_STATES
         },
