@@ -169,6 +169,7 @@ def test_job_of_a_killed_worker_resumes_within_the_bound(
     print(f"\nkilled worker's job resumed after {resumed_after:.1f}s (bound {visibility + 30}s)")
 
 
+@pytest.mark.redis_broker
 def test_a_worker_holding_a_message_outlives_a_redis_restart(
     own_redis: RedisServer, own_sandbox: Sandbox, producer: Celery
 ) -> None:
