@@ -25,7 +25,7 @@ from worker import stopping
 from worker.cancellation import cancel_live_receipt, receipt_for_balance
 from worker.celery import app
 from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
-from worker.errors import IamportError, OutcomeUnknown
+from worker.errors import IamportError, OutcomeUnknown, TransientError
 from worker.iamport import Receipt
 from worker.ledger import FENCE_HEADER, Claim
 from worker.logs import outcome_line
@@ -308,7 +308,12 @@ class _Run:
             )
         last = error_detail(error, "retrying")["error"]
         ledger = self.runtime.ledger
-        if delay > float(self.conf.retry_countdown_max):
+        # No countdown is longer than RETRY_COUNTDOWN_MAX, nor one a Retry-After set longer
+        # than RETRY_BACKOFF_MAX: the visibility timeout covers only the smaller of the two.
+        retry_after = error.retry_after if isinstance(error, TransientError) else None
+        if delay > float(self.conf.retry_countdown_max) or (
+            retry_after is not None and retry_after > self.runtime.policy.backoff_max
+        ):
             ledger.park(imp_uid, fence=claim.fence, until=time.time() + delay, error=last)
             self.reason = error_cause(error)
             return "parked"

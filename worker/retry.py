@@ -38,7 +38,8 @@ from worker.errors import (
 #: page says nothing about whether i'mport acted).
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
 #: The longest Retry-After honoured, in seconds: a date a year ahead is a
-#: misconfigured server, not a plan. decide() caps it again at RETRY_BACKOFF_MAX.
+#: misconfigured server, not a plan. decide() honours it whole, even above
+#: RETRY_BACKOFF_MAX: retrying sooner than i'mport said only meets another 429.
 RETRY_AFTER_CAP = 3600.0
 #: The methods whose lost answer may hide a change at i'mport.
 CHANGING_METHODS = frozenset({"POST", "DELETE"})
@@ -248,10 +249,12 @@ def decide(
       more often a rejection (which repeats) than an outage; when that budget is
       spent the failure carries the provider's message as ``rejected``.
     - Everything else transient is retried until ``max_attempts``.
-    - A Retry-After (a 429's, or any transient answer's) is a floor under the
-      jittered delay. Every delay is capped at ``backoff_max``: the broker's
-      visibility timeout is derived from that cap, and a longer countdown
-      would be redelivered while still waiting.
+    - The jittered backoff is capped at ``backoff_max``; a Retry-After (a
+      429's, or any transient answer's, already capped at
+      :data:`RETRY_AFTER_CAP` when parsed) is then a floor under it, so the
+      retry never comes before the provider said. A delay no countdown may
+      hold (the broker's visibility timeout is derived from the longest one)
+      parks the job in the ledger instead (``hand_back`` in tasks/receipts.py).
     """
     if isinstance(error, PermanentError) or not isinstance(error, TransientError):
         return Decision(retry=False, reason=reason_for(error))
@@ -264,7 +267,7 @@ def decide(
     delay = compute_backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max, rand=rand)
     if isinstance(error, TransientError) and error.retry_after is not None:
         delay = max(delay, error.retry_after)
-    return Decision(retry=True, delay=min(delay, policy.backoff_max))
+    return Decision(retry=True, delay=delay)
 
 
 def broker_countdown(delay: float | None, *, whole_seconds: bool) -> float | None:

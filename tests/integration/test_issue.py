@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.spec import RECEIPT_FIELDS
-from tests.support.worker import ProcessOutput
+from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
 from worker.producer import enqueue_issue
 from worker.schemas import InvalidPayload
 
@@ -164,7 +165,7 @@ class TestIssued:
     def test_rate_limit_waits_for_retry_after(
         self, producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
     ) -> None:
-        """A 429 is retried (its Retry-After is capped by RETRY_BACKOFF_MAX in tests)."""
+        """A 429 is retried on a countdown (its Retry-After is within RETRY_BACKOFF_MAX)."""
         sandbox.admin.script(imp_uid, {"kind": "rate_limit", "retry_after": 0.1, "method": "POST"})
         event = results.wait(send(producer, {"imp_uid": imp_uid, "identifier": PHONE}))
         assert event["type"] == "cash_receipt.issued"
@@ -237,6 +238,30 @@ class TestIssued:
         second = f"{imp_uid}_2"
         event = results.wait(send(producer, {"imp_uid": second, "identifier": PHONE}))
         assert event["type"] == "cash_receipt.issued"
+
+
+def test_retry_after_beyond_the_backoff_cap_is_honoured_whole(
+    own_redis: RedisServer, sandbox: Sandbox, imp_uid: str
+) -> None:
+    """A Retry-After longer than RETRY_BACKOFF_MAX (0.2 s here) is not cut to it: no request
+    for the job before it has passed. A countdown that long would outlast what the visibility
+    timeout allows for, so the job is parked in the ledger; the sweeper runs every 0.2 s, so a
+    wait cut to the cap would show."""
+    sandbox.admin.script(imp_uid, {"kind": "rate_limit", "retry_after": 1.5, "method": "POST"})
+    env = worker_env(own_redis.url, sandbox.url, SWEEP_INTERVAL="0.2")
+    with running_worker(env) as output:
+        task_id = send(producer_app(own_redis.url), {"imp_uid": imp_uid, "identifier": PHONE})
+        event = ResultStream(own_redis.client()).wait(task_id, timeout=30)
+        log = output.text
+    assert event["type"] == "cash_receipt.issued"
+    assert event["data"]["attempts"] == 2
+    seen = sandbox.admin.requests(imp_uid)
+    refused = next(r for r in seen if r["method"] == "POST" and r["status"] == 429)
+    later = [r for r in seen if r["at"] > refused["at"]]
+    assert later, seen
+    assert later[0]["at"] >= refused["at"] + 1.5 - 0.05, (refused, later[0])
+    assert "attempt 1: parked (rate_limited)" in log, log
+    assert sandbox.admin.issued_count(imp_uid) == 1
 
 
 @pytest.mark.usefixtures("worker")

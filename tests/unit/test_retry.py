@@ -181,10 +181,13 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
         (UnsupportedPg("x", status=501), 1, Decision(retry=False, reason="unsupported_pg")),
         (AuthenticationFailed("x", status=401), 1, Decision(retry=False, reason="auth")),
         (UnexpectedResponse("x"), 1, Decision(retry=False, reason="unexpected_response")),
-        # 429: Retry-After is a floor under the backoff, the cap a ceiling over both
+        # 429: the backoff is capped, then Retry-After is a floor under it, honoured whole
         (RateLimited("x", retry_after=5), 1, Decision(retry=True, delay=5.0)),
         (RateLimited("x", retry_after=0.5), 3, Decision(retry=True, delay=4.0)),
-        (RateLimited("x", retry_after=600), 1, Decision(retry=True, delay=30.0)),
+        (RateLimited("x", retry_after=5), 4, Decision(retry=True, delay=8.0)),
+        (RateLimited("x", retry_after=45), 4, Decision(retry=True, delay=45.0)),  # over the cap
+        (RateLimited("x", retry_after=600), 1, Decision(retry=True, delay=600.0)),
+        (RateLimited("x", retry_after=3600), 1, Decision(retry=True, delay=3600.0)),
         # ... and any transient answer's Retry-After, a gateway's 503 as much as a 429
         (OutcomeUnknown("x", retry_after=9), 1, Decision(retry=True, delay=9.0)),
         (ProviderUnavailable("x", retry_after=9), 1, Decision(retry=True, delay=9.0)),
