@@ -36,7 +36,7 @@ def cancel_live_receipt(
         return None
     # A live receipt, or one i'mport says exists but cannot show (KICC, Settlebank).
     try:
-        return send_logged(sends, lambda: client.cancel_receipt(imp_uid))
+        return send_logged(sends, lambda on_send: client.cancel_receipt(imp_uid, on_send=on_send))
     except InvalidRequest:
         # 400: nothing issued through i'mport to cancel. Look again, to be sure.
         again = client.find_receipt(imp_uid)

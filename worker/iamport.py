@@ -13,7 +13,7 @@ import hashlib
 import logging
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -103,6 +103,10 @@ def _unobserved(method: str, endpoint: str, status: str, seconds: float) -> None
     """No observer: nothing to record."""
 
 
+def _unnoted() -> None:
+    """No one to tell that a request is about to go out."""
+
+
 class IamportClient:
     """A small V1 client with explicit timeouts, a shared token and typed errors."""
 
@@ -140,9 +144,18 @@ class IamportClient:
 
     # -- receipts and payments -------------------------------------------------
 
-    def issue_receipt(self, imp_uid: str, body: Mapping[str, Any]) -> Receipt:
-        """``POST /receipts/{imp_uid}``. Anything but a clean answer raises."""
-        response = self._call("POST", f"/receipts/{_path(imp_uid)}", json=dict(body))
+    def issue_receipt(
+        self, imp_uid: str, body: Mapping[str, Any], *, on_send: Callable[[], None] = _unnoted
+    ) -> Receipt:
+        """``POST /receipts/{imp_uid}``. Anything but a clean answer raises.
+
+        ``on_send`` is called right before the POST goes out, and again before
+        it is resent after a 401: not before a token request. What it raises
+        stops the POST (nothing is sent) and reaches the caller.
+        """
+        response = self._call(
+            "POST", f"/receipts/{_path(imp_uid)}", json=dict(body), on_send=on_send
+        )
         return _receipt(response)
 
     def find_receipt(self, imp_uid: str) -> Receipt | None:
@@ -153,9 +166,12 @@ class IamportClient:
             return None
         return _receipt(response)
 
-    def cancel_receipt(self, imp_uid: str) -> Receipt:
-        """``DELETE /receipts/{imp_uid}``: the cancelled receipt, with ``cancelled_at`` set."""
-        response = self._call("DELETE", f"/receipts/{_path(imp_uid)}")
+    def cancel_receipt(self, imp_uid: str, *, on_send: Callable[[], None] = _unnoted) -> Receipt:
+        """``DELETE /receipts/{imp_uid}``: the cancelled receipt, with ``cancelled_at`` set.
+
+        ``on_send`` as for :meth:`issue_receipt`.
+        """
+        response = self._call("DELETE", f"/receipts/{_path(imp_uid)}", on_send=on_send)
         return _receipt(response)
 
     def get_payment(self, imp_uid: str) -> Payment:
@@ -176,14 +192,21 @@ class IamportClient:
         *,
         json: dict[str, Any] | None = None,
         not_found_ok: bool = False,
+        on_send: Callable[[], None] = _unnoted,
     ) -> dict[str, Any]:
-        """Send one authorised request; renew the token once if i'mport says 401."""
+        """Send one authorised request; renew the token once if i'mport says 401.
+
+        ``on_send`` is called after the token is in hand, right before each
+        send of the request itself, the resend after a 401 included.
+        """
         token = self._token(force=False)
+        on_send()
         try:
             return self._send(method, path, token=token, json=json, not_found_ok=not_found_ok)
         except AuthenticationFailed:
             log.info("i'mport refused the cached token; renewing it once")
             token = self._token(force=True)
+            on_send()
             return self._send(method, path, token=token, json=json, not_found_ok=not_found_ok)
 
     def _token(self, *, force: bool) -> str:

@@ -101,16 +101,18 @@ UNLOGGED: SendLog = _Unlogged()
 _T = TypeVar("_T")
 
 
-def send_logged(log_: SendLog, send: Callable[[], _T]) -> _T:
+def send_logged(log_: SendLog, send: Callable[[Callable[[], None]], _T]) -> _T:
     """Send a POST or DELETE with its send time recorded, cleared when i'mport answers.
 
-    A success is not cleared here: the job's next transition records the
-    outcome, and a Redis round trip per receipt is saved. An ambiguous answer
+    ``send`` is handed :meth:`SendLog.sending` and must call it right before
+    the request goes out (after any token request, and again before a resend):
+    the settling lookup counts the bound from the last send. A success is not
+    cleared here: the job's next transition records the outcome, and a Redis
+    round trip per receipt is saved. An ambiguous answer
     (:class:`OutcomeUnknown`) keeps the send time for the settling lookup.
     """
-    log_.sending()
     try:
-        return send()
+        return send(log_.sending)
     except OutcomeUnknown:
         raise
     except IamportError:
@@ -151,7 +153,10 @@ def issue_receipt(
         if existing is not None:
             return Issued(existing, duplicate=False)
     try:
-        receipt = send_logged(sends, lambda: client.issue_receipt(request.imp_uid, request.body()))
+        receipt = send_logged(
+            sends,
+            lambda on_send: client.issue_receipt(request.imp_uid, request.body(), on_send=on_send),
+        )
         return Issued(receipt, duplicate=False)
     except OutcomeUnknown:
         existing, _ = find_issued(client, request.imp_uid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -52,7 +53,10 @@ class ReceiptAppearsAfterTheLookup:
     def get_payment(self, imp_uid: str) -> Payment:
         return PAYMENT
 
-    def issue_receipt(self, imp_uid: str, body: dict[str, Any]) -> Receipt:
+    def issue_receipt(
+        self, imp_uid: str, body: dict[str, Any], *, on_send: Callable[[], None]
+    ) -> Receipt:
+        on_send()
         self.posted = True
         raise InvalidRequest("already issued", status=400)
 
