@@ -13,8 +13,7 @@ import pytest
 
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
-from tests.support.sandbox import Sandbox, running_sandbox
-from tests.support.wait import wait_for
+from tests.support.sandbox import Sandbox, running_sandbox, wait_posts_processed
 from tests.support.worker import producer_app, running_worker, worker_env
 from worker.producer import enqueue_issue
 
@@ -54,16 +53,7 @@ def test_a_post_processed_late_is_not_a_second_receipt(
         task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
         event = ResultStream(own_redis.client()).wait(task_id, timeout=30)
         assert event["type"] == "cash_receipt.issued"
-        # Until the late POST has been processed: the sandbox fills in its status then.
-        wait_for(
-            lambda: all(
-                entry["status"] is not None
-                for entry in honest_sandbox.requests(imp_uid)
-                if entry["method"] == "POST"
-            ),
-            timeout=LATE_POST_MS / 1000 + 5,
-            message="the late POST to be processed",
-        )
+        wait_posts_processed(honest_sandbox, imp_uid, timeout=LATE_POST_MS / 1000 + 5)
     producer.close()
     audit = honest_sandbox.audit()
     assert audit["double_active"] == []

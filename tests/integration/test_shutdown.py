@@ -21,7 +21,7 @@ import uuid
 import pytest
 from celery import Celery
 
-from tests.support.commands import WORKER, argv
+from tests.support.commands import WORKER, argv, run_cashreceipt
 
 # This module's own Redis, sandbox and producer, in place of the session's.
 from tests.support.module_services import (  # noqa: F401
@@ -34,7 +34,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
-from tests.support.worker import BIN, ROOT, ProcessOutput, running_worker, worker_env
+from tests.support.worker import ROOT, ProcessOutput, running_worker, worker_env
 from worker.keys import DEAD_MESSAGES_KEY, ledger_key
 from worker.producer import enqueue_issue
 
@@ -46,7 +46,6 @@ LATENCY_MS = 2000
 SOFT_SHUTDOWN = 1
 IAMPORT_TIMEOUT = 5
 CONCURRENCY = 4
-CLI = str(BIN / "cashreceipt")
 
 
 def env_for(redis: RedisServer, sandbox: Sandbox) -> dict[str, str]:
@@ -162,14 +161,7 @@ def test_a_task_only_the_newer_deploy_knows_waits_parked_for_it(
     with running_worker(
         env, "-n", f"new-{uuid.uuid4().hex[:6]}@%h", "-I", "tests.support.newer_tasks"
     ):
-        requeued = subprocess.run(
-            [CLI, "parked", "--requeue", "--json"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        requeued = run_cashreceipt(env, "parked", "--requeue", "--json")
         assert requeued.returncode == 0, requeued.stderr
         wait_for(lambda: client.get(ran_key(task_id)), timeout=30, message="the newer task to run")
     assert not parked()

@@ -8,6 +8,7 @@ runs in production.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,3 +25,15 @@ SANDBOX = ("iamport-sandbox",)
 def argv(command: tuple[str, ...], *extra: str) -> list[str]:
     """``command`` with its program taken from this environment, then ``extra``."""
     return [str(BIN / command[0]), *command[1:], *extra]
+
+
+def run_cashreceipt(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``cashreceipt <args>`` with ``env``, its output captured, within a minute."""
+    return subprocess.run(
+        argv(("cashreceipt",), *args),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -18,6 +18,8 @@ from typing import Any
 import requests
 from cashreceipt_bench.servers import SandboxError, sandbox_command, stop_process, wait_for_sandbox
 
+from tests.support.wait import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KEY = "sandbox_key"
 DEFAULT_SECRET = "sandbox_secret"
@@ -203,3 +205,16 @@ def running_sandbox(*extra_args: str, port: int | None = None) -> Iterator[Sandb
             stop_process(process, STOP_TIMEOUT)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_posts_processed(sandbox: SandboxAdmin, imp_uid: str, *, timeout: float) -> None:
+    """Until every POST for ``imp_uid`` has been acted on: the sandbox fills in its status then."""
+    wait_for(
+        lambda: all(
+            entry["status"] is not None
+            for entry in sandbox.requests(imp_uid)
+            if entry["method"] == "POST"
+        ),
+        timeout=timeout,
+        message="the late POST to be processed",
+    )
