@@ -22,7 +22,7 @@ from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
 from worker import stopping
-from worker.cancellation import cancel_live_receipt, receipt_for_balance
+from worker.cancellation import cancel_live_receipt, receipt_for_balance, settle_cancel
 from worker.celery import app
 from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.errors import IamportError, OutcomeUnknown, TransientError
@@ -31,7 +31,7 @@ from worker.ledger import FENCE_HEADER, Claim
 from worker.logs import outcome_line
 from worker.malformed import guard
 from worker.masking import mask_payload, masked_args_repr
-from worker.retry import compute_backoff, decide
+from worker.retry import Decision, compute_backoff, decide, settle_before_failing, settling_attempt
 from worker.runtime import Runtime, get_runtime
 from worker.schemas import (
     InvalidPayload,
@@ -54,6 +54,7 @@ from worker.service import (
     issue_receipt,
     recorded_sent_at,
     settle_delay,
+    settle_issue,
 )
 
 #: How often a duplicate looks at the ledger while another task holds the job.
@@ -284,8 +285,11 @@ class _Run:
         """
         try:
             if claim.resumed:
-                sent_at = recorded_sent_at(self.runtime.ledger.record(imp_uid))
-                wait = settle_delay(sent_at, bound=self.runtime.settle_seconds, now=time.time())
+                # The job's last POST or DELETE, while unsettled: this run's until it sends.
+                self.sent_at = recorded_sent_at(self.runtime.ledger.record(imp_uid))
+                wait = settle_delay(
+                    self.sent_at, bound=self.runtime.settle_seconds, now=time.time()
+                )
                 if wait > 0:
                     return self.hand_back(imp_uid, claim, OutcomeUnknown(_SETTLING), wait)
             return self.act(replace(terminal, attempts=claim.attempt), claim)
@@ -297,15 +301,13 @@ class _Run:
     ) -> str | None:
         """Retry later: a short countdown, or, for a long wait, park the job in the ledger.
 
-        After an ambiguous POST or DELETE, no sooner than the bound on late
-        processing after it was sent: the retry's first step is the lookup
-        that settles it.
+        While the job's last POST or DELETE is unsettled, no sooner than the
+        bound on late processing after it was sent: the retry's first step is
+        the lookup that settles it.
         """
-        if isinstance(error, OutcomeUnknown):
-            delay = max(
-                delay,
-                settle_delay(self.sent_at, bound=self.runtime.settle_seconds, now=time.time()),
-            )
+        delay = max(
+            delay, settle_delay(self.sent_at, bound=self.runtime.settle_seconds, now=time.time())
+        )
         last = error_detail(error, "retrying")["error"]
         ledger = self.runtime.ledger
         # No countdown is longer than RETRY_COUNTDOWN_MAX, nor one a Retry-After set longer
@@ -321,6 +323,22 @@ class _Run:
             return None
         assert self.message is not None
         raise self.retry(delay, (self.message,), cause=error_cause(error)) from None
+
+    def decision(self, error: IamportError, claim: Claim) -> Decision:
+        """Retry or give up; never give up while the job's last request is unsettled."""
+        policy = self.runtime.policy
+        return settle_before_failing(
+            decide(error, attempt=claim.attempt, policy=policy),
+            unsettled=self.sent_at is not None,
+            attempt=claim.attempt,
+            policy=policy,
+        )
+
+    def settling(self, claim: Claim) -> bool:
+        """Whether this attempt only looks: the budget is spent, the last request unsettled."""
+        return settling_attempt(
+            unsettled=self.sent_at is not None, attempt=claim.attempt, policy=self.runtime.policy
+        )
 
     def backoff(self) -> float:
         """A delay from the retry policy, for waits outside i'mport."""
@@ -423,19 +441,23 @@ class _IssueRun(_Run):
 
     def act(self, terminal: TerminalPublisher, claim: Claim) -> str | None:
         """Issue as the job's owner; None when another task took the job over meanwhile."""
+        imp_uid = self.request.imp_uid
         try:
-            issued = issue_receipt(
-                self.runtime.client,
-                self.request,
-                look_first=claim.resumed,
-                sends=self.sends(self.request.imp_uid, claim),
-            )
-            self.count_late(issued)
+            if self.settling(claim):
+                issued = settle_issue(self.runtime.client, imp_uid, self.sends(imp_uid, claim))
+            else:
+                issued = issue_receipt(
+                    self.runtime.client,
+                    self.request,
+                    look_first=claim.resumed,
+                    sends=self.sends(imp_uid, claim),
+                )
+                self.count_late(issued)
         except IamportError as error:
             self.answered(error)
-            decision = decide(error, attempt=claim.attempt, policy=self.runtime.policy)
+            decision = self.decision(error, claim)
             if decision.retry:
-                return self.hand_back(self.request.imp_uid, claim, error, decision.delay)
+                return self.hand_back(imp_uid, claim, error, decision.delay)
             reason = decision.reason or "rejected"
             if not terminal.finish(fence=claim.fence, error=error, reason=reason):
                 return None
@@ -483,7 +505,8 @@ class _CancelRun(_Run):
                 ok = terminal.finish_cancel_duplicate(fence=claim.fence, live=live, earlier=earlier)
                 return "cancelled:duplicate" if ok else None
             else:
-                cancelled = cancel_live_receipt(client, imp_uid, sends=self.sends(imp_uid, claim))
+                settle = settle_cancel if self.settling(claim) else cancel_live_receipt
+                cancelled = settle(client, imp_uid, sends=self.sends(imp_uid, claim))
                 ledger.note(
                     imp_uid,
                     fence=claim.fence,
@@ -496,7 +519,7 @@ class _CancelRun(_Run):
                     return None
         except IamportError as error:
             self.answered(error)
-            decision = decide(error, attempt=claim.attempt, policy=self.runtime.policy)
+            decision = self.decision(error, claim)
             if decision.retry:
                 return self.hand_back(imp_uid, claim, error, decision.delay)
             reason = decision.reason or "rejected"
@@ -520,17 +543,16 @@ class _CancelRun(_Run):
         """After a partial refund: a new receipt for what is left, which i'mport computes."""
         request = load_payload(payload, self.runtime.sealer)
         try:
-            # Look first: an earlier attempt may have issued it without hearing back.
-            issued = issue_receipt(
-                self.runtime.client,
-                request,
-                look_first=True,
-                sends=self.sends(request.imp_uid, claim),
-            )
-            self.count_late(issued)
+            sends = self.sends(request.imp_uid, claim)
+            if self.settling(claim):
+                issued = settle_issue(self.runtime.client, request.imp_uid, sends)
+            else:
+                # Look first: an earlier attempt may have issued it without hearing back.
+                issued = issue_receipt(self.runtime.client, request, look_first=True, sends=sends)
+                self.count_late(issued)
         except IamportError as error:
             self.answered(error)
-            decision = decide(error, attempt=claim.attempt, policy=self.runtime.policy)
+            decision = self.decision(error, claim)
             if decision.retry:
                 return self.hand_back(request.imp_uid, claim, error, decision.delay)
             reason = decision.reason or "rejected"

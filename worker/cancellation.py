@@ -16,9 +16,9 @@ issue a third receipt.
 
 from __future__ import annotations
 
-from worker.errors import InvalidRequest
+from worker.errors import InvalidRequest, OutcomeUnknown
 from worker.iamport import IamportClient, Receipt
-from worker.service import UNLOGGED, SendLog, send_logged
+from worker.service import NOT_ACTED_ON, UNLOGGED, SendLog, send_logged
 
 
 def cancel_live_receipt(
@@ -29,11 +29,9 @@ def cancel_live_receipt(
     The DELETE's send time goes to ``sends``, so an ambiguous one is settled
     only after the bound on late processing.
     """
-    receipt = client.find_receipt(imp_uid)
-    if receipt is not None and not receipt.active:
-        return receipt  # already cancelled (perhaps by an attempt whose answer was lost)
-    if receipt is None and not client.get_payment(imp_uid).cash_receipt_issued:
-        return None
+    gone, receipt = cancel_done(client, imp_uid)
+    if gone:
+        return receipt
     # A live receipt, or one i'mport says exists but cannot show (KICC, Settlebank).
     try:
         return send_logged(sends, lambda on_send: client.cancel_receipt(imp_uid, on_send=on_send))
@@ -43,6 +41,34 @@ def cancel_live_receipt(
         if again is not None and again.active:
             raise
         return again
+
+
+def settle_cancel(client: IamportClient, imp_uid: str, *, sends: SendLog) -> Receipt | None:
+    """The settling attempt after the budget: look, never DELETE.
+
+    The lookup settles the unsettled DELETE, so the send time is cleared (a
+    re-issue after a partial refund then goes on as usual). A cancelled receipt
+    (or none) is the DELETE's doing; a live one means it was not acted on, and
+    :class:`OutcomeUnknown` is raised, which the spent budget ends as
+    ``retries_exhausted``.
+    """
+    gone, receipt = cancel_done(client, imp_uid)
+    sends.answered()
+    if not gone:
+        raise OutcomeUnknown(NOT_ACTED_ON)
+    return receipt
+
+
+def cancel_done(client: IamportClient, imp_uid: str) -> tuple[bool, Receipt | None]:
+    """Whether no live receipt remains (looking only), and the receipt the lookup showed.
+
+    A cancelled receipt may be an attempt's DELETE whose answer was lost; none at all
+    means nothing was issued through i'mport.
+    """
+    receipt = client.find_receipt(imp_uid)
+    if receipt is not None:
+        return not receipt.active, receipt
+    return not client.get_payment(imp_uid).cash_receipt_issued, None
 
 
 def receipt_for_balance(client: IamportClient, imp_uid: str) -> Receipt | None:

@@ -238,11 +238,15 @@ class Ledger:
         receipt: Mapping[str, Any] | None = None,
         error: Mapping[str, Any] | None = None,
         extra_event: tuple[str, Mapping[str, Any]] | None = None,
+        settled: bool = False,
     ) -> str | None:
         """End the job and publish its event, atomically; None when this claim was fenced out.
 
         ``extra_event`` is a second event of the same transition (the new receipt
-        of a partial refund), published once under its own marker.
+        of a partial refund), published once under its own marker. ``settled``:
+        the outcome settles the job's last POST or DELETE (a receipt issued or
+        cancelled), so its ``sent_at`` goes; a job that ends otherwise keeps it,
+        and a later claim waits out the bound from it and looks first.
         """
         now = _now_ms()
         min_id = f"{now - self._event_retention * 1000}-0"
@@ -276,6 +280,7 @@ class Ledger:
                 ISSUED,
                 FAILED,
                 CANCEL_FAILED,
+                "1" if settled else "",
             ],
         )
         if int(result[0]) == -1:

@@ -270,6 +270,36 @@ def decide(
     return Decision(retry=True, delay=delay)
 
 
+def settle_before_failing(
+    decision: Decision,
+    *,
+    unsettled: bool,
+    attempt: int,
+    policy: RetryPolicy,
+    rand: Callable[[], float] = random.random,
+) -> Decision:
+    """Turn a give-up into a hand-back while the job's last POST or DELETE is unsettled.
+
+    i'mport may still act on an ambiguous request up to IAMPORT_SETTLE_SECONDS after it
+    was sent, so a failure published before a lookup made after that bound may be a
+    receipt the buyer holds. Such a give-up becomes a retry (the hand-back waits out the
+    bound), carrying the reason it will fail with if the settling lookup finds nothing.
+    The attempts after RETRY_MAX_ATTEMPTS only look (:func:`settling_attempt`), and get
+    a budget of their own as long as the first, with the same backoff: a lookup that
+    keeps failing past it gives up, still unsettled.
+    """
+    if decision.retry or not unsettled or attempt >= policy.max_attempts * 2:
+        return decision
+    settling = max(attempt - policy.max_attempts, 0) + 1
+    delay = compute_backoff(settling, base=policy.backoff_base, cap=policy.backoff_max, rand=rand)
+    return Decision(retry=True, delay=delay, reason=decision.reason)
+
+
+def settling_attempt(*, unsettled: bool, attempt: int, policy: RetryPolicy) -> bool:
+    """Whether ``attempt`` only looks: the budget is spent and the last request is unsettled."""
+    return unsettled and attempt > policy.max_attempts
+
+
 def broker_countdown(delay: float | None, *, whole_seconds: bool) -> float | None:
     """The countdown to publish for ``delay`` seconds.
 

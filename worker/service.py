@@ -189,6 +189,25 @@ def issue_receipt(
         raise
 
 
+#: Why a job fails when its settling lookup found its unsettled request not acted on.
+NOT_ACTED_ON = "no answer, and i'mport had not acted on the request after IAMPORT_SETTLE_SECONDS"
+
+
+def settle_issue(client: IamportClient, imp_uid: str, sends: SendLog) -> Issued:
+    """The settling attempt after the budget: look, never POST.
+
+    Made no earlier than the bound after the job's unsettled POST was sent, so
+    the lookup settles it: the send time is cleared. A receipt is the POST's;
+    none means it was not acted on, and :class:`OutcomeUnknown` is raised,
+    which the spent budget ends as ``retries_exhausted``.
+    """
+    existing, _ = find_issued(client, imp_uid)
+    sends.answered()
+    if existing is None:
+        raise OutcomeUnknown(NOT_ACTED_ON)
+    return Issued(existing, duplicate=False)
+
+
 def find_issued(client: IamportClient, imp_uid: str) -> tuple[Receipt | None, Payment | None]:
     """The payment's active receipt, if any, and the payment when it had to be read."""
     receipt = client.find_receipt(imp_uid)
@@ -293,6 +312,7 @@ class TerminalPublisher:
             data=data,
             receipt=detail.get("receipt"),
             error=detail.get("error"),
+            settled=issued is not None,
         )
         return entry is not None
 
@@ -342,6 +362,7 @@ class TerminalPublisher:
             receipt=receipt,
             error=error,
             extra_event=extra,
+            settled=reissue_error is None,
         )
         return entry is not None
 
@@ -361,6 +382,7 @@ class TerminalPublisher:
             event_type=CANCELLED,
             data=self._data(duplicate=True, detail={"receipt": dict(earlier) if earlier else None}),
             receipt=live.as_dict(),
+            settled=True,
         )
         return entry is not None
 

@@ -31,6 +31,8 @@ from worker.retry import (
     error_for_answer,
     error_for_status,
     parse_retry_after,
+    settle_before_failing,
+    settling_attempt,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,3 +253,65 @@ def test_default_budget_rides_out_an_hour_long_outage() -> None:
         for _ in range(20_000)
     )
     assert shortest > 80 * 60
+
+
+GIVE_UP = Decision(retry=False, reason="retries_exhausted")
+
+
+@pytest.mark.parametrize(
+    ("decision", "unsettled", "attempt", "expected"),
+    [
+        # nothing unsettled: the decision stands
+        (GIVE_UP, False, 5, GIVE_UP),
+        (Decision(retry=True, delay=3.0), True, 2, Decision(retry=True, delay=3.0)),
+        # the last attempt's POST unsettled: handed back for a settling lookup, not failed
+        (GIVE_UP, True, 5, Decision(retry=True, delay=1.0, reason="retries_exhausted")),
+        # a permanent answer to the at-once lookup, within the budget: handed back too
+        (
+            Decision(retry=False, reason="unexpected_response"),
+            True,
+            2,
+            Decision(retry=True, delay=1.0, reason="unexpected_response"),
+        ),
+        # settling lookups that keep failing: their own budget, with the same backoff ...
+        (GIVE_UP, True, 7, Decision(retry=True, delay=4.0, reason="retries_exhausted")),
+        (GIVE_UP, True, 9, Decision(retry=True, delay=16.0, reason="retries_exhausted")),
+        # ... then the job gives up, still unsettled
+        (GIVE_UP, True, 10, GIVE_UP),
+        (GIVE_UP, True, 14, GIVE_UP),
+    ],
+)
+def test_settle_before_failing(
+    decision: Decision, unsettled: bool, attempt: int, expected: Decision
+) -> None:
+    """No failure is reported while the job's last POST or DELETE is unsettled, within a bound."""
+    result = settle_before_failing(
+        decision, unsettled=unsettled, attempt=attempt, policy=POLICY, rand=lambda: 1.0
+    )
+    assert result == expected
+
+
+@pytest.mark.parametrize(
+    ("unsettled", "attempt", "expected"),
+    [
+        (True, 5, False),  # within the budget: look first, then POST if nothing is there
+        (True, 6, True),  # past it: only look
+        (False, 6, False),  # nothing to settle
+    ],
+)
+def test_settling_attempt(unsettled: bool, attempt: int, expected: bool) -> None:
+    """Only an attempt past the budget with its last request unsettled is a settling one."""
+    assert settling_attempt(unsettled=unsettled, attempt=attempt, policy=POLICY) is expected
+
+
+@pytest.mark.parametrize("attempt", [6, 9])
+def test_a_settling_lookup_that_finds_nothing_gives_up(attempt: int) -> None:
+    """After the budget, OutcomeUnknown (raised once the lookup settled the POST as not acted
+    on, its send time cleared) ends the job as retries_exhausted."""
+    decision = decide(OutcomeUnknown("x"), attempt=attempt, policy=POLICY, rand=lambda: 1.0)
+    assert (
+        settle_before_failing(
+            decision, unsettled=False, attempt=attempt, policy=POLICY, rand=lambda: 1.0
+        )
+        == GIVE_UP
+    )

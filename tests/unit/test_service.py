@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from worker.errors import InvalidRequest
+from worker.cancellation import settle_cancel
+from worker.errors import InvalidRequest, OutcomeUnknown
 from worker.iamport import Payment, Receipt
 from worker.schemas import ReceiptRequest, load_payload
 from worker.sealing import Sealer
-from worker.service import issue_receipt, recorded_sent_at, settle_delay
+from worker.service import issue_receipt, recorded_sent_at, settle_delay, settle_issue
 
 RECEIPT = Receipt(
     imp_uid="imp_1",
@@ -107,3 +108,80 @@ def test_settle_delay(sent_at: float | None, bound: float, now: float, delay: fl
 def test_recorded_sent_at(record: dict[str, str] | None, sent_at: float | None) -> None:
     """The ledger record's send time, while unsettled."""
     assert recorded_sent_at(record) == sent_at
+
+
+CANCELLED = Receipt(**{**RECEIPT.as_dict(), "cancelled_at": 2})
+
+
+class LooksOnly:
+    """A client whose POST and DELETE must never be called, showing ``receipt``."""
+
+    def __init__(self, receipt: Receipt | None, *, issued: bool = False) -> None:
+        self.receipt = receipt
+        self.payment = Payment(**{**PAYMENT.__dict__, "cash_receipt_issued": issued})
+
+    def find_receipt(self, imp_uid: str) -> Receipt | None:
+        return self.receipt
+
+    def get_payment(self, imp_uid: str) -> Payment:
+        return self.payment
+
+    def issue_receipt(self, imp_uid: str, body: dict[str, Any]) -> Receipt:
+        raise AssertionError("a settling attempt POSTed")
+
+    def cancel_receipt(self, imp_uid: str) -> Receipt:
+        raise AssertionError("a settling attempt DELETEd")
+
+
+class Sends:
+    """A SendLog that counts how often the send time was cleared."""
+
+    def __init__(self) -> None:
+        self.cleared = 0
+
+    def sending(self) -> None:
+        raise AssertionError("a settling attempt sent")
+
+    def answered(self) -> None:
+        self.cleared += 1
+
+
+@pytest.mark.parametrize(
+    ("client", "adopted"),
+    [
+        (LooksOnly(RECEIPT), RECEIPT),  # the unsettled POST was acted on: the job's receipt
+        (LooksOnly(CANCELLED), None),  # only a cancelled one: not acted on
+        (LooksOnly(None), None),
+    ],
+)
+def test_settle_issue_looks_and_never_posts(client: Any, adopted: Receipt | None) -> None:
+    """After the budget: a receipt found is adopted; none raises OutcomeUnknown. Either way the
+    lookup settled the POST, so its send time is cleared."""
+    sends = Sends()
+    if adopted is None:
+        with pytest.raises(OutcomeUnknown):
+            settle_issue(client, "imp_1", sends)
+    else:
+        issued = settle_issue(client, "imp_1", sends)
+        assert (issued.receipt, issued.duplicate, issued.late) == (adopted, False, False)
+    assert sends.cleared == 1
+
+
+@pytest.mark.parametrize(
+    ("client", "gone"),
+    [
+        (LooksOnly(CANCELLED), True),  # the unsettled DELETE was acted on
+        (LooksOnly(None), True),  # nothing issued through i'mport: nothing to cancel
+        (LooksOnly(RECEIPT), False),  # still live: not acted on
+        (LooksOnly(None, issued=True), False),  # a PG's receipt i'mport cannot show: live
+    ],
+)
+def test_settle_cancel_looks_and_never_deletes(client: Any, gone: bool) -> None:
+    """After the budget: a cancelled receipt (or none) is the DELETE's; a live one raises."""
+    sends = Sends()
+    if gone:
+        assert settle_cancel(client, "imp_1", sends=sends) == client.receipt
+    else:
+        with pytest.raises(OutcomeUnknown):
+            settle_cancel(client, "imp_1", sends=sends)
+    assert sends.cleared == 1

@@ -9,7 +9,7 @@ local now = tonumber(ARGV[3])
 local op = ARGV[6]
 local record = redis.call('HMGET', KEYS[1],
   'state', 'task_id', 'lease_until', 'receipt', 'attempts', 'op', 'fence', 'cancel',
-  'next_attempt_at')
+  'next_attempt_at', 'sent_at')
 local state, owner, lease, receipt = record[1], record[2], tonumber(record[3] or '0'), record[4]
 local attempts = tonumber(record[5] or '0')
 local recorded_op = record[6] or 'issue'
@@ -51,6 +51,11 @@ elseif state == 'failed' or state == 'issued' or state == 'cancelled' then
   redis.call('HDEL', KEYS[1], 'cancel_step')
 else
   redis.call('HSET', KEYS[1], 'created_at', ARGV[3])
+end
+if record[10] and record[10] ~= '' then
+  -- The job's last POST or DELETE is unsettled (a replay of a job that ended so, a
+  -- new message after it): i'mport may yet act on it, so this attempt waits and looks.
+  resumed = 1
 end
 if owner and owner ~= ARGV[1] and recorded_op == 'issue'
     and (state == 'in_flight' or state == 'received') then

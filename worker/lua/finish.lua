@@ -6,7 +6,8 @@
 --       now_ms, receipt json, last_error json, ledger retention s, imp_uid,
 --       extra event type ('' for none), extra event data, the terminal markers'
 --       key prefix (a waiter's marker is named from its task id, read here),
---       the issued, failed and cancel_failed event types
+--       the issued, failed and cancel_failed event types, '1' when the outcome
+--       settles the job's last POST or DELETE (its sent_at goes)
 local terminal_prefix = ARGV[14]
 local issued_type, failed_type, cancel_failed_type = ARGV[15], ARGV[16], ARGV[17]
 -- The job passes to a message recorded while it was in hand (an issue after a
@@ -44,6 +45,10 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[7])
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'receipt', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[9]) end
 redis.call('HDEL', KEYS[1], 'lease_until', 'next_attempt_at')
+if ARGV[18] == '1' then
+  -- Settled: no POST or DELETE of the job is left that i'mport may yet act on.
+  redis.call('HDEL', KEYS[1], 'sent_at')
+end
 redis.call('ZREM', KEYS[2], ARGV[11])
 redis.call('EXPIRE', KEYS[1], ARGV[10])
 local published = publish_once(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])

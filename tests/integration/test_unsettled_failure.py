@@ -1,0 +1,152 @@
+"""A job whose last POST is unsettled is never reported failed before a settling lookup.
+
+With RETRY_MAX_ATTEMPTS=1 the one attempt's POST times out and the sandbox acts on it later,
+within IAMPORT_SETTLE_SECONDS. Giving up then would publish ``cash_receipt.failed`` while the
+buyer gets a receipt. The job is handed back instead; the settling attempt only looks. A job
+that still ended failed unsettled keeps its send time, so that a replay waits and looks first.
+The sandbox issues a second receipt rather than refusing it, so a blind POST shows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.commands import run_cashreceipt
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox, running_sandbox, wait_posts_processed
+from tests.support.worker import producer_app, running_worker, worker_env
+from worker.keys import ledger_key
+from worker.producer import enqueue_cancel, enqueue_issue
+
+pytestmark = [pytest.mark.integration]
+
+#: The read timeout, the sandbox's late processing of the POST, and the bound beyond both.
+TIMEOUT = "1"
+LATE_POST_MS = 1500
+SETTLE_SECONDS = "2.5"
+
+
+@pytest.fixture
+def honest_sandbox() -> Iterator[Sandbox]:
+    """A sandbox of this test's own that issues a second receipt rather than refusing it."""
+    with running_sandbox("--allow-duplicates") as sandbox:
+        yield sandbox
+
+
+def _env(own_redis: RedisServer, sandbox: Sandbox) -> dict[str, str]:
+    return worker_env(
+        own_redis.url,
+        sandbox.url,
+        IAMPORT_TIMEOUT=TIMEOUT,
+        IAMPORT_SETTLE_SECONDS=SETTLE_SECONDS,
+        RETRY_MAX_ATTEMPTS="1",
+    )
+
+
+def _terminal_events(own_redis: RedisServer, imp_uid: str) -> list[str]:
+    return [
+        event["type"]
+        for event in ResultStream(own_redis.client()).all()
+        if event["data"].get("imp_uid") == imp_uid
+    ]
+
+
+def _wait_processed(sandbox: Sandbox, imp_uid: str) -> None:
+    wait_posts_processed(sandbox, imp_uid, timeout=LATE_POST_MS / 1000 + 5)
+
+
+def test_the_last_attempt_s_late_post_ends_issued_not_failed(
+    own_redis: RedisServer, honest_sandbox: Sandbox, imp_uid: str
+) -> None:
+    """The one attempt's POST times out at 1 s and is acted on at 1.5 s: one issued event."""
+    honest_sandbox.script(imp_uid, {"kind": "latency", "ms": LATE_POST_MS, "method": "POST"})
+    producer = producer_app(own_redis.url)
+    with running_worker(_env(own_redis, honest_sandbox)):
+        task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+        event = ResultStream(own_redis.client()).wait(task_id, timeout=30)
+        _wait_processed(honest_sandbox, imp_uid)
+    producer.close()
+    assert event["type"] == "cash_receipt.issued", event
+    assert _terminal_events(own_redis, imp_uid) == ["cash_receipt.issued"]
+    assert honest_sandbox.issued_count(imp_uid) == 1
+    audit = honest_sandbox.audit()
+    assert audit["payments"][imp_uid]["created"] == 1
+    assert audit["blind_posts"] == 0
+    assert len([r for r in honest_sandbox.requests(imp_uid) if r["method"] == "POST"]) == 1
+    # Settled: a refund that comes next neither waits out the bound nor counts as resumed.
+    assert not own_redis.client().hget(ledger_key(imp_uid), "sent_at")
+
+
+def test_a_post_never_acted_on_fails_only_after_the_settling_lookup(
+    own_redis: RedisServer, honest_sandbox: Sandbox, imp_uid: str
+) -> None:
+    """The one POST hangs and is never acted on: the job is handed back, the settling attempt
+    looks no earlier than the bound after the POST, finds nothing and does not POST: failed
+    ``retries_exhausted``, the send time cleared (settled: a replay needs no wait)."""
+    honest_sandbox.script(imp_uid, {"kind": "hang", "seconds": 2, "method": "POST"})
+    producer = producer_app(own_redis.url)
+    with running_worker(_env(own_redis, honest_sandbox)):
+        task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+        event = ResultStream(own_redis.client()).wait(task_id, timeout=30)
+    producer.close()
+    assert event["type"] == "cash_receipt.failed", event
+    assert event["data"]["error"]["reason"] == "retries_exhausted"
+    assert _terminal_events(own_redis, imp_uid) == ["cash_receipt.failed"]
+    requests_seen = honest_sandbox.requests(imp_uid)
+    (post,) = [r for r in requests_seen if r["method"] == "POST"]
+    last_lookup = [r for r in requests_seen if r["method"] == "GET"][-1]
+    assert last_lookup["at"] >= post["at"] + float(SETTLE_SECONDS) - 0.05
+    assert honest_sandbox.issued_count(imp_uid) == 0
+    assert not own_redis.client().hget(ledger_key(imp_uid), "sent_at")
+
+
+def test_the_last_attempt_s_late_delete_ends_cancelled(
+    own_redis: RedisServer, honest_sandbox: Sandbox, imp_uid: str
+) -> None:
+    """The cancel path: the one DELETE times out and is acted on late: cancelled, not failed."""
+    producer = producer_app(own_redis.url)
+    with running_worker(_env(own_redis, honest_sandbox)):
+        task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+        issued = ResultStream(own_redis.client()).wait(task_id, timeout=30)
+        assert issued["type"] == "cash_receipt.issued", issued
+        honest_sandbox.script(imp_uid, {"kind": "latency", "ms": LATE_POST_MS, "method": "DELETE"})
+        cancel_id = enqueue_cancel({"imp_uid": imp_uid}, app=producer)
+        event = ResultStream(own_redis.client()).wait(cancel_id, timeout=30)
+    producer.close()
+    assert event["type"] == "cash_receipt.cancelled", event
+    assert _terminal_events(own_redis, imp_uid) == ["cash_receipt.issued", "cash_receipt.cancelled"]
+    assert [r["method"] for r in honest_sandbox.requests(imp_uid)].count("DELETE") == 1
+    assert honest_sandbox.audit()["blind_deletes"] == 0
+    assert not own_redis.client().hget(ledger_key(imp_uid), "sent_at")
+
+
+def test_a_replay_of_a_job_failed_unsettled_waits_and_looks_first(
+    own_redis: RedisServer, honest_sandbox: Sandbox, imp_uid: str
+) -> None:
+    """Every lookup fails until the job ends failed with its POST unsettled (acted on late);
+    the replay waits out the bound and looks: it adopts the receipt instead of POSTing again."""
+    garbage = {"kind": "garbage", "status": 502, "method": "GET"}
+    honest_sandbox.script(
+        imp_uid, {"kind": "latency", "ms": LATE_POST_MS, "method": "POST"}, garbage, garbage
+    )
+    env = _env(own_redis, honest_sandbox)
+    producer = producer_app(own_redis.url)
+    with running_worker(env):
+        task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+        failed = ResultStream(own_redis.client()).wait(task_id, timeout=30)
+        assert failed["type"] == "cash_receipt.failed", failed
+        _wait_processed(honest_sandbox, imp_uid)
+        replayed = run_cashreceipt(env, "replay", "--json", imp_uid)
+        assert replayed.returncode == 0, replayed.stderr
+        (outcome,) = [json.loads(line) for line in replayed.stdout.splitlines() if line.strip()]
+        event = ResultStream(own_redis.client()).wait(str(outcome["task_id"]), timeout=30)
+    producer.close()
+    assert event["type"] == "cash_receipt.issued", event
+    audit = honest_sandbox.audit()
+    assert audit["payments"][imp_uid]["created"] == 1
+    assert audit["blind_posts"] == 0
+    assert len([r for r in honest_sandbox.requests(imp_uid) if r["method"] == "POST"]) == 1
