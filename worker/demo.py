@@ -30,6 +30,7 @@ import redis
 from worker.demo_redis import NoRedis, free_port, plan_redis
 from worker.redis_client import redis_client
 from worker.settings import load_celeryconfig
+from worker.urls import redact_url
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -118,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if plan.command is not None:
             children.append(_start_redis(plan.url, plan.command, env, logs))
+        else:
+            print(f"Redis             {redact_url(plan.url)}  (yours, already running)")
         if plan.notice:
             print(plan.notice)
         if use_sandbox:
@@ -148,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if env["METRICS_PORT"] != "0":
             print(f"Metrics           http://127.0.0.1:{env['METRICS_PORT']}/metrics")
         print(f"Logs              {logs}/")
-        return _feed_and_show(env, args, children, logs)
+        running = ["Worker", "Flower"] + ["sandbox"] * use_sandbox
+        running += ["the Redis it started"] * (plan.command is not None)
+        return _feed_and_show(env, args, children, logs, running=running)
     except KeyboardInterrupt:
         print("\nInterrupted; stopping.")
         return 128 + signal.SIGINT
@@ -212,7 +217,12 @@ def _start_redis(
 
 
 def _feed_and_show(
-    env: dict[str, str], args: argparse.Namespace, children: list[Any], logs: Path
+    env: dict[str, str],
+    args: argparse.Namespace,
+    children: list[Any],
+    logs: Path,
+    *,
+    running: Sequence[str],
 ) -> int:
     from worker.events import latest_event  # noqa: PLC0415
     from worker.producer import enqueue_issue  # noqa: PLC0415
@@ -254,10 +264,8 @@ def _feed_and_show(
     try:
         # The line is inside the `try`: a Ctrl-C that arrives right after it is shown,
         # before pause(), must stop the demo the same way (seen: exit by SIGINT, -2).
-        print(
-            "Worker, Flower and sandbox (and a Redis it started) keep running. Ctrl-C stops them.",
-            flush=True,
-        )
+        names = ", ".join(running[:-1]) + f" and {running[-1]}"
+        print(f"{names} keep running. Ctrl-C stops them.", flush=True)
         signal.pause()
     except KeyboardInterrupt:
         print()

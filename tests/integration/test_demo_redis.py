@@ -98,6 +98,7 @@ def test_make_run_starts_a_private_append_only_redis_and_stops_it(
         assert output.text.count(" ISSUED ") == 3, output.text
         # REDIS_URL's own port, since it was free.
         assert f"Redis             redis://127.0.0.1:{port}/0  (started: none at" in output.text
+        assert "sandbox and the Redis it started keep running" in output.text
         client = redis.Redis(port=port, decode_responses=True)
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("appendfsync") == {"appendfsync": "always"}

@@ -127,6 +127,9 @@ def test_make_run_stops_its_children_on_a_signal(own_redis: RedisServer, signum:
         wait_for(lambda: "keep running" in output.text, timeout=90, message="the demo's results")
         children = _children_of(demo.pid)
         assert len(children) == 3, output.text  # sandbox, worker, Flower
+        # The session's Redis is the user's own: named as such, and not said to be stopped.
+        assert "(yours, already running)" in output.text, output.text
+        assert "Worker, Flower and sandbox keep running" in output.text, output.text
         demo.send_signal(signum)
         assert demo.wait(timeout=60) == 128 + signum
         wait_for(
