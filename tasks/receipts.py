@@ -45,6 +45,7 @@ from worker.schemas import (
 )
 from worker.service import (
     SENT_AT_FIELD,
+    SENT_OP_FIELD,
     Issued,
     SendLog,
     Superseded,
@@ -139,8 +140,10 @@ class _Run:
         self.provider_code: int | None = None
         #: The fence of the claim this run holds, handed on to its retry.
         self.fence: int | None = None
-        #: When this run sent its last POST or DELETE, while unanswered (epoch s).
+        #: When the job's last POST or DELETE was sent, while unanswered (epoch s) ...
         self.sent_at: float | None = None
+        #: ... and by which operation (None: unrecorded, the job's own).
+        self.sent_op: str | None = None
 
     def guarded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Run, and whatever happens, end in one outcome line and its count."""
@@ -286,7 +289,9 @@ class _Run:
         try:
             if claim.resumed:
                 # The job's last POST or DELETE, while unsettled: this run's until it sends.
-                self.sent_at = recorded_sent_at(self.runtime.ledger.record(imp_uid))
+                record = self.runtime.ledger.record(imp_uid)
+                self.sent_at = recorded_sent_at(record)
+                self.sent_op = (record or {}).get(SENT_OP_FIELD) or None
                 wait = settle_delay(
                     self.sent_at, bound=self.runtime.settle_seconds, now=time.time()
                 )
@@ -335,9 +340,14 @@ class _Run:
         )
 
     def settling(self, claim: Claim) -> bool:
-        """Whether this attempt only looks: the budget is spent, the last request unsettled."""
+        """Whether this attempt only looks: the budget is spent, and the job's last request,
+        one this operation sent, is unsettled. A refund that took over an issue whose POST
+        is unsettled has waited it out; it looks, then DELETEs what it finds live."""
+        own = self.sent_op in (None, self.op)
         return settling_attempt(
-            unsettled=self.sent_at is not None, attempt=claim.attempt, policy=self.runtime.policy
+            unsettled=self.sent_at is not None and own,
+            attempt=claim.attempt,
+            policy=self.runtime.policy,
         )
 
     def backoff(self) -> float:
@@ -400,7 +410,12 @@ class _LedgerSends:
         ledger = self._run.runtime.ledger
         if not ledger.note(self._imp_uid, fence=self._fence, field=SENT_AT_FIELD, value=repr(now)):
             raise Superseded  # fenced out: the job's new owner sends, not this run
-        self._run.sent_at = now
+        # After the send time: a crash between the two (nothing sent yet) leaves at worst
+        # the time marked as another op's, and the next attempt looks, then acts.
+        op = self._run.op
+        if not ledger.note(self._imp_uid, fence=self._fence, field=SENT_OP_FIELD, value=op):
+            raise Superseded
+        self._run.sent_at, self._run.sent_op = now, self._run.op
 
     def answered(self) -> None:
         self._run.sent_at = None

@@ -47,6 +47,10 @@ CASH_PAY_METHODS = frozenset({"vbank", "trans"})
 #: The ledger field holding when the job's last POST or DELETE was sent (epoch
 #: seconds), while its outcome is unsettled; empty once i'mport answered it.
 SENT_AT_FIELD = "sent_at"
+#: Beside it, which operation sent that request (``issue`` or ``cancel``): a refund that
+#: took over an issue waits out the issue's POST, but only settles a DELETE of its own.
+#: Read only while ``sent_at`` is set; a record without it (older code) means the job's op.
+SENT_OP_FIELD = "sent_op"
 
 
 def settle_delay(sent_at: float | None, *, bound: float, now: float) -> float:

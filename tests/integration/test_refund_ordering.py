@@ -104,6 +104,27 @@ def test_full_refund_of_a_parked_issue_ends_it(
     assert own_sandbox.admin.issued_count(imp_uid) == 0
 
 
+def test_a_refund_that_takes_over_a_parked_issue_has_a_budget_of_its_own(
+    env: dict[str, str],
+    producer: Celery,
+    own_sandbox: Sandbox,
+    client: redis.Redis,
+    imp_uid: str,
+) -> None:
+    """The issue spent one of its two attempts before it parked; the refund that takes the
+    job over starts its own count, so its lookup's one 502 is retried, not its last."""
+    results = ResultStream(client)
+    with running_worker({**env, "RETRY_MAX_ATTEMPTS": "2", "RETRY_BACKOFF_BASE": "0.1"}):
+        issue_task = parked_issue(producer, own_sandbox, client, imp_uid)
+        own_sandbox.admin.script(imp_uid, {"kind": "garbage", "status": 502, "method": "GET"})
+        cancelled = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer))
+        assert cancelled["type"] == "cash_receipt.cancelled", cancelled
+        assert cancelled["data"]["attempts"] == 2
+        stale = results.wait(issue_task)
+        assert stale["data"]["error"]["reason"] == "cancelled"
+    assert own_sandbox.admin.issued_count(imp_uid) == 0
+
+
 def test_partial_refund_of_a_parked_issue_issues_for_the_balance(
     env: dict[str, str],
     producer: Celery,

@@ -18,6 +18,7 @@ from tests.support.commands import run_cashreceipt
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox, wait_posts_processed
+from tests.support.wait import wait_for
 from tests.support.worker import producer_app, running_worker, worker_env
 from worker.keys import ledger_key
 from worker.producer import enqueue_cancel, enqueue_issue
@@ -37,14 +38,14 @@ def honest_sandbox() -> Iterator[Sandbox]:
         yield sandbox
 
 
-def _env(own_redis: RedisServer, sandbox: Sandbox) -> dict[str, str]:
-    return worker_env(
-        own_redis.url,
-        sandbox.url,
-        IAMPORT_TIMEOUT=TIMEOUT,
-        IAMPORT_SETTLE_SECONDS=SETTLE_SECONDS,
-        RETRY_MAX_ATTEMPTS="1",
-    )
+def _env(own_redis: RedisServer, sandbox: Sandbox, **overrides: str) -> dict[str, str]:
+    settings = {
+        "IAMPORT_TIMEOUT": TIMEOUT,
+        "IAMPORT_SETTLE_SECONDS": SETTLE_SECONDS,
+        "RETRY_MAX_ATTEMPTS": "1",
+        **overrides,
+    }
+    return worker_env(own_redis.url, sandbox.url, **settings)
 
 
 def _terminal_events(own_redis: RedisServer, imp_uid: str) -> list[str]:
@@ -150,3 +151,52 @@ def test_a_replay_of_a_job_failed_unsettled_waits_and_looks_first(
     assert audit["payments"][imp_uid]["created"] == 1
     assert audit["blind_posts"] == 0
     assert len([r for r in honest_sandbox.requests(imp_uid) if r["method"] == "POST"]) == 1
+
+
+def test_a_refund_that_takes_over_a_settling_issue_deletes_the_receipt(
+    own_redis: RedisServer, honest_sandbox: Sandbox, imp_uid: str
+) -> None:
+    """The one POST is acted on late; its job is parked to settle (attempts 1, ``sent_at``
+    set) when a full refund takes it over. The cancellation's attempts start afresh: it
+    waits out the bound, looks, finds the receipt live and DELETEs it, rather than reading
+    the issue's POST as its own unsettled DELETE and ending ``cancel_failed``."""
+    honest_sandbox.script(imp_uid, {"kind": "latency", "ms": LATE_POST_MS, "method": "POST"})
+    client = own_redis.client()
+    # A settle wait longer than any countdown parks the issue; a long bound leaves the
+    # refund time to take it over before it is due.
+    env = _env(
+        own_redis,
+        honest_sandbox,
+        IAMPORT_SETTLE_SECONDS="5",
+        RETRY_COUNTDOWN_MAX="0.3",
+        SWEEP_INTERVAL="0.2",
+    )
+    producer = producer_app(own_redis.url)
+    with running_worker(env):
+        issue_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+
+        def parked_to_settle() -> bool:
+            record = client.hgetall(ledger_key(imp_uid))
+            return (record.get("state"), record.get("op"), record.get("attempts")) == (
+                "received",
+                "issue",
+                "1",
+            ) and bool(record.get("sent_at"))
+
+        wait_for(parked_to_settle, timeout=20, message="the issue to park, unsettled")
+        cancel_id = enqueue_cancel({"imp_uid": imp_uid}, app=producer)
+        event = ResultStream(client).wait(cancel_id, timeout=30)
+        stale = ResultStream(client).wait(issue_id, timeout=30)
+    producer.close()
+    assert event["type"] == "cash_receipt.cancelled", event
+    assert event["data"]["receipt"] is not None, event
+    assert (stale["type"], stale["data"]["error"]["reason"]) == ("cash_receipt.failed", "cancelled")
+    requests_seen = honest_sandbox.requests(imp_uid)
+    (post,) = [r for r in requests_seen if r["method"] == "POST"]
+    (delete,) = [r for r in requests_seen if r["method"] == "DELETE"]
+    assert delete["at"] >= post["at"] + 5 - 0.05  # after the bound on the issue's POST
+    audit = honest_sandbox.audit()
+    assert audit["payments"][imp_uid]["created"] == 1
+    assert audit["payments"][imp_uid]["active"] == 0  # cancelled at the sandbox
+    assert (audit["blind_posts"], audit["blind_deletes"]) == (0, 0)
+    assert client.hget(ledger_key(imp_uid), "state") == "cancelled"

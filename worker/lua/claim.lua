@@ -63,6 +63,12 @@ if owner and owner ~= ARGV[1] and recorded_op == 'issue'
   -- its retry was never published). It still ends in one event, as a waiter.
   redis.call('SADD', KEYS[4], owner)
 end
+if recorded_op ~= op and (state == 'in_flight' or state == 'received') then
+  -- Another operation takes over an unfinished job (a refund of a parked issue): it
+  -- gets a budget of its own, not what the issue left. It still waits out the issue's
+  -- unsettled POST (resumed), then looks and acts: sent_op says whose request that was.
+  attempts = 0
+end
 attempts = attempts + 1
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'state', 'in_flight', 'task_id', ARGV[1], 'op', op,
