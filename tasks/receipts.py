@@ -142,8 +142,10 @@ class _Run:
         self.fence: int | None = None
         #: When the job's last POST or DELETE was sent, while unanswered (epoch s) ...
         self.sent_at: float | None = None
-        #: ... and by which operation (None: unrecorded, the job's own).
+        #: ... by which operation (None: unrecorded, the job's own) ...
         self.sent_op: str | None = None
+        #: ... and whether this run sent it (not adopted from the ledger).
+        self.sent_here = False
 
     def guarded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Run, and whatever happens, end in one outcome line and its count."""
@@ -337,6 +339,7 @@ class _Run:
             unsettled=self.sent_at is not None,
             attempt=claim.attempt,
             policy=policy,
+            sent_here=self.sent_here,
         )
 
     def settling(self, claim: Claim) -> bool:
@@ -415,10 +418,10 @@ class _LedgerSends:
         op = self._run.op
         if not ledger.note(self._imp_uid, fence=self._fence, field=SENT_OP_FIELD, value=op):
             raise Superseded
-        self._run.sent_at, self._run.sent_op = now, self._run.op
+        self._run.sent_at, self._run.sent_op, self._run.sent_here = now, self._run.op, True
 
     def answered(self) -> None:
-        self._run.sent_at = None
+        self._run.sent_at, self._run.sent_here = None, False
         ledger = self._run.runtime.ledger
         ledger.note(self._imp_uid, fence=self._fence, field=SENT_AT_FIELD, value="")
 

@@ -276,6 +276,7 @@ def settle_before_failing(
     unsettled: bool,
     attempt: int,
     policy: RetryPolicy,
+    sent_here: bool = False,
     rand: Callable[[], float] = random.random,
 ) -> Decision:
     """Turn a give-up into a hand-back while the job's last POST or DELETE is unsettled.
@@ -286,9 +287,14 @@ def settle_before_failing(
     bound), carrying the reason it will fail with if the settling lookup finds nothing.
     The attempts after RETRY_MAX_ATTEMPTS only look (:func:`settling_attempt`), and get
     a budget of their own as long as the first, with the same backoff: a lookup that
-    keeps failing past it gives up, still unsettled.
+    keeps failing past it gives up, still unsettled. A request this attempt itself sent
+    (``sent_here``: a DELETE or a re-issue's POST after a settling lookup, a POST after a
+    retry that did not count against i'mport) is always handed back, past that budget too:
+    the attempt after it only looks, so this ends.
     """
-    if decision.retry or not unsettled or attempt >= policy.max_attempts * 2:
+    if decision.retry or not unsettled:
+        return decision
+    if attempt >= policy.max_attempts * 2 and not sent_here:
         return decision
     settling = max(attempt - policy.max_attempts, 0) + 1
     delay = compute_backoff(settling, base=policy.backoff_base, cap=policy.backoff_max, rand=rand)

@@ -200,3 +200,41 @@ def test_a_refund_that_takes_over_a_settling_issue_deletes_the_receipt(
     assert audit["payments"][imp_uid]["active"] == 0  # cancelled at the sandbox
     assert (audit["blind_posts"], audit["blind_deletes"]) == (0, 0)
     assert client.hget(ledger_key(imp_uid), "state") == "cancelled"
+
+
+def test_a_re_issue_posted_by_the_settling_attempt_is_settled_before_it_fails(
+    own_redis: RedisServer, honest_sandbox: Sandbox, imp_uid: str
+) -> None:
+    """A partial refund: the one DELETE is acted on late; the settling attempt finds it
+    done, and the re-issue's POST (sent by that attempt, past the budget) is acted on late
+    too. It is handed back, not reported failed: the next attempt only looks and adopts
+    the new receipt."""
+    honest_sandbox.seed_payment(imp_uid, amount=33000)
+    client = own_redis.client()
+    producer = producer_app(own_redis.url)
+    with running_worker(_env(own_redis, honest_sandbox)):
+        task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
+        issued = ResultStream(client).wait(task_id, timeout=30)
+        assert issued["type"] == "cash_receipt.issued", issued
+        honest_sandbox.seed_payment(imp_uid, cancel_amount=11000)
+        honest_sandbox.script(
+            imp_uid,
+            {"kind": "latency", "ms": LATE_POST_MS, "method": "DELETE"},
+            {"kind": "latency", "ms": LATE_POST_MS, "method": "POST"},
+        )
+        cancel_id = enqueue_cancel({"imp_uid": imp_uid, "amount": 11000}, app=producer)
+        results = ResultStream(client)
+        wait_for(lambda: len(results.for_task(cancel_id)) == 2, timeout=40, message="2 events")
+        _wait_processed(honest_sandbox, imp_uid)
+    producer.close()
+    cancelled, reissued = sorted(results.for_task(cancel_id), key=lambda e: e["id"])
+    assert cancelled["type"] == "cash_receipt.cancelled", cancelled
+    assert reissued["type"] == "cash_receipt.issued", reissued
+    assert reissued["data"]["receipt"]["amount"] == 22000
+    methods = [r["method"] for r in honest_sandbox.requests(imp_uid)]
+    assert (methods.count("POST"), methods.count("DELETE")) == (2, 1)
+    audit = honest_sandbox.audit()
+    assert audit["payments"][imp_uid]["created"] == 2
+    assert audit["payments"][imp_uid]["active"] == 1
+    assert (audit["blind_posts"], audit["blind_deletes"]) == (0, 0)
+    assert not client.hget(ledger_key(imp_uid), "sent_at")

@@ -292,6 +292,34 @@ def test_settle_before_failing(
 
 
 @pytest.mark.parametrize(
+    ("sent_here", "attempt", "expected"),
+    [
+        # sent by this attempt, past the settling budget too: handed back, the next only looks
+        (True, 10, Decision(retry=True, delay=30.0, reason="retries_exhausted")),
+        (True, 14, Decision(retry=True, delay=30.0, reason="retries_exhausted")),
+        # within the settling budget it makes no difference
+        (True, 7, Decision(retry=True, delay=4.0, reason="retries_exhausted")),
+        # adopted from the ledger (an earlier attempt's): the settling budget holds
+        (False, 10, GIVE_UP),
+    ],
+)
+def test_a_request_sent_by_this_attempt_is_never_given_up(
+    sent_here: bool, attempt: int, expected: Decision
+) -> None:
+    """A POST or DELETE the attempt itself sent (a re-issue after the settling lookup of a
+    DELETE) gets a settling attempt whatever the count; that attempt only looks."""
+    result = settle_before_failing(
+        GIVE_UP,
+        unsettled=True,
+        attempt=attempt,
+        policy=POLICY,
+        sent_here=sent_here,
+        rand=lambda: 1.0,
+    )
+    assert result == expected
+
+
+@pytest.mark.parametrize(
     ("unsettled", "attempt", "expected"),
     [
         (True, 5, False),  # within the budget: look first, then POST if nothing is there
