@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support.demo import stop_demo
 from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput
@@ -119,9 +120,7 @@ def test_make_run_starts_a_private_append_only_redis_and_stops_it(
         assert _pid_on(port) is None
         assert any((tmp_path / "redis" / "appendonlydir").iterdir())
     finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait()
+        stop_demo(demo)
         if server is not None and Path(f"/proc/{server}").exists():
             os.kill(server, signal.SIGKILL)  # what a failed run left behind
 

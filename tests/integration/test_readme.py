@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from tests.support.demo import stop_demo
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.wait import wait_for
@@ -138,6 +139,4 @@ def test_make_run_stops_its_children_on_a_signal(own_redis: RedisServer, signum:
             message="the demo's children to exit",
         )
     finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        stop_demo(demo)
