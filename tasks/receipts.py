@@ -411,13 +411,10 @@ class _LedgerSends:
     def sending(self) -> None:
         now = time.time()
         ledger = self._run.runtime.ledger
-        if not ledger.note(self._imp_uid, fence=self._fence, field=SENT_AT_FIELD, value=repr(now)):
-            raise Superseded  # fenced out: the job's new owner sends, not this run
-        # After the send time: a crash between the two (nothing sent yet) leaves at worst
-        # the time marked as another op's, and the next attempt looks, then acts.
         op = self._run.op
-        if not ledger.note(self._imp_uid, fence=self._fence, field=SENT_OP_FIELD, value=op):
-            raise Superseded
+        sent = {SENT_AT_FIELD: repr(now), SENT_OP_FIELD: op}
+        if not ledger.note_all(self._imp_uid, fence=self._fence, fields=sent):
+            raise Superseded  # fenced out: the job's new owner sends, not this run
         self._run.sent_at, self._run.sent_op, self._run.sent_here = now, self._run.op, True
 
     def answered(self) -> None:
@@ -525,15 +522,11 @@ class _CancelRun(_Run):
             else:
                 settle = settle_cancel if self.settling(claim) else cancel_live_receipt
                 cancelled = settle(client, imp_uid, sends=self.sends(imp_uid, claim))
-                ledger.note(
-                    imp_uid,
-                    fence=claim.fence,
-                    field="cancelled_receipt",
-                    value=json.dumps(cancelled.as_dict()) if cancelled else "",
-                )
-                if not ledger.note(
-                    imp_uid, fence=claim.fence, field="cancel_step", value="cancelled"
-                ):
+                step = {
+                    "cancelled_receipt": json.dumps(cancelled.as_dict()) if cancelled else "",
+                    "cancel_step": "cancelled",
+                }
+                if not ledger.note_all(imp_uid, fence=claim.fence, fields=step):
                     return None
         except IamportError as error:
             self.answered(error)
