@@ -1,11 +1,22 @@
 """Records written by an earlier release are finished by this code, in the same layout.
 
-The fixture ``layout/redis_layout.json`` was captured at commit 06a651e (main, before
-the scripts moved out of the Python strings into worker/lua/, issue 13) with
-``python -m tests.support.layout tests/integration/layout/redis_layout.json 06a651e``:
-the exact Redis contents (keys, types, TTLs, hash fields, values) the store left
-after the scenarios of :mod:`tests.support.layout`. Each test runs on a Redis of its
-own: the sweeper's due index is global, and a test here hands out every due job.
+The fixture ``layout/redis_layout.json`` holds the exact Redis contents (keys, types,
+TTLs, hash fields, values) that the store at commit d88b25b left after the scenarios
+of :mod:`tests.support.layout`. d88b25b is the main that issue 13 was measured on,
+before any of its moves. The capture tool cannot run there unchanged: it drives the
+store by today's names (``keep_dead_message``, ``op=``), and that checkout's
+tests/support/redis_server.py has no ``running_redis``. So it was captured from
+``git archive d88b25b`` with two files laid over it, and nothing under worker/:
+tests/support/layout.py as first committed (2e3cae5, which calls ``park`` and
+``purpose=``, the names at d88b25b), and today's tests/support/redis_server.py with
+docker/redis/ (the same server and ACL as every test). Then it was run as
+``PYTHONPATH=. python -m tests.support.layout OUT.json d88b25b``. Two runs gave the
+same normalised dump. The mid-flight records were the same as at 06a651e, the
+previous capture.
+
+The layout has grown by one field since d88b25b (:data:`ADDED_SINCE_CAPTURE`). Each
+test runs on a Redis of its own: the sweeper's due index is global, and a test here
+hands out every due job.
 """
 
 from __future__ import annotations
@@ -26,6 +37,17 @@ from worker.ledger import Claim, DueJob, Ledger
 pytestmark = pytest.mark.integration
 FIXTURE = json.loads((Path(__file__).parent / "layout" / "redis_layout.json").read_text())
 CAPTURED = FIXTURE["scenarios"]
+
+#: What the store writes now that it did not write at d88b25b, by (scenario, key,
+#: index in the list): every change here is an addition that readers treat as
+#: optional. The history entry of a transition with a second event names that event
+#: (6f64afa, for the chaos suite's count of re-issues; ``cashreceipt status`` shows it).
+#: Records from before it carry no ``then``, and ``entry.get("then")`` reads them.
+ADDED_SINCE_CAPTURE: dict[tuple[str, str, int], dict[str, Any]] = {
+    ("full_issue", "cash_receipt:ledger:imp_layout_issue:history", 1): {
+        "then": "cash_receipt.issued"
+    },
+}
 
 
 @pytest.fixture
@@ -178,4 +200,16 @@ def test_the_new_code_writes_the_old_layout(client: redis.Redis, scenario: str) 
     the order of waiters' events): see :func:`tests.support.layout.normalized`.
     """
     layout.SCENARIOS[scenario](client)
-    assert layout.normalized(layout.dump(client)) == layout.normalized(CAPTURED[scenario])
+    assert layout.normalized(layout.dump(client)) == _expected(scenario)
+
+
+def _expected(scenario: str) -> layout.Dump:
+    """The captured dump, normalised, with the fields added since the capture put in."""
+    expected = layout.normalized(CAPTURED[scenario])
+    for (name, key, index), fields in ADDED_SINCE_CAPTURE.items():
+        if name == scenario:
+            entries = expected[key]["value"]
+            entry = json.loads(entries[index])
+            assert not set(fields) & set(entry), (key, entry)
+            entries[index] = json.dumps({**entry, **fields}, sort_keys=True)
+    return expected
