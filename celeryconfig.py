@@ -136,7 +136,7 @@ check_visibility_timeout(
 # here (README, Performance). Run one process per core to use the others.
 worker_concurrency = env_int(_env, "WORKER_CONCURRENCY", 64, minimum=1, maximum=1000)
 
-# The ledger (worker/ledger.py). A claim lasts one attempt's worst case and the
+# The ledger (worker/adapters/store/ledger.py). A claim lasts one attempt's worst case and the
 # bound on late processing; past that the sweeper hands the job to another
 # task, so a job whose worker died resumes after this lease, well inside the
 # visibility timeout.
@@ -157,7 +157,7 @@ refuse_same_stream(ingress_stream, result_stream)
 # only wasted work.
 ingress_claim_idle = env_number(_env, "INGRESS_CLAIM_IDLE", 30.0, minimum=0.1, maximum=86400.0)
 
-# Identifiers are sealed with these (worker.sealing). The worker and the
+# Identifiers are sealed with these (worker.core.sealing). The worker and the
 # producers refuse to run without one unless plaintext is explicitly allowed.
 pii_encryption_keys = fernet_keys(_env)
 allow_plaintext_pii = env_flag(_env, "ALLOW_PLAINTEXT_PII")
@@ -165,9 +165,9 @@ allow_plaintext_pii = env_flag(_env, "ALLOW_PLAINTEXT_PII")
 # -- logs and metrics ----------------------------------------------------------------
 
 # LOG_FORMAT: "text", readable lines (Celery's), or "json", one object per line
-# for a log shipper (worker/logs.py). Either way every line is masked.
+# for a log shipper (worker/adapters/observe/logs.py). Either way every line is masked.
 log_format = env_choice(_env, "LOG_FORMAT", "text", choices=("text", "json"))
-# A worker serves Prometheus metrics on this port (worker/metrics.py); 0 turns
+# A worker serves Prometheus metrics on this port (worker/adapters/observe/metrics.py); 0 turns
 # them off. A second worker on the same host needs a port of its own: a port in
 # use stops the start rather than leaving a worker nobody can see.
 metrics_port = env_int(_env, "METRICS_PORT", 9809, minimum=0, maximum=65535)
@@ -225,8 +225,8 @@ if broker_is_redis:
     }
     visibility_timeout = broker_visibility_timeout
     # kombu's Redis transport, except that a queue entry which is not a message is
-    # kept as a dead message instead of stopping the worker (worker/transport.py).
-    broker_transport = "worker.transport:Transport"
+    # kept as a dead message instead of stopping the worker (worker/celery/transport.py).
+    broker_transport = "worker.celery.transport:Transport"
 else:
     # RabbitMQ. A quorum queue is replicated across the cluster's nodes and
     # survives losing a minority of them; "classic" is for a single node.
@@ -244,7 +244,7 @@ else:
     # prefetch per consumer instead (Celery >= 5.5), which is what we want.
     worker_detect_quorum_queues = True
     # Native delayed delivery counts whole seconds and refuses less than one
-    # (worker.retry.broker_countdown rounds up; worker.celery applies it).
+    # (worker.core.retry.broker_countdown rounds up; worker.celery applies it).
     countdown_whole_seconds = broker_queue_type == "quorum"
     # The publishing pool must not run out under the thread pool (retries,
     # the sweeper): one connection per thread and some to spare.
@@ -254,8 +254,8 @@ else:
     # must stay above the longest attempt (see the time rule).
 
 # Unknown, invalid and undecodable task messages are kept as dead messages, not logged whole
-# and dropped (worker/consumer.py).
-worker_consumer = "worker.consumer:Consumer"
+# and dropped (worker/celery/consumer.py).
+worker_consumer = "worker.celery.consumer:Consumer"
 
 # Graceful shutdown (README, "Stopping and rolling deploys"). SIGTERM starts
 # Celery's soft shutdown (REMAP_SIGTERM=SIGQUIT, set by the image and `make run`):

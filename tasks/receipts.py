@@ -1,9 +1,9 @@
 """The ``issue_cash_receipt`` and ``cancel_cash_receipt`` tasks: load, act, map the outcome.
 
 Like a web view, the task only translates: the payload into a
-:class:`~worker.schemas.ReceiptRequest`, the service's errors into "retry in N
+:class:`~worker.core.schemas.ReceiptRequest`, the service's errors into "retry in N
 seconds" or one failure event. Everything it decides is decided by
-:func:`worker.retry.decide`; everything it does is done by
+:func:`worker.core.retry.decide`; everything it does is done by
 :mod:`worker.service`.
 """
 
@@ -21,19 +21,24 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
-from worker import stopping
+from worker.adapters.iamport.client import Receipt
+from worker.adapters.observe.logs import outcome_line
+from worker.adapters.store.ledger import FENCE_HEADER, Claim
 from worker.cancellation import cancel_live_receipt, receipt_for_balance, settle_cancel
-from worker.celery import app
-from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
-from worker.errors import IamportError, OutcomeUnknown, TransientError
-from worker.iamport import Receipt
-from worker.ledger import FENCE_HEADER, Claim
-from worker.logs import outcome_line
-from worker.malformed import guard
-from worker.masking import mask_payload, masked_args_repr
-from worker.retry import Decision, compute_backoff, decide, settle_before_failing, settling_attempt
-from worker.runtime import Runtime, get_runtime
-from worker.schemas import (
+from worker.celery import app, stopping
+from worker.celery.malformed import guard
+from worker.celery.runtime import Runtime, get_runtime
+from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
+from worker.core.errors import IamportError, OutcomeUnknown, TransientError
+from worker.core.masking import mask_payload, masked_args_repr
+from worker.core.retry import (
+    Decision,
+    compute_backoff,
+    decide,
+    settle_before_failing,
+    settling_attempt,
+)
+from worker.core.schemas import (
     InvalidPayload,
     ReceiptRequest,
     load_cancellation,
@@ -71,10 +76,10 @@ _SETTLING = "i'mport may still act on the last request; looking after IAMPORT_SE
 class ReceiptTask(Task):  # type: ignore[misc]
     """Our task class: masked argument reprs, and a guard against malformed messages."""
 
-    Request = "worker.request:MaskedRequest"
+    Request = "worker.celery.request:MaskedRequest"
 
     def start_strategy(self, app: Any, consumer: Any, **kwargs: Any) -> Any:
-        """Celery's strategy for this task, behind :func:`worker.malformed.guard`."""
+        """Celery's strategy for this task, behind :func:`worker.celery.malformed.guard`."""
         return guard(super().start_strategy(app, consumer, **kwargs), self)
 
 

@@ -26,7 +26,7 @@ from tests.support.redis_server import RedisServer, running_redis
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
-from worker.urls import redact_url
+from worker.core.urls import redact_url
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

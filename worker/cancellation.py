@@ -16,8 +16,8 @@ issue a third receipt.
 
 from __future__ import annotations
 
-from worker.errors import InvalidRequest, OutcomeUnknown
-from worker.iamport import IamportClient, Receipt
+from worker.adapters.iamport.client import IamportClient, Receipt
+from worker.core.errors import InvalidRequest, OutcomeUnknown
 from worker.service import NOT_ACTED_ON, UNLOGGED, SendLog, send_logged
 
 

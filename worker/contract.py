@@ -1,15 +1,17 @@
-"""Names other systems rely on. Changing one breaks every producer and consumer."""
+"""Names other systems rely on. Changing one breaks every producer and consumer.
+
+The task and queue names live in :mod:`worker.core.contract` (the core routes by
+them); this module is the path producers import them from, and declares the queue
+on RabbitMQ, the same way for workers and producers.
+"""
 
 from __future__ import annotations
 
 from kombu.entity import Exchange, Queue
 
-#: The task name producers in any language send.
-ISSUE_TASK = "issue_cash_receipt"
-#: The queue the task is routed to and workers consume.
-QUEUE = "cash_receipts"
-#: The task that cancels a payment's receipt (and re-issues after a partial refund).
-CANCEL_TASK = "cancel_cash_receipt"
+from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
+
+__all__ = ["CANCEL_TASK", "ISSUE_TASK", "QUEUE", "rabbitmq_queues"]
 
 
 def rabbitmq_queues(queue_type: str = "quorum") -> list[Queue]:

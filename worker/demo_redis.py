@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from worker.redis_client import redis_client
-from worker.urls import redact_url
+from worker.adapters.store.redis_client import redis_client
+from worker.core.urls import redact_url
 
 #: Hosts where starting our own server stands in for the one REDIS_URL names.
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from worker.redis_client import redis_client
+from worker.adapters.store.redis_client import redis_client
 
 #: The prefix of an ingress's Redis client name (worker.ingress names it so).
 INGRESS_CLIENT_PREFIX = "cashreceipt-ingress:"

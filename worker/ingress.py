@@ -5,7 +5,7 @@ an entry of two fields, ``type`` (``payment.confirmed`` or
 ``payment.cancelled``) and ``data`` (a JSON object), and are done: XADD is one
 command in every Redis client, where a Celery message has to be built by hand.
 ``cashreceipt ingress`` turns each entry into a job, with the same checks as
-the Python helper (:func:`worker.producer.enqueue_issue`).
+the Python helper (:func:`worker.celery.producer.enqueue_issue`).
 
 Nothing is lost. Instances share a consumer group, so each entry goes to one of
 them, and Redis keeps it in that consumer's pending list until it is
@@ -52,17 +52,17 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from worker import lua
+from worker.adapters.observe.logs import setup_process_logging
+from worker.adapters.store import lua
+from worker.adapters.store.events import CANCEL_FAILED, FAILED, EventPublisher
+from worker.adapters.store.keys import DEAD_ENTRIES_KEY
+from worker.adapters.store.redis_client import redis_client
+from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.config.load import load_celeryconfig
 from worker.core.events import invalid_detail
-from worker.events import CANCEL_FAILED, FAILED, EventPublisher
-from worker.keys import DEAD_ENTRIES_KEY
-from worker.logs import setup_process_logging
-from worker.masking import mask_payload, mask_text
-from worker.producer import enqueue_cancel, enqueue_issue
-from worker.redis_client import redis_client
-from worker.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
-from worker.sealing import Sealer, SealingUnavailable
+from worker.core.masking import mask_payload, mask_text
+from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
+from worker.core.sealing import Sealer, SealingUnavailable
 
 log = logging.getLogger("worker.ingress")
 

@@ -24,9 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from worker.core.events import failure_detail, invalid_detail
-from worker.errors import IamportError, InvalidRequest, NotEligible, OutcomeUnknown
-from worker.events import (
+from worker.adapters.iamport.client import IamportClient, Payment, Receipt
+from worker.adapters.store.events import (
     CANCEL_FAILED,
     CANCELLED,
     FAILED,
@@ -35,10 +34,11 @@ from worker.events import (
     Published,
     event_data,
 )
-from worker.iamport import IamportClient, Payment, Receipt
-from worker.ledger import Ledger
-from worker.masking import mask_text
-from worker.schemas import InvalidPayload, ReceiptRequest
+from worker.adapters.store.ledger import Ledger
+from worker.core.errors import IamportError, InvalidRequest, NotEligible, OutcomeUnknown
+from worker.core.events import failure_detail, invalid_detail
+from worker.core.masking import mask_text
+from worker.core.schemas import InvalidPayload, ReceiptRequest
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import redis
 import requests
 from celery import Celery
 
-from worker.runtime import http_session
+from worker.celery.runtime import http_session
 from worker.settings import load_celeryconfig
 
 BARE_TASK = "bench.bare_receipt"

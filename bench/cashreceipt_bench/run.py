@@ -67,9 +67,9 @@ from cashreceipt_bench.servers import (
     stop_process,
     wait_for_sandbox,
 )
+from worker.celery.producer import enqueue_issue
 from worker.config.defaults import RESULT_STREAM
-from worker.contract import QUEUE
-from worker.producer import enqueue_issue
+from worker.core.contract import QUEUE
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent

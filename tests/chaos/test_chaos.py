@@ -46,9 +46,9 @@ from tests.support.redis_server import RedisServer
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import WaitTimeout, wait_for
 from tests.support.worker import BIN, ROOT, TEST_PII_KEY, worker_env
-from worker.keys import ledger_key
-from worker.ledger import TERMINAL_STATES, job_history
-from worker.producer import enqueue_cancel, enqueue_issue
+from worker.adapters.store.keys import ledger_key
+from worker.adapters.store.ledger import TERMINAL_STATES, job_history
+from worker.celery.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -417,7 +417,8 @@ def test_exactly_once_under_chaos(
     duplicates = sum(1 for batch in events.values() for e in batch if e["duplicate"])
     posts = sum(1 for r in requests if r["method"] == "POST")
     histories = {imp_uid: job_history(client, imp_uid) for imp_uid in imp_uids}
-    # Real task retries: every retry or park the ledger recorded (worker/ledger.py history).
+    # Real task retries: every retry or park the ledger recorded
+    # (worker/adapters/store/ledger.py history).
     retries = sum(1 for h in histories.values() for entry in h if entry["outcome"] == "retry")
     reissues = Counter(
         imp_uid

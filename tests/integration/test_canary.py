@@ -40,9 +40,9 @@ from tests.support.worker import (
     stop,
     worker_env,
 )
+from worker.adapters.store.keys import DEAD_MESSAGES_KEY
+from worker.celery.producer import enqueue_issue
 from worker.config import timing
-from worker.keys import DEAD_MESSAGES_KEY
-from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
 AUTH = ("ops", "canary-pass-123")

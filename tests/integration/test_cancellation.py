@@ -13,9 +13,9 @@ from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
-from worker.keys import ledger_key
-from worker.ledger import job_history
-from worker.producer import enqueue_cancel, enqueue_issue
+from worker.adapters.store.keys import ledger_key
+from worker.adapters.store.ledger import job_history
+from worker.celery.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 PHONE = "01055554321"

@@ -13,7 +13,9 @@ from tests.support.answers import STATUSES, expected_class
 from tests.support.redis_server import RedisServer
 from tests.support.sandbox import Sandbox
 from tests.support.wait import free_port
-from worker.errors import (
+from worker.adapters.iamport.client import IamportClient
+from worker.adapters.iamport.tokens import RedisTokenCache
+from worker.core.errors import (
     AuthenticationFailed,
     ConnectionFailed,
     InvalidRequest,
@@ -23,8 +25,6 @@ from worker.errors import (
     RateLimited,
     UnsupportedPg,
 )
-from worker.iamport import IamportClient
-from worker.tokens import RedisTokenCache
 
 pytestmark = pytest.mark.integration
 BODY = {"identifier": "01055554321"}

@@ -16,8 +16,8 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import producer_app, running_worker, worker_env
-from worker.keys import ledger_key
-from worker.producer import enqueue_cancel, enqueue_issue
+from worker.adapters.store.keys import ledger_key
+from worker.celery.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 CLI = str(Path(sys.executable).parent / "cashreceipt")

@@ -17,8 +17,8 @@ from tests.support.demo import stop_demo
 from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput
+from worker.core.urls import redact_url
 from worker.demo_redis import NoRedis, free_port, plan_redis
-from worker.urls import redact_url
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

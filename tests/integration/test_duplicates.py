@@ -15,10 +15,10 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput
-from worker.contract import ISSUE_TASK, QUEUE
-from worker.keys import ledger_key
-from worker.ledger import FENCE_HEADER, Ledger
-from worker.producer import enqueue_issue
+from worker.adapters.store.keys import ledger_key
+from worker.adapters.store.ledger import FENCE_HEADER, Ledger
+from worker.celery.producer import enqueue_issue
+from worker.core.contract import ISSUE_TASK, QUEUE
 
 pytestmark = pytest.mark.integration
 PG_REFUSED = {"kind": "reject", "message": "PG: refused", "method": "POST"}

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.support.redis_server import RedisServer
-from worker.events import FAILED, ISSUED, EventPublisher, latest_event
+from worker.adapters.store.events import FAILED, ISSUED, EventPublisher, latest_event
 
 pytestmark = pytest.mark.integration
 

@@ -27,10 +27,10 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ROOT, TEST_PII_KEY, ProcessOutput, worker_env
-from worker.contract import CANCEL_TASK, ISSUE_TASK
+from worker.adapters.store.keys import ledger_key
+from worker.celery.producer import enqueue_issue
+from worker.core.contract import CANCEL_TASK, ISSUE_TASK
 from worker.ingress import list_dead_entries, task_id_for
-from worker.keys import ledger_key
-from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
 

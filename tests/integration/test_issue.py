@@ -12,8 +12,8 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.spec import RECEIPT_FIELDS
 from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
-from worker.producer import enqueue_issue
-from worker.schemas import InvalidPayload
+from worker.celery.producer import enqueue_issue
+from worker.core.schemas import InvalidPayload
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox, wait_posts_processed
 from tests.support.worker import producer_app, running_worker, worker_env
-from worker.producer import enqueue_issue
+from worker.celery.producer import enqueue_issue
 
 pytestmark = [pytest.mark.integration]
 

@@ -14,12 +14,19 @@ from cryptography.fernet import Fernet
 
 from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_for
-from worker.events import ISSUED, event_data
-from worker.keys import DEAD_JOBS_KEY, DUE_KEY, history_key, ledger_key, status_key, terminal_key
-from worker.ledger import Ledger
-from worker.operations import dead_jobs
-from worker.schemas import load_payload
-from worker.sealing import Sealer
+from worker.adapters.store.events import ISSUED, event_data
+from worker.adapters.store.keys import (
+    DEAD_JOBS_KEY,
+    DUE_KEY,
+    history_key,
+    ledger_key,
+    status_key,
+    terminal_key,
+)
+from worker.adapters.store.ledger import Ledger
+from worker.cli.operations import dead_jobs
+from worker.core.schemas import load_payload
+from worker.core.sealing import Sealer
 
 pytestmark = pytest.mark.integration
 PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA"}

@@ -27,9 +27,9 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import free_port, wait_for
 from tests.support.worker import ROOT, running_worker, unready_worker, worker_env
-from worker.keys import DEAD_MESSAGES_KEY
-from worker.ledger import Ledger
-from worker.metrics import StateCollector, queue_depth
+from worker.adapters.observe.metrics import StateCollector, queue_depth
+from worker.adapters.store.keys import DEAD_MESSAGES_KEY
+from worker.adapters.store.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

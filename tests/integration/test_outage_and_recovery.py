@@ -27,9 +27,9 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import running_worker, worker_env
+from worker.adapters.store.keys import ledger_key
+from worker.celery.producer import enqueue_issue
 from worker.config import timing
-from worker.keys import ledger_key
-from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
 

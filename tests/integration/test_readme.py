@@ -17,7 +17,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput
-from worker.urls import redact_url
+from worker.core.urls import redact_url
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,8 +23,8 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import BIN, TEST_PII_KEY, running_worker, worker_env
-from worker.keys import DUE_KEY, ledger_key
-from worker.producer import enqueue_cancel, enqueue_issue
+from worker.adapters.store.keys import DUE_KEY, ledger_key
+from worker.celery.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = pytest.mark.integration
 PHONE = "01055554321"

@@ -31,17 +31,17 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import WaitTimeout, wait_for
 from tests.support.worker import ProcessOutput, running_worker, worker_env
+from worker.celery.producer import enqueue_issue
 from worker.config.timing import (
     VISIBILITY_MARGIN_SECONDS,
     longest_attempt_seconds,
     minimum_visibility_timeout,
     unacked_restore_interval,
 )
-from worker.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
 
-#: What worker/transport.py logs when Redis refuses to put a message back on the queue.
+#: What worker/celery/transport.py logs when Redis refuses to put a message back on the queue.
 REQUEUE_REFUSED = "could not go back to the queue"
 #: Lines after which the refused requeue will not come: the answer was recorded, or
 #: the worker stopped.

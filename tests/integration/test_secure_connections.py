@@ -21,9 +21,9 @@ from tests.support.sandbox import Sandbox
 from tests.support.tls import TlsFiles, make_certificates
 from tests.support.wait import wait_for
 from tests.support.worker import TEST_PII_KEY, running_worker, unready_worker, worker_env
-from worker.errors import ConnectionFailed, ProviderUnavailable
-from worker.iamport import IamportClient
-from worker.producer import enqueue_issue
+from worker.adapters.iamport.client import IamportClient
+from worker.celery.producer import enqueue_issue
+from worker.core.errors import ConnectionFailed, ProviderUnavailable
 
 # REDIS_URL as the broker: its password and TLS, and kombu refusing an unverified server.
 pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]

@@ -35,8 +35,8 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ROOT, ProcessOutput, running_worker, worker_env
-from worker.keys import DEAD_MESSAGES_KEY, ledger_key
-from worker.producer import enqueue_issue
+from worker.adapters.store.keys import DEAD_MESSAGES_KEY, ledger_key
+from worker.celery.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
 

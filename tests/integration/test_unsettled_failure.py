@@ -20,8 +20,8 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox, wait_posts_processed
 from tests.support.wait import wait_for
 from tests.support.worker import producer_app, running_worker, worker_env
-from worker.keys import ledger_key
-from worker.producer import enqueue_cancel, enqueue_issue
+from worker.adapters.store.keys import ledger_key
+from worker.celery.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = [pytest.mark.integration]
 

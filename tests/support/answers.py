@@ -1,13 +1,13 @@
 """What each answer from i'mport (or from whatever stands in front of it) must mean.
 
-The issue's table, written out once, independently of :mod:`worker.retry`: the unit
+The issue's table, written out once, independently of :mod:`worker.core.retry`: the unit
 test checks the pure classification against it, and the client test checks every
 (status x body kind) over HTTP against the sandbox.
 """
 
 from __future__ import annotations
 
-from worker.errors import (
+from worker.core.errors import (
     AuthenticationFailed,
     IamportError,
     InvalidRequest,

@@ -25,9 +25,9 @@ from typing import Any
 
 import redis
 
-from worker.dead_messages import keep_dead_message
-from worker.events import CANCELLED, FAILED, ISSUED, EventPublisher
-from worker.ledger import Ledger
+from worker.adapters.store.dead_messages import keep_dead_message
+from worker.adapters.store.events import CANCELLED, FAILED, ISSUED, EventPublisher
+from worker.adapters.store.ledger import Ledger
 
 STREAM = "cash_receipt.events"
 PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA", "amount": 1000}

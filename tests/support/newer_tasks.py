@@ -12,7 +12,7 @@ from typing import Any
 from celery import Task
 
 from worker.celery import app
-from worker.runtime import get_runtime
+from worker.celery.runtime import get_runtime
 
 NEWER_TASK = "issue_cash_receipt_v2"
 

@@ -110,7 +110,7 @@ def producer_app(redis_url: str) -> Celery:
     broker = broker_for(redis_url)
     app = Celery("checkout", broker=broker or redis_url)
     app.conf.task_serializer = "json"
-    # What our helper reads when this app is handed to it (worker.producer).
+    # What our helper reads when this app is handed to it (worker.celery.producer).
     app.conf.pii_encryption_keys = [TEST_PII_KEY]
     if broker is not None:
         app.conf.ledger_backend_url = redis_url

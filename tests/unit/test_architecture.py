@@ -4,7 +4,7 @@ A cycle is counted as import-linter (grimp) counts it: an import inside a functi
 under ``if TYPE_CHECKING:`` is an edge like any other. Python tolerates such a cycle at
 run time, which is why it can grow unseen; it still means no module in it can be read,
 tested or moved without the others. String references (``include=["tasks.receipts"]``,
-``"worker.transport:Transport"``) are not imports and are not counted.
+``"worker.celery.transport:Transport"``) are not imports and are not counted.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.clean_env import python_clean
-from worker import stopping
-from worker.retry import broker_countdown
+from worker.celery import stopping
+from worker.core.retry import broker_countdown
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOW = """
@@ -42,7 +42,7 @@ def test_without_broker_url_redis_is_the_broker_with_our_transport() -> None:
     assert result.returncode == 0, result.stderr
     conf = json.loads(result.stdout)
     assert conf["broker_url"] == conf["redis"] == "redis://:s3cret@r:6379/2"
-    assert conf["transport"] == "worker.transport:Transport"
+    assert conf["transport"] == "worker.celery.transport:Transport"
     assert conf["options"]["visibility_timeout"] == 520
     assert conf["queues"] == []
     assert "s3cret" not in conf["censored"]

@@ -115,7 +115,7 @@ def test_importing_the_config_package_reads_no_environment() -> None:
     """
     code = """
 import importlib, os, pkgutil, sys
-import worker.urls  # imported by the package, reads nothing; loaded before the guard
+import worker.core.urls  # imported by the package, reads nothing; loaded before the guard
 
 class Recording(dict):
     reads = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.runtime import http_session
+from worker.celery.runtime import http_session
 
 
 def test_ca_bundle_and_proxies_are_resolved_once(monkeypatch: pytest.MonkeyPatch) -> None:

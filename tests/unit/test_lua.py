@@ -2,7 +2,7 @@
 
 Lua in a Python string is read by nobody's Lua tooling and was assembled by string
 concatenation; a key name spelled inside a script is a second copy of the layout
-that :mod:`worker.keys` cannot see. These read the source tree, as a reviewer would.
+that :mod:`worker.adapters.store.keys` cannot see. These read the source tree, as a reviewer would.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from worker import lua
+from worker.adapters.store import lua
 
 ROOT = Path(__file__).resolve().parents[2]
-LUA_DIR = ROOT / "worker" / "lua"
+LUA_DIR = ROOT / "worker" / "adapters" / "store" / "lua"
 SCRIPTS = sorted(path.stem for path in LUA_DIR.glob("*.lua"))
 #: What only Lua for Redis says: a call into Redis, or the arguments of a script.
 LUA_MARKERS = re.compile(r"redis\.p?call\(|redis\.sha1hex|\bKEYS\[\d|\bARGV\[\d|cjson\.")
 
 
 def test_no_lua_in_python_strings() -> None:
-    """No module of the runtime holds Lua: every script is a file in worker/lua/."""
+    """No module of the runtime holds Lua: every script is a file in worker/adapters/store/lua/."""
     found = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
         for path in sorted([*ROOT.glob("worker/**/*.py"), *ROOT.glob("tasks/**/*.py")])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.malformed import body_problem, header_problem, readable_payload
+from worker.celery.malformed import body_problem, header_problem, readable_payload
 
 
 @pytest.mark.parametrize(

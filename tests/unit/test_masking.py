@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.masking import mask_identifier, mask_payload, mask_text, masked_args_repr
+from worker.core.masking import mask_identifier, mask_payload, mask_text, masked_args_repr
 
 
 @pytest.mark.parametrize(

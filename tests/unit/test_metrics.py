@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from worker.metrics import Metrics
+from worker.adapters.observe.metrics import Metrics
 
 
 @pytest.mark.parametrize(

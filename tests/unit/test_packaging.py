@@ -65,7 +65,7 @@ def test_wheel_has_config_tasks_and_console_script(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for expected in (
         "celeryconfig.py",
-        "worker/celery.py",
+        "worker/celery/app.py",
         # The ingress container's health check: `python -m worker.health ingress`.
         "worker/health.py",
         "tasks/receipts.py",
@@ -78,14 +78,17 @@ def test_wheel_has_config_tasks_and_console_script(wheel: Path) -> None:
 
 
 def test_wheel_has_the_lua_scripts(wheel: Path) -> None:
-    """Every script of worker/lua/ is in the wheel: the store reads them at run time.
+    """Every script of worker/adapters/store/lua/ is in the wheel: the store reads them at run time.
 
     They are package data, not modules: a build that only picked up ``*.py`` would
     install a worker that fails at its first Redis transition.
     """
     names = zipfile.ZipFile(wheel).namelist()
     shipped = sorted(name for name in names if name.endswith(".lua"))
-    expected = sorted(f"worker/lua/{path.name}" for path in (ROOT / "worker" / "lua").glob("*.lua"))
+    expected = sorted(
+        f"worker/adapters/store/lua/{path.name}"
+        for path in (ROOT / "worker" / "adapters" / "store" / "lua").glob("*.lua")
+    )
     assert len(expected) > 10
     assert shipped == expected
     for name in expected:
@@ -153,7 +156,7 @@ def test_the_lock_installs_no_release_below_a_fix_and_no_kombu_5_8() -> None:
 
 
 def test_kombu_stays_below_the_next_minor(wheel: Path) -> None:
-    """worker/transport.py and worker/consumer.py override kombu internals."""
+    """worker/celery/transport.py and worker/celery/consumer.py override kombu internals."""
     specifier = _requirements(wheel)["kombu"].specifier
     assert not specifier.contains("5.8.0")
     assert specifier.contains("5.7.0")

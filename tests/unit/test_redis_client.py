@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.redis_client import redis_client
+from worker.adapters.store.redis_client import redis_client
 
 
 def test_options_reach_the_connections() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.answers import STATUSES, expected_class
-from worker.errors import (
+from worker.core.errors import (
     AuthenticationFailed,
     ConnectionFailed,
     IamportError,
@@ -23,7 +23,7 @@ from worker.errors import (
     UnexpectedResponse,
     UnsupportedPg,
 )
-from worker.retry import (
+from worker.core.retry import (
     Decision,
     RetryPolicy,
     compute_backoff,

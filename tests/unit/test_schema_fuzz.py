@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import given as given_
 from hypothesis import strategies as st
 
-from worker.schemas import (
+from worker.core.schemas import (
     IDENTIFIER_TYPES,
     RECEIPT_TYPES,
     InvalidPayload,
@@ -30,7 +30,7 @@ from worker.schemas import (
     load_payload,
     payload_from_args,
 )
-from worker.sealing import Sealer
+from worker.core.sealing import Sealer
 
 KEY = Fernet.generate_key().decode()
 SEALER = Sealer([KEY])

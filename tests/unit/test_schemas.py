@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from worker.schemas import (
+from worker.core.schemas import (
     RECEIPT_SCHEMA,
     InvalidPayload,
     business_number_checks,

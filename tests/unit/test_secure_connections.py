@@ -12,6 +12,7 @@ import requests
 from celery.app.utils import filter_hidden_settings
 
 import celeryconfig
+from worker.adapters.iamport.client import IamportClient
 from worker.config import ConfigError
 from worker.config.broker import choose_broker
 from worker.config.tls import (
@@ -21,8 +22,7 @@ from worker.config.tls import (
     redis_tls,
     refuse_plain_http,
 )
-from worker.iamport import IamportClient
-from worker.urls import redact_url
+from worker.core.urls import redact_url
 
 
 def test_plain_redis_url_is_left_alone() -> None:

@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from tests.unit.test_service import request
+from worker.adapters.iamport.client import TOKEN_PATH, IamportClient
 from worker.cancellation import cancel_live_receipt
-from worker.iamport import TOKEN_PATH, IamportClient
 from worker.service import Superseded, issue_receipt
 
 RECEIPT = {

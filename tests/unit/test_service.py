@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from worker.adapters.iamport.client import Payment, Receipt
 from worker.cancellation import settle_cancel
-from worker.errors import InvalidRequest, OutcomeUnknown
-from worker.iamport import Payment, Receipt
-from worker.schemas import ReceiptRequest, load_payload
-from worker.sealing import Sealer
+from worker.core.errors import InvalidRequest, OutcomeUnknown
+from worker.core.schemas import ReceiptRequest, load_payload
+from worker.core.sealing import Sealer
 from worker.service import issue_receipt, recorded_sent_at, settle_delay, settle_issue
 
 RECEIPT = Receipt(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, cast
 
-from worker.sweeper import Sweeper
+from worker.adapters.store.sweeper import Sweeper
 
 
 class _FakeRedis:

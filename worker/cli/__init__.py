@@ -41,11 +41,11 @@ from worker.cli.common import (
     load_config,
     version_option,
 )
-from worker.errors import IamportError
-from worker.masking import mask_text
-from worker.schemas import InvalidPayload
-from worker.sealing import SealingUnavailable
-from worker.urls import redact_url
+from worker.core.errors import IamportError
+from worker.core.masking import mask_text
+from worker.core.schemas import InvalidPayload
+from worker.core.sealing import SealingUnavailable
+from worker.core.urls import redact_url
 
 
 @click.group(

@@ -11,9 +11,9 @@ from typing import Any
 import click
 from celery import Celery
 
+from worker.adapters.observe.logs import setup_process_logging
+from worker.adapters.store.redis_client import redis_client
 from worker.config.load import load_celeryconfig
-from worker.logs import setup_process_logging
-from worker.redis_client import redis_client
 
 #: Exit codes (README, "Operator tools").
 EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_CHECKED = 1, 2, 3, 4

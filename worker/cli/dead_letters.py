@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from worker.adapters.store.dead_messages import list_dead_messages, publisher, requeue_dead_messages
 from worker.cli.common import (
     EXIT_NOT_FOUND,
     celery_app,
@@ -16,10 +17,9 @@ from worker.cli.common import (
     load_config,
     state_text,
 )
-from worker.dead_messages import list_dead_messages, publisher, requeue_dead_messages
+from worker.cli.operations import dead_jobs, replay_reason
+from worker.cli.operations import replay as replay_jobs
 from worker.ingress import list_dead_entries
-from worker.operations import dead_jobs, replay_reason
-from worker.operations import replay as replay_jobs
 
 
 @click.command()

@@ -8,6 +8,12 @@ from typing import Any
 
 import click
 
+from worker.adapters.store.events import latest_event
+from worker.adapters.store.keys import ledger_key
+from worker.adapters.store.ledger import job_history, shown_record
+from worker.adapters.store.ledger import stuck as stuck_jobs
+from worker.celery.producer import enqueue_issue
+from worker.celery.runtime import get_runtime
 from worker.cli.common import (
     EXIT_NOT_FOUND,
     celery_app,
@@ -18,13 +24,7 @@ from worker.cli.common import (
     load_config,
     state_text,
 )
-from worker.events import latest_event
-from worker.keys import ledger_key
-from worker.ledger import job_history, shown_record
-from worker.ledger import stuck as stuck_jobs
-from worker.producer import enqueue_issue
-from worker.runtime import get_runtime
-from worker.schemas import InvalidPayload
+from worker.core.schemas import InvalidPayload
 from worker.service import settle as settle_job
 
 _FIELDS = (

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from worker.celery.runtime import get_runtime
 from worker.cli.common import (
     EXIT_NOT_CHECKED,
     EXIT_NOT_FOUND,
@@ -14,9 +15,8 @@ from worker.cli.common import (
     json_option,
     ledger_redis,
 )
-from worker.operations import Mismatch, ledger_payments
-from worker.operations import reconcile as compare
-from worker.runtime import get_runtime
+from worker.cli.operations import Mismatch, ledger_payments
+from worker.cli.operations import reconcile as compare
 
 
 @click.command()

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from worker.config import ConfigError
-from worker.urls import redact_url
+from worker.core.urls import redact_url
 
 
 def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from worker.config import ConfigError
-from worker.urls import redact_url
+from worker.core.urls import redact_url
 
 #: Files a rediss:// REDIS_URL may name in its query, under redis-py's names.
 REDIS_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")

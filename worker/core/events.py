@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.schemas import InvalidPayload
+from worker.core.schemas import InvalidPayload
 
 # Whether a retry of the same job could still help, per failure reason.
 RETRYABLE_REASONS = frozenset({"retries_exhausted", "auth", "not_eligible"})

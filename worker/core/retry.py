@@ -2,7 +2,7 @@
 
 Two questions are kept apart on purpose. :func:`error_for_answer` turns what
 i'mport (or whatever stood in front of it) answered into one class of
-:mod:`worker.errors`; :func:`decide` turns that class plus the attempt
+:mod:`worker.core.errors`; :func:`decide` turns that class plus the attempt
 number into "retry in N seconds" or "give up, and call it this". Neither
 touches the network, the clock or Celery, so the whole policy can be read
 and tested in one place.
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from worker.errors import (
+from worker.core.errors import (
     AuthenticationFailed,
     IamportError,
     InvalidRequest,

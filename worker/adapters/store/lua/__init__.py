@@ -8,7 +8,7 @@ put before the script, in that order, when it is read. redis-py's
 RDB and AOF, and would need an upgrade path of its own.
 
 A script builds no key name: every key reaches it in KEYS, or as a prefix in ARGV
-when it can only be named from what the script reads (:mod:`worker.keys` holds them
+when it can only be named from what the script reads (:mod:`worker.adapters.store.keys` holds them
 all). Every script takes the time from its caller (milliseconds), so tests can
 reason about it and Redis's clock never matters.
 """

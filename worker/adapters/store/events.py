@@ -4,7 +4,7 @@ Consumers read ``cash_receipt.events`` (the ``RESULT_STREAM``) with a consumer
 group. Each entry has two fields, ``type`` and ``data`` (a JSON object); the
 README documents every key.
 
-Exactly one: the XADD happens inside a Lua script (worker/lua/publish_once.lua)
+Exactly one: the XADD happens inside a Lua script (worker/adapters/store/lua/publish_once.lua)
 together with a marker keyed by the Celery task id. A redelivered or repeated
 message whose task already published its outcome publishes nothing new. The
 marker lives as long as the stream keeps events, so the guarantee holds for the
@@ -28,8 +28,8 @@ from typing import Any
 
 import redis
 
-from worker import lua
-from worker.keys import status_key, terminal_key
+from worker.adapters.store import lua
+from worker.adapters.store.keys import status_key, terminal_key
 
 ISSUED = "cash_receipt.issued"
 FAILED = "cash_receipt.failed"

@@ -3,7 +3,7 @@
 Celery's defaults log the message body (which may hold an identifier) and
 drop the message. During a rolling deploy a newer producer's task would then be
 lost on an older worker. These overrides keep it as a dead message instead (see
-:mod:`worker.dead_messages`) and log one masked line.
+:mod:`worker.adapters.store.dead_messages`) and log one masked line.
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from typing import Any
 import redis
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from worker.dead_messages import dead_message_record, keep_dead_message, portable_envelope
-from worker.runtime import get_runtime
+from worker.adapters.store.dead_messages import (
+    dead_message_record,
+    keep_dead_message,
+    portable_envelope,
+)
+from worker.celery.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 

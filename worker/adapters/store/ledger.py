@@ -4,7 +4,7 @@ Celery on Redis can lose a message (kombu's BRPOP and its unacked HSET are two
 round trips; a failed retry publish is dropped) and routinely runs one twice
 (visibility timeout, redelivery). i'mport V1 has no idempotency key. So the
 state of every receipt job lives here, and every transition is one Lua script
-(in worker/lua/), so concurrent duplicates take exactly one path::
+(in worker/adapters/store/lua/), so concurrent duplicates take exactly one path::
 
     (none) ─claim─▶ in_flight ─finish─▶ issued
        │              │  ▲     └─finish─▶ failed ─receive/claim─▶ (re-opened)
@@ -21,7 +21,7 @@ non-terminal job, when the sweeper should look at it again: a lease deadline
 for in-flight jobs, a next-attempt time for parked ones.
 
 The terminal transition and its XADD happen in one script, keyed by the task
-id (the marker of :mod:`worker.events`): a redelivered message whose task
+id (the marker of :mod:`worker.adapters.store.events`): a redelivered message whose task
 already ended publishes nothing new, and exactly one event per issued payment
 is not a duplicate.
 
@@ -46,9 +46,9 @@ from typing import Any
 
 import redis
 
-from worker import lua
-from worker.events import CANCEL_FAILED, FAILED, ISSUED, event_data
-from worker.keys import (
+from worker.adapters.store import lua
+from worker.adapters.store.events import CANCEL_FAILED, FAILED, ISSUED, event_data
+from worker.adapters.store.keys import (
     DEAD_JOBS_KEY,
     DUE_KEY,
     TERMINAL_PREFIX,
@@ -58,7 +58,7 @@ from worker.keys import (
     terminal_key,
     waiters_key,
 )
-from worker.masking import mask_payload
+from worker.core.masking import mask_payload
 
 TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
 #: The message header that hands a claimed job on to the next message of its
@@ -100,7 +100,7 @@ class DueJob:
 
 
 class Ledger:
-    """The ledger's transitions, each one Lua script (worker/lua/)."""
+    """The ledger's transitions, each one Lua script (worker/adapters/store/lua/)."""
 
     def __init__(
         self,

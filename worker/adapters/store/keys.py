@@ -1,13 +1,13 @@
 """Every Redis key name and prefix the package writes or reads: the store's layout.
 
 The values are a contract with deployed Redis data: never change one. Scripts
-(worker/lua/) never build a key name themselves: each key reaches them as KEYS, or,
+(worker/adapters/store/lua/) never build a key name themselves: each key reaches them as KEYS, or,
 for a key they can only name once they read the record (a waiter's marker), as a
 prefix in ARGV.
 
 A reader of a key (the metrics' state collector, the CLI) imports its name from here,
-not from the module that writes it: ``worker.metrics`` once imported the ingress only
-for its dead letters' key, and that one import closed an import cycle through the
+not from the module that writes it: ``worker.adapters.observe.metrics`` once imported the
+ingress only for its dead letters' key, and that one import closed an import cycle through the
 ingress, the producer and the Celery app (issue 13). So this module imports nothing,
 and anyone may import it.
 """

@@ -8,7 +8,7 @@ reason: a dead letter, like the ledger's dead jobs and the ingress's dead
 entries. The names users see keep the word "parked" (the key, the
 ``parked_at`` fields, ``cashreceipt parked``, the metric); in code these are
 dead messages, and "park" means a job's long retry wait in the ledger
-(:meth:`worker.ledger.Ledger.park`). ``cashreceipt parked`` lists them;
+(:meth:`worker.adapters.store.ledger.Ledger.park`). ``cashreceipt parked`` lists them;
 ``cashreceipt parked --requeue`` pushes the readable ones back to their queue,
 e.g. once a worker that knows their task is deployed.
 
@@ -39,11 +39,11 @@ from typing import Any
 
 import redis
 
-from worker import lua
-from worker.keys import DEAD_MESSAGES_KEY
-from worker.masking import mask_payload, mask_text
-from worker.schemas import BUYER_FIELDS
-from worker.sealing import Sealer, SealingUnavailable
+from worker.adapters.store import lua
+from worker.adapters.store.keys import DEAD_MESSAGES_KEY
+from worker.core.masking import mask_payload, mask_text
+from worker.core.schemas import BUYER_FIELDS
+from worker.core.sealing import Sealer, SealingUnavailable
 
 log = logging.getLogger(__name__)
 

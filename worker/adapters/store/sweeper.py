@@ -25,12 +25,12 @@ from typing import Any
 
 import redis
 
-from worker import lua
-from worker.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
-from worker.dead_messages import expire_dead_messages
-from worker.keys import SWEEPER_LOCK_KEY
-from worker.ledger import FENCE_HEADER, Ledger
-from worker.masking import masked_args_repr
+from worker.adapters.store import lua
+from worker.adapters.store.dead_messages import expire_dead_messages
+from worker.adapters.store.keys import SWEEPER_LOCK_KEY
+from worker.adapters.store.ledger import FENCE_HEADER, Ledger
+from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
+from worker.core.masking import masked_args_repr
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,13 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from worker.keys import DEAD_ENTRIES_KEY, DEAD_JOBS_KEY, DEAD_MESSAGES_KEY, DUE_KEY, ledger_key
+from worker.adapters.store.keys import (
+    DEAD_ENTRIES_KEY,
+    DEAD_JOBS_KEY,
+    DEAD_MESSAGES_KEY,
+    DUE_KEY,
+    ledger_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +133,10 @@ class Metrics:
         )
 
     def observe_iamport(self, method: str, endpoint: str, status: str, seconds: float) -> None:
-        """One request to i'mport; the shape of :class:`worker.iamport.RequestObserver`."""
+        """One request to i'mport.
+
+        The shape of :class:`worker.adapters.iamport.client.RequestObserver`.
+        """
         self.iamport_seconds.labels(method, endpoint, status).observe(seconds)
 
     def late_processing(self, provider: str) -> None:

@@ -15,12 +15,12 @@ from typing import Any
 import redis
 from celery import Celery
 
-from worker.errors import ConnectionFailed, IamportError, RateLimited, TransientError
-from worker.iamport import IamportClient, Payment, Receipt
-from worker.keys import DEAD_JOBS_KEY, LEDGER_PREFIX, ledger_key
-from worker.ledger import dead_job_ids, shown_record
-from worker.producer import enqueue_cancel, enqueue_issue
-from worker.retry import reason_for
+from worker.adapters.iamport.client import IamportClient, Payment, Receipt
+from worker.adapters.store.keys import DEAD_JOBS_KEY, LEDGER_PREFIX, ledger_key
+from worker.adapters.store.ledger import dead_job_ids, shown_record
+from worker.celery.producer import enqueue_cancel, enqueue_issue
+from worker.core.errors import ConnectionFailed, IamportError, RateLimited, TransientError
+from worker.core.retry import reason_for
 from worker.service import find_issued
 
 

@@ -18,16 +18,16 @@ import redis
 import requests
 from requests.utils import get_environ_proxies
 
-from worker.events import EventPublisher
-from worker.iamport import IamportClient
-from worker.ledger import Ledger
-from worker.metrics import Metrics
-from worker.redis_client import redis_client
-from worker.retry import RetryPolicy
-from worker.sealing import Sealer
+from worker.adapters.iamport.client import IamportClient
+from worker.adapters.iamport.tokens import RedisTokenCache
+from worker.adapters.observe.metrics import Metrics
+from worker.adapters.store.events import EventPublisher
+from worker.adapters.store.ledger import Ledger
+from worker.adapters.store.redis_client import redis_client
+from worker.celery.stopping import StoppableAdapter
+from worker.core.retry import RetryPolicy
+from worker.core.sealing import Sealer
 from worker.settings import redis_url
-from worker.stopping import StoppableAdapter
-from worker.tokens import RedisTokenCache
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def http_session(base_url: str, *, pool_size: int, env: Mapping[str, str]) -> re
         session.verify = bundle
     # No transport-level retries: they would re-POST a receipt behind the
     # task's back. One pooled connection per worker thread. A task the worker
-    # cancelled at shutdown sends no further request (worker.stopping).
+    # cancelled at shutdown sends no further request (worker.celery.stopping).
     adapter = StoppableAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)

@@ -1,7 +1,10 @@
 """The Celery app: ``celery -A worker worker`` and ``celery -A worker flower`` find it here.
 
-Configuration comes from ``celeryconfig`` alone. A bad setting stops the
-process here, with its message and without a traceback, before Celery starts.
+Configuration comes from ``celeryconfig`` alone, read when the app is first
+configured (its first use of a setting), never when this module is imported: a
+producer, the CLI's ``--version`` and a test can import the app with no
+environment. A bad setting stops the process then, with its message and without
+a traceback, before Celery starts anything.
 """
 
 from __future__ import annotations
@@ -13,17 +16,15 @@ from celery import Celery, signals
 from celery.app.task import Task
 from celery.apps import worker as celery_worker_app
 
-from worker.contract import QUEUE
-from worker.logmask import MaskPersonalData, install
-from worker.logs import say_as_json, setup_process_logging, use_json
-from worker.metrics import MetricsServer, StateCollector, queue_depth, start_server
-from worker.retry import broker_countdown
-from worker.runtime import get_runtime
-from worker.sealing import Sealer, SealingUnavailable
-from worker.settings import config_secrets, load_celeryconfig
-from worker.sweeper import Sweeper
-
-celeryconfig = load_celeryconfig()
+from worker.adapters.observe.logmask import MaskPersonalData, install
+from worker.adapters.observe.logs import say_as_json, setup_process_logging, use_json
+from worker.adapters.observe.metrics import MetricsServer, StateCollector, queue_depth, start_server
+from worker.adapters.store.sweeper import Sweeper
+from worker.celery.runtime import get_runtime
+from worker.config.load import config_secrets, load_celeryconfig
+from worker.core.contract import QUEUE
+from worker.core.retry import broker_countdown
+from worker.core.sealing import Sealer, SealingUnavailable
 
 
 class CashReceiptCelery(Celery):  # type: ignore[misc]
@@ -42,27 +43,32 @@ class CashReceiptCelery(Celery):  # type: ignore[misc]
 
 
 app = CashReceiptCelery("cashreceipt", include=["tasks.receipts"])
-app.config_from_object(celeryconfig)
+
+
+@app.on_configure.connect
+def _read_settings(sender: Celery, **_: Any) -> None:
+    """The settings, on first use: Celery sends this just before it reads the config source."""
+    sender.config_from_object(load_celeryconfig())
 
 
 @signals.worker_init.connect
 def _refuse_to_start_misconfigured(**_: Any) -> None:
     """A worker without credentials or a PII key would fail every task; fail once, at start."""
-    if not (celeryconfig.iamport_key and celeryconfig.iamport_secret):
+    if not (app.conf.iamport_key and app.conf.iamport_secret):
         raise SystemExit(
             "cashreceipt: configuration error: IAMPORT_KEY and IAMPORT_SECRET must be set "
             "to start a worker (for a local try without credentials, use `make run`, which "
             "starts the i'mport sandbox)"
         )
     try:
-        Sealer.from_conf(celeryconfig)
+        Sealer.from_conf(app.conf)
     except SealingUnavailable as error:
         raise SystemExit(f"cashreceipt: configuration error: {error}") from None
 
 
 def _mask_logs(logger: logging.Logger, **_: Any) -> None:
     """Every handler Celery sets up masks identifiers and secrets, at every level."""
-    install(MaskPersonalData(config_secrets(celeryconfig)), [logger, logging.getLogger()])
+    install(MaskPersonalData(config_secrets(app.conf)), [logger, logging.getLogger()])
 
 
 signals.after_setup_logger.connect(_mask_logs)
@@ -79,7 +85,7 @@ def _task_context() -> dict[str, Any]:
 
 def _format_logs(logger: logging.Logger, **_: Any) -> None:
     """LOG_FORMAT=json: every handler Celery set up writes one JSON object per line."""
-    if celeryconfig.log_format == "json":
+    if app.conf.log_format == "json":
         use_json([*logger.handlers, *logging.getLogger().handlers], context=_task_context)
 
 
@@ -96,11 +102,11 @@ def _json_from_the_start(instance: Any, **_: Any) -> None:
     through a masked JSON handler that Celery's own set-up replaces, and
     Celery's shutdown notices are written as JSON.
     """
-    if celeryconfig.log_format != "json":
+    if app.conf.log_format != "json":
         return
     instance.quiet = True
     logging.captureWarnings(True)
-    setup_process_logging(celeryconfig, level=logging.WARNING, text="%(message)s")
+    setup_process_logging(app.conf, level=logging.WARNING, text="%(message)s")
     celery_worker_app.safe_say = say_as_json
 
 
@@ -110,24 +116,24 @@ _metrics: list[MetricsServer] = []
 @signals.worker_init.connect
 def _serve_metrics(**_: Any) -> None:
     """Serve /metrics from the main process, before the pool forks (METRICS_PORT=0: none)."""
-    if not celeryconfig.metrics_port:
+    if not app.conf.metrics_port:
         return
     state = StateCollector(
         client=lambda: get_runtime(app.conf).redis,
         queue_depth=lambda: queue_depth(app, QUEUE),
         queue=QUEUE,
-        ingress_stream=celeryconfig.ingress_stream,
+        ingress_stream=app.conf.ingress_stream,
     )
     try:
         server = start_server(
-            port=celeryconfig.metrics_port,
-            address=celeryconfig.metrics_address,
+            port=app.conf.metrics_port,
+            address=app.conf.metrics_address,
             collectors=[state],
         )
     except OSError as error:
         raise SystemExit(
-            f"cashreceipt: configuration error: METRICS_PORT={celeryconfig.metrics_port} on "
-            f"{celeryconfig.metrics_address} cannot be served ({error.strerror}); give each "
+            f"cashreceipt: configuration error: METRICS_PORT={app.conf.metrics_port} on "
+            f"{app.conf.metrics_address} cannot be served ({error.strerror}); give each "
             "worker on a host its own port, or set METRICS_PORT=0"
         ) from None
     _metrics.append(server)
@@ -150,7 +156,7 @@ def _start_sweeper(**_: Any) -> None:
         ledger=runtime.ledger,
         client=runtime.redis,
         send=app.send_task,
-        interval=float(celeryconfig.sweep_interval),
+        interval=float(app.conf.sweep_interval),
         resent=runtime.metrics.resent.inc,
     )
     sweeper.start()
@@ -165,7 +171,7 @@ def _bounded_shutdown_on_sigterm(sender: Any, **_: Any) -> None:
     long it takes; only its cold shutdown (SIGQUIT, or SIGTERM under
     ``REMAP_SIGTERM=SIGQUIT``) honours ``worker_soft_shutdown_timeout``: stop
     consuming, let the tasks in hand finish within the timeout, then cancel
-    what still runs, whose messages go back to the queue (worker.stopping).
+    what still runs, whose messages go back to the queue (worker.celery.stopping).
     This installs that handler for SIGTERM, as REMAP_SIGTERM would, so that
     every start command (compose, `make run`, the tests, by hand) stops the
     same way. The pool of a prefork or thread worker is the sender's controller.

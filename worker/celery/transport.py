@@ -6,7 +6,7 @@ worker's event loop; an entry that is not JSON, or not an envelope (no
 worker. The entry is already off the list by then, so it is also lost.
 
 This transport parses the entry first. One that cannot be a message is kept as a dead message
-(:mod:`worker.dead_messages`) with the reason, and the worker goes on. Everything
+(:mod:`worker.adapters.store.dead_messages`) with the reason, and the worker goes on. Everything
 else is delivered exactly as kombu would.
 
 Tied to kombu 5.7's ``Channel._brpop_read`` (celery 5.7 pins kombu 5.7); the
@@ -28,7 +28,7 @@ from kombu.utils.json import loads
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from worker.dead_messages import dead_message_record, keep_dead_message
+from worker.adapters.store.dead_messages import dead_message_record, keep_dead_message
 
 log = logging.getLogger(__name__)
 

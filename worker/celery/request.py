@@ -16,8 +16,8 @@ from typing import Any
 from celery.concurrency.base import BasePool
 from celery.worker.request import Request
 
-from worker import stopping
-from worker.masking import masked_args_repr
+from worker.celery import stopping
+from worker.core.masking import masked_args_repr
 
 
 class MaskedRequest(Request):  # type: ignore[misc]
@@ -43,7 +43,7 @@ class MaskedRequest(Request):  # type: ignore[misc]
         Celery cancels what still runs when the soft shutdown is over, and on a
         broker connection loss. Its thread pool cannot terminate a job (Celery
         raises NotImplementedError and the shutdown goes wrong), so the task is
-        marked instead (:mod:`worker.stopping`) and hands its message back at
+        marked instead (:mod:`worker.celery.stopping`) and hands its message back at
         its next safe point. A task not started yet is simply never started:
         the pool drops queued work when it stops, and the message is unacked.
         """

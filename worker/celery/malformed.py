@@ -26,8 +26,8 @@ from celery import Task
 from celery.exceptions import InvalidTaskError
 from kombu.exceptions import DecodeError
 
-from worker.runtime import get_runtime
-from worker.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
+from worker.celery.runtime import get_runtime
+from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
 from worker.service import TerminalPublisher
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from worker.masking import mask_text
+from worker.core.masking import mask_text
 
 #: The attributes every LogRecord has; anything else came from ``extra=``.
 STANDARD_ATTRIBUTES = frozenset(

@@ -1,8 +1,8 @@
 """The i'mport (PortOne V1) client: tokens, receipts and payments over ``requests``.
 
-Built once per worker process (see :mod:`worker.runtime`) and shared by its
+Built once per worker process (see :mod:`worker.celery.runtime`) and shared by its
 threads. It never retries by itself except for one token renewal on a 401:
-retrying is the task's decision, made by :mod:`worker.retry`, because a blind
+retrying is the task's decision, made by :mod:`worker.core.retry`, because a blind
 re-POST of a receipt that may already exist is exactly how a tax document gets
 issued twice.
 """
@@ -22,7 +22,8 @@ import requests
 from marshmallow import ValidationError
 from urllib3.exceptions import NewConnectionError
 
-from worker.errors import (
+from worker.adapters.observe.logmask import remember_secret
+from worker.core.errors import (
     AuthenticationFailed,
     ConnectionFailed,
     IamportError,
@@ -30,10 +31,9 @@ from worker.errors import (
     ProviderUnavailable,
     UnexpectedResponse,
 )
-from worker.logmask import remember_secret
-from worker.masking import mask_text
-from worker.retry import CHANGING_METHODS, error_for_answer, is_envelope
-from worker.schemas import PAYMENT_SCHEMA, RECEIPT_SCHEMA
+from worker.core.masking import mask_text
+from worker.core.retry import CHANGING_METHODS, error_for_answer, is_envelope
+from worker.core.schemas import PAYMENT_SCHEMA, RECEIPT_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class RequestObserver(Protocol):
     """Told about every HTTP request: method, endpoint, status ('none' without an answer), time."""
 
     def __call__(self, method: str, endpoint: str, status: str, seconds: float) -> None:
-        """Record one request (the latency histogram of :mod:`worker.metrics`)."""
+        """Record one request (the latency histogram of :mod:`worker.adapters.observe.metrics`)."""
 
 
 def _unobserved(method: str, endpoint: str, status: str, seconds: float) -> None:
@@ -306,7 +306,7 @@ def _envelope(
 ) -> dict[str, Any]:
     """Accept only a 2xx with ``code == 0`` and a response; turn the rest into errors.
 
-    What an answer means is decided by :func:`worker.retry.error_for_answer`
+    What an answer means is decided by :func:`worker.core.retry.error_for_answer`
     from its status and whether its body is i'mport's envelope.
     """
     try:

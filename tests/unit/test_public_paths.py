@@ -1,0 +1,43 @@
+"""The import paths producers rely on keep working after the layers moved (issue 13).
+
+A producer's code says ``from worker.producer import enqueue_issue`` and catches
+``worker.schemas.InvalidPayload``; those paths are a contract like the task names,
+whichever layer holds the code today.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from celery.app.utils import find_app
+
+from worker.celery import app, producer
+from worker.core import contract, schemas, sealing
+
+PUBLIC = [
+    ("worker.producer", "enqueue_issue", producer.enqueue_issue),
+    ("worker.producer", "enqueue_cancel", producer.enqueue_cancel),
+    ("worker.schemas", "InvalidPayload", schemas.InvalidPayload),
+    ("worker.sealing", "SealingUnavailable", sealing.SealingUnavailable),
+    ("worker.contract", "ISSUE_TASK", contract.ISSUE_TASK),
+    ("worker.contract", "CANCEL_TASK", contract.CANCEL_TASK),
+    ("worker.contract", "QUEUE", contract.QUEUE),
+]
+
+
+@pytest.mark.parametrize(("module", "name", "owner"), PUBLIC)
+def test_public_path_is_the_layers_object(module: str, name: str, owner: object) -> None:
+    assert getattr(importlib.import_module(module), name) is owner
+
+
+def test_ingress_and_queue_declaration_keep_their_paths() -> None:
+    ingress = importlib.import_module("worker.ingress")
+    assert callable(ingress.task_id_for)
+    queues = importlib.import_module("worker.contract").rabbitmq_queues()
+    assert [queue.name for queue in queues] == [contract.QUEUE]
+
+
+def test_celery_finds_the_app_as_operators_name_it() -> None:
+    """``celery -A worker`` resolves to the one app (Celery's own lookup)."""
+    assert find_app("worker") is app

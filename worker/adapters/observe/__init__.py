@@ -1,0 +1,1 @@
+"""Observability: masked log lines, and the Prometheus metrics a worker serves."""

@@ -1,0 +1,139 @@
+"""Enqueueing from Python: validate inside the checkout request, then send.
+
+Any other language sends ``issue_cash_receipt`` to ``cash_receipts`` with the
+JSON serializer and no help from us; this helper adds what a Python checkout
+gets for free: a bad payload raises :class:`~worker.core.schemas.InvalidPayload`
+right there, with field-level reasons, instead of turning into a failure event
+seconds later. It also sends only the normalised payload (unknown fields
+dropped, separators stripped) and a masked ``argsrepr``, so Flower and the
+worker's "received" log never show the identifier.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+
+from worker.adapters.store.ledger import Ledger
+from worker.adapters.store.redis_client import redis_client
+from worker.config.defaults import LEDGER_RETENTION, RESULT_STREAM, RESULT_STREAM_RETENTION
+from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
+from worker.core.masking import masked_args_repr
+from worker.core.schemas import load_cancellation, load_payload
+from worker.core.sealing import Sealer
+from worker.settings import redis_url
+
+
+def enqueue_issue(
+    payload: Mapping[str, Any], *, app: Celery | None = None, task_id: str | None = None
+) -> str:
+    """Validate ``payload``, seal its identifier and enqueue its receipt; returns the task id.
+
+    Raises :class:`~worker.core.schemas.InvalidPayload` when the payload can never
+    be issued, :class:`~worker.core.sealing.SealingUnavailable` when no PII key is
+    configured (and plaintext was not allowed), and kombu's
+    ``OperationalError`` when the broker is unreachable.
+
+    ``task_id`` makes a retry of the same request idempotent (the ingress
+    derives it from the stream entry): the same id ends in the same one event.
+    """
+    if app is None:
+        from worker.celery import app as default_app  # noqa: PLC0415 (reads config on demand)
+
+        app = default_app
+    sealer = Sealer.from_conf(app.conf)
+    message = load_payload(payload, sealer).to_message(sealer)
+    task_id = task_id or str(uuid.uuid4())
+    # The ledger first: if the message is lost on its way to a worker, the
+    # sweeper re-sends it from here once the visibility timeout has passed.
+    ledger = _ledger(app)
+    state = ledger.receive(
+        message["imp_uid"],
+        task_id=task_id,
+        payload=message,
+        resend_after=_resend_after(app),
+    )
+    if state == "issued":
+        # Nothing to do but say so: the duplicate's event, at once, no message.
+        ledger.report_issued_duplicate(
+            message["imp_uid"], task_id=task_id, merchant_uid=message.get("merchant_uid")
+        )
+        return task_id
+    app.send_task(
+        ISSUE_TASK,
+        args=[message],
+        task_id=task_id,
+        queue=QUEUE,
+        serializer="json",
+        argsrepr=masked_args_repr([message]),
+        kwargsrepr="{}",
+    )
+    return task_id
+
+
+#: When the app's configuration does not say (a bare Celery app handed in).
+DEFAULT_RESEND = 460.0
+_ledgers: dict[str, Ledger] = {}
+
+
+def _resend_after(app: Celery) -> float:
+    """How long the sweeper leaves a recorded job to its message before re-sending it."""
+    return float(getattr(app.conf, "broker_visibility_timeout", 0) or DEFAULT_RESEND)
+
+
+def _ledger(app: Celery) -> Ledger:
+    """One ledger client per Redis URL (REDIS_URL), made on first use."""
+    url = redis_url(app.conf)
+    if url not in _ledgers:
+        conf = app.conf
+        _ledgers[url] = Ledger(
+            redis_client(url),
+            stream=getattr(conf, "result_stream", None) or RESULT_STREAM,
+            event_retention_seconds=int(
+                getattr(conf, "result_stream_retention", 0) or RESULT_STREAM_RETENTION
+            ),
+            retention_seconds=int(getattr(conf, "ledger_retention", 0) or LEDGER_RETENTION),
+            lease_seconds=float(getattr(conf, "ledger_lease_seconds", 0) or DEFAULT_RESEND),
+        )
+    return _ledgers[url]
+
+
+def enqueue_cancel(
+    payload: Mapping[str, Any], *, app: Celery | None = None, task_id: str | None = None
+) -> str:
+    """Validate a payment-cancelled payload and enqueue ``cancel_cash_receipt``; returns the id.
+
+    ``payload`` is at least ``imp_uid``; ``amount`` (the refunded amount) makes
+    it a partial refund: the receipt is cancelled and a new one issued for what
+    is left. Raises :class:`~worker.core.schemas.InvalidPayload` when it is malformed.
+
+    The cancellation is recorded in the ledger before it is sent, so a
+    message the broker loses is re-sent by the sweeper and listed by
+    ``cashreceipt stuck`` meanwhile.
+    """
+    if app is None:
+        from worker.celery import app as default_app  # noqa: PLC0415 (reads config on demand)
+
+        app = default_app
+    message = load_cancellation(payload)
+    task_id = task_id or str(uuid.uuid4())
+    # The ledger first, as for an issue: a refund whose message is lost must
+    # not leave its receipt live. The sweeper re-sends it when it is due.
+    state = _ledger(app).receive_cancel(
+        message["imp_uid"], task_id=task_id, cancel=message, resend_after=_resend_after(app)
+    )
+    if state == "done":
+        return task_id  # this very task already ended (an ingress entry handled twice)
+    app.send_task(
+        CANCEL_TASK,
+        args=[message],
+        task_id=task_id,
+        queue=QUEUE,
+        serializer="json",
+        argsrepr=masked_args_repr([message]),
+        kwargsrepr="{}",
+    )
+    return task_id

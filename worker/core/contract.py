@@ -1,0 +1,10 @@
+"""Names other systems rely on. Changing one breaks every producer and consumer."""
+
+from __future__ import annotations
+
+#: The task name producers in any language send.
+ISSUE_TASK = "issue_cash_receipt"
+#: The queue the task is routed to and workers consume.
+QUEUE = "cash_receipts"
+#: The task that cancels a payment's receipt (and re-issues after a partial refund).
+CANCEL_TASK = "cancel_cash_receipt"

@@ -1,0 +1,374 @@
+"""The two edges validated with marshmallow: the task payload and i'mport's answer.
+
+Payload errors are written for the engineer who wired the checkout: plain words,
+keyed by field, and never echoing the value (the identifier is personal data,
+and marshmallow's ``ValidationError.data`` is never shown anywhere).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from worker.core.sealing import Sealer, UnsealError
+
+IDENTIFIER_TYPES = ("person", "business", "phone", "taxcard")
+BUYER_FIELDS = ("buyer_name", "buyer_email", "buyer_tel")
+RECEIPT_TYPES = ("person", "company")
+
+_SEPARATORS = re.compile(r"[\s\-]")
+# Lengths from research/iamport-api.md §9: phone 10-11 (01x...), business 10,
+# resident registration 13, cash-receipt card 13-19.
+_PHONE = re.compile(r"01[016789]\d{7,8}")
+
+
+class InvalidPayload(ValueError):
+    """The task payload cannot be issued as it is; ``errors`` maps field to reasons."""
+
+    def __init__(self, errors: Mapping[str, list[str]]) -> None:
+        self.errors = {key: list(messages) for key, messages in errors.items()}
+        summary = "; ".join(f"{key}: {' '.join(msgs)}" for key, msgs in sorted(self.errors.items()))
+        super().__init__(f"invalid payload: {summary}")
+
+
+class Identifier(fields.String):
+    """Digits, with hyphens and spaces tolerated and stripped."""
+
+    default_error_messages = {  # noqa: RUF012 (marshmallow's own extension point)
+        "invalid": "Must be a string of digits.",
+        "digits": "Must contain only digits, hyphens and spaces.",
+        "length": "Must be 10 to 19 digits long.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        # A JSON number is refused: it has already lost a phone number's leading 0.
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        digits = _SEPARATORS.sub("", str(value))
+        if not digits.isdigit() or not digits.isascii():
+            raise self.make_error("digits")
+        if not 10 <= len(digits) <= 19:
+            raise self.make_error("length")
+        return digits
+
+
+def _phone_problem(number: str) -> str | None:
+    if _PHONE.fullmatch(number):
+        return None
+    return "A phone identifier must be a Korean mobile number: 01X and 10 or 11 digits."
+
+
+def _business_problem(number: str) -> str | None:
+    if len(number) != 10:
+        return "A business registration number has 10 digits."
+    if not business_number_checks(number):
+        return "A business registration number's check digit does not match."
+    return None
+
+
+def _person_problem(number: str) -> str | None:
+    if len(number) != 13:
+        return "A resident registration number has 13 digits."
+    if not _plausible_birth_date(number):
+        return "A resident registration number must start with a valid birth date."
+    return None
+
+
+def _taxcard_problem(number: str) -> str | None:
+    if 13 <= len(number) <= 19:
+        return None
+    return "A cash-receipt card number has 13 to 19 digits."
+
+
+_TYPE_PROBLEMS = {
+    "phone": _phone_problem,
+    "business": _business_problem,
+    "person": _person_problem,
+    "taxcard": _taxcard_problem,
+}
+
+
+def identifier_problem(identifier: str, identifier_type: str | None) -> str | None:
+    """Why an identifier cannot be of its declared type, or None when it can.
+
+    Without a type nothing is inferred from the length (13 digits may be a
+    resident number or a card): only what holds for every type (10-19 digits)
+    was checked, and i'mport decides the rest. Resident numbers are checked for
+    length and birth date only: those assigned since October 2020 carry no
+    check digit.
+    """
+    problem = _TYPE_PROBLEMS.get(identifier_type or "")
+    return problem(identifier) if problem else None
+
+
+def business_number_checks(number: str) -> bool:
+    """The National Tax Service check digit of a 10-digit business registration number."""
+    weights = (1, 3, 7, 1, 3, 7, 1, 3, 5)
+    total = sum(int(digit) * weight for digit, weight in zip(number[:9], weights, strict=True))
+    total += int(number[8]) * 5 // 10
+    return (10 - total % 10) % 10 == int(number[9])
+
+
+def _plausible_birth_date(rrn: str) -> bool:
+    century = {"9": 1800, "0": 1800, "1": 1900, "2": 1900, "5": 1900, "6": 1900}.get(rrn[6], 2000)
+    try:
+        date(century + int(rrn[0:2]), int(rrn[2:4]), int(rrn[4:6]))
+    except ValueError:
+        return False
+    return True
+
+
+def _optional_text(max_length: int) -> fields.String:
+    return fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=max_length)
+    )
+
+
+class PaymentConfirmedSchema(Schema):
+    """The ``issue_cash_receipt`` payload. Unknown fields are dropped, never sent on."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    imp_uid = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    merchant_uid = _optional_text(100)
+    identifier = Identifier(required=True)
+    identifier_type = fields.String(
+        load_default=None, allow_none=True, validate=validate.OneOf(IDENTIFIER_TYPES)
+    )
+    type = fields.String(load_default="person", validate=validate.OneOf(RECEIPT_TYPES))
+    company_tel = _optional_text(40)
+    company_name = _optional_text(100)
+    corp_reg_no = _optional_text(40)
+    buyer_name = _optional_text(100)
+    buyer_email = fields.Email(load_default=None, allow_none=True)
+    buyer_tel = _optional_text(40)
+    # Capped where JSON numbers stay exact: a bigger one could not be sent on.
+    tax_free = fields.Integer(
+        load_default=None,
+        allow_none=True,
+        strict=True,
+        validate=validate.Range(min=0, max=2**53 - 1),
+    )
+
+    @validates_schema
+    def _identifier_matches_type(self, data: dict[str, Any], **_: Any) -> None:
+        identifier = data.get("identifier")
+        if identifier is None:
+            return
+        problem = identifier_problem(identifier, data.get("identifier_type"))
+        if problem:
+            raise ValidationError(problem, field_name="identifier")
+
+
+@dataclass(frozen=True)
+class ReceiptRequest:
+    """A validated payload: what the worker may send to ``POST /receipts/{imp_uid}``."""
+
+    imp_uid: str
+    identifier: str
+    merchant_uid: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: The identifier's token as it came, when the newest key sealed exactly this value.
+    sealed_identifier: str | None = field(default=None, repr=False, compare=False)
+
+    def body(self) -> dict[str, Any]:
+        """The request body, with only the fields i'mport knows and that were given."""
+        return {"identifier": self.identifier, **self.options}
+
+    def to_message(self, sealer: Sealer) -> dict[str, Any]:
+        """The payload again, normalised, with its personal data sealed (when a key exists).
+
+        This is what our producers enqueue, what a retry re-publishes and what
+        the ledger stores: the identifier becomes ``identifier_sealed``, and the
+        buyer's name, e-mail and phone travel together in ``buyer_sealed``.
+        Nothing personal is held in clear unless plaintext was allowed.
+        """
+        message = {"imp_uid": self.imp_uid, "merchant_uid": self.merchant_uid, **self.body()}
+        if sealer.enabled:
+            identifier = message.pop("identifier")
+            message["identifier_sealed"] = self.sealed_identifier or sealer.seal(identifier)
+            buyer = {key: message.pop(key) for key in BUYER_FIELDS if key in message}
+            if buyer:
+                message["buyer_sealed"] = sealer.seal(json.dumps(buyer, ensure_ascii=False))
+        return message
+
+
+_PAYLOAD_SCHEMA = PaymentConfirmedSchema()
+
+
+def load_payload(raw: object, sealer: Sealer | None = None) -> ReceiptRequest:
+    """Validate a payment-confirmed payload or raise :class:`InvalidPayload`.
+
+    The identifier comes in clear as ``identifier`` or sealed as
+    ``identifier_sealed``; a sealed one is opened with ``sealer`` and then
+    validated like a clear one.
+    """
+    if not isinstance(raw, Mapping):
+        raise InvalidPayload({"_payload": ["Must be a JSON object."]})
+    fields = dict(raw)
+    token, reusable = fields.get("identifier_sealed"), False
+    if "identifier_sealed" in fields:
+        fields["identifier"], reusable = _unsealed(fields, "identifier_sealed", sealer)
+    if "buyer_sealed" in fields:
+        fields.update(_buyer_fields(_unsealed(fields, "buyer_sealed", sealer)[0]))
+    try:
+        data: dict[str, Any] = _PAYLOAD_SCHEMA.load(fields)
+    except ValidationError as error:
+        raise InvalidPayload(_flatten(error.messages)) from None
+    options = {
+        key: value
+        for key, value in data.items()
+        if key not in {"imp_uid", "merchant_uid", "identifier"} and value is not None
+    }
+    # Reused only when it seals the normalised digits themselves, under the newest key.
+    same = reusable and isinstance(token, str) and data["identifier"] == fields["identifier"]
+    return ReceiptRequest(
+        imp_uid=data["imp_uid"],
+        identifier=data["identifier"],
+        merchant_uid=data["merchant_uid"],
+        options=options,
+        sealed_identifier=token if same else None,
+    )
+
+
+def _unsealed(fields: dict[str, Any], name: str, sealer: Sealer | None) -> tuple[str, bool]:
+    """The value of a sealed field, and whether the newest key sealed it."""
+    sealed = fields.pop(name)
+    if name == "identifier_sealed" and "identifier" in fields:
+        raise InvalidPayload({name: ["Give identifier or identifier_sealed, not both."]})
+    if not isinstance(sealed, str):
+        raise InvalidPayload({name: ["Must be a Fernet token string."]})
+    if sealer is None:
+        raise InvalidPayload({name: ["No key is configured to unseal it."]})
+    try:
+        return sealer.open(sealed)
+    except UnsealError as error:
+        raise InvalidPayload({name: [f"Invalid: {error}."]}) from None
+
+
+def _buyer_fields(text: str) -> dict[str, Any]:
+    """The buyer fields inside ``buyer_sealed``: a JSON object of name, e-mail and phone."""
+    try:
+        buyer = json.loads(text)
+    except ValueError:
+        buyer = None
+    if not isinstance(buyer, dict) or not set(buyer) <= set(BUYER_FIELDS):
+        raise InvalidPayload({"buyer_sealed": ["Must seal an object of buyer fields."]})
+    return buyer
+
+
+def payload_from_args(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], sealer: Sealer | None = None
+) -> ReceiptRequest:
+    """Validate a task message's arguments: exactly one positional payload object."""
+    return load_payload(single_argument(args, kwargs), sealer)
+
+
+def single_argument(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> object:
+    """The one positional argument a task message must carry."""
+    if len(args) != 1 or kwargs:
+        raise InvalidPayload(
+            {"_payload": ["Expected exactly one positional argument: the payload object."]}
+        )
+    return args[0]
+
+
+def _flatten(messages: Any) -> dict[str, list[str]]:
+    if isinstance(messages, Mapping):
+        return {
+            str(key): [str(item) for item in (value if isinstance(value, list) else [value])]
+            for key, value in messages.items()
+        }
+    return {"_payload": [str(item) for item in messages]}
+
+
+def readable_imp_uid(raw: object) -> str | None:
+    """The payload's imp_uid when one can be read, so even a bad payload can be reported."""
+    if isinstance(raw, Mapping):
+        value = raw.get("imp_uid")
+        if isinstance(value, str) and 0 < len(value) <= 100:
+            return value
+    return None
+
+
+def readable_merchant_uid(raw: object) -> str | None:
+    """Like :func:`readable_imp_uid`, for the merchant's order id."""
+    if isinstance(raw, Mapping):
+        value = raw.get("merchant_uid")
+        if isinstance(value, str) and len(value) <= 100:
+            return value
+    return None
+
+
+class ReceiptSchema(Schema):
+    """i'mport's ReceiptAnnotation; its required fields are required here too."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    imp_uid = fields.String(required=True)
+    receipt_tid = fields.String(load_default=None, allow_none=True)
+    apply_num = fields.String(required=True)
+    type = fields.String(required=True)
+    amount = fields.Integer(required=True)
+    vat = fields.Integer(required=True)
+    receipt_url = fields.String(load_default=None, allow_none=True)
+    applied_at = fields.Integer(required=True)
+    cancelled_at = fields.Integer(load_default=0, allow_none=True)
+
+
+class PaymentSchema(Schema):
+    """The part of i'mport's PaymentAnnotation that decides receipt questions."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    imp_uid = fields.String(required=True)
+    merchant_uid = fields.String(load_default=None, allow_none=True)
+    pay_method = fields.String(load_default=None, allow_none=True)
+    pg_provider = fields.String(load_default=None, allow_none=True)
+    status = fields.String(required=True)
+    amount = fields.Integer(required=True)
+    cancel_amount = fields.Integer(load_default=0)
+    currency = fields.String(load_default="KRW")
+    cash_receipt_issued = fields.Boolean(load_default=False)
+
+
+RECEIPT_SCHEMA = ReceiptSchema()
+PAYMENT_SCHEMA = PaymentSchema()
+
+
+class PaymentCancelledSchema(Schema):
+    """The ``cancel_cash_receipt`` payload: which payment, and how much was refunded."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    imp_uid = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    merchant_uid = _optional_text(100)
+    # The refunded amount of a partial refund; absent for a full one.
+    amount = fields.Integer(
+        load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1)
+    )
+    reason = _optional_text(200)
+
+
+_CANCEL_SCHEMA = PaymentCancelledSchema()
+
+
+def load_cancellation(raw: object) -> dict[str, Any]:
+    """Validate a payment-cancelled payload or raise :class:`InvalidPayload`."""
+    if not isinstance(raw, Mapping):
+        raise InvalidPayload({"_payload": ["Must be a JSON object."]})
+    try:
+        data: dict[str, Any] = _CANCEL_SCHEMA.load(dict(raw))
+    except ValidationError as error:
+        raise InvalidPayload(_flatten(error.messages)) from None
+    return {key: value for key, value in data.items() if value is not None}
