@@ -21,9 +21,8 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
-from worker.adapters.iamport.client import Receipt
 from worker.adapters.observe.logs import outcome_line
-from worker.adapters.store.ledger import FENCE_HEADER, Claim
+from worker.adapters.store.ledger import FENCE_HEADER
 from worker.cancellation import cancel_live_receipt, receipt_for_balance, settle_cancel
 from worker.celery import app, stopping
 from worker.celery.malformed import guard
@@ -31,6 +30,7 @@ from worker.celery.runtime import Runtime, get_runtime
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.errors import IamportError, OutcomeUnknown, TransientError
 from worker.core.masking import mask_payload, masked_args_repr
+from worker.core.ports import Claim, OperationId
 from worker.core.retry import (
     Decision,
     compute_backoff,
@@ -48,6 +48,7 @@ from worker.core.schemas import (
     readable_merchant_uid,
     single_argument,
 )
+from worker.core.types import Receipt
 from worker.service import (
     SENT_AT_FIELD,
     SENT_OP_FIELD,
@@ -470,6 +471,7 @@ class _IssueRun(_Run):
                     self.runtime.client,
                     self.request,
                     look_first=claim.resumed,
+                    operation=OperationId(imp_uid=imp_uid, step="issue", fence=claim.fence),
                     sends=self.sends(imp_uid, claim),
                 )
                 self.count_late(issued)
@@ -525,8 +527,15 @@ class _CancelRun(_Run):
                 ok = terminal.finish_cancel_duplicate(fence=claim.fence, live=live, earlier=earlier)
                 return "cancelled:duplicate" if ok else None
             else:
-                settle = settle_cancel if self.settling(claim) else cancel_live_receipt
-                cancelled = settle(client, imp_uid, sends=self.sends(imp_uid, claim))
+                if self.settling(claim):
+                    cancelled = settle_cancel(client, imp_uid, sends=self.sends(imp_uid, claim))
+                else:
+                    cancelled = cancel_live_receipt(
+                        client,
+                        imp_uid,
+                        operation=OperationId(imp_uid=imp_uid, step="cancel", fence=claim.fence),
+                        sends=self.sends(imp_uid, claim),
+                    )
                 step = {
                     "cancelled_receipt": json.dumps(cancelled.as_dict()) if cancelled else "",
                     "cancel_step": "cancelled",
@@ -564,7 +573,15 @@ class _CancelRun(_Run):
                 issued = settle_issue(self.runtime.client, request.imp_uid, sends)
             else:
                 # Look first: an earlier attempt may have issued it without hearing back.
-                issued = issue_receipt(self.runtime.client, request, look_first=True, sends=sends)
+                issued = issue_receipt(
+                    self.runtime.client,
+                    request,
+                    look_first=True,
+                    operation=OperationId(
+                        imp_uid=request.imp_uid, step="reissue", fence=claim.fence
+                    ),
+                    sends=sends,
+                )
                 self.count_late(issued)
         except IamportError as error:
             self.answered(error)

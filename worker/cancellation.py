@@ -16,13 +16,14 @@ issue a third receipt.
 
 from __future__ import annotations
 
-from worker.adapters.iamport.client import IamportClient, Receipt
 from worker.core.errors import InvalidRequest, OutcomeUnknown
+from worker.core.ports import OperationId, Provider
+from worker.core.types import Receipt
 from worker.service import NOT_ACTED_ON, UNLOGGED, SendLog, send_logged
 
 
 def cancel_live_receipt(
-    client: IamportClient, imp_uid: str, *, sends: SendLog = UNLOGGED
+    client: Provider, imp_uid: str, *, operation: OperationId, sends: SendLog = UNLOGGED
 ) -> Receipt | None:
     """Make sure no live receipt remains; returns the cancelled one, or None if there was none.
 
@@ -34,7 +35,10 @@ def cancel_live_receipt(
         return receipt
     # A live receipt, or one i'mport says exists but cannot show (KICC, Settlebank).
     try:
-        return send_logged(sends, lambda on_send: client.cancel_receipt(imp_uid, on_send=on_send))
+        return send_logged(
+            sends,
+            lambda on_send: client.cancel_receipt(imp_uid, operation=operation, on_send=on_send),
+        )
     except InvalidRequest:
         # 400: nothing issued through i'mport to cancel. Look again, to be sure.
         again = client.find_receipt(imp_uid)
@@ -43,7 +47,7 @@ def cancel_live_receipt(
         return again
 
 
-def settle_cancel(client: IamportClient, imp_uid: str, *, sends: SendLog) -> Receipt | None:
+def settle_cancel(client: Provider, imp_uid: str, *, sends: SendLog) -> Receipt | None:
     """The settling attempt after the budget: look, never DELETE.
 
     The lookup settles the unsettled DELETE, so the send time is cleared (a
@@ -59,7 +63,7 @@ def settle_cancel(client: IamportClient, imp_uid: str, *, sends: SendLog) -> Rec
     return receipt
 
 
-def cancel_done(client: IamportClient, imp_uid: str) -> tuple[bool, Receipt | None]:
+def cancel_done(client: Provider, imp_uid: str) -> tuple[bool, Receipt | None]:
     """Whether no live receipt remains (looking only), and the receipt the lookup showed.
 
     A cancelled receipt may be an attempt's DELETE whose answer was lost; none at all
@@ -71,7 +75,7 @@ def cancel_done(client: IamportClient, imp_uid: str) -> tuple[bool, Receipt | No
     return not client.get_payment(imp_uid).cash_receipt_issued, None
 
 
-def receipt_for_balance(client: IamportClient, imp_uid: str) -> Receipt | None:
+def receipt_for_balance(client: Provider, imp_uid: str) -> Receipt | None:
     """The live receipt when it already covers what is left after every refund, else None."""
     receipt = client.find_receipt(imp_uid)
     if receipt is None or not receipt.active or receipt.amount is None:

@@ -54,12 +54,12 @@ from kombu.exceptions import OperationalError
 
 from worker.adapters.observe.logs import setup_process_logging
 from worker.adapters.store import lua
-from worker.adapters.store.events import CANCEL_FAILED, FAILED, EventPublisher
+from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.config.load import load_celeryconfig
-from worker.core.events import invalid_detail
+from worker.core.events import CANCEL_FAILED, FAILED, invalid_detail
 from worker.core.masking import mask_payload, mask_text
 from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
 from worker.core.sealing import Sealer, SealingUnavailable

@@ -24,21 +24,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from worker.adapters.iamport.client import IamportClient, Payment, Receipt
-from worker.adapters.store.events import (
+from worker.core.errors import IamportError, InvalidRequest, NotEligible, OutcomeUnknown
+from worker.core.events import (
     CANCEL_FAILED,
     CANCELLED,
     FAILED,
     ISSUED,
-    EventPublisher,
-    Published,
     event_data,
+    failure_detail,
+    invalid_detail,
 )
-from worker.adapters.store.ledger import Ledger
-from worker.core.errors import IamportError, InvalidRequest, NotEligible, OutcomeUnknown
-from worker.core.events import failure_detail, invalid_detail
 from worker.core.masking import mask_text
+from worker.core.ports import EventPublisher, JobStore, OperationId, Provider, Published
 from worker.core.schemas import InvalidPayload, ReceiptRequest
+from worker.core.types import Payment, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +139,11 @@ class Issued:
 
 
 def issue_receipt(
-    client: IamportClient,
+    client: Provider,
     request: ReceiptRequest,
     *,
     look_first: bool,
+    operation: OperationId,
     sends: SendLog = UNLOGGED,
 ) -> Issued:
     """Make sure the payment has exactly one active receipt, issuing it if needed.
@@ -159,7 +159,9 @@ def issue_receipt(
     try:
         receipt = send_logged(
             sends,
-            lambda on_send: client.issue_receipt(request.imp_uid, request.body(), on_send=on_send),
+            lambda on_send: client.issue_receipt(
+                request.imp_uid, request.body(), operation=operation, on_send=on_send
+            ),
         )
         return Issued(receipt, duplicate=False)
     except OutcomeUnknown:
@@ -197,7 +199,7 @@ def issue_receipt(
 NOT_ACTED_ON = "no answer, and i'mport had not acted on the request after IAMPORT_SETTLE_SECONDS"
 
 
-def settle_issue(client: IamportClient, imp_uid: str, sends: SendLog) -> Issued:
+def settle_issue(client: Provider, imp_uid: str, sends: SendLog) -> Issued:
     """The settling attempt after the budget: look, never POST.
 
     Made no earlier than the bound after the job's unsettled POST was sent, so
@@ -212,7 +214,7 @@ def settle_issue(client: IamportClient, imp_uid: str, sends: SendLog) -> Issued:
     return Issued(existing, duplicate=False)
 
 
-def find_issued(client: IamportClient, imp_uid: str) -> tuple[Receipt | None, Payment | None]:
+def find_issued(client: Provider, imp_uid: str) -> tuple[Receipt | None, Payment | None]:
     """The payment's active receipt, if any, and the payment when it had to be read."""
     receipt = client.find_receipt(imp_uid)
     if receipt is not None and receipt.active:
@@ -261,7 +263,7 @@ class TerminalPublisher:
     """
 
     events: EventPublisher
-    ledger: Ledger
+    ledger: JobStore
     task_id: str
     attempts: int
     imp_uid: str | None
@@ -441,8 +443,8 @@ class TerminalPublisher:
 def settle(
     imp_uid: str,
     *,
-    ledger: Ledger,
-    client: IamportClient,
+    ledger: JobStore,
+    client: Provider,
     events: EventPublisher,
     settle_seconds: float,
 ) -> str:
@@ -496,7 +498,7 @@ def _not_to_settle(record: Mapping[str, str], settle_seconds: float) -> str | No
     return None
 
 
-def _settle_cancel(ledger: Ledger, imp_uid: str, task_id: str, cancel: dict[str, Any]) -> str:
+def _settle_cancel(ledger: JobStore, imp_uid: str, task_id: str, cancel: dict[str, Any]) -> str:
     """A cancellation has nothing to adopt: hand it back due now, to be re-sent."""
     claim = ledger.claim(imp_uid, task_id=task_id, payload=cancel, op="cancel")
     if claim.kind != "claimed":

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from tests.support.redis_server import RedisServer
-from worker.adapters.store.events import FAILED, ISSUED, EventPublisher, latest_event
+from worker.adapters.store.events import EventPublisher, latest_event
+from worker.core.events import FAILED, ISSUED
 
 pytestmark = pytest.mark.integration
 

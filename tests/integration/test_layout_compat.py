@@ -31,8 +31,8 @@ import redis
 
 from tests.support import layout
 from tests.support.redis_server import running_redis
-from worker.adapters.store.events import CANCELLED, ISSUED
 from worker.adapters.store.ledger import Claim, DueJob, Ledger
+from worker.core.events import CANCELLED, ISSUED
 
 pytestmark = pytest.mark.integration
 FIXTURE = json.loads((Path(__file__).parent / "layout" / "redis_layout.json").read_text())

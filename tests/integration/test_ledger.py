@@ -14,7 +14,6 @@ from cryptography.fernet import Fernet
 
 from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_for
-from worker.adapters.store.events import ISSUED, event_data
 from worker.adapters.store.keys import (
     DEAD_JOBS_KEY,
     DUE_KEY,
@@ -25,6 +24,7 @@ from worker.adapters.store.keys import (
 )
 from worker.adapters.store.ledger import Ledger
 from worker.cli.operations import dead_jobs
+from worker.core.events import ISSUED, event_data
 from worker.core.schemas import load_payload
 from worker.core.sealing import Sealer
 

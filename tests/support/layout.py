@@ -26,8 +26,9 @@ from typing import Any
 import redis
 
 from worker.adapters.store.dead_messages import keep_dead_message
-from worker.adapters.store.events import CANCELLED, FAILED, ISSUED, EventPublisher
+from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.ledger import Ledger
+from worker.core.events import CANCELLED, FAILED, ISSUED
 
 STREAM = "cash_receipt.events"
 PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA", "amount": 1000}

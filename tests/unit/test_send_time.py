@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import requests
 
-from tests.unit.test_service import request
+from tests.unit.test_service import OPERATION, request
 from worker.adapters.iamport.client import TOKEN_PATH, IamportClient
 from worker.cancellation import cancel_live_receipt
+from worker.core.ports import OperationId
 from worker.service import Superseded, issue_receipt
 
 RECEIPT = {
@@ -98,7 +99,7 @@ def client(events: list[str], *script: requests.Response) -> IamportClient:
 def test_the_send_time_is_taken_after_the_token_right_before_the_post() -> None:
     events: list[str] = []
     iamport = client(events, token(), answer(200, RECEIPT))
-    issue_receipt(iamport, request(), look_first=False, sends=Sends(events))
+    issue_receipt(iamport, request(), look_first=False, operation=OPERATION, sends=Sends(events))
     assert events == ["token", "sending", "POST /receipts/imp_1"]
 
 
@@ -107,7 +108,7 @@ def test_a_resend_after_a_401_takes_the_send_time_again() -> None:
     events: list[str] = []
     refused = answer(401, None)
     iamport = client(events, token(), refused, token(), answer(200, RECEIPT))
-    issue_receipt(iamport, request(), look_first=False, sends=Sends(events))
+    issue_receipt(iamport, request(), look_first=False, operation=OPERATION, sends=Sends(events))
     post = "POST /receipts/imp_1"
     assert events == ["token", "sending", post, "token", "sending", post]
 
@@ -115,7 +116,8 @@ def test_a_resend_after_a_401_takes_the_send_time_again() -> None:
 def test_a_delete_takes_its_send_time_after_the_token() -> None:
     events: list[str] = []
     iamport = client(events, token(), answer(200, RECEIPT), answer(200, RECEIPT))
-    cancel_live_receipt(iamport, "imp_1", sends=Sends(events))
+    cancel = OperationId(imp_uid="imp_1", step="cancel", fence=1)
+    cancel_live_receipt(iamport, "imp_1", operation=cancel, sends=Sends(events))
     lookup = "GET /receipts/imp_1"
     assert events == ["token", lookup, "sending", "DELETE /receipts/imp_1"]
 
@@ -131,7 +133,7 @@ def test_a_fenced_out_run_sends_nothing(refuse_first: bool) -> None:
         iamport = client(events, token(), answer(401, None), token())
         sends = FencedOnResend(events)
     with pytest.raises(Superseded):
-        issue_receipt(iamport, request(), look_first=False, sends=sends)
+        issue_receipt(iamport, request(), look_first=False, operation=OPERATION, sends=sends)
     assert events.count("POST /receipts/imp_1") == (0 if refuse_first else 1)
     assert events[-1] == "sending"
 

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from worker.adapters.iamport.client import Payment, Receipt
 from worker.cancellation import settle_cancel
 from worker.core.errors import InvalidRequest, OutcomeUnknown
+from worker.core.ports import OperationId
 from worker.core.schemas import ReceiptRequest, load_payload
 from worker.core.sealing import Sealer
+from worker.core.types import Payment, Receipt
 from worker.service import issue_receipt, recorded_sent_at, settle_delay, settle_issue
 
 RECEIPT = Receipt(
@@ -55,11 +56,20 @@ class ReceiptAppearsAfterTheLookup:
         return PAYMENT
 
     def issue_receipt(
-        self, imp_uid: str, body: dict[str, Any], *, on_send: Callable[[], None]
+        self,
+        imp_uid: str,
+        body: dict[str, Any],
+        *,
+        operation: OperationId,
+        on_send: Callable[[], None],
     ) -> Receipt:
         on_send()
         self.posted = True
         raise InvalidRequest("already issued", status=400)
+
+
+#: The POST's operation id (V1 ignores it).
+OPERATION = OperationId(imp_uid="imp_1", step="issue", fence=1)
 
 
 def request() -> ReceiptRequest:
@@ -71,7 +81,7 @@ def request() -> ReceiptRequest:
 def test_a_400_behind_which_a_receipt_exists(look_first: bool, duplicate: bool) -> None:
     """First attempt: the receipt predates the job. A later one: it may be the job's own."""
     client: Any = ReceiptAppearsAfterTheLookup()
-    issued = issue_receipt(client, request(), look_first=look_first)
+    issued = issue_receipt(client, request(), look_first=look_first, operation=OPERATION)
     assert (issued.receipt, issued.duplicate) == (RECEIPT, duplicate)
     # On a later attempt its lookup waited out the bound on late processing, so the receipt
     # appearing after it is a request acted on beyond the bound: counted for an alert.

@@ -15,12 +15,13 @@ from typing import Any
 import redis
 from celery import Celery
 
-from worker.adapters.iamport.client import IamportClient, Payment, Receipt
+from worker.adapters.iamport.client import IamportClient
 from worker.adapters.store.keys import DEAD_JOBS_KEY, LEDGER_PREFIX, ledger_key
 from worker.adapters.store.ledger import dead_job_ids, shown_record
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.errors import ConnectionFailed, IamportError, RateLimited, TransientError
 from worker.core.retry import reason_for
+from worker.core.types import Payment, Receipt
 from worker.service import find_issued
 
 

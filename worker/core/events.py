@@ -1,14 +1,24 @@
-"""What a failure event's ``error`` says: its shape, decided in one place.
+"""What a result event says: its types, its ``data``, and a failure's ``error``.
 
-The ingress, which dead-letters an entry it cannot read, and the tasks, which end
-a job, both publish it; neither has to import the other's machinery to agree on it.
+Decided in one place. The ingress, which dead-letters an entry it cannot read,
+the tasks, which end a job, and the store's scripts, which copy an owner's event
+for the tasks that waited on it, all publish them; none has to import another's
+machinery to agree on them. The README lists every key.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from worker.core.schemas import InvalidPayload
+
+ISSUED = "cash_receipt.issued"
+FAILED = "cash_receipt.failed"
+CANCELLED = "cash_receipt.cancelled"
+CANCEL_FAILED = "cash_receipt.cancel_failed"
 
 # Whether a retry of the same job could still help, per failure reason.
 RETRYABLE_REASONS = frozenset({"retries_exhausted", "auth", "not_eligible"})
@@ -40,4 +50,26 @@ def failure_detail(
             "message": message,
             "retryable": reason in RETRYABLE_REASONS,
         }
+    }
+
+
+def event_data(
+    *,
+    task_id: str,
+    imp_uid: str | None,
+    merchant_uid: str | None,
+    attempts: int,
+    duplicate: bool,
+    detail: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The ``data`` field of a result event (the README lists every key)."""
+    return {
+        "event_id": uuid.uuid4().hex,
+        "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "imp_uid": imp_uid,
+        "merchant_uid": merchant_uid,
+        "task_id": task_id,
+        "attempts": attempts,
+        "duplicate": duplicate,
+        **detail,
     }

@@ -5,6 +5,11 @@ threads. It never retries by itself except for one token renewal on a 401:
 retrying is the task's decision, made by :mod:`worker.core.retry`, because a blind
 re-POST of a receipt that may already exist is exactly how a tax document gets
 issued twice.
+
+It is the core's :class:`~worker.core.ports.Provider` for V1, by structure: mypy
+checks it where the client is handed to the core. Its answers come back as the
+core's provider-neutral :class:`~worker.core.types.Receipt` and
+:class:`~worker.core.types.Payment`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -32,8 +36,10 @@ from worker.core.errors import (
     UnexpectedResponse,
 )
 from worker.core.masking import mask_text
+from worker.core.ports import OperationId
 from worker.core.retry import CHANGING_METHODS, error_for_answer, is_envelope
 from worker.core.schemas import PAYMENT_SCHEMA, RECEIPT_SCHEMA
+from worker.core.types import Payment, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -41,45 +47,6 @@ log = logging.getLogger(__name__)
 #: its last minute also makes i'mport extend it by five minutes for everyone.
 TOKEN_RENEW_MARGIN = 60.0
 TOKEN_PATH = "/users/getToken"  # noqa: S105 (a path, not a password)
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """i'mport's ReceiptAnnotation, typed."""
-
-    imp_uid: str
-    receipt_tid: str | None
-    apply_num: str | None
-    type: str | None
-    amount: int | None
-    vat: int | None
-    receipt_url: str | None
-    applied_at: int | None
-    cancelled_at: int | None
-
-    @property
-    def active(self) -> bool:
-        """Issued and not cancelled."""
-        return not self.cancelled_at
-
-    def as_dict(self) -> dict[str, Any]:
-        """Every ReceiptAnnotation field, for the issued event."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Payment:
-    """The fields of i'mport's PaymentAnnotation that decide receipt questions."""
-
-    imp_uid: str
-    merchant_uid: str | None
-    pay_method: str | None
-    pg_provider: str | None
-    status: str
-    amount: int
-    cancel_amount: int
-    currency: str
-    cash_receipt_issued: bool
 
 
 class TokenCache(Protocol):
@@ -145,13 +112,19 @@ class IamportClient:
     # -- receipts and payments -------------------------------------------------
 
     def issue_receipt(
-        self, imp_uid: str, body: Mapping[str, Any], *, on_send: Callable[[], None] = _unnoted
+        self,
+        imp_uid: str,
+        body: Mapping[str, Any],
+        *,
+        operation: OperationId | None = None,
+        on_send: Callable[[], None] = _unnoted,
     ) -> Receipt:
         """``POST /receipts/{imp_uid}``. Anything but a clean answer raises.
 
         ``on_send`` is called right before the POST goes out, and again before
         it is resent after a 401: not before a token request. What it raises
-        stops the POST (nothing is sent) and reaches the caller.
+        stops the POST (nothing is sent) and reaches the caller. ``operation``
+        is ignored: V1 has no idempotency key.
         """
         response = self._call(
             "POST", f"/receipts/{_path(imp_uid)}", json=dict(body), on_send=on_send
@@ -166,10 +139,21 @@ class IamportClient:
             return None
         return _receipt(response)
 
-    def cancel_receipt(self, imp_uid: str, *, on_send: Callable[[], None] = _unnoted) -> Receipt:
+    def list_receipts(self, imp_uid: str) -> list[Receipt]:
+        """The payment's receipts, newest first: V1 shows only the newest, so at most one."""
+        found = self.find_receipt(imp_uid)
+        return [found] if found is not None else []
+
+    def cancel_receipt(
+        self,
+        imp_uid: str,
+        *,
+        operation: OperationId | None = None,
+        on_send: Callable[[], None] = _unnoted,
+    ) -> Receipt:
         """``DELETE /receipts/{imp_uid}``: the cancelled receipt, with ``cancelled_at`` set.
 
-        ``on_send`` as for :meth:`issue_receipt`.
+        ``on_send`` and ``operation`` as for :meth:`issue_receipt`.
         """
         response = self._call("DELETE", f"/receipts/{_path(imp_uid)}", on_send=on_send)
         return _receipt(response)

@@ -20,33 +20,20 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from worker.adapters.store import lua
 from worker.adapters.store.keys import status_key, terminal_key
-
-ISSUED = "cash_receipt.issued"
-FAILED = "cash_receipt.failed"
-CANCELLED = "cash_receipt.cancelled"
-CANCEL_FAILED = "cash_receipt.cancel_failed"
-
-
-@dataclass(frozen=True)
-class Published:
-    """Where an event went; ``new`` is False when the task had already published."""
-
-    entry_id: str
-    new: bool
+from worker.core.events import event_data
+from worker.core.ports import Published
 
 
 class EventPublisher:
-    """Publishes terminal events for task messages."""
+    """Publishes terminal events for task messages: the core's
+    :class:`~worker.core.ports.EventPublisher`, in a Redis stream."""
 
     def __init__(self, client: redis.Redis, *, stream: str, retention_seconds: int) -> None:
         if retention_seconds <= 0:
@@ -91,28 +78,6 @@ class EventPublisher:
             entry_id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
             new=bool(new),
         )
-
-
-def event_data(
-    *,
-    task_id: str,
-    imp_uid: str | None,
-    merchant_uid: str | None,
-    attempts: int,
-    duplicate: bool,
-    detail: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The ``data`` field of a result event (the README lists every key)."""
-    return {
-        "event_id": uuid.uuid4().hex,
-        "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "imp_uid": imp_uid,
-        "merchant_uid": merchant_uid,
-        "task_id": task_id,
-        "attempts": attempts,
-        "duplicate": duplicate,
-        **detail,
-    }
 
 
 def latest_event(client: redis.Redis, *, stream: str, imp_uid: str) -> dict[str, Any] | None:

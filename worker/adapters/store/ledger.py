@@ -47,7 +47,6 @@ from typing import Any
 import redis
 
 from worker.adapters.store import lua
-from worker.adapters.store.events import CANCEL_FAILED, FAILED, ISSUED, event_data
 from worker.adapters.store.keys import (
     DEAD_JOBS_KEY,
     DUE_KEY,
@@ -58,31 +57,14 @@ from worker.adapters.store.keys import (
     terminal_key,
     waiters_key,
 )
+from worker.core.events import CANCEL_FAILED, FAILED, ISSUED, event_data
 from worker.core.masking import mask_payload
+from worker.core.ports import Claim
 
 TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
 #: The message header that hands a claimed job on to the next message of its
 #: task (a retry, a sweeper re-send): the fence it was handed on with.
 FENCE_HEADER = "ledger_fence"
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What :meth:`Ledger.claim` found.
-
-    ``kind`` is ``claimed`` (this task now owns the job: ``fence``,
-    ``attempt``), ``busy`` (another live task owns it),
-    ``issued`` (``receipt`` exists), ``cancelled``, or ``done`` (this very task
-    already published its outcome). ``resumed`` is set when an earlier attempt
-    may have reached i'mport, so the job must look before it POSTs.
-    """
-
-    kind: str
-    fence: int = 0
-    op: str = "issue"
-    attempt: int = 0
-    resumed: bool = False
-    receipt: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +82,11 @@ class DueJob:
 
 
 class Ledger:
-    """The ledger's transitions, each one Lua script (worker/adapters/store/lua/)."""
+    """The ledger's transitions, each one Lua script (worker/adapters/store/lua/).
+
+    The core's :class:`~worker.core.ports.JobStore`, by structure: mypy checks it
+    where the ledger is handed to the core.
+    """
 
     def __init__(
         self,
@@ -124,6 +110,10 @@ class Ledger:
         self._due = client.register_script(lua.source("due"))
         self._note = client.register_script(lua.source("note"))
         self._publish = client.register_script(lua.source("publish"))
+
+    def now(self) -> float:
+        """The time by the clock every transition is stamped with (epoch seconds)."""
+        return time.time()
 
     @property
     def lease_seconds(self) -> float:

@@ -1,0 +1,190 @@
+"""The two ports of the core: the receipt provider, and the job store (with its events).
+
+The core (the issue rule, the refund steps, the job runner) talks to the
+outside world only through these protocols. The adapters implement them by
+structure, not by inheritance, and mypy strict checks that they do where they
+are handed to the core:
+
+- :class:`Provider`: the i'mport V1 client
+  (:class:`~worker.adapters.iamport.client.IamportClient`); PortOne V2 next.
+- :class:`JobStore`: the Redis ledger (:class:`~worker.adapters.store.ledger.Ledger`), whose
+  every transition is one Lua script, fenced.
+- :class:`EventPublisher`: the Redis stream publisher
+  (:class:`~worker.adapters.store.events.EventPublisher`), for an outcome no job transition
+  carries (a duplicate message, an invalid payload).
+
+Every failure a provider raises is one of :mod:`worker.core.errors`. A store raises
+what its backend raises (a Redis error): the caller retries the whole attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from worker.core.types import Payment, Receipt
+
+
+@dataclass(frozen=True)
+class OperationId:
+    """Which request, of which job, under which claim: a provider's idempotency key.
+
+    ``fence`` is the fence of the claim that sends the request: the job's
+    generation. It tells apart two requests of one payment that must both take
+    effect (the first issue, and the re-issue for the balance after a partial
+    refund), and the same request sent again within one claim (a resend after a
+    token renewal) keeps it. PortOne V2 makes its idempotency key from it;
+    i'mport V1 has no idempotency key and ignores it. A retry under a new claim
+    is a new operation: the rule that keeps it from issuing twice is the
+    lookup before it (:mod:`worker.core.issuing`), not this id.
+    """
+
+    imp_uid: str
+    #: ``issue`` (the POST of an issue job), ``cancel`` (the DELETE of a refund) or
+    #: ``reissue`` (the POST of a partial refund, for the balance).
+    step: str
+    fence: int
+
+    @property
+    def key(self) -> str:
+        """The id as one string: ``<step>:<fence>:<imp_uid>``."""
+        return f"{self.step}:{self.fence}:{self.imp_uid}"
+
+
+class Provider(Protocol):
+    """A cash-receipt provider: issue, look up, cancel. Errors: :mod:`worker.core.errors`.
+
+    ``on_send`` is called right before a request that changes something goes
+    out (after any token request, and again before each resend); what it
+    raises stops the request, and reaches the caller.
+    """
+
+    def issue_receipt(
+        self,
+        imp_uid: str,
+        body: Mapping[str, Any],
+        *,
+        operation: OperationId,
+        on_send: Callable[[], None],
+    ) -> Receipt:
+        """Issue the payment's receipt; anything but a clean answer raises."""
+
+    def find_receipt(self, imp_uid: str) -> Receipt | None:
+        """The payment's newest receipt, active or cancelled; None when none can be shown."""
+
+    def list_receipts(self, imp_uid: str) -> list[Receipt]:
+        """The payment's receipts, newest first.
+
+        i'mport V1 keeps only the newest one per payment (a receipt issued after
+        a cancelled one replaces it), so its list has at most one entry.
+        """
+
+    def get_payment(self, imp_uid: str) -> Payment:
+        """The payment, with its refunded amount and whether it has a receipt."""
+
+    def cancel_receipt(
+        self, imp_uid: str, *, operation: OperationId, on_send: Callable[[], None]
+    ) -> Receipt:
+        """Cancel the payment's active receipt: the cancelled receipt."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`JobStore.claim` found.
+
+    ``kind`` is ``claimed`` (this task now owns the job: ``fence``,
+    ``attempt``), ``busy`` (another live task owns it),
+    ``issued`` (``receipt`` exists), ``cancelled``, or ``done`` (this very task
+    already published its outcome). ``resumed`` is set when an earlier attempt
+    may have reached the provider, so the job must look before it POSTs.
+    """
+
+    kind: str
+    fence: int = 0
+    op: str = "issue"
+    attempt: int = 0
+    resumed: bool = False
+    receipt: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    """Where an event went; ``new`` is False when the task had already published."""
+
+    entry_id: str
+    new: bool
+
+
+class JobStore(Protocol):
+    """The job records: one per payment, every transition fenced.
+
+    A claim bumps the job's fence; every later write of the claim's owner
+    (``extend``, ``park``, ``note_all``, ``finish``) carries it and is refused
+    (False, or None) once another claim took the job over. The store's clock
+    is the only clock the core reads (:meth:`now`), so a test can move it.
+    """
+
+    def now(self) -> float:
+        """The time (epoch seconds) by the store's clock."""
+
+    def receive(
+        self, imp_uid: str, *, task_id: str, payload: Mapping[str, Any], resend_after: float
+    ) -> str:
+        """Record a job before it is enqueued; returns the state it is in now."""
+
+    def claim(
+        self,
+        imp_uid: str,
+        *,
+        task_id: str,
+        payload: Mapping[str, Any],
+        op: str = "issue",
+        fence: int | None = None,
+    ) -> Claim:
+        """Try to own the job for one attempt of ``op`` (``issue`` or ``cancel``)."""
+
+    def extend(self, imp_uid: str, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:
+        """Hold the claim through a short retry countdown plus one more attempt."""
+
+    def park(self, imp_uid: str, *, fence: int, until: float, error: Mapping[str, Any]) -> bool:
+        """Hand the job back to the store until ``until`` (epoch s): a long wait."""
+
+    def note_all(self, imp_uid: str, *, fence: int, fields: Mapping[str, str]) -> bool:
+        """Record the fields of a step the owner took, in one fenced write."""
+
+    def finish(
+        self,
+        imp_uid: str,
+        *,
+        fence: int,
+        state: str,
+        task_id: str,
+        event_type: str,
+        data: Mapping[str, Any],
+        receipt: Mapping[str, Any] | None = None,
+        error: Mapping[str, Any] | None = None,
+        extra_event: tuple[str, Mapping[str, Any]] | None = None,
+        settled: bool = False,
+    ) -> str | None:
+        """End the job and publish its event, at once; None when this claim was fenced out."""
+
+    def record(self, imp_uid: str) -> dict[str, str] | None:
+        """The job's record as the store keeps it, or None."""
+
+
+class EventPublisher(Protocol):
+    """Publishes the one terminal event of a task message, unless it already exists."""
+
+    def publish_terminal(
+        self,
+        *,
+        event_type: str,
+        task_id: str,
+        imp_uid: str | None,
+        merchant_uid: str | None,
+        attempts: int,
+        duplicate: bool,
+        detail: Mapping[str, Any],
+    ) -> Published:
+        """Publish ``task_id``'s terminal event; ``new`` is False when it already had one."""
