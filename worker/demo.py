@@ -27,10 +27,12 @@ from typing import Any
 
 import redis
 
+from worker.adapters.store.events import latest_event
 from worker.adapters.store.redis_client import redis_client
+from worker.celery.producer import enqueue_issue
+from worker.config.load import load_celeryconfig
 from worker.core.urls import redact_url
 from worker.demo_redis import NoRedis, free_port, plan_redis
-from worker.settings import load_celeryconfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -224,9 +226,6 @@ def _feed_and_show(
     *,
     running: Sequence[str],
 ) -> int:
-    from worker.adapters.store.events import latest_event  # noqa: PLC0415
-    from worker.celery.producer import enqueue_issue  # noqa: PLC0415
-
     config = load_celeryconfig()
     client = redis_client(config.ledger_backend_url)
     run_id = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from worker.adapters.store.redis_client import redis_client
+from worker.config.load import load_celeryconfig
 
 #: The prefix of an ingress's Redis client name (worker.ingress names it so).
 INGRESS_CLIENT_PREFIX = "cashreceipt-ingress:"
@@ -34,8 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args != ["ingress"]:
         print("usage: python -m worker.health ingress", file=sys.stderr)
         return 2
-    from worker.settings import load_celeryconfig  # noqa: PLC0415 (reads the environment)
-
     conf = load_celeryconfig()
     client = redis_client(conf.ledger_backend_url, socket_timeout=5, socket_connect_timeout=5)
     try:

@@ -57,6 +57,7 @@ from worker.adapters.store import lua
 from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY
 from worker.adapters.store.redis_client import redis_client
+from worker.celery import app
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.config.load import load_celeryconfig
 from worker.core.events import CANCEL_FAILED, FAILED, invalid_detail
@@ -451,10 +452,6 @@ def serve(
         return 2
     celeryconfig = load_celeryconfig()
     _setup_logging(celeryconfig)
-    # Deliberately lazy: worker.celery reads the settings when it is imported, and importing
-    # this module must not (producers import task_id_for from it); by now they were checked.
-    from worker.celery import app  # noqa: PLC0415
-
     try:
         Sealer.from_conf(app.conf)
     except SealingUnavailable as error:

@@ -19,7 +19,7 @@ import requests
 from celery import Celery
 
 from worker.celery.runtime import http_session
-from worker.settings import load_celeryconfig
+from worker.config.load import load_celeryconfig
 
 BARE_TASK = "bench.bare_receipt"
 

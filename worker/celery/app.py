@@ -176,9 +176,7 @@ def _bounded_shutdown_on_sigterm(sender: Any, **_: Any) -> None:
     every start command (compose, `make run`, the tests, by hand) stops the
     same way. The pool of a prefork or thread worker is the sender's controller.
     """
-    from celery.apps.worker import install_worker_term_hard_handler  # noqa: PLC0415
-
-    install_worker_term_hard_handler(sender.controller, sig="SIGTERM")
+    celery_worker_app.install_worker_term_hard_handler(sender.controller, sig="SIGTERM")
 
 
 @signals.worker_shutting_down.connect

@@ -19,12 +19,13 @@ from celery import Celery
 
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.redis_client import redis_client
+from worker.celery.app import app as worker_app
 from worker.config.defaults import LEDGER_RETENTION, RESULT_STREAM, RESULT_STREAM_RETENTION
+from worker.config.load import redis_url
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import masked_args_repr
 from worker.core.schemas import load_cancellation, load_payload
 from worker.core.sealing import Sealer
-from worker.settings import redis_url
 
 
 def enqueue_issue(
@@ -41,9 +42,7 @@ def enqueue_issue(
     derives it from the stream entry): the same id ends in the same one event.
     """
     if app is None:
-        from worker.celery import app as default_app  # noqa: PLC0415 (reads config on demand)
-
-        app = default_app
+        app = worker_app
     sealer = Sealer.from_conf(app.conf)
     message = load_payload(payload, sealer).to_message(sealer)
     task_id = task_id or str(uuid.uuid4())
@@ -115,9 +114,7 @@ def enqueue_cancel(
     ``cashreceipt stuck`` meanwhile.
     """
     if app is None:
-        from worker.celery import app as default_app  # noqa: PLC0415 (reads config on demand)
-
-        app = default_app
+        app = worker_app
     message = load_cancellation(payload)
     task_id = task_id or str(uuid.uuid4())
     # The ledger first, as for an issue: a refund whose message is lost must

@@ -25,9 +25,9 @@ from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.stopping import StoppableAdapter
+from worker.config.load import redis_url
 from worker.core.retry import RetryPolicy
 from worker.core.sealing import Sealer
-from worker.settings import redis_url
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from celery import Celery
 
 from worker.adapters.observe.logs import setup_process_logging
 from worker.adapters.store.redis_client import redis_client
+from worker.celery import app
 from worker.config.load import load_celeryconfig
 
 #: Exit codes (README, "Operator tools").
@@ -47,11 +48,8 @@ def ledger_redis() -> Any:
 
 def celery_app() -> Celery:
     """The worker's Celery app, for a command that sends a task or builds the runtime."""
-    # Deliberately lazy: worker.celery reads the settings when it is imported, so importing it
-    # here, not at the top, lets --help, --version and the commands that need only Redis run
-    # without it, and a bad setting is said by main() in one line (exit 2), not at import.
-    from worker.celery import app  # noqa: PLC0415
-
+    # Importing it reads no setting: its first use of one does, so --help and --version run
+    # with none, and a bad setting is said by main() in one line (exit 2).
     return app
 
 

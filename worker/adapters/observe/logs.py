@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from worker.adapters.observe.logmask import MaskPersonalData, install
+from worker.config.load import config_secrets
 from worker.core.masking import mask_text
-from worker.settings import config_secrets
 
 #: The ``extra`` fields a JSON line carries as keys of its own. Anything else a
 #: library attaches is left out: Celery's ``data`` holds a task's arguments.
