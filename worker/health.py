@@ -17,11 +17,8 @@ from typing import Any
 
 import redis
 
-from worker.adapters.store.redis_client import redis_client
+from worker.adapters.store.redis_client import INGRESS_CLIENT_PREFIX, redis_client
 from worker.config.load import load_celeryconfig
-
-#: The prefix of an ingress's Redis client name (worker.ingress names it so).
-INGRESS_CLIENT_PREFIX = "cashreceipt-ingress:"
 
 
 def ingress_connected(clients: Iterable[Mapping[str, Any]], hostname: str) -> bool:

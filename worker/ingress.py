@@ -56,7 +56,7 @@ from worker.adapters.observe.logs import setup_process_logging
 from worker.adapters.store import lua
 from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY
-from worker.adapters.store.redis_client import redis_client
+from worker.adapters.store.redis_client import INGRESS_CLIENT_PREFIX, redis_client
 from worker.celery import app
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.config.load import load_celeryconfig
@@ -461,7 +461,7 @@ def serve(
     client = redis_client(
         celeryconfig.ledger_backend_url,
         # Named, so that operators (and tests) can tell ingress connections apart.
-        name="cashreceipt-ingress:"
+        name=INGRESS_CLIENT_PREFIX
         + "".join(c if c.isprintable() and not c.isspace() else "_" for c in consumer),
         health_check_interval=30,
         # redis-py's default of 5 s would cut a longer blocking read short.

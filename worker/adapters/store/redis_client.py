@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import redis
 
+#: The start of an ingress's client name, ``cashreceipt-ingress:<consumer>``. The
+#: ingress names its connection so, and its health check (worker.health) looks for it
+#: in CLIENT LIST: a contract with operators and the compose file, never change it.
+INGRESS_CLIENT_PREFIX = "cashreceipt-ingress:"
+
 
 def redis_client(
     url: str,
