@@ -134,7 +134,7 @@ def full_issue(client: redis.Redis) -> None:
         data=_data("task-issue-1", uid, receipt=RECEIPT),
         receipt=RECEIPT,
     )
-    store.report_issued_duplicate(uid, task_id="task-issue-4", merchant_uid="m-1")
+    store.publish_issued_duplicate(uid, task_id="task-issue-4", merchant_uid="m-1")
 
     # A partial refund, re-issued for the balance: two events, one transition.
     store.receive_cancel(uid, task_id="task-partial", cancel=PARTIAL, resend_after=60)

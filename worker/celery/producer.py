@@ -57,7 +57,7 @@ def enqueue_issue(
     )
     if state == "issued":
         # Nothing to do but say so: the duplicate's event, at once, no message.
-        ledger.report_issued_duplicate(
+        ledger.publish_issued_duplicate(
             message["imp_uid"], task_id=task_id, merchant_uid=message.get("merchant_uid")
         )
         return task_id

@@ -277,7 +277,7 @@ class Ledger:
             return None
         return _text(result[1])
 
-    def report_issued_duplicate(
+    def publish_issued_duplicate(
         self, imp_uid: str, *, task_id: str, merchant_uid: str | None
     ) -> None:
         """Publish, for ``task_id``, that this payment's receipt already exists."""
