@@ -65,7 +65,7 @@ for _command in (
     jobs.settle,
     dead_letters.dead,
     dead_letters.replay,
-    dead_letters.parked,
+    dead_letters.dead_messages,
     reconcile.reconcile,
     ingress.ingress,
     bench.bench,

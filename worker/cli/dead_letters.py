@@ -120,11 +120,13 @@ def _read_identifier() -> str:
     return value
 
 
-@click.command()
+# The command keeps the name users know ("parked"); in code these are dead messages, and
+# "park" is a job's long retry wait in the ledger.
+@click.command("parked")
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.option("--requeue", is_flag=True, help="Push every readable one back to its queue.")
 @json_option
-def parked(limit: int, requeue: bool, as_json: bool) -> None:
+def dead_messages(limit: int, requeue: bool, as_json: bool) -> None:
     """List messages the worker could not run (unknown task, unreadable), or requeue them."""
     client = ledger_redis()
     if requeue:
