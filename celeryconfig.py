@@ -75,17 +75,25 @@ refuse_plain_http(iamport_api_url, allow_http=iamport_allow_http)
 check_ca_bundles(_env)
 iamport_key = env_str(_env, "IAMPORT_KEY")
 iamport_secret = env_str(_env, "IAMPORT_SECRET")
-iamport_timeout = env_number(_env, "IAMPORT_TIMEOUT", 10.0, minimum=0.1, maximum=120.0)
+iamport_timeout = env_number(
+    _env, "IAMPORT_TIMEOUT", defaults.IAMPORT_TIMEOUT, minimum=0.1, maximum=120.0
+)
 # How long after a request was sent i'mport may still act on it (README, "The
 # limit of the guarantee"). i'mport publishes no bound; PortOne's own SDK waits
 # 60 s for an answer, so 60 s, and never less than our read timeout by default.
 iamport_settle_seconds = env_number(
-    _env, "IAMPORT_SETTLE_SECONDS", max(60.0, iamport_timeout), minimum=0.0, maximum=3600.0
+    _env,
+    "IAMPORT_SETTLE_SECONDS",
+    max(defaults.IAMPORT_SETTLE_SECONDS, iamport_timeout),
+    minimum=0.0,
+    maximum=3600.0,
 )
 # Every provider's bound; the lease and the visibility timeout wait out the largest.
 settle_seconds = settle_bound({"iamport": iamport_settle_seconds})
 retry_backoff_base = env_number(_env, "RETRY_BACKOFF_BASE", 1.0, minimum=0.01, maximum=3600.0)
-retry_backoff_max = env_number(_env, "RETRY_BACKOFF_MAX", 300.0, minimum=0.01, maximum=3600.0)
+retry_backoff_max = env_number(
+    _env, "RETRY_BACKOFF_MAX", defaults.RETRY_BACKOFF_MAX, minimum=0.01, maximum=3600.0
+)
 # 60 attempts of full-jitter backoff capped at 300 s span about 2 hours on
 # average, and under an hour for fewer than one job in a billion: an hour-long
 # i'mport outage is ridden out. (With 40, about 0.7% of jobs gave up within the
@@ -94,7 +102,9 @@ retry_max_attempts = env_int(_env, "RETRY_MAX_ATTEMPTS", 60, minimum=1, maximum=
 # Delays up to this are Celery countdowns; longer ones park the job in the
 # ledger and the sweeper resumes it, so no countdown outlives the visibility
 # timeout and a long outage holds no message in any worker's memory.
-retry_countdown_max = env_number(_env, "RETRY_COUNTDOWN_MAX", 30.0, minimum=0.0, maximum=3600.0)
+retry_countdown_max = env_number(
+    _env, "RETRY_COUNTDOWN_MAX", defaults.RETRY_COUNTDOWN_MAX, minimum=0.0, maximum=3600.0
+)
 issuance_failed_max_attempts = env_int(
     _env, "ISSUANCE_FAILED_MAX_ATTEMPTS", 3, minimum=1, maximum=100
 )
@@ -110,7 +120,9 @@ result_stream_retention = env_int(
 check_backoff(retry_backoff_base, retry_backoff_max)
 
 # How long a duplicate message waits for the job in flight before it retries.
-duplicate_wait = env_number(_env, "DUPLICATE_WAIT", 20.0, minimum=0.0, maximum=600.0)
+duplicate_wait = env_number(
+    _env, "DUPLICATE_WAIT", defaults.DUPLICATE_WAIT, minimum=0.0, maximum=600.0
+)
 
 _longest_countdown = min(retry_backoff_max, retry_countdown_max)
 _minimum_visibility = minimum_visibility_timeout(

@@ -341,3 +341,22 @@ def test_worker_refuses_to_start_without_a_pii_key() -> None:
     )
     assert result.returncode != 0
     assert "no PII encryption key: set PII_ENCRYPTION_KEYS" in result.stderr + result.stdout
+
+
+def test_a_bare_app_gets_the_timings_celeryconfig_derives_with_nothing_set() -> None:
+    """The producer helper, handed a Celery app without our settings, waits what a worker does.
+
+    Its fallbacks come from worker.config.defaults, derived by the same time rule
+    as celeryconfig's: they were a literal 460 s, left behind when the settle bound
+    raised the defaults to a 470 s lease and a 520 s visibility timeout.
+    """
+    code = (
+        "import celeryconfig as c\n"
+        "from celery import Celery\n"
+        "from worker.celery import producer\n"
+        "bare = Celery('bare')\n"
+        "print(c.ledger_lease_seconds, c.broker_visibility_timeout, producer._resend_after(bare))"
+    )
+    result = python_clean(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["470.0", "520", "520.0"]

@@ -20,7 +20,13 @@ from celery import Celery
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.app import app as worker_app
-from worker.config.defaults import LEDGER_RETENTION, RESULT_STREAM, RESULT_STREAM_RETENTION
+from worker.config.defaults import (
+    LEDGER_LEASE_SECONDS,
+    LEDGER_RETENTION,
+    RESULT_STREAM,
+    RESULT_STREAM_RETENTION,
+    VISIBILITY_TIMEOUT,
+)
 from worker.config.load import redis_url
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import masked_args_repr
@@ -73,14 +79,12 @@ def enqueue_issue(
     return task_id
 
 
-#: When the app's configuration does not say (a bare Celery app handed in).
-DEFAULT_RESEND = 460.0
 _ledgers: dict[str, Ledger] = {}
 
 
 def _resend_after(app: Celery) -> float:
     """How long the sweeper leaves a recorded job to its message before re-sending it."""
-    return float(getattr(app.conf, "broker_visibility_timeout", 0) or DEFAULT_RESEND)
+    return float(getattr(app.conf, "broker_visibility_timeout", 0) or VISIBILITY_TIMEOUT)
 
 
 def _ledger(app: Celery) -> Ledger:
@@ -95,7 +99,7 @@ def _ledger(app: Celery) -> Ledger:
                 getattr(conf, "result_stream_retention", 0) or RESULT_STREAM_RETENTION
             ),
             retention_seconds=int(getattr(conf, "ledger_retention", 0) or LEDGER_RETENTION),
-            lease_seconds=float(getattr(conf, "ledger_lease_seconds", 0) or DEFAULT_RESEND),
+            lease_seconds=float(getattr(conf, "ledger_lease_seconds", 0) or LEDGER_LEASE_SECONDS),
         )
     return _ledgers[url]
 
