@@ -3,8 +3,8 @@
 Like a web view, the task only translates: the payload into a
 :class:`~worker.core.schemas.ReceiptRequest`, the service's errors into "retry in N
 seconds" or one failure event. Everything it decides is decided by
-:func:`worker.core.retry.decide`; everything it does is done by
-:mod:`worker.service`.
+:func:`worker.core.retry.decide`; everything it does is done by the issue rule
+(:mod:`worker.core.issuing`) and the refund steps (:mod:`worker.core.refunds`).
 """
 
 from __future__ import annotations
@@ -23,14 +23,25 @@ from celery.utils.log import get_task_logger
 
 from worker.adapters.observe.logs import outcome_line
 from worker.adapters.store.ledger import FENCE_HEADER
-from worker.cancellation import cancel_live_receipt, receipt_for_balance, settle_cancel
 from worker.celery import app, stopping
 from worker.celery.malformed import guard
 from worker.celery.runtime import Runtime, get_runtime
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.errors import IamportError, OutcomeUnknown, TransientError
+from worker.core.issuing import (
+    SENT_AT_FIELD,
+    SENT_OP_FIELD,
+    Issued,
+    SendLog,
+    Superseded,
+    issue_receipt,
+    recorded_sent_at,
+    settle_delay,
+    settle_issue,
+)
 from worker.core.masking import mask_payload, masked_args_repr
 from worker.core.ports import Claim, OperationId
+from worker.core.refunds import cancel_live_receipt, receipt_for_balance, settle_cancel
 from worker.core.retry import (
     Decision,
     compute_backoff,
@@ -48,21 +59,8 @@ from worker.core.schemas import (
     readable_merchant_uid,
     single_argument,
 )
+from worker.core.terminal import TerminalPublisher, error_detail, failure_message
 from worker.core.types import Receipt
-from worker.service import (
-    SENT_AT_FIELD,
-    SENT_OP_FIELD,
-    Issued,
-    SendLog,
-    Superseded,
-    TerminalPublisher,
-    error_detail,
-    failure_message,
-    issue_receipt,
-    recorded_sent_at,
-    settle_delay,
-    settle_issue,
-)
 
 #: How often a duplicate looks at the ledger while another task holds the job.
 DUPLICATE_POLL_SECONDS = 0.1
@@ -230,7 +228,7 @@ class _Run:
         self.imp_uid = readable_imp_uid(raw)
         return TerminalPublisher(
             events=self.runtime.events,
-            ledger=self.runtime.ledger,
+            store=self.runtime.ledger,
             task_id=str(self.task.request.id),
             attempts=int(self.task.request.retries) + 1,
             imp_uid=readable_imp_uid(raw),
@@ -284,7 +282,7 @@ class _Run:
         raise NotImplementedError
 
     def sends(self, imp_uid: str, claim: Claim) -> SendLog:
-        """The ledger as this run's :class:`~worker.service.SendLog`, under its claim's fence."""
+        """The ledger as this run's :class:`~worker.core.issuing.SendLog`, under its fence."""
         return _LedgerSends(self, imp_uid, claim.fence)
 
     def attempt_once(self, terminal: TerminalPublisher, imp_uid: str, claim: Claim) -> str | None:

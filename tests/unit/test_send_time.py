@@ -16,9 +16,9 @@ import requests
 
 from tests.unit.test_service import OPERATION, request
 from worker.adapters.iamport.client import TOKEN_PATH, IamportClient
-from worker.cancellation import cancel_live_receipt
+from worker.core.issuing import Superseded, issue_receipt
 from worker.core.ports import OperationId
-from worker.service import Superseded, issue_receipt
+from worker.core.refunds import cancel_live_receipt
 
 RECEIPT = {
     "imp_uid": "imp_1",

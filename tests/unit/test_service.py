@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from worker.cancellation import settle_cancel
 from worker.core.errors import InvalidRequest, OutcomeUnknown
+from worker.core.issuing import issue_receipt, recorded_sent_at, settle_delay, settle_issue
 from worker.core.ports import OperationId
+from worker.core.refunds import settle_cancel
 from worker.core.schemas import ReceiptRequest, load_payload
 from worker.core.sealing import Sealer
 from worker.core.types import Payment, Receipt
-from worker.service import issue_receipt, recorded_sent_at, settle_delay, settle_issue
 
 RECEIPT = Receipt(
     imp_uid="imp_1",

@@ -28,7 +28,7 @@ from kombu.exceptions import DecodeError
 
 from worker.celery.runtime import get_runtime
 from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
-from worker.service import TerminalPublisher
+from worker.core.terminal import TerminalPublisher
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _fail_malformed(
     runtime = get_runtime(task.app.conf)
     terminal = TerminalPublisher(
         events=runtime.events,
-        ledger=runtime.ledger,
+        store=runtime.ledger,
         task_id=task_id,
         attempts=(retries if isinstance(retries, int) else 0) + 1,
         imp_uid=readable_imp_uid(raw),

@@ -25,7 +25,7 @@ from worker.cli.common import (
     state_text,
 )
 from worker.core.schemas import InvalidPayload
-from worker.service import settle as settle_job
+from worker.core.settling import settle as settle_job
 
 _FIELDS = (
     "imp_uid",
@@ -200,7 +200,7 @@ def settle(imp_uid: str, as_json: bool) -> None:
     runtime = get_runtime(celery_app().conf)
     outcome = settle_job(
         imp_uid,
-        ledger=runtime.ledger,
+        store=runtime.ledger,
         client=runtime.client,
         events=runtime.events,
         settle_seconds=runtime.settle_seconds,

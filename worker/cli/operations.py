@@ -20,9 +20,9 @@ from worker.adapters.store.keys import DEAD_JOBS_KEY, LEDGER_PREFIX, ledger_key
 from worker.adapters.store.ledger import dead_job_ids, shown_record
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.errors import ConnectionFailed, IamportError, RateLimited, TransientError
+from worker.core.issuing import find_issued
 from worker.core.retry import reason_for
 from worker.core.types import Payment, Receipt
-from worker.service import find_issued
 
 
 def dead_jobs(

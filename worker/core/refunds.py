@@ -1,11 +1,12 @@
-"""Cancelling a payment's receipt, and re-issuing after a partial refund. No Celery in here.
+"""The refund steps: cancel the receipt, then re-issue for the balance. Pure: a Provider.
 
-A refunded payment must not keep a live receipt. ``DELETE /receipts/{imp_uid}``
+A refunded payment must not keep a live receipt. The provider's cancel
 cancels it; after a partial refund a new receipt is then issued for what is
-left, which i'mport computes from the payment. The same rules as issuing hold:
-look before acting (a DELETE whose answer was lost is settled by the lookup,
-whose ``cancelled_at`` tells), retry what is transient, and record each step
-in the ledger so that a retry never cancels the new receipt it just issued.
+left, which i'mport computes from the payment. The same rules as issuing hold
+(:mod:`worker.core.issuing`): look before acting (a DELETE whose answer was
+lost is settled by the lookup, whose ``cancelled_at`` tells), retry what is
+transient, and record each step in the job store so that a retry never cancels
+the new receipt it just issued (the runner's ``cancel_step``).
 
 A partial refund has no idempotency key of its own (the same refund may come
 twice, from an outbox relay that repeats), but i'mport keeps the cumulative
@@ -17,9 +18,9 @@ issue a third receipt.
 from __future__ import annotations
 
 from worker.core.errors import InvalidRequest, OutcomeUnknown
+from worker.core.issuing import NOT_ACTED_ON, UNLOGGED, SendLog, send_logged
 from worker.core.ports import OperationId, Provider
 from worker.core.types import Receipt
-from worker.service import NOT_ACTED_ON, UNLOGGED, SendLog, send_logged
 
 
 def cancel_live_receipt(

@@ -1,0 +1,227 @@
+"""The issue rule: look before POST. Pure: it talks to a :class:`~worker.core.ports.Provider`.
+
+The rule that keeps a tax document from being issued twice without an
+idempotency key (i'mport V1 has none): **never re-POST without looking first**.
+i'mport refuses a second active receipt for one payment, so a POST whose
+outcome is unknown, a 400 that may mean "already issued", and every retry are
+settled by a receipt lookup, then by the payment and its
+``cash_receipt_issued`` for PGs whose receipts cannot be looked up (KICC,
+Settlebank) or were issued by the PG itself.
+
+A lookup proves nothing while the provider may still act on the request: a
+lookup that settles an ambiguous POST or DELETE is made no earlier than
+``IAMPORT_SETTLE_SECONDS`` after it was sent (:func:`settle_delay`). The send
+time is kept in the job store (:class:`SendLog`), so a retry, a takeover after a
+crash and ``cashreceipt settle`` all wait it out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from worker.core.errors import IamportError, InvalidRequest, NotEligible, OutcomeUnknown
+from worker.core.ports import OperationId, Provider
+from worker.core.schemas import ReceiptRequest
+from worker.core.types import Payment, Receipt
+
+log = logging.getLogger(__name__)
+
+CASH_PAY_METHODS = frozenset({"vbank", "trans"})
+
+#: The ledger field holding when the job's last POST or DELETE was sent (epoch
+#: seconds), while its outcome is unsettled; empty once the provider answered it.
+SENT_AT_FIELD = "sent_at"
+#: Beside it, which operation sent that request (``issue`` or ``cancel``): a refund that
+#: took over an issue waits out the issue's POST, but only settles a DELETE of its own.
+#: Read only while ``sent_at`` is set; a record without it (older code) means the job's op.
+SENT_OP_FIELD = "sent_op"
+
+#: Why a job fails when its settling lookup found its unsettled request not acted on.
+NOT_ACTED_ON = "no answer, and i'mport had not acted on the request after IAMPORT_SETTLE_SECONDS"
+
+
+def settle_delay(sent_at: float | None, *, bound: float, now: float) -> float:
+    """How long to wait before a lookup may settle a request sent at ``sent_at``.
+
+    Until ``bound`` seconds after the send, the provider may still act on it,
+    so a lookup that finds nothing proves nothing. None (nothing unsettled) and
+    a bound already past both mean now.
+    """
+    if sent_at is None:
+        return 0.0
+    return max(0.0, sent_at + bound - now)
+
+
+def recorded_sent_at(record: Mapping[str, str] | None) -> float | None:
+    """The unsettled send time a ledger record holds, or None."""
+    raw = (record or {}).get(SENT_AT_FIELD) or ""
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+class Superseded(Exception):
+    """Another task took the job over: this one must not send anything."""
+
+
+class SendLog(Protocol):
+    """Where the send time of a POST or DELETE is kept until the provider answers it."""
+
+    def sending(self) -> None:
+        """Record that a request that changes something is about to go out.
+
+        Raises :class:`Superseded` when this task no longer owns the job.
+        """
+
+    def answered(self) -> None:
+        """The request got an answer from the provider: nothing is left to settle."""
+
+
+class _Unlogged:
+    """No job store behind the caller: nothing to record."""
+
+    def sending(self) -> None:
+        pass
+
+    def answered(self) -> None:
+        pass
+
+
+UNLOGGED: SendLog = _Unlogged()
+_T = TypeVar("_T")
+
+
+def send_logged(log_: SendLog, send: Callable[[Callable[[], None]], _T]) -> _T:
+    """Send a POST or DELETE with its send time recorded, cleared when the provider answers.
+
+    ``send`` is handed :meth:`SendLog.sending` and must call it right before
+    the request goes out (after any token request, and again before a resend):
+    the settling lookup counts the bound from the last send. A success is not
+    cleared here: the job's next transition records the outcome, and a store
+    round trip per receipt is saved. An ambiguous answer
+    (:class:`OutcomeUnknown`) keeps the send time for the settling lookup.
+    """
+    try:
+        return send(log_.sending)
+    except OutcomeUnknown:
+        raise
+    except IamportError:
+        log_.answered()
+        raise
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A receipt exists for the payment; ``duplicate`` when it predates this job's POST.
+
+    ``late`` when the receipt appeared after this attempt's lookup found none,
+    and before its POST: an earlier POST of this job acted on later than the
+    bound the lookup waited out, or someone else issued meanwhile. Either way
+    the guarantee's limit was crossed, and it is counted for an alert.
+    """
+
+    receipt: Receipt
+    duplicate: bool
+    late: bool = False
+
+
+def issue_receipt(
+    client: Provider,
+    request: ReceiptRequest,
+    *,
+    look_first: bool,
+    operation: OperationId,
+    sends: SendLog = UNLOGGED,
+) -> Issued:
+    """Make sure the payment has exactly one active receipt, issuing it if needed.
+
+    ``look_first`` is set on every attempt after the first: an earlier attempt
+    may have created the receipt without hearing the answer (the caller has
+    waited out the bound on late processing before this lookup).
+    """
+    if look_first:
+        existing, _ = find_issued(client, request.imp_uid)
+        if existing is not None:
+            return Issued(existing, duplicate=False)
+    try:
+        receipt = send_logged(
+            sends,
+            lambda on_send: client.issue_receipt(
+                request.imp_uid, request.body(), operation=operation, on_send=on_send
+            ),
+        )
+        return Issued(receipt, duplicate=False)
+    except OutcomeUnknown:
+        existing, _ = find_issued(client, request.imp_uid)
+        if existing is None:
+            raise
+        log.info("an ambiguous POST for %s had issued the receipt", request.imp_uid)
+        return Issued(existing, duplicate=False)
+    except InvalidRequest:
+        # 400 also means "already issued"; only a lookup tells which. On a first
+        # attempt the receipt predates this job: a duplicate. On a later one it
+        # may be this job's own earlier POST, processed after its lookup missed
+        # it (an answer that came after the timeout): not a duplicate.
+        existing, payment = find_issued(client, request.imp_uid)
+        if existing is not None:
+            if look_first:
+                log.warning(
+                    "a receipt for %s appeared after this attempt's lookup found none: "
+                    "a request acted on later than IAMPORT_SETTLE_SECONDS",
+                    request.imp_uid,
+                )
+            return Issued(existing, duplicate=not look_first, late=look_first)
+        if payment is not None and (
+            payment.status != "paid" or payment.pay_method not in CASH_PAY_METHODS
+        ):
+            raise NotEligible(
+                f"payment {request.imp_uid} is {payment.status} by {payment.pay_method}; "
+                "a cash receipt needs a paid virtual-account or bank-transfer payment",
+                status=400,
+            ) from None
+        raise
+
+
+def settle_issue(client: Provider, imp_uid: str, sends: SendLog) -> Issued:
+    """The settling attempt after the budget: look, never POST.
+
+    Made no earlier than the bound after the job's unsettled POST was sent, so
+    the lookup settles it: the send time is cleared. A receipt is the POST's;
+    none means it was not acted on, and :class:`OutcomeUnknown` is raised,
+    which the spent budget ends as ``retries_exhausted``.
+    """
+    existing, _ = find_issued(client, imp_uid)
+    sends.answered()
+    if existing is None:
+        raise OutcomeUnknown(NOT_ACTED_ON)
+    return Issued(existing, duplicate=False)
+
+
+def find_issued(client: Provider, imp_uid: str) -> tuple[Receipt | None, Payment | None]:
+    """The payment's active receipt, if any, and the payment when it had to be read."""
+    receipt = client.find_receipt(imp_uid)
+    if receipt is not None and receipt.active:
+        return receipt, None
+    payment = client.get_payment(imp_uid)
+    if payment.cash_receipt_issued:
+        # The PG offers no lookup (or issued it itself): all we can know is
+        # that a receipt exists and what it is for.
+        return (
+            Receipt(
+                imp_uid=imp_uid,
+                receipt_tid=None,
+                apply_num=None,
+                type=None,
+                amount=payment.amount - payment.cancel_amount,
+                vat=None,
+                receipt_url=None,
+                applied_at=None,
+                cancelled_at=0,
+            ),
+            payment,
+        )
+    return None, payment

@@ -1,0 +1,79 @@
+"""``cashreceipt settle``: force a lookup at the provider and settle one job. Pure: the ports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from worker.core.issuing import find_issued, recorded_sent_at, settle_delay
+from worker.core.ports import EventPublisher, JobStore, Provider
+from worker.core.terminal import TerminalPublisher
+
+
+def settle(
+    imp_uid: str,
+    *,
+    store: JobStore,
+    client: Provider,
+    events: EventPublisher,
+    settle_seconds: float,
+) -> str:
+    """Force a lookup at the provider and settle the job: ``cashreceipt settle``.
+
+    Nothing is done while the provider may still act on the job's last POST or
+    DELETE (``settling``: try again after IAMPORT_SETTLE_SECONDS). The job is
+    claimed under its own task id, but only when no live claim holds it (it
+    is ``received``, or its owner's lease passed): taking over a worker that
+    is still in the middle of its POST would let the re-sent job POST too.
+    Such a job is left alone (``busy``). If the provider has an active receipt,
+    the job ends issued (its event goes out for the task that started it); if
+    not, it is handed back to the store, due now, and the sweeper re-sends it.
+    ``settle_seconds`` is IAMPORT_SETTLE_SECONDS.
+    """
+    record = store.record(imp_uid)
+    if record is None:
+        return "unknown"
+    if (left_as_is := _not_to_settle(record, settle_seconds, now=store.now())) is not None:
+        return left_as_is
+    task_id = record["task_id"]
+    if record.get("op") == "cancel":
+        return _settle_cancel(store, imp_uid, task_id, json.loads(record.get("cancel") or "{}"))
+    payload = json.loads(record["payload"])
+    claim = store.claim(imp_uid, task_id=task_id, payload=payload)
+    if claim.kind != "claimed":
+        return claim.kind
+    existing, _ = find_issued(client, imp_uid)
+    if existing is not None:
+        terminal = TerminalPublisher(
+            events=events,
+            store=store,
+            task_id=task_id,
+            attempts=claim.attempt,
+            imp_uid=imp_uid,
+            merchant_uid=payload.get("merchant_uid"),
+        )
+        return "issued" if terminal.finish(fence=claim.fence, issued=existing) else "fenced"
+    note = {"reason": "settled", "message": "no receipt at i'mport; re-sent"}
+    store.park(imp_uid, fence=claim.fence, until=store.now(), error=note)
+    return "resent"
+
+
+def _not_to_settle(record: Mapping[str, str], settle_seconds: float, *, now: float) -> str | None:
+    """Why ``cashreceipt settle`` leaves a job as it is: it ended, or it is still settling."""
+    if record["state"] in {"issued", "failed", "cancelled"}:
+        return record["state"]
+    if settle_delay(recorded_sent_at(record), bound=settle_seconds, now=now) > 0:
+        # The provider may still act on the job's last POST or DELETE: a lookup now proves nothing.
+        return "settling"
+    return None
+
+
+def _settle_cancel(store: JobStore, imp_uid: str, task_id: str, cancel: dict[str, Any]) -> str:
+    """A cancellation has nothing to adopt: hand it back due now, to be re-sent."""
+    claim = store.claim(imp_uid, task_id=task_id, payload=cancel, op="cancel")
+    if claim.kind != "claimed":
+        return claim.kind
+    note = {"reason": "settled", "message": "a cancellation; re-sent"}
+    store.park(imp_uid, fence=claim.fence, until=store.now(), error=note)
+    return "resent"

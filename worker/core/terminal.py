@@ -1,0 +1,217 @@
+"""How a task message ends: its one terminal event, through the job store or directly.
+
+The owner of a job ends it through the store (:meth:`TerminalPublisher.finish`
+and the ``finish_*`` methods), which makes the transition and publishes in one
+step; everything else (an invalid payload, a duplicate of a settled job)
+publishes directly. Either way, a task id publishes once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from worker.core.errors import IamportError
+from worker.core.events import (
+    CANCEL_FAILED,
+    CANCELLED,
+    FAILED,
+    ISSUED,
+    event_data,
+    failure_detail,
+    invalid_detail,
+)
+from worker.core.masking import mask_text
+from worker.core.ports import EventPublisher, JobStore, Published
+from worker.core.schemas import InvalidPayload
+from worker.core.types import Receipt
+
+log = logging.getLogger(__name__)
+
+
+def failure_message(error: IamportError) -> str:
+    """What the provider said, in its words, masked: the message a failure shows."""
+    return mask_text(error.provider_message or str(error))
+
+
+def error_detail(error: IamportError, reason: str) -> dict[str, Any]:
+    """The ``error`` of a failure event for what the provider answered."""
+    return failure_detail(
+        reason, status=error.status, code=error.code, message=failure_message(error)
+    )
+
+
+@dataclass(frozen=True)
+class TerminalPublisher:
+    """Publishes the terminal event of one task message."""
+
+    events: EventPublisher
+    store: JobStore
+    task_id: str
+    attempts: int
+    imp_uid: str | None
+    merchant_uid: str | None
+
+    def issued_duplicate(self, receipt: Mapping[str, Any]) -> Published:
+        """This message repeated a payment whose receipt exists."""
+        return self._publish(ISSUED, duplicate=True, detail={"receipt": dict(receipt)})
+
+    def invalid_payload(self, error: InvalidPayload) -> Published:
+        """The payload can never be issued as it is."""
+        return self._publish(FAILED, duplicate=False, detail=invalid_detail(error))
+
+    def refused(self, reason: str, message: str) -> Published:
+        """This message repeated a payment that cannot be issued again (cancelled)."""
+        detail = failure_detail(reason, status=None, code=None, message=message)
+        return self._publish(FAILED, duplicate=True, detail=detail)
+
+    def finish(
+        self,
+        *,
+        fence: int,
+        issued: Receipt | None = None,
+        duplicate: bool = False,
+        error: IamportError | None = None,
+        reason: str = "",
+    ) -> bool:
+        """End the owned job as issued (``issued``) or failed (``error``, ``reason``).
+
+        False when the claim was fenced out: another task owns the job now.
+        """
+        assert self.imp_uid is not None
+        if issued is not None:
+            state, event_type, detail = "issued", ISSUED, {"receipt": issued.as_dict()}
+        else:
+            assert error is not None
+            state, event_type, detail = "failed", FAILED, error_detail(error, reason)
+        entry = self.store.finish(
+            self.imp_uid,
+            fence=fence,
+            state=state,
+            task_id=self.task_id,
+            event_type=event_type,
+            data=self._data(duplicate=duplicate, detail=detail),
+            receipt=detail.get("receipt"),
+            error=detail.get("error"),
+            settled=issued is not None,
+        )
+        return entry is not None
+
+    def cancelled_duplicate(self, receipt: Mapping[str, Any] | None) -> Published:
+        """This cancellation repeated one that already happened."""
+        return self._publish(
+            CANCELLED, duplicate=True, detail={"receipt": dict(receipt) if receipt else None}
+        )
+
+    def cancel_invalid(self, error: InvalidPayload) -> Published:
+        """The cancellation payload is malformed."""
+        return self._publish(CANCEL_FAILED, duplicate=False, detail=invalid_detail(error))
+
+    def finish_cancelled(
+        self,
+        *,
+        fence: int,
+        cancelled: Receipt | None,
+        reissued: Receipt | None = None,
+        reissue_error: tuple[IamportError, str] | None = None,
+    ) -> bool:
+        """End a cancellation: ``cancelled``, and after a partial refund the new receipt.
+
+        Both events are one store transition. A re-issue that failed for good
+        leaves the job failed (replayable) with its failure event.
+        """
+        assert self.imp_uid is not None
+        cancelled_data = self._data(
+            duplicate=False, detail={"receipt": cancelled.as_dict() if cancelled else None}
+        )
+        extra: tuple[str, Mapping[str, Any]] | None = None
+        state, receipt, error = "cancelled", cancelled.as_dict() if cancelled else None, None
+        if reissued is not None:
+            state, receipt = "issued", reissued.as_dict()
+            extra = (ISSUED, self._data(duplicate=False, detail={"receipt": receipt}))
+        elif reissue_error is not None:
+            detail = error_detail(*reissue_error)
+            state, error = "failed", detail["error"]
+            extra = (FAILED, self._data(duplicate=False, detail=detail))
+        entry = self.store.finish(
+            self.imp_uid,
+            fence=fence,
+            state=state,
+            task_id=self.task_id,
+            event_type=CANCELLED,
+            data=cancelled_data,
+            receipt=receipt,
+            error=error,
+            extra_event=extra,
+            settled=reissue_error is None,
+        )
+        return entry is not None
+
+    def finish_cancel_duplicate(
+        self, *, fence: int, live: Receipt, earlier: Mapping[str, Any] | None
+    ) -> bool:
+        """A refund already reflected by the live receipt: a duplicate; the job stays issued.
+
+        The event carries the receipt the earlier handling cancelled, when known.
+        """
+        assert self.imp_uid is not None
+        entry = self.store.finish(
+            self.imp_uid,
+            fence=fence,
+            state="issued",
+            task_id=self.task_id,
+            event_type=CANCELLED,
+            data=self._data(duplicate=True, detail={"receipt": dict(earlier) if earlier else None}),
+            receipt=live.as_dict(),
+            settled=True,
+        )
+        return entry is not None
+
+    def finish_cancel_failed(self, *, fence: int, error: IamportError, reason: str) -> bool:
+        """The receipt could not be cancelled: it stays live, and the job issued.
+
+        The store lists it with the dead letters, so that a refunded payment's
+        live receipt is seen, and ``cashreceipt replay`` sends the cancellation again.
+        """
+        assert self.imp_uid is not None
+        detail = error_detail(error, reason)
+        entry = self.store.finish(
+            self.imp_uid,
+            fence=fence,
+            state="issued",
+            task_id=self.task_id,
+            event_type=CANCEL_FAILED,
+            data=self._data(duplicate=False, detail=detail),
+            error=detail["error"],
+        )
+        return entry is not None
+
+    def _data(self, *, duplicate: bool, detail: dict[str, Any]) -> dict[str, Any]:
+        return event_data(
+            task_id=self.task_id,
+            imp_uid=self.imp_uid,
+            merchant_uid=self.merchant_uid,
+            attempts=self.attempts,
+            duplicate=duplicate,
+            detail=detail,
+        )
+
+    def _publish(self, event_type: str, *, duplicate: bool, detail: dict[str, Any]) -> Published:
+        published = self.events.publish_terminal(
+            event_type=event_type,
+            task_id=self.task_id,
+            imp_uid=self.imp_uid,
+            merchant_uid=self.merchant_uid,
+            attempts=self.attempts,
+            duplicate=duplicate,
+            detail=detail,
+        )
+        if not published.new:
+            log.warning(
+                "task %s already published its outcome as %s; nothing new published",
+                self.task_id,
+                published.entry_id,
+            )
+        return published
