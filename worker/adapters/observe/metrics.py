@@ -40,13 +40,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from worker.adapters.store.keys import (
-    DEAD_ENTRIES_KEY,
-    DEAD_JOBS_KEY,
-    DEAD_MESSAGES_KEY,
-    DUE_KEY,
-    ledger_key,
-)
+from worker.adapters.store.keys import DEAD_ENTRIES_KEY, DEAD_MESSAGES_KEY
+from worker.adapters.store.ledger import jobs_by_state, oldest_due_seconds
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +50,6 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: The most due-index entries one scrape reads to split them by state; beyond
 #: it (a backlog of this size is an outage in itself) the rest count as "unknown".
-LEDGER_SCAN_LIMIT = 100_000
-_SCAN_CHUNK = 1000
 
 
 class Metrics:
@@ -167,34 +160,6 @@ class Metrics:
 # -- state, read at scrape time ------------------------------------------------------
 
 
-def ledger_jobs(client: redis.Redis, *, limit: int = LEDGER_SCAN_LIMIT) -> dict[str, int]:
-    """Jobs that still need someone, by state: ``received``, ``in_flight``, ``failed``.
-
-    Every non-terminal job is in the due index and every failed one in the
-    dead-job index; issued and cancelled records have no index (counting them
-    would read every record at every scrape), and their rate is a counter.
-    """
-    counts = {"received": 0, "in_flight": 0, "failed": int(client.zcard(DEAD_JOBS_KEY))}
-    total = int(client.zcard(DUE_KEY))
-    scanned = 0
-    while scanned < min(total, limit):
-        members = client.zrange(DUE_KEY, scanned, scanned + _SCAN_CHUNK - 1)
-        if not members:
-            break
-        with client.pipeline(transaction=False) as pipe:
-            for member in members:
-                pipe.hget(ledger_key(_text(member)), "state")
-            states = pipe.execute()
-        for state in states:
-            # A finished job leaves the index lazily (the sweeper drops it).
-            if state is not None and _text(state) in counts and _text(state) != "failed":
-                counts[_text(state)] += 1
-        scanned += len(members)
-    if total > scanned:
-        counts["unknown"] = total - scanned
-    return counts
-
-
 def queue_depth(app: Any, queue: str) -> int:
     """Messages waiting in ``queue``, asked of the broker through kombu (Redis or RabbitMQ).
 
@@ -210,18 +175,6 @@ def queue_depth(app: Any, queue: str) -> int:
             return 0  # no queue yet: nothing was ever sent, or all of it was taken
         finally:
             channel.close()
-
-
-def oldest_due_seconds(client: redis.Redis, *, now: float) -> float:
-    """How long the most overdue non-terminal job has been due; 0 when none is.
-
-    A due job is re-sent at the next sweep (every SWEEP_INTERVAL), which moves
-    it forward: only a job nobody picks up grows old here.
-    """
-    oldest = client.zrange(DUE_KEY, 0, 0, withscores=True)
-    if not oldest:
-        return 0.0
-    return max(0.0, now - float(oldest[0][1]) / 1000)
 
 
 class StateCollector:
@@ -280,7 +233,7 @@ class StateCollector:
             "Ledger jobs that still need someone, by state (failed: dead letters)",
             labels=["state"],
         )
-        for state, count in ledger_jobs(client).items():
+        for state, count in jobs_by_state(client).items():
             jobs.add_metric([state], count)
         yield jobs
         yield GaugeMetricFamily(
@@ -351,7 +304,3 @@ def start_server(*, port: int, address: str, collectors: Iterable[Collector]) ->
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return MetricsServer(directory=directory, server=server, port=server.server_port)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -410,3 +410,50 @@ def dead_job_ids(client: redis.Redis, *, limit: int = 100) -> list[str]:
 def job_history(client: redis.Redis, imp_uid: str) -> list[dict[str, Any]]:
     """The attempts and outcomes the ledger kept for a payment, newest first."""
     return [json.loads(_text(item)) for item in client.lrange(history_key(imp_uid), 0, -1)]
+
+
+# -- read views for the metrics, read at scrape time ---------------------------------
+
+#: The most due-index members one scrape reads the state of; the rest count as unknown.
+LEDGER_SCAN_LIMIT = 100_000
+_SCAN_CHUNK = 1000
+
+
+def jobs_by_state(client: redis.Redis, *, limit: int = LEDGER_SCAN_LIMIT) -> dict[str, int]:
+    """Jobs that still need someone, by state: ``received``, ``in_flight``, ``failed``.
+
+    Every non-terminal job is in the due index and every failed one in the
+    dead-job index; issued and cancelled records have no index (counting them
+    would read every record at every scrape), and their rate is a counter.
+    """
+    counts = {"received": 0, "in_flight": 0, "failed": int(client.zcard(DEAD_JOBS_KEY))}
+    total = int(client.zcard(DUE_KEY))
+    scanned = 0
+    while scanned < min(total, limit):
+        members = client.zrange(DUE_KEY, scanned, scanned + _SCAN_CHUNK - 1)
+        if not members:
+            break
+        with client.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.hget(ledger_key(_text(member)), "state")
+            states = pipe.execute()
+        for state in states:
+            # A finished job leaves the index lazily (the sweeper drops it).
+            if state is not None and _text(state) in counts and _text(state) != "failed":
+                counts[_text(state)] += 1
+        scanned += len(members)
+    if total > scanned:
+        counts["unknown"] = total - scanned
+    return counts
+
+
+def oldest_due_seconds(client: redis.Redis, *, now: float) -> float:
+    """How long the most overdue non-terminal job has been due; 0 when none is.
+
+    A due job is re-sent at the next sweep (every SWEEP_INTERVAL), which moves
+    it forward: only a job nobody picks up grows old here.
+    """
+    oldest = client.zrange(DUE_KEY, 0, 0, withscores=True)
+    if not oldest:
+        return 0.0
+    return max(0.0, now - float(oldest[0][1]) / 1000)
