@@ -20,6 +20,7 @@ from worker.core.errors import (
     OutcomeUnknown,
     ProviderUnavailable,
     RateLimited,
+    TransientError,
     UnexpectedResponse,
     UnsupportedPg,
 )
@@ -131,7 +132,7 @@ def test_any_transient_answer_keeps_retry_after(kind: str, status: int) -> None:
     error = error_for_answer(
         "POST", status, body=BODIES[kind], headers={"Retry-After": "12"}, now=NOW
     )
-    assert error.retryable
+    assert isinstance(error, TransientError)
     assert error.retry_after == 12.0  # type: ignore[attr-defined]
 
 

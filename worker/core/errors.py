@@ -33,8 +33,6 @@ from __future__ import annotations
 class IamportError(Exception):
     """Base of every i'mport failure; carries what the provider said."""
 
-    retryable: bool = False
-
     def __init__(
         self,
         message: str,
@@ -61,8 +59,6 @@ class TransientError(IamportError):
     Any transient answer may carry ``Retry-After`` (a 503 from a gateway as
     well as a 429), and it is honoured whatever the class.
     """
-
-    retryable = True
 
     def __init__(
         self,
@@ -110,10 +106,11 @@ class NotEligible(PermanentError):
 
 
 class AuthenticationFailed(PermanentError):
-    """Bad credentials, or a 401 that survived one token renewal."""
+    """Bad credentials, or a 401 that survived one token renewal.
 
-    # Fixing the credentials makes the same job succeed.
-    retryable = True
+    Fixing the credentials makes the same job succeed: its failure event says
+    ``retryable`` (worker.core.events.RETRYABLE_REASONS, the one place that decides it).
+    """
 
 
 class UnsupportedPg(PermanentError):
