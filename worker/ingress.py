@@ -379,11 +379,6 @@ class Ingress:
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
-def list_dead_entries(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest dead letters of the ingress (malformed entries), newest first."""
-    return [json.loads(item) for item in client.lrange(DEAD_ENTRIES_KEY, 0, limit - 1)]
-
-
 def _field(fields: Mapping[bytes | str, bytes | str], name: str) -> bytes | None:
     value = fields.get(name.encode(), fields.get(name))
     return value.encode() if isinstance(value, str) else value

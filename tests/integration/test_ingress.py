@@ -28,9 +28,10 @@ from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ROOT, TEST_PII_KEY, ProcessOutput, worker_env
 from worker.adapters.store.keys import ledger_key
+from worker.adapters.store.views import list_dead_entries
 from worker.celery.producer import enqueue_issue
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK
-from worker.ingress import list_dead_entries, task_id_for
+from worker.ingress import task_id_for
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from worker.adapters.store.keys import (
     terminal_key,
 )
 from worker.adapters.store.ledger import Ledger
-from worker.cli.operations import dead_jobs
+from worker.adapters.store.views import dead_jobs
 from worker.core.events import ISSUED, event_data
 from worker.core.schemas import load_payload
 from worker.core.sealing import Sealer

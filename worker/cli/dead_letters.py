@@ -7,6 +7,7 @@ import sys
 import click
 
 from worker.adapters.store.dead_messages import list_dead_messages, publisher, requeue_dead_messages
+from worker.adapters.store.views import dead_jobs, list_dead_entries
 from worker.cli.common import (
     EXIT_NOT_FOUND,
     celery_app,
@@ -17,9 +18,8 @@ from worker.cli.common import (
     load_config,
     state_text,
 )
-from worker.cli.operations import dead_jobs, replay_reason
 from worker.cli.operations import replay as replay_jobs
-from worker.ingress import list_dead_entries
+from worker.cli.operations import replay_reason
 
 
 @click.command()

@@ -9,9 +9,8 @@ from typing import Any
 import click
 
 from worker.adapters.store.events import latest_event
-from worker.adapters.store.keys import ledger_key
-from worker.adapters.store.ledger import job_history, shown_record
-from worker.adapters.store.ledger import stuck as stuck_jobs
+from worker.adapters.store.ledger import job_history
+from worker.adapters.store.views import shown_job, stuck_jobs
 from worker.celery.producer import enqueue_issue
 from worker.celery.runtime import get_runtime
 from worker.cli.common import (
@@ -106,12 +105,12 @@ def _payload(text: str | None, path: str | None, fields: dict[str, Any]) -> dict
 def status(imp_uid: str, as_json: bool) -> None:
     """Show a payment's ledger record (masked), its history and its latest event."""
     client = ledger_redis()
-    raw = client.hgetall(ledger_key(imp_uid))
+    record = shown_job(client, imp_uid)
     event = latest_event(client, stream=load_config().result_stream, imp_uid=imp_uid)
-    if not raw and event is None:
+    if record is None and event is None:
         emit({"imp_uid": imp_uid, "status": "unknown"}, as_json=as_json, text=f"{imp_uid}: unknown")
         sys.exit(1)
-    ledger: dict[str, Any] = shown_record(raw) if raw else {}
+    ledger: dict[str, Any] = record or {}
     history = job_history(client, imp_uid)
     if as_json:
         shown = {"imp_uid": imp_uid, "ledger": ledger or None, "history": history, "event": event}
@@ -179,9 +178,9 @@ def _event_line(event_type: str, data: dict[str, Any]) -> str:
 def stuck(older_than: float, limit: int, as_json: bool) -> None:
     """List jobs overdue in a non-terminal state (no worker runs them, or they keep failing)."""
     client = ledger_redis()
-    found = stuck_jobs(client, older_than=older_than, limit=limit)
-    for imp_uid in found:
-        record = shown_record(client.hgetall(ledger_key(imp_uid)))
+    found = False
+    for imp_uid, record in stuck_jobs(client, older_than=older_than, limit=limit):
+        found = True
         emit(
             {"imp_uid": imp_uid, **record},
             as_json=as_json,

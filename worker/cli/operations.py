@@ -6,7 +6,6 @@ Redis and the sandbox without parsing arguments, and reused from a shell.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -16,39 +15,16 @@ import redis
 from celery import Celery
 
 from worker.adapters.iamport.client import IamportClient
-from worker.adapters.store.keys import DEAD_JOBS_KEY, LEDGER_PREFIX, ledger_key
-from worker.adapters.store.ledger import dead_job_ids, shown_record
+from worker.adapters.store.views import (
+    dead_jobs,
+    ledger_state,
+    replay_source,
+)
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.errors import ConnectionFailed, IamportError, RateLimited, TransientError
 from worker.core.issuing import find_issued
 from worker.core.retry import reason_for
 from worker.core.types import Payment, Receipt
-
-
-def dead_jobs(
-    client: redis.Redis, *, reason: str | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
-    """Jobs that failed for good, newest first, masked; only ``reason`` if given.
-
-    ``failed`` says what failed: ``issue`` (the job is failed) or ``cancel``
-    (cancel_failed: the refunded payment's receipt is still live). Index
-    entries whose record has expired (``LEDGER_RETENTION``) are dropped here.
-    """
-    found = []
-    for imp_uid in dead_job_ids(client, limit=10_000):
-        raw = client.hgetall(ledger_key(imp_uid))
-        if not raw:
-            client.zrem(DEAD_JOBS_KEY, imp_uid)  # its record expired: nothing left to replay
-            continue
-        record = shown_record(raw)
-        failure = record.get("last_error") or {}
-        if reason is not None and failure.get("reason") != reason:
-            continue
-        failed = "cancel" if _cancel_failed(record) else "issue"
-        found.append({"imp_uid": imp_uid, "failed": failed, **record})
-        if len(found) >= limit:
-            break
-    return found
 
 
 @dataclass(frozen=True)
@@ -75,18 +51,17 @@ def replay(
     (``cancel_failed``, the receipt still live) is sent again as it was.
     """
     for imp_uid in imp_uids:
-        raw = client.hgetall(ledger_key(imp_uid))
-        record = {_text(k): _text(v) for k, v in raw.items()}
-        if _cancel_failed(record) and client.zscore(DEAD_JOBS_KEY, imp_uid) is not None:
+        source = replay_source(client, imp_uid)
+        if source.cancel is not None:
             if corrections:
                 yield Replayed(imp_uid, None, skipped="a cancellation takes no corrections")
                 continue
-            yield Replayed(imp_uid, enqueue_cancel(json.loads(record["cancel"]), app=app))
+            yield Replayed(imp_uid, enqueue_cancel(source.cancel, app=app))
             continue
-        if record.get("state") != "failed":
-            yield Replayed(imp_uid, None, skipped=f"state is {record.get('state', 'unknown')}")
+        if source.state != "failed":
+            yield Replayed(imp_uid, None, skipped=f"state is {source.state}")
             continue
-        payload = json.loads(record.get("payload") or "{}")
+        payload = dict(source.payload)
         if not payload:
             yield Replayed(imp_uid, None, skipped="no payload kept")
             continue
@@ -95,11 +70,6 @@ def replay(
                 payload.pop("identifier_sealed", None)
             payload.update(corrections)
         yield Replayed(imp_uid, enqueue_issue(payload, app=app))
-
-
-def _cancel_failed(record: dict[str, Any]) -> bool:
-    """Whether a record is a cancellation that ended in cancel_failed (the job stays issued)."""
-    return record.get("state") == "issued" and record.get("op") == "cancel" and "cancel" in record
 
 
 def replay_reason(client: redis.Redis, reason: str, *, limit: int = 1000) -> list[str]:
@@ -167,11 +137,8 @@ def reconcile(
     """
     budget = [retry_budget]
     for imp_uid in imp_uids:
-        state, recorded = (
-            _text(value) if value is not None else None
-            for value in client.hmget(ledger_key(imp_uid), ["state", "receipt"])
-        )
-        state = state or "unknown"
+        recorded = ledger_state(client, imp_uid)
+        state = recorded.state
         if state in {"in_flight", "received"}:
             continue
         try:
@@ -182,7 +149,7 @@ def reconcile(
         live = receipt is not None
         if (state == "issued") != live:
             yield Mismatch(imp_uid, state, "active receipt" if live else "no active receipt")
-        elif receipt is not None and _another_receipt(recorded, receipt.receipt_tid):
+        elif receipt is not None and _another_receipt(recorded.receipt_tid, receipt.receipt_tid):
             yield Mismatch(imp_uid, state, "another active receipt than the ledger's")
 
 
@@ -213,27 +180,6 @@ def lookup_failure(error: IamportError) -> str:
     return reason_for(error)
 
 
-def _another_receipt(recorded: str | None, live_tid: str | None) -> bool:
+def _another_receipt(ours: str | None, live_tid: str | None) -> bool:
     """Whether i'mport's live receipt is not the one the ledger recorded (when both are known)."""
-    try:
-        ours = json.loads(recorded or "{}").get("receipt_tid")
-    except (ValueError, AttributeError):
-        return False
     return bool(ours and live_tid and ours != live_tid)
-
-
-def ledger_payments(client: redis.Redis, *, limit: int = 10_000) -> list[str]:
-    """imp_uids with a ledger record (SCAN: cheap for Redis, fine for a one-off check)."""
-    found = []
-    for key in client.scan_iter(match=f"{LEDGER_PREFIX}*", count=1000):
-        name = _text(key)[len(LEDGER_PREFIX) :]
-        if ":" in name or name in {"due", "failed"}:
-            continue
-        found.append(name)
-        if len(found) >= limit:
-            break
-    return sorted(found)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

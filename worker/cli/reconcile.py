@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from worker.adapters.store.views import ledger_payments
 from worker.celery.runtime import get_runtime
 from worker.cli.common import (
     EXIT_NOT_CHECKED,
@@ -15,7 +16,7 @@ from worker.cli.common import (
     json_option,
     ledger_redis,
 )
-from worker.cli.operations import Mismatch, ledger_payments
+from worker.cli.operations import Mismatch
 from worker.cli.operations import reconcile as compare
 
 

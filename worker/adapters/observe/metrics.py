@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY, DEAD_MESSAGES_KEY
 from worker.adapters.store.ledger import jobs_by_state, oldest_due_seconds
+from worker.adapters.store.views import dead_entry_count, dead_message_count
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +244,8 @@ class StateCollector:
         )
         yield GaugeMetricFamily(
             "cashreceipt_parked_messages",
-            "Messages the workers could not run, set aside in cash_receipt:parked",
-            value=int(client.llen(DEAD_MESSAGES_KEY)),
+            f"Messages the workers could not run, set aside in {DEAD_MESSAGES_KEY}",
+            value=dead_message_count(client),
         )
         yield GaugeMetricFamily(
             "cashreceipt_ingress_backlog_entries",
@@ -253,8 +254,8 @@ class StateCollector:
         )
         yield GaugeMetricFamily(
             "cashreceipt_ingress_dead_entries",
-            "Malformed ingress entries kept in cash_receipt:dead:ingress",
-            value=int(client.llen(DEAD_ENTRIES_KEY)),
+            f"Malformed ingress entries kept in {DEAD_ENTRIES_KEY}",
+            value=dead_entry_count(client),
         )
 
 
