@@ -6,6 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from worker.adapters.observe.metrics import Metrics
+from worker.core.outcome import Outcome
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,7 @@ def test_an_outcome_moves_its_counters_and_no_other(
 ) -> None:
     """Each outcome adds one to exactly the counters it names."""
     registry = CollectorRegistry()
-    Metrics(registry).task_ended(task=task, outcome=outcome, reason=reason)
+    Metrics(registry).task_ended(task=task, outcome=Outcome(outcome), reason=reason)
     moved = {
         (sample.name, tuple(sorted(sample.labels.items())))
         for family in registry.collect()

@@ -58,7 +58,7 @@ def minimum_visibility_timeout(
     Then the message may wait up to ``DUPLICATE_WAIT`` for another task's job
     before it claims the job, and makes one attempt: a message that is fenced
     out and claims again hands the job on to a new message instead of
-    attempting twice (tasks/receipts.py). So the timeout must cover all three,
+    attempting twice (worker/core/runner.py). So the timeout must cover all three,
     or Redis hands the message to a second worker while the first still has it.
     A message redelivered because its worker died mid-POST must also come after
     the bound on late processing (``settle_seconds``), like a lease.

@@ -13,6 +13,10 @@ are handed to the core:
   (:class:`~worker.adapters.store.events.EventPublisher`), for an outcome no job transition
   carries (a duplicate message, an invalid payload).
 
+Tests hand the core in-memory implementations of all three (tests/support/memory.py),
+and can gate every call (tests/support/stepping.py) to interleave runners
+deterministically.
+
 Every failure a provider raises is one of :mod:`worker.core.errors`. A store raises
 what its backend raises (a Redis error): the caller retries the whole attempt.
 """

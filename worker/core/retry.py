@@ -254,7 +254,7 @@ def decide(
       :data:`RETRY_AFTER_CAP` when parsed) is then a floor under it, so the
       retry never comes before the provider said. A delay no countdown may
       hold (the broker's visibility timeout is derived from the longest one)
-      parks the job in the ledger instead (``hand_back`` in tasks/receipts.py).
+      parks the job in the ledger instead (``JobRunner.hand_back`` in worker/core/runner.py).
     """
     if isinstance(error, PermanentError) or not isinstance(error, TransientError):
         return Decision(retry=False, reason=reason_for(error))

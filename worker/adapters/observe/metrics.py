@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY, DEAD_MESSAGES_KEY
 from worker.adapters.store.ledger import jobs_by_state, oldest_due_seconds
 from worker.adapters.store.views import dead_entry_count, dead_message_count
+from worker.core.outcome import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -137,24 +138,25 @@ class Metrics:
         """A provider acted on a request later than its bound: alert, and reconcile."""
         self.late.labels(provider).inc()
 
-    def task_ended(self, *, task: str, outcome: str, reason: str | None) -> None:
-        """Count one task run by how it ended (the outcomes of ``tasks.receipts``)."""
+    def task_ended(self, *, task: str, outcome: Outcome, reason: str | None) -> None:
+        """Count one task run by how it ended (:class:`~worker.core.outcome.Outcome`)."""
         cause = reason or "unknown"
-        if outcome in {"issued", "cancelled:reissued"}:
+        if outcome.issues:
             self.issued.inc()
-        if outcome.startswith("cancelled") and outcome != "cancelled:duplicate":
+        if outcome.cancels:
             self.cancelled.inc()
-        if outcome in {"issued:duplicate", "cancelled:duplicate", "done"}:
+        if outcome.duplicate:
             self.duplicates.labels(task).inc()
-        elif outcome == "failed" and task == "issue":
+        elif outcome is Outcome.FAILED and task == "issue":
             self.failed.labels(cause).inc()
-        elif outcome == "failed":
+        elif outcome is Outcome.FAILED:
             self.cancel_failed.labels(cause).inc()
-        elif outcome == "cancelled:reissue_failed":
+        elif outcome is Outcome.CANCELLED_REISSUE_FAILED:
             self.failed.labels(cause).inc()
-        elif outcome in {"retry", "parked"}:
-            self.retries.labels(task, cause, "countdown" if outcome == "retry" else "parked").inc()
-        elif outcome == "error":
+        elif outcome in {Outcome.RETRY, Outcome.PARKED}:
+            kind = "countdown" if outcome is Outcome.RETRY else "parked"
+            self.retries.labels(task, cause, kind).inc()
+        elif outcome is Outcome.ERROR:
             self.errors.labels(task).inc()
 
 

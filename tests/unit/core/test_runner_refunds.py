@@ -1,0 +1,120 @@
+"""The refund steps, run by the job runner against in-memory ports: no Celery, no Redis.
+
+A full refund cancels the receipt. A partial one cancels it, then issues a receipt
+for the balance; each step is recorded before the next, so a retry never cancels
+the new receipt, and the same refund sent twice changes nothing.
+"""
+
+from __future__ import annotations
+
+from tests.support.memory import DEFERRED, LOST
+from tests.support.runners import RULES, World
+from worker.core.errors import ProviderUnavailable
+from worker.core.outcome import Outcome
+from worker.core.runner import Done, Failed, Retry
+
+
+def issued(world: World, amount: int = 1000) -> None:
+    """imp_1 paid ``amount`` and its receipt issued, by the job's own runner."""
+    world.provider.pay("imp_1", amount)
+    assert world.issue_runner("t1").run() == Done(Outcome.ISSUED)
+
+
+def amounts(world: World) -> list[tuple[int | None, bool]]:
+    """Every receipt of imp_1, oldest first: (amount, active)."""
+    return [(r.amount, r.active) for r in world.provider.receipts("imp_1")]
+
+
+def test_a_full_refund_cancels_the_receipt() -> None:
+    world = World()
+    issued(world)
+    world.provider.refund("imp_1", 1000)
+    assert world.cancel_runner("c1").run() == Done(Outcome.CANCELLED)
+    assert amounts(world) == [(1000, False)]
+    assert world.provider.sent("POST") == 1  # nothing re-issued
+    [event] = world.store.events_of("c1")
+    assert event.type == "cash_receipt.cancelled"
+    assert event.data["receipt"]["cancelled_at"]
+    assert (world.store.record("imp_1") or {})["state"] == "cancelled"
+    # A stale confirmation of the same payment never issues again.
+    assert world.issue_runner("t2").run() == Failed(
+        "cancelled", "cancelled: the receipt of this payment was cancelled"
+    )
+    assert world.provider.sent("POST") == 1
+    # The same refund again: a duplicate, nothing sent.
+    assert world.cancel_runner("c2").run() == Done(Outcome.CANCELLED_DUPLICATE)
+    assert world.provider.sent("DELETE") == 1
+
+
+def test_a_partial_refund_cancels_then_reissues_the_balance() -> None:
+    world = World()
+    issued(world)
+    world.provider.refund("imp_1", 300)
+    assert world.cancel_runner("c1", amount=300).run() == Done(Outcome.CANCELLED_REISSUED)
+    assert amounts(world) == [(1000, False), (700, True)]
+    # One transition, two events: the cancellation and the new receipt.
+    assert [e.type for e in world.store.events_of("c1")] == [
+        "cash_receipt.cancelled",
+        "cash_receipt.issued",
+    ]
+    record = world.store.record("imp_1") or {}
+    assert record["state"] == "issued"
+    assert '"amount": 700' in record["receipt"]
+    # The same refund sent again (an outbox that repeats): the live receipt already
+    # covers the balance, so nothing is cancelled and nothing issued.
+    assert world.cancel_runner("c2", amount=300).run() == Done(Outcome.CANCELLED_DUPLICATE)
+    assert amounts(world) == [(1000, False), (700, True)]
+    # A second partial refund: the 700 receipt is replaced by one for 500.
+    world.provider.refund("imp_1", 200)
+    assert world.cancel_runner("c3", amount=200).run() == Done(Outcome.CANCELLED_REISSUED)
+    assert amounts(world)[-1] == (500, True)
+    assert len(world.provider.active("imp_1")) == 1
+
+
+def test_a_retry_after_the_cancel_step_only_reissues() -> None:
+    """The DELETE is done and recorded; the re-issue's POST was acted on but its answer
+    lost, and the lookup after it failed. The retry must not cancel again (that would
+    cancel the receipt for the balance): it looks, finds the new receipt, and ends."""
+    world = World()
+    issued(world)
+    world.provider.refund("imp_1", 300)
+    world.provider.fail_next("POST", LOST)
+    # Looks: is the balance covered, is the receipt live, before the POST, after it.
+    unavailable = ProviderUnavailable("503", status=503)
+    world.provider.fail_next("GET receipt", None, None, None, unavailable)
+    first = world.cancel_runner("c1", amount=300)
+    retry = first.run()
+    assert retry == Retry(RULES.settle_seconds, "provider_unavailable")
+    assert (world.store.record("imp_1") or {})["cancel_step"] == "cancelled"
+    world.clock.advance(retry.delay)
+    again = world.cancel_runner("c1", amount=300, fence=first.fence, attempt=2)
+    assert again.run() == Done(Outcome.CANCELLED_REISSUED)
+    assert world.provider.sent("DELETE") == 1
+    assert amounts(world) == [(1000, False), (700, True)]
+
+
+def test_an_ambiguous_delete_is_settled_by_a_lookup_after_the_bound() -> None:
+    """A DELETE without an answer: the retry waits out the bound, then looks; the receipt
+    it finds cancelled is the DELETE's doing, and nothing is sent again."""
+    world = World()
+    issued(world)
+    world.provider.refund("imp_1", 1000)
+    world.provider.fail_next("DELETE", DEFERRED)
+    first = world.cancel_runner("c1")
+    retry = first.run()
+    assert retry == Retry(RULES.settle_seconds, "outcome_unknown")
+    world.provider.act_late()
+    world.clock.advance(retry.delay)
+    assert world.cancel_runner("c1", fence=first.fence, attempt=2).run() == Done(Outcome.CANCELLED)
+    assert world.provider.sent("DELETE") == 1
+    assert amounts(world) == [(1000, False)]
+
+
+def test_the_refund_steps_carry_their_claims_fence() -> None:
+    """The DELETE and the re-issue's POST are two operations of one claim."""
+    world = World()
+    issued(world)
+    world.provider.refund("imp_1", 300)
+    world.cancel_runner("c1", amount=300).run()
+    keys = [call.operation.key for call in world.provider.calls if call.operation]
+    assert keys == ["issue:1:imp_1", "cancel:2:imp_1", "reissue:2:imp_1"]

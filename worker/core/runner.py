@@ -1,0 +1,494 @@
+"""The job runner: claim, wait out an unsettled send, look, act, then retry or finish.
+
+One runner is one task message's run of one job (an issue, or a refund). It
+talks only to the ports (:mod:`worker.core.ports`): the job store, the
+provider, and, through :class:`~worker.core.terminal.TerminalPublisher`, the
+events. It reads no clock but the store's, sleeps nowhere and raises no Celery
+exception: :meth:`JobRunner.run` returns an :data:`Instruction`, which the
+Celery task (tasks/receipts.py) carries out:
+
+- :class:`Done`: the run ended with this :class:`~worker.core.outcome.Outcome`
+  (its event is out, or the job went back to the store for a long wait);
+- :class:`Failed`: the job failed for good, its failure event is out;
+- :class:`Retry`: hand the job on to a new message after ``delay`` seconds,
+  carrying :attr:`JobRunner.fence` (a short countdown; the store holds the
+  claim meanwhile);
+- :class:`Busy`: another task holds the job; call :meth:`JobRunner.run` again
+  later (the task polls, within a bound), or retry.
+
+Anything else a port raises (a Redis error, a shutdown's hand-back) goes
+through to the caller as it is; :attr:`JobRunner.fence` then says which claim
+the run held, if any.
+
+Every port call is a point where a test can stop the runner
+(tests/support/stepping.py), so runners can be interleaved one call at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from worker.core.errors import IamportError, OutcomeUnknown, TransientError
+from worker.core.issuing import (
+    SENT_AT_FIELD,
+    SENT_OP_FIELD,
+    Issued,
+    SendLog,
+    Superseded,
+    issue_receipt,
+    recorded_sent_at,
+    settle_delay,
+    settle_issue,
+)
+from worker.core.outcome import Outcome
+from worker.core.ports import Claim, JobStore, OperationId, Provider
+from worker.core.refunds import cancel_live_receipt, receipt_for_balance, settle_cancel
+from worker.core.retry import Decision, RetryPolicy, decide, settle_before_failing, settling_attempt
+from worker.core.schemas import ReceiptRequest, load_payload
+from worker.core.sealing import Sealer
+from worker.core.terminal import TerminalPublisher, error_detail, failure_message
+from worker.core.types import Receipt
+
+#: Why a resumed job waits before it looks: its last POST or DELETE is unsettled.
+_SETTLING = "i'mport may still act on the last request; looking after IAMPORT_SETTLE_SECONDS"
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the runner needs from the configuration."""
+
+    policy: RetryPolicy
+    #: IAMPORT_SETTLE_SECONDS: how long after sending the provider may still act on a request.
+    settle_seconds: float
+    #: RETRY_COUNTDOWN_MAX: a longer wait goes back to the store (parked), not to a countdown.
+    countdown_max: float
+
+
+@dataclass(frozen=True)
+class Done:
+    """The run ended: ``outcome``, and for a parked job or a failed re-issue its ``reason``."""
+
+    outcome: Outcome
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The job failed for good and its failure event is out; ``text`` is masked."""
+
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Hand the job on to a new message in ``delay`` seconds, with the run's fence."""
+
+    delay: float
+    cause: str
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another task holds the job: run again later, or retry."""
+
+
+Instruction = Done | Failed | Retry | Busy
+
+
+def error_cause(error: IamportError) -> str:
+    """A retry's cause for its log line and metric label: the error's class, in snake case."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
+
+
+class JobRunner:
+    """One message's run of one job. Subclasses: :class:`IssueRunner`, :class:`CancelRunner`."""
+
+    op = "issue"
+
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        provider: Provider,
+        terminal: TerminalPublisher,
+        rules: Rules,
+        imp_uid: str,
+        message: dict[str, Any],
+        carried_fence: int | None = None,
+        attempt: int = 1,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.terminal = terminal
+        self.rules = rules
+        self.imp_uid = imp_uid
+        #: The payload as the store keeps it and a retry re-publishes it (sealed).
+        self.message = message
+        #: The fence the message carries (a retry's, a sweeper re-send's), or None.
+        self.carried_fence = carried_fence
+        #: The job's attempt number, once claimed.
+        self.attempt = attempt
+        #: The fence of the claim this run holds, handed on to its retry; None: none.
+        self.fence: int | None = None
+        #: What the provider last said in this run: HTTP status and code (None: no answer).
+        self.provider_status: int | None = None
+        self.provider_code: int | None = None
+        #: Receipts that appeared after a settled lookup (counted for an alert).
+        self.late = 0
+        #: When the job's last POST or DELETE was sent, while unanswered (epoch s) ...
+        self.sent_at: float | None = None
+        #: ... by which operation (None: unrecorded, the job's own) ...
+        self.sent_op: str | None = None
+        #: ... and whether this run sent it (not adopted from the store).
+        self.sent_here = False
+        self._acted = False
+
+    def run(self) -> Instruction:
+        """Claim the job and act as its owner; :class:`Busy` while another task holds it."""
+        while True:
+            claim = self.store.claim(
+                self.imp_uid,
+                task_id=self.terminal.task_id,
+                payload=self.message,
+                op=self.op,
+                fence=self.carried_fence,
+            )
+            if claim.kind == "claimed":
+                self.attempt = claim.attempt
+                self.fence = claim.fence
+                if self._acted:
+                    # One attempt per message, so that a message's time stays within
+                    # the visibility timeout (celeryconfig's time rule): the job is
+                    # handed on to a new message of this task, with its fence.
+                    return Retry(0.0, "handed_on")
+                self._acted = True
+                instruction = self.attempt_once(claim)
+                if instruction is not None:
+                    return instruction
+                self.fence = None
+                continue  # fenced out: another task took the job over; report its outcome
+            if claim.kind == "done":
+                return Done(Outcome.DONE)  # a redelivery: this task already published
+            if claim.kind != "busy":
+                return self.settled(claim)
+            return Busy()
+
+    def attempt_once(self, claim: Claim) -> Instruction | None:
+        """The claimed attempt: act, unless the job's last request is not settled yet.
+
+        A retry, a takeover after a crash and a redelivery all come here: their
+        lookup must wait until the provider can no longer act on the job's last
+        POST or DELETE, or it would prove nothing. None: another task owns the job now.
+        """
+        try:
+            if claim.resumed:
+                # The job's last POST or DELETE, while unsettled: this run's until it sends.
+                record = self.store.record(self.imp_uid)
+                self.sent_at = recorded_sent_at(record)
+                self.sent_op = (record or {}).get(SENT_OP_FIELD) or None
+                wait = settle_delay(
+                    self.sent_at, bound=self.rules.settle_seconds, now=self.store.now()
+                )
+                if wait > 0:
+                    return self.hand_back(claim, OutcomeUnknown(_SETTLING), wait)
+            return self.act(replace(self.terminal, attempts=claim.attempt), claim)
+        except Superseded:
+            return None
+
+    def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
+        raise NotImplementedError
+
+    def settled(self, claim: Claim) -> Instruction:
+        raise NotImplementedError
+
+    def hand_back(self, claim: Claim, error: IamportError, delay: float) -> Instruction | None:
+        """Retry later: a short countdown, or, for a long wait, park the job in the store.
+
+        While the job's last POST or DELETE is unsettled, no sooner than the
+        bound on late processing after it was sent: the retry's first step is
+        the lookup that settles it. None: fenced out.
+        """
+        bound = self.rules.settle_seconds
+        delay = max(delay, settle_delay(self.sent_at, bound=bound, now=self.store.now()))
+        last = error_detail(error, "retrying")["error"]
+        # No countdown is longer than RETRY_COUNTDOWN_MAX, nor one a Retry-After set longer
+        # than RETRY_BACKOFF_MAX: the visibility timeout covers only the smaller of the two.
+        retry_after = error.retry_after if isinstance(error, TransientError) else None
+        if delay > self.rules.countdown_max or (
+            retry_after is not None and retry_after > self.rules.policy.backoff_max
+        ):
+            until = self.store.now() + delay
+            self.store.park(self.imp_uid, fence=claim.fence, until=until, error=last)
+            return Done(Outcome.PARKED, reason=error_cause(error))
+        if not self.store.extend(self.imp_uid, fence=claim.fence, seconds=delay, error=last):
+            return None
+        return Retry(delay, error_cause(error))
+
+    def answered(self, error: IamportError | None = None) -> None:
+        """What the provider last said in this run: its HTTP status and code."""
+        if error is None:
+            self.provider_status, self.provider_code = 200, 0
+        else:
+            self.provider_status, self.provider_code = error.status, error.code
+
+    def decision(self, error: IamportError, claim: Claim) -> Decision:
+        """Retry or give up; never give up while the job's last request is unsettled."""
+        policy = self.rules.policy
+        return settle_before_failing(
+            decide(error, attempt=claim.attempt, policy=policy),
+            unsettled=self.sent_at is not None,
+            attempt=claim.attempt,
+            policy=policy,
+            sent_here=self.sent_here,
+        )
+
+    def settling(self, claim: Claim) -> bool:
+        """Whether this attempt only looks: the budget is spent, and the job's last request,
+        one this operation sent, is unsettled. A refund that took over an issue whose POST
+        is unsettled has waited it out; it looks, then DELETEs what it finds live."""
+        own = self.sent_op in (None, self.op)
+        return settling_attempt(
+            unsettled=self.sent_at is not None and own,
+            attempt=claim.attempt,
+            policy=self.rules.policy,
+        )
+
+    def sends(self, claim: Claim) -> SendLog:
+        """The store as this run's :class:`~worker.core.issuing.SendLog`, under its fence."""
+        return _StoreSends(self, claim.fence)
+
+    def operation(self, step: str, claim: Claim) -> OperationId:
+        """The id of a request this claim sends (``step``: issue, cancel or reissue)."""
+        return OperationId(imp_uid=self.imp_uid, step=step, fence=claim.fence)
+
+    def count_late(self, issued: Issued) -> None:
+        """A receipt that appeared after a settled lookup: counted for the alert."""
+        if issued.late:
+            self.late += 1
+
+
+class _StoreSends:
+    """A run's POST and DELETE send times, kept in its job's record under its fence."""
+
+    def __init__(self, run: JobRunner, fence: int) -> None:
+        self._run, self._fence = run, fence
+
+    def sending(self) -> None:
+        run = self._run
+        now = run.store.now()
+        sent = {SENT_AT_FIELD: repr(now), SENT_OP_FIELD: run.op}
+        if not run.store.note_all(run.imp_uid, fence=self._fence, fields=sent):
+            raise Superseded  # fenced out: the job's new owner sends, not this run
+        run.sent_at, run.sent_op, run.sent_here = now, run.op, True
+
+    def answered(self) -> None:
+        run = self._run
+        run.sent_at, run.sent_here = None, False
+        run.store.note_all(run.imp_uid, fence=self._fence, fields={SENT_AT_FIELD: ""})
+
+
+class IssueRunner(JobRunner):
+    """``issue_cash_receipt``: make sure the payment has its one receipt."""
+
+    def __init__(
+        self,
+        *,
+        request: ReceiptRequest,
+        store: JobStore,
+        provider: Provider,
+        terminal: TerminalPublisher,
+        rules: Rules,
+        message: dict[str, Any],
+        carried_fence: int | None = None,
+        attempt: int = 1,
+    ) -> None:
+        super().__init__(
+            store=store,
+            provider=provider,
+            terminal=terminal,
+            rules=rules,
+            imp_uid=request.imp_uid,
+            message=message,
+            carried_fence=carried_fence,
+            attempt=attempt,
+        )
+        self.request = request
+
+    def settled(self, claim: Claim) -> Instruction:
+        if claim.kind == "issued":
+            self.terminal.issued_duplicate(claim.receipt or {})
+            return Done(Outcome.ISSUED_DUPLICATE)
+        # cancelled: a stale issue message never issues again.
+        self.terminal.refused("cancelled", "the receipt of this payment was cancelled")
+        return Failed("cancelled", "cancelled: the receipt of this payment was cancelled")
+
+    def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
+        """Issue as the job's owner; None when another task took the job over meanwhile."""
+        try:
+            if self.settling(claim):
+                issued = settle_issue(self.provider, self.imp_uid, self.sends(claim))
+            else:
+                issued = issue_receipt(
+                    self.provider,
+                    self.request,
+                    look_first=claim.resumed,
+                    operation=self.operation("issue", claim),
+                    sends=self.sends(claim),
+                )
+                self.count_late(issued)
+        except IamportError as error:
+            self.answered(error)
+            decision = self.decision(error, claim)
+            if decision.retry:
+                return self.hand_back(claim, error, decision.delay)
+            reason = decision.reason or "rejected"
+            if not terminal.finish(fence=claim.fence, error=error, reason=reason):
+                return None
+            return Failed(reason, f"{reason}: {failure_message(error)}")
+        self.answered()
+        if not terminal.finish(
+            fence=claim.fence, issued=issued.receipt, duplicate=issued.duplicate
+        ):
+            return None
+        return Done(Outcome.ISSUED_DUPLICATE if issued.duplicate else Outcome.ISSUED)
+
+
+#: The record's field naming the refund's step done so far (``cancelled``), so that a
+#: retry after the cancel only re-issues.
+CANCEL_STEP_FIELD = "cancel_step"
+#: Beside it, the receipt the cancel step cancelled (JSON; empty: there was none).
+CANCELLED_RECEIPT_FIELD = "cancelled_receipt"
+
+
+class CancelRunner(JobRunner):
+    """``cancel_cash_receipt``: cancel a refunded payment's receipt, re-issue the balance.
+
+    The steps of a refund, each recorded in the store before the next:
+    a full refund cancels the live receipt; a partial one (the cancellation has an
+    ``amount``) cancels it and then issues a receipt for what is left. A partial
+    refund whose live receipt already covers the balance was handled before: a
+    duplicate, nothing sent.
+    """
+
+    op = "cancel"
+
+    def __init__(
+        self,
+        *,
+        sealer: Sealer,
+        store: JobStore,
+        provider: Provider,
+        terminal: TerminalPublisher,
+        rules: Rules,
+        imp_uid: str,
+        message: dict[str, Any],
+        carried_fence: int | None = None,
+        attempt: int = 1,
+    ) -> None:
+        super().__init__(
+            store=store,
+            provider=provider,
+            terminal=terminal,
+            rules=rules,
+            imp_uid=imp_uid,
+            message=message,
+            carried_fence=carried_fence,
+            attempt=attempt,
+        )
+        #: Unseals the issue's payload for the re-issue after a partial refund.
+        self.sealer = sealer
+
+    def settled(self, claim: Claim) -> Instruction:
+        # cancelled already: this cancellation repeated one that happened.
+        self.terminal.cancelled_duplicate(claim.receipt)
+        return Done(Outcome.CANCELLED_DUPLICATE)
+
+    def act(  # noqa: PLR0911 (one return per way a refund's step ends)
+        self, terminal: TerminalPublisher, claim: Claim
+    ) -> Instruction | None:
+        imp_uid, store, client = self.imp_uid, self.store, self.provider
+        record = store.record(imp_uid) or {}
+        cancelled_json = record.get(CANCELLED_RECEIPT_FIELD)
+        try:
+            if record.get(CANCEL_STEP_FIELD) == "cancelled":
+                cancelled = Receipt(**json.loads(cancelled_json)) if cancelled_json else None
+            elif "amount" in self.message and (live := receipt_for_balance(client, imp_uid)):
+                # This refund was already handled (the same event, sent again):
+                # no DELETE, no POST; the live receipt stays the job's.
+                earlier = json.loads(cancelled_json) if cancelled_json else None
+                ok = terminal.finish_cancel_duplicate(fence=claim.fence, live=live, earlier=earlier)
+                return Done(Outcome.CANCELLED_DUPLICATE) if ok else None
+            else:
+                if self.settling(claim):
+                    cancelled = settle_cancel(client, imp_uid, sends=self.sends(claim))
+                else:
+                    cancelled = cancel_live_receipt(
+                        client,
+                        imp_uid,
+                        operation=self.operation("cancel", claim),
+                        sends=self.sends(claim),
+                    )
+                step = {
+                    CANCELLED_RECEIPT_FIELD: json.dumps(cancelled.as_dict()) if cancelled else "",
+                    CANCEL_STEP_FIELD: "cancelled",
+                }
+                if not store.note_all(imp_uid, fence=claim.fence, fields=step):
+                    return None
+        except IamportError as error:
+            self.answered(error)
+            decision = self.decision(error, claim)
+            if decision.retry:
+                return self.hand_back(claim, error, decision.delay)
+            reason = decision.reason or "rejected"
+            if not terminal.finish_cancel_failed(fence=claim.fence, error=error, reason=reason):
+                return None
+            return Failed(reason, f"cancel {reason}: {failure_message(error)}")
+        if record.get(CANCEL_STEP_FIELD) != "cancelled":
+            self.answered()
+        if "amount" not in self.message or not record.get("payload"):
+            ok = terminal.finish_cancelled(fence=claim.fence, cancelled=cancelled)
+            return Done(Outcome.CANCELLED) if ok else None
+        return self.reissue(terminal, claim, cancelled, json.loads(record["payload"]))
+
+    def reissue(
+        self,
+        terminal: TerminalPublisher,
+        claim: Claim,
+        cancelled: Receipt | None,
+        payload: dict[str, Any],
+    ) -> Instruction | None:
+        """After a partial refund: a new receipt for what is left, which the provider computes."""
+        request = load_payload(payload, self.sealer)
+        try:
+            sends = self.sends(claim)
+            if self.settling(claim):
+                issued = settle_issue(self.provider, request.imp_uid, sends)
+            else:
+                # Look first: an earlier attempt may have issued it without hearing back.
+                issued = issue_receipt(
+                    self.provider,
+                    request,
+                    look_first=True,
+                    operation=self.operation("reissue", claim),
+                    sends=sends,
+                )
+                self.count_late(issued)
+        except IamportError as error:
+            self.answered(error)
+            decision = self.decision(error, claim)
+            if decision.retry:
+                return self.hand_back(claim, error, decision.delay)
+            reason = decision.reason or "rejected"
+            ok = terminal.finish_cancelled(
+                fence=claim.fence, cancelled=cancelled, reissue_error=(error, reason)
+            )
+            return Done(Outcome.CANCELLED_REISSUE_FAILED, reason=reason) if ok else None
+        self.answered()
+        ok = terminal.finish_cancelled(
+            fence=claim.fence, cancelled=cancelled, reissued=issued.receipt
+        )
+        return Done(Outcome.CANCELLED_REISSUED) if ok else None
