@@ -135,3 +135,16 @@ def test_a_cycle_through_a_function_or_type_checking_import_is_found(tmp_path: P
 
     assert cycles(edges) == [["worker.a", "worker.b", "worker.c"]]
     assert ("worker.d", "worker.a") in edges
+
+
+def test_readme_layout_names_every_module() -> None:
+    """The README's Layout tree is where a new maintainer starts: no module may be missing."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    tree = readme.split("## Layout\n", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    names = {
+        path.name
+        for path in [*ROOT.glob("worker/**/*.py"), *ROOT.glob("tasks/*.py")]
+        if path.name not in {"__init__.py", "__main__.py"}
+    }
+    missing = sorted(name for name in names if name not in tree)
+    assert not missing, f"README's Layout tree does not name {missing}"

@@ -36,7 +36,7 @@ from worker.core.retry import (
     settling_attempt,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 POLICY = RetryPolicy(
     max_attempts=5, issuance_failed_max_attempts=3, backoff_base=1.0, backoff_max=30.0
 )

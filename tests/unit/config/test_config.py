@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from tests.support.clean_env import python_clean, run_clean
 from worker.config import ConfigError, timing
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 KEY = Fernet.generate_key().decode()
 CELERY_WORKER = [str(Path(sys.executable).parent / "celery"), "-A", "worker", "worker"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from worker.adapters.store import keys
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 STORE = ROOT / "worker" / "adapters" / "store"
 #: Every name the layout module defines: a key, a prefix, or a function that builds one.
 KEY_NAMES = frozenset(name for name in vars(keys) if not name.startswith("_")) - {"annotations"}

@@ -13,7 +13,7 @@ from tests.support.clean_env import python_clean
 from worker.celery import stopping
 from worker.core.retry import broker_countdown
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SHOW = """
 import json, worker.celery as m
 NAMES = ("broker_url", "ledger_backend_url")
