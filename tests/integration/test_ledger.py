@@ -331,7 +331,7 @@ def issue_one(ledger: Ledger, sealer: Sealer) -> tuple[str, str]:
     }  # fmt: skip
     data = event_data(
         task_id=task_id, imp_uid=imp_uid, merchant_uid="order-2026-11-24-000123", attempts=1,
-        duplicate=False, detail={"receipt": receipt},
+        duplicate=False, detail={"receipt": receipt}, occurred_at=ledger.now(),
     )  # fmt: skip
     ledger.finish(
         imp_uid, fence=claim.fence, state="issued", task_id=task_id, event_type=ISSUED,

@@ -148,3 +148,26 @@ def test_readme_layout_names_every_module() -> None:
     }
     missing = sorted(name for name in names if name not in tree)
     assert not missing, f"README's Layout tree does not name {missing}"
+
+
+#: The host's clocks, and sleeping on one: the core must take time from the JobStore port.
+_CLOCK_CALLS = {
+    ("time", "time"),
+    ("time", "monotonic"),
+    ("time", "sleep"),
+    ("time", "time_ns"),
+    ("datetime", "now"),
+    ("datetime", "utcnow"),
+    ("datetime", "today"),
+}
+
+
+def test_the_core_reads_no_clock_of_its_own() -> None:
+    """Time reaches the core only through the store port, so a test can move it (issue 13)."""
+    found = []
+    for path in sorted((ROOT / "worker" / "core").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if (node.value.id, node.attr) in _CLOCK_CALLS:
+                    found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
+    assert not found, f"the core reads the host clock: {found}"

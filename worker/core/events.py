@@ -61,11 +61,17 @@ def event_data(
     attempts: int,
     duplicate: bool,
     detail: Mapping[str, Any],
+    occurred_at: float,
 ) -> dict[str, Any]:
-    """The ``data`` field of a result event (the README lists every key)."""
+    """The ``data`` field of a result event (the README lists every key).
+
+    ``occurred_at`` (epoch seconds) is the caller's clock, the store's for the
+    core: the core reads no clock of its own.
+    """
+    when = datetime.fromtimestamp(occurred_at, UTC)
     return {
         "event_id": uuid.uuid4().hex,
-        "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "occurred_at": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "imp_uid": imp_uid,
         "merchant_uid": merchant_uid,
         "task_id": task_id,

@@ -14,7 +14,6 @@ import datetime
 import email.utils
 import math
 import random
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -62,7 +61,7 @@ def error_for_answer(
     *,
     body: object,
     headers: Mapping[str, str] | None = None,
-    now: float | None = None,
+    now: float,
     request: str | None = None,
     changes: bool | None = None,
 ) -> IamportError:
@@ -148,10 +147,10 @@ def error_for_status(
     return permanent(text, status=status, code=code, provider_message=message)
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
     """Retry-After in seconds: delay-seconds or an HTTP date (RFC 9110 10.2.3), capped.
 
-    A date is read against ``now`` (epoch seconds; the clock when None); one
+    A date is read against ``now`` (epoch seconds, the caller's clock: the core reads none); one
     in the past means "now" (0). Junk or a negative delay reads as absent.
     Whatever it says, at most :data:`RETRY_AFTER_CAP`.
     """
@@ -168,15 +167,14 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return min(seconds, RETRY_AFTER_CAP)
 
 
-def _seconds_until(http_date: str, *, now: float | None) -> float | None:
+def _seconds_until(http_date: str, *, now: float) -> float | None:
     try:
         when = email.utils.parsedate_to_datetime(http_date)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:  # RFC 850 and asctime forms carry no zone: GMT by definition
         when = when.replace(tzinfo=datetime.UTC)
-    reference = time.time() if now is None else now
-    return max(0.0, when.timestamp() - reference)
+    return max(0.0, when.timestamp() - now)
 
 
 def compute_backoff(

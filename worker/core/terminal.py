@@ -196,6 +196,7 @@ class TerminalPublisher:
             attempts=self.attempts,
             duplicate=duplicate,
             detail=detail,
+            occurred_at=self.store.now(),
         )
 
     def _publish(self, event_type: str, *, duplicate: bool, detail: dict[str, Any]) -> Published:

@@ -314,6 +314,8 @@ def _envelope(
         http.status_code,
         body=body,
         headers=http.headers,
+        # A Retry-After date is read against this host's clock, as it was received.
+        now=time.time(),
         request=f"{method} {path}",
         changes=_changes(method, path),
     )

@@ -67,6 +67,7 @@ class EventPublisher:
             attempts=attempts,
             duplicate=duplicate,
             detail=detail,
+            occurred_at=time.time(),
         )
         min_id = f"{int((time.time() - self._retention) * 1000)}-0"
         result = self._script(

@@ -289,6 +289,7 @@ class Ledger:
             attempts=0,
             duplicate=True,
             detail={"receipt": json.loads(record.get("receipt") or "{}")},
+            occurred_at=self.now(),
         )
         min_id = f"{_now_ms() - self._event_retention * 1000}-0"
         self._publish(
