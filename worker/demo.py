@@ -31,6 +31,7 @@ from worker.adapters.store.events import latest_event
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.producer import enqueue_issue
 from worker.config.load import load_celeryconfig
+from worker.core.events import ISSUED
 from worker.core.urls import redact_url
 from worker.demo_redis import NoRedis, free_port, plan_redis
 
@@ -275,7 +276,7 @@ def _describe(imp_uid: str, event: dict[str, Any] | None) -> str:
     if event is None:
         return f"  {imp_uid:<36} no result yet"
     data = event["data"]
-    if event["type"] == "cash_receipt.issued":
+    if event["type"] == ISSUED:
         receipt = data["receipt"]
         return (
             f"  {imp_uid:<36} ISSUED  amount {receipt['amount']} vat {receipt['vat']} "

@@ -167,7 +167,10 @@ def test_the_core_reads_no_clock_of_its_own() -> None:
     found = []
     for path in sorted((ROOT / "worker" / "core").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-                if (node.value.id, node.attr) in _CLOCK_CALLS:
-                    found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and (node.value.id, node.attr) in _CLOCK_CALLS
+            ):
+                found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
     assert not found, f"the core reads the host clock: {found}"

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from worker.adapters.store.events import latest_event
+from worker.adapters.store.events import latest_event, read_events
 from worker.adapters.store.ledger import job_history
 from worker.adapters.store.views import shown_job, stuck_jobs
 from worker.celery.producer import enqueue_issue
@@ -23,6 +23,7 @@ from worker.cli.common import (
     load_config,
     state_text,
 )
+from worker.core.events import event_kind
 from worker.core.schemas import InvalidPayload
 from worker.core.settling import settle as settle_job
 
@@ -144,24 +145,16 @@ def tail(from_start: bool, count: int, as_json: bool) -> None:
     last = "0" if from_start else "$"
     seen = 0
     while count == 0 or seen < count:
-        batch = client.xread({stream: last}, block=1000, count=100) or []
-        for _, entries in batch:
-            for entry_id, fields in entries:
-                last = entry_id
-                event = {k.decode(): v.decode() for k, v in fields.items()}
-                data = json.loads(event["data"])
-                emit(
-                    {"id": entry_id.decode(), "type": event["type"], "data": data},
-                    as_json=as_json,
-                    text=_event_line(event["type"], data),
-                )
-                seen += 1
-                if count and seen >= count:
-                    return
+        for event in read_events(client, stream=stream, after=last, block_ms=1000, count=100):
+            last = event["id"]
+            emit(event, as_json=as_json, text=_event_line(event["type"], event["data"]))
+            seen += 1
+            if count and seen >= count:
+                return
 
 
 def _event_line(event_type: str, data: dict[str, Any]) -> str:
-    kind = event_type.removeprefix("cash_receipt.")
+    kind = event_kind(event_type)
     line = f"{data.get('occurred_at')}  {state_text(kind):<20} {data.get('imp_uid')}"
     if data.get("duplicate"):
         line += " (duplicate)"

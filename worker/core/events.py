@@ -15,10 +15,18 @@ from typing import Any
 
 from worker.core.schemas import InvalidPayload
 
-ISSUED = "cash_receipt.issued"
-FAILED = "cash_receipt.failed"
-CANCELLED = "cash_receipt.cancelled"
-CANCEL_FAILED = "cash_receipt.cancel_failed"
+#: What every result event's type starts with; the rest says how the job ended.
+EVENT_PREFIX = "cash_receipt."
+ISSUED = EVENT_PREFIX + "issued"
+FAILED = EVENT_PREFIX + "failed"
+CANCELLED = EVENT_PREFIX + "cancelled"
+CANCEL_FAILED = EVENT_PREFIX + "cancel_failed"
+
+
+def event_kind(event_type: str) -> str:
+    """How a job ended, from its event's type: ``issued``, ``failed``, ``cancelled``..."""
+    return event_type.removeprefix(EVENT_PREFIX)
+
 
 # Whether a retry of the same job could still help, per failure reason.
 RETRYABLE_REASONS = frozenset({"retries_exhausted", "auth", "not_eligible"})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -89,12 +89,22 @@ def latest_event(client: redis.Redis, *, stream: str, imp_uid: str) -> dict[str,
     entries = client.xrange(stream, min=entry_id, max=entry_id)
     if not entries or not entries[0][1]:
         return None
-    fields = {_text(k): _text(v) for k, v in entries[0][1].items()}
-    return {
-        "id": _text(entries[0][0]),
-        "type": fields.get("type"),
-        "data": json.loads(fields["data"]),
-    }
+    return _decoded(entries[0][0], entries[0][1])
+
+
+def read_events(
+    client: redis.Redis, *, stream: str, after: str, block_ms: int, count: int
+) -> list[dict[str, Any]]:
+    """The result events after entry ``after`` ("0": the oldest kept, "$": only new ones),
+    decoded like :func:`latest_event`; waits up to ``block_ms`` for the first."""
+    # One stream asked for: [(stream, [(entry id, fields), ...])], or nothing after the wait.
+    batch = cast("list[Any]", client.xread({stream: after}, block=block_ms, count=count) or [])
+    return [_decoded(entry_id, fields) for _, entries in batch for entry_id, fields in entries]
+
+
+def _decoded(entry_id: object, raw: Mapping[Any, Any]) -> dict[str, Any]:
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    return {"id": _text(entry_id), "type": fields.get("type"), "data": json.loads(fields["data"])}
 
 
 def _text(value: object) -> str:
