@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import requests
+from cryptography.fernet import Fernet
 
 from worker.adapters.store.events import latest_event
 from worker.adapters.store.redis_client import redis_client
@@ -353,8 +355,6 @@ def _local_key_file(logs: Path) -> Path:
     """A Fernet key for local runs, made once and kept, so earlier runs' messages still open."""
     path = logs / "pii-keys"
     if not path.exists():
-        from cryptography.fernet import Fernet  # noqa: PLC0415
-
         logs.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(Fernet.generate_key().decode() + "\n", encoding="ascii")
@@ -362,8 +362,6 @@ def _local_key_file(logs: Path) -> Path:
 
 
 def _wait_http(url: str, what: str, logs: Path, timeout: float = 20.0) -> None:
-    import requests  # noqa: PLC0415
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
