@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.unit.core.test_service import OPERATION, request
+from tests.unit.core.test_issuing import OPERATION, request
 from worker.adapters.iamport.client import TOKEN_PATH, IamportClient
 from worker.core.issuing import Superseded, issue_receipt
 from worker.core.ports import OperationId
