@@ -1,11 +1,11 @@
 """When to retry, and how long to wait: pure functions, tested as tables.
 
-Two questions are kept apart on purpose. :func:`error_for_answer` turns what
-i'mport (or whatever stood in front of it) answered into one class of
-:mod:`worker.core.errors`; :func:`decide` turns that class plus the attempt
-number into "retry in N seconds" or "give up, and call it this". Neither
-touches the network, the clock or Celery, so the whole policy can be read
-and tested in one place.
+Two questions are kept apart on purpose. The provider's adapter turns what it
+was answered into one class of :mod:`worker.core.errors` (for i'mport:
+:mod:`worker.adapters.iamport.answers`); :func:`decide` turns that class plus
+the attempt number into "retry in N seconds" or "give up, and call it this".
+Nothing here touches the network, the clock or Celery, or knows a provider's
+statuses, so the policy can be read and tested in one place.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import datetime
 import email.utils
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from worker.core.errors import (
@@ -23,128 +23,16 @@ from worker.core.errors import (
     InvalidRequest,
     IssuanceFailed,
     NotEligible,
-    OutcomeUnknown,
     PermanentError,
-    ProviderUnavailable,
-    RateLimited,
     TransientError,
     UnexpectedResponse,
     UnsupportedPg,
 )
 
-#: Statuses that say "not now" whoever sends them: a gateway, a rate limiter or
-#: i'mport. Without i'mport's envelope every 5xx counts too (a load balancer's
-#: page says nothing about whether i'mport acted).
-TRANSIENT_STATUSES = frozenset({408, 425, 429})
 #: The longest Retry-After honoured, in seconds: a date a year ahead is a
 #: misconfigured server, not a plan. decide() honours it whole, even above
 #: RETRY_BACKOFF_MAX: retrying sooner than i'mport said only meets another 429.
 RETRY_AFTER_CAP = 3600.0
-#: The methods whose lost answer may hide a change at i'mport.
-CHANGING_METHODS = frozenset({"POST", "DELETE"})
-
-
-def is_envelope(body: object) -> bool:
-    """Whether a JSON body is i'mport's ``{"code": .., "message": .., "response": ..}``."""
-    return (
-        isinstance(body, dict)
-        and isinstance(body.get("code"), int)
-        and not isinstance(body.get("code"), bool)
-        and "message" in body
-        and "response" in body
-    )
-
-
-def error_for_answer(
-    method: str,
-    status: int,
-    *,
-    body: object,
-    headers: Mapping[str, str] | None = None,
-    now: float,
-    request: str | None = None,
-    changes: bool | None = None,
-) -> IamportError:
-    """The error an answer other than a clean success means, by status *and* by body.
-
-    i'mport's envelope means i'mport itself answered, so its status says what
-    happened (:func:`error_for_status`). Anything else (an empty body, an HTML
-    page, some other JSON) came from something in between, or from i'mport
-    failing before it could say: then only "not now" statuses (408, 425, 429,
-    any 5xx) are transient, and for a POST or DELETE they leave the outcome
-    unknown: a gateway may time out while i'mport goes on. ``now`` (epoch
-    seconds) reads a Retry-After given as an HTTP date; ``request`` names the
-    request in the error's text (the method when None). ``changes`` says whether
-    the request may change something at i'mport (by default: a POST or DELETE);
-    a token request is a POST that changes no receipt, so its lost answer is
-    only "not now", and so is its 500: only a request that may change a
-    receipt can fail to issue.
-    """
-    if changes is None:
-        changes = method in CHANGING_METHODS
-    retry_after = parse_retry_after((headers or {}).get("Retry-After"), now=now)
-    if is_envelope(body):
-        assert isinstance(body, dict)
-        message = body.get("message")
-        return error_for_status(
-            status,
-            code=body["code"],
-            message=None if message is None else str(message),
-            retry_after=retry_after,
-            changes=changes,
-        )
-    what = f"{request or method}: HTTP {status} without i'mport's envelope"
-    transient = status in TRANSIENT_STATUSES or status >= 500
-    if (transient or 200 <= status < 300) and changes:
-        # A 2xx that is not i'mport's envelope is something in between answering too.
-        return OutcomeUnknown(
-            f"{what}; the outcome must be looked up", status=status, retry_after=retry_after
-        )
-    if status == 429:
-        return RateLimited(what, status=status, retry_after=retry_after)
-    if transient or 200 <= status < 300:
-        return ProviderUnavailable(what, status=status, retry_after=retry_after)
-    return UnexpectedResponse(what, status=status)
-
-
-def error_for_status(
-    status: int,
-    *,
-    code: int | None,
-    message: str | None,
-    retry_after: float | None = None,
-    changes: bool = True,
-) -> IamportError:
-    """Map a non-success answer in i'mport's envelope to the error class that decides its fate.
-
-    A 2xx with ``code != 0`` is treated like a 400: the receipts endpoints use
-    real statuses, but other V1 endpoints report business errors that way. A
-    408 or 425 is "try again" whoever says it. A 500 is "issuance failed" only
-    for a request that ``changes`` a receipt: read so for a lookup, it ended a
-    job ``rejected`` while the receipt its lost POST created was live.
-    """
-    text = message or f"i'mport answered HTTP {status}"
-    transient: type[TransientError] | None = None
-    if status == 429:
-        transient = RateLimited
-    elif status == 500:
-        transient = IssuanceFailed if changes else ProviderUnavailable
-    elif status in TRANSIENT_STATUSES or (status > 501):
-        transient = ProviderUnavailable
-    if transient is not None:
-        return transient(
-            text, retry_after=retry_after, status=status, code=code, provider_message=message
-        )
-    permanent: type[IamportError]
-    if status == 401:
-        permanent = AuthenticationFailed
-    elif status == 501:
-        permanent = UnsupportedPg
-    elif status < 300 or 400 <= status < 500:
-        permanent = InvalidRequest
-    else:
-        permanent = UnexpectedResponse
-    return permanent(text, status=status, code=code, provider_message=message)
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.answers import STATUSES, expected_class
+from worker.adapters.iamport.answers import error_for_answer, error_for_status
 from worker.core.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -29,8 +30,6 @@ from worker.core.retry import (
     RetryPolicy,
     compute_backoff,
     decide,
-    error_for_answer,
-    error_for_status,
     parse_retry_after,
     settle_before_failing,
     settling_attempt,

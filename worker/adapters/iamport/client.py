@@ -26,6 +26,7 @@ import requests
 from marshmallow import ValidationError
 from urllib3.exceptions import NewConnectionError
 
+from worker.adapters.iamport.answers import CHANGING_METHODS, error_for_answer, is_envelope
 from worker.adapters.observe.logmask import remember_secret
 from worker.core.errors import (
     AuthenticationFailed,
@@ -37,7 +38,6 @@ from worker.core.errors import (
 )
 from worker.core.masking import mask_text
 from worker.core.ports import OperationId
-from worker.core.retry import CHANGING_METHODS, error_for_answer, is_envelope
 from worker.core.schemas import PAYMENT_SCHEMA, RECEIPT_SCHEMA
 from worker.core.types import Payment, Receipt
 
