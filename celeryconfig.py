@@ -58,7 +58,7 @@ _env = with_secret_files(os.environ)
 # "backend" (and of broker_url) in `celery inspect conf`, `celery report` and
 # Flower; a plain "redis_url" would be shown whole.
 ledger_backend_url, _redis_ssl = redis_tls(
-    env_url(_env, "REDIS_URL", "redis://localhost:6379/0", schemes=REDIS_SCHEMES)
+    env_url(_env, "REDIS_URL", defaults.REDIS_URL, schemes=REDIS_SCHEMES)
 )
 # BROKER_URL: where task messages travel. Redis (REDIS_URL's server when unset)
 # or RabbitMQ (amqp://, amqps://), for teams whose queue outgrew one Redis.

@@ -32,6 +32,7 @@ from cryptography.fernet import Fernet
 from worker.adapters.store.events import latest_event
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.producer import enqueue_issue
+from worker.config import defaults
 from worker.config.load import load_celeryconfig
 from worker.core.events import ISSUED
 from worker.core.urls import redact_url
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ)
     try:
         plan = plan_redis(
-            env.get("REDIS_URL", "redis://localhost:6379/0"), logs, env.get("PATH", os.defpath)
+            env.get("REDIS_URL", defaults.REDIS_URL), logs, env.get("PATH", os.defpath)
         )
     except NoRedis as error:
         print(error)

@@ -41,6 +41,7 @@ from worker.cli.common import (
     load_config,
     version_option,
 )
+from worker.config import defaults
 from worker.core.errors import IamportError
 from worker.core.masking import mask_text
 from worker.core.schemas import InvalidPayload
@@ -126,7 +127,7 @@ def _shown_redis_url() -> str:
     try:
         url = str(load_config().ledger_backend_url)
     except SystemExit:
-        url = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+        url = os.environ.get("REDIS_URL", defaults.REDIS_URL)
     return redact_url(url)
 
 

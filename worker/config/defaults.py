@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from worker.config import timing
 
+#: REDIS_URL when unset: a Redis on this host.
+REDIS_URL = "redis://localhost:6379/0"
 #: The stream of result events (``RESULT_STREAM``).
 RESULT_STREAM = "cash_receipt.events"
 #: How long result events are kept, in seconds (``RESULT_STREAM_RETENTION``): 7 days.
