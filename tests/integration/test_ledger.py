@@ -24,7 +24,7 @@ from worker.adapters.store.keys import (
 )
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.views import dead_jobs
-from worker.core.events import ISSUED, event_data
+from worker.core.events import CANCELLED, ISSUED, cancelled_detail, event_data
 from worker.core.schemas import load_payload
 from worker.core.sealing import Sealer
 
@@ -471,3 +471,39 @@ def test_a_cancel_failed_with_a_refund_behind_it_is_not_dead(
     record = ledger.record(imp_uid)
     assert record is not None
     assert (record["state"], record["task_id"]) == ("received", f"{imp_uid}-c2")
+
+
+def test_issue_messages_stranded_by_a_cancellation_end_as_the_core_says(
+    ledger: Ledger, redis_server: RedisServer, imp_uid: str
+) -> None:
+    """An issue message that waited on a refund ends failed, with the core's error shape.
+
+    The FINISH script publishes it for every waiter, but the shape is the core's
+    (:func:`worker.core.events.cancelled_detail`), handed to the script in ARGV.
+    """
+    owner = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    finish(ledger, imp_uid, owner.fence, f"{imp_uid}-t1")
+    cancel = {"imp_uid": imp_uid}
+    ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=cancel, resend_after=60)
+    refund = ledger.claim(imp_uid, task_id=f"{imp_uid}-c1", payload=cancel, op="cancel")
+    assert refund.kind == "claimed"
+    # An issue message recorded (by the producer or the ingress) while the refund runs.
+    assert ledger.receive(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD, resend_after=60) == (
+        "in_flight"
+    )
+    ledger.finish(
+        imp_uid,
+        fence=refund.fence,
+        state="cancelled",
+        task_id=f"{imp_uid}-c1",
+        event_type=CANCELLED,
+        data={"imp_uid": imp_uid, "task_id": f"{imp_uid}-c1", "duplicate": False},
+    )
+    stranded = [
+        data
+        for _, fields in redis_server.client().xrange("test.ledger.events")
+        if (data := json.loads(fields["data"])).get("task_id") == f"{imp_uid}-t2"
+    ]
+    assert [(event["duplicate"], event["error"]) for event in stranded] == [
+        (True, cancelled_detail()["error"])
+    ]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from worker.core.errors import IamportError, InvalidRequest, OutcomeUnknown
+from worker.core.events import cancelled_detail
 from worker.core.ports import Claim, OperationId, Published
 from worker.core.types import Payment, Receipt
 
@@ -555,13 +556,7 @@ class MemoryStore:
                 for waiter in sorted(waiters):
                     copy = {**data, "task_id": waiter, "duplicate": True}
                     copy.pop("receipt", None)
-                    copy["error"] = {
-                        "reason": "cancelled",
-                        "status": None,
-                        "code": None,
-                        "message": "the receipt of this payment was cancelled",
-                        "retryable": False,
-                    }
+                    copy["error"] = cancelled_detail()["error"]
                     self._publish_once(waiter, FAILED_TYPE, copy, imp_uid)
                 self.waiters.pop(imp_uid, None)
         if state == "issued":

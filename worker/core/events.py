@@ -61,6 +61,19 @@ def failure_detail(
     }
 
 
+#: Why an issue message ends failed once its payment's receipt was cancelled.
+CANCELLED_MESSAGE = "the receipt of this payment was cancelled"
+
+
+def cancelled_detail() -> dict[str, Any]:
+    """The ``error`` of an issue message that came after its receipt was cancelled.
+
+    The runner publishes it for a late message; the store's FINISH script for the
+    issue messages still waiting when the cancellation ended (it gets it in ARGV).
+    """
+    return failure_detail("cancelled", status=None, code=None, message=CANCELLED_MESSAGE)
+
+
 def event_data(
     *,
     task_id: str,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from worker.core.errors import IamportError, OutcomeUnknown, TransientError
+from worker.core.events import CANCELLED_MESSAGE
 from worker.core.issuing import (
     SENT_AT_FIELD,
     SENT_OP_FIELD,
@@ -323,8 +324,8 @@ class IssueRunner(JobRunner):
             self.terminal.issued_duplicate(claim.receipt or {})
             return Done(Outcome.ISSUED_DUPLICATE)
         # cancelled: a stale issue message never issues again.
-        self.terminal.refused("cancelled", "the receipt of this payment was cancelled")
-        return Failed("cancelled", "cancelled: the receipt of this payment was cancelled")
+        self.terminal.refused("cancelled", CANCELLED_MESSAGE)
+        return Failed("cancelled", f"cancelled: {CANCELLED_MESSAGE}")
 
     def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
         """Issue as the job's owner; None when another task took the job over meanwhile."""

@@ -57,7 +57,7 @@ from worker.adapters.store.keys import (
     terminal_key,
     waiters_key,
 )
-from worker.core.events import CANCEL_FAILED, FAILED, ISSUED, event_data
+from worker.core.events import CANCEL_FAILED, FAILED, ISSUED, cancelled_detail, event_data
 from worker.core.masking import mask_payload
 from worker.core.ports import Claim
 
@@ -271,6 +271,8 @@ class Ledger:
                 FAILED,
                 CANCEL_FAILED,
                 "1" if settled else "",
+                # The error of the issue messages a cancellation strands (core.events).
+                json.dumps(cancelled_detail()["error"], ensure_ascii=False),
             ],
         )
         if int(result[0]) == -1:

@@ -7,7 +7,8 @@
 --       extra event type ('' for none), extra event data, the terminal markers'
 --       key prefix (a waiter's marker is named from its task id, read here),
 --       the issued, failed and cancel_failed event types, '1' when the outcome
---       settles the job's last POST or DELETE (its sent_at goes)
+--       settles the job's last POST or DELETE (its sent_at goes), the error json of
+--       an issue message a cancellation strands (worker.core.events.cancelled_detail)
 local terminal_prefix = ARGV[14]
 local issued_type, failed_type, cancel_failed_type = ARGV[15], ARGV[16], ARGV[17]
 -- The job passes to a message recorded while it was in hand (an issue after a
@@ -100,8 +101,7 @@ elseif ARGV[2] == 'cancelled' then
       data['duplicate'] = true
       data['receipt'] = nil
       data['event_id'] = redis.sha1hex(waiter .. published[2])
-      data['error'] = {reason = 'cancelled', status = cjson.null, code = cjson.null,
-        message = 'the receipt of this payment was cancelled', retryable = false}
+      data['error'] = cjson.decode(ARGV[19])
       publish_once(KEYS[3], terminal_prefix .. waiter, KEYS[5], failed_type,
         cjson.encode(data), ARGV[5], ARGV[6])
     end
