@@ -44,7 +44,6 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from types import FrameType, ModuleType
 from typing import Any
 
@@ -53,7 +52,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from worker.adapters.observe.logs import setup_process_logging
-from worker.adapters.store import lua
+from worker.adapters.store.dead_entries import IngressEntries
 from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY
 from worker.adapters.store.redis_client import INGRESS_CLIENT_PREFIX, redis_client
@@ -61,7 +60,6 @@ from worker.celery import app
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.config.load import load_celeryconfig
 from worker.core.events import CANCEL_FAILED, FAILED, invalid_detail
-from worker.core.masking import mask_payload, mask_text
 from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
 from worker.core.sealing import Sealer, SealingUnavailable
 
@@ -70,12 +68,6 @@ log = logging.getLogger("worker.ingress")
 CONFIRMED = "payment.confirmed"
 CANCELLED = "payment.cancelled"
 
-#: A flood of garbage must not fill a noeviction Redis; the oldest beyond this
-#: are trimmed, and the trim is logged.
-DEAD_ENTRIES_LIMIT = 10_000
-#: The most of an entry's data a dead letter keeps.
-DATA_LIMIT = 64 * 1024
-
 #: Fixed for good: an entry handled before and after a deploy must get the same task id.
 TASK_ID_NAMESPACE = uuid.UUID("6b0d3a52-8f1e-5c47-9a2d-5e3c1b7f4a90")
 
@@ -83,9 +75,6 @@ TASK_ID_NAMESPACE = uuid.UUID("6b0d3a52-8f1e-5c47-9a2d-5e3c1b7f4a90")
 RECOVERY_BATCH = 10
 #: Backoff after Redis or the broker failed, doubling up to the cap, in seconds.
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
-#: A consumer with nothing pending and idle this long is gone; its name is removed
-#: from the group, so that restarts (a new ``hostname-pid`` each) do not pile up.
-GONE_CONSUMER_IDLE_MS = 3600 * 1000
 
 #: Redis or the broker failed: the entry stays pending and is tried again.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OperationalError, OSError)
@@ -129,7 +118,7 @@ class Ingress:
         self._claim_every = max(0.05, claim_idle_seconds / 2)
         self._next_claim = 0.0
         self._events = events
-        self._forget = client.register_script(lua.source("forget_gone_consumers"))
+        self._entries = IngressEntries(client, stream=stream, group=group, consumer=consumer)
         self._stopping = False
         # Our own pending entries are read again at start (a restart under the
         # same --consumer name) and after a failure left some behind.
@@ -231,7 +220,7 @@ class Ingress:
             handled += self._handle_all(entries)
             if cursor == "0-0":
                 break
-        self._forget(keys=[self.stream], args=[self.group, GONE_CONSUMER_IDLE_MS, self.consumer])
+        self._entries.forget_gone_consumers()
         return handled
 
     def _read_own_pending(self) -> int:
@@ -293,7 +282,7 @@ class Ingress:
             log.exception("ingress: the entry of task %s failed; it stays pending", task_id)
             self.left_pending += 1
             return False
-        self._done(entry_id)
+        self._entries.done(entry_id)
         log.info("ingress: %s enqueued as task %s", kind, task_id)
         return True
 
@@ -305,12 +294,6 @@ class Ingress:
             enqueue_cancel(_object(data), app=self._app, task_id=task_id)
         else:
             raise Malformed("unknown_type", {"type": [f"Must be {CONFIRMED} or {CANCELLED}."]})
-
-    def _done(self, entry_id: str) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.xack(self.stream, self.group, entry_id)
-        pipe.xdel(self.stream, entry_id)
-        pipe.execute()
 
     def _dead_letter(
         self,
@@ -340,24 +323,16 @@ class Ingress:
                 duplicate=False,
                 detail=invalid_detail(InvalidPayload(errors)),
             )
-        record = {
-            "at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "stream": self.stream,
-            "entry_id": entry_id,
-            "task_id": task_id,
-            "type": mask_text(kind[:100]) if kind is not None else None,
-            "imp_uid": imp_uid,
-            "reason": reason,
-            "errors": dict(errors),
-            "data": _shown_data(raw, data),
-        }
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.lpush(DEAD_ENTRIES_KEY, json.dumps(record, ensure_ascii=False))
-        pipe.ltrim(DEAD_ENTRIES_KEY, 0, DEAD_ENTRIES_LIMIT - 1)
-        pipe.llen(DEAD_ENTRIES_KEY)
-        pipe.xack(self.stream, self.group, entry_id)
-        pipe.xdel(self.stream, entry_id)
-        length = pipe.execute()[2]
+        self._entries.set_aside(
+            entry_id,
+            task_id=task_id,
+            kind=kind,
+            imp_uid=imp_uid,
+            reason=reason,
+            errors=errors,
+            raw=raw,
+            data=data,
+        )
         log.error(
             "ingress: the entry of task %s is malformed (%s: %s); it is in %s",
             task_id,
@@ -365,12 +340,6 @@ class Ingress:
             ", ".join(sorted(errors)),
             DEAD_ENTRIES_KEY,
         )
-        if length >= DEAD_ENTRIES_LIMIT:
-            log.warning(
-                "%s is at its limit of %d; the oldest are trimmed",
-                DEAD_ENTRIES_KEY,
-                DEAD_ENTRIES_LIMIT,
-            )
 
     def _sleep(self, seconds: float) -> None:
         """Sleep in short steps, so that SIGTERM is honoured at once."""
@@ -401,17 +370,6 @@ def _object(data: object) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise InvalidPayload({"_payload": ["Must be a JSON object."]})
     return data
-
-
-def _shown_data(raw: bytes | None, data: object) -> object:
-    """What a dead letter shows of the entry's data: personal fields masked, size capped."""
-    if isinstance(data, Mapping):
-        shown = mask_payload(data)
-        if len(json.dumps(shown, ensure_ascii=False)) <= DATA_LIMIT:
-            return shown
-    if raw is None:
-        return None
-    return mask_text(raw[:DATA_LIMIT].decode("utf-8", "replace"))
 
 
 def _entries(reply: Any) -> list[Any]:
