@@ -67,8 +67,13 @@ def enqueue_issue(
             message["imp_uid"], task_id=task_id, merchant_uid=message.get("merchant_uid")
         )
         return task_id
+    return _send(app, ISSUE_TASK, message, task_id)
+
+
+def _send(app: Celery, task: str, message: Mapping[str, Any], task_id: str) -> str:
+    """Send one job's message to the queue as JSON, its ``argsrepr`` masked; returns the id."""
     app.send_task(
-        ISSUE_TASK,
+        task,
         args=[message],
         task_id=task_id,
         queue=QUEUE,
@@ -128,13 +133,4 @@ def enqueue_cancel(
     )
     if state == "done":
         return task_id  # this very task already ended (an ingress entry handled twice)
-    app.send_task(
-        CANCEL_TASK,
-        args=[message],
-        task_id=task_id,
-        queue=QUEUE,
-        serializer="json",
-        argsrepr=masked_args_repr([message]),
-        kwargsrepr="{}",
-    )
-    return task_id
+    return _send(app, CANCEL_TASK, message, task_id)
