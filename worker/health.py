@@ -5,7 +5,8 @@ ping``, answered by a worker) is wrong for the ingress; the compose file gives
 the ingress this one instead. The ingress names its Redis connection
 ``cashreceipt-ingress:<hostname>-<pid>``; it is healthy when a connection of
 that name, from this container's host name, is open: it is connected and
-reading its stream. Exit 0 healthy, 1 not, 2 configuration error.
+reading its stream. Exit 0 healthy, 1 not (or Redis cannot be reached), 2 a bad
+setting or a usage error, as ``cashreceipt`` exits (one line on stderr, no traceback).
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args != ["ingress"]:
         print("usage: python -m worker.health ingress", file=sys.stderr)
         return 2
-    conf = load_celeryconfig()
+    try:
+        conf = load_celeryconfig()
+    except SystemExit as error:
+        # A bad setting: its one line, and the configuration error's code, not SystemExit's 1.
+        print(error.code, file=sys.stderr)
+        return 2
     client = redis_client(conf.ledger_backend_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         healthy = ingress_connected(client.client_list(), socket.gethostname())

@@ -70,6 +70,18 @@ def test_ingress_and_its_health_check_read_redis_url_from_a_file(tmp_path: Path)
         server.stop()
 
 
+def test_ingress_health_exits_2_on_a_bad_setting(tmp_path: Path) -> None:
+    """A configuration error is not "unhealthy": exit 2 with the setting's one line, as the
+    usage error and ``cashreceipt`` do."""
+    env = worker_env("redis://127.0.0.1:1/0", "http://127.0.0.1:1")
+    env["REDIS_URL_FILE"] = str(tmp_path / "redis_url")
+    checked = health(env)
+    assert checked.returncode == 2, checked.stderr
+    assert checked.stderr.strip() == (
+        "cashreceipt: configuration error: set REDIS_URL or REDIS_URL_FILE, not both"
+    )
+
+
 def redis_health(port: int, password_file: Path) -> subprocess.CompletedProcess[str]:
     """docker-compose.yml's Redis health check, pointed at ``port`` and ``password_file``."""
     compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
