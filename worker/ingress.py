@@ -400,9 +400,6 @@ def serve(
     """Run one ingress instance (``cashreceipt ingress``) until SIGTERM, or, with ``once``,
     until the stream is handled. Exit codes: 0 stopped or done, 1 entries left pending
     (``once``), 2 configuration error."""
-    if block_ms < 1:
-        print("cashreceipt: --block-ms must be at least 1", file=sys.stderr)
-        return 2
     celeryconfig = load_celeryconfig()
     _setup_logging(celeryconfig)
     try:

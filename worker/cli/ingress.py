@@ -22,7 +22,7 @@ from worker.ingress import DEFAULT_BLOCK_MS, serve
 )
 @click.option(
     "--block-ms",
-    type=int,
+    type=click.IntRange(min=1),
     default=DEFAULT_BLOCK_MS,
     show_default=True,
     help="how long one read waits for new entries; SIGTERM is noticed within it",

@@ -44,10 +44,21 @@ def test_ingress_usage_error_exits_2(
     assert "Error:" in capsys.readouterr().err
 
 
-def test_ingress_block_ms_below_1_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    """Refused before the settings are read, with the same line as always."""
-    assert main(["ingress", "--block-ms", "0"]) == 2
-    assert capsys.readouterr().err == "cashreceipt: --block-ms must be at least 1\n"
+@pytest.mark.parametrize("block_ms", ["0", "-5"])
+def test_ingress_block_ms_below_1_is_a_usage_error(
+    served: list[dict[str, Any]], block_ms: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused by click, before the ingress (and its settings) is reached: exit 2."""
+    assert main(["ingress", "--block-ms", block_ms]) == 2
+    assert served == []
+    err = capsys.readouterr().err
+    assert "Error: Invalid value for '--block-ms'" in err
+    assert f"{block_ms} is not in the range x>=1." in err
+
+
+def test_ingress_block_ms_of_1_is_taken(served: list[dict[str, Any]]) -> None:
+    assert main(["ingress", "--block-ms", "1"]) == 1
+    assert served == [{"consumer": None, "once": False, "block_ms": 1}]
 
 
 @pytest.mark.parametrize("command", [[], *([name] for name in sorted(cli.commands))])
