@@ -18,7 +18,8 @@ import redis
 import requests
 from celery import Celery
 
-from worker.celery.runtime import http_session
+from worker.adapters.iamport.session import http_session
+from worker.celery.stopping import StoppableAdapter
 from worker.config.load import load_celeryconfig
 
 BARE_TASK = "bench.bare_receipt"
@@ -78,6 +79,7 @@ class _Clients:
             celeryconfig.iamport_api_url,
             pool_size=int(celeryconfig.worker_concurrency),
             env=os.environ,
+            adapter=StoppableAdapter,
         )
         answer = session.post(
             f"{celeryconfig.iamport_api_url}/users/getToken",

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-import requests
-from requests.utils import get_environ_proxies
 
 from worker.adapters.iamport.client import IamportClient
+from worker.adapters.iamport.session import http_session
 from worker.adapters.iamport.tokens import RedisTokenCache
 from worker.adapters.observe.metrics import Metrics
 from worker.adapters.store.events import EventPublisher
@@ -62,37 +60,16 @@ def get_runtime(conf: Any) -> Runtime:
         return _built[1]
 
 
-def http_session(base_url: str, *, pool_size: int, env: Mapping[str, str]) -> requests.Session:
-    """The HTTP session to i'mport, with what requests reads from the environment read once.
-
-    Left to itself, requests looks up proxies (and ``no_proxy``), the CA bundle
-    and ``~/.netrc`` on every request: about a tenth of a request's CPU here.
-    Every request goes to one base URL, so the proxies and the bundle are
-    resolved for it now, exactly as requests would (``REQUESTS_CA_BUNDLE``,
-    then ``CURL_CA_BUNDLE``). ``.netrc`` is not read at all: its Basic auth
-    would replace the bearer token.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    session.proxies = get_environ_proxies(base_url)
-    bundle = env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE")
-    if bundle:
-        session.verify = bundle
-    # No transport-level retries: they would re-POST a receipt behind the
-    # task's back. One pooled connection per worker thread. A task the worker
-    # cancelled at shutdown sends no further request (worker.celery.stopping).
-    adapter = StoppableAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
 def build_runtime(conf: Any) -> Runtime:
     """Build the client, publisher and Redis connection pool from ``conf``."""
     # REDIS_URL, not the broker: with RabbitMQ as the broker these stay in Redis.
     client = redis_client(redis_url(conf), health_check_interval=30)
+    # A task the worker cancelled at shutdown sends no further request (worker.celery.stopping).
     session = http_session(
-        conf.iamport_api_url, pool_size=int(conf.worker_concurrency), env=os.environ
+        conf.iamport_api_url,
+        pool_size=int(conf.worker_concurrency),
+        env=os.environ,
+        adapter=StoppableAdapter,
     )
     metrics = Metrics()
     return Runtime(

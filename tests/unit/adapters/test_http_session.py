@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from requests.adapters import HTTPAdapter
 
-from worker.celery.runtime import http_session
+from worker.adapters.iamport.session import http_session
 
 
 def test_ca_bundle_and_proxies_are_resolved_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,3 +30,19 @@ def test_no_proxy_and_no_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
     session = http_session("https://api.iamport.kr", pool_size=8, env={"CURL_CA_BUNDLE": ""})
     assert "https" not in session.proxies
     assert session.verify is True
+
+
+def test_the_adapter_class_is_mounted_for_both_schemes() -> None:
+    """The glue's adapter (a cancelled task sends nothing) serves https and http, no retries."""
+
+    class Marked(HTTPAdapter):
+        pass
+
+    session = http_session("https://api.iamport.kr", pool_size=4, env={}, adapter=Marked)
+    for url in ("https://api.iamport.kr/receipts", "http://127.0.0.1:8787/receipts"):
+        adapter = session.get_adapter(url)
+        assert type(adapter) is Marked
+        assert adapter.max_retries.total == 0
+    assert type(http_session("https://x", pool_size=1, env={}).get_adapter("https://x")) is (
+        HTTPAdapter
+    )
