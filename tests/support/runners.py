@@ -59,11 +59,18 @@ class Delivery:
 class World:
     """One payment provider, one job store, one clock; runners over them."""
 
-    def __init__(self, *, rules: Rules = RULES, stepper: Stepper | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        rules: Rules = RULES,
+        stepper: Stepper | None = None,
+        provider: Callable[[Clock], MemoryProvider] = MemoryProvider,
+    ) -> None:
         self.rules = rules
         self.clock = Clock()
         self.store = MemoryStore(self.clock)
-        self.provider = MemoryProvider(self.clock)
+        #: ``provider`` builds it: a test's subclass may model more of i'mport.
+        self.provider = provider(self.clock)
         self.sealer = Sealer([], allow_plaintext=True)
         self.stepper = stepper
         port_store: JobStore = self.store
