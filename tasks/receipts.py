@@ -29,7 +29,7 @@ from worker.celery.runtime import Runtime, get_runtime
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import mask_payload, masked_args_repr
 from worker.core.outcome import Outcome
-from worker.core.retry import compute_backoff
+from worker.core.retry import poll_again, retry_countdown
 from worker.core.runner import (
     Busy,
     CancelRunner,
@@ -49,9 +49,6 @@ from worker.core.schemas import (
     single_argument,
 )
 from worker.core.terminal import TerminalPublisher
-
-#: How often a duplicate looks at the ledger while another task holds the job.
-DUPLICATE_POLL_SECONDS = 0.1
 
 # Under celery.task: readable lines name the task and its id by themselves.
 log = get_task_logger(__name__)
@@ -145,7 +142,7 @@ class _Run:
                 "task %s handed back to the queue: the worker is stopping", self.task.request.id
             )
             if self.fence is not None:
-                retry = self.retry(0, args, cause="shutdown")
+                retry = self.retry(self.countdown(0.0), args, cause="shutdown")
                 self.outcome = Outcome.HANDED_BACK
                 raise retry from None
             self.outcome, self.reason = Outcome.HANDED_BACK, "shutdown"
@@ -153,7 +150,7 @@ class _Run:
         except redis.RedisError:
             # The outcome could not be recorded. Try again later: the ledger keeps
             # the job, and the next attempt looks at i'mport before acting.
-            raise self.retry(self.backoff(), args, cause="redis") from None
+            raise self.retry(self.countdown(), args, cause="redis") from None
 
     @property
     def fence(self) -> int | None:
@@ -213,34 +210,42 @@ class _Run:
 
     def drive(self, runner: JobRunner, args: tuple[Any, ...]) -> Outcome:
         """Carry out the runner's instructions; while another task holds the job, wait for
-        its outcome, within a bound (DUPLICATE_WAIT_SECONDS)."""
+        its outcome, within a bound (DUPLICATE_WAIT)."""
         self.runner = runner
-        deadline = time.monotonic() + float(self.conf.duplicate_wait)
+        started = time.monotonic()
         while True:
             instruction = runner.run()
             if isinstance(instruction, Busy):
-                if time.monotonic() >= deadline:
-                    raise self.retry(self.backoff(), args, cause="busy") from None
+                waited = time.monotonic() - started
+                pause = poll_again(waited, bound=float(self.conf.duplicate_wait))
+                if pause is None:
+                    raise self.retry(self.countdown(), args, cause="busy") from None
                 stopping.check()
-                time.sleep(DUPLICATE_POLL_SECONDS)
+                time.sleep(pause)
                 continue
             if isinstance(instruction, Retry):
                 assert self.message is not None
-                raise self.retry(instruction.delay, (self.message,), cause=instruction.cause)
+                countdown = self.countdown(instruction.delay)
+                raise self.retry(countdown, (self.message,), cause=instruction.cause)
             if isinstance(instruction, Failed):
                 raise self.fail(instruction.reason, instruction.text)
             assert isinstance(instruction, Done)
             self.reason = instruction.reason
             return instruction.outcome
 
-    def backoff(self) -> float:
-        """A delay from the retry policy, for waits outside i'mport."""
-        policy = self.runtime.policy
-        attempt = int(self.task.request.retries) + 1
-        return compute_backoff(attempt, base=policy.backoff_base, cap=policy.backoff_max)
+    def countdown(self, delay: float | None = None) -> float:
+        """The countdown of this run's retry: the runner's ``delay``, or None for a wait
+        outside the provider; shaped in the core (:func:`worker.core.retry.retry_countdown`)."""
+        return retry_countdown(
+            delay,
+            attempt=self.attempt,
+            policy=self.runtime.policy,
+            countdown_max=float(self.conf.retry_countdown_max),
+        )
 
-    def retry(self, delay: float, args: tuple[Any, ...], *, cause: str) -> BaseException:
-        """Celery's retry, re-publishing the payload sealed, with a masked repr.
+    def retry(self, countdown: float, args: tuple[Any, ...], *, cause: str) -> BaseException:
+        """Celery's retry in ``countdown`` seconds, re-publishing the payload sealed, with a
+        masked repr.
 
         Celery would otherwise re-send the arguments as they came, plaintext
         identifier included, with an argsrepr recomputed from them. A payload
@@ -256,7 +261,7 @@ class _Run:
             exc: BaseException = self.task.retry(
                 args=new_args,
                 kwargs={},
-                countdown=min(delay, float(self.conf.retry_countdown_max)),
+                countdown=countdown,
                 argsrepr=masked_args_repr(new_args),
                 kwargsrepr="{}",
                 # Only a retry of the claim this run holds may take over its lease.

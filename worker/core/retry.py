@@ -192,6 +192,46 @@ def settling_attempt(*, unsettled: bool, attempt: int, policy: RetryPolicy) -> b
     return unsettled and attempt > policy.max_attempts
 
 
+def retry_countdown(
+    delay: float | None,
+    *,
+    attempt: int,
+    policy: RetryPolicy,
+    countdown_max: float,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """The countdown a task's retry is published with, whatever its cause.
+
+    ``delay`` is the runner's own, when it has one (``Retry.delay`` in
+    worker/core/runner.py: :func:`decide`'s backoff with a Retry-After as its
+    floor, the wait for an unsettled request, 0 to hand the job on or back at
+    once). None is a wait the provider did not shape: another task still
+    holds the job after DUPLICATE_WAIT (:func:`poll_again`), or the job store
+    failed. That waits the policy's backoff for ``attempt`` (the message's,
+    1-based). Either is clamped at ``countdown_max`` (RETRY_COUNTDOWN_MAX):
+    the broker's visibility timeout covers no longer countdown.
+    """
+    if delay is None:
+        delay = compute_backoff(
+            attempt, base=policy.backoff_base, cap=policy.backoff_max, rand=rand
+        )
+    return min(delay, countdown_max)
+
+
+#: How often a duplicate looks at the job again while another task holds it.
+DUPLICATE_POLL_SECONDS = 0.1
+
+
+def poll_again(waited: float, *, bound: float) -> float | None:
+    """While another task holds the job: the pause before looking again, in seconds.
+
+    None once the duplicate has ``waited`` (seconds since it first looked) as
+    long as ``bound`` (DUPLICATE_WAIT): it retries then, on
+    :func:`retry_countdown` with no delay of its own.
+    """
+    return None if waited >= bound else DUPLICATE_POLL_SECONDS
+
+
 def broker_countdown(delay: float | None, *, whole_seconds: bool) -> float | None:
     """The countdown to publish for ``delay`` seconds.
 

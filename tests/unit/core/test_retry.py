@@ -28,6 +28,8 @@ from worker.core.retry import (
     compute_backoff,
     decide,
     parse_retry_after,
+    poll_again,
+    retry_countdown,
     settle_before_failing,
     settling_attempt,
 )
@@ -157,6 +159,52 @@ def test_default_budget_rides_out_an_hour_long_outage() -> None:
         for _ in range(20_000)
     )
     assert shortest > 80 * 60
+
+
+@pytest.mark.parametrize(
+    ("delay", "attempt", "countdown_max", "rand", "expected"),
+    [
+        # the runner's own delay (decide()'s, a Retry-After's, a settling wait's) stands ...
+        pytest.param(5.0, 1, 120.0, 1.0, 5.0, id="provider-retry"),
+        pytest.param(45.0, 4, 120.0, 1.0, 45.0, id="retry-after-over-backoff-max"),
+        pytest.param(0.0, 7, 120.0, 1.0, 0.0, id="handed-on-or-back-at-once"),
+        # ... up to RETRY_COUNTDOWN_MAX
+        pytest.param(120.0, 1, 120.0, 1.0, 120.0, id="provider-retry-at-the-clamp"),
+        pytest.param(200.0, 1, 120.0, 1.0, 120.0, id="provider-retry-clamped"),
+        # none of its own (a duplicate that waited out DUPLICATE_WAIT, a store error):
+        # the policy's backoff for the message's attempt, jittered ...
+        pytest.param(None, 1, 120.0, 1.0, 1.0, id="busy-first-attempt"),
+        pytest.param(None, 3, 120.0, 1.0, 4.0, id="store-error-third-attempt"),
+        pytest.param(None, 3, 120.0, 0.5, 2.0, id="busy-jittered"),
+        pytest.param(None, 9, 120.0, 1.0, 30.0, id="busy-at-backoff-max"),
+        # ... and clamped too, where RETRY_COUNTDOWN_MAX is below RETRY_BACKOFF_MAX
+        pytest.param(None, 9, 10.0, 1.0, 10.0, id="busy-clamped"),
+        pytest.param(None, 3, 0.3, 1.0, 0.3, id="store-error-clamped"),
+    ],
+)
+def test_retry_countdown(
+    delay: float | None, attempt: int, countdown_max: float, rand: float, expected: float
+) -> None:
+    """Every retry's countdown, whatever its cause, from one rule."""
+    countdown = retry_countdown(
+        delay, attempt=attempt, policy=POLICY, countdown_max=countdown_max, rand=lambda: rand
+    )
+    assert countdown == expected
+
+
+@pytest.mark.parametrize(
+    ("waited", "bound", "expected"),
+    [
+        (0.0, 20.0, 0.1),  # another task holds the job: look again shortly
+        (19.95, 20.0, 0.1),
+        (20.0, 20.0, None),  # waited out DUPLICATE_WAIT: retry
+        (31.0, 20.0, None),
+        (0.0, 0.0, None),  # DUPLICATE_WAIT=0: retry at once
+    ],
+)
+def test_poll_again(waited: float, bound: float, expected: float | None) -> None:
+    """A duplicate polls the job until it has waited DUPLICATE_WAIT, then retries."""
+    assert poll_again(waited, bound=bound) == expected
 
 
 GIVE_UP = Decision(retry=False, reason="retries_exhausted")
