@@ -52,8 +52,8 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from worker.adapters.observe.logs import setup_process_logging
-from worker.adapters.store.dead_entries import IngressEntries
 from worker.adapters.store.events import EventPublisher
+from worker.adapters.store.ingress_entries import Entry, IngressEntries
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY
 from worker.adapters.store.redis_client import INGRESS_CLIENT_PREFIX, redis_client
 from worker.celery import app
@@ -108,7 +108,6 @@ class Ingress:
         claim_idle_seconds: float,
         events: EventPublisher,
     ) -> None:
-        self._redis = client
         self._app = app
         self.stream = stream
         self.group = group
@@ -175,12 +174,7 @@ class Ingress:
 
     def ensure_group(self) -> None:
         """Create the stream and the group if needed, from the stream's first entry."""
-        try:
-            # From "0": entries XADDed before any ingress ever ran are jobs too.
-            self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
+        self._entries.ensure_group()
 
     def round(self, *, block_ms: int | None, claim_now: bool = False) -> int:
         """One pass: entries to take over, our own left pending, then new ones. Returns how many
@@ -195,26 +189,18 @@ class Ingress:
             self._own_pending = False
         if not self._stopping:
             # One at a time: on SIGTERM nothing read is left waiting for a takeover.
-            reply = self._redis.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=1, block=block_ms
-            )
+            entries = self._entries.read_new(block_ms=block_ms)
             # What was read is in hand: it is finished even if SIGTERM came during the read.
-            handled += self._handle_all(_entries(reply), in_hand=True)
+            handled += self._handle_all(entries, in_hand=True)
         return handled
 
     def reclaim(self) -> int:
         """Take over entries pending longer than INGRESS_CLAIM_IDLE (a dead consumer's)."""
         handled, cursor = 0, "0-0"
         while not self._stopping:
-            reply = self._redis.xautoclaim(
-                self.stream,
-                self.group,
-                self.consumer,
-                min_idle_time=self._claim_idle_ms,
-                start_id=cursor,
-                count=RECOVERY_BATCH,
+            cursor, entries = self._entries.take_over(
+                idle_ms=self._claim_idle_ms, cursor=cursor, count=RECOVERY_BATCH
             )
-            cursor, entries = _text(reply[0]), reply[1]
             if entries:
                 log.warning("ingress took over %d pending entries", len(entries))
             handled += self._handle_all(entries)
@@ -226,22 +212,19 @@ class Ingress:
     def _read_own_pending(self) -> int:
         handled, start = 0, "0"
         while not self._stopping:
-            reply = self._redis.xreadgroup(
-                self.group, self.consumer, {self.stream: start}, count=RECOVERY_BATCH
-            )
-            entries = _entries(reply)
+            entries = self._entries.read_own_pending(after=start, count=RECOVERY_BATCH)
             if not entries:
                 break
             handled += self._handle_all(entries)
-            start = _text(entries[-1][0])
+            start = entries[-1][0]
         return handled
 
-    def _handle_all(self, entries: Sequence[Any], *, in_hand: bool = False) -> int:
+    def _handle_all(self, entries: Sequence[Entry], *, in_hand: bool = False) -> int:
         handled = 0
-        for raw_id, fields in entries:
+        for entry_id, fields in entries:
             if self._stopping and not in_hand:
                 break
-            if self.handle(_text(raw_id), fields):
+            if self.handle(entry_id, fields):
                 handled += 1
         return handled
 
@@ -255,7 +238,7 @@ class Ingress:
         task_id = task_id_for(self.stream, entry_id)
         if not fields:
             # Deleted after a takeover by an instance that had only been slow: done.
-            self._redis.xack(self.stream, self.group, entry_id)
+            self._entries.acknowledge(entry_id)
             return True
         raw_kind, raw = _field(fields, "type"), _field(fields, "data")
         kind = raw_kind.decode("utf-8", "replace") if raw_kind is not None else None
@@ -370,15 +353,6 @@ def _object(data: object) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise InvalidPayload({"_payload": ["Must be a JSON object."]})
     return data
-
-
-def _entries(reply: Any) -> list[Any]:
-    """The entries of an XREADGROUP reply on one stream: ``[[stream, [(id, fields), ...]]]``."""
-    return [entry for _, entries in reply or [] for entry in entries]
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _no_group(error: BaseException) -> bool:

@@ -1,25 +1,29 @@
-"""Dead entries: ingress stream entries that can never become a job, set aside.
+"""The ingress stream's consumer group, and its dead entries: the store's side of the ingress.
 
-The ingress (:mod:`worker.ingress`) reads its stream with a consumer group. An entry it
-cannot turn into a job (not JSON, an invalid payload, an unknown ``type``) ends in the
-list ``cash_receipt:dead:ingress`` (newest first; ``cashreceipt dead`` lists it through
-:func:`worker.adapters.store.views.list_dead_entries`), with its personal fields masked
-and its data capped. The record's layout, the list's limit and the transaction that
-keeps an entry and deletes it from the stream are the store's, as are the other dead
-letters' (:mod:`worker.adapters.store.dead_messages`, the ledger's dead jobs).
+The ingress (:mod:`worker.ingress`) decides what to do with an entry and when to look
+for which; every Redis command it needs is here. It reads its stream with a consumer
+group: new entries, its own left pending, and entries idle long enough to take over
+(XAUTOCLAIM) from a consumer that died.
 
-:class:`IngressEntries` is the store's side of the ingress's consumer group: an entry is
-acknowledged and deleted in one transaction, the stream holding identifiers that a
-handled entry has no reason to keep; a malformed one is set aside in that same
-transaction, so that, handled again after a crash, it adds no second dead letter.
+A handled entry is acknowledged and deleted in one transaction: the stream holds
+identifiers, sealed or not, and an entry that is done has no reason to keep them.
+
+An entry the ingress cannot turn into a job (not JSON, an invalid payload, an unknown
+``type``) is set aside in the list ``cash_receipt:dead:ingress`` (newest first;
+``cashreceipt dead`` lists it through :func:`worker.adapters.store.views.list_dead_entries`),
+with its personal fields masked and its data capped, in the same transaction as its
+acknowledgement and deletion: handled again after a crash, it adds no second dead letter.
+Its record's layout and the list's limit are the store's, as are the other dead letters'
+(:mod:`worker.adapters.store.dead_messages`, the ledger's dead jobs).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 
@@ -39,8 +43,12 @@ DATA_LIMIT = 64 * 1024
 GONE_CONSUMER_IDLE_MS = 3600 * 1000
 
 
+#: One entry as read: its id, and its fields (None or empty once it was deleted).
+Entry = tuple[str, Mapping[bytes | str, bytes | str] | None]
+
+
 class IngressEntries:
-    """One consumer's hold on the ingress stream's group: ack and delete, set aside, forget."""
+    """One consumer of the ingress stream's group: read, take over, ack and delete, set aside."""
 
     def __init__(self, client: redis.Redis, *, stream: str, group: str, consumer: str) -> None:
         self._redis = client
@@ -48,6 +56,44 @@ class IngressEntries:
         self.group = group
         self.consumer = consumer
         self._forget = client.register_script(lua.source("forget_gone_consumers"))
+
+    def ensure_group(self) -> None:
+        """Create the stream and the group if needed, from the stream's first entry."""
+        try:
+            # From "0": entries XADDed before any ingress ever ran are jobs too.
+            self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    def read_new(self, *, block_ms: int | None) -> list[Entry]:
+        """At most one entry never delivered, waiting up to ``block_ms`` (None: not at all)."""
+        reply = self._redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=1, block=block_ms
+        )
+        return _entries(reply)
+
+    def read_own_pending(self, *, after: str, count: int) -> list[Entry]:
+        """This consumer's entries delivered but not acknowledged, from after ``after``."""
+        reply = self._redis.xreadgroup(self.group, self.consumer, {self.stream: after}, count=count)
+        return _entries(reply)
+
+    def take_over(self, *, idle_ms: int, cursor: str, count: int) -> tuple[str, list[Entry]]:
+        """Entries pending at least ``idle_ms`` with any consumer, now this one's (XAUTOCLAIM),
+        from ``cursor``; the cursor to go on from ("0-0": the scan is done)."""
+        reply = self._redis.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=idle_ms,
+            start_id=cursor,
+            count=count,
+        )
+        return _text(reply[0]), [(_text(entry_id), fields) for entry_id, fields in reply[1]]
+
+    def acknowledge(self, entry_id: str) -> None:
+        """Acknowledge an entry that was deleted already (nothing left to delete)."""
+        self._redis.xack(self.stream, self.group, entry_id)
 
     def done(self, entry_id: str) -> None:
         """Acknowledge and delete a handled entry, in one transaction."""
@@ -117,3 +163,13 @@ def _shown_data(raw: bytes | None, data: object) -> object:
     if raw is None:
         return None
     return mask_text(raw[:DATA_LIMIT].decode("utf-8", "replace"))
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """The entries of an XREADGROUP reply on one stream: ``[[stream, [(id, fields), ...]]]``."""
+    found: Sequence[Any] = [entry for _, entries in reply or [] for entry in entries]
+    return [(_text(entry_id), fields) for entry_id, fields in found]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
