@@ -5,8 +5,10 @@ ping``, answered by a worker) is wrong for the ingress; the compose file gives
 the ingress this one instead. The ingress names its Redis connection
 ``cashreceipt-ingress:<hostname>-<pid>``; it is healthy when a connection of
 that name, from this container's host name, is open: it is connected and
-reading its stream. Exit 0 healthy, 1 not (or Redis cannot be reached), 2 a bad
-setting or a usage error, as ``cashreceipt`` exits (one line on stderr, no traceback).
+reading its stream. Exit 0 healthy; 1 not: Redis cannot be reached, no ingress
+of this host is connected, or a setting is bad (its one line on stderr, no
+traceback). Docker reads 0 and 1 and reserves 2, so the check itself never
+exits 2; only a usage error (not the compose file's command) does.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         conf = load_celeryconfig()
     except SystemExit as error:
-        # A bad setting: its one line, and the configuration error's code, not SystemExit's 1.
+        # A bad setting: its one line, and "unhealthy" (Docker reserves 2), not a traceback.
         print(error.code, file=sys.stderr)
-        return 2
+        return 1
     client = redis_client(conf.ledger_backend_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         healthy = ingress_connected(client.client_list(), socket.gethostname())

@@ -70,13 +70,13 @@ def test_ingress_and_its_health_check_read_redis_url_from_a_file(tmp_path: Path)
         server.stop()
 
 
-def test_ingress_health_exits_2_on_a_bad_setting(tmp_path: Path) -> None:
-    """A configuration error is not "unhealthy": exit 2 with the setting's one line, as the
-    usage error and ``cashreceipt`` do."""
+def test_ingress_health_exits_1_on_a_bad_setting(tmp_path: Path) -> None:
+    """A configuration error is unhealthy with its one line, no traceback: exit 1, since
+    Docker's health checks reserve 2."""
     env = worker_env("redis://127.0.0.1:1/0", "http://127.0.0.1:1")
     env["REDIS_URL_FILE"] = str(tmp_path / "redis_url")
     checked = health(env)
-    assert checked.returncode == 2, checked.stderr
+    assert checked.returncode == 1, checked.stderr
     assert checked.stderr.strip() == (
         "cashreceipt: configuration error: set REDIS_URL or REDIS_URL_FILE, not both"
     )
