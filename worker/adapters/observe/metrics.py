@@ -42,7 +42,7 @@ from prometheus_client.registry import Collector
 
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY, DEAD_MESSAGES_KEY
 from worker.adapters.store.ledger import jobs_by_state, oldest_due_seconds
-from worker.adapters.store.views import dead_entry_count, dead_message_count
+from worker.adapters.store.views import dead_entry_count, dead_message_count, ingress_backlog
 from worker.core.outcome import Outcome
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ class StateCollector:
         yield GaugeMetricFamily(
             "cashreceipt_ingress_backlog_entries",
             "Payment events in the ingress stream not yet handled (handled ones are deleted)",
-            value=int(client.xlen(self._ingress_stream)),
+            value=ingress_backlog(client, self._ingress_stream),
         )
         yield GaugeMetricFamily(
             "cashreceipt_ingress_dead_entries",

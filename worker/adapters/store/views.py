@@ -144,6 +144,11 @@ def dead_entry_count(client: redis.Redis) -> int:
     return int(client.llen(DEAD_ENTRIES_KEY))
 
 
+def ingress_backlog(client: redis.Redis, stream: str) -> int:
+    """Payment events in the ingress stream not yet handled: the ingress deletes handled ones."""
+    return int(client.xlen(stream))
+
+
 def list_dead_entries(client: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
     """The newest dead letters of the ingress (malformed entries), newest first."""
     return [json.loads(item) for item in client.lrange(DEAD_ENTRIES_KEY, 0, limit - 1)]
