@@ -149,7 +149,7 @@ def test_a_fenced_out_message_hands_the_job_on_instead_of_attempting_again(
     )
     task_id = enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer)
     wait_for(lambda: posts(sandbox, imp_uid) or None, timeout=20, message="the owner's POST")
-    record = ledger.record(imp_uid)
+    record = ledger.raw_record(imp_uid)
     assert record is not None
     taken = ledger.claim(imp_uid, task_id=task_id, payload={}, fence=int(record["fence"]))
     assert taken.kind == "claimed"

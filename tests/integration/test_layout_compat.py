@@ -118,7 +118,7 @@ def test_mid_flight_jobs_of_the_old_code_are_finished(client: redis.Redis) -> No
     claim = _claim(store, jobs["imp_layout_parked"])
     assert (claim.resumed, claim.attempt) == (True, 2)
     _issue(store, "imp_layout_parked", claim, "task-parked-1", "P1")
-    history = store.record("imp_layout_parked")
+    history = store.raw_record("imp_layout_parked")
     assert history is not None
     assert history["state"] == "issued"
 

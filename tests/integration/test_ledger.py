@@ -185,7 +185,7 @@ def test_terminal_records_expire_and_leave_the_due_set(
     client = redis_server.client()
     assert 0 < client.ttl(ledger_key(imp_uid)) <= 600
     assert client.zscore(DUE_KEY, imp_uid) is None
-    record = ledger.record(imp_uid)
+    record = ledger.raw_record(imp_uid)
     assert record is not None
     assert (record["state"], json.loads(record["receipt"])) == ("issued", {"apply_num": "123"})
 
@@ -364,10 +364,10 @@ def test_cancellation_recorded_behind_an_issue_owns_the_job_once_issued(
     cancel = {"imp_uid": imp_uid}
     state = ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=cancel, resend_after=0)
     assert state == "in_flight"
-    assert ledger.record(imp_uid)["task_id"] == f"{imp_uid}-t1"  # type: ignore[index]
+    assert ledger.raw_record(imp_uid)["task_id"] == f"{imp_uid}-t1"  # type: ignore[index]
     finish(ledger, imp_uid, owner.fence, f"{imp_uid}-t1")
 
-    record = ledger.record(imp_uid)
+    record = ledger.raw_record(imp_uid)
     assert record is not None
     assert (record["state"], record["op"], record["task_id"]) == (
         "received",
@@ -388,7 +388,7 @@ def test_a_repeated_cancellation_of_the_same_task_changes_nothing(
     claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-c1", payload=cancel, op="cancel")
     again = ledger.receive_cancel(imp_uid, task_id=f"{imp_uid}-c1", cancel=cancel, resend_after=0)
     assert (first, claim.kind, again) == ("received", "claimed", "in_flight")
-    record = ledger.record(imp_uid)
+    record = ledger.raw_record(imp_uid)
     assert record is not None
     assert (record["attempts"], record["fence"]) == ("1", str(claim.fence))
 
@@ -432,7 +432,7 @@ def test_issue_recorded_behind_a_partial_refund_owns_the_job_after_it(
         event_type="cash_receipt.cancelled",
         data={"imp_uid": imp_uid, "task_id": f"{imp_uid}-c1"},
     )
-    record = ledger.record(imp_uid)
+    record = ledger.raw_record(imp_uid)
     assert record is not None
     assert (record["state"], record["op"], record["task_id"]) == (
         "received",
@@ -468,7 +468,7 @@ def test_a_cancel_failed_with_a_refund_behind_it_is_not_dead(
         error={"reason": "retries_exhausted"},
     )
     assert redis_server.client().zscore(DEAD_JOBS_KEY, imp_uid) is None
-    record = ledger.record(imp_uid)
+    record = ledger.raw_record(imp_uid)
     assert record is not None
     assert (record["state"], record["task_id"]) == ("received", f"{imp_uid}-c2")
 

@@ -44,7 +44,7 @@ def ledger_on(server: RedisServer, *, lease: float = 60) -> Ledger:
 def claimed_and_abandoned(ledger: Ledger, imp_uid: str, task_id: str) -> None:
     """A job claimed by a worker that then died: in flight, its lease passed."""
     ledger.claim(imp_uid, task_id=task_id, payload={**PAYLOAD, "imp_uid": imp_uid})
-    record = ledger.record(imp_uid)
+    record = ledger.raw_record(imp_uid)
     assert record is not None
     lease_until = int(record["lease_until"]) / 1000
     wait_for(lambda: time.time() > lease_until, timeout=5, message="the lease to pass")
@@ -120,8 +120,8 @@ def test_settle_waits_out_the_bound_after_a_post_was_sent(
     i'mport may still act on it, so settle looks at nothing (`settling`); after it, it settles."""
     ledger = ledger_on(own_redis, lease=0.2)
     claim = ledger.claim(imp_uid, task_id="t-1", payload={**PAYLOAD, "imp_uid": imp_uid})
-    assert ledger.note(imp_uid, fence=claim.fence, field="sent_at", value=repr(time.time()))
-    claimed_lease = int((ledger.record(imp_uid) or {})["lease_until"]) / 1000
+    assert ledger.note_sent(imp_uid, fence=claim.fence, at=time.time(), op="issue")
+    claimed_lease = int((ledger.raw_record(imp_uid) or {})["lease_until"]) / 1000
     wait_for(lambda: time.time() > claimed_lease, timeout=5, message="the lease to pass")
     result = cli(own_redis, sandbox, "settle", imp_uid, IAMPORT_SETTLE_SECONDS="60")
     assert json.loads(result.stdout)["outcome"] == "settling"
@@ -138,7 +138,7 @@ def test_settle_leaves_a_job_in_flight_under_a_live_lease_alone(
     claim = ledger.claim(imp_uid, task_id="t-1", payload={**PAYLOAD, "imp_uid": imp_uid})
     result = cli(own_redis, sandbox, "settle", imp_uid)
     assert json.loads(result.stdout)["outcome"] == "busy"
-    record = ledger.record(imp_uid)
+    record = ledger.raw_record(imp_uid)
     assert record is not None
     assert (record["state"], int(record["fence"])) == ("in_flight", claim.fence)
     assert sandbox.admin.requests(imp_uid) == []

@@ -28,9 +28,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from worker.adapters.store.record import (
+    answered_fields,
+    cancelled_fields,
+    job_view,
+    sent_fields,
+)
 from worker.core.errors import IamportError, InvalidRequest, OutcomeUnknown
 from worker.core.events import cancelled_detail
-from worker.core.ports import Claim, OperationId, Published
+from worker.core.ports import Claim, JobView, OperationId, Published
 from worker.core.types import Payment, Receipt
 
 ISSUED_TYPE = "cash_receipt.issued"
@@ -280,6 +286,11 @@ class MemoryStore:
 
     # -- the test's side ---------------------------------------------------------------
 
+    def raw_record(self, imp_uid: str) -> dict[str, str] | None:
+        """The record as the ledger would keep it in Redis (its fields), or None."""
+        found = self.records.get(imp_uid)
+        return dict(found) if found else None
+
     def events_of(self, task_id: str) -> list[Event]:
         """The events published for ``task_id`` (one, once its message ended)."""
         return [event for event in self.stream if event.data.get("task_id") == task_id]
@@ -292,9 +303,9 @@ class MemoryStore:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def record(self, imp_uid: str) -> dict[str, str] | None:
+    def view(self, imp_uid: str) -> JobView | None:
         found = self.records.get(imp_uid)
-        return dict(found) if found else None
+        return job_view(imp_uid, found) if found else None
 
     def receive(
         self, imp_uid: str, *, task_id: str, payload: Mapping[str, Any], resend_after: float
@@ -478,7 +489,16 @@ class MemoryStore:
         self.due[imp_uid] = due
         return True
 
-    def note_all(self, imp_uid: str, *, fence: int, fields: Mapping[str, str]) -> bool:
+    def note_sent(self, imp_uid: str, *, fence: int, at: float, op: str) -> bool:
+        return self._note(imp_uid, fence, sent_fields(at=at, op=op))
+
+    def note_answered(self, imp_uid: str, *, fence: int) -> bool:
+        return self._note(imp_uid, fence, answered_fields())
+
+    def note_cancelled(self, imp_uid: str, *, fence: int, receipt: Receipt | None) -> bool:
+        return self._note(imp_uid, fence, cancelled_fields(receipt))
+
+    def _note(self, imp_uid: str, fence: int, fields: Mapping[str, str]) -> bool:
         rec = self.records.get(imp_uid) or {}
         if rec.get("state") != "in_flight" or rec.get("fence") != str(fence):
             return False

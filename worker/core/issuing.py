@@ -18,7 +18,7 @@ crash and ``cashreceipt settle`` all wait it out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -30,14 +30,6 @@ from worker.core.types import Payment, Receipt
 log = logging.getLogger(__name__)
 
 CASH_PAY_METHODS = frozenset({"vbank", "trans"})
-
-#: The ledger field holding when the job's last POST or DELETE was sent (epoch
-#: seconds), while its outcome is unsettled; empty once the provider answered it.
-SENT_AT_FIELD = "sent_at"
-#: Beside it, which operation sent that request (``issue`` or ``cancel``): a refund that
-#: took over an issue waits out the issue's POST, but only settles a DELETE of its own.
-#: Read only while ``sent_at`` is set; a record without it (older code) means the job's op.
-SENT_OP_FIELD = "sent_op"
 
 #: Why a job fails when its settling lookup found its unsettled request not acted on.
 NOT_ACTED_ON = "no answer, and i'mport had not acted on the request after IAMPORT_SETTLE_SECONDS"
@@ -53,15 +45,6 @@ def settle_delay(sent_at: float | None, *, bound: float, now: float) -> float:
     if sent_at is None:
         return 0.0
     return max(0.0, sent_at + bound - now)
-
-
-def recorded_sent_at(record: Mapping[str, str] | None) -> float | None:
-    """The unsettled send time a ledger record holds, or None."""
-    raw = (record or {}).get(SENT_AT_FIELD) or ""
-    try:
-        return float(raw) if raw else None
-    except ValueError:
-        return None
 
 
 class Superseded(Exception):

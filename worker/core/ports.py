@@ -113,6 +113,38 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class JobView:
+    """A job as the core reads it: typed, decoded, in no store's layout.
+
+    The store owns how a record is kept (the Redis ledger: one hash per payment);
+    the core reads only what it decides by, through :meth:`JobStore.view`.
+    """
+
+    #: ``received``, ``in_flight``, ``issued``, ``failed`` or ``cancelled``.
+    state: str
+    #: The task whose message owns the job (its event goes out under this id).
+    task_id: str
+    #: What the job does: ``issue``, or ``cancel`` (a refund).
+    op: str
+    #: The issue's payload as kept (identifier sealed); None: none kept.
+    payload: dict[str, Any] | None
+    #: A refund's cancellation message; None: the job is no refund.
+    cancel: dict[str, Any] | None
+    #: When the job's last POST or DELETE was sent (epoch s), while the provider has not
+    #: answered it: a lookup settles it no earlier than the bound after this. None: settled.
+    sent_at: float | None
+    #: Which operation sent that request (``issue`` or ``cancel``); None: unrecorded (a
+    #: record of older code), which means the job's own.
+    sent_op: str | None
+    #: A refund's cancel step is done (:meth:`JobStore.note_cancelled`): a retry only
+    #: re-issues, never cancels again.
+    cancel_done: bool = False
+    #: The receipt the job's latest cancel step cancelled, kept after its refund ended so
+    #: that a repeated refund event can name it; None: none was live, or no cancel step.
+    cancelled_receipt: Receipt | None = None
+
+
+@dataclass(frozen=True)
 class Published:
     """Where an event went; ``new`` is False when the task had already published."""
 
@@ -124,9 +156,13 @@ class JobStore(Protocol):
     """The job records: one per payment, every transition fenced.
 
     A claim bumps the job's fence; every later write of the claim's owner
-    (``extend``, ``park``, ``note_all``, ``finish``) carries it and is refused
-    (False, or None) once another claim took the job over. The store's clock
-    is the only clock the core reads (:meth:`now`), so a test can move it.
+    (``extend``, ``park``, the ``note_*`` steps, ``finish``) carries it and is
+    refused (False, or None) once another claim took the job over. The store's
+    clock is the only clock the core reads (:meth:`now`), so a test can move it.
+
+    The store owns the record's layout: the core reads a job as a typed
+    :class:`JobView`, and records each step it takes by a note named for that
+    step, never by field names, so the layout can change in one place.
     """
 
     def now(self) -> float:
@@ -154,8 +190,23 @@ class JobStore(Protocol):
     def park(self, imp_uid: str, *, fence: int, until: float, error: Mapping[str, Any]) -> bool:
         """Hand the job back to the store until ``until`` (epoch s): a long wait."""
 
-    def note_all(self, imp_uid: str, *, fence: int, fields: Mapping[str, str]) -> bool:
-        """Record the fields of a step the owner took, in one fenced write."""
+    def note_sent(self, imp_uid: str, *, fence: int, at: float, op: str) -> bool:
+        """A POST or DELETE of ``op`` goes out at ``at`` (store time): kept until answered.
+
+        Recorded before the request leaves, so a retry, a takeover after a crash
+        and ``cashreceipt settle`` all wait out the bound from it before a lookup.
+        False: fenced out, and the request must not be sent.
+        """
+
+    def note_answered(self, imp_uid: str, *, fence: int) -> bool:
+        """The provider answered the job's last request: nothing is left to settle."""
+
+    def note_cancelled(self, imp_uid: str, *, fence: int, receipt: Receipt | None) -> bool:
+        """A refund's cancel step is done (``receipt``: what it cancelled, None: none was live).
+
+        One fenced write, before the re-issue: a retry after it re-issues only,
+        and does not cancel the re-issued receipt.
+        """
 
     def finish(
         self,
@@ -173,8 +224,8 @@ class JobStore(Protocol):
     ) -> str | None:
         """End the job and publish its event, at once; None when this claim was fenced out."""
 
-    def record(self, imp_uid: str) -> dict[str, str] | None:
-        """The job's record as the store keeps it, or None."""
+    def view(self, imp_uid: str) -> JobView | None:
+        """The job as the core reads it, or None when the store has no record of it."""
 
 
 class EventPublisher(Protocol):

@@ -26,7 +26,6 @@ Every port call is a point where a test can stop the runner
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,13 +33,10 @@ from typing import Any
 from worker.core.errors import IamportError, OutcomeUnknown, TransientError
 from worker.core.events import CANCELLED_MESSAGE
 from worker.core.issuing import (
-    SENT_AT_FIELD,
-    SENT_OP_FIELD,
     Issued,
     SendLog,
     Superseded,
     issue_receipt,
-    recorded_sent_at,
     settle_delay,
     settle_issue,
 )
@@ -188,9 +184,9 @@ class JobRunner:
         try:
             if claim.resumed:
                 # The job's last POST or DELETE, while unsettled: this run's until it sends.
-                record = self.store.record(self.imp_uid)
-                self.sent_at = recorded_sent_at(record)
-                self.sent_op = (record or {}).get(SENT_OP_FIELD) or None
+                job = self.store.view(self.imp_uid)
+                self.sent_at = job.sent_at if job else None
+                self.sent_op = job.sent_op if job else None
                 wait = settle_delay(
                     self.sent_at, bound=self.rules.settle_seconds, now=self.store.now()
                 )
@@ -281,15 +277,14 @@ class _StoreSends:
     def sending(self) -> None:
         run = self._run
         now = run.store.now()
-        sent = {SENT_AT_FIELD: repr(now), SENT_OP_FIELD: run.op}
-        if not run.store.note_all(run.imp_uid, fence=self._fence, fields=sent):
+        if not run.store.note_sent(run.imp_uid, fence=self._fence, at=now, op=run.op):
             raise Superseded  # fenced out: the job's new owner sends, not this run
         run.sent_at, run.sent_op, run.sent_here = now, run.op, True
 
     def answered(self) -> None:
         run = self._run
         run.sent_at, run.sent_here = None, False
-        run.store.note_all(run.imp_uid, fence=self._fence, fields={SENT_AT_FIELD: ""})
+        run.store.note_answered(run.imp_uid, fence=self._fence)
 
 
 class IssueRunner(JobRunner):
@@ -358,13 +353,6 @@ class IssueRunner(JobRunner):
         return Done(Outcome.ISSUED_DUPLICATE if issued.duplicate else Outcome.ISSUED)
 
 
-#: The record's field naming the refund's step done so far (``cancelled``), so that a
-#: retry after the cancel only re-issues.
-CANCEL_STEP_FIELD = "cancel_step"
-#: Beside it, the receipt the cancel step cancelled (JSON; empty: there was none).
-CANCELLED_RECEIPT_FIELD = "cancelled_receipt"
-
-
 class CancelRunner(JobRunner):
     """``cancel_cash_receipt``: cancel a refunded payment's receipt, re-issue the balance.
 
@@ -412,18 +400,22 @@ class CancelRunner(JobRunner):
         self, terminal: TerminalPublisher, claim: Claim
     ) -> Instruction | None:
         imp_uid, store, client = self.imp_uid, self.store, self.provider
-        record = store.record(imp_uid) or {}
-        cancelled_json = record.get(CANCELLED_RECEIPT_FIELD)
+        job = store.view(imp_uid)
+        # A retry after the cancel step only re-issues (note_cancelled, below).
+        cancel_done = job is not None and job.cancel_done
+        cancelled = job.cancelled_receipt if job else None
         try:
-            if record.get(CANCEL_STEP_FIELD) == "cancelled":
-                cancelled = Receipt(**json.loads(cancelled_json)) if cancelled_json else None
-            elif "amount" in self.message and (live := receipt_for_balance(client, imp_uid)):
+            if (
+                not cancel_done
+                and "amount" in self.message
+                and (live := receipt_for_balance(client, imp_uid))
+            ):
                 # This refund was already handled (the same event, sent again):
                 # no DELETE, no POST; the live receipt stays the job's.
-                earlier = json.loads(cancelled_json) if cancelled_json else None
+                earlier = cancelled.as_dict() if cancelled else None
                 ok = terminal.finish_cancel_duplicate(fence=claim.fence, live=live, earlier=earlier)
                 return Done(Outcome.CANCELLED_DUPLICATE) if ok else None
-            else:
+            if not cancel_done:
                 if self.settling(claim):
                     cancelled = settle_cancel(client, imp_uid, sends=self.sends(claim))
                 else:
@@ -433,11 +425,7 @@ class CancelRunner(JobRunner):
                         operation=self.operation("cancel", claim),
                         sends=self.sends(claim),
                     )
-                step = {
-                    CANCELLED_RECEIPT_FIELD: json.dumps(cancelled.as_dict()) if cancelled else "",
-                    CANCEL_STEP_FIELD: "cancelled",
-                }
-                if not store.note_all(imp_uid, fence=claim.fence, fields=step):
+                if not store.note_cancelled(imp_uid, fence=claim.fence, receipt=cancelled):
                     return None
         except IamportError as error:
             self.answered(error)
@@ -448,12 +436,13 @@ class CancelRunner(JobRunner):
             if not terminal.finish_cancel_failed(fence=claim.fence, error=error, reason=reason):
                 return None
             return Failed(reason, f"cancel {reason}: {failure_message(error)}")
-        if record.get(CANCEL_STEP_FIELD) != "cancelled":
+        if not cancel_done:
             self.answered()
-        if "amount" not in self.message or not record.get("payload"):
+        payload = job.payload if job else None
+        if "amount" not in self.message or payload is None:
             ok = terminal.finish_cancelled(fence=claim.fence, cancelled=cancelled)
             return Done(Outcome.CANCELLED) if ok else None
-        return self.reissue(terminal, claim, cancelled, json.loads(record["payload"]))
+        return self.reissue(terminal, claim, cancelled, payload)
 
     def reissue(
         self,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from typing import Any
 
-from worker.core.issuing import find_issued, recorded_sent_at, settle_delay
-from worker.core.ports import EventPublisher, JobStore, Provider
+from worker.core.issuing import find_issued, settle_delay
+from worker.core.ports import EventPublisher, JobStore, JobView, Provider
 from worker.core.terminal import TerminalPublisher
 
 
@@ -31,15 +29,17 @@ def settle(
     not, it is handed back to the store, due now, and the sweeper re-sends it.
     ``settle_seconds`` is IAMPORT_SETTLE_SECONDS.
     """
-    record = store.record(imp_uid)
-    if record is None:
+    job = store.view(imp_uid)
+    if job is None:
         return "unknown"
-    if (left_as_is := _not_to_settle(record, settle_seconds, now=store.now())) is not None:
+    if (left_as_is := _not_to_settle(job, settle_seconds, now=store.now())) is not None:
         return left_as_is
-    task_id = record["task_id"]
-    if record.get("op") == "cancel":
-        return _settle_cancel(store, imp_uid, task_id, json.loads(record.get("cancel") or "{}"))
-    payload = json.loads(record["payload"])
+    task_id = job.task_id
+    if job.op == "cancel":
+        return _settle_cancel(store, imp_uid, task_id, job.cancel or {})
+    payload = job.payload
+    if payload is None:  # never for an issue job: receive and claim both keep it
+        raise LookupError(f"the issue job of {imp_uid} keeps no payload")
     claim = store.claim(imp_uid, task_id=task_id, payload=payload)
     if claim.kind != "claimed":
         return claim.kind
@@ -59,11 +59,11 @@ def settle(
     return "resent"
 
 
-def _not_to_settle(record: Mapping[str, str], settle_seconds: float, *, now: float) -> str | None:
+def _not_to_settle(job: JobView, settle_seconds: float, *, now: float) -> str | None:
     """Why ``cashreceipt settle`` leaves a job as it is: it ended, or it is still settling."""
-    if record["state"] in {"issued", "failed", "cancelled"}:
-        return record["state"]
-    if settle_delay(recorded_sent_at(record), bound=settle_seconds, now=now) > 0:
+    if job.state in {"issued", "failed", "cancelled"}:
+        return job.state
+    if settle_delay(job.sent_at, bound=settle_seconds, now=now) > 0:
         # The provider may still act on the job's last POST or DELETE: a lookup now proves nothing.
         return "settling"
     return None

@@ -5,7 +5,9 @@ themselves, so a record's layout had copies that :mod:`worker.adapters.store`
 could not see. They now read through :mod:`worker.adapters.store.views`. These
 read the source tree, as a reviewer would: outside ``worker/adapters/store/``, no
 module reads a store key or a hash, and only :mod:`worker.adapters.store.keys`
-spells a key name. (The scripts' side is in ``test_lua.py``.)
+spells a key name. (The scripts' side is in ``test_lua.py``.) The core
+reads a job through the job-store port's typed :class:`~worker.core.ports.JobView`
+and records a step by a typed note: it names no hash field either.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from worker.adapters.store import keys
 
 ROOT = Path(__file__).resolve().parents[3]
 STORE = ROOT / "worker" / "adapters" / "store"
+CORE = ROOT / "worker" / "core"
 #: Every name the layout module defines: a key, a prefix, or a function that builds one.
 KEY_NAMES = frozenset(name for name in vars(keys) if not name.startswith("_")) - {"annotations"}
 #: Redis commands that read a hash: records are the store's, whatever the key.
@@ -139,4 +142,86 @@ def f(client, imp_uid):
         ["example.py:8", "reads the store"],
         ["example.py:9", "reads the store"],
         ["example.py:9", "spells a key"],
+    ]
+
+
+#: Hash fields only the ledger record has (worker/adapters/store/record.py): nowhere in the
+#: core may these strings appear.
+_LEDGER_FIELDS = frozenset(
+    {
+        "sent_at",
+        "sent_op",
+        "cancel_step",
+        "cancelled_receipt",
+        "lease_until",
+        "next_attempt_at",
+        "last_error",
+        "pending_cancel",
+        "pending_issue",
+    }
+)
+#: Hash fields whose names events and payloads share: in the core, no mapping is read by them
+#: (the events' and the payloads' own are built, not read, by these names).
+_SHARED_FIELDS = frozenset({"task_id", "op", "cancel", "payload", "state", "fence", "attempts"})
+#: Calls that read or write a record raw, as the store keeps it: none is the core's.
+_RAW_RECORD_CALLS = frozenset({"record", "raw_record", "note", "note_all", "hgetall", "hset"})
+
+
+def record_layout_leaks(source: str, where: str) -> list[str]:
+    """Where ``source`` names a ledger-only hash field, reads a mapping by a record's
+    field name (``record["op"]``, ``record.get("state")``), or calls a raw record API."""
+    tree = ast.parse(source)
+    docstrings = _docstrings(tree)
+    leaks = []
+
+    def read(node: ast.AST | None) -> str | None:
+        if isinstance(node, ast.Constant) and node.value in _SHARED_FIELDS:
+            return str(node.value)
+        return None
+
+    for node in ast.walk(tree):
+        found: str | None = None
+        if isinstance(node, ast.Constant) and node.value in _LEDGER_FIELDS:
+            found = None if id(node) in docstrings else str(node.value)
+        elif isinstance(node, ast.Subscript):
+            found = read(node.slice)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in _RAW_RECORD_CALLS:
+                leaks.append(f"{where}:{node.lineno}: raw record call .{node.func.attr}()")
+            if node.func.attr in {"get", "pop"} and node.args:
+                found = read(node.args[0])
+        if found is not None:
+            leaks.append(f"{where}:{node.lineno}: hash field {found!r}")
+    return sorted(leaks)
+
+
+def test_the_core_reads_no_record_field() -> None:
+    """The store owns the record's layout: the core reads a typed JobView, and records
+    each step by a typed, fenced note (issue 13)."""
+    found = [
+        leak
+        for path in sorted(CORE.glob("*.py"))
+        for leak in record_layout_leaks(path.read_text(encoding="utf-8"), path.name)
+    ]
+    assert not found, f"the core reads the record's layout: {found}"
+
+
+def test_the_record_check_sees_a_leak() -> None:
+    """Each way a core module once leaked the layout is found; an event's key is not."""
+    source = '''
+"""A docstring may say sent_at."""
+SENT_AT_FIELD = "sent_at"
+def f(store, imp_uid, fence):
+    record = store.record(imp_uid) or {}
+    store.note_all(imp_uid, fence=fence, fields={"cancel_step": "cancelled"})
+    event = {"task_id": record["task_id"], "state": record.get("state")}
+    return event, store.claim(imp_uid, task_id="t", op="cancel")
+'''
+    assert record_layout_leaks(source, "x.py") == [
+        "x.py:3: hash field 'sent_at'",
+        "x.py:5: raw record call .record()",
+        "x.py:6: hash field 'cancel_step'",
+        "x.py:6: raw record call .note_all()",
+        "x.py:7: hash field 'state'",
+        "x.py:7: hash field 'task_id'",
     ]

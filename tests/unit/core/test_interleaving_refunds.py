@@ -236,7 +236,7 @@ def play(
                     IMP_UID, task_id=ISSUE, payload=message, resend_after=3600
                 )
                 if state == "issued":  # the producer's duplicate event; no message
-                    receipt = (world.store.record(IMP_UID) or {}).get("receipt") or "{}"
+                    receipt = (world.store.raw_record(IMP_UID) or {}).get("receipt") or "{}"
                     publisher(world, ISSUE).issued_duplicate(json.loads(receipt))
                     return
             deliver(ISSUE, lambda **kw: world.issue_runner(ISSUE, **kw))

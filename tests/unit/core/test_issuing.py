@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from worker.core.errors import InvalidRequest, OutcomeUnknown
-from worker.core.issuing import issue_receipt, recorded_sent_at, settle_delay, settle_issue
+from worker.core.issuing import issue_receipt, settle_delay, settle_issue
 from worker.core.ports import OperationId
 from worker.core.refunds import settle_cancel
 from worker.core.schemas import ReceiptRequest, load_payload
@@ -103,21 +103,6 @@ def test_a_400_behind_which_a_receipt_exists(look_first: bool, duplicate: bool) 
 def test_settle_delay(sent_at: float | None, bound: float, now: float, delay: float) -> None:
     """The settling lookup comes no earlier than the bound after the request was sent."""
     assert settle_delay(sent_at, bound=bound, now=now) == delay
-
-
-@pytest.mark.parametrize(
-    ("record", "sent_at"),
-    [
-        (None, None),
-        ({}, None),
-        ({"sent_at": ""}, None),  # answered: nothing to settle
-        ({"sent_at": "1700000000.25"}, 1700000000.25),
-        ({"sent_at": "junk"}, None),
-    ],
-)
-def test_recorded_sent_at(record: dict[str, str] | None, sent_at: float | None) -> None:
-    """The ledger record's send time, while unsettled."""
-    assert recorded_sent_at(record) == sent_at
 
 
 CANCELLED = Receipt(**{**RECEIPT.as_dict(), "cancelled_at": 2})

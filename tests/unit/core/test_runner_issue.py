@@ -29,7 +29,7 @@ def test_a_first_attempt_posts_once_and_ends_issued() -> None:
     [event] = world.store.events_of("t1")
     assert (event.type, event.data["duplicate"]) == ("cash_receipt.issued", False)
     assert event.data["receipt"]["receipt_tid"] == receipt.receipt_tid
-    record = world.store.record("imp_1") or {}
+    record = world.store.raw_record("imp_1") or {}
     assert (record["state"], record.get("sent_at")) == ("issued", None)
 
 
@@ -64,7 +64,7 @@ def test_an_ambiguous_post_is_settled_by_a_lookup_after_the_settle_bound() -> No
     # The POST went out, nothing was found right after it: unsettled, a retry after the bound.
     assert retry == Retry(SETTLE, "outcome_unknown")
     assert posts_and_lookups(world) == (1, 1)
-    assert (world.store.record("imp_1") or {})["sent_at"] == repr(world.clock.now)
+    assert (world.store.raw_record("imp_1") or {})["sent_at"] == repr(world.clock.now)
 
     world.clock.advance(SETTLE / 2)  # the retry arrives early (a redelivery, a clock's skew)
     early = world.issue_runner("t1", fence=first.fence, attempt=2)
@@ -77,7 +77,7 @@ def test_an_ambiguous_post_is_settled_by_a_lookup_after_the_settle_bound() -> No
     assert last.run() == Done(Outcome.ISSUED)
     assert posts_and_lookups(world) == (1, 2)
     assert len(world.provider.receipts("imp_1")) == 1
-    assert (world.store.record("imp_1") or {}).get("sent_at") is None  # settled
+    assert (world.store.raw_record("imp_1") or {}).get("sent_at") is None  # settled
 
 
 def test_a_retry_finds_the_receipt_a_lost_answer_hid() -> None:
@@ -137,7 +137,7 @@ def test_a_rejection_fails_at_once() -> None:
     assert result == Failed("rejected", "rejected: HTTP 400: bad identifier")
     [event] = world.store.events_of("t1")
     assert event.data["error"]["reason"] == "rejected"
-    assert (world.store.record("imp_1") or {})["state"] == "failed"
+    assert (world.store.raw_record("imp_1") or {})["state"] == "failed"
 
 
 def test_a_long_wait_parks_the_job_in_the_store() -> None:
@@ -148,7 +148,7 @@ def test_a_long_wait_parks_the_job_in_the_store() -> None:
         "POST", ProviderUnavailable("busy", status=503, retry_after=RULES.countdown_max + 1)
     )
     assert world.issue_runner("t1").run() == Done(Outcome.PARKED, reason="provider_unavailable")
-    record = world.store.record("imp_1") or {}
+    record = world.store.raw_record("imp_1") or {}
     assert record["state"] == "received"
     assert int(record["next_attempt_at"]) == int((world.clock.now + 121) * 1000)
 

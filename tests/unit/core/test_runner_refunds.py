@@ -35,7 +35,7 @@ def test_a_full_refund_cancels_the_receipt() -> None:
     [event] = world.store.events_of("c1")
     assert event.type == "cash_receipt.cancelled"
     assert event.data["receipt"]["cancelled_at"]
-    assert (world.store.record("imp_1") or {})["state"] == "cancelled"
+    assert (world.store.raw_record("imp_1") or {})["state"] == "cancelled"
     # A stale confirmation of the same payment never issues again.
     assert world.issue_runner("t2").run() == Failed(
         "cancelled", "cancelled: the receipt of this payment was cancelled"
@@ -57,7 +57,7 @@ def test_a_partial_refund_cancels_then_reissues_the_balance() -> None:
         "cash_receipt.cancelled",
         "cash_receipt.issued",
     ]
-    record = world.store.record("imp_1") or {}
+    record = world.store.raw_record("imp_1") or {}
     assert record["state"] == "issued"
     assert '"amount": 700' in record["receipt"]
     # The same refund sent again (an outbox that repeats): the live receipt already
@@ -85,7 +85,7 @@ def test_a_retry_after_the_cancel_step_only_reissues() -> None:
     first = world.cancel_runner("c1", amount=300)
     retry = first.run()
     assert retry == Retry(RULES.settle_seconds, "provider_unavailable")
-    assert (world.store.record("imp_1") or {})["cancel_step"] == "cancelled"
+    assert (world.store.raw_record("imp_1") or {})["cancel_step"] == "cancelled"
     world.clock.advance(retry.delay)
     again = world.cancel_runner("c1", amount=300, fence=first.fence, attempt=2)
     assert again.run() == Done(Outcome.CANCELLED_REISSUED)

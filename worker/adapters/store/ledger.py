@@ -57,9 +57,16 @@ from worker.adapters.store.keys import (
     terminal_key,
     waiters_key,
 )
+from worker.adapters.store.record import (
+    answered_fields,
+    cancelled_fields,
+    job_view,
+    sent_fields,
+)
 from worker.core.events import CANCEL_FAILED, FAILED, ISSUED, cancelled_detail, event_data
 from worker.core.masking import mask_payload
-from worker.core.ports import Claim
+from worker.core.ports import Claim, JobView
+from worker.core.types import Receipt
 
 TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
 #: The message header that hands a claimed job on to the next message of its
@@ -283,7 +290,7 @@ class Ledger:
         self, imp_uid: str, *, task_id: str, merchant_uid: str | None
     ) -> None:
         """Publish, for ``task_id``, that this payment's receipt already exists."""
-        record = self.record(imp_uid) or {}
+        record = self.raw_record(imp_uid) or {}
         data = event_data(
             task_id=task_id,
             imp_uid=imp_uid,
@@ -318,17 +325,42 @@ class Ledger:
             )
         return jobs
 
-    def note(self, imp_uid: str, *, fence: int, field: str, value: str) -> bool:
-        """Record a step the owner has taken, so a retry does not take it again."""
-        return self.note_all(imp_uid, fence=fence, fields={field: value})
+    def view(self, imp_uid: str) -> JobView | None:
+        """The job as the core reads it (:mod:`worker.adapters.store.record`), or None."""
+        found = self.raw_record(imp_uid)
+        return job_view(imp_uid, found) if found is not None else None
 
-    def note_all(self, imp_uid: str, *, fence: int, fields: Mapping[str, str]) -> bool:
-        """Record several fields of a step in one fenced write: one round trip, no torn step."""
+    def note_sent(self, imp_uid: str, *, fence: int, at: float, op: str) -> bool:
+        """A POST or DELETE of ``op`` goes out at ``at``: kept until the provider answers it."""
+        return self._note_fields(imp_uid, fence, sent_fields(at=at, op=op))
+
+    def note_answered(self, imp_uid: str, *, fence: int) -> bool:
+        """The provider answered the job's last request: nothing is left to settle."""
+        return self._note_fields(imp_uid, fence, answered_fields())
+
+    def note_cancelled(self, imp_uid: str, *, fence: int, receipt: Receipt | None) -> bool:
+        """A refund's cancel step is done: the step and what it cancelled, in one write."""
+        return self._note_fields(imp_uid, fence, cancelled_fields(receipt))
+
+    def note(self, imp_uid: str, *, fence: int, field: str, value: str) -> bool:
+        """Write one field of a record under the owner's fence, by its name.
+
+        Not the core's (it records its steps by the typed notes above): the layout
+        scenarios (tests/support/layout.py) write a record field by field, as the
+        release their fixture was captured from did.
+        """
+        return self._note_fields(imp_uid, fence, {field: value})
+
+    def _note_fields(self, imp_uid: str, fence: int, fields: Mapping[str, str]) -> bool:
+        """Several fields of a step in one fenced write: one round trip, no torn step."""
         pairs = [item for pair in fields.items() for item in pair]
         return bool(self._note(keys=[ledger_key(imp_uid)], args=[fence, *pairs]))
 
-    def record(self, imp_uid: str) -> dict[str, str] | None:
-        """The raw ledger record of a payment, or None."""
+    def raw_record(self, imp_uid: str) -> dict[str, str] | None:
+        """A payment's record as Redis keeps it (text fields), or None.
+
+        The store's own reads and the layout tests use it; the core reads :meth:`view`.
+        """
         raw = self._redis.hgetall(ledger_key(imp_uid))
         if not raw:
             return None

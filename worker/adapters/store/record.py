@@ -1,0 +1,98 @@
+"""A ledger record's hash fields, and how the job-store port's typed values are kept in them.
+
+The core reads a job as a :class:`~worker.core.ports.JobView` and records its steps
+by typed notes (:class:`~worker.core.ports.JobStore`); only the store knows that a
+record is a Redis hash of strings, and what each field is called. The field names
+are a contract with deployed data (records written by an earlier release are
+finished by the next): never rename one. The scripts (worker/adapters/store/lua/)
+spell the same names.
+
+Both the Redis ledger and the in-memory store of the tests (tests/support/memory.py)
+read and write records through these functions, so the two keep one layout.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from worker.core.ports import JobView
+from worker.core.types import Receipt
+
+#: When the job's last POST or DELETE was sent (epoch seconds, ``repr`` of a float),
+#: while its outcome is unsettled; empty (or absent) once the provider answered it.
+SENT_AT_FIELD = "sent_at"
+#: Beside it, which operation sent that request (``issue`` or ``cancel``): a refund that
+#: took over an issue waits out the issue's POST, but only settles a DELETE of its own.
+#: Read only while ``sent_at`` is set; a record without it (older code) means the job's op.
+SENT_OP_FIELD = "sent_op"
+#: The refund's step done so far (``cancelled``), so that a retry after the cancel only
+#: re-issues. The scripts clear it when a refund ends or a new one is recorded.
+CANCEL_STEP_FIELD = "cancel_step"
+#: The value of :data:`CANCEL_STEP_FIELD` once the live receipt is cancelled.
+CANCELLED_STEP = "cancelled"
+#: Beside it, the receipt the cancel step cancelled (JSON; empty: there was none). Kept
+#: after the refund ends: a repeated refund event names it.
+CANCELLED_RECEIPT_FIELD = "cancelled_receipt"
+
+_RECEIPT_FIELDS = tuple(field.name for field in fields(Receipt))
+
+
+def job_view(imp_uid: str, record: Mapping[str, str]) -> JobView:
+    """A record, as read from the store (text fields), as the core reads it."""
+    return JobView(
+        state=record.get("state", ""),
+        task_id=record.get("task_id", ""),
+        op=record.get("op") or "issue",
+        payload=_json(record.get("payload")),
+        cancel=_json(record.get("cancel")),
+        sent_at=sent_at(record),
+        sent_op=record.get(SENT_OP_FIELD) or None,
+        cancel_done=record.get(CANCEL_STEP_FIELD) == CANCELLED_STEP,
+        cancelled_receipt=_receipt(imp_uid, record.get(CANCELLED_RECEIPT_FIELD)),
+    )
+
+
+def sent_at(record: Mapping[str, str]) -> float | None:
+    """The unsettled send time a record holds, or None (answered, or unreadable)."""
+    raw = record.get(SENT_AT_FIELD) or ""
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def sent_fields(*, at: float, op: str) -> dict[str, str]:
+    """The fields :meth:`~worker.core.ports.JobStore.note_sent` writes."""
+    return {SENT_AT_FIELD: repr(at), SENT_OP_FIELD: op}
+
+
+def answered_fields() -> dict[str, str]:
+    """The fields :meth:`~worker.core.ports.JobStore.note_answered` writes: ``sent_at`` emptied.
+
+    Emptied rather than deleted, as since the field was added: readers take both as settled.
+    """
+    return {SENT_AT_FIELD: ""}
+
+
+def cancelled_fields(receipt: Receipt | None) -> dict[str, str]:
+    """The fields :meth:`~worker.core.ports.JobStore.note_cancelled` writes, in one write."""
+    return {
+        CANCELLED_RECEIPT_FIELD: json.dumps(receipt.as_dict()) if receipt else "",
+        CANCEL_STEP_FIELD: CANCELLED_STEP,
+    }
+
+
+def _json(raw: str | None) -> dict[str, Any] | None:
+    return json.loads(raw) if raw else None
+
+
+def _receipt(imp_uid: str, raw: str | None) -> Receipt | None:
+    """A kept receipt; a field an older release did not write reads as None."""
+    if not raw:
+        return None
+    kept = json.loads(raw)
+    values = {name: kept.get(name) for name in _RECEIPT_FIELDS}
+    return Receipt(**{**values, "imp_uid": values["imp_uid"] or imp_uid})
