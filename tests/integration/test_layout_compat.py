@@ -128,6 +128,13 @@ def test_mid_flight_jobs_of_the_old_code_are_finished(client: redis.Redis) -> No
     record = _record(client, "imp_layout_refund")
     assert record["cancel_step"] == "cancelled"
     assert json.loads(record["cancelled_receipt"]) == layout.RECEIPT
+    # ... and so the core reads it, through the port's typed view.
+    job = store.view("imp_layout_refund")
+    assert job is not None
+    assert (job.op, job.cancel, job.payload) == ("cancel", layout.PARTIAL, layout.PAYLOAD)
+    assert job.cancel_done
+    assert job.cancelled_receipt is not None
+    assert job.cancelled_receipt.apply_num == layout.RECEIPT["apply_num"]
     entry = store.finish(
         "imp_layout_refund",
         fence=claim.fence,

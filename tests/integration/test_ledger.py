@@ -507,3 +507,29 @@ def test_issue_messages_stranded_by_a_cancellation_end_as_the_core_says(
     assert [(event["duplicate"], event["error"]) for event in stranded] == [
         (True, cancelled_detail()["error"])
     ]
+
+
+def test_the_typed_notes_are_fenced_and_read_back_as_a_view(
+    ledger: Ledger, redis_server: RedisServer, imp_uid: str
+) -> None:
+    """The core's steps reach Redis in the fields earlier releases wrote, under the fence."""
+    ledger.receive(imp_uid, task_id="t-1", payload=PAYLOAD, resend_after=60)
+    old = ledger.claim(imp_uid, task_id="t-1", payload=PAYLOAD)
+    new = ledger.claim(imp_uid, task_id="t-1", payload=PAYLOAD, fence=old.fence)
+    assert new.kind == "claimed"
+    assert not ledger.note_sent(imp_uid, fence=old.fence, at=12.5, op="issue")
+    assert ledger.note_sent(imp_uid, fence=new.fence, at=12.5, op="cancel")
+    fields = redis_server.client().hmget(ledger_key(imp_uid), ["sent_at", "sent_op"])
+    assert fields == ["12.5", "cancel"]
+    job = ledger.view(imp_uid)
+    assert job is not None
+    assert (job.state, job.task_id, job.op, job.payload) == ("in_flight", "t-1", "issue", PAYLOAD)
+    assert (job.sent_at, job.sent_op, job.cancel_done) == (12.5, "cancel", False)
+
+    assert ledger.note_answered(imp_uid, fence=new.fence)
+    assert not ledger.note_cancelled(imp_uid, fence=old.fence, receipt=None)
+    assert ledger.note_cancelled(imp_uid, fence=new.fence, receipt=None)
+    job = ledger.view(imp_uid)
+    assert job is not None
+    assert (job.sent_at, job.cancel_done, job.cancelled_receipt) == (None, True, None)
+    assert ledger.view(f"{imp_uid}-none") is None
