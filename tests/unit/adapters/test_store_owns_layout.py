@@ -5,7 +5,8 @@ themselves, so a record's layout had copies that :mod:`worker.adapters.store`
 could not see. They now read through :mod:`worker.adapters.store.views`. These
 read the source tree, as a reviewer would: outside ``worker/adapters/store/``, no
 module reads a store key or a hash, and only :mod:`worker.adapters.store.keys`
-spells a key name. (The scripts' side is in ``test_lua.py``.) The core
+spells a key name, or derives one key from another (a suffix handed to one of its
+functions). (The scripts' side is in ``test_lua.py``.) The core
 reads a job through the job-store port's typed :class:`~worker.core.ports.JobView`
 and records a step by a typed note: it names no hash field either.
 """
@@ -21,7 +22,22 @@ ROOT = Path(__file__).resolve().parents[3]
 STORE = ROOT / "worker" / "adapters" / "store"
 CORE = ROOT / "worker" / "core"
 #: Every name the layout module defines: a key, a prefix, or a function that builds one.
-KEY_NAMES = frozenset(name for name in vars(keys) if not name.startswith("_")) - {"annotations"}
+KEY_NAMES = frozenset(
+    name for name, value in vars(keys).items() if not name.startswith("_") and name.isupper()
+) | frozenset(
+    name
+    for name, value in vars(keys).items()
+    if callable(value) and getattr(value, "__module__", None) == keys.__name__
+)
+#: The functions of the layout module that build a key from an id.
+KEY_FUNCTIONS = frozenset(name for name in KEY_NAMES if not name.isupper())
+#: The namespaces of the store's keys (``cash_receipt:``, ``iamport:``): a string
+#: holding one names a key, wherever it is written.
+NAMESPACES = frozenset(
+    value.partition(":")[0] + ":"
+    for name, value in vars(keys).items()
+    if name in KEY_NAMES and isinstance(value, str)
+)
 #: Redis commands that read a hash: records are the store's, whatever the key.
 HASH_READS = frozenset(
     {"hgetall", "hget", "hmget", "hkeys", "hvals", "hexists", "hlen", "hscan", "hscan_iter"}
@@ -53,8 +69,19 @@ READS = HASH_READS | {
 def _runtime_modules() -> list[Path]:
     return sorted(
         path
-        for path in [*ROOT.glob("worker/**/*.py"), *ROOT.glob("tasks/**/*.py")]
+        for path in [
+            *ROOT.glob("worker/**/*.py"),
+            *ROOT.glob("tasks/**/*.py"),
+            ROOT / "celeryconfig.py",
+        ]
         if STORE not in path.parents
+    )
+
+
+def _spells_a_key(node: ast.AST) -> bool:
+    """Whether ``node`` is a string holding one of the store's key namespaces."""
+    return isinstance(node, ast.Constant) and any(
+        namespace in str(node.value) for namespace in NAMESPACES
     )
 
 
@@ -75,13 +102,10 @@ def layout_leaks(source: str, where: str) -> list[str]:
     leaks = []
     docstrings = _docstrings(tree)
     for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Constant)
-            and isinstance(node.value, str)
-            and "cash_receipt:" in node.value
-            and id(node) not in docstrings
-        ):
+        if isinstance(node, ast.Constant) and _spells_a_key(node) and id(node) not in docstrings:
             leaks.append(f"{where}:{node.lineno}: spells a key: {node.value!r}")
+        if isinstance(node, ast.Call) and _derives_a_key(node):
+            leaks.append(f"{where}:{node.lineno}: derives a key: {ast.unparse(node)}")
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
         command = node.func.attr
@@ -91,12 +115,28 @@ def layout_leaks(source: str, where: str) -> list[str]:
         inner = [node for argument in arguments for node in ast.walk(argument)]
         names = {node.id for node in inner if isinstance(node, ast.Name)}
         names |= {node.attr for node in inner if isinstance(node, ast.Attribute)}
-        spelled = any(
-            isinstance(node, ast.Constant) and "cash_receipt:" in str(node.value) for node in inner
-        )
+        spelled = any(_spells_a_key(node) for node in inner)
         if command in HASH_READS or names & KEY_NAMES or spelled:
             leaks.append(f"{where}:{node.lineno}: reads the store: {ast.unparse(node)}")
     return sorted(leaks, key=lambda leak: (int(leak.split(":")[1]), leak))
+
+
+def _derives_a_key(call: ast.Call) -> bool:
+    """Whether ``call`` hands a key function of the layout an id with a literal added to it.
+
+    ``terminal_key(f"{task_id}:2")`` names a second key as surely as a literal does:
+    the layout gives it a function of its own.
+    """
+    func = call.func
+    name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+    if name not in KEY_FUNCTIONS:
+        return False
+    arguments = [*call.args, *(keyword.value for keyword in call.keywords)]
+    return any(
+        isinstance(inner, ast.Constant) and isinstance(inner.value, str)
+        for argument in arguments
+        for inner in ast.walk(argument)
+    )
 
 
 def test_only_the_store_reads_its_layout() -> None:
@@ -116,9 +156,15 @@ def test_only_the_keys_module_spells_a_key() -> None:
         for path in sorted(STORE.glob("**/*.py"))
         if path.name != "keys.py"
         for leak in layout_leaks(path.read_text(), "store")
-        if "spells a key" in leak
+        if "spells a key" in leak or "derives a key" in leak
     ]
     assert found == []
+
+
+def test_the_layout_knows_its_namespaces() -> None:
+    """The namespaces the checks look for are read from keys.py: the ledger's and the token's."""
+    assert {"cash_receipt:", "iamport:"} <= NAMESPACES
+    assert {"terminal_key", "second_terminal_key", "token_key"} <= KEY_FUNCTIONS
 
 
 def test_the_check_sees_a_leak() -> None:
@@ -133,6 +179,10 @@ def f(client, imp_uid):
     client.scan_iter(match=f"{keys.LEDGER_PREFIX}*")
     client.llen("cash_receipt:parked")
     client.xread({stream: "$"})
+    token = "iamport:token:" + digest
+    marker = terminal_key(f"{task_id}:2")
+    other = keys.terminal_key(task_id + ":2")
+    fine = terminal_key(task_id)
 '''
     leaks = layout_leaks(source, "example.py")
     assert [leak.split(": ")[0:2] for leak in leaks] == [
@@ -142,6 +192,9 @@ def f(client, imp_uid):
         ["example.py:8", "reads the store"],
         ["example.py:9", "reads the store"],
         ["example.py:9", "spells a key"],
+        ["example.py:11", "spells a key"],
+        ["example.py:12", "derives a key"],
+        ["example.py:13", "derives a key"],
     ]
 
 
@@ -225,3 +278,10 @@ def f(store, imp_uid, fence):
         "x.py:7: hash field 'state'",
         "x.py:7: hash field 'task_id'",
     ]
+
+
+def test_the_moved_keys_keep_their_names() -> None:
+    """Deployed data names these keys: moving their spelling into keys.py changed no byte."""
+    assert keys.second_terminal_key("t-1") == "cash_receipt:terminal:t-1:2"
+    # The first 16 hex digits of sha256(b"imp_key"), as the client spelled it before.
+    assert keys.token_key("imp_key") == "iamport:token:01c3dabcc604cf43"

@@ -14,7 +14,6 @@ core's provider-neutral :class:`~worker.core.types.Receipt` and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import ssl
 import time
@@ -28,6 +27,7 @@ from urllib3.exceptions import NewConnectionError
 
 from worker.adapters.iamport.answers import CHANGING_METHODS, error_for_answer, is_envelope
 from worker.adapters.observe.logmask import remember_secret
+from worker.adapters.store.keys import token_key
 from worker.core.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -104,7 +104,7 @@ class IamportClient:
         # (connect, read): requests has no timeout by default, which is a hang.
         self._timeout = (timeout, timeout)
         # One cache entry per merchant account, without putting the key in Redis.
-        self._token_key = "iamport:token:" + hashlib.sha256(imp_key.encode()).hexdigest()[:16]
+        self._token_key = token_key(imp_key)
         # The token this process last used, and until when (monotonic) it may use it
         # without asking the shared cache: a Redis round trip per request saved.
         self._local_token: tuple[str, float] | None = None

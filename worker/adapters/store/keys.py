@@ -8,11 +8,13 @@ prefix in ARGV.
 A reader of a key (the metrics' state collector, the CLI) imports its name from here,
 not from the module that writes it: ``worker.adapters.observe.metrics`` once imported the
 ingress only for its dead letters' key, and that one import closed an import cycle through the
-ingress, the producer and the Celery app (issue 13). So this module imports nothing,
-and anyone may import it.
+ingress, the producer and the Celery app (issue 13). So this module imports nothing
+of the package, and anyone may import it: the i'mport adapter does, for its token's key.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 #: Ledger records (hashes), one per payment: ``cash_receipt:ledger:<imp_uid>``, and
 #: beside each its history (``:history``) and its waiters (``:waiters``).
@@ -33,6 +35,9 @@ SWEEPER_LOCK_KEY = "cash_receipt:sweeper:lock"
 #: The ingress's dead letters: stream entries it could not turn into a job (a list,
 #: newest first; ``cashreceipt dead`` lists them).
 DEAD_ENTRIES_KEY = "cash_receipt:dead:ingress"
+#: The i'mport access token shared by every worker, one per merchant account (strings
+#: with a TTL: ``iamport:token:<16 hex digits of the key's SHA-256>``).
+TOKEN_PREFIX = "iamport:token:"  # noqa: S105 (a key name, not a secret)
 
 
 def ledger_key(imp_uid: str) -> str:
@@ -55,6 +60,16 @@ def terminal_key(task_id: str) -> str:
     return f"{TERMINAL_PREFIX}{task_id}"
 
 
+def second_terminal_key(task_id: str) -> str:
+    """The marker of a task's second terminal event: a partial refund's new receipt."""
+    return terminal_key(f"{task_id}:2")
+
+
 def status_key(imp_uid: str) -> str:
     """Points at the latest terminal event of a payment, for ``cashreceipt status``."""
     return f"{LAST_EVENT_PREFIX}{imp_uid}"
+
+
+def token_key(imp_key: str) -> str:
+    """The cached access token of one merchant account, named without its key in Redis."""
+    return TOKEN_PREFIX + hashlib.sha256(imp_key.encode()).hexdigest()[:16]

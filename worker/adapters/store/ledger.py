@@ -53,6 +53,7 @@ from worker.adapters.store.keys import (
     TERMINAL_PREFIX,
     history_key,
     ledger_key,
+    second_terminal_key,
     status_key,
     terminal_key,
     waiters_key,
@@ -257,7 +258,7 @@ class Ledger:
                 waiters_key(imp_uid),
                 DEAD_JOBS_KEY,
                 history_key(imp_uid),
-                terminal_key(f"{task_id}:2"),
+                second_terminal_key(task_id),
             ],
             args=[
                 fence,
