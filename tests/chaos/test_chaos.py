@@ -47,7 +47,7 @@ from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import WaitTimeout, wait_for
 from tests.support.worker import BIN, ROOT, TEST_PII_KEY, worker_env
 from worker.adapters.store.keys import ledger_key
-from worker.adapters.store.ledger import TERMINAL_STATES, job_history
+from worker.adapters.store.views import TERMINAL_STATES, job_history
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]

@@ -14,7 +14,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from worker.adapters.store.keys import ledger_key
-from worker.adapters.store.ledger import job_history
+from worker.adapters.store.views import job_history
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]

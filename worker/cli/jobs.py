@@ -9,8 +9,7 @@ from typing import Any
 import click
 
 from worker.adapters.store.events import latest_event, read_events
-from worker.adapters.store.ledger import job_history
-from worker.adapters.store.views import shown_job, stuck_jobs
+from worker.adapters.store.views import job_history, shown_job, stuck_jobs
 from worker.celery.producer import enqueue_issue
 from worker.celery.runtime import get_runtime
 from worker.cli.common import (

@@ -285,3 +285,18 @@ def test_the_moved_keys_keep_their_names() -> None:
     assert keys.second_terminal_key("t-1") == "cash_receipt:terminal:t-1:2"
     # The first 16 hex digits of sha256(b"imp_key"), as the client spelled it before.
     assert keys.token_key("imp_key") == "iamport:token:01c3dabcc604cf43"
+
+
+def test_the_read_views_are_in_one_module() -> None:
+    """The ledger module holds the job's transitions; every read view is in views.py.
+
+    ``stuck``, ``job_history``, ``jobs_by_state`` and the rest once sat in ledger.py,
+    so the CLI and the metrics imported two modules for one kind of read.
+    """
+    tree = ast.parse((STORE / "ledger.py").read_text(encoding="utf-8"))
+    functions = [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")
+    ]
+    assert functions == []

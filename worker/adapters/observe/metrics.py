@@ -41,8 +41,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY, DEAD_MESSAGES_KEY
-from worker.adapters.store.ledger import jobs_by_state, oldest_due_seconds
-from worker.adapters.store.views import dead_entry_count, dead_message_count, ingress_backlog
+from worker.adapters.store.views import (
+    dead_entry_count,
+    dead_message_count,
+    ingress_backlog,
+    jobs_by_state,
+    oldest_due_seconds,
+)
 from worker.core.outcome import Outcome
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,6 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -65,11 +64,9 @@ from worker.adapters.store.record import (
     sent_fields,
 )
 from worker.core.events import CANCEL_FAILED, FAILED, ISSUED, cancelled_detail, event_data
-from worker.core.masking import mask_payload
 from worker.core.ports import Claim, JobView
 from worker.core.types import Receipt
 
-TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
 #: The message header that hands a claimed job on to the next message of its
 #: task (a retry, a sweeper re-send): the fence it was handed on with.
 FENCE_HEADER = "ledger_fence"
@@ -368,128 +365,9 @@ class Ledger:
         return {_text(key): _text(value) for key, value in raw.items()}
 
 
-def stuck(client: redis.Redis, *, older_than: float, limit: int = 100) -> list[str]:
-    """imp_uids whose non-terminal job has been due for longer than ``older_than`` seconds.
-
-    A healthy fleet re-sends a due job within one sweep interval, and the next
-    claim moves it on, so anything overdue by much more is stuck: no worker
-    runs, or every re-sent message fails before it can claim the job. "Due" is
-    read from the record (``lease_until`` in flight, ``next_attempt_at`` when
-    received, else ``updated_at``/``created_at``), which only a transition
-    moves: the due index's score is pushed forward every time the sweeper
-    hands the job out, so a job re-sent forever would never look overdue there.
-    Oldest first.
-    """
-    ceiling = _now_ms() - int(older_than * 1000)
-    overdue: list[tuple[int, str]] = []
-    members = [_text(m) for m in client.zrange(DUE_KEY, 0, -1)]
-    for start in range(0, len(members), 500):
-        batch = members[start : start + 500]
-        pipe = client.pipeline(transaction=False)
-        for imp_uid in batch:
-            pipe.hmget(
-                ledger_key(imp_uid),
-                ["state", "lease_until", "next_attempt_at", "updated_at", "created_at"],
-            )
-        for imp_uid, fields in zip(batch, pipe.execute(), strict=True):
-            state, lease, next_at, updated, created = (
-                _text(f) if f is not None else None for f in fields
-            )
-            if state is None or state in TERMINAL_STATES:
-                continue
-            due = (lease if state == "in_flight" else next_at) or updated or created or "0"
-            if int(due) <= ceiling:
-                overdue.append((int(due), imp_uid))
-    return [imp_uid for _, imp_uid in sorted(overdue)[:limit]]
-
-
-def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
-    """A ledger record as an operator may see it: sealed fields marked, times readable."""
-    record = {_text(key): _text(value) for key, value in raw.items()}
-    shown: dict[str, Any] = {}
-    for key, value in record.items():
-        if key in {"payload", "cancel", "pending_cancel", "pending_issue"}:
-            shown[key] = mask_payload(json.loads(value))
-        elif key in {"receipt", "last_error"}:
-            shown[key] = json.loads(value)
-        elif key in {
-            "created_at",
-            "updated_at",
-            "lease_until",
-            "next_attempt_at",
-            "pending_cancel_due",
-            "pending_issue_due",
-        }:
-            shown[key] = datetime.fromtimestamp(int(value) / 1000, UTC).isoformat(
-                timespec="seconds"
-            )
-        elif key in {"attempts", "fence"}:
-            shown[key] = int(value)
-        else:
-            shown[key] = value
-    return shown
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def dead_job_ids(client: redis.Redis, *, limit: int = 100) -> list[str]:
-    """imp_uids whose job failed for good, newest first: the ledger's dead letters."""
-    return [_text(m) for m in client.zrevrange(DEAD_JOBS_KEY, 0, limit - 1)]
-
-
-def job_history(client: redis.Redis, imp_uid: str) -> list[dict[str, Any]]:
-    """The attempts and outcomes the ledger kept for a payment, newest first."""
-    return [json.loads(_text(item)) for item in client.lrange(history_key(imp_uid), 0, -1)]
-
-
-# -- read views for the metrics, read at scrape time ---------------------------------
-
-#: The most due-index members one scrape reads the state of; the rest count as unknown.
-LEDGER_SCAN_LIMIT = 100_000
-_SCAN_CHUNK = 1000
-
-
-def jobs_by_state(client: redis.Redis, *, limit: int = LEDGER_SCAN_LIMIT) -> dict[str, int]:
-    """Jobs that still need someone, by state: ``received``, ``in_flight``, ``failed``.
-
-    Every non-terminal job is in the due index and every failed one in the
-    dead-job index; issued and cancelled records have no index (counting them
-    would read every record at every scrape), and their rate is a counter.
-    """
-    counts = {"received": 0, "in_flight": 0, "failed": int(client.zcard(DEAD_JOBS_KEY))}
-    total = int(client.zcard(DUE_KEY))
-    scanned = 0
-    while scanned < min(total, limit):
-        members = client.zrange(DUE_KEY, scanned, scanned + _SCAN_CHUNK - 1)
-        if not members:
-            break
-        with client.pipeline(transaction=False) as pipe:
-            for member in members:
-                pipe.hget(ledger_key(_text(member)), "state")
-            states = pipe.execute()
-        for state in states:
-            # A finished job leaves the index lazily (the sweeper drops it).
-            if state is not None and _text(state) in counts and _text(state) != "failed":
-                counts[_text(state)] += 1
-        scanned += len(members)
-    if total > scanned:
-        counts["unknown"] = total - scanned
-    return counts
-
-
-def oldest_due_seconds(client: redis.Redis, *, now: float) -> float:
-    """How long the most overdue non-terminal job has been due; 0 when none is.
-
-    A due job is re-sent at the next sweep (every SWEEP_INTERVAL), which moves
-    it forward: only a job nobody picks up grows old here.
-    """
-    oldest = client.zrange(DUE_KEY, 0, 0, withscores=True)
-    if not oldest:
-        return 0.0
-    return max(0.0, now - float(oldest[0][1]) / 1000)
