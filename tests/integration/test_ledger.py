@@ -24,6 +24,7 @@ from worker.adapters.store.keys import (
 )
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.views import dead_jobs
+from worker.config.defaults import JOB_HISTORY_LENGTH
 from worker.core.events import CANCELLED, ISSUED, cancelled_detail, event_data
 from worker.core.schemas import load_payload
 from worker.core.sealing import Sealer
@@ -533,3 +534,16 @@ def test_the_typed_notes_are_fenced_and_read_back_as_a_view(
     assert job is not None
     assert (job.sent_at, job.cancel_done, job.cancelled_receipt) == (None, True, None)
     assert ledger.view(f"{imp_uid}-none") is None
+
+
+def test_the_history_keeps_its_length(ledger: Ledger, redis_server: RedisServer) -> None:
+    """Holds and the finish each add an entry; the history keeps the newest JOB_HISTORY_LENGTH."""
+    imp_uid = f"imp_{uuid.uuid4().hex[:12]}"
+    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    for _ in range(JOB_HISTORY_LENGTH + 5):
+        assert ledger.extend(imp_uid, fence=claim.fence, seconds=60, error={"reason": "x"})
+    client = redis_server.client()
+    assert client.llen(history_key(imp_uid)) == JOB_HISTORY_LENGTH
+    assert finish(ledger, imp_uid, claim.fence, f"{imp_uid}-t1")
+    assert client.llen(history_key(imp_uid)) == JOB_HISTORY_LENGTH
+    assert json.loads(client.lindex(history_key(imp_uid), 0))["outcome"] == ISSUED

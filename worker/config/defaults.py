@@ -20,6 +20,12 @@ RESULT_STREAM = "cash_receipt.events"
 RESULT_STREAM_RETENTION = 7 * 24 * 3600
 #: How long a finished job's ledger record is kept, in seconds (``LEDGER_RETENTION``): 30 days.
 LEDGER_RETENTION = 30 * 24 * 3600
+#: How many attempts and outcomes a payment's history keeps, newest first
+#: (``cashreceipt status``): the ledger's scripts trim it to this length.
+JOB_HISTORY_LENGTH = 50
+#: How long a dead message (``cashreceipt parked``) is kept for an operator to look at
+#: or replay, in seconds: 7 days.
+DEAD_MESSAGE_RETENTION_SECONDS = 7 * 24 * 3600
 #: The stream producers add payment events to (``INGRESS_STREAM``).
 INGRESS_STREAM = "payment.events"
 #: The consumer group every ingress instance reads it in (``INGRESS_GROUP``).

@@ -72,3 +72,24 @@ def test_every_script_is_used() -> None:
         if f'lua.source("{name}")' not in python and not re.search(rf"\b{name}\b", needed)
     ]
     assert unused == []
+
+
+#: A command that bounds how long or how much Redis keeps: its bound is a setting.
+_BOUNDS = re.compile(r"redis\.call\('(?:LTRIM|EXPIRE|PEXPIRE|XTRIM)'[^)]*\)")
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_no_script_writes_a_retention(name: str) -> None:
+    """A trim length or a lifetime reaches a script in ARGV, from worker/config/defaults.py.
+
+    The history's cap was written ``LTRIM 0 49`` in two scripts; one constant now
+    sets it for both.
+    """
+    text = (LUA_DIR / f"{name}.lua").read_text()
+    code = "\n".join(line.partition("--")[0] for line in text.splitlines())
+    bounds = [
+        call
+        for call in _BOUNDS.findall(code)
+        if re.search(r"\b(?![01]\b)\d+\b", re.sub(r"(?:KEYS|ARGV)\[\d+\]", "", call))
+    ]
+    assert bounds == []

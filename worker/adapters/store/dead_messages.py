@@ -41,6 +41,7 @@ import redis
 
 from worker.adapters.store import lua
 from worker.adapters.store.keys import DEAD_MESSAGES_KEY
+from worker.config.defaults import DEAD_MESSAGE_RETENTION_SECONDS
 from worker.core.masking import mask_payload, mask_text
 from worker.core.schemas import BUYER_FIELDS
 from worker.core.sealing import Sealer, SealingUnavailable
@@ -51,8 +52,6 @@ log = logging.getLogger(__name__)
 #: are trimmed, and the trim is logged.
 DEAD_MESSAGES_LIMIT = 10_000
 RAW_LIMIT = 64 * 1024
-#: How long a dead message is kept for an operator to look at or replay.
-DEAD_MESSAGE_RETENTION_SECONDS = 7 * 24 * 3600
 #: How deep a body is searched for payloads to seal.
 _DEPTH = 4
 

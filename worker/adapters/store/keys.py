@@ -46,7 +46,10 @@ def ledger_key(imp_uid: str) -> str:
 
 
 def history_key(imp_uid: str) -> str:
-    """The last 50 attempts and outcomes of a payment's jobs, newest first."""
+    """The last attempts and outcomes of a payment's jobs, newest first.
+
+    As many as ``worker.config.defaults.JOB_HISTORY_LENGTH`` (50).
+    """
     return f"{LEDGER_PREFIX}{imp_uid}:history"
 
 

@@ -63,6 +63,7 @@ from worker.adapters.store.record import (
     job_view,
     sent_fields,
 )
+from worker.config.defaults import JOB_HISTORY_LENGTH
 from worker.core.events import CANCEL_FAILED, FAILED, ISSUED, cancelled_detail, event_data
 from worker.core.ports import Claim, JobView
 from worker.core.types import Receipt
@@ -217,7 +218,15 @@ class Ledger:
     ) -> bool:
         result = self._hold(
             keys=[ledger_key(imp_uid), DUE_KEY, history_key(imp_uid)],
-            args=[fence, _now_ms(), due, state, json.dumps(error, ensure_ascii=False), imp_uid],
+            args=[
+                fence,
+                _now_ms(),
+                due,
+                state,
+                json.dumps(error, ensure_ascii=False),
+                imp_uid,
+                JOB_HISTORY_LENGTH,
+            ],
         )
         return bool(result)
 
@@ -278,6 +287,7 @@ class Ledger:
                 "1" if settled else "",
                 # The error of the issue messages a cancellation strands (core.events).
                 json.dumps(cancelled_detail()["error"], ensure_ascii=False),
+                JOB_HISTORY_LENGTH,
             ],
         )
         if int(result[0]) == -1:

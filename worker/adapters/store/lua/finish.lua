@@ -8,7 +8,8 @@
 --       key prefix (a waiter's marker is named from its task id, read here),
 --       the issued, failed and cancel_failed event types, '1' when the outcome
 --       settles the job's last POST or DELETE (its sent_at goes), the error json of
---       an issue message a cancellation strands (worker.core.events.cancelled_detail)
+--       an issue message a cancellation strands (worker.core.events.cancelled_detail),
+--       the history's length
 local terminal_prefix = ARGV[14]
 local issued_type, failed_type, cancel_failed_type = ARGV[15], ARGV[16], ARGV[17]
 -- The job passes to a message recorded while it was in hand (an issue after a
@@ -34,7 +35,7 @@ if ARGV[9] ~= '' then entry['error'] = cjson.decode(ARGV[9]) end
 -- The transition's second event (a partial refund's re-issue, or its failure).
 if ARGV[12] ~= '' then entry['then'] = ARGV[12] end
 redis.call('LPUSH', KEYS[8], cjson.encode(entry))
-redis.call('LTRIM', KEYS[8], 0, 49)
+redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[20]) - 1)
 redis.call('EXPIRE', KEYS[8], ARGV[10])
 if ARGV[2] == 'failed' or ARGV[3] == cancel_failed_type then
   -- A dead letter: a job that failed, or a refund whose receipt stays live.
