@@ -36,7 +36,7 @@ from worker.adapters.store.record import (
 )
 from worker.core.errors import IamportError, InvalidRequest, OutcomeUnknown
 from worker.core.events import cancelled_detail
-from worker.core.ports import Claim, JobView, OperationId, Published
+from worker.core.ports import Claim, ClaimKind, JobView, OperationId, Published
 from worker.core.types import Payment, Receipt
 
 ISSUED_TYPE = "cash_receipt.issued"
@@ -398,7 +398,7 @@ class MemoryStore:
         fence: int | None = None,
     ) -> Claim:
         if task_id in self.markers:
-            return Claim("done")
+            return Claim(ClaimKind.DONE)
         now = self._now_ms()
         text = json.dumps(payload)
         rec = self.records.setdefault(imp_uid, {})
@@ -408,20 +408,20 @@ class MemoryStore:
         recorded_op = rec.get("op") or "issue"
         after_partial = _partial(rec.get("cancel"))
         if state == "issued" and op == "issue":
-            return Claim("issued", receipt=_json(rec.get("receipt")))
+            return Claim(ClaimKind.ISSUED, receipt=_json(rec.get("receipt")))
         if state == "cancelled" and not (after_partial and (op == "issue" or not _partial(text))):
-            return Claim("cancelled", receipt=_json(rec.get("receipt")))
+            return Claim(ClaimKind.CANCELLED, receipt=_json(rec.get("receipt")))
         if op == "issue" and recorded_op == "cancel" and state in {"in_flight", "received"}:
             if not after_partial:
-                return Claim("cancelled")
-            return Claim("busy")
+                return Claim(ClaimKind.CANCELLED)
+            return Claim(ClaimKind.BUSY)
         resumed = False
         if state == "in_flight":
             carried = "" if fence is None else str(fence)
             if lease > now and (owner != task_id or carried != rec.get("fence")):
                 if op == "issue":
                     self.waiters.setdefault(imp_uid, set()).add(task_id)
-                return Claim("busy")
+                return Claim(ClaimKind.BUSY)
             resumed = True
         elif state == "received":
             resumed = attempts > 0
@@ -463,7 +463,7 @@ class MemoryStore:
         rec.pop("next_attempt_at", None)
         self.dead.pop(imp_uid, None)
         self.due[imp_uid] = now + self.lease_ms
-        return Claim("claimed", fence=new_fence, attempt=attempts, resumed=resumed, op=op)
+        return Claim(ClaimKind.CLAIMED, fence=new_fence, attempt=attempts, resumed=resumed, op=op)
 
     def extend(self, imp_uid: str, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:
         due = self._now_ms() + int(seconds * 1000) + self.lease_ms

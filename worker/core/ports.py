@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from worker.core.types import Payment, Receipt
@@ -93,18 +94,30 @@ class Provider(Protocol):
         """Cancel the payment's active receipt: the cancelled receipt."""
 
 
+class ClaimKind(StrEnum):
+    """What a claim found; the values are the words the store's claim script answers."""
+
+    #: This task now owns the job (:attr:`Claim.fence`, :attr:`Claim.attempt`).
+    CLAIMED = "claimed"
+    #: Another live task owns it.
+    BUSY = "busy"
+    #: The job ended issued (:attr:`Claim.receipt`).
+    ISSUED = "issued"
+    #: The job ended cancelled.
+    CANCELLED = "cancelled"
+    #: This very task already published its outcome (a redelivery).
+    DONE = "done"
+
+
 @dataclass(frozen=True)
 class Claim:
-    """What :meth:`JobStore.claim` found.
+    """What :meth:`JobStore.claim` found: its :class:`ClaimKind`, and for a claim its fence.
 
-    ``kind`` is ``claimed`` (this task now owns the job: ``fence``,
-    ``attempt``), ``busy`` (another live task owns it),
-    ``issued`` (``receipt`` exists), ``cancelled``, or ``done`` (this very task
-    already published its outcome). ``resumed`` is set when an earlier attempt
-    may have reached the provider, so the job must look before it POSTs.
+    ``resumed`` is set when an earlier attempt may have reached the provider,
+    so the job must look before it POSTs.
     """
 
-    kind: str
+    kind: ClaimKind
     fence: int = 0
     op: str = "issue"
     attempt: int = 0

@@ -41,7 +41,7 @@ from worker.core.issuing import (
     settle_issue,
 )
 from worker.core.outcome import Outcome
-from worker.core.ports import Claim, JobStore, OperationId, Provider
+from worker.core.ports import Claim, ClaimKind, JobStore, OperationId, Provider
 from worker.core.refunds import cancel_live_receipt, receipt_for_balance, settle_cancel
 from worker.core.retry import Decision, RetryPolicy, decide, settle_before_failing, settling_attempt
 from worker.core.schemas import ReceiptRequest, load_payload
@@ -154,7 +154,7 @@ class JobRunner:
                 op=self.op,
                 fence=self.carried_fence,
             )
-            if claim.kind == "claimed":
+            if claim.kind is ClaimKind.CLAIMED:
                 self.attempt = claim.attempt
                 self.fence = claim.fence
                 if self._acted:
@@ -168,9 +168,9 @@ class JobRunner:
                     return instruction
                 self.fence = None
                 continue  # fenced out: another task took the job over; report its outcome
-            if claim.kind == "done":
+            if claim.kind is ClaimKind.DONE:
                 return Done(Outcome.DONE)  # a redelivery: this task already published
-            if claim.kind != "busy":
+            if claim.kind is not ClaimKind.BUSY:
                 return self.settled(claim)
             return Busy()
 
@@ -315,7 +315,7 @@ class IssueRunner(JobRunner):
         self.request = request
 
     def settled(self, claim: Claim) -> Instruction:
-        if claim.kind == "issued":
+        if claim.kind is ClaimKind.ISSUED:
             self.terminal.issued_duplicate(claim.receipt or {})
             return Done(Outcome.ISSUED_DUPLICATE)
         # cancelled: a stale issue message never issues again.

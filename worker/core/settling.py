@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.core.issuing import find_issued, settle_delay
-from worker.core.ports import EventPublisher, JobStore, JobView, Provider
+from worker.core.ports import ClaimKind, EventPublisher, JobStore, JobView, Provider
 from worker.core.terminal import TerminalPublisher
 
 
@@ -41,8 +41,8 @@ def settle(
     if payload is None:  # never for an issue job: receive and claim both keep it
         raise LookupError(f"the issue job of {imp_uid} keeps no payload")
     claim = store.claim(imp_uid, task_id=task_id, payload=payload)
-    if claim.kind != "claimed":
-        return claim.kind
+    if claim.kind is not ClaimKind.CLAIMED:
+        return claim.kind.value
     existing, _ = find_issued(client, imp_uid)
     if existing is not None:
         terminal = TerminalPublisher(
@@ -72,8 +72,8 @@ def _not_to_settle(job: JobView, settle_seconds: float, *, now: float) -> str | 
 def _settle_cancel(store: JobStore, imp_uid: str, task_id: str, cancel: dict[str, Any]) -> str:
     """A cancellation has nothing to adopt: hand it back due now, to be re-sent."""
     claim = store.claim(imp_uid, task_id=task_id, payload=cancel, op="cancel")
-    if claim.kind != "claimed":
-        return claim.kind
+    if claim.kind is not ClaimKind.CLAIMED:
+        return claim.kind.value
     note = {"reason": "settled", "message": "a cancellation; re-sent"}
     store.park(imp_uid, fence=claim.fence, until=store.now(), error=note)
     return "resent"

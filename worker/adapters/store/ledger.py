@@ -65,7 +65,7 @@ from worker.adapters.store.record import (
 )
 from worker.config.defaults import JOB_HISTORY_LENGTH
 from worker.core.events import CANCEL_FAILED, FAILED, ISSUED, cancelled_detail, event_data
-from worker.core.ports import Claim, JobView
+from worker.core.ports import Claim, ClaimKind, JobView
 from worker.core.types import Receipt
 
 #: The message header that hands a claimed job on to the next message of its
@@ -191,8 +191,8 @@ class Ledger:
                 "" if fence is None else str(fence),
             ],
         )
-        kind = _text(result[0])
-        if kind == "claimed":
+        kind = ClaimKind(_text(result[0]))
+        if kind is ClaimKind.CLAIMED:
             return Claim(
                 kind,
                 fence=int(result[1]),
@@ -200,7 +200,7 @@ class Ledger:
                 resumed=_text(result[3]) == "1",
                 op=op,
             )
-        if kind in {"issued", "cancelled"} and len(result) > 1:
+        if kind in {ClaimKind.ISSUED, ClaimKind.CANCELLED} and len(result) > 1:
             return Claim(kind, receipt=json.loads(_text(result[1])) if result[1] else None)
         return Claim(kind)
 
