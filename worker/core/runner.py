@@ -27,7 +27,9 @@ Every port call is a point where a test can stop the runner
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from worker.core.errors import IamportError, OutcomeUnknown, TransientError
@@ -243,6 +245,17 @@ class JobRunner:
             sent_here=self.sent_here,
         )
 
+    def failed(
+        self, error: IamportError, claim: Claim, give_up: Callable[[str], Instruction | None]
+    ) -> Instruction | None:
+        """A provider error: hand the job back to retry, or give up for good through
+        ``give_up``, with the reason; None: fenced out."""
+        self.answered(error)
+        decision = self.decision(error, claim)
+        if decision.retry:
+            return self.hand_back(claim, error, decision.delay)
+        return give_up(decision.reason or "rejected")
+
     def settling(self, claim: Claim) -> bool:
         """Whether this attempt only looks: the budget is spent, and the job's last request,
         one this operation sent, is unsettled. A refund that took over an issue whose POST
@@ -322,6 +335,14 @@ class IssueRunner(JobRunner):
         self.terminal.refused("cancelled", CANCELLED_MESSAGE)
         return Failed("cancelled", f"cancelled: {CANCELLED_MESSAGE}")
 
+    def give_up(
+        self, terminal: TerminalPublisher, claim: Claim, error: IamportError, reason: str
+    ) -> Instruction | None:
+        """The issue failed for good: its failure event; None: fenced out."""
+        if not terminal.finish(fence=claim.fence, error=error, reason=reason):
+            return None
+        return Failed(reason, f"{reason}: {failure_message(error)}")
+
     def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
         """Issue as the job's owner; None when another task took the job over meanwhile."""
         try:
@@ -337,14 +358,7 @@ class IssueRunner(JobRunner):
                 )
                 self.count_late(issued)
         except IamportError as error:
-            self.answered(error)
-            decision = self.decision(error, claim)
-            if decision.retry:
-                return self.hand_back(claim, error, decision.delay)
-            reason = decision.reason or "rejected"
-            if not terminal.finish(fence=claim.fence, error=error, reason=reason):
-                return None
-            return Failed(reason, f"{reason}: {failure_message(error)}")
+            return self.failed(error, claim, partial(self.give_up, terminal, claim, error))
         self.answered()
         if not terminal.finish(
             fence=claim.fence, issued=issued.receipt, duplicate=issued.duplicate
@@ -396,9 +410,7 @@ class CancelRunner(JobRunner):
         self.terminal.cancelled_duplicate(claim.receipt)
         return Done(Outcome.CANCELLED_DUPLICATE)
 
-    def act(  # noqa: PLR0911 (one return per way a refund's step ends)
-        self, terminal: TerminalPublisher, claim: Claim
-    ) -> Instruction | None:
+    def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
         imp_uid, store, client = self.imp_uid, self.store, self.provider
         job = store.view(imp_uid)
         # A retry after the cancel step only re-issues (note_cancelled, below).
@@ -428,14 +440,7 @@ class CancelRunner(JobRunner):
                 if not store.note_cancelled(imp_uid, fence=claim.fence, receipt=cancelled):
                     return None
         except IamportError as error:
-            self.answered(error)
-            decision = self.decision(error, claim)
-            if decision.retry:
-                return self.hand_back(claim, error, decision.delay)
-            reason = decision.reason or "rejected"
-            if not terminal.finish_cancel_failed(fence=claim.fence, error=error, reason=reason):
-                return None
-            return Failed(reason, f"cancel {reason}: {failure_message(error)}")
+            return self.failed(error, claim, partial(self.give_up, terminal, claim, error))
         if not cancel_done:
             self.answered()
         payload = job.payload if job else None
@@ -443,6 +448,28 @@ class CancelRunner(JobRunner):
             ok = terminal.finish_cancelled(fence=claim.fence, cancelled=cancelled)
             return Done(Outcome.CANCELLED) if ok else None
         return self.reissue(terminal, claim, cancelled, payload)
+
+    def give_up(
+        self, terminal: TerminalPublisher, claim: Claim, error: IamportError, reason: str
+    ) -> Instruction | None:
+        """The cancel step failed for good: its failure event; None: fenced out."""
+        if not terminal.finish_cancel_failed(fence=claim.fence, error=error, reason=reason):
+            return None
+        return Failed(reason, f"cancel {reason}: {failure_message(error)}")
+
+    def give_up_reissue(
+        self,
+        terminal: TerminalPublisher,
+        claim: Claim,
+        cancelled: Receipt | None,
+        error: IamportError,
+        reason: str,
+    ) -> Instruction | None:
+        """The re-issue failed for good: the cancelled event says so; None: fenced out."""
+        ok = terminal.finish_cancelled(
+            fence=claim.fence, cancelled=cancelled, reissue_error=(error, reason)
+        )
+        return Done(Outcome.CANCELLED_REISSUE_FAILED, reason=reason) if ok else None
 
     def reissue(
         self,
@@ -468,15 +495,8 @@ class CancelRunner(JobRunner):
                 )
                 self.count_late(issued)
         except IamportError as error:
-            self.answered(error)
-            decision = self.decision(error, claim)
-            if decision.retry:
-                return self.hand_back(claim, error, decision.delay)
-            reason = decision.reason or "rejected"
-            ok = terminal.finish_cancelled(
-                fence=claim.fence, cancelled=cancelled, reissue_error=(error, reason)
-            )
-            return Done(Outcome.CANCELLED_REISSUE_FAILED, reason=reason) if ok else None
+            give_up = partial(self.give_up_reissue, terminal, claim, cancelled, error)
+            return self.failed(error, claim, give_up)
         self.answered()
         ok = terminal.finish_cancelled(
             fence=claim.fence, cancelled=cancelled, reissued=issued.receipt
