@@ -290,7 +290,7 @@ def _envelope(
 ) -> dict[str, Any]:
     """Accept only a 2xx with ``code == 0`` and a response; turn the rest into errors.
 
-    What an answer means is decided by :func:`worker.core.retry.error_for_answer`
+    What an answer means is decided by :func:`worker.adapters.iamport.answers.error_for_answer`
     from its status and whether its body is i'mport's envelope.
     """
     try:
