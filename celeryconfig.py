@@ -169,7 +169,7 @@ refuse_same_stream(ingress_stream, result_stream)
 # only wasted work.
 ingress_claim_idle = env_number(_env, "INGRESS_CLAIM_IDLE", 30.0, minimum=0.1, maximum=86400.0)
 
-# Identifiers are sealed with these (worker.core.sealing). The worker and the
+# Identifiers are sealed with these (worker.adapters.privacy.sealing). The worker and the
 # producers refuse to run without one unless plaintext is explicitly allowed.
 pii_encryption_keys = fernet_keys(_env)
 allow_plaintext_pii = env_flag(_env, "ALLOW_PLAINTEXT_PII")

@@ -52,6 +52,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from worker.adapters.observe.logs import setup_process_logging
+from worker.adapters.privacy.sealing import Sealer, SealingUnavailable
 from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.ingress_entries import Entry, IngressEntries
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY
@@ -61,7 +62,6 @@ from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.config.load import load_celeryconfig
 from worker.core.events import CANCEL_FAILED, FAILED, invalid_detail
 from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
-from worker.core.sealing import Sealer, SealingUnavailable
 
 log = logging.getLogger("worker.ingress")
 

@@ -14,6 +14,7 @@ from cryptography.fernet import Fernet
 
 from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_for
+from worker.adapters.privacy.sealing import Sealer
 from worker.adapters.store.keys import (
     DEAD_JOBS_KEY,
     DUE_KEY,
@@ -27,7 +28,6 @@ from worker.adapters.store.views import dead_jobs
 from worker.config.defaults import JOB_HISTORY_LENGTH
 from worker.core.events import CANCELLED, ISSUED, cancelled_detail, event_data
 from worker.core.schemas import load_payload
-from worker.core.sealing import Sealer
 
 pytestmark = pytest.mark.integration
 PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA"}

@@ -43,9 +43,9 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import TEST_PII_KEY, ProcessOutput, running_worker, worker_env
+from worker.adapters.privacy.sealing import Sealer
 from worker.adapters.store.keys import DEAD_MESSAGES_KEY
 from worker.core.schemas import InvalidPayload, load_payload
-from worker.core.sealing import Sealer
 
 # Raw entries go straight onto the Redis broker's list: with RabbitMQ there is no such list.
 pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]

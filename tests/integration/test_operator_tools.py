@@ -20,10 +20,10 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput, worker_env
+from worker.adapters.privacy.sealing import Sealer
 from worker.adapters.store.keys import DUE_KEY
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.sweeper import Sweeper
-from worker.core.sealing import Sealer
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "cashreceipt")

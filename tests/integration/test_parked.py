@@ -17,9 +17,9 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import TEST_PII_KEY, ProcessOutput, worker_env
+from worker.adapters.privacy.sealing import Sealer
 from worker.adapters.store.keys import DEAD_MESSAGES_KEY
 from worker.config.defaults import DEAD_MESSAGE_RETENTION_SECONDS
-from worker.core.sealing import Sealer
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "cashreceipt")

@@ -17,6 +17,7 @@ from typing import Any
 
 from tests.support.memory import Clock, MemoryProvider, MemoryStore
 from tests.support.stepping import Stepper
+from worker.adapters.privacy.sealing import Sealer
 from worker.core.ports import EventPublisher, JobStore, Provider
 from worker.core.retry import RetryPolicy
 from worker.core.runner import (
@@ -31,7 +32,6 @@ from worker.core.runner import (
     Rules,
 )
 from worker.core.schemas import load_payload
-from worker.core.sealing import Sealer
 from worker.core.terminal import TerminalPublisher
 
 POLICY = RetryPolicy(

@@ -176,6 +176,50 @@ def test_the_core_reads_no_clock_of_its_own() -> None:
     assert not found, f"the core reads the host clock: {found}"
 
 
+#: What the core may not import, even where Python tolerates it (a function, TYPE_CHECKING):
+#: cryptography reads the host's clock and randomness (a Fernet token carries its time).
+_NOT_IN_THE_CORE = {"cryptography"}
+
+
+def core_imports_of(root: Path, forbidden: set[str]) -> list[str]:
+    """Where a module of ``worker/core`` imports one of ``forbidden``, wherever it stands."""
+    found = []
+    for name, path in sorted(project_modules(root).items()):
+        if name != "worker.core" and not name.startswith("worker.core."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                found += [
+                    f"{name}:{node.lineno} {target}"
+                    for target in _imported(node, name, path)
+                    if target.split(".")[0] in forbidden
+                ]
+    return found
+
+
+def test_the_core_imports_no_cryptography() -> None:
+    """Sealing is an adapter (issue 13): the core unseals through the Sealing port only,
+    so it never reads the clock or the randomness a Fernet token is made of."""
+    found = core_imports_of(ROOT, _NOT_IN_THE_CORE)
+    assert not found, f"the core imports cryptography: {found}"
+
+
+def test_a_core_import_of_cryptography_is_found(tmp_path: Path) -> None:
+    """The check sees ``import``, ``from ... import`` and an import inside a function."""
+    core = tmp_path / "worker" / "core"
+    core.mkdir(parents=True)
+    (tmp_path / "worker" / "__init__.py").write_text("")
+    (core / "__init__.py").write_text("")
+    (core / "a.py").write_text("import cryptography.fernet\n")
+    (core / "b.py").write_text("def f():\n    from cryptography import fernet\n")
+    (tmp_path / "worker" / "c.py").write_text("import cryptography\n")
+    (tmp_path / "celeryconfig.py").write_text("")
+
+    found = core_imports_of(tmp_path, _NOT_IN_THE_CORE)
+
+    assert found == ["worker.core.a:1 cryptography.fernet", "worker.core.b:2 cryptography.fernet"]
+
+
 #: What a function may import late: a distribution installed apart (the bench).
 _OPTIONAL = {"cashreceipt_bench"}
 

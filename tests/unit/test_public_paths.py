@@ -12,14 +12,16 @@ import importlib
 import pytest
 from celery.app.utils import find_app
 
+from worker.adapters.privacy import sealing
 from worker.celery import app, producer
-from worker.core import contract, schemas, sealing
+from worker.core import contract, ports, schemas
 
 PUBLIC = [
     ("worker.producer", "enqueue_issue", producer.enqueue_issue),
     ("worker.producer", "enqueue_cancel", producer.enqueue_cancel),
     ("worker.schemas", "InvalidPayload", schemas.InvalidPayload),
     ("worker.sealing", "SealingUnavailable", sealing.SealingUnavailable),
+    ("worker.sealing", "UnsealError", ports.UnsealError),
     ("worker.contract", "ISSUE_TASK", contract.ISSUE_TASK),
     ("worker.contract", "CANCEL_TASK", contract.CANCEL_TASK),
     ("worker.contract", "QUEUE", contract.QUEUE),

@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Celery
 
+from worker.adapters.privacy.sealing import Sealer
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.app import app as worker_app
@@ -31,7 +32,6 @@ from worker.config.load import redis_url
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import masked_args_repr
 from worker.core.schemas import load_cancellation, load_payload
-from worker.core.sealing import Sealer
 
 
 def enqueue_issue(
@@ -40,7 +40,7 @@ def enqueue_issue(
     """Validate ``payload``, seal its identifier and enqueue its receipt; returns the task id.
 
     Raises :class:`~worker.core.schemas.InvalidPayload` when the payload can never
-    be issued, :class:`~worker.core.sealing.SealingUnavailable` when no PII key is
+    be issued, :class:`~worker.adapters.privacy.sealing.SealingUnavailable` when no PII key is
     configured (and plaintext was not allowed), and kombu's
     ``OperationalError`` when the broker is unreachable.
 

@@ -19,13 +19,13 @@ from worker.adapters.iamport.client import IamportClient
 from worker.adapters.iamport.session import http_session
 from worker.adapters.iamport.tokens import RedisTokenCache
 from worker.adapters.observe.metrics import Metrics
+from worker.adapters.privacy.sealing import Sealer
 from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.stopping import StoppableAdapter
 from worker.config.load import redis_url
 from worker.core.retry import RetryPolicy
-from worker.core.sealing import Sealer
 
 
 @dataclass(frozen=True)

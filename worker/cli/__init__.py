@@ -33,6 +33,7 @@ import click
 import redis
 from kombu.exceptions import OperationalError
 
+from worker.adapters.privacy.sealing import SealingUnavailable
 from worker.cli import bench, dead_letters, ingress, jobs, reconcile
 from worker.cli.common import (
     EXIT_UNAVAILABLE,
@@ -45,7 +46,6 @@ from worker.config import defaults
 from worker.core.errors import IamportError
 from worker.core.masking import mask_text
 from worker.core.schemas import InvalidPayload
-from worker.core.sealing import SealingUnavailable
 from worker.core.urls import redact_url
 
 

@@ -12,6 +12,8 @@ are handed to the core:
 - :class:`EventPublisher`: the Redis stream publisher
   (:class:`~worker.adapters.store.events.EventPublisher`), for an outcome no job transition
   carries (a duplicate message, an invalid payload).
+- :class:`Sealing` (and :class:`Unsealer`, its opening half): the Fernet sealer
+  (:class:`~worker.adapters.privacy.sealing.Sealer`), for the payload's personal data.
 
 Tests hand the core in-memory implementations of all three (tests/support/memory.py),
 and can gate every call (tests/support/stepping.py) to interleave runners
@@ -256,3 +258,32 @@ class EventPublisher(Protocol):
         detail: Mapping[str, Any],
     ) -> Published:
         """Publish ``task_id``'s terminal event; ``new`` is False when it already had one."""
+
+
+class UnsealError(ValueError):
+    """A sealed value is corrupt, or was sealed with a key we no longer have."""
+
+
+class Unsealer(Protocol):
+    """Opens the personal data a payload carries sealed (``identifier_sealed``, ``buyer_sealed``).
+
+    The Fernet sealer (:class:`~worker.adapters.privacy.sealing.Sealer`) implements it,
+    with :class:`Sealing`; the core holds no key and no cipher.
+    """
+
+    def open(self, token: str) -> tuple[str, bool]:
+        """The value inside ``token``, and whether the newest key sealed it.
+
+        Raises :class:`UnsealError`, saying nothing of the value, when it cannot.
+        """
+
+
+class Sealing(Unsealer, Protocol):
+    """Opens, and seals again: what re-writing a payload for the broker and the ledger needs."""
+
+    @property
+    def enabled(self) -> bool:
+        """False only in the explicitly allowed plaintext mode: nothing is sealed."""
+
+    def seal(self, value: str) -> str:
+        """The token of ``value`` under the newest key (only when :attr:`enabled`)."""

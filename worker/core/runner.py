@@ -43,11 +43,10 @@ from worker.core.issuing import (
     settle_issue,
 )
 from worker.core.outcome import Outcome
-from worker.core.ports import Claim, ClaimKind, JobStore, OperationId, Provider
+from worker.core.ports import Claim, ClaimKind, JobStore, OperationId, Provider, Unsealer
 from worker.core.refunds import cancel_live_receipt, receipt_for_balance, settle_cancel
 from worker.core.retry import Decision, RetryPolicy, decide, settle_before_failing, settling_attempt
 from worker.core.schemas import ReceiptRequest, load_payload
-from worker.core.sealing import Sealer
 from worker.core.terminal import TerminalPublisher, error_detail, failure_message
 from worker.core.types import Receipt
 
@@ -382,7 +381,7 @@ class CancelRunner(JobRunner):
     def __init__(
         self,
         *,
-        sealer: Sealer,
+        sealer: Unsealer,
         store: JobStore,
         provider: Provider,
         terminal: TerminalPublisher,

@@ -16,7 +16,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from worker.core.sealing import Sealer, UnsealError
+from worker.core.ports import Sealing, Unsealer, UnsealError
 
 IDENTIFIER_TYPES = ("person", "business", "phone", "taxcard")
 BUYER_FIELDS = ("buyer_name", "buyer_email", "buyer_tel")
@@ -182,7 +182,7 @@ class ReceiptRequest:
         """The request body, with only the fields i'mport knows and that were given."""
         return {"identifier": self.identifier, **self.options}
 
-    def to_message(self, sealer: Sealer) -> dict[str, Any]:
+    def to_message(self, sealer: Sealing) -> dict[str, Any]:
         """The payload again, normalised, with its personal data sealed (when a key exists).
 
         This is what our producers enqueue, what a retry re-publishes and what
@@ -203,7 +203,7 @@ class ReceiptRequest:
 _PAYLOAD_SCHEMA = PaymentConfirmedSchema()
 
 
-def load_payload(raw: object, sealer: Sealer | None = None) -> ReceiptRequest:
+def load_payload(raw: object, sealer: Unsealer | None = None) -> ReceiptRequest:
     """Validate a payment-confirmed payload or raise :class:`InvalidPayload`.
 
     The identifier comes in clear as ``identifier`` or sealed as
@@ -238,7 +238,7 @@ def load_payload(raw: object, sealer: Sealer | None = None) -> ReceiptRequest:
     )
 
 
-def _unsealed(fields: dict[str, Any], name: str, sealer: Sealer | None) -> tuple[str, bool]:
+def _unsealed(fields: dict[str, Any], name: str, sealer: Unsealer | None) -> tuple[str, bool]:
     """The value of a sealed field, and whether the newest key sealed it."""
     sealed = fields.pop(name)
     if name == "identifier_sealed" and "identifier" in fields:
@@ -265,7 +265,7 @@ def _buyer_fields(text: str) -> dict[str, Any]:
 
 
 def payload_from_args(
-    args: tuple[Any, ...], kwargs: Mapping[str, Any], sealer: Sealer | None = None
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], sealer: Unsealer | None = None
 ) -> ReceiptRequest:
     """Validate a task message's arguments: exactly one positional payload object."""
     return load_payload(single_argument(args, kwargs), sealer)

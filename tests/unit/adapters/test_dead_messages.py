@@ -8,9 +8,9 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
+from worker.adapters.privacy.sealing import Sealer
 from worker.adapters.store.dead_messages import dead_message_record
 from worker.core.schemas import load_payload
-from worker.core.sealing import Sealer
 
 
 def envelope_of(body: object, **headers: object) -> dict[str, Any]:

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from worker.adapters.privacy.sealing import Sealer
 from worker.core.errors import InvalidRequest, OutcomeUnknown
 from worker.core.issuing import issue_receipt, settle_delay, settle_issue
 from worker.core.ports import OperationId
 from worker.core.refunds import settle_cancel
 from worker.core.schemas import ReceiptRequest, load_payload
-from worker.core.sealing import Sealer
 from worker.core.types import Payment, Receipt
 
 RECEIPT = Receipt(

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import given as given_
 from hypothesis import strategies as st
 
+from worker.adapters.privacy.sealing import Sealer
 from worker.core.schemas import (
     IDENTIFIER_TYPES,
     RECEIPT_TYPES,
@@ -30,7 +31,6 @@ from worker.core.schemas import (
     load_payload,
     payload_from_args,
 )
-from worker.core.sealing import Sealer
 
 KEY = Fernet.generate_key().decode()
 SEALER = Sealer([KEY])

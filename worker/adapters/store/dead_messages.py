@@ -39,12 +39,12 @@ from typing import Any
 
 import redis
 
+from worker.adapters.privacy.sealing import Sealer, SealingUnavailable
 from worker.adapters.store import lua
 from worker.adapters.store.keys import DEAD_MESSAGES_KEY
 from worker.config.defaults import DEAD_MESSAGE_RETENTION_SECONDS
 from worker.core.masking import mask_payload, mask_text
 from worker.core.schemas import BUYER_FIELDS
-from worker.core.sealing import Sealer, SealingUnavailable
 
 log = logging.getLogger(__name__)
 

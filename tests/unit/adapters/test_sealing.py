@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from cryptography.fernet import Fernet
 
+from worker.adapters.privacy.sealing import Sealer, SealingUnavailable, UnsealError
 from worker.core.schemas import InvalidPayload, load_payload
-from worker.core.sealing import Sealer, SealingUnavailable, UnsealError
 
 OLD, NEW = Fernet.generate_key().decode(), Fernet.generate_key().decode()
 

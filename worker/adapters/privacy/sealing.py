@@ -9,6 +9,11 @@ Keys come from ``PII_ENCRYPTION_KEYS`` (comma-separated, newest first) or the
 file named by ``PII_ENCRYPTION_KEYS_FILE``. The newest key seals; every key
 unseals (MultiFernet), so rotating means adding a key in front and dropping the
 old one once nothing sealed with it is left: nothing is re-sealed by hand.
+
+:class:`Sealer` implements the core's :class:`~worker.core.ports.Sealing` port. It lives
+with the adapters because a Fernet token is made of the host's clock and randomness
+(``time.time()``, ``os.urandom``), which the core never reads. The Celery glue and the
+entry points build one per process and hand it in.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from worker.core.ports import UnsealError
+
+__all__ = ["Sealer", "SealingUnavailable", "UnsealError"]
+
 
 class SealingUnavailable(RuntimeError):
     """No key is configured and plaintext was not explicitly allowed."""
-
-
-class UnsealError(ValueError):
-    """A sealed value is corrupt, or was sealed with a key we no longer have."""
 
 
 class Sealer:

@@ -1,0 +1,1 @@
+"""Privacy: sealing personal data at rest with Fernet (the core's Sealing port)."""
