@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from cryptography.fernet import Fernet
 
@@ -116,3 +118,17 @@ def test_a_token_under_the_newest_key_travels_on_and_an_older_one_is_resealed() 
         sealer
     )
     assert sealer.unseal(message["identifier_sealed"]) == "01012345678"
+
+
+def test_one_sealer_per_key_set_in_a_process() -> None:
+    """The producer helper asks for a sealer per payload: it gets the one built first,
+    and a new one only when the configured keys change (a rotation)."""
+    conf = SimpleNamespace(pii_encryption_keys=[NEW], allow_plaintext_pii=False)
+    sealer = Sealer.from_conf(conf)
+    assert Sealer.from_conf(SimpleNamespace(**vars(conf))) is sealer
+    conf.pii_encryption_keys = [NEW, OLD]
+    rotated = Sealer.from_conf(conf)
+    assert rotated is not sealer
+    assert rotated.unseal(Sealer([OLD]).seal("x")) == "x"
+    with pytest.raises(SealingUnavailable):
+        Sealer.from_conf(SimpleNamespace(pii_encryption_keys=[], allow_plaintext_pii=False))

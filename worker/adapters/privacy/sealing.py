@@ -18,6 +18,7 @@ entry points build one per process and hand it in.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -48,9 +49,13 @@ class Sealer:
 
     @classmethod
     def from_conf(cls, conf: object) -> Sealer:
-        """The sealer for a Celery app's configuration (see celeryconfig)."""
-        keys = list(getattr(conf, "pii_encryption_keys", None) or [])
-        return cls(keys, allow_plaintext=bool(getattr(conf, "allow_plaintext_pii", False)))
+        """The sealer for a Celery app's configuration (see celeryconfig).
+
+        One per key set in a process, built on first use: the worker's runtime, the
+        ingress and the producer helper (called once per payload) share it.
+        """
+        keys = tuple(getattr(conf, "pii_encryption_keys", None) or ())
+        return _shared(keys, bool(getattr(conf, "allow_plaintext_pii", False)))
 
     @property
     def enabled(self) -> bool:
@@ -84,3 +89,9 @@ class Sealer:
                 return self._fernet.decrypt(raw).decode(), False
         except (InvalidToken, UnicodeError, ValueError):
             raise UnsealError("it cannot be unsealed with the configured keys") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _shared(keys: tuple[str, ...], allow_plaintext: bool) -> Sealer:
+    """The one sealer of a key set (a refusal is raised each time, never kept)."""
+    return Sealer(keys, allow_plaintext=allow_plaintext)
