@@ -421,3 +421,17 @@ def _setup_logging(celeryconfig: ModuleType) -> None:
     setup_process_logging(
         celeryconfig, level=logging.INFO, text="[%(asctime)s: %(levelname)s/ingress] %(message)s"
     )
+
+
+#: What ``python -m worker.ingress`` says: the ingress starts from the console script.
+NOT_AN_ENTRY_POINT = (
+    "python -m worker.ingress does not start the ingress: run `cashreceipt ingress` "
+    "(`cashreceipt ingress --help` lists its options)"
+)
+
+if __name__ == "__main__":
+    # It once ran the ingress (d88b25b); since the options moved to click in
+    # worker/cli/ingress.py, which imports this module, forwarding there would be an
+    # import cycle. A usage error (2) with the documented command, not a silent 0.
+    print(NOT_AN_ENTRY_POINT, file=sys.stderr)
+    sys.exit(2)

@@ -8,6 +8,8 @@ whichever layer holds the code today.
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 from celery.app.utils import find_app
@@ -43,3 +45,17 @@ def test_ingress_and_queue_declaration_keep_their_paths() -> None:
 def test_celery_finds_the_app_as_operators_name_it() -> None:
     """``celery -A worker`` resolves to the one app (Celery's own lookup)."""
     assert find_app("worker") is app
+
+
+def test_python_m_worker_ingress_points_at_the_console_script() -> None:
+    """``python -m worker.ingress`` once started the ingress; it must not exit 0 doing nothing."""
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.ingress"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "run `cashreceipt ingress`" in result.stderr
+
