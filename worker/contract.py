@@ -1,34 +1,13 @@
 """Names other systems rely on. Changing one breaks every producer and consumer.
 
 The task and queue names live in :mod:`worker.core.contract` (the core routes by
-them); this module is the path producers import them from, and declares the queue
-on RabbitMQ, the same way for workers and producers.
+them), and the queue's declaration on RabbitMQ in :mod:`worker.celery.queues` (it is
+kombu's); this module is the path producers import them from, and adds nothing.
 """
 
 from __future__ import annotations
 
-from kombu.entity import Exchange, Queue
-
+from worker.celery.queues import rabbitmq_queues
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 
 __all__ = ["CANCEL_TASK", "ISSUE_TASK", "QUEUE", "rabbitmq_queues"]
-
-
-def rabbitmq_queues(queue_type: str = "quorum") -> list[Queue]:
-    """The queue on RabbitMQ, declared the same way by workers and producers.
-
-    RabbitMQ refuses to re-declare a queue or exchange with other arguments
-    (PRECONDITION_FAILED), so a producer on RabbitMQ sets ``task_queues`` to
-    this too. Durable, bound to a topic exchange of the same name (Celery's
-    native delayed delivery needs one), and a quorum queue unless ``classic``.
-    """
-    arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
-    return [
-        Queue(
-            QUEUE,
-            Exchange(QUEUE, type="topic", durable=True),
-            routing_key=QUEUE,
-            durable=True,
-            queue_arguments=arguments,
-        )
-    ]
