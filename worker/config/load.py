@@ -7,6 +7,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from worker.config import ConfigError
 from worker.config.broker import is_redis_url
 
 
@@ -18,9 +19,7 @@ def load_celeryconfig() -> ModuleType:
     """
     try:
         return importlib.import_module("celeryconfig")
-    except ValueError as error:
-        if type(error).__name__ != "ConfigError":
-            raise
+    except ConfigError as error:
         raise SystemExit(f"cashreceipt: configuration error: {error}") from None
 
 
