@@ -63,7 +63,9 @@ def test_python_m_worker_ingress_points_at_the_console_script() -> None:
     assert "run `cashreceipt ingress`" in result.stderr
 
 
-@pytest.mark.parametrize("module", ["worker.contract", "worker.producer", "worker.schemas"])
+@pytest.mark.parametrize(
+    "module", ["worker.contract", "worker.producer", "worker.schemas", "worker.sealing"]
+)
 def test_a_public_path_is_a_pure_re_export(module: str) -> None:
     """The import-linter layers skip these modules as re-exports: they must hold no code.
 
