@@ -23,6 +23,7 @@ interleave runners.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -35,13 +36,10 @@ from worker.adapters.store.record import (
     sent_fields,
 )
 from worker.core.errors import IamportError, InvalidRequest, OutcomeUnknown
-from worker.core.events import cancelled_detail
+from worker.core.events import CANCEL_FAILED, WaiterEvent, waiter_event
 from worker.core.ports import Claim, ClaimKind, JobView, OperationId, Published
 from worker.core.types import Payment, Receipt
 
-ISSUED_TYPE = "cash_receipt.issued"
-FAILED_TYPE = "cash_receipt.failed"
-CANCEL_FAILED_TYPE = "cash_receipt.cancel_failed"
 TERMINAL = frozenset({"issued", "failed", "cancelled"})
 
 
@@ -529,7 +527,7 @@ class MemoryStore:
         if extra_event is not None:
             entry["then"] = extra_event[0]
         self._history(imp_uid, rec, now, outcome=event_type, **entry)
-        if state == "failed" or event_type == CANCEL_FAILED_TYPE:
+        if state == "failed" or event_type == CANCEL_FAILED:
             self.dead[imp_uid] = now
         else:
             self.dead.pop(imp_uid, None)
@@ -548,17 +546,12 @@ class MemoryStore:
         if extra_event is not None:
             self._publish_once(f"{task_id}:2", extra_event[0], dict(extra_event[1]), imp_uid)
         waiters = self.waiters.get(imp_uid, set())
+        template = waiter_event(state=state, event_type=event_type, data=data)
         if state == "issued" or (state == "failed" and extra_event is None):
             owner, live = rec.get("task_id"), rec.get("receipt")
-            waiter_type = ISSUED_TYPE if state == "issued" else event_type
             for waiter in sorted(waiters):
-                if waiter == owner:
-                    continue
-                copy = {**data, "task_id": waiter, "duplicate": True}
-                if event_type != waiter_type:
-                    copy.pop("error", None)
-                    copy["receipt"] = json.loads(live) if live else None
-                self._publish_once(waiter, waiter_type, copy, imp_uid)
+                if waiter != owner:
+                    self._publish_waiter(waiter, template, entry_id, live, imp_uid)
             self.waiters.pop(imp_uid, None)
         elif state == "cancelled":
             if _partial(rec.get("cancel")):
@@ -574,10 +567,7 @@ class MemoryStore:
                     rec.pop("receipt", None)
             else:
                 for waiter in sorted(waiters):
-                    copy = {**data, "task_id": waiter, "duplicate": True}
-                    copy.pop("receipt", None)
-                    copy["error"] = cancelled_detail()["error"]
-                    self._publish_once(waiter, FAILED_TYPE, copy, imp_uid)
+                    self._publish_waiter(waiter, template, entry_id, None, imp_uid)
                 self.waiters.pop(imp_uid, None)
         if state == "issued":
             if self._hand_over(
@@ -636,6 +626,21 @@ class MemoryStore:
         }
         self.history.setdefault(imp_uid, []).insert(0, entry)
         del self.history[imp_uid][50:]
+
+    def _publish_waiter(
+        self,
+        waiter: str,
+        template: WaiterEvent,
+        owner_entry_id: str,
+        live: str | None,
+        imp_uid: str,
+    ) -> None:
+        """finish.lua's ``waiter_data``: the core's template, its identity, the live receipt."""
+        data = {**template.data, "task_id": waiter}
+        data["event_id"] = hashlib.sha1((waiter + owner_entry_id).encode()).hexdigest()  # noqa: S324
+        if template.live_receipt:
+            data["receipt"] = json.loads(live) if live else None
+        self._publish_once(waiter, template.event_type, data, imp_uid)
 
     def _publish_once(
         self, task_id: str, event_type: str, data: dict[str, Any], imp_uid: str | None

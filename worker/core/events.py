@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,8 +69,8 @@ CANCELLED_MESSAGE = "the receipt of this payment was cancelled"
 def cancelled_detail() -> dict[str, Any]:
     """The ``error`` of an issue message that came after its receipt was cancelled.
 
-    The runner publishes it for a late message; the store's FINISH script for the
-    issue messages still waiting when the cancellation ended (it gets it in ARGV).
+    The runner publishes it for a late message, and :func:`waiter_event` puts it
+    in the event of the issue messages still waiting when the cancellation ended.
     """
     return failure_detail("cancelled", status=None, code=None, message=CANCELLED_MESSAGE)
 
@@ -100,3 +101,43 @@ def event_data(
         "duplicate": duplicate,
         **detail,
     }
+
+
+@dataclass(frozen=True)
+class WaiterEvent:
+    """The event of a message that waited on a job, as the job ends: a template.
+
+    The store publishes it for each waiter in the same transition as the
+    owner's event, filling in what only it knows then: the waiter's ``task_id``,
+    an ``event_id`` derived from the owner's event, and, when ``live_receipt``,
+    the receipt the job's record holds (the one a refund's transition left live).
+    """
+
+    event_type: str
+    #: The event's data, but for ``task_id`` and ``event_id``.
+    data: dict[str, Any]
+    live_receipt: bool
+
+
+def waiter_event(*, state: str, event_type: str, data: Mapping[str, Any]) -> WaiterEvent:
+    """What a waiting issue message gets when its job ends ``state`` with the owner's
+    ``event_type`` and ``data``: always a duplicate of the owner's outcome.
+
+    - ``issued``: ``issued``, with the live receipt. When the owner's own event is
+      another one (a refund's re-issue, a cancel_failed), its error and receipt go.
+    - ``failed``: the owner's failure.
+    - ``cancelled`` (a full refund): ``failed``, reason ``cancelled``: that
+      message will never issue.
+    """
+    template = {key: value for key, value in data.items() if key not in {"task_id", "event_id"}}
+    template["duplicate"] = True
+    if state == "cancelled":
+        template.pop("receipt", None)
+        template["error"] = cancelled_detail()["error"]
+        return WaiterEvent(FAILED, template, live_receipt=False)
+    waiter_type = ISSUED if state == "issued" else event_type
+    if waiter_type == event_type:
+        return WaiterEvent(waiter_type, template, live_receipt=False)
+    template.pop("error", None)
+    template.pop("receipt", None)
+    return WaiterEvent(waiter_type, template, live_receipt=True)

@@ -64,7 +64,7 @@ from worker.adapters.store.record import (
     sent_fields,
 )
 from worker.config.defaults import JOB_HISTORY_LENGTH
-from worker.core.events import CANCEL_FAILED, FAILED, ISSUED, cancelled_detail, event_data
+from worker.core.events import CANCEL_FAILED, ISSUED, event_data, waiter_event
 from worker.core.ports import Claim, ClaimKind, JobView
 from worker.core.types import Receipt
 
@@ -254,6 +254,7 @@ class Ledger:
         """
         now = _now_ms()
         min_id = f"{now - self._event_retention * 1000}-0"
+        waiter = waiter_event(state=state, event_type=event_type, data=data)
         result = self._finish(
             keys=[
                 ledger_key(imp_uid),
@@ -281,12 +282,11 @@ class Ledger:
                 extra_event[0] if extra_event else "",
                 json.dumps(extra_event[1], ensure_ascii=False) if extra_event else "",
                 TERMINAL_PREFIX,
-                ISSUED,
-                FAILED,
+                waiter.event_type,
+                json.dumps(waiter.data, ensure_ascii=False),
                 CANCEL_FAILED,
                 "1" if settled else "",
-                # The error of the issue messages a cancellation strands (core.events).
-                json.dumps(cancelled_detail()["error"], ensure_ascii=False),
+                "1" if waiter.live_receipt else "",
                 JOB_HISTORY_LENGTH,
             ],
         )

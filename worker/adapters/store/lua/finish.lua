@@ -6,12 +6,21 @@
 --       now_ms, receipt json, last_error json, ledger retention s, imp_uid,
 --       extra event type ('' for none), extra event data, the terminal markers'
 --       key prefix (a waiter's marker is named from its task id, read here),
---       the issued, failed and cancel_failed event types, '1' when the outcome
---       settles the job's last POST or DELETE (its sent_at goes), the error json of
---       an issue message a cancellation strands (worker.core.events.cancelled_detail),
---       the history's length
+--       the waiters' event type and data (worker.core.events.waiter_event: this
+--       script adds only the task id, the event id and the live receipt), the
+--       cancel_failed event type, '1' when the outcome settles the job's last POST
+--       or DELETE (its sent_at goes), '1' when the waiters' event carries the live
+--       receipt, the history's length
 local terminal_prefix = ARGV[14]
-local issued_type, failed_type, cancel_failed_type = ARGV[15], ARGV[16], ARGV[17]
+local waiter_type, cancel_failed_type = ARGV[15], ARGV[17]
+-- A waiter's event: the core's template, with its identity, and the live receipt.
+local function waiter_data(waiter, published_id, live)
+  local data = cjson.decode(ARGV[16])
+  data['task_id'] = waiter
+  data['event_id'] = redis.sha1hex(waiter .. published_id)
+  if ARGV[19] == '1' then data['receipt'] = live and cjson.decode(live) or cjson.null end
+  return cjson.encode(data)
+end
 -- The job passes to a message recorded while it was in hand (an issue after a
 -- partial refund, a cancellation after an issue), unless that task already ended:
 -- received, its payload in field, due at due. True when it did.
@@ -67,20 +76,10 @@ if ARGV[2] == 'issued' or (ARGV[2] == 'failed' and ARGV[12] == '') then
   -- refund's re-issue, a repeated refund, a cancel_failed) they get the live receipt.
   local owner = redis.call('HGET', KEYS[1], 'task_id')
   local live = redis.call('HGET', KEYS[1], 'receipt')
-  local waiter_type = ARGV[3]
-  if ARGV[2] == 'issued' then waiter_type = issued_type end
   for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
     if waiter ~= owner then
-      local data = cjson.decode(ARGV[4])
-      data['task_id'] = waiter
-      data['duplicate'] = true
-      data['event_id'] = redis.sha1hex(waiter .. published[2])
-      if ARGV[3] ~= waiter_type then
-        data['error'] = nil
-        data['receipt'] = live and cjson.decode(live) or cjson.null
-      end
       publish_once(KEYS[3], terminal_prefix .. waiter, KEYS[5], waiter_type,
-        cjson.encode(data), ARGV[5], ARGV[6])
+        waiter_data(waiter, published[2], live), ARGV[5], ARGV[6])
     end
   end
   redis.call('DEL', KEYS[6])
@@ -97,14 +96,8 @@ elseif ARGV[2] == 'cancelled' then
   else
     -- Issue messages still waiting will never issue: each ends as a stale one.
     for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
-      local data = cjson.decode(ARGV[4])
-      data['task_id'] = waiter
-      data['duplicate'] = true
-      data['receipt'] = nil
-      data['event_id'] = redis.sha1hex(waiter .. published[2])
-      data['error'] = cjson.decode(ARGV[19])
-      publish_once(KEYS[3], terminal_prefix .. waiter, KEYS[5], failed_type,
-        cjson.encode(data), ARGV[5], ARGV[6])
+      publish_once(KEYS[3], terminal_prefix .. waiter, KEYS[5], waiter_type,
+        waiter_data(waiter, published[2], nil), ARGV[5], ARGV[6])
     end
     redis.call('DEL', KEYS[6])
   end

@@ -1,0 +1,99 @@
+"""The events of the messages that waited on a job: one template per way the job ends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from worker.core.events import (
+    CANCEL_FAILED,
+    CANCELLED,
+    FAILED,
+    ISSUED,
+    WaiterEvent,
+    cancelled_detail,
+    waiter_event,
+)
+
+OWNER: dict[str, Any] = {
+    "event_id": "e-owner",
+    "task_id": "t-owner",
+    "imp_uid": "imp_1",
+    "attempts": 2,
+    "duplicate": False,
+    "receipt": {"receipt_id": "r1"},
+}
+ERROR = {"error": {"reason": "rejected"}}
+
+
+def _without(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {key: value for key, value in data.items() if key not in keys}
+
+
+CASES = [
+    pytest.param(
+        "issued",
+        ISSUED,
+        OWNER,
+        WaiterEvent(ISSUED, {**_without(OWNER, "task_id", "event_id"), "duplicate": True}, False),
+        id="issued: the owner's receipt, as a duplicate",
+    ),
+    pytest.param(
+        "failed",
+        FAILED,
+        {**_without(OWNER, "receipt"), **ERROR},
+        WaiterEvent(
+            FAILED,
+            {**_without(OWNER, "task_id", "event_id", "receipt"), **ERROR, "duplicate": True},
+            False,
+        ),
+        id="failed: the owner's failure",
+    ),
+    pytest.param(
+        "issued",
+        CANCELLED,
+        {**OWNER, **ERROR},
+        WaiterEvent(
+            ISSUED, _without({**OWNER, "duplicate": True}, "task_id", "event_id", "receipt"), True
+        ),
+        id="a refund's transition: issued, with the live receipt, no error",
+    ),
+    pytest.param(
+        "issued",
+        CANCEL_FAILED,
+        {**OWNER, **ERROR},
+        WaiterEvent(
+            ISSUED, _without({**OWNER, "duplicate": True}, "task_id", "event_id", "receipt"), True
+        ),
+        id="a failed cancellation: issued, with the live receipt, no error",
+    ),
+    pytest.param(
+        "cancelled",
+        CANCELLED,
+        OWNER,
+        WaiterEvent(
+            FAILED,
+            {
+                **_without(OWNER, "task_id", "event_id", "receipt"),
+                "duplicate": True,
+                "error": cancelled_detail()["error"],
+            },
+            False,
+        ),
+        id="a full refund: failed, reason cancelled",
+    ),
+]
+
+
+@pytest.mark.parametrize(("state", "event_type", "data", "expected"), CASES)
+def test_waiter_event(
+    state: str, event_type: str, data: dict[str, Any], expected: WaiterEvent
+) -> None:
+    assert waiter_event(state=state, event_type=event_type, data=data) == expected
+
+
+def test_the_owners_data_is_not_changed() -> None:
+    data = {**OWNER, **ERROR}
+    waiter_event(state="issued", event_type=CANCELLED, data=data)
+    assert data == {**OWNER, **ERROR}
