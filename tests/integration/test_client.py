@@ -25,9 +25,14 @@ from worker.core.errors import (
     RateLimited,
     UnsupportedPg,
 )
+from worker.core.schemas import ReceiptRequest
 
 pytestmark = pytest.mark.integration
-BODY = {"identifier": "01055554321"}
+
+
+def to_issue(imp_uid: str) -> ReceiptRequest:
+    """The receipt to issue: a phone number, as the smallest payload gives it."""
+    return ReceiptRequest(imp_uid=imp_uid, identifier="01055554321")
 
 
 class CountingSession(requests.Session):
@@ -83,7 +88,7 @@ def test_issue_returns_a_typed_receipt(
 ) -> None:
     """A 200 with code 0 becomes a Receipt; the token is fetched once and then shared."""
     client = make_client(sandbox, session, cache)
-    receipt = client.issue_receipt(imp_uid, BODY)
+    receipt = client.issue_receipt(to_issue(imp_uid))
     assert (receipt.imp_uid, receipt.amount, receipt.vat, receipt.active) == (
         imp_uid,
         11000,
@@ -134,7 +139,7 @@ def test_post_failures_map_to_the_error_tree(
     """Every fault lands in its class, with the provider's status and message kept."""
     sandbox.admin.script(imp_uid, {**step, "method": "POST"})
     with pytest.raises(error_class) as caught:
-        make_client(sandbox, session, cache).issue_receipt(imp_uid, BODY)
+        make_client(sandbox, session, cache).issue_receipt(to_issue(imp_uid))
     assert getattr(caught.value, "status", None) == status
     if step["kind"] == "reject":
         assert caught.value.provider_message == "PG says no"  # type: ignore[attr-defined]
@@ -165,7 +170,7 @@ def test_every_status_with_every_body(
     sandbox.admin.script(imp_uid, *[step] * (2 if (status, body_kind) == (401, "envelope") else 1))
     client = make_client(sandbox, session, cache)
     call = {
-        "POST": lambda: client.issue_receipt(imp_uid, BODY),
+        "POST": lambda: client.issue_receipt(to_issue(imp_uid)),
         "DELETE": lambda: client.cancel_receipt(imp_uid),
         "GET": lambda: client.get_payment(imp_uid),
     }[method]
@@ -194,7 +199,7 @@ def test_retry_after_in_seconds_travels(
         step["retry_after"] = header
     sandbox.admin.script(imp_uid, {**step, "method": "POST"})
     with pytest.raises(OutcomeUnknown) as caught:
-        make_client(sandbox, session, cache).issue_receipt(imp_uid, BODY)
+        make_client(sandbox, session, cache).issue_receipt(to_issue(imp_uid))
     assert caught.value.retry_after == seconds
 
 
@@ -225,15 +230,15 @@ def test_permanent_answers(
 ) -> None:
     """400 and 501 keep i'mport's status, code and message."""
     client = make_client(sandbox, session, cache)
-    client.issue_receipt(imp_uid, BODY)
+    client.issue_receipt(to_issue(imp_uid))
     with pytest.raises(InvalidRequest) as caught:
-        client.issue_receipt(imp_uid, BODY)
+        client.issue_receipt(to_issue(imp_uid))
     assert caught.value.status == 400
     assert caught.value.code not in (0, None)
     assert caught.value.provider_message
     sandbox.admin.seed_payment(f"{imp_uid}_p", pg_provider="payco")
     with pytest.raises(UnsupportedPg):
-        client.issue_receipt(f"{imp_uid}_p", BODY)
+        client.issue_receipt(to_issue(f"{imp_uid}_p"))
 
 
 def test_refused_connection_is_a_connection_failure(
@@ -272,7 +277,7 @@ def test_token_that_expires_mid_run_is_renewed(
     client = make_client(sandbox, session, cache)
     client.get_payment(imp_uid)
     sandbox.admin.advance_clock(31 * 60)
-    assert client.issue_receipt(imp_uid, BODY).active
+    assert client.issue_receipt(to_issue(imp_uid)).active
     assert session.token_requests == 2
     statuses = [r["status"] for r in sandbox.admin.requests(imp_uid)]
     assert statuses[-2:] == [401, 200]
@@ -312,7 +317,7 @@ def test_every_request_is_observed_with_its_endpoint_and_status(
         ),
     )
     sandbox.admin.script(imp_uid, {"kind": "latency", "ms": 200, "method": "POST"})
-    client.issue_receipt(imp_uid, BODY)
+    client.issue_receipt(to_issue(imp_uid))
     sandbox.admin.script(imp_uid, {"kind": "hang", "seconds": 3, "method": "GET"})
     with pytest.raises(ProviderUnavailable):
         client.find_receipt(imp_uid)

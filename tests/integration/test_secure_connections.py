@@ -24,6 +24,7 @@ from tests.support.worker import TEST_PII_KEY, running_worker, unready_worker, w
 from worker.adapters.iamport.client import IamportClient
 from worker.celery.producer import enqueue_issue
 from worker.core.errors import ConnectionFailed, ProviderUnavailable
+from worker.core.schemas import ReceiptRequest
 
 # REDIS_URL as the broker: its password and TLS, and kombu refusing an unverified server.
 pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]
@@ -31,6 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]
 #: Needs percent-encoding in a URL (":", "@", "/"), as generated passwords often do.
 PASSWORD = "s3cret:p@ss/word-0123"
 PHONE = "01055554321"
+TLS_RECEIPT = ReceiptRequest(imp_uid="imp_tls", identifier=PHONE)
 
 
 @pytest.fixture(scope="module")
@@ -206,11 +208,11 @@ def test_untrusted_iamport_certificate_is_connection_failed(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "")
     monkeypatch.setenv("CURL_CA_BUNDLE", "")
     with requests.Session() as session, pytest.raises(ConnectionFailed, match="not trusted"):
-        _client(url, session).issue_receipt("imp_tls", {"identifier": PHONE})
+        _client(url, session).issue_receipt(TLS_RECEIPT)
     assert handler.requests_seen == 0
 
     # The control: trusting our CA (as REQUESTS_CA_BUNDLE would) reaches the server.
     with requests.Session() as session, pytest.raises(ProviderUnavailable):
         session.verify = str(tls_files.ca)
-        _client(url, session).issue_receipt("imp_tls", {"identifier": PHONE})
+        _client(url, session).issue_receipt(TLS_RECEIPT)
     assert handler.requests_seen == 1

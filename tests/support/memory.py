@@ -38,7 +38,7 @@ from worker.adapters.store.record import (
 from worker.core.errors import IamportError, InvalidRequest, OutcomeUnknown
 from worker.core.events import CANCEL_FAILED, WaiterEvent, waiter_event
 from worker.core.ports import Claim, ClaimKind, JobView, OperationId, Published
-from worker.core.types import Payment, Receipt
+from worker.core.types import Payment, Receipt, ReceiptOrder
 
 TERMINAL = frozenset({"issued", "failed", "cancelled"})
 
@@ -139,12 +139,12 @@ class MemoryProvider:
 
     def issue_receipt(
         self,
-        imp_uid: str,
-        body: Mapping[str, Any],
+        request: ReceiptOrder,
         *,
         operation: OperationId,
         on_send: Callable[[], None],
     ) -> Receipt:
+        imp_uid = request.imp_uid
         on_send()
         self.calls.append(Call("POST", imp_uid, operation))
         return self._changing("POST", lambda: self._issue(imp_uid))
@@ -180,6 +180,8 @@ class MemoryProvider:
             cancel_amount=payment.cancel_amount,
             currency="KRW",
             cash_receipt_issued=any(r.active for r in payment.receipts),
+            paid=payment.status == "paid",
+            cash=payment.pay_method in {"vbank", "trans"},
         )
 
     # -- the model ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ tested or moved without the others. String references (``include=["tasks.receipt
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -245,3 +246,26 @@ def test_no_function_level_import_but_optional_distributions() -> None:
                     if target.split(".")[0] not in _OPTIONAL
                 ]
     assert not late, f"imports inside functions: {late}"
+
+
+#: i'mport's own words: its host, its paths, its pay methods and statuses, its answer shapes.
+#: Only the i'mport adapter may know them; the core speaks the provider port's neutral types.
+_IAMPORT_WORDS = {
+    "host": re.compile(r"iamport\.kr"),
+    "path": re.compile(r"(?<!\w)/receipts(?!\.py)"),
+    "pay method": re.compile(r"vbank"),
+    "status": re.compile(r"\"paid\""),
+    "answer shape": re.compile(r"ReceiptAnnotation|PaymentAnnotation"),
+}
+
+
+def test_the_core_speaks_no_iamport_vocabulary() -> None:
+    """Nothing above the adapters knows an i'mport URL, envelope or status (issue 13)."""
+    found = [
+        f"{path.name}:{number} {what}"
+        for path in sorted((ROOT / "worker" / "core").glob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        for what, pattern in _IAMPORT_WORDS.items()
+        if pattern.search(line)
+    ]
+    assert not found, f"the core speaks i'mport: {found}"

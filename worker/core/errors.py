@@ -19,7 +19,7 @@ wording through, and that wording is not stable)::
         ├── NotEligible           the payment is not a paid virtual-account or transfer payment
         ├── AuthenticationFailed  bad credentials, or a 401 that survived one token renewal
         ├── UnsupportedPg         501: the PG has no cash-receipt support at i'mport
-        └── UnexpectedResponse    a 2xx that breaks the envelope or the ReceiptAnnotation
+        └── UnexpectedResponse    a 2xx that breaks the envelope or the answer's shape
 
 Each error keeps the provider's HTTP status, envelope ``code`` and ``message``
 (the body of every non-2xx is read), so a failure event can say exactly what
@@ -102,7 +102,7 @@ class InvalidRequest(PermanentError):
 
 
 class NotEligible(PermanentError):
-    """The payment cannot carry a cash receipt: not paid, or not vbank/trans."""
+    """The payment cannot carry a cash receipt: not paid, or not by virtual account or transfer."""
 
 
 class AuthenticationFailed(PermanentError):
@@ -118,4 +118,4 @@ class UnsupportedPg(PermanentError):
 
 
 class UnexpectedResponse(PermanentError):
-    """A 2xx that breaks the envelope or the ReceiptAnnotation."""
+    """A 2xx that breaks the envelope or the answer's shape (a receipt, a payment)."""

@@ -29,8 +29,6 @@ from worker.core.types import Payment, Receipt
 
 log = logging.getLogger(__name__)
 
-CASH_PAY_METHODS = frozenset({"vbank", "trans"})
-
 #: Why a job fails when its settling lookup found its unsettled request not acted on.
 NOT_ACTED_ON = "no answer, and i'mport had not acted on the request after IAMPORT_SETTLE_SECONDS"
 
@@ -133,9 +131,7 @@ def issue_receipt(
     try:
         receipt = send_logged(
             sends,
-            lambda on_send: client.issue_receipt(
-                request.imp_uid, request.body(), operation=operation, on_send=on_send
-            ),
+            lambda on_send: client.issue_receipt(request, operation=operation, on_send=on_send),
         )
         return Issued(receipt, duplicate=False)
     except OutcomeUnknown:
@@ -158,9 +154,7 @@ def issue_receipt(
                     request.imp_uid,
                 )
             return Issued(existing, duplicate=not look_first, late=look_first)
-        if payment is not None and (
-            payment.status != "paid" or payment.pay_method not in CASH_PAY_METHODS
-        ):
+        if payment is not None and not (payment.paid and payment.cash):
             raise NotEligible(
                 f"payment {request.imp_uid} is {payment.status} by {payment.pay_method}; "
                 "a cash receipt needs a paid virtual-account or bank-transfer payment",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from worker.core.types import Payment, Receipt
+from worker.core.types import Payment, Receipt, ReceiptOrder
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,15 @@ class Provider(Protocol):
 
     def issue_receipt(
         self,
-        imp_uid: str,
-        body: Mapping[str, Any],
+        request: ReceiptOrder,
         *,
         operation: OperationId,
         on_send: Callable[[], None],
     ) -> Receipt:
-        """Issue the payment's receipt; anything but a clean answer raises."""
+        """Issue ``request``'s receipt for its payment; anything but a clean answer raises.
+
+        The adapter builds its provider's request from the typed ``request``.
+        """
 
     def find_receipt(self, imp_uid: str) -> Receipt | None:
         """The payment's newest receipt, active or cancelled; None when none can be shown."""

@@ -1,4 +1,4 @@
-"""The two edges validated with marshmallow: the task payload and i'mport's answer.
+"""The task payloads, validated with marshmallow: an issue's and a refund's.
 
 Payload errors are written for the engineer who wired the checkout: plain words,
 keyed by field, and never echoing the value (the identifier is personal data,
@@ -17,6 +17,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from worker.core.ports import Sealing, Unsealer, UnsealError
+from worker.core.types import ReceiptOrder
 
 IDENTIFIER_TYPES = ("person", "business", "phone", "taxcard")
 BUYER_FIELDS = ("buyer_name", "buyer_email", "buyer_tel")
@@ -168,19 +169,11 @@ class PaymentConfirmedSchema(Schema):
 
 
 @dataclass(frozen=True)
-class ReceiptRequest:
-    """A validated payload: what the worker may send to ``POST /receipts/{imp_uid}``."""
+class ReceiptRequest(ReceiptOrder):
+    """A validated payload: the receipt to issue, as the provider port takes it."""
 
-    imp_uid: str
-    identifier: str
-    merchant_uid: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
     #: The identifier's token as it came, when the newest key sealed exactly this value.
     sealed_identifier: str | None = field(default=None, repr=False, compare=False)
-
-    def body(self) -> dict[str, Any]:
-        """The request body, with only the fields i'mport knows and that were given."""
-        return {"identifier": self.identifier, **self.options}
 
     def to_message(self, sealer: Sealing) -> dict[str, Any]:
         """The payload again, normalised, with its personal data sealed (when a key exists).
@@ -190,7 +183,11 @@ class ReceiptRequest:
         buyer's name, e-mail and phone travel together in ``buyer_sealed``.
         Nothing personal is held in clear unless plaintext was allowed.
         """
-        message = {"imp_uid": self.imp_uid, "merchant_uid": self.merchant_uid, **self.body()}
+        message = {
+            "imp_uid": self.imp_uid,
+            "merchant_uid": self.merchant_uid,
+            **self.receipt_fields(),
+        }
         if sealer.enabled:
             identifier = message.pop("identifier")
             message["identifier_sealed"] = self.sealed_identifier or sealer.seal(identifier)
@@ -305,44 +302,6 @@ def readable_merchant_uid(raw: object) -> str | None:
         if isinstance(value, str) and len(value) <= 100:
             return value
     return None
-
-
-class ReceiptSchema(Schema):
-    """i'mport's ReceiptAnnotation; its required fields are required here too."""
-
-    class Meta:
-        unknown = EXCLUDE
-
-    imp_uid = fields.String(required=True)
-    receipt_tid = fields.String(load_default=None, allow_none=True)
-    apply_num = fields.String(required=True)
-    type = fields.String(required=True)
-    amount = fields.Integer(required=True)
-    vat = fields.Integer(required=True)
-    receipt_url = fields.String(load_default=None, allow_none=True)
-    applied_at = fields.Integer(required=True)
-    cancelled_at = fields.Integer(load_default=0, allow_none=True)
-
-
-class PaymentSchema(Schema):
-    """The part of i'mport's PaymentAnnotation that decides receipt questions."""
-
-    class Meta:
-        unknown = EXCLUDE
-
-    imp_uid = fields.String(required=True)
-    merchant_uid = fields.String(load_default=None, allow_none=True)
-    pay_method = fields.String(load_default=None, allow_none=True)
-    pg_provider = fields.String(load_default=None, allow_none=True)
-    status = fields.String(required=True)
-    amount = fields.Integer(required=True)
-    cancel_amount = fields.Integer(load_default=0)
-    currency = fields.String(load_default="KRW")
-    cash_receipt_issued = fields.Boolean(load_default=False)
-
-
-RECEIPT_SCHEMA = ReceiptSchema()
-PAYMENT_SCHEMA = PaymentSchema()
 
 
 class PaymentCancelledSchema(Schema):

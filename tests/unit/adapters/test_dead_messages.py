@@ -62,7 +62,7 @@ def test_personal_fields_in_the_body_are_sealed_as_the_ledger_seals_them() -> No
     for sealed in (body(record)[0][0], body(record)[1]["payload"]):
         assert set(sealed) == {"imp_uid", "identifier_sealed", "buyer_sealed"}
         opened = load_payload(sealed, sealer)
-        assert (opened.imp_uid, opened.body()["identifier"]) == ("imp_1", "01097770042")
+        assert (opened.imp_uid, opened.identifier) == ("imp_1", "01097770042")
         assert json.loads(sealer.unseal(sealed["buyer_sealed"]))["buyer_name"] == "홍길동"
 
 

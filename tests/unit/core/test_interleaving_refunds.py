@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ from worker.core.ports import OperationId
 from worker.core.runner import Done, Failed
 from worker.core.schemas import load_payload
 from worker.core.terminal import TerminalPublisher
-from worker.core.types import Payment, Receipt
+from worker.core.types import Payment, Receipt, ReceiptOrder
 
 IMP_UID = "imp_1"
 AMOUNT = 1000
@@ -106,14 +106,13 @@ class RecordingProvider(MemoryProvider):
 
     def issue_receipt(
         self,
-        imp_uid: str,
-        body: Mapping[str, Any],
+        request: ReceiptOrder,
         *,
         operation: OperationId,
         on_send: Callable[[], None],
     ) -> Receipt:
         self.settle_due()
-        return super().issue_receipt(imp_uid, body, operation=operation, on_send=on_send)
+        return super().issue_receipt(request, operation=operation, on_send=on_send)
 
     def cancel_receipt(
         self, imp_uid: str, *, operation: OperationId, on_send: Callable[[], None]

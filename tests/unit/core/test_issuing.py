@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from worker.adapters.privacy.sealing import Sealer
-from worker.core.errors import InvalidRequest, OutcomeUnknown
+from worker.core.errors import InvalidRequest, NotEligible, OutcomeUnknown
 from worker.core.issuing import issue_receipt, settle_delay, settle_issue
 from worker.core.ports import OperationId
 from worker.core.refunds import settle_cancel
 from worker.core.schemas import ReceiptRequest, load_payload
-from worker.core.types import Payment, Receipt
+from worker.core.types import Payment, Receipt, ReceiptOrder
 
 RECEIPT = Receipt(
     imp_uid="imp_1",
@@ -36,6 +36,8 @@ PAYMENT = Payment(
     cancel_amount=0,
     currency="KRW",
     cash_receipt_issued=False,
+    paid=True,
+    cash=True,
 )
 
 
@@ -57,8 +59,7 @@ class ReceiptAppearsAfterTheLookup:
 
     def issue_receipt(
         self,
-        imp_uid: str,
-        body: dict[str, Any],
+        request: ReceiptOrder,
         *,
         operation: OperationId,
         on_send: Callable[[], None],
@@ -121,7 +122,7 @@ class LooksOnly:
     def get_payment(self, imp_uid: str) -> Payment:
         return self.payment
 
-    def issue_receipt(self, imp_uid: str, body: dict[str, Any]) -> Receipt:
+    def issue_receipt(self, request: ReceiptOrder) -> Receipt:
         raise AssertionError("a settling attempt POSTed")
 
     def cancel_receipt(self, imp_uid: str) -> Receipt:
@@ -180,3 +181,49 @@ def test_settle_cancel_looks_and_never_deletes(client: Any, gone: bool) -> None:
         with pytest.raises(OutcomeUnknown):
             settle_cancel(client, "imp_1", sends=sends)
     assert sends.cleared == 1
+
+
+class RefusesAnIneligiblePayment:
+    """No receipt, and a payment the provider says is not paid, or not paid in cash."""
+
+    def __init__(self, *, paid: bool, cash: bool) -> None:
+        self.payment = Payment(
+            **{
+                **PAYMENT.__dict__,
+                "status": "ready",
+                "pay_method": "card",
+                "paid": paid,
+                "cash": cash,
+            }
+        )
+
+    def find_receipt(self, imp_uid: str) -> Receipt | None:
+        return None
+
+    def get_payment(self, imp_uid: str) -> Payment:
+        return self.payment
+
+    def issue_receipt(
+        self, request: ReceiptOrder, *, operation: OperationId, on_send: Callable[[], None]
+    ) -> Receipt:
+        on_send()
+        raise InvalidRequest("no cash receipt for this payment", status=400)
+
+
+@pytest.mark.parametrize(("paid", "cash"), [(False, True), (True, False), (False, False)])
+def test_a_400_for_an_ineligible_payment_is_not_eligible(paid: bool, cash: bool) -> None:
+    """The provider's neutral facts decide; its own words are quoted in the message."""
+    client: Any = RefusesAnIneligiblePayment(paid=paid, cash=cash)
+    with pytest.raises(NotEligible) as caught:
+        issue_receipt(client, request(), look_first=False, operation=OPERATION)
+    assert str(caught.value) == (
+        "HTTP 400: payment imp_1 is ready by card; "
+        "a cash receipt needs a paid virtual-account or bank-transfer payment"
+    )
+
+
+def test_a_400_for_an_eligible_payment_stays_an_invalid_request() -> None:
+    client: Any = RefusesAnIneligiblePayment(paid=True, cash=True)
+    with pytest.raises(InvalidRequest) as caught:
+        issue_receipt(client, request(), look_first=False, operation=OPERATION)
+    assert not isinstance(caught.value, NotEligible)

@@ -17,15 +17,15 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import requests
-from marshmallow import ValidationError
 from urllib3.exceptions import NewConnectionError
 
 from worker.adapters.iamport.answers import CHANGING_METHODS, error_for_answer, is_envelope
+from worker.adapters.iamport.shapes import read_payment, read_receipt, receipt_body
 from worker.adapters.observe.logmask import remember_secret
 from worker.adapters.store.keys import token_key
 from worker.core.errors import (
@@ -38,8 +38,7 @@ from worker.core.errors import (
 )
 from worker.core.masking import mask_text
 from worker.core.ports import OperationId
-from worker.core.schemas import PAYMENT_SCHEMA, RECEIPT_SCHEMA
-from worker.core.types import Payment, Receipt
+from worker.core.types import Payment, Receipt, ReceiptOrder
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +112,7 @@ class IamportClient:
 
     def issue_receipt(
         self,
-        imp_uid: str,
-        body: Mapping[str, Any],
+        request: ReceiptOrder,
         *,
         operation: OperationId | None = None,
         on_send: Callable[[], None] = _unnoted,
@@ -126,10 +124,9 @@ class IamportClient:
         stops the POST (nothing is sent) and reaches the caller. ``operation``
         is ignored: V1 has no idempotency key.
         """
-        response = self._call(
-            "POST", f"/receipts/{_path(imp_uid)}", json=dict(body), on_send=on_send
-        )
-        return _receipt(response)
+        path = f"/receipts/{_path(request.imp_uid)}"
+        response = self._call("POST", path, json=receipt_body(request), on_send=on_send)
+        return read_receipt(response)
 
     def find_receipt(self, imp_uid: str) -> Receipt | None:
         """``GET /receipts/{imp_uid}``; None on 404, which for some PGs proves nothing."""
@@ -137,7 +134,7 @@ class IamportClient:
             response = self._call("GET", f"/receipts/{_path(imp_uid)}", not_found_ok=True)
         except _NotFound:
             return None
-        return _receipt(response)
+        return read_receipt(response)
 
     def list_receipts(self, imp_uid: str) -> list[Receipt]:
         """The payment's receipts, newest first: V1 shows only the newest, so at most one."""
@@ -156,16 +153,11 @@ class IamportClient:
         ``on_send`` and ``operation`` as for :meth:`issue_receipt`.
         """
         response = self._call("DELETE", f"/receipts/{_path(imp_uid)}", on_send=on_send)
-        return _receipt(response)
+        return read_receipt(response)
 
     def get_payment(self, imp_uid: str) -> Payment:
         """``GET /payments/{imp_uid}``."""
-        response = self._call("GET", f"/payments/{_path(imp_uid)}")
-        try:
-            data = PAYMENT_SCHEMA.load(response)
-        except ValidationError as error:
-            raise UnexpectedResponse(f"malformed PaymentAnnotation: {error.messages}") from None
-        return Payment(**data)
+        return read_payment(self._call("GET", f"/payments/{_path(imp_uid)}"))
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -319,14 +311,6 @@ def _envelope(
         request=f"{method} {path}",
         changes=_changes(method, path),
     )
-
-
-def _receipt(response: dict[str, Any]) -> Receipt:
-    try:
-        data = RECEIPT_SCHEMA.load(response)
-    except ValidationError as error:
-        raise UnexpectedResponse(f"malformed ReceiptAnnotation: {error.messages}") from None
-    return Receipt(**data)
 
 
 def _endpoint(path: str) -> str:
