@@ -138,17 +138,37 @@ def test_a_cycle_through_a_function_or_type_checking_import_is_found(tmp_path: P
     assert ("worker.d", "worker.a") in edges
 
 
-def test_readme_layout_names_every_module() -> None:
-    """The README's Layout tree is where a new maintainer starts: no module may be missing."""
+def _layout_tree() -> list[str]:
+    """The paths the README's Layout tree lists, one per line, from its indentation."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     tree = readme.split("## Layout\n", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
-    names = {
-        path.name
+    paths: list[str] = []
+    folders: list[tuple[int, str]] = []
+    for line in tree.splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        name = line.split()[0]
+        folders = [(level, folder) for level, folder in folders if level < depth]
+        path = "".join(folder for _, folder in folders) + name
+        if name.endswith("/"):
+            folders.append((depth, name))
+        paths.append(path)
+    return paths
+
+
+def test_readme_layout_lists_every_module_on_a_line_of_its_own() -> None:
+    """The README's Layout tree is where a new maintainer starts: every module, one per
+    line, at its real path, and nothing that does not exist."""
+    listed = _layout_tree()
+    modules = {
+        path.relative_to(ROOT).as_posix()
         for path in [*ROOT.glob("worker/**/*.py"), *ROOT.glob("tasks/*.py")]
-        if path.name not in {"__init__.py", "__main__.py"}
+        if path.name != "__init__.py" or path.parent.name in {"worker", "cli", "celery"}
     }
-    missing = sorted(name for name in names if name not in tree)
-    assert not missing, f"README's Layout tree does not name {missing}"
+    assert sorted(modules - set(listed)) == []
+    assert [path for path in listed if not (ROOT / path).exists()] == []
+    assert len(listed) == len(set(listed))
 
 
 #: The host's clocks, and sleeping on one: the core must take time from the JobStore port.
