@@ -3,6 +3,7 @@
 The layout (key names, types, hash fields, values) is a contract with deployed data:
 records written by one release are finished by the next. The scenarios here drive
 the store only through its public calls (``Ledger``, ``EventPublisher``, ``keep_dead_message``),
+save the steps an owner noted, written as the fixture's release wrote them (:func:`_older_note`),
 so the same code runs against an older checkout to capture a fixture
 (``python -m tests.support.layout OUT.json``, from that checkout's worktree) and
 against the current code in tests/integration/test_layout_compat.py.
@@ -27,6 +28,7 @@ import redis
 
 from worker.adapters.store.dead_messages import keep_dead_message
 from worker.adapters.store.events import EventPublisher
+from worker.adapters.store.keys import ledger_key
 from worker.adapters.store.ledger import Ledger
 from worker.core.events import CANCELLED, FAILED, ISSUED
 
@@ -52,6 +54,18 @@ def ledger(client: redis.Redis, *, lease_seconds: float = 30) -> Ledger:
 
 def _data(task_id: str, imp_uid: str, **detail: Any) -> dict[str, Any]:
     return {"imp_uid": imp_uid, "task_id": task_id, "duplicate": False, **detail}
+
+
+def _older_note(client: redis.Redis, imp_uid: str, **fields: str) -> None:
+    """Write record fields one step at a time, as the release of the fixture noted its steps.
+
+    At d88b25b the owner wrote a step field by field (``Ledger.note``). Today's store
+    writes each step by a typed note (``note_sent``, ``note_cancelled``), which adds
+    fields that release did not have (``sent_op``) and is the core's path, tested
+    with it; a production method kept only for these scenarios would be dead code.
+    The scenarios hold the claim they write under, so no fence is needed here.
+    """
+    client.hset(ledger_key(imp_uid), mapping=fields)
 
 
 def mid_flight(client: redis.Redis) -> None:
@@ -94,8 +108,8 @@ def mid_flight(client: redis.Redis) -> None:
     )
     store.receive_cancel(uid, task_id="task-refund-cancel", cancel=PARTIAL, resend_after=60)
     claim = store.claim(uid, task_id="task-refund-cancel", payload=PARTIAL, op="cancel")
-    store.note(uid, fence=claim.fence, field="cancelled_receipt", value=json.dumps(RECEIPT))
-    store.note(uid, fence=claim.fence, field="cancel_step", value="cancelled")
+    _older_note(client, uid, cancelled_receipt=json.dumps(RECEIPT))
+    _older_note(client, uid, cancel_step="cancelled")
     store.receive(uid, task_id="task-refund-reissue", payload=PAYLOAD, resend_after=60)
 
     uid = "imp_layout_pending_cancel"
@@ -124,7 +138,7 @@ def full_issue(client: redis.Redis) -> None:
     store.receive(uid, task_id="task-issue-2", payload=PAYLOAD, resend_after=60)
     claim = store.claim(uid, task_id=due.task_id, payload=due.payload, fence=due.fence)
     store.claim(uid, task_id="task-issue-3", payload=PAYLOAD)
-    store.note(uid, fence=claim.fence, field="sent_at", value=repr(1.5))
+    _older_note(client, uid, sent_at=repr(1.5))
     store.finish(
         uid,
         fence=claim.fence,
@@ -139,7 +153,7 @@ def full_issue(client: redis.Redis) -> None:
     # A partial refund, re-issued for the balance: two events, one transition.
     store.receive_cancel(uid, task_id="task-partial", cancel=PARTIAL, resend_after=60)
     claim = store.claim(uid, task_id="task-partial", payload=PARTIAL, op="cancel")
-    store.note(uid, fence=claim.fence, field="cancel_step", value="cancelled")
+    _older_note(client, uid, cancel_step="cancelled")
     balance = {**RECEIPT, "apply_num": "A2"}
     store.finish(
         uid,

@@ -14,6 +14,7 @@ and records a step by a typed note: it names no hash field either.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from worker.adapters.store import keys
@@ -300,3 +301,37 @@ def test_the_read_views_are_in_one_module() -> None:
         if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")
     ]
     assert functions == []
+
+
+def _runtime_sources() -> dict[Path, str]:
+    """The runtime's source, the store's own modules included."""
+    paths = [*ROOT.glob("worker/**/*.py"), *ROOT.glob("tasks/**/*.py"), ROOT / "celeryconfig.py"]
+    return {path: path.read_text(encoding="utf-8") for path in paths}
+
+
+def test_no_store_call_is_for_the_tests_only() -> None:
+    """Every public method and function of the store is called by the runtime (issue 13:
+    no dead code). ``Ledger.note`` was called only by the layout scenarios."""
+    sources = _runtime_sources()
+    unused = []
+    for path in sorted(STORE.glob("*.py")):
+        text = sources[path]
+        others = "\n".join(source for other, source in sources.items() if other != path)
+        tree = ast.parse(text)
+        # (what to report, a use from another module, a use from this one, its definition)
+        methods = [
+            (f"{node.name}.{item.name}", rf"\.{item.name}\b", rf"self\.{item.name}\b", 0)
+            for node in tree.body
+            if isinstance(node, ast.ClassDef)
+            for item in node.body
+            if isinstance(item, ast.FunctionDef) and not item.name.startswith("_")
+        ]
+        functions = [
+            (node.name, rf"\b{node.name}\b", rf"\b{node.name}\(", 1)
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")
+        ]
+        for name, elsewhere, within, defined in methods + functions:
+            if not re.search(elsewhere, others) and len(re.findall(within, text)) <= defined:
+                unused.append(f"{path.name}: {name}")
+    assert unused == []

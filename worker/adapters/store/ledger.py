@@ -350,15 +350,6 @@ class Ledger:
         """A refund's cancel step is done: the step and what it cancelled, in one write."""
         return self._note_fields(imp_uid, fence, cancelled_fields(receipt))
 
-    def note(self, imp_uid: str, *, fence: int, field: str, value: str) -> bool:
-        """Write one field of a record under the owner's fence, by its name.
-
-        Not the core's (it records its steps by the typed notes above): the layout
-        scenarios (tests/support/layout.py) write a record field by field, as the
-        release their fixture was captured from did.
-        """
-        return self._note_fields(imp_uid, fence, {field: value})
-
     def _note_fields(self, imp_uid: str, fence: int, fields: Mapping[str, str]) -> bool:
         """Several fields of a step in one fenced write: one round trip, no torn step."""
         pairs = [item for pair in fields.items() for item in pair]
