@@ -178,7 +178,7 @@ class _Run:
         metrics = self.runtime.metrics
         for _ in range(runner.late if runner is not None else 0):
             # A receipt that appeared after a settled lookup: counted for the alert.
-            metrics.late_processing("iamport")
+            metrics.late_processing(self.runtime.client.name)
         metrics.task_ended(task=self.op, outcome=outcome, reason=self.reason)
 
     def fail(self, reason: str, text: str) -> ReceiptFailed:

@@ -87,6 +87,10 @@ class Call:
 class MemoryProvider:
     """A V1-like provider in memory (see the module's docstring)."""
 
+    name = "memory"
+    #: Answers as V1 does: HTTP 200 and code 0.
+    clean_answer: tuple[int | None, int | None] = (200, 0)
+
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._payments: dict[str, _Payment] = {}

@@ -67,6 +67,18 @@ class Provider(Protocol):
     raises stops the request, and reaches the caller.
     """
 
+    @property
+    def name(self) -> str:
+        """The provider's name, as a metric label says it: ``iamport``."""
+
+    @property
+    def clean_answer(self) -> tuple[int | None, int | None]:
+        """What a clean answer said, for a run's log line: (HTTP status, the provider's code).
+
+        An error carries its own (:class:`~worker.core.errors.IamportError`); i'mport
+        V1 answers a success with 200 and its envelope's code 0.
+        """
+
     def issue_receipt(
         self,
         request: ReceiptOrder,

@@ -229,7 +229,7 @@ class JobRunner:
     def answered(self, error: IamportError | None = None) -> None:
         """What the provider last said in this run: its HTTP status and code."""
         if error is None:
-            self.provider_status, self.provider_code = 200, 0
+            self.provider_status, self.provider_code = self.provider.clean_answer
         else:
             self.provider_status, self.provider_code = error.status, error.code
 

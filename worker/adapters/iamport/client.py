@@ -76,6 +76,11 @@ def _unnoted() -> None:
 class IamportClient:
     """A small V1 client with explicit timeouts, a shared token and typed errors."""
 
+    #: The provider's name, for a metric label.
+    name = "iamport"
+    #: A clean answer: HTTP 200 and the envelope's code 0 (anything else raises).
+    clean_answer: tuple[int | None, int | None] = (200, 0)
+
     def __init__(
         self,
         *,
