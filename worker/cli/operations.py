@@ -14,7 +14,6 @@ from typing import Any
 import redis
 from celery import Celery
 
-from worker.adapters.iamport.client import IamportClient
 from worker.adapters.store.views import (
     dead_jobs,
     ledger_state,
@@ -23,6 +22,7 @@ from worker.adapters.store.views import (
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.errors import ConnectionFailed, IamportError, RateLimited, TransientError
 from worker.core.issuing import find_issued
+from worker.core.ports import Provider
 from worker.core.retry import reason_for
 from worker.core.types import Payment, Receipt
 
@@ -113,7 +113,7 @@ RECONCILE_RETRY_BUDGET = 10.0
 
 def reconcile(
     client: redis.Redis,
-    iamport: IamportClient,
+    provider: Provider,
     imp_uids: Iterable[str],
     *,
     retry_budget: float = RECONCILE_RETRY_BUDGET,
@@ -142,7 +142,7 @@ def reconcile(
         if state in {"in_flight", "received"}:
             continue
         try:
-            receipt, _ = _look_up(iamport, imp_uid, budget, sleep)
+            receipt, _ = _look_up(provider, imp_uid, budget, sleep)
         except IamportError as error:
             yield NotChecked(imp_uid, state, lookup_failure(error), error.status)
             continue
@@ -154,12 +154,12 @@ def reconcile(
 
 
 def _look_up(
-    iamport: IamportClient, imp_uid: str, budget: list[float], sleep: Callable[[float], None]
+    provider: Provider, imp_uid: str, budget: list[float], sleep: Callable[[float], None]
 ) -> tuple[Receipt | None, Payment | None]:
     """find_issued, retried on a transient answer while ``budget[0]`` (seconds, shared) lasts."""
     for attempt in range(1, LOOKUP_ATTEMPTS + 1):
         try:
-            return find_issued(iamport, imp_uid)
+            return find_issued(provider, imp_uid)
         except TransientError as error:
             wait = min(error.retry_after or 0.2 * 2**attempt, LOOKUP_RETRY_WAIT_MAX)
             if attempt == LOOKUP_ATTEMPTS or wait > budget[0]:
