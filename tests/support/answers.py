@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from worker.core.errors import (
     AuthenticationFailed,
-    IamportError,
     InvalidRequest,
     IssuanceFailed,
     OutcomeUnknown,
+    ProviderError,
     ProviderUnavailable,
     RateLimited,
     UnexpectedResponse,
@@ -24,7 +24,7 @@ NOT_NOW = (408, 425, 429, 500, 501, 502, 503, 504)
 #: ... and statuses whose meaning the envelope alone gives.
 STATUSES = (400, 401, 404, *NOT_NOW)
 
-_IN_ENVELOPE: dict[int, type[IamportError]] = {
+_IN_ENVELOPE: dict[int, type[ProviderError]] = {
     400: InvalidRequest,
     401: AuthenticationFailed,
     404: InvalidRequest,
@@ -39,7 +39,7 @@ _IN_ENVELOPE: dict[int, type[IamportError]] = {
 }
 
 
-def expected_class(status: int, *, envelope: bool, method: str) -> type[IamportError]:
+def expected_class(status: int, *, envelope: bool, method: str) -> type[ProviderError]:
     """i'mport's envelope keeps its meanings; without it, "not now" statuses are transient,
     and a POST or DELETE that met one is ambiguous (i'mport may have acted)."""
     if envelope:

@@ -35,7 +35,7 @@ from worker.adapters.store.record import (
     job_view,
     sent_fields,
 )
-from worker.core.errors import IamportError, InvalidRequest, OutcomeUnknown
+from worker.core.errors import InvalidRequest, OutcomeUnknown, ProviderError
 from worker.core.events import CANCEL_FAILED, WaiterEvent, waiter_event
 from worker.core.ports import Claim, ClaimKind, JobView, OperationId, Published
 from worker.core.types import Payment, Receipt, ReceiptOrder
@@ -94,7 +94,7 @@ class MemoryProvider:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._payments: dict[str, _Payment] = {}
-        self._faults: dict[str, list[IamportError | str | None]] = {}
+        self._faults: dict[str, list[ProviderError | str | None]] = {}
         self._deferred: list[Callable[[], object]] = []
         self._tids = 0
         #: Every request, in order: what a test asserts on.
@@ -113,7 +113,7 @@ class MemoryProvider:
         if payment.cancel_amount >= payment.amount:
             payment.status = "cancelled"
 
-    def fail_next(self, method: str, *faults: IamportError | str | None) -> None:
+    def fail_next(self, method: str, *faults: ProviderError | str | None) -> None:
         """The next calls of ``method`` (``POST``, ``DELETE``, ``GET receipt``, ``GET payment``)
         meet these faults, in order: an error raised before anything is done, or
         :data:`LOST` or :data:`DEFERRED`; None lets a call through as it is."""
@@ -124,7 +124,7 @@ class MemoryProvider:
         deferred, self._deferred = self._deferred, []
         for action in deferred:
             # A late POST refused (a receipt exists by then): nothing happens.
-            with contextlib.suppress(IamportError):
+            with contextlib.suppress(ProviderError):
                 action()
 
     def receipts(self, imp_uid: str) -> list[Receipt]:
@@ -196,12 +196,12 @@ class MemoryProvider:
             raise InvalidRequest(f"no payment {imp_uid}", status=404)
         return payment
 
-    def _fault(self, method: str) -> IamportError | str | None:
+    def _fault(self, method: str) -> ProviderError | str | None:
         queue = self._faults.get(method)
         if not queue:
             return None
         fault = queue.pop(0)
-        if isinstance(fault, IamportError):
+        if isinstance(fault, ProviderError):
             raise fault
         return fault
 

@@ -43,7 +43,7 @@ from worker.cli.common import (
     version_option,
 )
 from worker.config import defaults
-from worker.core.errors import IamportError
+from worker.core.errors import ProviderError
 from worker.core.masking import mask_text
 from worker.core.schemas import InvalidPayload
 from worker.core.urls import redact_url
@@ -78,7 +78,7 @@ _OURS = (
     click.ClickException,
     InvalidPayload,
     SealingUnavailable,
-    IamportError,
+    ProviderError,
     redis.RedisError,
     OperationalError,
 )
@@ -113,7 +113,7 @@ def _failed(error: Exception) -> int:
         text = json.dumps({"error": "invalid_payload", "fields": error.errors})
     elif isinstance(error, SealingUnavailable):
         text = f"cashreceipt: configuration error: {error}"
-    elif isinstance(error, IamportError):
+    elif isinstance(error, ProviderError):
         text, code = f"cashreceipt: i'mport: {mask_text(str(error))}", EXIT_UNAVAILABLE
     else:
         text = f"cashreceipt: Redis at {_shown_redis_url()}: {_reason(error)}"

@@ -20,7 +20,7 @@ from worker.adapters.store.views import (
     replay_source,
 )
 from worker.celery.producer import enqueue_cancel, enqueue_issue
-from worker.core.errors import ConnectionFailed, IamportError, RateLimited, TransientError
+from worker.core.errors import ConnectionFailed, ProviderError, RateLimited, TransientError
 from worker.core.issuing import find_issued
 from worker.core.ports import Provider
 from worker.core.retry import reason_for
@@ -143,7 +143,7 @@ def reconcile(
             continue
         try:
             receipt, _ = _look_up(provider, imp_uid, budget, sleep)
-        except IamportError as error:
+        except ProviderError as error:
             yield NotChecked(imp_uid, state, lookup_failure(error), error.status)
             continue
         live = receipt is not None
@@ -169,7 +169,7 @@ def _look_up(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def lookup_failure(error: IamportError) -> str:
+def lookup_failure(error: ProviderError) -> str:
     """The reason a lookup failed, in the events' words; the transient kinds by name."""
     if isinstance(error, RateLimited):
         return "rate_limited"

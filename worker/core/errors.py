@@ -1,10 +1,10 @@
-"""Errors at the i'mport boundary.
+"""Errors at the provider boundary: one tree, whichever provider's adapter raises them.
 
-Every failure the i'mport client can raise is one of these, so a caller decides
-what to do by class, never by parsing message text (i'mport passes the PG's own
-wording through, and that wording is not stable)::
+Every failure a provider's client (the i'mport V1 client today) can raise is one
+of these, so a caller decides what to do by class, never by parsing message text
+(i'mport passes the PG's own wording through, and that wording is not stable)::
 
-    IamportError                  anything that went wrong talking to i'mport
+    ProviderError                 anything that went wrong talking to the provider
     ├── TransientError            retrying the same request later may succeed
     │   ├── ConnectionFailed      the request never left: nothing can have happened
     │   ├── OutcomeUnknown        a POST or DELETE that may have reached i'mport: no answer, or a
@@ -21,17 +21,22 @@ wording through, and that wording is not stable)::
         ├── UnsupportedPg         501: the PG has no cash-receipt support at i'mport
         └── UnexpectedResponse    a 2xx that breaks the envelope or the answer's shape
 
-Each error keeps the provider's HTTP status, envelope ``code`` and ``message``
-(the body of every non-2xx is read), so a failure event can say exactly what
-i'mport said. None of them ever holds a request body: the identifier in it is
-personal data.
+Each error keeps the provider's HTTP status, its own error ``code`` (i'mport's
+envelope code) and ``message`` (the body of every non-2xx is read), so a failure
+event can say exactly what the provider said. None of them ever holds a request
+body: the identifier in it is personal data.
 """
 
 from __future__ import annotations
 
 
-class IamportError(Exception):
-    """Base of every i'mport failure; carries what the provider said."""
+class ProviderError(Exception):
+    """Base of every provider failure; carries what the provider said.
+
+    ``status`` is the HTTP status of its answer (None: no answer); ``code`` is the
+    provider's own error code (i'mport V1: its envelope's ``code``), and
+    ``provider_message`` its own words, masked; None where it gave none.
+    """
 
     def __init__(
         self,
@@ -53,7 +58,7 @@ class IamportError(Exception):
         return f"HTTP {self.status}: {detail}"
 
 
-class TransientError(IamportError):
+class TransientError(ProviderError):
     """Retrying the same request later may succeed; ``retry_after`` is the server's wait, if any.
 
     Any transient answer may carry ``Retry-After`` (a 503 from a gateway as
@@ -93,7 +98,7 @@ class IssuanceFailed(TransientError):
     """500 "issuance failed": a PG or tax-service rejection, or a PG outage."""
 
 
-class PermanentError(IamportError):
+class PermanentError(ProviderError):
     """The same request will fail the same way; only a human or new data helps."""
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from worker.core.errors import IamportError, InvalidRequest, NotEligible, OutcomeUnknown
+from worker.core.errors import InvalidRequest, NotEligible, OutcomeUnknown, ProviderError
 from worker.core.ports import OperationId, Provider
 from worker.core.schemas import ReceiptRequest
 from worker.core.types import Payment, Receipt
@@ -90,7 +90,7 @@ def send_logged(log_: SendLog, send: Callable[[Callable[[], None]], _T]) -> _T:
         return send(log_.sending)
     except OutcomeUnknown:
         raise
-    except IamportError:
+    except ProviderError:
         log_.answered()
         raise
 

@@ -75,7 +75,7 @@ class Provider(Protocol):
     def clean_answer(self) -> tuple[int | None, int | None]:
         """What a clean answer said, for a run's log line: (HTTP status, the provider's code).
 
-        An error carries its own (:class:`~worker.core.errors.IamportError`); i'mport
+        An error carries its own (:class:`~worker.core.errors.ProviderError`); i'mport
         V1 answers a success with 200 and its envelope's code 0.
         """
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 from worker.core.errors import (
     AuthenticationFailed,
-    IamportError,
     InvalidRequest,
     IssuanceFailed,
     NotEligible,
     PermanentError,
+    ProviderError,
     TransientError,
     UnexpectedResponse,
     UnsupportedPg,
@@ -103,7 +103,7 @@ class Decision:
 
 
 # The failure reasons of the result-event contract, for errors we give up on.
-REASON_BY_CLASS: tuple[tuple[type[IamportError], str], ...] = (
+REASON_BY_CLASS: tuple[tuple[type[ProviderError], str], ...] = (
     (AuthenticationFailed, "auth"),
     (UnsupportedPg, "unsupported_pg"),
     (NotEligible, "not_eligible"),
@@ -113,7 +113,7 @@ REASON_BY_CLASS: tuple[tuple[type[IamportError], str], ...] = (
 )
 
 
-def reason_for(error: IamportError) -> str:
+def reason_for(error: ProviderError) -> str:
     """The failure reason an event reports for an error we will not retry."""
     for error_class, reason in REASON_BY_CLASS:
         if isinstance(error, error_class):
@@ -122,7 +122,7 @@ def reason_for(error: IamportError) -> str:
 
 
 def decide(
-    error: IamportError,
+    error: ProviderError,
     *,
     attempt: int,
     policy: RetryPolicy,

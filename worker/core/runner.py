@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from worker.core.errors import IamportError, OutcomeUnknown, TransientError
+from worker.core.errors import OutcomeUnknown, ProviderError, TransientError
 from worker.core.events import CANCELLED_MESSAGE
 from worker.core.issuing import (
     Issued,
@@ -97,7 +97,7 @@ class Busy:
 Instruction = Done | Failed | Retry | Busy
 
 
-def error_cause(error: IamportError) -> str:
+def error_cause(error: ProviderError) -> str:
     """A retry's cause for its log line and metric label: the error's class, in snake case."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
 
@@ -203,7 +203,7 @@ class JobRunner:
     def settled(self, claim: Claim) -> Instruction:
         raise NotImplementedError
 
-    def hand_back(self, claim: Claim, error: IamportError, delay: float) -> Instruction | None:
+    def hand_back(self, claim: Claim, error: ProviderError, delay: float) -> Instruction | None:
         """Retry later: a short countdown, or, for a long wait, park the job in the store.
 
         While the job's last POST or DELETE is unsettled, no sooner than the
@@ -226,14 +226,14 @@ class JobRunner:
             return None
         return Retry(delay, error_cause(error))
 
-    def answered(self, error: IamportError | None = None) -> None:
+    def answered(self, error: ProviderError | None = None) -> None:
         """What the provider last said in this run: its HTTP status and code."""
         if error is None:
             self.provider_status, self.provider_code = self.provider.clean_answer
         else:
             self.provider_status, self.provider_code = error.status, error.code
 
-    def decision(self, error: IamportError, claim: Claim) -> Decision:
+    def decision(self, error: ProviderError, claim: Claim) -> Decision:
         """Retry or give up; never give up while the job's last request is unsettled."""
         policy = self.rules.policy
         return settle_before_failing(
@@ -245,7 +245,7 @@ class JobRunner:
         )
 
     def failed(
-        self, error: IamportError, claim: Claim, give_up: Callable[[str], Instruction | None]
+        self, error: ProviderError, claim: Claim, give_up: Callable[[str], Instruction | None]
     ) -> Instruction | None:
         """A provider error: hand the job back to retry, or give up for good through
         ``give_up``, with the reason; None: fenced out."""
@@ -335,7 +335,7 @@ class IssueRunner(JobRunner):
         return Failed("cancelled", f"cancelled: {CANCELLED_MESSAGE}")
 
     def give_up(
-        self, terminal: TerminalPublisher, claim: Claim, error: IamportError, reason: str
+        self, terminal: TerminalPublisher, claim: Claim, error: ProviderError, reason: str
     ) -> Instruction | None:
         """The issue failed for good: its failure event; None: fenced out."""
         if not terminal.finish(fence=claim.fence, error=error, reason=reason):
@@ -356,7 +356,7 @@ class IssueRunner(JobRunner):
                     sends=self.sends(claim),
                 )
                 self.count_late(issued)
-        except IamportError as error:
+        except ProviderError as error:
             return self.failed(error, claim, partial(self.give_up, terminal, claim, error))
         self.answered()
         if not terminal.finish(
@@ -438,7 +438,7 @@ class CancelRunner(JobRunner):
                     )
                 if not store.note_cancelled(imp_uid, fence=claim.fence, receipt=cancelled):
                     return None
-        except IamportError as error:
+        except ProviderError as error:
             return self.failed(error, claim, partial(self.give_up, terminal, claim, error))
         if not cancel_done:
             self.answered()
@@ -449,7 +449,7 @@ class CancelRunner(JobRunner):
         return self.reissue(terminal, claim, cancelled, payload)
 
     def give_up(
-        self, terminal: TerminalPublisher, claim: Claim, error: IamportError, reason: str
+        self, terminal: TerminalPublisher, claim: Claim, error: ProviderError, reason: str
     ) -> Instruction | None:
         """The cancel step failed for good: its failure event; None: fenced out."""
         if not terminal.finish_cancel_failed(fence=claim.fence, error=error, reason=reason):
@@ -461,7 +461,7 @@ class CancelRunner(JobRunner):
         terminal: TerminalPublisher,
         claim: Claim,
         cancelled: Receipt | None,
-        error: IamportError,
+        error: ProviderError,
         reason: str,
     ) -> Instruction | None:
         """The re-issue failed for good: the cancelled event says so; None: fenced out."""
@@ -493,7 +493,7 @@ class CancelRunner(JobRunner):
                     sends=sends,
                 )
                 self.count_late(issued)
-        except IamportError as error:
+        except ProviderError as error:
             give_up = partial(self.give_up_reissue, terminal, claim, cancelled, error)
             return self.failed(error, claim, give_up)
         self.answered()

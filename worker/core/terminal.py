@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.core.errors import IamportError
+from worker.core.errors import ProviderError
 from worker.core.events import (
     CANCEL_FAILED,
     CANCELLED,
@@ -31,12 +31,12 @@ from worker.core.types import Receipt
 log = logging.getLogger(__name__)
 
 
-def failure_message(error: IamportError) -> str:
+def failure_message(error: ProviderError) -> str:
     """What the provider said, in its words, masked: the message a failure shows."""
     return mask_text(error.provider_message or str(error))
 
 
-def error_detail(error: IamportError, reason: str) -> dict[str, Any]:
+def error_detail(error: ProviderError, reason: str) -> dict[str, Any]:
     """The ``error`` of a failure event for what the provider answered."""
     return failure_detail(
         reason, status=error.status, code=error.code, message=failure_message(error)
@@ -73,7 +73,7 @@ class TerminalPublisher:
         fence: int,
         issued: Receipt | None = None,
         duplicate: bool = False,
-        error: IamportError | None = None,
+        error: ProviderError | None = None,
         reason: str = "",
     ) -> bool:
         """End the owned job as issued (``issued``) or failed (``error``, ``reason``).
@@ -115,7 +115,7 @@ class TerminalPublisher:
         fence: int,
         cancelled: Receipt | None,
         reissued: Receipt | None = None,
-        reissue_error: tuple[IamportError, str] | None = None,
+        reissue_error: tuple[ProviderError, str] | None = None,
     ) -> bool:
         """End a cancellation: ``cancelled``, and after a partial refund the new receipt.
 
@@ -169,7 +169,7 @@ class TerminalPublisher:
         )
         return entry is not None
 
-    def finish_cancel_failed(self, *, fence: int, error: IamportError, reason: str) -> bool:
+    def finish_cancel_failed(self, *, fence: int, error: ProviderError, reason: str) -> bool:
         """The receipt could not be cancelled: it stays live, and the job issued.
 
         The store lists it with the dead letters, so that a refunded payment's

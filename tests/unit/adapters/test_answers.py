@@ -13,10 +13,10 @@ from tests.support.answers import STATUSES, expected_class
 from worker.adapters.iamport.answers import error_for_answer, error_for_status
 from worker.core.errors import (
     AuthenticationFailed,
-    IamportError,
     InvalidRequest,
     IssuanceFailed,
     OutcomeUnknown,
+    ProviderError,
     ProviderUnavailable,
     RateLimited,
     TransientError,
@@ -57,7 +57,7 @@ BODIES = {
         (302, UnexpectedResponse),
     ],
 )
-def test_status_maps_to_error_class(status: int, expected: type[IamportError]) -> None:
+def test_status_maps_to_error_class(status: int, expected: type[ProviderError]) -> None:
     """Each HTTP status lands in exactly the class that decides its fate."""
     error = error_for_status(status, code=-1, message="msg")
     assert type(error) is expected
@@ -102,7 +102,7 @@ def test_token_request_500_is_transient_not_issuance_failed() -> None:
         (302, "POST", UnexpectedResponse),
     ],
 )
-def test_other_bare_answers(status: int, method: str, expected: type[IamportError]) -> None:
+def test_other_bare_answers(status: int, method: str, expected: type[ProviderError]) -> None:
     """Statuses outside the table's columns, without the envelope."""
     assert type(error_for_answer(method, status, body=None, now=NOW)) is expected
 

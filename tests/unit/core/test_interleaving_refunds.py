@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from tests.support.memory import DEFERRED, LOST, MemoryProvider
 from tests.support.runners import RULES, World
 from tests.support.stepping import Stepper
-from worker.core.errors import IamportError, OutcomeUnknown, ProviderUnavailable
+from worker.core.errors import OutcomeUnknown, ProviderError, ProviderUnavailable
 from worker.core.outcome import Outcome
 from worker.core.ports import OperationId
 from worker.core.runner import Done, Failed
@@ -97,7 +97,7 @@ class RecordingProvider(MemoryProvider):
         acting = [action for at, action in self.pending if due(at)]
         self.pending = [(at, action) for at, action in self.pending if not due(at)]
         for action in acting:
-            with contextlib.suppress(IamportError):  # refused by then: nothing happens
+            with contextlib.suppress(ProviderError):  # refused by then: nothing happens
                 action()
         self._watch()
 
@@ -150,7 +150,7 @@ class RecordingProvider(MemoryProvider):
 
 
 #: The faults a POST or DELETE may meet, by name (hypothesis shows the names).
-FAULTS: dict[str, Callable[[], IamportError | str]] = {
+FAULTS: dict[str, Callable[[], ProviderError | str]] = {
     "lost": lambda: LOST,
     "deferred": lambda: DEFERRED,
     "dropped": lambda: DROPPED,

@@ -12,11 +12,11 @@ import pytest
 from worker.core.errors import (
     AuthenticationFailed,
     ConnectionFailed,
-    IamportError,
     InvalidRequest,
     IssuanceFailed,
     NotEligible,
     OutcomeUnknown,
+    ProviderError,
     ProviderUnavailable,
     RateLimited,
     UnexpectedResponse,
@@ -101,7 +101,7 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
         (ProviderUnavailable("x", retry_after=9), 1, Decision(retry=True, delay=9.0)),
     ],
 )
-def test_decide(error: IamportError, attempt: int, expected: Decision) -> None:
+def test_decide(error: ProviderError, attempt: int, expected: Decision) -> None:
     """The whole retry policy in one table (jitter pinned to its maximum)."""
     assert decide(error, attempt=attempt, policy=POLICY, rand=lambda: 1.0) == expected
 

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 
 from worker.core.errors import (
     AuthenticationFailed,
-    IamportError,
     InvalidRequest,
     IssuanceFailed,
     OutcomeUnknown,
+    ProviderError,
     ProviderUnavailable,
     RateLimited,
     TransientError,
@@ -51,7 +51,7 @@ def error_for_answer(
     now: float,
     request: str | None = None,
     changes: bool | None = None,
-) -> IamportError:
+) -> ProviderError:
     """The error an answer other than a clean success means, by status *and* by body.
 
     i'mport's envelope means i'mport itself answered, so its status says what
@@ -101,7 +101,7 @@ def error_for_status(
     message: str | None,
     retry_after: float | None = None,
     changes: bool = True,
-) -> IamportError:
+) -> ProviderError:
     """Map a non-success answer in i'mport's envelope to the error class that decides its fate.
 
     A 2xx with ``code != 0`` is treated like a 400: the receipts endpoints use
@@ -122,7 +122,7 @@ def error_for_status(
         return transient(
             text, retry_after=retry_after, status=status, code=code, provider_message=message
         )
-    permanent: type[IamportError]
+    permanent: type[ProviderError]
     if status == 401:
         permanent = AuthenticationFailed
     elif status == 501:

@@ -31,8 +31,8 @@ from worker.adapters.store.keys import token_key
 from worker.core.errors import (
     AuthenticationFailed,
     ConnectionFailed,
-    IamportError,
     OutcomeUnknown,
+    ProviderError,
     ProviderUnavailable,
     UnexpectedResponse,
 )
@@ -334,7 +334,7 @@ def _changes(method: str, path: str) -> bool:
     return method in CHANGING_METHODS and path != TOKEN_PATH
 
 
-def _unknown_outcome(method: str, path: str, what: str) -> IamportError:
+def _unknown_outcome(method: str, path: str, what: str) -> ProviderError:
     if not _changes(method, path):
         # A lookup or a token request changes no receipt, so a lost answer is
         # simply a transient failure, not an outcome to look up.
