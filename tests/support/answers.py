@@ -1,8 +1,8 @@
 """What each answer from i'mport (or from whatever stands in front of it) must mean.
 
 The issue's table, written out once, independently of :mod:`worker.adapters.iamport.answers`:
-the unit test (tests/unit/adapters/test_answers.py) checks the pure classification against it,
-and the client test checks every (status x body kind) over HTTP against the sandbox.
+the unit test (tests/unit/adapters/iamport/test_answers.py) checks the pure classification
+against it, and the client test checks every (status x body kind) over HTTP against the sandbox.
 """
 
 from __future__ import annotations

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
 from tests.support.clean_env import python_clean
-from worker.celery import stopping
-from worker.core.retry import broker_countdown
 
 ROOT = Path(__file__).resolve().parents[3]
 SHOW = """
@@ -104,46 +101,3 @@ def test_amqps_is_verified_with_the_host_name() -> None:
     )
     result = python_clean(code, BROKER_URL="amqps://u:p@mq:5671/v")
     assert result.stdout.strip() == "True", result.stderr
-
-
-@pytest.mark.parametrize(
-    ("delay", "whole", "expected"),
-    [
-        (None, True, None),
-        (0.0, True, 0.0),
-        (0.05, True, 1.0),
-        (1.0, True, 1.0),
-        (1.2, True, 2.0),
-        (0.05, False, 0.05),
-        (29.5, False, 29.5),
-    ],
-)
-def test_broker_countdown(delay: float | None, whole: bool, expected: float | None) -> None:
-    """On a quorum queue a countdown is whole seconds, never one that truncates to 0."""
-    assert broker_countdown(delay, whole_seconds=whole) == expected
-
-
-def test_only_the_cancelled_task_stops_and_only_in_its_own_thread() -> None:
-    """check() raises for the cancelled task's thread; other tasks and threads go on."""
-    seen: dict[str, bool] = {}
-
-    def run(task_id: str) -> None:
-        with stopping.running(task_id):
-            try:
-                stopping.check()
-            except stopping.HandedBack:
-                seen[task_id] = True
-            else:
-                seen[task_id] = False
-
-    stopping.cancel("t-1")
-    threads = [threading.Thread(target=run, args=(t,)) for t in ("t-1", "t-2")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert seen == {"t-1": True, "t-2": False}
-    stopping.check()  # no task in this thread: nothing to stop
-    # Once its run ended the mark is gone: a redelivery of t-1 here runs normally.
-    run("t-1")
-    assert seen["t-1"] is False

@@ -8,11 +8,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import redis
-import requests
 from celery.app.utils import filter_hidden_settings
 
 import celeryconfig
-from worker.adapters.iamport.client import IamportClient
 from worker.config import ConfigError
 from worker.config.broker import choose_broker
 from worker.config.tls import (
@@ -22,7 +20,6 @@ from worker.config.tls import (
     redis_tls,
     refuse_plain_http,
 )
-from worker.core.urls import redact_url
 
 
 def test_plain_redis_url_is_left_alone() -> None:
@@ -188,24 +185,6 @@ def test_http_elsewhere_needs_the_flag(url: str) -> None:
     refuse_plain_http(url, allow_http=True)
 
 
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        ("redis://:p%40ss@r:6379/0", "redis://:**@r:6379/0"),
-        (
-            "rediss://app:pw@r:6380/0?ssl_ca_certs=/ca.pem",
-            "rediss://app:**@r:6380/0?ssl_ca_certs=/ca.pem",
-        ),
-        ("redis://r:6379/0", "redis://r:6379/0"),
-        (":pw@r:6379", "**@r:6379"),
-        ("redis://:pw@[::1:6379", "**@[::1:6379"),
-    ],
-)
-def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
-    """The password becomes ** (as in Celery's banner); user, host and query stay readable."""
-    assert redact_url(url) == shown
-
-
 def test_the_config_exposes_the_redis_url_only_under_censored_names() -> None:
     """REDIS_URL is held only by broker_url and ledger_backend_url: Celery censors both names."""
     assert not hasattr(celeryconfig, "redis_url")
@@ -215,18 +194,3 @@ def test_the_config_exposes_the_redis_url_only_under_censored_names() -> None:
     )
     assert "pw1" not in str(censored)
     assert "pw2" not in str(censored)
-
-
-def test_client_refuses_a_session_that_does_not_verify() -> None:
-    """An IamportClient cannot be built on a session with verify=False."""
-    session = requests.Session()
-    session.verify = False
-    with pytest.raises(ValueError, match="verify TLS certificates"):
-        IamportClient(
-            base_url="https://api.iamport.kr",
-            imp_key="k",
-            imp_secret="s",
-            session=session,
-            token_cache=None,  # type: ignore[arg-type]
-            timeout=1,
-        )

@@ -25,6 +25,7 @@ from worker.core.errors import (
 from worker.core.retry import (
     Decision,
     RetryPolicy,
+    broker_countdown,
     compute_backoff,
     decide,
     parse_retry_after,
@@ -295,3 +296,20 @@ def test_a_settling_lookup_that_finds_nothing_gives_up(attempt: int) -> None:
         )
         == GIVE_UP
     )
+
+
+@pytest.mark.parametrize(
+    ("delay", "whole", "expected"),
+    [
+        (None, True, None),
+        (0.0, True, 0.0),
+        (0.05, True, 1.0),
+        (1.0, True, 1.0),
+        (1.2, True, 2.0),
+        (0.05, False, 0.05),
+        (29.5, False, 29.5),
+    ],
+)
+def test_broker_countdown(delay: float | None, whole: bool, expected: float | None) -> None:
+    """On a quorum queue a countdown is whole seconds, never one that truncates to 0."""
+    assert broker_countdown(delay, whole_seconds=whole) == expected

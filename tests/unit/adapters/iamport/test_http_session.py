@@ -1,10 +1,12 @@
-"""The i'mport session reads requests' environment once, with requests' own rules."""
+"""The i'mport session reads requests' environment once, by requests' rules, and verifies TLS."""
 
 from __future__ import annotations
 
 import pytest
+import requests
 from requests.adapters import HTTPAdapter
 
+from worker.adapters.iamport.client import IamportClient
 from worker.adapters.iamport.session import http_session
 
 
@@ -46,3 +48,18 @@ def test_the_adapter_class_is_mounted_for_both_schemes() -> None:
     assert type(http_session("https://x", pool_size=1, env={}).get_adapter("https://x")) is (
         HTTPAdapter
     )
+
+
+def test_client_refuses_a_session_that_does_not_verify() -> None:
+    """An IamportClient cannot be built on a session with verify=False."""
+    session = requests.Session()
+    session.verify = False
+    with pytest.raises(ValueError, match="verify TLS certificates"):
+        IamportClient(
+            base_url="https://api.iamport.kr",
+            imp_key="k",
+            imp_secret="s",
+            session=session,
+            token_cache=None,  # type: ignore[arg-type]
+            timeout=1,
+        )

@@ -14,7 +14,7 @@ import pytest
 
 from worker.adapters.store import lua
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 LUA_DIR = ROOT / "worker" / "adapters" / "store" / "lua"
 SCRIPTS = sorted(path.stem for path in LUA_DIR.glob("*.lua"))
 #: What only Lua for Redis says: a call into Redis, or the arguments of a script.

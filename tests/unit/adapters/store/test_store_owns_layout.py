@@ -19,7 +19,7 @@ from pathlib import Path
 
 from worker.adapters.store import keys
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 STORE = ROOT / "worker" / "adapters" / "store"
 CORE = ROOT / "worker" / "core"
 #: Every name the layout module defines: a key, a prefix, or a function that builds one.
