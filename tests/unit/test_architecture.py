@@ -5,6 +5,9 @@ under ``if TYPE_CHECKING:`` is an edge like any other. Python tolerates such a c
 run time, which is why it can grow unseen; it still means no module in it can be read,
 tested or moved without the others. String references (``include=["tasks.receipts"]``,
 ``"worker.celery.transport:Transport"``) are not imports and are not counted.
+
+The unit tests follow the package's shape: each folder under tests/unit/ is a
+package's path, and holds the tests of that package's modules.
 """
 
 from __future__ import annotations
@@ -289,3 +292,87 @@ def test_the_core_speaks_no_iamport_vocabulary() -> None:
         if pattern.search(line)
     ]
     assert not found, f"the core speaks i'mport: {found}"
+
+
+def _home(module: str, path: Path) -> str:
+    """The package a module's tests stand in: its own package; a package of data
+    files only (``store/lua/``, its scripts) counts as a part of its parent."""
+    if path.name != "__init__.py":
+        return module.rpartition(".")[0]
+    if any(p.name != "__init__.py" for p in path.parent.glob("*.py")):
+        return module
+    return module.rpartition(".")[0]
+
+
+def mirror_problems(root: Path) -> list[str]:
+    """Where tests/unit/ stops mirroring the package (issue 13).
+
+    Each folder under tests/unit/ is a package's path under worker/ (with an
+    ``__init__.py`` of its own), and a test file in it that imports worker modules
+    imports at least one module of that very package: a file that tests only other
+    packages' code (another layer's, or a subpackage's) stands in the wrong folder.
+    The files at the top are the whole-package checks.
+    """
+    tests = root / "tests" / "unit"
+    modules = {m: p for m, p in project_modules(root).items() if m.startswith("worker")}
+    problems = []
+    for folder in sorted(p for p in tests.rglob("*") if p.is_dir() and p.name != "__pycache__"):
+        parts = folder.relative_to(tests).parts
+        if not (root / "worker" / Path(*parts) / "__init__.py").is_file():
+            problems.append(
+                f"{folder.relative_to(root)}/ mirrors no package worker/{'/'.join(parts)}/"
+            )
+        if not (folder / "__init__.py").is_file():
+            problems.append(f"{folder.relative_to(root)}/ has no __init__.py")
+    for path in sorted(tests.glob("*/**/test_*.py")):
+        package = ".".join(("worker", *path.parent.relative_to(tests).parts))
+        module = ".".join(path.relative_to(root).with_suffix("").parts)
+        owners = {
+            owner
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path)))
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for name in _imported(node, module, path)
+            if (owner := _owner(name, modules)) is not None
+        }
+        if owners and package not in {_home(owner, modules[owner]) for owner in owners}:
+            problems.append(
+                f"{path.relative_to(root)} tests no module of {package}: imports {sorted(owners)}"
+            )
+    return problems
+
+
+def test_unit_tests_mirror_the_package() -> None:
+    """A unit test stands in the folder of the package it tests: tests/unit/adapters/store/
+    tests worker/adapters/store/, so a module's tests are found where the module is."""
+    problems = mirror_problems(ROOT)
+    assert not problems, "tests/unit/ does not mirror worker/:\n" + "\n".join(problems)
+
+
+def test_a_misplaced_unit_test_is_found(tmp_path: Path) -> None:
+    """The mirror check sees a folder with no package, and a test of another package's code."""
+    for package in ("worker", "worker/core", "worker/adapters", "worker/adapters/store"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    for module in ("core/retry", "core/types", "adapters/store/ledger", "adapters/store/keys"):
+        (tmp_path / "worker" / f"{module}.py").write_text("")
+    (tmp_path / "celeryconfig.py").write_text("")
+    for folder in ("core", "adapters", "adapters/store", "adapters/redis"):
+        (tmp_path / "tests/unit" / folder).mkdir(parents=True)
+        (tmp_path / "tests/unit" / folder / "__init__.py").write_text("")
+    unit = tmp_path / "tests/unit"
+    (unit / "test_whole.py").write_text("import worker.adapters.store.ledger\n")
+    (unit / "core/test_rules.py").write_text("from worker.core import retry\n")
+    (unit / "core/test_ledger.py").write_text("from worker.adapters.store.ledger import Ledger\n")
+    (unit / "adapters/test_keys.py").write_text("from worker.adapters.store import keys\n")
+    (unit / "adapters/store/test_keys.py").write_text(
+        "from worker.core.types import Receipt\nfrom worker.adapters.store import keys\n"
+    )
+    (unit / "adapters/store/test_env.py").write_text("import subprocess\n")
+
+    assert mirror_problems(tmp_path) == [
+        "tests/unit/adapters/redis/ mirrors no package worker/adapters/redis/",
+        "tests/unit/adapters/test_keys.py tests no module of worker.adapters:"
+        " imports ['worker.adapters.store.keys']",
+        "tests/unit/core/test_ledger.py tests no module of worker.core:"
+        " imports ['worker.adapters.store.ledger']",
+    ]
