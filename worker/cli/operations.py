@@ -23,7 +23,7 @@ from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.errors import ConnectionFailed, ProviderError, RateLimited, TransientError
 from worker.core.issuing import find_issued
 from worker.core.ports import Provider
-from worker.core.retry import reason_for
+from worker.core.retry import lookup_wait, reason_for
 from worker.core.types import Payment, Receipt
 
 
@@ -161,7 +161,7 @@ def _look_up(
         try:
             return find_issued(provider, imp_uid)
         except TransientError as error:
-            wait = min(error.retry_after or 0.2 * 2**attempt, LOOKUP_RETRY_WAIT_MAX)
+            wait = lookup_wait(error.retry_after, attempt=attempt, cap=LOOKUP_RETRY_WAIT_MAX)
             if attempt == LOOKUP_ATTEMPTS or wait > budget[0]:
                 raise
             budget[0] -= wait

@@ -83,6 +83,16 @@ def compute_backoff(
     return ceiling * rand()
 
 
+def lookup_wait(retry_after: float | None, *, attempt: int, cap: float) -> float:
+    """How long an operator command waits before it looks up again after a "not now".
+
+    Retry-After when the provider set one, else 0.4 s doubling per attempt; never
+    more than ``cap``. No jitter: one operator's command is not a thundering herd,
+    and its budget (``cashreceipt reconcile``) stays predictable.
+    """
+    return min(retry_after or 0.2 * 2.0 ** min(attempt, 62), cap)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """The retry budget, read once from configuration."""

@@ -28,6 +28,7 @@ from worker.core.retry import (
     broker_countdown,
     compute_backoff,
     decide,
+    lookup_wait,
     parse_retry_after,
     poll_again,
     retry_countdown,
@@ -313,3 +314,18 @@ def test_a_settling_lookup_that_finds_nothing_gives_up(attempt: int) -> None:
 def test_broker_countdown(delay: float | None, whole: bool, expected: float | None) -> None:
     """On a quorum queue a countdown is whole seconds, never one that truncates to 0."""
     assert broker_countdown(delay, whole_seconds=whole) == expected
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "attempt", "expected"),
+    [
+        pytest.param(None, 1, 0.4, id="first retry"),
+        pytest.param(None, 2, 0.8, id="doubles"),
+        pytest.param(None, 5, 2.0, id="capped"),
+        pytest.param(1.5, 1, 1.5, id="retry-after wins"),
+        pytest.param(30.0, 1, 2.0, id="retry-after capped"),
+        pytest.param(None, 10**6, 2.0, id="absurd attempt stays finite"),
+    ],
+)
+def test_lookup_wait(retry_after: float | None, attempt: int, expected: float) -> None:
+    assert lookup_wait(retry_after, attempt=attempt, cap=2.0) == pytest.approx(expected)
