@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,8 +102,10 @@ class Ledger:
         event_retention_seconds: int,
         retention_seconds: int,
         lease_seconds: float,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
+        self._clock = clock
         self._stream = stream
         self._event_retention = event_retention_seconds
         self._retention = retention_seconds
@@ -118,8 +120,15 @@ class Ledger:
         self._publish = client.register_script(lua.source("publish"))
 
     def now(self) -> float:
-        """The time by the clock every transition is stamped with (epoch seconds)."""
-        return time.time()
+        """The time by the clock every transition is stamped with (epoch seconds).
+
+        The host's clock; a test hands the ledger one it moves (``clock``), so a lease
+        expires without a sleep. Redis's own expiries (markers, retention) keep real time.
+        """
+        return self._clock()
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
 
     @property
     def lease_seconds(self) -> float:
@@ -134,7 +143,7 @@ class Ledger:
         Only a new or failed job becomes ``received``; an existing one is left
         as it is (its task will report it as a duplicate).
         """
-        now = _now_ms()
+        now = self._now_ms()
         result = self._receive(
             keys=[ledger_key(imp_uid), DUE_KEY, waiters_key(imp_uid)],
             args=[task_id, json.dumps(payload), now, now + int(resend_after * 1000), imp_uid],
@@ -151,7 +160,7 @@ class Ledger:
         another task holds the job, the cancellation is kept beside it and takes
         the job over if it ends issued. ``done`` means this task already ended.
         """
-        now = _now_ms()
+        now = self._now_ms()
         result = self._receive_cancel(
             keys=[ledger_key(imp_uid), DUE_KEY, terminal_key(task_id)],
             args=[task_id, json.dumps(cancel), now, now + int(resend_after * 1000), imp_uid],
@@ -184,7 +193,7 @@ class Ledger:
             args=[
                 task_id,
                 json.dumps(payload),
-                _now_ms(),
+                self._now_ms(),
                 self._lease_ms,
                 imp_uid,
                 op,
@@ -206,7 +215,7 @@ class Ledger:
 
     def extend(self, imp_uid: str, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:
         """Keep the claim through a short retry countdown plus one more attempt."""
-        until = _now_ms() + int(seconds * 1000) + self._lease_ms
+        until = self._now_ms() + int(seconds * 1000) + self._lease_ms
         return self._hold_job(imp_uid, fence, due=until, state="in_flight", error=error)
 
     def park(self, imp_uid: str, *, fence: int, until: float, error: Mapping[str, Any]) -> bool:
@@ -220,7 +229,7 @@ class Ledger:
             keys=[ledger_key(imp_uid), DUE_KEY, history_key(imp_uid)],
             args=[
                 fence,
-                _now_ms(),
+                self._now_ms(),
                 due,
                 state,
                 json.dumps(error, ensure_ascii=False),
@@ -252,7 +261,7 @@ class Ledger:
         cancelled), so its ``sent_at`` goes; a job that ends otherwise keeps it,
         and a later claim waits out the bound from it and looks first.
         """
-        now = _now_ms()
+        now = self._now_ms()
         min_id = f"{now - self._event_retention * 1000}-0"
         waiter = waiter_event(state=state, event_type=event_type, data=data)
         result = self._finish(
@@ -308,7 +317,7 @@ class Ledger:
             detail={"receipt": json.loads(record.get("receipt") or "{}")},
             occurred_at=self.now(),
         )
-        min_id = f"{_now_ms() - self._event_retention * 1000}-0"
+        min_id = f"{self._now_ms() - self._event_retention * 1000}-0"
         self._publish(
             keys=[self._stream, terminal_key(task_id), status_key(imp_uid)],
             args=[ISSUED, json.dumps(data, ensure_ascii=False), min_id, self._event_retention],
@@ -316,7 +325,7 @@ class Ledger:
 
     def due_jobs(self, *, limit: int, regrace_seconds: float) -> list[DueJob]:
         """Jobs the sweeper must re-send now; each is handed out once per ``regrace_seconds``."""
-        now = _now_ms()
+        now = self._now_ms()
         members = self._redis.zrangebyscore(DUE_KEY, 0, now, start=0, num=limit)
         jobs = []
         for member in members:
@@ -364,10 +373,6 @@ class Ledger:
         if not raw:
             return None
         return {_text(key): _text(value) for key, value in raw.items()}
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _text(value: object) -> str:
