@@ -57,3 +57,25 @@ def test_undecodable_bodies_do_not_stop_the_worker(
     if b"IMPUID" in body or imp_uid.encode() in body:
         assert events[0]["data"]["imp_uid"] == imp_uid
     assert "01055554321" not in worker.text
+
+
+@pytest.mark.parametrize("body", [b"not json at all", b'{"imp_uid": "IMPUID"}', b"[]"])
+def test_a_malformed_cancel_message_ends_in_one_cancel_failed(
+    redis_server: RedisServer,
+    results: ResultStream,
+    worker: ProcessOutput,
+    imp_uid: str,
+    body: bytes,
+) -> None:
+    """A ``cancel_cash_receipt`` message the guard discards ends as a cancellation, as the
+    ingress ends a malformed cancellation entry: ``cash_receipt.cancel_failed``."""
+    body = body.replace(b"IMPUID", imp_uid.encode())
+    task_id = str(uuid.uuid4())
+    message = envelope(body, task="cancel_cash_receipt", task_id=task_id)
+    redis_server.client().lpush("cash_receipts", message)
+    event = results.wait(task_id)
+    assert event["type"] == "cash_receipt.cancel_failed"
+    assert event["data"]["error"]["reason"] == "invalid_payload"
+    if imp_uid.encode() in body:
+        assert event["data"]["imp_uid"] == imp_uid
+    assert len(results.for_task(task_id)) == 1

@@ -7,10 +7,12 @@ whole worker; on restart the unacked message comes back and stops it again. A
 body that is not JSON is logged at CRITICAL *with the body*, which may hold an
 identifier, and dropped.
 
-So the task's strategy is wrapped: every ``issue_cash_receipt`` message is
-checked first. A malformed one ends like any bad payload: one
-``cash_receipt.failed`` event with reason ``invalid_payload`` (and its imp_uid
-when one can be read), a log line without the body, and an ack.
+So the task's strategy is wrapped: every message of our tasks is checked
+first. A malformed one ends like any bad payload of its task: one
+``cash_receipt.failed`` event (``cash_receipt.cancel_failed`` for a
+``cancel_cash_receipt`` message, as the ingress ends a malformed cancellation)
+with reason ``invalid_payload`` (and its imp_uid when one can be read), a log
+line without the body, and an ack.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from celery.exceptions import InvalidTaskError
 from kombu.exceptions import DecodeError
 
 from worker.celery.runtime import get_runtime
+from worker.core.contract import CANCEL_TASK
 from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
 from worker.core.terminal import TerminalPublisher
 
@@ -141,8 +144,12 @@ def _fail_malformed(
         imp_uid=readable_imp_uid(raw),
         merchant_uid=readable_merchant_uid(raw),
     )
+    error = InvalidPayload({"_message": [problem]})
     try:
-        terminal.invalid_payload(InvalidPayload({"_message": [problem]}))
+        if task.name == CANCEL_TASK:
+            terminal.cancel_invalid(error)
+        else:
+            terminal.invalid_payload(error)
     except redis.RedisError:
         log.exception("could not publish the failure of malformed message %s; requeued", task_id)
         message.reject(requeue=True)
