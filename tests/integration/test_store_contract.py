@@ -3,8 +3,9 @@
 tests/support/memory.py copies the ledger's Lua (worker/adapters/store/lua/) branch for
 branch, and the core's unit tests trust it. Each scenario here runs through the
 JobStore port on both, with the same clock moves, and expects the same answers, so
-the copy cannot drift from the scripts unseen. Time moves by a clock each store
-takes; nothing sleeps.
+the copy cannot drift from the scripts unseen; the refund and hand-over paths
+are compared field by field (record, events, due time, history). Time moves by a
+clock each store takes; nothing sleeps.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from tests.support.memory import Clock, MemoryStore
 from tests.support.redis_server import RedisServer
 from worker.adapters.store.events import EventPublisher as RedisEvents
+from worker.adapters.store.keys import DEAD_JOBS_KEY, DUE_KEY, history_key
 from worker.adapters.store.ledger import Ledger
 from worker.core.events import CANCELLED, FAILED, ISSUED, cancelled_detail
 from worker.core.ports import Claim, ClaimKind, EventPublisher, JobStore
@@ -373,3 +375,164 @@ def test_a_refund_takes_over_an_issue_not_yet_claimed(store: Store, imp_uid: str
     [(kind, data)] = store.events(store.task("t1"))
     assert (kind, data["task_id"], data["duplicate"]) == (FAILED, store.task("t1"), True)
     assert data["error"] == cancelled_detail()["error"]
+
+
+# -- the same steps, the same record: refunds and hand-overs, field by field -----------
+
+#: A partial refund's message: it cancels, then re-issues for the balance.
+PARTIAL = {"imp_uid": "x", "reason": "refund", "amount": 500}
+#: Both stores, with receive_cancel beside the port (the ingress's, not the core's).
+Both = Ledger | MemoryStore
+Steps = Callable[[Both, str, Callable[[str], str]], list[object]]
+
+
+def _fields(jobs: Both, imp_uid: str) -> dict[str, str]:
+    """The record's fields but the stream entry id (each stream numbers its own)."""
+    return {k: v for k, v in (jobs.raw_record(imp_uid) or {}).items() if k != "event_id"}
+
+
+def _issued(jobs: JobStore, imp_uid: str, task: str) -> Claim:
+    claim = jobs.claim(imp_uid, task_id=task, payload=PAYLOAD)
+    finish(jobs, imp_uid, claim.fence, task, receipt={"apply_num": "1"})
+    return claim
+
+
+def partial_refund_with_an_issue_behind(
+    jobs: Both, imp_uid: str, task: Callable[[str], str]
+) -> list[object]:
+    """An issue received while a partial refund runs owns the job when it ends with none."""
+    _issued(jobs, imp_uid, task("t1"))
+    refund = jobs.claim(imp_uid, task_id=task("r1"), payload=PARTIAL, op="cancel")
+    return [
+        refund,
+        jobs.receive(imp_uid, task_id=task("t2"), payload=PAYLOAD, resend_after=60),
+        jobs.claim(imp_uid, task_id=task("t2"), payload=PAYLOAD),
+        finish(jobs, imp_uid, refund.fence, task("r1"), state="cancelled", receipt=None)
+        is not None,
+        _fields(jobs, imp_uid),
+        jobs.claim(imp_uid, task_id=task("t2"), payload=PAYLOAD),
+    ]
+
+
+def refund_waiting_for_an_issue(
+    jobs: Both, imp_uid: str, task: Callable[[str], str]
+) -> list[object]:
+    """A refund received while the issue runs takes the job over once it is issued."""
+    issue = jobs.claim(imp_uid, task_id=task("t1"), payload=PAYLOAD)
+    steps: list[object] = [
+        jobs.receive_cancel(imp_uid, task_id=task("r1"), cancel=REFUND, resend_after=60),
+        jobs.claim(imp_uid, task_id=task("r1"), payload=REFUND, op="cancel"),
+        finish(jobs, imp_uid, issue.fence, task("t1"), receipt={"apply_num": "1"}) is not None,
+    ]
+    refund = jobs.claim(imp_uid, task_id=task("r1"), payload=REFUND, op="cancel")
+    return [
+        *steps,
+        refund,
+        finish(jobs, imp_uid, refund.fence, task("r1"), state="cancelled") is not None,
+        jobs.receive_cancel(imp_uid, task_id=task("r2"), cancel=PARTIAL, resend_after=60),
+    ]
+
+
+def partial_refund_reissued(jobs: Both, imp_uid: str, task: Callable[[str], str]) -> list[object]:
+    """A partial refund cancels, re-issues after a retry of its own, and ends with two events."""
+    _issued(jobs, imp_uid, task("t1"))
+    refund = jobs.claim(imp_uid, task_id=task("r1"), payload=PARTIAL, op="cancel")
+    now = jobs.now()
+    steps: list[object] = [
+        refund,
+        jobs.note_sent(imp_uid, fence=refund.fence, at=now, op="cancel"),
+        jobs.note_cancelled(imp_uid, fence=refund.fence, receipt=None),
+        jobs.note_sent(imp_uid, fence=refund.fence, at=now, op="issue"),
+        jobs.extend(imp_uid, fence=refund.fence, seconds=5, error={"reason": "unavailable"}),
+    ]
+    retry = jobs.claim(imp_uid, task_id=task("r1"), payload=PARTIAL, op="cancel", fence=2)
+    ended = jobs.finish(
+        imp_uid,
+        fence=retry.fence,
+        state="issued",
+        task_id=task("r1"),
+        event_type=CANCELLED,
+        data={"imp_uid": imp_uid, "task_id": task("r1")},
+        receipt={"apply_num": "3"},
+        extra_event=(ISSUED, {"imp_uid": imp_uid, "task_id": task("r1:2")}),
+        settled=True,
+    )
+    return [
+        *steps,
+        retry,
+        ended is not None,
+        jobs.claim(imp_uid, task_id=task("t9"), payload=PAYLOAD),
+    ]
+
+
+def failed_with_waiters(jobs: Both, imp_uid: str, task: Callable[[str], str]) -> list[object]:
+    """Messages that found the job taken hear its failure, each once; a new one reopens it."""
+    issue = jobs.claim(imp_uid, task_id=task("t1"), payload=PAYLOAD)
+    return [
+        jobs.claim(imp_uid, task_id=task("t2"), payload=PAYLOAD),
+        jobs.receive(imp_uid, task_id=task("t3"), payload=PAYLOAD, resend_after=60),
+        jobs.note_sent(imp_uid, fence=issue.fence, at=jobs.now(), op="issue"),
+        finish(jobs, imp_uid, issue.fence, task("t1"), state="failed") is not None,
+        jobs.receive(imp_uid, task_id=task("t4"), payload=PAYLOAD, resend_after=60),
+        _fields(jobs, imp_uid),
+        jobs.claim(imp_uid, task_id=task("t4"), payload=PAYLOAD),
+        jobs.claim(imp_uid, task_id=task("t2"), payload=PAYLOAD),
+    ]
+
+
+def _event(kind: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """An event, its ``event_id`` only as there or not: a waiter's is derived from the
+    owner's stream entry id, and each stream numbers its entries its own way."""
+    return kind, {**data, "event_id": "event_id" in data}
+
+
+def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What ``steps`` answered and left, on the ledger and in memory, from one start time."""
+    start, imp_uid, prefix = time.time(), f"imp_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex[:8]
+    client, stream = server.client(), f"test.contract.{uuid.uuid4().hex[:8]}"
+    ledger = Ledger(
+        client,
+        stream=stream,
+        event_retention_seconds=3600,
+        retention_seconds=600,
+        lease_seconds=LEASE,
+        clock=Clock(start),
+    )
+    memory = MemoryStore(Clock(start), lease_seconds=LEASE)
+
+    def task(name: str) -> str:
+        return f"{prefix}-{name}"
+
+    redis_trace = {
+        "answers": steps(ledger, imp_uid, task),
+        "record": _fields(ledger, imp_uid),
+        "events": [_event(f["type"], json.loads(f["data"])) for _, f in client.xrange(stream)],
+        "due": client.zscore(DUE_KEY, imp_uid),
+        "dead": client.zscore(DEAD_JOBS_KEY, imp_uid) is not None,
+        "history": [json.loads(e) for e in client.lrange(history_key(imp_uid), 0, -1)],
+    }
+    memory_trace = {
+        "answers": steps(memory, imp_uid, task),
+        "record": _fields(memory, imp_uid),
+        "events": [_event(e.type, e.data) for e in memory.stream],
+        "due": float(memory.due[imp_uid]) if imp_uid in memory.due else None,
+        "dead": imp_uid in memory.dead,
+        "history": memory.history.get(imp_uid, []),
+    }
+    return redis_trace, memory_trace
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        partial_refund_with_an_issue_behind,
+        refund_waiting_for_an_issue,
+        partial_refund_reissued,
+        failed_with_waiters,
+    ],
+)
+def test_the_same_steps_leave_the_same_record(redis_server: RedisServer, steps: Steps) -> None:
+    """Answers, record fields, events, due time, dead mark and history, one by one."""
+    redis_trace, memory_trace = _traces(redis_server, steps)
+    for part in redis_trace:
+        assert memory_trace[part] == redis_trace[part], part
