@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -480,10 +480,16 @@ def failed_with_waiters(jobs: Both, imp_uid: str, task: Callable[[str], str]) ->
     ]
 
 
-def _event(kind: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """An event, its ``event_id`` only as there or not: a waiter's is derived from the
-    owner's stream entry id, and each stream numbers its entries its own way."""
-    return kind, {**data, "event_id": "event_id" in data}
+def _events(found: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The events by task id; each ``event_id`` only as there or not.
+
+    A waiter's ``event_id`` is derived from the owner's stream entry id, and each
+    stream numbers its entries its own way. The waiters are a Redis set, whose
+    order is no promise (MemoryStore sorts them): so the events of one finish are
+    compared as a set.
+    """
+    events = [(kind, {**data, "event_id": "event_id" in data}) for kind, data in found]
+    return sorted(events, key=lambda event: (str(event[1].get("task_id")), event[0]))
 
 
 def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -506,7 +512,7 @@ def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str
     redis_trace = {
         "answers": steps(ledger, imp_uid, task),
         "record": _fields(ledger, imp_uid),
-        "events": [_event(f["type"], json.loads(f["data"])) for _, f in client.xrange(stream)],
+        "events": _events((f["type"], json.loads(f["data"])) for _, f in client.xrange(stream)),
         "due": client.zscore(DUE_KEY, imp_uid),
         "dead": client.zscore(DEAD_JOBS_KEY, imp_uid) is not None,
         "history": [json.loads(e) for e in client.lrange(history_key(imp_uid), 0, -1)],
@@ -514,7 +520,7 @@ def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str
     memory_trace = {
         "answers": steps(memory, imp_uid, task),
         "record": _fields(memory, imp_uid),
-        "events": [_event(e.type, e.data) for e in memory.stream],
+        "events": _events((e.type, e.data) for e in memory.stream),
         "due": float(memory.due[imp_uid]) if imp_uid in memory.due else None,
         "dead": imp_uid in memory.dead,
         "history": memory.history.get(imp_uid, []),
