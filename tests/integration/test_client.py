@@ -108,6 +108,21 @@ def test_lookup_of_a_missing_receipt_is_none(
     assert make_client(sandbox, session, cache).find_receipt(imp_uid) is None
 
 
+def test_list_receipts_is_the_newest_one_or_none(
+    sandbox: Sandbox, session: CountingSession, cache: RedisTokenCache, imp_uid: str
+) -> None:
+    """V1 keeps one receipt per payment: the list is empty, then that one; after a
+    cancellation, the cancelled one (a list of what exists, not of what is live)."""
+    client = make_client(sandbox, session, cache)
+    assert client.list_receipts(imp_uid) == []
+    issued = client.issue_receipt(to_issue(imp_uid))
+    assert client.list_receipts(imp_uid) == [issued]
+    cancelled = client.cancel_receipt(imp_uid)
+    assert [(r.receipt_tid, r.active) for r in client.list_receipts(imp_uid)] == [
+        (cancelled.receipt_tid, False)
+    ]
+
+
 @pytest.mark.parametrize(
     ("step", "error_class", "status"),
     [
