@@ -57,6 +57,8 @@ CANARIES = {
     "helper_killed": "01097770006",
     "bare_invalid": "01097770007",
     "bare_unknown": "01097770008",
+    "bare_unknown_field": "01097770009",
+    "bare_misspelt": "01097770010",
 }
 #: Time compressed so that the killed worker's job ends within the test.
 IAMPORT_TIMEOUT, DUPLICATE_WAIT, RETRY_BACKOFF_MAX = 0.5, 2.0, 0.2
@@ -255,6 +257,17 @@ def test_no_identifier_leaks_anywhere(
             helper("helper_rejected"),
             bare("bare_exhausted"),
             bare("bare_invalid", tax_free=-1),
+            # Fields the schema does not know: dropped, and shown nowhere (issue 14, finding 4).
+            bare("bare_unknown_field", customer_tel=CANARIES["bare_unknown_field"]),
+            str(
+                producer.send_task(
+                    "issue_cash_receipt",
+                    args=[
+                        {"imp_uid": uid["bare_misspelt"], "identifer": CANARIES["bare_misspelt"]}
+                    ],
+                    queue="cash_receipts",
+                ).id
+            ),
         ]
         unknown = str(
             producer.send_task(
@@ -265,7 +278,7 @@ def test_no_identifier_leaks_anywhere(
         )
         events = [results.wait(task_id, timeout=30) for task_id in tasks]
         assert [e["type"].rsplit(".", 1)[1] for e in events] == [
-            "issued", "issued", "issued", "failed", "failed", "failed",
+            "issued", "issued", "issued", "failed", "failed", "failed", "issued", "failed",
         ]  # fmt: skip
         # The killed worker's job resumes (sweeper, or kombu's restore) and ends.
         killed = results.wait(killed_task, timeout=VISIBILITY + 30)
@@ -302,7 +315,7 @@ def test_no_identifier_leaks_anywhere(
         assert "DEBUG" in worker_log, (
             "the worker did not log at DEBUG; the search would prove little"
         )
-    assert "cashreceipt_receipts_issued_total 4.0" in metrics  # with the killed job
+    assert "cashreceipt_receipts_issued_total 5.0" in metrics  # with the killed job
     assert "<sealed>" in flower_api or "****" in flower_api
     for name, identifier in CANARIES.items():
         for form in forms(identifier):

@@ -22,6 +22,7 @@ from celery import Celery
 from cryptography.fernet import Fernet
 
 from tests.support.ingress import INGRESS, blocked_reader, run_once, running_ingress, xadd
+from tests.support.layout import dump
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
@@ -216,6 +217,47 @@ def test_malformed_entries_are_dead_lettered_without_blocking(
 
     shown = log + json.dumps(list(dead.values())) + json.dumps(results.all())
     assert PHONE not in shown and "010-1234-5678" not in shown
+
+
+def test_unknown_fields_of_a_dead_letter_are_masked_everywhere_in_redis(
+    own_redis: RedisServer, sandbox: Sandbox, stream: str
+) -> None:
+    """A misspelt or unknown field's value reaches no Redis key: its name is kept, its value
+    masked, in the dead letter and the failure event (issue 14, finding 4)."""
+    client = own_redis.client()
+    env = worker_env(own_redis.url, sandbox.url, INGRESS_STREAM=stream)
+    misspelt, unknown_type = new_imp_uid(), new_imp_uid()
+    entries = {
+        "misspelt": xadd(
+            client, stream, CONFIRMED, {"imp_uid": misspelt, "identifer": "01012345678"}
+        ),
+        "unknown_type": xadd(
+            client,
+            stream,
+            "payment.refunded",
+            {
+                "imp_uid": unknown_type,
+                "identifier": PHONE,
+                "customer_tel": "010-2345-6789",
+                "buyer_phone": 1034567890,
+                "extra": {"tel": "01045678901", "list": ["01056789012"]},
+            },
+        ),
+    }
+    code, log = run_once(env)
+    assert code == 0, log
+    assert drained(client, stream)
+    dead = dead_letters(client, stream)
+    assert set(dead) == set(entries.values())
+    shown = dead[entries["misspelt"]]["data"]
+    assert shown["imp_uid"] == misspelt
+    assert "identifer" in shown, "the misspelt name is what an operator needs to see"
+    assert set(dead[entries["unknown_type"]]["data"]) >= {"customer_tel", "buyer_phone", "extra"}
+    assert "identifier" in dead[entries["misspelt"]]["errors"]
+    everything = json.dumps(dump(client), ensure_ascii=False)
+    assert misspelt in everything and unknown_type in everything, "nothing was written"
+    for digits in ("12345678", "23456789", "34567890", "45678901", "56789012", "55554321"):
+        assert digits not in everything and digits not in log, digits
 
 
 def test_cancellation_entry_cancels_the_receipt(

@@ -4,6 +4,11 @@ The identifier (a resident registration, business registration, phone or
 cash-receipt card number) may reach i'mport and nothing else. Logs, events,
 exception texts and Flower show at most ``010****5678``: enough for a support
 agent to match a buyer, too little to be the number.
+
+A payload is shown by allow-list (:func:`mask_payload`): only the fields known
+to carry no personal data are shown as they are. Whatever else a producer put
+in it, a misspelt ``identifer`` or a ``customer_tel`` the schema never heard
+of, is shown by name only.
 """
 
 from __future__ import annotations
@@ -11,9 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-
-# Payload keys whose values are personal data.
-PERSONAL_FIELDS = frozenset({"identifier", "buyer_tel", "buyer_email", "buyer_name"})
 
 # Digits with single hyphens or spaces between them, not glued to letters. An underscore
 # before them is part of a name: i'mport's own ids are ``imp_`` and 12 digits, and an operator
@@ -69,19 +71,77 @@ def _mask_unless_date(match: re.Match[str]) -> str:
     return text if _DATE.fullmatch(text) else mask_identifier(text)
 
 
-def mask_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a payload that is safe to log or show."""
-    masked: dict[str, Any] = {}
-    for key, value in payload.items():
-        if key in {"identifier_sealed", "buyer_sealed"}:
-            masked[key] = "<sealed>"
-        elif not isinstance(key, str) or not isinstance(value, str | int | float | bool | None):
-            masked[str(key)[:40]] = "<redacted>"
-        elif key in PERSONAL_FIELDS and value is not None:
-            masked[key] = mask_identifier(value) if key != "buyer_email" else _mask_email(value)
-        else:
-            masked[key] = value
+#: Payload fields known to carry no personal data: the ids, the receipt's kind and
+#: amounts. Only these are shown as they are (the allow-list).
+SHOWN_FIELDS = frozenset(
+    {"imp_uid", "merchant_uid", "identifier_type", "type", "tax_free", "amount"}
+)
+#: Personal fields the schemas know: masked, with a hint a support agent can match.
+PERSONAL_FIELDS = frozenset({"identifier", "buyer_tel", "buyer_email", "buyer_name"})
+#: Ciphertext: shown only as a marker.
+SEALED_FIELDS = frozenset({"identifier_sealed", "buyer_sealed"})
+#: Fields the schemas know that may still name or reach a person (a sole trader's
+#: number and phone, a refund's reason in the merchant's words): shown by name only.
+UNSHOWN_FIELDS = frozenset({"company_tel", "company_name", "corp_reg_no", "reason"})
+#: Every field of an issue's or a refund's payload, the sealed forms included.
+PAYLOAD_FIELDS = SHOWN_FIELDS | PERSONAL_FIELDS | SEALED_FIELDS | UNSHOWN_FIELDS
+#: What stands for a value that is not shown at all.
+REDACTED = "<redacted>"
+#: How much of an unknown field's name is shown.
+KEY_LIMIT = 40
+
+
+def mask_payload(payload: Mapping[Any, Any]) -> dict[str, Any]:
+    """A copy of a payload that is safe to log or show: masked by allow-list.
+
+    Only :data:`SHOWN_FIELDS` are shown as they are (when they hold a plain
+    value); personal fields keep a masked hint, sealed ones a marker. Every
+    other field, known to the schema (``company_tel``, ``reason``) or not (a
+    misspelt ``identifer``, a ``customer_tel``), keeps its name, so an operator
+    sees it was sent, but its value, nested or not, becomes ``<redacted>``.
+    """
+    masked = unknown_fields_redacted(payload)
+    for key in masked.keys() & PAYLOAD_FIELDS:
+        masked[key] = _known_value(key, masked[key])
     return masked
+
+
+def unknown_fields_redacted(payload: Mapping[Any, Any]) -> dict[str, Any]:
+    """A copy of a payload whose fields unknown to the schemas are shown by name only.
+
+    Known fields keep their values: this is the form of a copy that must stay
+    replayable (a parked message, its personal fields sealed). A name can carry
+    personal data too (``{"01012345678": true}``): an unknown one is shown as
+    :func:`shown_key` makes it.
+    """
+    kept: dict[str, Any] = {}
+    for key, value in payload.items():
+        if key in PAYLOAD_FIELDS:
+            kept[key] = value
+        else:
+            kept.setdefault(shown_key(key), REDACTED)
+    return kept
+
+
+def _known_value(key: str, value: object) -> object:
+    if key in SEALED_FIELDS:
+        return "<sealed>"
+    if not isinstance(value, str | int | float | bool | None):
+        return REDACTED
+    if key in SHOWN_FIELDS or value is None:
+        return value
+    if key in UNSHOWN_FIELDS:
+        return REDACTED
+    return _mask_email(value) if key == "buyer_email" else mask_identifier(value)
+
+
+def shown_key(key: object) -> str:
+    """An unknown field's name as it may be shown: cut to :data:`KEY_LIMIT` characters,
+    its unprintable ones escaped (a lone surrogate could not even be stored) and its
+    digit runs masked as in free text."""
+    text = (key if isinstance(key, str) else repr(key))[:KEY_LIMIT]
+    printable = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return mask_text(printable)
 
 
 def masked_args_repr(args: object) -> str:
@@ -90,8 +150,8 @@ def masked_args_repr(args: object) -> str:
     Never empty: Celery falls back to the raw arguments when argsrepr is "".
     """
     if not isinstance(args, list | tuple):
-        return "<redacted>"
-    shown = [mask_payload(arg) if isinstance(arg, Mapping) else "<redacted>" for arg in args]
+        return REDACTED
+    shown = [mask_payload(arg) if isinstance(arg, Mapping) else REDACTED for arg in args]
     return repr(shown)
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from worker.core.masking import mask_identifier, mask_payload, mask_text, masked_args_repr
+from worker.core.masking import (
+    PAYLOAD_FIELDS,
+    SEALED_FIELDS,
+    mask_identifier,
+    mask_payload,
+    mask_text,
+    masked_args_repr,
+    unknown_fields_redacted,
+)
+from worker.core.schemas import PaymentCancelledSchema, PaymentConfirmedSchema
 
 
 @pytest.mark.parametrize(
@@ -91,3 +100,84 @@ def test_masked_args_repr_never_shows_personal_data() -> None:
     assert masked_args_repr([{"nested": {"identifier": "01012345678"}}]) == (
         "[{'nested': '<redacted>'}]"
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [
+        ("imp_uid", "imp_448712340638", "imp_448712340638"),
+        ("merchant_uid", "order-7", "order-7"),
+        ("identifier_type", "phone", "phone"),
+        ("type", "company", "company"),
+        ("tax_free", 1000, 1000),
+        ("amount", 5000, 5000),
+        ("merchant_uid", None, None),
+        ("identifier_sealed", "gAAAA-token", "<sealed>"),
+        ("buyer_sealed", "gAAAA-token", "<sealed>"),
+        # Known, but not known to be impersonal: by name only.
+        ("company_tel", "01012345678", "<redacted>"),
+        ("corp_reg_no", "1168200276", "<redacted>"),
+        ("reason", "홍길동 고객 요청", "<redacted>"),
+        # Misspelt or unknown: whatever the value, by name only.
+        ("identifer", "01012345678", "<redacted>"),
+        ("customer_tel", "010-1234-5678", "<redacted>"),
+        ("buyer_phone", "01012345678", "<redacted>"),
+        ("customer_email", "kim@example.com", "<redacted>"),
+        ("customer_tel", 1012345678, "<redacted>"),
+        ("customer", {"tel": "01012345678", "name": "홍길동"}, "<redacted>"),
+        ("phones", ["01012345678"], "<redacted>"),
+        ("flag", True, "<redacted>"),
+        ("nothing", None, "<redacted>"),
+        # A known field holding an object is not shown either.
+        ("imp_uid", {"tel": "01012345678"}, "<redacted>"),
+    ],
+)
+def test_mask_payload_shows_only_the_allowed_fields(
+    field: str, value: object, shown: object
+) -> None:
+    """Allow-list: a field is shown as it is only when it is known to be impersonal."""
+    assert mask_payload({field: value}) == {field: shown}
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [
+        ("01012345678", "010****5678"),
+        ("tel 010-1234-5678", "tel 010****5678"),
+        ("x" * 100, "x" * 40),
+        ("a\ud800b\n", "a\\ud800b\\n"),
+        (7, "7"),
+    ],
+)
+def test_an_unknown_key_is_shown_capped_escaped_and_masked(key: object, shown: str) -> None:
+    """A key is producer text too: no number, no unprintable character, no flood in it."""
+    assert mask_payload({key: "x"}) == {shown: "<redacted>"}
+
+
+def test_every_schema_field_is_classified() -> None:
+    """A field a schema gains must be placed: shown, masked or by name only."""
+    schema_fields = {*PaymentConfirmedSchema().fields, *PaymentCancelledSchema().fields}
+    assert schema_fields | SEALED_FIELDS == PAYLOAD_FIELDS
+
+
+def test_unknown_fields_redacted_keeps_what_a_replay_reads() -> None:
+    """The replayable form: every schema field as it came, unknown ones by name only."""
+    payload = {
+        "imp_uid": "imp_1",
+        "identifier_sealed": "gAAAA-token",
+        "company_name": "Shop",
+        "reason": "고객 요청",
+        "customer_tel": "01012345678",
+        "extra": {"tel": "01012345678"},
+    }
+    assert unknown_fields_redacted(payload) == {
+        **payload,
+        "customer_tel": "<redacted>",
+        "extra": "<redacted>",
+    }
+
+
+def test_masked_args_repr_hides_unknown_fields() -> None:
+    """What Flower shows of a bare producer's payload with a misspelt field."""
+    shown = masked_args_repr([{"imp_uid": "imp_1", "identifer": "01012345678"}])
+    assert shown == "[{'imp_uid': 'imp_1', 'identifer': '<redacted>'}]"
