@@ -15,7 +15,9 @@ e.g. once a worker that knows their task is deployed.
 Dead messages stay replayable, but hold no personal data in clear: the
 body is decoded and every payload in it has its identifier and buyer fields
 sealed, as the ledger stores them (masked when no key is configured, which
-costs the replay); a body that is not JSON is dropped and kept as masked text.
+costs the replay), and every field no schema knows keeps its name but not its
+value (a replay never reads it); a body that is not JSON is dropped and kept as
+masked text.
 The ``argsrepr``/``kwargsrepr`` headers, which a bare producer fills with the
 raw arguments, are replaced. An unreadable entry is kept as masked text.
 
@@ -43,7 +45,13 @@ from worker.adapters.privacy.sealing import Sealer, SealingUnavailable
 from worker.adapters.store import lua
 from worker.adapters.store.keys import DEAD_MESSAGES_KEY
 from worker.config.defaults import DEAD_MESSAGE_RETENTION_SECONDS
-from worker.core.masking import mask_payload, mask_text
+from worker.core.masking import (
+    PERSONAL_FIELDS,
+    SEALED_FIELDS,
+    mask_payload,
+    mask_text,
+    unknown_fields_redacted,
+)
 from worker.core.schemas import BUYER_FIELDS
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,8 @@ DEAD_MESSAGES_LIMIT = 10_000
 RAW_LIMIT = 64 * 1024
 #: How deep a body is searched for payloads to seal.
 _DEPTH = 4
+#: The fields that make an object a payload, wherever it sits in a body.
+_PAYLOAD_MARKS = frozenset({"imp_uid", *PERSONAL_FIELDS, *SEALED_FIELDS})
 
 
 def dead_message_record(
@@ -152,22 +162,40 @@ def _decoded_bodies(value: Any, depth: int) -> Any:
     return decoded
 
 
-def _seal_payloads(value: Any, sealer: Sealer | None, depth: int) -> Any:
-    """``value`` with every payload-like object's personal fields sealed (or masked)."""
+def _seal_payloads(value: Any, sealer: Sealer | None, depth: int, payload: bool = False) -> Any:
+    """``value`` with every payload's personal fields sealed (or masked), its unknown ones
+    redacted.
+
+    A payload is a task's argument (an object in the first list of a ``[args,
+    kwargs, embed]`` body), or any object with a payload's id or personal
+    fields. Fields no schema knows are never read by a replay: their values go.
+    """
     if depth <= 0:
         return value
     if isinstance(value, list):
+        if len(value) == 3 and isinstance(value[0], list) and isinstance(value[1], dict):
+            args, *rest = value
+            return [
+                [_seal_payloads(arg, sealer, depth - 2, payload=True) for arg in args],
+                *(_seal_payloads(item, sealer, depth - 1) for item in rest),
+            ]
         return [_seal_payloads(item, sealer, depth - 1) for item in value]
     if not isinstance(value, dict):
         return value
     inner = {key: _seal_payloads(item, sealer, depth - 1) for key, item in value.items()}
-    personal = {key: inner[key] for key in ("identifier", *BUYER_FIELDS) if key in inner}
-    if not personal:
+    if not payload and not inner.keys() & _PAYLOAD_MARKS:
         return inner
+    return _sealed_payload(inner, sealer)
+
+
+def _sealed_payload(payload: dict[str, Any], sealer: Sealer | None) -> dict[str, Any]:
+    """One payload, replayable when it can be: sealed, unknown fields redacted; else masked."""
+    if not payload.keys() & {"identifier", *BUYER_FIELDS}:
+        return unknown_fields_redacted(payload)
     try:
-        return _sealed_fields(inner, sealer)
+        return unknown_fields_redacted(_sealed_fields(payload, sealer))
     except SealingUnavailable:
-        return {**inner, **mask_payload(personal)}
+        return mask_payload(payload)
 
 
 def _sealed_fields(payload: dict[str, Any], sealer: Sealer | None) -> dict[str, Any]:

@@ -155,11 +155,15 @@ class IngressEntries:
 
 
 def _shown_data(raw: bytes | None, data: object) -> object:
-    """What a dead letter shows of the entry's data: personal fields masked, size capped."""
+    """What a dead letter shows of the entry's data: masked by allow-list, size capped.
+
+    An object too big to keep whole is kept as the start of its masked text, never
+    as the raw text: that would show the values of the fields it does not know.
+    """
     if isinstance(data, Mapping):
         shown = mask_payload(data)
-        if len(json.dumps(shown, ensure_ascii=False)) <= DATA_LIMIT:
-            return shown
+        text = json.dumps(shown, ensure_ascii=False)
+        return shown if len(text) <= DATA_LIMIT else text[:DATA_LIMIT]
     if raw is None:
         return None
     return mask_text(raw[:DATA_LIMIT].decode("utf-8", "replace"))

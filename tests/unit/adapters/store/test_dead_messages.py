@@ -110,3 +110,22 @@ def test_an_unreadable_entry_with_a_base64_body_is_kept_decoded_and_masked() -> 
         "buyer_name": "***",
     }
     assert "97770042" not in record["raw"]
+
+
+def test_unknown_fields_in_the_body_keep_their_name_but_not_their_value() -> None:
+    """A misspelt or unknown field is never read by a replay: parked, its value is redacted,
+    with a key or without, and in an argument with no known field at all."""
+    unknown = {"identifer": "01097770042", "customer": {"tel": "01097770043"}}
+    payload = {"imp_uid": "imp_1", "identifier": "01097770044", "company_name": "Shop", **unknown}
+    envelope = envelope_of([[payload, dict(unknown)], {}, {}])
+    for sealer in (Sealer([Fernet.generate_key().decode()]), Sealer([], allow_plaintext=True)):
+        record = dead_message_record(
+            reason="unknown task", queue="q", envelope=envelope, raw=None, sealer=sealer
+        )
+        first, second = body(record)[0]
+        assert "9777004" not in json.dumps(body(record))
+        assert (first["identifer"], first["customer"]) == ("<redacted>", "<redacted>")
+        assert second == {"identifer": "<redacted>", "customer": "<redacted>"}
+        if sealer.enabled:  # replayable: the fields a schema knows are kept
+            assert (first["imp_uid"], first["company_name"]) == ("imp_1", "Shop")
+            assert load_payload(first, sealer).identifier == "01097770044"
