@@ -25,6 +25,7 @@ from worker.adapters.observe.logs import outcome_line
 from worker.adapters.store.ledger import FENCE_HEADER
 from worker.celery import app, stopping
 from worker.celery.malformed import guard
+from worker.celery.request import carried_fence
 from worker.celery.runtime import Runtime, get_runtime
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import mask_payload, masked_args_repr
@@ -287,14 +288,6 @@ class _Run:
         return exc
 
 
-def _carried_fence(request: Any) -> int | None:
-    """The fence a message was handed a job with (FENCE_HEADER), or None."""
-    value = getattr(request, FENCE_HEADER, None)
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
-
-
 class _IssueRun(_Run):
     """``issue_cash_receipt``."""
 
@@ -314,7 +307,7 @@ class _IssueRun(_Run):
             terminal=terminal,
             rules=self.rules(),
             message=self.message,
-            carried_fence=_carried_fence(self.task.request),
+            carried_fence=carried_fence(self.task.request),
             attempt=self.attempt,
         )
         return self.drive(runner, args)
@@ -340,7 +333,7 @@ class _CancelRun(_Run):
             rules=self.rules(),
             imp_uid=self.message["imp_uid"],
             message=self.message,
-            carried_fence=_carried_fence(self.task.request),
+            carried_fence=carried_fence(self.task.request),
             attempt=self.attempt,
         )
         return self.drive(runner, args)

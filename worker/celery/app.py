@@ -44,6 +44,9 @@ class CashReceiptCelery(Celery):  # type: ignore[misc]
 
 app = CashReceiptCelery("cashreceipt", include=["tasks.receipts"])
 
+# Its task_revoked hook: a message discarded unrun still ends in one event.
+import worker.celery.revoked  # noqa: E402, F401
+
 
 @app.on_configure.connect
 def _read_settings(sender: Celery, **_: Any) -> None:

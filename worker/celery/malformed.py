@@ -122,6 +122,19 @@ def guard(strategy: Strategy, task: Task) -> Strategy:
     return guarded
 
 
+def message_terminal(task: Task, task_id: str, retries: object, raw: object) -> TerminalPublisher:
+    """The terminal publisher of a message that no run of ``task`` will end."""
+    runtime = get_runtime(task.app.conf)
+    return TerminalPublisher(
+        events=runtime.events,
+        store=runtime.ledger,
+        task_id=task_id,
+        attempts=(retries if isinstance(retries, int) else 0) + 1,
+        imp_uid=readable_imp_uid(raw),
+        merchant_uid=readable_merchant_uid(raw),
+    )
+
+
 def _fail_malformed(
     task: Task, message: Any, headers: Mapping[str, Any], payload: object, problem: str
 ) -> None:
@@ -134,16 +147,7 @@ def _fail_malformed(
         # The delivery tag tells two such messages apart; a redelivery keeps it.
         tag = str(getattr(message, "delivery_tag", "")).encode()
         task_id = "malformed-" + hashlib.sha256(tag + b"\0" + body).hexdigest()[:32]
-    retries = headers.get("retries")
-    runtime = get_runtime(task.app.conf)
-    terminal = TerminalPublisher(
-        events=runtime.events,
-        store=runtime.ledger,
-        task_id=task_id,
-        attempts=(retries if isinstance(retries, int) else 0) + 1,
-        imp_uid=readable_imp_uid(raw),
-        merchant_uid=readable_merchant_uid(raw),
-    )
+    terminal = message_terminal(task, task_id, headers.get("retries"), raw)
     error = InvalidPayload({"_message": [problem]})
     try:
         if task.name == CANCEL_TASK:

@@ -16,8 +16,17 @@ from typing import Any
 from celery.concurrency.base import BasePool
 from celery.worker.request import Request
 
+from worker.adapters.store.ledger import FENCE_HEADER
 from worker.celery import stopping
 from worker.core.masking import masked_args_repr
+
+
+def carried_fence(request: Any) -> int | None:
+    """The fence a task message was handed a job with (FENCE_HEADER), or None."""
+    value = getattr(request, FENCE_HEADER, None)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
 
 
 class MaskedRequest(Request):  # type: ignore[misc]

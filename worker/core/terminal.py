@@ -175,14 +175,40 @@ class TerminalPublisher:
         The store lists it with the dead letters, so that a refunded payment's
         live receipt is seen, and ``cashreceipt replay`` sends the cancellation again.
         """
+        return self._finish_cancel_failed(fence=fence, detail=error_detail(error, reason))
+
+    def finish_unrun(self, *, fence: int, op: str, reason: str, message: str) -> bool:
+        """End the owned job without running it (its message expired, or was revoked).
+
+        An issue ends ``failed``; a cancellation ends as one that failed for good
+        (``cancel_failed``, the receipt live). Either is replayable, like any failure.
+        """
+        detail = failure_detail(reason, status=None, code=None, message=message)
+        if op == "cancel":
+            return self._finish_cancel_failed(fence=fence, detail=detail)
+        return self._finish_failure(fence=fence, state="failed", event_type=FAILED, detail=detail)
+
+    def unrun(self, *, op: str, reason: str, message: str) -> Published:
+        """This message was never run, and owns no job to end: its event alone."""
+        detail = failure_detail(reason, status=None, code=None, message=message)
+        event_type = CANCEL_FAILED if op == "cancel" else FAILED
+        return self._publish(event_type, duplicate=False, detail=detail)
+
+    def _finish_cancel_failed(self, *, fence: int, detail: dict[str, Any]) -> bool:
+        return self._finish_failure(
+            fence=fence, state="issued", event_type=CANCEL_FAILED, detail=detail
+        )
+
+    def _finish_failure(
+        self, *, fence: int, state: str, event_type: str, detail: dict[str, Any]
+    ) -> bool:
         assert self.imp_uid is not None
-        detail = error_detail(error, reason)
         entry = self.store.finish(
             self.imp_uid,
             fence=fence,
-            state="issued",
+            state=state,
             task_id=self.task_id,
-            event_type=CANCEL_FAILED,
+            event_type=event_type,
             data=self._data(duplicate=False, detail=detail),
             error=detail["error"],
         )

@@ -1,0 +1,82 @@
+"""How a message that is never run ends: one failure event, and its job not stranded.
+
+Celery discards a message without running its task when the message is past its
+``expires``, or when an operator revoked its task id. The message still ends in one
+terminal event: ``cash_receipt.failed`` (``cash_receipt.cancel_failed`` for a
+cancellation), reason ``expired`` or ``revoked``.
+
+Its ledger job, when the message owns one, ends with it, as any failure does: the
+sweeper would otherwise re-send the job (without the ``expires`` the producer
+set, and under the same task id) and issue what the producer said must not run,
+under a message that had already said ``expired``. A message that owns no job
+(a duplicate of another task's payment, or sent without the ledger) publishes
+its event alone. While another delivery of the same message holds the job, that
+delivery publishes the message's one event, so nothing is done here.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from worker.core.ports import ClaimKind, JobStore
+from worker.core.terminal import TerminalPublisher
+
+#: The failure reasons, as Celery names why it discarded the message.
+EXPIRED = "expired"
+REVOKED = "revoked"
+
+_MESSAGES = {
+    EXPIRED: "The message was past its expires time; it was not run.",
+    REVOKED: "The task was revoked; it was not run.",
+}
+
+
+class Unrun(StrEnum):
+    """What :func:`end_unrun` did."""
+
+    #: The job was the message's: it ended failed, with its event.
+    JOB_ENDED = "job_ended"
+    #: The message owned no job that could be ended: its event was published alone.
+    PUBLISHED = "published"
+    #: Another delivery of this message holds the job, or it already ended: nothing.
+    LEFT = "left"
+
+
+def end_unrun(
+    store: JobStore,
+    terminal: TerminalPublisher,
+    *,
+    op: str,
+    reason: str,
+    carried_fence: int | None,
+) -> Unrun:
+    """End a message of task ``terminal.task_id`` that Celery discarded for ``reason``."""
+    message = _MESSAGES[reason]
+    imp_uid = terminal.imp_uid
+    view = store.view(imp_uid) if imp_uid is not None else None
+    if (
+        imp_uid is None
+        or view is None
+        or view.task_id != terminal.task_id
+        or view.state not in {"received", "in_flight"}
+    ):
+        # Not this message's job, or one that ended: its event alone (a task id
+        # publishes once, so a redelivery of an ended message publishes nothing).
+        published = terminal.unrun(op=op, reason=reason, message=message)
+        return Unrun.PUBLISHED if published.new else Unrun.LEFT
+    payload = view.cancel if view.op == "cancel" else view.payload
+    claim = store.claim(
+        imp_uid,
+        task_id=terminal.task_id,
+        payload=payload or {"imp_uid": imp_uid},
+        op=view.op,
+        fence=carried_fence,
+    )
+    if claim.kind is ClaimKind.CLAIMED:
+        if terminal.finish_unrun(fence=claim.fence, op=view.op, reason=reason, message=message):
+            return Unrun.JOB_ENDED
+        return Unrun.LEFT
+    if claim.kind in {ClaimKind.BUSY, ClaimKind.DONE}:
+        return Unrun.LEFT
+    published = terminal.unrun(op=op, reason=reason, message=message)
+    return Unrun.PUBLISHED if published.new else Unrun.LEFT
