@@ -547,3 +547,55 @@ def test_the_history_keeps_its_length(ledger: Ledger, redis_server: RedisServer)
     assert finish(ledger, imp_uid, claim.fence, f"{imp_uid}-t1")
     assert client.llen(history_key(imp_uid)) == JOB_HISTORY_LENGTH
     assert json.loads(client.lindex(history_key(imp_uid), 0))["outcome"] == ISSUED
+
+
+def _refund_that_cancelled(ledger: Ledger, imp_uid: str, task_id: str) -> int:
+    """A partial refund claimed, its cancel step done (``cancel_step``): returns its fence."""
+    refund = {"imp_uid": imp_uid, "amount": 100}
+    ledger.receive_cancel(imp_uid, task_id=task_id, cancel=refund, resend_after=60)
+    claim = ledger.claim(imp_uid, task_id=task_id, payload=refund, op="cancel")
+    assert claim.kind == "claimed"
+    assert ledger.note_cancelled(imp_uid, fence=claim.fence, receipt=None)
+    return claim.fence
+
+
+@pytest.mark.parametrize("reopened_by", ["receive", "pending_issue"])
+def test_a_reopened_job_forgets_an_earlier_refunds_cancel_step(
+    ledger: Ledger, imp_uid: str, reopened_by: str
+) -> None:
+    """A refund that takes over the re-opened job cancels again: no stale cancel step.
+
+    ``receive``: the refund's re-issue failed for good and a new issue re-opens the job.
+    ``pending_issue``: an issue recorded behind the refund owns the job once it ends.
+    """
+    owner = ledger.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
+    finish(ledger, imp_uid, owner.fence, f"{imp_uid}-t1")
+    fence = _refund_that_cancelled(ledger, imp_uid, f"{imp_uid}-c1")
+    if reopened_by == "pending_issue":
+        ledger.receive(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD, resend_after=60)
+        ending = {"state": "cancelled", "event_type": CANCELLED}
+    else:
+        ending = {"state": "failed", "event_type": "cash_receipt.failed"}
+    ledger.finish(
+        imp_uid,
+        fence=fence,
+        task_id=f"{imp_uid}-c1",
+        data={"imp_uid": imp_uid, "task_id": f"{imp_uid}-c1"},
+        **ending,
+    )
+    if reopened_by == "receive":
+        assert (
+            ledger.receive(imp_uid, task_id=f"{imp_uid}-t2", payload=PAYLOAD, resend_after=60)
+            == "received"
+        )
+    job = ledger.view(imp_uid)
+    assert job is not None
+    assert (job.state, job.task_id, job.op) == ("received", f"{imp_uid}-t2", "issue")
+    assert not job.cancel_done
+    # A second refund takes the unfinished issue over: its cancel step is still to do.
+    refund = {"imp_uid": imp_uid, "amount": 50}
+    claim = ledger.claim(imp_uid, task_id=f"{imp_uid}-c2", payload=refund, op="cancel")
+    assert claim.kind == "claimed"
+    job = ledger.view(imp_uid)
+    assert job is not None
+    assert not job.cancel_done

@@ -542,3 +542,26 @@ def test_the_same_steps_leave_the_same_record(redis_server: RedisServer, steps: 
     redis_trace, memory_trace = _traces(redis_server, steps)
     for part in redis_trace:
         assert memory_trace[part] == redis_trace[part], part
+
+
+def test_a_reopened_job_keeps_no_cancel_step_of_an_earlier_refund(
+    store: Store, imp_uid: str
+) -> None:
+    """A partial refund cancelled, then failed to re-issue; a new issue re-opens the job.
+
+    The next refund to take it over has its own DELETE to send (issue 14, finding 18).
+    """
+    jobs = store.jobs
+    assert jobs.claim(imp_uid, task_id=store.task("t1"), payload=PAYLOAD) == claimed(1, 1)
+    assert finish(jobs, imp_uid, 1, store.task("t1")) is not None
+    refund = jobs.claim(imp_uid, task_id=store.task("r1"), payload=PARTIAL, op="cancel")
+    assert refund == claimed(2, 1, op="cancel")
+    assert jobs.note_cancelled(imp_uid, fence=2, receipt=None)
+    assert finish(jobs, imp_uid, 2, store.task("r1"), state="failed") is not None
+    reopened = jobs.receive(imp_uid, task_id=store.task("t2"), payload=PAYLOAD, resend_after=60)
+    assert reopened == "received"
+    view = jobs.view(imp_uid)
+    assert view is not None and not view.cancel_done
+    assert jobs.claim(imp_uid, task_id=store.task("r2"), payload=PARTIAL, op="cancel").fence == 3
+    view = jobs.view(imp_uid)
+    assert view is not None and not view.cancel_done

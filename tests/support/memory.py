@@ -341,7 +341,7 @@ class MemoryStore:
             updated_at=str(now),
             next_attempt_at=str(due),
         )
-        for name in ("last_error", "receipt", "lease_until"):
+        for name in ("last_error", "receipt", "lease_until", "cancel_step"):
             rec.pop(name, None)
         self.due[imp_uid] = due
         return "received"
@@ -585,7 +585,6 @@ class MemoryStore:
                 rec.get("pending_cancel"),
                 rec.get("pending_cancel_due"),
             ):
-                rec.pop("cancel_step", None)
                 self.dead.pop(imp_uid, None)
             for name in ("pending_cancel_task", "pending_cancel", "pending_cancel_due"):
                 rec.pop(name, None)
@@ -617,6 +616,7 @@ class MemoryStore:
                 "next_attempt_at": due or "0",
             }
         )
+        rec.pop("cancel_step", None)
         self.due[imp_uid] = int(due or 0)
         return True
 

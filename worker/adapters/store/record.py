@@ -29,7 +29,8 @@ SENT_AT_FIELD = "sent_at"
 #: Read only while ``sent_at`` is set; a record without it (older code) means the job's op.
 SENT_OP_FIELD = "sent_op"
 #: The refund's step done so far (``cancelled``), so that a retry after the cancel only
-#: re-issues. The scripts clear it when a refund ends or a new one is recorded.
+#: re-issues. The scripts clear it when a new refund is recorded or claims a finished job,
+#: and when the job is re-opened or handed to a task recorded behind the refund.
 CANCEL_STEP_FIELD = "cancel_step"
 #: The value of :data:`CANCEL_STEP_FIELD` once the live receipt is cancelled.
 CANCELLED_STEP = "cancelled"

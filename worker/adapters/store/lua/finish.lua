@@ -30,6 +30,8 @@ local function hand_over(task_id, op, field, value, due)
   end
   redis.call('HSET', KEYS[1], 'state', 'received', 'op', op, 'task_id', task_id,
     field, value, 'attempts', 0, 'next_attempt_at', due)
+  -- The refund that held the job has ended: its cancel step is no new owner's.
+  redis.call('HDEL', KEYS[1], 'cancel_step')
   redis.call('PERSIST', KEYS[1])
   redis.call('ZADD', KEYS[2], due, ARGV[11])
   return true
@@ -110,7 +112,6 @@ if ARGV[2] == 'issued' then
   local pending = redis.call('HMGET', KEYS[1],
     'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
   if hand_over(pending[1], 'cancel', 'cancel', pending[2], pending[3]) then
-    redis.call('HDEL', KEYS[1], 'cancel_step')
     redis.call('ZREM', KEYS[7], ARGV[11])  -- owed, not dead: a cancel_failed is retried
   end
   redis.call('HDEL', KEYS[1], 'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')

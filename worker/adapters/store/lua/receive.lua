@@ -21,7 +21,9 @@ if not state then
 end
 redis.call('HSET', KEYS[1], 'state', 'received', 'task_id', ARGV[1], 'payload', ARGV[2],
   'op', 'issue', 'attempts', 0, 'updated_at', ARGV[3], 'next_attempt_at', ARGV[4])
-redis.call('HDEL', KEYS[1], 'last_error', 'receipt', 'lease_until')
+-- A re-opened job starts with no refund step: an earlier refund's cancel_step would
+-- make the next refund that takes it over skip its DELETE.
+redis.call('HDEL', KEYS[1], 'last_error', 'receipt', 'lease_until', 'cancel_step')
 redis.call('PERSIST', KEYS[1])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 return 'received'
