@@ -21,6 +21,7 @@ import redis
 from celery import Celery
 from cryptography.fernet import Fernet
 
+from tests.support.hostile import LONE, deep_json, sent_for
 from tests.support.ingress import INGRESS, blocked_reader, run_once, running_ingress, xadd
 from tests.support.layout import dump
 from tests.support.redis_server import RedisServer
@@ -559,3 +560,81 @@ def test_readme_redis_cli_lines_are_accepted(
         "cash_receipt.cancelled",
         "cash_receipt.issued",
     ]
+
+
+def handled_around(
+    env: dict[str, str], client: redis.Redis, stream: str, results: ResultStream, valid: str
+) -> dict[str, dict[str, Any]]:
+    """Run the ingress once: the valid entry behind the bad ones is issued, the stream is
+    drained; the stream's dead letters."""
+    code, log = run_once(env)
+    assert code == 0, log
+    assert results.wait(task_id_for(stream, valid))["type"] == "cash_receipt.issued"
+    assert drained(client, stream)
+    return dead_letters(client, stream)
+
+
+@pytest.mark.usefixtures("worker")
+def test_lone_surrogate_in_an_ingress_entry_is_dead_lettered_with_one_event(
+    client: redis.Redis,
+    env: dict[str, str],
+    stream: str,
+    results: ResultStream,
+    sandbox: Sandbox,
+) -> None:
+    """Confirmed and cancelled entries with a lone surrogate: a dead letter each, an event when
+    the imp_uid is readable, no POST; the entry behind them still goes through."""
+    bad_merchant, bad_name, bad_cancel, good = (new_imp_uid() for _ in range(4))
+    entries = {
+        "merchant_uid": xadd(
+            client,
+            stream,
+            CONFIRMED,
+            {"imp_uid": bad_merchant, "merchant_uid": f"o{LONE}", "identifier": PHONE},
+        ),
+        "buyer_name": xadd(
+            client,
+            stream,
+            CONFIRMED,
+            {"imp_uid": bad_name, "identifier": PHONE, "buyer_name": f"Kim{LONE}"},
+        ),
+        "imp_uid": xadd(client, stream, CONFIRMED, {"imp_uid": f"imp_{LONE}", "identifier": PHONE}),
+        "reason": xadd(client, stream, CANCELLED, {"imp_uid": bad_cancel, "reason": f"r{LONE}"}),
+    }
+    valid = xadd(client, stream, CONFIRMED, {"imp_uid": good, "identifier": PHONE})
+    dead = handled_around(env, client, stream, results, valid)
+    assert set(dead) == set(entries.values())
+    assert {record["reason"] for record in dead.values()} == {"invalid_payload"}
+    for field, entry in entries.items():
+        assert field in dead[entry]["errors"], field
+    for imp_uid, field in ((bad_merchant, "merchant_uid"), (bad_name, "buyer_name")):
+        (event,) = results.for_imp_uid(imp_uid)
+        assert event["type"] == "cash_receipt.failed"
+        assert field in event["data"]["error"]["fields"]
+        assert sent_for(sandbox, imp_uid) == []
+    (cancel_event,) = results.for_imp_uid(bad_cancel)
+    assert cancel_event["type"] == "cash_receipt.cancel_failed"
+    assert results.for_task(task_id_for(stream, entries["imp_uid"])) == []
+    assert LONE not in json.dumps([*dead.values(), *results.all()], ensure_ascii=False)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 14, finding 3: deeply nested JSON blocks the ingress")
+@pytest.mark.usefixtures("worker")
+def test_deeply_nested_ingress_entry_is_dead_lettered(
+    client: redis.Redis, env: dict[str, str], stream: str, results: ResultStream
+) -> None:
+    """JSON nested 100,000 deep: a dead letter that says so, and the next entry goes through."""
+    deep = xadd(client, stream, CONFIRMED, deep_json())
+    inside = xadd(
+        client,
+        stream,
+        CONFIRMED,
+        b'{"imp_uid": "x", "identifier": ' + deep_json() + b"}",
+    )
+    good = new_imp_uid()
+    valid = xadd(client, stream, CONFIRMED, {"imp_uid": good, "identifier": PHONE})
+    dead = handled_around(env, client, stream, results, valid)
+    assert set(dead) == {deep, inside}
+    for record in dead.values():
+        assert record["reason"] == "invalid_json"
+        assert "nested too deeply" in record["errors"]["data"][0]

@@ -144,6 +144,21 @@ def shown_key(key: object) -> str:
     return mask_text(printable)
 
 
+#: What UTF-8 cannot encode: a surrogate code point. JSON's ``"\\ud800"`` escape
+#: decodes to one, and an event or a ledger record holding it could never be written.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8 (it holds no surrogate)."""
+    return _SURROGATE.search(text) is None
+
+
+def shown_text(text: str) -> str:
+    """``text`` with each surrogate replaced by U+FFFD, so that it can be written anywhere."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def masked_args_repr(args: object) -> str:
     """What Flower, task events and logs show for a task's arguments.
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from worker.core.masking import encodable, shown_text
 from worker.core.ports import Sealing, Unsealer, UnsealError
 from worker.core.types import ReceiptOrder
 
@@ -125,10 +126,29 @@ def _plausible_birth_date(rrn: str) -> bool:
     return True
 
 
+_NOT_UNICODE = "Must be Unicode text: a lone surrogate (such as \\ud800) cannot be encoded."
+
+
+class _UnicodeText:
+    """Mixin for a string field: a value UTF-8 cannot encode is invalid (never echoed)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        text = super()._deserialize(value, attr, data, **kwargs)  # type: ignore[misc]
+        if isinstance(text, str) and not encodable(text):
+            raise ValidationError(_NOT_UNICODE)
+        return text
+
+
+class Text(_UnicodeText, fields.String):
+    """A string field whose value can be encoded as UTF-8."""
+
+
+class EmailText(_UnicodeText, fields.Email):
+    """An e-mail address that can be encoded as UTF-8."""
+
+
 def _optional_text(max_length: int) -> fields.String:
-    return fields.String(
-        load_default=None, allow_none=True, validate=validate.Length(max=max_length)
-    )
+    return Text(load_default=None, allow_none=True, validate=validate.Length(max=max_length))
 
 
 class PaymentConfirmedSchema(Schema):
@@ -137,18 +157,18 @@ class PaymentConfirmedSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    imp_uid = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    imp_uid = Text(required=True, validate=validate.Length(min=1, max=100))
     merchant_uid = _optional_text(100)
     identifier = Identifier(required=True)
-    identifier_type = fields.String(
+    identifier_type = Text(
         load_default=None, allow_none=True, validate=validate.OneOf(IDENTIFIER_TYPES)
     )
-    type = fields.String(load_default="person", validate=validate.OneOf(RECEIPT_TYPES))
+    type = Text(load_default="person", validate=validate.OneOf(RECEIPT_TYPES))
     company_tel = _optional_text(40)
     company_name = _optional_text(100)
     corp_reg_no = _optional_text(40)
     buyer_name = _optional_text(100)
-    buyer_email = fields.Email(load_default=None, allow_none=True)
+    buyer_email = EmailText(load_default=None, allow_none=True)
     buyer_tel = _optional_text(40)
     # Capped where JSON numbers stay exact: a bigger one could not be sent on.
     tax_free = fields.Integer(
@@ -287,20 +307,25 @@ def _flatten(messages: Any) -> dict[str, list[str]]:
 
 
 def readable_imp_uid(raw: object) -> str | None:
-    """The payload's imp_uid when one can be read, so even a bad payload can be reported."""
+    """The payload's imp_uid when one can be read, so even a bad payload can be reported.
+
+    One UTF-8 cannot encode is not readable: it names a key, and no stand-in for it
+    may name another payment's.
+    """
     if isinstance(raw, Mapping):
         value = raw.get("imp_uid")
-        if isinstance(value, str) and 0 < len(value) <= 100:
+        if isinstance(value, str) and 0 < len(value) <= 100 and encodable(value):
             return value
     return None
 
 
 def readable_merchant_uid(raw: object) -> str | None:
-    """Like :func:`readable_imp_uid`, for the merchant's order id."""
+    """Like :func:`readable_imp_uid`, for the merchant's order id; only shown, so a surrogate
+    in it is shown as U+FFFD."""
     if isinstance(raw, Mapping):
         value = raw.get("merchant_uid")
         if isinstance(value, str) and len(value) <= 100:
-            return value
+            return shown_text(value)
     return None
 
 
@@ -310,7 +335,7 @@ class PaymentCancelledSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    imp_uid = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    imp_uid = Text(required=True, validate=validate.Length(min=1, max=100))
     merchant_uid = _optional_text(100)
     # The refunded amount of a partial refund; absent for a full one.
     amount = fields.Integer(

@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from marshmallow import fields
 
 from worker.core.schemas import (
     InvalidPayload,
+    PaymentConfirmedSchema,
     business_number_checks,
+    load_cancellation,
     load_payload,
     payload_from_args,
     readable_imp_uid,
+    readable_merchant_uid,
 )
 
 PHONE = "01012345678"
@@ -153,3 +157,47 @@ def test_untyped_13_digits_are_not_judged(identifier: str) -> None:
 def test_new_resident_numbers_without_check_digit_pass() -> None:
     """Numbers issued since October 2020 have random digits: only the birth date is checked."""
     assert load_payload(payload(identifier="9710131987654", identifier_type="person"))
+
+
+LONE = "\ud800"
+
+
+#: Every text field of the issue payload, as the schema declares them.
+TEXT_FIELDS = sorted(
+    name
+    for name, declared in PaymentConfirmedSchema().fields.items()
+    if isinstance(declared, fields.String)
+)
+
+
+@pytest.mark.parametrize("field", TEXT_FIELDS)
+def test_text_utf8_cannot_encode_is_refused(field: str) -> None:
+    """A lone surrogate (JSON's "\\ud800") in any text field is an invalid payload, and the
+    error neither echoes it nor holds one."""
+    value = {"identifier": PHONE, "buyer_email": "kim@example.com"}.get(field, "imp_1") + LONE
+    errors = errors_of(payload(**{field: value}))
+    assert field in errors
+    assert str(InvalidPayload(errors)).encode("utf-8")
+
+
+@pytest.mark.parametrize("field", ["imp_uid", "merchant_uid", "reason"])
+def test_cancellation_text_utf8_cannot_encode_is_refused(field: str) -> None:
+    """The same rule for a refund's payload."""
+    with pytest.raises(InvalidPayload) as caught:
+        load_cancellation({"imp_uid": "imp_1", field: f"x{LONE}"})
+    assert field in caught.value.errors
+    assert "surrogate" in caught.value.errors[field][0]
+
+
+def test_surrogate_pair_halves_are_refused_too() -> None:
+    """Both halves of a pair, kept apart as Python can, are no more encodable than one."""
+    assert "buyer_name" in errors_of(payload(buyer_name="\ud83d\ude00"))
+    assert load_payload(payload(buyer_name="\U0001f600")).options["buyer_name"] == "\U0001f600"
+
+
+def test_unreadable_text_is_never_echoed_in_a_failure() -> None:
+    """The imp_uid names keys, so one with a surrogate is not read at all; the merchant_uid
+    is only shown, with U+FFFD in the surrogate's place."""
+    raw = {"imp_uid": f"imp_{LONE}", "merchant_uid": f"order-{LONE}"}
+    assert readable_imp_uid(raw) is None
+    assert readable_merchant_uid(raw) == "order-\ufffd"

@@ -48,8 +48,10 @@ from worker.config.defaults import DEAD_MESSAGE_RETENTION_SECONDS
 from worker.core.masking import (
     PERSONAL_FIELDS,
     SEALED_FIELDS,
+    encodable,
     mask_payload,
     mask_text,
+    shown_text,
     unknown_fields_redacted,
 )
 from worker.core.schemas import BUYER_FIELDS
@@ -127,7 +129,11 @@ def _sealed_body(
             with contextlib.suppress(binascii.Error, TypeError, ValueError):
                 text = base64.b64decode(body).decode("utf-8", "replace")
         return {**envelope, "body": None}, text
-    sealed = json.dumps(_seal_payloads(decoded, sealer, _DEPTH), ensure_ascii=False).encode()
+    text = json.dumps(_seal_payloads(decoded, sealer, _DEPTH), ensure_ascii=False)
+    if not encodable(text):
+        # A lone surrogate ("\ud800" in the producer's JSON): kept as the escape it came as.
+        text = json.dumps(_seal_payloads(decoded, sealer, _DEPTH))
+    sealed = text.encode()
     encoded = base64.b64encode(sealed).decode("ascii") if base64_body else sealed.decode()
     return {**envelope, "body": encoded}, None
 
@@ -194,7 +200,8 @@ def _sealed_payload(payload: dict[str, Any], sealer: Sealer | None) -> dict[str,
         return unknown_fields_redacted(payload)
     try:
         return unknown_fields_redacted(_sealed_fields(payload, sealer))
-    except SealingUnavailable:
+    except (SealingUnavailable, UnicodeEncodeError):
+        # No key; or a lone surrogate, which no replay would accept: masked.
         return mask_payload(payload)
 
 
@@ -220,7 +227,7 @@ def _sealed_fields(payload: dict[str, Any], sealer: Sealer | None) -> dict[str, 
 
 def keep_dead_message(client: redis.Redis, record: Mapping[str, Any]) -> None:
     """Keep ``record``; trim the list at :data:`DEAD_MESSAGES_LIMIT` and drop expired records."""
-    length, _ = _keep(client, json.dumps(record, ensure_ascii=False))
+    length, _ = _keep(client, shown_text(json.dumps(record, ensure_ascii=False)))
     log.error(
         "parked a message (task %s, id %s, queue %s): %s",
         record.get("task"),

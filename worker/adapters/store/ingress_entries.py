@@ -29,7 +29,7 @@ import redis
 
 from worker.adapters.store import lua
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY
-from worker.core.masking import mask_payload, mask_text
+from worker.core.masking import mask_payload, mask_text, shown_text
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ class IngressEntries:
             "data": _shown_data(raw, data),
         }
         pipe = self._redis.pipeline(transaction=True)
-        pipe.lpush(DEAD_ENTRIES_KEY, json.dumps(record, ensure_ascii=False))
+        # A lone surrogate (JSON's "\ud800") cannot be written as UTF-8: shown as U+FFFD.
+        pipe.lpush(DEAD_ENTRIES_KEY, shown_text(json.dumps(record, ensure_ascii=False)))
         pipe.ltrim(DEAD_ENTRIES_KEY, 0, DEAD_ENTRIES_LIMIT - 1)
         pipe.llen(DEAD_ENTRIES_KEY)
         pipe.xack(self.stream, self.group, entry_id)

@@ -129,3 +129,17 @@ def test_unknown_fields_in_the_body_keep_their_name_but_not_their_value() -> Non
         if sealer.enabled:  # replayable: the fields a schema knows are kept
             assert (first["imp_uid"], first["company_name"]) == ("imp_1", "Shop")
             assert load_payload(first, sealer).identifier == "01097770044"
+
+
+def test_a_lone_surrogate_in_the_body_is_kept_as_its_escape() -> None:
+    """JSON's "\\ud800" decodes to text UTF-8 cannot encode: the body keeps the escape, still
+    replayable, and the record can be written."""
+    payload = {"imp_uid": "imp_1", "merchant_uid": "order-\ud800"}
+    record = dead_message_record(
+        reason="unknown task",
+        queue="cash_receipts",
+        envelope=envelope_of([[payload], {}, {}]),
+        raw=None,
+    )
+    assert body(record) == [[payload], {}, {}]
+    json.dumps(record, ensure_ascii=False).encode()
