@@ -21,8 +21,9 @@ from worker.adapters.store.keys import DUE_KEY, ledger_key
 from worker.adapters.store.ledger import Ledger
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 
-# On RabbitMQ, Celery turns `expires` into the message's TTL and the broker drops it
-# unseen: the README says what then happens. The Redis transport delivers it.
+# On RabbitMQ, Celery also turns `expires` into the message's TTL: one that expires in the
+# queue is dropped unseen (the README says what then happens), so whether this message
+# reaches the worker depends on its backlog. The Redis transport always delivers it.
 pytestmark = [pytest.mark.integration]
 
 
