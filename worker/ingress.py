@@ -347,6 +347,9 @@ def _decoded(raw: bytes | None) -> object:
     except ValueError as error:
         message = error.msg if isinstance(error, json.JSONDecodeError) else "unreadable"
         raise Malformed("invalid_json", {"data": [f"Not valid JSON ({message})."]}) from None
+    except RecursionError:
+        # Valid JSON, perhaps, but nested deeper than any parser here can follow.
+        raise Malformed("invalid_json", {"data": ["Not valid JSON (nested too deeply)."]}) from None
 
 
 def _object(data: object) -> Mapping[str, Any]:

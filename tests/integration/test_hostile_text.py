@@ -19,7 +19,9 @@ from tests.support.hostile import LONE, deep_json, sent_for
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
+from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput
+from worker.adapters.store.keys import DEAD_MESSAGES_KEY
 from worker.core.contract import CANCEL_TASK
 
 pytestmark = pytest.mark.integration
@@ -93,3 +95,31 @@ def test_deeply_nested_raw_message_does_not_stop_the_worker(
         assert event["type"] == "cash_receipt.failed"
         assert event["data"]["error"]["reason"] == "invalid_payload"
     assert results.for_task(in_args)[0]["data"]["imp_uid"] == imp_uid
+
+
+@pytest.mark.redis_broker
+@pytest.mark.parametrize("shape", ["deep", "lone_surrogate"])
+def test_hostile_message_of_an_unknown_task_is_parked(
+    redis_server: RedisServer, results: ResultStream, worker: ProcessOutput, shape: str
+) -> None:
+    """A task this worker does not know, its body nested 100,000 deep or holding "\\ud800":
+    parked under its id, and the message behind it is issued."""
+    client = redis_server.client()
+    imp_uid = new_imp_uid()
+    body = deep_json() if shape == "deep" else body_of({"imp_uid": imp_uid, "note": f"x{LONE}"})
+    unknown = str(uuid.uuid4())
+    client.lpush("cash_receipts", envelope(body, task="reissue_cash_receipt_v2", task_id=unknown))
+    follow_up = str(uuid.uuid4())
+    payload = {"imp_uid": imp_uid, "identifier": PHONE}
+    client.lpush("cash_receipts", envelope(body_of(payload), task_id=follow_up))
+    assert results.wait(follow_up, timeout=30)["type"] == "cash_receipt.issued"
+    parked = wait_for(
+        lambda: [
+            record
+            for record in map(json.loads, client.lrange(DEAD_MESSAGES_KEY, 0, -1))
+            if record.get("id") == unknown
+        ],
+        message="the unknown task to be parked",
+    )
+    assert len(parked) == 1
+    assert LONE not in json.dumps(parked, ensure_ascii=False)

@@ -618,7 +618,6 @@ def test_lone_surrogate_in_an_ingress_entry_is_dead_lettered_with_one_event(
     assert LONE not in json.dumps([*dead.values(), *results.all()], ensure_ascii=False)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14, finding 3: deeply nested JSON blocks the ingress")
 @pytest.mark.usefixtures("worker")
 def test_deeply_nested_ingress_entry_is_dead_lettered(
     client: redis.Redis, env: dict[str, str], stream: str, results: ResultStream

@@ -123,7 +123,7 @@ def _sealed_body(
     try:
         raw = base64.b64decode(body, validate=True) if base64_body else str(body).encode()
         decoded = json.loads(raw)
-    except (binascii.Error, TypeError, ValueError):
+    except (binascii.Error, TypeError, ValueError, RecursionError):
         text = body if isinstance(body, str) else json.dumps(body, default=str)
         if base64_body:
             with contextlib.suppress(binascii.Error, TypeError, ValueError):
@@ -147,7 +147,7 @@ def _masked_entry(text: str) -> str:
     """
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
     return json.dumps(_seal_payloads(_decoded_bodies(value, _DEPTH), None, _DEPTH), default=str)
 
@@ -163,7 +163,7 @@ def _decoded_bodies(value: Any, depth: int) -> Any:
     decoded = {key: _decoded_bodies(item, depth - 1) for key, item in value.items()}
     body = decoded.get("body")
     if isinstance(body, str):
-        with contextlib.suppress(binascii.Error, ValueError):
+        with contextlib.suppress(binascii.Error, ValueError, RecursionError):
             decoded["body"] = _decoded_bodies(json.loads(base64.b64decode(body)), depth - 1)
     return decoded
 

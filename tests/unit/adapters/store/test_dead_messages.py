@@ -143,3 +143,23 @@ def test_a_lone_surrogate_in_the_body_is_kept_as_its_escape() -> None:
     )
     assert body(record) == [[payload], {}, {}]
     json.dumps(record, ensure_ascii=False).encode()
+
+
+def test_a_body_nested_past_the_parser_is_kept_as_masked_text() -> None:
+    """JSON nested 100,000 deep cannot be decoded to seal: like a body that is not JSON, only
+    its masked text is kept, and the record can be written."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    envelope = {**envelope_of(None), "body": base64.b64encode(deep).decode()}
+    record = dead_message_record(
+        reason="unknown task", queue="cash_receipts", envelope=envelope, raw=None
+    )
+    assert record["envelope"]["body"] is None
+    assert record["raw"].startswith("[[[")
+    json.dumps(record)
+
+
+def test_an_unreadable_entry_nested_past_the_parser_is_kept_as_text() -> None:
+    """A queue entry that is not an envelope, nested past the parser: kept as its text."""
+    deep = "[" * 100_000 + "]" * 100_000
+    record = dead_message_record(reason="not JSON", queue="cash_receipts", envelope=None, raw=deep)
+    assert record["raw"] == deep[: len(record["raw"])]
