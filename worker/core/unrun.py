@@ -11,7 +11,8 @@ set, and under the same task id) and issue what the producer said must not run,
 under a message that had already said ``expired``. A message that owns no job
 (a duplicate of another task's payment, or sent without the ledger) publishes
 its event alone. While another delivery of the same message holds the job, that
-delivery publishes the message's one event, so nothing is done here.
+delivery publishes the message's one event, so nothing is done here; and while
+the job's last request is unsettled, the run the sweeper starts does (it looks first).
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ def end_unrun(
         # publishes once, so a redelivery of an ended message publishes nothing).
         published = terminal.unrun(op=op, reason=reason, message=message)
         return Unrun.PUBLISHED if published.new else Unrun.LEFT
+    if view.sent_at is not None:
+        # An earlier attempt's POST or DELETE is unsettled: the provider may have acted
+        # on it, and a failure now could report a receipt that exists as failed. The
+        # sweeper re-sends the job under this task id; that run looks first, and
+        # publishes this message's one event.
+        return Unrun.LEFT
     payload = view.cancel if view.op == "cancel" else view.payload
     claim = store.claim(
         imp_uid,

@@ -61,3 +61,23 @@ def test_a_duplicate_of_another_tasks_job_publishes_alone() -> None:
     assert event.type == "cash_receipt.cancel_failed"
     view = store.view(IMP_UID)
     assert view is not None and (view.state, view.task_id) == ("received", "owner")
+
+
+@pytest.mark.parametrize("op", ["issue", "cancel"])
+def test_a_job_whose_last_request_is_unsettled_is_not_failed(op: str) -> None:
+    """A retry's message expired after an earlier attempt's POST (or DELETE) went unanswered:
+    the provider may have acted on it, so failing the job now could report as failed a
+    receipt that exists. The job is left for the sweeper, whose run looks first and
+    publishes the message's one event."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    store.receive(IMP_UID, task_id="t1", payload=PAYLOAD, resend_after=60)
+    claim = store.claim(IMP_UID, task_id="t1", payload=PAYLOAD)
+    assert store.note_sent(IMP_UID, fence=claim.fence, at=clock(), op="issue")
+    assert store.extend(IMP_UID, fence=claim.fence, seconds=5, error={"reason": "outcome_unknown"})
+    clock.now += 3600  # the hold passed: nothing owns the job any more
+    done = end_unrun(store, terminal(store, "t1"), op=op, reason=EXPIRED, carried_fence=claim.fence)
+    assert done is Unrun.LEFT
+    assert store.events_of("t1") == []
+    view = store.view(IMP_UID)
+    assert view is not None and view.state == "in_flight" and view.sent_at is not None
