@@ -123,3 +123,27 @@ def test_hostile_message_of_an_unknown_task_is_parked(
     )
     assert len(parked) == 1
     assert LONE not in json.dumps(parked, ensure_ascii=False)
+
+
+@pytest.mark.redis_broker
+def test_lone_surrogate_in_the_task_id_fails_once(
+    redis_server: RedisServer, results: ResultStream, worker: ProcessOutput, sandbox: Sandbox
+) -> None:
+    """A task id UTF-8 cannot encode names no event key: the message is malformed, ends in one
+    failure event under an id derived from it, posts nothing; the message behind it is issued."""
+    client = redis_server.client()
+    imp_uid = new_imp_uid()
+    body = body_of({"imp_uid": imp_uid, "identifier": PHONE})
+    client.lpush("cash_receipts", envelope(body, task_id=f"t-{LONE}"))
+    follow_up = str(uuid.uuid4())
+    client.lpush(
+        "cash_receipts",
+        envelope(body_of({"imp_uid": new_imp_uid(), "identifier": PHONE}), task_id=follow_up),
+    )
+    assert results.wait(follow_up, timeout=30)["type"] == "cash_receipt.issued"
+    (event,) = wait_for(
+        lambda: results.for_imp_uid(imp_uid), message="the malformed message's event"
+    )
+    assert event["type"] == "cash_receipt.failed"
+    assert event["data"]["error"]["reason"] == "invalid_payload"
+    assert sent_for(sandbox, imp_uid) == []

@@ -30,6 +30,7 @@ from kombu.exceptions import DecodeError
 
 from worker.celery.runtime import get_runtime
 from worker.core.contract import CANCEL_TASK
+from worker.core.masking import encodable
 from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
 from worker.core.terminal import TerminalPublisher
 
@@ -63,6 +64,9 @@ def header_problem(headers: Mapping[str, Any]) -> str | None:
     """Why the headers cannot carry a task run, or None."""
     if not isinstance(headers.get("id"), str):
         return "The message has no task id."
+    if not encodable(headers["id"]):
+        # A lone surrogate ("\ud800" in JSON): no key or event could hold the id.
+        return "The message's task id is not Unicode text."
     # Absent is 0; null is not: Celery reads it as None, our run's int() raised and the
     # message ended without an event, and Celery's own retry adds 1 to it.
     retries = headers.get("retries", 0)
@@ -141,7 +145,7 @@ def _fail_malformed(
     body = message.body if isinstance(message.body, bytes) else str(message.body or "").encode()
     raw = readable_payload(payload, body)
     task_id = headers.get("id")
-    if not isinstance(task_id, str):
+    if not isinstance(task_id, str) or not encodable(task_id):
         # No id to key the event on: derive one from the body so a redelivery
         # of the same bytes still publishes once.
         # The delivery tag tells two such messages apart; a redelivery keeps it.

@@ -88,3 +88,9 @@ def test_eta_and_expires_must_be_dates_or_absent(
     headers: dict[str, object], problem: str | None
 ) -> None:
     assert header_problem(headers) == problem
+
+
+def test_a_task_id_utf8_cannot_encode_is_a_header_problem() -> None:
+    """JSON's "\\ud800" in the id: no event key could hold it, so the message is malformed."""
+    assert header_problem({"id": "t-\ud800"}) == "The message's task id is not Unicode text."
+    assert header_problem({"id": "t-\U0001f600"}) is None
