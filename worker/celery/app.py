@@ -16,9 +16,9 @@ from celery import Celery, signals
 from celery.app.task import Task
 from celery.apps import worker as celery_worker_app
 
-from worker.adapters.observe.logmask import MaskPersonalData, install
 from worker.adapters.observe.logs import say_as_json, setup_process_logging, use_json
 from worker.adapters.observe.metrics import MetricsServer, StateCollector, queue_depth, start_server
+from worker.adapters.privacy.logmask import MaskPersonalData, install
 from worker.adapters.privacy.sealing import Sealer, SealingUnavailable
 from worker.adapters.store.sweeper import Sweeper
 from worker.celery.runtime import get_runtime

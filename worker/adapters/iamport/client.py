@@ -26,7 +26,7 @@ from urllib3.exceptions import NewConnectionError
 
 from worker.adapters.iamport.answers import CHANGING_METHODS, error_for_answer, is_envelope
 from worker.adapters.iamport.shapes import read_payment, read_receipt, receipt_body
-from worker.adapters.observe.logmask import remember_secret
+from worker.adapters.privacy.logmask import remember_secret
 from worker.adapters.store.keys import token_key
 from worker.core.errors import (
     AuthenticationFailed,

@@ -4,7 +4,7 @@ A log shipper (Loki, CloudWatch, Elasticsearch) parses a JSON object per line
 without a pattern per message, and can index the fields of a task's outcome
 line (``task_id``, ``imp_uid``, ``outcome``...). The format changes, the
 masking does not: every handler that gets a formatter here also carries
-:class:`~worker.adapters.observe.logmask.MaskPersonalData`, which runs before any formatter and
+:class:`~worker.adapters.privacy.logmask.MaskPersonalData`, which runs before any formatter and
 masks the message, the traceback and every ``extra`` field.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from worker.adapters.observe.logmask import MaskPersonalData, install
+from worker.adapters.privacy.logmask import MaskPersonalData, install
 from worker.config.load import config_secrets
 from worker.core.masking import mask_text
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from worker.adapters.observe.logmask import MaskPersonalData, install
 from worker.adapters.observe.logs import FIELDS, JsonFormatter, outcome_line, setup_process_logging
+from worker.adapters.privacy.logmask import MaskPersonalData, install
 
 SECRET = "s3cr3t-value-of-iamport"
 TASK_ID = "758db68f-5558-4b35-9a2d-123456789012"  # its last group is all digits

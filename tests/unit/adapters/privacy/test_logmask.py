@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.adapters.observe.logmask import MaskPersonalData, install, remember_secret
+from worker.adapters.privacy.logmask import MaskPersonalData, install, remember_secret
 
 SECRET = "s3cr3t-value-of-iamport"
 
