@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from worker.core.ports import ClaimKind, JobStore
+from worker.core.ports import ClaimKind, JobStore, JobView, Published
 from worker.core.terminal import TerminalPublisher
 
 #: The failure reasons, as Celery names why it discarded the message.
@@ -52,9 +52,17 @@ def end_unrun(
     carried_fence: int | None,
 ) -> Unrun:
     """End a message of task ``terminal.task_id`` that Celery discarded for ``reason``."""
-    message = _MESSAGES[reason]
     imp_uid = terminal.imp_uid
     view = store.view(imp_uid) if imp_uid is not None else None
+    if op == "issue" and imp_uid is not None and view is not None and view.state == "issued":
+        # The payment's receipt exists: had this message run, it would have heard so.
+        # The claim only reads an issued job; it changes nothing.
+        found = store.claim(imp_uid, task_id=terminal.task_id, payload={"imp_uid": imp_uid})
+        if found.kind is ClaimKind.ISSUED:
+            return _published(terminal.issued_duplicate(found.receipt or {}))
+        if found.kind is ClaimKind.DONE:
+            return Unrun.LEFT
+        view = store.view(imp_uid)
     if (
         imp_uid is None
         or view is None
@@ -63,14 +71,28 @@ def end_unrun(
     ):
         # Not this message's job, or one that ended: its event alone (a task id
         # publishes once, so a redelivery of an ended message publishes nothing).
-        published = terminal.unrun(op=op, reason=reason, message=message)
-        return Unrun.PUBLISHED if published.new else Unrun.LEFT
+        return _published(terminal.unrun(op=op, reason=reason, message=_MESSAGES[reason]))
     if view.sent_at is not None:
         # An earlier attempt's POST or DELETE is unsettled: the provider may have acted
         # on it, and a failure now could report a receipt that exists as failed. The
         # sweeper re-sends the job under this task id; that run looks first, and
         # publishes this message's one event.
         return Unrun.LEFT
+    return _end_own_job(store, terminal, view, op=op, reason=reason, carried_fence=carried_fence)
+
+
+def _end_own_job(
+    store: JobStore,
+    terminal: TerminalPublisher,
+    view: JobView,
+    *,
+    op: str,
+    reason: str,
+    carried_fence: int | None,
+) -> Unrun:
+    """Claim the message's own job and end it failed, unless a request turned out unsettled."""
+    imp_uid = terminal.imp_uid
+    assert imp_uid is not None
     payload = view.cancel if view.op == "cancel" else view.payload
     claim = store.claim(
         imp_uid,
@@ -79,11 +101,23 @@ def end_unrun(
         op=view.op,
         fence=carried_fence,
     )
-    if claim.kind is ClaimKind.CLAIMED:
-        if terminal.finish_unrun(fence=claim.fence, op=view.op, reason=reason, message=message):
-            return Unrun.JOB_ENDED
-        return Unrun.LEFT
     if claim.kind in {ClaimKind.BUSY, ClaimKind.DONE}:
         return Unrun.LEFT
-    published = terminal.unrun(op=op, reason=reason, message=message)
+    if claim.kind is not ClaimKind.CLAIMED:
+        return _published(terminal.unrun(op=op, reason=reason, message=_MESSAGES[reason]))
+    under_claim = store.view(imp_uid)
+    if under_claim is not None and under_claim.sent_at is not None:
+        # A delivery whose lease lapsed sent its request between the view and the
+        # claim (the claim has fenced it out since): as above, the job is handed
+        # back to the sweeper, due now, whose run looks first.
+        note = {"reason": reason, "message": "a request is unsettled; re-sent to settle"}
+        store.park(imp_uid, fence=claim.fence, until=store.now(), error=note)
+        return Unrun.LEFT
+    message = _MESSAGES[reason]
+    if terminal.finish_unrun(fence=claim.fence, op=view.op, reason=reason, message=message):
+        return Unrun.JOB_ENDED
+    return Unrun.LEFT
+
+
+def _published(published: Published) -> Unrun:
     return Unrun.PUBLISHED if published.new else Unrun.LEFT

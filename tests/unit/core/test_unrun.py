@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.support.memory import Clock, MemoryStore
+from worker.core.ports import Claim
 from worker.core.terminal import TerminalPublisher
+from worker.core.types import Receipt
 from worker.core.unrun import EXPIRED, REVOKED, Unrun, end_unrun
 
 IMP_UID = "imp_unrun"
@@ -81,3 +85,61 @@ def test_a_job_whose_last_request_is_unsettled_is_not_failed(op: str) -> None:
     assert store.events_of("t1") == []
     view = store.view(IMP_UID)
     assert view is not None and view.state == "in_flight" and view.sent_at is not None
+
+
+def test_a_duplicate_of_an_issued_payment_hears_of_its_receipt() -> None:
+    """Had the message run, it would have got ``issued`` (a duplicate) with the receipt;
+    a failure would tell its consumer the payment has none."""
+    store = MemoryStore(Clock())
+    store.receive(IMP_UID, task_id="t1", payload=PAYLOAD, resend_after=60)
+    claim = store.claim(IMP_UID, task_id="t1", payload=PAYLOAD)
+    receipt = Receipt(IMP_UID, "r1", "12345678", "person", 1000, 91, None, 1, None)
+    assert terminal(store, "t1").finish(fence=claim.fence, issued=receipt)
+    done = end_unrun(store, terminal(store, "t2"), op="issue", reason=EXPIRED, carried_fence=None)
+    assert done is Unrun.PUBLISHED
+    [event] = store.events_of("t2")
+    assert (event.type, event.data["duplicate"]) == ("cash_receipt.issued", True)
+    assert event.data["receipt"]["receipt_tid"] == "r1"
+
+
+class _SendsBetween(MemoryStore):
+    """A store where a delivery whose lease lapsed sends its POST between the hook's
+    view and its claim."""
+
+    sent = False
+
+    def claim(self, imp_uid: str, **kwargs: Any) -> Claim:
+        if not self.sent:
+            self.sent = True
+            owner = super().claim(imp_uid, task_id="t1", payload=PAYLOAD)
+            assert self.note_sent(imp_uid, fence=owner.fence, at=self.now(), op="issue")
+            self.clock.now += 3600  # its lease lapses again
+        return super().claim(imp_uid, **kwargs)
+
+
+def test_a_request_sent_between_the_view_and_the_claim_is_not_failed() -> None:
+    store = _SendsBetween(Clock())
+    store.receive(IMP_UID, task_id="t1", payload=PAYLOAD, resend_after=60)
+    done = end_unrun(store, terminal(store, "t1"), op="issue", reason=REVOKED, carried_fence=None)
+    assert done is Unrun.LEFT
+    assert store.events_of("t1") == []
+    view = store.view(IMP_UID)
+    assert view is not None and view.state == "received" and view.sent_at is not None
+    assert IMP_UID in store.due
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14, finding 18 (expires/revoke), open: the failure of an unrun owner "
+    "reaches the issue messages that waited on its job; they should take the job over",
+)
+def test_a_waiter_does_not_inherit_the_owners_expiry() -> None:
+    store = MemoryStore(Clock())
+    store.receive(IMP_UID, task_id="t1", payload=PAYLOAD, resend_after=60)
+    owner = store.claim(IMP_UID, task_id="t1", payload=PAYLOAD)
+    waiting = store.claim(IMP_UID, task_id="t2", payload=PAYLOAD)
+    assert waiting.kind == "busy"
+    end_unrun(store, terminal(store, "t1"), op="issue", reason=EXPIRED, carried_fence=owner.fence)
+    assert [event.data.get("error", {}).get("reason") for event in store.events_of("t2")] != [
+        EXPIRED
+    ]
