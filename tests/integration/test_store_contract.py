@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -24,8 +24,10 @@ from tests.support.redis_server import RedisServer
 from worker.adapters.store.events import EventPublisher as RedisEvents
 from worker.adapters.store.keys import DEAD_JOBS_KEY, DUE_KEY, history_key
 from worker.adapters.store.ledger import Ledger
-from worker.core.events import CANCELLED, FAILED, ISSUED, cancelled_detail
+from worker.core.errors import ProviderError
+from worker.core.events import CANCEL_FAILED, CANCELLED, FAILED, ISSUED, cancelled_detail
 from worker.core.ports import Claim, ClaimKind, EventPublisher, JobStore
+from worker.core.terminal import TerminalPublisher
 
 pytestmark = pytest.mark.integration
 
@@ -480,6 +482,64 @@ def failed_with_waiters(jobs: Both, imp_uid: str, task: Callable[[str], str]) ->
     ]
 
 
+def cancel_failed_before_any_receipt(
+    jobs: Both, imp_uid: str, task: Callable[[str], str]
+) -> list[object]:
+    """A refund that came first fails for good: the confirmation behind it still issues."""
+    refund = jobs.claim(imp_uid, task_id=task("r1"), payload=REFUND, op="cancel")
+    terminal = TerminalPublisher(
+        events=cast(EventPublisher, None),  # finish publishes through the store
+        store=jobs,
+        task_id=task("r1"),
+        attempts=1,
+        imp_uid=imp_uid,
+        merchant_uid=None,
+    )
+    return [
+        refund,
+        jobs.receive(imp_uid, task_id=task("t1"), payload=PAYLOAD, resend_after=60),
+        terminal.finish_cancel_failed(
+            fence=refund.fence, error=ProviderError("down", status=500), reason="unavailable"
+        ),
+        _fields(jobs, imp_uid),
+        jobs.receive(imp_uid, task_id=task("t2"), payload=PAYLOAD, resend_after=60),
+        jobs.claim(imp_uid, task_id=task("t2"), payload=PAYLOAD),
+    ]
+
+
+def reissue_failed_with_waiters(
+    jobs: Both, imp_uid: str, task: Callable[[str], str]
+) -> list[object]:
+    """A partial refund cancels, its re-issue fails for good: each waiter hears the failure."""
+    _issued(jobs, imp_uid, task("t1"))
+    refund = jobs.claim(imp_uid, task_id=task("r1"), payload=PARTIAL, op="cancel")
+    steps: list[object] = [
+        refund,
+        jobs.receive(imp_uid, task_id=task("t2"), payload=PAYLOAD, resend_after=60),
+        jobs.claim(imp_uid, task_id=task("t3"), payload=PAYLOAD),
+        jobs.note_cancelled(imp_uid, fence=refund.fence, receipt=None),
+    ]
+    failure = {"reason": "rejected"}
+    ended = jobs.finish(
+        imp_uid,
+        fence=refund.fence,
+        state="failed",
+        task_id=task("r1"),
+        event_type=CANCELLED,
+        data={"imp_uid": imp_uid, "task_id": task("r1"), "receipt": RECEIPT},
+        receipt=RECEIPT,
+        error=failure,
+        extra_event=(FAILED, {"imp_uid": imp_uid, "task_id": task("r1"), "error": failure}),
+    )
+    return [
+        *steps,
+        ended is not None,
+        _fields(jobs, imp_uid),
+        jobs.claim(imp_uid, task_id=task("t2"), payload=PAYLOAD),
+        jobs.claim(imp_uid, task_id=task("t3"), payload=PAYLOAD),
+    ]
+
+
 def _events(found: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """The events by task id; each ``event_id`` only as there or not.
 
@@ -535,6 +595,8 @@ def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str
         refund_waiting_for_an_issue,
         partial_refund_reissued,
         failed_with_waiters,
+        cancel_failed_before_any_receipt,
+        reissue_failed_with_waiters,
     ],
 )
 def test_the_same_steps_leave_the_same_record(redis_server: RedisServer, steps: Steps) -> None:
@@ -565,3 +627,67 @@ def test_a_reopened_job_keeps_no_cancel_step_of_an_earlier_refund(
     assert jobs.claim(imp_uid, task_id=store.task("r2"), payload=PARTIAL, op="cancel").fence == 3
     view = jobs.view(imp_uid)
     assert view is not None and not view.cancel_done
+
+
+def test_a_cancel_failed_before_any_receipt_leaves_the_job_to_its_confirmation(
+    store: Store, imp_uid: str
+) -> None:
+    """Issue 14, finding 10: the job ends failed, not issued; the confirmation issues."""
+    jobs = store.jobs
+    refund = jobs.claim(imp_uid, task_id=store.task("r1"), payload=REFUND, op="cancel")
+    assert refund == claimed(1, 1, op="cancel")
+    waiting = jobs.receive(imp_uid, task_id=store.task("t1"), payload=PAYLOAD, resend_after=60)
+    assert waiting == "in_flight"
+    terminal = TerminalPublisher(
+        events=store.publisher,
+        store=jobs,
+        task_id=store.task("r1"),
+        attempts=1,
+        imp_uid=imp_uid,
+        merchant_uid=None,
+    )
+    error = ProviderError("down", status=500)
+    assert terminal.finish_cancel_failed(fence=1, error=error, reason="unavailable")
+    [(kind, _)] = store.events(store.task("r1"))
+    assert kind == CANCEL_FAILED
+    view = jobs.view(imp_uid)
+    assert view is not None and view.state == "failed"
+    # The waiter ends once, failed: no issued duplicate with an empty receipt.
+    [(kind, data)] = store.events(store.task("t1"))
+    assert (kind, data["duplicate"], data.get("receipt")) == (FAILED, True, None)
+    reopened = jobs.receive(imp_uid, task_id=store.task("t2"), payload=PAYLOAD, resend_after=60)
+    assert reopened == "received"
+    assert jobs.claim(imp_uid, task_id=store.task("t2"), payload=PAYLOAD) == claimed(2, 1)
+
+
+def test_a_failed_reissue_ends_every_waiter_once(store: Store, imp_uid: str) -> None:
+    """Issue 14, finding 11: the issue messages a partial refund took over as waiters
+    each end in one event, the re-issue's failure, when that re-issue fails for good."""
+    jobs = store.jobs
+    _issued(jobs, imp_uid, store.task("t1"))
+    refund = jobs.claim(imp_uid, task_id=store.task("r1"), payload=PARTIAL, op="cancel")
+    waiting = jobs.receive(imp_uid, task_id=store.task("t2"), payload=PAYLOAD, resend_after=60)
+    assert waiting == "in_flight"
+    assert jobs.note_cancelled(imp_uid, fence=refund.fence, receipt=None)
+    failure = {"reason": "rejected"}
+    assert (
+        jobs.finish(
+            imp_uid,
+            fence=refund.fence,
+            state="failed",
+            task_id=store.task("r1"),
+            event_type=CANCELLED,
+            data={"imp_uid": imp_uid, "task_id": store.task("r1"), "receipt": RECEIPT},
+            receipt=RECEIPT,
+            error=failure,
+            extra_event=(
+                FAILED,
+                {"imp_uid": imp_uid, "task_id": store.task("r1")} | {"error": failure},
+            ),
+        )
+        is not None
+    )
+    [(kind, data)] = store.events(store.task("t2"))
+    assert (kind, data["duplicate"], data["error"]) == (FAILED, True, failure)
+    assert "receipt" not in data
+    assert jobs.claim(imp_uid, task_id=store.task("t2"), payload=PAYLOAD) == Claim(ClaimKind.DONE)

@@ -552,8 +552,10 @@ class MemoryStore:
         if extra_event is not None:
             self._publish_once(f"{task_id}:2", extra_event[0], dict(extra_event[1]), imp_uid)
         waiters = self.waiters.get(imp_uid, set())
-        template = waiter_event(state=state, event_type=event_type, data=data)
-        if state == "issued" or (state == "failed" and extra_event is None):
+        template = waiter_event(
+            state=state, event_type=event_type, data=data, extra_event=extra_event
+        )
+        if state in {"issued", "failed"}:
             owner, live = rec.get("task_id"), rec.get("receipt")
             for waiter in sorted(waiters):
                 if waiter != owner:

@@ -119,25 +119,37 @@ class WaiterEvent:
     live_receipt: bool
 
 
-def waiter_event(*, state: str, event_type: str, data: Mapping[str, Any]) -> WaiterEvent:
+def waiter_event(
+    *,
+    state: str,
+    event_type: str,
+    data: Mapping[str, Any],
+    extra_event: tuple[str, Mapping[str, Any]] | None = None,
+) -> WaiterEvent:
     """What a waiting issue message gets when its job ends ``state`` with the owner's
     ``event_type`` and ``data``: always a duplicate of the owner's outcome.
 
     - ``issued``: ``issued``, with the live receipt. When the owner's own event is
       another one (a refund's re-issue, a cancel_failed), its error and receipt go.
-    - ``failed``: the owner's failure.
+    - ``failed``: ``failed``, with the owner's error: an issue's failure, a
+      cancel_failed of a job with no receipt, or (``extra_event``) the failure of
+      a partial refund's re-issue.
     - ``cancelled`` (a full refund): ``failed``, reason ``cancelled``: that
       message will never issue.
     """
+    if state == "failed" and extra_event is not None:
+        event_type, data = extra_event
     template = {key: value for key, value in data.items() if key not in {"task_id", "event_id"}}
     template["duplicate"] = True
     if state == "cancelled":
         template.pop("receipt", None)
         template["error"] = cancelled_detail()["error"]
         return WaiterEvent(FAILED, template, live_receipt=False)
-    waiter_type = ISSUED if state == "issued" else event_type
-    if waiter_type == event_type:
-        return WaiterEvent(waiter_type, template, live_receipt=False)
+    if state == "failed":
+        template.pop("receipt", None)
+        return WaiterEvent(FAILED, template, live_receipt=False)
+    if event_type == ISSUED:
+        return WaiterEvent(ISSUED, template, live_receipt=False)
     template.pop("error", None)
     template.pop("receipt", None)
-    return WaiterEvent(waiter_type, template, live_receipt=True)
+    return WaiterEvent(ISSUED, template, live_receipt=True)

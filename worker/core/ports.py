@@ -171,6 +171,9 @@ class JobView:
     #: The receipt the job's latest cancel step cancelled, kept after its refund ended so
     #: that a repeated refund event can name it; None: none was live, or no cancel step.
     cancelled_receipt: Receipt | None = None
+    #: The record holds a receipt (the one the job issued, or its refund's last word);
+    #: False: none was ever recorded, as for a refund that came before its issue.
+    has_receipt: bool = False
 
 
 @dataclass(frozen=True)

@@ -195,8 +195,14 @@ class TerminalPublisher:
         return self._publish(event_type, duplicate=False, detail=detail)
 
     def _finish_cancel_failed(self, *, fence: int, detail: dict[str, Any]) -> bool:
+        # A job with no receipt was never issued: recorded ``issued``, the confirmation
+        # that follows would be a duplicate with no receipt, and none would ever be
+        # issued. It ends failed, which a new confirmation re-opens (issue 14, finding 10).
+        assert self.imp_uid is not None
+        view = self.store.view(self.imp_uid)
+        state = "issued" if view is not None and view.has_receipt else "failed"
         return self._finish_failure(
-            fence=fence, state="issued", event_type=CANCEL_FAILED, detail=detail
+            fence=fence, state=state, event_type=CANCEL_FAILED, detail=detail
         )
 
     def _finish_failure(

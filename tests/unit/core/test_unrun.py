@@ -143,3 +143,20 @@ def test_a_waiter_does_not_inherit_the_owners_expiry() -> None:
     assert [event.data.get("error", {}).get("reason") for event in store.events_of("t2")] != [
         EXPIRED
     ]
+
+
+def test_an_unrun_refund_of_a_job_with_no_receipt_leaves_it_to_its_confirmation() -> None:
+    """Issue 14, finding 10: a refund that came first and was never run ends as a
+    cancel_failed; the job, which has no receipt, is not recorded issued: the
+    confirmation that follows re-opens it and issues."""
+    store = MemoryStore(Clock())
+    refund = {"imp_uid": IMP_UID, "reason": "refund"}
+    assert store.receive_cancel(IMP_UID, task_id="r1", cancel=refund, resend_after=60) == "received"
+    done = end_unrun(store, terminal(store, "r1"), op="cancel", reason=EXPIRED, carried_fence=None)
+    assert done is Unrun.JOB_ENDED
+    [event] = store.events_of("r1")
+    assert event.type == "cash_receipt.cancel_failed"
+    view = store.view(IMP_UID)
+    assert view is not None and view.state == "failed"
+    assert store.receive(IMP_UID, task_id="t1", payload=PAYLOAD, resend_after=60) == "received"
+    assert store.claim(IMP_UID, task_id="t1", payload=PAYLOAD).kind == "claimed"

@@ -263,7 +263,9 @@ class Ledger:
         """
         now = self._now_ms()
         min_id = f"{now - self._event_retention * 1000}-0"
-        waiter = waiter_event(state=state, event_type=event_type, data=data)
+        waiter = waiter_event(
+            state=state, event_type=event_type, data=data, extra_event=extra_event
+        )
         result = self._finish(
             keys=[
                 ledger_key(imp_uid),

@@ -53,6 +53,7 @@ def job_view(imp_uid: str, record: Mapping[str, str]) -> JobView:
         sent_op=record.get(SENT_OP_FIELD) or None,
         cancel_done=record.get(CANCEL_STEP_FIELD) == CANCELLED_STEP,
         cancelled_receipt=_receipt(imp_uid, record.get(CANCELLED_RECEIPT_FIELD)),
+        has_receipt=bool(record.get("receipt")),
     )
 
 

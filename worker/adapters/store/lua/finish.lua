@@ -70,10 +70,11 @@ if ARGV[12] ~= '' then
   -- A partial refund: the cancellation and the new receipt are one transition.
   publish_once(KEYS[3], KEYS[9], KEYS[5], ARGV[12], ARGV[13], ARGV[5], ARGV[6])
 end
-if ARGV[2] == 'issued' or (ARGV[2] == 'failed' and ARGV[12] == '') then
+if ARGV[2] == 'issued' or ARGV[2] == 'failed' then
   -- Every other message that asked for this payment meanwhile ends now too,
   -- with the owner's outcome, as a duplicate, even if that message itself is
-  -- lost. After a failure, a new payload (not a waiter) re-opens the job.
+  -- lost. After a failure (a partial refund's failed re-issue too), a new
+  -- payload (not a waiter) re-opens the job.
   -- Waiters are issue messages: after a cancellation's transition (a partial
   -- refund's re-issue, a repeated refund, a cancel_failed) they get the live receipt.
   local owner = redis.call('HGET', KEYS[1], 'task_id')
