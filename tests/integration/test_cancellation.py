@@ -252,3 +252,23 @@ def test_confirmation_during_a_partial_refund_issues_after_it(
     assert (issued["type"], issued["data"]["duplicate"]) == ("cash_receipt.issued", False)
     assert issued["data"]["receipt"]["amount"] == 22000
     assert sandbox.admin.issued_count(imp_uid) == 1
+
+
+def test_a_refund_failed_for_good_before_any_receipt_leaves_the_confirmation_to_issue(
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    imp_uid: str,
+) -> None:
+    """Issue 14, finding 10: the job, which has no receipt, is not recorded issued."""
+    # i'mport fails the refund's look-up (500) every time: a failure, no receipt yet.
+    sandbox.admin.script(imp_uid, *[{"kind": "status", "status": 500, "method": "GET"}] * 40)
+    failed = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer), timeout=60)
+    assert failed["type"] == "cash_receipt.cancel_failed"
+    assert redis_server.client().hget(ledger_key(imp_uid), "state") == "failed"
+    sandbox.admin.clear_faults()
+    issued = results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer))
+    assert (issued["type"], issued["data"]["duplicate"]) == ("cash_receipt.issued", False)
+    assert issued["data"]["receipt"]["apply_num"]
+    assert sandbox.admin.issued_count(imp_uid) == 1
