@@ -60,13 +60,14 @@ from worker.adapters.store.redis_client import INGRESS_CLIENT_PREFIX, redis_clie
 from worker.celery import app
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.config.load import load_celeryconfig
+from worker.core.contract import PAYMENT_CANCELLED, PAYMENT_CONFIRMED
 from worker.core.events import CANCEL_FAILED, FAILED, invalid_detail
 from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
 
 log = logging.getLogger("worker.ingress")
 
-CONFIRMED = "payment.confirmed"
-CANCELLED = "payment.cancelled"
+CONFIRMED = PAYMENT_CONFIRMED
+CANCELLED = PAYMENT_CANCELLED
 
 #: Fixed for good: an entry handled before and after a deploy must get the same task id.
 TASK_ID_NAMESPACE = uuid.UUID("6b0d3a52-8f1e-5c47-9a2d-5e3c1b7f4a90")

@@ -198,7 +198,8 @@ def test_malformed_entries_are_dead_lettered_without_blocking(
     assert "imp_uid" in dead[entries["no_imp_uid"]]["errors"]
     assert dead[entries["unknown_type"]]["data"]["identifier"] == "010****4321"
     assert dead[entries["unknown_type"]]["type"] == "payment.refunded"
-    assert "010****5678" in dead[entries["bad_json"]]["data"]
+    # Text that is not JSON: nothing in it is known not to be personal, so only its size.
+    assert dead[entries["bad_json"]]["data"].startswith("<redacted> (")
 
     # A failure event for each entry whose imp_uid can be read, under the entry's task id.
     expected = {

@@ -8,3 +8,6 @@ ISSUE_TASK = "issue_cash_receipt"
 QUEUE = "cash_receipts"
 #: The task that cancels a payment's receipt (and re-issues after a partial refund).
 CANCEL_TASK = "cancel_cash_receipt"
+#: The ingress stream's entry types: a payment confirmed (issue), and refunded (cancel).
+PAYMENT_CONFIRMED = "payment.confirmed"
+PAYMENT_CANCELLED = "payment.cancelled"

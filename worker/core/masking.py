@@ -123,13 +123,34 @@ def unknown_fields_redacted(payload: Mapping[Any, Any]) -> dict[str, Any]:
     return kept
 
 
+#: What a shown field may hold to be shown: a value outside it (a resident number put in
+#: ``identifier_type``) is not known to be anything, so it is not shown either.
+_SHOWN_CHOICES: dict[str, frozenset[object]] = {
+    "identifier_type": frozenset({"person", "business", "phone", "taxcard"}),
+    "type": frozenset({"person", "company"}),
+}
+_SHOWN_AMOUNTS = frozenset({"amount", "tax_free"})
+
+
+def _shows_as_is(key: str, value: object) -> bool:
+    """Whether a field the allow-list shows holds a value it may show: one of its
+    choices, an integer amount, or an id."""
+    if key in _SHOWN_CHOICES:
+        return value in _SHOWN_CHOICES[key]
+    if key in _SHOWN_AMOUNTS:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return True
+
+
 def _known_value(key: str, value: object) -> object:
     if key in SEALED_FIELDS:
         return "<sealed>"
     if not isinstance(value, str | int | float | bool | None):
         return REDACTED
-    if key in SHOWN_FIELDS or value is None:
+    if value is None:
         return value
+    if key in SHOWN_FIELDS:
+        return value if _shows_as_is(key, value) else REDACTED
     if key in UNSHOWN_FIELDS:
         return REDACTED
     return _mask_email(value) if key == "buyer_email" else mask_identifier(value)
@@ -141,7 +162,12 @@ def shown_key(key: object) -> str:
     digit runs masked as in free text."""
     text = (key if isinstance(key, str) else repr(key))[:KEY_LIMIT]
     printable = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-    return mask_text(printable)
+    # Unlike free text, a name glued to digits (``tel01012345678``) hides them too.
+    return _NAME_DIGITS.sub(lambda match: "*" * len(match.group(0)), mask_text(printable))
+
+
+#: Seven or more digits in a field's name, whatever is next to them.
+_NAME_DIGITS = re.compile(r"\d{7,}")
 
 
 #: What UTF-8 cannot encode: a surrogate code point. JSON's ``"\\ud800"`` escape

@@ -181,3 +181,30 @@ def test_masked_args_repr_hides_unknown_fields() -> None:
     """What Flower shows of a bare producer's payload with a misspelt field."""
     shown = masked_args_repr([{"imp_uid": "imp_1", "identifer": "01012345678"}])
     assert shown == "[{'imp_uid': 'imp_1', 'identifer': '<redacted>'}]"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("identifier_type", "9001011234567", id="a resident number as the type"),
+        pytest.param("type", "010-1234-5678", id="a phone number as the receipt type"),
+        pytest.param("amount", "01012345678", id="an amount that is text"),
+        pytest.param("tax_free", True, id="an amount that is a flag"),
+    ],
+)
+def test_a_shown_field_holding_what_it_cannot_hold_is_redacted(field: str, value: object) -> None:
+    """The allow-list shows a field's value only when it is one the field may hold."""
+    assert mask_payload({field: value})[field] == "<redacted>"
+
+
+def test_shown_fields_keep_their_valid_values() -> None:
+    shown = {"identifier_type": "phone", "type": "company", "amount": 11000, "tax_free": 0}
+    assert mask_payload(shown) == shown
+
+
+@pytest.mark.parametrize(
+    "key", ["tel01012345678", "customer_tel_01012345678", "a8001011234567", "x1234567"]
+)
+def test_digits_glued_to_an_unknown_name_are_masked(key: str) -> None:
+    [shown] = mask_payload({key: "x"})
+    assert not any(run in shown for run in ("1234567", "0101234", "8001011"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +30,8 @@ import redis
 
 from worker.adapters.store import lua
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY
-from worker.core.masking import mask_payload, mask_text, shown_text
+from worker.core.contract import PAYMENT_CANCELLED, PAYMENT_CONFIRMED
+from worker.core.masking import REDACTED, mask_payload, shown_text
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ class IngressEntries:
             "stream": self.stream,
             "entry_id": entry_id,
             "task_id": task_id,
-            "type": mask_text(kind[:100]) if kind is not None else None,
+            "type": shown_type(kind) if kind is not None else None,
             "imp_uid": imp_uid,
             "reason": reason,
             "errors": dict(errors),
@@ -155,19 +157,42 @@ class IngressEntries:
         )
 
 
+#: The entry types a dead letter shows as they are.
+SHOWN_TYPES = frozenset({PAYMENT_CONFIRMED, PAYMENT_CANCELLED})
+#: An unknown type shaped like one (``payment.refunded``): lower case, dotted, no spaces,
+#: no ``@``, so no name or e-mail fits; its runs of digits are starred all the same.
+_TYPE_SHAPE = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
+_DIGITS = re.compile(r"\d{7,}")
+
+
+def shown_type(kind: str) -> str:
+    """An entry's type as a dead letter shows it: the reason an operator looks, when it
+    is unknown; but it is producer text, so only a type-shaped one is shown."""
+    if kind in SHOWN_TYPES:
+        return kind
+    if not _TYPE_SHAPE.fullmatch(kind):
+        return REDACTED
+    return _DIGITS.sub(lambda match: "*" * len(match.group(0)), kind)
+
+
 def _shown_data(raw: bytes | None, data: object) -> object:
     """What a dead letter shows of the entry's data: masked by allow-list, size capped.
 
     An object too big to keep whole is kept as the start of its masked text, never
     as the raw text: that would show the values of the fields it does not know.
     """
-    if isinstance(data, Mapping):
-        shown = mask_payload(data)
+    if isinstance(data, Mapping | list):
+        shown: object = (
+            mask_payload(data)
+            if isinstance(data, Mapping)
+            else [mask_payload(item) if isinstance(item, Mapping) else REDACTED for item in data]
+        )
         text = json.dumps(shown, ensure_ascii=False)
         return shown if len(text) <= DATA_LIMIT else text[:DATA_LIMIT]
     if raw is None:
         return None
-    return mask_text(raw[:DATA_LIMIT].decode("utf-8", "replace"))
+    # Not JSON, or a bare JSON value: nothing in it is known not to be personal.
+    return f"{REDACTED} ({len(raw)} bytes)"
 
 
 def _entries(reply: Any) -> list[Entry]:
