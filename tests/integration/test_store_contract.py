@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
+import redis
 
 from tests.support.memory import Clock, MemoryStore
 from tests.support.redis_server import RedisServer
@@ -65,12 +66,9 @@ def _memory() -> Store:
     )
 
 
-def _redis(server: RedisServer) -> Store:
-    # Real time to start from: the stream's entry ids are Redis's own clock.
-    clock = Clock(start=time.time())
-    client = server.client()
-    stream = f"test.contract.{uuid.uuid4().hex[:8]}"
-    ledger = Ledger(
+def _ledger(client: redis.Redis, stream: str, clock: Clock) -> Ledger:
+    """The Redis store of these scenarios: its own stream, the scenarios' lease and clock."""
+    return Ledger(
         client,
         stream=stream,
         event_retention_seconds=3600,
@@ -78,6 +76,14 @@ def _redis(server: RedisServer) -> Store:
         lease_seconds=LEASE,
         clock=clock,
     )
+
+
+def _redis(server: RedisServer) -> Store:
+    # Real time to start from: the stream's entry ids are Redis's own clock.
+    clock = Clock(start=time.time())
+    client = server.client()
+    stream = f"test.contract.{uuid.uuid4().hex[:8]}"
+    ledger = _ledger(client, stream, clock)
 
     def events(task_id: str) -> list[tuple[str, dict[str, Any]]]:
         found = [(f["type"], json.loads(f["data"])) for _, f in client.xrange(stream)]
@@ -556,14 +562,7 @@ def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str
     """What ``steps`` answered and left, on the ledger and in memory, from one start time."""
     start, imp_uid, prefix = time.time(), f"imp_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex[:8]
     client, stream = server.client(), f"test.contract.{uuid.uuid4().hex[:8]}"
-    ledger = Ledger(
-        client,
-        stream=stream,
-        event_retention_seconds=3600,
-        retention_seconds=600,
-        lease_seconds=LEASE,
-        clock=Clock(start),
-    )
+    ledger = _ledger(client, stream, Clock(start))
     memory = MemoryStore(Clock(start), lease_seconds=LEASE)
 
     def task(name: str) -> str:

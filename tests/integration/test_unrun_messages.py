@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from celery import Celery
 
+from tests.support import layout
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.wait import wait_for
@@ -29,13 +30,7 @@ pytestmark = [pytest.mark.integration]
 
 def recorded(server: RedisServer, imp_uid: str, task_id: str) -> Ledger:
     """The job recorded as the producer helper records it, before its message is sent."""
-    ledger = Ledger(
-        server.client(),
-        stream="cash_receipt.events",
-        event_retention_seconds=3600,
-        retention_seconds=3600,
-        lease_seconds=60,
-    )
+    ledger = layout.ledger(server.client(), lease_seconds=60)
     payload = {"imp_uid": imp_uid, "identifier": "01055554321"}
     assert ledger.receive(imp_uid, task_id=task_id, payload=payload, resend_after=3600)
     return ledger
