@@ -66,8 +66,6 @@ from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merch
 
 log = logging.getLogger("worker.ingress")
 
-CONFIRMED = PAYMENT_CONFIRMED
-CANCELLED = PAYMENT_CANCELLED
 
 #: Fixed for good: an entry handled before and after a deploy must get the same task id.
 TASK_ID_NAMESPACE = uuid.UUID("6b0d3a52-8f1e-5c47-9a2d-5e3c1b7f4a90")
@@ -272,12 +270,14 @@ class Ingress:
 
     def _enqueue(self, kind: str | None, data: object, task_id: str) -> None:
         """The helper's checks and enqueueing, with the entry's own task id."""
-        if kind == CONFIRMED:
+        if kind == PAYMENT_CONFIRMED:
             enqueue_issue(_object(data), app=self._app, task_id=task_id)
-        elif kind == CANCELLED:
+        elif kind == PAYMENT_CANCELLED:
             enqueue_cancel(_object(data), app=self._app, task_id=task_id)
         else:
-            raise Malformed("unknown_type", {"type": [f"Must be {CONFIRMED} or {CANCELLED}."]})
+            raise Malformed(
+                "unknown_type", {"type": [f"Must be {PAYMENT_CONFIRMED} or {PAYMENT_CANCELLED}."]}
+            )
 
     def _dead_letter(
         self,
@@ -299,7 +299,7 @@ class Ingress:
         imp_uid = readable_imp_uid(data)
         if imp_uid is not None:
             self._events.publish_terminal(
-                event_type=CANCEL_FAILED if kind == CANCELLED else FAILED,
+                event_type=CANCEL_FAILED if kind == PAYMENT_CANCELLED else FAILED,
                 task_id=task_id,
                 imp_uid=imp_uid,
                 merchant_uid=readable_merchant_uid(data),

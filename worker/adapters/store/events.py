@@ -27,6 +27,7 @@ import redis
 
 from worker.adapters.store import lua
 from worker.adapters.store.keys import status_key, terminal_key
+from worker.adapters.store.redis_client import as_text
 from worker.core.events import event_data
 from worker.core.ports import Published
 
@@ -103,9 +104,5 @@ def read_events(
 
 
 def _decoded(entry_id: object, raw: Mapping[Any, Any]) -> dict[str, Any]:
-    fields = {_text(k): _text(v) for k, v in raw.items()}
-    return {"id": _text(entry_id), "type": fields.get("type"), "data": json.loads(fields["data"])}
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    fields = {as_text(k): as_text(v) for k, v in raw.items()}
+    return {"id": as_text(entry_id), "type": fields.get("type"), "data": json.loads(fields["data"])}

@@ -30,6 +30,7 @@ import redis
 
 from worker.adapters.store import lua
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY
+from worker.adapters.store.redis_client import as_text
 from worker.core.contract import PAYMENT_CANCELLED, PAYMENT_CONFIRMED
 from worker.core.masking import REDACTED, mask_payload, shown_text
 
@@ -91,7 +92,7 @@ class IngressEntries:
             start_id=cursor,
             count=count,
         )
-        return _text(reply[0]), [(_text(entry_id), fields) for entry_id, fields in reply[1]]
+        return as_text(reply[0]), [(as_text(entry_id), fields) for entry_id, fields in reply[1]]
 
     def acknowledge(self, entry_id: str) -> None:
         """Acknowledge an entry that was deleted already (nothing left to delete)."""
@@ -198,8 +199,4 @@ def _shown_data(raw: bytes | None, data: object) -> object:
 def _entries(reply: Any) -> list[Entry]:
     """The entries of an XREADGROUP reply on one stream: ``[[stream, [(id, fields), ...]]]``."""
     found: Sequence[Any] = [entry for _, entries in reply or [] for entry in entries]
-    return [(_text(entry_id), fields) for entry_id, fields in found]
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return [(as_text(entry_id), fields) for entry_id, fields in found]

@@ -63,6 +63,7 @@ from worker.adapters.store.record import (
     job_view,
     sent_fields,
 )
+from worker.adapters.store.redis_client import as_text
 from worker.config.defaults import JOB_HISTORY_LENGTH
 from worker.core.events import CANCEL_FAILED, ISSUED, event_data, waiter_event
 from worker.core.ports import Claim, ClaimKind, JobView
@@ -148,7 +149,7 @@ class Ledger:
             keys=[ledger_key(imp_uid), DUE_KEY, waiters_key(imp_uid)],
             args=[task_id, json.dumps(payload), now, now + int(resend_after * 1000), imp_uid],
         )
-        return _text(result)
+        return as_text(result)
 
     def receive_cancel(
         self, imp_uid: str, *, task_id: str, cancel: Mapping[str, Any], resend_after: float
@@ -165,7 +166,7 @@ class Ledger:
             keys=[ledger_key(imp_uid), DUE_KEY, terminal_key(task_id)],
             args=[task_id, json.dumps(cancel), now, now + int(resend_after * 1000), imp_uid],
         )
-        return _text(result)
+        return as_text(result)
 
     def claim(
         self,
@@ -200,17 +201,17 @@ class Ledger:
                 "" if fence is None else str(fence),
             ],
         )
-        kind = ClaimKind(_text(result[0]))
+        kind = ClaimKind(as_text(result[0]))
         if kind is ClaimKind.CLAIMED:
             return Claim(
                 kind,
                 fence=int(result[1]),
                 attempt=int(result[2]),
-                resumed=_text(result[3]) == "1",
+                resumed=as_text(result[3]) == "1",
                 op=op,
             )
         if kind in {ClaimKind.ISSUED, ClaimKind.CANCELLED} and len(result) > 1:
-            return Claim(kind, receipt=json.loads(_text(result[1])) if result[1] else None)
+            return Claim(kind, receipt=json.loads(as_text(result[1])) if result[1] else None)
         return Claim(kind)
 
     def extend(self, imp_uid: str, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:
@@ -303,7 +304,7 @@ class Ledger:
         )
         if int(result[0]) == -1:
             return None
-        return _text(result[1])
+        return as_text(result[1])
 
     def publish_issued_duplicate(
         self, imp_uid: str, *, task_id: str, merchant_uid: str | None
@@ -331,14 +332,14 @@ class Ledger:
         members = self._redis.zrangebyscore(DUE_KEY, 0, now, start=0, num=limit)
         jobs = []
         for member in members:
-            imp_uid = _text(member)
+            imp_uid = as_text(member)
             found = self._due(
                 keys=[ledger_key(imp_uid), DUE_KEY],
                 args=[now, int(regrace_seconds * 1000), imp_uid],
             )
             if not found:
                 continue
-            state, task_id, payload, attempts, op, fence = (_text(part) for part in found)
+            state, task_id, payload, attempts, op, fence = (as_text(part) for part in found)
             jobs.append(
                 DueJob(imp_uid, state, task_id, json.loads(payload), int(attempts), op, int(fence))
             )
@@ -374,8 +375,4 @@ class Ledger:
         raw = self._redis.hgetall(ledger_key(imp_uid))
         if not raw:
             return None
-        return {_text(key): _text(value) for key, value in raw.items()}
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        return {as_text(key): as_text(value) for key, value in raw.items()}

@@ -38,3 +38,8 @@ def redis_client(
         socket_connect_timeout=socket_connect_timeout,
         health_check_interval=health_check_interval,
     )
+
+
+def as_text(value: object) -> str:
+    """A reply field as text: bytes from a client built without ``decode_responses``."""
+    return value.decode() if isinstance(value, bytes) else str(value)

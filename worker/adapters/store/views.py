@@ -29,6 +29,7 @@ from worker.adapters.store.keys import (
     history_key,
     ledger_key,
 )
+from worker.adapters.store.redis_client import as_text
 from worker.core.masking import mask_payload
 
 #: The states a job ends in: no worker owes it anything more (``stuck`` skips them).
@@ -97,7 +98,7 @@ class ReplaySource:
 def replay_source(client: redis.Redis, imp_uid: str) -> ReplaySource:
     """The parts of a payment's record that a replay sends again."""
     raw = client.hgetall(ledger_key(imp_uid))
-    record = {_text(k): _text(v) for k, v in raw.items()}
+    record = {as_text(k): as_text(v) for k, v in raw.items()}
     cancel = None
     if _cancel_failed(record) and client.zscore(DEAD_JOBS_KEY, imp_uid) is not None:
         cancel = json.loads(record["cancel"])
@@ -119,7 +120,7 @@ class LedgerState:
 def ledger_state(client: redis.Redis, imp_uid: str) -> LedgerState:
     """The state (``unknown`` without a record) and the recorded receipt's id of a payment."""
     state, recorded = (
-        _text(value) if value is not None else None
+        as_text(value) if value is not None else None
         for value in client.hmget(ledger_key(imp_uid), ["state", "receipt"])
     )
     try:
@@ -133,7 +134,7 @@ def ledger_payments(client: redis.Redis, *, limit: int = 10_000) -> list[str]:
     """imp_uids with a ledger record (SCAN: cheap for Redis, fine for a one-off check)."""
     found = []
     for key in client.scan_iter(match=f"{LEDGER_PREFIX}*", count=1000):
-        name = _text(key)[len(LEDGER_PREFIX) :]
+        name = as_text(key)[len(LEDGER_PREFIX) :]
         if ":" in name or name in {"due", "failed"}:
             continue
         found.append(name)
@@ -162,10 +163,6 @@ def list_dead_entries(client: redis.Redis, limit: int = 100) -> list[dict[str, A
     return [json.loads(item) for item in client.lrange(DEAD_ENTRIES_KEY, 0, limit - 1)]
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -187,7 +184,7 @@ def stuck(client: redis.Redis, *, older_than: float, limit: int = 100) -> list[s
     """
     ceiling = _now_ms() - int(older_than * 1000)
     overdue: list[tuple[int, str]] = []
-    members = [_text(m) for m in client.zrange(DUE_KEY, 0, -1)]
+    members = [as_text(m) for m in client.zrange(DUE_KEY, 0, -1)]
     for start in range(0, len(members), 500):
         batch = members[start : start + 500]
         pipe = client.pipeline(transaction=False)
@@ -198,7 +195,7 @@ def stuck(client: redis.Redis, *, older_than: float, limit: int = 100) -> list[s
             )
         for imp_uid, fields in zip(batch, pipe.execute(), strict=True):
             state, lease, next_at, updated, created = (
-                _text(f) if f is not None else None for f in fields
+                as_text(f) if f is not None else None for f in fields
             )
             if state is None or state in TERMINAL_STATES:
                 continue
@@ -210,7 +207,7 @@ def stuck(client: redis.Redis, *, older_than: float, limit: int = 100) -> list[s
 
 def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
     """A ledger record as an operator may see it: sealed fields marked, times readable."""
-    record = {_text(key): _text(value) for key, value in raw.items()}
+    record = {as_text(key): as_text(value) for key, value in raw.items()}
     shown: dict[str, Any] = {}
     for key, value in record.items():
         if key in {"payload", "cancel", "pending_cancel", "pending_issue"}:
@@ -237,12 +234,12 @@ def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
 
 def dead_job_ids(client: redis.Redis, *, limit: int = 100) -> list[str]:
     """imp_uids whose job failed for good, newest first: the ledger's dead letters."""
-    return [_text(m) for m in client.zrevrange(DEAD_JOBS_KEY, 0, limit - 1)]
+    return [as_text(m) for m in client.zrevrange(DEAD_JOBS_KEY, 0, limit - 1)]
 
 
 def job_history(client: redis.Redis, imp_uid: str) -> list[dict[str, Any]]:
     """The attempts and outcomes the ledger kept for a payment, newest first."""
-    return [json.loads(_text(item)) for item in client.lrange(history_key(imp_uid), 0, -1)]
+    return [json.loads(as_text(item)) for item in client.lrange(history_key(imp_uid), 0, -1)]
 
 
 # -- read views for the metrics, read at scrape time ---------------------------------
@@ -268,12 +265,12 @@ def jobs_by_state(client: redis.Redis, *, limit: int = LEDGER_SCAN_LIMIT) -> dic
             break
         with client.pipeline(transaction=False) as pipe:
             for member in members:
-                pipe.hget(ledger_key(_text(member)), "state")
+                pipe.hget(ledger_key(as_text(member)), "state")
             states = pipe.execute()
         for state in states:
             # A finished job leaves the index lazily (the sweeper drops it).
-            if state is not None and _text(state) in counts and _text(state) != "failed":
-                counts[_text(state)] += 1
+            if state is not None and as_text(state) in counts and as_text(state) != "failed":
+                counts[as_text(state)] += 1
         scanned += len(members)
     if total > scanned:
         counts["unknown"] = total - scanned
