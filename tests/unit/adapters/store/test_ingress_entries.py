@@ -36,7 +36,11 @@ def test_text_that_is_not_json_is_not_shown() -> None:
         ("홍길동", "<redacted>"),
         ("hong@example.com", "<redacted>"),
         ("Payment Refunded", "<redacted>"),
-        ("tel.01012345678", "tel.***********"),
+        ("tel.01012345678", "<redacted>"),
+        ("tel.010.1234.5678", "<redacted>"),
+        ("kim-minsu.010-1234-5678", "<redacted>"),
+        ("hong.gildong", "<redacted>"),
+        ("payment.010-1234-5678", "<redacted>"),
     ],
 )
 def test_an_entry_type_is_shown_only_when_shaped_like_one(kind: str, shown: str) -> None:
