@@ -167,6 +167,27 @@ def refund_events(results: ResultStream, task_id: str, count: int) -> list[dict[
     return events
 
 
+def refund_twice(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str, **payment: Any
+) -> dict[str, Any]:
+    """Issue for 33000, refund 11000, then send the same refund again: it must be a
+    duplicate, with one DELETE and two receipts in all. Returns the re-issue's event."""
+    sandbox.admin.seed_payment(imp_uid, amount=33000, **payment)
+    order = {"imp_uid": imp_uid, "identifier": PHONE, "identifier_type": "phone"}
+    assert results.wait(enqueue_issue(order, app=producer))["type"] == "cash_receipt.issued"
+    sandbox.admin.seed_payment(imp_uid, cancel_amount=11000)
+    refund = {"imp_uid": imp_uid, "amount": 11000}
+    _, reissued = refund_events(results, enqueue_cancel(refund, app=producer), 2)
+    assert reissued["data"]["receipt"]["amount"] == 22000
+
+    again = results.wait(enqueue_cancel(refund, app=producer))
+    assert (again["type"], again["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
+    methods = [r["method"] for r in sandbox.admin.requests(imp_uid)]
+    assert (methods.count("DELETE"), methods.count("POST")) == (1, 2)
+    assert sandbox.admin.issued_count(imp_uid) == 2
+    return reissued
+
+
 def test_repeated_partial_refund_is_a_duplicate(
     producer: Celery,
     sandbox: Sandbox,
@@ -178,17 +199,7 @@ def test_repeated_partial_refund_is_a_duplicate(
 
     A further refund still cancels and re-issues: the live receipt no longer covers the balance.
     """
-    sandbox.admin.seed_payment(imp_uid, amount=33000)
-    issue(producer, results, imp_uid)
-    sandbox.admin.seed_payment(imp_uid, cancel_amount=11000)
-    refund = {"imp_uid": imp_uid, "amount": 11000}
-    _, reissued = refund_events(results, enqueue_cancel(refund, app=producer), 2)
-    assert reissued["data"]["receipt"]["amount"] == 22000
-
-    again = results.wait(enqueue_cancel(refund, app=producer))
-    assert (again["type"], again["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
-    assert sandbox.admin.issued_count(imp_uid) == 2
-    assert [r["method"] for r in sandbox.admin.requests(imp_uid)].count("DELETE") == 1
+    reissued = refund_twice(producer, sandbox, results, imp_uid)
     live = receipt_at_iamport(sandbox, imp_uid)
     assert live["apply_num"] == reissued["data"]["receipt"]["apply_num"]
     assert live["cancelled_at"] == 0
@@ -272,3 +283,11 @@ def test_a_refund_failed_for_good_before_any_receipt_leaves_the_confirmation_to_
     assert (issued["type"], issued["data"]["duplicate"]) == ("cash_receipt.issued", False)
     assert issued["data"]["receipt"]["apply_num"]
     assert sandbox.admin.issued_count(imp_uid) == 1
+
+
+def test_repeated_partial_refund_without_a_receipt_lookup_is_a_duplicate(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
+) -> None:
+    """Issue 14, finding 15: Settlebank's receipts cannot be looked up; the job's recorded
+    receipt (the re-issue's answer) tells the repeat apart: no DELETE, no third receipt."""
+    refund_twice(producer, sandbox, results, imp_uid, pg_provider="settle")

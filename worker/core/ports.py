@@ -174,6 +174,10 @@ class JobView:
     #: The record holds a receipt (the one the job issued, or its refund's last word);
     #: False: none was ever recorded, as for a refund that came before its issue.
     has_receipt: bool = False
+    #: That receipt, as the provider last showed it to the job (a POST's answer, a
+    #: lookup); None: none, or none readable. For a PG whose receipts the provider cannot
+    #: look up (KICC, Settlebank) it is the only word on what the live receipt is for.
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True)

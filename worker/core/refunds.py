@@ -76,12 +76,27 @@ def cancel_done(client: Provider, imp_uid: str) -> tuple[bool, Receipt | None]:
     return not client.get_payment(imp_uid).cash_receipt_issued, None
 
 
-def receipt_for_balance(client: Provider, imp_uid: str) -> Receipt | None:
-    """The live receipt when it already covers what is left after every refund, else None."""
+def receipt_for_balance(
+    client: Provider, imp_uid: str, *, recorded: Receipt | None = None
+) -> Receipt | None:
+    """The live receipt when it already covers what is left after every refund, else None.
+
+    For a PG whose receipts i'mport cannot look up (KICC, Settlebank) the lookup
+    shows nothing, and the payment's ``cash_receipt_issued`` says only that one is
+    live: the job's ``recorded`` receipt (what i'mport answered to its last issue or
+    re-issue) says what that one is for. Without it a repeated refund would cancel
+    and re-issue again, a third receipt for one refund (issue 14, finding 15).
+    """
     receipt = client.find_receipt(imp_uid)
+    payment = None
+    if receipt is None and recorded is not None and recorded.active:
+        payment = client.get_payment(imp_uid)
+        if not payment.cash_receipt_issued:
+            return None  # the recorded receipt is gone, whoever cancelled it
+        receipt = recorded
     if receipt is None or not receipt.active or receipt.amount is None:
         return None
-    payment = client.get_payment(imp_uid)
+    payment = payment or client.get_payment(imp_uid)
     if payment.cancel_amount <= 0:
         return None  # i'mport shows no refund yet: this receipt predates it
     return receipt if receipt.amount == payment.amount - payment.cancel_amount else None

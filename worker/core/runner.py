@@ -419,7 +419,11 @@ class CancelRunner(JobRunner):
             if (
                 not cancel_done
                 and "amount" in self.message
-                and (live := receipt_for_balance(client, imp_uid))
+                and (
+                    live := receipt_for_balance(
+                        client, imp_uid, recorded=job.receipt if job else None
+                    )
+                )
             ):
                 # This refund was already handled (the same event, sent again):
                 # no DELETE, no POST; the live receipt stays the job's.

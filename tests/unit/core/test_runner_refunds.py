@@ -7,11 +7,12 @@ the new receipt, and the same refund sent twice changes nothing.
 
 from __future__ import annotations
 
-from tests.support.memory import DEFERRED, LOST
+from tests.support.memory import DEFERRED, LOST, MemoryProvider
 from tests.support.runners import RULES, World
 from worker.core.errors import ProviderUnavailable
 from worker.core.outcome import Outcome
 from worker.core.runner import Done, Failed, Retry
+from worker.core.types import Receipt
 
 
 def issued(world: World, amount: int = 1000) -> None:
@@ -118,3 +119,31 @@ def test_the_refund_steps_carry_their_claims_fence() -> None:
     world.cancel_runner("c1", amount=300).run()
     keys = [call.operation.key for call in world.provider.calls if call.operation]
     assert keys == ["issue:1:imp_1", "cancel:2:imp_1", "reissue:2:imp_1"]
+
+
+class NoLookupProvider(MemoryProvider):
+    """A PG whose receipts i'mport cannot show (Settlebank, KICC): the lookup finds none;
+    only the payment's ``cash_receipt_issued`` says one is live."""
+
+    def find_receipt(self, imp_uid: str) -> Receipt | None:
+        super().find_receipt(imp_uid)
+        return None
+
+
+def test_a_repeated_partial_refund_without_a_receipt_lookup_is_a_duplicate() -> None:
+    """Issue 14, finding 15: the lookup shows nothing, so the job's recorded receipt (the
+    re-issue's answer) says the balance is covered: no DELETE, no POST, no third receipt."""
+    world = World(provider=NoLookupProvider)
+    issued(world)
+    world.provider.refund("imp_1", 300)
+    assert world.cancel_runner("c1", amount=300).run() == Done(Outcome.CANCELLED_REISSUED)
+    assert amounts(world) == [(1000, False), (700, True)]
+    assert world.cancel_runner("c2", amount=300).run() == Done(Outcome.CANCELLED_DUPLICATE)
+    [event] = world.store.events_of("c2")
+    assert (event.type, event.data["duplicate"]) == ("cash_receipt.cancelled", True)
+    assert (world.provider.sent("DELETE"), world.provider.sent("POST")) == (1, 2)
+    assert amounts(world) == [(1000, False), (700, True)]
+    # A further refund still cancels and re-issues.
+    world.provider.refund("imp_1", 200)
+    assert world.cancel_runner("c3", amount=200).run() == Done(Outcome.CANCELLED_REISSUED)
+    assert amounts(world) == [(1000, False), (700, False), (500, True)]

@@ -54,6 +54,7 @@ def job_view(imp_uid: str, record: Mapping[str, str]) -> JobView:
         cancel_done=record.get(CANCEL_STEP_FIELD) == CANCELLED_STEP,
         cancelled_receipt=_receipt(imp_uid, record.get(CANCELLED_RECEIPT_FIELD)),
         has_receipt=bool(record.get("receipt")),
+        receipt=_receipt(imp_uid, record.get("receipt")),
     )
 
 
@@ -95,6 +96,8 @@ def _receipt(imp_uid: str, raw: str | None) -> Receipt | None:
     """A kept receipt; a field an older release did not write reads as None."""
     if not raw:
         return None
-    kept = json.loads(raw)
-    values = {name: kept.get(name) for name in _RECEIPT_FIELDS}
+    kept: Any = json.loads(raw)
+    if not isinstance(kept, dict):
+        return None  # an unreadable receipt is none: the core then looks it up
+    values: dict[str, Any] = {name: kept.get(name) for name in _RECEIPT_FIELDS}
     return Receipt(**{**values, "imp_uid": values["imp_uid"] or imp_uid})
