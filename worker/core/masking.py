@@ -43,9 +43,12 @@ _UUID = re.compile(
 
 
 def mask_text(text: str) -> str:
-    """Mask every run of 10+ digits (hyphens and spaces allowed inside) in free text.
+    """Mask every run of 10+ digits (hyphens and spaces allowed inside) in free text,
+    every phone number written with dots or a bracketed area code, and every e-mail address.
 
     Ten is the shortest identifier (a business number, an old mobile number).
+    A buyer's number is also written ``010.1234.5678`` or ``(010) 1234-5678``,
+    and a buyer's e-mail reaches a provider's message or a producer's garbage.
 
     Provider messages, decode-error logs and exception texts may echo a number
     we never chose to show; this is the last line of defence for them. UUIDs
@@ -55,11 +58,27 @@ def mask_text(text: str) -> str:
     """
     parts, start = [], 0
     for match in _UUID.finditer(text):
-        parts.append(_DIGIT_RUN.sub(_mask_unless_date, text[start : match.start()]))
+        parts.append(_masked_free_text(text[start : match.start()]))
         parts.append(match.group(0))
         start = match.end()
-    parts.append(_DIGIT_RUN.sub(_mask_unless_date, text[start:]))
+    parts.append(_masked_free_text(text[start:]))
     return "".join(parts)
+
+
+# A phone number with dots (``010.1234.5678``) or a bracketed area code (``(02) 123-4567``,
+# ``(010)1234-5678``): three groups, as Korean numbers are written; an IP address has four.
+_WRITTEN_PHONE = re.compile(
+    r"(?<![0-9A-Za-z_.])(?:0\d{1,2}\.\d{3,4}\.\d{4}|\(0\d{1,2}\)[ \-.]?\d{3,4}[ \-.]?\d{4})"
+    r"(?![0-9A-Za-z.]?\d)"
+)
+# An e-mail address: its local part goes, as a shown ``buyer_email`` loses it.
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@(?=[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,})")
+
+
+def _masked_free_text(text: str) -> str:
+    text = _EMAIL.sub(lambda match: f"{match.group(0)[:1]}***@", text)
+    text = _WRITTEN_PHONE.sub(lambda match: mask_identifier(match.group(0)), text)
+    return _DIGIT_RUN.sub(_mask_unless_date, text)
 
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?: \d{2})?")
@@ -106,17 +125,20 @@ def mask_payload(payload: Mapping[Any, Any]) -> dict[str, Any]:
     return masked
 
 
-def unknown_fields_redacted(payload: Mapping[Any, Any]) -> dict[str, Any]:
+def unknown_fields_redacted(
+    payload: Mapping[Any, Any], *, known: frozenset[str] = PAYLOAD_FIELDS
+) -> dict[str, Any]:
     """A copy of a payload whose fields unknown to the schemas are shown by name only.
 
     Known fields keep their values: this is the form of a copy that must stay
     replayable (a parked message, its personal fields sealed). A name can carry
     personal data too (``{"01012345678": true}``): an unknown one is shown as
-    :func:`shown_key` makes it.
+    :func:`shown_key` makes it. ``known`` is what a reader reads: the payload's
+    fields, or a message's headers.
     """
     kept: dict[str, Any] = {}
     for key, value in payload.items():
-        if key in PAYLOAD_FIELDS:
+        if key in known:
             kept[key] = value
         else:
             kept.setdefault(shown_key(key), REDACTED)

@@ -40,6 +40,23 @@ def test_mask_text_hides_numbers_in_free_text() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("call 010.9777.0042 today", "call 010****0042 today"),
+        ("tel (010) 9777-0042.", "tel 010****0042."),
+        ("tel (02)977-0042", "tel *********"),
+        ("mail gildong.hong@example.co.kr now", "mail g***@example.co.kr now"),
+        ("hosts 127.0.0.1 and 192.168.100.200", "hosts 127.0.0.1 and 192.168.100.200"),
+        ("version 1.20.3 on 2026-12-06 05:00", "version 1.20.3 on 2026-12-06 05:00"),
+    ],
+)
+def test_mask_text_hides_numbers_and_addresses_as_people_write_them(text: str, shown: str) -> None:
+    """A buyer's number with dots or a bracketed area code, and an e-mail address, are
+    masked too; addresses of hosts, versions and dates are not numbers of people."""
+    assert mask_text(text) == shown
+
+
+@pytest.mark.parametrize(
     "task_id",
     [
         "758db68f-5558-4b35-9a2d-123456789012",  # a last group of digits only

@@ -19,7 +19,8 @@ costs the replay), and every field no schema knows keeps its name but not its
 value (a replay never reads it); a body that is not JSON is dropped and kept as
 masked text.
 The ``argsrepr``/``kwargsrepr`` headers, which a bare producer fills with the
-raw arguments, are replaced. An unreadable entry is kept as masked text.
+raw arguments, are replaced, and a header no worker reads is shown by name only.
+An unreadable entry is kept as masked text.
 
 Records are kept :data:`DEAD_MESSAGE_RETENTION_SECONDS` (7 days): the sweeper drops
 older ones (:func:`expire_dead_messages`), and the list itself expires that long
@@ -44,13 +45,16 @@ import redis
 from worker.adapters.privacy.sealing import Sealer, SealingUnavailable
 from worker.adapters.store import lua
 from worker.adapters.store.keys import DEAD_MESSAGES_KEY
+from worker.adapters.store.ledger import FENCE_HEADER
 from worker.config.defaults import DEAD_MESSAGE_RETENTION_SECONDS
 from worker.core.masking import (
     PERSONAL_FIELDS,
+    REDACTED,
     SEALED_FIELDS,
     encodable,
     mask_payload,
     mask_text,
+    shown_key,
     shown_text,
     unknown_fields_redacted,
 )
@@ -87,8 +91,7 @@ def dead_message_record(
     if envelope is not None:
         clean = dict(envelope)
         if headers:
-            headers.update(argsrepr="<redacted>", kwargsrepr="<redacted>")
-            clean["headers"] = headers
+            clean["headers"] = _shown_headers(headers)
         clean, body_text = _sealed_body(clean, sealer)
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     if clean is None and text:
@@ -106,6 +109,24 @@ def dead_message_record(
         "envelope": clean,
         "raw": mask_text(body_text[:RAW_LIMIT]) if body_text else None,
     }
+
+
+#: The headers a task message may carry that a worker reads: Celery's protocol 2
+#: and the ledger's fence. Any other header is the producer's own, and may hold anything.
+KNOWN_HEADERS = frozenset(
+    {
+        "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
+        "timelimit", "root_id", "parent_id", "origin", "ignore_result",
+        "replaced_task_nesting", "stamped_headers", "stamps", FENCE_HEADER,
+    }
+)  # fmt: skip
+
+
+def _shown_headers(headers: Mapping[Any, Any]) -> dict[str, Any]:
+    """The headers a replay needs, as sent; the argument reprs, which a bare producer fills
+    with the raw arguments, and every header no worker reads, by name only."""
+    shown = unknown_fields_redacted(headers, known=KNOWN_HEADERS)
+    return {**shown, "argsrepr": REDACTED, "kwargsrepr": REDACTED}
 
 
 def _sealed_body(
@@ -170,28 +191,46 @@ def _decoded_bodies(value: Any, depth: int) -> Any:
 
 def _seal_payloads(value: Any, sealer: Sealer | None, depth: int, payload: bool = False) -> Any:
     """``value`` with every payload's personal fields sealed (or masked), its unknown ones
-    redacted.
+    redacted, and everything else shown only as free text is.
 
-    A payload is a task's argument (an object in the first list of a ``[args,
+    A payload is a task's argument (an object in the args or kwargs of a ``[args,
     kwargs, embed]`` body), or any object with a payload's id or personal
     fields. Fields no schema knows are never read by a replay: their values go.
+    Outside payloads (Celery's embed, a producer's garbage) text is masked as
+    :func:`~worker.core.masking.mask_text` masks it, and what sits deeper than
+    any payload does is not kept.
     """
+    if not isinstance(value, list | dict):
+        return mask_text(value) if isinstance(value, str) else value
     if depth <= 0:
-        return value
+        # Deeper than any task message's payload: nothing a replay reads, so nothing shown.
+        return REDACTED
     if isinstance(value, list):
         if len(value) == 3 and isinstance(value[0], list) and isinstance(value[1], dict):
-            args, *rest = value
-            return [
-                [_seal_payloads(arg, sealer, depth - 2, payload=True) for arg in args],
-                *(_seal_payloads(item, sealer, depth - 1) for item in rest),
-            ]
+            return _sealed_task_body(value, sealer, depth)
         return [_seal_payloads(item, sealer, depth - 1) for item in value]
-    if not isinstance(value, dict):
-        return value
-    inner = {key: _seal_payloads(item, sealer, depth - 1) for key, item in value.items()}
-    if not payload and not inner.keys() & _PAYLOAD_MARKS:
-        return inner
-    return _sealed_payload(inner, sealer)
+    if payload or value.keys() & _PAYLOAD_MARKS:
+        # A payload's fields are plain values; a known one holding a structure is not
+        # something a replay accepts, and could hold anything.
+        flat = {
+            key: REDACTED if isinstance(item, list | dict) else item for key, item in value.items()
+        }
+        return _sealed_payload(flat, sealer)
+    return {shown_key(key): _seal_payloads(item, sealer, depth - 1) for key, item in value.items()}
+
+
+def _sealed_task_body(body: list[Any], sealer: Sealer | None, depth: int) -> list[Any]:
+    """A task message's ``[args, kwargs, embed]``: every argument, by position or by name,
+    is a payload."""
+    args, kwargs, embed = body
+    return [
+        [_seal_payloads(arg, sealer, depth - 2, payload=True) for arg in args],
+        {
+            shown_key(key): _seal_payloads(arg, sealer, depth - 2, payload=True)
+            for key, arg in kwargs.items()
+        },
+        _seal_payloads(embed, sealer, depth - 1),
+    ]
 
 
 def _sealed_payload(payload: dict[str, Any], sealer: Sealer | None) -> dict[str, Any]:

@@ -163,3 +163,60 @@ def test_an_unreadable_entry_nested_past_the_parser_is_kept_as_text() -> None:
     deep = "[" * 100_000 + "]" * 100_000
     record = dead_message_record(reason="not JSON", queue="cash_receipts", envelope=None, raw=deep)
     assert record["raw"] == deep[: len(record["raw"])]
+
+
+def test_headers_no_worker_reads_keep_their_name_but_not_their_value() -> None:
+    """A producer's own header may hold anything: parked, it is shown by name only; the
+    headers a replay needs stay as sent."""
+    envelope = envelope_of(
+        [[{"imp_uid": "imp_1"}], {}, {}], customer_tel="01097770042", ledger_fence=3, retries=1
+    )
+    envelope["headers"]["x-buyer"] = {"name": "홍길동"}
+    record = dead_message_record(reason="unknown task", queue="q", envelope=envelope, raw=None)
+    headers = record["envelope"]["headers"]
+    assert (headers["customer_tel"], headers["x-buyer"]) == ("<redacted>", "<redacted>")
+    assert (headers["task"], headers["id"], headers["ledger_fence"]) == ("new_task", "t-1", 3)
+    assert headers["retries"] == 1
+    assert "97770042" not in json.dumps(record) and "홍길동" not in json.dumps(record)
+
+
+def test_text_outside_payloads_and_payloads_passed_by_name_hide_personal_data() -> None:
+    """Celery's embed and a producer's garbage are not payloads: their numbers and e-mail
+    addresses are masked; a payload passed as a keyword is one, allow-listed."""
+    embed = {"callbacks": None, "note": "call 010.9777.0042 or hong@example.com"}
+    kwargs = {"payload": {"customer_tel": "01097770043", "merchant_uid": "m-1"}}
+    record = dead_message_record(
+        reason="unknown task", queue="q", envelope=envelope_of([[], kwargs, embed]), raw=None
+    )
+    _, shown_kwargs, shown_embed = body(record)
+    assert shown_kwargs == {"payload": {"customer_tel": "<redacted>", "merchant_uid": "m-1"}}
+    assert shown_embed == {"callbacks": None, "note": "call 010****0042 or h***@example.com"}
+
+
+def test_what_sits_deeper_than_any_payload_is_not_kept() -> None:
+    """A payload is at most four levels down; below that, nothing a replay reads: redacted."""
+    deep: object = {"identifier": "01097770042", "buyer_name": "홍길동"}
+    for _ in range(6):
+        deep = [deep]
+    record = dead_message_record(
+        reason="unknown task", queue="q", envelope=envelope_of(deep), raw=None
+    )
+    text = json.dumps([record, body(record)], ensure_ascii=False)
+    assert "97770042" not in text and "홍길동" not in text
+
+
+def test_a_body_that_is_not_json_hides_e_mail_and_dotted_numbers() -> None:
+    """Kept only as masked text, a body that is not JSON shows no address or number."""
+    envelope = envelope_of([])
+    envelope["body"] = base64.b64encode(b"buyer hong@example.com 010.9777.0042").decode()
+    record = dead_message_record(reason="undecodable", queue="q", envelope=envelope, raw=None)
+    assert record["raw"] == "buyer h***@example.com 010****0042"
+
+
+def test_a_known_payload_field_holding_a_structure_is_redacted() -> None:
+    """``imp_uid`` holding an object is no id a replay accepts; what it holds is not shown."""
+    payload = {"imp_uid": {"tel": "01097770042"}, "merchant_uid": ["010.9777.0043"]}
+    record = dead_message_record(
+        reason="unknown task", queue="q", envelope=envelope_of([[payload], {}, {}]), raw=None
+    )
+    assert body(record)[0][0] == {"imp_uid": "<redacted>", "merchant_uid": "<redacted>"}
