@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -289,29 +291,39 @@ def test_final_cancel_failure_is_dead_and_replayable(
     assert not [j for j in lines(cli(redis_server, sandbox, "dead")) if j.get("imp_uid") == imp_uid]
 
 
-def test_failed_reissue_after_a_partial_refund_is_replayable(
+def refund_reissuing_nothing(
     producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    imp_uid: str,
+    before_refund: Callable[[], object],
+) -> list[dict[str, Any]]:
+    """A receipt for 33000, ``before_refund``, then a refund of 11000 that re-issues
+    nothing: its two events (cancelled, failed), in stream order."""
+    sandbox.admin.seed_payment(imp_uid, amount=33000)
+    results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer))
+    before_refund()
+    sandbox.admin.seed_payment(imp_uid, cancel_amount=11000)
+    task_id = enqueue_cancel({"imp_uid": imp_uid, "amount": 11000}, app=producer)
+    wait_for(lambda: len(results.for_task(task_id)) == 2, message="both events of the refund")
+    events = sorted(results.for_task(task_id), key=lambda e: e["id"])
+    assert [e["type"] for e in events] == ["cash_receipt.cancelled", "cash_receipt.failed"]
+    return events
+
+
+def replay_issues_the_balance(
     redis_server: RedisServer,
     sandbox: Sandbox,
     results: ResultStream,
     imp_uid: str,
+    *given: str,
+    stdin: str = "",
 ) -> None:
-    """The old receipt is cancelled, the new one refused: dead; replay issues for the balance."""
-    sandbox.admin.seed_payment(imp_uid, amount=33000)
-    results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": "01055554321"}, app=producer))
-    sandbox.admin.seed_payment(imp_uid, cancel_amount=11000)
-    sandbox.admin.script(imp_uid, *[{"kind": "reject", "message": "PG down", "method": "POST"}] * 3)
-    task_id = enqueue_cancel({"imp_uid": imp_uid, "amount": 11000}, app=producer)
-    wait_for(lambda: len(results.for_task(task_id)) == 2, message="both events of the refund")
-    assert [e["type"] for e in sorted(results.for_task(task_id), key=lambda e: e["id"])] == [
-        "cash_receipt.cancelled",
-        "cash_receipt.failed",
-    ]
-
+    """The job is dead (an issue that failed); ``cashreceipt replay`` issues for 22000."""
     listed = lines(cli(redis_server, sandbox, "dead"))
     dead = [job for job in listed if job.get("imp_uid") == imp_uid]
     assert [(job["failed"], job["state"]) for job in dead] == [("issue", "failed")]
-    replayed = cli(redis_server, sandbox, "replay", imp_uid)
+    replayed = cli(redis_server, sandbox, "replay", imp_uid, *given, stdin=stdin)
     assert replayed.returncode == 0, replayed.stderr
     (outcome,) = lines(replayed)
     reissued = results.wait(str(outcome["task_id"]))
@@ -320,3 +332,48 @@ def test_failed_reissue_after_a_partial_refund_is_replayable(
         22000,
     )
     assert sandbox.admin.issued_count(imp_uid) == 2
+
+
+def test_failed_reissue_after_a_partial_refund_is_replayable(
+    producer: Celery,
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    results: ResultStream,
+    imp_uid: str,
+) -> None:
+    """The old receipt is cancelled, the new one refused: dead; replay issues for the balance."""
+    refund_reissuing_nothing(
+        producer,
+        sandbox,
+        results,
+        imp_uid,
+        lambda: sandbox.admin.script(
+            imp_uid, *[{"kind": "reject", "message": "PG down", "method": "POST"}] * 3
+        ),
+    )
+    replay_issues_the_balance(redis_server, sandbox, results, imp_uid)
+
+
+def test_a_partial_refund_after_the_record_expired_is_dead_and_replayable_with_the_identifier(
+    producer: Celery,
+    redis_server: RedisServer,
+    sandbox: Sandbox,
+    results: ResultStream,
+    imp_uid: str,
+) -> None:
+    """Issue 14, finding 9: past LEDGER_RETENTION the identifier is gone with the record.
+    The refund cancels the receipt and says, in a failure event, that it re-issued nothing
+    (no_payload); replay with the identifier issues the balance."""
+    # What LEDGER_RETENTION does to the record before the refund comes.
+    cancelled, failed = refund_reissuing_nothing(
+        producer,
+        sandbox,
+        results,
+        imp_uid,
+        lambda: redis_server.client().delete(ledger_key(imp_uid)),
+    )
+    assert cancelled["data"]["receipt"]["amount"] == 33000
+    assert failed["data"]["error"]["reason"] == "no_payload"
+    replay_issues_the_balance(
+        redis_server, sandbox, results, imp_uid, "--identifier-stdin", stdin="01055554321\n"
+    )

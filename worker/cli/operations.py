@@ -48,7 +48,8 @@ def replay(
     A correction of the identifier replaces the sealed one. The ledger keeps
     the earlier attempts in the job's history; the replay is a new attempt,
     with a fresh attempt budget. A cancellation that failed for good
-    (``cancel_failed``, the receipt still live) is sent again as it was.
+    (``cancel_failed``, the receipt still live) is sent again as it was. A job
+    that keeps no payload is replayed only with an identifier given.
     """
     for imp_uid in imp_uids:
         source = replay_source(client, imp_uid)
@@ -62,6 +63,10 @@ def replay(
             yield Replayed(imp_uid, None, skipped=f"state is {source.state}")
             continue
         payload = dict(source.payload)
+        if not payload and "identifier" in (corrections or {}):
+            # A partial refund's re-issue that had no payload to issue from (no_payload):
+            # the operator's identifier is the payload; i'mport computes the balance.
+            payload = {"imp_uid": imp_uid}
         if not payload:
             yield Replayed(imp_uid, None, skipped="no payload kept")
             continue

@@ -66,6 +66,19 @@ def failure_detail(
 CANCELLED_MESSAGE = "the receipt of this payment was cancelled"
 
 
+#: Why a partial refund's re-issue fails when the job keeps no payload to issue from.
+NO_PAYLOAD_MESSAGE = (
+    "the receipt was cancelled, but no payload is kept to re-issue the balance from "
+    "(the ledger record expired after LEDGER_RETENTION, or this worker never issued the "
+    "receipt): send the confirmation again, or replay with --identifier-stdin"
+)
+
+
+def no_payload_detail() -> dict[str, Any]:
+    """The ``error`` of a partial refund that cancelled a receipt it cannot replace."""
+    return failure_detail("no_payload", status=None, code=None, message=NO_PAYLOAD_MESSAGE)
+
+
 def cancelled_detail() -> dict[str, Any]:
     """The ``error`` of an issue message that came after its receipt was cancelled.
 

@@ -33,7 +33,7 @@ from functools import partial
 from typing import Any
 
 from worker.core.errors import OutcomeUnknown, ProviderError, TransientError
-from worker.core.events import CANCELLED_MESSAGE
+from worker.core.events import CANCELLED_MESSAGE, no_payload_detail
 from worker.core.issuing import (
     Issued,
     SendLog,
@@ -447,6 +447,12 @@ class CancelRunner(JobRunner):
         if not cancel_done:
             self.answered()
         payload = job.payload if job else None
+        if "amount" in self.message and payload is None and cancelled is not None:
+            # A receipt was cancelled and nothing here can issue its balance: the
+            # identifier went with the payload (a record past LEDGER_RETENTION, or a
+            # receipt this worker never issued). Said, not silent (issue 14, finding 9).
+            failure = no_payload_detail()
+            return self.reissue_failed(terminal, claim, cancelled, failure, sent=False)
         if "amount" not in self.message or payload is None:
             ok = terminal.finish_cancelled(fence=claim.fence, cancelled=cancelled)
             return Done(Outcome.CANCELLED) if ok else None
@@ -469,9 +475,25 @@ class CancelRunner(JobRunner):
         reason: str,
     ) -> Instruction | None:
         """The re-issue failed for good: the cancelled event says so; None: fenced out."""
+        return self.reissue_failed(terminal, claim, cancelled, error_detail(error, reason))
+
+    def reissue_failed(
+        self,
+        terminal: TerminalPublisher,
+        claim: Claim,
+        cancelled: Receipt | None,
+        failure: dict[str, Any],
+        *,
+        sent: bool = True,
+    ) -> Instruction | None:
+        """The receipt is cancelled and its balance has none: the job fails, replayable.
+
+        ``sent``: the re-issue's POST went out, and may be unsettled.
+        """
         ok = terminal.finish_cancelled(
-            fence=claim.fence, cancelled=cancelled, reissue_error=(error, reason)
+            fence=claim.fence, cancelled=cancelled, reissue_failure=failure, settled=not sent
         )
+        reason = failure["error"]["reason"]
         return Done(Outcome.CANCELLED_REISSUE_FAILED, reason=reason) if ok else None
 
     def reissue(

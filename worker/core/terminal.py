@@ -115,12 +115,15 @@ class TerminalPublisher:
         fence: int,
         cancelled: Receipt | None,
         reissued: Receipt | None = None,
-        reissue_error: tuple[ProviderError, str] | None = None,
+        reissue_failure: Mapping[str, Any] | None = None,
+        settled: bool | None = None,
     ) -> bool:
         """End a cancellation: ``cancelled``, and after a partial refund the new receipt.
 
         Both events are one store transition. A re-issue that failed for good
-        leaves the job failed (replayable) with its failure event.
+        (``reissue_failure``: the failure event's detail) leaves the job failed
+        (replayable) with its failure event, and its last request unsettled unless
+        ``settled`` (one never sent leaves only the answered DELETE behind).
         """
         assert self.imp_uid is not None
         cancelled_data = self._data(
@@ -131,10 +134,9 @@ class TerminalPublisher:
         if reissued is not None:
             state, receipt = "issued", reissued.as_dict()
             extra = (ISSUED, self._data(duplicate=False, detail={"receipt": receipt}))
-        elif reissue_error is not None:
-            detail = error_detail(*reissue_error)
-            state, error = "failed", detail["error"]
-            extra = (FAILED, self._data(duplicate=False, detail=detail))
+        elif reissue_failure is not None:
+            state, error = "failed", reissue_failure["error"]
+            extra = (FAILED, self._data(duplicate=False, detail=dict(reissue_failure)))
         entry = self.store.finish(
             self.imp_uid,
             fence=fence,
@@ -145,7 +147,7 @@ class TerminalPublisher:
             receipt=receipt,
             error=error,
             extra_event=extra,
-            settled=reissue_error is None,
+            settled=reissue_failure is None if settled is None else settled,
         )
         return entry is not None
 

@@ -147,3 +147,26 @@ def test_a_repeated_partial_refund_without_a_receipt_lookup_is_a_duplicate() -> 
     world.provider.refund("imp_1", 200)
     assert world.cancel_runner("c3", amount=200).run() == Done(Outcome.CANCELLED_REISSUED)
     assert amounts(world) == [(1000, False), (700, False), (500, True)]
+
+
+def test_a_partial_refund_after_the_record_expired_says_it_could_not_reissue() -> None:
+    """Issue 14, finding 9: past LEDGER_RETENTION the payload, and the identifier with it,
+    is gone. The refund still cancels the receipt (a refunded payment keeps none live for
+    the full amount), then ends in a failure event that says why nothing was re-issued; a
+    confirmation sent again re-opens the job and issues the balance."""
+    world = World()
+    issued(world)
+    del world.store.records["imp_1"]  # LEDGER_RETENTION passed
+    world.provider.refund("imp_1", 300)
+    outcome = world.cancel_runner("c1", amount=300).run()
+    assert outcome == Done(Outcome.CANCELLED_REISSUE_FAILED, reason="no_payload")
+    cancelled, failed = world.store.events_of("c1")
+    assert cancelled.type == "cash_receipt.cancelled"
+    assert cancelled.data["receipt"]["amount"] == 1000
+    assert failed.type == "cash_receipt.failed"
+    assert failed.data["error"]["reason"] == "no_payload"
+    assert failed.data["error"]["retryable"] is False
+    assert (world.store.raw_record("imp_1") or {})["state"] == "failed"
+    assert amounts(world) == [(1000, False)]
+    assert world.issue_runner("t2").run() == Done(Outcome.ISSUED)
+    assert amounts(world) == [(1000, False), (700, True)]
