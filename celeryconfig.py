@@ -37,6 +37,7 @@ from worker.config.parse import (
 )
 from worker.config.timing import (
     check_backoff,
+    check_event_retention,
     check_visibility_timeout,
     lease_seconds,
     minimum_visibility_timeout,
@@ -141,6 +142,7 @@ check_visibility_timeout(
     duplicate_wait=duplicate_wait,
     settle_seconds=settle_seconds,
 )
+check_event_retention(result_stream_retention, visibility_timeout=broker_visibility_timeout)
 
 # Threads per worker process. A task spends nearly all its time waiting on
 # i'mport (100-500 ms), so one process keeps 64 in flight: 320 receipts/s at

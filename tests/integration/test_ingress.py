@@ -29,7 +29,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ROOT, TEST_PII_KEY, ProcessOutput, worker_env
-from worker.adapters.store.keys import ledger_key
+from worker.adapters.store.keys import DUE_KEY, ledger_key
 from worker.adapters.store.views import list_dead_entries
 from worker.celery.producer import enqueue_issue
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK
@@ -381,18 +381,16 @@ def test_sigkill_between_read_and_ack_is_taken_over_once(
     assert "took over 1 pending entries" in heir.text
 
 
-def test_entry_enqueued_but_not_acked_is_harmless_to_handle_again(
-    worker: ProcessOutput,
+def handled_after_a_crash_before_the_ack(
     env: dict[str, str],
     client: redis.Redis,
     stream: str,
-    sandbox: Sandbox,
     results: ResultStream,
     producer: Celery,
-) -> None:
-    """A crash after the enqueue and before the XACK: the takeover handles the entry again under
-    the same task id, which adds no event and no receipt."""
-    imp_uid = new_imp_uid()
+    imp_uid: str,
+) -> tuple[str, dict[str, Any], str]:
+    """An entry an ingress enqueued and died before acknowledging, whose task has ended,
+    taken over and handled again: its task id, its first event, the takeover's log."""
     client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     entry = xadd(client, stream, CONFIRMED, {"imp_uid": imp_uid, "identifier": PHONE})
     task_id = task_id_for(stream, entry)
@@ -407,11 +405,58 @@ def test_entry_enqueued_but_not_acked_is_harmless_to_handle_again(
     code, log = run_once({**env, "INGRESS_CLAIM_IDLE": "0.1"})
     assert code == 0, log
     assert "took over 1 pending entries" in log
+    return task_id, first, log
+
+
+def test_entry_enqueued_but_not_acked_is_harmless_to_handle_again(
+    worker: ProcessOutput,
+    env: dict[str, str],
+    client: redis.Redis,
+    stream: str,
+    sandbox: Sandbox,
+    results: ResultStream,
+    producer: Celery,
+) -> None:
+    """A crash after the enqueue and before the XACK: the takeover handles the entry again under
+    the same task id, which adds no event and no receipt."""
+    imp_uid = new_imp_uid()
+    task_id, first, log = handled_after_a_crash_before_the_ack(
+        env, client, stream, results, producer, imp_uid
+    )
     assert f"enqueued as task {task_id}" in log
     assert drained(client, stream)
     assert results.for_task(task_id) == [first]
     assert issued_originals(results, imp_uid) == [first]
     assert sandbox.admin.issued_count(imp_uid) == 1
+
+
+def test_an_entry_handled_again_after_its_job_failed_leaves_the_job_failed(
+    worker: ProcessOutput,
+    env: dict[str, str],
+    client: redis.Redis,
+    stream: str,
+    sandbox: Sandbox,
+    results: ResultStream,
+    producer: Celery,
+) -> None:
+    """Issue 14, finding 13: a crash before the XACK, after the job failed; the takeover
+    handles the entry again under the same task id. That re-opened the job under a task
+    that had ended: no message could claim it, the sweeper re-sent it for ever, and once
+    the marker expired it POSTed again. Now the entry adds nothing: the job stays failed,
+    nothing is due, one event, one POST."""
+    imp_uid = new_imp_uid()
+    sandbox.admin.seed_payment(imp_uid, pg_provider="payco")  # 501: fails at once
+    task_id, first, _ = handled_after_a_crash_before_the_ack(
+        env, client, stream, results, producer, imp_uid
+    )
+    assert first["data"]["error"]["reason"] == "unsupported_pg"
+    assert drained(client, stream)
+    record = client.hgetall(ledger_key(imp_uid))
+    assert (record["state"], record["task_id"]) == ("failed", task_id)
+    assert client.zscore(DUE_KEY, imp_uid) is None
+    assert results.for_task(task_id) == [first]
+    posts = [r for r in sandbox.admin.requests(imp_uid) if r["method"] == "POST"]
+    assert len(posts) == 1
 
 
 def test_sigterm_finishes_and_exits_zero(env: dict[str, str]) -> None:

@@ -23,7 +23,7 @@ import redis
 from tests.support.memory import Clock, MemoryStore
 from tests.support.redis_server import RedisServer
 from worker.adapters.store.events import EventPublisher as RedisEvents
-from worker.adapters.store.keys import DEAD_JOBS_KEY, DUE_KEY, history_key
+from worker.adapters.store.keys import DEAD_JOBS_KEY, DUE_KEY, history_key, terminal_key
 from worker.adapters.store.ledger import Ledger
 from worker.core.errors import ProviderError
 from worker.core.events import CANCEL_FAILED, CANCELLED, FAILED, ISSUED, cancelled_detail
@@ -546,6 +546,24 @@ def reissue_failed_with_waiters(
     ]
 
 
+def reopened_under_its_own_task(
+    jobs: Both, imp_uid: str, task: Callable[[str], str]
+) -> list[object]:
+    """Issue 14, finding 13: a task recorded again, in hand or after it ended, re-opens
+    nothing; another task still re-opens the failed job."""
+    first = jobs.receive(imp_uid, task_id=task("t1"), payload=PAYLOAD, resend_after=60)
+    issue = jobs.claim(imp_uid, task_id=task("t1"), payload=PAYLOAD)
+    return [
+        first,
+        jobs.receive(imp_uid, task_id=task("t1"), payload=PAYLOAD, resend_after=60),
+        finish(jobs, imp_uid, issue.fence, task("t1"), state="failed") is not None,
+        jobs.receive(imp_uid, task_id=task("t1"), payload=PAYLOAD, resend_after=60),
+        _fields(jobs, imp_uid),
+        jobs.claim(imp_uid, task_id=task("t1"), payload=PAYLOAD),
+        jobs.receive(imp_uid, task_id=task("t2"), payload=PAYLOAD, resend_after=60),
+    ]
+
+
 def _events(found: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """The events by task id; each ``event_id`` only as there or not.
 
@@ -596,6 +614,7 @@ def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str
         failed_with_waiters,
         cancel_failed_before_any_receipt,
         reissue_failed_with_waiters,
+        reopened_under_its_own_task,
     ],
 )
 def test_the_same_steps_leave_the_same_record(redis_server: RedisServer, steps: Steps) -> None:
@@ -690,3 +709,19 @@ def test_a_failed_reissue_ends_every_waiter_once(store: Store, imp_uid: str) -> 
     assert (kind, data["duplicate"], data["error"]) == (FAILED, True, failure)
     assert "receipt" not in data
     assert jobs.claim(imp_uid, task_id=store.task("t2"), payload=PAYLOAD) == Claim(ClaimKind.DONE)
+
+
+def test_a_task_whose_marker_expired_neither_reopens_nor_claims_its_ended_job(
+    redis_server: RedisServer, imp_uid: str
+) -> None:
+    """Issue 14, finding 13: past RESULT_STREAM_RETENTION the marker is gone, but the record
+    still names the task that ended the job: a copy of its message that late is ``done``."""
+    client = redis_server.client()
+    ledger = _ledger(client, f"test.contract.{uuid.uuid4().hex[:8]}", Clock(start=time.time()))
+    task_id = f"{uuid.uuid4().hex[:8]}-t1"
+    issue = ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD)
+    assert finish(ledger, imp_uid, issue.fence, task_id, state="failed") is not None
+    client.delete(terminal_key(task_id))
+    assert ledger.receive(imp_uid, task_id=task_id, payload=PAYLOAD, resend_after=60) == "done"
+    assert ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD).kind is ClaimKind.DONE
+    assert (ledger.raw_record(imp_uid) or {})["state"] == "failed"

@@ -317,6 +317,11 @@ class MemoryStore:
         now = self._now_ms()
         rec = self.records.get(imp_uid)
         state = rec.get("state") if rec else None
+        owner = rec.get("task_id") if rec else None
+        if task_id in self.markers or (state in TERMINAL and owner == task_id):
+            return "done"
+        if state and owner == task_id:
+            return state
         reopen = state == "failed" or (state == "cancelled" and _partial(rec and rec.get("cancel")))
         if rec is not None and state and not reopen:
             if state in {"received", "in_flight"}:
@@ -407,6 +412,8 @@ class MemoryStore:
         text = json.dumps(payload)
         rec = self.records.setdefault(imp_uid, {})
         state, owner = rec.get("state"), rec.get("task_id")
+        if owner == task_id and state in TERMINAL:
+            return Claim(ClaimKind.DONE)
         lease = int(rec.get("lease_until") or 0)
         attempts = int(rec.get("attempts") or 0)
         recorded_op = rec.get("op") or "issue"

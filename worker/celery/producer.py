@@ -61,6 +61,8 @@ def enqueue_issue(
         payload=message,
         resend_after=_resend_after(app),
     )
+    if state == "done":
+        return task_id  # this very task already ended (an ingress entry handled twice)
     if state == "issued":
         # Nothing to do but say so: the duplicate's event, at once, no message.
         ledger.publish_issued_duplicate(

@@ -115,3 +115,21 @@ def check_visibility_timeout(
             f"later (IAMPORT_SETTLE_SECONDS), so it must be at least {minimum}; leave it unset "
             "to derive it"
         )
+
+
+def check_event_retention(retention: int, *, visibility_timeout: int) -> None:
+    """Stop when RESULT_STREAM_RETENTION is shorter than BROKER_VISIBILITY_TIMEOUT.
+
+    A task's once-only marker lives as long as its event. A copy of its message can
+    still come a visibility timeout after the task ended (a redelivery, the sweeper's
+    re-send): with the marker gone, that copy would run the task again and publish a
+    second event for it.
+    """
+    if retention < visibility_timeout:
+        raise ConfigError(
+            f"RESULT_STREAM_RETENTION={retention} is shorter than BROKER_VISIBILITY_TIMEOUT="
+            f"{visibility_timeout}: a task's once-only marker is kept as long as its event, and "
+            "a copy of its message may come a visibility timeout after it ended (a redelivery, "
+            "a sweeper re-send), which would run it again; it must be at least "
+            f"{visibility_timeout}"
+        )

@@ -221,6 +221,14 @@ def test_defaults_load_and_derive_the_visibility_timeout() -> None:
         ({"REDIS_URL": "redis://r/0?ssl_ca_certs=/etc/hosts"}, "needs a rediss:// (TLS) URL"),
         ({"REDIS_URL": ":s3cret-pass@r:6379"}, "got '**@r:6379'"),
         ({"BROKER_VISIBILITY_TIMEOUT": "300"}, "BROKER_VISIBILITY_TIMEOUT=300 is too short"),
+        (
+            {"RESULT_STREAM_RETENTION": "519"},
+            "RESULT_STREAM_RETENTION=519 is shorter than BROKER_VISIBILITY_TIMEOUT=520",
+        ),
+        (
+            {"RESULT_STREAM_RETENTION": "3600", "BROKER_VISIBILITY_TIMEOUT": "7200"},
+            "RESULT_STREAM_RETENTION=3600 is shorter than BROKER_VISIBILITY_TIMEOUT=7200",
+        ),
         ({"CELERY_BROKER_URL": "redis://elsewhere"}, "CELERY_BROKER_URL is set"),
         (
             {"RETRY_BACKOFF_BASE": "10", "RETRY_BACKOFF_MAX": "5"},

@@ -165,3 +165,38 @@ def test_the_operation_id_carries_the_claims_fence() -> None:
     world.issue_runner("t1", fence=first.fence, attempt=2).run()
     keys = [call.operation.key for call in world.provider.calls if call.operation]
     assert keys == ["issue:1:imp_1", "issue:2:imp_1"]
+
+
+def test_a_task_that_ended_is_not_reopened_under_its_own_id() -> None:
+    """Issue 14, finding 13: the same task id recorded again after its job failed (an ingress
+    entry handled again after a crash before its XACK, a producer's retry of the same id)
+    re-opened the job under it: no message could claim it (the task's marker answers
+    ``done``), and once the marker expired the sweeper's re-send POSTed and published a
+    second event. It is ``done`` now: the job stays failed, nothing is due."""
+    world = World()
+    world.provider.pay("imp_1")
+    world.provider.fail_next("POST", InvalidRequest("bad identifier", status=400, code=-1))
+    assert world.store.receive("imp_1", task_id="t1", payload={}, resend_after=60) == "received"
+    assert isinstance(world.issue_runner("t1").run(), Failed)
+    again = world.store.receive("imp_1", task_id="t1", payload={}, resend_after=60)
+    assert again == "done"
+    assert (world.store.raw_record("imp_1") or {})["state"] == "failed"
+    assert "imp_1" not in world.store.due
+    # The marker expired (RESULT_STREAM_RETENTION): the record still says who ended the job.
+    del world.store.markers["t1"]
+    assert world.store.receive("imp_1", task_id="t1", payload={}, resend_after=60) == "done"
+    assert world.issue_runner("t1").run() == Done(Outcome.DONE)
+    assert (world.provider.sent("POST"), len(world.store.events_of("t1"))) == (1, 1)
+    # Another task re-opens the failed job, as before.
+    assert world.store.receive("imp_1", task_id="t2", payload={}, resend_after=60) == "received"
+    assert world.issue_runner("t2").run() == Done(Outcome.ISSUED)
+
+
+def test_the_same_task_recorded_again_while_its_job_is_in_hand_changes_nothing() -> None:
+    world = World()
+    world.provider.pay("imp_1")
+    assert world.store.receive("imp_1", task_id="t1", payload={}, resend_after=60) == "received"
+    claim = world.store.claim("imp_1", task_id="t1", payload={})
+    assert world.store.receive("imp_1", task_id="t1", payload={}, resend_after=60) == "in_flight"
+    assert world.store.waiters.get("imp_1", set()) == set()
+    assert (world.store.raw_record("imp_1") or {})["fence"] == str(claim.fence)

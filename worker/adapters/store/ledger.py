@@ -142,11 +142,12 @@ class Ledger:
         """Record a job before it is enqueued; returns the state it is in now.
 
         Only a new or failed job becomes ``received``; an existing one is left
-        as it is (its task will report it as a duplicate).
+        as it is (its task will report it as a duplicate). ``done`` means this
+        task already ended: nothing is recorded and nothing is to be sent.
         """
         now = self._now_ms()
         result = self._receive(
-            keys=[ledger_key(imp_uid), DUE_KEY, waiters_key(imp_uid)],
+            keys=[ledger_key(imp_uid), DUE_KEY, waiters_key(imp_uid), terminal_key(task_id)],
             args=[task_id, json.dumps(payload), now, now + int(resend_after * 1000), imp_uid],
         )
         return as_text(result)

@@ -11,6 +11,11 @@ local record = redis.call('HMGET', KEYS[1],
   'state', 'task_id', 'lease_until', 'receipt', 'attempts', 'op', 'fence', 'cancel',
   'next_attempt_at', 'sent_at')
 local state, owner, lease, receipt = record[1], record[2], tonumber(record[3] or '0'), record[4]
+if owner == ARGV[1] and (state == 'issued' or state == 'failed' or state == 'cancelled') then
+  -- The job ended under this task, whose marker has expired: a copy of its message
+  -- that comes that late must not run it again, nor publish a second event.
+  return {'done'}
+end
 local attempts = tonumber(record[5] or '0')
 local recorded_op = record[6] or 'issue'
 local after_partial = partial(record[8])

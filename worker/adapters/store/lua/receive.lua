@@ -1,7 +1,19 @@
 -- needs: partial
--- KEYS: ledger, due, waiters. ARGV: task_id, payload, now_ms, resend_at_ms, imp_uid
-local record = redis.call('HMGET', KEYS[1], 'state', 'op', 'cancel')
+-- KEYS: ledger, due, waiters, terminal marker of this task.
+-- ARGV: task_id, payload, now_ms, resend_at_ms, imp_uid
+local terminal = {issued = true, failed = true, cancelled = true}
+local record = redis.call('HMGET', KEYS[1], 'state', 'op', 'cancel', 'task_id')
 local state = record[1]
+if redis.call('EXISTS', KEYS[4]) == 1 or (state and record[4] == ARGV[1] and terminal[state]) then
+  -- This task already ended (an ingress entry handled again after a crash before its
+  -- XACK, a producer's retry of the same task id): its one event is out. Re-opening
+  -- the job under it would leave a job no message can claim, that POSTs again once
+  -- the marker expires.
+  return 'done'
+end
+if state and record[4] == ARGV[1] then
+  return state  -- the same task again, its job still in hand: nothing to record
+end
 local reopen = state == 'failed' or (state == 'cancelled' and partial(record[3]))
 if state and not reopen then
   if state == 'received' or state == 'in_flight' then
