@@ -29,7 +29,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ROOT, TEST_PII_KEY, ProcessOutput, worker_env
-from worker.adapters.store.keys import DUE_KEY, ledger_key
+from worker.adapters.store.keys import DUE_KEY, ledger_key, payment_receipt_key
 from worker.adapters.store.views import list_dead_entries
 from worker.celery.producer import enqueue_issue
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK
@@ -453,7 +453,7 @@ def test_an_entry_handled_again_after_its_job_failed_leaves_the_job_failed(
     assert drained(client, stream)
     record = client.hgetall(ledger_key(imp_uid))
     assert (record["state"], record["task_id"]) == ("failed", task_id)
-    assert client.zscore(DUE_KEY, imp_uid) is None
+    assert client.zscore(DUE_KEY, payment_receipt_key(imp_uid)) is None
     assert results.for_task(task_id) == [first]
     posts = [r for r in sandbox.admin.requests(imp_uid) if r["method"] == "POST"]
     assert len(posts) == 1

@@ -18,8 +18,11 @@ from worker.adapters.privacy.sealing import Sealer
 from worker.adapters.store.keys import (
     DEAD_JOBS_KEY,
     DUE_KEY,
+    STATUS_PREFIX,
+    TERMINAL_PREFIX,
     history_key,
     ledger_key,
+    payment_receipt_key,
     status_key,
     terminal_key,
 )
@@ -185,7 +188,7 @@ def test_terminal_records_expire_and_leave_the_due_set(
     finish(ledger, imp_uid, claim.fence, f"{imp_uid}-t1")
     client = redis_server.client()
     assert 0 < client.ttl(ledger_key(imp_uid)) <= 600
-    assert client.zscore(DUE_KEY, imp_uid) is None
+    assert client.zscore(DUE_KEY, payment_receipt_key(imp_uid)) is None
     record = ledger.raw_record(imp_uid)
     assert record is not None
     assert (record["state"], json.loads(record["receipt"])) == ("issued", {"apply_num": "123"})
@@ -285,8 +288,8 @@ def test_size_of_one_issued_payment(tmp_path: Path) -> None:
         keys_per_payment = (client.dbsize() - 1) / SIZE_SAMPLE  # less the stream
         # What goes after RESULT_STREAM_RETENTION: the event and its markers.
         client.delete("cash_receipt.events")
-        for pattern in ("cash_receipt:terminal:*", "cash_receipt:last_event:*"):
-            for key in client.scan_iter(pattern, count=1000):
+        for prefix in (TERMINAL_PREFIX, STATUS_PREFIX):
+            for key in client.scan_iter(f"{prefix}*", count=1000):
                 client.delete(key)
         ledger_only = int(client.info("memory")["used_memory"])
     finally:
@@ -408,10 +411,10 @@ def test_dead_view_drops_index_entries_whose_record_expired(
     )
     claim = short.claim(imp_uid, task_id=f"{imp_uid}-t1", payload=PAYLOAD)
     fail(short, imp_uid, claim.fence, f"{imp_uid}-t1")
-    assert client.zscore(DEAD_JOBS_KEY, imp_uid) is not None
+    assert client.zscore(DEAD_JOBS_KEY, payment_receipt_key(imp_uid)) is not None
     wait_for(lambda: not client.exists(ledger_key(imp_uid)), message="the record to expire")
     assert imp_uid not in [job["imp_uid"] for job in dead_jobs(client)]
-    assert client.zscore(DEAD_JOBS_KEY, imp_uid) is None
+    assert client.zscore(DEAD_JOBS_KEY, payment_receipt_key(imp_uid)) is None
 
 
 def test_issue_recorded_behind_a_partial_refund_owns_the_job_after_it(
@@ -468,7 +471,7 @@ def test_a_cancel_failed_with_a_refund_behind_it_is_not_dead(
         data={"imp_uid": imp_uid, "task_id": f"{imp_uid}-c1"},
         error={"reason": "retries_exhausted"},
     )
-    assert redis_server.client().zscore(DEAD_JOBS_KEY, imp_uid) is None
+    assert redis_server.client().zscore(DEAD_JOBS_KEY, payment_receipt_key(imp_uid)) is None
     record = ledger.raw_record(imp_uid)
     assert record is not None
     assert (record["state"], record["task_id"]) == ("received", f"{imp_uid}-c2")

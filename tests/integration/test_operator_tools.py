@@ -21,7 +21,7 @@ from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput, worker_env
 from worker.adapters.privacy.sealing import Sealer
-from worker.adapters.store.keys import DUE_KEY
+from worker.adapters.store.keys import DUE_KEY, payment_receipt_key
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.sweeper import Sweeper
 
@@ -195,7 +195,7 @@ def test_stuck_lists_a_job_the_sweeper_re_sends_forever(
     event = ResultStream(client).wait(task_id, timeout=30)
     assert event["data"]["error"]["reason"] == "invalid_payload"
     wait_for(
-        lambda: (client.zscore(DUE_KEY, imp_uid) or 0) > time.time() * 1000,
+        lambda: (client.zscore(DUE_KEY, payment_receipt_key(imp_uid)) or 0) > time.time() * 1000,
         message="the sweeper to hand the job out (pushing its due score forward)",
     )
     result = cli(redis_server, sandbox, "stuck", "--older-than", "2", "--limit", "1000")

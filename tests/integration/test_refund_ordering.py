@@ -23,7 +23,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import BIN, TEST_PII_KEY, running_worker, worker_env
-from worker.adapters.store.keys import DUE_KEY, ledger_key
+from worker.adapters.store.keys import DUE_KEY, ledger_key, payment_receipt_key
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = pytest.mark.integration
@@ -100,7 +100,9 @@ def test_full_refund_of_a_parked_issue_ends_it(
             "cancelled",
         )
     assert client.hget(ledger_key(imp_uid), "state") == "cancelled"
-    assert client.zscore(DUE_KEY, imp_uid) is None  # nothing left for the sweeper to resume
+    assert (
+        client.zscore(DUE_KEY, payment_receipt_key(imp_uid)) is None
+    )  # nothing left for the sweeper to resume
     assert own_sandbox.admin.issued_count(imp_uid) == 0
 
 

@@ -23,7 +23,13 @@ import redis
 from tests.support.memory import Clock, MemoryStore
 from tests.support.redis_server import RedisServer
 from worker.adapters.store.events import EventPublisher as RedisEvents
-from worker.adapters.store.keys import DEAD_JOBS_KEY, DUE_KEY, history_key, terminal_key
+from worker.adapters.store.keys import (
+    DEAD_JOBS_KEY,
+    DUE_KEY,
+    history_key,
+    payment_receipt_key,
+    terminal_key,
+)
 from worker.adapters.store.ledger import Ledger
 from worker.core.errors import ProviderError
 from worker.core.events import CANCEL_FAILED, CANCELLED, FAILED, ISSUED, cancelled_detail
@@ -590,8 +596,8 @@ def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str
         "answers": steps(ledger, imp_uid, task),
         "record": _fields(ledger, imp_uid),
         "events": _events((f["type"], json.loads(f["data"])) for _, f in client.xrange(stream)),
-        "due": client.zscore(DUE_KEY, imp_uid),
-        "dead": client.zscore(DEAD_JOBS_KEY, imp_uid) is not None,
+        "due": client.zscore(DUE_KEY, payment_receipt_key(imp_uid)),
+        "dead": client.zscore(DEAD_JOBS_KEY, payment_receipt_key(imp_uid)) is not None,
         "history": [json.loads(e) for e in client.lrange(history_key(imp_uid), 0, -1)],
     }
     memory_trace = {

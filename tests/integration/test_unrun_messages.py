@@ -18,7 +18,7 @@ from tests.support import layout
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.wait import wait_for
-from worker.adapters.store.keys import DUE_KEY, ledger_key
+from worker.adapters.store.keys import DUE_KEY, ledger_key, payment_receipt_key
 from worker.adapters.store.ledger import Ledger
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 
@@ -42,7 +42,7 @@ def assert_job_ended(server: RedisServer, imp_uid: str, reason: str) -> None:
     record = client.hgetall(ledger_key(imp_uid))
     assert record["state"] == "failed"
     assert json.loads(record["last_error"])["reason"] == reason
-    assert client.zscore(DUE_KEY, imp_uid) is None
+    assert client.zscore(DUE_KEY, payment_receipt_key(imp_uid)) is None
 
 
 @pytest.mark.redis_broker

@@ -1,6 +1,7 @@
 """Every Redis key name and prefix the package writes or reads: the store's layout.
 
-The values are a contract with deployed Redis data: never change one. Scripts
+The values are a contract with deployed Redis data: change one only with a new
+:data:`LAYOUT_VERSION` and its migration. Scripts
 (worker/adapters/store/lua/) never build a key name themselves: each key reaches them as KEYS, or,
 for a key they can only name once they read the record (a waiter's marker), as a
 prefix in ARGV.
@@ -15,18 +16,70 @@ of the package, and anyone may import it: the i'mport adapter does, for its toke
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
-#: Ledger records (hashes), one per payment: ``cash_receipt:ledger:<imp_uid>``, and
-#: beside each its history (``:history``) and its waiters (``:waiters``).
+#: Which layout of these keys the data is in: set to :data:`LAYOUT_VERSION` by the
+#: migration once the data is in it (a string).
+LAYOUT_KEY = "cash_receipt:layout"
+#: The layout this code reads and writes. 1: before issue 14 (indexes and side keys
+#: under the ledger's prefix); 2: every key but a V1 payment's record outside it.
+LAYOUT_VERSION = 2
+
+# The namespace scheme (layout 2). A key is ``cash_receipt:<namespace>:<rest>``, and
+# no namespace is a prefix of another, so keys of two namespaces never meet:
+#
+# - ``ledger:<imp_uid>``: a V1 payment's record (a hash); any string may follow.
+# - ``job:<receipt key>``: reserved for the records of every other kind of job
+#   (issues 15 and 16: ``job:iamport-external:<merchant_uid>``, ``job:portone:<payment_id>``).
+# - ``history:``, ``waiters:``, ``status:`` ``<receipt key>``: a job's side keys.
+# - ``terminal:``, ``terminal_then:`` ``<task id>``: the once-only markers of a message.
+# - ``index:due``, ``index:failed``: the ledger's indexes, whose members are receipt keys.
+# - ``layout``, ``parked``, ``sweeper:lock``, ``dead:ingress``: one key each.
+#
+# A receipt key names one job across kinds: ``iamport:<imp_uid>`` for a V1 payment,
+# then ``iamport-external:<merchant_uid>`` and ``portone:<payment_id>``. No kind's
+# prefix is a prefix of another's, so two jobs of two kinds never share one.
+
+#: The receipt key of a V1 payment is this prefix and its imp_uid.
+PAYMENT_RECEIPT_PREFIX = "iamport:"
+#: Ledger records (hashes), one per V1 payment: ``cash_receipt:ledger:<imp_uid>``.
 LEDGER_PREFIX = "cash_receipt:ledger:"
-#: When the sweeper should look at each non-terminal job again (a sorted set).
-DUE_KEY = "cash_receipt:ledger:due"
-#: Jobs that failed for good, by when: the ledger's dead letters (a sorted set).
-DEAD_JOBS_KEY = "cash_receipt:ledger:failed"
+#: Reserved: the records of the kinds of job that issues 15 and 16 add (by receipt key).
+JOB_PREFIX = "cash_receipt:job:"
+#: When the sweeper should look at each non-terminal job again (a sorted set of
+#: receipt keys).
+DUE_KEY = "cash_receipt:index:due"
+#: Jobs that failed for good, by when: the ledger's dead letters (a sorted set of
+#: receipt keys).
+DEAD_JOBS_KEY = "cash_receipt:index:failed"
+#: A job's last attempts and outcomes (lists), by receipt key.
+HISTORY_PREFIX = "cash_receipt:history:"
+#: The task ids waiting on a job in flight (sets), by receipt key.
+WAITERS_PREFIX = "cash_receipt:waiters:"
 #: Once-only markers of terminal events, one per task id (strings: the event's id).
 TERMINAL_PREFIX = "cash_receipt:terminal:"
-#: The latest terminal event of each payment (strings: the event's id).
-LAST_EVENT_PREFIX = "cash_receipt:last_event:"
+#: Once-only markers of a message's second terminal event (a partial refund's new
+#: receipt), one per task id (strings: the event's id).
+SECOND_TERMINAL_PREFIX = "cash_receipt:terminal_then:"
+#: The latest terminal event of each job (strings: the event's id), by receipt key.
+STATUS_PREFIX = "cash_receipt:status:"
+
+
+@dataclass(frozen=True)
+class _Layout1:
+    """Layout 1, which only the migration reads: the indexes (sorted sets of imp_uids)
+    and the side keys sat under the records' prefix, a payment's status pointer was
+    named by its imp_uid, and a message's second marker sat beside its first."""
+
+    due_key: str = "cash_receipt:ledger:due"
+    dead_jobs_key: str = "cash_receipt:ledger:failed"
+    history_suffix: str = ":history"
+    waiters_suffix: str = ":waiters"
+    second_terminal_suffix: str = ":2"
+    last_event_prefix: str = "cash_receipt:last_event:"
+
+
+LAYOUT_1 = _Layout1()
 #: Messages the workers could not run, set aside: dead messages (a list, newest first;
 #: ``cashreceipt parked`` lists them).
 DEAD_MESSAGES_KEY = "cash_receipt:parked"
@@ -40,6 +93,18 @@ DEAD_ENTRIES_KEY = "cash_receipt:dead:ingress"
 TOKEN_PREFIX = "iamport:token:"  # noqa: S105 (a key name, not a secret)
 
 
+def payment_receipt_key(imp_uid: str) -> str:
+    """The receipt key of a V1 payment: its job's name in the indexes and side keys."""
+    return f"{PAYMENT_RECEIPT_PREFIX}{imp_uid}"
+
+
+def payment_of(receipt_key: str) -> str | None:
+    """The imp_uid a receipt key names, or None when it names another kind of job."""
+    if receipt_key.startswith(PAYMENT_RECEIPT_PREFIX):
+        return receipt_key[len(PAYMENT_RECEIPT_PREFIX) :]
+    return None
+
+
 def ledger_key(imp_uid: str) -> str:
     """The ledger record of one payment."""
     return f"{LEDGER_PREFIX}{imp_uid}"
@@ -50,12 +115,12 @@ def history_key(imp_uid: str) -> str:
 
     As many as ``worker.config.defaults.JOB_HISTORY_LENGTH`` (50).
     """
-    return f"{LEDGER_PREFIX}{imp_uid}:history"
+    return f"{HISTORY_PREFIX}{payment_receipt_key(imp_uid)}"
 
 
 def waiters_key(imp_uid: str) -> str:
     """The task ids of other messages waiting on a payment's job in flight."""
-    return f"{LEDGER_PREFIX}{imp_uid}:waiters"
+    return f"{WAITERS_PREFIX}{payment_receipt_key(imp_uid)}"
 
 
 def terminal_key(task_id: str) -> str:
@@ -64,13 +129,16 @@ def terminal_key(task_id: str) -> str:
 
 
 def second_terminal_key(task_id: str) -> str:
-    """The marker of a task's second terminal event: a partial refund's new receipt."""
-    return terminal_key(f"{task_id}:2")
+    """The marker of a task's second terminal event: a partial refund's new receipt.
+
+    Not ``terminal_key(task_id + ":2")``: a producer chooses task ids, and ``x:2`` is one.
+    """
+    return f"{SECOND_TERMINAL_PREFIX}{task_id}"
 
 
 def status_key(imp_uid: str) -> str:
     """Points at the latest terminal event of a payment, for ``cashreceipt status``."""
-    return f"{LAST_EVENT_PREFIX}{imp_uid}"
+    return f"{STATUS_PREFIX}{payment_receipt_key(imp_uid)}"
 
 
 def token_key(imp_key: str) -> str:

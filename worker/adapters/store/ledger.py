@@ -16,9 +16,10 @@ A record (hash ``cash_receipt:ledger:<imp_uid>``) holds the state, the task id
 of the message that owns the job, a fencing token (``fence``, bumped on every
 claim, so a worker that lost its claim cannot finish the job), the attempt
 count, the payload (identifier sealed), the last error, the receipt, and
-timestamps. ``cash_receipt:ledger:due`` (a sorted set) holds, for every
-non-terminal job, when the sweeper should look at it again: a lease deadline
-for in-flight jobs, a next-attempt time for parked ones.
+timestamps. ``cash_receipt:index:due`` (a sorted set of receipt keys,
+``iamport:<imp_uid>``) holds, for every non-terminal job, when the sweeper should
+look at it again: a lease deadline for in-flight jobs, a next-attempt time for
+parked ones. Every key is named in :mod:`worker.adapters.store.keys`.
 
 The terminal transition and its XADD happen in one script, keyed by the task
 id (the marker of :mod:`worker.adapters.store.events`): a redelivered message whose task
@@ -52,6 +53,8 @@ from worker.adapters.store.keys import (
     TERMINAL_PREFIX,
     history_key,
     ledger_key,
+    payment_of,
+    payment_receipt_key,
     second_terminal_key,
     status_key,
     terminal_key,
@@ -148,7 +151,13 @@ class Ledger:
         now = self._now_ms()
         result = self._receive(
             keys=[ledger_key(imp_uid), DUE_KEY, waiters_key(imp_uid), terminal_key(task_id)],
-            args=[task_id, json.dumps(payload), now, now + int(resend_after * 1000), imp_uid],
+            args=[
+                task_id,
+                json.dumps(payload),
+                now,
+                now + int(resend_after * 1000),
+                payment_receipt_key(imp_uid),
+            ],
         )
         return as_text(result)
 
@@ -165,7 +174,13 @@ class Ledger:
         now = self._now_ms()
         result = self._receive_cancel(
             keys=[ledger_key(imp_uid), DUE_KEY, terminal_key(task_id)],
-            args=[task_id, json.dumps(cancel), now, now + int(resend_after * 1000), imp_uid],
+            args=[
+                task_id,
+                json.dumps(cancel),
+                now,
+                now + int(resend_after * 1000),
+                payment_receipt_key(imp_uid),
+            ],
         )
         return as_text(result)
 
@@ -197,7 +212,7 @@ class Ledger:
                 json.dumps(payload),
                 self._now_ms(),
                 self._lease_ms,
-                imp_uid,
+                payment_receipt_key(imp_uid),
                 op,
                 "" if fence is None else str(fence),
             ],
@@ -235,7 +250,7 @@ class Ledger:
                 due,
                 state,
                 json.dumps(error, ensure_ascii=False),
-                imp_uid,
+                payment_receipt_key(imp_uid),
                 JOB_HISTORY_LENGTH,
             ],
         )
@@ -291,7 +306,7 @@ class Ledger:
                 json.dumps(receipt) if receipt is not None else "",
                 json.dumps(error, ensure_ascii=False) if error is not None else "",
                 self._retention,
-                imp_uid,
+                payment_receipt_key(imp_uid),
                 extra_event[0] if extra_event else "",
                 json.dumps(extra_event[1], ensure_ascii=False) if extra_event else "",
                 TERMINAL_PREFIX,
@@ -333,10 +348,12 @@ class Ledger:
         members = self._redis.zrangebyscore(DUE_KEY, 0, now, start=0, num=limit)
         jobs = []
         for member in members:
-            imp_uid = as_text(member)
+            imp_uid = payment_of(as_text(member))
+            if imp_uid is None:
+                continue  # a kind of job this release does not run
             found = self._due(
                 keys=[ledger_key(imp_uid), DUE_KEY],
-                args=[now, int(regrace_seconds * 1000), imp_uid],
+                args=[now, int(regrace_seconds * 1000), as_text(member)],
             )
             if not found:
                 continue

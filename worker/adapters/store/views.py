@@ -28,6 +28,8 @@ from worker.adapters.store.keys import (
     LEDGER_PREFIX,
     history_key,
     ledger_key,
+    payment_of,
+    payment_receipt_key,
 )
 from worker.adapters.store.redis_client import as_text
 from worker.core.masking import mask_payload
@@ -68,7 +70,8 @@ def dead_jobs(
     for imp_uid in dead_job_ids(client, limit=10_000):
         raw = client.hgetall(ledger_key(imp_uid))
         if not raw:
-            client.zrem(DEAD_JOBS_KEY, imp_uid)  # its record expired: nothing left to replay
+            # Its record expired: nothing left to replay.
+            client.zrem(DEAD_JOBS_KEY, payment_receipt_key(imp_uid))
             continue
         record = shown_record(raw)
         failure = record.get("last_error") or {}
@@ -100,7 +103,10 @@ def replay_source(client: redis.Redis, imp_uid: str) -> ReplaySource:
     raw = client.hgetall(ledger_key(imp_uid))
     record = {as_text(k): as_text(v) for k, v in raw.items()}
     cancel = None
-    if _cancel_failed(record) and client.zscore(DEAD_JOBS_KEY, imp_uid) is not None:
+    if (
+        _cancel_failed(record)
+        and client.zscore(DEAD_JOBS_KEY, payment_receipt_key(imp_uid)) is not None
+    ):
         cancel = json.loads(record["cancel"])
     return ReplaySource(
         state=record.get("state", "unknown"),
@@ -133,11 +139,10 @@ def ledger_state(client: redis.Redis, imp_uid: str) -> LedgerState:
 def ledger_payments(client: redis.Redis, *, limit: int = 10_000) -> list[str]:
     """imp_uids with a ledger record (SCAN: cheap for Redis, fine for a one-off check)."""
     found = []
-    for key in client.scan_iter(match=f"{LEDGER_PREFIX}*", count=1000):
-        name = as_text(key)[len(LEDGER_PREFIX) :]
-        if ":" in name or name in {"due", "failed"}:
-            continue
-        found.append(name)
+    # Every hash under the prefix is a record, whatever its imp_uid; before the
+    # migration to layout 2 the prefix also held the indexes and side keys, none a hash.
+    for key in client.scan_iter(match=f"{LEDGER_PREFIX}*", count=1000, _type="hash"):
+        found.append(as_text(key)[len(LEDGER_PREFIX) :])
         if len(found) >= limit:
             break
     return sorted(found)
@@ -184,7 +189,7 @@ def stuck(client: redis.Redis, *, older_than: float, limit: int = 100) -> list[s
     """
     ceiling = _now_ms() - int(older_than * 1000)
     overdue: list[tuple[int, str]] = []
-    members = [as_text(m) for m in client.zrange(DUE_KEY, 0, -1)]
+    members = _payments(client.zrange(DUE_KEY, 0, -1))
     for start in range(0, len(members), 500):
         batch = members[start : start + 500]
         pipe = client.pipeline(transaction=False)
@@ -234,7 +239,13 @@ def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
 
 def dead_job_ids(client: redis.Redis, *, limit: int = 100) -> list[str]:
     """imp_uids whose job failed for good, newest first: the ledger's dead letters."""
-    return [as_text(m) for m in client.zrevrange(DEAD_JOBS_KEY, 0, limit - 1)]
+    return _payments(client.zrevrange(DEAD_JOBS_KEY, 0, limit - 1))
+
+
+def _payments(members: Any) -> list[str]:
+    """The imp_uids of an index's members (receipt keys), other kinds of job left out."""
+    found = (payment_of(as_text(member)) for member in members)
+    return [imp_uid for imp_uid in found if imp_uid is not None]
 
 
 def job_history(client: redis.Redis, imp_uid: str) -> list[dict[str, Any]]:
@@ -264,8 +275,8 @@ def jobs_by_state(client: redis.Redis, *, limit: int = LEDGER_SCAN_LIMIT) -> dic
         if not members:
             break
         with client.pipeline(transaction=False) as pipe:
-            for member in members:
-                pipe.hget(ledger_key(as_text(member)), "state")
+            for imp_uid in _payments(members):
+                pipe.hget(ledger_key(imp_uid), "state")
             states = pipe.execute()
         for state in states:
             # A finished job leaves the index lazily (the sweeper drops it).

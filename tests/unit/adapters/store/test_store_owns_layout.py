@@ -282,8 +282,27 @@ def f(store, imp_uid, fence):
 
 
 def test_the_moved_keys_keep_their_names() -> None:
-    """Deployed data names these keys: moving their spelling into keys.py changed no byte."""
-    assert keys.second_terminal_key("t-1") == "cash_receipt:terminal:t-1:2"
+    """Deployed data names these keys: a change needs a new layout version and its migration.
+
+    Layout 2 (issue 14) moved every key but a V1 payment's record out of the records'
+    prefix, named side keys and index members by receipt key, and gave the second
+    marker a namespace of its own; the layout 1 names are the migration's to read.
+    """
+    assert keys.LAYOUT_VERSION == 2
+    assert keys.ledger_key("x") == "cash_receipt:ledger:x"
+    assert keys.history_key("x") == "cash_receipt:history:iamport:x"
+    assert keys.waiters_key("x") == "cash_receipt:waiters:iamport:x"
+    assert keys.status_key("x") == "cash_receipt:status:iamport:x"
+    assert keys.terminal_key("t-1") == "cash_receipt:terminal:t-1"
+    assert keys.second_terminal_key("t-1") == "cash_receipt:terminal_then:t-1"
+    assert keys.payment_receipt_key("x") == "iamport:x"
+    assert (keys.DUE_KEY, keys.DEAD_JOBS_KEY) == (
+        "cash_receipt:index:due",
+        "cash_receipt:index:failed",
+    )
+    assert keys.LAYOUT_1.due_key == "cash_receipt:ledger:due"
+    assert keys.LAYOUT_1.dead_jobs_key == "cash_receipt:ledger:failed"
+    assert keys.LAYOUT_1.last_event_prefix == "cash_receipt:last_event:"
     # The first 16 hex digits of sha256(b"imp_key"), as the client spelled it before.
     assert keys.token_key("imp_key") == "iamport:token:01c3dabcc604cf43"
 

@@ -1,6 +1,6 @@
 -- needs: partial
 -- KEYS: ledger, due, terminal marker of this task, waiters, dead-job index.
--- ARGV: task_id, payload, now_ms, lease_ms, imp_uid, op ('issue' or 'cancel'),
+-- ARGV: task_id, payload, now_ms, lease_ms, receipt key (the indexes' member), op ('issue' or 'cancel'),
 --       the fence the message carries ('' for none)
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {'done'}

@@ -1,5 +1,5 @@
 -- Hand a due job to the sweeper once, pushing its due time forward.
--- KEYS: ledger, due. ARGV: now_ms, regrace_ms, imp_uid
+-- KEYS: ledger, due. ARGV: now_ms, regrace_ms, receipt key (the index's member)
 local record = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'payload', 'lease_until',
   'next_attempt_at', 'attempts', 'op', 'cancel', 'fence')
 local state = record[1]

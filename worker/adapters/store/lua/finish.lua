@@ -3,7 +3,7 @@
 -- KEYS: ledger, due, stream, terminal marker, status pointer, waiters, dead-job index,
 --       history, terminal marker of the extra event.
 -- ARGV: fence, state, event type, event data, minid, event retention s,
---       now_ms, receipt json, last_error json, ledger retention s, imp_uid,
+--       now_ms, receipt json, last_error json, ledger retention s, receipt key,
 --       extra event type ('' for none), extra event data, the terminal markers'
 --       key prefix (a waiter's marker is named from its task id, read here),
 --       the waiters' event type and data (worker.core.events.waiter_event: this

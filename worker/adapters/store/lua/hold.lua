@@ -1,5 +1,5 @@
 -- Keep (or park) a claimed job while it waits to retry.
--- KEYS: ledger, due, history. ARGV: fence, now_ms, due_ms, new_state, last_error, imp_uid,
+-- KEYS: ledger, due, history. ARGV: fence, now_ms, due_ms, new_state, last_error, receipt key,
 -- the history's length
 local record = redis.call('HMGET', KEYS[1], 'state', 'fence', 'attempts', 'op')
 if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then

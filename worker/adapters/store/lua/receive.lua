@@ -1,6 +1,6 @@
 -- needs: partial
 -- KEYS: ledger, due, waiters, terminal marker of this task.
--- ARGV: task_id, payload, now_ms, resend_at_ms, imp_uid
+-- ARGV: task_id, payload, now_ms, resend_at_ms, receipt key (the due index's member)
 local terminal = {issued = true, failed = true, cancelled = true}
 local record = redis.call('HMGET', KEYS[1], 'state', 'op', 'cancel', 'task_id')
 local state = record[1]

@@ -1,7 +1,7 @@
 -- needs: partial
 -- Record a cancellation before it is enqueued, so that a lost message is re-sent.
 -- KEYS: ledger, due, terminal marker of this task. ARGV: task_id, cancel, now_ms,
--- resend_at_ms, imp_uid
+-- resend_at_ms, receipt key (the due index's member)
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return 'done'
 end

@@ -1,0 +1,92 @@
+"""Ids that once named the store's own keys, issued through a real worker (issue 14, finding 1).
+
+In layout 1 the imp_uids ``due`` and ``failed`` were the ledger's indexes: their first
+script failed with WRONGTYPE, and from then on no payment was recorded at all.
+``x:history`` and ``x:waiters`` were payment ``x``'s side keys, and the task id ``r:2``
+the second marker of a partial refund ``r``, which made that task look done. Here each
+gets its receipt and its one event, and the system goes on issuing afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox, running_sandbox
+from tests.support.wait import wait_for
+from tests.support.worker import producer_app, running_worker, worker_env
+from worker.celery.producer import enqueue_cancel, enqueue_issue
+
+pytestmark = pytest.mark.integration
+PHONE = "01055554321"
+ISSUED, CANCELLED = "cash_receipt.issued", "cash_receipt.cancelled"
+
+
+@pytest.fixture
+def own_sandbox() -> Iterator[Sandbox]:
+    """A sandbox of this test's own: the ids here are literal, not unique."""
+    with running_sandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def producer(own_redis: RedisServer) -> Iterator[Celery]:
+    app = producer_app(own_redis.url)
+    yield app
+    app.close()
+
+
+def _issue(producer: Celery, imp_uid: str, **options: Any) -> str:
+    return enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer, **options)
+
+
+def _ended(results: ResultStream, task_id: str) -> tuple[str, bool]:
+    event = results.wait(task_id, timeout=30)
+    return event["type"], event["data"]["duplicate"]
+
+
+def test_hostile_ids_each_get_their_receipt(
+    own_redis: RedisServer, own_sandbox: Sandbox, producer: Celery
+) -> None:
+    """``due``, ``failed``, ``x:history``, ``x:waiters``, the task id ``r:2``: one receipt
+    each, one event each, and a payment after them all is issued too."""
+    results = ResultStream(own_redis.client())
+    own_sandbox.seed_payment("x", amount=33000)
+    with running_worker(worker_env(own_redis.url, own_sandbox.url)):
+        # On a quiet system: the indexes' names first.
+        for imp_uid in ("due", "failed"):
+            assert _ended(results, _issue(producer, imp_uid)) == (ISSUED, False)
+
+        # x:waiters is recorded, then x gets a waiter; x's history exists before x:history.
+        assert _ended(results, _issue(producer, "x:waiters")) == (ISSUED, False)
+        owner, waiter = _issue(producer, "x"), _issue(producer, "x")
+        assert sorted([_ended(results, owner), _ended(results, waiter)]) == [
+            (ISSUED, False),
+            (ISSUED, True),
+        ]
+        assert _ended(results, _issue(producer, "x:history")) == (ISSUED, False)
+
+        # A partial refund's two events under task r; then a task named r:2.
+        own_sandbox.seed_payment("x", cancel_amount=11000)
+        enqueue_cancel({"imp_uid": "x", "amount": 11000}, app=producer, task_id="r")
+        wait_for(lambda: len(results.for_task("r")) == 2, timeout=30, message="r's two events")
+        assert sorted(event["type"] for event in results.for_task("r")) == [CANCELLED, ISSUED]
+        assert _ended(results, _issue(producer, "y", task_id="r:2")) == (ISSUED, False)
+
+        assert _ended(results, _issue(producer, "after")) == (ISSUED, False)
+
+    counts = own_sandbox.receipts()["issued_counts"]
+    assert {uid: counts.get(uid) for uid in ("due", "failed", "x:waiters", "x:history", "y")} == {
+        "due": 1,
+        "failed": 1,
+        "x:waiters": 1,
+        "x:history": 1,
+        "y": 1,
+    }
+    assert counts.get("x") == 2  # the receipt, and the one re-issued for the balance
+    assert counts.get("after") == 1
