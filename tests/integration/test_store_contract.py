@@ -494,19 +494,24 @@ def failed_with_waiters(jobs: Both, imp_uid: str, task: Callable[[str], str]) ->
     ]
 
 
+def _terminal(jobs: JobStore, imp_uid: str, task_id: str) -> TerminalPublisher:
+    """A task's terminal publisher whose events go out through the store's finish only."""
+    return TerminalPublisher(
+        events=cast(EventPublisher, None),  # finish publishes through the store
+        store=jobs,
+        task_id=task_id,
+        attempts=1,
+        imp_uid=imp_uid,
+        merchant_uid=None,
+    )
+
+
 def cancel_failed_before_any_receipt(
     jobs: Both, imp_uid: str, task: Callable[[str], str]
 ) -> list[object]:
     """A refund that came first fails for good: the confirmation behind it still issues."""
     refund = jobs.claim(imp_uid, task_id=task("r1"), payload=REFUND, op="cancel")
-    terminal = TerminalPublisher(
-        events=cast(EventPublisher, None),  # finish publishes through the store
-        store=jobs,
-        task_id=task("r1"),
-        attempts=1,
-        imp_uid=imp_uid,
-        merchant_uid=None,
-    )
+    terminal = _terminal(jobs, imp_uid, task("r1"))
     return [
         refund,
         jobs.receive(imp_uid, task_id=task("t1"), payload=PAYLOAD, resend_after=60),
@@ -550,6 +555,20 @@ def reissue_failed_with_waiters(
         jobs.claim(imp_uid, task_id=task("t2"), payload=PAYLOAD),
         jobs.claim(imp_uid, task_id=task("t3"), payload=PAYLOAD),
     ]
+
+
+def unrun_owner_with_waiters(jobs: Both, imp_uid: str, task: Callable[[str], str]) -> list[object]:
+    """Issue 14, finding 18: an owner that never ran hands its job to the first waiter."""
+    issue = jobs.claim(imp_uid, task_id=task("t1"), payload=PAYLOAD)
+    terminal = _terminal(jobs, imp_uid, task("t1"))
+    steps: list[object] = [
+        jobs.claim(imp_uid, task_id=task("t2"), payload=PAYLOAD),
+        jobs.receive(imp_uid, task_id=task("t3"), payload=PAYLOAD, resend_after=60),
+        terminal.finish_unrun(fence=issue.fence, op="issue", reason="expired", message="late"),
+        _fields(jobs, imp_uid),
+    ]
+    heir = jobs.claim(imp_uid, task_id=task("t2"), payload=PAYLOAD)
+    return [*steps, heir, finish(jobs, imp_uid, heir.fence, task("t2")) is not None]
 
 
 def reopened_under_its_own_task(
@@ -621,6 +640,7 @@ def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str
         cancel_failed_before_any_receipt,
         reissue_failed_with_waiters,
         reopened_under_its_own_task,
+        unrun_owner_with_waiters,
     ],
 )
 def test_the_same_steps_leave_the_same_record(redis_server: RedisServer, steps: Steps) -> None:

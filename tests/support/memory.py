@@ -529,6 +529,7 @@ class MemoryStore:
         error: Mapping[str, Any] | None = None,
         extra_event: tuple[str, Mapping[str, Any]] | None = None,
         settled: bool = False,
+        to_waiter: bool = False,
     ) -> str | None:
         rec = self.records.get(imp_uid) or {}
         if rec.get("state") != "in_flight" or rec.get("fence") != str(fence):
@@ -562,7 +563,9 @@ class MemoryStore:
         template = waiter_event(
             state=state, event_type=event_type, data=data, extra_event=extra_event
         )
-        if state in {"issued", "failed"}:
+        if to_waiter and self._to_waiter(imp_uid, rec, state, now + self.lease_ms):
+            pass  # the job is in hand again: its waiters stay
+        elif state in {"issued", "failed"}:
             owner, live = rec.get("task_id"), rec.get("receipt")
             for waiter in sorted(waiters):
                 if waiter != owner:
@@ -602,6 +605,22 @@ class MemoryStore:
         return entry_id
 
     # -- the scripts' fragments --------------------------------------------------------
+
+    def _to_waiter(self, imp_uid: str, rec: dict[str, str], state: str, due: int) -> bool:
+        """finish.lua's ``to_waiter``: a failure the owner's alone hands the job on."""
+        payload, owner = rec.get("payload"), rec.get("task_id")
+        if state != "failed" or not payload:
+            return False
+        waiters = self.waiters.get(imp_uid, set())
+        for waiter in sorted(waiters):
+            if waiter != owner and self._hand_over(
+                imp_uid, rec, waiter, "issue", "payload", payload, str(due)
+            ):
+                waiters.discard(waiter)
+                waiters.discard(owner or "")
+                self.dead.pop(imp_uid, None)
+                return True
+        return False
 
     def _hand_over(
         self,

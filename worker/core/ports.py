@@ -257,8 +257,13 @@ class JobStore(Protocol):
         error: Mapping[str, Any] | None = None,
         extra_event: tuple[str, Mapping[str, Any]] | None = None,
         settled: bool = False,
+        to_waiter: bool = False,
     ) -> str | None:
-        """End the job and publish its event, at once; None when this claim was fenced out."""
+        """End the job and publish its event, at once; None when this claim was fenced out.
+
+        ``to_waiter``: the failure is the owner's alone (its message never ran), so an
+        issue message waiting on the job takes it over instead of hearing it.
+        """
 
     def view(self, imp_uid: str) -> JobView | None:
         """The job as the core reads it, or None when the store has no record of it."""

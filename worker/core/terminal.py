@@ -188,7 +188,11 @@ class TerminalPublisher:
         detail = failure_detail(reason, status=None, code=None, message=message)
         if op == "cancel":
             return self._finish_cancel_failed(fence=fence, detail=detail)
-        return self._finish_failure(fence=fence, state="failed", event_type=FAILED, detail=detail)
+        # Its failure is its own: the issue messages waiting on the job did run, and
+        # one of them takes the job over rather than inherit an expiry or a revoke.
+        return self._finish_failure(
+            fence=fence, state="failed", event_type=FAILED, detail=detail, to_waiter=True
+        )
 
     def unrun(self, *, op: str, reason: str, message: str) -> Published:
         """This message was never run, and owns no job to end: its event alone."""
@@ -208,7 +212,13 @@ class TerminalPublisher:
         )
 
     def _finish_failure(
-        self, *, fence: int, state: str, event_type: str, detail: dict[str, Any]
+        self,
+        *,
+        fence: int,
+        state: str,
+        event_type: str,
+        detail: dict[str, Any],
+        to_waiter: bool = False,
     ) -> bool:
         assert self.imp_uid is not None
         entry = self.store.finish(
@@ -219,6 +229,7 @@ class TerminalPublisher:
             event_type=event_type,
             data=self._data(duplicate=False, detail=detail),
             error=detail["error"],
+            to_waiter=to_waiter,
         )
         return entry is not None
 

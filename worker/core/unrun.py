@@ -13,6 +13,10 @@ under a message that had already said ``expired``. A message that owns no job
 its event alone. While another delivery of the same message holds the job, that
 delivery publishes the message's one event, so nothing is done here; and while
 the job's last request is unsettled, the run the sweeper starts does (it looks first).
+
+The failure is the message's alone. Issue messages that waited on its job did run:
+they do not inherit an ``expired`` or a ``revoked``; the first of them takes the
+job over (the store's ``to_waiter``), and the others hear its outcome.
 """
 
 from __future__ import annotations

@@ -128,21 +128,40 @@ def test_a_request_sent_between_the_view_and_the_claim_is_not_failed() -> None:
     assert IMP_UID in store.due
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14, finding 18 (expires/revoke), open: the failure of an unrun owner "
-    "reaches the issue messages that waited on its job; they should take the job over",
-)
 def test_a_waiter_does_not_inherit_the_owners_expiry() -> None:
+    """Issue 14, finding 18: the waiters of an owner whose message never ran had heard its
+    ``expired``. They ran; the first of them takes the job over, the others wait on it."""
     store = MemoryStore(Clock())
     store.receive(IMP_UID, task_id="t1", payload=PAYLOAD, resend_after=60)
     owner = store.claim(IMP_UID, task_id="t1", payload=PAYLOAD)
-    waiting = store.claim(IMP_UID, task_id="t2", payload=PAYLOAD)
-    assert waiting.kind == "busy"
-    end_unrun(store, terminal(store, "t1"), op="issue", reason=EXPIRED, carried_fence=owner.fence)
-    assert [event.data.get("error", {}).get("reason") for event in store.events_of("t2")] != [
-        EXPIRED
-    ]
+    for waiter in ("t2", "t3"):
+        assert store.claim(IMP_UID, task_id=waiter, payload=PAYLOAD).kind == "busy"
+    done = end_unrun(
+        store, terminal(store, "t1"), op="issue", reason=EXPIRED, carried_fence=owner.fence
+    )
+    assert done is Unrun.JOB_ENDED
+    [event] = store.events_of("t1")
+    assert event.data["error"]["reason"] == EXPIRED
+    assert store.events_of("t2") == store.events_of("t3") == []
+    view = store.view(IMP_UID)
+    assert view is not None and (view.state, view.task_id) == ("received", "t2")
+    assert IMP_UID in store.due and IMP_UID not in store.dead
+    heir = store.claim(IMP_UID, task_id="t2", payload=PAYLOAD)
+    assert heir.kind == "claimed"
+    receipt = Receipt(IMP_UID, "r1", "12345678", "person", 1000, 91, None, 1, None)
+    assert terminal(store, "t2").finish(fence=heir.fence, issued=receipt)
+    [waited] = store.events_of("t3")
+    assert (waited.type, waited.data["receipt"]["receipt_tid"]) == ("cash_receipt.issued", "r1")
+
+
+def test_an_unrun_owner_with_no_waiter_ends_its_job_failed() -> None:
+    store = MemoryStore(Clock())
+    store.receive(IMP_UID, task_id="t1", payload=PAYLOAD, resend_after=60)
+    owner = store.claim(IMP_UID, task_id="t1", payload=PAYLOAD)
+    end_unrun(store, terminal(store, "t1"), op="issue", reason=REVOKED, carried_fence=owner.fence)
+    view = store.view(IMP_UID)
+    assert view is not None and view.state == "failed"
+    assert IMP_UID in store.dead and IMP_UID not in store.due
 
 
 def test_an_unrun_refund_of_a_job_with_no_receipt_leaves_it_to_its_confirmation() -> None:

@@ -269,6 +269,7 @@ class Ledger:
         error: Mapping[str, Any] | None = None,
         extra_event: tuple[str, Mapping[str, Any]] | None = None,
         settled: bool = False,
+        to_waiter: bool = False,
     ) -> str | None:
         """End the job and publish its event, atomically; None when this claim was fenced out.
 
@@ -277,6 +278,9 @@ class Ledger:
         the outcome settles the job's last POST or DELETE (a receipt issued or
         cancelled), so its ``sent_at`` goes; a job that ends otherwise keeps it,
         and a later claim waits out the bound from it and looks first.
+        ``to_waiter``: a failure that is the owner's alone hands the job to a
+        waiting issue message, due (for the sweeper, should that message be lost)
+        a lease from now.
         """
         now = self._now_ms()
         min_id = f"{now - self._event_retention * 1000}-0"
@@ -316,6 +320,7 @@ class Ledger:
                 "1" if settled else "",
                 "1" if waiter.live_receipt else "",
                 JOB_HISTORY_LENGTH,
+                now + self._lease_ms if to_waiter else "",
             ],
         )
         if int(result[0]) == -1:

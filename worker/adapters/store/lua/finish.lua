@@ -10,7 +10,8 @@
 --       script adds only the task id, the event id and the live receipt), the
 --       cancel_failed event type, '1' when the outcome settles the job's last POST
 --       or DELETE (its sent_at goes), '1' when the waiters' event carries the live
---       receipt, the history's length
+--       receipt, the history's length, when a waiter that takes the job over is due
+--       ('' when the failure is every waiter's too)
 local terminal_prefix = ARGV[14]
 local waiter_type, cancel_failed_type = ARGV[15], ARGV[17]
 -- A waiter's event: the core's template, with its identity, and the live receipt.
@@ -70,7 +71,27 @@ if ARGV[12] ~= '' then
   -- A partial refund: the cancellation and the new receipt are one transition.
   publish_once(KEYS[3], KEYS[9], KEYS[5], ARGV[12], ARGV[13], ARGV[5], ARGV[6])
 end
-if ARGV[2] == 'issued' or ARGV[2] == 'failed' then
+-- A failure that is the owner's alone (its message never ran): the first waiter
+-- that has not ended takes the job over, due when the sweeper re-sends it should its
+-- message be lost; the others wait on it, and hear its outcome. True when one did.
+local function to_waiter()
+  local payload = redis.call('HGET', KEYS[1], 'payload')
+  if ARGV[21] == '' or ARGV[2] ~= 'failed' or not payload then return false end
+  local owner = redis.call('HGET', KEYS[1], 'task_id')
+  local waiters = redis.call('SMEMBERS', KEYS[6])
+  table.sort(waiters)
+  for _, waiter in ipairs(waiters) do
+    if waiter ~= owner and hand_over(waiter, 'issue', 'payload', payload, ARGV[21]) then
+      redis.call('SREM', KEYS[6], waiter, owner)
+      redis.call('ZREM', KEYS[7], ARGV[11])  -- owed, not dead
+      return true
+    end
+  end
+  return false
+end
+if to_waiter() then
+  -- The job is in hand again: its waiters stay.
+elseif ARGV[2] == 'issued' or ARGV[2] == 'failed' then
   -- Every other message that asked for this payment meanwhile ends now too,
   -- with the owner's outcome, as a duplicate, even if that message itself is
   -- lost. After a failure (a partial refund's failed re-issue too), a new
