@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import BIN, TEST_PII_KEY, running_worker, worker_env
 from worker.adapters.store.keys import DUE_KEY, ledger_key, payment_receipt_key
+from worker.adapters.store.ledger import Ledger
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = pytest.mark.integration
@@ -193,3 +195,72 @@ def test_lost_cancellation_message_is_listed_stuck_and_resent(
     assert cancelled["data"]["receipt"]["apply_num"] == issued["data"]["receipt"]["apply_num"]
     assert client.hget(ledger_key(imp_uid), "state") == "cancelled"
     assert [r["method"] for r in own_sandbox.admin.requests(imp_uid)].count("DELETE") == 1
+
+
+def recorded_only(client: redis.Redis, imp_uid: str, cancel: dict[str, Any]) -> str:
+    """A cancellation recorded in the ledger whose message the broker then lost: only the
+    ledger knows of it (the producer records before it sends)."""
+    ledger = Ledger(
+        client,
+        stream="cash_receipt.events",
+        event_retention_seconds=3600,
+        retention_seconds=3600,
+        lease_seconds=60,
+    )
+    task_id = str(uuid.uuid4())
+    ledger.receive_cancel(imp_uid, task_id=task_id, cancel=cancel, resend_after=1)
+    return task_id
+
+
+def test_a_refund_recorded_behind_an_issue_that_fails_still_runs(
+    env: dict[str, str],
+    producer: Celery,
+    own_sandbox: Sandbox,
+    client: redis.Redis,
+    imp_uid: str,
+) -> None:
+    """Issue 14, finding 17: the refund, recorded while the issue waited, owns the job when
+    the issue fails for good; the sweeper re-sends its lost message, and it ends in its event."""
+    results = ResultStream(client)
+    own_sandbox.admin.seed_payment(imp_uid)
+    own_sandbox.admin.script(imp_uid, *[{"kind": "reject", "method": "POST"}] * 3)
+    issue_task = enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer)
+    refund_task = recorded_only(client, imp_uid, {"imp_uid": imp_uid})
+    with running_worker(env):
+        failed = results.wait(issue_task)
+        assert (failed["type"], failed["data"]["error"]["reason"]) == (
+            "cash_receipt.failed",
+            "rejected",
+        )
+        cancelled = results.wait(refund_task, timeout=30)
+    assert (cancelled["type"], cancelled["data"]["receipt"]) == ("cash_receipt.cancelled", None)
+    assert client.hget(ledger_key(imp_uid), "state") == "cancelled"
+    assert own_sandbox.admin.issued_count(imp_uid) == 0
+
+
+def test_a_confirmation_recorded_behind_a_failed_reissue_still_issues(
+    env: dict[str, str],
+    producer: Celery,
+    own_sandbox: Sandbox,
+    client: redis.Redis,
+    imp_uid: str,
+) -> None:
+    """Issue 14, finding 17: a confirmation recorded while a partial refund ran owns the job
+    when the refund's re-issue fails for good, and issues the balance."""
+    results = ResultStream(client)
+    with running_worker(env):
+        own_sandbox.admin.seed_payment(imp_uid, amount=33000)
+        results.wait(enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer))
+    own_sandbox.admin.seed_payment(imp_uid, cancel_amount=11000)
+    own_sandbox.admin.script(imp_uid, *[{"kind": "reject", "method": "POST"}] * 3)
+    refund_task = enqueue_cancel({"imp_uid": imp_uid, "amount": 11000}, app=producer)
+    # The confirmation comes again while the refund waits in the queue (its job received).
+    issue_task = enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer)
+    with running_worker(env):
+        wait_for(lambda: len(results.for_task(refund_task)) == 2, message="the refund's events")
+        refund = sorted(results.for_task(refund_task), key=lambda e: e["id"])
+        assert [e["type"] for e in refund] == ["cash_receipt.cancelled", "cash_receipt.failed"]
+        issued = results.wait(issue_task, timeout=30)
+    assert (issued["type"], issued["data"]["duplicate"]) == ("cash_receipt.issued", False)
+    assert issued["data"]["receipt"]["amount"] == 22000
+    assert own_sandbox.admin.issued_count(imp_uid) == 2

@@ -589,6 +589,59 @@ def reopened_under_its_own_task(
     ]
 
 
+def refund_recorded_behind_a_failed_issue(
+    jobs: Both, imp_uid: str, task: Callable[[str], str]
+) -> list[object]:
+    """Issue 14, finding 17: the issue fails for good; the refund recorded behind it owns
+    the job (due, not dead), and its waiter hears the failure."""
+    issue = jobs.claim(imp_uid, task_id=task("t1"), payload=PAYLOAD)
+    return [
+        jobs.claim(imp_uid, task_id=task("t2"), payload=PAYLOAD),
+        jobs.receive_cancel(imp_uid, task_id=task("r1"), cancel=REFUND, resend_after=60),
+        finish(jobs, imp_uid, issue.fence, task("t1"), state="failed") is not None,
+        _fields(jobs, imp_uid),
+        jobs.claim(imp_uid, task_id=task("r1"), payload=REFUND, op="cancel"),
+    ]
+
+
+def both_recorded_behind_a_partial_refund(
+    jobs: Both, imp_uid: str, task: Callable[[str], str]
+) -> list[object]:
+    """Issue 14, finding 17: a refund and a confirmation recorded behind a partial refund
+    that fails for good each run in turn: the refund first, then the confirmation."""
+    refund = jobs.claim(imp_uid, task_id=task("r1"), payload=PARTIAL, op="cancel")
+    steps: list[object] = [
+        jobs.receive(imp_uid, task_id=task("t1"), payload=PAYLOAD, resend_after=60),
+        jobs.receive_cancel(imp_uid, task_id=task("r2"), cancel=PARTIAL, resend_after=60),
+        finish(jobs, imp_uid, refund.fence, task("r1"), state="failed") is not None,
+        _fields(jobs, imp_uid),
+    ]
+    second = jobs.claim(imp_uid, task_id=task("r2"), payload=PARTIAL, op="cancel")
+    return [
+        *steps,
+        second,
+        finish(jobs, imp_uid, second.fence, task("r2"), state="cancelled", receipt=None)
+        is not None,
+        _fields(jobs, imp_uid),
+        jobs.claim(imp_uid, task_id=task("t1"), payload=PAYLOAD),
+    ]
+
+
+def refund_recorded_behind_a_partial_refund(
+    jobs: Both, imp_uid: str, task: Callable[[str], str]
+) -> list[object]:
+    """Issue 14, finding 17: a further refund recorded behind a partial refund that ended
+    with no receipt to replace owns the job then."""
+    refund = jobs.claim(imp_uid, task_id=task("r1"), payload=PARTIAL, op="cancel")
+    return [
+        jobs.receive_cancel(imp_uid, task_id=task("r2"), cancel=REFUND, resend_after=60),
+        finish(jobs, imp_uid, refund.fence, task("r1"), state="cancelled", receipt=None)
+        is not None,
+        _fields(jobs, imp_uid),
+        jobs.claim(imp_uid, task_id=task("r2"), payload=REFUND, op="cancel"),
+    ]
+
+
 def _events(found: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """The events by task id; each ``event_id`` only as there or not.
 
@@ -641,6 +694,9 @@ def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str
         reissue_failed_with_waiters,
         reopened_under_its_own_task,
         unrun_owner_with_waiters,
+        refund_recorded_behind_a_failed_issue,
+        both_recorded_behind_a_partial_refund,
+        refund_recorded_behind_a_partial_refund,
     ],
 )
 def test_the_same_steps_leave_the_same_record(redis_server: RedisServer, steps: Steps) -> None:
@@ -704,14 +760,15 @@ def test_a_cancel_failed_before_any_receipt_leaves_the_job_to_its_confirmation(
     assert jobs.claim(imp_uid, task_id=store.task("t2"), payload=PAYLOAD) == claimed(2, 1)
 
 
-def test_a_failed_reissue_ends_every_waiter_once(store: Store, imp_uid: str) -> None:
-    """Issue 14, finding 11: the issue messages a partial refund took over as waiters
-    each end in one event, the re-issue's failure, when that re-issue fails for good."""
+def _failed_reissue(store: Store, imp_uid: str, *behind: str) -> None:
+    """A partial refund whose re-issue fails for good, with issue messages recorded behind
+    it (``behind``, in order: the last one recorded runs next)."""
     jobs = store.jobs
     _issued(jobs, imp_uid, store.task("t1"))
     refund = jobs.claim(imp_uid, task_id=store.task("r1"), payload=PARTIAL, op="cancel")
-    waiting = jobs.receive(imp_uid, task_id=store.task("t2"), payload=PAYLOAD, resend_after=60)
-    assert waiting == "in_flight"
+    for name in behind:
+        waiting = jobs.receive(imp_uid, task_id=store.task(name), payload=PAYLOAD, resend_after=60)
+        assert waiting == "in_flight"
     assert jobs.note_cancelled(imp_uid, fence=refund.fence, receipt=None)
     failure = {"reason": "rejected"}
     assert (
@@ -731,8 +788,19 @@ def test_a_failed_reissue_ends_every_waiter_once(store: Store, imp_uid: str) -> 
         )
         is not None
     )
+
+
+def test_a_failed_reissue_ends_every_waiter_once(store: Store, imp_uid: str) -> None:
+    """Issue 14, finding 11: the issue messages a partial refund took over as waiters
+    each end in one event when that re-issue fails for good: the one recorded last
+    runs (finding 17), and the others end with its outcome."""
+    _failed_reissue(store, imp_uid, "t2", "t3")
+    jobs = store.jobs
+    claim = jobs.claim(imp_uid, task_id=store.task("t3"), payload=PAYLOAD)
+    assert claim.kind is ClaimKind.CLAIMED
+    assert finish(jobs, imp_uid, claim.fence, store.task("t3"), state="failed") is not None
     [(kind, data)] = store.events(store.task("t2"))
-    assert (kind, data["duplicate"], data["error"]) == (FAILED, True, failure)
+    assert (kind, data["duplicate"]) == (FAILED, True)
     assert "receipt" not in data
     assert jobs.claim(imp_uid, task_id=store.task("t2"), payload=PAYLOAD) == Claim(ClaimKind.DONE)
 
@@ -751,3 +819,19 @@ def test_a_task_whose_marker_expired_neither_reopens_nor_claims_its_ended_job(
     assert ledger.receive(imp_uid, task_id=task_id, payload=PAYLOAD, resend_after=60) == "done"
     assert ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD).kind is ClaimKind.DONE
     assert (ledger.raw_record(imp_uid) or {})["state"] == "failed"
+
+
+def test_an_issue_recorded_behind_a_failed_reissue_still_runs(store: Store, imp_uid: str) -> None:
+    """Issue 14, finding 17: a confirmation recorded behind the partial refund owns the job
+    when the re-issue fails (it may carry another identifier), and ends in its own event."""
+    _failed_reissue(store, imp_uid, "t2")
+    assert store.events(store.task("t2")) == []
+    jobs = store.jobs
+    view = jobs.view(imp_uid)
+    assert view is not None
+    assert (view.state, view.op, view.task_id) == ("received", "issue", store.task("t2"))
+    claim = jobs.claim(imp_uid, task_id=store.task("t2"), payload=PAYLOAD)
+    assert claim.kind is ClaimKind.CLAIMED
+    assert finish(jobs, imp_uid, claim.fence, store.task("t2"), receipt=RECEIPT) is not None
+    [(kind, data)] = store.events(store.task("t2"))
+    assert (kind, data["duplicate"]) == (ISSUED, False)

@@ -559,49 +559,74 @@ class MemoryStore:
         rec["event_id"] = entry_id
         if extra_event is not None:
             self._publish_once(f"{task_id}:2", extra_event[0], dict(extra_event[1]), imp_uid)
-        waiters = self.waiters.get(imp_uid, set())
         template = waiter_event(
             state=state, event_type=event_type, data=data, extra_event=extra_event
         )
-        if to_waiter and self._to_waiter(imp_uid, rec, state, now + self.lease_ms):
-            pass  # the job is in hand again: its waiters stay
-        elif state in {"issued", "failed"}:
-            owner, live = rec.get("task_id"), rec.get("receipt")
-            for waiter in sorted(waiters):
-                if waiter != owner:
-                    self._publish_waiter(waiter, template, entry_id, live, imp_uid)
-            self.waiters.pop(imp_uid, None)
-        elif state == "cancelled":
-            if _partial(rec.get("cancel")):
-                if self._hand_over(
-                    imp_uid,
-                    rec,
-                    rec.get("pending_issue_task"),
-                    "issue",
-                    "payload",
-                    rec.get("pending_issue"),
-                    rec.get("pending_issue_due"),
-                ):
-                    rec.pop("receipt", None)
-            else:
-                for waiter in sorted(waiters):
-                    self._publish_waiter(waiter, template, entry_id, None, imp_uid)
-                self.waiters.pop(imp_uid, None)
-        if state == "issued":
+        owner = rec.get("task_id")
+        pending = dict(rec)
+
+        def to_cancel() -> str | None:
             if self._hand_over(
                 imp_uid,
                 rec,
-                rec.get("pending_cancel_task"),
+                pending.get("pending_cancel_task"),
                 "cancel",
                 "cancel",
-                rec.get("pending_cancel"),
-                rec.get("pending_cancel_due"),
+                pending.get("pending_cancel"),
+                pending.get("pending_cancel_due"),
             ):
                 self.dead.pop(imp_uid, None)
+                return "cancel"
+            return None
+
+        def to_issue() -> str | None:
+            if self._hand_over(
+                imp_uid,
+                rec,
+                pending.get("pending_issue_task"),
+                "issue",
+                "payload",
+                pending.get("pending_issue"),
+                pending.get("pending_issue_due"),
+            ):
+                rec.pop("receipt", None)
+                self.dead.pop(imp_uid, None)
+                return "issue"
+            return None
+
+        def end_waiters(live: str | None, spare: str | None) -> None:
+            for waiter in sorted(self.waiters.get(imp_uid, set())):
+                if waiter not in {owner, spare}:
+                    self._publish_waiter(waiter, template, entry_id, live, imp_uid)
+            self.waiters.pop(imp_uid, None)
+            if spare:
+                self.waiters[imp_uid] = {spare}
+
+        successor: str | None = None
+        if to_waiter and self._to_waiter(imp_uid, rec, state, now + self.lease_ms):
+            successor = "issue"  # the job is in hand again: its waiters stay
+        elif state == "issued":
+            end_waiters(rec.get("receipt"), None)
+            successor = to_cancel()
+        elif state == "failed":
+            successor = to_cancel()
+            if successor:
+                end_waiters(rec.get("receipt"), pending.get("pending_issue_task"))
+            else:
+                successor = to_issue()
+                if not successor:
+                    end_waiters(rec.get("receipt"), None)
+        elif state == "cancelled":
+            if _partial(pending.get("cancel")):
+                successor = to_issue() or to_cancel()
+            else:
+                end_waiters(None, None)
+        if successor != "issue":
             for name in ("pending_cancel_task", "pending_cancel", "pending_cancel_due"):
                 rec.pop(name, None)
-        for name in ("pending_issue_task", "pending_issue", "pending_issue_due"):
-            rec.pop(name, None)
+        if successor != "cancel" or state != "failed":
+            for name in ("pending_issue_task", "pending_issue", "pending_issue_due"):
+                rec.pop(name, None)
         return entry_id
 
     # -- the scripts' fragments --------------------------------------------------------

@@ -89,54 +89,86 @@ local function to_waiter()
   end
   return false
 end
-if to_waiter() then
-  -- The job is in hand again: its waiters stay.
-elseif ARGV[2] == 'issued' or ARGV[2] == 'failed' then
-  -- Every other message that asked for this payment meanwhile ends now too,
-  -- with the owner's outcome, as a duplicate, even if that message itself is
-  -- lost. After a failure (a partial refund's failed re-issue too), a new
-  -- payload (not a waiter) re-opens the job.
-  -- Waiters are issue messages: after a cancellation's transition (a partial
-  -- refund's re-issue, a repeated refund, a cancel_failed) they get the live receipt.
-  local owner = redis.call('HGET', KEYS[1], 'task_id')
-  local live = redis.call('HGET', KEYS[1], 'receipt')
+-- The messages recorded behind the job (a cancellation behind any job, an issue
+-- behind a partial refund) still run, however the job ended: one with work left
+-- owns the job now, and the other, if any, stays recorded behind it (issue 14,
+-- finding 17). A cancellation goes first after a failure, an issue after a partial
+-- refund that had no receipt to replace.
+local owner = redis.call('HGET', KEYS[1], 'task_id')
+local pending = redis.call('HMGET', KEYS[1], 'pending_cancel_task', 'pending_cancel',
+  'pending_cancel_due', 'pending_issue_task', 'pending_issue', 'pending_issue_due', 'cancel')
+local function to_cancel()
+  if hand_over(pending[1], 'cancel', 'cancel', pending[2], pending[3]) then
+    redis.call('ZREM', KEYS[7], ARGV[11])  -- owed, not dead: the refund runs now
+    return 'cancel'
+  end
+  return nil
+end
+local function to_issue()
+  if hand_over(pending[4], 'issue', 'payload', pending[5], pending[6]) then
+    redis.call('HDEL', KEYS[1], 'receipt')
+    redis.call('ZREM', KEYS[7], ARGV[11])
+    return 'issue'
+  end
+  return nil
+end
+-- Every other message that asked for this payment meanwhile ends now, with the
+-- owner's outcome, as a duplicate, even if that message itself is lost; but for
+-- ``spare``, an issue recorded to run after the job's new owner.
+local function end_waiters(live, spare)
   for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
-    if waiter ~= owner then
+    if waiter ~= owner and waiter ~= spare then
       publish_once(KEYS[3], terminal_prefix .. waiter, KEYS[5], waiter_type,
         waiter_data(waiter, published[2], live), ARGV[5], ARGV[6])
     end
   end
   redis.call('DEL', KEYS[6])
+  if spare then redis.call('SADD', KEYS[6], spare) end
+  redis.call('EXPIRE', KEYS[6], ARGV[10])
+end
+local successor = nil
+if to_waiter() then
+  -- The job is in hand again (an issue waiter's): its waiters stay, and so does a
+  -- cancellation recorded behind it.
+  successor = 'issue'
+elseif ARGV[2] == 'issued' then
+  -- Waiters are issue messages: after a cancellation's transition (a partial refund's
+  -- re-issue, a repeated refund, a cancel_failed) they get the live receipt. A
+  -- cancellation recorded meanwhile then owns the job: the receipt must not stay
+  -- live if that cancellation's message was lost.
+  end_waiters(redis.call('HGET', KEYS[1], 'receipt'), nil)
+  successor = to_cancel()
+elseif ARGV[2] == 'failed' then
+  -- After a failure (a partial refund's failed re-issue too), waiters hear it; an issue
+  -- recorded behind a refund runs, after a cancellation recorded too, if any.
+  successor = to_cancel()
+  if successor then
+    end_waiters(redis.call('HGET', KEYS[1], 'receipt'), pending[4])
+  else
+    successor = to_issue()
+    if successor then
+      redis.call('EXPIRE', KEYS[6], ARGV[10])  -- they end with the issue now running
+    else
+      end_waiters(redis.call('HGET', KEYS[1], 'receipt'), nil)
+    end
+  end
 elseif ARGV[2] == 'cancelled' then
-  local rec = redis.call('HMGET', KEYS[1],
-    'cancel', 'pending_issue_task', 'pending_issue', 'pending_issue_due')
-  if partial(rec[1]) then
+  if partial(pending[7]) then
     -- A partial refund with no receipt to replace: issue messages that came
     -- meanwhile still issue. The one recorded last owns the job now.
-    if hand_over(rec[2], 'issue', 'payload', rec[3], rec[4]) then
-      redis.call('HDEL', KEYS[1], 'receipt')
-    end
+    successor = to_issue() or to_cancel()
     redis.call('EXPIRE', KEYS[6], ARGV[10])
   else
     -- Issue messages still waiting will never issue: each ends as a stale one.
-    for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
-      publish_once(KEYS[3], terminal_prefix .. waiter, KEYS[5], waiter_type,
-        waiter_data(waiter, published[2], nil), ARGV[5], ARGV[6])
-    end
-    redis.call('DEL', KEYS[6])
+    end_waiters(nil, nil)
   end
 else
   redis.call('EXPIRE', KEYS[6], ARGV[10])
 end
-if ARGV[2] == 'issued' then
-  -- A cancellation recorded while this job was in hand now owns it: the
-  -- receipt must not stay live if that cancellation's message was lost.
-  local pending = redis.call('HMGET', KEYS[1],
-    'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
-  if hand_over(pending[1], 'cancel', 'cancel', pending[2], pending[3]) then
-    redis.call('ZREM', KEYS[7], ARGV[11])  -- owed, not dead: a cancel_failed is retried
-  end
+if successor ~= 'issue' then
   redis.call('HDEL', KEYS[1], 'pending_cancel_task', 'pending_cancel', 'pending_cancel_due')
 end
-redis.call('HDEL', KEYS[1], 'pending_issue_task', 'pending_issue', 'pending_issue_due')
+if successor ~= 'cancel' or ARGV[2] ~= 'failed' then
+  redis.call('HDEL', KEYS[1], 'pending_issue_task', 'pending_issue', 'pending_issue_due')
+end
 return published
