@@ -61,6 +61,12 @@ _env = with_secret_files(os.environ)
 ledger_backend_url, _redis_ssl = redis_tls(
     env_url(_env, "REDIS_URL", defaults.REDIS_URL, schemes=REDIS_SCHEMES)
 )
+# REDIS_DURABILITY: the worker and the ingress refuse to start on a Redis that may
+# lose what it acknowledged (worker/adapters/store/durability.py); "accept-risk"
+# starts anyway, with a warning at every start.
+redis_durability = env_choice(
+    _env, "REDIS_DURABILITY", defaults.REDIS_DURABILITY, choices=defaults.REDIS_DURABILITY_CHOICES
+)
 # BROKER_URL: where task messages travel. Redis (REDIS_URL's server when unset)
 # or RabbitMQ (amqp://, amqps://), for teams whose queue outgrew one Redis.
 _broker = env_str(_env, "BROKER_URL")

@@ -29,6 +29,7 @@ import redis
 import requests
 from cryptography.fernet import Fernet
 
+from worker.adapters.store.durability import ACCEPT_RISK
 from worker.adapters.store.events import latest_event
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.producer import enqueue_issue
@@ -36,7 +37,7 @@ from worker.config import defaults
 from worker.config.load import load_celeryconfig
 from worker.core.events import ISSUED
 from worker.core.urls import redact_url
-from worker.demo_redis import NoRedis, free_port, plan_redis
+from worker.demo_redis import NoRedis, RedisPlan, free_port, plan_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NoRedis as error:
         print(error)
         return 2
-    env["REDIS_URL"] = plan.url
+    notice = _use_redis(plan, env)
     if env.get("IAMPORT_KEY") and not args.live:
         print("IAMPORT_KEY is set: this would issue real receipts. Add --live to mean it.")
         return 2
@@ -127,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             children.append(_start_redis(plan.url, plan.command, env, logs))
         else:
             print(f"Redis             {redact_url(plan.url)}  (yours, already running)")
-        if plan.notice:
-            print(plan.notice)
+        if notice:
+            print(notice)
         if use_sandbox:
             children.append(
                 _spawn("sandbox", [BIN / "iamport-sandbox", "--port", str(port)], env, logs)
@@ -170,6 +171,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             redis_server=children[0] if plan.command is not None else None,
             soft_shutdown=float(env["WORKER_SOFT_SHUTDOWN_TIMEOUT"]),
         )
+
+
+def _use_redis(plan: RedisPlan, env: dict[str, str]) -> str | None:
+    """REDIS_URL, and REDIS_DURABILITY=accept-risk for a Redis the demo did not start and
+    that may lose writes, unless the user set it: the line that says so (or the plan's)."""
+    env["REDIS_URL"] = plan.url
+    if not plan.accept_risk:
+        return plan.notice
+    if env.get("REDIS_DURABILITY"):
+        return None  # the user's own choice; a refusing worker's log says why
+    env["REDIS_DURABILITY"] = ACCEPT_RISK
+    return plan.notice
 
 
 def _demo_defaults(env: dict[str, str], logs: Path, *, sandbox_port: int | None) -> None:

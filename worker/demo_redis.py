@@ -7,9 +7,12 @@ with append-only persistence and an fsync per write, as production should run it
 so the ledger and the queue of a demo survive its own restart. Its data stays in
 ``.run/redis/`` between runs.
 
-A Redis the demo did not start is used as it is. One that does not persist what
-it acknowledges (``aof_enabled:0``) loses queued payments and ledger records on a
-restart: fine for a local demo, said plainly on one line.
+A Redis the demo did not start is used as it is. The worker refuses one that may
+lose what it acknowledged (worker/adapters/store/durability.py): for such a
+Redis alone, the demo sets ``REDIS_DURABILITY=accept-risk`` for its worker, unless
+the user set the setting, and says so on one line. Losing queued payments and
+ledger records on a restart is fine for a local demo; the Redis the demo starts
+itself is durable and needs no such setting.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from urllib.parse import urlsplit
 
 import redis
 
+from worker.adapters.store.durability import ACCEPT_RISK, SETTING, inspect
 from worker.adapters.store.redis_client import redis_client
 from worker.core.urls import redact_url
 
@@ -42,6 +46,8 @@ class RedisPlan:
     command: tuple[str, ...] | None
     #: One line to show about it, or None.
     notice: str | None
+    #: Whether the worker must be told REDIS_DURABILITY=accept-risk to start on it.
+    accept_risk: bool = False
 
 
 def plan_redis(url: str, run_dir: Path, path: str | None) -> RedisPlan:
@@ -49,23 +55,22 @@ def plan_redis(url: str, run_dir: Path, path: str | None) -> RedisPlan:
     client = redis_client(url, socket_connect_timeout=2, socket_timeout=5)
     shown = redact_url(url)
     try:
-        persistence = client.info("persistence")
+        found = [finding.text for finding in inspect(client) if finding.refuses]
     except redis.AuthenticationError as error:
         raise NoRedis(f"Redis at {shown} refused us ({error}). Fix REDIS_URL.") from None
     except (redis.ConnectionError, redis.TimeoutError) as error:
         return _private(url, error, run_dir, path)
-    except redis.ResponseError as error:
-        # It answers, and INFO is not among the commands its ACL lets us run.
-        return RedisPlan(url, None, f"Cannot tell whether the Redis at {shown} persists ({error}).")
     finally:
         client.close()
-    if int(persistence.get("aof_enabled", 0)):
+    if not found:
         return RedisPlan(url, None, None)
     return RedisPlan(
         url,
         None,
-        f"Warning: the Redis at {shown} does not persist what it acknowledges (appendonly no): "
-        "a crash or restart loses queued payments and ledger records. Fine for a demo only.",
+        f"{SETTING}={ACCEPT_RISK} set for the worker (a Redis the demo did not start): "
+        f"{'; '.join(found)}. A crash or restart may lose queued payments and ledger records: "
+        "fine for a demo only.",
+        accept_risk=True,
     )
 
 

@@ -43,7 +43,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType, ModuleType
 from typing import Any
 
@@ -53,6 +53,7 @@ from kombu.exceptions import OperationalError
 
 from worker.adapters.observe.logs import setup_process_logging
 from worker.adapters.privacy.sealing import Sealer, SealingUnavailable
+from worker.adapters.store.durability import NotDurable, check_durability
 from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.ingress_entries import Entry, IngressEntries
 from worker.adapters.store.keys import DEAD_ENTRIES_KEY
@@ -63,6 +64,7 @@ from worker.config.load import load_celeryconfig
 from worker.core.contract import PAYMENT_CANCELLED, PAYMENT_CONFIRMED
 from worker.core.events import CANCEL_FAILED, FAILED, invalid_detail
 from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
+from worker.core.urls import redact_url
 
 log = logging.getLogger("worker.ingress")
 
@@ -106,8 +108,11 @@ class Ingress:
         consumer: str,
         claim_idle_seconds: float,
         events: EventPublisher,
+        check_redis: Callable[[], None] | None = None,
     ) -> None:
         self._app = app
+        # Run once before the first read; its Redis errors are retried like a read's.
+        self._check_redis = check_redis
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -139,6 +144,9 @@ class Ingress:
         ready = False
         while not self._stopping:
             try:
+                if self._check_redis is not None:
+                    self._check_redis()
+                    self._check_redis = None
                 if not ready:
                     self.ensure_group()
                     log.info(
@@ -408,6 +416,7 @@ def serve(
             stream=celeryconfig.result_stream,
             retention_seconds=int(celeryconfig.result_stream_retention),
         ),
+        check_redis=lambda: _check_durability(client, celeryconfig),
     )
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -417,6 +426,20 @@ def serve(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     return ingress.run(block_ms=block_ms, once=once)
+
+
+def _check_durability(client: redis.Redis, celeryconfig: ModuleType) -> None:
+    """Refuse to start (exit 2, one line) on a Redis that may lose what it acknowledged."""
+    try:
+        warnings = check_durability(
+            client,
+            policy=str(celeryconfig.redis_durability),
+            shown_url=redact_url(str(celeryconfig.ledger_backend_url)),
+        )
+    except NotDurable as refusal:
+        raise SystemExit(str(refusal)) from None
+    for warning in warnings:
+        log.warning("%s", warning)
 
 
 def _setup_logging(celeryconfig: ModuleType) -> None:

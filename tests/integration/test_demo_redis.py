@@ -17,7 +17,6 @@ from tests.support.demo import stop_demo
 from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput
-from worker.core.urls import redact_url
 from worker.demo_redis import NoRedis, free_port, plan_redis
 
 pytestmark = pytest.mark.integration
@@ -143,19 +142,26 @@ def test_make_run_without_redis_server_on_path_says_how_to_get_one(tmp_path: Pat
 
 def test_a_redis_that_persists_is_used_as_it_is(aof_redis: RedisServer, tmp_path: Path) -> None:
     plan = plan_redis(aof_redis.url, tmp_path, PATH)
-    assert (plan.url, plan.command, plan.notice) == (aof_redis.url, None, None)
+    assert (plan.url, plan.command, plan.notice, plan.accept_risk) == (
+        aof_redis.url,
+        None,
+        None,
+        False,
+    )
 
 
-def test_a_redis_that_does_not_persist_is_used_with_a_warning(
+def test_a_redis_that_does_not_persist_is_used_knowingly(
     own_redis: RedisServer, tmp_path: Path
 ) -> None:
+    """Not started by the demo and not durable: its worker is told to accept the risk."""
     plan = plan_redis(own_redis.url, tmp_path, PATH)
-    assert (plan.url, plan.command) == (own_redis.url, None)
-    assert plan.notice == (
-        f"Warning: the Redis at {redact_url(own_redis.url)} does not persist what it acknowledges "
-        "(appendonly no): a crash or restart loses queued payments and ledger records. "
-        "Fine for a demo only."
+    assert (plan.url, plan.command, plan.accept_risk) == (own_redis.url, None, True)
+    assert plan.notice is not None
+    assert plan.notice.startswith(
+        "REDIS_DURABILITY=accept-risk set for the worker (a Redis the demo did not start): "
+        "appendonly is no (INFO aof_enabled:0)"
     )
+    assert plan.notice.endswith("fine for a demo only.")
 
 
 def test_a_port_held_by_something_else_gets_a_free_one(tmp_path: Path) -> None:

@@ -80,9 +80,15 @@ def test_make_run_shows_receipts_and_one_failure(own_redis: RedisServer) -> None
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # own_redis runs without appendonly: the demo uses it, and says what that means.
+    # own_redis runs without appendonly, and the demo did not start it: its worker would
+    # refuse it, so the demo accepts the risk for it, and says so and what that means.
     shown = redact_url(own_redis.url)  # it logs in as the ACL user, password masked
-    assert f"Warning: the Redis at {shown} does not persist what it acknowledges" in result.stdout
+    assert f"Redis             {shown}  (yours, already running)" in result.stdout
+    assert (
+        "REDIS_DURABILITY=accept-risk set for the worker (a Redis the demo did not start): "
+        "appendonly is no"
+    ) in result.stdout
+    assert "may lose queued payments and ledger records: fine for a demo only." in result.stdout
     assert result.stdout.count(" ISSUED ") == 3
     assert "FAILED  rejected after 3 attempts: HTTP 500" in result.stdout
     assert "TS1" in result.stdout

@@ -90,6 +90,10 @@ def worker_env(redis_url: str, sandbox_url: str, **overrides: str) -> dict[str, 
             "PYTHONUNBUFFERED": "1",
             # Many workers run at once on one host here; the metrics tests give theirs a port.
             "METRICS_PORT": "0",
+            # The one place the suite's workers and ingress processes accept a Redis without
+            # AOF: the session's Redis runs without it (an fsync per write would slow every
+            # test), and test_durability.py checks the refusal this lets them skip.
+            "REDIS_DURABILITY": "accept-risk",
         }
     )
     broker = broker_for(redis_url)

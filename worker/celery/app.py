@@ -10,8 +10,10 @@ a traceback, before Celery starts anything.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+import redis
 from celery import Celery, signals
 from celery.app.task import Task
 from celery.apps import worker as celery_worker_app
@@ -20,11 +22,16 @@ from worker.adapters.observe.logs import say_as_json, setup_process_logging, use
 from worker.adapters.observe.metrics import MetricsServer, StateCollector, queue_depth, start_server
 from worker.adapters.privacy.logmask import MaskPersonalData, install
 from worker.adapters.privacy.sealing import Sealer, SealingUnavailable
+from worker.adapters.store.durability import NotDurable, check_durability
+from worker.adapters.store.redis_client import redis_client
 from worker.adapters.store.sweeper import Sweeper
 from worker.celery.runtime import get_runtime
-from worker.config.load import config_secrets, load_celeryconfig
+from worker.config.load import config_secrets, load_celeryconfig, redis_url
 from worker.core.contract import QUEUE
 from worker.core.retry import broker_countdown
+from worker.core.urls import redact_url
+
+log = logging.getLogger(__name__)
 
 
 class CashReceiptCelery(Celery):  # type: ignore[misc]
@@ -67,6 +74,57 @@ def _refuse_to_start_misconfigured(**_: Any) -> None:
         Sealer.from_conf(app.conf)
     except SealingUnavailable as error:
         raise SystemExit(f"cashreceipt: configuration error: {error}") from None
+
+
+#: What the durability check found at this start, said once logging is set up.
+_start_warnings: list[str] = []
+#: How long the check waits between tries while Redis cannot be reached, at most.
+DURABILITY_RETRY_MAX = 10.0
+
+
+@signals.worker_init.connect
+def _refuse_a_forgetful_redis(**_: Any) -> None:
+    """Exit before consuming when REDIS_URL's Redis may lose what it acknowledged.
+
+    worker_init runs before the pool and the consumer start: a SystemExit here
+    ends the process with its one line and a non-zero exit, having taken no
+    message. A Redis that cannot be reached yet is waited for, as kombu waits
+    for the broker; a restart policy (compose's) would only repeat the wait.
+    """
+    shown = redact_url(redis_url(app.conf))
+    client = redis_client(redis_url(app.conf), socket_timeout=10, socket_connect_timeout=10)
+    delay = 1.0
+    try:
+        while True:
+            try:
+                found = check_durability(
+                    client, policy=str(app.conf.redis_durability), shown_url=shown
+                )
+            except NotDurable as refusal:
+                raise SystemExit(str(refusal)) from None
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                # Logging is not set up yet: logging's last resort prints this to stderr.
+                log.warning(
+                    "cashreceipt: Cannot connect to %s to check that it keeps what it "
+                    "acknowledged: %s. Trying again in %gs",
+                    shown,
+                    error,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(DURABILITY_RETRY_MAX, delay * 2)
+                continue
+            _start_warnings[:] = found
+            return
+    finally:
+        client.close()
+
+
+@signals.celeryd_after_setup.connect
+def _say_start_warnings(**_: Any) -> None:
+    """The durability check's warnings, through Celery's (masked, maybe JSON) log handlers."""
+    for warning in _start_warnings:
+        log.warning("%s", warning)
 
 
 def _mask_logs(logger: logging.Logger, **_: Any) -> None:

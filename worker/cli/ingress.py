@@ -31,6 +31,7 @@ def ingress(consumer: str | None, once: bool, block_ms: int) -> None:
     """Read payment events from the ingress stream and enqueue their jobs.
 
     Exit 0 when stopped (SIGTERM) or done, 1 when --once left entries pending,
-    2 on a configuration error.
+    2 on a configuration error or a Redis that may lose what it acknowledged (README,
+    "Configuration": REDIS_DURABILITY).
     """
     sys.exit(serve(consumer=consumer, once=once, block_ms=block_ms))

@@ -14,6 +14,10 @@ from worker.config import timing
 
 #: REDIS_URL when unset: a Redis on this host.
 REDIS_URL = "redis://localhost:6379/0"
+#: ``REDIS_DURABILITY``: refuse to start on a Redis that may lose what it acknowledged
+#: (``require``), or start with a warning (``accept-risk``).
+REDIS_DURABILITY_CHOICES = ("require", "accept-risk")
+REDIS_DURABILITY = REDIS_DURABILITY_CHOICES[0]
 #: The stream of result events (``RESULT_STREAM``).
 RESULT_STREAM = "cash_receipt.events"
 #: How long result events are kept, in seconds (``RESULT_STREAM_RETENTION``): 7 days.
