@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -88,6 +89,12 @@ class MemoryProvider:
     """A V1-like provider in memory (see the module's docstring)."""
 
     name = "memory"
+    #: A POST while a receipt is active is refused, as V1 does (False: a second one is
+    #: issued, so that a double POST shows as two active receipts).
+    refuses_second = True
+    #: How long after a DEFERRED request arrived it is acted on at the latest (every
+    #: call first acts on what is due, see settle_due()); None: only at act_late().
+    late_bound: float | None = None
     #: Answers as V1 does: HTTP 200 and code 0.
     clean_answer: tuple[int | None, int | None] = (200, 0)
 
@@ -95,7 +102,8 @@ class MemoryProvider:
         self._clock = clock
         self._payments: dict[str, _Payment] = {}
         self._faults: dict[str, list[ProviderError | str | None]] = {}
-        self._deferred: list[Callable[[], object]] = []
+        #: Requests it left unanswered and will still act on: (deadline, action).
+        self._deferred: list[tuple[float, Callable[[], object]]] = []
         self._tids = 0
         #: Every request, in order: what a test asserts on.
         self.calls: list[Call] = []
@@ -121,11 +129,34 @@ class MemoryProvider:
 
     def act_late(self) -> None:
         """The provider acts now on every request it deferred."""
-        deferred, self._deferred = self._deferred, []
-        for action in deferred:
+        self._act_deferred(lambda deadline: True)
+
+    def settle_due(self) -> None:
+        """The provider acts on every deferred request whose :attr:`late_bound` has passed."""
+        now = self._clock()
+        self._act_deferred(lambda deadline: deadline <= now)
+
+    @property
+    def deferred(self) -> int:
+        """How many requests it deferred and has not acted on yet."""
+        return len(self._deferred)
+
+    def _act_deferred(self, due: Callable[[float], bool]) -> None:
+        acting = [action for deadline, action in self._deferred if due(deadline)]
+        self._deferred = [entry for entry in self._deferred if not due(entry[0])]
+        for action in acting:
             # A late POST refused (a receipt exists by then): nothing happens.
             with contextlib.suppress(ProviderError):
                 action()
+        self._acted()
+
+    def _acted(self) -> None:
+        """Called after acting on deferred requests: a subclass's watch."""
+
+    def _defer(self, action: Callable[[], object]) -> None:
+        """Leave ``action`` unanswered: acted on at act_late(), or once late_bound passed."""
+        bound = self.late_bound
+        self._deferred.append((self._clock() + bound if bound is not None else math.inf, action))
 
     def receipts(self, imp_uid: str) -> list[Receipt]:
         """Every receipt the payment ever had, oldest first."""
@@ -148,6 +179,7 @@ class MemoryProvider:
         operation: OperationId,
         on_send: Callable[[], None],
     ) -> Receipt:
+        self.settle_due()
         imp_uid = request.imp_uid
         on_send()
         self.calls.append(Call("POST", imp_uid, operation))
@@ -156,11 +188,13 @@ class MemoryProvider:
     def cancel_receipt(
         self, imp_uid: str, *, operation: OperationId, on_send: Callable[[], None]
     ) -> Receipt:
+        self.settle_due()
         on_send()
         self.calls.append(Call("DELETE", imp_uid, operation))
         return self._changing("DELETE", lambda: self._cancel(imp_uid))
 
     def find_receipt(self, imp_uid: str) -> Receipt | None:
+        self.settle_due()
         self.calls.append(Call("GET receipt", imp_uid))
         self._fault("GET receipt")
         receipts = self._payment(imp_uid).receipts
@@ -171,6 +205,7 @@ class MemoryProvider:
         return [found] if found is not None else []
 
     def get_payment(self, imp_uid: str) -> Payment:
+        self.settle_due()
         self.calls.append(Call("GET payment", imp_uid))
         self._fault("GET payment")
         payment = self._payment(imp_uid)
@@ -208,7 +243,7 @@ class MemoryProvider:
     def _changing(self, method: str, action: Callable[[], Receipt]) -> Receipt:
         fault = self._fault(method)
         if fault == DEFERRED:
-            self._deferred.append(action)
+            self._defer(action)
             raise OutcomeUnknown(f"{method}: read timeout; the outcome must be looked up")
         receipt = action()
         if fault == LOST:
@@ -217,7 +252,7 @@ class MemoryProvider:
 
     def _issue(self, imp_uid: str) -> Receipt:
         payment = self._payment(imp_uid)
-        if any(r.active for r in payment.receipts):
+        if self.refuses_second and any(r.active for r in payment.receipts):
             raise InvalidRequest("a cash receipt was already issued", status=400, code=-1)
         left = payment.amount - payment.cancel_amount
         if payment.status != "paid" or payment.pay_method not in {"vbank", "trans"} or left <= 0:

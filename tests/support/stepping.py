@@ -49,11 +49,20 @@ class StepperError(AssertionError):
     """The schedule cannot go on: a runner is not where the test said, or blocked elsewhere."""
 
 
+class Abandoned(BaseException):
+    """Raised in a runner's thread at its gate once the test abandoned it: its process died.
+
+    A BaseException, so that no ``except Exception`` of the code under test catches it:
+    the port call it waited to make is never made, and nothing after it runs.
+    """
+
+
 @dataclass
 class _Runner:
     name: str
     go: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     state: str = "running"  # running, waiting (at a gate), done
+    abandoned: bool = False
     pending: PortCall | None = None
     result: Any = None
     error: BaseException | None = None
@@ -126,6 +135,28 @@ class Stepper:
         self._settle(runner)
         return call
 
+    def abandon(self, name: str) -> PortCall:
+        """Crash ``name`` at its gate: the call it waits to make is never made.
+
+        Its thread ends at once (:class:`Abandoned`, raised at the gate), as a
+        worker process killed there would: what it held (a claim, a lease) stays
+        as it was, for the store's own rules to take over.
+        """
+        runner = self._runners[name]
+        with self._cond:
+            if runner.state != "waiting" or runner.pending is None:
+                raise StepperError(f"runner {name!r} is {runner.state}, not at a gate")
+            call = runner.pending
+            runner.abandoned = True
+            runner.state = "running"
+        runner.go.release()
+        self._settle(runner)
+        return call
+
+    def abandoned(self, name: str) -> bool:
+        """Whether ``name`` was crashed by :meth:`abandon`."""
+        return self._runners[name].abandoned
+
     def play(self, schedule: Iterable[str]) -> list[PortCall]:
         """Step the runners in this order; a name whose runner has ended is skipped.
 
@@ -184,11 +215,15 @@ class Stepper:
             runner = self._by_thread.get(threading.current_thread().name)
             if runner is None:
                 return  # the test's own thread: not gated
+            if runner.abandoned:  # a crashed runner's clean-up reaches no port either
+                raise Abandoned(f"{runner.name} crashed before {port}.{method}")
             runner.pending = PortCall(runner.name, port, method, args, dict(kwargs))
             runner.state = "waiting"
             self._cond.notify_all()
         if not runner.go.acquire(timeout=self.timeout):
             raise StepperError(f"runner {runner.name!r} was never let through {port}.{method}")
+        if runner.abandoned:
+            raise Abandoned(f"{runner.name} crashed before {port}.{method}")
 
     def _settle(self, runner: _Runner) -> None:
         with self._cond:

@@ -20,7 +20,6 @@ refusals:
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,11 +34,10 @@ from tests.support.runners import RULES, World
 from tests.support.stepping import Stepper
 from worker.core.errors import OutcomeUnknown, ProviderError, ProviderUnavailable
 from worker.core.outcome import Outcome
-from worker.core.ports import OperationId
 from worker.core.runner import Done, Failed
 from worker.core.schemas import load_payload
 from worker.core.terminal import TerminalPublisher
-from worker.core.types import Payment, Receipt, ReceiptOrder
+from worker.core.types import Receipt
 
 IMP_UID = "imp_1"
 AMOUNT = 1000
@@ -78,56 +76,24 @@ class RecordingProvider(MemoryProvider):
     call): the promise the core relies on. :data:`DROPPED` is never acted on.
     """
 
+    late_bound = BOUND
+
     def __init__(self, clock: Callable[[], float]) -> None:
         super().__init__(clock)
         self.requests: list[Request] = []
         #: Each receipt lookup: its place in :attr:`calls`, and its time.
         self.lookups: list[tuple[int, float]] = []
-        self.pending: list[tuple[float, Callable[[], object]]] = []
         self.most_active = 0
 
-    def act_late(self) -> None:
-        self._act(lambda due: True)
-
-    def settle_due(self) -> None:
-        now = self._clock()
-        self._act(lambda due: due <= now)
-
-    def _act(self, due: Callable[[float], bool]) -> None:
-        acting = [action for at, action in self.pending if due(at)]
-        self.pending = [(at, action) for at, action in self.pending if not due(at)]
-        for action in acting:
-            with contextlib.suppress(ProviderError):  # refused by then: nothing happens
-                action()
+    def _acted(self) -> None:
         self._watch()
 
     def _watch(self) -> None:
         self.most_active = max(self.most_active, len(self.active(IMP_UID)))
 
-    def issue_receipt(
-        self,
-        request: ReceiptOrder,
-        *,
-        operation: OperationId,
-        on_send: Callable[[], None],
-    ) -> Receipt:
-        self.settle_due()
-        return super().issue_receipt(request, operation=operation, on_send=on_send)
-
-    def cancel_receipt(
-        self, imp_uid: str, *, operation: OperationId, on_send: Callable[[], None]
-    ) -> Receipt:
-        self.settle_due()
-        return super().cancel_receipt(imp_uid, operation=operation, on_send=on_send)
-
     def find_receipt(self, imp_uid: str) -> Receipt | None:
-        self.settle_due()
         self.lookups.append((len(self.calls), self._clock()))
         return super().find_receipt(imp_uid)
-
-    def get_payment(self, imp_uid: str) -> Payment:
-        self.settle_due()
-        return super().get_payment(imp_uid)
 
     def _changing(self, method: str, action: Callable[[], Receipt]) -> Receipt:
         now = self._clock()
@@ -137,7 +103,7 @@ class RecordingProvider(MemoryProvider):
         if fault in (DEFERRED, DROPPED):
             request.unsettled_until = now + BOUND
             if fault == DEFERRED:
-                self.pending.append((now + BOUND, action))
+                self._defer(action)
             raise OutcomeUnknown(f"{method}: read timeout; the outcome must be looked up")
         try:
             receipt = action()

@@ -1,0 +1,612 @@
+"""The world of the model-based test (tests/integration/test_model.py): the real ledger on a
+private Redis, the core's runners stepped one port call at a time, an adversarial provider.
+
+What is real: the ledger (:class:`~worker.adapters.store.ledger.Ledger`, every transition
+its Lua script on a real redis-server), the event publisher, the sweeper
+(:class:`~worker.adapters.store.sweeper.Sweeper`, its ``send`` captured), the core's
+runners, and the producer's rule (record in the ledger first, then send).
+
+What is modelled: the broker (a list of :class:`Message`, redelivered, duplicated, lost
+at will), the Celery task around a runner (tasks/receipts.py: a :class:`Retry` becomes
+the next message carrying the fence, :class:`Busy` a retry without one), a worker
+process (a thread of :class:`~tests.support.stepping.Stepper`, crashed at any gate),
+and i'mport (:class:`ModelProvider`).
+
+Every clock the ledger and the provider read is :class:`~tests.support.memory.Clock`,
+which only the model moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import redis
+from cryptography.fernet import Fernet
+
+from tests.support.memory import DEFERRED, LOST, Clock, MemoryProvider
+from tests.support.runners import RULES
+from tests.support.stepping import Abandoned, Stepper
+from worker.adapters.privacy.sealing import Sealer
+from worker.adapters.store.events import EventPublisher as RedisEvents
+from worker.adapters.store.ledger import FENCE_HEADER, Ledger
+from worker.adapters.store.sweeper import Sweeper
+from worker.adapters.store.views import stuck
+from worker.cli.operations import Mismatch, reconcile
+from worker.core.contract import CANCEL_TASK
+from worker.core.errors import (
+    InvalidRequest,
+    OutcomeUnknown,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+)
+from worker.core.events import CANCELLED, FAILED, ISSUED
+from worker.core.ports import EventPublisher, JobStore, OperationId, Provider
+from worker.core.runner import (
+    Busy,
+    CancelRunner,
+    Failed,
+    Instruction,
+    IssueRunner,
+    JobRunner,
+    Retry,
+)
+from worker.core.schemas import InvalidPayload, load_cancellation, payload_from_args
+from worker.core.terminal import TerminalPublisher
+from worker.core.types import Receipt
+
+#: The payments the model plays with: two, so that one payment's keys meet another's.
+PAYMENTS = ("imp_a", "imp_b")
+AMOUNT = 1000
+#: A partial refund's amount: three of them leave 100, a fourth refunds the rest.
+PART = 300
+LEASE = 30.0
+#: How late the provider may act on a request it left unanswered, after it arrived: the
+#: bound the core waits out, less half a second (the ledger keeps times in ms).
+BOUND = RULES.settle_seconds - 0.5
+#: The producer's resend_after: how long the sweeper leaves a recorded job to its message.
+RESEND_AFTER = 120.0
+#: A task's retry without a claim (Busy past DUPLICATE_WAIT): its countdown.
+BUSY_COUNTDOWN = 1.0
+#: Far beyond any clock jump of a run: events and records never expire under the model.
+RETENTION = 10 * 365 * 86400
+STREAM = "model.events"
+
+#: The faults a request may meet (the provider's answer), by name.
+#: ``lost``: acted on, the answer lost; ``late``: no answer, acted on later (within
+#: BOUND); ``dropped``: no answer, never acted on; ``503``: refused before acting,
+#: transient; ``429``: rate limited for 300 s (the job parks); ``400``: refused for good.
+CHANGING_FAULTS = ("lost", "late", "dropped", "503", "429", "400")
+LOOKUP_FAULTS = ("503",)
+#: A fault: no answer, and the provider never acts on the request.
+DROPPED = "dropped"
+
+
+# -- the provider ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A POST or DELETE as it arrived at the provider."""
+
+    method: str
+    imp_uid: str
+    at: float
+    operation: OperationId | None
+    #: The payment's active receipts when it arrived.
+    active_before: int
+
+
+class ModelProvider(MemoryProvider):
+    """i'mport as an adversary that still keeps its promises.
+
+    - It accepts a second active receipt (i'mport refuses it): a double POST is
+      not hidden by a refusal, it is recorded (:attr:`violations`).
+    - A request left unanswered (``late``) is acted on whenever the model says
+      (:meth:`act_late`), and at the latest :data:`BOUND` after it arrived: the
+      promise the core relies on (IAMPORT_SETTLE_SECONDS).
+    - Faults are queued per method (:meth:`fail_next`), and met by whichever
+      payment calls next.
+    """
+
+    refuses_second = False
+    late_bound = BOUND
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(clock)
+        self.sent_requests: list[Sent] = []
+        #: What broke an invariant of the provider's side, as it happened.
+        self.violations: list[str] = []
+
+    def drop_faults(self) -> None:
+        """Forget the faults no call met: the final drain runs with a healthy provider."""
+        self._faults.clear()
+
+    def active_count(self, imp_uid: str) -> int:
+        return len(self.active(imp_uid))
+
+    # -- the port ----------------------------------------------------------------------
+
+    def _changing(self, method: str, action: Callable[[], Receipt]) -> Receipt:
+        call = self.calls[-1]
+        now = self._clock()
+        active = self.active_count(call.imp_uid)
+        self.sent_requests.append(Sent(method, call.imp_uid, now, call.operation, active))
+        if method == "POST" and active:
+            self.violations.append(
+                f"a POST ({call.operation and call.operation.key}) while {active} "
+                f"receipt(s) of {call.imp_uid} were active"
+            )
+        fault = self._fault(method)
+        if fault in (DEFERRED, DROPPED):
+            if fault == DEFERRED:
+                self._defer(lambda: self._watched(action))
+            raise OutcomeUnknown(f"{method}: read timeout; the outcome must be looked up")
+        receipt = self._watched(action)
+        if fault == LOST:
+            raise OutcomeUnknown(f"{method}: connection dropped; the outcome must be looked up")
+        return receipt
+
+    def _watched(self, action: Callable[[], Receipt]) -> Receipt:
+        try:
+            return action()
+        finally:
+            for imp_uid in self._payments:
+                if self.active_count(imp_uid) > 1:
+                    self.violations.append(
+                        f"{self.active_count(imp_uid)} active receipts of {imp_uid}"
+                    )
+
+
+def fault(kind: str) -> ProviderError | str:
+    """The fault ``kind`` (:data:`CHANGING_FAULTS`) as :meth:`ModelProvider.fail_next` takes it."""
+    if kind == "503":
+        return ProviderUnavailable("503 Service Unavailable", status=503)
+    if kind == "429":
+        return RateLimited("429 Too Many Requests", status=429, retry_after=300.0)
+    if kind == "400":
+        return InvalidRequest("refused", status=400, code=-1)
+    return {"lost": LOST, "late": DEFERRED, "dropped": DROPPED}[kind]
+
+
+# -- the broker and the tasks ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """One task message in the broker."""
+
+    task_id: str
+    op: str  # issue or cancel
+    payload: dict[str, Any]
+    #: The fence header it carries (a retry's, a sweeper re-send's); None: none.
+    fence: int | None
+    #: Celery's retries + 1.
+    attempt: int
+    #: Not delivered before (the model's clock): a retry's countdown.
+    eta: float
+    #: The ledger recorded its task (as the job's owner, a waiter, or kept beside it),
+    #: so the sweeper re-sends it, or its owner's end ends it, if the broker loses it.
+    recorded: bool = True
+
+
+@dataclass
+class Ran:
+    """What one message's run ended with."""
+
+    instruction: Instruction
+    fence: int | None
+    #: The payload its retry re-publishes (sealed), when it was valid.
+    message: dict[str, Any] | None
+
+
+@dataclass
+class Task:
+    """One task id a producer sent: it must end in exactly one terminal event."""
+
+    task_id: str
+    op: str
+    imp_uid: str
+    #: A cancellation's payload, as its producer sent it.
+    cancel: dict[str, Any] | None = None
+
+
+@dataclass
+class World:
+    """The model's system: see the module docstring."""
+
+    client: redis.Redis
+    clock: Clock = field(default_factory=lambda: Clock(start=time.time()))
+    stepper: Stepper = field(default_factory=lambda: Stepper(timeout=10.0))
+    broker: list[Message] = field(default_factory=list)
+    #: Runner name -> the message it runs.
+    running: dict[str, Message] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    #: The sealing keys, newest first (rotation prepends one).
+    keys: list[str] = field(default_factory=lambda: [Fernet.generate_key().decode()])
+    #: What happened, in words: the schedule a failure shows.
+    log: list[str] = field(default_factory=list)
+    #: What broke an invariant on the system's side (a runner's unexpected error).
+    violations: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.provider = ModelProvider(self.clock)
+        for imp_uid in PAYMENTS:
+            self.provider.pay(imp_uid, AMOUNT)
+        self.ledger = Ledger(
+            self.client,
+            stream=STREAM,
+            event_retention_seconds=RETENTION,
+            retention_seconds=RETENTION,
+            lease_seconds=LEASE,
+            clock=self.clock,
+        )
+        self.events = RedisEvents(self.client, stream=STREAM, retention_seconds=RETENTION)
+        self.sweeper = Sweeper(
+            ledger=self.ledger,
+            client=self.client,
+            send=self._resend,
+            interval=1.0,
+            rand=lambda: 0.0,
+        )
+        self.gated_store: JobStore = self.stepper.gated("store", self.ledger)
+        self.gated_provider: Provider = self.stepper.gated("provider", self.provider)
+        self.gated_events: EventPublisher = self.stepper.gated("events", self.events)
+        self._names = (f"r{n}" for n in itertools.count(1))
+        self._task_ids = (f"t{n}" for n in itertools.count(1))
+
+    @property
+    def sealer(self) -> Sealer:
+        return Sealer(self.keys)
+
+    def say(self, line: str) -> None:
+        self.log.append(line)
+
+    # -- producers -----------------------------------------------------------------------
+
+    def confirm(self, imp_uid: str, task_id: str | None = None) -> str:
+        """A payment confirmed: the producer's rule (worker/celery/producer.py enqueue_issue)."""
+        task_id = task_id or next(self._task_ids)
+        self.tasks.setdefault(task_id, Task(task_id, "issue", imp_uid))
+        sealer = self.sealer
+        request = payload_from_args(
+            ({"imp_uid": imp_uid, "identifier": "01055554321", "merchant_uid": f"m_{imp_uid}"},),
+            {},
+            sealer,
+        )
+        message = request.to_message(sealer)
+        state = self.ledger.receive(
+            imp_uid, task_id=task_id, payload=message, resend_after=RESEND_AFTER
+        )
+        self.say(f"confirm {imp_uid} as {task_id}: {state}")
+        if state == "issued":
+            self.ledger.publish_issued_duplicate(
+                imp_uid, task_id=task_id, merchant_uid=message.get("merchant_uid")
+            )
+            return task_id
+        self._send(Message(task_id, "issue", message, None, 1, self.clock(), state != "cancelled"))
+        return task_id
+
+    def refund(self, imp_uid: str, *, partial: bool) -> str | None:
+        """A refund at the provider, then its cancellation (enqueue_cancel); None: nothing left."""
+        payment = self.provider._payment(imp_uid)
+        left = payment.amount - payment.cancel_amount
+        if left <= 0:
+            return None
+        amount = min(PART, left) if partial else left
+        self.provider.refund(imp_uid, amount)
+        cancel: dict[str, Any] = {"imp_uid": imp_uid}
+        if partial:
+            cancel["amount"] = amount
+        return self.cancel(cancel)
+
+    def cancel(self, cancel: dict[str, Any], task_id: str | None = None) -> str:
+        """A cancellation sent (a new refund, or one repeated by an outbox relay)."""
+        task_id = task_id or next(self._task_ids)
+        imp_uid = cancel["imp_uid"]
+        self.tasks.setdefault(task_id, Task(task_id, "cancel", imp_uid, dict(cancel)))
+        message = load_cancellation(cancel)
+        state = self.ledger.receive_cancel(
+            imp_uid, task_id=task_id, cancel=message, resend_after=RESEND_AFTER
+        )
+        self.say(f"refund {json.dumps(cancel)} as {task_id}: {state}")
+        if state != "done":
+            recorded = state != "cancelled"
+            self._send(Message(task_id, "cancel", message, None, 1, self.clock(), recorded))
+        return task_id
+
+    def _send(self, message: Message) -> None:
+        self.broker.append(message)
+
+    def _resend(
+        self,
+        name: str,
+        *,
+        args: list[Any],
+        task_id: str,
+        countdown: float,
+        headers: dict[str, Any],
+        **_: Any,
+    ) -> None:
+        op = "cancel" if name == CANCEL_TASK else "issue"
+        fence = headers.get(FENCE_HEADER)
+        self.say(f"sweeper re-sends {task_id} ({op}, fence {fence})")
+        self._send(Message(task_id, op, args[0], fence, 1, self.clock() + countdown))
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def due(self) -> list[Message]:
+        now = self.clock()
+        return [m for m in self.broker if m.eta <= now]
+
+    def deliver(self, message: Message) -> str:
+        """A worker takes ``message``: its run starts, and waits at its first gate."""
+        self.broker.remove(message)
+        name = next(self._names)
+        self.running[name] = message
+        self.say(
+            f"{name} runs {message.task_id} ({message.op}, fence {message.fence}, "
+            f"attempt {message.attempt})"
+        )
+        self.stepper.start(name, lambda: self._run(message))
+        self._reap(name)
+        return name
+
+    def _run(self, message: Message) -> Ran:
+        """tasks/receipts.py's run, without Celery: the payload, the runner, its instruction."""
+        imp_uid = message.payload.get("imp_uid")
+        terminal = TerminalPublisher(
+            events=self.gated_events,
+            store=self.gated_store,
+            task_id=message.task_id,
+            attempts=message.attempt,
+            imp_uid=imp_uid,
+            merchant_uid=message.payload.get("merchant_uid"),
+        )
+        sealer = self.sealer
+        ports: dict[str, Any] = {
+            "store": self.gated_store,
+            "provider": self.gated_provider,
+            "terminal": terminal,
+            "rules": RULES,
+            "carried_fence": message.fence,
+            "attempt": message.attempt,
+        }
+        runner: JobRunner
+        if message.op == "issue":
+            try:
+                request = payload_from_args((message.payload,), {}, sealer)
+            except InvalidPayload as error:
+                terminal.invalid_payload(error)
+                return Ran(Failed("invalid_payload", str(error)), None, None)
+            sealed = request.to_message(sealer)
+            runner = IssueRunner(request=request, message=sealed, **ports)
+        else:
+            sealed = load_cancellation(message.payload)
+            runner = CancelRunner(sealer=sealer, imp_uid=sealed["imp_uid"], message=sealed, **ports)
+        try:
+            return Ran(runner.run(), runner.fence, sealed)
+        except Abandoned:
+            raise
+        except Exception as error:
+            # A port's error (a Redis error): the task retries later (tasks/receipts.py).
+            self.violations.append(f"{message.task_id} raised {error!r}")
+            raise
+
+    def step(self, name: str) -> None:
+        call = self.stepper.step(name)
+        self.say(f"  {call}")
+        self._reap(name)
+
+    def finish(self, name: str, *, limit: int = 200) -> None:
+        """Let ``name`` run to the end of its message."""
+        for _ in range(limit):
+            if not self.stepper.is_waiting(name):
+                return
+            self.step(name)
+        raise AssertionError(_report(self, [f"{name} still runs after {limit} calls"]))
+
+    def crash(self, name: str, *, redeliver: bool) -> None:
+        """The worker running ``name`` dies at its gate; the broker redelivers its message,
+        or (a Redis broker between BRPOP and its unacked record) loses it."""
+        call = self.stepper.abandon(name)
+        message = self.running.pop(name)
+        self.say(
+            f"{name} crashes before {call.port}.{call.method}"
+            f"{'; redelivered' if redeliver else '; its message lost'}"
+        )
+        if redeliver:
+            self._send(replace(message, eta=self.clock()))
+
+    def duplicate(self, message: Message) -> None:
+        """The broker delivers a message twice (a visibility timeout, a redelivery)."""
+        self.say(f"the broker duplicates {message.task_id} (fence {message.fence})")
+        self._send(replace(message, eta=self.clock()))
+
+    def _reap(self, name: str) -> None:
+        """A run that ended: its message is acked, or its retry is the next message."""
+        if not self.stepper.done(name):
+            return
+        message = self.running.pop(name)
+        try:
+            ran: Ran = self.stepper.result(name)
+        except Exception as error:  # noqa: BLE001 (recorded: the invariant check fails)
+            self.say(f"{name} raised {error!r}")
+            return
+        instruction = ran.instruction
+        self.say(f"{name} ends: {instruction}")
+        payload = ran.message if ran.message is not None else message.payload
+        if isinstance(instruction, Retry | Busy):
+            delay = instruction.delay if isinstance(instruction, Retry) else BUSY_COUNTDOWN
+            self._send(
+                replace(
+                    message,
+                    payload=payload,
+                    fence=ran.fence,
+                    attempt=message.attempt + 1,
+                    eta=self.clock() + delay,
+                )
+            )
+
+    def waiting(self) -> list[str]:
+        return sorted(self.stepper.waiting(), key=lambda name: int(name[1:]))
+
+    def sending(self) -> bool:
+        """Whether a runner is between reading the clock for a POST or DELETE and sending it.
+
+        The clock does not jump there (see tests/integration/test_model.py): the send
+        time is read and recorded before the request leaves, so a stall there would
+        shorten the settling wait by its own length, which no bound can cover.
+        """
+        last: dict[str, str] = {}
+        for call in self.stepper.trace:
+            last[call.runner] = f"{call.port}.{call.method}"
+        for name, pending in self.stepper.waiting().items():
+            if (
+                pending.port == "store"
+                and pending.method in {"now", "note_sent"}
+                and last.get(name)
+                in {"provider.issue_receipt", "provider.cancel_receipt", "store.now"}
+            ):
+                return True
+        return False
+
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.provider.settle_due()
+        self.say(f"the clock jumps {seconds:g} s")
+
+    def sweep(self) -> int:
+        return self.sweeper.sweep_once()
+
+    def rotate(self) -> None:
+        self.keys.insert(0, Fernet.generate_key().decode())
+        self.say(f"keys rotate: {len(self.keys)} keys")
+
+    def open_cancellation(self, imp_uid: str) -> bool:
+        """Whether a cancellation of ``imp_uid`` was sent and has no event yet."""
+        ended = self.events_by_task()
+        return any(
+            t.op == "cancel" and t.imp_uid == imp_uid and t.task_id not in ended
+            for t in self.tasks.values()
+        )
+
+    # -- what the oracles read -----------------------------------------------------------
+
+    def stream(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Every event: (entry id, type, data)."""
+        return [
+            (entry_id, fields["type"], json.loads(fields["data"]))
+            for entry_id, fields in self.client.xrange(STREAM)
+        ]
+
+    def events_by_task(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for _, kind, data in self.stream():
+            found.setdefault(data["task_id"], []).append(kind)
+        return found
+
+    def states(self) -> dict[str, str | None]:
+        records = {imp_uid: self.ledger.raw_record(imp_uid) for imp_uid in PAYMENTS}
+        return {imp_uid: (rec or {}).get("state") for imp_uid, rec in records.items()}
+
+    def close(self) -> None:
+        """Let every thread go: runners still waiting are crashed where they stand."""
+        for name in list(self.stepper.waiting()):
+            with contextlib.suppress(Exception):
+                self.stepper.abandon(name)
+
+
+# -- the invariants --------------------------------------------------------------------
+
+TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
+
+
+def check_always(world: World) -> None:
+    """The invariants after every step (tests/integration/test_model.py)."""
+    world.provider.settle_due()
+    problems = list(world.provider.violations) + list(world.violations)
+    for task_id, kinds in world.events_by_task().items():
+        task = world.tasks.get(task_id)
+        if task is None:
+            problems.append(f"an event for a task nobody sent: {task_id} {kinds}")
+        elif len(kinds) > 1 and not (
+            task.op == "cancel"
+            and len(kinds) == 2
+            and kinds[0] == CANCELLED
+            and kinds[1] in {ISSUED, FAILED}
+        ):
+            problems.append(f"{task_id} ({task.op}) has {len(kinds)} terminal events: {kinds}")
+    assert not problems, _report(world, problems)
+
+
+def check_quiet(world: World) -> None:
+    """The invariants at quiescence, after :func:`drain`."""
+    check_always(world)
+    problems: list[str] = []
+    events = world.events_by_task()
+    for task_id, task in world.tasks.items():
+        if task_id not in events:
+            problems.append(f"{task_id} ({task.op} of {task.imp_uid}) ended in no event")
+    for imp_uid, state in world.states().items():
+        if state is not None and state not in TERMINAL_STATES:
+            problems.append(f"the job of {imp_uid} is left {state}")
+    if left := stuck(world.client, older_than=-1e9):
+        problems.append(f"stuck lists {left}")
+    recorded = [imp_uid for imp_uid, state in world.states().items() if state is not None]
+    for found in reconcile(world.client, world.provider, recorded, sleep=lambda s: None):
+        if isinstance(found, Mismatch):
+            problems.append(f"the ledger disagrees with the provider: {found}")
+        else:
+            problems.append(f"reconcile could not check: {found}")
+    assert not problems, _report(world, problems)
+
+
+def drain(world: World, *, rounds: int = 60) -> None:
+    """Run to quiescence: every message, every runner, the sweeper, the clock past leases.
+
+    The provider is healthy from here on (the faults no call met are dropped), and acts
+    on every request it kept unanswered once its bound passes.
+    """
+    world.say("-- drain --")
+    world.provider.drop_faults()
+    for _ in range(rounds):
+        while True:
+            for message in world.due():
+                world.deliver(message)
+            names = world.waiting()
+            if not names:
+                break
+            for name in names:
+                if world.stepper.is_waiting(name):
+                    world.step(name)
+        pending = bool(world.broker) or bool(world.provider.deferred)
+        open_jobs = any(s not in TERMINAL_STATES for s in world.states().values() if s)
+        if not pending and not open_jobs:
+            return
+        world.advance(LEASE + 1)
+        world.sweep()
+    raise AssertionError(
+        _report(
+            world,
+            [
+                f"no quiescence after {rounds} rounds: "
+                f"{world.states()}, {len(world.broker)} messages"
+            ],
+        )
+    )
+
+
+def _report(world: World, problems: list[str]) -> str:
+    tail = world.log[-400:]
+    return "\n".join(["", *problems, "-- what happened --", *tail])
+
+
+def events_of(world: World) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    yield from world.stream()
