@@ -62,9 +62,6 @@ pytestmark = pytest.mark.integration
 #: Issue 14, finding 12 (a taken-over cancellation is lost) is fixed on main: the model
 #: sends a cancellation while another of the payment is open (see ``_held_back``).
 FINDING_12_FIXED = False
-#: Issue 14, finding 17 (a recorded cancellation is dropped when the job ahead ends
-#: failed) is fixed on main: the model loses cancellation messages too (``crash``).
-FINDING_17_FIXED = False
 #: The producers record every task whose message they send, or end it at once: the
 #: model loses any message (``crash``).
 UNRECORDED_FIXED = False
@@ -175,12 +172,6 @@ class ProtocolModel(RuleBasedStateMachine):
     def crash(self, index: int, redeliver: bool) -> None:
         name = self._pick(self.world.waiting(), index)
         message = self.world.running[name]
-        if not redeliver and not FINDING_17_FIXED and message.op == "cancel":
-            # HELD_BACK (issue 14, finding 17): a cancellation's message is not lost, since
-            # one kept beside an issue job that then ends failed is dropped with its
-            # message (test_a_cancellation_kept_beside_a_failed_issue_ends_in_one_event).
-            self.world.say("held back: a cancellation's message lost (finding 17)")
-            redeliver = True
         if not redeliver and not UNRECORDED_FIXED and not message.recorded:
             # HELD_BACK (found by this model): a message whose task the ledger did not
             # record (a confirmation or a refund after a full refund) is not lost, since
@@ -285,15 +276,11 @@ def test_a_cancellation_taken_over_by_another_ends_in_one_event(world: World) ->
     check_quiet(world)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14, finding 17: a cancellation kept beside an issue that ends failed is dropped",
-)
 def test_a_cancellation_kept_beside_a_failed_issue_ends_in_one_event(world: World) -> None:
-    """The model's shrunk schedule: a payment is confirmed, then refunded in full, each
-    recorded before its message is sent (the refund kept beside the issue job); both
-    messages are lost. The sweeper re-sends the issue, whose POST is refused (the
-    payment is cancelled): the job ends failed, and the refund is never run."""
+    """Issue 14, finding 17, as the model found it: a payment is confirmed, then refunded
+    in full, each recorded before its message is sent (the refund kept beside the issue
+    job); both messages are lost. The sweeper re-sends the issue, whose POST is refused
+    (the payment is cancelled): the job ends failed, and the refund had never run."""
     world.confirm("imp_a")
     world.refund("imp_a", partial=False)
     world.crash(world.deliver(world.due()[0]), redeliver=False)
