@@ -9,6 +9,10 @@ reading its stream. Exit 0 healthy; 1 not: Redis cannot be reached, no ingress
 of this host is connected, or a setting is bad (its one line on stderr, no
 traceback). Docker reads 0 and 1 and reserves 2, so the check itself never
 exits 2; only a usage error (not the compose file's command) does.
+
+An ingress that refused to start on a Redis that may lose what it acknowledged
+(``REDIS_DURABILITY``) has exited before naming a connection: unhealthy, with
+the reason in its own log, not here.
 """
 
 from __future__ import annotations

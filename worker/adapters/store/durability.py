@@ -5,8 +5,8 @@ were issued. A Redis without an append-only file forgets, on a restart, every
 write since its last snapshot; one that syncs the file only every second loses
 up to a second of acknowledged writes when its host crashes; one whose
 ``maxmemory-policy`` is not ``noeviction`` drops keys under memory pressure
-(the ``volatile-*`` policies pick among the keys with a TTL, which every ledger
-record has). Each time a job is forgotten it can be issued a second time.
+(the ``volatile-*`` policies pick among the keys with a TTL: finished ledger
+records, the once-only markers). Each time a job is forgotten it can be issued a second time.
 
 What is read, and what an answer that cannot be read does (README,
 "Configuration", ``REDIS_DURABILITY``):
