@@ -264,3 +264,38 @@ def test_a_confirmation_recorded_behind_a_failed_reissue_still_issues(
     assert (issued["type"], issued["data"]["duplicate"]) == ("cash_receipt.issued", False)
     assert issued["data"]["receipt"]["amount"] == 22000
     assert own_sandbox.admin.issued_count(imp_uid) == 2
+
+
+def test_a_parked_refund_taken_over_by_another_ends_in_one_event(
+    env: dict[str, str],
+    producer: Celery,
+    own_sandbox: Sandbox,
+    client: redis.Redis,
+    imp_uid: str,
+) -> None:
+    """Issue 14, finding 12: the first refund's DELETE meets a long Retry-After and parks;
+    a second refund takes the job over and cancels. The first, whose message is gone
+    (parked), ends with the second's outcome, as a duplicate, once."""
+    results = ResultStream(client)
+    with running_worker(env):
+        own_sandbox.admin.seed_payment(imp_uid)
+        issued = results.wait(
+            enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer)
+        )
+        own_sandbox.admin.script(
+            imp_uid, {"kind": "rate_limit", "retry_after": 60, "method": "DELETE"}
+        )
+        first = enqueue_cancel({"imp_uid": imp_uid}, app=producer)
+
+        def parked() -> bool:
+            record = client.hgetall(ledger_key(imp_uid))
+            return record.get("state") == "received" and record.get("task_id") == first
+
+        wait_for(parked, timeout=20, message="the first refund to park in the ledger")
+        second = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer))
+        assert (second["type"], second["data"]["duplicate"]) == ("cash_receipt.cancelled", False)
+        earlier = results.wait(first, timeout=10)
+    assert (earlier["type"], earlier["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
+    assert earlier["data"]["receipt"]["apply_num"] == issued["data"]["receipt"]["apply_num"]
+    assert len(results.for_task(first)) == 1
+    assert client.hget(ledger_key(imp_uid), "state") == "cancelled"

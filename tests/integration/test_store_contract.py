@@ -642,6 +642,40 @@ def refund_recorded_behind_a_partial_refund(
     ]
 
 
+def parked_refund_taken_over(jobs: Both, imp_uid: str, task: Callable[[str], str]) -> list[object]:
+    """Issue 14, finding 12: a second refund takes a parked one over; the first ends with
+    the second's outcome, and a repeat of its own then finds it done."""
+    _issued(jobs, imp_uid, task("t1"))
+    first = jobs.claim(imp_uid, task_id=task("r1"), payload=REFUND, op="cancel")
+    steps: list[object] = [
+        jobs.park(imp_uid, fence=first.fence, until=jobs.now() + 600, error={"reason": "x"}),
+        jobs.receive_cancel(imp_uid, task_id=task("r2"), cancel=REFUND, resend_after=60),
+    ]
+    second = jobs.claim(imp_uid, task_id=task("r2"), payload=REFUND, op="cancel")
+    return [
+        *steps,
+        second,
+        _fields(jobs, imp_uid),
+        finish(jobs, imp_uid, second.fence, task("r2"), state="cancelled") is not None,
+        jobs.claim(imp_uid, task_id=task("r1"), payload=REFUND, op="cancel"),
+    ]
+
+
+def refund_recorded_behind_a_full_refund(
+    jobs: Both, imp_uid: str, task: Callable[[str], str]
+) -> list[object]:
+    """Issue 14, findings 12 and 17: a refund recorded behind a full refund has nothing
+    left to cancel: it ends with that refund's outcome, a duplicate, even if its message
+    is lost."""
+    refund = jobs.claim(imp_uid, task_id=task("r1"), payload=REFUND, op="cancel")
+    return [
+        jobs.receive_cancel(imp_uid, task_id=task("r2"), cancel=PARTIAL, resend_after=60),
+        finish(jobs, imp_uid, refund.fence, task("r1"), state="cancelled") is not None,
+        _fields(jobs, imp_uid),
+        jobs.claim(imp_uid, task_id=task("r2"), payload=PARTIAL, op="cancel"),
+    ]
+
+
 def _events(found: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """The events by task id; each ``event_id`` only as there or not.
 
@@ -697,6 +731,8 @@ def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str
         refund_recorded_behind_a_failed_issue,
         both_recorded_behind_a_partial_refund,
         refund_recorded_behind_a_partial_refund,
+        parked_refund_taken_over,
+        refund_recorded_behind_a_full_refund,
     ],
 )
 def test_the_same_steps_leave_the_same_record(redis_server: RedisServer, steps: Steps) -> None:
@@ -835,3 +871,25 @@ def test_an_issue_recorded_behind_a_failed_reissue_still_runs(store: Store, imp_
     assert finish(jobs, imp_uid, claim.fence, store.task("t2"), receipt=RECEIPT) is not None
     [(kind, data)] = store.events(store.task("t2"))
     assert (kind, data["duplicate"]) == (ISSUED, False)
+
+
+@pytest.mark.parametrize("behind", ["taken_over", "recorded"])
+def test_a_refund_another_ends_for_hears_its_outcome_once(
+    store: Store, imp_uid: str, behind: str
+) -> None:
+    """Issue 14, finding 12: a refund that a second one took over (parked), or that was
+    recorded behind a full refund, ends in one event: the cancellation, a duplicate."""
+    jobs = store.jobs
+    _issued(jobs, imp_uid, store.task("t1"))
+    first = jobs.claim(imp_uid, task_id=store.task("r1"), payload=REFUND, op="cancel")
+    if behind == "taken_over":
+        jobs.park(imp_uid, fence=first.fence, until=jobs.now() + 600, error={"reason": "x"})
+        owner, other = store.task("r2"), store.task("r1")
+        claim = jobs.claim(imp_uid, task_id=owner, payload=REFUND, op="cancel")
+    else:
+        owner, other, claim = store.task("r1"), store.task("r2"), first
+        jobs.receive_cancel(imp_uid, task_id=other, cancel=REFUND, resend_after=60)
+    assert finish(jobs, imp_uid, claim.fence, owner, state="cancelled") is not None
+    [(kind, data)] = store.events(other)
+    assert (kind, data["task_id"], data["duplicate"]) == (CANCELLED, other, True)
+    assert jobs.claim(imp_uid, task_id=other, payload=REFUND, op="cancel") == Claim(ClaimKind.DONE)

@@ -485,6 +485,15 @@ class MemoryStore:
             and state in {"in_flight", "received"}
         ):
             self.waiters.setdefault(imp_uid, set()).add(owner)
+        elif (
+            owner
+            and owner != task_id
+            and recorded_op == "cancel"
+            and op == "cancel"
+            and state in {"in_flight", "received"}
+        ):
+            waiting = json.loads(rec.get("cancel_waiters") or "[]")
+            rec["cancel_waiters"] = _cjson([*waiting, owner])
         if recorded_op != op and state in {"in_flight", "received"}:
             attempts = 0
         attempts += 1
@@ -637,6 +646,18 @@ class MemoryStore:
             if spare:
                 self.waiters[imp_uid] = {spare}
 
+        def echo(waiter: str | None) -> None:
+            """finish.lua's ``echo``: the owner's first event, a duplicate, for ``waiter``."""
+            if not waiter or waiter in self.markers:
+                return
+            copied = {**data, "task_id": waiter, "duplicate": True}
+            copied["event_id"] = hashlib.sha1((waiter + entry_id).encode()).hexdigest()  # noqa: S324
+            self._publish_once(waiter, event_type, copied, imp_uid)
+
+        if pending.get("op") == "cancel":
+            for waiter in json.loads(pending.get("cancel_waiters") or "[]"):
+                echo(waiter)
+        rec.pop("cancel_waiters", None)
         successor: str | None = None
         if to_waiter and self._to_waiter(imp_uid, rec, state, now + self.lease_ms):
             successor = "issue"  # the job is in hand again: its waiters stay
@@ -656,6 +677,7 @@ class MemoryStore:
                 successor = to_issue() or to_cancel()
             else:
                 end_waiters(None, None)
+                echo(pending.get("pending_cancel_task"))
         if successor != "issue":
             for name in ("pending_cancel_task", "pending_cancel", "pending_cancel_due"):
                 rec.pop(name, None)
@@ -778,6 +800,11 @@ class MemoryEvents:
         }
         new, entry_id = self._store._publish_once(task_id, event_type, data, imp_uid)
         return Published(entry_id=entry_id, new=new)
+
+
+def _cjson(value: list[str]) -> str:
+    """A list as Redis's cjson encodes it: no spaces, and ``/`` escaped."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/")
 
 
 def _json(text: str | None) -> dict[str, Any] | None:

@@ -67,6 +67,13 @@ if owner and owner ~= ARGV[1] and recorded_op == 'issue'
   -- A takeover: the message that owned the job may be gone (its worker died,
   -- its retry was never published). It still ends in one event, as a waiter.
   redis.call('SADD', KEYS[4], owner)
+elseif owner and owner ~= ARGV[1] and recorded_op == 'cancel' and op == 'cancel'
+    and (state == 'in_flight' or state == 'received') then
+  -- A cancellation takes over another's (parked, or its worker gone): that one
+  -- ends with this one's outcome, as a duplicate (issue 14, finding 12).
+  local waiting = cjson.decode(redis.call('HGET', KEYS[1], 'cancel_waiters') or '[]')
+  table.insert(waiting, owner)
+  redis.call('HSET', KEYS[1], 'cancel_waiters', cjson.encode(waiting))
 end
 if recorded_op ~= op and (state == 'in_flight' or state == 'received') then
   -- Another operation takes over an unfinished job (a refund of a parked issue): it

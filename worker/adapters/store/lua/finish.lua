@@ -126,6 +126,24 @@ local function end_waiters(live, spare)
   if spare then redis.call('SADD', KEYS[6], spare) end
   redis.call('EXPIRE', KEYS[6], ARGV[10])
 end
+-- A cancellation that ends with this refund's outcome: its first event, as a
+-- duplicate, under its own task id; nothing when that task already ended.
+local function echo(task_id)
+  if not task_id or redis.call('EXISTS', terminal_prefix .. task_id) == 1 then return end
+  local data = cjson.decode(ARGV[4])
+  data['task_id'] = task_id
+  data['event_id'] = redis.sha1hex(task_id .. published[2])
+  data['duplicate'] = true
+  publish_once(KEYS[3], terminal_prefix .. task_id, KEYS[5], ARGV[3], cjson.encode(data),
+    ARGV[5], ARGV[6])
+end
+if record[4] == 'cancel' then
+  -- The cancellations this one took over (issue 14, finding 12).
+  for _, waiter in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'cancel_waiters') or '[]')) do
+    echo(waiter)
+  end
+end
+redis.call('HDEL', KEYS[1], 'cancel_waiters')
 local successor = nil
 if to_waiter() then
   -- The job is in hand again (an issue waiter's): its waiters stay, and so does a
@@ -159,8 +177,10 @@ elseif ARGV[2] == 'cancelled' then
     successor = to_issue() or to_cancel()
     redis.call('EXPIRE', KEYS[6], ARGV[10])
   else
-    -- Issue messages still waiting will never issue: each ends as a stale one.
+    -- Issue messages still waiting will never issue: each ends as a stale one; a
+    -- cancellation recorded meanwhile has nothing left to cancel: a duplicate.
     end_waiters(nil, nil)
+    echo(pending[1])
   end
 else
   redis.call('EXPIRE', KEYS[6], ARGV[10])
