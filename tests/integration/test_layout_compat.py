@@ -26,6 +26,8 @@ hands out every due job.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,11 +37,15 @@ import redis
 
 from tests.support import layout
 from tests.support.redis_server import running_redis
-from worker.adapters.store.keys import DUE_KEY
+from tests.support.worker import worker_env
+from worker.adapters.store import lua
+from worker.adapters.store.keys import DUE_KEY, LAYOUT_KEY, ledger_key
+from worker.adapters.store.layout import fold_layout_1_indexes, migrate
 from worker.adapters.store.ledger import Claim, DueJob, Ledger
 from worker.core.events import CANCELLED, ISSUED
 
 pytestmark = pytest.mark.integration
+CLI = str(Path(sys.executable).parent / "cashreceipt")
 _LAYOUTS = Path(__file__).parent / "layout"
 #: Layout 1's scenarios, as the release at d88b25b left them.
 CAPTURED_1 = json.loads((_LAYOUTS / "redis_layout.json").read_text())["scenarios"]
@@ -97,15 +103,21 @@ def _issue(store: Ledger, imp_uid: str, claim: Claim, task_id: str, apply_num: s
     assert entry is not None
 
 
-def test_mid_flight_jobs_of_the_old_code_are_finished(client: redis.Redis) -> None:
+@pytest.mark.parametrize("written_in", [1, 2])
+def test_mid_flight_jobs_of_the_old_code_are_finished(client: redis.Redis, written_in: int) -> None:
     """Jobs the old code left claimed, parked, and in a refund are handed out and finished.
 
     The old code's leases have long passed and its parked job is due: the sweeper's
     call hands out all four, each with the fence it must carry, and the new scripts
     take them over and end them in the events the old ones owed, reading the old
     records (waiters, ``pending_issue*``, ``pending_cancel*``, ``cancel_step``).
+    Layout 1's jobs are migrated first, as a worker does at its start.
     """
-    layout.load(client, CAPTURED["mid_flight"])
+    if written_in == 1:
+        layout.load(client, CAPTURED_1["mid_flight"])
+        migrate(client, stream=layout.STREAM)
+    else:
+        layout.load(client, CAPTURED["mid_flight"])
     store = layout.ledger(client)
     jobs = {job.imp_uid: job for job in store.due_jobs(limit=10, regrace_seconds=30)}
     assert {uid: (job.state, job.op, job.task_id) for uid, job in jobs.items()} == {
@@ -216,3 +228,120 @@ def test_the_code_writes_layout_2(client: redis.Redis, scenario: str) -> None:
     """
     layout.SCENARIOS[scenario](client)
     assert layout.normalized(layout.dump(client)) == layout.normalized(CAPTURED[scenario])
+
+
+# -- the migration from layout 1 (issue 14) ------------------------------------------
+
+
+def _migrated_expectation(scenario: str) -> layout.Dump:
+    """Layout 2's capture, normalised, less the fields layout 1's capture predates, and
+    with the layout's own key, which the migration writes."""
+    expected = layout.normalized(CAPTURED[scenario])
+    for (name, key, index), fields in ADDED_SINCE_CAPTURE.items():
+        if name == scenario:
+            entries = expected[key]["value"]
+            entry = json.loads(entries[index])
+            assert {field: entry.pop(field) for field in fields} == fields, (key, entry)
+            entries[index] = json.dumps(entry, sort_keys=True)
+    expected[LAYOUT_KEY] = {"type": "string", "ttl": False, "value": "2"}
+    return expected
+
+
+@pytest.mark.parametrize("scenario", sorted(CAPTURED_1))
+def test_the_migration_leaves_layout_2(client: redis.Redis, scenario: str) -> None:
+    """Layout 1's capture, migrated, is layout 2's capture: every key, type, TTL and value.
+
+    Run again, with a full scan too, it moves nothing and changes nothing.
+    """
+    layout.load(client, CAPTURED_1[scenario])
+    first = migrate(client, stream=layout.STREAM)
+    assert first.scanned and first.moved > 0
+    migrated = layout.normalized(layout.dump(client))
+    assert migrated == _migrated_expectation(scenario)
+    assert migrate(client, stream=layout.STREAM).moved == 0
+    assert migrate(client, stream=layout.STREAM, rescan=True).moved == 0
+    assert layout.normalized(layout.dump(client)) == migrated
+
+
+def test_the_migration_tells_a_record_from_a_side_key(client: redis.Redis) -> None:
+    """A layout 1 name that an imp_uid or a task id could also spell is moved by its type,
+    or by the event it points at, and a record or another task's marker stays."""
+    stream = layout.STREAM
+    # Records of the payments `due`, `a:history`, `a:waiters`: hashes, where layout 1's
+    # index and payment a's side keys would be.
+    for imp_uid in ("due", "a:history", "a:waiters"):
+        client.hset(ledger_key(imp_uid), mapping={"state": "issued", "fence": "1"})
+    # Payment b's side keys, and the failed index, are layout 1's own.
+    client.rpush("cash_receipt:ledger:b:history", '{"outcome": "retry"}')
+    client.sadd("cash_receipt:ledger:b:waiters", "task-w")
+    client.zadd("cash_receipt:ledger:failed", {"b": 1000})
+    # Task r's second marker; the marker of the task named `s:2`; one whose event is gone.
+    second = client.xadd(stream, {"type": "cash_receipt.issued", "data": '{"task_id": "r"}'})
+    own = client.xadd(stream, {"type": "cash_receipt.issued", "data": '{"task_id": "s:2"}'})
+    client.set("cash_receipt:terminal:r:2", second, ex=600)
+    client.set("cash_receipt:terminal:s:2", own, ex=600)
+    client.set("cash_receipt:terminal:u:2", "1-1", ex=600)
+    client.set("cash_receipt:last_event:c", own, ex=600)
+
+    migrate(client, stream=stream)
+
+    for imp_uid in ("due", "a:history", "a:waiters"):
+        assert client.hgetall(ledger_key(imp_uid)) == {"state": "issued", "fence": "1"}
+    # The scan offers only keys of the type; the script checks again, atomically.
+    move_key = client.register_script(lua.source("migrate_key"))
+    new_name = "cash_receipt:history:iamport:a"
+    assert move_key(keys=[ledger_key("a:history"), new_name], args=["list", 50]) == 0
+    assert client.exists(ledger_key("a:history")) and not client.exists(new_name)
+    assert client.lrange("cash_receipt:history:iamport:b", 0, -1) == ['{"outcome": "retry"}']
+    assert client.smembers("cash_receipt:waiters:iamport:b") == {"task-w"}
+    assert client.zrange("cash_receipt:index:failed", 0, -1) == ["iamport:b"]
+    assert not client.exists("cash_receipt:ledger:b:history", "cash_receipt:ledger:failed")
+    assert client.get("cash_receipt:terminal_then:r") == second
+    assert client.ttl("cash_receipt:terminal_then:r") > 0
+    assert not client.exists("cash_receipt:terminal:r:2")
+    assert client.get("cash_receipt:terminal:s:2") == own
+    assert client.get("cash_receipt:terminal:u:2") == "1-1"
+    assert not client.exists("cash_receipt:terminal_then:s", "cash_receipt:terminal_then:u")
+    assert client.get("cash_receipt:status:iamport:c") == own
+
+
+def test_a_layout_1_index_is_folded_into_one_already_written(client: redis.Redis) -> None:
+    """An older producer adds to layout 1's due index after the migration: the sweep's
+    fold moves it, keeping the sooner due time of a job in both."""
+    client.zadd(DUE_KEY, {"iamport:p": 5000, "iamport:q": 5000})
+    client.zadd("cash_receipt:ledger:due", {"p": 1000, "q": 9000, "n": 7000})
+    assert fold_layout_1_indexes(client) == 3
+    assert client.zrange(DUE_KEY, 0, -1, withscores=True) == [
+        ("iamport:p", 1000.0),
+        ("iamport:q", 5000.0),
+        ("iamport:n", 7000.0),
+    ]
+    assert not client.exists("cash_receipt:ledger:due")
+    assert fold_layout_1_indexes(client) == 0
+
+
+def test_an_operator_migrates_with_the_command(tmp_path: Path) -> None:
+    """``cashreceipt migrate-layout`` moves layout 1's keys, and a second run moves none."""
+    with running_redis(tmp_path) as server:
+        client = server.client()
+        layout.load(client, CAPTURED_1["mid_flight"])
+
+        def run() -> dict[str, Any]:
+            done = subprocess.run(
+                [CLI, "migrate-layout", "--json"],
+                env=worker_env(server.url, "http://127.0.0.1:9"),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            reply: dict[str, Any] = json.loads(done.stdout)
+            return reply
+
+        first = run()
+        assert (first["layout"], first["scanned"], first["index_members"]) == (2, True, 4)
+        assert first["side_keys"] == 4
+        assert client.get(LAYOUT_KEY) == "2"
+        second = run()
+        assert (second["scanned"], second["index_members"], second["side_keys"]) == (False, 0, 0)

@@ -23,6 +23,8 @@ from worker.adapters.observe.metrics import MetricsServer, StateCollector, queue
 from worker.adapters.privacy.logmask import MaskPersonalData, install
 from worker.adapters.privacy.sealing import Sealer, SealingUnavailable
 from worker.adapters.store.durability import NotDurable, check_durability
+from worker.adapters.store.keys import LAYOUT_VERSION
+from worker.adapters.store.layout import migrate
 from worker.adapters.store.redis_client import redis_client
 from worker.adapters.store.sweeper import Sweeper
 from worker.celery.runtime import get_runtime
@@ -122,9 +124,26 @@ def _refuse_a_forgetful_redis(**_: Any) -> None:
 
 @signals.celeryd_after_setup.connect
 def _say_start_warnings(**_: Any) -> None:
-    """The durability check's warnings, through Celery's (masked, maybe JSON) log handlers."""
+    """What the start found (durability, a migration), through Celery's (masked, maybe
+    JSON) log handlers."""
     for warning in _start_warnings:
         log.warning("%s", warning)
+
+
+@signals.worker_init.connect
+def _migrate_the_layout(**_: Any) -> None:
+    """Bring the Redis data to the key layout this release reads, before any task runs.
+
+    Idempotent and atomic per key (worker.adapters.store.layout): the first worker of
+    the release moves the keys, and the others find nothing left to move.
+    """
+    moved = migrate(get_runtime(app.conf).redis, stream=app.conf.result_stream)
+    if moved.moved:
+        _start_warnings.append(
+            f"cashreceipt: migrated the Redis keys to layout {LAYOUT_VERSION}: "
+            f"{moved.index_members} index members, {moved.side_keys} side keys, "
+            f"{moved.status_pointers} status pointers, {moved.markers} second markers"
+        )
 
 
 def _mask_logs(logger: logging.Logger, **_: Any) -> None:

@@ -11,6 +11,7 @@
     cashreceipt parked [--requeue]    messages the worker could not run
     cashreceipt ingress               read the ingress stream (see README)
     cashreceipt bench                 measure throughput and latency (see README)
+    cashreceipt migrate-layout        move the Redis keys to this release's layout (see README)
 
 Every command has ``--help`` and ``--version``. ``--json`` prints JSON lines (one object per
 line) instead of text. Colour is used only on a terminal, and never when
@@ -19,7 +20,8 @@ input or configuration, 3 Redis (or i'mport) could not be reached: try again,
 4 (``reconcile``) no mismatch, but i'mport did not answer for some payment.
 
 The commands live by group: ``jobs`` (enqueue, status, tail, stuck, settle),
-``dead_letters`` (dead, replay, parked), ``reconcile``, ``ingress`` and ``bench``;
+``dead_letters`` (dead, replay, parked), ``reconcile``, ``ingress``, ``bench`` and
+``layout`` (migrate-layout);
 ``common`` holds what they share. This module builds the group and runs it.
 """
 
@@ -34,7 +36,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from worker.adapters.privacy.sealing import SealingUnavailable
-from worker.cli import bench, dead_letters, ingress, jobs, reconcile
+from worker.cli import bench, dead_letters, ingress, jobs, layout, reconcile
 from worker.cli.common import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -70,6 +72,7 @@ for _command in (
     reconcile.reconcile,
     ingress.ingress,
     bench.bench,
+    layout.migrate_layout,
 ):
     cli.add_command(_command)
 

@@ -28,6 +28,7 @@ import redis
 from worker.adapters.store import lua
 from worker.adapters.store.dead_messages import expire_dead_messages
 from worker.adapters.store.keys import SWEEPER_LOCK_KEY
+from worker.adapters.store.layout import fold_layout_1_indexes
 from worker.adapters.store.ledger import FENCE_HEADER, Ledger
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import masked_args_repr
@@ -67,6 +68,8 @@ class Sweeper:
         if not self._redis.set(SWEEPER_LOCK_KEY, token, nx=True, px=hold_ms):
             return 0
         try:
+            # An older producer, not yet upgraded, still records its jobs in layout 1's index.
+            fold_layout_1_indexes(self._redis)
             jobs = self._ledger.due_jobs(limit=BATCH, regrace_seconds=self._ledger.lease_seconds)
             for job in jobs:
                 self._send(
