@@ -5,7 +5,7 @@ branch, and the core's unit tests trust it. Each scenario here runs through the
 JobStore port on both, with the same clock moves, and expects the same answers, so
 the copy cannot drift from the scripts unseen; the refund and hand-over paths
 are compared field by field (record, events, due time, history). Time moves by a
-clock each store takes; nothing sleeps.
+clock each store takes (the ledger's: Redis's TIME plus a ClockOffset); nothing sleeps.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import pytest
 import redis
 
+from tests.support.ledger_clock import LedgerClock
 from tests.support.memory import Clock, MemoryStore
 from tests.support.redis_server import RedisServer
+from worker.adapters.store.clock import ClockOffset, redis_now
 from worker.adapters.store.events import EventPublisher as RedisEvents
 from worker.adapters.store.keys import (
     DEAD_JOBS_KEY,
@@ -45,12 +47,20 @@ REFUND = {"imp_uid": "x", "reason": "refund"}
 RECEIPT = {"apply_num": "123"}
 
 
+class Moving(Protocol):
+    """A store's clock, as the scenarios read and move it."""
+
+    def __call__(self) -> float: ...
+
+    def advance(self, seconds: float) -> None: ...
+
+
 @dataclass
 class Store:
     """One JobStore, the clock it reads, and the events it published, by task."""
 
     jobs: JobStore
-    clock: Clock
+    clock: Moving
     events: Callable[[str], list[tuple[str, dict[str, Any]]]]
     #: The event port beside it, publishing to the same stream.
     publisher: EventPublisher
@@ -72,7 +82,7 @@ def _memory() -> Store:
     )
 
 
-def _ledger(client: redis.Redis, stream: str, clock: Clock) -> Ledger:
+def _ledger(client: redis.Redis, stream: str, offset: ClockOffset) -> Ledger:
     """The Redis store of these scenarios: its own stream, the scenarios' lease and clock."""
     return Ledger(
         client,
@@ -80,22 +90,23 @@ def _ledger(client: redis.Redis, stream: str, clock: Clock) -> Ledger:
         event_retention_seconds=3600,
         retention_seconds=600,
         lease_seconds=LEASE,
-        clock=clock,
+        clock_offset=offset,
     )
 
 
 def _redis(server: RedisServer) -> Store:
-    # Real time to start from: the stream's entry ids are Redis's own clock.
-    clock = Clock(start=time.time())
     client = server.client()
+    clock = LedgerClock(client)
     stream = f"test.contract.{uuid.uuid4().hex[:8]}"
-    ledger = _ledger(client, stream, clock)
+    ledger = _ledger(client, stream, clock.offset)
 
     def events(task_id: str) -> list[tuple[str, dict[str, Any]]]:
         found = [(f["type"], json.loads(f["data"])) for _, f in client.xrange(stream)]
         return [(kind, data) for kind, data in found if data.get("task_id") == task_id]
 
-    publisher = RedisEvents(client, stream=stream, retention_seconds=3600)
+    publisher = RedisEvents(
+        client, stream=stream, retention_seconds=3600, clock_offset=clock.offset
+    )
     return Store(ledger, clock, events, publisher)
 
 
@@ -135,7 +146,7 @@ def finish(
 
 def test_a_fresh_job_is_received_then_claimed(store: Store, imp_uid: str) -> None:
     jobs = store.jobs
-    assert jobs.now() == store.clock()
+    assert abs(jobs.now() - store.clock()) < 1
     assert jobs.view(imp_uid) is None
     assert (
         jobs.receive(imp_uid, task_id=store.task("t1"), payload=PAYLOAD, resend_after=60)
@@ -400,9 +411,47 @@ Both = Ledger | MemoryStore
 Steps = Callable[[Both, str, Callable[[str], str]], list[object]]
 
 
+#: A record's fields that hold a time (ms; ``sent_at``: s, a float).
+TIME_FIELDS = frozenset(
+    {
+        "created_at",
+        "updated_at",
+        "lease_until",
+        "next_attempt_at",
+        "pending_issue_due",
+        "pending_cancel_due",
+        "sent_at",
+    }
+)
+
+
 def _fields(jobs: Both, imp_uid: str) -> dict[str, str]:
     """The record's fields but the stream entry id (each stream numbers its own)."""
     return {k: v for k, v in (jobs.raw_record(imp_uid) or {}).items() if k != "event_id"}
+
+
+def _timeless(start: float, found: object) -> object:
+    """A record's times (or those of records among answers) as :func:`_since` shows them.
+
+    The ledger's clock (Redis's) runs on by the milliseconds the steps take; the
+    memory store's stands still: whole seconds from one start compare equal.
+    """
+    if isinstance(found, list):
+        return [_timeless(start, item) for item in found]
+    if not isinstance(found, dict):
+        return found
+    return {
+        key: _since(start, value, ms=key != "sent_at") if key in TIME_FIELDS else value
+        for key, value in found.items()
+    }
+
+
+def _since(start: float, value: object, *, ms: bool = True) -> str:
+    """A time (epoch ms, or s), as whole seconds after ``start`` (epoch s); '' stays ''."""
+    if value in {None, ""}:
+        return ""
+    seconds = float(cast("str", value)) / (1000 if ms else 1)
+    return f"+{round(seconds - start)}s"
 
 
 def _issued(jobs: JobStore, imp_uid: str, task: str) -> Claim:
@@ -677,42 +726,55 @@ def refund_recorded_behind_a_full_refund(
 
 
 def _events(found: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    """The events by task id; each ``event_id`` only as there or not.
+    """The events by task id; each ``event_id`` and ``occurred_at`` only as there or not.
 
     A waiter's ``event_id`` is derived from the owner's stream entry id, and each
-    stream numbers its entries its own way. The waiters are a Redis set, whose
-    order is no promise (MemoryStore sorts them): so the events of one finish are
-    compared as a set.
+    stream numbers its entries its own way; ``occurred_at`` is the ledger's clock,
+    Redis's, which runs on while the memory store's stands still. The waiters are a
+    Redis set, whose order is no promise (MemoryStore sorts them): so the events of one
+    finish are compared as a set.
     """
-    events = [(kind, {**data, "event_id": "event_id" in data}) for kind, data in found]
+    events = [
+        (kind, {**data, **{key: key in data for key in ("event_id", "occurred_at")}})
+        for kind, data in found
+    ]
     return sorted(events, key=lambda event: (str(event[1].get("task_id")), event[0]))
+
+
+def _history(start: float, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History entries with their times as :func:`_since` shows them."""
+    return [{**entry, "at": _since(start, entry["at"])} for entry in entries]
 
 
 def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str, Any]]:
     """What ``steps`` answered and left, on the ledger and in memory, from one start time."""
-    start, imp_uid, prefix = time.time(), f"imp_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex[:8]
+    imp_uid, prefix = f"imp_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex[:8]
     client, stream = server.client(), f"test.contract.{uuid.uuid4().hex[:8]}"
-    ledger = _ledger(client, stream, Clock(start))
+    # One start for both: the memory store's clock starts at Redis's.
+    start = redis_now(client)
+    ledger = _ledger(client, stream, ClockOffset())
     memory = MemoryStore(Clock(start), lease_seconds=LEASE)
 
     def task(name: str) -> str:
         return f"{prefix}-{name}"
 
     redis_trace = {
-        "answers": steps(ledger, imp_uid, task),
-        "record": _fields(ledger, imp_uid),
+        "answers": _timeless(start, steps(ledger, imp_uid, task)),
+        "record": _timeless(start, _fields(ledger, imp_uid)),
         "events": _events((f["type"], json.loads(f["data"])) for _, f in client.xrange(stream)),
-        "due": client.zscore(DUE_KEY, payment_receipt_key(imp_uid)),
+        "due": _since(start, client.zscore(DUE_KEY, payment_receipt_key(imp_uid))),
         "dead": client.zscore(DEAD_JOBS_KEY, payment_receipt_key(imp_uid)) is not None,
-        "history": [json.loads(e) for e in client.lrange(history_key(imp_uid), 0, -1)],
+        "history": _history(
+            start, [json.loads(e) for e in client.lrange(history_key(imp_uid), 0, -1)]
+        ),
     }
     memory_trace = {
-        "answers": steps(memory, imp_uid, task),
-        "record": _fields(memory, imp_uid),
+        "answers": _timeless(start, steps(memory, imp_uid, task)),
+        "record": _timeless(start, _fields(memory, imp_uid)),
         "events": _events((e.type, e.data) for e in memory.stream),
-        "due": float(memory.due[imp_uid]) if imp_uid in memory.due else None,
+        "due": _since(start, memory.due.get(imp_uid)),
         "dead": imp_uid in memory.dead,
-        "history": memory.history.get(imp_uid, []),
+        "history": _history(start, memory.history.get(imp_uid, [])),
     }
     return redis_trace, memory_trace
 
@@ -847,7 +909,7 @@ def test_a_task_whose_marker_expired_neither_reopens_nor_claims_its_ended_job(
     """Issue 14, finding 13: past RESULT_STREAM_RETENTION the marker is gone, but the record
     still names the task that ended the job: a copy of its message that late is ``done``."""
     client = redis_server.client()
-    ledger = _ledger(client, f"test.contract.{uuid.uuid4().hex[:8]}", Clock(start=time.time()))
+    ledger = _ledger(client, f"test.contract.{uuid.uuid4().hex[:8]}", ClockOffset())
     task_id = f"{uuid.uuid4().hex[:8]}-t1"
     issue = ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD)
     assert finish(ledger, imp_uid, issue.fence, task_id, state="failed") is not None

@@ -12,8 +12,9 @@ the next message carrying the fence, :class:`Busy` a retry without one), a worke
 process (a thread of :class:`~tests.support.stepping.Stepper`, crashed at any gate),
 and i'mport (:class:`ModelProvider`).
 
-Every clock the ledger and the provider read is :class:`~tests.support.memory.Clock`,
-which only the model moves.
+The ledger, the provider and the broker's countdowns read one clock: the ledger's
+(:class:`~tests.support.ledger_clock.LedgerClock`, Redis's TIME), which the model
+moves by the ledger's test offset.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,7 +29,8 @@ from typing import Any
 import redis
 from cryptography.fernet import Fernet
 
-from tests.support.memory import DEFERRED, LOST, Clock, MemoryProvider
+from tests.support.ledger_clock import LedgerClock
+from tests.support.memory import DEFERRED, LOST, MemoryProvider
 from tests.support.runners import RULES
 from tests.support.stepping import Abandoned, Stepper
 from worker.adapters.privacy.sealing import Sealer
@@ -222,7 +223,7 @@ class World:
     """The model's system: see the module docstring."""
 
     client: redis.Redis
-    clock: Clock = field(default_factory=lambda: Clock(start=time.time()))
+    clock: LedgerClock = field(init=False)
     stepper: Stepper = field(default_factory=lambda: Stepper(timeout=10.0))
     broker: list[Message] = field(default_factory=list)
     #: Runner name -> the message it runs.
@@ -236,6 +237,7 @@ class World:
     violations: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.clock = LedgerClock(self.client)
         self.provider = ModelProvider(self.clock)
         for imp_uid in PAYMENTS:
             self.provider.pay(imp_uid, AMOUNT)
@@ -245,9 +247,11 @@ class World:
             event_retention_seconds=RETENTION,
             retention_seconds=RETENTION,
             lease_seconds=LEASE,
-            clock=self.clock,
+            clock_offset=self.clock.offset,
         )
-        self.events = RedisEvents(self.client, stream=STREAM, retention_seconds=RETENTION)
+        self.events = RedisEvents(
+            self.client, stream=STREAM, retention_seconds=RETENTION, clock_offset=self.clock.offset
+        )
         self.sweeper = Sweeper(
             ledger=self.ledger,
             client=self.client,

@@ -29,7 +29,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -199,13 +198,11 @@ class StateCollector:
         queue_depth: Callable[[], int],
         queue: str,
         ingress_stream: str,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._queue_depth = queue_depth
         self._queue = queue
         self._ingress_stream = ingress_stream
-        self._clock = clock
 
     def describe(self) -> Iterable[Metric]:
         """Nothing: the registry must not read Redis when this is registered."""
@@ -247,7 +244,7 @@ class StateCollector:
         yield GaugeMetricFamily(
             "cashreceipt_ledger_oldest_due_seconds",
             "How long the most overdue non-terminal job has waited for a worker",
-            value=oldest_due_seconds(client, now=self._clock()),
+            value=oldest_due_seconds(client),
         )
         yield GaugeMetricFamily(
             "cashreceipt_parked_messages",

@@ -10,7 +10,7 @@ message whose task already published its outcome publishes nothing new. The
 marker lives as long as the stream keeps events, so the guarantee holds for the
 whole retention window.
 
-Retention is by age (``XADD ... MINID ~``), not by length: a length cap on a
+Retention is by age (``XADD ... MINID ~``, by Redis's clock), not by length: a length cap on a
 stream deletes entries that a slow consumer group has not read yet, however
 recent they are; an age cap only deletes what is older than the documented
 retention.
@@ -19,13 +19,13 @@ retention.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
 from typing import Any, cast
 
 import redis
 
 from worker.adapters.store import lua
+from worker.adapters.store.clock import ClockOffset, offset_ms, redis_now
 from worker.adapters.store.keys import status_key, terminal_key
 from worker.adapters.store.redis_client import as_text
 from worker.core.events import event_data
@@ -36,10 +36,19 @@ class EventPublisher:
     """Publishes terminal events for task messages: the core's
     :class:`~worker.core.ports.EventPublisher`, in a Redis stream."""
 
-    def __init__(self, client: redis.Redis, *, stream: str, retention_seconds: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        stream: str,
+        retention_seconds: int,
+        clock_offset: ClockOffset | None = None,
+    ) -> None:
+        """``clock_offset``: test only, as the ledger's (:mod:`worker.adapters.store.clock`)."""
         if retention_seconds <= 0:
             raise ValueError("retention_seconds must be positive")
         self._redis = client
+        self._offset = clock_offset
         self._stream = stream
         self._retention = retention_seconds
         self._script = client.register_script(lua.source("publish"))
@@ -68,12 +77,16 @@ class EventPublisher:
             attempts=attempts,
             duplicate=duplicate,
             detail=detail,
-            occurred_at=time.time(),
+            occurred_at=redis_now(self._redis, self._offset),
         )
-        min_id = f"{int((time.time() - self._retention) * 1000)}-0"
         result = self._script(
             keys=[self._stream, terminal_key(task_id), status_key(imp_uid) if imp_uid else ""],
-            args=[event_type, json.dumps(data, ensure_ascii=False), min_id, self._retention],
+            args=[
+                event_type,
+                json.dumps(data, ensure_ascii=False),
+                offset_ms(self._offset),
+                self._retention,
+            ],
         )
         new, entry_id = result
         return Published(

@@ -39,14 +39,14 @@ dead-job index (the dead letters of the ledger).
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from worker.adapters.store import lua
+from worker.adapters.store.clock import ClockOffset, offset_ms, redis_now, redis_now_ms
 from worker.adapters.store.keys import (
     DEAD_JOBS_KEY,
     DUE_KEY,
@@ -106,10 +106,12 @@ class Ledger:
         event_retention_seconds: int,
         retention_seconds: int,
         lease_seconds: float,
-        clock: Callable[[], float] = time.time,
+        clock_offset: ClockOffset | None = None,
     ) -> None:
+        """``clock_offset``: test only (:class:`~worker.adapters.store.clock.ClockOffset`),
+        moves the ledger's clock, Redis's ``TIME``; production passes none."""
         self._redis = client
-        self._clock = clock
+        self._offset = clock_offset
         self._stream = stream
         self._event_retention = event_retention_seconds
         self._retention = retention_seconds
@@ -126,13 +128,16 @@ class Ledger:
     def now(self) -> float:
         """The time by the clock every transition is stamped with (epoch seconds).
 
-        The host's clock; a test hands the ledger one it moves (``clock``), so a lease
-        expires without a sleep. Redis's own expiries (markers, retention) keep real time.
+        Redis's clock, never this host's (issue 14, finding 6: a host whose clock ran
+        fast took over live leases), plus a test's ``clock_offset``, which moves it
+        without a sleep. Redis's own expiries (markers, retention) keep real time.
         """
-        return self._clock()
+        return redis_now(self._redis, self._offset)
 
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
+    @property
+    def _offset_ms(self) -> int:
+        """The argument each timed script adds to ``TIME`` (0 but in tests)."""
+        return offset_ms(self._offset)
 
     @property
     def lease_seconds(self) -> float:
@@ -148,14 +153,13 @@ class Ledger:
         as it is (its task will report it as a duplicate). ``done`` means this
         task already ended: nothing is recorded and nothing is to be sent.
         """
-        now = self._now_ms()
         result = self._receive(
             keys=[ledger_key(imp_uid), DUE_KEY, waiters_key(imp_uid), terminal_key(task_id)],
             args=[
                 task_id,
                 json.dumps(payload),
-                now,
-                now + int(resend_after * 1000),
+                self._offset_ms,
+                int(resend_after * 1000),
                 payment_receipt_key(imp_uid),
             ],
         )
@@ -171,14 +175,13 @@ class Ledger:
         another task holds the job, the cancellation is kept beside it and takes
         the job over if it ends issued. ``done`` means this task already ended.
         """
-        now = self._now_ms()
         result = self._receive_cancel(
             keys=[ledger_key(imp_uid), DUE_KEY, terminal_key(task_id)],
             args=[
                 task_id,
                 json.dumps(cancel),
-                now,
-                now + int(resend_after * 1000),
+                self._offset_ms,
+                int(resend_after * 1000),
                 payment_receipt_key(imp_uid),
             ],
         )
@@ -210,7 +213,7 @@ class Ledger:
             args=[
                 task_id,
                 json.dumps(payload),
-                self._now_ms(),
+                self._offset_ms,
                 self._lease_ms,
                 payment_receipt_key(imp_uid),
                 op,
@@ -232,7 +235,7 @@ class Ledger:
 
     def extend(self, imp_uid: str, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:
         """Keep the claim through a short retry countdown plus one more attempt."""
-        until = self._now_ms() + int(seconds * 1000) + self._lease_ms
+        until = redis_now_ms(self._redis, self._offset) + int(seconds * 1000) + self._lease_ms
         return self._hold_job(imp_uid, fence, due=until, state="in_flight", error=error)
 
     def park(self, imp_uid: str, *, fence: int, until: float, error: Mapping[str, Any]) -> bool:
@@ -246,7 +249,7 @@ class Ledger:
             keys=[ledger_key(imp_uid), DUE_KEY, history_key(imp_uid)],
             args=[
                 fence,
-                self._now_ms(),
+                self._offset_ms,
                 due,
                 state,
                 json.dumps(error, ensure_ascii=False),
@@ -282,8 +285,6 @@ class Ledger:
         waiting issue message, due (for the sweeper, should that message be lost)
         a lease from now.
         """
-        now = self._now_ms()
-        min_id = f"{now - self._event_retention * 1000}-0"
         waiter = waiter_event(
             state=state, event_type=event_type, data=data, extra_event=extra_event
         )
@@ -304,9 +305,9 @@ class Ledger:
                 state,
                 event_type,
                 json.dumps(data, ensure_ascii=False),
-                min_id,
+                self._offset_ms,
                 self._event_retention,
-                now,
+                "",
                 json.dumps(receipt) if receipt is not None else "",
                 json.dumps(error, ensure_ascii=False) if error is not None else "",
                 self._retention,
@@ -320,7 +321,7 @@ class Ledger:
                 "1" if settled else "",
                 "1" if waiter.live_receipt else "",
                 JOB_HISTORY_LENGTH,
-                now + self._lease_ms if to_waiter else "",
+                self._lease_ms if to_waiter else "",
             ],
         )
         if int(result[0]) == -1:
@@ -341,15 +342,19 @@ class Ledger:
             detail={"receipt": json.loads(record.get("receipt") or "{}")},
             occurred_at=self.now(),
         )
-        min_id = f"{self._now_ms() - self._event_retention * 1000}-0"
         self._publish(
             keys=[self._stream, terminal_key(task_id), status_key(imp_uid)],
-            args=[ISSUED, json.dumps(data, ensure_ascii=False), min_id, self._event_retention],
+            args=[
+                ISSUED,
+                json.dumps(data, ensure_ascii=False),
+                self._offset_ms,
+                self._event_retention,
+            ],
         )
 
     def due_jobs(self, *, limit: int, regrace_seconds: float) -> list[DueJob]:
         """Jobs the sweeper must re-send now; each is handed out once per ``regrace_seconds``."""
-        now = self._now_ms()
+        now = redis_now_ms(self._redis, self._offset)
         members = self._redis.zrangebyscore(DUE_KEY, 0, now, start=0, num=limit)
         jobs = []
         for member in members:
@@ -358,7 +363,7 @@ class Ledger:
                 continue  # a kind of job this release does not run
             found = self._due(
                 keys=[ledger_key(imp_uid), DUE_KEY],
-                args=[now, int(regrace_seconds * 1000), as_text(member)],
+                args=[self._offset_ms, int(regrace_seconds * 1000), as_text(member)],
             )
             if not found:
                 continue

@@ -12,7 +12,6 @@ the job's transitions only.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from typing import Any
 
 import redis
 
+from worker.adapters.store.clock import ClockOffset, redis_now, redis_now_ms
 from worker.adapters.store.keys import (
     DEAD_ENTRIES_KEY,
     DEAD_JOBS_KEY,
@@ -168,14 +168,16 @@ def list_dead_entries(client: redis.Redis, limit: int = 100) -> list[dict[str, A
     return [json.loads(item) for item in client.lrange(DEAD_ENTRIES_KEY, 0, limit - 1)]
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 # -- the ledger's records and indexes ------------------------------------------------
 
 
-def stuck(client: redis.Redis, *, older_than: float, limit: int = 100) -> list[str]:
+def stuck(
+    client: redis.Redis,
+    *,
+    older_than: float,
+    limit: int = 100,
+    clock_offset: ClockOffset | None = None,
+) -> list[str]:
     """imp_uids whose non-terminal job has been due for longer than ``older_than`` seconds.
 
     A healthy fleet re-sends a due job within one sweep interval, and the next
@@ -185,9 +187,9 @@ def stuck(client: redis.Redis, *, older_than: float, limit: int = 100) -> list[s
     received, else ``updated_at``/``created_at``), which only a transition
     moves: the due index's score is pushed forward every time the sweeper
     hands the job out, so a job re-sent forever would never look overdue there.
-    Oldest first.
+    Oldest first. Overdue by the ledger's clock, Redis's (``clock_offset``: a test's).
     """
-    ceiling = _now_ms() - int(older_than * 1000)
+    ceiling = redis_now_ms(client, clock_offset) - int(older_than * 1000)
     overdue: list[tuple[int, str]] = []
     members = _payments(client.zrange(DUE_KEY, 0, -1))
     for start in range(0, len(members), 500):
@@ -288,13 +290,14 @@ def jobs_by_state(client: redis.Redis, *, limit: int = LEDGER_SCAN_LIMIT) -> dic
     return counts
 
 
-def oldest_due_seconds(client: redis.Redis, *, now: float) -> float:
+def oldest_due_seconds(client: redis.Redis, *, clock_offset: ClockOffset | None = None) -> float:
     """How long the most overdue non-terminal job has been due; 0 when none is.
 
     A due job is re-sent at the next sweep (every SWEEP_INTERVAL), which moves
-    it forward: only a job nobody picks up grows old here.
+    it forward: only a job nobody picks up grows old here. Due times are the
+    ledger's clock, Redis's, so the age is read against it, not the scraped host's.
     """
     oldest = client.zrange(DUE_KEY, 0, 0, withscores=True)
     if not oldest:
         return 0.0
-    return max(0.0, now - float(oldest[0][1]) / 1000)
+    return max(0.0, redis_now(client, clock_offset) - float(oldest[0][1]) / 1000)

@@ -9,8 +9,9 @@ RDB and AOF, and would need an upgrade path of its own.
 
 A script builds no key name: every key reaches it in KEYS, or as a prefix in ARGV
 when it can only be named from what the script reads (:mod:`worker.adapters.store.keys` holds them
-all). Every script takes the time from its caller (milliseconds), so tests can
-reason about it and Redis's clock never matters.
+all). Every script that needs the time reads Redis's own (``now_ms.lua``: ``TIME``,
+plus a test's offset in ARGV), never its caller's: hosts' clocks differ
+(:mod:`worker.adapters.store.clock`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
--- needs: partial
+-- needs: now_ms, partial
 -- KEYS: ledger, due, terminal marker of this task, waiters, dead-job index.
--- ARGV: task_id, payload, now_ms, lease_ms, receipt key (the indexes' member), op ('issue' or 'cancel'),
+-- ARGV: task_id, payload, clock offset ms (now_ms.lua), lease_ms, receipt key (the indexes'
+--       member), op ('issue' or 'cancel'),
 --       the fence the message carries ('' for none)
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {'done'}
 end
-local now = tonumber(ARGV[3])
+local now = now_ms(ARGV[3])
 local op = ARGV[6]
 local record = redis.call('HMGET', KEYS[1],
   'state', 'task_id', 'lease_until', 'receipt', 'attempts', 'op', 'fence', 'cancel',
@@ -55,7 +56,7 @@ elseif state == 'failed' or state == 'issued' or state == 'cancelled' then
   attempts = 0
   redis.call('HDEL', KEYS[1], 'cancel_step')
 else
-  redis.call('HSET', KEYS[1], 'created_at', ARGV[3])
+  redis.call('HSET', KEYS[1], 'created_at', now)
 end
 if record[10] and record[10] ~= '' then
   -- The job's last POST or DELETE is unsettled (a replay of a job that ended so, a
@@ -84,7 +85,7 @@ end
 attempts = attempts + 1
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'state', 'in_flight', 'task_id', ARGV[1], 'op', op,
-  'attempts', attempts, 'updated_at', ARGV[3], 'lease_until', now + tonumber(ARGV[4]))
+  'attempts', attempts, 'updated_at', now, 'lease_until', now + tonumber(ARGV[4]))
 if op == 'issue' then
   redis.call('HSET', KEYS[1], 'payload', ARGV[2])
   redis.call('HDEL', KEYS[1], 'receipt')

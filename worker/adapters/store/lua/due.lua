@@ -1,5 +1,7 @@
+-- needs: now_ms
 -- Hand a due job to the sweeper once, pushing its due time forward.
--- KEYS: ledger, due. ARGV: now_ms, regrace_ms, receipt key (the index's member)
+-- KEYS: ledger, due. ARGV: clock offset ms (now_ms.lua), regrace_ms, receipt key (the
+-- index's member)
 local record = redis.call('HMGET', KEYS[1], 'state', 'task_id', 'payload', 'lease_until',
   'next_attempt_at', 'attempts', 'op', 'cancel', 'fence')
 local state = record[1]
@@ -7,7 +9,7 @@ if not state or state == 'issued' or state == 'failed' or state == 'cancelled' t
   redis.call('ZREM', KEYS[2], ARGV[3])
   return false
 end
-local now = tonumber(ARGV[1])
+local now = now_ms(ARGV[1])
 local due = tonumber((state == 'in_flight' and record[4]) or record[5] or '0')
 if due > now then
   redis.call('ZADD', KEYS[2], due, ARGV[3])

@@ -1,17 +1,18 @@
--- needs: publish_once, partial
+-- needs: now_ms, publish_once, partial
 -- The terminal transition and its event, together.
 -- KEYS: ledger, due, stream, terminal marker, status pointer, waiters, dead-job index,
 --       history, terminal marker of the extra event.
--- ARGV: fence, state, event type, event data, minid, event retention s,
---       now_ms, receipt json, last_error json, ledger retention s, receipt key,
+-- ARGV: fence, state, event type, event data, clock offset ms (now_ms.lua), event
+--       retention s, (unused: it was the caller's clock), receipt json, last_error json,
+--       ledger retention s, receipt key,
 --       extra event type ('' for none), extra event data, the terminal markers'
 --       key prefix (a waiter's marker is named from its task id, read here),
 --       the waiters' event type and data (worker.core.events.waiter_event: this
 --       script adds only the task id, the event id and the live receipt), the
 --       cancel_failed event type, '1' when the outcome settles the job's last POST
 --       or DELETE (its sent_at goes), '1' when the waiters' event carries the live
---       receipt, the history's length, when a waiter that takes the job over is due
---       ('' when the failure is every waiter's too)
+--       receipt, the history's length, in how many ms a waiter that takes the job over is
+--       due ('' when the failure is every waiter's too)
 local terminal_prefix = ARGV[14]
 local waiter_type, cancel_failed_type = ARGV[15], ARGV[17]
 -- A waiter's event: the core's template, with its identity, and the live receipt.
@@ -41,7 +42,8 @@ local record = redis.call('HMGET', KEYS[1], 'state', 'fence', 'attempts', 'op')
 if record[1] ~= 'in_flight' or record[2] ~= ARGV[1] then
   return {-1, record[1] or ''}
 end
-local entry = {at = tonumber(ARGV[7]), op = record[4] or 'issue',
+local now = now_ms(ARGV[5])
+local entry = {at = now, op = record[4] or 'issue',
   attempt = tonumber(record[3] or '0'), outcome = ARGV[3]}
 if ARGV[9] ~= '' then entry['error'] = cjson.decode(ARGV[9]) end
 -- The transition's second event (a partial refund's re-issue, or its failure).
@@ -51,11 +53,11 @@ redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[20]) - 1)
 redis.call('EXPIRE', KEYS[8], ARGV[10])
 if ARGV[2] == 'failed' or ARGV[3] == cancel_failed_type then
   -- A dead letter: a job that failed, or a refund whose receipt stays live.
-  redis.call('ZADD', KEYS[7], ARGV[7], ARGV[11])
+  redis.call('ZADD', KEYS[7], now, ARGV[11])
 else
   redis.call('ZREM', KEYS[7], ARGV[11])
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[7])
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', now)
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'receipt', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'last_error', ARGV[9]) end
 redis.call('HDEL', KEYS[1], 'lease_until', 'next_attempt_at')
@@ -65,11 +67,11 @@ if ARGV[18] == '1' then
 end
 redis.call('ZREM', KEYS[2], ARGV[11])
 redis.call('EXPIRE', KEYS[1], ARGV[10])
-local published = publish_once(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+local published = publish_once(KEYS[3], KEYS[4], KEYS[5], ARGV[3], ARGV[4], now, ARGV[6])
 redis.call('HSET', KEYS[1], 'event_id', published[2])
 if ARGV[12] ~= '' then
   -- A partial refund: the cancellation and the new receipt are one transition.
-  publish_once(KEYS[3], KEYS[9], KEYS[5], ARGV[12], ARGV[13], ARGV[5], ARGV[6])
+  publish_once(KEYS[3], KEYS[9], KEYS[5], ARGV[12], ARGV[13], now, ARGV[6])
 end
 -- A failure that is the owner's alone (its message never ran): the first waiter
 -- that has not ended takes the job over, due when the sweeper re-sends it should its
@@ -77,11 +79,12 @@ end
 local function to_waiter()
   local payload = redis.call('HGET', KEYS[1], 'payload')
   if ARGV[21] == '' or ARGV[2] ~= 'failed' or not payload then return false end
+  local due = now + tonumber(ARGV[21])
   local owner = redis.call('HGET', KEYS[1], 'task_id')
   local waiters = redis.call('SMEMBERS', KEYS[6])
   table.sort(waiters)
   for _, waiter in ipairs(waiters) do
-    if waiter ~= owner and hand_over(waiter, 'issue', 'payload', payload, ARGV[21]) then
+    if waiter ~= owner and hand_over(waiter, 'issue', 'payload', payload, due) then
       redis.call('SREM', KEYS[6], waiter, owner)
       redis.call('ZREM', KEYS[7], ARGV[11])  -- owed, not dead
       return true
@@ -119,7 +122,7 @@ local function end_waiters(live, spare)
   for _, waiter in ipairs(redis.call('SMEMBERS', KEYS[6])) do
     if waiter ~= owner and waiter ~= spare then
       publish_once(KEYS[3], terminal_prefix .. waiter, KEYS[5], waiter_type,
-        waiter_data(waiter, published[2], live), ARGV[5], ARGV[6])
+        waiter_data(waiter, published[2], live), now, ARGV[6])
     end
   end
   redis.call('DEL', KEYS[6])
@@ -135,7 +138,7 @@ local function echo(task_id)
   data['event_id'] = redis.sha1hex(task_id .. published[2])
   data['duplicate'] = true
   publish_once(KEYS[3], terminal_prefix .. task_id, KEYS[5], ARGV[3], cjson.encode(data),
-    ARGV[5], ARGV[6])
+    now, ARGV[6])
 end
 if record[4] == 'cancel' then
   -- The cancellations this one took over (issue 14, finding 12).

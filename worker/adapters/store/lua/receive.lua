@@ -1,6 +1,9 @@
--- needs: partial
+-- needs: now_ms, partial
 -- KEYS: ledger, due, waiters, terminal marker of this task.
--- ARGV: task_id, payload, now_ms, resend_at_ms, receipt key (the due index's member)
+-- ARGV: task_id, payload, clock offset ms (now_ms.lua), resend_after_ms, receipt key (the due
+-- index's member)
+local now = now_ms(ARGV[3])
+local resend_at = now + tonumber(ARGV[4])
 local terminal = {issued = true, failed = true, cancelled = true}
 local record = redis.call('HMGET', KEYS[1], 'state', 'op', 'cancel', 'task_id')
 local state = record[1]
@@ -23,19 +26,19 @@ if state and not reopen then
       -- Behind a partial refund, which may end with no receipt to replace:
       -- kept, to own the job then (its message waits meanwhile).
       redis.call('HSET', KEYS[1], 'pending_issue_task', ARGV[1], 'pending_issue', ARGV[2],
-        'pending_issue_due', ARGV[4])
+        'pending_issue_due', resend_at)
     end
   end
   return state
 end
 if not state then
-  redis.call('HSET', KEYS[1], 'created_at', ARGV[3], 'fence', 0)
+  redis.call('HSET', KEYS[1], 'created_at', now, 'fence', 0)
 end
 redis.call('HSET', KEYS[1], 'state', 'received', 'task_id', ARGV[1], 'payload', ARGV[2],
-  'op', 'issue', 'attempts', 0, 'updated_at', ARGV[3], 'next_attempt_at', ARGV[4])
+  'op', 'issue', 'attempts', 0, 'updated_at', now, 'next_attempt_at', resend_at)
 -- A re-opened job starts with no refund step: an earlier refund's cancel_step would
 -- make the next refund that takes it over skip its DELETE.
 redis.call('HDEL', KEYS[1], 'last_error', 'receipt', 'lease_until', 'cancel_step')
 redis.call('PERSIST', KEYS[1])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[2], resend_at, ARGV[5])
 return 'received'
