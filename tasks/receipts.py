@@ -40,11 +40,14 @@ from worker.core.runner import (
     JobRunner,
     Retry,
     Rules,
+    UnreadableRunner,
+    issue_request,
 )
 from worker.core.schemas import (
     InvalidPayload,
+    PayloadUnreadable,
+    kept_unreadable,
     load_cancellation,
-    payload_from_args,
     readable_imp_uid,
     readable_merchant_uid,
     single_argument,
@@ -292,10 +295,21 @@ class _IssueRun(_Run):
     """``issue_cash_receipt``."""
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Outcome:
-        terminal = self.terminal_publisher(args[0] if args else None)
+        raw = args[0] if args else None
+        terminal = self.terminal_publisher(raw)
         sealer = self.runtime.sealer
         try:
-            request = payload_from_args(args, kwargs, sealer)
+            request = issue_request(
+                single_argument(args, kwargs),
+                sealer=sealer,
+                store=self.runtime.ledger,
+                task_id=terminal.task_id,
+            )
+        except PayloadUnreadable as error:
+            if terminal.imp_uid is None or not isinstance(raw, dict):
+                terminal.invalid_payload(error)  # no job it could end: its event alone
+                raise self.fail(error.reason, f"{error.reason}: {error}") from None
+            return self.drive_unreadable(terminal, raw)
         except InvalidPayload as error:
             terminal.invalid_payload(error)
             raise self.fail("invalid_payload", f"invalid_payload: {error}") from None
@@ -311,6 +325,22 @@ class _IssueRun(_Run):
             attempt=self.attempt,
         )
         return self.drive(runner, args)
+
+    def drive_unreadable(self, terminal: TerminalPublisher, raw: dict[str, Any]) -> Outcome:
+        """A payload no configured key opens: its job ends failed (``payload_unreadable``)."""
+        assert terminal.imp_uid is not None
+        runner = UnreadableRunner(
+            store=self.runtime.ledger,
+            provider=self.runtime.client,
+            terminal=terminal,
+            rules=self.rules(),
+            imp_uid=terminal.imp_uid,
+            message=kept_unreadable(raw),
+            carried_fence=carried_fence(self.task.request),
+            attempt=self.attempt,
+        )
+        self.message = runner.message
+        return self.drive(runner, (raw,))
 
 
 class _CancelRun(_Run):

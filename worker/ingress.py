@@ -254,15 +254,16 @@ class Ingress:
             data = _decoded(raw)
             self._enqueue(kind, data, task_id)
         except (Malformed, InvalidPayload) as error:
-            reason = error.reason if isinstance(error, Malformed) else "invalid_payload"
+            # The event's reason: invalid_payload, or payload_unreadable for a seal no key opens.
+            problem = error if isinstance(error, InvalidPayload) else InvalidPayload(error.errors)
             self._dead_letter(
                 entry_id=entry_id,
                 task_id=task_id,
                 kind=kind,
                 raw=raw,
                 data=data,
-                reason=reason,
-                errors=error.errors,
+                reason=error.reason,
+                problem=problem,
             )
             return True
         except TRANSIENT_ERRORS:
@@ -296,7 +297,7 @@ class Ingress:
         raw: bytes | None,
         data: object,
         reason: str,
-        errors: Mapping[str, list[str]],
+        problem: InvalidPayload,
     ) -> None:
         """The failure event (when an imp_uid can be read), then the dead letter, ack and delete.
 
@@ -313,7 +314,7 @@ class Ingress:
                 merchant_uid=readable_merchant_uid(data),
                 attempts=1,
                 duplicate=False,
-                detail=invalid_detail(InvalidPayload(errors)),
+                detail=invalid_detail(problem),
             )
         self._entries.set_aside(
             entry_id,
@@ -321,7 +322,7 @@ class Ingress:
             kind=kind,
             imp_uid=imp_uid,
             reason=reason,
-            errors=errors,
+            errors=problem.errors,
             raw=raw,
             data=data,
         )
@@ -329,7 +330,7 @@ class Ingress:
             "ingress: the entry of task %s is malformed (%s: %s); it is in %s",
             task_id,
             reason,
-            ", ".join(sorted(errors)),
+            ", ".join(sorted(problem.errors)),
             DEAD_ENTRIES_KEY,
         )
 

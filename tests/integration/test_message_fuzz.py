@@ -53,6 +53,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]
 #: How many generated entries one batch pushes through the worker.
 BATCH = 200
 SEALER = Sealer([TEST_PII_KEY])
+#: The reasons a payload is refused with: malformed, or sealed so that no key opens it.
+REFUSED = frozenset({"invalid_payload", "payload_unreadable"})
 DROP = object()
 ID = "@@ID@@"
 IMP = "@@IMP@@"
@@ -526,9 +528,7 @@ def assert_accounted_for(entries: list[Entry], client: redis.Redis, sentinel: st
             f"{len(derived)} events for {len(idless)} messages without an id:\n"
             + "\n".join(f"  {entry.raw[:300]!r}" for entry in idless)
         )
-    if any(
-        (event["data"].get("error") or {}).get("reason") != "invalid_payload" for event in derived
-    ):
+    if any((event["data"].get("error") or {}).get("reason") not in REFUSED for event in derived):
         problems.append(f"a message without an id not refused as invalid_payload: {derived}")
     parked_idless = sum(1 for e in entries if e.expected.parked and e.expected.key is None)
     if parked_ids[None] != parked_idless:
@@ -554,9 +554,9 @@ def _problem(entry: Entry, events: list[dict[str, Any]], parked_ids: Counter[Any
         where = "parked instead" if parked_ids[expected.key] else "dropped"
         return f"{len(events)} events ({where}): {shown}"
     reason = (events[0]["data"].get("error") or {}).get("reason")
-    if expected.valid is False and reason != "invalid_payload":
+    if expected.valid is False and reason not in REFUSED:
         return f"{events[0]['type']} {reason}, not invalid_payload: {shown}"
-    if expected.valid is True and reason == "invalid_payload":
+    if expected.valid is True and reason in REFUSED:
         return f"a valid payload refused: {events[0]['data']['error']}: {shown}"
     return None
 

@@ -9,6 +9,7 @@
     cashreceipt replay imp_1 ...      re-enqueue failed jobs (or --reason R), with corrections
     cashreceipt reconcile [imp_1 ...] compare the ledger with i'mport
     cashreceipt parked [--requeue]    messages the worker could not run
+    cashreceipt reseal                every kept payload under the newest key (key rotation)
     cashreceipt ingress               read the ingress stream (see README)
     cashreceipt bench                 measure throughput and latency (see README)
     cashreceipt migrate-layout        move the Redis keys to this release's layout (see README)
@@ -20,8 +21,8 @@ input or configuration, 3 Redis (or i'mport) could not be reached: try again,
 4 (``reconcile``) no mismatch, but i'mport did not answer for some payment.
 
 The commands live by group: ``jobs`` (enqueue, status, tail, stuck, settle),
-``dead_letters`` (dead, replay, parked), ``reconcile``, ``ingress``, ``bench`` and
-``layout`` (migrate-layout);
+``dead_letters`` (dead, replay, parked), ``reconcile``, ``sealing`` (reseal), ``ingress``,
+``bench`` and ``layout`` (migrate-layout);
 ``common`` holds what they share. This module builds the group and runs it.
 """
 
@@ -36,7 +37,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from worker.adapters.privacy.sealing import SealingUnavailable
-from worker.cli import bench, dead_letters, ingress, jobs, layout, reconcile
+from worker.cli import bench, dead_letters, ingress, jobs, layout, reconcile, sealing
 from worker.cli.common import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -70,6 +71,7 @@ for _command in (
     dead_letters.replay,
     dead_letters.dead_messages,
     reconcile.reconcile,
+    sealing.reseal,
     ingress.ingress,
     bench.bench,
     layout.migrate_layout,

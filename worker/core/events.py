@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.core.schemas import InvalidPayload
+from worker.core.schemas import PAYLOAD_UNREADABLE, InvalidPayload
 
 #: What every result event's type starts with; the rest says how the job ended.
 EVENT_PREFIX = "cash_receipt."
@@ -30,18 +30,19 @@ def event_kind(event_type: str) -> str:
 
 
 # Whether a retry of the same job could still help, per failure reason.
-RETRYABLE_REASONS = frozenset({"retries_exhausted", "auth", "not_eligible"})
+# An unreadable payload opens again once the key that sealed it is configured again.
+RETRYABLE_REASONS = frozenset({"retries_exhausted", "auth", "not_eligible", PAYLOAD_UNREADABLE})
 
 
 def invalid_detail(error: InvalidPayload) -> dict[str, Any]:
-    """The ``error`` of an invalid-payload event."""
+    """The ``error`` of an invalid-payload event, or of an unreadable one (its reason)."""
     return {
         "error": {
-            "reason": "invalid_payload",
+            "reason": error.reason,
             "status": None,
             "code": None,
             "message": str(error),
-            "retryable": False,
+            "retryable": error.reason in RETRYABLE_REASONS,
             "fields": error.errors,
         }
     }

@@ -33,7 +33,7 @@ from functools import partial
 from typing import Any
 
 from worker.core.errors import OutcomeUnknown, ProviderError, TransientError
-from worker.core.events import CANCELLED_MESSAGE, no_payload_detail
+from worker.core.events import CANCELLED_MESSAGE, invalid_detail, no_payload_detail
 from worker.core.issuing import (
     Issued,
     SendLog,
@@ -46,12 +46,24 @@ from worker.core.outcome import Outcome
 from worker.core.ports import Claim, ClaimKind, JobStore, OperationId, Provider, Unsealer
 from worker.core.refunds import cancel_live_receipt, receipt_for_balance, settle_cancel
 from worker.core.retry import Decision, RetryPolicy, decide, settle_before_failing, settling_attempt
-from worker.core.schemas import ReceiptRequest, load_payload
+from worker.core.schemas import (
+    PAYLOAD_UNREADABLE,
+    InvalidPayload,
+    PayloadUnreadable,
+    ReceiptRequest,
+    load_payload,
+    readable_imp_uid,
+)
 from worker.core.terminal import TerminalPublisher, error_detail, failure_message
 from worker.core.types import Receipt
 
 #: Why a resumed job waits before it looks: its last POST or DELETE is unsettled.
 _SETTLING = "i'mport may still act on the last request; looking after IAMPORT_SETTLE_SECONDS"
+#: What the failure event of a payload no configured key opens says.
+UNREADABLE_MESSAGE = (
+    "the payload's sealed fields open with no configured key (PII_ENCRYPTION_KEYS): "
+    "configure the key that sealed them again, then replay the job"
+)
 
 
 @dataclass(frozen=True)
@@ -299,6 +311,40 @@ class _StoreSends:
         run.store.note_answered(run.imp_uid, fence=self._fence)
 
 
+def issue_settled(terminal: TerminalPublisher, claim: Claim) -> Instruction:
+    """An issue message found its job ended: a duplicate of the receipt, or a stale one."""
+    if claim.kind is ClaimKind.ISSUED:
+        terminal.issued_duplicate(claim.receipt or {})
+        return Done(Outcome.ISSUED_DUPLICATE)
+    # cancelled: a stale issue message never issues again.
+    terminal.refused("cancelled", CANCELLED_MESSAGE)
+    return Failed("cancelled", f"cancelled: {CANCELLED_MESSAGE}")
+
+
+def issue_request(
+    raw: object, *, sealer: Unsealer, store: JobStore, task_id: str
+) -> ReceiptRequest:
+    """An issue message's payload, opened; else the one its job keeps, when this task owns it.
+
+    The job's kept payload is re-sealed under the newest key by ``cashreceipt
+    reseal``; the message in the broker is not. So a message (a producer's, a
+    retry's) whose key was dropped after the re-seal runs from its job's copy.
+    Raises :class:`~worker.core.schemas.PayloadUnreadable` when neither opens, and
+    :class:`~worker.core.schemas.InvalidPayload` for a malformed one.
+    """
+    try:
+        return load_payload(raw, sealer)
+    except PayloadUnreadable:
+        imp_uid = readable_imp_uid(raw)
+        job = store.view(imp_uid) if imp_uid is not None else None
+        if job is None or job.task_id != task_id or job.op != "issue" or job.payload is None:
+            raise
+        kept = load_payload(job.payload, sealer)
+        if kept.imp_uid != imp_uid:
+            raise
+        return kept
+
+
 class IssueRunner(JobRunner):
     """``issue_cash_receipt``: make sure the payment has its one receipt."""
 
@@ -327,12 +373,7 @@ class IssueRunner(JobRunner):
         self.request = request
 
     def settled(self, claim: Claim) -> Instruction:
-        if claim.kind is ClaimKind.ISSUED:
-            self.terminal.issued_duplicate(claim.receipt or {})
-            return Done(Outcome.ISSUED_DUPLICATE)
-        # cancelled: a stale issue message never issues again.
-        self.terminal.refused("cancelled", CANCELLED_MESSAGE)
-        return Failed("cancelled", f"cancelled: {CANCELLED_MESSAGE}")
+        return issue_settled(self.terminal, claim)
 
     def give_up(
         self, terminal: TerminalPublisher, claim: Claim, error: ProviderError, reason: str
@@ -364,6 +405,30 @@ class IssueRunner(JobRunner):
         ):
             return None
         return Done(Outcome.ISSUED_DUPLICATE if issued.duplicate else Outcome.ISSUED)
+
+
+class UnreadableRunner(JobRunner):
+    """An issue message whose payload no configured key opens: it ends its job, failed.
+
+    It claims the job like any issue message, so the job ends in one failure
+    event (``payload_unreadable``), its waiters with it, and the sweeper has
+    nothing left to re-send; a job already ended answers as it would any issue
+    message. Its ``message`` is what the job keeps, the sealed fields as they came
+    (:func:`~worker.core.schemas.kept_unreadable`): once the key that sealed them
+    is configured again, ``cashreceipt replay`` issues it.
+    """
+
+    def settled(self, claim: Claim) -> Instruction:
+        return issue_settled(self.terminal, claim)
+
+    def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
+        # Nothing is sent. A POST an earlier attempt left unsettled stays recorded (the
+        # failure does not settle it), so a replay waits it out and looks first.
+        if not terminal.finish_unrun(
+            fence=claim.fence, op=self.op, reason=PAYLOAD_UNREADABLE, message=UNREADABLE_MESSAGE
+        ):
+            return None
+        return Failed(PAYLOAD_UNREADABLE, f"{PAYLOAD_UNREADABLE}: {UNREADABLE_MESSAGE}")
 
 
 class CancelRunner(JobRunner):
@@ -415,6 +480,11 @@ class CancelRunner(JobRunner):
         # A retry after the cancel step only re-issues (note_cancelled, below).
         cancel_done = job is not None and job.cancel_done
         cancelled = job.cancelled_receipt if job else None
+        payload = job.payload if job else None
+        partial_refund = "amount" in self.message and payload is not None
+        # The balance's receipt is issued from the kept payload: opened before anything is
+        # cancelled, so that a payload no key opens cancels nothing (it fails whole).
+        request, unopened = self.open_kept(payload) if partial_refund else (None, None)
         try:
             if (
                 not cancel_done
@@ -430,6 +500,8 @@ class CancelRunner(JobRunner):
                 earlier = cancelled.as_dict() if cancelled else None
                 ok = terminal.finish_cancel_duplicate(fence=claim.fence, live=live, earlier=earlier)
                 return Done(Outcome.CANCELLED_DUPLICATE) if ok else None
+            if not cancel_done and unopened is not None:
+                return self.refuse_unopened(terminal, claim, unopened)
             if not cancel_done:
                 if self.settling(claim):
                     cancelled = settle_cancel(client, imp_uid, sends=self.sends(claim))
@@ -446,17 +518,51 @@ class CancelRunner(JobRunner):
             return self.failed(error, claim, partial(self.give_up, terminal, claim, error))
         if not cancel_done:
             self.answered()
-        payload = job.payload if job else None
-        if "amount" in self.message and payload is None and cancelled is not None:
+        return self.after_cancel(terminal, claim, cancelled, request, unopened, kept=payload)
+
+    def after_cancel(
+        self,
+        terminal: TerminalPublisher,
+        claim: Claim,
+        cancelled: Receipt | None,
+        request: ReceiptRequest | None,
+        unopened: InvalidPayload | None,
+        *,
+        kept: dict[str, Any] | None,
+    ) -> Instruction | None:
+        """What follows the cancel step: a full refund ends; a partial one issues the balance
+        from the ``kept`` payload (``request``, opened, or why not: ``unopened``)."""
+        if "amount" in self.message and kept is None and cancelled is not None:
             # A receipt was cancelled and nothing here can issue its balance: the
             # identifier went with the payload (a record past LEDGER_RETENTION, or a
             # receipt this worker never issued). Said, not silent (issue 14, finding 9).
             failure = no_payload_detail()
             return self.reissue_failed(terminal, claim, cancelled, failure, sent=False)
-        if "amount" not in self.message or payload is None:
+        if "amount" not in self.message or kept is None:
             ok = terminal.finish_cancelled(fence=claim.fence, cancelled=cancelled)
             return Done(Outcome.CANCELLED) if ok else None
-        return self.reissue(terminal, claim, cancelled, payload)
+        return self.reissue(terminal, claim, cancelled, request, unopened)
+
+    def open_kept(
+        self, payload: dict[str, Any] | None
+    ) -> tuple[ReceiptRequest | None, InvalidPayload | None]:
+        """The job's kept issue payload, opened; or why it cannot be (no key opens it)."""
+        try:
+            return load_payload(payload, self.sealer), None
+        except InvalidPayload as error:
+            return None, error
+
+    def refuse_unopened(
+        self, terminal: TerminalPublisher, claim: Claim, error: InvalidPayload
+    ) -> Instruction | None:
+        """A partial refund whose balance could not be issued: nothing is cancelled, and
+        it fails for good (``cancel_failed``, the receipt live); None: fenced out."""
+        message = UNREADABLE_MESSAGE if isinstance(error, PayloadUnreadable) else str(error)
+        if not terminal.finish_unrun(
+            fence=claim.fence, op=self.op, reason=error.reason, message=message
+        ):
+            return None
+        return Failed(error.reason, f"cancel {error.reason}: {message}")
 
     def give_up(
         self, terminal: TerminalPublisher, claim: Claim, error: ProviderError, reason: str
@@ -501,10 +607,19 @@ class CancelRunner(JobRunner):
         terminal: TerminalPublisher,
         claim: Claim,
         cancelled: Receipt | None,
-        payload: dict[str, Any],
+        request: ReceiptRequest | None,
+        unopened: InvalidPayload | None,
     ) -> Instruction | None:
-        """After a partial refund: a new receipt for what is left, which the provider computes."""
-        request = load_payload(payload, self.sealer)
+        """After a partial refund: a new receipt for what is left, which the provider computes.
+
+        ``request`` is None when the kept payload did not open (``unopened`` says why)
+        after the cancel step was done: the job ends failed, replayable once the key
+        that sealed it is configured again.
+        """
+        if request is None:
+            assert unopened is not None
+            failure = invalid_detail(unopened)
+            return self.reissue_failed(terminal, claim, cancelled, failure, sent=False)
         try:
             sends = self.sends(claim)
             if self.settling(claim):

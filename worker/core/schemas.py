@@ -16,13 +16,21 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from worker.core.masking import encodable, shown_text
+from worker.core.masking import (
+    PAYLOAD_FIELDS,
+    PERSONAL_FIELDS,
+    SEALED_FIELDS,
+    encodable,
+    shown_text,
+)
 from worker.core.ports import Sealing, Unsealer, UnsealError
 from worker.core.types import ReceiptOrder
 
 IDENTIFIER_TYPES = ("person", "business", "phone", "taxcard")
 BUYER_FIELDS = ("buyer_name", "buyer_email", "buyer_tel")
 RECEIPT_TYPES = ("person", "company")
+#: The failure reason of a payload whose sealed fields no configured key opens.
+PAYLOAD_UNREADABLE = "payload_unreadable"
 
 _SEPARATORS = re.compile(r"[\s\-]")
 # Lengths from research/iamport-api.md §9: phone 10-11 (01x...), business 10,
@@ -37,6 +45,24 @@ class InvalidPayload(ValueError):
         self.errors = {key: list(messages) for key, messages in errors.items()}
         summary = "; ".join(f"{key}: {' '.join(msgs)}" for key, msgs in sorted(self.errors.items()))
         super().__init__(f"invalid payload: {summary}")
+
+    @property
+    def reason(self) -> str:
+        """The reason its failure event gives."""
+        return "invalid_payload"
+
+
+class PayloadUnreadable(InvalidPayload):
+    """A sealed field no configured key opens: sealed with a key since dropped, or corrupt.
+
+    Not the producer's mistake to correct but the operator's: the key that sealed
+    it is back (``PII_ENCRYPTION_KEYS``), then the job is replayed. Its failure
+    event says ``payload_unreadable``.
+    """
+
+    @property
+    def reason(self) -> str:
+        return PAYLOAD_UNREADABLE
 
 
 class Identifier(fields.String):
@@ -263,11 +289,45 @@ def _unsealed(fields: dict[str, Any], name: str, sealer: Unsealer | None) -> tup
     if not isinstance(sealed, str):
         raise InvalidPayload({name: ["Must be a Fernet token string."]})
     if sealer is None:
-        raise InvalidPayload({name: ["No key is configured to unseal it."]})
+        raise PayloadUnreadable({name: ["No key is configured to unseal it."]})
     try:
         return sealer.open(sealed)
     except UnsealError as error:
-        raise InvalidPayload({name: [f"Invalid: {error}."]}) from None
+        raise PayloadUnreadable({name: [f"Invalid: {error}."]}) from None
+
+
+def resealed(payload: Mapping[str, Any], sealer: Sealing) -> dict[str, Any] | None:
+    """``payload`` with every sealed field under the newest key; None: all were already.
+
+    What ``cashreceipt reseal`` writes back, so that the keys before the newest
+    can be dropped. Raises :class:`PayloadUnreadable` for a field no key opens.
+    """
+    copy, changed = dict(payload), False
+    for name in sorted(SEALED_FIELDS & copy.keys()):
+        token = copy[name]
+        if not isinstance(token, str):
+            continue  # no token: nothing to re-seal (a load refuses it anyway)
+        try:
+            value, newest = sealer.open(token)
+        except UnsealError as error:
+            raise PayloadUnreadable({name: [f"Invalid: {error}."]}) from None
+        if not newest:
+            copy[name], changed = sealer.seal(value), True
+    return copy if changed else None
+
+
+def kept_unreadable(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """What a job keeps of a payload no key opens: its sealed and impersonal known fields.
+
+    The tokens stay as they came, so that the job can be replayed once the key
+    that sealed them is back; a personal field in clear and any field no schema
+    knows are dropped, as the normalised payload drops them.
+    """
+    return {
+        key: value
+        for key, value in raw.items()
+        if key in PAYLOAD_FIELDS and key not in PERSONAL_FIELDS
+    }
 
 
 def _buyer_fields(text: str) -> dict[str, Any]:

@@ -7,8 +7,10 @@ and the same key.
 
 Keys come from ``PII_ENCRYPTION_KEYS`` (comma-separated, newest first) or the
 file named by ``PII_ENCRYPTION_KEYS_FILE``. The newest key seals; every key
-unseals (MultiFernet), so rotating means adding a key in front and dropping the
-old one once nothing sealed with it is left: nothing is re-sealed by hand.
+unseals (MultiFernet), so rotating means adding a key in front, re-sealing what
+the store keeps (``cashreceipt reseal``, :mod:`worker.adapters.store.reseal`), and
+only then dropping the old one: the store keeps sealed payloads far longer than
+any message lives.
 
 :class:`Sealer` implements the core's :class:`~worker.core.ports.Sealing` port. It lives
 with the adapters because a Fernet token is made of the host's clock and randomness
