@@ -134,11 +134,16 @@ def worker_argv(*extra: str) -> list[str]:
 
 
 @contextmanager
-def running_worker(env: Mapping[str, str], *extra: str) -> Iterator[ProcessOutput]:
-    """``celery -A worker worker`` in a subprocess, ready to take tasks."""
+def running_worker(
+    env: Mapping[str, str], *extra: str, command: list[str] | None = None, tree: Path = ROOT
+) -> Iterator[ProcessOutput]:
+    """``celery -A worker worker`` in a subprocess, ready to take tasks.
+
+    ``command`` and ``tree``: another start command, run from another release's tree.
+    """
     process = subprocess.Popen(
-        worker_argv(*extra),
-        cwd=ROOT,
+        command or worker_argv(*extra),
+        cwd=tree,
         env=dict(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

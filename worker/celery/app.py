@@ -17,6 +17,7 @@ import redis
 from celery import Celery, signals
 from celery.app.task import Task
 from celery.apps import worker as celery_worker_app
+from kombu.exceptions import OperationalError
 
 from worker.adapters.observe.logs import say_as_json, setup_process_logging, use_json
 from worker.adapters.observe.metrics import MetricsServer, StateCollector, queue_depth, start_server
@@ -27,6 +28,7 @@ from worker.adapters.store.keys import LAYOUT_VERSION
 from worker.adapters.store.layout import migrate
 from worker.adapters.store.redis_client import redis_client
 from worker.adapters.store.sweeper import Sweeper
+from worker.celery.fleet import older_workers, refusal
 from worker.celery.runtime import get_runtime
 from worker.config.load import config_secrets, load_celeryconfig, redis_url
 from worker.core.contract import QUEUE
@@ -134,9 +136,20 @@ def _say_start_warnings(**_: Any) -> None:
 def _migrate_the_layout(**_: Any) -> None:
     """Bring the Redis data to the key layout this release reads, before any task runs.
 
-    Idempotent and atomic per key (worker.adapters.store.layout): the first worker of
-    the release moves the keys, and the others find nothing left to move.
+    Not while a worker of another layout answers (worker.celery.fleet): the two would
+    not see each other's indexes. Idempotent and atomic per key
+    (worker.adapters.store.layout): the first worker of the release moves the keys, and
+    the others find nothing left to move.
     """
+    try:
+        older = older_workers(app)
+    except OperationalError as error:
+        raise SystemExit(
+            f"cashreceipt: refusing to start: the broker did not answer whether workers of "
+            f"another release still run ({error})"
+        ) from None
+    if older:
+        raise SystemExit(refusal(older))
     moved = migrate(get_runtime(app.conf).redis, stream=app.conf.result_stream)
     if moved.moved:
         _start_warnings.append(

@@ -1,0 +1,80 @@
+"""The rule for a fleet that mixes releases across a change of the key layout (issue 14).
+
+A worker of layout 1 and one of layout 2 must never run together: each reads the
+indexes and side keys where the other does not write them, so a job the older one
+parks is never re-sent by the newer one's sweeper, and a waiter one records the other
+never ends. So a worker of this release advertises its layout in a remote-control
+command of its own (``cashreceipt_layout``), and refuses to start while any worker
+that answers a Celery ping does not answer that command with this layout: an older
+release does not know the command. The first worker to start after the last old one
+stopped migrates (:mod:`worker.adapters.store.layout`), before it takes a message.
+
+The ping sees the workers that answer within the timeout, and one that answered it is
+asked its layout up to three times. One that still has not answered with this layout
+counts as another release's: a doubt refuses the start (try again), and never lets two
+layouts run at once. A worker whose ping reply is late is not seen at all: stop the
+old release before starting the new one, and this check is what catches a mistake.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from celery import Celery
+from celery.worker.control import inspect_command
+
+from worker.adapters.store.keys import LAYOUT_VERSION
+
+#: The remote-control command a worker of this release answers with its key layout.
+LAYOUT_COMMAND = "cashreceipt_layout"
+#: How long the start waits for the fleet's answers, in seconds (both asked at once).
+FLEET_PING_TIMEOUT = 1.0
+#: How many times a worker that answered the ping is asked its layout before it counts
+#: as another release's.
+FLEET_PING_ROUNDS = 3
+
+
+@inspect_command(name=LAYOUT_COMMAND)
+def cashreceipt_layout(state: Any, **_: Any) -> dict[str, int]:
+    """This worker's key layout, for a worker of a later release deciding whether to start."""
+    return {"layout": LAYOUT_VERSION}
+
+
+def older_workers(
+    app: Celery, *, timeout: float = FLEET_PING_TIMEOUT, rounds: int = FLEET_PING_ROUNDS
+) -> list[str]:
+    """The workers that answer a ping but not with this layout: another release's.
+
+    A worker that answered the ping but whose layout came too late is asked again, up
+    to ``rounds`` times in all: on a busy host a reply may miss one window. A worker of
+    another release never answers, so only it costs the rounds.
+    """
+    answered: set[str] = set()
+    current: set[str] = set()
+    for _ in range(rounds):
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pings = pool.submit(app.control.ping, timeout=timeout)
+            layouts = pool.submit(
+                app.control.broadcast, LAYOUT_COMMAND, reply=True, timeout=timeout
+            )
+            answered |= {host for reply in pings.result() or [] for host in reply}
+            current |= {
+                host
+                for reply in layouts.result() or []
+                for host, answer in reply.items()
+                if isinstance(answer, dict) and answer.get("layout") == LAYOUT_VERSION
+            }
+        if not answered - current:
+            return []
+    return sorted(answered - current)
+
+
+def refusal(older: list[str]) -> str:
+    """What a worker says when it will not start beside workers of another layout."""
+    return (
+        f"cashreceipt: refusing to start: {len(older)} worker(s) of another release still "
+        f"answer ({', '.join(older)}), and do not keep the Redis keys in this release's "
+        f"layout {LAYOUT_VERSION}. Stop them all, then start this release, which migrates "
+        "the keys at its start (README: Rolling deploys)"
+    )
