@@ -25,7 +25,7 @@ from celery import Celery
 from cryptography.fernet import Fernet
 
 from tests.support.commands import run_cashreceipt
-from tests.support.envelopes import body_of, envelope_dict
+from tests.support.envelopes import body_of, envelope, envelope_dict
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
@@ -47,6 +47,7 @@ from worker.core.schemas import load_payload
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
 PHONE = "01055554321"
+UNREADABLE = "payload_unreadable"
 
 
 def new_imp_uid() -> str:
@@ -104,6 +105,17 @@ def queued(own_redis: RedisServer, sandbox: Sandbox, app_a: Celery) -> Queued:
 
 def reason_of(event: dict[str, Any]) -> str | None:
     return (event["data"].get("error") or {}).get("reason")
+
+
+def ledger_of(client: Any) -> Ledger:
+    """The ledger as the worker builds it."""
+    return Ledger(
+        client,
+        stream="cash_receipt.events",
+        event_retention_seconds=3600,
+        retention_seconds=3600,
+        lease_seconds=60,
+    )
 
 
 def record(own_redis: RedisServer, imp_uid: str) -> dict[str, str]:
@@ -188,13 +200,7 @@ def test_reseal_rewrites_records_and_parked_messages_once(own_redis: RedisServer
     a payload no key opens is listed, never changed; a worker's write is never overwritten."""
     client = own_redis.client()
     under_a, under_c = Sealer([KEY_A]), Sealer([Fernet.generate_key().decode()])
-    ledger = Ledger(
-        client,
-        stream="cash_receipt.events",
-        event_retention_seconds=3600,
-        retention_seconds=3600,
-        lease_seconds=60,
-    )
+    ledger = ledger_of(client)
     sealed, lost = new_imp_uid(), new_imp_uid()
     payload = load_payload({"imp_uid": sealed, "identifier": PHONE}, under_a).to_message(under_a)
     ledger.receive(sealed, task_id="t-sealed", payload=payload, resend_after=3600)
@@ -232,3 +238,34 @@ def test_reseal_rewrites_records_and_parked_messages_once(own_redis: RedisServer
     now = record(own_redis, sealed)["payload"]
     assert script(keys=[ledger_key(sealed)], args=["payload", "what was read", "x"]) == 0
     assert record(own_redis, sealed)["payload"] == now
+
+
+def test_a_bare_message_and_a_sweeper_resend_under_a_dropped_key_end_once(
+    own_redis: RedisServer, sandbox: Sandbox
+) -> None:
+    """The two other ways an unreadable payload reaches a worker: a bare producer's Celery
+    message (no ledger job before it), and the sweeper's re-send of a job whose message
+    was lost. Each ends in one ``payload_unreadable`` event, its job failed and not due."""
+    client = own_redis.client()
+    results = ResultStream(client)
+    under_a = Sealer([KEY_A])
+    bare, lost = new_imp_uid(), new_imp_uid()
+    ledger = ledger_of(client)
+    resent = str(uuid.uuid4())
+    kept = {"imp_uid": lost, "identifier_sealed": under_a.seal(PHONE)}
+    ledger.receive(lost, task_id=resent, payload=kept, resend_after=-5)  # its message lost
+    message = str(uuid.uuid4())
+    body = body_of({"imp_uid": bare, "identifier_sealed": under_a.seal(PHONE)})
+    client.lpush("cash_receipts", envelope(body, task_id=message))
+
+    with running_worker(env_with(own_redis, sandbox, KEY_B)):
+        for task_id, imp_uid in ((message, bare), (resent, lost)):
+            event = results.wait(task_id, timeout=30)
+            assert (event["type"], reason_of(event)) == ("cash_receipt.failed", UNREADABLE)
+            wait_for(
+                lambda imp_uid=imp_uid: record(own_redis, imp_uid).get("state") == "failed",
+                message=f"the job of {imp_uid} to end failed",
+            )
+            assert client.zscore(DUE_KEY, payment_receipt_key(imp_uid)) is None
+    assert len(results.for_task(message)) == len(results.for_task(resent)) == 1
+    assert sandbox.admin.issued_count(bare) == sandbox.admin.issued_count(lost) == 0
