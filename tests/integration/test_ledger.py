@@ -16,6 +16,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.wait import wait_for
 from worker.adapters.privacy.sealing import Sealer
 from worker.adapters.store.keys import (
+    CALL_PREFIX,
     DEAD_JOBS_KEY,
     DUE_KEY,
     STATUS_PREFIX,
@@ -27,6 +28,7 @@ from worker.adapters.store.keys import (
     terminal_key,
 )
 from worker.adapters.store.ledger import Ledger
+from worker.adapters.store.once import CALL_REPLY_SECONDS
 from worker.adapters.store.views import dead_jobs
 from worker.config.defaults import JOB_HISTORY_LENGTH
 from worker.core.events import CANCELLED, ISSUED, cancelled_detail, event_data
@@ -278,6 +280,10 @@ def test_size_of_one_issued_payment(tmp_path: Path) -> None:
         before = int(client.info("memory")["used_memory"])
         for _ in range(SIZE_SAMPLE):
             imp_uid, task_id = issue_one(ledger, sealer)
+        with_calls = int(client.info("memory")["used_memory"])
+        # The replies of the script calls (receive, claim, finish) go after CALL_REPLY_SECONDS.
+        calls = list(client.scan_iter(f"{CALL_PREFIX}*", count=1000))
+        client.delete(*calls)
         after = int(client.info("memory")["used_memory"])
         parts = {
             "record": client.memory_usage(ledger_key(imp_uid)),
@@ -295,13 +301,15 @@ def test_size_of_one_issued_payment(tmp_path: Path) -> None:
     finally:
         server.stop()
     per_payment = (after - before) / SIZE_SAMPLE
+    replies = (with_calls - after) / SIZE_SAMPLE
     long_kept = (ledger_only - before) / SIZE_SAMPLE
     print(
         f"\nper issued payment: {per_payment:.0f} B in all ({keys_per_payment:g} keys + its event):"
         f" {long_kept:.0f} B kept LEDGER_RETENTION (record, history),"
         f" {per_payment - long_kept:.0f} B kept RESULT_STREAM_RETENTION (event, markers);"
         f" last one: record {parts['record']} B, history {parts['history']} B,"
-        f" markers {parts['markers']} B"
+        f" markers {parts['markers']} B; and {replies:.0f} B for {CALL_REPLY_SECONDS} s,"
+        f" the replies of its {len(calls) / SIZE_SAMPLE:g} script calls"
     )
     match = SIZE_FIGURE.search(README.read_text())
     assert match, "the README states the size per issued payment"

@@ -28,7 +28,7 @@ import redis
 
 from worker.adapters.store.dead_messages import keep_dead_message
 from worker.adapters.store.events import EventPublisher
-from worker.adapters.store.keys import ledger_key
+from worker.adapters.store.keys import CALL_PREFIX, ledger_key
 from worker.adapters.store.ledger import Ledger
 from worker.core.events import CANCELLED, FAILED, ISSUED
 
@@ -217,10 +217,16 @@ def _text(value: Any) -> str:
 
 
 def dump(client: redis.Redis) -> Dump:
-    """Every key: its type, its remaining TTL in seconds (-1 for none), its value."""
+    """Every key: its type, its remaining TTL in seconds (-1 for none), its value.
+
+    But the replies of script calls (``cash_receipt:call:<random id>``): a cache of a
+    few minutes, no data a layout or its migration has to keep.
+    """
     out: Dump = {}
     for raw in sorted(client.scan_iter(count=1000)):
         key = _text(raw)
+        if key.startswith(CALL_PREFIX):
+            continue
         kind = _text(client.type(key))
         value: Any
         if kind == "string":

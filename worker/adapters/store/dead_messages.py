@@ -43,9 +43,9 @@ from typing import Any
 import redis
 
 from worker.adapters.privacy.sealing import Sealer, SealingUnavailable
-from worker.adapters.store import lua
 from worker.adapters.store.keys import DEAD_MESSAGES_KEY
 from worker.adapters.store.ledger import FENCE_HEADER
+from worker.adapters.store.once import OnceScript
 from worker.config.defaults import DEAD_MESSAGE_RETENTION_SECONDS
 from worker.core.masking import (
     PERSONAL_FIELDS,
@@ -288,7 +288,7 @@ def expire_dead_messages(client: redis.Redis) -> int:
 
 
 def _keep(client: redis.Redis, record: str) -> tuple[int, int]:
-    script = client.register_script(lua.source("dead_message"))
+    script = OnceScript(client, "dead_message")
     # The script drops what is older than the retention by Redis's clock (no test offset).
     length, dropped = script(
         keys=[DEAD_MESSAGES_KEY],

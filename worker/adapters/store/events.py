@@ -24,9 +24,9 @@ from typing import Any, cast
 
 import redis
 
-from worker.adapters.store import lua
 from worker.adapters.store.clock import ClockOffset, offset_ms, redis_now
 from worker.adapters.store.keys import status_key, terminal_key
+from worker.adapters.store.once import OnceScript
 from worker.adapters.store.redis_client import as_text
 from worker.core.events import event_data
 from worker.core.ports import Published
@@ -51,7 +51,7 @@ class EventPublisher:
         self._offset = clock_offset
         self._stream = stream
         self._retention = retention_seconds
-        self._script = client.register_script(lua.source("publish"))
+        self._script = OnceScript(client, "publish")
 
     @property
     def stream(self) -> str:

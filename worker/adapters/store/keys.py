@@ -85,6 +85,9 @@ LAYOUT_1 = _Layout1()
 DEAD_MESSAGES_KEY = "cash_receipt:parked"
 #: One sweep at a time across the fleet (a string: the holder's token).
 SWEEPER_LOCK_KEY = "cash_receipt:sweeper:lock"
+#: The reply of one mutating script call, kept a while by its call id, so that a
+#: client's re-run of that call answers it again (strings with a TTL: JSON).
+CALL_PREFIX = "cash_receipt:call:"
 #: The ingress's dead letters: stream entries it could not turn into a job (a list,
 #: newest first; ``cashreceipt dead`` lists them).
 DEAD_ENTRIES_KEY = "cash_receipt:dead:ingress"
@@ -144,3 +147,8 @@ def status_key(imp_uid: str) -> str:
 def token_key(imp_key: str) -> str:
     """The cached access token of one merchant account, named without its key in Redis."""
     return TOKEN_PREFIX + hashlib.sha256(imp_key.encode()).hexdigest()[:16]
+
+
+def call_key(call_id: str) -> str:
+    """Where the reply of one script call is kept (:mod:`worker.adapters.store.once`)."""
+    return f"{CALL_PREFIX}{call_id}"

@@ -60,6 +60,7 @@ from worker.adapters.store.keys import (
     terminal_key,
     waiters_key,
 )
+from worker.adapters.store.once import OnceScript
 from worker.adapters.store.record import (
     answered_fields,
     cancelled_fields,
@@ -116,14 +117,14 @@ class Ledger:
         self._event_retention = event_retention_seconds
         self._retention = retention_seconds
         self._lease_ms = int(lease_seconds * 1000)
-        self._receive = client.register_script(lua.source("receive"))
-        self._receive_cancel = client.register_script(lua.source("receive_cancel"))
-        self._claim = client.register_script(lua.source("claim"))
-        self._hold = client.register_script(lua.source("hold"))
-        self._finish = client.register_script(lua.source("finish"))
-        self._due = client.register_script(lua.source("due"))
+        self._receive = OnceScript(client, "receive")
+        self._receive_cancel = OnceScript(client, "receive_cancel")
+        self._claim = OnceScript(client, "claim")
+        self._hold = OnceScript(client, "hold")
+        self._finish = OnceScript(client, "finish")
+        self._due = OnceScript(client, "due")
         self._note = client.register_script(lua.source("note"))
-        self._publish = client.register_script(lua.source("publish"))
+        self._publish = OnceScript(client, "publish")
 
     def now(self) -> float:
         """The time by the clock every transition is stamped with (epoch seconds).

@@ -12,6 +12,11 @@ when it can only be named from what the script reads (:mod:`worker.adapters.stor
 all). Every script that needs the time reads Redis's own (``now_ms.lua``: ``TIME``,
 plus a test's offset in ARGV), never its caller's: hosts' clocks differ
 (:mod:`worker.adapters.store.clock`).
+
+A script that needs ``once`` (every one that changes the ledger, but ``note``, whose
+re-run writes the same fields again) is put inside ``return once(function() ... end)``:
+its reply is kept under a key named by the call's own id (the last of its KEYS), so
+that a client's re-run of the same call answers it again (:mod:`worker.adapters.store.once`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from functools import cache
 from importlib.resources import files
 
 _NEEDS = "-- needs:"
+#: The fragment that makes a script safe to re-run; its script is put inside it.
+_ONCE = "once"
 
 
 @cache
@@ -30,4 +37,6 @@ def source(name: str) -> str:
     if not first.startswith(_NEEDS):
         return text
     needs = [need.strip() for need in first.removeprefix(_NEEDS).split(",")]
+    if _ONCE in needs:
+        text = f"return {_ONCE}(function()\n{text}end)\n"
     return "".join(source(need) for need in needs) + text

@@ -1,4 +1,4 @@
--- needs: now_ms, partial
+-- needs: now_ms, partial, once
 -- KEYS: ledger, due, terminal marker of this task, waiters, dead-job index.
 -- ARGV: task_id, payload, clock offset ms (now_ms.lua), lease_ms, receipt key (the indexes'
 --       member), op ('issue' or 'cancel'),

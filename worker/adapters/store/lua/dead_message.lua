@@ -1,4 +1,4 @@
--- needs: now_ms
+-- needs: now_ms, once
 -- Keep one dead message (none for '') and drop the expired ones: parked longer ago
 -- than retention s by the ledger's clock (a record's parked_at_ms is its host's).
 -- KEYS: dead messages' list. ARGV: record, limit, retention s, clock offset ms (now_ms.lua)

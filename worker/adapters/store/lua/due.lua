@@ -1,4 +1,4 @@
--- needs: now_ms
+-- needs: now_ms, once
 -- Hand a due job to the sweeper once, pushing its due time forward.
 -- KEYS: ledger, due. ARGV: clock offset ms (now_ms.lua), regrace_ms, receipt key (the
 -- index's member)

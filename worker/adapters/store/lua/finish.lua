@@ -1,4 +1,4 @@
--- needs: now_ms, publish_once, partial
+-- needs: now_ms, publish_once, partial, once
 -- The terminal transition and its event, together.
 -- KEYS: ledger, due, stream, terminal marker, status pointer, waiters, dead-job index,
 --       history, terminal marker of the extra event.

@@ -1,4 +1,4 @@
--- needs: now_ms
+-- needs: now_ms, once
 -- Keep (or park) a claimed job while it waits to retry.
 -- KEYS: ledger, due, history. ARGV: fence, clock offset ms (now_ms.lua), due_ms, new_state,
 -- last_error, receipt key,

@@ -1,4 +1,4 @@
--- needs: now_ms, partial
+-- needs: now_ms, partial, once
 -- KEYS: ledger, due, waiters, terminal marker of this task.
 -- ARGV: task_id, payload, clock offset ms (now_ms.lua), resend_after_ms, receipt key (the due
 -- index's member)

@@ -1,4 +1,4 @@
--- needs: now_ms, partial
+-- needs: now_ms, partial, once
 -- Record a cancellation before it is enqueued, so that a lost message is re-sent.
 -- KEYS: ledger, due, terminal marker of this task. ARGV: task_id, cancel, clock offset ms
 -- (now_ms.lua), resend_after_ms, receipt key (the due index's member)
