@@ -746,9 +746,11 @@ def _history(start: float, entries: list[dict[str, Any]]) -> list[dict[str, Any]
     return [{**entry, "at": _since(start, entry["at"])} for entry in entries]
 
 
-def _traces(server: RedisServer, steps: Steps) -> tuple[dict[str, Any], dict[str, Any]]:
+def _traces(
+    server: RedisServer, steps: Steps, imp_uid: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """What ``steps`` answered and left, on the ledger and in memory, from one start time."""
-    imp_uid, prefix = f"imp_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex[:8]
+    imp_uid, prefix = imp_uid or f"imp_{uuid.uuid4().hex[:12]}", uuid.uuid4().hex[:8]
     client, stream = server.client(), f"test.contract.{uuid.uuid4().hex[:8]}"
     # One start for both: the memory store's clock starts at Redis's.
     start = redis_now(client)
@@ -802,6 +804,30 @@ def test_the_same_steps_leave_the_same_record(redis_server: RedisServer, steps: 
     redis_trace, memory_trace = _traces(redis_server, steps)
     for part in redis_trace:
         assert memory_trace[part] == redis_trace[part], part
+
+
+@pytest.mark.parametrize(
+    ("order", "steps"),
+    [
+        (("due", "x"), partial_refund_reissued),
+        (("failed", "x"), failed_with_waiters),
+        (("x", "x:history"), partial_refund_reissued),
+        (("x:waiters", "x"), failed_with_waiters),
+    ],
+    ids=["due", "failed", "x:history", "x:waiters"],
+)
+def test_ids_that_named_a_key_leave_the_same_record(
+    own_redis: RedisServer, order: tuple[str, str], steps: Steps
+) -> None:
+    """Issue 14, finding 1: an id that named one of the ledger's own keys in layout 1 (an
+    index, payment x's history or waiters) is only an id, on Redis as in memory, whose
+    payments share nothing. Each pair runs in the order that met in layout 1: the
+    index's name on a quiet Redis; x's history before x:history; x:waiters before x
+    has a waiter."""
+    for imp_uid in order:
+        redis_trace, memory_trace = _traces(own_redis, steps, imp_uid)
+        for part in redis_trace:
+            assert memory_trace[part] == redis_trace[part], (imp_uid, part)
 
 
 def test_a_reopened_job_keeps_no_cancel_step_of_an_earlier_refund(
