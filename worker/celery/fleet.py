@@ -25,6 +25,7 @@ from celery import Celery
 from celery.worker.control import inspect_command
 
 from worker.adapters.store.keys import LAYOUT_VERSION
+from worker.core.contract import QUEUE
 
 #: The remote-control command a worker of this release answers with its key layout.
 LAYOUT_COMMAND = "cashreceipt_layout"
@@ -48,17 +49,24 @@ def older_workers(
 
     A worker that answered the ping but whose layout came too late is asked again, up
     to ``rounds`` times in all: on a busy host a reply may miss one window. A worker of
-    another release never answers, so only it costs the rounds.
+    another release never answers, so only it costs the rounds. The workers asked are
+    those that answer ``active_queues`` (every Celery worker does, like a ping) and may
+    consume this project's queue.
     """
     answered: set[str] = set()
     current: set[str] = set()
     for _ in range(rounds):
         with ThreadPoolExecutor(max_workers=2) as pool:
-            pings = pool.submit(app.control.ping, timeout=timeout)
+            pings = pool.submit(app.control.broadcast, "active_queues", reply=True, timeout=timeout)
             layouts = pool.submit(
                 app.control.broadcast, LAYOUT_COMMAND, reply=True, timeout=timeout
             )
-            answered |= {host for reply in pings.result() or [] for host in reply}
+            answered |= {
+                host
+                for reply in pings.result() or []
+                for host, queues in reply.items()
+                if _may_consume(queues)
+            }
             current |= {
                 host
                 for reply in layouts.result() or []
@@ -68,6 +76,18 @@ def older_workers(
         if not answered - current:
             return []
     return sorted(answered - current)
+
+
+def _may_consume(queues: object) -> bool:
+    """Whether a worker's answer to ``active_queues`` may be a worker of this project.
+
+    A Celery app of another project on the same broker answers too, with its own
+    queues: it is not counted. A worker of ours that consumes nothing at this moment
+    (starting, or stopping while its tasks end) answers an empty list, and counts.
+    """
+    if not isinstance(queues, list) or not queues:
+        return True
+    return any(isinstance(queue, dict) and queue.get("name") == QUEUE for queue in queues)
 
 
 def refusal(older: list[str]) -> str:
