@@ -413,8 +413,9 @@ class UnreadableRunner(JobRunner):
     It claims the job like any issue message, so the job ends in one failure
     event (``payload_unreadable``) and the sweeper has nothing left to re-send.
     The failure is its message's alone: an issue message waiting on the job takes
-    it over (``finish_unrun``), and issues if its own payload opens; a job already ended answers as it would any issue
-    message. Its ``message`` is what the job keeps, the sealed fields as they came
+    it over (``finish_unrun``), and issues if its own payload opens. A job already
+    ended answers as it would any issue message. Its ``message`` is what the job
+    keeps, the sealed fields as they came
     (:func:`~worker.core.schemas.kept_unreadable`): once the key that sealed them
     is configured again, ``cashreceipt replay`` issues it.
     """
