@@ -26,6 +26,7 @@ from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import (
     ROOT,
+    TEST_PII_KEY,
     ProcessOutput,
     producer_app,
     running_worker,
@@ -129,3 +130,52 @@ def test_a_new_worker_starts_only_after_the_old_ones_and_issues_their_parked_job
     ]
     assert len(results.for_task(task_id)) == 1
     producer.close()
+
+
+#: What an older producer does with the helper: record the job in the ledger (layout 1),
+#: then send its message, here lost on the way (it is never sent).
+OLD_PRODUCER = """
+import sys
+from celery import Celery
+from worker.adapters.privacy.sealing import Sealer
+from worker.celery.producer import _ledger
+from worker.core.schemas import load_payload
+
+url, key, imp_uid, task_id = sys.argv[1:]
+app = Celery("checkout", broker=url)
+app.conf.pii_encryption_keys = [key]
+sealer = Sealer.from_conf(app.conf)
+message = load_payload({"imp_uid": imp_uid, "identifier": "01055554321"}, sealer).to_message(
+    sealer
+)
+print(_ledger(app).receive(imp_uid, task_id=task_id, payload=message, resend_after=1))
+"""
+
+
+def test_an_older_producers_lost_message_is_re_sent_by_a_new_worker(
+    own_redis: RedisServer, own_sandbox: Sandbox, old_release: Path
+) -> None:
+    """Producers are upgraded after the workers: until then an older one records its jobs
+    in layout 1's due index, which every sweep folds into layout 2's, so the sweeper
+    still re-sends a job whose message was lost."""
+    env = worker_env(own_redis.url, own_sandbox.url, SWEEP_INTERVAL="0.2")
+    client = own_redis.client()
+    results = ResultStream(client)
+    imp_uid, task_id = f"imp_{uuid.uuid4().hex[:12]}", str(uuid.uuid4())
+    with running_worker(env) as new:
+        wait_for(lambda: client.get(LAYOUT_KEY) == "2", timeout=10, message="the layout")
+        recorded = subprocess.run(
+            [sys.executable, "-c", OLD_PRODUCER, own_redis.url, TEST_PII_KEY, imp_uid, task_id],
+            cwd=old_release,
+            env={**env, "PYTHONPATH": str(old_release)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert recorded.stdout.strip() == "received", recorded.stderr
+        event = results.wait(task_id, timeout=30)
+    assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.issued", False)
+    assert own_sandbox.issued_count(imp_uid) == 1
+    assert not client.exists(LAYOUT_1.due_key)
+    assert "refusing" not in new.text
