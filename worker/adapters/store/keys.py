@@ -1,8 +1,9 @@
 """Every Redis key name and prefix the package writes or reads: the store's layout.
 
 The values are a contract with deployed Redis data: change one only with a new
-:data:`LAYOUT_VERSION` and its migration. Scripts
-(worker/adapters/store/lua/) never build a key name themselves: each key reaches them as KEYS, or,
+:data:`LAYOUT_VERSION` and its migration (:mod:`worker.adapters.store.layout`). Scripts
+(worker/adapters/store/lua/) never build a key name themselves: each key reaches them as KEYS,
+or,
 for a key they can only name once they read the record (a waiter's marker), as a
 prefix in ARGV.
 
@@ -19,7 +20,7 @@ import hashlib
 from dataclasses import dataclass
 
 #: Which layout of these keys the data is in: set to :data:`LAYOUT_VERSION` by the
-#: migration once the data is in it (a string).
+#: migration (:func:`worker.adapters.store.layout.migrate`) once it is (a string).
 LAYOUT_KEY = "cash_receipt:layout"
 #: The layout this code reads and writes. 1: before issue 14 (indexes and side keys
 #: under the ledger's prefix); 2: every key but a V1 payment's record outside it.
