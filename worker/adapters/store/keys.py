@@ -3,8 +3,7 @@
 The values are a contract with deployed Redis data: change one only with a new
 :data:`LAYOUT_VERSION` and its migration (:mod:`worker.adapters.store.layout`). Scripts
 (worker/adapters/store/lua/) never build a key name themselves: each key reaches them as KEYS,
-or,
-for a key they can only name once they read the record (a waiter's marker), as a
+or, for a key they can only name once they read the record (a waiter's marker), as a
 prefix in ARGV.
 
 A reader of a key (the metrics' state collector, the CLI) imports its name from here,
