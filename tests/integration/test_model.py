@@ -60,10 +60,9 @@ from tests.support.redis_server import RedisServer, running_redis
 
 pytestmark = pytest.mark.integration
 
-#: Issue 14, finding 12 (a taken-over cancellation is lost) is fixed on main, and its
-#: shrunk schedule passes; the model still holds a second cancellation back while one
-#: is open, for a schedule it then finds is not yet closed (see ``_held_back``).
-FINDING_12_FIXED = False
+#: Issue 14, finding 12 (a taken-over cancellation is lost) is fixed on main: the model
+#: sends a cancellation while another of the payment is open (see ``_held_back``).
+FINDING_12_FIXED = True
 #: The producers record every task whose message they send, or end it at once: the
 #: model loses any message (``crash``).
 UNRECORDED_FIXED = False

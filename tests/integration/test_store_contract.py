@@ -725,6 +725,27 @@ def refund_recorded_behind_a_full_refund(
     ]
 
 
+def two_refunds_recorded_behind_an_issue(
+    jobs: Both, imp_uid: str, task: Callable[[str], str]
+) -> list[object]:
+    """Issue 14, finding 12: of two refunds recorded behind an issue, the later runs; the
+    earlier ends with its outcome, even though the issue ended first."""
+    issue = jobs.claim(imp_uid, task_id=task("t1"), payload=PAYLOAD)
+    steps: list[object] = [
+        jobs.receive_cancel(imp_uid, task_id=task("r1"), cancel=PARTIAL, resend_after=60),
+        jobs.receive_cancel(imp_uid, task_id=task("r2"), cancel=REFUND, resend_after=60),
+        finish(jobs, imp_uid, issue.fence, task("t1")) is not None,
+        _fields(jobs, imp_uid),
+    ]
+    refund = jobs.claim(imp_uid, task_id=task("r2"), payload=REFUND, op="cancel")
+    return [
+        *steps,
+        refund,
+        finish(jobs, imp_uid, refund.fence, task("r2"), state="cancelled") is not None,
+        jobs.claim(imp_uid, task_id=task("r1"), payload=PARTIAL, op="cancel"),
+    ]
+
+
 def _events(found: Iterable[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """The events by task id; each ``event_id`` and ``occurred_at`` only as there or not.
 
@@ -797,6 +818,7 @@ def _traces(
         refund_recorded_behind_a_partial_refund,
         parked_refund_taken_over,
         refund_recorded_behind_a_full_refund,
+        two_refunds_recorded_behind_an_issue,
     ],
 )
 def test_the_same_steps_leave_the_same_record(redis_server: RedisServer, steps: Steps) -> None:
@@ -981,3 +1003,20 @@ def test_a_refund_another_ends_for_hears_its_outcome_once(
     [(kind, data)] = store.events(other)
     assert (kind, data["task_id"], data["duplicate"]) == (CANCELLED, other, True)
     assert jobs.claim(imp_uid, task_id=other, payload=REFUND, op="cancel") == Claim(ClaimKind.DONE)
+
+
+def test_an_earlier_refund_recorded_behind_an_issue_hears_the_later_ones_outcome(
+    store: Store, imp_uid: str
+) -> None:
+    """Issue 14, finding 12 (found by the model): a second refund recorded behind the same
+    issue took the first one's place; the first ends with the second's outcome, once."""
+    jobs = store.jobs
+    issue = jobs.claim(imp_uid, task_id=store.task("t1"), payload=PAYLOAD)
+    jobs.receive_cancel(imp_uid, task_id=store.task("r1"), cancel=REFUND, resend_after=60)
+    jobs.receive_cancel(imp_uid, task_id=store.task("r2"), cancel=REFUND, resend_after=60)
+    assert finish(jobs, imp_uid, issue.fence, store.task("t1")) is not None
+    assert store.events(store.task("r1")) == []
+    refund = jobs.claim(imp_uid, task_id=store.task("r2"), payload=REFUND, op="cancel")
+    assert finish(jobs, imp_uid, refund.fence, store.task("r2"), state="cancelled") is not None
+    [(kind, data)] = store.events(store.task("r1"))
+    assert (kind, data["duplicate"]) == (CANCELLED, True)

@@ -405,6 +405,9 @@ class MemoryStore:
             return state
         due = now + int(resend_after * 1000)
         if rec is not None and state in {"received", "in_flight"}:
+            earlier = rec.get("pending_cancel_task")
+            if earlier and earlier != task_id:
+                _cancel_waiter(rec, earlier)
             rec.update(
                 pending_cancel_task=task_id, pending_cancel=text, pending_cancel_due=str(due)
             )
@@ -492,8 +495,7 @@ class MemoryStore:
             and op == "cancel"
             and state in {"in_flight", "received"}
         ):
-            waiting = json.loads(rec.get("cancel_waiters") or "[]")
-            rec["cancel_waiters"] = _cjson([*waiting, owner])
+            _cancel_waiter(rec, owner)
         if recorded_op != op and state in {"in_flight", "received"}:
             attempts = 0
         attempts += 1
@@ -657,7 +659,7 @@ class MemoryStore:
         if pending.get("op") == "cancel":
             for waiter in json.loads(pending.get("cancel_waiters") or "[]"):
                 echo(waiter)
-        rec.pop("cancel_waiters", None)
+            rec.pop("cancel_waiters", None)
         successor: str | None = None
         if to_waiter and self._to_waiter(imp_uid, rec, state, now + self.lease_ms):
             successor = "issue"  # the job is in hand again: its waiters stay
@@ -802,9 +804,15 @@ class MemoryEvents:
         return Published(entry_id=entry_id, new=new)
 
 
-def _cjson(value: list[str]) -> str:
-    """A list as Redis's cjson encodes it: no spaces, and ``/`` escaped."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/")
+def _cancel_waiter(rec: dict[str, str], task_id: str) -> None:
+    """The cancel_waiter.lua fragment: ``task_id`` ends with the job's next cancellation.
+
+    The list is kept as Redis's cjson encodes it: no spaces, and ``/`` escaped.
+    """
+    waiting = [*json.loads(rec.get("cancel_waiters") or "[]"), task_id]
+    rec["cancel_waiters"] = json.dumps(waiting, separators=(",", ":"), ensure_ascii=False).replace(
+        "/", "\\/"
+    )
 
 
 def _json(text: str | None) -> dict[str, Any] | None:

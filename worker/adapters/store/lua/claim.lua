@@ -1,4 +1,4 @@
--- needs: now_ms, partial, once
+-- needs: now_ms, partial, once, cancel_waiter
 -- KEYS: ledger, due, terminal marker of this task, waiters, dead-job index.
 -- ARGV: task_id, payload, clock offset ms (now_ms.lua), lease_ms, receipt key (the indexes'
 --       member), op ('issue' or 'cancel'),
@@ -72,9 +72,7 @@ elseif owner and owner ~= ARGV[1] and recorded_op == 'cancel' and op == 'cancel'
     and (state == 'in_flight' or state == 'received') then
   -- A cancellation takes over another's (parked, or its worker gone): that one
   -- ends with this one's outcome, as a duplicate (issue 14, finding 12).
-  local waiting = cjson.decode(redis.call('HGET', KEYS[1], 'cancel_waiters') or '[]')
-  table.insert(waiting, owner)
-  redis.call('HSET', KEYS[1], 'cancel_waiters', cjson.encode(waiting))
+  cancel_waiter(KEYS[1], owner)
 end
 if recorded_op ~= op and (state == 'in_flight' or state == 'received') then
   -- Another operation takes over an unfinished job (a refund of a parked issue): it

@@ -145,8 +145,8 @@ if record[4] == 'cancel' then
   for _, waiter in ipairs(cjson.decode(redis.call('HGET', KEYS[1], 'cancel_waiters') or '[]')) do
     echo(waiter)
   end
+  redis.call('HDEL', KEYS[1], 'cancel_waiters')
 end
-redis.call('HDEL', KEYS[1], 'cancel_waiters')
 local successor = nil
 if to_waiter() then
   -- The job is in hand again (an issue waiter's): its waiters stay, and so does a

@@ -1,4 +1,4 @@
--- needs: now_ms, partial, once
+-- needs: now_ms, partial, once, cancel_waiter
 -- Record a cancellation before it is enqueued, so that a lost message is re-sent.
 -- KEYS: ledger, due, terminal marker of this task. ARGV: task_id, cancel, clock offset ms
 -- (now_ms.lua), resend_after_ms, receipt key (the due index's member)
@@ -16,8 +16,11 @@ if state == 'cancelled' and not (partial(record[3]) and not partial(ARGV[2])) th
   return state  -- nothing left to cancel: the task reports a duplicate
 end
 if state == 'received' or state == 'in_flight' then
-  -- Another task owns the job. The cancellation waits its turn; if the job
-  -- ends issued before this task has claimed it, it becomes the job's owner.
+  -- Another task owns the job. The cancellation waits its turn; when the job
+  -- ends before this task has claimed it, it becomes the job's owner. One recorded
+  -- so before it ends with this one's outcome.
+  local earlier = redis.call('HGET', KEYS[1], 'pending_cancel_task')
+  if earlier and earlier ~= ARGV[1] then cancel_waiter(KEYS[1], earlier) end
   redis.call('HSET', KEYS[1], 'pending_cancel_task', ARGV[1], 'pending_cancel', ARGV[2],
     'pending_cancel_due', resend_at)
   return state
