@@ -239,6 +239,11 @@ class ProtocolModel(RuleBasedStateMachine):
         self.world.say(f"the next {method} meets {kind}")
 
     @rule()
+    def rerun_script(self) -> None:
+        """The next script call is re-run, as a client retry after a lost reply does."""
+        self.world.rerun_next_script()
+
+    @rule()
     def rotate_keys(self) -> None:
         self.world.rotate()
 

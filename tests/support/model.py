@@ -31,6 +31,7 @@ from cryptography.fernet import Fernet
 
 from tests.support.ledger_clock import LedgerClock
 from tests.support.memory import DEFERRED, LOST, MemoryProvider
+from tests.support.rerun import RerunningRedis
 from tests.support.runners import RULES
 from tests.support.stepping import Abandoned, Stepper
 from worker.adapters.privacy.sealing import Sealer
@@ -277,11 +278,14 @@ class World:
 
     def __post_init__(self) -> None:
         self.clock = LedgerClock(self.client)
+        #: The ledger's, the events' and the sweeper's client: it re-runs the next script
+        #: call when told (``rerun``), as redis-py's retry after a lost reply does.
+        self.rerunning = RerunningRedis(connection_pool=self.client.connection_pool)
         self.provider = ModelProvider(self.clock)
         for imp_uid in PAYMENTS:
             self.provider.pay(imp_uid, AMOUNT)
         self.ledger = Ledger(
-            self.client,
+            self.rerunning,
             stream=STREAM,
             event_retention_seconds=RETENTION,
             retention_seconds=RETENTION,
@@ -289,11 +293,14 @@ class World:
             clock_offset=self.clock.offset,
         )
         self.events = RedisEvents(
-            self.client, stream=STREAM, retention_seconds=RETENTION, clock_offset=self.clock.offset
+            self.rerunning,
+            stream=STREAM,
+            retention_seconds=RETENTION,
+            clock_offset=self.clock.offset,
         )
         self.sweeper = Sweeper(
             ledger=self.ledger,
-            client=self.client,
+            client=self.rerunning,
             send=self._resend,
             interval=1.0,
             rand=lambda: 0.0,
@@ -540,8 +547,17 @@ class World:
     def sweep(self) -> int:
         return self.sweeper.sweep_once()
 
+    def rerun_next_script(self) -> None:
+        """The next script call (whoever makes it) runs twice: its first reply was lost."""
+        self.rerunning.rerun += 1
+        self.say("the next script call is re-run")
+
     def rotate(self) -> None:
-        """A new key goes first everywhere (README, key rotation, step 1)."""
+        """A new key goes first everywhere (README, key rotation, step 1): every worker
+        restarts with it, so the runs in hand are handed back (redelivered), and nothing
+        is sealed under an old key from now on."""
+        for name in self.waiting():
+            self.crash(name, redeliver=True)
         self.keys.insert(0, Fernet.generate_key().decode())
         self.resealed = False
         self.say(f"keys rotate: {len(self.keys)} keys")
