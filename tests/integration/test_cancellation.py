@@ -16,6 +16,7 @@ from tests.support.wait import wait_for
 from worker.adapters.store.keys import ledger_key
 from worker.adapters.store.views import job_history
 from worker.celery.producer import enqueue_cancel, enqueue_issue
+from worker.config import timing
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 PHONE = "01055554321"
@@ -291,3 +292,25 @@ def test_repeated_partial_refund_without_a_receipt_lookup_is_a_duplicate(
     """Issue 14, finding 15: Settlebank's receipts cannot be looked up; the job's recorded
     receipt (the re-issue's answer) tells the repeat apart: no DELETE, no third receipt."""
     refund_twice(producer, sandbox, results, imp_uid, pg_provider="settle")
+
+
+@pytest.mark.parametrize("lookup", [True, False], ids=["lookup", "no-lookup-pg"])
+def test_no_refund_attempt_makes_more_requests_than_the_time_rule_counts(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str, lookup: bool
+) -> None:
+    """Issue 14, finding 16: a partial refund's attempt had made seven calls (nine with no
+    receipt lookup), each up to four HTTP requests, where the time rule counts on five:
+    its lease could pass mid-attempt. Counted at the sandbox, per attempt of the refund."""
+    sandbox.admin.seed_payment(
+        imp_uid, amount=33000, **({} if lookup else {"pg_provider": "settle"})
+    )
+    payload = {"imp_uid": imp_uid, "identifier": PHONE, "identifier_type": "phone"}
+    assert results.wait(enqueue_issue(payload, app=producer))["type"] == "cash_receipt.issued"
+    before = len(sandbox.admin.requests(imp_uid))
+    sandbox.admin.seed_payment(imp_uid, cancel_amount=11000)
+    task_id = enqueue_cancel({"imp_uid": imp_uid, "amount": 11000}, app=producer)
+    wait_for(lambda: len(results.for_task(task_id)) == 2, message="both events of the refund")
+    attempts = max(event["data"]["attempts"] for event in results.for_task(task_id))
+    made = len(sandbox.admin.requests(imp_uid)) - before
+    assert made <= attempts * timing.MAX_PROVIDER_CALLS_PER_ATTEMPT, (made, attempts)
+    assert sandbox.admin.issued_count(imp_uid) == 2

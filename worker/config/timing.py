@@ -6,11 +6,17 @@ import math
 from collections.abc import Mapping
 
 from worker.config import ConfigError
+from worker.core.budget import MAX_PROVIDER_CALLS_PER_ATTEMPT
 
-#: The most HTTP requests one attempt can make: up to five API calls (receipt
-#: lookup, payment lookup, POST, and the lookup pair again after an ambiguous
-#: answer), each of which may fetch a token, get a 401, renew it and resend.
-MAX_HTTP_REQUESTS_PER_ATTEMPT = 20
+#: The most HTTP requests one provider call makes: i'mport's client may fetch a
+#: token, send, get a 401, renew the token and send again.
+HTTP_REQUESTS_PER_CALL = 4
+#: The most HTTP requests one attempt can make: the runner stops an attempt before
+#: its calls pass MAX_PROVIDER_CALLS_PER_ATTEMPT (worker/core/budget.py: five, an
+#: issue's receipt lookup, payment lookup, POST, and the lookup pair again after an
+#: ambiguous answer; a refund that needs more goes on in the next attempt), and each
+#: call makes at most HTTP_REQUESTS_PER_CALL.
+MAX_HTTP_REQUESTS_PER_ATTEMPT = MAX_PROVIDER_CALLS_PER_ATTEMPT * HTTP_REQUESTS_PER_CALL
 #: Slack for Redis round trips, event publishing and scheduling delays.
 VISIBILITY_MARGIN_SECONDS = 10
 

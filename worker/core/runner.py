@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+from worker.core.budget import MAX_PROVIDER_CALLS_PER_ATTEMPT, BudgetedProvider, BudgetSpent
 from worker.core.errors import OutcomeUnknown, ProviderError, TransientError
 from worker.core.events import CANCELLED_MESSAGE, invalid_detail, no_payload_detail
 from worker.core.issuing import (
@@ -64,6 +65,8 @@ UNREADABLE_MESSAGE = (
     "the payload's sealed fields open with no configured key (PII_ENCRYPTION_KEYS): "
     "configure the key that sealed them again, then replay the job"
 )
+#: Why an attempt stopped short: one more call would pass the time rule's bound.
+_BUDGET = "the attempt made as many requests as one may; the job goes on in the next"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class Rules:
     settle_seconds: float
     #: RETRY_COUNTDOWN_MAX: a longer wait goes back to the store (parked), not to a countdown.
     countdown_max: float
+    #: The most provider calls one attempt makes (the time rule counts on it).
+    calls_per_attempt: int = MAX_PROVIDER_CALLS_PER_ATTEMPT
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,9 @@ class JobRunner:
         attempt: int = 1,
     ) -> None:
         self.store = store
-        self.provider = provider
+        #: Counts each attempt's calls, and refuses the one past the bound.
+        self.budget = BudgetedProvider(provider, limit=rules.calls_per_attempt)
+        self.provider: Provider = self.budget
         self.terminal = terminal
         self.rules = rules
         self.imp_uid = imp_uid
@@ -193,7 +200,10 @@ class JobRunner:
         A retry, a takeover after a crash and a redelivery all come here: their
         lookup must wait until the provider can no longer act on the job's last
         POST or DELETE, or it would prove nothing. None: another task owns the job now.
+        An attempt that would make more calls than the bound is handed on before that
+        call (:mod:`worker.core.budget`).
         """
+        self.budget.reset()
         try:
             if claim.resumed:
                 # The job's last POST or DELETE, while unsettled: this run's until it sends.
@@ -208,6 +218,8 @@ class JobRunner:
             return self.act(replace(self.terminal, attempts=claim.attempt), claim)
         except Superseded:
             return None
+        except BudgetSpent:
+            return self.hand_back(claim, ProviderError(_BUDGET), 0.0, cause="request_budget")
 
     def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
         raise NotImplementedError
@@ -215,12 +227,15 @@ class JobRunner:
     def settled(self, claim: Claim) -> Instruction:
         raise NotImplementedError
 
-    def hand_back(self, claim: Claim, error: ProviderError, delay: float) -> Instruction | None:
+    def hand_back(
+        self, claim: Claim, error: ProviderError, delay: float, *, cause: str | None = None
+    ) -> Instruction | None:
         """Retry later: a short countdown, or, for a long wait, park the job in the store.
 
         While the job's last POST or DELETE is unsettled, no sooner than the
         bound on late processing after it was sent: the retry's first step is
-        the lookup that settles it. None: fenced out.
+        the lookup that settles it. ``cause`` names the retry (by default the
+        error's class). None: fenced out.
         """
         bound = self.rules.settle_seconds
         delay = max(delay, settle_delay(self.sent_at, bound=bound, now=self.store.now()))
@@ -233,10 +248,10 @@ class JobRunner:
         ):
             until = self.store.now() + delay
             self.store.park(self.imp_uid, fence=claim.fence, until=until, error=last)
-            return Done(Outcome.PARKED, reason=error_cause(error))
+            return Done(Outcome.PARKED, reason=cause or error_cause(error))
         if not self.store.extend(self.imp_uid, fence=claim.fence, seconds=delay, error=last):
             return None
-        return Retry(delay, error_cause(error))
+        return Retry(delay, cause or error_cause(error))
 
     def answered(self, error: ProviderError | None = None) -> None:
         """What the provider last said in this run: its HTTP status and code."""
@@ -520,7 +535,9 @@ class CancelRunner(JobRunner):
             return self.failed(error, claim, partial(self.give_up, terminal, claim, error))
         if not cancel_done:
             self.answered()
-        return self.after_cancel(terminal, claim, cancelled, request, unopened, kept=payload)
+        return self.after_cancel(
+            terminal, claim, cancelled, request, unopened, kept=payload, look_first=cancel_done
+        )
 
     def after_cancel(
         self,
@@ -531,9 +548,11 @@ class CancelRunner(JobRunner):
         unopened: InvalidPayload | None,
         *,
         kept: dict[str, Any] | None,
+        look_first: bool = True,
     ) -> Instruction | None:
         """What follows the cancel step: a full refund ends; a partial one issues the balance
-        from the ``kept`` payload (``request``, opened, or why not: ``unopened``)."""
+        from the ``kept`` payload (``request``, opened, or why not: ``unopened``), looking
+        first unless this attempt did the cancel step (:meth:`reissue`)."""
         if "amount" in self.message and kept is None and cancelled is not None:
             # A receipt was cancelled and nothing here can issue its balance: the
             # identifier went with the payload (a record past LEDGER_RETENTION, or a
@@ -543,7 +562,7 @@ class CancelRunner(JobRunner):
         if "amount" not in self.message or kept is None:
             ok = terminal.finish_cancelled(fence=claim.fence, cancelled=cancelled)
             return Done(Outcome.CANCELLED) if ok else None
-        return self.reissue(terminal, claim, cancelled, request, unopened)
+        return self.reissue(terminal, claim, cancelled, request, unopened, look_first=look_first)
 
     def open_kept(
         self, payload: dict[str, Any] | None
@@ -611,12 +630,18 @@ class CancelRunner(JobRunner):
         cancelled: Receipt | None,
         request: ReceiptRequest | None,
         unopened: InvalidPayload | None,
+        *,
+        look_first: bool = True,
     ) -> Instruction | None:
         """After a partial refund: a new receipt for what is left, which the provider computes.
 
         ``request`` is None when the kept payload did not open (``unopened`` says why)
         after the cancel step was done: the job ends failed, replayable once the key
-        that sealed it is configured again.
+        that sealed it is configured again. ``look_first``: an earlier attempt did the
+        cancel step, and may have sent this POST without hearing back. An attempt that
+        cancelled the receipt itself knows that no re-issue was sent (one goes only after
+        the cancel step is recorded): it POSTs at once, which keeps a partial refund
+        within one attempt's calls.
         """
         if request is None:
             assert unopened is not None
@@ -627,11 +652,10 @@ class CancelRunner(JobRunner):
             if self.settling(claim):
                 issued = settle_issue(self.provider, request.imp_uid, sends)
             else:
-                # Look first: an earlier attempt may have issued it without hearing back.
                 issued = issue_receipt(
                     self.provider,
                     request,
-                    look_first=True,
+                    look_first=look_first,
                     operation=self.operation("reissue", claim),
                     sends=sends,
                 )

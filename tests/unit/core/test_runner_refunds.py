@@ -7,9 +7,10 @@ the new receipt, and the same refund sent twice changes nothing.
 
 from __future__ import annotations
 
+from functools import partial
+
 from tests.support.memory import DEFERRED, LOST, MemoryProvider
 from tests.support.runners import RULES, World
-from worker.core.errors import ProviderUnavailable
 from worker.core.outcome import Outcome
 from worker.core.runner import Done, Failed, Retry
 from worker.core.types import Receipt
@@ -74,18 +75,16 @@ def test_a_partial_refund_cancels_then_reissues_the_balance() -> None:
 
 def test_a_retry_after_the_cancel_step_only_reissues() -> None:
     """The DELETE is done and recorded; the re-issue's POST was acted on but its answer
-    lost, and the lookup after it failed. The retry must not cancel again (that would
-    cancel the receipt for the balance): it looks, finds the new receipt, and ends."""
+    lost, and the lookup after it would pass the attempt's calls (worker/core/budget.py):
+    the attempt stops there. The retry must not cancel again (that would cancel the
+    receipt for the balance): it waits out the POST, looks, finds the new receipt, ends."""
     world = World()
     issued(world)
     world.provider.refund("imp_1", 300)
     world.provider.fail_next("POST", LOST)
-    # Looks: is the balance covered, is the receipt live, before the POST, after it.
-    unavailable = ProviderUnavailable("503", status=503)
-    world.provider.fail_next("GET receipt", None, None, None, unavailable)
     first = world.cancel_runner("c1", amount=300)
     retry = first.run()
-    assert retry == Retry(RULES.settle_seconds, "provider_unavailable")
+    assert retry == Retry(RULES.settle_seconds, "request_budget")
     assert (world.store.raw_record("imp_1") or {})["cancel_step"] == "cancelled"
     world.clock.advance(retry.delay)
     again = world.cancel_runner("c1", amount=300, fence=first.fence, attempt=2)
@@ -136,7 +135,12 @@ def test_a_repeated_partial_refund_without_a_receipt_lookup_is_a_duplicate() -> 
     world = World(provider=NoLookupProvider)
     issued(world)
     world.provider.refund("imp_1", 300)
-    assert world.cancel_runner("c1", amount=300).run() == Done(Outcome.CANCELLED_REISSUED)
+    # With no lookup, the refund's calls pass one attempt's bound: it POSTs in the next.
+    first = world.deliver(partial(world.cancel_runner, "c1", amount=300))
+    assert first.instructions == [
+        Retry(RULES.settle_seconds, "request_budget"),
+        Done(Outcome.CANCELLED_REISSUED),
+    ]
     assert amounts(world) == [(1000, False), (700, True)]
     assert world.cancel_runner("c2", amount=300).run() == Done(Outcome.CANCELLED_DUPLICATE)
     [event] = world.store.events_of("c2")
@@ -145,7 +149,8 @@ def test_a_repeated_partial_refund_without_a_receipt_lookup_is_a_duplicate() -> 
     assert amounts(world) == [(1000, False), (700, True)]
     # A further refund still cancels and re-issues.
     world.provider.refund("imp_1", 200)
-    assert world.cancel_runner("c3", amount=200).run() == Done(Outcome.CANCELLED_REISSUED)
+    third = world.deliver(partial(world.cancel_runner, "c3", amount=200))
+    assert third.last == Done(Outcome.CANCELLED_REISSUED)
     assert amounts(world) == [(1000, False), (700, False), (500, True)]
 
 
