@@ -7,13 +7,17 @@ the new receipt, and the same refund sent twice changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+
+import pytest
 
 from tests.support.memory import DEFERRED, LOST, MemoryProvider
 from tests.support.runners import RULES, World
 from worker.core.outcome import Outcome
+from worker.core.ports import OperationId
 from worker.core.runner import Done, Failed, Retry
-from worker.core.types import Receipt
+from worker.core.types import Receipt, ReceiptOrder
 
 
 def issued(world: World, amount: int = 1000) -> None:
@@ -175,3 +179,43 @@ def test_a_partial_refund_after_the_record_expired_says_it_could_not_reissue() -
     assert amounts(world) == [(1000, False)]
     assert world.issue_runner("t2").run() == Done(Outcome.ISSUED)
     assert amounts(world) == [(1000, False), (700, True)]
+
+
+class TimedProvider(MemoryProvider):
+    """Keeps when each POST and DELETE was sent, by the world's clock."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(clock)
+        self.sent_at: list[tuple[str, float]] = []
+
+    def issue_receipt(
+        self, request: ReceiptOrder, *, operation: OperationId, on_send: Callable[[], None]
+    ) -> Receipt:
+        self.sent_at.append(("POST", self._clock()))
+        return super().issue_receipt(request, operation=operation, on_send=on_send)
+
+    def cancel_receipt(
+        self, imp_uid: str, *, operation: OperationId, on_send: Callable[[], None]
+    ) -> Receipt:
+        self.sent_at.append(("DELETE", self._clock()))
+        return super().cancel_receipt(imp_uid, operation=operation, on_send=on_send)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14, finding 14, open: DELETE is not fenced; a re-issue POST is sent "
+    "before IAMPORT_SETTLE_SECONDS have passed since the last DELETE, which i'mport may "
+    "still act on and so cancel the receipt the POST issues",
+)
+def test_no_reissue_post_before_the_bound_after_the_last_delete() -> None:
+    world = World(provider=TimedProvider)
+    issued(world)
+    world.provider.refund("imp_1", 300)
+    assert world.deliver(partial(world.cancel_runner, "c1", amount=300)).last == Done(
+        Outcome.CANCELLED_REISSUED
+    )
+    provider = world.provider
+    assert isinstance(provider, TimedProvider)
+    deletes = [at for method, at in provider.sent_at if method == "DELETE"]
+    [post] = [at for method, at in provider.sent_at if method == "POST"][1:]
+    assert post - max(deletes) >= RULES.settle_seconds
