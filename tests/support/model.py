@@ -587,14 +587,6 @@ class World:
             if m.op == "issue" and owners.get(m.payload.get("imp_uid", "")) != m.task_id
         ]
 
-    def open_cancellation(self, imp_uid: str) -> bool:
-        """Whether a cancellation of ``imp_uid`` was sent and has no event yet."""
-        ended = self.events_by_task()
-        return any(
-            t.op == "cancel" and t.imp_uid == imp_uid and t.task_id not in ended
-            for t in self.tasks.values()
-        )
-
     # -- what the oracles read -----------------------------------------------------------
 
     def events_by_task(self) -> dict[str, list[str]]:
