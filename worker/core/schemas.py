@@ -201,7 +201,8 @@ class PaymentConfirmedSchema(Schema):
         load_default=None,
         allow_none=True,
         strict=True,
-        validate=validate.Range(min=0, max=2**53 - 1),
+        # Said as 2^53 - 1: a 16-digit number in an error is what the masks hide.
+        validate=validate.Range(min=0, max=2**53 - 1, error="Must be from 0 to 2^53 - 1."),
     )
 
     @validates_schema

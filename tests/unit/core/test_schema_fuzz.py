@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, example, settings
 from hypothesis import given as given_
 from hypothesis import strategies as st
 
@@ -248,8 +248,13 @@ def test_random_json_values_are_accepted_or_refused_by_field(raw: object) -> Non
 
 
 @given(3000, field_dicts)
+@example({"imp_uid": "x9007199254740991", "tax_free": -1, "identifier": "01012345678"})
 def test_real_fields_with_any_values_are_accepted_or_refused_by_field(raw: object) -> None:
-    """3,000 objects with the real field names and values of every type and size."""
+    """3,000 objects with the real field names and values of every type and size.
+
+    The explicit example sends the digits of the tax-free cap: an error naming the cap in
+    digits would seem to echo them (it did, in one run of another build's examples).
+    """
     assert_accepted_or_refused_by_field(raw)
 
 
