@@ -27,8 +27,7 @@ and the provider agree.
 
 What the model holds back until its defect is fixed, each with a strict xfail example
 below, is said where the rule is (``HELD_BACK``): losing a message whose task the ledger
-did not record (``crash``), dropping keys under a waiter's message (``drop_old_keys``),
-a DELETE refused for good (``fail_next_change``).
+did not record (``crash``), dropping keys under a waiter's message (``drop_old_keys``).
 
 ``make test`` runs the default profile; ``CASHRECEIPT_MODEL_PROFILE=long`` runs the long
 one (README, "The model-based test").
@@ -74,9 +73,6 @@ UNRECORDED_FIXED = False
 #: A waiter's message whose key was dropped after a complete reseal no longer fails the
 #: job: the model drops keys whatever is in the broker (``drop_old_keys``).
 WAITERS_UNREADABLE_FIXED = False
-#: A refund refused for good records the live receipt it saw: the model refuses DELETEs
-#: for good too (``fail_next_change``).
-CANCEL_FAILED_FIXED = False
 PROFILE = os.environ.get("CASHRECEIPT_MODEL_PROFILE", "default")
 #: At most this many workers run at once while the rules play.
 WORKERS = 3
@@ -208,13 +204,6 @@ class ProtocolModel(RuleBasedStateMachine):
     @rule(method=st.sampled_from(["POST", "DELETE"]), kind=st.sampled_from(CHANGING_FAULTS))
     def fail_next_change(self, method: str, kind: str) -> None:
         """The next POST or DELETE, whichever payment's, meets ``kind``."""
-        if (method, kind) == ("DELETE", "400") and not CANCEL_FAILED_FIXED:
-            # HELD_BACK (found by this model): no DELETE is refused for good, since a
-            # refund that then fails on a job whose receipt the ledger never recorded
-            # (the issue died after its POST) leaves the job failed with the receipt live
-            # (test_a_refund_refused_for_good_leaves_the_live_receipt_on_record).
-            self.world.say("held back: a DELETE refused for good")
-            return
         self._fail_next(method, kind)
 
     @rule(
@@ -368,18 +357,14 @@ def test_a_waiters_message_under_a_dropped_key_fails_no_job(world: World) -> Non
     check_quiet(world)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the model: a refund refused for good leaves its job failed while the "
-    "receipt it found is live, when the ledger had not recorded it",
-)
 def test_a_refund_refused_for_good_leaves_the_live_receipt_on_record(world: World) -> None:
     """The model's shrunk schedule (its essence): an issue's POST creates the receipt and
     its worker dies before the job ends, its message lost. A full refund takes the job
     over, waits out the POST, finds the receipt live, and its DELETE is refused for good
-    (400): cancel_failed. The job ends ``failed`` (no receipt on record, issue 14 finding
-    10's rule), yet the receipt is live: reconcile reports the ledger wrong, and a
-    confirmation that re-opens the job would POST again."""
+    (400): cancel_failed. Had the job ended ``failed`` (no receipt on record, issue 14
+    finding 10's rule) with the receipt live, reconcile would report the ledger wrong,
+    and the confirmation that follows would POST a second receipt. It records the
+    receipt the refund saw and stays ``issued``."""
     world.confirm("imp_a")
     name = world.deliver(world.due()[0])
     while str(world.stepper.waiting()[name]) != f"{name}: store.note_sent":
@@ -388,5 +373,8 @@ def test_a_refund_refused_for_good_leaves_the_live_receipt_on_record(world: Worl
     world.crash(name, redeliver=False)
     world.provider.fail_next("DELETE", fault("400"))
     world.refund("imp_a", partial=False)
+    drain(world)
+    check_quiet(world)
+    world.confirm("imp_a")
     drain(world)
     check_quiet(world)

@@ -17,21 +17,37 @@ issue a third receipt.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from worker.core.errors import InvalidRequest, OutcomeUnknown
 from worker.core.issuing import NOT_ACTED_ON, UNLOGGED, SendLog, send_logged
 from worker.core.ports import OperationId, Provider
 from worker.core.types import Receipt
 
+#: Told what each lookup showed live (None: nothing live, or nothing it can show), so
+#: that a cancellation refused for good records the live receipt it saw: the job stays
+#: issued rather than failed, and no confirmation re-issues over it (model defect 5).
+LiveSeen = Callable[[Receipt | None], None]
+
+
+def _unseen(_receipt: Receipt | None) -> None:
+    pass
+
 
 def cancel_live_receipt(
-    client: Provider, imp_uid: str, *, operation: OperationId, sends: SendLog = UNLOGGED
+    client: Provider,
+    imp_uid: str,
+    *,
+    operation: OperationId,
+    sends: SendLog = UNLOGGED,
+    seen: LiveSeen = _unseen,
 ) -> Receipt | None:
     """Make sure no live receipt remains; returns the cancelled one, or None if there was none.
 
     The DELETE's send time goes to ``sends``, so an ambiguous one is settled
     only after the bound on late processing.
     """
-    gone, receipt = cancel_done(client, imp_uid)
+    gone, receipt = cancel_done(client, imp_uid, seen=seen)
     if gone:
         return receipt
     # A live receipt, or one i'mport says exists but cannot show (KICC, Settlebank).
@@ -43,12 +59,15 @@ def cancel_live_receipt(
     except InvalidRequest:
         # 400: nothing issued through i'mport to cancel. Look again, to be sure.
         again = client.find_receipt(imp_uid)
+        seen(again if again is not None and again.active else None)
         if again is not None and again.active:
             raise
         return again
 
 
-def settle_cancel(client: Provider, imp_uid: str, *, sends: SendLog) -> Receipt | None:
+def settle_cancel(
+    client: Provider, imp_uid: str, *, sends: SendLog, seen: LiveSeen = _unseen
+) -> Receipt | None:
     """The settling attempt after the budget: look, never DELETE.
 
     The lookup settles the unsettled DELETE, so the send time is cleared (a
@@ -57,20 +76,23 @@ def settle_cancel(client: Provider, imp_uid: str, *, sends: SendLog) -> Receipt 
     :class:`OutcomeUnknown` is raised, which the spent budget ends as
     ``retries_exhausted``.
     """
-    gone, receipt = cancel_done(client, imp_uid)
+    gone, receipt = cancel_done(client, imp_uid, seen=seen)
     sends.answered()
     if not gone:
         raise OutcomeUnknown(NOT_ACTED_ON)
     return receipt
 
 
-def cancel_done(client: Provider, imp_uid: str) -> tuple[bool, Receipt | None]:
+def cancel_done(
+    client: Provider, imp_uid: str, *, seen: LiveSeen = _unseen
+) -> tuple[bool, Receipt | None]:
     """Whether no live receipt remains (looking only), and the receipt the lookup showed.
 
     A cancelled receipt may be an attempt's DELETE whose answer was lost; none at all
     means nothing was issued through i'mport.
     """
     receipt = client.find_receipt(imp_uid)
+    seen(receipt if receipt is not None and receipt.active else None)
     if receipt is not None:
         return not receipt.active, receipt
     return not client.get_payment(imp_uid).cash_receipt_issued, None

@@ -485,6 +485,8 @@ class CancelRunner(JobRunner):
         )
         #: Unseals the issue's payload for the re-issue after a partial refund.
         self.sealer = sealer
+        #: The live receipt this attempt's last lookup showed (None: none, or none shown).
+        self.live: Receipt | None = None
 
     def settled(self, claim: Claim) -> Instruction:
         # cancelled already: this cancellation repeated one that happened.
@@ -493,6 +495,7 @@ class CancelRunner(JobRunner):
 
     def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
         imp_uid, store, client = self.imp_uid, self.store, self.provider
+        self.live = None
         job = store.view(imp_uid)
         # A retry after the cancel step only re-issues (note_cancelled, below).
         cancel_done = job is not None and job.cancel_done
@@ -521,13 +524,16 @@ class CancelRunner(JobRunner):
                 return self.refuse_unopened(terminal, claim, unopened)
             if not cancel_done:
                 if self.settling(claim):
-                    cancelled = settle_cancel(client, imp_uid, sends=self.sends(claim))
+                    cancelled = settle_cancel(
+                        client, imp_uid, sends=self.sends(claim), seen=self.saw
+                    )
                 else:
                     cancelled = cancel_live_receipt(
                         client,
                         imp_uid,
                         operation=self.operation("cancel", claim),
                         sends=self.sends(claim),
+                        seen=self.saw,
                     )
                 if not store.note_cancelled(imp_uid, fence=claim.fence, receipt=cancelled):
                     return None
@@ -585,11 +591,18 @@ class CancelRunner(JobRunner):
             return None
         return Failed(error.reason, f"cancel {error.reason}: {message}")
 
+    def saw(self, live: Receipt | None) -> None:
+        """What a lookup of the cancel step showed live."""
+        self.live = live
+
     def give_up(
         self, terminal: TerminalPublisher, claim: Claim, error: ProviderError, reason: str
     ) -> Instruction | None:
-        """The cancel step failed for good: its failure event; None: fenced out."""
-        if not terminal.finish_cancel_failed(fence=claim.fence, error=error, reason=reason):
+        """The cancel step failed for good: its failure event, with the live receipt its
+        lookup saw, if any; None: fenced out."""
+        if not terminal.finish_cancel_failed(
+            fence=claim.fence, error=error, reason=reason, live=self.live
+        ):
             return None
         return Failed(reason, f"cancel {reason}: {failure_message(error)}")
 

@@ -171,13 +171,18 @@ class TerminalPublisher:
         )
         return entry is not None
 
-    def finish_cancel_failed(self, *, fence: int, error: ProviderError, reason: str) -> bool:
+    def finish_cancel_failed(
+        self, *, fence: int, error: ProviderError, reason: str, live: Receipt | None = None
+    ) -> bool:
         """The receipt could not be cancelled: it stays live, and the job issued.
 
         The store lists it with the dead letters, so that a refunded payment's
         live receipt is seen, and ``cashreceipt replay`` sends the cancellation again.
+        ``live``: the receipt the cancellation's lookup found live. The job records it,
+        as its issue would have, had that issue's worker not died before recording it.
         """
-        return self._finish_cancel_failed(fence=fence, detail=error_detail(error, reason))
+        detail = error_detail(error, reason)
+        return self._finish_cancel_failed(fence=fence, detail=detail, live=live)
 
     def finish_unrun(self, *, fence: int, op: str, reason: str, message: str) -> bool:
         """End the owned job without running it (its message expired, or was revoked).
@@ -200,15 +205,23 @@ class TerminalPublisher:
         event_type = CANCEL_FAILED if op == "cancel" else FAILED
         return self._publish(event_type, duplicate=False, detail=detail)
 
-    def _finish_cancel_failed(self, *, fence: int, detail: dict[str, Any]) -> bool:
+    def _finish_cancel_failed(
+        self, *, fence: int, detail: dict[str, Any], live: Receipt | None = None
+    ) -> bool:
         # A job with no receipt was never issued: recorded ``issued``, the confirmation
         # that follows would be a duplicate with no receipt, and none would ever be
         # issued. It ends failed, which a new confirmation re-opens (issue 14, finding 10).
+        # A receipt the lookup found live is the job's, recorded or not: failed, a
+        # confirmation would POST a second one (model defect 5).
         assert self.imp_uid is not None
         view = self.store.view(self.imp_uid)
-        state = "issued" if view is not None and view.has_receipt else "failed"
+        known = live is not None or (view is not None and view.has_receipt)
         return self._finish_failure(
-            fence=fence, state=state, event_type=CANCEL_FAILED, detail=detail
+            fence=fence,
+            state="issued" if known else "failed",
+            event_type=CANCEL_FAILED,
+            detail=detail,
+            receipt=live.as_dict() if live is not None else None,
         )
 
     def _finish_failure(
@@ -219,6 +232,7 @@ class TerminalPublisher:
         event_type: str,
         detail: dict[str, Any],
         to_waiter: bool = False,
+        receipt: dict[str, Any] | None = None,
     ) -> bool:
         assert self.imp_uid is not None
         entry = self.store.finish(
@@ -228,6 +242,7 @@ class TerminalPublisher:
             task_id=self.task_id,
             event_type=event_type,
             data=self._data(duplicate=False, detail=detail),
+            receipt=receipt,
             error=detail["error"],
             to_waiter=to_waiter,
         )

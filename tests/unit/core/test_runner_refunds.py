@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.memory import DEFERRED, LOST, MemoryProvider
 from tests.support.runners import RULES, World
+from worker.core.errors import InvalidRequest
 from worker.core.outcome import Outcome
 from worker.core.ports import OperationId
 from worker.core.runner import Done, Failed, Retry
@@ -179,6 +180,30 @@ def test_a_partial_refund_after_the_record_expired_says_it_could_not_reissue() -
     assert amounts(world) == [(1000, False)]
     assert world.issue_runner("t2").run() == Done(Outcome.ISSUED)
     assert amounts(world) == [(1000, False), (700, True)]
+
+
+def test_a_refund_refused_for_good_records_the_live_receipt_it_saw() -> None:
+    """Model defect 5: the ledger has no receipt (here: its record expired; in the model,
+    the issue's worker died after its POST), the refund's lookup finds one live, and its
+    DELETE is refused for good. The job records that receipt and stays issued, a dead
+    letter: not failed, which a confirmation would re-open and POST a second receipt."""
+    world = World()
+    issued(world)
+    del world.store.records["imp_1"]  # the ledger knows no receipt
+    world.provider.refund("imp_1", 1000)
+    world.provider.fail_next("DELETE", InvalidRequest("refused", status=400, code=-1))
+    outcome = world.cancel_runner("c1").run()
+    assert isinstance(outcome, Failed) and outcome.reason == "rejected"
+    [event] = world.store.events_of("c1")
+    assert event.type == "cash_receipt.cancel_failed"
+    record = world.store.raw_record("imp_1") or {}
+    assert record["state"] == "issued"
+    assert '"amount": 1000' in record["receipt"]
+    assert "imp_1" in world.store.dead
+    # A confirmation sent again is a duplicate of the live receipt: nothing is POSTed.
+    assert world.issue_runner("t2").run() == Done(Outcome.ISSUED_DUPLICATE)
+    assert world.provider.sent("POST") == 1
+    assert amounts(world) == [(1000, True)]
 
 
 class TimedProvider(MemoryProvider):
