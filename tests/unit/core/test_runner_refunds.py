@@ -206,6 +206,32 @@ def test_a_refund_refused_for_good_records_the_live_receipt_it_saw() -> None:
     assert amounts(world) == [(1000, True)]
 
 
+def test_a_refund_whose_settling_lookup_finds_the_receipt_live_records_it() -> None:
+    """Model defect 5, by the other way a cancel step fails for good: every DELETE went
+    unanswered, and the settling attempt's lookup finds the receipt still live
+    (retries_exhausted). The job records what that lookup saw, and stays issued."""
+    world = World()
+    issued(world)
+    del world.store.records["imp_1"]  # the ledger knows no receipt
+    world.provider.refund("imp_1", 1000)
+    world.provider.fail_next("DELETE", *[DEFERRED] * RULES.policy.max_attempts)
+    fence = None
+    for attempt in range(1, RULES.policy.max_attempts + 1):
+        runner = world.cancel_runner("c1", fence=fence, attempt=attempt)
+        retry = runner.run()
+        assert isinstance(retry, Retry)
+        fence = runner.fence
+        world.clock.advance(retry.delay)
+    settling = world.cancel_runner("c1", fence=fence, attempt=RULES.policy.max_attempts + 1)
+    outcome = settling.run()
+    assert isinstance(outcome, Failed) and outcome.reason == "retries_exhausted"
+    [event] = world.store.events_of("c1")
+    assert event.type == "cash_receipt.cancel_failed"
+    record = world.store.raw_record("imp_1") or {}
+    assert record["state"] == "issued"
+    assert '"amount": 1000' in record["receipt"]
+
+
 class TimedProvider(MemoryProvider):
     """Keeps when each POST and DELETE was sent, by the world's clock."""
 
