@@ -182,24 +182,35 @@ def test_a_partial_refund_after_the_record_expired_says_it_could_not_reissue() -
     assert amounts(world) == [(1000, False), (700, True)]
 
 
-def test_a_refund_refused_for_good_records_the_live_receipt_it_saw() -> None:
-    """Model defect 5: the ledger has no receipt (here: its record expired; in the model,
-    the issue's worker died after its POST), the refund's lookup finds one live, and its
-    DELETE is refused for good. The job records that receipt and stays issued, a dead
-    letter: not failed, which a confirmation would re-open and POST a second receipt."""
+def unrecorded_and_refunded() -> World:
+    """imp_1's receipt is live and the ledger knows none (here: its record expired; in
+    the model, the issue's worker died after its POST); the payment is refunded in full."""
     world = World()
     issued(world)
-    del world.store.records["imp_1"]  # the ledger knows no receipt
+    del world.store.records["imp_1"]
     world.provider.refund("imp_1", 1000)
-    world.provider.fail_next("DELETE", InvalidRequest("refused", status=400, code=-1))
-    outcome = world.cancel_runner("c1").run()
-    assert isinstance(outcome, Failed) and outcome.reason == "rejected"
+    return world
+
+
+def assert_live_receipt_recorded(world: World, outcome: object, reason: str) -> None:
+    """c1 failed for good (``reason``), and its job records the live receipt, issued and
+    a dead letter: not failed, which a confirmation would re-open and POST again."""
+    assert isinstance(outcome, Failed) and outcome.reason == reason
     [event] = world.store.events_of("c1")
     assert event.type == "cash_receipt.cancel_failed"
     record = world.store.raw_record("imp_1") or {}
     assert record["state"] == "issued"
     assert '"amount": 1000' in record["receipt"]
     assert "imp_1" in world.store.dead
+
+
+def test_a_refund_refused_for_good_records_the_live_receipt_it_saw() -> None:
+    """Model defect 5: the ledger has no receipt, the refund's lookup finds one live, and
+    its DELETE is refused for good. The job records that receipt and stays issued."""
+    world = unrecorded_and_refunded()
+    world.provider.fail_next("DELETE", InvalidRequest("refused", status=400, code=-1))
+    outcome = world.cancel_runner("c1").run()
+    assert_live_receipt_recorded(world, outcome, "rejected")
     # A confirmation sent again is a duplicate of the live receipt: nothing is POSTed.
     assert world.issue_runner("t2").run() == Done(Outcome.ISSUED_DUPLICATE)
     assert world.provider.sent("POST") == 1
@@ -210,10 +221,7 @@ def test_a_refund_whose_settling_lookup_finds_the_receipt_live_records_it() -> N
     """Model defect 5, by the other way a cancel step fails for good: every DELETE went
     unanswered, and the settling attempt's lookup finds the receipt still live
     (retries_exhausted). The job records what that lookup saw, and stays issued."""
-    world = World()
-    issued(world)
-    del world.store.records["imp_1"]  # the ledger knows no receipt
-    world.provider.refund("imp_1", 1000)
+    world = unrecorded_and_refunded()
     world.provider.fail_next("DELETE", *[DEFERRED] * RULES.policy.max_attempts)
     fence = None
     for attempt in range(1, RULES.policy.max_attempts + 1):
@@ -224,12 +232,7 @@ def test_a_refund_whose_settling_lookup_finds_the_receipt_live_records_it() -> N
         world.clock.advance(retry.delay)
     settling = world.cancel_runner("c1", fence=fence, attempt=RULES.policy.max_attempts + 1)
     outcome = settling.run()
-    assert isinstance(outcome, Failed) and outcome.reason == "retries_exhausted"
-    [event] = world.store.events_of("c1")
-    assert event.type == "cash_receipt.cancel_failed"
-    record = world.store.raw_record("imp_1") or {}
-    assert record["state"] == "issued"
-    assert '"amount": 1000' in record["receipt"]
+    assert_live_receipt_recorded(world, outcome, "retries_exhausted")
 
 
 class TimedProvider(MemoryProvider):
