@@ -27,7 +27,7 @@ and the provider agree.
 
 What the model holds back until its defect is fixed, each with a strict xfail example
 below, is said where the rule is (``HELD_BACK``): losing a message whose task the ledger
-did not record (``crash``), dropping keys under a waiter's message (``drop_old_keys``).
+did not record (``crash``).
 
 ``make test`` runs the default profile; ``CASHRECEIPT_MODEL_PROFILE=long`` runs the long
 one (README, "The model-based test").
@@ -70,9 +70,6 @@ pytestmark = pytest.mark.integration
 #: The producers record every task whose message they send, or end it at once: the
 #: model loses any message (``crash``).
 UNRECORDED_FIXED = False
-#: A waiter's message whose key was dropped after a complete reseal no longer fails the
-#: job: the model drops keys whatever is in the broker (``drop_old_keys``).
-WAITERS_UNREADABLE_FIXED = False
 PROFILE = os.environ.get("CASHRECEIPT_MODEL_PROFILE", "default")
 #: At most this many workers run at once while the rules play.
 WORKERS = 3
@@ -232,13 +229,8 @@ class ProtocolModel(RuleBasedStateMachine):
     @precondition(lambda self: len(self.world.keys) > 1 and self.world.resealed)
     @rule()
     def drop_old_keys(self) -> None:
-        if not WAITERS_UNREADABLE_FIXED and self.world.waiting_messages():
-            # HELD_BACK (found by this model, in issue 14 finding 5's fix): no key goes
-            # while an issue message of a task that does not own its job is in the broker,
-            # since it then fails the job (payload_unreadable) although everything kept
-            # was re-sealed (test_a_waiters_message_under_a_dropped_key_fails_no_job).
-            self.world.say("held back: dropping a key under a waiter's message")
-            return
+        # Whatever is in the broker: a waiter's message runs from its open job's copy
+        # (test_a_waiters_message_under_a_dropped_key_fails_no_job).
         self.world.drop_old_keys()
 
     # -- the invariants --------------------------------------------------------------------
@@ -333,20 +325,15 @@ def test_a_lost_message_of_a_task_the_ledger_did_not_record_ends_in_one_event(
     check_quiet(world)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the model (issue 14, finding 5's fix): a waiter's message under a "
-    "dropped key fails its job though every kept payload was re-sealed",
-)
 def test_a_waiters_message_under_a_dropped_key_fails_no_job(world: World) -> None:
     """The model's shrunk schedule: a confirmation is recorded and its message lost (the
     job stays received, the sweeper will re-send it); a second confirmation of the
     payment is recorded as a waiter of that job. The keys rotate, ``cashreceipt
     reseal`` completes (the job's payload is under the new key), the old key goes,
     as README's rotation steps allow. The waiter's message, sealed under the old key,
-    cannot run from its job's copy (it does not own the job): its UnreadableRunner
-    claims the job and ends it failed, payload_unreadable, and the payment never gets
-    its receipt."""
+    must run from its open job's copy (it does not own the job): it had claimed the job
+    through the UnreadableRunner and ended it failed, payload_unreadable, and the
+    payment never got its receipt."""
     world.confirm("imp_a")
     world.crash(world.deliver(world.due()[0]), redeliver=False)
     world.confirm("imp_a")

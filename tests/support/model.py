@@ -575,18 +575,6 @@ class World:
         del self.keys[1:]
         self.say("old keys dropped")
 
-    def waiting_messages(self) -> list[Message]:
-        """The issue messages sent or running whose task does not own its payment's job."""
-        owners = {
-            imp_uid: (self.ledger.raw_record(imp_uid) or {}).get("task_id") for imp_uid in PAYMENTS
-        }
-        messages = [*self.broker, *self.running.values()]
-        return [
-            m
-            for m in messages
-            if m.op == "issue" and owners.get(m.payload.get("imp_uid", "")) != m.task_id
-        ]
-
     # -- what the oracles read -----------------------------------------------------------
 
     def events_by_task(self) -> dict[str, list[str]]:

@@ -179,6 +179,11 @@ class JobView:
     #: look up (KICC, Settlebank) it is the only word on what the live receipt is for.
     receipt: Receipt | None = None
 
+    @property
+    def is_open(self) -> bool:
+        """Not ended: a message of the payment's may still run it, or wait on it."""
+        return self.state in ("received", "in_flight")
+
 
 @dataclass(frozen=True)
 class Published:

@@ -339,12 +339,18 @@ def issue_settled(terminal: TerminalPublisher, claim: Claim) -> Instruction:
 def issue_request(
     raw: object, *, sealer: Unsealer, store: JobStore, task_id: str
 ) -> ReceiptRequest:
-    """An issue message's payload, opened; else the one its job keeps, when this task owns it.
+    """An issue message's payload, opened; else the one its job keeps.
 
     The job's kept payload is re-sealed under the newest key by ``cashreceipt
     reseal``; the message in the broker is not. So a message (a producer's, a
-    retry's) whose key was dropped after the re-seal runs from its job's copy.
-    Raises :class:`~worker.core.schemas.PayloadUnreadable` when neither opens, and
+    retry's, a waiter's) whose key was dropped after the re-seal runs from its
+    job's copy: when this task owns the job, or when the job is still open (a
+    waiter's: the open job issues that payload whichever of its messages runs, and
+    the waiter would end with that receipt anyway, so no identifier is issued that
+    the job would not have issued). A job that ended under another task lends its
+    payload to no one: the message may ask for another identifier than the one that
+    failed, and nobody can read which. Raises
+    :class:`~worker.core.schemas.PayloadUnreadable` when no copy opens, and
     :class:`~worker.core.schemas.InvalidPayload` for a malformed one.
     """
     try:
@@ -352,7 +358,9 @@ def issue_request(
     except PayloadUnreadable:
         imp_uid = readable_imp_uid(raw)
         job = store.view(imp_uid) if imp_uid is not None else None
-        if job is None or job.task_id != task_id or job.op != "issue" or job.payload is None:
+        if job is None or job.op != "issue" or job.payload is None:
+            raise
+        if job.task_id != task_id and not job.is_open:
             raise
         kept = load_payload(job.payload, sealer)
         if kept.imp_uid != imp_uid:

@@ -67,12 +67,7 @@ def end_unrun(
         if found.kind is ClaimKind.DONE:
             return Unrun.LEFT
         view = store.view(imp_uid)
-    if (
-        imp_uid is None
-        or view is None
-        or view.task_id != terminal.task_id
-        or view.state not in {"received", "in_flight"}
-    ):
+    if imp_uid is None or view is None or view.task_id != terminal.task_id or not view.is_open:
         # Not this message's job, or one that ended: its event alone (a task id
         # publishes once, so a redelivery of an ended message publishes nothing).
         return _published(terminal.unrun(op=op, reason=reason, message=_MESSAGES[reason]))

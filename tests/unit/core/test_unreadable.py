@@ -121,9 +121,28 @@ def test_an_issue_runs_from_its_resealed_job_when_its_message_no_longer_opens() 
     rotate(world, KEY_B)
     assert run_issue(world, "t1", message) == Done(Outcome.ISSUED)
     assert len(world.provider.active("imp_1")) == 1
-    # Only the task that owns the job runs from its copy: another message does not.
+    # A job that ended lends its copy only to its owner: another message may ask for
+    # another identifier, and nobody can read which.
     with pytest.raises(PayloadUnreadable):
         issue_request(message, sealer=world.sealer, store=world.store, task_id="t9")
+
+
+def test_a_waiters_message_runs_from_its_open_resealed_job_whoever_owns_it() -> None:
+    world = sealed_world()
+    message = received(world)  # t1's message is lost: the job stays received
+    world.store.receive("imp_1", task_id="t2", payload=message, resend_after=60.0)  # a waiter
+    rotate(world, KEY_B, KEY_A)
+    record = world.store.records["imp_1"]
+    again = resealed(message, world.sealer)
+    assert again is not None
+    record["payload"] = json.dumps(again)  # cashreceipt reseal; then key A is dropped
+    rotate(world, KEY_B)
+    assert record["task_id"] == "t1"
+    # The open job issues its payload whichever of its messages runs: the waiter's does.
+    assert run_issue(world, "t2", message) == Done(Outcome.ISSUED)
+    assert len(world.provider.active("imp_1")) == 1
+    assert [event for event, _ in reason(world, "t2")] == ["cash_receipt.issued"]
+    assert UNREADABLE not in [why for _, why in reason(world, "t1")]
 
 
 def partial_refund_world() -> World:
