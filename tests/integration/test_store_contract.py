@@ -411,8 +411,10 @@ Both = Ledger | MemoryStore
 Steps = Callable[[Both, str, Callable[[str], str]], list[object]]
 
 
-#: A record's fields that hold a time (ms; ``sent_at``: s, a float).
-TIME_FIELDS = frozenset(
+#: A record's fields that hold a time in seconds (a float); the others hold ms.
+SECONDS_FIELDS = frozenset({"sent_at", "delete_sent_at"})
+#: A record's fields that hold a time.
+TIME_FIELDS = SECONDS_FIELDS | frozenset(
     {
         "created_at",
         "updated_at",
@@ -420,7 +422,6 @@ TIME_FIELDS = frozenset(
         "next_attempt_at",
         "pending_issue_due",
         "pending_cancel_due",
-        "sent_at",
     }
 )
 
@@ -441,7 +442,7 @@ def _timeless(start: float, found: object) -> object:
     if not isinstance(found, dict):
         return found
     return {
-        key: _since(start, value, ms=key != "sent_at") if key in TIME_FIELDS else value
+        key: _since(start, value, ms=key not in SECONDS_FIELDS) if key in TIME_FIELDS else value
         for key, value in found.items()
     }
 
@@ -497,13 +498,17 @@ def refund_waiting_for_an_issue(
 
 
 def partial_refund_reissued(jobs: Both, imp_uid: str, task: Callable[[str], str]) -> list[object]:
-    """A partial refund cancels, re-issues after a retry of its own, and ends with two events."""
+    """A partial refund cancels, re-issues after a retry of its own, and ends with two events.
+
+    The DELETE's time stays in the record after its answer, the job's end and a new claim
+    (issue 14, finding 14: no POST before the bound after it)."""
     _issued(jobs, imp_uid, task("t1"))
     refund = jobs.claim(imp_uid, task_id=task("r1"), payload=PARTIAL, op="cancel")
     now = jobs.now()
     steps: list[object] = [
         refund,
-        jobs.note_sent(imp_uid, fence=refund.fence, at=now, op="cancel"),
+        jobs.note_sent(imp_uid, fence=refund.fence, at=now, op="cancel", delete=True),
+        jobs.note_answered(imp_uid, fence=refund.fence),
         jobs.note_cancelled(imp_uid, fence=refund.fence, receipt=None),
         jobs.note_sent(imp_uid, fence=refund.fence, at=now, op="issue"),
         jobs.extend(imp_uid, fence=refund.fence, seconds=5, error={"reason": "unavailable"}),

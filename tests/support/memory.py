@@ -546,8 +546,10 @@ class MemoryStore:
         self.due[imp_uid] = due
         return True
 
-    def note_sent(self, imp_uid: str, *, fence: int, at: float, op: str) -> bool:
-        return self._note(imp_uid, fence, sent_fields(at=at, op=op))
+    def note_sent(
+        self, imp_uid: str, *, fence: int, at: float, op: str, delete: bool = False
+    ) -> bool:
+        return self._note(imp_uid, fence, sent_fields(at=at, op=op, delete=delete))
 
     def note_answered(self, imp_uid: str, *, fence: int) -> bool:
         return self._note(imp_uid, fence, answered_fields())

@@ -165,6 +165,9 @@ class JobView:
     #: Which operation sent that request (``issue`` or ``cancel``); None: unrecorded (a
     #: record of older code), which means the job's own.
     sent_op: str | None
+    #: When any attempt last sent a DELETE for the payment (epoch s), answered or not: the
+    #: provider may act on it late, so no POST goes out until the bound after it. None: none.
+    delete_sent_at: float | None = None
     #: A refund's cancel step is done (:meth:`JobStore.note_cancelled`): a retry only
     #: re-issues, never cancels again.
     cancel_done: bool = False
@@ -231,12 +234,15 @@ class JobStore(Protocol):
     def park(self, imp_uid: str, *, fence: int, until: float, error: Mapping[str, Any]) -> bool:
         """Hand the job back to the store until ``until`` (epoch s): a long wait."""
 
-    def note_sent(self, imp_uid: str, *, fence: int, at: float, op: str) -> bool:
+    def note_sent(
+        self, imp_uid: str, *, fence: int, at: float, op: str, delete: bool = False
+    ) -> bool:
         """A POST or DELETE of ``op`` goes out at ``at`` (store time): kept until answered.
 
         Recorded before the request leaves, so a retry, a takeover after a crash
         and ``cashreceipt settle`` all wait out the bound from it before a lookup.
-        False: fenced out, and the request must not be sent.
+        ``delete``: the request is a DELETE, whose time is also kept after its answer
+        (:attr:`JobView.delete_sent_at`). False: fenced out, and the request must not be sent.
         """
 
     def note_answered(self, imp_uid: str, *, fence: int) -> bool:

@@ -60,6 +60,11 @@ from worker.core.types import Receipt
 
 #: Why a resumed job waits before it looks: its last POST or DELETE is unsettled.
 _SETTLING = "i'mport may still act on the last request; looking after IAMPORT_SETTLE_SECONDS"
+#: Why a POST waits: i'mport may still act on the payment's last DELETE (issue 14, finding 14).
+_DELETE_SETTLING = (
+    "i'mport may still act on the payment's last DELETE, and cancel what a POST issues now; "
+    "posting after IAMPORT_SETTLE_SECONDS"
+)
 #: What the failure event of a payload no configured key opens says.
 UNREADABLE_MESSAGE = (
     "the payload's sealed fields open with no configured key (PII_ENCRYPTION_KEYS): "
@@ -253,6 +258,23 @@ class JobRunner:
             return None
         return Retry(delay, cause or error_cause(error))
 
+    def delete_wait(self) -> float:
+        """Seconds before this attempt may POST: 0, or the rest of the bound after a DELETE.
+
+        A DELETE an earlier attempt sent (any refund of the payment, answered or not)
+        may still be acted on late, and would cancel the receipt a POST issues now. So
+        no POST goes out until the bound on late processing has passed since the last
+        DELETE; until then the job waits as for its own unsettled send (:meth:`hand_back`).
+        """
+        job = self.store.view(self.imp_uid)
+        last_delete = job.delete_sent_at if job else None
+        return settle_delay(last_delete, bound=self.rules.settle_seconds, now=self.store.now())
+
+    def wait_out_delete(self, claim: Claim, wait: float) -> Instruction | None:
+        """Hand the job back until it may POST (:meth:`delete_wait`); None: fenced out."""
+        error = OutcomeUnknown(_DELETE_SETTLING)
+        return self.hand_back(claim, error, wait, cause="delete_settling")
+
     def answered(self, error: ProviderError | None = None) -> None:
         """What the provider last said in this run: its HTTP status and code."""
         if error is None:
@@ -293,9 +315,10 @@ class JobRunner:
             policy=self.rules.policy,
         )
 
-    def sends(self, claim: Claim) -> SendLog:
-        """The store as this run's :class:`~worker.core.issuing.SendLog`, under its fence."""
-        return _StoreSends(self, claim.fence)
+    def sends(self, claim: Claim, *, delete: bool = False) -> SendLog:
+        """The store as this run's :class:`~worker.core.issuing.SendLog`, under its fence
+        (``delete``: the request it logs is a DELETE)."""
+        return _StoreSends(self, claim.fence, delete=delete)
 
     def operation(self, step: str, claim: Claim) -> OperationId:
         """The id of a request this claim sends (``step``: issue, cancel or reissue)."""
@@ -310,13 +333,15 @@ class JobRunner:
 class _StoreSends:
     """A run's POST and DELETE send times, kept in its job's record under its fence."""
 
-    def __init__(self, run: JobRunner, fence: int) -> None:
-        self._run, self._fence = run, fence
+    def __init__(self, run: JobRunner, fence: int, *, delete: bool = False) -> None:
+        self._run, self._fence, self._delete = run, fence, delete
 
     def sending(self) -> None:
         run = self._run
         now = run.store.now()
-        if not run.store.note_sent(run.imp_uid, fence=self._fence, at=now, op=run.op):
+        if not run.store.note_sent(
+            run.imp_uid, fence=self._fence, at=now, op=run.op, delete=self._delete
+        ):
             raise Superseded  # fenced out: the job's new owner sends, not this run
         run.sent_at, run.sent_op, run.sent_here = now, run.op, True
 
@@ -408,8 +433,11 @@ class IssueRunner(JobRunner):
 
     def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
         """Issue as the job's owner; None when another task took the job over meanwhile."""
+        settling = self.settling(claim)
+        if not settling and (wait := self.delete_wait()) > 0:
+            return self.wait_out_delete(claim, wait)
         try:
-            if self.settling(claim):
+            if settling:
                 issued = settle_issue(self.provider, self.imp_uid, self.sends(claim))
             else:
                 issued = issue_receipt(
@@ -540,7 +568,7 @@ class CancelRunner(JobRunner):
                         client,
                         imp_uid,
                         operation=self.operation("cancel", claim),
-                        sends=self.sends(claim),
+                        sends=self.sends(claim, delete=True),
                         seen=self.saw,
                     )
                 if not store.note_cancelled(imp_uid, fence=claim.fence, receipt=cancelled):
@@ -661,16 +689,20 @@ class CancelRunner(JobRunner):
         that sealed it is configured again. ``look_first``: an earlier attempt did the
         cancel step, and may have sent this POST without hearing back. An attempt that
         cancelled the receipt itself knows that no re-issue was sent (one goes only after
-        the cancel step is recorded): it POSTs at once, which keeps a partial refund
-        within one attempt's calls.
+        the cancel step is recorded): it does not look first. No POST goes out until the
+        bound has passed since the last DELETE (:meth:`delete_wait`), so an attempt that
+        DELETEd hands the job on first (issue 14, finding 14).
         """
         if request is None:
             assert unopened is not None
             failure = invalid_detail(unopened)
             return self.reissue_failed(terminal, claim, cancelled, failure, sent=False)
+        settling = self.settling(claim)
+        if not settling and (wait := self.delete_wait()) > 0:
+            return self.wait_out_delete(claim, wait)
         try:
             sends = self.sends(claim)
-            if self.settling(claim):
+            if settling:
                 issued = settle_issue(self.provider, request.imp_uid, sends)
             else:
                 issued = issue_receipt(

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-import pytest
-
 from tests.support.memory import DEFERRED, LOST, MemoryProvider
 from tests.support.runners import RULES, World
 from worker.core.errors import InvalidRequest
@@ -57,7 +55,12 @@ def test_a_partial_refund_cancels_then_reissues_the_balance() -> None:
     world = World()
     issued(world)
     world.provider.refund("imp_1", 300)
-    assert world.cancel_runner("c1", amount=300).run() == Done(Outcome.CANCELLED_REISSUED)
+    # The DELETE, then, once i'mport can no longer act on it, the re-issue's POST.
+    first = world.deliver(partial(world.cancel_runner, "c1", amount=300))
+    assert first.instructions == [
+        Retry(RULES.settle_seconds, "delete_settling"),
+        Done(Outcome.CANCELLED_REISSUED),
+    ]
     assert amounts(world) == [(1000, False), (700, True)]
     # One transition, two events: the cancellation and the new receipt.
     assert [e.type for e in world.store.events_of("c1")] == [
@@ -73,23 +76,24 @@ def test_a_partial_refund_cancels_then_reissues_the_balance() -> None:
     assert amounts(world) == [(1000, False), (700, True)]
     # A second partial refund: the 700 receipt is replaced by one for 500.
     world.provider.refund("imp_1", 200)
-    assert world.cancel_runner("c3", amount=200).run() == Done(Outcome.CANCELLED_REISSUED)
+    third = world.deliver(partial(world.cancel_runner, "c3", amount=200))
+    assert third.last == Done(Outcome.CANCELLED_REISSUED)
     assert amounts(world)[-1] == (500, True)
     assert len(world.provider.active("imp_1")) == 1
 
 
 def test_a_retry_after_the_cancel_step_only_reissues() -> None:
-    """The DELETE is done and recorded; the re-issue's POST was acted on but its answer
-    lost, and the lookup after it would pass the attempt's calls (worker/core/budget.py):
-    the attempt stops there. The retry must not cancel again (that would cancel the
-    receipt for the balance): it waits out the POST, looks, finds the new receipt, ends."""
+    """The DELETE is done and recorded; the re-issue waits out the bound after it (finding
+    14), in the next attempt. That retry must not cancel again (that would cancel the
+    receipt for the balance): it looks, POSTs; the POST's answer is lost, the lookup after
+    it finds the new receipt, and the refund ends."""
     world = World()
     issued(world)
     world.provider.refund("imp_1", 300)
     world.provider.fail_next("POST", LOST)
     first = world.cancel_runner("c1", amount=300)
     retry = first.run()
-    assert retry == Retry(RULES.settle_seconds, "request_budget")
+    assert retry == Retry(RULES.settle_seconds, "delete_settling")
     assert (world.store.raw_record("imp_1") or {})["cancel_step"] == "cancelled"
     world.clock.advance(retry.delay)
     again = world.cancel_runner("c1", amount=300, fence=first.fence, attempt=2)
@@ -120,9 +124,10 @@ def test_the_refund_steps_carry_their_claims_fence() -> None:
     world = World()
     issued(world)
     world.provider.refund("imp_1", 300)
-    world.cancel_runner("c1", amount=300).run()
+    world.deliver(partial(world.cancel_runner, "c1", amount=300))
     keys = [call.operation.key for call in world.provider.calls if call.operation]
-    assert keys == ["issue:1:imp_1", "cancel:2:imp_1", "reissue:2:imp_1"]
+    # The re-issue waits out the DELETE (finding 14): its POST is the next claim's.
+    assert keys == ["issue:1:imp_1", "cancel:2:imp_1", "reissue:3:imp_1"]
 
 
 class NoLookupProvider(MemoryProvider):
@@ -140,10 +145,10 @@ def test_a_repeated_partial_refund_without_a_receipt_lookup_is_a_duplicate() -> 
     world = World(provider=NoLookupProvider)
     issued(world)
     world.provider.refund("imp_1", 300)
-    # With no lookup, the refund's calls pass one attempt's bound: it POSTs in the next.
+    # The re-issue waits out the bound after the DELETE (finding 14): it POSTs in the next.
     first = world.deliver(partial(world.cancel_runner, "c1", amount=300))
     assert first.instructions == [
-        Retry(RULES.settle_seconds, "request_budget"),
+        Retry(RULES.settle_seconds, "delete_settling"),
         Done(Outcome.CANCELLED_REISSUED),
     ]
     assert amounts(world) == [(1000, False), (700, True)]
@@ -178,7 +183,12 @@ def test_a_partial_refund_after_the_record_expired_says_it_could_not_reissue() -
     assert failed.data["error"]["retryable"] is False
     assert (world.store.raw_record("imp_1") or {})["state"] == "failed"
     assert amounts(world) == [(1000, False)]
-    assert world.issue_runner("t2").run() == Done(Outcome.ISSUED)
+    # The re-opened job POSTs only once i'mport can no longer act on the DELETE.
+    again = world.deliver(partial(world.issue_runner, "t2"))
+    assert again.instructions == [
+        Retry(RULES.settle_seconds, "delete_settling"),
+        Done(Outcome.ISSUED),
+    ]
     assert amounts(world) == [(1000, False), (700, True)]
 
 
@@ -255,13 +265,9 @@ class TimedProvider(MemoryProvider):
         return super().cancel_receipt(imp_uid, operation=operation, on_send=on_send)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14, finding 14, open: DELETE is not fenced; a re-issue POST is sent "
-    "before IAMPORT_SETTLE_SECONDS have passed since the last DELETE, which i'mport may "
-    "still act on and so cancel the receipt the POST issues",
-)
 def test_no_reissue_post_before_the_bound_after_the_last_delete() -> None:
+    """Issue 14, finding 14: i'mport may act on a DELETE late, and would cancel the receipt
+    a POST issued meanwhile. The re-issue waits out the bound after the DELETE."""
     world = World(provider=TimedProvider)
     issued(world)
     world.provider.refund("imp_1", 300)

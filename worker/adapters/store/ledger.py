@@ -379,9 +379,11 @@ class Ledger:
         found = self.raw_record(imp_uid)
         return job_view(imp_uid, found) if found is not None else None
 
-    def note_sent(self, imp_uid: str, *, fence: int, at: float, op: str) -> bool:
+    def note_sent(
+        self, imp_uid: str, *, fence: int, at: float, op: str, delete: bool = False
+    ) -> bool:
         """A POST or DELETE of ``op`` goes out at ``at``: kept until the provider answers it."""
-        return self._note_fields(imp_uid, fence, sent_fields(at=at, op=op))
+        return self._note_fields(imp_uid, fence, sent_fields(at=at, op=op, delete=delete))
 
     def note_answered(self, imp_uid: str, *, fence: int) -> bool:
         """The provider answered the job's last request: nothing is left to settle."""

@@ -28,6 +28,10 @@ SENT_AT_FIELD = "sent_at"
 #: took over an issue waits out the issue's POST, but only settles a DELETE of its own.
 #: Read only while ``sent_at`` is set; a record without it (older code) means the job's op.
 SENT_OP_FIELD = "sent_op"
+#: When any attempt last sent a DELETE for the payment (epoch seconds, ``repr`` of a float).
+#: Never emptied, and kept across a job's end and re-opening: i'mport may act on a DELETE
+#: late, so no POST goes out until IAMPORT_SETTLE_SECONDS after it (issue 14, finding 14).
+DELETE_SENT_AT_FIELD = "delete_sent_at"
 #: The refund's step done so far (``cancelled``), so that a retry after the cancel only
 #: re-issues. The scripts clear it when a new refund is recorded or claims a finished job,
 #: and when the job is re-opened or handed to a task recorded behind the refund.
@@ -50,6 +54,7 @@ def job_view(imp_uid: str, record: Mapping[str, str]) -> JobView:
         payload=_json(record.get("payload")),
         cancel=_json(record.get("cancel")),
         sent_at=sent_at(record),
+        delete_sent_at=_seconds(record.get(DELETE_SENT_AT_FIELD)),
         sent_op=record.get(SENT_OP_FIELD) or None,
         cancel_done=record.get(CANCEL_STEP_FIELD) == CANCELLED_STEP,
         cancelled_receipt=_receipt(imp_uid, record.get(CANCELLED_RECEIPT_FIELD)),
@@ -60,16 +65,24 @@ def job_view(imp_uid: str, record: Mapping[str, str]) -> JobView:
 
 def sent_at(record: Mapping[str, str]) -> float | None:
     """The unsettled send time a record holds, or None (answered, or unreadable)."""
-    raw = record.get(SENT_AT_FIELD) or ""
+    return _seconds(record.get(SENT_AT_FIELD))
+
+
+def _seconds(raw: str | None) -> float | None:
+    """A kept time (epoch seconds), or None: empty, absent or unreadable."""
     try:
         return float(raw) if raw else None
     except ValueError:
         return None
 
 
-def sent_fields(*, at: float, op: str) -> dict[str, str]:
-    """The fields :meth:`~worker.core.ports.JobStore.note_sent` writes."""
-    return {SENT_AT_FIELD: repr(at), SENT_OP_FIELD: op}
+def sent_fields(*, at: float, op: str, delete: bool = False) -> dict[str, str]:
+    """The fields :meth:`~worker.core.ports.JobStore.note_sent` writes; a DELETE's time
+    also goes to the field no answer empties."""
+    fields = {SENT_AT_FIELD: repr(at), SENT_OP_FIELD: op}
+    if delete:
+        fields[DELETE_SENT_AT_FIELD] = repr(at)
+    return fields
 
 
 def answered_fields() -> dict[str, str]:

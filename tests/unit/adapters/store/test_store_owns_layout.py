@@ -205,6 +205,7 @@ _LEDGER_FIELDS = frozenset(
     {
         "sent_at",
         "sent_op",
+        "delete_sent_at",
         "cancel_step",
         "cancelled_receipt",
         "lease_until",
