@@ -67,6 +67,27 @@ def test_full_refund_cancels_and_stale_issue_never_reissues(
     assert [r["method"] for r in sandbox.admin.requests(imp_uid)].count("DELETE") == 1
 
 
+def test_a_message_after_a_full_refund_ends_at_the_producer(
+    producer: Celery, results: ResultStream, imp_uid: str
+) -> None:
+    """A confirmation or a refund that comes after a full refund: the ledger records
+    neither, so nothing would re-send a lost message, and the producer publishes the
+    task's event before it returns (no message, no attempt), as the worker would have."""
+    issue(producer, results, imp_uid)
+    cancelled = results.wait(enqueue_cancel({"imp_uid": imp_uid}, app=producer))
+    receipt = cancelled["data"]["receipt"]
+
+    late = enqueue_issue({"imp_uid": imp_uid, "identifier": PHONE}, app=producer)
+    [stale] = results.for_task(late)  # already there when enqueue_issue returned
+    assert (stale["type"], stale["data"]["duplicate"]) == ("cash_receipt.failed", True)
+    assert (stale["data"]["error"]["reason"], stale["data"]["attempts"]) == ("cancelled", 0)
+
+    repeated = enqueue_cancel({"imp_uid": imp_uid}, app=producer)
+    [again] = results.for_task(repeated)
+    assert (again["type"], again["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
+    assert (again["data"]["receipt"], again["data"]["attempts"]) == (receipt, 0)
+
+
 def test_partial_refund_reissues_for_the_balance(
     producer: Celery,
     sandbox: Sandbox,

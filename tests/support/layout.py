@@ -30,6 +30,7 @@ from worker.adapters.store.dead_messages import keep_dead_message
 from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.keys import CALL_PREFIX, ledger_key
 from worker.adapters.store.ledger import Ledger
+from worker.celery.producer import end_settled
 from worker.core.events import CANCELLED, FAILED, ISSUED
 
 STREAM = "cash_receipt.events"
@@ -148,7 +149,14 @@ def full_issue(client: redis.Redis) -> None:
         data=_data("task-issue-1", uid, receipt=RECEIPT),
         receipt=RECEIPT,
     )
-    store.publish_issued_duplicate(uid, task_id="task-issue-4", merchant_uid="m-1")
+    end_settled(
+        store,
+        EventPublisher(client, stream=STREAM, retention_seconds=3600),
+        op="issue",
+        state="issued",
+        message={"imp_uid": uid, "merchant_uid": "m-1"},
+        task_id="task-issue-4",
+    )
 
     # A partial refund, re-issued for the balance: two events, one transition.
     store.receive_cancel(uid, task_id="task-partial", cancel=PARTIAL, resend_after=60)

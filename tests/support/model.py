@@ -40,6 +40,7 @@ from worker.adapters.store.ledger import FENCE_HEADER, Ledger
 from worker.adapters.store.reseal import reseal
 from worker.adapters.store.sweeper import Sweeper
 from worker.adapters.store.views import stuck
+from worker.celery.producer import SETTLED, end_settled
 from worker.cli.operations import Mismatch, reconcile
 from worker.core.contract import CANCEL_TASK
 from worker.core.errors import (
@@ -227,9 +228,6 @@ class Message:
     attempt: int
     #: Not delivered before (the model's clock): a retry's countdown.
     eta: float
-    #: The ledger recorded its task (as the job's owner, a waiter, or kept beside it),
-    #: so the sweeper re-sends it, or its owner's end ends it, if the broker loses it.
-    recorded: bool = True
 
 
 @dataclass
@@ -337,12 +335,11 @@ class World:
             imp_uid, task_id=task_id, payload=message, resend_after=RESEND_AFTER
         )
         self.say(f"confirm {imp_uid} as {task_id}: {state}")
-        if state == "issued":
-            self.ledger.publish_issued_duplicate(
-                imp_uid, task_id=task_id, merchant_uid=message.get("merchant_uid")
+        if state in SETTLED:
+            return end_settled(
+                self.ledger, self.events, op="issue", state=state, message=message, task_id=task_id
             )
-            return task_id
-        self._send(Message(task_id, "issue", message, None, 1, self.clock(), state != "cancelled"))
+        self._send(Message(task_id, "issue", message, None, 1, self.clock()))
         return task_id
 
     def refund(self, imp_uid: str, *, partial: bool) -> str | None:
@@ -368,9 +365,12 @@ class World:
             imp_uid, task_id=task_id, cancel=message, resend_after=RESEND_AFTER
         )
         self.say(f"refund {json.dumps(cancel)} as {task_id}: {state}")
+        if state == "cancelled":
+            return end_settled(
+                self.ledger, self.events, op="cancel", state=state, message=message, task_id=task_id
+            )
         if state != "done":
-            recorded = state != "cancelled"
-            self._send(Message(task_id, "cancel", message, None, 1, self.clock(), recorded))
+            self._send(Message(task_id, "cancel", message, None, 1, self.clock()))
         return task_id
 
     def _send(self, message: Message) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery
 
 from worker.adapters.privacy.sealing import Sealer
+from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.app import app as worker_app
@@ -31,7 +32,9 @@ from worker.config.defaults import (
 from worker.config.load import redis_url
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import masked_args_repr
+from worker.core.runner import settled_message
 from worker.core.schemas import load_cancellation, load_payload
+from worker.core.terminal import TerminalPublisher
 
 
 def enqueue_issue(
@@ -63,13 +66,46 @@ def enqueue_issue(
     )
     if state == "done":
         return task_id  # this very task already ended (an ingress entry handled twice)
-    if state == "issued":
-        # Nothing to do but say so: the duplicate's event, at once, no message.
-        ledger.publish_issued_duplicate(
-            message["imp_uid"], task_id=task_id, merchant_uid=message.get("merchant_uid")
+    if state in SETTLED:
+        return end_settled(
+            ledger, _events(app), op="issue", state=state, message=message, task_id=task_id
         )
-        return task_id
     return _send(app, ISSUE_TASK, message, task_id)
+
+
+#: What :meth:`~worker.adapters.store.ledger.Ledger.receive` (and ``receive_cancel``)
+#: answer, without recording the task, when its job ended so that it has nothing to do.
+SETTLED = frozenset({"issued", "cancelled"})
+
+
+def end_settled(
+    ledger: Ledger,
+    events: EventPublisher,
+    *,
+    op: str,
+    state: str,
+    message: Mapping[str, Any],
+    task_id: str,
+) -> str:
+    """End a task the ledger did not record: its one event now, and no message sent.
+
+    Nothing re-sends a task the ledger did not record, so a message the broker lost
+    would end in no event. The event is the one a worker publishes when the message
+    meets such a job (:func:`~worker.core.runner.settled_message`), under the task's
+    once-only marker; the message is not sent, as it would only find that marker (or,
+    once the marker had expired, publish a second event).
+    """
+    imp_uid = message["imp_uid"]
+    terminal = TerminalPublisher(
+        events=events,
+        store=ledger,
+        task_id=task_id,
+        attempts=0,
+        imp_uid=imp_uid,
+        merchant_uid=message.get("merchant_uid"),
+    )
+    settled_message(terminal, ledger.settled_claim(imp_uid, state=state, op=op))
+    return task_id
 
 
 def _send(app: Celery, task: str, message: Mapping[str, Any], task_id: str) -> str:
@@ -87,6 +123,7 @@ def _send(app: Celery, task: str, message: Mapping[str, Any], task_id: str) -> s
 
 
 _ledgers: dict[str, Ledger] = {}
+_publishers: dict[str, EventPublisher] = {}
 
 
 def _resend_after(app: Celery) -> float:
@@ -94,17 +131,34 @@ def _resend_after(app: Celery) -> float:
     return float(getattr(app.conf, "broker_visibility_timeout", 0) or VISIBILITY_TIMEOUT)
 
 
+def _result_stream(app: Celery) -> tuple[str, int]:
+    """The result stream's name and how long it keeps events (seconds)."""
+    conf = app.conf
+    stream = getattr(conf, "result_stream", None) or RESULT_STREAM
+    return stream, int(getattr(conf, "result_stream_retention", 0) or RESULT_STREAM_RETENTION)
+
+
+def _events(app: Celery) -> EventPublisher:
+    """The result stream's publisher on the ledger's Redis (REDIS_URL)."""
+    url = redis_url(app.conf)
+    if url not in _publishers:
+        stream, retention = _result_stream(app)
+        _publishers[url] = EventPublisher(
+            redis_client(url), stream=stream, retention_seconds=retention
+        )
+    return _publishers[url]
+
+
 def _ledger(app: Celery) -> Ledger:
     """One ledger client per Redis URL (REDIS_URL), made on first use."""
     url = redis_url(app.conf)
     if url not in _ledgers:
         conf = app.conf
+        stream, retention = _result_stream(app)
         _ledgers[url] = Ledger(
             redis_client(url),
-            stream=getattr(conf, "result_stream", None) or RESULT_STREAM,
-            event_retention_seconds=int(
-                getattr(conf, "result_stream_retention", 0) or RESULT_STREAM_RETENTION
-            ),
+            stream=stream,
+            event_retention_seconds=retention,
             retention_seconds=int(getattr(conf, "ledger_retention", 0) or LEDGER_RETENTION),
             lease_seconds=float(getattr(conf, "ledger_lease_seconds", 0) or LEDGER_LEASE_SECONDS),
         )
@@ -130,9 +184,15 @@ def enqueue_cancel(
     task_id = task_id or str(uuid.uuid4())
     # The ledger first, as for an issue: a refund whose message is lost must
     # not leave its receipt live. The sweeper re-sends it when it is due.
-    state = _ledger(app).receive_cancel(
+    ledger = _ledger(app)
+    state = ledger.receive_cancel(
         message["imp_uid"], task_id=task_id, cancel=message, resend_after=_resend_after(app)
     )
     if state == "done":
         return task_id  # this very task already ended (an ingress entry handled twice)
+    if state == "cancelled":
+        # Nothing left to cancel, and nothing recorded: the duplicate's event, at once.
+        return end_settled(
+            ledger, _events(app), op="cancel", state=state, message=message, task_id=task_id
+        )
     return _send(app, CANCEL_TASK, message, task_id)

@@ -361,6 +361,22 @@ def issue_settled(terminal: TerminalPublisher, claim: Claim) -> Instruction:
     return Failed("cancelled", f"cancelled: {CANCELLED_MESSAGE}")
 
 
+def cancel_settled(terminal: TerminalPublisher, claim: Claim) -> Instruction:
+    """A cancellation found its job cancelled already: it repeated one that happened."""
+    terminal.cancelled_duplicate(claim.receipt)
+    return Done(Outcome.CANCELLED_DUPLICATE)
+
+
+def settled_message(terminal: TerminalPublisher, claim: Claim) -> Instruction:
+    """A message of ``claim.op`` whose job has ended so that it has nothing to do: its event.
+
+    The producer ends so, at once, a task the ledger answered ``issued`` or
+    ``cancelled`` for and did not record; a worker whose message meets such a job ends
+    it the same way, so the task's one event is the same whichever comes first.
+    """
+    return (cancel_settled if claim.op == "cancel" else issue_settled)(terminal, claim)
+
+
 def issue_request(
     raw: object, *, sealer: Unsealer, store: JobStore, task_id: str
 ) -> ReceiptRequest:
@@ -526,8 +542,7 @@ class CancelRunner(JobRunner):
 
     def settled(self, claim: Claim) -> Instruction:
         # cancelled already: this cancellation repeated one that happened.
-        self.terminal.cancelled_duplicate(claim.receipt)
-        return Done(Outcome.CANCELLED_DUPLICATE)
+        return cancel_settled(self.terminal, claim)
 
     def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
         imp_uid, store, client = self.imp_uid, self.store, self.provider

@@ -69,7 +69,7 @@ from worker.adapters.store.record import (
 )
 from worker.adapters.store.redis_client import as_text
 from worker.config.defaults import JOB_HISTORY_LENGTH
-from worker.core.events import CANCEL_FAILED, ISSUED, event_data, waiter_event
+from worker.core.events import CANCEL_FAILED, waiter_event
 from worker.core.ports import Claim, ClaimKind, JobView
 from worker.core.types import Receipt
 
@@ -124,7 +124,6 @@ class Ledger:
         self._finish = OnceScript(client, "finish")
         self._due = OnceScript(client, "due")
         self._note = client.register_script(lua.source("note"))
-        self._publish = OnceScript(client, "publish")
 
     def now(self) -> float:
         """The time by the clock every transition is stamped with (epoch seconds).
@@ -329,29 +328,13 @@ class Ledger:
             return None
         return as_text(result[1])
 
-    def publish_issued_duplicate(
-        self, imp_uid: str, *, task_id: str, merchant_uid: str | None
-    ) -> None:
-        """Publish, for ``task_id``, that this payment's receipt already exists."""
+    def settled_claim(self, imp_uid: str, *, state: str, op: str) -> Claim:
+        """What a claim would find for a message of ``op`` that :meth:`receive` (or
+        :meth:`receive_cancel`) answered ``state`` (``issued``, ``cancelled``) and did not
+        record: the producer ends its task with it, as the worker would."""
         record = self.raw_record(imp_uid) or {}
-        data = event_data(
-            task_id=task_id,
-            imp_uid=imp_uid,
-            merchant_uid=merchant_uid,
-            attempts=0,
-            duplicate=True,
-            detail={"receipt": json.loads(record.get("receipt") or "{}")},
-            occurred_at=self.now(),
-        )
-        self._publish(
-            keys=[self._stream, terminal_key(task_id), status_key(imp_uid)],
-            args=[
-                ISSUED,
-                json.dumps(data, ensure_ascii=False),
-                self._offset_ms,
-                self._event_retention,
-            ],
-        )
+        receipt = record.get("receipt")
+        return Claim(ClaimKind(state), op=op, receipt=json.loads(receipt) if receipt else None)
 
     def due_jobs(self, *, limit: int, regrace_seconds: float) -> list[DueJob]:
         """Jobs the sweeper must re-send now; each is handed out once per ``regrace_seconds``."""
