@@ -64,6 +64,7 @@ from tests.support.model import (
     fault,
 )
 from tests.support.redis_server import RedisServer, running_redis
+from worker.adapters.store.keys import terminal_key
 
 pytestmark = pytest.mark.integration
 
@@ -308,6 +309,21 @@ def test_a_lost_message_of_a_task_the_ledger_did_not_record_ends_in_one_event(
         world.cancel({"imp_uid": "imp_a"})
     for message in world.due():
         world.crash(world.deliver(message), redeliver=False)
+    drain(world)
+    check_quiet(world)
+
+
+def test_a_refund_repeated_under_its_own_task_id_after_its_marker_expired_ends_once(
+    world: World,
+) -> None:
+    """A full refund ends its job under its task; long after, its marker expired, the same
+    task id is enqueued again (a producer's late retry). The ledger answers ``cancelled``
+    (the job is its own, ended): the task already has its event, and gets no second."""
+    task_id = world.refund("imp_a", partial=False)
+    assert task_id is not None
+    world.finish(world.deliver(world.due()[0]))
+    world.client.delete(terminal_key(task_id))
+    world.cancel({"imp_uid": "imp_a"}, task_id=task_id)
     drain(world)
     check_quiet(world)
 

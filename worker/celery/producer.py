@@ -32,6 +32,7 @@ from worker.config.defaults import (
 from worker.config.load import redis_url
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import masked_args_repr
+from worker.core.ports import ClaimKind
 from worker.core.runner import settled_message
 from worker.core.schemas import load_cancellation, load_payload
 from worker.core.terminal import TerminalPublisher
@@ -93,7 +94,8 @@ def end_settled(
     would end in no event. The event is the one a worker publishes when the message
     meets such a job (:func:`~worker.core.runner.settled_message`), under the task's
     once-only marker; the message is not sent, as it would only find that marker (or,
-    once the marker had expired, publish a second event).
+    once the marker had expired, publish a second event). A job that ended under this
+    very task (the same task id again, after its marker expired) has its event already.
     """
     imp_uid = message["imp_uid"]
     terminal = TerminalPublisher(
@@ -104,7 +106,9 @@ def end_settled(
         imp_uid=imp_uid,
         merchant_uid=message.get("merchant_uid"),
     )
-    settled_message(terminal, ledger.settled_claim(imp_uid, state=state, op=op))
+    claim = ledger.settled_claim(imp_uid, task_id=task_id, state=state, op=op)
+    if claim.kind is not ClaimKind.DONE:
+        settled_message(terminal, claim)
     return task_id
 
 

@@ -328,11 +328,17 @@ class Ledger:
             return None
         return as_text(result[1])
 
-    def settled_claim(self, imp_uid: str, *, state: str, op: str) -> Claim:
+    def settled_claim(self, imp_uid: str, *, task_id: str, state: str, op: str) -> Claim:
         """What a claim would find for a message of ``op`` that :meth:`receive` (or
         :meth:`receive_cancel`) answered ``state`` (``issued``, ``cancelled``) and did not
-        record: the producer ends its task with it, as the worker would."""
+        record: the producer ends its task with it, as the worker would.
+
+        ``done`` when the job ended under this very task (its marker expired): its one
+        event is out, as the claim script answers such a late copy.
+        """
         record = self.raw_record(imp_uid) or {}
+        if record.get("task_id") == task_id:
+            return Claim(ClaimKind.DONE, op=op)
         receipt = record.get("receipt")
         return Claim(ClaimKind(state), op=op, receipt=json.loads(receipt) if receipt else None)
 
