@@ -150,7 +150,14 @@ def _migrate_the_layout(**_: Any) -> None:
         ) from None
     if older:
         raise SystemExit(refusal(older))
-    moved = migrate(get_runtime(app.conf).redis, stream=app.conf.result_stream)
+    # A client of its own, closed here: the runtime (its metrics among it) must be built
+    # in the process that runs tasks, after the pool is set up, never in the main process
+    # before it (its counters then went to no file the metrics server reads).
+    client = redis_client(redis_url(app.conf), socket_timeout=10, socket_connect_timeout=10)
+    try:
+        moved = migrate(client, stream=app.conf.result_stream)
+    finally:
+        client.close()
     if moved.moved:
         _start_warnings.append(
             f"cashreceipt: migrated the Redis keys to layout {LAYOUT_VERSION}: "

@@ -63,6 +63,8 @@ class OnceScript:
             try:
                 return self._script(keys=call_keys, args=call_args)
             except (redis.ConnectionError, redis.TimeoutError) as error:
-                log.warning("a script call lost its reply (%s); sending it again", error)
+                # Info, not a warning: a re-send that succeeds lost nothing, and one that
+                # fails raises to the caller, who reports it once.
+                log.info("a script call lost its reply (%s); sending it again", error)
                 time.sleep(CALL_RETRY_PAUSE * 2**attempt)
         return self._script(keys=call_keys, args=call_args)
