@@ -209,19 +209,7 @@ def test_json_ingress_prints_only_json_lines(own_redis: RedisServer, sandbox: Sa
 
 @pytest.mark.parametrize(
     "pool",
-    [
-        "threads",
-        pytest.param(
-            "prefork",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="issue 14, finding 1 (rolling-deploy check), open: the fleet check's "
-                "broadcast in the main process before the pool forks leaves one prefork "
-                "child running every task (passes with the check removed); not strict "
-                "until the cause is found",
-            ),
-        ),
-    ],
+    ["threads", "prefork"],
 )
 def test_counters_add_up_across_the_worker_processes(
     pool: str, own_redis: RedisServer, sandbox: Sandbox

@@ -17,7 +17,6 @@ import redis
 from celery import Celery, signals
 from celery.app.task import Task
 from celery.apps import worker as celery_worker_app
-from kombu.exceptions import OperationalError
 
 from worker.adapters.observe.logs import say_as_json, setup_process_logging, use_json
 from worker.adapters.observe.metrics import MetricsServer, StateCollector, queue_depth, start_server
@@ -28,7 +27,7 @@ from worker.adapters.store.keys import LAYOUT_VERSION
 from worker.adapters.store.layout import migrate
 from worker.adapters.store.redis_client import redis_client
 from worker.adapters.store.sweeper import Sweeper
-from worker.celery.fleet import older_workers, refusal
+from worker.celery.fleet import FleetUnknown, ask_the_fleet, refusal
 from worker.celery.runtime import get_runtime
 from worker.config.load import config_secrets, load_celeryconfig, redis_url
 from worker.core.contract import QUEUE
@@ -142,11 +141,11 @@ def _migrate_the_layout(**_: Any) -> None:
     the others find nothing left to move.
     """
     try:
-        older = older_workers(app)
-    except OperationalError as error:
+        older = ask_the_fleet(app)
+    except FleetUnknown as error:
         raise SystemExit(
-            f"cashreceipt: refusing to start: the broker did not answer whether workers of "
-            f"another release still run ({error})"
+            f"cashreceipt: refusing to start: could not ask the broker whether workers of "
+            f"another release still run: {error}"
         ) from None
     if older:
         raise SystemExit(refusal(older))

@@ -14,17 +14,27 @@ asked its layout up to three times. One that still has not answered with this la
 counts as another release's: a doubt refuses the start (try again), and never lets two
 layouts run at once. A worker whose ping reply is late is not seen at all: stop the
 old release before starting the new one, and this check is what catches a mistake.
+
+The start asks in a child interpreter (:func:`ask_the_fleet`), never in the worker's
+main process: a broadcast there, before the prefork pool forks, left one child that
+never took a task (kombu's pidbox state outlived it; even a second Celery app did not
+help), so a worker of concurrency N ran one task at a time.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery
 from celery.worker.control import inspect_command
+from kombu.exceptions import OperationalError
 
 from worker.adapters.store.keys import LAYOUT_VERSION
+from worker.config.load import load_celeryconfig
 from worker.core.contract import QUEUE
 
 #: The remote-control command a worker of this release answers with its key layout.
@@ -34,6 +44,12 @@ FLEET_PING_TIMEOUT = 1.0
 #: How many times a worker that answered the ping is asked its layout before it counts
 #: as another release's.
 FLEET_PING_ROUNDS = 3
+#: How long the child interpreter that asks may take in all (its start included).
+FLEET_CHECK_DEADLINE = 60.0
+
+
+class FleetUnknown(Exception):
+    """The fleet could not be asked: the broker did not answer, or the child failed."""
 
 
 @inspect_command(name=LAYOUT_COMMAND)
@@ -98,3 +114,48 @@ def refusal(older: list[str]) -> str:
         f"layout {LAYOUT_VERSION}. Stop them all, then start this release, which migrates "
         "the keys at its start (README: Rolling deploys)"
     )
+
+
+def ask_the_fleet(app: Celery, *, deadline: float = FLEET_CHECK_DEADLINE) -> list[str]:
+    """:func:`older_workers`, asked by a child interpreter on this app's broker.
+
+    The broker URL goes to the child on its stdin (never argv, which ``ps`` shows), the
+    rest of the configuration from the environment both share. Raises FleetUnknown when
+    the answer is missing: a doubt refuses the start.
+    """
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", f"import sys; from {__name__} import main; sys.exit(main())"],
+            input=json.dumps({"broker_url": app.conf.broker_url}),
+            capture_output=True,
+            text=True,
+            timeout=deadline,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise FleetUnknown(f"no answer within {deadline:g} s") from None
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise FleetUnknown(lines[-1] if lines else f"the check exited {done.returncode}")
+    older = json.loads(done.stdout)
+    if not isinstance(older, list) or not all(isinstance(host, str) for host in older):
+        raise FleetUnknown(f"unreadable answer: {done.stdout[:200]!r}")
+    return older
+
+
+def main() -> int:
+    """The child's side: print the older workers as JSON, or say why it could not ask."""
+    # A bare app on the worker's own settings (celeryconfig: its transport, its options),
+    # and the broker its parent was given.
+    app = Celery("cashreceipt-fleet-check", set_as_current=False)
+    app.config_from_object(load_celeryconfig())
+    app.conf.broker_url = json.load(sys.stdin)["broker_url"]
+    try:
+        older = older_workers(app)
+    except OperationalError as error:
+        print(f"the broker did not answer ({error})", file=sys.stderr)
+        return 3
+    finally:
+        app.close()
+    print(json.dumps(older))
+    return 0
