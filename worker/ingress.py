@@ -29,8 +29,9 @@ is done has no reason to keep them.
 
 Malformed entries (not JSON, an invalid payload, an unknown ``type``) never
 block the stream: each ends in the dead-letter list ``cash_receipt:dead:ingress``
-with its personal fields masked and, when an ``imp_uid`` can be read, in the
-failure event its task would have published. Then it is deleted like any other.
+with its personal fields masked and, when an ``imp_uid`` can be read (even from
+data no parser accepts whole: :func:`~worker.core.schemas.top_level_strings`), in
+the failure event its task would have published. Then it is deleted like any other.
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.config.load import load_celeryconfig
 from worker.core.contract import PAYMENT_CANCELLED, PAYMENT_CONFIRMED
 from worker.core.events import CANCEL_FAILED, FAILED, invalid_detail
-from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
+from worker.core.schemas import (
+    InvalidPayload,
+    readable_imp_uid,
+    readable_merchant_uid,
+    top_level_strings,
+)
 from worker.core.urls import redact_url
 
 log = logging.getLogger("worker.ingress")
@@ -305,13 +311,14 @@ class Ingress:
         transaction as the acknowledgement: handled again after a crash, the
         entry adds neither a second event nor a second dead letter.
         """
-        imp_uid = readable_imp_uid(data)
+        readable = _readable_part(data, raw)
+        imp_uid = readable_imp_uid(readable)
         if imp_uid is not None:
             self._events.publish_terminal(
                 event_type=CANCEL_FAILED if kind == PAYMENT_CANCELLED else FAILED,
                 task_id=task_id,
                 imp_uid=imp_uid,
-                merchant_uid=readable_merchant_uid(data),
+                merchant_uid=readable_merchant_uid(readable),
                 attempts=1,
                 duplicate=False,
                 detail=invalid_detail(problem),
@@ -360,6 +367,14 @@ def _decoded(raw: bytes | None) -> object:
     except RecursionError:
         # Valid JSON, perhaps, but nested deeper than any parser here can follow.
         raise Malformed("invalid_json", {"data": ["Not valid JSON (nested too deeply)."]}) from None
+
+
+def _readable_part(data: object, raw: bytes | None) -> object:
+    """What the failure event can name: the decoded ``data``; or, when it could not be
+    decoded (not UTF-8, cut off, nested too deeply), the strings at its top level."""
+    if data is not None or raw is None:
+        return data
+    return top_level_strings(raw.decode("utf-8", "surrogateescape"))
 
 
 def _object(data: object) -> Mapping[str, Any]:

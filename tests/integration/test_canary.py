@@ -59,6 +59,8 @@ CANARIES = {
     "bare_unknown": "01097770008",
     "bare_unknown_field": "01097770009",
     "bare_misspelt": "01097770010",
+    "bare_headers": "01097770011",
+    "bare_unknown_headers": "01097770012",
 }
 #: Time compressed so that the killed worker's job ends within the test.
 IAMPORT_TIMEOUT, DUPLICATE_WAIT, RETRY_BACKOFF_MAX = 0.5, 2.0, 0.2
@@ -211,7 +213,7 @@ def test_no_identifier_leaks_anywhere(
     results = ResultStream(canary_redis.client())
     uid = {name: f"{imp_uid}_{name}" for name in CANARIES}
 
-    def bare(name: str, **extra: Any) -> str:
+    def bare(name: str, headers: dict[str, str] | None = None, **extra: Any) -> str:
         payload = {
             "imp_uid": uid[name],
             "identifier": CANARIES[name],
@@ -219,8 +221,20 @@ def test_no_identifier_leaks_anywhere(
             **extra,
         }
         return str(
-            producer.send_task("issue_cash_receipt", args=[payload], queue="cash_receipts").id
+            producer.send_task(
+                "issue_cash_receipt", args=[payload], queue="cash_receipts", **(headers or {})
+            ).id
         )
+
+    def in_headers(name: str) -> dict[str, str]:
+        """The protocol headers a producer writes as it likes, each holding the canary
+        (issue 14's review: ``shadow`` became the task's name in Flower and the logs)."""
+        number = CANARIES[name]
+        return {
+            "shadow": number,
+            "root_id": f"{number[:3]}-{number[3:7]}-{number[7:]}",
+            "parent_id": f"tel_{number}",
+        }
 
     def helper(name: str) -> str:
         return enqueue_issue(
@@ -268,6 +282,7 @@ def test_no_identifier_leaks_anywhere(
                     queue="cash_receipts",
                 ).id
             ),
+            bare("bare_headers", headers=in_headers("bare_headers")),
         ]
         unknown = str(
             producer.send_task(
@@ -276,17 +291,30 @@ def test_no_identifier_leaks_anywhere(
                 queue="cash_receipts",
             ).id
         )
+        unknown_with_headers = str(
+            producer.send_task(
+                "reissue_cash_receipt_v2",
+                args=[{"imp_uid": uid["bare_unknown_headers"]}],
+                queue="cash_receipts",
+                group_id=CANARIES["bare_unknown_headers"],
+                **in_headers("bare_unknown_headers"),
+            ).id
+        )
         events = [results.wait(task_id, timeout=30) for task_id in tasks]
         assert [e["type"].rsplit(".", 1)[1] for e in events] == [
             "issued", "issued", "issued", "failed", "failed", "failed", "issued", "failed",
+            "issued",
         ]  # fmt: skip
         # The killed worker's job resumes (sweeper, or kombu's restore) and ends.
         killed = results.wait(killed_task, timeout=VISIBILITY + 30)
         assert killed["type"] == "cash_receipt.issued"
         client = canary_redis.client()
         wait_for(
-            lambda: any(unknown in item for item in client.lrange(DEAD_MESSAGES_KEY, 0, -1)),
-            message="the unknown task to be parked",
+            lambda: all(
+                any(task_id in item for item in client.lrange(DEAD_MESSAGES_KEY, 0, -1))
+                for task_id in (unknown, unknown_with_headers)
+            ),
+            message="the unknown tasks to be parked",
         )
         flower_api = _flower_answers(flower_url, [*tasks, killed_task])
         metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
@@ -315,7 +343,7 @@ def test_no_identifier_leaks_anywhere(
         assert "DEBUG" in worker_log, (
             "the worker did not log at DEBUG; the search would prove little"
         )
-    assert "cashreceipt_receipts_issued_total 5.0" in metrics  # with the killed job
+    assert "cashreceipt_receipts_issued_total 6.0" in metrics  # with the killed job
     assert "<sealed>" in flower_api or "****" in flower_api
     for name, identifier in CANARIES.items():
         for form in forms(identifier):

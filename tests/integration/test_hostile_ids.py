@@ -9,18 +9,21 @@ gets its receipt and its one event, and the system goes on issuing afterwards.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
 
+from tests.support.envelopes import body_of, envelope
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import producer_app, running_worker, worker_env
 from worker.celery.producer import enqueue_cancel, enqueue_issue
+from worker.core.schemas import InvalidPayload
 
 pytestmark = pytest.mark.integration
 PHONE = "01055554321"
@@ -90,3 +93,26 @@ def test_hostile_ids_each_get_their_receipt(
     }
     assert counts.get("x") == 2  # the receipt, and the one re-issued for the balance
     assert counts.get("after") == 1
+
+
+@pytest.mark.redis_broker
+def test_dot_segments_end_in_one_failure_and_reach_no_path(
+    own_redis: RedisServer, own_sandbox: Sandbox, producer: Celery
+) -> None:
+    """``.`` and ``..`` as imp_uids from a bare producer: requests would turn
+    ``/receipts/..`` into ``/``. Each ends in one ``invalid_payload`` failure, and the
+    sandbox sees no request at all."""
+    results = ResultStream(own_redis.client())
+    with running_worker(worker_env(own_redis.url, own_sandbox.url)):
+        for imp_uid in (".", ".."):
+            with pytest.raises(InvalidPayload):
+                _issue(producer, imp_uid)  # the helper refuses it; a bare producer sends it
+            task_id = str(uuid.uuid4())
+            body = body_of({"imp_uid": imp_uid, "identifier": PHONE})
+            own_redis.client().lpush("cash_receipts", envelope(body, task_id=task_id))
+            event = results.wait(task_id, timeout=30)
+            assert event["type"] == "cash_receipt.failed"
+            assert event["data"]["error"]["reason"] == "invalid_payload"
+            assert event["data"]["imp_uid"] == imp_uid
+            assert len(results.for_task(task_id)) == 1
+    assert own_sandbox.admin.requests() == []

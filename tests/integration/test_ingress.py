@@ -153,11 +153,20 @@ def test_malformed_entries_are_dead_lettered_without_blocking(
     """Each malformed entry: a dead letter, a failure event if an imp_uid is readable; a valid
     entry behind them still goes through."""
     bad_identifier, bad_seal, unknown, bad_cancel, good = (new_imp_uid() for _ in range(5))
+    cut_off, bad_bytes = new_imp_uid(), new_imp_uid()
     entries = {
         "bad_json": xadd(
-            client, stream, CONFIRMED, '{"imp_uid": "x", "identifier": "010-1234-5678"'
+            client, stream, CONFIRMED, f'{{"imp_uid": "{cut_off}", "identifier": "010-1234-5678"'
         ),
         "not_utf8": xadd(client, stream, CONFIRMED, b"\xff\xfe{}"),
+        # Not UTF-8 only in a name: the imp_uid still reads (issue 14's review, finding 5).
+        "utf8_imp_uid": xadd(
+            client,
+            stream,
+            CONFIRMED,
+            b'{"imp_uid": "%s", "buyer_name": "\xff", "identifier": "010-1234-5678"}'
+            % bad_bytes.encode(),
+        ),
         "not_object": xadd(client, stream, CONFIRMED, '["010-1234-5678"]'),
         "no_data": str(client.xadd(stream, {"type": CONFIRMED})),
         "no_imp_uid": xadd(client, stream, CONFIRMED, {"identifier": PHONE}),
@@ -187,6 +196,7 @@ def test_malformed_entries_are_dead_lettered_without_blocking(
     assert reasons == {
         "bad_json": "invalid_json",
         "not_utf8": "invalid_json",
+        "utf8_imp_uid": "invalid_json",
         "not_object": "invalid_payload",
         "no_data": "invalid_json",
         "no_imp_uid": "invalid_payload",
@@ -201,8 +211,11 @@ def test_malformed_entries_are_dead_lettered_without_blocking(
     # Text that is not JSON: nothing in it is known not to be personal, so only its size.
     assert dead[entries["bad_json"]]["data"].startswith("<redacted> (")
 
-    # A failure event for each entry whose imp_uid can be read, under the entry's task id.
+    # A failure event for each entry whose imp_uid can be read, under the entry's task id:
+    # from data no parser reads whole too (cut off, not UTF-8).
     expected = {
+        "bad_json": ("cash_receipt.failed", cut_off, "data"),
+        "utf8_imp_uid": ("cash_receipt.failed", bad_bytes, "data"),
         "bad_identifier": ("cash_receipt.failed", bad_identifier, "identifier"),
         "bad_seal": ("cash_receipt.failed", bad_seal, "identifier_sealed"),
         "unknown_type": ("cash_receipt.failed", unknown, "type"),
@@ -218,7 +231,7 @@ def test_malformed_entries_are_dead_lettered_without_blocking(
         ), name
         assert field in event["data"]["error"]["fields"], name
     assert results.for_imp_uid(unknown)[0]["data"]["merchant_uid"] == "order-3"
-    for name in ("bad_json", "not_utf8", "not_object", "no_data", "no_imp_uid"):
+    for name in ("not_utf8", "not_object", "no_data", "no_imp_uid"):
         assert results.for_task(task_id_for(stream, entries[name])) == [], name
 
     shown = log + json.dumps(list(dead.values())) + json.dumps(results.all())
@@ -672,13 +685,15 @@ def test_lone_surrogate_in_an_ingress_entry_is_dead_lettered_with_one_event(
 def test_deeply_nested_ingress_entry_is_dead_lettered(
     client: redis.Redis, env: dict[str, str], stream: str, results: ResultStream
 ) -> None:
-    """JSON nested 100,000 deep: a dead letter that says so, and the next entry goes through."""
+    """JSON nested 100,000 deep: a dead letter that says so, and the next entry goes through.
+    Nested inside a payload whose imp_uid reads, it ends in that payment's failure event too."""
     deep = xadd(client, stream, CONFIRMED, deep_json())
+    nested = new_imp_uid()
     inside = xadd(
         client,
         stream,
         CONFIRMED,
-        b'{"imp_uid": "x", "identifier": ' + deep_json() + b"}",
+        b'{"imp_uid": "%s", "identifier": ' % nested.encode() + deep_json() + b"}",
     )
     good = new_imp_uid()
     valid = xadd(client, stream, CONFIRMED, {"imp_uid": good, "identifier": PHONE})
@@ -687,3 +702,8 @@ def test_deeply_nested_ingress_entry_is_dead_lettered(
     for record in dead.values():
         assert record["reason"] == "invalid_json"
         assert "nested too deeply" in record["errors"]["data"][0]
+    (event,) = results.for_imp_uid(nested)
+    assert event["type"] == "cash_receipt.failed"
+    assert event["data"]["task_id"] == task_id_for(stream, inside)
+    assert list(event["data"]["error"]["fields"]) == ["data"]
+    assert results.for_task(task_id_for(stream, deep)) == []

@@ -7,6 +7,12 @@ extra data, the ``task-received`` event (Flower's UI and ``/api/*``), the
 failure log context, and ``inspect active/reserved/scheduled`` (which by
 default return the raw arguments themselves). This class recomputes it from
 the arguments, masked, whatever the producer sent.
+
+The protocol headers Celery shows beside them are the producer's too: a
+``shadow`` name replaces the task's name in logs and Flower, and ``root_id``
+and ``parent_id`` go into every task event. No task here is sent with a
+shadow name, so the registered name is shown; the ids are shown only when
+they have the shape Celery gives them (:func:`worker.core.masking.shown_token`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from celery.worker.request import Request
 
 from worker.adapters.store.ledger import FENCE_HEADER
 from worker.celery import stopping
-from worker.core.masking import masked_args_repr
+from worker.core.masking import masked_args_repr, shown_token
 
 
 def carried_fence(request: Any) -> int | None:
@@ -34,6 +40,14 @@ class MaskedRequest(Request):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.name = self._type
+        self._request_dict["shadow"] = None
+        # In the task's context too: the pool's DEBUG line prints it whole, and a retry
+        # carries it on (the ids link no workflow here).
+        for header in ("root_id", "parent_id"):
+            self._request_dict[header] = shown_token(self._request_dict.get(header))
+        self._root_id = self._request_dict["root_id"]
+        self._parent_id = self._request_dict["parent_id"]
         self._argsrepr = masked_args_repr(self._args)
         self._kwargsrepr = "{}" if not self._kwargs else "<redacted>"
         # The task's own context (failure logs, retries) reads these keys.

@@ -184,12 +184,50 @@ def shown_key(key: object) -> str:
     digit runs masked as in free text."""
     text = (key if isinstance(key, str) else repr(key))[:KEY_LIMIT]
     printable = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-    # Unlike free text, a name glued to digits (``tel01012345678``) hides them too.
-    return _NAME_DIGITS.sub(lambda match: "*" * len(match.group(0)), mask_text(printable))
+    # Unlike free text, a name hides its digits however they are glued or split
+    # (``tel01012345678``, ``tel_010_9876_5432``, ``tel010.1234.5678``): no field
+    # name needs seven of them.
+    if _digit_count(printable) >= NAME_DIGITS_LIMIT:
+        return _ANY_DIGIT.sub("*", printable)
+    return mask_text(printable)
 
 
-#: Seven or more digits in a field's name, whatever is next to them.
-_NAME_DIGITS = re.compile(r"\d{7,}")
+#: A name with this many digits, wherever they are, has them all starred.
+NAME_DIGITS_LIMIT = 7
+_ANY_DIGIT = re.compile(r"\d")
+
+
+def _digit_count(text: str) -> int:
+    return sum(1 for _ in _ANY_DIGIT.finditer(text))
+
+
+#: What a protocol header's name-like value (a task name, a task or group id) may look
+#: like to be shown: printable ASCII of the kinds these names are made of.
+_TOKEN = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
+#: Celery's ``origin`` header: ``gen<pid>@<host>``.
+_ORIGIN = re.compile(r"gen\d{1,7}@[A-Za-z0-9.\-]{1,253}")
+
+
+def shown_token(value: object) -> object:
+    """A protocol header's id or name (``id``, ``root_id``, ``task``...) as it may be shown.
+
+    A producer writes these as it likes: a ``shadow`` name or a ``root_id`` can hold a
+    phone number as easily as a payload field. Shown as they are only when they have
+    the shape of what Celery itself writes: a UUID, a dotted name with fewer than
+    :data:`NAME_DIGITS_LIMIT` digits, Celery's ``origin``; ``None`` stays ``None``.
+    Anything else is :data:`REDACTED`.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return REDACTED
+    if _UUID.fullmatch(value):
+        return value
+    if _ORIGIN.fullmatch(value) and _digit_count(value.partition("@")[2]) < NAME_DIGITS_LIMIT:
+        return value
+    if _TOKEN.fullmatch(value) and _digit_count(value) < NAME_DIGITS_LIMIT:
+        return value
+    return REDACTED
 
 
 #: What UTF-8 cannot encode: a surrogate code point. JSON's ``"\\ud800"`` escape

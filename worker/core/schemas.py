@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -173,6 +173,24 @@ class EmailText(_UnicodeText, fields.Email):
     """An e-mail address that can be encoded as UTF-8."""
 
 
+#: Path segments every HTTP client and server reads as "here" and "up": a URL ending in
+#: ``/..`` reaches its parent, and percent-encoding them is undone by servers that normalise.
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def _not_a_dot_segment(value: str) -> None:
+    if value in _DOT_SEGMENTS:
+        raise ValidationError(
+            f"Cannot be {value!r}: in the provider's URL it would name another path, "
+            "not this payment."
+        )
+
+
+def provider_id() -> Text:
+    """An id the provider's URL carries as a path segment, as every provider's does."""
+    return Text(required=True, validate=[validate.Length(min=1, max=100), _not_a_dot_segment])
+
+
 def _optional_text(max_length: int) -> fields.String:
     return Text(load_default=None, allow_none=True, validate=validate.Length(max=max_length))
 
@@ -183,7 +201,7 @@ class PaymentConfirmedSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    imp_uid = Text(required=True, validate=validate.Length(min=1, max=100))
+    imp_uid = provider_id()
     merchant_uid = _optional_text(100)
     identifier = Identifier(required=True)
     identifier_type = Text(
@@ -380,6 +398,82 @@ def readable_imp_uid(raw: object) -> str | None:
     return None
 
 
+def top_level_strings(text: str) -> dict[str, str]:
+    """The string members at the top level of a JSON object, read from text no parser
+    accepts: nested deeper than any parser follows, cut off, or with bytes that are not
+    UTF-8 (decoded with ``surrogateescape``, so that they stay unencodable).
+
+    Only so that a payload that cannot be read whole is still reported under its
+    payment's id (:func:`readable_imp_uid` then judges the id). One pass, no
+    recursion; a member whose value is not a string is skipped, and a repeated
+    name keeps its last value, as ``json.loads`` does.
+    """
+    found: dict[str, str] = {}
+    text = text.lstrip()
+    if not text.startswith("{"):
+        return found
+    expecting_key, name = True, None
+    for part in _top_level_tokens(text):
+        if part == ":":
+            expecting_key = False
+        elif part == ",":
+            expecting_key, name = True, None
+        else:
+            value = _json_string(part)
+            if expecting_key:
+                name = value
+            elif name is not None and value is not None:
+                found[name] = value
+    return found
+
+
+def _top_level_tokens(text: str) -> Iterator[str]:
+    """The ``:``, ``,`` and string tokens (quoted, as written) directly inside the object
+    ``text`` opens, in order; nothing deeper. Ends with the object, or where the text does."""
+    depth, index = 0, 0
+    while index < len(text):
+        char = text[index]
+        if char == '"':
+            end = _string_end(text, index)
+            if end < 0:
+                return
+            if depth == 1:
+                yield text[index : end + 1]
+            index = end + 1
+            continue
+        if char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth <= 0:
+                return
+        elif depth == 1 and char in ":,":
+            yield char
+        index += 1
+
+
+def _json_string(token: str) -> str | None:
+    try:
+        value = json.loads(token)
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _string_end(text: str, start: int) -> int:
+    """The index of the quote that ends the JSON string opened at ``start``; -1 if none."""
+    index = start + 1
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == '"':
+            return index
+        index += 1
+    return -1
+
+
 def readable_merchant_uid(raw: object) -> str | None:
     """Like :func:`readable_imp_uid`, for the merchant's order id; only shown, so a surrogate
     in it is shown as U+FFFD."""
@@ -396,7 +490,7 @@ class PaymentCancelledSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    imp_uid = Text(required=True, validate=validate.Length(min=1, max=100))
+    imp_uid = provider_id()
     merchant_uid = _optional_text(100)
     # The refunded amount of a partial refund; absent for a full one.
     amount = fields.Integer(

@@ -11,6 +11,7 @@ from worker.core.masking import (
     mask_payload,
     mask_text,
     masked_args_repr,
+    shown_token,
     unknown_fields_redacted,
 )
 from worker.core.schemas import PaymentCancelledSchema, PaymentConfirmedSchema
@@ -159,8 +160,8 @@ def test_mask_payload_shows_only_the_allowed_fields(
 @pytest.mark.parametrize(
     ("key", "shown"),
     [
-        ("01012345678", "010****5678"),
-        ("tel 010-1234-5678", "tel 010****5678"),
+        ("01012345678", "***********"),
+        ("tel 010-1234-5678", "tel ***-****-****"),
         ("x" * 100, "x" * 40),
         ("a\ud800b\n", "a\\ud800b\\n"),
         (7, "7"),
@@ -220,8 +221,57 @@ def test_shown_fields_keep_their_valid_values() -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["tel01012345678", "customer_tel_01012345678", "a8001011234567", "x1234567"]
+    "key",
+    [
+        "tel01012345678",
+        "customer_tel_01012345678",
+        "a8001011234567",
+        "x1234567",
+        "tel_010_1234_5678",
+        "tel010.1234.5678",
+        "t0e1l0-1x2y3z4-5a6b7c8",
+    ],
 )
 def test_digits_glued_to_an_unknown_name_are_masked(key: str) -> None:
     [shown] = mask_payload({key: "x"})
     assert not any(run in shown for run in ("1234567", "0101234", "8001011"))
+    assert sum(ch.isdigit() for ch in shown) == 0, shown  # split or glued, no digit is kept
+
+
+@pytest.mark.parametrize("key", ["buyer_tel2", "line_1", "v2026"])
+def test_a_name_with_few_digits_is_shown_whole(key: str) -> None:
+    assert mask_payload({key: "x"}) == {key: "<redacted>"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0b5a3c1e-8f2d-4e7a-9c3b-1d2e3f4a5b6c",
+        "issue_cash_receipt",
+        "tasks.receipts.issue_cash_receipt",
+        "gen4242@worker-1.internal",
+        None,
+    ],
+)
+def test_a_header_of_celerys_own_shape_is_shown(value: object) -> None:
+    assert shown_token(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "01012345678",
+        "tel_010_1234_5678",
+        "010.1234.5678",
+        "kim@example.com",
+        "gen1@01012345678",
+        "홍길동",
+        "a b",
+        "x" * 201,
+        7,
+        ["01012345678"],
+    ],
+)
+def test_a_header_of_any_other_shape_is_redacted(value: object) -> None:
+    """A producer's ``shadow``, ``root_id`` or ``task`` can hold a phone number."""
+    assert shown_token(value) == "<redacted>"

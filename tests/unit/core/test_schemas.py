@@ -16,6 +16,7 @@ from worker.core.schemas import (
     payload_from_args,
     readable_imp_uid,
     readable_merchant_uid,
+    top_level_strings,
 )
 
 PHONE = "01012345678"
@@ -201,3 +202,51 @@ def test_unreadable_text_is_never_echoed_in_a_failure() -> None:
     raw = {"imp_uid": f"imp_{LONE}", "merchant_uid": f"order-{LONE}"}
     assert readable_imp_uid(raw) is None
     assert readable_merchant_uid(raw) == "order-\ufffd"
+
+
+@pytest.mark.parametrize("imp_uid", [".", ".."])
+def test_a_dot_segment_is_not_an_imp_uid(imp_uid: str) -> None:
+    """``/receipts/..`` reaches ``/``: requests normalises the dots away, and the POST would
+    name no payment (or another path). Refused for an issue and for a refund alike."""
+    assert "Cannot be" in errors_of(payload(imp_uid=imp_uid))["imp_uid"][0]
+    with pytest.raises(InvalidPayload) as caught:
+        load_cancellation({"imp_uid": imp_uid, "amount": 1000})
+    assert "imp_uid" in caught.value.errors
+
+
+@pytest.mark.parametrize("imp_uid", ["...", ".x", "a/..", "%2E%2E"])
+def test_ids_with_dots_that_are_not_a_dot_segment_pass(imp_uid: str) -> None:
+    """Only the whole segment is special; the client quotes ``/`` and ``%``."""
+    assert load_payload(payload(imp_uid=imp_uid)).imp_uid == imp_uid
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        pytest.param('{"imp_uid": "imp_1", "x": ' + DEEP + "}", {"imp_uid": "imp_1"}, id="deep"),
+        pytest.param('{"imp_uid": "imp_1", "identifier": "0101', {"imp_uid": "imp_1"}, id="cut"),
+        pytest.param('  {"a": "q\\"\\\\", "b": "\\u00e9"}', {"a": 'q"\\', "b": "é"}, id="escapes"),
+        pytest.param('{"a": {"imp_uid": "no"}, "b": ["imp_uid", "no"]}', {}, id="only the top"),
+        pytest.param('{"imp_uid": 5, "merchant_uid": "m"}', {"merchant_uid": "m"}, id="not text"),
+        pytest.param('{"imp_uid": "a", "imp_uid": "b"}', {"imp_uid": "b"}, id="last wins"),
+        pytest.param('["imp_uid", "x"]', {}, id="not an object"),
+        pytest.param("", {}, id="empty"),
+        pytest.param('{"imp_uid": "a"} {"imp_uid": "b"}', {"imp_uid": "a"}, id="one object"),
+    ],
+)
+def test_top_level_strings_read_what_no_parser_reads_whole(
+    text: str, found: dict[str, str]
+) -> None:
+    """Only so that a bad ingress entry is still reported under its payment's id."""
+    assert top_level_strings(text) == found
+
+
+def test_bytes_that_are_not_utf8_leave_their_string_unreadable() -> None:
+    """Decoded with surrogateescape, a bad byte stays a surrogate: no stand-in id."""
+    text = b'{"imp_uid": "imp_\xff", "merchant_uid": "m"}'.decode("utf-8", "surrogateescape")
+    strings = top_level_strings(text)
+    assert readable_imp_uid(strings) is None
+    assert readable_merchant_uid(strings) == "m"

@@ -56,6 +56,7 @@ from worker.core.masking import (
     mask_text,
     shown_key,
     shown_text,
+    shown_token,
     unknown_fields_redacted,
 )
 from worker.core.schemas import BUYER_FIELDS
@@ -104,11 +105,24 @@ def dead_message_record(
         "parked_at_ms": int(now * 1000),
         "reason": mask_text(reason),
         "queue": queue,
-        "task": headers.get("task") if isinstance(headers.get("task"), str) else None,
-        "id": headers.get("id") if isinstance(headers.get("id"), str) else None,
+        "task": _shown_field(headers, "task"),
+        "id": _shown_field(headers, "id"),
         "envelope": clean,
         "raw": mask_text(body_text[:RAW_LIMIT]) if body_text else None,
     }
+
+
+def _shown_field(headers: Mapping[str, Any], key: str) -> str | None:
+    value = _shown_header(key, headers.get(key))
+    return value if isinstance(value, str) and value != REDACTED else None
+
+
+def _shown_id(value: Any) -> Any:
+    """A task id as the producer chose it (the events carry it so), when it is text that can
+    be stored; else redacted, and the record is not replayable."""
+    if value is None or (isinstance(value, str) and encodable(value) and len(value) <= 200):
+        return value
+    return REDACTED
 
 
 #: The headers a task message may carry that a worker reads: Celery's protocol 2
@@ -122,11 +136,75 @@ KNOWN_HEADERS = frozenset(
 )  # fmt: skip
 
 
+#: Headers whose values are ids or names: shown as :func:`shown_token` shows them. Not
+#: ``id``: the task id is the message's identity, which every event publishes and a
+#: replay must keep (``_shown_id``).
+_TOKEN_HEADERS = frozenset({"lang", "task", "shadow", "root_id", "parent_id", "group", "origin"})
+#: Headers that hold a time, as Celery writes it (ISO 8601).
+_TIME_HEADERS = frozenset({"eta", "expires"})
+#: What a replay cannot do without: a record whose own has to be redacted is not replayable.
+_REPLAY_HEADERS = ("task", "id")
+
+
 def _shown_headers(headers: Mapping[Any, Any]) -> dict[str, Any]:
-    """The headers a replay needs, as sent; the argument reprs, which a bare producer fills
-    with the raw arguments, and every header no worker reads, by name only."""
+    """The headers a replay needs, by allow-list: each known one only when its value has
+    the shape Celery gives it (a UUID, a task's name, a number, a time); the argument
+    reprs, which a bare producer fills with the raw arguments, and every header no
+    worker reads, by name only.
+
+    A producer writes every header as it likes, and a ``shadow``, a ``root_id`` or a
+    ``task`` can hold a phone number as easily as a payload field can.
+    """
     shown = unknown_fields_redacted(headers, known=KNOWN_HEADERS)
+    for key in shown.keys() & KNOWN_HEADERS:
+        shown[key] = _shown_header(key, shown[key])
     return {**shown, "argsrepr": REDACTED, "kwargsrepr": REDACTED}
+
+
+def _shown_header(key: str, value: Any) -> Any:
+    if key in _TOKEN_HEADERS:
+        return shown_token(value)
+    if key == "id":
+        return _shown_id(value)
+    if value is None or isinstance(value, bool | int | float) or _is_time(key, value):
+        return value
+    if _is_timelimit(key, value):
+        return list(value)
+    if isinstance(value, list | dict) and not value:
+        return value  # an empty stamps or stamped_headers
+    return REDACTED
+
+
+def _is_time(key: str, value: Any) -> bool:
+    """``eta`` or ``expires`` as Celery writes them: ISO 8601."""
+    if key not in _TIME_HEADERS or not isinstance(value, str) or len(value) > 40:
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_timelimit(key: str, value: Any) -> bool:
+    """Celery's ``timelimit``: ``[soft, hard]``, each a number of seconds or None."""
+    return (
+        key == "timelimit"
+        and isinstance(value, list | tuple)
+        and len(value) <= 2
+        and all(item is None or isinstance(item, int | float) for item in value)
+    )
+
+
+def replayable(record: Mapping[str, Any]) -> bool:
+    """Whether a dead message can go back to its queue: a readable body, a queue, and the
+    headers a worker needs kept as they were sent."""
+    envelope = record.get("envelope")
+    if not isinstance(envelope, Mapping) or envelope.get("body") is None:
+        return False
+    headers = envelope.get("headers") or {}
+    kept = all(headers.get(key) not in (None, REDACTED) for key in _REPLAY_HEADERS)
+    return bool(record.get("queue")) and kept
 
 
 def _sealed_body(
@@ -307,7 +385,8 @@ Publish = Callable[[str, Mapping[str, Any]], None]
 
 
 def requeue_dead_messages(client: redis.Redis, publish: Publish | None = None) -> int:
-    """Push every dead message's envelope back to its queue; unreadable ones stay. Returns how many.
+    """Push every dead message's envelope back to its queue; unreadable ones (:func:`replayable`)
+    stay. Returns how many.
 
     On a Redis broker the envelope goes back onto the queue's list as it was.
     On another broker (RabbitMQ) ``publish`` sends it, and only then is the
@@ -316,8 +395,7 @@ def requeue_dead_messages(client: redis.Redis, publish: Publish | None = None) -
     moved = 0
     for item in client.lrange(DEAD_MESSAGES_KEY, 0, -1):
         record = json.loads(item)
-        envelope = record.get("envelope")
-        if envelope is None or envelope.get("body") is None or not record.get("queue"):
+        if not replayable(record):
             continue
         if publish is not None:
             publish(record["queue"], record["envelope"])

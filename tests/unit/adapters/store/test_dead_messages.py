@@ -9,7 +9,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 
 from worker.adapters.privacy.sealing import Sealer
-from worker.adapters.store.dead_messages import dead_message_record
+from worker.adapters.store.dead_messages import dead_message_record, replayable
 from worker.core.schemas import load_payload
 
 
@@ -220,3 +220,40 @@ def test_a_known_payload_field_holding_a_structure_is_redacted() -> None:
         reason="unknown task", queue="q", envelope=envelope_of([[payload], {}, {}]), raw=None
     )
     assert body(record)[0][0] == {"imp_uid": "<redacted>", "merchant_uid": "<redacted>"}
+
+
+def test_protocol_headers_are_shown_only_in_celerys_own_shapes() -> None:
+    """``task``, ``shadow``, ``root_id``, ``origin``, ``group`` and ``stamps`` are the
+    producer's text too: a phone number in any of them is not kept in clear, and a
+    record whose task or id had to go is not replayable (no worker could run it)."""
+    envelope = envelope_of(
+        [[{"imp_uid": "imp_1"}], {}, {}],
+        shadow="01012345678",
+        root_id="tel_010_1234_5678",
+        parent_id="0b5a3c1e-8f2d-4e7a-9c3b-1d2e3f4a5b6c",
+        origin="kim@example.com",
+        group="010.9876.5432",
+        stamps={"buyer": "01055554321"},
+        eta="2026-12-06T10:00:00+00:00",
+        expires="010-5555-4321",
+        timelimit=[10, None],
+    )
+    envelope["headers"]["task"] = "tasks.01012345678"
+    record = dead_message_record(reason="unknown task", queue="q", envelope=envelope, raw=None)
+    headers = record["envelope"]["headers"]
+    text = json.dumps(record, ensure_ascii=False)
+    for digits in ("12345678", "1234", "98765432", "55554321", "5555"):
+        assert digits not in text, digits
+    assert "kim@" not in text
+    assert record["task"] is None and headers["task"] == "<redacted>"
+    assert headers["parent_id"] == "0b5a3c1e-8f2d-4e7a-9c3b-1d2e3f4a5b6c"
+    assert headers["eta"] == "2026-12-06T10:00:00+00:00"
+    assert headers["timelimit"] == [10, None]
+    assert not replayable(record)
+
+
+def test_a_record_with_celerys_own_headers_is_replayable() -> None:
+    envelope = envelope_of([[{"imp_uid": "imp_1"}], {}, {}], root_id="t-1", shadow=None)
+    record = dead_message_record(reason="unknown task", queue="q", envelope=envelope, raw=None)
+    assert replayable(record)
+    assert record["envelope"]["headers"]["root_id"] == "t-1"
