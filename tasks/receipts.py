@@ -28,6 +28,7 @@ from worker.celery.malformed import guard
 from worker.celery.request import carried_fence
 from worker.celery.runtime import Runtime, get_runtime
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
+from worker.core.events import job_fields
 from worker.core.masking import mask_payload, masked_args_repr
 from worker.core.outcome import Outcome
 from worker.core.retry import poll_again, retry_countdown
@@ -48,11 +49,12 @@ from worker.core.schemas import (
     PayloadUnreadable,
     kept_unreadable,
     load_cancellation,
-    readable_imp_uid,
+    readable_job,
     readable_merchant_uid,
     single_argument,
 )
 from worker.core.terminal import TerminalPublisher
+from worker.core.types import JobKey
 
 # Under celery.task: readable lines name the task and its id by themselves.
 log = get_task_logger(__name__)
@@ -117,7 +119,7 @@ class _Run:
         self.outcome: Outcome | None = None
         self.reason: str | None = None
         self.attempt = int(task.request.retries) + 1
-        self.imp_uid: str | None = None
+        self.job: JobKey | None = None
 
     def guarded(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """Run, and whatever happens, end in one outcome line and its count."""
@@ -168,7 +170,7 @@ class _Run:
         fields: dict[str, Any] = {
             "task": self.task.name,
             "task_id": str(self.task.request.id),
-            "imp_uid": self.imp_uid,
+            **job_fields(self.job),
             "attempt": runner.attempt if runner is not None else self.attempt,
             "outcome": outcome.value,
             "reason": self.reason,
@@ -191,13 +193,13 @@ class _Run:
         return ReceiptFailed(text)
 
     def terminal_publisher(self, raw: object) -> TerminalPublisher:
-        self.imp_uid = readable_imp_uid(raw)
+        self.job = readable_job(raw)
         return TerminalPublisher(
             events=self.runtime.events,
             store=self.runtime.ledger,
             task_id=str(self.task.request.id),
             attempts=int(self.task.request.retries) + 1,
-            imp_uid=self.imp_uid,
+            job=self.job,
             merchant_uid=readable_merchant_uid(raw),
         )
 

@@ -66,7 +66,7 @@ from worker.core.contract import PAYMENT_CANCELLED, PAYMENT_CONFIRMED
 from worker.core.events import CANCEL_FAILED, FAILED, invalid_detail
 from worker.core.schemas import (
     InvalidPayload,
-    readable_imp_uid,
+    readable_job,
     readable_merchant_uid,
     top_level_strings,
 )
@@ -312,12 +312,12 @@ class Ingress:
         entry adds neither a second event nor a second dead letter.
         """
         readable = _readable_part(data, raw)
-        imp_uid = readable_imp_uid(readable)
-        if imp_uid is not None:
+        job = readable_job(readable)
+        if job is not None:
             self._events.publish_terminal(
                 event_type=CANCEL_FAILED if kind == PAYMENT_CANCELLED else FAILED,
                 task_id=task_id,
-                imp_uid=imp_uid,
+                job=job,
                 merchant_uid=readable_merchant_uid(readable),
                 attempts=1,
                 duplicate=False,
@@ -327,7 +327,7 @@ class Ingress:
             entry_id,
             task_id=task_id,
             kind=kind,
-            imp_uid=imp_uid,
+            imp_uid=job.imp_uid if job is not None else None,
             reason=reason,
             errors=problem.errors,
             raw=raw,

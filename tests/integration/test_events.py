@@ -9,6 +9,7 @@ import pytest
 from tests.support.redis_server import RedisServer
 from worker.adapters.store.events import EventPublisher, latest_event
 from worker.core.events import FAILED, ISSUED
+from worker.core.types import JobKey
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ def publish(events: EventPublisher, task_id: str, imp_uid: str, event_type: str 
     return events.publish_terminal(
         event_type=event_type,
         task_id=task_id,
-        imp_uid=imp_uid,
+        job=JobKey.payment(imp_uid),
         merchant_uid=None,
         attempts=1,
         duplicate=False,

@@ -45,6 +45,11 @@ class TestIssued:
             producer, {"imp_uid": imp_uid, "merchant_uid": "order-9", "identifier": PHONE}
         )
         event = results.wait(task_id)
+        assert {key: event["data"][key] for key in ("receipt_key", "provider", "kind")} == {
+            "receipt_key": f"iamport:{imp_uid}",
+            "provider": "iamport",
+            "kind": "payment",
+        }
         assert event["type"] == "cash_receipt.issued"
         data = event["data"]
         assert set(data) >= {"event_id", "occurred_at", "imp_uid", "merchant_uid", "task_id"}
@@ -74,9 +79,12 @@ class TestIssued:
     def test_every_spec_field_reaches_iamport(
         self, producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str
     ) -> None:
-        """Daou needs company fields; they and the rest are passed through."""
+        """Daou needs company fields, KSNET ``product_type``; they and the rest are passed
+        through. ``provider`` and ``kind`` name the job and are not sent (issue 15)."""
         sandbox.admin.seed_payment(imp_uid, pg_provider="daou")
         payload = {
+            "provider": "iamport",
+            "kind": "payment",
             "imp_uid": imp_uid,
             "identifier": "1168200276",
             "identifier_type": "business",
@@ -88,11 +96,15 @@ class TestIssued:
             "buyer_email": "kim@example.com",
             "buyer_tel": "01011112222",
             "tax_free": 1100,
+            "vat_amount": 900,
+            "product_type": "digital",
         }
         event = results.wait(send(producer, payload))
         assert event["type"] == "cash_receipt.issued"
         assert event["data"]["receipt"]["vat"] == 900
-        assert set(posts(sandbox, imp_uid)[0]["body"]) == set(payload) - {"imp_uid"}
+        body = posts(sandbox, imp_uid)[0]["body"]
+        assert set(body) == set(payload) - {"imp_uid", "provider", "kind"}
+        assert (body["product_type"], body["vat_amount"]) == ("digital", 900)
 
     def test_partial_cancel_is_issued_for_the_balance(
         self, producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str

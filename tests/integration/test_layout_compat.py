@@ -227,7 +227,28 @@ def test_the_code_writes_layout_2(client: redis.Redis, scenario: str) -> None:
     the order of waiters' events): see :func:`tests.support.layout.normalized`.
     """
     layout.SCENARIOS[scenario](client)
-    assert layout.normalized(layout.dump(client)) == layout.normalized(CAPTURED[scenario])
+    dump = _without_event_fields_added_since_capture(layout.dump(client))
+    assert layout.normalized(dump) == layout.normalized(CAPTURED[scenario])
+
+
+#: Fields every event has carried since the capture (issue 15): what an event says, not
+#: where the store keeps anything, so no new layout. The scenarios' own events (handed
+#: to ``finish`` as they are) lack them; the publisher's have them.
+EVENT_FIELDS_ADDED_SINCE_CAPTURE = ("receipt_key", "provider", "kind")
+
+
+def _without_event_fields_added_since_capture(dump: dict[str, Any]) -> dict[str, Any]:
+    for item in dump.values():
+        if item["type"] != "stream":
+            continue
+        for _, fields in item["value"]:
+            if "data" not in fields or "type" not in fields:
+                continue  # not a result event (the ingress stream's entries)
+            data = json.loads(fields["data"])
+            for name in EVENT_FIELDS_ADDED_SINCE_CAPTURE:
+                data.pop(name, None)
+            fields["data"] = json.dumps(data, ensure_ascii=False)
+    return dump
 
 
 # -- the migration from layout 1 (issue 14) ------------------------------------------

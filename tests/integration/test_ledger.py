@@ -33,6 +33,7 @@ from worker.adapters.store.views import dead_jobs
 from worker.config.defaults import JOB_HISTORY_LENGTH
 from worker.core.events import CANCELLED, ISSUED, cancelled_detail, event_data
 from worker.core.schemas import load_payload
+from worker.core.types import JobKey
 
 pytestmark = pytest.mark.integration
 PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA"}
@@ -342,7 +343,8 @@ def issue_one(ledger: Ledger, sealer: Sealer) -> tuple[str, str]:
         "cancelled_at": 0,
     }  # fmt: skip
     data = event_data(
-        task_id=task_id, imp_uid=imp_uid, merchant_uid="order-2026-11-24-000123", attempts=1,
+        task_id=task_id, job=JobKey.payment(imp_uid), merchant_uid="order-2026-11-24-000123",
+        attempts=1,
         duplicate=False, detail={"receipt": receipt}, occurred_at=ledger.now(),
     )  # fmt: skip
     ledger.finish(

@@ -30,6 +30,7 @@ from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.once import CALL_RETRIES
 from worker.core.events import FAILED, ISSUED
 from worker.core.ports import ClaimKind
+from worker.core.types import JobKey
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +139,7 @@ def test_a_rerun_publish_is_still_new(rerunning: RerunningRedis, imp_uid: str) -
     published = events.publish_terminal(
         event_type=FAILED,
         task_id=f"{imp_uid}-t1",
-        imp_uid=imp_uid,
+        job=JobKey.payment(imp_uid),
         merchant_uid=None,
         attempts=1,
         duplicate=False,

@@ -37,6 +37,7 @@ from worker.core.errors import ProviderError
 from worker.core.events import CANCEL_FAILED, CANCELLED, FAILED, ISSUED, cancelled_detail
 from worker.core.ports import Claim, ClaimKind, EventPublisher, JobStore
 from worker.core.terminal import TerminalPublisher
+from worker.core.types import JobKey
 
 pytestmark = pytest.mark.integration
 
@@ -288,7 +289,7 @@ def test_a_waiter_with_an_outcome_of_its_own_gets_no_second_event(
         return store.publisher.publish_terminal(
             event_type=FAILED,
             task_id=store.task("t2"),
-            imp_uid=imp_uid,
+            job=JobKey.payment(imp_uid),
             merchant_uid=None,
             attempts=1,
             duplicate=False,
@@ -555,7 +556,7 @@ def _terminal(jobs: JobStore, imp_uid: str, task_id: str) -> TerminalPublisher:
         store=jobs,
         task_id=task_id,
         attempts=1,
-        imp_uid=imp_uid,
+        job=JobKey.payment(imp_uid),
         merchant_uid=None,
     )
 
@@ -894,7 +895,7 @@ def test_a_cancel_failed_before_any_receipt_leaves_the_job_to_its_confirmation(
         store=jobs,
         task_id=store.task("r1"),
         attempts=1,
-        imp_uid=imp_uid,
+        job=JobKey.payment(imp_uid),
         merchant_uid=None,
     )
     error = ProviderError("down", status=500)

@@ -32,6 +32,7 @@ from worker.adapters.store.keys import CALL_PREFIX, ledger_key
 from worker.adapters.store.ledger import Ledger
 from worker.celery.producer import end_settled
 from worker.core.events import CANCELLED, FAILED, ISSUED
+from worker.core.types import JobKey
 
 STREAM = "cash_receipt.events"
 PAYLOAD = {"imp_uid": "x", "identifier_sealed": "gAAAA", "amount": 1000}
@@ -208,7 +209,7 @@ def full_issue(client: redis.Redis) -> None:
     EventPublisher(client, stream=STREAM, retention_seconds=3600).publish_terminal(
         event_type=FAILED,
         task_id="task-invalid",
-        imp_uid="imp_layout_invalid",
+        job=JobKey.payment("imp_layout_invalid"),
         merchant_uid=None,
         attempts=0,
         duplicate=False,

@@ -37,9 +37,9 @@ from worker.adapters.store.record import (
     sent_fields,
 )
 from worker.core.errors import InvalidRequest, OutcomeUnknown, ProviderError
-from worker.core.events import CANCEL_FAILED, WaiterEvent, waiter_event
+from worker.core.events import CANCEL_FAILED, WaiterEvent, job_fields, waiter_event
 from worker.core.ports import Claim, ClaimKind, JobView, OperationId, Published
-from worker.core.types import Payment, Receipt, ReceiptOrder
+from worker.core.types import JobKey, Payment, Receipt, ReceiptOrder
 
 TERMINAL = frozenset({"issued", "failed", "cancelled"})
 
@@ -325,8 +325,9 @@ class MemoryStore:
 
     # -- the test's side ---------------------------------------------------------------
 
-    def raw_record(self, imp_uid: str) -> dict[str, str] | None:
+    def raw_record(self, job: JobKey | str) -> dict[str, str] | None:
         """The record as the ledger would keep it in Redis (its fields), or None."""
+        imp_uid = _name(job)
         found = self.records.get(imp_uid)
         return dict(found) if found else None
 
@@ -342,13 +343,19 @@ class MemoryStore:
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
-    def view(self, imp_uid: str) -> JobView | None:
+    def view(self, job: JobKey | str) -> JobView | None:
+        imp_uid = _name(job)
         found = self.records.get(imp_uid)
-        return job_view(imp_uid, found) if found else None
+        return (
+            job_view(job if isinstance(job, JobKey) else JobKey.payment(job), found)
+            if found
+            else None
+        )
 
     def receive(
-        self, imp_uid: str, *, task_id: str, payload: Mapping[str, Any], resend_after: float
+        self, job: JobKey | str, *, task_id: str, payload: Mapping[str, Any], resend_after: float
     ) -> str:
+        imp_uid = _name(job)
         now = self._now_ms()
         rec = self.records.get(imp_uid)
         state = rec.get("state") if rec else None
@@ -387,8 +394,9 @@ class MemoryStore:
         return "received"
 
     def receive_cancel(
-        self, imp_uid: str, *, task_id: str, cancel: Mapping[str, Any], resend_after: float
+        self, job: JobKey | str, *, task_id: str, cancel: Mapping[str, Any], resend_after: float
     ) -> str:
+        imp_uid = _name(job)
         if task_id in self.markers:
             return "done"
         now = self._now_ms()
@@ -437,13 +445,14 @@ class MemoryStore:
 
     def claim(  # noqa: PLR0911, PLR0912 (claim.lua, branch for branch)
         self,
-        imp_uid: str,
+        job: JobKey | str,
         *,
         task_id: str,
         payload: Mapping[str, Any],
         op: str = "issue",
         fence: int | None = None,
     ) -> Claim:
+        imp_uid = _name(job)
         if task_id in self.markers:
             return Claim(ClaimKind.DONE)
         now = self._now_ms()
@@ -522,11 +531,17 @@ class MemoryStore:
         self.due[imp_uid] = now + self.lease_ms
         return Claim(ClaimKind.CLAIMED, fence=new_fence, attempt=attempts, resumed=resumed, op=op)
 
-    def extend(self, imp_uid: str, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:
+    def extend(
+        self, job: JobKey | str, *, fence: int, seconds: float, error: Mapping[str, Any]
+    ) -> bool:
+        imp_uid = _name(job)
         due = self._now_ms() + int(seconds * 1000) + self.lease_ms
         return self._hold(imp_uid, fence, due=due, state="in_flight", error=error)
 
-    def park(self, imp_uid: str, *, fence: int, until: float, error: Mapping[str, Any]) -> bool:
+    def park(
+        self, job: JobKey | str, *, fence: int, until: float, error: Mapping[str, Any]
+    ) -> bool:
+        imp_uid = _name(job)
         return self._hold(imp_uid, fence, due=int(until * 1000), state="received", error=error)
 
     def _hold(
@@ -547,14 +562,17 @@ class MemoryStore:
         return True
 
     def note_sent(
-        self, imp_uid: str, *, fence: int, at: float, op: str, delete: bool = False
+        self, job: JobKey | str, *, fence: int, at: float, op: str, delete: bool = False
     ) -> bool:
+        imp_uid = _name(job)
         return self._note(imp_uid, fence, sent_fields(at=at, op=op, delete=delete))
 
-    def note_answered(self, imp_uid: str, *, fence: int) -> bool:
+    def note_answered(self, job: JobKey | str, *, fence: int) -> bool:
+        imp_uid = _name(job)
         return self._note(imp_uid, fence, answered_fields())
 
-    def note_cancelled(self, imp_uid: str, *, fence: int, receipt: Receipt | None) -> bool:
+    def note_cancelled(self, job: JobKey | str, *, fence: int, receipt: Receipt | None) -> bool:
+        imp_uid = _name(job)
         return self._note(imp_uid, fence, cancelled_fields(receipt))
 
     def _note(self, imp_uid: str, fence: int, fields: Mapping[str, str]) -> bool:
@@ -566,7 +584,7 @@ class MemoryStore:
 
     def finish(  # noqa: PLR0912 (finish.lua, branch for branch)
         self,
-        imp_uid: str,
+        job: JobKey | str,
         *,
         fence: int,
         state: str,
@@ -579,6 +597,7 @@ class MemoryStore:
         settled: bool = False,
         to_waiter: bool = False,
     ) -> str | None:
+        imp_uid = _name(job)
         rec = self.records.get(imp_uid) or {}
         if rec.get("state") != "in_flight" or rec.get("fence") != str(fence):
             return None
@@ -788,14 +807,15 @@ class MemoryEvents:
         *,
         event_type: str,
         task_id: str,
-        imp_uid: str | None,
+        job: JobKey | None,
         merchant_uid: str | None,
         attempts: int,
         duplicate: bool,
         detail: Mapping[str, Any],
     ) -> Published:
+        imp_uid = job.imp_uid if job is not None else None
         data = {
-            "imp_uid": imp_uid,
+            **job_fields(job),
             "merchant_uid": merchant_uid,
             "task_id": task_id,
             "attempts": attempts,
@@ -819,3 +839,11 @@ def _cancel_waiter(rec: dict[str, str], task_id: str) -> None:
 
 def _json(text: str | None) -> dict[str, Any] | None:
     return json.loads(text) if text else None
+
+
+def _name(job: JobKey | str) -> str:
+    """What the records are keyed by: a V1 payment's imp_uid (as the tests name one), or
+    another kind's receipt key."""
+    if isinstance(job, str):
+        return job
+    return job.imp_uid if job.imp_uid is not None else job.receipt_key

@@ -70,6 +70,7 @@ from worker.core.schemas import (
     kept_unreadable,
     load_cancellation,
     payload_from_args,
+    readable_job,
 )
 from worker.core.terminal import TerminalPublisher
 from worker.core.types import Receipt
@@ -418,7 +419,7 @@ class World:
             store=self.gated_store,
             task_id=message.task_id,
             attempts=message.attempt,
-            imp_uid=imp_uid,
+            job=readable_job(message.payload),
             merchant_uid=message.payload.get("merchant_uid"),
         )
         sealer = self.sealer

@@ -33,6 +33,7 @@ from worker.core.runner import (
 )
 from worker.core.schemas import load_payload
 from worker.core.terminal import TerminalPublisher
+from worker.core.types import JobKey
 
 POLICY = RetryPolicy(
     max_attempts=3, issuance_failed_max_attempts=2, backoff_base=1.0, backoff_max=4.0
@@ -94,7 +95,7 @@ class World:
             store=store,
             task_id=task_id,
             attempts=attempts,
-            imp_uid=imp_uid,
+            job=JobKey.payment(imp_uid),
             merchant_uid=f"m_{imp_uid}",
         )
 

@@ -31,7 +31,7 @@ from kombu.exceptions import DecodeError
 from worker.celery.runtime import get_runtime
 from worker.core.contract import CANCEL_TASK
 from worker.core.masking import encodable
-from worker.core.schemas import InvalidPayload, readable_imp_uid, readable_merchant_uid
+from worker.core.schemas import InvalidPayload, readable_job, readable_merchant_uid
 from worker.core.terminal import TerminalPublisher
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def message_terminal(task: Task, task_id: str, retries: object, raw: object) -> 
         store=runtime.ledger,
         task_id=task_id,
         attempts=(retries if isinstance(retries, int) else 0) + 1,
-        imp_uid=readable_imp_uid(raw),
+        job=readable_job(raw),
         merchant_uid=readable_merchant_uid(raw),
     )
 

@@ -36,6 +36,7 @@ from worker.core.ports import ClaimKind
 from worker.core.runner import settled_message
 from worker.core.schemas import load_cancellation, load_payload
 from worker.core.terminal import TerminalPublisher
+from worker.core.types import JobKey
 
 
 def enqueue_issue(
@@ -103,7 +104,7 @@ def end_settled(
         store=ledger,
         task_id=task_id,
         attempts=0,
-        imp_uid=imp_uid,
+        job=JobKey.payment(imp_uid),
         merchant_uid=message.get("merchant_uid"),
     )
     claim = ledger.settled_claim(imp_uid, task_id=task_id, state=state, op=op)

@@ -25,6 +25,7 @@ from worker.cli.common import (
 from worker.core.events import event_kind
 from worker.core.schemas import InvalidPayload
 from worker.core.settling import settle as settle_job
+from worker.core.types import JobKey
 
 _FIELDS = (
     "imp_uid",
@@ -190,7 +191,7 @@ def settle(imp_uid: str, as_json: bool) -> None:
     """Look the receipt up at i'mport now: adopt it, or hand the job back to be re-sent."""
     runtime = get_runtime(celery_app().conf)
     outcome = settle_job(
-        imp_uid,
+        JobKey.payment(imp_uid),
         store=runtime.ledger,
         client=runtime.client,
         events=runtime.events,

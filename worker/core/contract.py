@@ -11,3 +11,10 @@ CANCEL_TASK = "cancel_cash_receipt"
 #: The ingress stream's entry types: a payment confirmed (issue), and refunded (cancel).
 PAYMENT_CONFIRMED = "payment.confirmed"
 PAYMENT_CANCELLED = "payment.cancelled"
+
+#: The payload's ``provider``: i'mport (PortOne V1), or PortOne V2.
+IAMPORT, PORTONE = "iamport", "portone"
+PROVIDERS = (IAMPORT, PORTONE)
+#: The payload's ``kind``: a payment made through the provider, or cash taken outside it.
+PAYMENT, EXTERNAL = "payment", "external"
+KINDS = (PAYMENT, EXTERNAL)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from worker.core.contract import EXTERNAL
 from worker.core.schemas import PAYLOAD_UNREADABLE, InvalidPayload
+from worker.core.types import JobKey
 
 #: What every result event's type starts with; the rest says how the job ended.
 EVENT_PREFIX = "cash_receipt."
@@ -92,7 +94,7 @@ def cancelled_detail() -> dict[str, Any]:
 def event_data(
     *,
     task_id: str,
-    imp_uid: str | None,
+    job: JobKey | None,
     merchant_uid: str | None,
     attempts: int,
     duplicate: bool,
@@ -101,19 +103,33 @@ def event_data(
 ) -> dict[str, Any]:
     """The ``data`` field of a result event (the README lists every key).
 
-    ``occurred_at`` (epoch seconds) is the caller's clock, the store's for the
-    core: the core reads no clock of its own.
+    ``job`` None: the payload named no job that can be read (its event still goes
+    out, under its task id). ``occurred_at`` (epoch seconds) is the caller's clock,
+    the store's for the core: the core reads no clock of its own.
     """
     when = datetime.fromtimestamp(occurred_at, UTC)
     return {
         "event_id": uuid.uuid4().hex,
         "occurred_at": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "imp_uid": imp_uid,
-        "merchant_uid": merchant_uid,
+        **job_fields(job),
+        "merchant_uid": job.id if job is not None and job.kind == EXTERNAL else merchant_uid,
         "task_id": task_id,
         "attempts": attempts,
         "duplicate": duplicate,
         **detail,
+    }
+
+
+def job_fields(job: JobKey | None) -> dict[str, Any]:
+    """What names the job in every event and outcome log line: ``receipt_key``,
+    ``provider``, ``kind``, and ``imp_uid`` (a V1 payment's id; null for another kind)."""
+    if job is None:
+        return {"receipt_key": None, "provider": None, "kind": None, "imp_uid": None}
+    return {
+        "receipt_key": job.receipt_key,
+        "provider": job.provider,
+        "kind": job.kind,
+        "imp_uid": job.imp_uid,
     }
 
 

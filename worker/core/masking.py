@@ -93,7 +93,18 @@ def _mask_unless_date(match: re.Match[str]) -> str:
 #: Payload fields known to carry no personal data: the ids, the receipt's kind and
 #: amounts. Only these are shown as they are (the allow-list).
 SHOWN_FIELDS = frozenset(
-    {"imp_uid", "merchant_uid", "identifier_type", "type", "tax_free", "amount"}
+    {
+        "provider",
+        "kind",
+        "imp_uid",
+        "merchant_uid",
+        "identifier_type",
+        "type",
+        "product_type",
+        "tax_free",
+        "vat_amount",
+        "amount",
+    }
 )
 #: Personal fields the schemas know: masked, with a hint a support agent can match.
 PERSONAL_FIELDS = frozenset({"identifier", "buyer_tel", "buyer_email", "buyer_name"})
@@ -150,8 +161,11 @@ def unknown_fields_redacted(
 _SHOWN_CHOICES: dict[str, frozenset[object]] = {
     "identifier_type": frozenset({"person", "business", "phone", "taxcard"}),
     "type": frozenset({"person", "company"}),
+    "product_type": frozenset({"real", "digital"}),
+    "provider": frozenset({"iamport", "portone"}),
+    "kind": frozenset({"payment", "external"}),
 }
-_SHOWN_AMOUNTS = frozenset({"amount", "tax_free"})
+_SHOWN_AMOUNTS = frozenset({"amount", "tax_free", "vat_amount"})
 
 
 def _shows_as_is(key: str, value: object) -> bool:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from worker.core.types import Payment, Receipt, ReceiptOrder
+from worker.core.types import JobKey, Payment, Receipt, ReceiptOrder
 
 
 @dataclass(frozen=True)
@@ -213,13 +213,13 @@ class JobStore(Protocol):
         """The time (epoch seconds) by the store's clock."""
 
     def receive(
-        self, imp_uid: str, *, task_id: str, payload: Mapping[str, Any], resend_after: float
+        self, job: JobKey, *, task_id: str, payload: Mapping[str, Any], resend_after: float
     ) -> str:
         """Record a job before it is enqueued; returns the state it is in now."""
 
     def claim(
         self,
-        imp_uid: str,
+        job: JobKey,
         *,
         task_id: str,
         payload: Mapping[str, Any],
@@ -228,14 +228,14 @@ class JobStore(Protocol):
     ) -> Claim:
         """Try to own the job for one attempt of ``op`` (``issue`` or ``cancel``)."""
 
-    def extend(self, imp_uid: str, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:
+    def extend(self, job: JobKey, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:
         """Hold the claim through a short retry countdown plus one more attempt."""
 
-    def park(self, imp_uid: str, *, fence: int, until: float, error: Mapping[str, Any]) -> bool:
+    def park(self, job: JobKey, *, fence: int, until: float, error: Mapping[str, Any]) -> bool:
         """Hand the job back to the store until ``until`` (epoch s): a long wait."""
 
     def note_sent(
-        self, imp_uid: str, *, fence: int, at: float, op: str, delete: bool = False
+        self, job: JobKey, *, fence: int, at: float, op: str, delete: bool = False
     ) -> bool:
         """A POST or DELETE of ``op`` goes out at ``at`` (store time): kept until answered.
 
@@ -245,10 +245,10 @@ class JobStore(Protocol):
         (:attr:`JobView.delete_sent_at`). False: fenced out, and the request must not be sent.
         """
 
-    def note_answered(self, imp_uid: str, *, fence: int) -> bool:
+    def note_answered(self, job: JobKey, *, fence: int) -> bool:
         """The provider answered the job's last request: nothing is left to settle."""
 
-    def note_cancelled(self, imp_uid: str, *, fence: int, receipt: Receipt | None) -> bool:
+    def note_cancelled(self, job: JobKey, *, fence: int, receipt: Receipt | None) -> bool:
         """A refund's cancel step is done (``receipt``: what it cancelled, None: none was live).
 
         One fenced write, before the re-issue: a retry after it re-issues only,
@@ -257,7 +257,7 @@ class JobStore(Protocol):
 
     def finish(
         self,
-        imp_uid: str,
+        job: JobKey,
         *,
         fence: int,
         state: str,
@@ -276,7 +276,7 @@ class JobStore(Protocol):
         issue message waiting on the job takes it over instead of hearing it.
         """
 
-    def view(self, imp_uid: str) -> JobView | None:
+    def view(self, job: JobKey) -> JobView | None:
         """The job as the core reads it, or None when the store has no record of it."""
 
 
@@ -288,7 +288,7 @@ class EventPublisher(Protocol):
         *,
         event_type: str,
         task_id: str,
-        imp_uid: str | None,
+        job: JobKey | None,
         merchant_uid: str | None,
         attempts: int,
         duplicate: bool,

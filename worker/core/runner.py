@@ -56,7 +56,7 @@ from worker.core.schemas import (
     readable_imp_uid,
 )
 from worker.core.terminal import TerminalPublisher, error_detail, failure_message
-from worker.core.types import Receipt
+from worker.core.types import JobKey, Receipt
 
 #: Why a resumed job waits before it looks: its last POST or DELETE is unsettled.
 _SETTLING = "i'mport may still act on the last request; looking after IAMPORT_SETTLE_SECONDS"
@@ -148,6 +148,8 @@ class JobRunner:
         self.terminal = terminal
         self.rules = rules
         self.imp_uid = imp_uid
+        #: The job, as the store names it.
+        self.job = JobKey.payment(imp_uid)
         #: The payload as the store keeps it and a retry re-publishes it (sealed).
         self.message = message
         #: The fence the message carries (a retry's, a sweeper re-send's), or None.
@@ -173,7 +175,7 @@ class JobRunner:
         """Claim the job and act as its owner; :class:`Busy` while another task holds it."""
         while True:
             claim = self.store.claim(
-                self.imp_uid,
+                self.job,
                 task_id=self.terminal.task_id,
                 payload=self.message,
                 op=self.op,
@@ -212,7 +214,7 @@ class JobRunner:
         try:
             if claim.resumed:
                 # The job's last POST or DELETE, while unsettled: this run's until it sends.
-                job = self.store.view(self.imp_uid)
+                job = self.store.view(self.job)
                 self.sent_at = job.sent_at if job else None
                 self.sent_op = job.sent_op if job else None
                 wait = settle_delay(
@@ -252,9 +254,9 @@ class JobRunner:
             retry_after is not None and retry_after > self.rules.policy.backoff_max
         ):
             until = self.store.now() + delay
-            self.store.park(self.imp_uid, fence=claim.fence, until=until, error=last)
+            self.store.park(self.job, fence=claim.fence, until=until, error=last)
             return Done(Outcome.PARKED, reason=cause or error_cause(error))
-        if not self.store.extend(self.imp_uid, fence=claim.fence, seconds=delay, error=last):
+        if not self.store.extend(self.job, fence=claim.fence, seconds=delay, error=last):
             return None
         return Retry(delay, cause or error_cause(error))
 
@@ -266,7 +268,7 @@ class JobRunner:
         no POST goes out until the bound on late processing has passed since the last
         DELETE; until then the job waits as for its own unsettled send (:meth:`hand_back`).
         """
-        job = self.store.view(self.imp_uid)
+        job = self.store.view(self.job)
         last_delete = job.delete_sent_at if job else None
         return settle_delay(last_delete, bound=self.rules.settle_seconds, now=self.store.now())
 
@@ -340,7 +342,7 @@ class _StoreSends:
         run = self._run
         now = run.store.now()
         if not run.store.note_sent(
-            run.imp_uid, fence=self._fence, at=now, op=run.op, delete=self._delete
+            run.job, fence=self._fence, at=now, op=run.op, delete=self._delete
         ):
             raise Superseded  # fenced out: the job's new owner sends, not this run
         run.sent_at, run.sent_op, run.sent_here = now, run.op, True
@@ -348,7 +350,7 @@ class _StoreSends:
     def answered(self) -> None:
         run = self._run
         run.sent_at, run.sent_here = None, False
-        run.store.note_answered(run.imp_uid, fence=self._fence)
+        run.store.note_answered(run.job, fence=self._fence)
 
 
 def issue_settled(terminal: TerminalPublisher, claim: Claim) -> Instruction:
@@ -398,7 +400,7 @@ def issue_request(
         return load_payload(raw, sealer)
     except PayloadUnreadable:
         imp_uid = readable_imp_uid(raw)
-        job = store.view(imp_uid) if imp_uid is not None else None
+        job = store.view(JobKey.payment(imp_uid)) if imp_uid is not None else None
         if job is None or job.op != "issue" or job.payload is None:
             raise
         if job.task_id != task_id and not job.is_open:
@@ -547,7 +549,7 @@ class CancelRunner(JobRunner):
     def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
         imp_uid, store, client = self.imp_uid, self.store, self.provider
         self.live = None
-        job = store.view(imp_uid)
+        job = store.view(self.job)
         # A retry after the cancel step only re-issues (note_cancelled, below).
         cancel_done = job is not None and job.cancel_done
         cancelled = job.cancelled_receipt if job else None
@@ -586,7 +588,7 @@ class CancelRunner(JobRunner):
                         sends=self.sends(claim, delete=True),
                         seen=self.saw,
                     )
-                if not store.note_cancelled(imp_uid, fence=claim.fence, receipt=cancelled):
+                if not store.note_cancelled(self.job, fence=claim.fence, receipt=cancelled):
                     return None
         except ProviderError as error:
             return self.failed(error, claim, partial(self.give_up, terminal, claim, error))

@@ -16,6 +16,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from worker.core.contract import EXTERNAL, IAMPORT, KINDS, PAYMENT
 from worker.core.masking import (
     PAYLOAD_FIELDS,
     PERSONAL_FIELDS,
@@ -24,7 +25,7 @@ from worker.core.masking import (
     shown_text,
 )
 from worker.core.ports import Sealing, Unsealer, UnsealError
-from worker.core.types import ReceiptOrder
+from worker.core.types import JobKey, ReceiptOrder
 
 IDENTIFIER_TYPES = ("person", "business", "phone", "taxcard")
 BUYER_FIELDS = ("buyer_name", "buyer_email", "buyer_tel")
@@ -195,12 +196,56 @@ def _optional_text(max_length: int) -> fields.String:
     return Text(load_default=None, allow_none=True, validate=validate.Length(max=max_length))
 
 
+def _served(default: str, served: tuple[str, ...], what: str) -> Text:
+    """``provider`` or ``kind``: named in the payload contract, with the default that gives
+    every payload written before them its meaning. Only what this release serves passes."""
+    choices = ", ".join(repr(choice) for choice in served)
+    return Text(
+        load_default=default,
+        validate=validate.OneOf(served, error=f"Must be {choices}: {what}."),
+    )
+
+
+def _provider() -> Text:
+    return _served(IAMPORT, SERVED_PROVIDERS, "this release issues i'mport (V1) receipts")
+
+
+def _kind() -> Text:
+    return _served(
+        PAYMENT, SERVED_KINDS, "this release issues receipts for payments made through i'mport"
+    )
+
+
+def _amount(*, minimum: int = 0) -> fields.Integer:
+    """An amount in won, capped where JSON numbers stay exact: a bigger one could not be sent on."""
+    return fields.Integer(
+        load_default=None,
+        allow_none=True,
+        strict=True,
+        # Said as 2^53 - 1: a 16-digit number in an error is what the masks hide.
+        validate=validate.Range(
+            min=minimum, max=2**53 - 1, error=f"Must be from {minimum} to 2^53 - 1."
+        ),
+    )
+
+
+#: The payload's ``provider`` and ``kind`` this release serves.
+SERVED_PROVIDERS = (IAMPORT,)
+SERVED_KINDS = (PAYMENT,)
+#: V1's ``product_type``: what was sold (KSNET requires it).
+PRODUCT_TYPES = ("real", "digital")
+#: Fields that name the job, not the receipt: never sent to the provider as receipt fields.
+_JOB_FIELDS = frozenset({"provider", "kind", "imp_uid", "merchant_uid"})
+
+
 class PaymentConfirmedSchema(Schema):
     """The ``issue_cash_receipt`` payload. Unknown fields are dropped, never sent on."""
 
     class Meta:
         unknown = EXCLUDE
 
+    provider = _provider()
+    kind = _kind()
     imp_uid = provider_id()
     merchant_uid = _optional_text(100)
     identifier = Identifier(required=True)
@@ -214,14 +259,9 @@ class PaymentConfirmedSchema(Schema):
     buyer_name = _optional_text(100)
     buyer_email = EmailText(load_default=None, allow_none=True)
     buyer_tel = _optional_text(40)
-    # Capped where JSON numbers stay exact: a bigger one could not be sent on.
-    tax_free = fields.Integer(
-        load_default=None,
-        allow_none=True,
-        strict=True,
-        # Said as 2^53 - 1: a 16-digit number in an error is what the masks hide.
-        validate=validate.Range(min=0, max=2**53 - 1, error="Must be from 0 to 2^53 - 1."),
-    )
+    tax_free = _amount()
+    vat_amount = _amount()
+    product_type = Text(load_default=None, allow_none=True, validate=validate.OneOf(PRODUCT_TYPES))
 
     @validates_schema
     def _identifier_matches_type(self, data: dict[str, Any], **_: Any) -> None:
@@ -287,7 +327,7 @@ def load_payload(raw: object, sealer: Unsealer | None = None) -> ReceiptRequest:
     options = {
         key: value
         for key, value in data.items()
-        if key not in {"imp_uid", "merchant_uid", "identifier"} and value is not None
+        if key not in _JOB_FIELDS | {"identifier"} and value is not None
     }
     # Reused only when it seals the normalised digits themselves, under the newest key.
     same = reusable and isinstance(token, str) and data["identifier"] == fields["identifier"]
@@ -385,17 +425,45 @@ def _flatten(messages: Any) -> dict[str, list[str]]:
     return {"_payload": [str(item) for item in messages]}
 
 
+def naming_payload(job: JobKey) -> dict[str, Any]:
+    """The least payload that names ``job``: what a claim records for a job it only ends."""
+    if job.kind == EXTERNAL:
+        return {"provider": job.provider, "kind": job.kind, "merchant_uid": job.id}
+    return {"imp_uid": job.id}
+
+
+def readable_job(raw: object) -> JobKey | None:
+    """The job a payload names when it can be read, so even a bad payload's event names it.
+
+    Its ``provider`` and ``kind`` as given (their defaults when absent), and the id
+    of that kind judged as :func:`readable_imp_uid` judges an imp_uid: None when any
+    of them cannot be read.
+    """
+    if not isinstance(raw, Mapping):
+        return None
+    provider, kind = raw.get("provider", IAMPORT), raw.get("kind", PAYMENT)
+    if provider != IAMPORT or kind not in KINDS:
+        return None
+    if kind == EXTERNAL:
+        merchant_uid = _readable_id(raw.get("merchant_uid"))
+        return JobKey.external(merchant_uid) if merchant_uid is not None else None
+    imp_uid = readable_imp_uid(raw)
+    return JobKey.payment(imp_uid) if imp_uid is not None else None
+
+
+def _readable_id(value: object) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= 100 and encodable(value):
+        return value
+    return None
+
+
 def readable_imp_uid(raw: object) -> str | None:
     """The payload's imp_uid when one can be read, so even a bad payload can be reported.
 
     One UTF-8 cannot encode is not readable: it names a key, and no stand-in for it
     may name another payment's.
     """
-    if isinstance(raw, Mapping):
-        value = raw.get("imp_uid")
-        if isinstance(value, str) and 0 < len(value) <= 100 and encodable(value):
-            return value
-    return None
+    return _readable_id(raw.get("imp_uid")) if isinstance(raw, Mapping) else None
 
 
 def top_level_strings(text: str) -> dict[str, str]:
@@ -490,6 +558,8 @@ class PaymentCancelledSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
+    provider = _provider()
+    kind = _kind()
     imp_uid = provider_id()
     merchant_uid = _optional_text(100)
     # The refunded amount of a partial refund; absent for a full one.

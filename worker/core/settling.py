@@ -7,10 +7,11 @@ from typing import Any
 from worker.core.issuing import find_issued, settle_delay
 from worker.core.ports import ClaimKind, EventPublisher, JobStore, JobView, Provider
 from worker.core.terminal import TerminalPublisher
+from worker.core.types import JobKey
 
 
 def settle(
-    imp_uid: str,
+    key: JobKey,
     *,
     store: JobStore,
     client: Provider,
@@ -29,18 +30,19 @@ def settle(
     not, it is handed back to the store, due now, and the sweeper re-sends it.
     ``settle_seconds`` is IAMPORT_SETTLE_SECONDS.
     """
-    job = store.view(imp_uid)
+    imp_uid = key.id
+    job = store.view(key)
     if job is None:
         return "unknown"
     if (left_as_is := _not_to_settle(job, settle_seconds, now=store.now())) is not None:
         return left_as_is
     task_id = job.task_id
     if job.op == "cancel":
-        return _settle_cancel(store, imp_uid, task_id, job.cancel or {})
+        return _settle_cancel(store, key, task_id, job.cancel or {})
     payload = job.payload
     if payload is None:  # never for an issue job: receive and claim both keep it
         raise LookupError(f"the issue job of {imp_uid} keeps no payload")
-    claim = store.claim(imp_uid, task_id=task_id, payload=payload)
+    claim = store.claim(key, task_id=task_id, payload=payload)
     if claim.kind is not ClaimKind.CLAIMED:
         return claim.kind.value
     existing, _ = find_issued(client, imp_uid)
@@ -50,12 +52,12 @@ def settle(
             store=store,
             task_id=task_id,
             attempts=claim.attempt,
-            imp_uid=imp_uid,
+            job=key,
             merchant_uid=payload.get("merchant_uid"),
         )
         return "issued" if terminal.finish(fence=claim.fence, issued=existing) else "fenced"
     note = {"reason": "settled", "message": "no receipt at i'mport; re-sent"}
-    store.park(imp_uid, fence=claim.fence, until=store.now(), error=note)
+    store.park(key, fence=claim.fence, until=store.now(), error=note)
     return "resent"
 
 
@@ -69,11 +71,11 @@ def _not_to_settle(job: JobView, settle_seconds: float, *, now: float) -> str | 
     return None
 
 
-def _settle_cancel(store: JobStore, imp_uid: str, task_id: str, cancel: dict[str, Any]) -> str:
+def _settle_cancel(store: JobStore, key: JobKey, task_id: str, cancel: dict[str, Any]) -> str:
     """A cancellation has nothing to adopt: hand it back due now, to be re-sent."""
-    claim = store.claim(imp_uid, task_id=task_id, payload=cancel, op="cancel")
+    claim = store.claim(key, task_id=task_id, payload=cancel, op="cancel")
     if claim.kind is not ClaimKind.CLAIMED:
         return claim.kind.value
     note = {"reason": "settled", "message": "a cancellation; re-sent"}
-    store.park(imp_uid, fence=claim.fence, until=store.now(), error=note)
+    store.park(key, fence=claim.fence, until=store.now(), error=note)
     return "resent"

@@ -26,7 +26,7 @@ from worker.core.events import (
 from worker.core.masking import mask_text
 from worker.core.ports import EventPublisher, JobStore, Published
 from worker.core.schemas import InvalidPayload
-from worker.core.types import Receipt
+from worker.core.types import JobKey, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,14 @@ class TerminalPublisher:
     store: JobStore
     task_id: str
     attempts: int
-    imp_uid: str | None
+    #: The job the message names; None when its payload names none that can be read.
+    job: JobKey | None
     merchant_uid: str | None
+
+    @property
+    def imp_uid(self) -> str | None:
+        """The V1 payment's id, for log lines; None for another kind of job, or none."""
+        return self.job.imp_uid if self.job is not None else None
 
     def issued_duplicate(self, receipt: Mapping[str, Any]) -> Published:
         """This message repeated a payment whose receipt exists."""
@@ -80,14 +86,14 @@ class TerminalPublisher:
 
         False when the claim was fenced out: another task owns the job now.
         """
-        assert self.imp_uid is not None
+        assert self.job is not None
         if issued is not None:
             state, event_type, detail = "issued", ISSUED, {"receipt": issued.as_dict()}
         else:
             assert error is not None
             state, event_type, detail = "failed", FAILED, error_detail(error, reason)
         entry = self.store.finish(
-            self.imp_uid,
+            self.job,
             fence=fence,
             state=state,
             task_id=self.task_id,
@@ -125,7 +131,7 @@ class TerminalPublisher:
         (replayable) with its failure event, and its last request unsettled unless
         ``settled`` (one never sent leaves only the answered DELETE behind).
         """
-        assert self.imp_uid is not None
+        assert self.job is not None
         cancelled_data = self._data(
             duplicate=False, detail={"receipt": cancelled.as_dict() if cancelled else None}
         )
@@ -138,7 +144,7 @@ class TerminalPublisher:
             state, error = "failed", reissue_failure["error"]
             extra = (FAILED, self._data(duplicate=False, detail=dict(reissue_failure)))
         entry = self.store.finish(
-            self.imp_uid,
+            self.job,
             fence=fence,
             state=state,
             task_id=self.task_id,
@@ -158,9 +164,9 @@ class TerminalPublisher:
 
         The event carries the receipt the earlier handling cancelled, when known.
         """
-        assert self.imp_uid is not None
+        assert self.job is not None
         entry = self.store.finish(
-            self.imp_uid,
+            self.job,
             fence=fence,
             state="issued",
             task_id=self.task_id,
@@ -213,8 +219,8 @@ class TerminalPublisher:
         # issued. It ends failed, which a new confirmation re-opens (issue 14, finding 10).
         # A receipt the lookup found live is the job's, recorded or not: failed, a
         # confirmation would POST a second one (model defect 5).
-        assert self.imp_uid is not None
-        view = self.store.view(self.imp_uid)
+        assert self.job is not None
+        view = self.store.view(self.job)
         known = live is not None or (view is not None and view.has_receipt)
         return self._finish_failure(
             fence=fence,
@@ -234,9 +240,9 @@ class TerminalPublisher:
         to_waiter: bool = False,
         receipt: dict[str, Any] | None = None,
     ) -> bool:
-        assert self.imp_uid is not None
+        assert self.job is not None
         entry = self.store.finish(
-            self.imp_uid,
+            self.job,
             fence=fence,
             state=state,
             task_id=self.task_id,
@@ -251,7 +257,7 @@ class TerminalPublisher:
     def _data(self, *, duplicate: bool, detail: dict[str, Any]) -> dict[str, Any]:
         return event_data(
             task_id=self.task_id,
-            imp_uid=self.imp_uid,
+            job=self.job,
             merchant_uid=self.merchant_uid,
             attempts=self.attempts,
             duplicate=duplicate,
@@ -263,7 +269,7 @@ class TerminalPublisher:
         published = self.events.publish_terminal(
             event_type=event_type,
             task_id=self.task_id,
-            imp_uid=self.imp_uid,
+            job=self.job,
             merchant_uid=self.merchant_uid,
             attempts=self.attempts,
             duplicate=duplicate,

@@ -12,6 +12,64 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from worker.core.contract import EXTERNAL, IAMPORT, PAYMENT
+
+
+@dataclass(frozen=True)
+class JobKey:
+    """Which receipt job: one per provider, kind and the provider's own id.
+
+    Its :attr:`receipt_key` is the job's one name everywhere: in events, in the
+    store's indexes and side keys, and in the operator's commands. No kind's
+    prefix is a prefix of another's, so two jobs of two kinds never share a
+    key, whatever their ids.
+    """
+
+    provider: str
+    kind: str
+    #: The provider's id: an ``imp_uid`` for a V1 payment, a ``merchant_uid`` for a V1
+    #: external receipt.
+    id: str
+
+    @classmethod
+    def payment(cls, imp_uid: str) -> JobKey:
+        """The job of a V1 (i'mport) payment."""
+        return cls(IAMPORT, PAYMENT, imp_uid)
+
+    @classmethod
+    def external(cls, merchant_uid: str) -> JobKey:
+        """The job of a V1 external receipt: cash taken outside i'mport."""
+        return cls(IAMPORT, EXTERNAL, merchant_uid)
+
+    @property
+    def prefix(self) -> str:
+        """``iamport``, ``iamport-external``: the receipt key's part before the id."""
+        return self.provider if self.kind == PAYMENT else f"{self.provider}-{self.kind}"
+
+    @property
+    def receipt_key(self) -> str:
+        """``iamport:<imp_uid>`` or ``iamport-external:<merchant_uid>``."""
+        return f"{self.prefix}:{self.id}"
+
+    @property
+    def imp_uid(self) -> str | None:
+        """The i'mport payment's id; None for a job of another kind."""
+        return self.id if (self.provider, self.kind) == (IAMPORT, PAYMENT) else None
+
+    @classmethod
+    def parse(cls, receipt_key: str) -> JobKey | None:
+        """The job a receipt key names; None when no known prefix starts it."""
+        prefix, colon, rest = receipt_key.partition(":")
+        if not colon:
+            return None
+        return _BY_PREFIX[prefix](rest) if prefix in _BY_PREFIX else None
+
+
+_BY_PREFIX = {
+    JobKey.payment("").prefix: JobKey.payment,
+    JobKey.external("").prefix: JobKey.external,
+}
+
 
 @dataclass(frozen=True)
 class ReceiptOrder:

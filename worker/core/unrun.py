@@ -24,6 +24,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from worker.core.ports import ClaimKind, JobStore, JobView, Published
+from worker.core.schemas import naming_payload
 from worker.core.terminal import TerminalPublisher
 
 #: The failure reasons, as Celery names why it discarded the message.
@@ -56,18 +57,20 @@ def end_unrun(
     carried_fence: int | None,
 ) -> Unrun:
     """End a message of task ``terminal.task_id`` that Celery discarded for ``reason``."""
-    imp_uid = terminal.imp_uid
-    view = store.view(imp_uid) if imp_uid is not None else None
-    if op == "issue" and imp_uid is not None and view is not None and view.state == "issued":
+    job = terminal.job
+    view = store.view(job) if job is not None else None
+    if op == "issue" and job is not None and view is not None and view.state == "issued":
         # The payment's receipt exists: had this message run, it would have heard so.
         # The claim only reads an issued job; it changes nothing.
-        found = store.claim(imp_uid, task_id=terminal.task_id, payload={"imp_uid": imp_uid})
+        found = store.claim(
+            job, task_id=terminal.task_id, payload=view.payload or naming_payload(job)
+        )
         if found.kind is ClaimKind.ISSUED:
             return _published(terminal.issued_duplicate(found.receipt or {}))
         if found.kind is ClaimKind.DONE:
             return Unrun.LEFT
-        view = store.view(imp_uid)
-    if imp_uid is None or view is None or view.task_id != terminal.task_id or not view.is_open:
+        view = store.view(job)
+    if job is None or view is None or view.task_id != terminal.task_id or not view.is_open:
         # Not this message's job, or one that ended: its event alone (a task id
         # publishes once, so a redelivery of an ended message publishes nothing).
         return _published(terminal.unrun(op=op, reason=reason, message=_MESSAGES[reason]))
@@ -90,13 +93,13 @@ def _end_own_job(
     carried_fence: int | None,
 ) -> Unrun:
     """Claim the message's own job and end it failed, unless a request turned out unsettled."""
-    imp_uid = terminal.imp_uid
-    assert imp_uid is not None
+    job = terminal.job
+    assert job is not None
     payload = view.cancel if view.op == "cancel" else view.payload
     claim = store.claim(
-        imp_uid,
+        job,
         task_id=terminal.task_id,
-        payload=payload or {"imp_uid": imp_uid},
+        payload=payload or naming_payload(job),
         op=view.op,
         fence=carried_fence,
     )
@@ -104,13 +107,13 @@ def _end_own_job(
         return Unrun.LEFT
     if claim.kind is not ClaimKind.CLAIMED:
         return _published(terminal.unrun(op=op, reason=reason, message=_MESSAGES[reason]))
-    under_claim = store.view(imp_uid)
+    under_claim = store.view(job)
     if under_claim is not None and under_claim.sent_at is not None:
         # A delivery whose lease lapsed sent its request between the view and the
         # claim (the claim has fenced it out since): as above, the job is handed
         # back to the sweeper, due now, whose run looks first.
         note = {"reason": reason, "message": "a request is unsettled; re-sent to settle"}
-        store.park(imp_uid, fence=claim.fence, until=store.now(), error=note)
+        store.park(job, fence=claim.fence, until=store.now(), error=note)
         return Unrun.LEFT
     message = _MESSAGES[reason]
     if terminal.finish_unrun(fence=claim.fence, op=view.op, reason=reason, message=message):

@@ -13,8 +13,10 @@ from worker.core.events import (
     ISSUED,
     WaiterEvent,
     cancelled_detail,
+    event_data,
     waiter_event,
 )
+from worker.core.types import JobKey
 
 OWNER: dict[str, Any] = {
     "event_id": "e-owner",
@@ -97,3 +99,39 @@ def test_the_owners_data_is_not_changed() -> None:
     data = {**OWNER, **ERROR}
     waiter_event(state="issued", event_type=CANCELLED, data=data)
     assert data == {**OWNER, **ERROR}
+
+
+@pytest.mark.parametrize(
+    ("job", "named"),
+    [
+        pytest.param(
+            JobKey.payment("imp_1"),
+            {"receipt_key": "iamport:imp_1", "provider": "iamport", "kind": "payment"},
+            id="a V1 payment",
+        ),
+        pytest.param(
+            JobKey.external("order:1"),
+            {"receipt_key": "iamport-external:order:1", "provider": "iamport", "kind": "external"},
+            id="a V1 external receipt",
+        ),
+        pytest.param(
+            None, {"receipt_key": None, "provider": None, "kind": None}, id="none readable"
+        ),
+    ],
+)
+def test_every_event_names_its_job(job: JobKey | None, named: dict[str, Any]) -> None:
+    """``receipt_key``, ``provider`` and ``kind`` in every event; ``imp_uid`` only for a V1
+    payment, whose consumers rely on it, and the external receipt's own id as its
+    ``merchant_uid``."""
+    data = event_data(
+        task_id="t",
+        job=job,
+        merchant_uid="m-1",
+        attempts=1,
+        duplicate=False,
+        detail={},
+        occurred_at=0.0,
+    )
+    assert {key: data[key] for key in named} == named
+    assert data["imp_uid"] == (job.imp_uid if job else None)
+    assert data["merchant_uid"] == ("order:1" if job and job.kind == "external" else "m-1")

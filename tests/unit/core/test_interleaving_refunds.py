@@ -37,7 +37,7 @@ from worker.core.outcome import Outcome
 from worker.core.runner import Done, Failed
 from worker.core.schemas import load_payload
 from worker.core.terminal import TerminalPublisher
-from worker.core.types import Receipt
+from worker.core.types import JobKey, Receipt
 
 IMP_UID = "imp_1"
 AMOUNT = 1000
@@ -248,7 +248,7 @@ def publisher(world: World, task_id: str) -> TerminalPublisher:
         store=world.store,
         task_id=task_id,
         attempts=0,
-        imp_uid=IMP_UID,
+        job=JobKey.payment(IMP_UID),
         merchant_uid=f"m_{IMP_UID}",
     )
 

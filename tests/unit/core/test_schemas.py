@@ -250,3 +250,43 @@ def test_bytes_that_are_not_utf8_leave_their_string_unreadable() -> None:
     strings = top_level_strings(text)
     assert readable_imp_uid(strings) is None
     assert readable_merchant_uid(strings) == "m"
+
+
+def test_provider_and_kind_default_to_a_v1_payment_and_are_not_sent() -> None:
+    """Every payload valid before the contract named them keeps its meaning (issue 15)."""
+    plain = load_payload(payload())
+    explicit = load_payload(payload(provider="iamport", kind="payment"))
+    assert plain == explicit
+    assert not {"provider", "kind"} & set(explicit.receipt_fields())
+    assert load_cancellation({"imp_uid": "imp_1", "provider": "iamport"})["provider"] == "iamport"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("provider", "portone", "i'mport (V1)"),
+        ("provider", "IAMPORT", "i'mport (V1)"),
+        ("kind", "external", "made through i'mport"),
+        ("kind", None, "Field may not be null"),
+        ("product_type", "physical", "Must be one of"),
+        ("vat_amount", -1, "Must be from 0"),
+        ("vat_amount", 1.5, "Not a valid integer"),
+    ],
+)
+def test_what_this_release_does_not_serve_is_refused_by_name(
+    field: str, value: object, said: str
+) -> None:
+    """A kind or a provider the release does not serve fails at once, in words, rather than
+    being issued as a V1 payment's receipt."""
+    assert said in errors_of(payload(**{field: value}))[field][0]
+
+
+def test_product_type_and_vat_amount_are_sent() -> None:
+    """KSNET requires ``product_type``; ``vat_amount`` was dropped as unknown before."""
+    request = load_payload(payload(product_type="real", vat_amount=910))
+    assert request.receipt_fields() == {
+        "identifier": PHONE,
+        "type": "person",
+        "product_type": "real",
+        "vat_amount": 910,
+    }

@@ -9,7 +9,7 @@ import pytest
 from tests.support.memory import Clock, MemoryStore
 from worker.core.ports import Claim
 from worker.core.terminal import TerminalPublisher
-from worker.core.types import Receipt
+from worker.core.types import JobKey, Receipt
 from worker.core.unrun import EXPIRED, REVOKED, Unrun, end_unrun
 
 IMP_UID = "imp_unrun"
@@ -22,7 +22,7 @@ def terminal(store: MemoryStore, task_id: str) -> TerminalPublisher:
         store=store,
         task_id=task_id,
         attempts=1,
-        imp_uid=IMP_UID,
+        job=JobKey.payment(IMP_UID),
         merchant_uid=None,
     )
 

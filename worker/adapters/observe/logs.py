@@ -28,6 +28,9 @@ from worker.core.masking import mask_text
 FIELDS = (
     "task",
     "task_id",
+    "receipt_key",
+    "provider",
+    "kind",
     "imp_uid",
     "attempt",
     "outcome",
@@ -128,7 +131,8 @@ def outcome_line(fields: Mapping[str, Any]) -> str:
 
     ``imp_x attempt 2: retry (provider_unavailable) after 130 ms, i'mport said 503``
     """
-    line = f"{fields.get('imp_uid') or '-'} attempt {fields.get('attempt')}: {fields['outcome']}"
+    job = fields.get("imp_uid") or fields.get("receipt_key") or "-"
+    line = f"{job} attempt {fields.get('attempt')}: {fields['outcome']}"
     if fields.get("reason"):
         line += f" ({fields['reason']})"
     line += f" after {float(fields.get('duration_ms') or 0):.0f} ms"

@@ -25,11 +25,12 @@ from typing import Any, cast
 import redis
 
 from worker.adapters.store.clock import ClockOffset, offset_ms, redis_now
-from worker.adapters.store.keys import status_key, terminal_key
+from worker.adapters.store.keys import status_key, status_of, terminal_key
 from worker.adapters.store.once import OnceScript
 from worker.adapters.store.redis_client import as_text
 from worker.core.events import event_data
 from worker.core.ports import Published
+from worker.core.types import JobKey
 
 
 class EventPublisher:
@@ -63,7 +64,7 @@ class EventPublisher:
         *,
         event_type: str,
         task_id: str,
-        imp_uid: str | None,
+        job: JobKey | None,
         merchant_uid: str | None,
         attempts: int,
         duplicate: bool,
@@ -72,7 +73,7 @@ class EventPublisher:
         """Publish the one terminal event of ``task_id``, unless it already exists."""
         data = event_data(
             task_id=task_id,
-            imp_uid=imp_uid,
+            job=job,
             merchant_uid=merchant_uid,
             attempts=attempts,
             duplicate=duplicate,
@@ -80,7 +81,7 @@ class EventPublisher:
             occurred_at=redis_now(self._redis, self._offset),
         )
         result = self._script(
-            keys=[self._stream, terminal_key(task_id), status_key(imp_uid) if imp_uid else ""],
+            keys=[self._stream, terminal_key(task_id), status_of(job.receipt_key) if job else ""],
             args=[
                 event_type,
                 json.dumps(data, ensure_ascii=False),

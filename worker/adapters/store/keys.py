@@ -29,8 +29,8 @@ LAYOUT_VERSION = 2
 # no namespace is a prefix of another, so keys of two namespaces never meet:
 #
 # - ``ledger:<imp_uid>``: a V1 payment's record (a hash); any string may follow.
-# - ``job:<receipt key>``: reserved for the records of every other kind of job
-#   (issues 15 and 16: ``job:iamport-external:<merchant_uid>``, ``job:portone:<payment_id>``).
+# - ``job:<receipt key>``: the records of every other kind of job
+#   (``job:iamport-external:<merchant_uid>``; ``job:portone:<payment_id>`` next).
 # - ``history:``, ``waiters:``, ``status:`` ``<receipt key>``: a job's side keys.
 # - ``terminal:``, ``terminal_then:`` ``<task id>``: the once-only markers of a message.
 # - ``index:due``, ``index:failed``: the ledger's indexes, whose members are receipt keys.
@@ -42,9 +42,11 @@ LAYOUT_VERSION = 2
 
 #: The receipt key of a V1 payment is this prefix and its imp_uid.
 PAYMENT_RECEIPT_PREFIX = "iamport:"
+#: The receipt key of a V1 external receipt is this prefix and its merchant_uid.
+EXTERNAL_RECEIPT_PREFIX = "iamport-external:"
 #: Ledger records (hashes), one per V1 payment: ``cash_receipt:ledger:<imp_uid>``.
 LEDGER_PREFIX = "cash_receipt:ledger:"
-#: Reserved: the records of the kinds of job that issues 15 and 16 add (by receipt key).
+#: The records of every other kind of job, by receipt key (:func:`record_key`).
 JOB_PREFIX = "cash_receipt:job:"
 #: When the sweeper should look at each non-terminal job again (a sorted set of
 #: receipt keys).
@@ -113,17 +115,42 @@ def ledger_key(imp_uid: str) -> str:
     return f"{LEDGER_PREFIX}{imp_uid}"
 
 
+def record_key(receipt_key: str) -> str:
+    """The record of the job a receipt key names: a V1 payment's under the ledger's
+    prefix (layout 1's place, kept), a V1 external receipt's under ``job:``.
+
+    Raises ValueError for a key of no kind this release knows: a record must never
+    be named by a string that is no job's.
+    """
+    imp_uid = payment_of(receipt_key)
+    if imp_uid is not None:
+        return ledger_key(imp_uid)
+    if receipt_key.startswith(EXTERNAL_RECEIPT_PREFIX):
+        return f"{JOB_PREFIX}{receipt_key}"
+    raise ValueError("not a receipt key of a kind this release knows")
+
+
 def history_key(imp_uid: str) -> str:
     """The last attempts and outcomes of a payment's jobs, newest first.
 
     As many as ``worker.config.defaults.JOB_HISTORY_LENGTH`` (50).
     """
-    return f"{HISTORY_PREFIX}{payment_receipt_key(imp_uid)}"
+    return history_of(payment_receipt_key(imp_uid))
+
+
+def history_of(receipt_key: str) -> str:
+    """:func:`history_key` of any kind of job, by its receipt key."""
+    return f"{HISTORY_PREFIX}{receipt_key}"
 
 
 def waiters_key(imp_uid: str) -> str:
     """The task ids of other messages waiting on a payment's job in flight."""
-    return f"{WAITERS_PREFIX}{payment_receipt_key(imp_uid)}"
+    return waiters_of(payment_receipt_key(imp_uid))
+
+
+def waiters_of(receipt_key: str) -> str:
+    """:func:`waiters_key` of any kind of job, by its receipt key."""
+    return f"{WAITERS_PREFIX}{receipt_key}"
 
 
 def terminal_key(task_id: str) -> str:
@@ -141,7 +168,12 @@ def second_terminal_key(task_id: str) -> str:
 
 def status_key(imp_uid: str) -> str:
     """Points at the latest terminal event of a payment, for ``cashreceipt status``."""
-    return f"{STATUS_PREFIX}{payment_receipt_key(imp_uid)}"
+    return status_of(payment_receipt_key(imp_uid))
+
+
+def status_of(receipt_key: str) -> str:
+    """:func:`status_key` of any kind of job, by its receipt key."""
+    return f"{STATUS_PREFIX}{receipt_key}"
 
 
 def token_key(imp_key: str) -> str:

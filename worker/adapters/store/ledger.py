@@ -51,14 +51,12 @@ from worker.adapters.store.keys import (
     DEAD_JOBS_KEY,
     DUE_KEY,
     TERMINAL_PREFIX,
-    history_key,
-    ledger_key,
-    payment_of,
-    payment_receipt_key,
+    history_of,
+    record_key,
     second_terminal_key,
-    status_key,
+    status_of,
     terminal_key,
-    waiters_key,
+    waiters_of,
 )
 from worker.adapters.store.once import OnceScript
 from worker.adapters.store.record import (
@@ -71,7 +69,7 @@ from worker.adapters.store.redis_client import as_text
 from worker.config.defaults import JOB_HISTORY_LENGTH
 from worker.core.events import CANCEL_FAILED, waiter_event
 from worker.core.ports import Claim, ClaimKind, JobView
-from worker.core.types import Receipt
+from worker.core.types import JobKey, Receipt
 
 #: The message header that hands a claimed job on to the next message of its
 #: task (a retry, a sweeper re-send): the fence it was handed on with.
@@ -82,7 +80,7 @@ FENCE_HEADER = "ledger_fence"
 class DueJob:
     """A job the sweeper must re-send: it is parked and due, or its owner's lease passed."""
 
-    imp_uid: str
+    job: JobKey
     state: str
     task_id: str
     payload: dict[str, Any]
@@ -90,6 +88,11 @@ class DueJob:
     op: str = "issue"
     #: The fence when it was handed out: the re-sent message carries it.
     fence: int = 0
+
+    @property
+    def imp_uid(self) -> str | None:
+        """The V1 payment's id; None for another kind of job."""
+        return self.job.imp_uid
 
 
 class Ledger:
@@ -145,7 +148,7 @@ class Ledger:
         return self._lease_ms / 1000
 
     def receive(
-        self, imp_uid: str, *, task_id: str, payload: Mapping[str, Any], resend_after: float
+        self, job: JobKey | str, *, task_id: str, payload: Mapping[str, Any], resend_after: float
     ) -> str:
         """Record a job before it is enqueued; returns the state it is in now.
 
@@ -154,19 +157,19 @@ class Ledger:
         task already ended: nothing is recorded and nothing is to be sent.
         """
         result = self._receive(
-            keys=[ledger_key(imp_uid), DUE_KEY, waiters_key(imp_uid), terminal_key(task_id)],
+            keys=[_record(job), DUE_KEY, _waiters(job), terminal_key(task_id)],
             args=[
                 task_id,
                 json.dumps(payload),
                 self._offset_ms,
                 int(resend_after * 1000),
-                payment_receipt_key(imp_uid),
+                _receipt_key(job),
             ],
         )
         return as_text(result)
 
     def receive_cancel(
-        self, imp_uid: str, *, task_id: str, cancel: Mapping[str, Any], resend_after: float
+        self, job: JobKey | str, *, task_id: str, cancel: Mapping[str, Any], resend_after: float
     ) -> str:
         """Record a cancellation before it is enqueued; returns the job's state now.
 
@@ -176,20 +179,20 @@ class Ledger:
         the job over if it ends issued. ``done`` means this task already ended.
         """
         result = self._receive_cancel(
-            keys=[ledger_key(imp_uid), DUE_KEY, terminal_key(task_id)],
+            keys=[_record(job), DUE_KEY, terminal_key(task_id)],
             args=[
                 task_id,
                 json.dumps(cancel),
                 self._offset_ms,
                 int(resend_after * 1000),
-                payment_receipt_key(imp_uid),
+                _receipt_key(job),
             ],
         )
         return as_text(result)
 
     def claim(
         self,
-        imp_uid: str,
+        job: JobKey | str,
         *,
         task_id: str,
         payload: Mapping[str, Any],
@@ -204,10 +207,10 @@ class Ledger:
         """
         result = self._claim(
             keys=[
-                ledger_key(imp_uid),
+                _record(job),
                 DUE_KEY,
                 terminal_key(task_id),
-                waiters_key(imp_uid),
+                _waiters(job),
                 DEAD_JOBS_KEY,
             ],
             args=[
@@ -215,7 +218,7 @@ class Ledger:
                 json.dumps(payload),
                 self._offset_ms,
                 self._lease_ms,
-                payment_receipt_key(imp_uid),
+                _receipt_key(job),
                 op,
                 "" if fence is None else str(fence),
             ],
@@ -233,27 +236,31 @@ class Ledger:
             return Claim(kind, receipt=json.loads(as_text(result[1])) if result[1] else None)
         return Claim(kind)
 
-    def extend(self, imp_uid: str, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:
+    def extend(
+        self, job: JobKey | str, *, fence: int, seconds: float, error: Mapping[str, Any]
+    ) -> bool:
         """Keep the claim through a short retry countdown plus one more attempt."""
         until = redis_now_ms(self._redis, self._offset) + int(seconds * 1000) + self._lease_ms
-        return self._hold_job(imp_uid, fence, due=until, state="in_flight", error=error)
+        return self._hold_job(job, fence, due=until, state="in_flight", error=error)
 
-    def park(self, imp_uid: str, *, fence: int, until: float, error: Mapping[str, Any]) -> bool:
+    def park(
+        self, job: JobKey | str, *, fence: int, until: float, error: Mapping[str, Any]
+    ) -> bool:
         """Hand the job back to the ledger until ``until`` (epoch s); the sweeper resumes it."""
-        return self._hold_job(imp_uid, fence, due=int(until * 1000), state="received", error=error)
+        return self._hold_job(job, fence, due=int(until * 1000), state="received", error=error)
 
     def _hold_job(
-        self, imp_uid: str, fence: int, *, due: int, state: str, error: Mapping[str, Any]
+        self, job: JobKey | str, fence: int, *, due: int, state: str, error: Mapping[str, Any]
     ) -> bool:
         result = self._hold(
-            keys=[ledger_key(imp_uid), DUE_KEY, history_key(imp_uid)],
+            keys=[_record(job), DUE_KEY, _history(job)],
             args=[
                 fence,
                 self._offset_ms,
                 due,
                 state,
                 json.dumps(error, ensure_ascii=False),
-                payment_receipt_key(imp_uid),
+                _receipt_key(job),
                 JOB_HISTORY_LENGTH,
             ],
         )
@@ -261,7 +268,7 @@ class Ledger:
 
     def finish(
         self,
-        imp_uid: str,
+        job: JobKey | str,
         *,
         fence: int,
         state: str,
@@ -290,14 +297,14 @@ class Ledger:
         )
         result = self._finish(
             keys=[
-                ledger_key(imp_uid),
+                _record(job),
                 DUE_KEY,
                 self._stream,
                 terminal_key(task_id),
-                status_key(imp_uid),
-                waiters_key(imp_uid),
+                _status(job),
+                _waiters(job),
                 DEAD_JOBS_KEY,
-                history_key(imp_uid),
+                _history(job),
                 second_terminal_key(task_id),
             ],
             args=[
@@ -311,7 +318,7 @@ class Ledger:
                 json.dumps(receipt) if receipt is not None else "",
                 json.dumps(error, ensure_ascii=False) if error is not None else "",
                 self._retention,
-                payment_receipt_key(imp_uid),
+                _receipt_key(job),
                 extra_event[0] if extra_event else "",
                 json.dumps(extra_event[1], ensure_ascii=False) if extra_event else "",
                 TERMINAL_PREFIX,
@@ -328,7 +335,7 @@ class Ledger:
             return None
         return as_text(result[1])
 
-    def settled_claim(self, imp_uid: str, *, task_id: str, state: str, op: str) -> Claim:
+    def settled_claim(self, job: JobKey | str, *, task_id: str, state: str, op: str) -> Claim:
         """What a claim would find for a message of ``op`` that :meth:`receive` (or
         :meth:`receive_cancel`) answered ``state`` (``issued``, ``cancelled``) and did not
         record: the producer ends its task with it, as the worker would.
@@ -336,7 +343,7 @@ class Ledger:
         ``done`` when the job ended under this very task (its marker expired): its one
         event is out, as the claim script answers such a late copy.
         """
-        record = self.raw_record(imp_uid) or {}
+        record = self.raw_record(job) or {}
         if record.get("task_id") == task_id:
             return Claim(ClaimKind.DONE, op=op)
         receipt = record.get("receipt")
@@ -348,51 +355,78 @@ class Ledger:
         members = self._redis.zrangebyscore(DUE_KEY, 0, now, start=0, num=limit)
         jobs = []
         for member in members:
-            imp_uid = payment_of(as_text(member))
-            if imp_uid is None:
+            job = JobKey.parse(as_text(member))
+            if job is None:
                 continue  # a kind of job this release does not run
             found = self._due(
-                keys=[ledger_key(imp_uid), DUE_KEY],
+                keys=[_record(job), DUE_KEY],
                 args=[self._offset_ms, int(regrace_seconds * 1000), as_text(member)],
             )
             if not found:
                 continue
             state, task_id, payload, attempts, op, fence = (as_text(part) for part in found)
             jobs.append(
-                DueJob(imp_uid, state, task_id, json.loads(payload), int(attempts), op, int(fence))
+                DueJob(job, state, task_id, json.loads(payload), int(attempts), op, int(fence))
             )
         return jobs
 
-    def view(self, imp_uid: str) -> JobView | None:
+    def view(self, job: JobKey | str) -> JobView | None:
         """The job as the core reads it (:mod:`worker.adapters.store.record`), or None."""
-        found = self.raw_record(imp_uid)
-        return job_view(imp_uid, found) if found is not None else None
+        found = self.raw_record(job)
+        return job_view(_job_key(job), found) if found is not None else None
 
     def note_sent(
-        self, imp_uid: str, *, fence: int, at: float, op: str, delete: bool = False
+        self, job: JobKey | str, *, fence: int, at: float, op: str, delete: bool = False
     ) -> bool:
         """A POST or DELETE of ``op`` goes out at ``at``: kept until the provider answers it."""
-        return self._note_fields(imp_uid, fence, sent_fields(at=at, op=op, delete=delete))
+        return self._note_fields(job, fence, sent_fields(at=at, op=op, delete=delete))
 
-    def note_answered(self, imp_uid: str, *, fence: int) -> bool:
+    def note_answered(self, job: JobKey | str, *, fence: int) -> bool:
         """The provider answered the job's last request: nothing is left to settle."""
-        return self._note_fields(imp_uid, fence, answered_fields())
+        return self._note_fields(job, fence, answered_fields())
 
-    def note_cancelled(self, imp_uid: str, *, fence: int, receipt: Receipt | None) -> bool:
+    def note_cancelled(self, job: JobKey | str, *, fence: int, receipt: Receipt | None) -> bool:
         """A refund's cancel step is done: the step and what it cancelled, in one write."""
-        return self._note_fields(imp_uid, fence, cancelled_fields(receipt))
+        return self._note_fields(job, fence, cancelled_fields(receipt))
 
-    def _note_fields(self, imp_uid: str, fence: int, fields: Mapping[str, str]) -> bool:
+    def _note_fields(self, job: JobKey | str, fence: int, fields: Mapping[str, str]) -> bool:
         """Several fields of a step in one fenced write: one round trip, no torn step."""
         pairs = [item for pair in fields.items() for item in pair]
-        return bool(self._note(keys=[ledger_key(imp_uid)], args=[fence, *pairs]))
+        return bool(self._note(keys=[_record(job)], args=[fence, *pairs]))
 
-    def raw_record(self, imp_uid: str) -> dict[str, str] | None:
+    def raw_record(self, job: JobKey | str) -> dict[str, str] | None:
         """A payment's record as Redis keeps it (text fields), or None.
 
         The store's own reads and the layout tests use it; the core reads :meth:`view`.
         """
-        raw = self._redis.hgetall(ledger_key(imp_uid))
+        raw = self._redis.hgetall(_record(job))
         if not raw:
             return None
         return {as_text(key): as_text(value) for key, value in raw.items()}
+
+
+def _job_key(job: JobKey | str) -> JobKey:
+    """The job, named as the core names it, or (a string) by a V1 payment's imp_uid: as
+    operators, the CLI and the tests name a payment."""
+    return job if isinstance(job, JobKey) else JobKey.payment(job)
+
+
+def _receipt_key(job: JobKey | str) -> str:
+    """The job's member in the indexes."""
+    return _job_key(job).receipt_key
+
+
+def _record(job: JobKey | str) -> str:
+    return record_key(_receipt_key(job))
+
+
+def _waiters(job: JobKey | str) -> str:
+    return waiters_of(_receipt_key(job))
+
+
+def _history(job: JobKey | str) -> str:
+    return history_of(_receipt_key(job))
+
+
+def _status(job: JobKey | str) -> str:
+    return status_of(_receipt_key(job))

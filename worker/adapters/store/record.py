@@ -19,7 +19,7 @@ from dataclasses import fields
 from typing import Any
 
 from worker.core.ports import JobView
-from worker.core.types import Receipt
+from worker.core.types import JobKey, Receipt
 
 #: When the job's last POST or DELETE was sent (epoch seconds, ``repr`` of a float),
 #: while its outcome is unsettled; empty (or absent) once the provider answered it.
@@ -45,8 +45,9 @@ CANCELLED_RECEIPT_FIELD = "cancelled_receipt"
 _RECEIPT_FIELDS = tuple(field.name for field in fields(Receipt))
 
 
-def job_view(imp_uid: str, record: Mapping[str, str]) -> JobView:
+def job_view(job: JobKey, record: Mapping[str, str]) -> JobView:
     """A record, as read from the store (text fields), as the core reads it."""
+    imp_uid = job.id
     return JobView(
         state=record.get("state", ""),
         task_id=record.get("task_id", ""),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,11 +29,11 @@ KEY_FUNCTIONS: dict[str, Callable[[str], str]] = {
     if inspect.isfunction(value)
     and value.__module__ == keys.__name__
     and name.endswith("_key")
-    and name != "payment_receipt_key"
+    and name not in {"payment_receipt_key", "record_key"}
 }
-#: The namespace keys.py reserves for the records of the kinds issues 15 and 16 add (by
-#: receipt key): checked as if its function were there already.
-KEY_FUNCTIONS["reserved job_key"] = lambda receipt_key: f"{keys.JOB_PREFIX}{receipt_key}"
+#: record_key for every kind but a V1 payment (whose record is ledger_key's): by receipt
+#: key, under ``job:``, and checked for every string, as issue 16's kinds will be.
+KEY_FUNCTIONS["job record_key"] = lambda receipt_key: f"{keys.JOB_PREFIX}{receipt_key}"
 #: Every key whose name is fixed: the layout's own, and the streams' defaults.
 FIXED_KEYS = frozenset(
     {
@@ -145,3 +146,14 @@ def test_the_check_sees_the_collisions_of_layout_1() -> None:
         KEY_FUNCTIONS.clear()
         KEY_FUNCTIONS.update(saved)
     assert "cash_receipt:ledger:due" == layout_1["ledger_key"]("due") == keys.LAYOUT_1.due_key
+
+
+@given(given_id=IDS)
+def test_record_key_is_the_ledger_key_or_a_job_key(given_id: str) -> None:
+    """A V1 payment keeps its record where layout 1 kept it; an external receipt's is the
+    job record the checks above cover; a string of no kind names no record."""
+    assert keys.record_key(f"iamport:{given_id}") == keys.ledger_key(given_id)
+    external = f"iamport-external:{given_id}"
+    assert keys.record_key(external) == KEY_FUNCTIONS["job record_key"](external)
+    with pytest.raises(ValueError, match="not a receipt key"):
+        keys.record_key(f"x-{given_id}")

@@ -19,7 +19,7 @@ from worker.adapters.store.record import (
     sent_at,
     sent_fields,
 )
-from worker.core.types import Receipt
+from worker.core.types import JobKey, Receipt
 
 #: A cancelled receipt: imp_uid, receipt_tid, apply_num, type, amount, vat, url, applied, cancelled.
 RECEIPT = Receipt("imp_1", "t", "A1", "personal", 1000, 91, None, 1, 2)
@@ -64,7 +64,7 @@ def test_a_record_of_an_older_release_reads_as_a_view() -> None:
         "cancelled_receipt": json.dumps({"apply_num": "A1"}),
         "fence": "3",
     }
-    job = job_view("imp_1", record)
+    job = job_view(JobKey.payment("imp_1"), record)
     assert (job.state, job.task_id, job.op) == ("in_flight", "t-1", "cancel")
     assert job.payload == {"imp_uid": "imp_1", "amount": 1000}
     assert job.cancel == {"imp_uid": "imp_1", "amount": 300}
