@@ -227,6 +227,7 @@ _EXTERNAL_TEXT_FIELDS: Final = ("buyer_name", "buyer_email", "buyer_tel", "corp_
 
 
 def _amount(params: Mapping[str, Any]) -> int:
+    """The sale's amount: with no payment to take it from, a receipt of 0 won or less is wrong."""
     value = params.get("amount")
     if value is None or value == "":
         raise Refusal(400, "발행금액(amount)이 누락되었습니다.")
