@@ -11,8 +11,7 @@ import pytest
 import requests
 
 from tests.sandbox.client import Api, failure, success
-from tests.support.sandbox import Sandbox, running_sandbox
-from tests.support.wait import wait_for
+from tests.support.sandbox import Sandbox, running_sandbox, wait_external_posts_processed
 
 EXTERNAL_FIELDS = frozenset(
     {
@@ -327,6 +326,17 @@ def test_state_log_and_counts_are_kept_apart(api: Api, sandbox: Sandbox) -> None
 # -- every fault kind ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("body", [{}, {"script": []}, {"script": [{"kind": "explode"}]}, [1]])
+def test_bad_external_script_is_400(sandbox: Sandbox, body: object) -> None:
+    """The external script route checks its body as the payment one does; nothing changes."""
+    response = requests.post(
+        f"{sandbox.url}/__sandbox__/external/faults/order_x", json=body, timeout=5
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]
+    assert sandbox.faults()["external_scripts"] == {}
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_status_step(api: Api, sandbox: Sandbox, merchant_uid: str, status: int) -> None:
     sandbox.script_external(merchant_uid, {"kind": "status", "status": status})
@@ -378,11 +388,7 @@ def test_latency_then_the_work(api: Api, sandbox: Sandbox, merchant_uid: str) ->
             json={"channel_key": "c", "name": "n", "amount": 1000, "identifier": "01012345678"},
             timeout=0.2,
         )
-    wait_for(
-        lambda: sandbox.external_requests(merchant_uid)[0]["status"] == 200,
-        timeout=5,
-        message="the late POST to be processed",
-    )
+    wait_external_posts_processed(sandbox, merchant_uid, timeout=5)
     success(api.lookup_external(merchant_uid))
 
 

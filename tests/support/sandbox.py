@@ -247,3 +247,18 @@ def wait_posts_processed(sandbox: SandboxAdmin, imp_uid: str, *, timeout: float)
         timeout=timeout,
         message="the late POST to be processed",
     )
+
+
+def wait_external_posts_processed(
+    sandbox: SandboxAdmin, merchant_uid: str, *, timeout: float
+) -> None:
+    """As `wait_posts_processed`, for the external receipt of ``merchant_uid``."""
+    wait_for(
+        lambda: all(
+            entry["status"] is not None
+            for entry in sandbox.external_requests(merchant_uid)
+            if entry["method"] == "POST"
+        ),
+        timeout=timeout,
+        message="the late external POST to be processed",
+    )
