@@ -24,6 +24,7 @@ from iamport_sandbox.faults import (
     parse_rate_flag,
     parse_step,
 )
+from iamport_sandbox.state import EXTERNAL_REISSUE_MODES
 
 SHUTDOWN_TIMEOUT = 1.0
 
@@ -142,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept a POST while a receipt is active, creating a second one (a visible "
         "double issue); blind requests are counted in every mode",
     )
+    parser.add_argument(
+        "--external-reissue",
+        choices=EXTERNAL_REISSUE_MODES,
+        default="refuse",
+        help="whether POST /receipts/external/{merchant_uid} issues again once that merchant_uid's "
+        "receipts are all cancelled (allow) or answers 'already issued' (refuse); the real API's "
+        "answer is unconfirmed (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for fault draws and ids")
     parser.add_argument(
         "--log-level",
@@ -180,6 +189,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         reject_message=args.reject_message,
         allow_duplicates=args.allow_duplicates,
         late_limit_seconds=args.late_limit_seconds,
+        external_reissue=args.external_reissue,
     )
 
 

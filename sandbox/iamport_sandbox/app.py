@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from iamport_sandbox import rules
+from iamport_sandbox import keys, rules
 from iamport_sandbox.errors import InvalidInput
 from iamport_sandbox.faults import (
     DEFAULT_HANG_SECONDS,
@@ -26,7 +26,8 @@ from iamport_sandbox.faults import (
     FaultStep,
     parse_step,
 )
-from iamport_sandbox.state import UNAUTHORIZED, Merchant, Reply, error, ok
+from iamport_sandbox.keys import Key
+from iamport_sandbox.state import EXTERNAL_REISSUE_MODES, UNAUTHORIZED, Merchant, Reply, error, ok
 from iamport_sandbox.tokens import AdjustableClock, TokenPolicy, TokenStore
 
 log = logging.getLogger("iamport_sandbox")
@@ -62,6 +63,8 @@ class SandboxConfig:
     # Accept a second POST while a receipt is active, so a double issue shows (audit.py).
     allow_duplicates: bool = False
     late_limit_seconds: float | None = None
+    # Whether a merchant_uid whose external receipts are all cancelled may be issued again.
+    external_reissue: str = "refuse"
 
 
 class BadInput(ValueError):
@@ -131,7 +134,10 @@ class Sandbox:
         self.clock = AdjustableClock()
         self.tokens = TokenStore(self.clock, TokenPolicy(lifetime=config.token_lifetime))
         self.merchant = Merchant(
-            self.clock, id_seed=config.seed, allow_duplicates=config.allow_duplicates
+            self.clock,
+            id_seed=config.seed,
+            allow_duplicates=config.allow_duplicates,
+            external_reissue=config.external_reissue,
         )
         self.faults = self._startup_faults()
         self.closing = False
@@ -146,13 +152,14 @@ class Sandbox:
         plan.reject_message = self.config.reject_message
         plan.late_limit_seconds = self.config.late_limit_seconds
         for imp_uid, steps in self.config.scripts.items():
-            plan.append(imp_uid, list(steps))
+            plan.append(keys.payment(imp_uid), list(steps))
         return plan
 
     def reset(self) -> None:
         """Back to the startup state: CLI faults and token lifetime return, data goes."""
         self.merchant.reset()
         self.merchant.audit.allow_duplicates = self.config.allow_duplicates
+        self.merchant.external_reissue = self.config.external_reissue
         self.tokens = TokenStore(self.clock, TokenPolicy(lifetime=self.config.token_lifetime))
         self.clock.offset = 0.0
         self.faults = self._startup_faults()
@@ -180,7 +187,10 @@ class Sandbox:
 
     async def get_payment(self, request: web.Request) -> web.StreamResponse:
         return await self._guarded(
-            request, "payments", lambda uid, _p, _r: self.merchant.get_payment(uid)
+            request,
+            _payment_key(request),
+            "payments",
+            lambda uid, _p, _r: self.merchant.get_payment(uid),
         )
 
     async def issue_receipt(self, request: web.Request) -> web.StreamResponse:
@@ -191,29 +201,59 @@ class Sandbox:
                 imp_uid, params, base_url=base_url, reject_message=reject
             )
 
-        return await self._guarded(request, "receipts", issue)
+        return await self._guarded(request, _payment_key(request), "receipts", issue)
 
     async def get_receipt(self, request: web.Request) -> web.StreamResponse:
         return await self._guarded(
-            request, "receipts", lambda uid, _p, _r: self.merchant.get_receipt(uid)
+            request,
+            _payment_key(request),
+            "receipts",
+            lambda uid, _p, _r: self.merchant.get_receipt(uid),
         )
 
     async def cancel_receipt(self, request: web.Request) -> web.StreamResponse:
         return await self._guarded(
             request,
+            _payment_key(request),
             "receipts",
             lambda uid, _p, reject: self.merchant.cancel_receipt(uid, reject_message=reject),
         )
 
+    async def issue_external(self, request: web.Request) -> web.StreamResponse:
+        base_url = f"{request.scheme}://{request.host}"
+
+        def issue(merchant_uid: str, params: dict[str, Any], reject: str | None) -> Reply:
+            return self.merchant.issue_external(
+                merchant_uid, params, base_url=base_url, reject_message=reject
+            )
+
+        return await self._guarded(request, _external_key(request), "receipts", issue)
+
+    async def get_external(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(
+            request,
+            _external_key(request),
+            "receipts",
+            lambda uid, _p, _r: self.merchant.get_external(uid),
+        )
+
+    async def cancel_external(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(
+            request,
+            _external_key(request),
+            "receipts",
+            lambda uid, _p, reject: self.merchant.cancel_external(uid, reject_message=reject),
+        )
+
     async def _guarded(
-        self, request: web.Request, endpoint: str, operation: Operation
+        self, request: web.Request, key: Key, endpoint: str, operation: Operation
     ) -> web.StreamResponse:
-        """Run an imp_uid endpoint through the fault plan, the token check and the operation."""
-        imp_uid = request.match_info["imp_uid"]
-        entry = self._begin(request, imp_uid)
+        """Run a payment or external receipt endpoint through the fault plan, the token check and
+        the operation; faults and audit go by `key`, so the two kinds never meet."""
+        entry = self._begin(request, key)
         if endpoint == "receipts" and request.method in {"POST", "DELETE"}:
             # Judged on arrival: only answers written before now can have informed the client.
-            entry["blind"] = self.merchant.audit.arrived(imp_uid, request.method)
+            entry["blind"] = self.merchant.audit.arrived(key, request.method)
         bad_body: str | None = None
         params: dict[str, Any] = {}
         if request.method == "POST":
@@ -223,7 +263,7 @@ class Sandbox:
                 bad_body = str(exc)
             entry["body"] = rules.mask_fields(params)
 
-        step = self.faults.pick(imp_uid, request.method, endpoint)
+        step = self.faults.pick(key, request.method, endpoint)
         kind = step.kind if step is not None else None
         entry["fault"] = kind
         delay = self.faults.delay_seconds(step)
@@ -239,7 +279,7 @@ class Sandbox:
         if bad_body is not None:
             return self._finish(entry, error(400, bad_body))
         reject = step.message if step is not None and kind == "reject" else None
-        reply = operation(imp_uid, params, reject)
+        reply = operation(key.uid, params, reject)
         if kind == "drop_after":
             entry["status"] = None
             entry["outcome"] = reply.status
@@ -247,11 +287,11 @@ class Sandbox:
             return self._drop(request)
         response = self._finish(entry, reply)
         if reply.shows is not None:
-            await self._answer_lookup(request, response, imp_uid, reply)
+            await self._answer_lookup(request, response, key, reply)
         return response
 
     async def _answer_lookup(
-        self, request: web.Request, response: web.Response, imp_uid: str, reply: Reply
+        self, request: web.Request, response: web.Response, key: Key, reply: Reply
     ) -> None:
         """Write a lookup's answer now, then let the audit know what the client has been told.
 
@@ -264,7 +304,7 @@ class Sandbox:
         except ConnectionError:
             return
         if reply.shows is not None:
-            self.merchant.audit.answered(imp_uid, reply.shows)
+            self.merchant.audit.answered(key, reply.shows)
 
     async def _early_fault(  # noqa: PLR0911 (one answer per fault kind)
         self, request: web.Request, entry: dict[str, Any], step: FaultStep
@@ -333,16 +373,19 @@ class Sandbox:
 
     # -- request log ------------------------------------------------------------------------
 
-    def _begin(self, request: web.Request, imp_uid: str | None) -> dict[str, Any]:
+    def _begin(self, request: web.Request, key: Key | None) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "method": request.method,
             "path": request.path,
-            "imp_uid": imp_uid,
+            "imp_uid": None,
+            "merchant_uid": None,
             "status": None,
             "body": {},
             "fault": None,
             "at": self.clock(),
         }
+        if key is not None:
+            entry[key.id_field] = key.uid
         self.merchant.requests.append(entry)
         return entry
 
@@ -390,7 +433,8 @@ class Sandbox:
         return _response(200, self.merchant.payment(request.match_info["imp_uid"]).to_json())
 
     async def admin_requests(self, request: web.Request) -> web.StreamResponse:
-        return _response(200, self.merchant.requests_view(request.query.get("imp_uid")))
+        filters = {f: request.query[f] for f in ("imp_uid", "merchant_uid") if f in request.query}
+        return _response(200, self.merchant.requests_view(filters))
 
     async def admin_receipts(self, _request: web.Request) -> web.StreamResponse:
         return _response(200, self.merchant.receipts_view())
@@ -411,6 +455,25 @@ class Sandbox:
         self.merchant.audit.allow_duplicates = allow
         log.info("admin: duplicates %s", "allowed" if allow else "refused")
         return _response(200, self.merchant.audit.view())
+
+    async def admin_get_external_reissue(self, _request: web.Request) -> web.StreamResponse:
+        return _response(200, {"external_reissue": self.merchant.external_reissue})
+
+    async def admin_put_external_reissue(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await _admin_json(request)
+        except InvalidInput as exc:
+            return _admin_error(str(exc))
+        modes = "|".join(f'"{mode}"' for mode in EXTERNAL_REISSUE_MODES)
+        if (
+            not isinstance(body, dict)
+            or set(body) != {"external_reissue"}
+            or body["external_reissue"] not in EXTERNAL_REISSUE_MODES
+        ):
+            return _admin_error(f'body must be {{"external_reissue": {modes}}}')
+        self.merchant.external_reissue = body["external_reissue"]
+        log.info("admin: external re-issue after a cancel: %s", self.merchant.external_reissue)
+        return _response(200, {"external_reissue": self.merchant.external_reissue})
 
     async def admin_get_token(self, _request: web.Request) -> web.StreamResponse:
         return _response(200, self._token_view())
@@ -441,13 +504,18 @@ class Sandbox:
         return _response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
 
     async def admin_script(self, request: web.Request) -> web.StreamResponse:
-        imp_uid = request.match_info["imp_uid"]
+        return await self._script(request, _payment_key(request))
+
+    async def admin_script_external(self, request: web.Request) -> web.StreamResponse:
+        return await self._script(request, _external_key(request))
+
+    async def _script(self, request: web.Request, key: Key) -> web.StreamResponse:
         try:
             steps = _script_steps(await _admin_json(request))
         except InvalidInput as exc:
             return _admin_error(str(exc))
-        self.faults.append(imp_uid, steps)
-        log.info("admin: %d fault step(s) scripted for %s", len(steps), imp_uid)
+        self.faults.append(key, steps)
+        log.info("admin: %d fault step(s) scripted for %s %s", len(steps), key.id_field, key.uid)
         return _response(200, self.faults.to_json())
 
     async def admin_get_faults(self, _request: web.Request) -> web.StreamResponse:
@@ -493,6 +561,14 @@ class Sandbox:
                 "expired_at": current.expired_at,
             },
         }
+
+
+def _payment_key(request: web.Request) -> Key:
+    return keys.payment(request.match_info["imp_uid"])
+
+
+def _external_key(request: web.Request) -> Key:
+    return keys.external(request.match_info["merchant_uid"])
 
 
 async def _admin_json(request: web.Request) -> Any:
@@ -555,6 +631,9 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_post("/receipts/{imp_uid}", sandbox.issue_receipt)
     app.router.add_get("/receipts/{imp_uid}", sandbox.get_receipt)
     app.router.add_delete("/receipts/{imp_uid}", sandbox.cancel_receipt)
+    app.router.add_post("/receipts/external/{merchant_uid}", sandbox.issue_external)
+    app.router.add_get("/receipts/external/{merchant_uid}", sandbox.get_external)
+    app.router.add_delete("/receipts/external/{merchant_uid}", sandbox.cancel_external)
 
     app.router.add_get(f"{ADMIN}/health", sandbox.admin_health)
     app.router.add_post(f"{ADMIN}/reset", sandbox.admin_reset)
@@ -573,5 +652,8 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_put(f"{ADMIN}/faults", sandbox.admin_put_faults)
     app.router.add_delete(f"{ADMIN}/faults", sandbox.admin_clear_faults)
     app.router.add_post(f"{ADMIN}/faults/{{imp_uid}}", sandbox.admin_script)
+    app.router.add_post(f"{ADMIN}/external/faults/{{merchant_uid}}", sandbox.admin_script_external)
+    app.router.add_get(f"{ADMIN}/external/reissue", sandbox.admin_get_external_reissue)
+    app.router.add_put(f"{ADMIN}/external/reissue", sandbox.admin_put_external_reissue)
     app.router.add_get(f"{ADMIN}/receipt-view/{{receipt_tid}}", sandbox.receipt_view)
     return app

@@ -3,20 +3,24 @@
 A client that re-sends a POST without looking is safe only while the provider refuses a second
 receipt. To see a double issue, the sandbox can accept it (`allow_duplicates`), and it counts, in
 every mode, the requests a client sent although a lookup had already told it they were wrong:
-a POST after a lookup showed an active receipt, a DELETE after one showed none.
+a POST after a lookup showed an active receipt, a DELETE after one showed none. Payments and
+external sales are audited alike, each under its own key (keys.py).
 
 "Already told" is about causality, not about the order of processing: a lookup counts only once
 its answer has been written to the client, and only for requests that arrive after that, while
-the answer still holds. Whether a payment has a receipt flips on a POST that creates the first
-active one, on a DELETE that cancels the last, or on an admin seed; each flip starts a new epoch,
-and a lookup's answer is current only in the epoch it was made in. The server runs every handler
-on one asyncio thread, so "arrives after" is simply "starts being handled after".
+the answer still holds. Whether a payment (or an external sale) has a receipt flips on a POST that
+creates the first active one, on a DELETE that cancels the last, or on an admin seed; each flip
+starts a new epoch, and a lookup's answer is current only in the epoch it was made in. The server
+runs every handler on one asyncio thread, so "arrives after" is simply "starts being handled
+after".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from iamport_sandbox.keys import EXTERNAL, PAYMENT, Key
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +32,8 @@ class Shown:
 
 
 @dataclass(slots=True)
-class PaymentAudit:
-    """One imp_uid's figures."""
+class Figures:
+    """One payment's or one external sale's figures."""
 
     created: int = 0
     active: int = 0
@@ -50,34 +54,34 @@ class PaymentAudit:
 
 
 class Audit:
-    """Per-imp_uid receipt counts and blind requests; see the module docstring."""
+    """Receipt counts and blind requests per key; see the module docstring."""
 
     def __init__(self, *, allow_duplicates: bool = False) -> None:
         self.allow_duplicates = allow_duplicates
-        self.payments: dict[str, PaymentAudit] = {}
+        self.figures: dict[Key, Figures] = {}
 
     def clear(self) -> None:
-        self.payments.clear()
+        self.figures.clear()
 
-    def _of(self, imp_uid: str) -> PaymentAudit:
-        audit = self.payments.get(imp_uid)
+    def _of(self, key: Key) -> Figures:
+        audit = self.figures.get(key)
         if audit is None:
-            audit = self.payments[imp_uid] = PaymentAudit()
+            audit = self.figures[key] = Figures()
         return audit
 
-    def shown(self, imp_uid: str, *, active: bool) -> Shown:
+    def shown(self, key: Key, *, active: bool) -> Shown:
         """What a lookup made now shows; it counts once `answered` is told it reached the client."""
-        return Shown(active=active, epoch=self._of(imp_uid).epoch)
+        return Shown(active=active, epoch=self._of(key).epoch)
 
-    def answered(self, imp_uid: str, shown: Shown) -> None:
+    def answered(self, key: Key, shown: Shown) -> None:
         """A lookup's answer has been written. Of two answers, the one from the later epoch wins."""
-        audit = self._of(imp_uid)
+        audit = self._of(key)
         if audit.shown is None or shown.epoch >= audit.shown.epoch:
             audit.shown = shown
 
-    def arrived(self, imp_uid: str, method: str) -> bool:
+    def arrived(self, key: Key, method: str) -> bool:
         """Judge a POST or DELETE on a receipt as it arrives; True (and counted) when blind."""
-        audit = self._of(imp_uid)
+        audit = self._of(key)
         shown = audit.shown
         if shown is None or shown.epoch != audit.epoch:
             return False
@@ -89,31 +93,38 @@ class Audit:
             return True
         return False
 
-    def changed(self, imp_uid: str, *, was_active: bool, is_active: bool) -> None:
-        """Whether the payment has a receipt may have changed: a flip starts a new epoch."""
+    def changed(self, key: Key, *, was_active: bool, is_active: bool) -> None:
+        """Whether the key has an active receipt may have changed: a flip starts a new epoch."""
         if was_active != is_active:
-            self._of(imp_uid).epoch += 1
+            self._of(key).epoch += 1
 
-    def created(self, imp_uid: str) -> None:
-        audit = self._of(imp_uid)
+    def created(self, key: Key) -> None:
+        audit = self._of(key)
         audit.created += 1
         audit.active += 1
         audit.max_active = max(audit.max_active, audit.active)
 
-    def cancelled(self, imp_uid: str) -> None:
-        self._of(imp_uid).active -= 1
+    def cancelled(self, key: Key) -> None:
+        self._of(key).active -= 1
 
     def view(self) -> dict[str, Any]:
-        per_id = {imp_uid: audit.view() for imp_uid, audit in self.payments.items()}
+        """Payments at the top level, as before external receipts existed; those in `external`."""
         return {
             "allow_duplicates": self.allow_duplicates,
-            "blind_posts": sum(a.blind_posts for a in self.payments.values()),
-            "blind_deletes": sum(a.blind_deletes for a in self.payments.values()),
-            "receipts_created": sum(a.created for a in self.payments.values()),
-            "double_active": sorted(i for i, a in self.payments.items() if a.max_active > 1),
-            "payments": {
-                imp_uid: view
-                for imp_uid, view in per_id.items()
-                if view["created"] or view["blind_posts"] or view["blind_deletes"]
+            **self._section(PAYMENT, "payments"),
+            "external": self._section(EXTERNAL, "merchant_uids"),
+        }
+
+    def _section(self, kind: str, listing: str) -> dict[str, Any]:
+        of_kind = {key.uid: audit for key, audit in self.figures.items() if key.kind == kind}
+        return {
+            "blind_posts": sum(a.blind_posts for a in of_kind.values()),
+            "blind_deletes": sum(a.blind_deletes for a in of_kind.values()),
+            "receipts_created": sum(a.created for a in of_kind.values()),
+            "double_active": sorted(uid for uid, a in of_kind.items() if a.max_active > 1),
+            listing: {
+                uid: audit.view()
+                for uid, audit in of_kind.items()
+                if audit.created or audit.blind_posts or audit.blind_deletes
             },
         }

@@ -1,9 +1,11 @@
 """Which failure, if any, the next request meets.
 
-Faults come from two places. A per-imp_uid script lets a test stage an exact sequence ("503,
-then drop after creating, then succeed"); global rates let a benchmark or soak run meet failures
-at random, reproducibly with a seed. A scripted step wins over the rates, so a test that scripts
-an imp_uid is never disturbed by rates set for a load run.
+Faults come from two places. A script per imp_uid (or per external receipt's merchant_uid) lets a
+test stage an exact sequence ("503, then drop after creating, then succeed"); global rates let a
+benchmark or soak run meet failures at random, reproducibly with a seed. A scripted step wins over
+the rates, so a test that scripts an imp_uid is never disturbed by rates set for a load run. The
+external receipt routes are `receipts` requests like the payment ones, so every kind and rate
+applies to them too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from iamport_sandbox.errors import InvalidInput
+from iamport_sandbox.keys import EXTERNAL, PAYMENT, Key
 
 STEP_KINDS: Final = (
     "latency",
@@ -209,7 +212,7 @@ class FaultPlan:
     """The fault configuration and the random source that draws from it."""
 
     def __init__(self, seed: int | None = None) -> None:
-        self.scripts: dict[str, list[FaultStep]] = {}
+        self.scripts: dict[Key, list[FaultStep]] = {}
         self.rates: dict[str, float] = {}
         self.latency_ms = 0.0
         self.latency_jitter_ms = 0.0
@@ -226,8 +229,8 @@ class FaultPlan:
         self.seed = seed
         self._rng = random.Random(seed)  # noqa: S311 - fault draws, not secrets
 
-    def append(self, imp_uid: str, steps: list[FaultStep]) -> None:
-        self.scripts.setdefault(imp_uid, []).extend(steps)
+    def append(self, key: Key, steps: list[FaultStep]) -> None:
+        self.scripts.setdefault(key, []).extend(steps)
 
     def clear(self) -> None:
         self.scripts.clear()
@@ -278,15 +281,15 @@ class FaultPlan:
         if "seed" in body:
             self.reseed(seed)
 
-    def pick(self, imp_uid: str, method: str, endpoint: str) -> FaultStep | None:
+    def pick(self, key: Key, method: str, endpoint: str) -> FaultStep | None:
         """Consume the first matching scripted step, else draw from the rates."""
-        script = self.scripts.get(imp_uid)
+        script = self.scripts.get(key)
         if script:
             for index, step in enumerate(script):
                 if step.matches(method, endpoint):
                     del script[index]
                     if not script:
-                        del self.scripts[imp_uid]
+                        del self.scripts[key]
                     return step
         if not self.rates:
             return None
@@ -336,8 +339,13 @@ class FaultPlan:
             "reject_message": self.reject_message,
             "late_limit_seconds": self.late_limit_seconds,
             "seed": self.seed,
-            "scripts": {
-                imp_uid: [step.to_json() for step in steps]
-                for imp_uid, steps in self.scripts.items()
-            },
+            "scripts": self._scripts_json(PAYMENT),
+            "external_scripts": self._scripts_json(EXTERNAL),
+        }
+
+    def _scripts_json(self, kind: str) -> dict[str, list[dict[str, Any]]]:
+        return {
+            key.uid: [step.to_json() for step in steps]
+            for key, steps in self.scripts.items()
+            if key.kind == kind
         }

@@ -1,4 +1,5 @@
-"""The sandbox's in-memory merchant: payments, receipts, and what clients asked for.
+"""The sandbox's in-memory merchant: payments, receipts, external receipts, and what clients asked
+for.
 
 The operations here answer in i'mport's envelope and HTTP statuses but know nothing of HTTP
 transport, so the same rules are exercised by unit tests and by the server. The server is a single
@@ -13,15 +14,19 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from iamport_sandbox import rules
+from iamport_sandbox import keys, rules
 from iamport_sandbox.audit import Audit, Shown
 from iamport_sandbox.errors import InvalidInput, Refusal
+from iamport_sandbox.keys import EXTERNAL, PAYMENT, Key
 from iamport_sandbox.tokens import Clock
 
 DEFAULT_AMOUNT: Final = 11000
 DEFAULT_PG: Final = "html5_inicis"
 DEFAULT_PAY_METHOD: Final = "vbank"
 REQUEST_LOG_LIMIT: Final = 100_000
+# Whether a merchant_uid whose external receipts are all cancelled may be issued again. The real
+# API's answer is unknown (docs/sandbox.md), so both are offered; refusing is the cautious default.
+EXTERNAL_REISSUE_MODES: Final = ("refuse", "allow")
 
 SEEDABLE_FIELDS: Final = frozenset(
     {
@@ -59,6 +64,9 @@ def error(status: int, message: str, headers: Mapping[str, str] | None = None) -
 
 
 UNAUTHORIZED: Final = "인증 Token이 전달되지 않았거나 유효하지 않습니다."
+NO_RECEIPT: Final = "존재하지 않는 거래정보이거나 현금영수증 발행 내역이 확인되지 않습니다."
+NOTHING_TO_CANCEL: Final = "취소할 현금영수증 발행 내역이 존재하지 않습니다."
+EXTERNAL_ALREADY_ISSUED: Final = "이미 현금영수증이 발행된 주문번호(merchant_uid)입니다."
 
 
 @dataclass(slots=True)
@@ -106,9 +114,10 @@ class Payment:
 
 @dataclass(slots=True)
 class Receipt:
-    """A ReceiptAnnotation plus what the admin API shows about how it came to be."""
+    """A ReceiptAnnotation (ExternalReceiptAnnotation for an external sale) plus what the admin
+    API shows about how it came to be."""
 
-    imp_uid: str
+    key: Key
     receipt_tid: str
     apply_num: str
     type: str
@@ -122,7 +131,7 @@ class Receipt:
 
     def annotation(self) -> dict[str, Any]:
         return {
-            "imp_uid": self.imp_uid,
+            self.key.id_field: self.key.uid,
             "receipt_tid": self.receipt_tid,
             "apply_num": self.apply_num,
             "type": self.type,
@@ -134,7 +143,11 @@ class Receipt:
         }
 
     def admin_view(self) -> dict[str, Any]:
-        return {**self.annotation(), "pg_provider": self.pg_provider, "request": self.request}
+        """An external receipt has no payment, so no PG to show: its `request` has the channel."""
+        view = {**self.annotation(), "request": self.request}
+        if self.key.kind == PAYMENT:
+            view["pg_provider"] = self.pg_provider
+        return view
 
 
 def _text(params: Mapping[str, Any], name: str) -> str | None:
@@ -206,6 +219,47 @@ class IssueRequest:
         return self.vat_amount
 
 
+_EXTERNAL_REQUIRED: Final[Mapping[str, str]] = {
+    "channel_key": "채널키(channel_key)가 누락되었습니다.",
+    "name": "주문명(name)이 누락되었습니다.",
+}
+_EXTERNAL_TEXT_FIELDS: Final = ("buyer_name", "buyer_email", "buyer_tel", "corp_reg_no")
+
+
+def _amount(params: Mapping[str, Any]) -> int:
+    """The sale's amount: with no payment to take it from, a receipt of 0 won or less is wrong."""
+    value = params.get("amount")
+    if value is None or value == "":
+        raise Refusal(400, "발행금액(amount)이 누락되었습니다.")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise Refusal(400, f"발행금액(amount)은 0보다 큰 정수여야 합니다. (amount: {value!r})")
+    return value
+
+
+@dataclass(frozen=True)
+class ExternalIssueRequest:
+    """The body of POST /receipts/external/{merchant_uid}. With no payment behind it, the body
+    is all there is, so all of it is checked before the merchant_uid's receipts are read."""
+
+    receipt: IssueRequest
+    amount: int
+    vat: int
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any]) -> ExternalIssueRequest:
+        for name, missing in _EXTERNAL_REQUIRED.items():
+            if _text(params, name) is None:
+                raise Refusal(400, missing)
+        amount = _amount(params)
+        receipt = IssueRequest.parse(params)
+        for name in _EXTERNAL_TEXT_FIELDS:
+            _text(params, name)
+        _one_of(_text(params, "pay_method"), rules.CASH_PAY_METHODS, "pay_method")
+        return cls(receipt=receipt, amount=amount, vat=receipt.vat(amount))
+
+
 def _check_issuable(payment: Payment, request: IssueRequest, params: Mapping[str, Any]) -> None:
     """The payment-side reasons i'mport refuses to issue (spec 400 and 501)."""
     if payment.status != "paid":
@@ -261,16 +315,22 @@ class Merchant:
     """One merchant account's payments and receipts, plus the record of every API request."""
 
     def __init__(
-        self, clock: Clock, *, id_seed: int | None = None, allow_duplicates: bool = False
+        self,
+        clock: Clock,
+        *,
+        id_seed: int | None = None,
+        allow_duplicates: bool = False,
+        external_reissue: str = "refuse",
     ) -> None:
         self._clock = clock
         self.audit = Audit(allow_duplicates=allow_duplicates)
+        self.external_reissue = external_reissue
         self._ids = random.Random(id_seed)  # noqa: S311 - fake approval numbers, not secrets
         self._receipt_seq = 0
         self.payments: dict[str, Payment] = {}
-        self.receipts: dict[str, list[Receipt]] = {}
+        self.receipts: dict[Key, list[Receipt]] = {}
         self.all_receipts: list[Receipt] = []
-        self.issued_counts: Counter[str] = Counter()
+        self.issued_counts: Counter[Key] = Counter()
         self.requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
 
     def reset(self) -> None:
@@ -313,11 +373,12 @@ class Merchant:
                 f"unknown payment fields: {', '.join(unknown)}; "
                 f"allowed: {', '.join(sorted(SEEDABLE_FIELDS))}"
             )
+        key = keys.payment(imp_uid)
         updated = asdict(self.payment(imp_uid))
         updated.update({name: _seed_value(name, value) for name, value in fields.items()})
         if updated["cancel_amount"] > updated["amount"]:
             raise InvalidInput("cancel_amount must not exceed amount")
-        was_active = self.has_receipt(imp_uid)
+        was_active = self.has_receipt(key)
         now = int(self._clock())
         status = updated["status"]
         if status == "cancelled" and not updated["cancelled_at"]:
@@ -330,24 +391,81 @@ class Merchant:
             updated["paid_at"] = now
         payment = Payment(**updated)
         self.payments[imp_uid] = payment
-        self.audit.changed(imp_uid, was_active=was_active, is_active=self.has_receipt(imp_uid))
+        self.audit.changed(key, was_active=was_active, is_active=self.has_receipt(key))
         return payment
 
     def get_payment(self, imp_uid: str) -> Reply:
         payment = self.payment(imp_uid)
-        shows = self.audit.shown(imp_uid, active=payment.cash_receipt_issued)
+        shows = self.audit.shown(keys.payment(imp_uid), active=payment.cash_receipt_issued)
         return ok(payment.to_json(), shows)
 
-    # -- receipts ---------------------------------------------------------------------------
+    # -- receipts, of payments and external sales alike --------------------------------------
 
-    def active_receipt(self, imp_uid: str) -> Receipt | None:
+    def active_receipt(self, key: Key) -> Receipt | None:
         """The newest uncancelled receipt: with duplicates allowed there may be older ones."""
-        history = self.receipts.get(imp_uid, [])
+        history = self.receipts.get(key, [])
         return next((r for r in reversed(history) if not r.cancelled_at), None)
 
-    def has_receipt(self, imp_uid: str) -> bool:
+    def has_receipt(self, key: Key) -> bool:
         """What a lookup of either kind would show as issued, for the audit's epochs."""
-        return self.active_receipt(imp_uid) is not None or self.payment(imp_uid).cash_receipt_issued
+        if self.active_receipt(key) is not None:
+            return True
+        return key.kind == PAYMENT and self.payment(key.uid).cash_receipt_issued
+
+    def _create(
+        self,
+        key: Key,
+        request: IssueRequest,
+        *,
+        amount: int,
+        vat: int,
+        params: Mapping[str, Any],
+        base_url: str,
+        pg_provider: str = "",
+    ) -> Receipt:
+        was_active = self.has_receipt(key)
+        self._receipt_seq += 1
+        receipt_tid = f"SBX-RCT-{self._receipt_seq:010d}"
+        receipt = Receipt(
+            key=key,
+            receipt_tid=receipt_tid,
+            apply_num=f"{self._ids.randrange(10**9):09d}",
+            type=request.type,
+            amount=amount,
+            vat=vat,
+            receipt_url=f"{base_url}/__sandbox__/receipt-view/{receipt_tid}",
+            applied_at=int(self._clock()),
+            pg_provider=pg_provider,
+            request=rules.mask_fields(params),
+        )
+        self.receipts.setdefault(key, []).append(receipt)
+        self.all_receipts.append(receipt)
+        self.issued_counts[key] += 1
+        self.audit.created(key)
+        self.audit.changed(key, was_active=was_active, is_active=True)
+        return receipt
+
+    def _lookup(self, key: Key) -> Reply:
+        """The newest active receipt, else the latest (cancelled); a 404 showing none if none."""
+        history = self.receipts.get(key)
+        if not history:
+            return Reply(
+                404, error(404, NO_RECEIPT).body, shows=self.audit.shown(key, active=False)
+            )
+        receipt = self.active_receipt(key) or history[-1]
+        return ok(receipt.annotation(), self.audit.shown(key, active=not receipt.cancelled_at))
+
+    @staticmethod
+    def _tax_service(request: IssueRequest, reject_message: str | None) -> None:
+        """The last refusals, at the moment the PG and the tax service would be asked."""
+        rejection = rules.identifier_rejection(request.identifier, request.identifier_type)
+        if rejection is not None:
+            raise Refusal(500, f"현금영수증 발행에 실패했습니다. {rejection}")
+        if reject_message is not None:
+            # The PG's words go through untouched, as i'mport relays them (research §4.2).
+            raise Refusal(500, reject_message)
+
+    # -- payment receipts -------------------------------------------------------------------
 
     def issue_receipt(
         self,
@@ -371,61 +489,37 @@ class Merchant:
         base_url: str,
         reject_message: str | None,
     ) -> Receipt:
+        key = keys.payment(imp_uid)
         request = IssueRequest.parse(params)
         payment = self.payment(imp_uid)
         _check_issuable(payment, request, params)
-        if self.active_receipt(imp_uid) is not None and not self.audit.allow_duplicates:
+        if self.active_receipt(key) is not None and not self.audit.allow_duplicates:
             raise Refusal(400, "이미 현금영수증이 발행된 결제건입니다.")
         amount = payment.amount - payment.cancel_amount
         vat = request.vat(amount)
-        rejection = rules.identifier_rejection(request.identifier, request.identifier_type)
-        if rejection is not None:
-            raise Refusal(500, f"현금영수증 발행에 실패했습니다. {rejection}")
-        if reject_message is not None:
-            # The PG's words go through untouched, as i'mport relays them (research §4.2).
-            raise Refusal(500, reject_message)
-
-        was_active = self.has_receipt(imp_uid)
-        self._receipt_seq += 1
-        receipt_tid = f"SBX-RCT-{self._receipt_seq:010d}"
-        receipt = Receipt(
-            imp_uid=imp_uid,
-            receipt_tid=receipt_tid,
-            apply_num=f"{self._ids.randrange(10**9):09d}",
-            type=request.type,
+        self._tax_service(request, reject_message)
+        receipt = self._create(
+            key,
+            request,
             amount=amount,
             vat=vat,
-            receipt_url=f"{base_url}/__sandbox__/receipt-view/{receipt_tid}",
-            applied_at=int(self._clock()),
+            params=params,
+            base_url=base_url,
             pg_provider=payment.pg_provider,
-            request=rules.mask_fields(params),
         )
-        self.receipts.setdefault(imp_uid, []).append(receipt)
-        self.all_receipts.append(receipt)
-        self.issued_counts[imp_uid] += 1
         payment.cash_receipt_issued = True
-        self.audit.created(imp_uid)
-        self.audit.changed(imp_uid, was_active=was_active, is_active=True)
         return receipt
 
     def get_receipt(self, imp_uid: str) -> Reply:
         """GET /receipts/{imp_uid} where the PG can look: the newest active receipt, else the
         latest one (cancelled); 404 when none was issued. Elsewhere a 404 that shows nothing."""
-        payment = self.payment(imp_uid)
-        history = self.receipts.get(imp_uid)
-        if payment.pg_provider not in rules.LOOKUP_PGS or not history:
-            shows = None
-            if payment.pg_provider in rules.LOOKUP_PGS:
-                shows = self.audit.shown(imp_uid, active=False)
-            reply = error(
-                404, "존재하지 않는 거래정보이거나 현금영수증 발행 내역이 확인되지 않습니다."
-            )
-            return Reply(reply.status, reply.body, shows=shows)
-        receipt = self.active_receipt(imp_uid) or history[-1]
-        return ok(receipt.annotation(), self.audit.shown(imp_uid, active=not receipt.cancelled_at))
+        if self.payment(imp_uid).pg_provider not in rules.LOOKUP_PGS:
+            return error(404, NO_RECEIPT)
+        return self._lookup(keys.payment(imp_uid))
 
     def cancel_receipt(self, imp_uid: str, *, reject_message: str | None = None) -> Reply:
         """DELETE /receipts/{imp_uid}: cancel the active receipt so a new one may be issued."""
+        key = keys.payment(imp_uid)
         payment = self.payment(imp_uid)
         pg = payment.pg_provider
         if pg not in rules.CANCEL_PGS:
@@ -433,17 +527,84 @@ class Merchant:
                 501,
                 f"현재 포트원이 현금영수증 취소를 지원하지 않는 PG사입니다. (pg_provider: {pg})",
             )
-        receipt = self.active_receipt(imp_uid)
+        receipt = self.active_receipt(key)
         if receipt is None:
-            return error(400, "취소할 현금영수증 발행 내역이 존재하지 않습니다.")
+            return error(400, NOTHING_TO_CANCEL)
         if reject_message is not None:
             return error(500, reject_message)
-        was_active = self.has_receipt(imp_uid)
+        was_active = self.has_receipt(key)
         receipt.cancelled_at = int(self._clock())
         # With duplicates allowed an older receipt may still be active.
-        payment.cash_receipt_issued = self.active_receipt(imp_uid) is not None
-        self.audit.cancelled(imp_uid)
-        self.audit.changed(imp_uid, was_active=was_active, is_active=self.has_receipt(imp_uid))
+        payment.cash_receipt_issued = self.active_receipt(key) is not None
+        self.audit.cancelled(key)
+        self.audit.changed(key, was_active=was_active, is_active=self.has_receipt(key))
+        return ok(receipt.annotation())
+
+    # -- external receipts ------------------------------------------------------------------
+
+    def issue_external(
+        self,
+        merchant_uid: str,
+        params: Mapping[str, Any],
+        *,
+        base_url: str,
+        reject_message: str | None = None,
+    ) -> Reply:
+        """POST /receipts/external/{merchant_uid}: the body, then "already issued", then the tax
+        service and the PG, in the order documented in docs/sandbox.md."""
+        try:
+            receipt = self._issue_external(merchant_uid, params, base_url, reject_message)
+        except Refusal as refusal:
+            return error(refusal.status, refusal.message)
+        return ok(receipt.annotation())
+
+    def _issue_external(
+        self,
+        merchant_uid: str,
+        params: Mapping[str, Any],
+        base_url: str,
+        reject_message: str | None,
+    ) -> Receipt:
+        key = keys.external(merchant_uid)
+        request = ExternalIssueRequest.parse(params)
+        if self._external_taken(key):
+            raise Refusal(400, EXTERNAL_ALREADY_ISSUED)
+        self._tax_service(request.receipt, reject_message)
+        return self._create(
+            key,
+            request.receipt,
+            amount=request.amount,
+            vat=request.vat,
+            params=params,
+            base_url=base_url,
+        )
+
+    def _external_taken(self, key: Key) -> bool:
+        """An active receipt takes the merchant_uid unless duplicates are allowed; cancelled
+        ones take it unless re-issue is allowed. The two settings answer different questions."""
+        if self.active_receipt(key) is not None:
+            return not self.audit.allow_duplicates
+        return bool(self.receipts.get(key)) and self.external_reissue == "refuse"
+
+    def get_external(self, merchant_uid: str) -> Reply:
+        """GET /receipts/external/{merchant_uid}: as the payment lookup where the PG can look."""
+        return self._lookup(keys.external(merchant_uid))
+
+    def cancel_external(self, merchant_uid: str, *, reject_message: str | None = None) -> Reply:
+        """DELETE /receipts/external/{merchant_uid}: 404 if never issued (the spec), 400 if
+        every receipt is already cancelled (as the payment DELETE answers)."""
+        key = keys.external(merchant_uid)
+        if not self.receipts.get(key):
+            return error(404, NO_RECEIPT)
+        receipt = self.active_receipt(key)
+        if receipt is None:
+            return error(400, NOTHING_TO_CANCEL)
+        if reject_message is not None:
+            return error(500, reject_message)
+        receipt.cancelled_at = int(self._clock())
+        self.audit.cancelled(key)
+        # With duplicates allowed an older receipt may still be active.
+        self.audit.changed(key, was_active=True, is_active=self.has_receipt(key))
         return ok(receipt.annotation())
 
     def find_receipt(self, receipt_tid: str) -> Receipt | None:
@@ -452,11 +613,21 @@ class Merchant:
     # -- admin views ------------------------------------------------------------------------
 
     def receipts_view(self) -> dict[str, Any]:
+        """Payment and external receipts apart: an imp_uid and a merchant_uid may be equal."""
         return {
-            "receipts": [receipt.admin_view() for receipt in self.all_receipts],
-            "issued_counts": dict(self.issued_counts),
+            "receipts": self._receipts_of(PAYMENT),
+            "issued_counts": self._counts_of(PAYMENT),
+            "external_receipts": self._receipts_of(EXTERNAL),
+            "external_issued_counts": self._counts_of(EXTERNAL),
         }
 
-    def requests_view(self, imp_uid: str | None = None) -> dict[str, Any]:
-        entries = [e for e in self.requests if imp_uid is None or e["imp_uid"] == imp_uid]
+    def _receipts_of(self, kind: str) -> list[dict[str, Any]]:
+        return [r.admin_view() for r in self.all_receipts if r.key.kind == kind]
+
+    def _counts_of(self, kind: str) -> dict[str, int]:
+        return {key.uid: n for key, n in self.issued_counts.items() if key.kind == kind}
+
+    def requests_view(self, filters: Mapping[str, str]) -> dict[str, Any]:
+        """Entries whose `imp_uid` and `merchant_uid` match those given (each entry has one)."""
+        entries = [e for e in self.requests if all(e[f] == v for f, v in filters.items())]
         return {"requests": [dict(e) for e in entries]}

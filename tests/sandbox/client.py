@@ -58,6 +58,23 @@ class Api:
     def cancel(self, imp_uid: str) -> requests.Response:
         return self.call("DELETE", f"/receipts/{imp_uid}")
 
+    def issue_external(self, merchant_uid: str, **body: Any) -> requests.Response:
+        """A valid body unless overridden; a field given as None is left out."""
+        defaults = {
+            "channel_key": "channel-key-sandbox",
+            "name": "현금 주문",
+            "amount": 11000,
+            "identifier": "01012345678",
+        }
+        sent = {k: v for k, v in {**defaults, **body}.items() if v is not None}
+        return self.call("POST", f"/receipts/external/{merchant_uid}", json=sent)
+
+    def lookup_external(self, merchant_uid: str) -> requests.Response:
+        return self.call("GET", f"/receipts/external/{merchant_uid}")
+
+    def cancel_external(self, merchant_uid: str) -> requests.Response:
+        return self.call("DELETE", f"/receipts/external/{merchant_uid}")
+
     def payment(self, imp_uid: str) -> requests.Response:
         return self.call("GET", f"/payments/{imp_uid}")
 

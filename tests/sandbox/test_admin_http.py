@@ -89,18 +89,29 @@ def test_token_view_and_policy(sandbox: Sandbox) -> None:
 def test_reset_forgets_everything_but_startup_config(
     api: Api, sandbox: Sandbox, imp_uid: str
 ) -> None:
-    """Reset clears payments, receipts, requests, faults, tokens and the clock offset."""
+    """Reset clears payments, receipts, external receipts, requests, faults, tokens and the clock
+    offset, and returns the external re-issue mode to the CLI's."""
     sandbox.seed_payment(imp_uid, amount=99000)
     success(api.issue(imp_uid))
+    success(api.issue_external(imp_uid))
     sandbox.script(imp_uid, {"kind": "status", "status": 503})
+    sandbox.script_external(imp_uid, {"kind": "status", "status": 503})
+    sandbox.set_external_reissue("allow")
     sandbox.set_rates(rates={"hang": 0.5}, latency_ms=5, reject_message="x", hang_seconds=1)
     sandbox.set_token_lifetime(3)
     sandbox.advance_clock(60)
     sandbox.reset()
     assert sandbox.requests() == []
-    assert sandbox.receipts() == {"receipts": [], "issued_counts": {}}
+    assert sandbox.receipts() == {
+        "receipts": [],
+        "issued_counts": {},
+        "external_receipts": [],
+        "external_issued_counts": {},
+    }
+    assert sandbox.audit()["external"]["merchant_uids"] == {}
+    assert sandbox.external_reissue() == "refuse"
     faults = sandbox.faults()
-    assert faults["scripts"] == {}
+    assert (faults["scripts"], faults["external_scripts"]) == ({}, {})
     assert set(faults["rates"].values()) == {0.0}
     assert faults["latency_ms"] == 0
     assert (faults["reject_message"], faults["hang_seconds"]) != ("x", 1)

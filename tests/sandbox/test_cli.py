@@ -38,6 +38,7 @@ def test_help_documents_flags_and_default_credentials() -> None:
         "--fault-rate",
         "--seed",
         "--log-level",
+        "--external-reissue",
     ]:
         assert flag in result.stdout
     assert "sandbox_key" in result.stdout
@@ -70,6 +71,7 @@ def test_version() -> None:
         ["--token-lifetime", "0"],
         ["--fault-script", 'imp_1=[{"kind":"explode"}]'],
         ["--late-limit-seconds", "-1"],
+        ["--external-reissue", "sometimes"],
     ],
 )
 def test_bad_flags_exit_non_zero(args: list[str]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from iamport_sandbox.errors import InvalidInput
 from iamport_sandbox.faults import RATE_KINDS, FaultPlan, parse_rate_flag, parse_step
+from iamport_sandbox.keys import Key, external, payment
 
 
 @pytest.mark.parametrize(
@@ -43,21 +44,40 @@ def test_script_is_consumed_in_order_by_matching_requests() -> None:
     """A step waits for a request it matches; others pass it by."""
     plan = FaultPlan()
     plan.append(
-        "imp_1",
+        payment("imp_1"),
         [
             parse_step({"kind": "status", "status": 503, "method": "POST"}),
             parse_step({"kind": "drop_after"}),
         ],
     )
-    first = plan.pick("imp_1", "GET", "payments")
+    first = plan.pick(payment("imp_1"), "GET", "payments")
     assert first is not None
     assert first.kind == "drop_after"
-    second = plan.pick("imp_1", "POST", "receipts")
+    second = plan.pick(payment("imp_1"), "POST", "receipts")
     assert second is not None
     assert second.status == 503
-    assert plan.pick("imp_1", "POST", "receipts") is None
-    assert plan.pick("imp_2", "POST", "receipts") is None
+    assert plan.pick(payment("imp_1"), "POST", "receipts") is None
+    assert plan.pick(payment("imp_2"), "POST", "receipts") is None
     assert plan.scripts == {}
+
+
+@pytest.mark.parametrize(
+    ("scripted", "other"),
+    [
+        (payment("x"), external("x")),
+        (external("x"), payment("x")),
+        (payment("external:x"), external("x")),
+        (external("x"), payment("iamport-external:x")),
+    ],
+)
+def test_payment_and_external_scripts_never_share_a_key(scripted: Key, other: Key) -> None:
+    """A step scripted for one kind of id is never consumed by the other, whatever the ids."""
+    plan = FaultPlan()
+    plan.append(scripted, [parse_step({"kind": "status", "status": 503})])
+    assert plan.pick(other, "POST", "receipts") is None
+    step = plan.pick(scripted, "POST", "receipts")
+    assert step is not None
+    assert step.status == 503
 
 
 @pytest.mark.parametrize("name", RATE_KINDS)
@@ -65,7 +85,7 @@ def test_rate_one_always_fires(name: str) -> None:
     """A rate of 1 picks its fault on every eligible request."""
     plan = FaultPlan(seed=1)
     plan.configure({"rates": {name: 1.0}})
-    step = plan.pick("imp_1", "POST", "receipts")
+    step = plan.pick(payment("imp_1"), "POST", "receipts")
     assert step is not None
     expected = "status" if name.startswith("status_") else name
     assert step.kind == expected
@@ -75,8 +95,8 @@ def test_reject_rate_spares_lookups() -> None:
     """A PG rejection is drawn only for issuing."""
     plan = FaultPlan(seed=1)
     plan.configure({"rates": {"reject": 1.0}})
-    assert plan.pick("imp_1", "GET", "receipts") is None
-    assert plan.pick("imp_1", "GET", "payments") is None
+    assert plan.pick(payment("imp_1"), "GET", "receipts") is None
+    assert plan.pick(payment("imp_1"), "GET", "payments") is None
 
 
 def test_rates_are_reproducible_with_a_seed() -> None:
@@ -85,7 +105,10 @@ def test_rates_are_reproducible_with_a_seed() -> None:
     def draws() -> list[str | None]:
         plan = FaultPlan(seed=42)
         plan.configure({"rates": {"status_503": 0.3, "drop_after": 0.3}})
-        return [getattr(plan.pick(f"imp_{i}", "POST", "receipts"), "kind", None) for i in range(50)]
+        return [
+            getattr(plan.pick(payment(f"imp_{i}"), "POST", "receipts"), "kind", None)
+            for i in range(50)
+        ]
 
     first = draws()
     assert first == draws()
@@ -96,8 +119,8 @@ def test_scripted_step_wins_over_rates() -> None:
     """A test that scripts an imp_uid is not disturbed by rates."""
     plan = FaultPlan(seed=1)
     plan.configure({"rates": {"status_503": 1.0}})
-    plan.append("imp_1", [parse_step({"kind": "latency", "ms": 5})])
-    step = plan.pick("imp_1", "GET", "payments")
+    plan.append(payment("imp_1"), [parse_step({"kind": "latency", "ms": 5})])
+    step = plan.pick(payment("imp_1"), "GET", "payments")
     assert step is not None
     assert step.kind == "latency"
 

@@ -64,13 +64,26 @@ class SandboxAdmin:
         entries: list[dict[str, Any]] = self._call("GET", "requests", **query)["requests"]
         return entries
 
+    def external_requests(self, merchant_uid: str | None = None) -> list[dict[str, Any]]:
+        """The requests on external receipts (for one merchant_uid if given), oldest first."""
+        if merchant_uid is not None:
+            entries: list[dict[str, Any]] = self._call(
+                "GET", "requests", merchant_uid=merchant_uid
+            )["requests"]
+            return entries
+        return [entry for entry in self.requests() if entry["merchant_uid"] is not None]
+
     def receipts(self) -> dict[str, Any]:
-        """`{"receipts": [...], "issued_counts": {imp_uid: n}}`, cancelled receipts included."""
+        """`{"receipts": [...], "issued_counts": {imp_uid: n}, "external_receipts": [...],
+        "external_issued_counts": {merchant_uid: n}}`, cancelled receipts included."""
         result: dict[str, Any] = self._call("GET", "receipts")
         return result
 
     def issued_count(self, imp_uid: str) -> int:
         return int(self.receipts()["issued_counts"].get(imp_uid, 0))
+
+    def external_issued_count(self, merchant_uid: str) -> int:
+        return int(self.receipts()["external_issued_counts"].get(merchant_uid, 0))
 
     def audit(self) -> dict[str, Any]:
         """Blind requests and receipts per imp_uid, and whether duplicates are allowed."""
@@ -80,6 +93,15 @@ class SandboxAdmin:
     def allow_duplicates(self, allow: bool = True) -> dict[str, Any]:
         """Accept (or refuse again) a POST while a receipt is active; until the next reset."""
         result: dict[str, Any] = self._call("PUT", "audit", {"allow_duplicates": allow})
+        return result
+
+    def external_reissue(self) -> str:
+        """Whether a cancelled external receipt's merchant_uid may be issued again: allow|refuse."""
+        return str(self._call("GET", "external/reissue")["external_reissue"])
+
+    def set_external_reissue(self, mode: str) -> dict[str, Any]:
+        """`allow` or `refuse` a POST on a merchant_uid whose receipts are all cancelled."""
+        result: dict[str, Any] = self._call("PUT", "external/reissue", {"external_reissue": mode})
         return result
 
     def token(self) -> dict[str, Any]:
@@ -102,6 +124,13 @@ class SandboxAdmin:
     def script(self, imp_uid: str, *steps: dict[str, Any]) -> dict[str, Any]:
         """Append fault steps; each is consumed by the next matching request on imp_uid."""
         result: dict[str, Any] = self._call("POST", f"faults/{imp_uid}", {"script": list(steps)})
+        return result
+
+    def script_external(self, merchant_uid: str, *steps: dict[str, Any]) -> dict[str, Any]:
+        """As `script`, for the external receipt of merchant_uid (never the imp_uid alike)."""
+        result: dict[str, Any] = self._call(
+            "POST", f"external/faults/{merchant_uid}", {"script": list(steps)}
+        )
         return result
 
     def set_rates(self, **body: Any) -> dict[str, Any]:
@@ -217,4 +246,19 @@ def wait_posts_processed(sandbox: SandboxAdmin, imp_uid: str, *, timeout: float)
         ),
         timeout=timeout,
         message="the late POST to be processed",
+    )
+
+
+def wait_external_posts_processed(
+    sandbox: SandboxAdmin, merchant_uid: str, *, timeout: float
+) -> None:
+    """As `wait_posts_processed`, for the external receipt of ``merchant_uid``."""
+    wait_for(
+        lambda: all(
+            entry["status"] is not None
+            for entry in sandbox.external_requests(merchant_uid)
+            if entry["method"] == "POST"
+        ),
+        timeout=timeout,
+        message="the late external POST to be processed",
     )
