@@ -308,7 +308,7 @@ class _IssueRun(_Run):
                 task_id=terminal.task_id,
             )
         except PayloadUnreadable as error:
-            if terminal.imp_uid is None or not isinstance(raw, dict):
+            if terminal.job is None or not isinstance(raw, dict):
                 terminal.invalid_payload(error)  # no job it could end: its event alone
                 raise self.fail(error.reason, f"{error.reason}: {error}") from None
             return self.drive_unreadable(terminal, raw)
@@ -330,13 +330,13 @@ class _IssueRun(_Run):
 
     def drive_unreadable(self, terminal: TerminalPublisher, raw: dict[str, Any]) -> Outcome:
         """A payload no configured key opens: its job ends failed (``payload_unreadable``)."""
-        assert terminal.imp_uid is not None
+        assert terminal.job is not None
         runner = UnreadableRunner(
             store=self.runtime.ledger,
             provider=self.runtime.client,
             terminal=terminal,
             rules=self.rules(),
-            imp_uid=terminal.imp_uid,
+            job=terminal.job,
             message=kept_unreadable(raw),
             carried_fence=carried_fence(self.task.request),
             attempt=self.attempt,

@@ -106,13 +106,28 @@ def sandbox() -> Iterator[Sandbox]:
         yield running
 
 
+@pytest.fixture
+def honest_sandbox() -> Iterator[Sandbox]:
+    """A sandbox of the test's own that issues a second receipt rather than refusing it:
+    a second POST the worker sends shows as a second receipt (docs/sandbox.md)."""
+    with running_sandbox("--allow-duplicates") as running:
+        yield running
+
+
 SANDBOX_TESTS = Path(__file__).parent / "sandbox"
 
 
 def _blind_requests(sandbox: Sandbox) -> dict[str, tuple[int, int]]:
+    """Per receipt key: a payment's (``iamport:``) and an external receipt's."""
+    audit = sandbox.audit()
+    kinds = (
+        ("iamport", audit["payments"]),
+        ("iamport-external", audit["external"]["merchant_uids"]),
+    )
     return {
-        imp_uid: (figures["blind_posts"], figures["blind_deletes"])
-        for imp_uid, figures in sandbox.audit()["payments"].items()
+        f"{prefix}:{uid}": (figures["blind_posts"], figures["blind_deletes"])
+        for prefix, per_uid in kinds
+        for uid, figures in per_uid.items()
     }
 
 
@@ -134,7 +149,7 @@ def no_blind_requests(request: pytest.FixtureRequest) -> Iterator[None]:
         for imp_uid, counts in _blind_requests(sandbox).items()
         if any(n > was for n, was in zip(counts, before.get(imp_uid, (0, 0)), strict=True))
     }
-    assert not new, f"blind (POSTs, DELETEs) per imp_uid while this test ran: {new}"
+    assert not new, f"blind (POSTs, DELETEs) per receipt key while this test ran: {new}"
 
 
 @pytest.fixture(scope="session")

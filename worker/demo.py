@@ -36,6 +36,8 @@ from worker.celery.producer import enqueue_issue
 from worker.config import defaults
 from worker.config.load import load_celeryconfig
 from worker.core.events import ISSUED
+from worker.core.schemas import load_payload
+from worker.core.types import JobKey
 from worker.core.urls import redact_url
 from worker.demo_redis import NoRedis, RedisPlan, free_port, plan_redis
 
@@ -54,7 +56,8 @@ FLOWER_GRACE = 3.0
 
 
 def samples(run_id: str) -> list[dict[str, Any]]:
-    """Sample payment-confirmed events; the last one is refused by the tax service."""
+    """Sample receipts: payments confirmed, one sale in cash outside i'mport (an external
+    receipt), and a last one the tax service refuses."""
     return [
         {
             "imp_uid": f"demo_{run_id}_phone",
@@ -75,6 +78,16 @@ def samples(run_id: str) -> list[dict[str, Any]]:
             "merchant_uid": f"order-{run_id}-3",
             "identifier": "1234-5678-9012-345678",
             "identifier_type": "taxcard",
+        },
+        {
+            # Cash taken at the counter, outside i'mport: an external receipt.
+            "kind": "external",
+            "merchant_uid": f"counter-{run_id}-5",
+            "channel_key": "demo-channel",
+            "order_name": "Counter sale",
+            "amount": 22000,
+            "identifier": "010-2345-6789",
+            "pay_method": "trans",
         },
         {
             # 11 digits that are not a mobile number: the sandbox's tax service
@@ -247,27 +260,31 @@ def _feed_and_show(
     client = redis_client(config.ledger_backend_url)
     run_id = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
     payloads = samples(run_id)
-    tasks = {enqueue_issue(payload): payload["imp_uid"] for payload in payloads}
-    print(f"\nEnqueued {len(tasks)} payment-confirmed events (run {run_id}).")
+    jobs = [load_payload(payload).job for payload in payloads]
+    tasks = {enqueue_issue(payload): job for payload, job in zip(payloads, jobs, strict=True)}
+    print(
+        f"\nEnqueued {len(tasks)} receipts: payments confirmed, and cash at a counter "
+        f"(run {run_id})."
+    )
 
-    outcomes: dict[str, dict[str, Any]] = {}
+    outcomes: dict[JobKey, dict[str, Any]] = {}
     deadline = time.monotonic() + args.timeout
     while len(outcomes) < len(tasks) and time.monotonic() < deadline:
         for process in children:
             if process.poll() is not None:
                 print(f"\n{process.args[0]} exited; see {logs}/")
                 return 1
-        for task_id, imp_uid in tasks.items():
-            event = latest_event(client, stream=config.result_stream, imp_uid=imp_uid)
+        for task_id, job in tasks.items():
+            event = latest_event(client, stream=config.result_stream, job=job)
             if event and event["data"]["task_id"] == task_id:
-                outcomes[imp_uid] = event
+                outcomes[job] = event
         done = len(outcomes)
         bar = "#" * (done * 20 // len(tasks))
         print(f"\rWaiting for result events [{bar:<20}] {done}/{len(tasks)}", end="", flush=True)
         time.sleep(0.2)
     print()
-    for payload in payloads:
-        print(_describe(payload["imp_uid"], outcomes.get(payload["imp_uid"])))
+    for job in jobs:
+        print(_describe(job.imp_uid or job.receipt_key, outcomes.get(job)))
     if len(outcomes) < len(tasks):
         print(f"Not every result arrived within {args.timeout:g}s; see {logs}/worker.log")
         return 1

@@ -26,13 +26,14 @@ from worker.core.errors import (
     UnsupportedPg,
 )
 from worker.core.schemas import ReceiptRequest
+from worker.core.types import JobKey
 
 pytestmark = pytest.mark.integration
 
 
 def to_issue(imp_uid: str) -> ReceiptRequest:
     """The receipt to issue: a phone number, as the smallest payload gives it."""
-    return ReceiptRequest(imp_uid=imp_uid, identifier="01055554321")
+    return ReceiptRequest(job=JobKey.payment(imp_uid), identifier="01055554321")
 
 
 class CountingSession(requests.Session):

@@ -7,13 +7,11 @@ test stays as the fix's regression test. Never a skip.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
-from tests.support.sandbox import Sandbox, running_sandbox, wait_posts_processed
+from tests.support.sandbox import Sandbox, wait_posts_processed
 from tests.support.worker import producer_app, running_worker, worker_env
 from worker.celery.producer import enqueue_issue
 
@@ -25,13 +23,6 @@ pytestmark = [pytest.mark.integration]
 TIMEOUT = 0.25
 LATE_POST_MS = 4000
 SETTLE_SECONDS = 6
-
-
-@pytest.fixture
-def honest_sandbox() -> Iterator[Sandbox]:
-    """A sandbox of this test's own that issues a second receipt rather than refusing it."""
-    with running_sandbox("--allow-duplicates") as sandbox:
-        yield sandbox
 
 
 # Fixed by IAMPORT_SETTLE_SECONDS (issue 12 item 3): the retry's lookup waits out the bound

@@ -25,6 +25,7 @@ from worker.adapters.iamport.client import IamportClient
 from worker.celery.producer import enqueue_issue
 from worker.core.errors import ConnectionFailed, ProviderUnavailable
 from worker.core.schemas import ReceiptRequest
+from worker.core.types import JobKey
 
 # REDIS_URL as the broker: its password and TLS, and kombu refusing an unverified server.
 pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]
@@ -32,7 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]
 #: Needs percent-encoding in a URL (":", "@", "/"), as generated passwords often do.
 PASSWORD = "s3cret:p@ss/word-0123"
 PHONE = "01055554321"
-TLS_RECEIPT = ReceiptRequest(imp_uid="imp_tls", identifier=PHONE)
+TLS_RECEIPT = ReceiptRequest(job=JobKey.payment("imp_tls"), identifier=PHONE)
 
 
 @pytest.fixture(scope="module")

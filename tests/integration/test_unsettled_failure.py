@@ -10,14 +10,13 @@ The sandbox issues a second receipt rather than refusing it, so a blind POST sho
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from tests.support.commands import run_cashreceipt
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
-from tests.support.sandbox import Sandbox, running_sandbox, wait_posts_processed
+from tests.support.sandbox import Sandbox, wait_posts_processed
 from tests.support.wait import wait_for
 from tests.support.worker import producer_app, running_worker, worker_env
 from worker.adapters.store.keys import ledger_key
@@ -29,13 +28,6 @@ pytestmark = [pytest.mark.integration]
 TIMEOUT = "1"
 LATE_POST_MS = 1500
 SETTLE_SECONDS = "2.5"
-
-
-@pytest.fixture
-def honest_sandbox() -> Iterator[Sandbox]:
-    """A sandbox of this test's own that issues a second receipt rather than refusing it."""
-    with running_sandbox("--allow-duplicates") as sandbox:
-        yield sandbox
 
 
 def _env(own_redis: RedisServer, sandbox: Sandbox, **overrides: str) -> dict[str, str]:

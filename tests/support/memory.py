@@ -180,28 +180,30 @@ class MemoryProvider:
         on_send: Callable[[], None],
     ) -> Receipt:
         self.settle_due()
-        imp_uid = request.imp_uid
+        imp_uid = _name(request.job)
         on_send()
         self.calls.append(Call("POST", imp_uid, operation))
         return self._changing("POST", lambda: self._issue(imp_uid))
 
     def cancel_receipt(
-        self, imp_uid: str, *, operation: OperationId, on_send: Callable[[], None]
+        self, job: JobKey | str, *, operation: OperationId, on_send: Callable[[], None]
     ) -> Receipt:
+        imp_uid = _name(job)
         self.settle_due()
         on_send()
         self.calls.append(Call("DELETE", imp_uid, operation))
         return self._changing("DELETE", lambda: self._cancel(imp_uid))
 
-    def find_receipt(self, imp_uid: str) -> Receipt | None:
+    def find_receipt(self, job: JobKey | str) -> Receipt | None:
+        imp_uid = _name(job)
         self.settle_due()
         self.calls.append(Call("GET receipt", imp_uid))
         self._fault("GET receipt")
         receipts = self._payment(imp_uid).receipts
         return receipts[-1] if receipts else None
 
-    def list_receipts(self, imp_uid: str) -> list[Receipt]:
-        found = self.find_receipt(imp_uid)
+    def list_receipts(self, job: JobKey | str) -> list[Receipt]:
+        found = self.find_receipt(job)
         return [found] if found is not None else []
 
     def get_payment(self, imp_uid: str) -> Payment:

@@ -73,7 +73,7 @@ from worker.core.schemas import (
     readable_job,
 )
 from worker.core.terminal import TerminalPublisher
-from worker.core.types import Receipt
+from worker.core.types import JobKey, Receipt
 
 #: The payments the model plays with: two, so that one payment's keys meet another's.
 PAYMENTS = ("imp_a", "imp_b")
@@ -442,7 +442,9 @@ class World:
                     terminal.invalid_payload(error)
                     return Ran(Failed(error.reason, str(error)), None, None)
                 runner = UnreadableRunner(
-                    imp_uid=imp_uid, message=kept_unreadable(message.payload), **ports
+                    job=JobKey.payment(imp_uid),
+                    message=kept_unreadable(message.payload),
+                    **ports,
                 )
                 sealed = runner.message
             except InvalidPayload as error:

@@ -34,9 +34,8 @@ from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import masked_args_repr
 from worker.core.ports import ClaimKind
 from worker.core.runner import settled_message
-from worker.core.schemas import load_cancellation, load_payload
+from worker.core.schemas import load_cancellation, load_payload, readable_job
 from worker.core.terminal import TerminalPublisher
-from worker.core.types import JobKey
 
 
 def enqueue_issue(
@@ -55,13 +54,14 @@ def enqueue_issue(
     if app is None:
         app = worker_app
     sealer = Sealer.from_conf(app.conf)
-    message = load_payload(payload, sealer).to_message(sealer)
+    request = load_payload(payload, sealer)
+    message = request.to_message(sealer)
     task_id = task_id or str(uuid.uuid4())
     # The ledger first: if the message is lost on its way to a worker, the
     # sweeper re-sends it from here once the visibility timeout has passed.
     ledger = _ledger(app)
     state = ledger.receive(
-        message["imp_uid"],
+        request.job,
         task_id=task_id,
         payload=message,
         resend_after=_resend_after(app),
@@ -98,18 +98,19 @@ def end_settled(
     once the marker had expired, publish a second event). A job that ended under this
     very task (the same task id again, after its marker expired) has its event already.
     """
-    imp_uid = message["imp_uid"]
+    job = readable_job(message)
+    assert job is not None  # a validated message names its job
     terminal = TerminalPublisher(
         events=events,
         store=ledger,
         task_id=task_id,
         attempts=0,
-        job=JobKey.payment(imp_uid),
+        job=job,
         merchant_uid=message.get("merchant_uid"),
     )
-    claim = ledger.settled_claim(imp_uid, task_id=task_id, state=state, op=op)
+    claim = ledger.settled_claim(job, task_id=task_id, state=state, op=op)
     if claim.kind is not ClaimKind.DONE:
-        settled_message(terminal, claim)
+        settled_message(terminal, claim, message)
     return task_id
 
 

@@ -24,7 +24,7 @@ from worker.core.errors import ConnectionFailed, ProviderError, RateLimited, Tra
 from worker.core.issuing import find_issued
 from worker.core.ports import Provider
 from worker.core.retry import lookup_wait, reason_for
-from worker.core.types import Payment, Receipt
+from worker.core.types import JobKey, Payment, Receipt
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def _look_up(
     """find_issued, retried on a transient answer while ``budget[0]`` (seconds, shared) lasts."""
     for attempt in range(1, LOOKUP_ATTEMPTS + 1):
         try:
-            return find_issued(provider, imp_uid)
+            return find_issued(provider, JobKey.payment(imp_uid))
         except TransientError as error:
             wait = lookup_wait(error.retry_after, attempt=attempt, cap=LOOKUP_RETRY_WAIT_MAX)
             if attempt == LOOKUP_ATTEMPTS or wait > budget[0]:

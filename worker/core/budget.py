@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from worker.core.ports import OperationId, Provider
-from worker.core.types import Payment, Receipt, ReceiptOrder
+from worker.core.types import JobKey, Payment, Receipt, ReceiptOrder
 
 #: The most provider calls (lookups, POSTs, DELETEs) one attempt makes.
 MAX_PROVIDER_CALLS_PER_ATTEMPT = 5
@@ -62,20 +62,20 @@ class BudgetedProvider:
         self._spend()
         return self._provider.issue_receipt(request, operation=operation, on_send=on_send)
 
-    def find_receipt(self, imp_uid: str) -> Receipt | None:
+    def find_receipt(self, job: JobKey) -> Receipt | None:
         self._spend()
-        return self._provider.find_receipt(imp_uid)
+        return self._provider.find_receipt(job)
 
-    def list_receipts(self, imp_uid: str) -> list[Receipt]:
+    def list_receipts(self, job: JobKey) -> list[Receipt]:
         self._spend()
-        return self._provider.list_receipts(imp_uid)
+        return self._provider.list_receipts(job)
 
     def get_payment(self, imp_uid: str) -> Payment:
         self._spend()
         return self._provider.get_payment(imp_uid)
 
     def cancel_receipt(
-        self, imp_uid: str, *, operation: OperationId, on_send: Callable[[], None]
+        self, job: JobKey, *, operation: OperationId, on_send: Callable[[], None]
     ) -> Receipt:
         self._spend()
-        return self._provider.cancel_receipt(imp_uid, operation=operation, on_send=on_send)
+        return self._provider.cancel_receipt(job, operation=operation, on_send=on_send)

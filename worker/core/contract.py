@@ -18,3 +18,6 @@ PROVIDERS = (IAMPORT, PORTONE)
 #: The payload's ``kind``: a payment made through the provider, or cash taken outside it.
 PAYMENT, EXTERNAL = "payment", "external"
 KINDS = (PAYMENT, EXTERNAL)
+#: An external receipt's ``pay_method``: how the cash came, a bank transfer or a virtual
+#: account. The payload's words (issue 15), which i'mport V1 happens to share.
+PAY_METHODS = ("trans", "vbank")

@@ -17,6 +17,7 @@ of these, so a caller decides what to do by class, never by parsing message text
     └── PermanentError            the same request will fail the same way
         ├── InvalidRequest        400 with no receipt behind it
         ├── NotEligible           the payment is not a paid virtual-account or transfer payment
+        ├── IdConflict            the merchant's id already carries a receipt that is not this job's
         ├── AuthenticationFailed  bad credentials, or a 401 that survived one token renewal
         ├── UnsupportedPg         501: the PG has no cash-receipt support at i'mport
         └── UnexpectedResponse    a 2xx that breaks the envelope or the answer's shape
@@ -108,6 +109,12 @@ class InvalidRequest(PermanentError):
 
 class NotEligible(PermanentError):
     """The payment cannot carry a cash receipt: not paid, or not by virtual account or transfer."""
+
+
+class IdConflict(PermanentError):
+    """The merchant's own id (an external receipt's ``merchant_uid``) already carries a
+    receipt for another amount: merchants reuse their ids, and that receipt is not this
+    job's duplicate. Another id, or a human, resolves it."""
 
 
 class AuthenticationFailed(PermanentError):

@@ -22,10 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from worker.core.errors import InvalidRequest, NotEligible, OutcomeUnknown, ProviderError
+from worker.core.contract import EXTERNAL
+from worker.core.errors import (
+    IdConflict,
+    InvalidRequest,
+    NotEligible,
+    OutcomeUnknown,
+    ProviderError,
+)
 from worker.core.ports import OperationId, Provider
 from worker.core.schemas import ReceiptRequest
-from worker.core.types import Payment, Receipt
+from worker.core.types import JobKey, Payment, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +132,9 @@ def issue_receipt(
     waited out the bound on late processing before this lookup).
     """
     if look_first:
-        existing, _ = find_issued(client, request.imp_uid)
+        existing, _ = find_issued(client, request.job)
         if existing is not None:
-            return Issued(existing, duplicate=False)
+            return Issued(_this_jobs(existing, request), duplicate=False)
     try:
         receipt = send_logged(
             sends,
@@ -135,35 +142,57 @@ def issue_receipt(
         )
         return Issued(receipt, duplicate=False)
     except OutcomeUnknown:
-        existing, _ = find_issued(client, request.imp_uid)
+        existing, _ = find_issued(client, request.job)
         if existing is None:
             raise
-        log.info("an ambiguous POST for %s had issued the receipt", request.imp_uid)
+        _this_jobs(existing, request)
+        log.info("an ambiguous POST for %s had issued the receipt", request.job.receipt_key)
         return Issued(existing, duplicate=False)
     except InvalidRequest:
         # 400 also means "already issued"; only a lookup tells which. On a first
         # attempt the receipt predates this job: a duplicate. On a later one it
         # may be this job's own earlier POST, processed after its lookup missed
         # it (an answer that came after the timeout): not a duplicate.
-        existing, payment = find_issued(client, request.imp_uid)
+        existing, payment = find_issued(client, request.job)
         if existing is not None:
+            _this_jobs(existing, request)
             if look_first:
                 log.warning(
                     "a receipt for %s appeared after this attempt's lookup found none: "
                     "a request acted on later than IAMPORT_SETTLE_SECONDS",
-                    request.imp_uid,
+                    request.job.receipt_key,
                 )
             return Issued(existing, duplicate=not look_first, late=look_first)
         if payment is not None and not (payment.paid and payment.cash):
             raise NotEligible(
-                f"payment {request.imp_uid} is {payment.status} by {payment.pay_method}; "
+                f"payment {request.job.id} is {payment.status} by {payment.pay_method}; "
                 "a cash receipt needs a paid virtual-account or bank-transfer payment",
                 status=400,
             ) from None
         raise
 
 
-def settle_issue(client: Provider, imp_uid: str, sends: SendLog) -> Issued:
+def _this_jobs(receipt: Receipt, request: ReceiptRequest) -> Receipt:
+    """``receipt``, when it can be this job's: raises :class:`IdConflict` otherwise.
+
+    A payment's receipt is for the payment, whatever the amount i'mport computed. An
+    external receipt is found by the merchant's own id, which merchants reuse: one
+    for another amount is another sale's, never this job's duplicate. V1's answer
+    shows no identifier, so the amount is all that can be compared.
+    """
+    if request.job.kind != EXTERNAL:
+        return receipt
+    wanted = request.options.get("amount")
+    if receipt.amount == wanted:
+        return receipt
+    raise IdConflict(
+        f"{request.job.receipt_key} already carries a receipt for {receipt.amount} won, "
+        f"not {wanted}: another sale's, under the same merchant_uid",
+        status=400,
+    )
+
+
+def settle_issue(client: Provider, job: JobKey, sends: SendLog) -> Issued:
     """The settling attempt after the budget: look, never POST.
 
     Made no earlier than the bound after the job's unsettled POST was sent, so
@@ -171,18 +200,24 @@ def settle_issue(client: Provider, imp_uid: str, sends: SendLog) -> Issued:
     none means it was not acted on, and :class:`OutcomeUnknown` is raised,
     which the spent budget ends as ``retries_exhausted``.
     """
-    existing, _ = find_issued(client, imp_uid)
+    existing, _ = find_issued(client, job)
     sends.answered()
     if existing is None:
         raise OutcomeUnknown(NOT_ACTED_ON)
     return Issued(existing, duplicate=False)
 
 
-def find_issued(client: Provider, imp_uid: str) -> tuple[Receipt | None, Payment | None]:
-    """The payment's active receipt, if any, and the payment when it had to be read."""
-    receipt = client.find_receipt(imp_uid)
+def find_issued(client: Provider, job: JobKey) -> tuple[Receipt | None, Payment | None]:
+    """The job's active receipt, if any, and the payment when it had to be read.
+
+    An external receipt has no payment to read: its lookup is the only word.
+    """
+    receipt = client.find_receipt(job)
     if receipt is not None and receipt.active:
         return receipt, None
+    imp_uid = job.imp_uid
+    if imp_uid is None:
+        return None, None
     payment = client.get_payment(imp_uid)
     if payment.cash_receipt_issued:
         # The PG offers no lookup (or issued it itself): all we can know is

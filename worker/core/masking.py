@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from worker.core.contract import PAY_METHODS
+
 # Digits with single hyphens or spaces between them, not glued to letters. An underscore
 # before them is part of a name: i'mport's own ids are ``imp_`` and 12 digits, and an operator
 # searches the logs for them whole; nobody writes a buyer's number glued to a name.
@@ -98,9 +100,11 @@ SHOWN_FIELDS = frozenset(
         "kind",
         "imp_uid",
         "merchant_uid",
+        "channel_key",
         "identifier_type",
         "type",
         "product_type",
+        "pay_method",
         "tax_free",
         "vat_amount",
         "amount",
@@ -112,7 +116,7 @@ PERSONAL_FIELDS = frozenset({"identifier", "buyer_tel", "buyer_email", "buyer_na
 SEALED_FIELDS = frozenset({"identifier_sealed", "buyer_sealed"})
 #: Fields the schemas know that may still name or reach a person (a sole trader's
 #: number and phone, a refund's reason in the merchant's words): shown by name only.
-UNSHOWN_FIELDS = frozenset({"company_tel", "company_name", "corp_reg_no", "reason"})
+UNSHOWN_FIELDS = frozenset({"company_tel", "company_name", "corp_reg_no", "reason", "order_name"})
 #: Every field of an issue's or a refund's payload, the sealed forms included.
 PAYLOAD_FIELDS = SHOWN_FIELDS | PERSONAL_FIELDS | SEALED_FIELDS | UNSHOWN_FIELDS
 #: What stands for a value that is not shown at all.
@@ -164,6 +168,7 @@ _SHOWN_CHOICES: dict[str, frozenset[object]] = {
     "product_type": frozenset({"real", "digital"}),
     "provider": frozenset({"iamport", "portone"}),
     "kind": frozenset({"payment", "external"}),
+    "pay_method": frozenset(PAY_METHODS),
 }
 _SHOWN_AMOUNTS = frozenset({"amount", "tax_free", "vat_amount"})
 

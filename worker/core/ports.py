@@ -47,7 +47,7 @@ class OperationId:
     lookup before it (:mod:`worker.core.issuing`), not this id.
     """
 
-    imp_uid: str
+    job: JobKey
     #: ``issue`` (the POST of an issue job), ``cancel`` (the DELETE of a refund) or
     #: ``reissue`` (the POST of a partial refund, for the balance).
     step: str
@@ -55,8 +55,8 @@ class OperationId:
 
     @property
     def key(self) -> str:
-        """The id as one string: ``<step>:<fence>:<imp_uid>``."""
-        return f"{self.step}:{self.fence}:{self.imp_uid}"
+        """The id as one string: ``<step>:<fence>:<receipt key>``."""
+        return f"{self.step}:{self.fence}:{self.job.receipt_key}"
 
 
 class Provider(Protocol):
@@ -91,10 +91,10 @@ class Provider(Protocol):
         The adapter builds its provider's request from the typed ``request``.
         """
 
-    def find_receipt(self, imp_uid: str) -> Receipt | None:
+    def find_receipt(self, job: JobKey) -> Receipt | None:
         """The payment's newest receipt, active or cancelled; None when none can be shown."""
 
-    def list_receipts(self, imp_uid: str) -> list[Receipt]:
+    def list_receipts(self, job: JobKey) -> list[Receipt]:
         """The payment's receipts, newest first.
 
         i'mport V1 keeps only the newest one per payment (a receipt issued after
@@ -105,7 +105,7 @@ class Provider(Protocol):
         """The payment, with its refunded amount and whether it has a receipt."""
 
     def cancel_receipt(
-        self, imp_uid: str, *, operation: OperationId, on_send: Callable[[], None]
+        self, job: JobKey, *, operation: OperationId, on_send: Callable[[], None]
     ) -> Receipt:
         """Cancel the payment's active receipt: the cancelled receipt."""
 

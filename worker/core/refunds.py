@@ -22,7 +22,7 @@ from collections.abc import Callable
 from worker.core.errors import InvalidRequest, OutcomeUnknown
 from worker.core.issuing import NOT_ACTED_ON, UNLOGGED, SendLog, send_logged
 from worker.core.ports import OperationId, Provider
-from worker.core.types import Receipt
+from worker.core.types import JobKey, Receipt
 
 #: Told what each lookup showed live (None: nothing live, or nothing it can show), so
 #: that a cancellation refused for good records the live receipt it saw: the job stays
@@ -36,7 +36,7 @@ def _unseen(_receipt: Receipt | None) -> None:
 
 def cancel_live_receipt(
     client: Provider,
-    imp_uid: str,
+    job: JobKey,
     *,
     operation: OperationId,
     sends: SendLog = UNLOGGED,
@@ -47,18 +47,18 @@ def cancel_live_receipt(
     The DELETE's send time goes to ``sends``, so an ambiguous one is settled
     only after the bound on late processing.
     """
-    gone, receipt = cancel_done(client, imp_uid, seen=seen)
+    gone, receipt = cancel_done(client, job, seen=seen)
     if gone:
         return receipt
     # A live receipt, or one i'mport says exists but cannot show (KICC, Settlebank).
     try:
         return send_logged(
             sends,
-            lambda on_send: client.cancel_receipt(imp_uid, operation=operation, on_send=on_send),
+            lambda on_send: client.cancel_receipt(job, operation=operation, on_send=on_send),
         )
     except InvalidRequest:
         # 400: nothing issued through i'mport to cancel. Look again, to be sure.
-        again = client.find_receipt(imp_uid)
+        again = client.find_receipt(job)
         seen(again if again is not None and again.active else None)
         if again is not None and again.active:
             raise
@@ -66,7 +66,7 @@ def cancel_live_receipt(
 
 
 def settle_cancel(
-    client: Provider, imp_uid: str, *, sends: SendLog, seen: LiveSeen = _unseen
+    client: Provider, job: JobKey, *, sends: SendLog, seen: LiveSeen = _unseen
 ) -> Receipt | None:
     """The settling attempt after the budget: look, never DELETE.
 
@@ -76,7 +76,7 @@ def settle_cancel(
     :class:`OutcomeUnknown` is raised, which the spent budget ends as
     ``retries_exhausted``.
     """
-    gone, receipt = cancel_done(client, imp_uid, seen=seen)
+    gone, receipt = cancel_done(client, job, seen=seen)
     sends.answered()
     if not gone:
         raise OutcomeUnknown(NOT_ACTED_ON)
@@ -84,22 +84,22 @@ def settle_cancel(
 
 
 def cancel_done(
-    client: Provider, imp_uid: str, *, seen: LiveSeen = _unseen
+    client: Provider, job: JobKey, *, seen: LiveSeen = _unseen
 ) -> tuple[bool, Receipt | None]:
     """Whether no live receipt remains (looking only), and the receipt the lookup showed.
 
     A cancelled receipt may be an attempt's DELETE whose answer was lost; none at all
     means nothing was issued through i'mport.
     """
-    receipt = client.find_receipt(imp_uid)
+    receipt = client.find_receipt(job)
     seen(receipt if receipt is not None and receipt.active else None)
     if receipt is not None:
         return not receipt.active, receipt
-    return not client.get_payment(imp_uid).cash_receipt_issued, None
+    return not client.get_payment(job.id).cash_receipt_issued, None
 
 
 def receipt_for_balance(
-    client: Provider, imp_uid: str, *, recorded: Receipt | None = None
+    client: Provider, job: JobKey, *, recorded: Receipt | None = None
 ) -> Receipt | None:
     """The live receipt when it already covers what is left after every refund, else None.
 
@@ -109,16 +109,16 @@ def receipt_for_balance(
     re-issue) says what that one is for. Without it a repeated refund would cancel
     and re-issue again, a third receipt for one refund (issue 14, finding 15).
     """
-    receipt = client.find_receipt(imp_uid)
+    receipt = client.find_receipt(job)
     payment = None
     if receipt is None and recorded is not None and recorded.active:
-        payment = client.get_payment(imp_uid)
+        payment = client.get_payment(job.id)
         if not payment.cash_receipt_issued:
             return None  # the recorded receipt is gone, whoever cancelled it
         receipt = recorded
     if receipt is None or not receipt.active or receipt.amount is None:
         return None
-    payment = payment or client.get_payment(imp_uid)
+    payment = payment or client.get_payment(job.id)
     if payment.cancel_amount <= 0:
         return None  # i'mport shows no refund yet: this receipt predates it
     return receipt if receipt.amount == payment.amount - payment.cancel_amount else None

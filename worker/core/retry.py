@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from worker.core.errors import (
     AuthenticationFailed,
+    IdConflict,
     InvalidRequest,
     IssuanceFailed,
     NotEligible,
@@ -112,11 +113,15 @@ class Decision:
     reason: str | None = None
 
 
+#: The failure reason of a job whose merchant-chosen id already carries another sale's
+#: receipt (an external receipt's merchant_uid, reused).
+ID_CONFLICT = "id_conflict"
 # The failure reasons of the result-event contract, for errors we give up on.
 REASON_BY_CLASS: tuple[tuple[type[ProviderError], str], ...] = (
     (AuthenticationFailed, "auth"),
     (UnsupportedPg, "unsupported_pg"),
     (NotEligible, "not_eligible"),
+    (IdConflict, ID_CONFLICT),
     (InvalidRequest, "rejected"),
     (IssuanceFailed, "rejected"),
     (UnexpectedResponse, "unexpected_response"),

@@ -27,12 +27,13 @@ Every port call is a point where a test can stop the runner
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 from worker.core.budget import MAX_PROVIDER_CALLS_PER_ATTEMPT, BudgetedProvider, BudgetSpent
+from worker.core.contract import EXTERNAL
 from worker.core.errors import OutcomeUnknown, ProviderError, TransientError
 from worker.core.events import CANCELLED_MESSAGE, invalid_detail, no_payload_detail
 from worker.core.issuing import (
@@ -46,14 +47,21 @@ from worker.core.issuing import (
 from worker.core.outcome import Outcome
 from worker.core.ports import Claim, ClaimKind, JobStore, OperationId, Provider, Unsealer
 from worker.core.refunds import cancel_live_receipt, receipt_for_balance, settle_cancel
-from worker.core.retry import Decision, RetryPolicy, decide, settle_before_failing, settling_attempt
+from worker.core.retry import (
+    ID_CONFLICT,
+    Decision,
+    RetryPolicy,
+    decide,
+    settle_before_failing,
+    settling_attempt,
+)
 from worker.core.schemas import (
     PAYLOAD_UNREADABLE,
     InvalidPayload,
     PayloadUnreadable,
     ReceiptRequest,
     load_payload,
-    readable_imp_uid,
+    readable_job,
 )
 from worker.core.terminal import TerminalPublisher, error_detail, failure_message
 from worker.core.types import JobKey, Receipt
@@ -136,7 +144,7 @@ class JobRunner:
         provider: Provider,
         terminal: TerminalPublisher,
         rules: Rules,
-        imp_uid: str,
+        job: JobKey,
         message: dict[str, Any],
         carried_fence: int | None = None,
         attempt: int = 1,
@@ -147,9 +155,10 @@ class JobRunner:
         self.provider: Provider = self.budget
         self.terminal = terminal
         self.rules = rules
-        self.imp_uid = imp_uid
-        #: The job, as the store names it.
-        self.job = JobKey.payment(imp_uid)
+        #: The job, as the store and the provider name it.
+        self.job = job
+        #: Its provider's own id (a V1 payment's imp_uid, an external receipt's merchant_uid).
+        self.imp_uid = job.id
         #: The payload as the store keeps it and a retry re-publishes it (sealed).
         self.message = message
         #: The fence the message carries (a retry's, a sweeper re-send's), or None.
@@ -324,7 +333,7 @@ class JobRunner:
 
     def operation(self, step: str, claim: Claim) -> OperationId:
         """The id of a request this claim sends (``step``: issue, cancel or reissue)."""
-        return OperationId(imp_uid=self.imp_uid, step=step, fence=claim.fence)
+        return OperationId(job=self.job, step=step, fence=claim.fence)
 
     def count_late(self, issued: Issued) -> None:
         """A receipt that appeared after a settled lookup: counted for the alert."""
@@ -353,9 +362,24 @@ class _StoreSends:
         run.store.note_answered(run.job, fence=self._fence)
 
 
-def issue_settled(terminal: TerminalPublisher, claim: Claim) -> Instruction:
-    """An issue message found its job ended: a duplicate of the receipt, or a stale one."""
+def issue_settled(
+    terminal: TerminalPublisher, claim: Claim, *, wanted: int | None = None
+) -> Instruction:
+    """An issue message found its job ended: a duplicate of the receipt, or a stale one.
+
+    ``wanted``: the amount an external receipt's payload asks for (None for a payment,
+    whose receipt is the payment's whatever its amount). A job that issued another
+    amount under the same merchant_uid was another sale's: not a duplicate.
+    """
     if claim.kind is ClaimKind.ISSUED:
+        issued = (claim.receipt or {}).get("amount")
+        if wanted is not None and issued != wanted:
+            message = (
+                f"this merchant_uid already carries a receipt for {issued} won, not {wanted}: "
+                "another sale's; issue this one under another merchant_uid"
+            )
+            terminal.id_conflict(message)
+            return Failed(ID_CONFLICT, f"{ID_CONFLICT}: {message}")
         terminal.issued_duplicate(claim.receipt or {})
         return Done(Outcome.ISSUED_DUPLICATE)
     # cancelled: a stale issue message never issues again.
@@ -369,14 +393,24 @@ def cancel_settled(terminal: TerminalPublisher, claim: Claim) -> Instruction:
     return Done(Outcome.CANCELLED_DUPLICATE)
 
 
-def settled_message(terminal: TerminalPublisher, claim: Claim) -> Instruction:
+def settled_message(
+    terminal: TerminalPublisher, claim: Claim, message: Mapping[str, Any]
+) -> Instruction:
     """A message of ``claim.op`` whose job has ended so that it has nothing to do: its event.
 
     The producer ends so, at once, a task the ledger answered ``issued`` or
     ``cancelled`` for and did not record; a worker whose message meets such a job ends
     it the same way, so the task's one event is the same whichever comes first.
     """
-    return (cancel_settled if claim.op == "cancel" else issue_settled)(terminal, claim)
+    if claim.op == "cancel":
+        return cancel_settled(terminal, claim)
+    return issue_settled(terminal, claim, wanted=external_amount(message))
+
+
+def external_amount(message: Mapping[str, Any]) -> int | None:
+    """The amount an external receipt's message asks for; None for a payment's."""
+    amount = message.get("amount")
+    return amount if message.get("kind") == EXTERNAL and isinstance(amount, int) else None
 
 
 def issue_request(
@@ -399,14 +433,14 @@ def issue_request(
     try:
         return load_payload(raw, sealer)
     except PayloadUnreadable:
-        imp_uid = readable_imp_uid(raw)
-        job = store.view(JobKey.payment(imp_uid)) if imp_uid is not None else None
+        named = readable_job(raw)
+        job = store.view(named) if named is not None else None
         if job is None or job.op != "issue" or job.payload is None:
             raise
         if job.task_id != task_id and not job.is_open:
             raise
         kept = load_payload(job.payload, sealer)
-        if kept.imp_uid != imp_uid:
+        if kept.job != named:
             raise
         return kept
 
@@ -431,7 +465,7 @@ class IssueRunner(JobRunner):
             provider=provider,
             terminal=terminal,
             rules=rules,
-            imp_uid=request.imp_uid,
+            job=request.job,
             message=message,
             carried_fence=carried_fence,
             attempt=attempt,
@@ -439,7 +473,7 @@ class IssueRunner(JobRunner):
         self.request = request
 
     def settled(self, claim: Claim) -> Instruction:
-        return issue_settled(self.terminal, claim)
+        return issue_settled(self.terminal, claim, wanted=external_amount(self.message))
 
     def give_up(
         self, terminal: TerminalPublisher, claim: Claim, error: ProviderError, reason: str
@@ -456,7 +490,7 @@ class IssueRunner(JobRunner):
             return self.wait_out_delete(claim, wait)
         try:
             if settling:
-                issued = settle_issue(self.provider, self.imp_uid, self.sends(claim))
+                issued = settle_issue(self.provider, self.job, self.sends(claim))
             else:
                 issued = issue_receipt(
                     self.provider,
@@ -532,7 +566,7 @@ class CancelRunner(JobRunner):
             provider=provider,
             terminal=terminal,
             rules=rules,
-            imp_uid=imp_uid,
+            job=JobKey.payment(imp_uid),
             message=message,
             carried_fence=carried_fence,
             attempt=attempt,
@@ -547,7 +581,7 @@ class CancelRunner(JobRunner):
         return cancel_settled(self.terminal, claim)
 
     def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
-        imp_uid, store, client = self.imp_uid, self.store, self.provider
+        store, client = self.store, self.provider
         self.live = None
         job = store.view(self.job)
         # A retry after the cancel step only re-issues (note_cancelled, below).
@@ -564,7 +598,7 @@ class CancelRunner(JobRunner):
                 and "amount" in self.message
                 and (
                     live := receipt_for_balance(
-                        client, imp_uid, recorded=job.receipt if job else None
+                        client, self.job, recorded=job.receipt if job else None
                     )
                 )
             ):
@@ -578,12 +612,12 @@ class CancelRunner(JobRunner):
             if not cancel_done:
                 if self.settling(claim):
                     cancelled = settle_cancel(
-                        client, imp_uid, sends=self.sends(claim), seen=self.saw
+                        client, self.job, sends=self.sends(claim), seen=self.saw
                     )
                 else:
                     cancelled = cancel_live_receipt(
                         client,
-                        imp_uid,
+                        self.job,
                         operation=self.operation("cancel", claim),
                         sends=self.sends(claim, delete=True),
                         seen=self.saw,
@@ -720,7 +754,7 @@ class CancelRunner(JobRunner):
         try:
             sends = self.sends(claim)
             if settling:
-                issued = settle_issue(self.provider, request.imp_uid, sends)
+                issued = settle_issue(self.provider, request.job, sends)
             else:
                 issued = issue_receipt(
                     self.provider,

@@ -16,7 +16,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from worker.core.contract import EXTERNAL, IAMPORT, KINDS, PAYMENT
+from worker.core.contract import EXTERNAL, IAMPORT, KINDS, PAY_METHODS, PAYMENT
 from worker.core.masking import (
     PAYLOAD_FIELDS,
     PERSONAL_FIELDS,
@@ -211,16 +211,15 @@ def _provider() -> Text:
 
 
 def _kind() -> Text:
-    return _served(
-        PAYMENT, SERVED_KINDS, "this release issues receipts for payments made through i'mport"
-    )
+    return _served(PAYMENT, SERVED_KINDS, "a payment made through i'mport, or cash taken outside")
 
 
-def _amount(*, minimum: int = 0) -> fields.Integer:
+def _amount(*, minimum: int = 0, required: bool = False) -> fields.Integer:
     """An amount in won, capped where JSON numbers stay exact: a bigger one could not be sent on."""
+    optional: dict[str, Any] = {} if required else {"load_default": None, "allow_none": True}
     return fields.Integer(
-        load_default=None,
-        allow_none=True,
+        required=required,
+        **optional,
         strict=True,
         # Said as 2^53 - 1: a 16-digit number in an error is what the masks hide.
         validate=validate.Range(
@@ -231,37 +230,33 @@ def _amount(*, minimum: int = 0) -> fields.Integer:
 
 #: The payload's ``provider`` and ``kind`` this release serves.
 SERVED_PROVIDERS = (IAMPORT,)
-SERVED_KINDS = (PAYMENT,)
+SERVED_KINDS = (PAYMENT, EXTERNAL)
 #: V1's ``product_type``: what was sold (KSNET requires it).
 PRODUCT_TYPES = ("real", "digital")
 #: Fields that name the job, not the receipt: never sent to the provider as receipt fields.
 _JOB_FIELDS = frozenset({"provider", "kind", "imp_uid", "merchant_uid"})
 
 
-class PaymentConfirmedSchema(Schema):
-    """The ``issue_cash_receipt`` payload. Unknown fields are dropped, never sent on."""
+class _ReceiptSchema(Schema):
+    """The receipt's own fields, one name each, whatever the kind of job."""
 
     class Meta:
         unknown = EXCLUDE
 
     provider = _provider()
     kind = _kind()
-    imp_uid = provider_id()
-    merchant_uid = _optional_text(100)
     identifier = Identifier(required=True)
     identifier_type = Text(
         load_default=None, allow_none=True, validate=validate.OneOf(IDENTIFIER_TYPES)
     )
     type = Text(load_default="person", validate=validate.OneOf(RECEIPT_TYPES))
-    company_tel = _optional_text(40)
-    company_name = _optional_text(100)
+    product_type = Text(load_default=None, allow_none=True, validate=validate.OneOf(PRODUCT_TYPES))
     corp_reg_no = _optional_text(40)
     buyer_name = _optional_text(100)
     buyer_email = EmailText(load_default=None, allow_none=True)
     buyer_tel = _optional_text(40)
     tax_free = _amount()
     vat_amount = _amount()
-    product_type = Text(load_default=None, allow_none=True, validate=validate.OneOf(PRODUCT_TYPES))
 
     @validates_schema
     def _identifier_matches_type(self, data: dict[str, Any], **_: Any) -> None:
@@ -271,6 +266,39 @@ class PaymentConfirmedSchema(Schema):
         problem = identifier_problem(identifier, data.get("identifier_type"))
         if problem:
             raise ValidationError(problem, field_name="identifier")
+
+
+class PaymentConfirmedSchema(_ReceiptSchema):
+    """The ``issue_cash_receipt`` payload. Unknown fields are dropped, never sent on."""
+
+    imp_uid = provider_id()
+    merchant_uid = _optional_text(100)
+    company_tel = _optional_text(40)
+    company_name = _optional_text(100)
+
+
+class ExternalReceiptSchema(_ReceiptSchema):
+    """The ``issue_cash_receipt`` payload of ``kind: external``: cash taken outside i'mport.
+
+    No payment exists to read the amount or the order from, so the payload carries
+    them, as V1's external receipt requires: ``channel_key``,
+    ``order_name`` (V1's ``name``: one name across kinds and providers), ``amount``
+    (the total) and ``identifier``. Unknown fields are dropped, never sent on.
+    """
+
+    merchant_uid = provider_id()
+    channel_key = Text(required=True, validate=validate.Length(min=1, max=100))
+    order_name = Text(required=True, validate=validate.Length(min=1, max=200))
+    amount = _amount(minimum=1, required=True)
+    pay_method = Text(load_default=None, allow_none=True, validate=validate.OneOf(PAY_METHODS))
+
+    @validates_schema
+    def _parts_within_the_total(self, data: dict[str, Any], **_: Any) -> None:
+        total = data.get("amount")
+        for part in ("tax_free", "vat_amount"):
+            value = data.get(part)
+            if isinstance(total, int) and value is not None and value > total:
+                raise ValidationError("Must not exceed amount.", field_name=part)
 
 
 @dataclass(frozen=True)
@@ -288,11 +316,12 @@ class ReceiptRequest(ReceiptOrder):
         buyer's name, e-mail and phone travel together in ``buyer_sealed``.
         Nothing personal is held in clear unless plaintext was allowed.
         """
-        message = {
-            "imp_uid": self.imp_uid,
-            "merchant_uid": self.merchant_uid,
-            **self.receipt_fields(),
-        }
+        named: dict[str, Any] = (
+            {"imp_uid": self.job.id}
+            if self.job.kind == PAYMENT
+            else {"provider": self.job.provider, "kind": self.job.kind}
+        )
+        message = {**named, "merchant_uid": self.merchant_uid, **self.receipt_fields()}
         if sealer.enabled:
             identifier = message.pop("identifier")
             message["identifier_sealed"] = self.sealed_identifier or sealer.seal(identifier)
@@ -303,6 +332,7 @@ class ReceiptRequest(ReceiptOrder):
 
 
 _PAYLOAD_SCHEMA = PaymentConfirmedSchema()
+_EXTERNAL_SCHEMA = ExternalReceiptSchema()
 
 
 def load_payload(raw: object, sealer: Unsealer | None = None) -> ReceiptRequest:
@@ -320,8 +350,11 @@ def load_payload(raw: object, sealer: Unsealer | None = None) -> ReceiptRequest:
         fields["identifier"], reusable = _unsealed(fields, "identifier_sealed", sealer)
     if "buyer_sealed" in fields:
         fields.update(_buyer_fields(_unsealed(fields, "buyer_sealed", sealer)[0]))
+    # The kind chooses the schema; never the fields present (a payment payload without
+    # imp_uid stays invalid), and the schema judges the kind itself.
+    schema = _EXTERNAL_SCHEMA if fields.get("kind") == EXTERNAL else _PAYLOAD_SCHEMA
     try:
-        data: dict[str, Any] = _PAYLOAD_SCHEMA.load(fields)
+        data: dict[str, Any] = schema.load(fields)
     except ValidationError as error:
         raise InvalidPayload(_flatten(error.messages)) from None
     options = {
@@ -331,8 +364,13 @@ def load_payload(raw: object, sealer: Unsealer | None = None) -> ReceiptRequest:
     }
     # Reused only when it seals the normalised digits themselves, under the newest key.
     same = reusable and isinstance(token, str) and data["identifier"] == fields["identifier"]
+    job = (
+        JobKey.external(data["merchant_uid"])
+        if data["kind"] == EXTERNAL
+        else JobKey.payment(data["imp_uid"])
+    )
     return ReceiptRequest(
-        imp_uid=data["imp_uid"],
+        job=job,
         identifier=data["identifier"],
         merchant_uid=data["merchant_uid"],
         options=options,
@@ -559,7 +597,7 @@ class PaymentCancelledSchema(Schema):
         unknown = EXCLUDE
 
     provider = _provider()
-    kind = _kind()
+    kind = _served(PAYMENT, (PAYMENT,), "refunds of external receipts are not served yet")
     imp_uid = provider_id()
     merchant_uid = _optional_text(100)
     # The refunded amount of a partial refund; absent for a full one.

@@ -45,7 +45,7 @@ def settle(
     claim = store.claim(key, task_id=task_id, payload=payload)
     if claim.kind is not ClaimKind.CLAIMED:
         return claim.kind.value
-    existing, _ = find_issued(client, imp_uid)
+    existing, _ = find_issued(client, key)
     if existing is not None:
         terminal = TerminalPublisher(
             events=events,

@@ -25,6 +25,7 @@ from worker.core.events import (
 )
 from worker.core.masking import mask_text
 from worker.core.ports import EventPublisher, JobStore, Published
+from worker.core.retry import ID_CONFLICT
 from worker.core.schemas import InvalidPayload
 from worker.core.types import JobKey, Receipt
 
@@ -72,6 +73,11 @@ class TerminalPublisher:
         """This message repeated a payment that cannot be issued again (cancelled)."""
         detail = failure_detail(reason, status=None, code=None, message=message)
         return self._publish(FAILED, duplicate=True, detail=detail)
+
+    def id_conflict(self, message: str) -> Published:
+        """This message's id names a job that issued for another sale: not its duplicate."""
+        detail = failure_detail(ID_CONFLICT, status=None, code=None, message=message)
+        return self._publish(FAILED, duplicate=False, detail=detail)
 
     def finish(
         self,

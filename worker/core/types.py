@@ -80,11 +80,16 @@ class ReceiptOrder:
     validated payload (:class:`~worker.core.schemas.ReceiptRequest`) is one.
     """
 
-    imp_uid: str
+    job: JobKey
     identifier: str
     merchant_uid: str | None = None
     #: The receipt's other fields that were given (its type, the buyer's), as validated.
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def imp_uid(self) -> str | None:
+        """The V1 payment's id; None for a receipt of another kind."""
+        return self.job.imp_uid
 
     def receipt_fields(self) -> dict[str, Any]:
         """The receipt's fields that were given: the identifier, then the options."""
@@ -100,7 +105,8 @@ class Receipt:
     i'mport V1 names a receipt's; another provider fills them from its own.
     """
 
-    imp_uid: str
+    #: The V1 payment's id; None for an external receipt, which names its ``merchant_uid``.
+    imp_uid: str | None
     receipt_tid: str | None
     apply_num: str | None
     type: str | None
@@ -109,6 +115,9 @@ class Receipt:
     receipt_url: str | None
     applied_at: int | None
     cancelled_at: int | None
+    #: An external receipt's order id, which names it at the provider; None for a
+    #: payment's receipt, whose events carry ``merchant_uid`` beside it.
+    merchant_uid: str | None = None
 
     @property
     def active(self) -> bool:
@@ -116,8 +125,12 @@ class Receipt:
         return not self.cancelled_at
 
     def as_dict(self) -> dict[str, Any]:
-        """Every field, for the events and the ledger record."""
-        return asdict(self)
+        """Every field, for the events and the ledger record; ``merchant_uid`` only for an
+        external receipt, so a payment's receipt reads as it always has."""
+        fields = asdict(self)
+        if fields["merchant_uid"] is None:
+            del fields["merchant_uid"]
+        return fields
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,15 @@ from typing import Any
 
 import pytest
 
+from tests.support.payloads import external_payload
 from worker.adapters.privacy.sealing import Sealer
-from worker.core.errors import InvalidRequest, NotEligible, OutcomeUnknown
+from worker.core.errors import IdConflict, InvalidRequest, NotEligible, OutcomeUnknown
 from worker.core.issuing import issue_receipt, settle_delay, settle_issue
 from worker.core.ports import OperationId
 from worker.core.refunds import settle_cancel
+from worker.core.retry import reason_for
 from worker.core.schemas import ReceiptRequest, load_payload
-from worker.core.types import Payment, Receipt, ReceiptOrder
+from worker.core.types import JobKey, Payment, Receipt, ReceiptOrder
 
 RECEIPT = Receipt(
     imp_uid="imp_1",
@@ -70,7 +72,7 @@ class ReceiptAppearsAfterTheLookup:
 
 
 #: The POST's operation id (V1 ignores it).
-OPERATION = OperationId(imp_uid="imp_1", step="issue", fence=1)
+OPERATION = OperationId(job=JobKey.payment("imp_1"), step="issue", fence=1)
 
 
 def request() -> ReceiptRequest:
@@ -156,9 +158,9 @@ def test_settle_issue_looks_and_never_posts(client: Any, adopted: Receipt | None
     sends = Sends()
     if adopted is None:
         with pytest.raises(OutcomeUnknown):
-            settle_issue(client, "imp_1", sends)
+            settle_issue(client, JobKey.payment("imp_1"), sends)
     else:
-        issued = settle_issue(client, "imp_1", sends)
+        issued = settle_issue(client, JobKey.payment("imp_1"), sends)
         assert (issued.receipt, issued.duplicate, issued.late) == (adopted, False, False)
     assert sends.cleared == 1
 
@@ -176,10 +178,10 @@ def test_settle_cancel_looks_and_never_deletes(client: Any, gone: bool) -> None:
     """After the budget: a cancelled receipt (or none) is the DELETE's; a live one raises."""
     sends = Sends()
     if gone:
-        assert settle_cancel(client, "imp_1", sends=sends) == client.receipt
+        assert settle_cancel(client, JobKey.payment("imp_1"), sends=sends) == client.receipt
     else:
         with pytest.raises(OutcomeUnknown):
-            settle_cancel(client, "imp_1", sends=sends)
+            settle_cancel(client, JobKey.payment("imp_1"), sends=sends)
     assert sends.cleared == 1
 
 
@@ -227,3 +229,58 @@ def test_a_400_for_an_eligible_payment_stays_an_invalid_request() -> None:
     with pytest.raises(InvalidRequest) as caught:
         issue_receipt(client, request(), look_first=False, operation=OPERATION)
     assert not isinstance(caught.value, NotEligible)
+
+
+EXTERNAL = external_payload()
+
+
+class ExternalIdTaken:
+    """i'mport answers 400 "already issued": the merchant_uid carries a receipt of ``amount``."""
+
+    def __init__(self, amount: int) -> None:
+        self.receipt = Receipt(**{**RECEIPT.as_dict(), "imp_uid": None, "amount": amount})
+        self.payments = 0
+
+    def find_receipt(self, job: JobKey) -> Receipt | None:
+        assert job == JobKey.external("order-7")
+        return self.receipt
+
+    def get_payment(self, imp_uid: str) -> Payment:
+        self.payments += 1
+        raise AssertionError("an external receipt has no payment to read")
+
+    def issue_receipt(self, request: ReceiptOrder, **_: Any) -> Receipt:
+        raise InvalidRequest("already issued", status=400)
+
+
+@pytest.mark.parametrize("look_first", [False, True])
+def test_an_external_id_taken_by_another_amount_is_an_id_conflict(look_first: bool) -> None:
+    """Merchants reuse their ids: a receipt for another amount is another sale's. It is
+    never this job's duplicate, and never adopted as its own (issue 15)."""
+    with pytest.raises(IdConflict) as caught:
+        issue_receipt(
+            ExternalIdTaken(amount=11000),  # type: ignore[arg-type]
+            load_payload(EXTERNAL),
+            look_first=look_first,
+            operation=OPERATION,
+        )
+    assert caught.value.status == 400
+    assert reason_for(caught.value) == "id_conflict"
+    assert "11000" in str(caught.value) and "33000" in str(caught.value)
+
+
+@pytest.mark.parametrize(("look_first", "duplicate"), [(False, True), (True, False)])
+def test_an_external_id_taken_by_the_same_amount_is_this_jobs(
+    look_first: bool, duplicate: bool
+) -> None:
+    """On a first attempt, the same amount is a duplicate (the receipt predates this job);
+    on a later one, this job's own earlier POST. No payment is read for either."""
+    client = ExternalIdTaken(amount=33000)
+    issued = issue_receipt(
+        client,  # type: ignore[arg-type]
+        load_payload(EXTERNAL),
+        look_first=look_first,
+        operation=OPERATION,
+    )
+    assert (issued.receipt, issued.duplicate) == (client.receipt, duplicate)
+    assert client.payments == 0

@@ -14,7 +14,11 @@ from worker.core.masking import (
     shown_token,
     unknown_fields_redacted,
 )
-from worker.core.schemas import PaymentCancelledSchema, PaymentConfirmedSchema
+from worker.core.schemas import (
+    ExternalReceiptSchema,
+    PaymentCancelledSchema,
+    PaymentConfirmedSchema,
+)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +178,11 @@ def test_an_unknown_key_is_shown_capped_escaped_and_masked(key: object, shown: s
 
 def test_every_schema_field_is_classified() -> None:
     """A field a schema gains must be placed: shown, masked or by name only."""
-    schema_fields = {*PaymentConfirmedSchema().fields, *PaymentCancelledSchema().fields}
+    schema_fields = {
+        *PaymentConfirmedSchema().fields,
+        *ExternalReceiptSchema().fields,
+        *PaymentCancelledSchema().fields,
+    }
     assert schema_fields | SEALED_FIELDS == PAYLOAD_FIELDS
 
 

@@ -164,7 +164,7 @@ def test_the_operation_id_carries_the_claims_fence() -> None:
     world.clock.advance(retry.delay)
     world.issue_runner("t1", fence=first.fence, attempt=2).run()
     keys = [call.operation.key for call in world.provider.calls if call.operation]
-    assert keys == ["issue:1:imp_1", "issue:2:imp_1"]
+    assert keys == ["issue:1:iamport:imp_1", "issue:2:iamport:imp_1"]
 
 
 def test_a_task_that_ended_is_not_reopened_under_its_own_id() -> None:

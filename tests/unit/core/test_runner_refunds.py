@@ -127,7 +127,7 @@ def test_the_refund_steps_carry_their_claims_fence() -> None:
     world.deliver(partial(world.cancel_runner, "c1", amount=300))
     keys = [call.operation.key for call in world.provider.calls if call.operation]
     # The re-issue waits out the DELETE (finding 14): its POST is the next claim's.
-    assert keys == ["issue:1:imp_1", "cancel:2:imp_1", "reissue:3:imp_1"]
+    assert keys == ["issue:1:iamport:imp_1", "cancel:2:iamport:imp_1", "reissue:3:iamport:imp_1"]
 
 
 class NoLookupProvider(MemoryProvider):

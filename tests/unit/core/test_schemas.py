@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from marshmallow import fields
 
+from tests.support.payloads import external_payload
+from worker.adapters.privacy.sealing import Sealer
 from worker.core.schemas import (
     InvalidPayload,
     PaymentConfirmedSchema,
@@ -15,9 +17,11 @@ from worker.core.schemas import (
     load_payload,
     payload_from_args,
     readable_imp_uid,
+    readable_job,
     readable_merchant_uid,
     top_level_strings,
 )
+from worker.core.types import JobKey
 
 PHONE = "01012345678"
 
@@ -266,7 +270,7 @@ def test_provider_and_kind_default_to_a_v1_payment_and_are_not_sent() -> None:
     [
         ("provider", "portone", "i'mport (V1)"),
         ("provider", "IAMPORT", "i'mport (V1)"),
-        ("kind", "external", "made through i'mport"),
+        ("kind", "refund", "cash taken outside"),
         ("kind", None, "Field may not be null"),
         ("product_type", "physical", "Must be one of"),
         ("vat_amount", -1, "Must be from 0"),
@@ -290,3 +294,49 @@ def test_product_type_and_vat_amount_are_sent() -> None:
         "product_type": "real",
         "vat_amount": 910,
     }
+
+
+EXTERNAL = external_payload(identifier=PHONE)
+
+
+def test_an_external_receipt_is_named_by_its_merchant_uid() -> None:
+    """``kind: external``: the job is ``iamport-external:<merchant_uid>``, and every receipt
+    field goes to i'mport; the message a producer enqueues loads back to the same job."""
+    request = load_payload({**EXTERNAL, "tax_free": 3000, "pay_method": "trans", "imp_uid": "x"})
+    assert request.job == JobKey.external("order-7")
+    assert request.imp_uid is None
+    assert request.receipt_fields() == {
+        "identifier": PHONE,
+        "channel_key": "channel-key-test",
+        "order_name": "Counter sale",
+        "amount": 33000,
+        "type": "person",
+        "tax_free": 3000,
+        "pay_method": "trans",
+    }
+    message = request.to_message(Sealer([], allow_plaintext=True))
+    assert load_payload(message).job == request.job
+    assert readable_job(message) == request.job
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"merchant_uid": None}, "merchant_uid"),
+        ({"merchant_uid": ".."}, "merchant_uid"),
+        ({"channel_key": ""}, "channel_key"),
+        ({"order_name": None}, "order_name"),
+        ({"amount": 0}, "amount"),
+        ({"amount": "33000"}, "amount"),
+        ({"tax_free": 33001}, "tax_free"),
+        ({"vat_amount": 40000}, "vat_amount"),
+        ({"pay_method": "card"}, "pay_method"),
+        ({"identifier": "12"}, "identifier"),
+    ],
+)
+def test_an_external_receipt_needs_what_i_mport_needs(change: dict[str, Any], field: str) -> None:
+    """The kind is never guessed: an external payload without its fields is refused by
+    name, and a payment payload without imp_uid stays invalid."""
+    raw = {key: value for key, value in {**EXTERNAL, **change}.items() if value is not None}
+    assert field in errors_of(raw)
+    assert "imp_uid" in errors_of({key: v for key, v in EXTERNAL.items() if key != "kind"})

@@ -21,6 +21,7 @@ from worker.core.errors import ProviderUnavailable
 from worker.core.outcome import Outcome
 from worker.core.runner import Done, Failed, IssueRunner, UnreadableRunner, issue_request
 from worker.core.schemas import PayloadUnreadable, kept_unreadable, load_payload, resealed
+from worker.core.types import JobKey
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
@@ -57,7 +58,7 @@ def run_issue(world: World, task_id: str, raw: dict[str, Any]) -> Done | Failed:
             provider=provider,
             terminal=terminal,
             rules=world.rules,
-            imp_uid="imp_1",
+            job=JobKey.payment("imp_1"),
             message=kept_unreadable(raw),
         )
         instruction = unreadable.run()

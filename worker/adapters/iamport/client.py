@@ -28,6 +28,7 @@ from worker.adapters.iamport.answers import CHANGING_METHODS, error_for_answer, 
 from worker.adapters.iamport.shapes import read_payment, read_receipt, receipt_body
 from worker.adapters.privacy.logmask import remember_secret
 from worker.adapters.store.keys import token_key
+from worker.core.contract import EXTERNAL
 from worker.core.errors import (
     AuthenticationFailed,
     ConnectionFailed,
@@ -38,7 +39,7 @@ from worker.core.errors import (
 )
 from worker.core.masking import mask_text
 from worker.core.ports import OperationId
-from worker.core.types import Payment, Receipt, ReceiptOrder
+from worker.core.types import JobKey, Payment, Receipt, ReceiptOrder
 
 log = logging.getLogger(__name__)
 
@@ -122,33 +123,38 @@ class IamportClient:
         operation: OperationId | None = None,
         on_send: Callable[[], None] = _unnoted,
     ) -> Receipt:
-        """``POST /receipts/{imp_uid}``. Anything but a clean answer raises.
+        """``POST /receipts/{imp_uid}``, or ``/receipts/external/{merchant_uid}`` for an
+        external receipt. Anything but a clean answer raises.
 
         ``on_send`` is called right before the POST goes out, and again before
         it is resent after a 401: not before a token request. What it raises
         stops the POST (nothing is sent) and reaches the caller. ``operation``
         is ignored: V1 has no idempotency key.
         """
-        path = f"/receipts/{_path(request.imp_uid)}"
-        response = self._call("POST", path, json=receipt_body(request), on_send=on_send)
-        return read_receipt(response)
+        job = request.job
+        response = self._call(
+            "POST", _receipt_path(job), json=receipt_body(request), on_send=on_send
+        )
+        return read_receipt(response, external=job.kind == EXTERNAL)
 
-    def find_receipt(self, imp_uid: str) -> Receipt | None:
-        """``GET /receipts/{imp_uid}``; None on 404, which for some PGs proves nothing."""
+    def find_receipt(self, job: JobKey | str) -> Receipt | None:
+        """``GET`` the receipt (a string: a V1 payment's imp_uid); None on 404, which for
+        some PGs proves nothing."""
+        job = _job(job)
         try:
-            response = self._call("GET", f"/receipts/{_path(imp_uid)}", not_found_ok=True)
+            response = self._call("GET", _receipt_path(job), not_found_ok=True)
         except _NotFound:
             return None
-        return read_receipt(response)
+        return read_receipt(response, external=job.kind == EXTERNAL)
 
-    def list_receipts(self, imp_uid: str) -> list[Receipt]:
-        """The payment's receipts, newest first: V1 shows only the newest, so at most one."""
-        found = self.find_receipt(imp_uid)
+    def list_receipts(self, job: JobKey | str) -> list[Receipt]:
+        """The job's receipts, newest first: V1 shows only the newest, so at most one."""
+        found = self.find_receipt(job)
         return [found] if found is not None else []
 
     def cancel_receipt(
         self,
-        imp_uid: str,
+        job: JobKey | str,
         *,
         operation: OperationId | None = None,
         on_send: Callable[[], None] = _unnoted,
@@ -157,8 +163,9 @@ class IamportClient:
 
         ``on_send`` and ``operation`` as for :meth:`issue_receipt`.
         """
-        response = self._call("DELETE", f"/receipts/{_path(imp_uid)}", on_send=on_send)
-        return read_receipt(response)
+        job = _job(job)
+        response = self._call("DELETE", _receipt_path(job), on_send=on_send)
+        return read_receipt(response, external=job.kind == EXTERNAL)
 
     def get_payment(self, imp_uid: str) -> Payment:
         """``GET /payments/{imp_uid}``."""
@@ -327,6 +334,18 @@ def _endpoint(path: str) -> str:
 
 def _path(imp_uid: str) -> str:
     return quote(imp_uid, safe="")
+
+
+def _job(job: JobKey | str) -> JobKey:
+    """The job, or (a string) a V1 payment by its imp_uid: as operators and tests name one."""
+    return job if isinstance(job, JobKey) else JobKey.payment(job)
+
+
+def _receipt_path(job: JobKey) -> str:
+    """Where a job's receipt lives: a payment's, or an external receipt's by merchant_uid."""
+    if job.kind == EXTERNAL:
+        return f"/receipts/external/{_path(job.id)}"
+    return f"/receipts/{_path(job.id)}"
 
 
 def _changes(method: str, path: str) -> bool:

@@ -22,13 +22,12 @@ CASH_PAY_METHODS = frozenset({"vbank", "trans"})
 PAID = "paid"
 
 
-class ReceiptSchema(Schema):
-    """i'mport's ReceiptAnnotation; its required fields are required here too."""
+class _ReceiptFields(Schema):
+    """What i'mport's two receipt annotations share; their required fields are required."""
 
     class Meta:
         unknown = EXCLUDE
 
-    imp_uid = fields.String(required=True)
     receipt_tid = fields.String(load_default=None, allow_none=True)
     apply_num = fields.String(required=True)
     type = fields.String(required=True)
@@ -37,6 +36,18 @@ class ReceiptSchema(Schema):
     receipt_url = fields.String(load_default=None, allow_none=True)
     applied_at = fields.Integer(required=True)
     cancelled_at = fields.Integer(load_default=0, allow_none=True)
+
+
+class ReceiptSchema(_ReceiptFields):
+    """i'mport's ReceiptAnnotation: a payment's receipt."""
+
+    imp_uid = fields.String(required=True)
+
+
+class ExternalReceiptSchema(_ReceiptFields):
+    """i'mport's ExternalReceiptAnnotation: the same, named by ``merchant_uid``."""
+
+    merchant_uid = fields.String(required=True)
 
 
 class PaymentSchema(Schema):
@@ -57,24 +68,37 @@ class PaymentSchema(Schema):
 
 
 RECEIPT_SCHEMA = ReceiptSchema()
+EXTERNAL_RECEIPT_SCHEMA = ExternalReceiptSchema()
 PAYMENT_SCHEMA = PaymentSchema()
 
 
 def receipt_body(request: ReceiptOrder) -> dict[str, Any]:
-    """The body of ``POST /receipts/{imp_uid}``: the payload's receipt fields, as given.
+    """The body of ``POST /receipts/{imp_uid}`` or ``/receipts/external/{merchant_uid}``:
+    the payload's receipt fields, as given.
 
-    The payload's fields are named as i'mport names them, so V1 takes them as they are.
+    The payload's fields are named as i'mport names them, so V1 takes them as they are,
+    but for the order's name: ``order_name`` (one name across kinds and providers) is
+    V1's ``name``.
     """
-    return request.receipt_fields()
+    fields = request.receipt_fields()
+    if "order_name" in fields:
+        fields["name"] = fields.pop("order_name")
+    return fields
 
 
-def read_receipt(response: dict[str, Any]) -> Receipt:
-    """A ReceiptAnnotation as the core's :class:`Receipt`; a malformed one is unexpected."""
+def read_receipt(response: dict[str, Any], *, external: bool = False) -> Receipt:
+    """A ReceiptAnnotation (an ExternalReceiptAnnotation, for ``external``) as the core's
+    :class:`Receipt`; a malformed one is unexpected."""
+    schema, name = (
+        (EXTERNAL_RECEIPT_SCHEMA, "ExternalReceiptAnnotation")
+        if external
+        else (RECEIPT_SCHEMA, "ReceiptAnnotation")
+    )
     try:
-        data = RECEIPT_SCHEMA.load(response)
+        data = schema.load(response)
     except ValidationError as error:
-        raise UnexpectedResponse(f"malformed ReceiptAnnotation: {error.messages}") from None
-    return Receipt(**data)
+        raise UnexpectedResponse(f"malformed {name}: {error.messages}") from None
+    return Receipt(**{"imp_uid": None, **data})
 
 
 def read_payment(response: dict[str, Any]) -> Payment:

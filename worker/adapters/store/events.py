@@ -25,7 +25,7 @@ from typing import Any, cast
 import redis
 
 from worker.adapters.store.clock import ClockOffset, offset_ms, redis_now
-from worker.adapters.store.keys import status_key, status_of, terminal_key
+from worker.adapters.store.keys import status_of, terminal_key
 from worker.adapters.store.once import OnceScript
 from worker.adapters.store.redis_client import as_text
 from worker.core.events import event_data
@@ -96,9 +96,15 @@ class EventPublisher:
         )
 
 
-def latest_event(client: redis.Redis, *, stream: str, imp_uid: str) -> dict[str, Any] | None:
-    """The latest terminal event of a payment still within retention, decoded."""
-    entry_id = client.get(status_key(imp_uid))
+def latest_event(
+    client: redis.Redis, *, stream: str, imp_uid: str | None = None, job: JobKey | None = None
+) -> dict[str, Any] | None:
+    """The latest terminal event of a job still within retention, decoded: named by its
+    ``job``, or (a V1 payment) by its ``imp_uid``."""
+    if job is None:
+        assert imp_uid is not None
+        job = JobKey.payment(imp_uid)
+    entry_id = client.get(status_of(job.receipt_key))
     if entry_id is None:
         return None
     entries = client.xrange(stream, min=entry_id, max=entry_id)

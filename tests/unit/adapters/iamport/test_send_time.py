@@ -19,6 +19,7 @@ from worker.adapters.iamport.client import TOKEN_PATH, IamportClient
 from worker.core.issuing import Superseded, issue_receipt
 from worker.core.ports import OperationId
 from worker.core.refunds import cancel_live_receipt
+from worker.core.types import JobKey
 
 RECEIPT = {
     "imp_uid": "imp_1",
@@ -116,8 +117,8 @@ def test_a_resend_after_a_401_takes_the_send_time_again() -> None:
 def test_a_delete_takes_its_send_time_after_the_token() -> None:
     events: list[str] = []
     iamport = client(events, token(), answer(200, RECEIPT), answer(200, RECEIPT))
-    cancel = OperationId(imp_uid="imp_1", step="cancel", fence=1)
-    cancel_live_receipt(iamport, "imp_1", operation=cancel, sends=Sends(events))
+    cancel = OperationId(job=JobKey.payment("imp_1"), step="cancel", fence=1)
+    cancel_live_receipt(iamport, JobKey.payment("imp_1"), operation=cancel, sends=Sends(events))
     lookup = "GET /receipts/imp_1"
     assert events == ["token", lookup, "sending", "DELETE /receipts/imp_1"]
 
