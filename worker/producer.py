@@ -6,6 +6,6 @@ The code lives in :mod:`worker.celery.producer`; this module keeps
 
 from __future__ import annotations
 
-from worker.celery.producer import enqueue_cancel, enqueue_issue
+from worker.celery.producer import TaskIdReused, enqueue_cancel, enqueue_issue
 
-__all__ = ["enqueue_cancel", "enqueue_issue"]
+__all__ = ["TaskIdReused", "enqueue_cancel", "enqueue_issue"]

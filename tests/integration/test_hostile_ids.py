@@ -22,7 +22,7 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import producer_app, running_worker, worker_env
-from worker.celery.producer import enqueue_cancel, enqueue_issue
+from worker.celery.producer import TaskIdReused, enqueue_cancel, enqueue_issue
 from worker.core.schemas import InvalidPayload
 
 pytestmark = pytest.mark.integration
@@ -116,3 +116,22 @@ def test_dot_segments_end_in_one_failure_and_reach_no_path(
             assert event["data"]["imp_uid"] == imp_uid
             assert len(results.for_task(task_id)) == 1
     assert own_sandbox.admin.requests() == []
+
+
+def test_a_task_id_reused_for_another_job_is_refused_by_the_helper(
+    own_redis: RedisServer, own_sandbox: Sandbox, producer: Celery
+) -> None:
+    """A task id names one message, whose one event is out. The same task again returns
+    its id; reused for another payment, or for a refund of the issue's id, it vanished
+    with no event and nothing sent (review of issue 14, F1). The helper refuses it."""
+    results = ResultStream(own_redis.client())
+    own_sandbox.seed_payment("a", amount=33000)
+    with running_worker(worker_env(own_redis.url, own_sandbox.url)):
+        assert _ended(results, _issue(producer, "a", task_id="order-1")) == (ISSUED, False)
+        assert _issue(producer, "a", task_id="order-1") == "order-1"  # the same task again
+        with pytest.raises(TaskIdReused, match="iamport:a's issue"):
+            _issue(producer, "b", task_id="order-1")
+        with pytest.raises(TaskIdReused, match="cannot also name iamport:a's cancel"):
+            enqueue_cancel({"imp_uid": "a"}, app=producer, task_id="order-1")
+    assert len(results.for_task("order-1")) == 1
+    assert own_sandbox.admin.issued_count("b") == 0

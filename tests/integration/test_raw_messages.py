@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 
-from tests.support.envelopes import body_of, envelope
+from tests.support.envelopes import body_of, envelope, envelope_dict
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.worker import ProcessOutput
 
 # Raw entries go straight onto the Redis broker's list: with RabbitMQ there is no such list.
 pytestmark = [pytest.mark.integration, pytest.mark.redis_broker]
+PHONE = "01055554321"
 
 
 @pytest.mark.usefixtures("worker")
@@ -78,4 +80,22 @@ def test_a_malformed_cancel_message_ends_in_one_cancel_failed(
     assert event["data"]["error"]["reason"] == "invalid_payload"
     if imp_uid.encode() in body:
         assert event["data"]["imp_uid"] == imp_uid
+    assert len(results.for_task(task_id)) == 1
+
+
+@pytest.mark.usefixtures("worker")
+@pytest.mark.parametrize("timelimit", [30, [30], "x", [30, 60, 90], {"a": 1}])
+def test_a_malformed_timelimit_ends_in_one_failure_not_a_parked_message(
+    redis_server: RedisServer, results: ResultStream, imp_uid: str, timelimit: object
+) -> None:
+    """Celery unpacks ``timelimit`` inside its request: a readable message with another
+    shape was parked, with no event (review of issue 14, F6). One ``invalid_payload``."""
+    task_id = str(uuid.uuid4())
+    message = envelope_dict(body_of({"imp_uid": imp_uid, "identifier": PHONE}), task_id=task_id)
+    message["headers"]["timelimit"] = timelimit
+    redis_server.client().lpush("cash_receipts", json.dumps(message))
+    event = results.wait(task_id)
+    assert (event["type"], event["data"]["imp_uid"]) == ("cash_receipt.failed", imp_uid)
+    assert event["data"]["error"]["reason"] == "invalid_payload"
+    assert "timelimit" in json.dumps(event["data"]["error"]["fields"])
     assert len(results.for_task(task_id)) == 1

@@ -81,7 +81,24 @@ def header_problem(headers: Mapping[str, Any]) -> str | None:
             isinstance(value, bool) or not isinstance(value, str | int | float)
         ):
             return f"The message's {name} header is not a date."
+    if not _is_timelimit(headers.get("timelimit")):
+        # Celery unpacks it into (soft, hard) and takes numbers; anything else raised
+        # inside the request, and the readable message was parked with no event.
+        return "The message's timelimit header is not [soft, hard] seconds."
     return None
+
+
+def _is_timelimit(value: object) -> bool:
+    if value is None:
+        return True
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(
+            item is None or (isinstance(item, int | float) and not isinstance(item, bool))
+            for item in value
+        )
+    )
 
 
 def readable_payload(payload: object, raw_body: bytes = b"") -> object:

@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 
 from worker.adapters.privacy.sealing import Sealer
-from worker.adapters.store.events import EventPublisher
+from worker.adapters.store.events import EventPublisher, task_event
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.app import app as worker_app
@@ -31,11 +31,13 @@ from worker.config.defaults import (
 )
 from worker.config.load import redis_url
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
+from worker.core.events import CANCEL_FAILED, CANCELLED
 from worker.core.masking import masked_args_repr
 from worker.core.ports import ClaimKind
 from worker.core.runner import settled_message
 from worker.core.schemas import load_cancellation, load_payload, readable_job
 from worker.core.terminal import TerminalPublisher
+from worker.core.types import JobKey
 
 
 def enqueue_issue(
@@ -67,12 +69,46 @@ def enqueue_issue(
         resend_after=_resend_after(app),
     )
     if state == "done":
-        return task_id  # this very task already ended (an ingress entry handled twice)
+        # This very task already ended (an ingress entry handled twice), unless its id
+        # is being reused for another payment.
+        _not_reused(app, task_id, job=request.job, op="issue")
+        return task_id
     if state in SETTLED:
         return end_settled(
             ledger, _events(app), op="issue", state=state, message=message, task_id=task_id
         )
     return _send(app, ISSUE_TASK, message, task_id)
+
+
+class TaskIdReused(ValueError):
+    """The task id already ended as another job's, or another operation's: a task id names
+    one message, and its one event is out. Nothing was recorded or sent; enqueue again
+    with a new task id (or none: the helper makes one)."""
+
+
+#: The event types a refund's task ends with.
+_CANCEL_EVENTS = frozenset({CANCELLED, CANCEL_FAILED})
+
+
+def _not_reused(app: Celery, task_id: str, *, job: JobKey, op: str) -> None:
+    """Raise :class:`TaskIdReused` when ``task_id`` ended for another job or operation.
+
+    What the ledger answers ``done`` is the same task again (a retried enqueue, an
+    ingress entry handled twice), and returning its id is right; a task id reused for
+    another payment, or for a refund of an issue's id, would otherwise vanish with no
+    event and nothing sent (review of issue 14, F1).
+    """
+    events = _events(app)
+    ended = task_event(events.client, stream=events.stream, task_id=task_id)
+    if ended is None:
+        return  # its marker expired: nothing to compare with
+    key = ended["data"].get("receipt_key")
+    ended_op = "cancel" if ended["type"] in _CANCEL_EVENTS else "issue"
+    if (key is not None and key != job.receipt_key) or ended_op != op:
+        raise TaskIdReused(
+            f"task id {task_id} already ended as {key or 'another job'}'s {ended_op}; "
+            f"it cannot also name {job.receipt_key}'s {op}: enqueue with a new task id"
+        )
 
 
 #: What :meth:`~worker.adapters.store.ledger.Ledger.receive` (and ``receive_cancel``)
@@ -195,7 +231,8 @@ def enqueue_cancel(
         message["imp_uid"], task_id=task_id, cancel=message, resend_after=_resend_after(app)
     )
     if state == "done":
-        return task_id  # this very task already ended (an ingress entry handled twice)
+        _not_reused(app, task_id, job=JobKey.payment(message["imp_uid"]), op="cancel")
+        return task_id
     if state == "cancelled":
         # Nothing left to cancel, and nothing recorded: the duplicate's event, at once.
         return end_settled(

@@ -213,6 +213,27 @@ def shown_key(key: object) -> str:
 
 #: A name with this many digits, wherever they are, has them all starred.
 NAME_DIGITS_LIMIT = 7
+#: Digits glued by the separators a name uses (``tel_010_9777_1234``, ``issue_01097771234``).
+_GLUED_DIGITS = re.compile(r"\d(?:[_.\-\s]*\d)+")
+
+
+def mask_strictly(text: str) -> str:
+    """:func:`mask_text`, and also every run of digits glued by ``_``, ``.``, ``-`` or
+    spaces that holds :data:`NAME_DIGITS_LIMIT` digits or more, starred whole.
+
+    For text nobody chose to show and no id of ours is in: a parked message's reason
+    (which repeats a producer's task name) and garbage that was no message at all.
+    Free text keeps ``imp_`` and 12 digits whole, for the logs' sake; here a number
+    glued to a name is hidden however it is glued.
+    """
+
+    def starred(match: re.Match[str]) -> str:
+        run = match.group(0)
+        return _ANY_DIGIT.sub("*", run) if _digit_count(run) >= NAME_DIGITS_LIMIT else run
+
+    return _GLUED_DIGITS.sub(starred, mask_text(text))
+
+
 _ANY_DIGIT = re.compile(r"\d")
 
 

@@ -94,3 +94,29 @@ def test_a_task_id_utf8_cannot_encode_is_a_header_problem() -> None:
     """JSON's "\\ud800" in the id: no event key could hold it, so the message is malformed."""
     assert header_problem({"id": "t-\ud800"}) == "The message's task id is not Unicode text."
     assert header_problem({"id": "t-\U0001f600"}) is None
+
+
+@pytest.mark.parametrize(
+    ("timelimit", "refused"),
+    [
+        (None, False),
+        ([30, 60], False),
+        ([None, None], False),
+        ((1.5, None), False),
+        (30, True),
+        ([30], True),
+        ("x", True),
+        ([30, 60, 90], True),
+        ({"a": 1}, True),
+        ([True, 60], True),
+        (["30", 60], True),
+    ],
+)
+def test_timelimit_must_be_soft_and_hard_seconds(timelimit: object, refused: bool) -> None:
+    """Celery unpacks ``timelimit`` into (soft, hard) inside its request: anything else
+    raised there, and a readable message was parked with no event (review of issue 14,
+    F6). Now it is malformed: one ``invalid_payload`` event."""
+    problem = header_problem({"id": "t", "timelimit": timelimit})
+    assert (problem is not None) == refused
+    if refused:
+        assert problem == "The message's timelimit header is not [soft, hard] seconds."

@@ -9,6 +9,7 @@ from worker.core.masking import (
     SEALED_FIELDS,
     mask_identifier,
     mask_payload,
+    mask_strictly,
     mask_text,
     masked_args_repr,
     shown_token,
@@ -283,3 +284,20 @@ def test_a_header_of_celerys_own_shape_is_shown(value: object) -> None:
 def test_a_header_of_any_other_shape_is_redacted(value: object) -> None:
     """A producer's ``shadow``, ``root_id`` or ``task`` can hold a phone number."""
     assert shown_token(value) == "<redacted>"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("unknown task 'tel_010_9777_1234'", "unknown task 'tel_***_****_****'"),
+        ("unknown task 'issue_01097771234'", "unknown task 'issue_***********'"),
+        ("tel.010.9777.1234 and 010 9777 1234", "tel.***.****.**** and 010****1234"),
+        ("unknown task 'reissue_cash_receipt_v2'", "unknown task 'reissue_cash_receipt_v2'"),
+        ("invalid task message: ValueError", "invalid task message: ValueError"),
+    ],
+)
+def test_strict_masking_hides_digits_however_glued(text: str, shown: str) -> None:
+    """A parked message's reason repeats its producer's task name, and a queue entry that
+    is no message is garbage: no id of ours is in either, so a number glued to a name by
+    ``_`` (which free text keeps, for ``imp_`` ids) is hidden too (review of issue 14, F3)."""
+    assert mask_strictly(text) == shown

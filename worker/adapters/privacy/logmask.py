@@ -50,6 +50,12 @@ def remember_secret(value: str) -> None:
         del _remembered[:-_REMEMBERED_LIMIT]
 
 
+#: Celery's DEBUG line as each pool applies a task (celery/concurrency/base.py), and what
+#: stands for its arguments here.
+POOL_APPLY_LINE = "TaskPool: Apply %s (args:%s kwargs:%s)"
+POOL_APPLY_SHOWN = "TaskPool: Apply a task (its arguments are not logged: they hold the payload)"
+
+
 class MaskPersonalData(logging.Filter):
     """Rewrites a record so that no identifier or secret can be printed from it."""
 
@@ -60,6 +66,10 @@ class MaskPersonalData(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Mask the record in place; never drops it."""
+        if record.msg == POOL_APPLY_LINE:
+            # Celery's pool prints a task's whole request at DEBUG: the raw payload (a
+            # buyer's name in clear) and every header its producer wrote.
+            record.msg, record.args = POOL_APPLY_SHOWN, ()
         try:
             message = record.getMessage()
         except (TypeError, ValueError):

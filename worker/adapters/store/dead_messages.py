@@ -53,6 +53,7 @@ from worker.core.masking import (
     SEALED_FIELDS,
     encodable,
     mask_payload,
+    mask_strictly,
     mask_text,
     shown_key,
     shown_text,
@@ -103,12 +104,12 @@ def dead_message_record(
         .isoformat(timespec="seconds")
         .replace("+00:00", "Z"),
         "parked_at_ms": int(now * 1000),
-        "reason": mask_text(reason),
+        "reason": mask_strictly(reason),
         "queue": queue,
         "task": _shown_field(headers, "task"),
         "id": _shown_field(headers, "id"),
         "envelope": clean,
-        "raw": mask_text(body_text[:RAW_LIMIT]) if body_text else None,
+        "raw": mask_strictly(body_text[:RAW_LIMIT]) if body_text else None,
     }
 
 

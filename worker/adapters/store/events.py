@@ -55,6 +55,11 @@ class EventPublisher:
         self._script = OnceScript(client, "publish")
 
     @property
+    def client(self) -> redis.Redis:
+        """The Redis the events go to (the ledger's)."""
+        return self._redis
+
+    @property
     def stream(self) -> str:
         """The stream name events go to."""
         return self._stream
@@ -94,6 +99,17 @@ class EventPublisher:
             entry_id=entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id),
             new=bool(new),
         )
+
+
+def task_event(client: redis.Redis, *, stream: str, task_id: str) -> dict[str, Any] | None:
+    """The (first) terminal event a task published, decoded, while its marker lasts."""
+    entry_id = client.get(terminal_key(task_id))
+    if entry_id is None:
+        return None
+    entries = client.xrange(stream, min=entry_id, max=entry_id)
+    if not entries or not entries[0][1]:
+        return None
+    return _decoded(entries[0][0], entries[0][1])
 
 
 def latest_event(

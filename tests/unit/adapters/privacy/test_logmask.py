@@ -94,3 +94,17 @@ def test_access_tokens_are_masked(captured: tuple[logging.Logger, io.StringIO]) 
     for token in ("a1b2c3d4e5f6", "never-seen-token-xyz", "another.unseen_token"):
         assert token not in text
     assert text.count("<secret>") == 3
+
+
+def test_the_pools_debug_line_prints_no_request(
+    captured: tuple[logging.Logger, io.StringIO],
+) -> None:
+    """Celery's pool logs each task's whole request at DEBUG: the raw payload (a buyer's
+    name, which no digit mask catches) and every header its producer wrote (review of
+    issue 14, F2). The line stays; its arguments go."""
+    logger, stream = captured
+    request = {"buyer_name": "김민준", "group": "tel_010_9777_1234", "reason": "환불 요청"}
+    logger.debug("TaskPool: Apply %s (args:%s kwargs:%s)", "<trace>", (request,), {})
+    line = stream.getvalue()
+    assert "TaskPool: Apply a task" in line
+    assert all(text not in line for text in ("김민준", "9777", "환불"))

@@ -257,3 +257,18 @@ def test_a_record_with_celerys_own_headers_is_replayable() -> None:
     record = dead_message_record(reason="unknown task", queue="q", envelope=envelope, raw=None)
     assert replayable(record)
     assert record["envelope"]["headers"]["root_id"] == "t-1"
+
+
+def test_the_reason_and_raw_text_hide_a_number_glued_to_a_name() -> None:
+    """``unknown task 'tel_010_9777_1234'`` named the number in the reason, the log line
+    and ``cashreceipt parked``, and garbage kept it in ``raw`` (review of issue 14, F3)."""
+    envelope = envelope_of([[{}], {}, {}])
+    envelope["headers"]["task"] = "tel_010_9777_1234"
+    record = dead_message_record(
+        reason="unknown task 'tel_010_9777_1234'", queue="q", envelope=envelope, raw=None
+    )
+    garbage = dead_message_record(
+        reason="not a message", queue="q", envelope=None, raw=b"issue_01097771234 tel_010_9777_1234"
+    )
+    for kept in (record, garbage):
+        assert "9777" not in json.dumps(kept), kept
