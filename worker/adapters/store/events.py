@@ -103,13 +103,7 @@ class EventPublisher:
 
 def task_event(client: redis.Redis, *, stream: str, task_id: str) -> dict[str, Any] | None:
     """The (first) terminal event a task published, decoded, while its marker lasts."""
-    entry_id = client.get(terminal_key(task_id))
-    if entry_id is None:
-        return None
-    entries = client.xrange(stream, min=entry_id, max=entry_id)
-    if not entries or not entries[0][1]:
-        return None
-    return _decoded(entries[0][0], entries[0][1])
+    return _pointed_at(client, stream, terminal_key(task_id))
 
 
 def latest_event(
@@ -120,7 +114,13 @@ def latest_event(
     if job is None:
         assert imp_uid is not None
         job = JobKey.payment(imp_uid)
-    entry_id = client.get(status_of(job.receipt_key))
+    return _pointed_at(client, stream, status_of(job.receipt_key))
+
+
+def _pointed_at(client: redis.Redis, stream: str, pointer: str) -> dict[str, Any] | None:
+    """The event whose stream id the string ``pointer`` holds, decoded; None once either
+    is gone."""
+    entry_id = client.get(pointer)
     if entry_id is None:
         return None
     entries = client.xrange(stream, min=entry_id, max=entry_id)
