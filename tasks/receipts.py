@@ -12,6 +12,8 @@ core; here are only the outcome line, the metrics, and a shutdown's hand-back.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
 from typing import Any
@@ -22,6 +24,7 @@ from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
 from worker.adapters.observe.logs import outcome_line
+from worker.adapters.store.dead_messages import dead_message_record, keep_dead_message
 from worker.adapters.store.ledger import FENCE_HEADER
 from worker.celery import app, stopping
 from worker.celery.malformed import guard
@@ -237,7 +240,37 @@ class _Run:
                 raise self.fail(instruction.reason, instruction.text)
             assert isinstance(instruction, Done)
             self.reason = instruction.reason
+            if instruction.outcome is Outcome.REUSED:
+                self.set_aside(args)
             return instruction.outcome
+
+    def set_aside(self, args: tuple[Any, ...]) -> None:
+        """Keep a message whose task id was reused in ``cash_receipt:parked``, with why.
+
+        Its task's one event is out already (another message's), and a second under the
+        same id could not be told apart from it: the message is kept for an operator, who
+        sends it again under a new task id. Its payloads are sealed as any parked one's.
+        """
+        task_id = str(self.task.request.id)
+        body = json.dumps([list(args), {}, {}], ensure_ascii=False).encode()
+        envelope = {
+            "body": base64.b64encode(body).decode("ascii"),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"lang": "py", "task": self.task.name, "id": task_id},
+            "properties": {"body_encoding": "base64", "correlation_id": task_id},
+        }
+        record = dead_message_record(
+            reason=(
+                f"task id {task_id} already ended as another payment's or operation's: "
+                "a reused task id; send this message again under a new one"
+            ),
+            queue=QUEUE,
+            envelope=envelope,
+            raw=None,
+            sealer=self.runtime.sealer,
+        )
+        keep_dead_message(self.runtime.redis, record)
 
     def countdown(self, delay: float | None = None) -> float:
         """The countdown of this run's retry: the runner's ``delay``, or None for a wait

@@ -9,6 +9,7 @@ gets its receipt and its one event, and the system goes on issuing afterwards.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,9 @@ from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import wait_for
 from tests.support.worker import producer_app, running_worker, worker_env
+from worker.adapters.store.keys import DEAD_MESSAGES_KEY
 from worker.celery.producer import TaskIdReused, enqueue_cancel, enqueue_issue
+from worker.core.contract import CANCEL_TASK
 from worker.core.schemas import InvalidPayload
 
 pytestmark = pytest.mark.integration
@@ -135,3 +138,35 @@ def test_a_task_id_reused_for_another_job_is_refused_by_the_helper(
             enqueue_cancel({"imp_uid": "a"}, app=producer, task_id="order-1")
     assert len(results.for_task("order-1")) == 1
     assert own_sandbox.admin.issued_count("b") == 0
+
+
+@pytest.mark.redis_broker
+def test_a_bare_message_under_a_task_id_that_ended_for_another_job_is_set_aside(
+    own_redis: RedisServer, own_sandbox: Sandbox, producer: Celery
+) -> None:
+    """A bare producer reuses a task id for another payment, and for a refund of the
+    issue's id: each message is taken for the same task again no longer, but kept in
+    ``cash_receipt:parked`` with why, and nothing is sent for it (review of issue 14, F1)."""
+    results = ResultStream(own_redis.client())
+    own_sandbox.seed_payment("a", amount=33000)
+    client = own_redis.client()
+    with running_worker(worker_env(own_redis.url, own_sandbox.url)):
+        assert _ended(results, _issue(producer, "a", task_id="order-2")) == (ISSUED, False)
+        reused = [
+            envelope(body_of({"imp_uid": "b", "identifier": PHONE}), task_id="order-2"),
+            envelope(body_of({"imp_uid": "a"}), task=CANCEL_TASK, task_id="order-2"),
+        ]
+        for message in reused:
+            client.lpush("cash_receipts", message)
+        wait_for(
+            lambda: len(client.lrange(DEAD_MESSAGES_KEY, 0, -1)) == 2,
+            timeout=30,
+            message="both reused messages to be set aside",
+        )
+    records = [json.loads(item) for item in client.lrange(DEAD_MESSAGES_KEY, 0, -1)]
+    assert all("reused task id" in record["reason"] for record in records)
+    assert {record["task"] for record in records} == {"issue_cash_receipt", CANCEL_TASK}
+    assert PHONE not in json.dumps(records)
+    assert len(results.for_task("order-2")) == 1
+    assert own_sandbox.admin.issued_count("b") == 0
+    assert [r["method"] for r in own_sandbox.admin.requests("a")].count("DELETE") == 0

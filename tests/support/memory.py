@@ -37,8 +37,8 @@ from worker.adapters.store.record import (
     sent_fields,
 )
 from worker.core.errors import InvalidRequest, OutcomeUnknown, ProviderError
-from worker.core.events import CANCEL_FAILED, WaiterEvent, job_fields, waiter_event
-from worker.core.ports import Claim, ClaimKind, JobView, OperationId, Published
+from worker.core.events import CANCEL_FAILED, WaiterEvent, job_fields, task_end_of, waiter_event
+from worker.core.ports import Claim, ClaimKind, JobView, OperationId, Published, TaskEnd
 from worker.core.types import JobKey, Payment, Receipt, ReceiptOrder
 
 TERMINAL = frozenset({"issued", "failed", "cancelled"})
@@ -332,6 +332,11 @@ class MemoryStore:
         imp_uid = _name(job)
         found = self.records.get(imp_uid)
         return dict(found) if found else None
+
+    def task_end(self, task_id: str) -> TaskEnd | None:
+        entry_id = self.markers.get(task_id)
+        event = next((event for event in self.stream if event.entry_id == entry_id), None)
+        return task_end_of({"type": event.type, "data": event.data}) if event else None
 
     def events_of(self, task_id: str) -> list[Event]:
         """The events published for ``task_id`` (one, once its message ended)."""

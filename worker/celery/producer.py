@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 
 from worker.adapters.privacy.sealing import Sealer
-from worker.adapters.store.events import EventPublisher, task_event
+from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.app import app as worker_app
@@ -31,10 +31,9 @@ from worker.config.defaults import (
 )
 from worker.config.load import redis_url
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
-from worker.core.events import CANCEL_FAILED, CANCELLED
 from worker.core.masking import masked_args_repr
 from worker.core.ports import ClaimKind
-from worker.core.runner import settled_message
+from worker.core.runner import reused, settled_message
 from worker.core.schemas import load_cancellation, load_payload, readable_job
 from worker.core.terminal import TerminalPublisher
 from worker.core.types import JobKey
@@ -86,10 +85,6 @@ class TaskIdReused(ValueError):
     with a new task id (or none: the helper makes one)."""
 
 
-#: The event types a refund's task ends with.
-_CANCEL_EVENTS = frozenset({CANCELLED, CANCEL_FAILED})
-
-
 def _not_reused(app: Celery, task_id: str, *, job: JobKey, op: str) -> None:
     """Raise :class:`TaskIdReused` when ``task_id`` ended for another job or operation.
 
@@ -98,16 +93,12 @@ def _not_reused(app: Celery, task_id: str, *, job: JobKey, op: str) -> None:
     another payment, or for a refund of an issue's id, would otherwise vanish with no
     event and nothing sent (review of issue 14, F1).
     """
-    events = _events(app)
-    ended = task_event(events.client, stream=events.stream, task_id=task_id)
-    if ended is None:
-        return  # its marker expired: nothing to compare with
-    key = ended["data"].get("receipt_key")
-    ended_op = "cancel" if ended["type"] in _CANCEL_EVENTS else "issue"
-    if (key is not None and key != job.receipt_key) or ended_op != op:
+    ended = _ledger(app).task_end(task_id)
+    if ended is not None and reused(ended, job=job, op=op):
         raise TaskIdReused(
-            f"task id {task_id} already ended as {key or 'another job'}'s {ended_op}; "
-            f"it cannot also name {job.receipt_key}'s {op}: enqueue with a new task id"
+            f"task id {task_id} already ended as {ended.receipt_key or 'another job'}'s "
+            f"{ended.op}; it cannot also name {job.receipt_key}'s {op}: enqueue with a new "
+            "task id"
         )
 
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.core.contract import EXTERNAL
+from worker.core.ports import TaskEnd
 from worker.core.schemas import PAYLOAD_UNREADABLE, InvalidPayload
 from worker.core.types import JobKey
 
@@ -118,6 +119,21 @@ def event_data(
         "duplicate": duplicate,
         **detail,
     }
+
+
+#: The event types a refund's task ends with (a partial refund's first event too).
+CANCEL_EVENTS = frozenset({CANCELLED, CANCEL_FAILED})
+
+
+def task_end_of(event: Mapping[str, Any] | None) -> TaskEnd | None:
+    """What a task's (first) terminal event says of how it ended: its job and operation."""
+    if event is None:
+        return None
+    key = event["data"].get("receipt_key")
+    return TaskEnd(
+        receipt_key=key if isinstance(key, str) else None,
+        op="cancel" if event["type"] in CANCEL_EVENTS else "issue",
+    )
 
 
 def job_fields(job: JobKey | None) -> dict[str, Any]:

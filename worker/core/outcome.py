@@ -27,6 +27,9 @@ class Outcome(StrEnum):
     CANCELLED_REISSUE_FAILED = "cancelled:reissue_failed"
     #: A redelivery: this very task already published its outcome.
     DONE = "done"
+    #: Not run: its task id already ended as another job's or operation's (a producer
+    #: reused it); the message is set aside in ``cash_receipt:parked``.
+    REUSED = "reused"
     #: Handed back for a short countdown (a Celery retry).
     RETRY = "retry"
     #: Handed back to the ledger for a long wait; the sweeper re-sends it.
@@ -62,7 +65,7 @@ class Outcome(StrEnum):
     @property
     def troubled(self) -> bool:
         """Logged as a warning: the run failed, or something unexpected raised."""
-        return self in {Outcome.FAILED, Outcome.ERROR}
+        return self in {Outcome.FAILED, Outcome.ERROR, Outcome.REUSED}
 
 
 _DUPLICATES = frozenset({Outcome.ISSUED_DUPLICATE, Outcome.CANCELLED_DUPLICATE, Outcome.DONE})

@@ -196,6 +196,15 @@ class Published:
     new: bool
 
 
+@dataclass(frozen=True)
+class TaskEnd:
+    """What a task's terminal event named: its job's receipt key (None: no job could be
+    read), and its operation (``issue`` or ``cancel``)."""
+
+    receipt_key: str | None
+    op: str
+
+
 class JobStore(Protocol):
     """The job records: one per payment, every transition fenced.
 
@@ -278,6 +287,9 @@ class JobStore(Protocol):
 
     def view(self, job: JobKey) -> JobView | None:
         """The job as the core reads it, or None when the store has no record of it."""
+
+    def task_end(self, task_id: str) -> TaskEnd | None:
+        """How the task ended, while its once-only marker lasts; None: not ended, or forgotten."""
 
 
 class EventPublisher(Protocol):

@@ -45,7 +45,15 @@ from worker.core.issuing import (
     settle_issue,
 )
 from worker.core.outcome import Outcome
-from worker.core.ports import Claim, ClaimKind, JobStore, OperationId, Provider, Unsealer
+from worker.core.ports import (
+    Claim,
+    ClaimKind,
+    JobStore,
+    OperationId,
+    Provider,
+    TaskEnd,
+    Unsealer,
+)
 from worker.core.refunds import cancel_live_receipt, receipt_for_balance, settle_cancel
 from worker.core.retry import (
     ID_CONFLICT,
@@ -205,6 +213,9 @@ class JobRunner:
                 self.fence = None
                 continue  # fenced out: another task took the job over; report its outcome
             if claim.kind is ClaimKind.DONE:
+                ended = self.store.task_end(self.terminal.task_id)
+                if ended is not None and reused(ended, job=self.job, op=self.op):
+                    return Done(Outcome.REUSED, reason=TASK_ID_REUSED)
                 return Done(Outcome.DONE)  # a redelivery: this task already published
             if claim.kind is not ClaimKind.BUSY:
                 return self.settled(claim)
@@ -360,6 +371,17 @@ class _StoreSends:
         run = self._run
         run.sent_at, run.sent_here = None, False
         run.store.note_answered(run.job, fence=self._fence)
+
+
+#: Why a message is set aside unrun: its task id ended as another job's or operation's.
+TASK_ID_REUSED = "task_id_reused"
+
+
+def reused(ended: TaskEnd, *, job: JobKey, op: str) -> bool:
+    """Whether a message of ``job`` and ``op`` is another message than the one that ended
+    its task as ``ended``: its task id was reused (the same task again is not)."""
+    other_job = ended.receipt_key is not None and ended.receipt_key != job.receipt_key
+    return other_job or ended.op != op
 
 
 def issue_settled(

@@ -47,6 +47,7 @@ import redis
 
 from worker.adapters.store import lua
 from worker.adapters.store.clock import ClockOffset, offset_ms, redis_now, redis_now_ms
+from worker.adapters.store.events import task_event
 from worker.adapters.store.keys import (
     DEAD_JOBS_KEY,
     DUE_KEY,
@@ -67,8 +68,8 @@ from worker.adapters.store.record import (
 )
 from worker.adapters.store.redis_client import as_text
 from worker.config.defaults import JOB_HISTORY_LENGTH
-from worker.core.events import CANCEL_FAILED, waiter_event
-from worker.core.ports import Claim, ClaimKind, JobView
+from worker.core.events import CANCEL_FAILED, task_end_of, waiter_event
+from worker.core.ports import Claim, ClaimKind, JobView, TaskEnd
 from worker.core.types import JobKey, Receipt
 
 #: The message header that hands a claimed job on to the next message of its
@@ -369,6 +370,10 @@ class Ledger:
                 DueJob(job, state, task_id, json.loads(payload), int(attempts), op, int(fence))
             )
         return jobs
+
+    def task_end(self, task_id: str) -> TaskEnd | None:
+        """What the task's terminal event named (:func:`task_end_of`), while its marker lasts."""
+        return task_end_of(task_event(self._redis, stream=self._stream, task_id=task_id))
 
     def view(self, job: JobKey | str) -> JobView | None:
         """The job as the core reads it (:mod:`worker.adapters.store.record`), or None."""
