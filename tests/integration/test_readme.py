@@ -66,7 +66,8 @@ def test_consumer_example_reads_events_with_a_group(
 
 
 def test_make_run_shows_receipts_and_one_failure(own_redis: RedisServer) -> None:
-    """The README's run command, non-interactive: three receipts issued, one refusal explained."""
+    """The README's run command, non-interactive: four receipts issued (one at a counter),
+    one refusal explained."""
     result = subprocess.run(
         [sys.executable, "-m", "worker.demo", "--once", "--flower-port", "0", "--timeout", "60"],
         cwd=ROOT,
