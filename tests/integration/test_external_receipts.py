@@ -11,6 +11,8 @@ session's check of blind requests covers external receipts too.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
 from typing import Any
 
@@ -22,7 +24,7 @@ from tests.support.payloads import PHONE, external_payload
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, wait_external_posts_processed
-from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
+from tests.support.worker import BIN, ProcessOutput, producer_app, running_worker, worker_env
 from worker.adapters.store.keys import JOB_PREFIX, LEDGER_PREFIX
 from worker.celery.producer import enqueue_issue
 
@@ -185,3 +187,31 @@ def test_a_worker_without_the_external_path_never_takes_the_id_for_an_imp_uid(
     assert outside["data"]["duplicate"] is False
     assert sandbox.admin.issued_count(shared) == 1
     assert sandbox.admin.external_issued_count(shared) == 1
+
+
+@pytest.mark.usefixtures("worker")
+def test_status_and_settle_take_a_receipt_key(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, redis_server: RedisServer
+) -> None:
+    """``cashreceipt status`` and ``settle`` take ``iamport-external:<merchant_uid>``; a
+    bare string is still an imp_uid, and ``--imp-uid`` reads even a prefixed one as one."""
+    merchant_uid = f"order-{uuid.uuid4().hex[:8]}"
+    task_id = enqueue_issue(external_payload(merchant_uid), app=producer)
+    results.wait(task_id)
+    env = worker_env(redis_server.url, sandbox.url)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "cashreceipt"), *args], env=env, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+
+    key = f"iamport-external:{merchant_uid}"
+    shown = json.loads(cli("status", "--json", key).stdout)
+    assert (shown["receipt_key"], shown["imp_uid"]) == (key, None)
+    assert (shown["ledger"]["state"], shown["event"]["data"]["task_id"]) == ("issued", task_id)
+    settled = json.loads(cli("settle", "--json", key).stdout)
+    assert settled == {"imp_uid": None, "receipt_key": key, "outcome": "issued"}
+    forced = cli("status", "--json", "--imp-uid", key)
+    assert forced.returncode == 1  # no payment has that imp_uid
+    assert json.loads(forced.stdout)["receipt_key"] == f"iamport:{key}"

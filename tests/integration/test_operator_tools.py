@@ -92,7 +92,11 @@ def test_settle_adopts_a_receipt_that_exists(
     )
     assert created.status_code == 200
     result = cli(own_redis, sandbox, "settle", imp_uid)
-    assert json.loads(result.stdout) == {"imp_uid": imp_uid, "outcome": "issued"}
+    assert json.loads(result.stdout) == {
+        "imp_uid": imp_uid,
+        "receipt_key": f"iamport:{imp_uid}",
+        "outcome": "issued",
+    }
     event = ResultStream(own_redis.client()).wait(task_id)
     assert event["type"] == "cash_receipt.issued"
     assert event["data"]["receipt"]["apply_num"] == created.json()["response"]["apply_num"]

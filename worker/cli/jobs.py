@@ -100,24 +100,58 @@ def _payload(text: str | None, path: str | None, fields: dict[str, Any]) -> dict
     return {**data, **fields}
 
 
+def named_job(name: str, *, imp_uid: bool) -> JobKey:
+    """The job a command's argument names: a receipt key when a known prefix starts it
+    (``iamport:``, ``iamport-external:``), else, as before receipt keys, a V1 payment's
+    imp_uid; ``--imp-uid`` reads any string as one."""
+    job = None if imp_uid else JobKey.parse(name)
+    return job if job is not None else JobKey.payment(name)
+
+
+#: Every command that names one job takes a receipt key, or (``--imp-uid``) an imp_uid.
+receipt_key_argument = click.argument("receipt_key")
+imp_uid_option = click.option(
+    "--imp-uid",
+    "imp_uid",
+    is_flag=True,
+    help="Read the argument as a V1 payment's imp_uid, whatever prefix it has.",
+)
+
+
 @click.command()
-@click.argument("imp_uid")
+@receipt_key_argument
+@imp_uid_option
 @json_option
-def status(imp_uid: str, as_json: bool) -> None:
-    """Show a payment's ledger record (masked), its history and its latest event."""
+def status(receipt_key: str, imp_uid: bool, as_json: bool) -> None:
+    """Show a job's ledger record (masked), its history and its latest event.
+
+    RECEIPT_KEY is iamport:<imp_uid>, iamport-external:<merchant_uid>, or a bare imp_uid.
+    """
+    job = named_job(receipt_key, imp_uid=imp_uid)
+    name = job.imp_uid or job.receipt_key
     client = ledger_redis()
-    record = shown_job(client, imp_uid)
-    event = latest_event(client, stream=load_config().result_stream, imp_uid=imp_uid)
+    record = shown_job(client, job)
+    event = latest_event(client, stream=load_config().result_stream, job=job)
     if record is None and event is None:
-        emit({"imp_uid": imp_uid, "status": "unknown"}, as_json=as_json, text=f"{imp_uid}: unknown")
+        emit(
+            {"imp_uid": job.imp_uid, "receipt_key": job.receipt_key, "status": "unknown"},
+            as_json=as_json,
+            text=f"{name}: unknown",
+        )
         sys.exit(1)
     ledger: dict[str, Any] = record or {}
-    history = job_history(client, imp_uid)
+    history = job_history(client, job)
     if as_json:
-        shown = {"imp_uid": imp_uid, "ledger": ledger or None, "history": history, "event": event}
+        shown = {
+            "imp_uid": job.imp_uid,
+            "receipt_key": job.receipt_key,
+            "ledger": ledger or None,
+            "history": history,
+            "event": event,
+        }
         click.echo(json.dumps(shown, ensure_ascii=False))
         return
-    click.echo(f"{click.style(imp_uid, bold=True)}  {state_text(ledger.get('state', 'no record'))}")
+    click.echo(f"{click.style(name, bold=True)}  {state_text(ledger.get('state', 'no record'))}")
     for key in ("task_id", "op", "attempts", "updated_at", "next_attempt_at", "lease_until"):
         if key in ledger:
             click.echo(f"  {key:<16}{ledger[key]}")
@@ -185,18 +219,28 @@ def stuck(older_than: float, limit: int, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("imp_uid")
+@receipt_key_argument
+@imp_uid_option
 @json_option
-def settle(imp_uid: str, as_json: bool) -> None:
-    """Look the receipt up at i'mport now: adopt it, or hand the job back to be re-sent."""
+def settle(receipt_key: str, imp_uid: bool, as_json: bool) -> None:
+    """Look the receipt up at i'mport now: adopt it, or hand the job back to be re-sent.
+
+    RECEIPT_KEY is iamport:<imp_uid>, iamport-external:<merchant_uid>, or a bare imp_uid.
+    """
+    job = named_job(receipt_key, imp_uid=imp_uid)
+    name = job.imp_uid or job.receipt_key
     runtime = get_runtime(celery_app().conf)
     outcome = settle_job(
-        JobKey.payment(imp_uid),
+        job,
         store=runtime.ledger,
         client=runtime.client,
         events=runtime.events,
         settle_seconds=runtime.settle_seconds,
     )
-    emit({"imp_uid": imp_uid, "outcome": outcome}, as_json=as_json, text=f"{imp_uid}: {outcome}")
+    emit(
+        {"imp_uid": job.imp_uid, "receipt_key": job.receipt_key, "outcome": outcome},
+        as_json=as_json,
+        text=f"{name}: {outcome}",
+    )
     if outcome == "unknown":
         sys.exit(1)

@@ -26,22 +26,29 @@ from worker.adapters.store.keys import (
     DEAD_MESSAGES_KEY,
     DUE_KEY,
     LEDGER_PREFIX,
-    history_key,
+    history_of,
     ledger_key,
     payment_of,
     payment_receipt_key,
+    record_key,
 )
 from worker.adapters.store.redis_client import as_text
 from worker.core.masking import mask_payload
+from worker.core.types import JobKey
 
 #: The states a job ends in: no worker owes it anything more (``stuck`` skips them).
 TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
 
 
-def shown_job(client: redis.Redis, imp_uid: str) -> dict[str, Any] | None:
-    """A payment's ledger record as an operator may see it (masked), or None."""
-    raw = client.hgetall(ledger_key(imp_uid))
+def shown_job(client: redis.Redis, job: JobKey | str) -> dict[str, Any] | None:
+    """A job's ledger record (a string: a V1 payment's imp_uid) as an operator may see it
+    (masked), or None."""
+    raw = client.hgetall(record_key(_receipt_key(job)))
     return shown_record(raw) if raw else None
+
+
+def _receipt_key(job: JobKey | str) -> str:
+    return job.receipt_key if isinstance(job, JobKey) else JobKey.payment(job).receipt_key
 
 
 def stuck_jobs(
@@ -250,9 +257,10 @@ def _payments(members: Any) -> list[str]:
     return [imp_uid for imp_uid in found if imp_uid is not None]
 
 
-def job_history(client: redis.Redis, imp_uid: str) -> list[dict[str, Any]]:
-    """The attempts and outcomes the ledger kept for a payment, newest first."""
-    return [json.loads(as_text(item)) for item in client.lrange(history_key(imp_uid), 0, -1)]
+def job_history(client: redis.Redis, job: JobKey | str) -> list[dict[str, Any]]:
+    """The attempts and outcomes the ledger kept for a job, newest first."""
+    key = history_of(_receipt_key(job))
+    return [json.loads(as_text(item)) for item in client.lrange(key, 0, -1)]
 
 
 # -- read views for the metrics, read at scrape time ---------------------------------
