@@ -55,9 +55,17 @@ class MaskedRequest(Request):  # type: ignore[misc]
         self._request_dict["kwargsrepr"] = self._kwargsrepr
 
     def info(self, safe: bool = False) -> dict[str, Any]:
-        """What remote control shows: always the masked form, even when not asked."""
+        """What remote control shows: always the masked form, even when not asked; the
+        producer's exchange and routing key only in the shapes Celery gives them (the
+        request itself keeps them as sent: a retry is routed by them)."""
         del safe
         info: dict[str, Any] = super().info(safe=True)
+        delivery = info.get("delivery_info")
+        if isinstance(delivery, dict):
+            info["delivery_info"] = {
+                key: shown_token(value) if isinstance(value, str) else value
+                for key, value in delivery.items()
+            }
         return info
 
     def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
