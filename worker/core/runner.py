@@ -165,8 +165,6 @@ class JobRunner:
         self.rules = rules
         #: The job, as the store and the provider name it.
         self.job = job
-        #: Its provider's own id (a V1 payment's imp_uid, an external receipt's merchant_uid).
-        self.imp_uid = job.id
         #: The payload as the store keeps it and a retry re-publishes it (sealed).
         self.message = message
         #: The fence the message carries (a retry's, a sweeper re-send's), or None.

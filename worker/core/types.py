@@ -41,6 +41,12 @@ class JobKey:
         """The job of a V1 external receipt: cash taken outside i'mport."""
         return cls(IAMPORT, EXTERNAL, merchant_uid)
 
+    @classmethod
+    def of(cls, job: JobKey | str) -> JobKey:
+        """``job``; a string is a V1 payment's imp_uid, as operators, the CLI and the tests
+        name a payment to the adapters."""
+        return job if isinstance(job, JobKey) else cls.payment(job)
+
     @property
     def prefix(self) -> str:
         """``iamport``, ``iamport-external``: the receipt key's part before the id."""

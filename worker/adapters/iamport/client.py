@@ -140,7 +140,7 @@ class IamportClient:
     def find_receipt(self, job: JobKey | str) -> Receipt | None:
         """``GET`` the receipt (a string: a V1 payment's imp_uid); None on 404, which for
         some PGs proves nothing."""
-        job = _job(job)
+        job = JobKey.of(job)
         try:
             response = self._call("GET", _receipt_path(job), not_found_ok=True)
         except _NotFound:
@@ -163,7 +163,7 @@ class IamportClient:
 
         ``on_send`` and ``operation`` as for :meth:`issue_receipt`.
         """
-        job = _job(job)
+        job = JobKey.of(job)
         response = self._call("DELETE", _receipt_path(job), on_send=on_send)
         return read_receipt(response, external=job.kind == EXTERNAL)
 
@@ -334,11 +334,6 @@ def _endpoint(path: str) -> str:
 
 def _path(imp_uid: str) -> str:
     return quote(imp_uid, safe="")
-
-
-def _job(job: JobKey | str) -> JobKey:
-    """The job, or (a string) a V1 payment by its imp_uid: as operators and tests name one."""
-    return job if isinstance(job, JobKey) else JobKey.payment(job)
 
 
 def _receipt_path(job: JobKey) -> str:

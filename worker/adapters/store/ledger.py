@@ -378,7 +378,7 @@ class Ledger:
     def view(self, job: JobKey | str) -> JobView | None:
         """The job as the core reads it (:mod:`worker.adapters.store.record`), or None."""
         found = self.raw_record(job)
-        return job_view(_job_key(job), found) if found is not None else None
+        return job_view(JobKey.of(job), found) if found is not None else None
 
     def note_sent(
         self, job: JobKey | str, *, fence: int, at: float, op: str, delete: bool = False
@@ -410,15 +410,9 @@ class Ledger:
         return {as_text(key): as_text(value) for key, value in raw.items()}
 
 
-def _job_key(job: JobKey | str) -> JobKey:
-    """The job, named as the core names it, or (a string) by a V1 payment's imp_uid: as
-    operators, the CLI and the tests name a payment."""
-    return job if isinstance(job, JobKey) else JobKey.payment(job)
-
-
 def _receipt_key(job: JobKey | str) -> str:
     """The job's member in the indexes."""
-    return _job_key(job).receipt_key
+    return JobKey.of(job).receipt_key
 
 
 def _record(job: JobKey | str) -> str:

@@ -48,7 +48,7 @@ def shown_job(client: redis.Redis, job: JobKey | str) -> dict[str, Any] | None:
 
 
 def _receipt_key(job: JobKey | str) -> str:
-    return job.receipt_key if isinstance(job, JobKey) else JobKey.payment(job).receipt_key
+    return JobKey.of(job).receipt_key
 
 
 def stuck_jobs(
