@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -238,27 +238,21 @@ def running_sandbox(*extra_args: str, port: int | None = None) -> Iterator[Sandb
 
 def wait_posts_processed(sandbox: SandboxAdmin, imp_uid: str, *, timeout: float) -> None:
     """Until every POST for ``imp_uid`` has been acted on: the sandbox fills in its status then."""
-    wait_for(
-        lambda: all(
-            entry["status"] is not None
-            for entry in sandbox.requests(imp_uid)
-            if entry["method"] == "POST"
-        ),
-        timeout=timeout,
-        message="the late POST to be processed",
-    )
+    _wait_acted_on(lambda: sandbox.requests(imp_uid), timeout=timeout)
 
 
 def wait_external_posts_processed(
     sandbox: SandboxAdmin, merchant_uid: str, *, timeout: float
 ) -> None:
     """As `wait_posts_processed`, for the external receipt of ``merchant_uid``."""
+    _wait_acted_on(lambda: sandbox.external_requests(merchant_uid), timeout=timeout)
+
+
+def _wait_acted_on(requests_of: Callable[[], list[dict[str, Any]]], *, timeout: float) -> None:
     wait_for(
         lambda: all(
-            entry["status"] is not None
-            for entry in sandbox.external_requests(merchant_uid)
-            if entry["method"] == "POST"
+            entry["status"] is not None for entry in requests_of() if entry["method"] == "POST"
         ),
         timeout=timeout,
-        message="the late external POST to be processed",
+        message="the late POST to be processed",
     )
