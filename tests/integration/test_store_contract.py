@@ -65,6 +65,8 @@ class Store:
     events: Callable[[str], list[tuple[str, dict[str, Any]]]]
     #: The event port beside it, publishing to the same stream.
     publisher: EventPublisher
+    #: Lets a task's end marker expire, as RESULT_STREAM_RETENTION does.
+    forget_marker: Callable[[str], None]
     #: Task ids are this test's own: a task's end marker outlives the test in Redis.
     prefix: str = ""
 
@@ -80,6 +82,7 @@ def _memory() -> Store:
         clock,
         lambda task: [(e.type, dict(e.data)) for e in store.events_of(task)],
         store.events,
+        lambda task: store.markers.pop(task, None) and None,
     )
 
 
@@ -108,7 +111,9 @@ def _redis(server: RedisServer) -> Store:
     publisher = RedisEvents(
         client, stream=stream, retention_seconds=3600, clock_offset=clock.offset
     )
-    return Store(ledger, clock, events, publisher)
+    return Store(
+        ledger, clock, events, publisher, lambda task: client.delete(terminal_key(task)) and None
+    )
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -971,6 +976,32 @@ def test_a_task_whose_marker_expired_neither_reopens_nor_claims_its_ended_job(
     assert ledger.receive(imp_uid, task_id=task_id, payload=PAYLOAD, resend_after=60) == "done"
     assert ledger.claim(imp_uid, task_id=task_id, payload=PAYLOAD).kind is ClaimKind.DONE
     assert (ledger.raw_record(imp_uid) or {})["state"] == "failed"
+
+
+@pytest.mark.parametrize("state", ["failed", "issued"])
+def test_a_stale_retry_of_a_task_taken_over_never_reopens_the_job(
+    store: Store, imp_uid: str, state: str
+) -> None:
+    """t2 took the job over from t1, which became its waiter, and ended it. A retry of t1
+    that comes later still carries t1's old fence: it is ``done``, even once t1's marker
+    has expired; a failed job re-opened by it would POST again under a task already ended."""
+    jobs = store.jobs
+    assert jobs.claim(imp_uid, task_id=store.task("t1"), payload=PAYLOAD) == claimed(1, 1)
+    store.clock.advance(LEASE + 1)
+    assert jobs.claim(imp_uid, task_id=store.task("t2"), payload=PAYLOAD) == claimed(
+        2, 2, resumed=True
+    )
+    assert finish(jobs, imp_uid, 2, store.task("t2"), state=state) is not None
+    [(_, heard)] = store.events(store.task("t1"))
+    assert heard["duplicate"] is True
+    store.forget_marker(store.task("t1"))
+
+    late = jobs.claim(imp_uid, task_id=store.task("t1"), payload=PAYLOAD, fence=1)
+    assert late == Claim(ClaimKind.DONE)
+    view = jobs.view(imp_uid)
+    assert view is not None
+    assert (view.state, view.task_id) == (state, store.task("t2"))
+    assert len(store.events(store.task("t1"))) == 1
 
 
 def test_an_issue_recorded_behind_a_failed_reissue_still_runs(store: Store, imp_uid: str) -> None:

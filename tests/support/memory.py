@@ -468,6 +468,14 @@ class MemoryStore:
         state, owner = rec.get("state"), rec.get("task_id")
         if owner == task_id and state in TERMINAL:
             return Claim(ClaimKind.DONE)
+        if (
+            fence is not None
+            and owner
+            and owner != task_id
+            and state in TERMINAL
+            and task_id not in self.waiters.get(imp_uid, set())
+        ):
+            return Claim(ClaimKind.DONE)
         lease = int(rec.get("lease_until") or 0)
         attempts = int(rec.get("attempts") or 0)
         recorded_op = rec.get("op") or "issue"

@@ -17,6 +17,15 @@ if owner == ARGV[1] and (state == 'issued' or state == 'failed' or state == 'can
   -- that comes that late must not run it again, nor publish a second event.
   return {'done'}
 end
+if ARGV[7] ~= '' and owner and owner ~= ARGV[1]
+    and (state == 'issued' or state == 'failed' or state == 'cancelled')
+    and redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 then
+  -- A retry of a task that lost the job to a takeover: that task became a waiter and
+  -- heard the job's end, even if its marker has expired since (one still waiting, as
+  -- behind a partial refund, is in the set). A new message carries no fence; this
+  -- late copy must not re-open the job (a failed one would POST again).
+  return {'done'}
+end
 local attempts = tonumber(record[5] or '0')
 local recorded_op = record[6] or 'issue'
 local after_partial = partial(record[8])
