@@ -396,7 +396,6 @@ class _CancelRun(_Run):
             provider=self.runtime.client,
             terminal=terminal,
             rules=self.rules(),
-            imp_uid=self.message["imp_uid"],
             message=self.message,
             carried_fence=carried_fence(self.task.request),
             attempt=self.attempt,

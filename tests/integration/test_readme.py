@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput
+from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.urls import redact_url
 
 pytestmark = pytest.mark.integration
@@ -149,3 +152,36 @@ def test_make_run_stops_its_children_on_a_signal(own_redis: RedisServer, signum:
         )
     finally:
         stop_demo(demo)
+
+
+def readme_payloads(kind: str) -> list[dict[str, Any]]:
+    """The JSON payloads the README marks ``<!-- payload: kind -->``, as written."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(rf"<!-- payload: {kind} -->\n```json\n(.*?)```", text, re.DOTALL)
+    return [json.loads(block) for block in blocks]
+
+
+@pytest.mark.usefixtures("worker")
+def test_the_readmes_payloads_issue_and_refund_as_written(
+    producer: Celery, results: ResultStream
+) -> None:
+    """Each issue payload the README shows issues through a real worker, and each
+    refund payload then refunds it (under a merchant_uid of this test's own)."""
+    issues, refunds = readme_payloads("issue"), readme_payloads("cancel")
+    assert issues and refunds
+    suffix = uuid.uuid4().hex[:8]
+    for payload in issues:
+        payload["merchant_uid"] = f"{payload['merchant_uid']}-{suffix}"
+        event = results.wait(enqueue_issue(payload, app=producer))
+        assert event["type"] == "cash_receipt.issued", event
+    for payload in refunds:
+        payload["merchant_uid"] = f"{payload['merchant_uid']}-{suffix}"
+        task_id = enqueue_cancel(payload, app=producer)
+        # The sandbox refuses a re-issue under the merchant_uid: cancelled, then id_taken.
+        wait_for(
+            lambda task_id=task_id: len(results.for_task(task_id)) == 2,
+            message="the refund's events",
+        )
+        first = min(results.for_task(task_id), key=lambda event: event["id"])
+        assert first["type"] == "cash_receipt.cancelled"
+        assert first["data"]["receipt"]["imp_uid"] is None

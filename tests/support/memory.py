@@ -288,14 +288,16 @@ class MemoryProvider:
 
 
 def _partial(cancel: str | None) -> bool:
-    """Whether a cancellation payload (JSON) is a partial refund: it has an amount."""
+    """Whether a cancellation payload (JSON) is a partial refund (partial.lua)."""
     if not cancel:
         return False
     try:
         decoded = json.loads(cancel)
     except ValueError:
         return False
-    amount = decoded.get("amount") if isinstance(decoded, dict) else None
+    if not isinstance(decoded, dict):
+        return False
+    amount = decoded.get("remaining_amount" if decoded.get("kind") == "external" else "amount")
     return isinstance(amount, int | float) and not isinstance(amount, bool)
 
 

@@ -455,7 +455,7 @@ class World:
                 runner = IssueRunner(request=request, message=sealed, **ports)
         else:
             sealed = load_cancellation(message.payload)
-            runner = CancelRunner(sealer=sealer, imp_uid=sealed["imp_uid"], message=sealed, **ports)
+            runner = CancelRunner(sealer=sealer, message=sealed, **ports)
         try:
             return Ran(runner.run(), runner.fence, sealed)
         except Abandoned:

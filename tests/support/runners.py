@@ -143,7 +143,6 @@ class World:
             provider=provider,
             terminal=self._terminal(task_id, imp_uid, attempt),
             rules=self.rules,
-            imp_uid=imp_uid,
             message=message,
             carried_fence=fence,
             attempt=attempt,

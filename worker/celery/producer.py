@@ -34,9 +34,28 @@ from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import masked_args_repr
 from worker.core.ports import ClaimKind
 from worker.core.runner import reused, settled_message
-from worker.core.schemas import load_cancellation, load_payload, readable_job
+from worker.core.schemas import (
+    cancellation_job,
+    load_cancellation,
+    load_payload,
+    readable_job,
+)
 from worker.core.terminal import TerminalPublisher
 from worker.core.types import JobKey
+
+#: The namespace of task ids derived from a refund's ``refund_id``.
+_REFUND_IDS = uuid.UUID("6f1c1f0e-5b8e-4f43-9d1e-2c7a3e0b9a51")
+
+
+def refund_task_id(job: JobKey, refund_id: str | None) -> str | None:
+    """The task id of a refund its producer named: one per job and ``refund_id``.
+
+    A UUID (version 5), so it is a task id like any other, and two jobs' refunds with
+    the same ``refund_id`` never share one. None when the refund names no id.
+    """
+    if refund_id is None:
+        return None
+    return str(uuid.uuid5(_REFUND_IDS, f"{job.receipt_key}\x00{refund_id}"))
 
 
 def enqueue_issue(
@@ -203,9 +222,14 @@ def enqueue_cancel(
 ) -> str:
     """Validate a payment-cancelled payload and enqueue ``cancel_cash_receipt``; returns the id.
 
-    ``payload`` is at least ``imp_uid``; ``amount`` (the refunded amount) makes
-    it a partial refund: the receipt is cancelled and a new one issued for what
-    is left. Raises :class:`~worker.core.schemas.InvalidPayload` when it is malformed.
+    ``payload`` names the receipt: ``imp_uid`` for a payment, ``kind: external`` and
+    ``merchant_uid`` for an external receipt. A payment's ``amount`` (the refunded
+    amount), or an external receipt's ``remaining_amount`` (what is left), makes it a
+    partial refund: the receipt is cancelled and a new one issued for the balance.
+    Raises :class:`~worker.core.schemas.InvalidPayload` when it is malformed.
+
+    Without ``task_id``, a ``refund_id`` names the task (:func:`refund_task_id`): the
+    same refund sent twice is one task, with one event.
 
     The cancellation is recorded in the ledger before it is sent, so a
     message the broker loses is re-sent by the sweeper and listed by
@@ -214,15 +238,16 @@ def enqueue_cancel(
     if app is None:
         app = worker_app
     message = load_cancellation(payload)
-    task_id = task_id or str(uuid.uuid4())
+    job = cancellation_job(message)
+    task_id = task_id or refund_task_id(job, message.get("refund_id")) or str(uuid.uuid4())
     # The ledger first, as for an issue: a refund whose message is lost must
     # not leave its receipt live. The sweeper re-sends it when it is due.
     ledger = _ledger(app)
     state = ledger.receive_cancel(
-        message["imp_uid"], task_id=task_id, cancel=message, resend_after=_resend_after(app)
+        job, task_id=task_id, cancel=message, resend_after=_resend_after(app)
     )
     if state == "done":
-        _not_reused(app, task_id, job=JobKey.payment(message["imp_uid"]), op="cancel")
+        _not_reused(app, task_id, job=job, op="cancel")
         return task_id
     if state == "cancelled":
         # Nothing left to cancel, and nothing recorded: the duplicate's event, at once.

@@ -18,6 +18,8 @@ of these, so a caller decides what to do by class, never by parsing message text
         ├── InvalidRequest        400 with no receipt behind it
         ├── NotEligible           the payment is not a paid virtual-account or transfer payment
         ├── IdConflict            the merchant's id already carries a receipt that is not this job's
+        ├── IdTaken               the merchant's id is spent: its receipt was cancelled, and the
+        │                         provider issues no other under it (a re-issue after a refund)
         ├── AuthenticationFailed  bad credentials, or a 401 that survived one token renewal
         ├── UnsupportedPg         501: the PG has no cash-receipt support at i'mport
         └── UnexpectedResponse    a 2xx that breaks the envelope or the answer's shape
@@ -115,6 +117,13 @@ class IdConflict(PermanentError):
     """The merchant's own id (an external receipt's ``merchant_uid``) already carries a
     receipt for another amount: merchants reuse their ids, and that receipt is not this
     job's duplicate. Another id, or a human, resolves it."""
+
+
+class IdTaken(PermanentError):
+    """A 400 "already issued" for a merchant's own id whose only receipt is cancelled:
+    the provider issues no new one under it. Whether V1 does so after a refund's DELETE
+    is unconfirmed (research §1.6); where it does not, the balance is issued under a
+    derived id (``cashreceipt replay --new-id``)."""
 
 
 class AuthenticationFailed(PermanentError):

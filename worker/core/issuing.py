@@ -25,6 +25,7 @@ from typing import Protocol, TypeVar
 from worker.core.contract import EXTERNAL
 from worker.core.errors import (
     IdConflict,
+    IdTaken,
     InvalidRequest,
     NotEligible,
     OutcomeUnknown,
@@ -154,6 +155,8 @@ def issue_receipt(
         # may be this job's own earlier POST, processed after its lookup missed
         # it (an answer that came after the timeout): not a duplicate.
         existing, payment = find_issued(client, request.job)
+        if existing is None and request.job.kind == EXTERNAL:
+            _not_spent(client, request.job)
         if existing is not None:
             _this_jobs(existing, request)
             if look_first:
@@ -192,7 +195,19 @@ def _this_jobs(receipt: Receipt, request: ReceiptRequest) -> Receipt:
     )
 
 
-def settle_issue(client: Provider, job: JobKey, sends: SendLog) -> Issued:
+def _not_spent(client: Provider, job: JobKey) -> None:
+    """Raises :class:`IdTaken` when an external receipt's "already issued" comes from a
+    cancelled receipt: the merchant_uid is spent, and another POST would be refused too."""
+    latest = client.find_receipt(job)
+    if latest is not None and not latest.active:
+        raise IdTaken(
+            f"{job.receipt_key} carries a cancelled receipt, and i'mport issues no other "
+            "under it: replay with --new-id to issue under a derived merchant_uid",
+            status=400,
+        )
+
+
+def settle_issue(client: Provider, request: ReceiptRequest, sends: SendLog) -> Issued:
     """The settling attempt after the budget: look, never POST.
 
     Made no earlier than the bound after the job's unsettled POST was sent, so
@@ -200,11 +215,11 @@ def settle_issue(client: Provider, job: JobKey, sends: SendLog) -> Issued:
     none means it was not acted on, and :class:`OutcomeUnknown` is raised,
     which the spent budget ends as ``retries_exhausted``.
     """
-    existing, _ = find_issued(client, job)
+    existing, _ = find_issued(client, request.job)
     sends.answered()
     if existing is None:
         raise OutcomeUnknown(NOT_ACTED_ON)
-    return Issued(existing, duplicate=False)
+    return Issued(_this_jobs(existing, request), duplicate=False)
 
 
 def find_issued(client: Provider, job: JobKey) -> tuple[Receipt | None, Payment | None]:

@@ -108,6 +108,9 @@ SHOWN_FIELDS = frozenset(
         "tax_free",
         "vat_amount",
         "amount",
+        "refund_id",
+        "remaining_amount",
+        "remaining_tax_free",
     }
 )
 #: Personal fields the schemas know: masked, with a hint a support agent can match.
@@ -170,7 +173,9 @@ _SHOWN_CHOICES: dict[str, frozenset[object]] = {
     "kind": frozenset({"payment", "external"}),
     "pay_method": frozenset(PAY_METHODS),
 }
-_SHOWN_AMOUNTS = frozenset({"amount", "tax_free", "vat_amount"})
+_SHOWN_AMOUNTS = frozenset(
+    {"amount", "tax_free", "vat_amount", "remaining_amount", "remaining_tax_free"}
+)
 
 
 def _shows_as_is(key: str, value: object) -> bool:

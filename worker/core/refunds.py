@@ -13,15 +13,26 @@ twice, from an outbox relay that repeats), but i'mport keeps the cumulative
 ``cancel_amount``: a live receipt for exactly ``amount - cancel_amount``
 already reflects every refund so far, and cancelling it again would only
 issue a third receipt.
+
+An external receipt has no payment behind it: its refund says what is left
+(``remaining_amount``, and ``remaining_tax_free`` for a mixed-tax sale), and the
+balance's receipt is the kept payload for that amount, under the same merchant_uid.
+A live receipt for no more than what is left already reflects this refund: the
+same refund again, or an earlier one that came late (refund 1 after refund 2).
+The live receipt decides, not the ledger, so this holds after LEDGER_RETENTION.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
 
+from worker.core.contract import EXTERNAL
 from worker.core.errors import InvalidRequest, OutcomeUnknown
 from worker.core.issuing import NOT_ACTED_ON, UNLOGGED, SendLog, send_logged
 from worker.core.ports import OperationId, Provider
+from worker.core.schemas import InvalidPayload, ReceiptRequest
 from worker.core.types import JobKey, Receipt
 
 #: Told what each lookup showed live (None: nothing live, or nothing it can show), so
@@ -95,6 +106,8 @@ def cancel_done(
     seen(receipt if receipt is not None and receipt.active else None)
     if receipt is not None:
         return not receipt.active, receipt
+    if job.imp_uid is None:
+        return True, None  # an external receipt's lookup is the only word: none was issued
     return not client.get_payment(job.id).cash_receipt_issued, None
 
 
@@ -122,3 +135,42 @@ def receipt_for_balance(
     if payment.cancel_amount <= 0:
         return None  # i'mport shows no refund yet: this receipt predates it
     return receipt if receipt.amount == payment.amount - payment.cancel_amount else None
+
+
+def receipt_covering(client: Provider, job: JobKey, remaining: int) -> Receipt | None:
+    """An external receipt's live receipt when it is for no more than ``remaining``, else
+    None: that refund was handled already, and nothing is cancelled or issued for it."""
+    receipt = client.find_receipt(job)
+    if receipt is None or not receipt.active or receipt.amount is None:
+        return None
+    return receipt if remaining >= receipt.amount else None
+
+
+def balance_request(request: ReceiptRequest, refund: Mapping[str, Any]) -> ReceiptRequest:
+    """The receipt a partial refund leaves: a payment's as it was (i'mport computes the
+    balance); an external receipt's for ``remaining_amount``.
+
+    Its tax-free part is ``remaining_tax_free``: a sale that had one must say what is left
+    of it, or the refund is refused before anything is cancelled. Its VAT was set for
+    the whole sale, so the balance's is left to the provider to compute.
+    """
+    if request.job.kind != EXTERNAL:
+        return request
+    options: dict[str, Any] = {
+        key: value for key, value in request.options.items() if key != "vat_amount"
+    }
+    options["amount"] = refund["remaining_amount"]
+    tax_free = refund.get("remaining_tax_free")
+    if tax_free is None and options.get("tax_free"):
+        raise InvalidPayload(
+            {
+                "remaining_tax_free": [
+                    "Required: the receipt has a tax-free part, and the balance's must be said."
+                ]
+            }
+        )
+    if tax_free is not None:
+        options["tax_free"] = tax_free
+    else:
+        options.pop("tax_free", None)
+    return replace(request, options=options)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from worker.core.errors import (
     AuthenticationFailed,
     IdConflict,
+    IdTaken,
     InvalidRequest,
     IssuanceFailed,
     NotEligible,
@@ -116,12 +117,16 @@ class Decision:
 #: The failure reason of a job whose merchant-chosen id already carries another sale's
 #: receipt (an external receipt's merchant_uid, reused).
 ID_CONFLICT = "id_conflict"
+#: The failure reason of a job whose merchant-chosen id is spent: its receipt was
+#: cancelled, and the provider issues no other under it.
+ID_TAKEN = "id_taken"
 # The failure reasons of the result-event contract, for errors we give up on.
 REASON_BY_CLASS: tuple[tuple[type[ProviderError], str], ...] = (
     (AuthenticationFailed, "auth"),
     (UnsupportedPg, "unsupported_pg"),
     (NotEligible, "not_eligible"),
     (IdConflict, ID_CONFLICT),
+    (IdTaken, ID_TAKEN),
     (InvalidRequest, "rejected"),
     (IssuanceFailed, "rejected"),
     (UnexpectedResponse, "unexpected_response"),

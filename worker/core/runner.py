@@ -49,12 +49,19 @@ from worker.core.ports import (
     Claim,
     ClaimKind,
     JobStore,
+    JobView,
     OperationId,
     Provider,
     TaskEnd,
     Unsealer,
 )
-from worker.core.refunds import cancel_live_receipt, receipt_for_balance, settle_cancel
+from worker.core.refunds import (
+    balance_request,
+    cancel_live_receipt,
+    receipt_covering,
+    receipt_for_balance,
+    settle_cancel,
+)
 from worker.core.retry import (
     ID_CONFLICT,
     Decision,
@@ -68,7 +75,9 @@ from worker.core.schemas import (
     InvalidPayload,
     PayloadUnreadable,
     ReceiptRequest,
+    cancellation_job,
     load_payload,
+    partial_refund,
     readable_job,
 )
 from worker.core.terminal import TerminalPublisher, error_detail, failure_message
@@ -510,7 +519,7 @@ class IssueRunner(JobRunner):
             return self.wait_out_delete(claim, wait)
         try:
             if settling:
-                issued = settle_issue(self.provider, self.job, self.sends(claim))
+                issued = settle_issue(self.provider, self.request, self.sends(claim))
             else:
                 issued = issue_receipt(
                     self.provider,
@@ -576,7 +585,6 @@ class CancelRunner(JobRunner):
         provider: Provider,
         terminal: TerminalPublisher,
         rules: Rules,
-        imp_uid: str,
         message: dict[str, Any],
         carried_fence: int | None = None,
         attempt: int = 1,
@@ -586,7 +594,7 @@ class CancelRunner(JobRunner):
             provider=provider,
             terminal=terminal,
             rules=rules,
-            job=JobKey.payment(imp_uid),
+            job=cancellation_job(message),
             message=message,
             carried_fence=carried_fence,
             attempt=attempt,
@@ -608,20 +616,14 @@ class CancelRunner(JobRunner):
         cancel_done = job is not None and job.cancel_done
         cancelled = job.cancelled_receipt if job else None
         payload = job.payload if job else None
-        partial_refund = "amount" in self.message and payload is not None
+        leaves_balance = partial_refund(self.message)
         # The balance's receipt is issued from the kept payload: opened before anything is
         # cancelled, so that a payload no key opens cancels nothing (it fails whole).
-        request, unopened = self.open_kept(payload) if partial_refund else (None, None)
+        request, unopened = (
+            self.open_kept(payload) if leaves_balance and payload is not None else (None, None)
+        )
         try:
-            if (
-                not cancel_done
-                and "amount" in self.message
-                and (
-                    live := receipt_for_balance(
-                        client, self.job, recorded=job.receipt if job else None
-                    )
-                )
-            ):
+            if not cancel_done and leaves_balance and (live := self.covering(job)):
                 # This refund was already handled (the same event, sent again):
                 # no DELETE, no POST; the live receipt stays the job's.
                 earlier = cancelled.as_dict() if cancelled else None
@@ -666,23 +668,32 @@ class CancelRunner(JobRunner):
         """What follows the cancel step: a full refund ends; a partial one issues the balance
         from the ``kept`` payload (``request``, opened, or why not: ``unopened``), looking
         first unless this attempt did the cancel step (:meth:`reissue`)."""
-        if "amount" in self.message and kept is None and cancelled is not None:
+        leaves_balance = partial_refund(self.message)
+        if leaves_balance and kept is None and cancelled is not None:
             # A receipt was cancelled and nothing here can issue its balance: the
             # identifier went with the payload (a record past LEDGER_RETENTION, or a
             # receipt this worker never issued). Said, not silent (issue 14, finding 9).
             failure = no_payload_detail()
             return self.reissue_failed(terminal, claim, cancelled, failure, sent=False)
-        if "amount" not in self.message or kept is None:
+        if not leaves_balance or kept is None:
             ok = terminal.finish_cancelled(fence=claim.fence, cancelled=cancelled)
             return Done(Outcome.CANCELLED) if ok else None
         return self.reissue(terminal, claim, cancelled, request, unopened, look_first=look_first)
 
+    def covering(self, job: JobView | None) -> Receipt | None:
+        """The live receipt when it already covers the balance this refund leaves: the
+        refund was handled before (the same one again, or an earlier one late)."""
+        if self.job.kind == EXTERNAL:
+            return receipt_covering(self.provider, self.job, self.message["remaining_amount"])
+        return receipt_for_balance(self.provider, self.job, recorded=job.receipt if job else None)
+
     def open_kept(
-        self, payload: dict[str, Any] | None
+        self, payload: dict[str, Any]
     ) -> tuple[ReceiptRequest | None, InvalidPayload | None]:
-        """The job's kept issue payload, opened; or why it cannot be (no key opens it)."""
+        """The balance's receipt, from the job's kept issue payload; or why it cannot be
+        opened (no key opens it), or asked for (:func:`balance_request`)."""
         try:
-            return load_payload(payload, self.sealer), None
+            return balance_request(load_payload(payload, self.sealer), self.message), None
         except InvalidPayload as error:
             return None, error
 
@@ -774,7 +785,7 @@ class CancelRunner(JobRunner):
         try:
             sends = self.sends(claim)
             if settling:
-                issued = settle_issue(self.provider, request.job, sends)
+                issued = settle_issue(self.provider, request, sends)
             else:
                 issued = issue_receipt(
                     self.provider,

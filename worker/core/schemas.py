@@ -187,9 +187,14 @@ def _not_a_dot_segment(value: str) -> None:
         )
 
 
-def provider_id() -> Text:
+def provider_id(*, required: bool = True) -> Text:
     """An id the provider's URL carries as a path segment, as every provider's does."""
-    return Text(required=True, validate=[validate.Length(min=1, max=100), _not_a_dot_segment])
+    optional: dict[str, Any] = {} if required else {"load_default": None, "allow_none": True}
+    return Text(
+        required=required,
+        **optional,
+        validate=[validate.Length(min=1, max=100), _not_a_dot_segment],
+    )
 
 
 def _optional_text(max_length: int) -> fields.String:
@@ -591,31 +596,95 @@ def readable_merchant_uid(raw: object) -> str | None:
 
 
 class PaymentCancelledSchema(Schema):
-    """The ``cancel_cash_receipt`` payload: which payment, and how much was refunded."""
+    """The ``cancel_cash_receipt`` payload: which receipt, and how much was refunded.
+
+    ``amount`` is the refunded amount, as it always was (the issue payload's ``amount``
+    is the total: one name, two meanings, said wherever both appear). A payment's
+    balance is read from i'mport; an external receipt has no payment behind it, so its
+    partial refund says what is left: ``remaining_amount`` (and ``remaining_tax_free``
+    for a mixed-tax sale). ``refund_id`` names one refund, so that the same refund sent
+    twice is one task (:func:`worker.celery.producer.enqueue_cancel`).
+    """
 
     class Meta:
         unknown = EXCLUDE
 
     provider = _provider()
-    kind = _served(PAYMENT, (PAYMENT,), "refunds of external receipts are not served yet")
-    imp_uid = provider_id()
-    merchant_uid = _optional_text(100)
+    kind = _kind()
+    # Which of the two names the job is the kind's to say (_the_kinds_own_fields).
+    imp_uid = provider_id(required=False)
+    merchant_uid = provider_id(required=False)
     # The refunded amount of a partial refund; absent for a full one.
     amount = fields.Integer(
         load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1)
     )
+    refund_id = _optional_text(100)
+    remaining_amount = _amount()
+    remaining_tax_free = _amount()
     reason = _optional_text(200)
+
+    @validates_schema(skip_on_field_errors=False)
+    def _the_kinds_own_fields(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("kind") == EXTERNAL:
+            _external_refund(data)
+            return
+        if data.get("imp_uid") is None:
+            raise ValidationError("Missing data for required field.", field_name="imp_uid")
+        for name in ("remaining_amount", "remaining_tax_free"):
+            if data.get(name) is not None:
+                raise ValidationError(
+                    "Only for an external receipt: i'mport computes a payment's balance.",
+                    field_name=name,
+                )
+
+
+def _external_refund(data: Mapping[str, Any]) -> None:
+    """An external receipt's refund names its merchant_uid, and a partial one its balance."""
+    if data.get("merchant_uid") is None:
+        raise ValidationError("Missing data for required field.", field_name="merchant_uid")
+    remaining, tax_free = data.get("remaining_amount"), data.get("remaining_tax_free")
+    if data.get("amount") is not None and remaining is None:
+        raise ValidationError(
+            "Required with amount: an external receipt has no payment to read the balance from.",
+            field_name="remaining_amount",
+        )
+    if tax_free is not None and (remaining is None or tax_free > remaining):
+        raise ValidationError("Must not exceed remaining_amount.", field_name="remaining_tax_free")
 
 
 _CANCEL_SCHEMA = PaymentCancelledSchema()
 
 
 def load_cancellation(raw: object) -> dict[str, Any]:
-    """Validate a payment-cancelled payload or raise :class:`InvalidPayload`."""
+    """Validate a payment-cancelled payload or raise :class:`InvalidPayload`.
+
+    An external receipt's refund that leaves nothing (``remaining_amount`` 0) is a full
+    one: it keeps no balance fields, so every reader sees a full refund.
+    """
     if not isinstance(raw, Mapping):
         raise InvalidPayload({"_payload": ["Must be a JSON object."]})
     try:
         data: dict[str, Any] = _CANCEL_SCHEMA.load(dict(raw))
     except ValidationError as error:
         raise InvalidPayload(_flatten(error.messages)) from None
+    if data["kind"] == EXTERNAL:
+        data.pop("imp_uid", None)
+        if data.get("remaining_amount") == 0:
+            data["remaining_amount"] = data["remaining_tax_free"] = None
     return {key: value for key, value in data.items() if value is not None}
+
+
+def cancellation_job(message: Mapping[str, Any]) -> JobKey:
+    """The job a validated cancellation names."""
+    if message.get("kind") == EXTERNAL:
+        return JobKey.external(message["merchant_uid"])
+    return JobKey.payment(message["imp_uid"])
+
+
+def partial_refund(message: Mapping[str, Any]) -> bool:
+    """Whether a validated cancellation is a partial refund: a receipt for the balance
+    follows its cancel. A payment's names its refunded ``amount`` (i'mport knows the
+    balance); an external receipt's names the balance itself."""
+    if message.get("kind") == EXTERNAL:
+        return message.get("remaining_amount") is not None
+    return message.get("amount") is not None

@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.payloads import external_payload
 from worker.adapters.privacy.sealing import Sealer
-from worker.core.errors import IdConflict, InvalidRequest, NotEligible, OutcomeUnknown
+from worker.core.errors import IdConflict, IdTaken, InvalidRequest, NotEligible, OutcomeUnknown
 from worker.core.issuing import issue_receipt, settle_delay, settle_issue
 from worker.core.ports import OperationId
 from worker.core.refunds import settle_cancel
@@ -158,9 +158,9 @@ def test_settle_issue_looks_and_never_posts(client: Any, adopted: Receipt | None
     sends = Sends()
     if adopted is None:
         with pytest.raises(OutcomeUnknown):
-            settle_issue(client, JobKey.payment("imp_1"), sends)
+            settle_issue(client, request(), sends)
     else:
-        issued = settle_issue(client, JobKey.payment("imp_1"), sends)
+        issued = settle_issue(client, request(), sends)
         assert (issued.receipt, issued.duplicate, issued.late) == (adopted, False, False)
     assert sends.cleared == 1
 
@@ -284,3 +284,36 @@ def test_an_external_id_taken_by_the_same_amount_is_this_jobs(
     )
     assert (issued.receipt, issued.duplicate) == (client.receipt, duplicate)
     assert client.payments == 0
+
+
+def test_the_settling_lookup_of_an_external_receipt_compares_its_amount() -> None:
+    """The settling attempt adopts a receipt only when it can be this job's: one for
+    another amount under the merchant_uid is another sale's (issue 15)."""
+    with pytest.raises(IdConflict):
+        settle_issue(ExternalIdTaken(amount=11000), load_payload(EXTERNAL), Sends())  # type: ignore[arg-type]
+    client = ExternalIdTaken(amount=33000)
+    issued = settle_issue(client, load_payload(EXTERNAL), Sends())  # type: ignore[arg-type]
+    assert issued.receipt == client.receipt
+
+
+class ExternalIdSpent(ExternalIdTaken):
+    """The merchant_uid's only receipt was cancelled, and i'mport refuses another."""
+
+    def __init__(self) -> None:
+        super().__init__(amount=33000)
+        self.receipt = Receipt(**{**self.receipt.as_dict(), "cancelled_at": 1700000000})
+
+
+@pytest.mark.parametrize("look_first", [False, True])
+def test_an_external_id_whose_receipt_was_cancelled_is_taken(look_first: bool) -> None:
+    """A 400 "already issued" behind which only a cancelled receipt stands: the id is
+    spent (a re-issue after a refund, where i'mport refuses it), a failure of its own."""
+    with pytest.raises(IdTaken) as caught:
+        issue_receipt(
+            ExternalIdSpent(),  # type: ignore[arg-type]
+            load_payload(EXTERNAL),
+            look_first=look_first,
+            operation=OPERATION,
+        )
+    assert reason_for(caught.value) == "id_taken"
+    assert "--new-id" in str(caught.value)

@@ -47,7 +47,8 @@ _RECEIPT_FIELDS = tuple(field.name for field in fields(Receipt))
 
 def job_view(job: JobKey, record: Mapping[str, str]) -> JobView:
     """A record, as read from the store (text fields), as the core reads it."""
-    imp_uid = job.id
+    # Only a V1 payment's receipt is named by an imp_uid; an older release kept none.
+    imp_uid = job.imp_uid
     return JobView(
         state=record.get("state", ""),
         task_id=record.get("task_id", ""),
@@ -106,7 +107,7 @@ def _json(raw: str | None) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def _receipt(imp_uid: str, raw: str | None) -> Receipt | None:
+def _receipt(imp_uid: str | None, raw: str | None) -> Receipt | None:
     """A kept receipt; a field an older release did not write reads as None."""
     if not raw:
         return None

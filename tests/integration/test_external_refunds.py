@@ -1,0 +1,187 @@
+"""Refunds of V1 external receipts (issue 15), through a real worker and the sandbox.
+
+An external receipt has no payment behind it: a refund names its ``merchant_uid``, and a
+partial one what is left (``remaining_amount``). The worker cancels with DELETE, then
+issues the balance under the same merchant_uid. Whether i'mport issues again on a
+merchant_uid whose receipt was cancelled is unconfirmed; the sandbox answers both ways
+(``external_reissue``). A refund whose balance the live receipt already covers (the same
+refund again, or an earlier one arriving late) is a duplicate: no DELETE, no POST.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from tests.support.payloads import PHONE, external_payload
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox
+from tests.support.wait import wait_for
+from worker.adapters.store.keys import DEAD_JOBS_KEY
+from worker.celery.producer import enqueue_cancel, enqueue_issue
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
+
+
+@pytest.fixture
+def merchant_uid() -> str:
+    return f"order-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def reissue_allowed(sandbox: Sandbox) -> Iterator[None]:
+    """The sandbox issues again on a merchant_uid whose receipt was cancelled."""
+    sandbox.admin.set_external_reissue("allow")
+    try:
+        yield
+    finally:
+        sandbox.admin.set_external_reissue("refuse")
+
+
+def requests_of(sandbox: Sandbox, merchant_uid: str) -> list[str]:
+    """The POSTs and DELETEs the sandbox saw for the merchant_uid, in order."""
+    return [
+        r["method"]
+        for r in sandbox.admin.external_requests(merchant_uid)
+        if r["method"] in {"POST", "DELETE"}
+    ]
+
+
+def events_of(results: ResultStream, task_id: str, count: int) -> list[dict[str, Any]]:
+    """The ``count`` events of one task, in stream order."""
+    wait_for(lambda: len(results.for_task(task_id)) >= count, message=f"{count} events")
+    events = sorted(results.for_task(task_id), key=lambda e: e["id"])
+    assert len(events) == count, events
+    return events
+
+
+def refund(merchant_uid: str, **fields: Any) -> dict[str, Any]:
+    return {"kind": "external", "merchant_uid": merchant_uid, **fields}
+
+
+def issued(producer: Celery, results: ResultStream, merchant_uid: str, **fields: Any) -> None:
+    event = results.wait(enqueue_issue(external_payload(merchant_uid, **fields), app=producer))
+    assert event["type"] == "cash_receipt.issued"
+
+
+@pytest.mark.usefixtures("reissue_allowed")
+def test_a_partial_refund_cancels_then_issues_the_balance_under_the_same_id(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
+) -> None:
+    issued(producer, results, merchant_uid, tax_free=3000)
+    task_id = enqueue_cancel(
+        refund(
+            merchant_uid,
+            amount=13000,
+            remaining_amount=20000,
+            remaining_tax_free=1000,
+            refund_id="refund-1",
+        ),
+        app=producer,
+    )
+    cancelled, reissued = events_of(results, task_id, 2)
+    assert cancelled["type"] == "cash_receipt.cancelled"
+    assert cancelled["data"]["receipt"]["amount"] == 33000
+    assert cancelled["data"]["receipt"]["imp_uid"] is None
+    assert cancelled["data"]["receipt_key"] == f"iamport-external:{merchant_uid}"
+    assert (cancelled["data"]["kind"], cancelled["data"]["merchant_uid"]) == (
+        "external",
+        merchant_uid,
+    )
+    assert reissued["type"] == "cash_receipt.issued"
+    assert reissued["data"]["receipt"]["amount"] == 20000
+    assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE", "POST"]
+    balance = sandbox.admin.external_requests(merchant_uid)[-1]["body"]
+    assert (balance["amount"], balance["tax_free"]) == (20000, 1000)
+    assert "vat_amount" not in balance
+    assert PHONE not in str(results.all())
+
+
+@pytest.mark.usefixtures("reissue_allowed")
+def test_a_repeated_or_stale_refund_is_a_duplicate_with_nothing_sent(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
+) -> None:
+    """Refund 2 (to 15000), then refund 1 (to 20000) arriving late, then refund 2 again
+    under another task: both late ones are duplicates; only refund 2 sent anything."""
+    issued(producer, results, merchant_uid)
+    second = enqueue_cancel(refund(merchant_uid, remaining_amount=15000), app=producer)
+    assert [e["type"] for e in events_of(results, second, 2)] == [
+        "cash_receipt.cancelled",
+        "cash_receipt.issued",
+    ]
+    for late in (
+        refund(merchant_uid, remaining_amount=20000),
+        refund(merchant_uid, remaining_amount=15000),
+    ):
+        [event] = events_of(results, enqueue_cancel(late, app=producer), 1)
+        assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
+    assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE", "POST"]
+
+
+@pytest.mark.usefixtures("reissue_allowed")
+def test_one_refund_id_sent_twice_is_one_task(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
+) -> None:
+    issued(producer, results, merchant_uid)
+    message = refund(merchant_uid, remaining_amount=20000, refund_id="refund-7")
+    first = enqueue_cancel(message, app=producer)
+    assert len(events_of(results, first, 2)) == 2
+    assert enqueue_cancel(message, app=producer) == first
+    other = enqueue_cancel(refund(f"{merchant_uid}-x", refund_id="refund-7"), app=producer)
+    assert other != first
+    assert len(results.for_task(first)) == 2
+    assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE", "POST"]
+
+
+def test_a_refused_reissue_ends_cancelled_and_one_failure_dead_lettered(
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    merchant_uid: str,
+) -> None:
+    """i'mport refuses a new receipt on the merchant_uid (the sandbox's default): the
+    receipt is cancelled, and the balance fails once, ``id_taken``, replayable."""
+    issued(producer, results, merchant_uid)
+    task_id = enqueue_cancel(refund(merchant_uid, remaining_amount=20000), app=producer)
+    cancelled, failed = events_of(results, task_id, 2)
+    assert cancelled["type"] == "cash_receipt.cancelled"
+    assert failed["type"] == "cash_receipt.failed"
+    assert failed["data"]["error"]["reason"] == "id_taken"
+    assert "--new-id" in failed["data"]["error"]["message"]
+    assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE", "POST"]
+    assert sandbox.admin.external_issued_count(merchant_uid) == 1
+    dead = redis_server.client().zscore(DEAD_JOBS_KEY, f"iamport-external:{merchant_uid}")
+    assert dead is not None
+
+
+def test_a_full_refund_cancels_and_issues_nothing(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
+) -> None:
+    issued(producer, results, merchant_uid)
+    [event] = events_of(results, enqueue_cancel(refund(merchant_uid), app=producer), 1)
+    assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", False)
+    assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE"]
+    again = enqueue_cancel(refund(merchant_uid, remaining_amount=0), app=producer)
+    [event] = events_of(results, again, 1)
+    assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
+    assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE"]
+
+
+def test_a_mixed_tax_sale_must_say_what_is_left_tax_free(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
+) -> None:
+    """The balance of a sale with a tax-free part needs ``remaining_tax_free``: without it
+    the refund fails before anything is cancelled; the receipt stays live."""
+    issued(producer, results, merchant_uid, tax_free=3000)
+    task_id = enqueue_cancel(refund(merchant_uid, remaining_amount=20000), app=producer)
+    [event] = events_of(results, task_id, 1)
+    assert event["type"] == "cash_receipt.cancel_failed"
+    assert event["data"]["error"]["reason"] == "invalid_payload"
+    assert "remaining_tax_free" in str(event["data"]["error"])
+    assert requests_of(sandbox, merchant_uid) == ["POST"]
