@@ -72,12 +72,14 @@ def test_rejected_job_is_dead_then_replayed_with_a_corrected_identifier(
     ]
     assert len(dead) == 1
     assert dead[0]["last_error"]["reason"] == "rejected"  # type: ignore[index]
+    assert dead[0]["receipt_key"] == f"iamport:{imp_uid}"
     assert REFUSED not in json.dumps(dead)
 
     replayed = cli(redis_server, sandbox, "replay", imp_uid, *given, stdin=stdin)
     assert replayed.returncode == 0, replayed.stderr
     assert "5555" not in replayed.stdout + replayed.stderr
     (outcome,) = lines(replayed)
+    assert (outcome["imp_uid"], outcome["receipt_key"]) == (imp_uid, f"iamport:{imp_uid}")
     issued = results.wait(str(outcome["task_id"]))
     assert issued["type"] == "cash_receipt.issued"
     assert sandbox.admin.issued_count(imp_uid) == 1
@@ -135,7 +137,12 @@ def test_reconcile_finds_a_receipt_cancelled_behind_our_back(
     result = cli(redis_server, sandbox, "reconcile", imp_uid)
     assert result.returncode == 1
     assert lines(result) == [
-        {"imp_uid": imp_uid, "ledger": "issued", "iamport": "no active receipt"}
+        {
+            "imp_uid": imp_uid,
+            "receipt_key": f"iamport:{imp_uid}",
+            "ledger": "issued",
+            "iamport": "no active receipt",
+        }
     ]
 
 
@@ -164,6 +171,7 @@ def test_reconcile_finds_a_receipt_the_ledger_did_not_record(
     assert lines(result) == [
         {
             "imp_uid": imp_uid,
+            "receipt_key": f"iamport:{imp_uid}",
             "ledger": "issued",
             "iamport": "another active receipt than the ledger's",
         }
@@ -196,8 +204,19 @@ def test_reconcile_checks_every_payment_past_one_i_mport_did_not_answer_for(
     sandbox.admin.script(first, *[{"kind": "status", "status": 503, "method": "GET"}] * 20)
     result = cli(redis_server, sandbox, "reconcile", first, second)
     assert lines(result) == [
-        {"imp_uid": first, "ledger": "issued", "not_checked": "unavailable", "status": 503},
-        {"imp_uid": second, "ledger": "issued", "iamport": "no active receipt"},
+        {
+            "imp_uid": first,
+            "receipt_key": f"iamport:{first}",
+            "ledger": "issued",
+            "not_checked": "unavailable",
+            "status": 503,
+        },
+        {
+            "imp_uid": second,
+            "receipt_key": f"iamport:{second}",
+            "ledger": "issued",
+            "iamport": "no active receipt",
+        },
     ], result.stdout + result.stderr
     assert result.returncode == 1  # a mismatch outranks what could not be checked
     assert "1 checked, 1 mismatched, 1 not checked" in result.stderr
@@ -220,7 +239,13 @@ def test_reconcile_that_could_not_check_a_payment_is_not_clean(
     result = cli(redis_server, sandbox, "reconcile", first, second)
     assert result.returncode == 4, result.stdout + result.stderr
     assert lines(result) == [
-        {"imp_uid": first, "ledger": "issued", "not_checked": "rate_limited", "status": 429}
+        {
+            "imp_uid": first,
+            "receipt_key": f"iamport:{first}",
+            "ledger": "issued",
+            "not_checked": "rate_limited",
+            "status": 429,
+        }
     ]
     assert "1 checked, 0 mismatched, 1 not checked" in result.stderr
     assert "5555" not in result.stdout + result.stderr

@@ -20,15 +20,17 @@ import pytest
 import requests
 from celery import Celery
 
+from tests.support.commands import run_cashreceipt
 from tests.support.payloads import PHONE, external_payload
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, wait_external_posts_processed
-from tests.support.worker import BIN, ProcessOutput, producer_app, running_worker, worker_env
+from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
 from worker.adapters.store.keys import JOB_PREFIX, LEDGER_PREFIX
 from worker.celery.producer import enqueue_issue
 
 pytestmark = pytest.mark.integration
+REFUSED = "12345678901"  # the sandbox's tax service refuses it (TS1)
 
 
 @pytest.fixture
@@ -39,6 +41,20 @@ def merchant_uid() -> str:
 
 def posts(sandbox: Sandbox, merchant_uid: str) -> list[dict[str, Any]]:
     return [r for r in sandbox.admin.external_requests(merchant_uid) if r["method"] == "POST"]
+
+
+def json_lines(result: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    """The JSON lines a command printed."""
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def cancel_behind_our_back(sandbox: Sandbox, merchant_uid: str) -> None:
+    """The external receipt cancelled at i'mport, by someone other than the worker."""
+    requests.delete(
+        f"{sandbox.url}/receipts/external/{merchant_uid}",
+        headers={"Authorization": f"Bearer {sandbox.get_token()}"},
+        timeout=5,
+    ).raise_for_status()
 
 
 @pytest.mark.usefixtures("worker")
@@ -199,19 +215,142 @@ def test_status_and_settle_take_a_receipt_key(
     task_id = enqueue_issue(external_payload(merchant_uid), app=producer)
     results.wait(task_id)
     env = worker_env(redis_server.url, sandbox.url)
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "cashreceipt"), *args], env=env, capture_output=True, text=True,
-            timeout=60, check=False,
-        )  # fmt: skip
-
     key = f"iamport-external:{merchant_uid}"
-    shown = json.loads(cli("status", "--json", key).stdout)
+    shown = json.loads(run_cashreceipt(env, "status", "--json", key).stdout)
     assert (shown["receipt_key"], shown["imp_uid"]) == (key, None)
     assert (shown["ledger"]["state"], shown["event"]["data"]["task_id"]) == ("issued", task_id)
-    settled = json.loads(cli("settle", "--json", key).stdout)
+    settled = json.loads(run_cashreceipt(env, "settle", "--json", key).stdout)
     assert settled == {"imp_uid": None, "receipt_key": key, "outcome": "issued"}
-    forced = cli("status", "--json", "--imp-uid", key)
+    forced = run_cashreceipt(env, "status", "--json", "--imp-uid", key)
     assert forced.returncode == 1  # no payment has that imp_uid
     assert json.loads(forced.stdout)["receipt_key"] == f"iamport:{key}"
+
+
+@pytest.mark.usefixtures("worker")
+def test_replay_takes_a_receipt_key_and_sends_the_kept_external_payload_again(
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    merchant_uid: str,
+) -> None:
+    """A refused external receipt is a dead letter named by its receipt key; ``replay
+    iamport-external:<merchant_uid>`` with the corrected identifier issues it through the
+    external path, once. ``--imp-uid`` reads the key as an imp_uid: no such job."""
+    key = f"iamport-external:{merchant_uid}"
+    refused = external_payload(merchant_uid, identifier=REFUSED)
+    failed = results.wait(enqueue_issue(refused, app=producer))
+    assert failed["data"]["error"]["reason"] == "rejected"
+    env = worker_env(redis_server.url, sandbox.url)
+    listed = json_lines(run_cashreceipt(env, "dead", "--json"))
+    dead = [job for job in listed if job.get("receipt_key") == key]
+    assert [(job["imp_uid"], job["failed"], job["state"]) for job in dead] == [
+        (None, "issue", "failed")
+    ]
+    assert REFUSED not in json.dumps(dead)
+
+    forced = run_cashreceipt(env, "replay", "--json", "--imp-uid", key)
+    assert forced.returncode == 1, forced.stderr
+    assert json_lines(forced) == [
+        {
+            "imp_uid": key,
+            "receipt_key": f"iamport:{key}",
+            "task_id": None,
+            "skipped": "state is unknown",
+        }
+    ]
+
+    replayed = run_cashreceipt(env, "replay", key, "--identifier-stdin", stdin=f"{PHONE}\n")
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.startswith(f"{key}: replayed as task "), replayed.stdout
+    assert PHONE not in replayed.stdout + replayed.stderr
+    issued = results.wait(replayed.stdout.split()[-1])
+    assert (issued["type"], issued["data"]["receipt_key"]) == ("cash_receipt.issued", key)
+    assert issued["data"]["receipt"]["amount"] == 33000
+    assert sandbox.admin.external_issued_count(merchant_uid) == 1
+    assert {post["path"] for post in posts(sandbox, merchant_uid)} == {
+        f"/receipts/external/{merchant_uid}"
+    }
+    listed = json_lines(run_cashreceipt(env, "dead", "--json"))
+    assert not [job for job in listed if job.get("receipt_key") == key]
+
+
+@pytest.mark.usefixtures("worker")
+def test_reconcile_takes_a_receipt_key_and_looks_up_the_external_receipt(
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    merchant_uid: str,
+) -> None:
+    """``reconcile iamport-external:<merchant_uid>`` asks GET /receipts/external/{merchant_uid}:
+    clean while the receipt is live; cancelled behind the worker's back, a mismatch named
+    by the receipt key (exit 1)."""
+    key = f"iamport-external:{merchant_uid}"
+    results.wait(enqueue_issue(external_payload(merchant_uid), app=producer))
+    env = worker_env(redis_server.url, sandbox.url)
+    clean = run_cashreceipt(env, "reconcile", "--json", key)
+    assert (clean.returncode, clean.stdout) == (0, ""), clean.stderr
+    assert "1 checked, 0 mismatched, 0 not checked" in clean.stderr
+    cancel_behind_our_back(sandbox, merchant_uid)
+    found = run_cashreceipt(env, "reconcile", "--json", key)
+    assert found.returncode == 1, found.stderr
+    assert json_lines(found) == [
+        {"imp_uid": None, "receipt_key": key, "ledger": "issued", "iamport": "no active receipt"}
+    ]
+    text = run_cashreceipt(env, "reconcile", key)
+    assert (text.returncode, text.stdout) == (
+        1,
+        f"{key}: ledger issued, i'mport no active receipt\n",
+    )
+    lookups = [r for r in sandbox.admin.external_requests(merchant_uid) if r["method"] == "GET"]
+    assert len(lookups) >= 3
+    assert {r["path"] for r in lookups} == {f"/receipts/external/{merchant_uid}"}
+
+
+def test_replay_by_reason_and_reconcile_of_every_record_take_in_external_receipts(
+    own_redis: RedisServer, sandbox: Sandbox, merchant_uid: str
+) -> None:
+    """On a Redis of its own: a payment and an external receipt both refused, then
+    ``replay --reason rejected`` re-sends both, each named by its receipt key; ``reconcile``
+    with no argument checks both records, and finds the external one cancelled behind the
+    worker's back."""
+    imp_uid = f"imp_{uuid.uuid4().hex[:12]}"
+    key = f"iamport-external:{merchant_uid}"
+    refusals = [{"kind": "reject", "message": "PG down", "method": "POST"}] * 3
+    sandbox.admin.script(imp_uid, *refusals)
+    sandbox.admin.script_external(merchant_uid, *refusals)
+    env = worker_env(own_redis.url, sandbox.url)
+    producer = producer_app(own_redis.url)
+    stream = ResultStream(own_redis.client())
+    try:
+        with running_worker(env):
+            failed = [
+                stream.wait(enqueue_issue(payload, app=producer), timeout=30)
+                for payload in (
+                    {"imp_uid": imp_uid, "identifier": PHONE},
+                    external_payload(merchant_uid),
+                )
+            ]
+            assert [event["data"]["error"]["reason"] for event in failed] == ["rejected"] * 2
+            replayed = run_cashreceipt(env, "replay", "--json", "--reason", "rejected")
+            assert replayed.returncode == 0, replayed.stderr
+            outcomes = {line["receipt_key"]: line for line in json_lines(replayed)}
+            assert set(outcomes) == {f"iamport:{imp_uid}", key}
+            assert (outcomes[key]["imp_uid"], outcomes[f"iamport:{imp_uid}"]["imp_uid"]) == (
+                None,
+                imp_uid,
+            )
+            issued = [stream.wait(str(line["task_id"]), timeout=30) for line in outcomes.values()]
+        assert [event["type"] for event in issued] == ["cash_receipt.issued"] * 2
+        everything = run_cashreceipt(env, "reconcile", "--json")
+        assert (everything.returncode, everything.stdout) == (0, ""), everything.stderr
+        assert "2 checked, 0 mismatched, 0 not checked" in everything.stderr
+        cancel_behind_our_back(sandbox, merchant_uid)
+        found = run_cashreceipt(env, "reconcile", "--json")
+        assert found.returncode == 1, found.stderr
+        assert [(line["receipt_key"], line["iamport"]) for line in json_lines(found)] == [
+            (key, "no active receipt")
+        ]
+    finally:
+        producer.close()

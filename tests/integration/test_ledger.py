@@ -423,7 +423,7 @@ def test_dead_view_drops_index_entries_whose_record_expired(
     fail(short, imp_uid, claim.fence, f"{imp_uid}-t1")
     assert client.zscore(DEAD_JOBS_KEY, payment_receipt_key(imp_uid)) is not None
     wait_for(lambda: not client.exists(ledger_key(imp_uid)), message="the record to expire")
-    assert imp_uid not in [job["imp_uid"] for job in dead_jobs(client)]
+    assert imp_uid not in [job.imp_uid for job, _ in dead_jobs(client)]
     assert client.zscore(DEAD_JOBS_KEY, payment_receipt_key(imp_uid)) is None
 
 

@@ -27,11 +27,15 @@ def argv(command: tuple[str, ...], *extra: str) -> list[str]:
     return [str(BIN / command[0]), *command[1:], *extra]
 
 
-def run_cashreceipt(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``cashreceipt <args>`` with ``env``, its output captured, within a minute."""
+def run_cashreceipt(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``cashreceipt <args>`` with ``env`` (and ``stdin``), its output captured, within a
+    minute."""
     return subprocess.run(
         argv(("cashreceipt",), *args),
         env=env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,

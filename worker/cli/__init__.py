@@ -14,11 +14,14 @@
     cashreceipt bench                 measure throughput and latency (see README)
     cashreceipt migrate-layout        move the Redis keys to this release's layout (see README)
 
+A job is named by its receipt key (``iamport:imp_1``, ``iamport-external:order-7``) or, as
+before receipt keys, by a V1 payment's imp_uid (``--imp-uid`` reads any string as one).
+
 Every command has ``--help`` and ``--version``. ``--json`` prints JSON lines (one object per
 line) instead of text. Colour is used only on a terminal, and never when
 ``NO_COLOR`` is set. Exit codes: 0 done, 1 nothing found or a mismatch, 2 bad
 input or configuration, 3 Redis (or i'mport) could not be reached: try again,
-4 (``reconcile``) no mismatch, but i'mport did not answer for some payment.
+4 (``reconcile``) no mismatch, but i'mport did not answer for some job.
 
 The commands live by group: ``jobs`` (enqueue, status, tail, stuck, settle),
 ``dead_letters`` (dead, replay, parked), ``reconcile``, ``sealing`` (reseal), ``ingress``,

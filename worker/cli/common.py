@@ -15,11 +15,44 @@ from worker.adapters.observe.logs import setup_process_logging
 from worker.adapters.store.redis_client import redis_client
 from worker.celery import app
 from worker.config.load import load_celeryconfig
+from worker.core.types import JobKey
 
 #: Exit codes (README, "Operator tools").
 EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_CHECKED = 1, 2, 3, 4
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+
+
+def named_job(name: str, *, imp_uid: bool) -> JobKey:
+    """The job a command's argument names: a receipt key when a known prefix starts it
+    (``iamport:``, ``iamport-external:``), else, as before receipt keys, a V1 payment's
+    imp_uid; ``--imp-uid`` reads any string as one."""
+    job = None if imp_uid else JobKey.parse(name)
+    return job if job is not None else JobKey.payment(name)
+
+
+#: Every command that names jobs takes receipt keys, or (``--imp-uid``) imp_uids: one
+#: (``status``, ``settle``) or any number (``replay``, ``reconcile``).
+receipt_key_argument = click.argument("receipt_key")
+receipt_keys_argument = click.argument("receipt_keys", nargs=-1)
+imp_uid_option = click.option(
+    "--imp-uid",
+    "imp_uid",
+    is_flag=True,
+    help="Read each argument as a V1 payment's imp_uid, whatever prefix it has.",
+)
+
+
+def job_name(job: JobKey) -> str:
+    """How a line of text names a job: a V1 payment by its imp_uid, as before receipt keys;
+    any other by its receipt key."""
+    return job.imp_uid or job.receipt_key
+
+
+def job_ids(job: JobKey) -> dict[str, str | None]:
+    """How a JSON line names a job: ``imp_uid`` (null but for a V1 payment) and
+    ``receipt_key``."""
+    return {"imp_uid": job.imp_uid, "receipt_key": job.receipt_key}
 
 
 def emit(item: dict[str, Any], *, as_json: bool, text: str) -> None:

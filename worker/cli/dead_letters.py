@@ -13,9 +13,14 @@ from worker.cli.common import (
     celery_app,
     emit,
     failure_text,
+    imp_uid_option,
+    job_ids,
+    job_name,
     json_option,
     ledger_redis,
     load_config,
+    named_job,
+    receipt_keys_argument,
     state_text,
 )
 from worker.cli.operations import replay as replay_jobs
@@ -30,13 +35,13 @@ def dead(reason: str | None, limit: int, as_json: bool) -> None:
     """List jobs that failed for good, and malformed ingress entries: the dead letters."""
     client = ledger_redis()
     shown = 0
-    for job in dead_jobs(client, reason=reason, limit=limit):
-        error = job.get("last_error") or {}
-        what = "cancel_failed" if job["failed"] == "cancel" else "failed"
+    for job, record in dead_jobs(client, reason=reason, limit=limit):
+        error = record.get("last_error") or {}
+        what = "cancel_failed" if record["failed"] == "cancel" else "failed"
         emit(
-            {"kind": "job", **job},
+            {"kind": "job", **record},
             as_json=as_json,
-            text=f"{job['imp_uid']}  {state_text(what)}  {failure_text(error)}",
+            text=f"{job_name(job)}  {state_text(what)}  {failure_text(error)}",
         )
         shown += 1
     for entry in list_dead_entries(client, limit):
@@ -50,8 +55,11 @@ def dead(reason: str | None, limit: int, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("imp_uids", nargs=-1)
-@click.option("--reason", help="Replay every failed job whose last failure had this reason.")
+@receipt_keys_argument
+@imp_uid_option
+@click.option(
+    "--reason", help="Replay every failed job, of every kind, whose last failure had this reason."
+)
 @click.option(
     "--identifier-stdin",
     "identifier_stdin",
@@ -68,7 +76,8 @@ def dead(reason: str | None, limit: int, as_json: bool) -> None:
 @json_option
 def replay(
     *,
-    imp_uids: tuple[str, ...],
+    receipt_keys: tuple[str, ...],
+    imp_uid: bool,
     reason: str | None,
     identifier_stdin: bool,
     identifier: str | None,
@@ -77,10 +86,12 @@ def replay(
 ) -> None:
     """Re-enqueue failed jobs after the cause is fixed (a corrected identifier, credentials).
 
-    A cancellation that failed for good (cancel_failed) is sent again as it was.
+    RECEIPT_KEYS are iamport:<imp_uid>, iamport-external:<merchant_uid>, or bare imp_uids.
+    A failed issue is sent again from its kept payload (an external receipt's too); a
+    cancellation that failed for good (cancel_failed) is sent again as it was.
     """
-    if not imp_uids and reason is None:
-        raise click.UsageError("name imp_uids, or --reason")
+    if not receipt_keys and reason is None:
+        raise click.UsageError("name receipt keys (or imp_uids), or --reason")
     if identifier_stdin:
         if identifier is not None:
             raise click.UsageError("give --identifier-stdin or --identifier, not both")
@@ -90,17 +101,19 @@ def replay(
         for key, value in {"identifier": identifier, "identifier_type": identifier_type}.items()
         if value is not None
     }
-    if corrections and len(imp_uids) != 1:
-        raise click.UsageError("a correction applies to exactly one imp_uid")
+    if corrections and len(receipt_keys) != 1:
+        raise click.UsageError("a correction applies to exactly one job")
     client = ledger_redis()
-    targets = list(imp_uids) or replay_reason(client, reason or "")
+    named = [named_job(name, imp_uid=imp_uid) for name in receipt_keys]
+    targets = named or replay_reason(client, reason or "")
     replayed = 0
     for outcome in replay_jobs(client, celery_app(), targets, corrections=corrections or None):
-        item = {"imp_uid": outcome.imp_uid, "task_id": outcome.task_id, "skipped": outcome.skipped}
+        item = {**job_ids(outcome.job), "task_id": outcome.task_id, "skipped": outcome.skipped}
+        name = job_name(outcome.job)
         text = (
-            f"{outcome.imp_uid}: replayed as task {outcome.task_id}"
+            f"{name}: replayed as task {outcome.task_id}"
             if outcome.task_id
-            else f"{outcome.imp_uid}: skipped ({outcome.skipped})"
+            else f"{name}: skipped ({outcome.skipped})"
         )
         emit(item, as_json=as_json, text=text)
         replayed += outcome.task_id is not None

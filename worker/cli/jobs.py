@@ -17,15 +17,19 @@ from worker.cli.common import (
     celery_app,
     emit,
     failure_text,
+    imp_uid_option,
+    job_ids,
+    job_name,
     json_option,
     ledger_redis,
     load_config,
+    named_job,
+    receipt_key_argument,
     state_text,
 )
 from worker.core.events import event_kind
 from worker.core.schemas import InvalidPayload
 from worker.core.settling import settle as settle_job
-from worker.core.types import JobKey
 
 _FIELDS = (
     "imp_uid",
@@ -100,24 +104,6 @@ def _payload(text: str | None, path: str | None, fields: dict[str, Any]) -> dict
     return {**data, **fields}
 
 
-def named_job(name: str, *, imp_uid: bool) -> JobKey:
-    """The job a command's argument names: a receipt key when a known prefix starts it
-    (``iamport:``, ``iamport-external:``), else, as before receipt keys, a V1 payment's
-    imp_uid; ``--imp-uid`` reads any string as one."""
-    job = None if imp_uid else JobKey.parse(name)
-    return job if job is not None else JobKey.payment(name)
-
-
-#: Every command that names one job takes a receipt key, or (``--imp-uid``) an imp_uid.
-receipt_key_argument = click.argument("receipt_key")
-imp_uid_option = click.option(
-    "--imp-uid",
-    "imp_uid",
-    is_flag=True,
-    help="Read the argument as a V1 payment's imp_uid, whatever prefix it has.",
-)
-
-
 @click.command()
 @receipt_key_argument
 @imp_uid_option
@@ -128,23 +114,18 @@ def status(receipt_key: str, imp_uid: bool, as_json: bool) -> None:
     RECEIPT_KEY is iamport:<imp_uid>, iamport-external:<merchant_uid>, or a bare imp_uid.
     """
     job = named_job(receipt_key, imp_uid=imp_uid)
-    name = job.imp_uid or job.receipt_key
+    name = job_name(job)
     client = ledger_redis()
     record = shown_job(client, job)
     event = latest_event(client, stream=load_config().result_stream, job=job)
     if record is None and event is None:
-        emit(
-            {"imp_uid": job.imp_uid, "receipt_key": job.receipt_key, "status": "unknown"},
-            as_json=as_json,
-            text=f"{name}: unknown",
-        )
+        emit({**job_ids(job), "status": "unknown"}, as_json=as_json, text=f"{name}: unknown")
         sys.exit(1)
     ledger: dict[str, Any] = record or {}
     history = job_history(client, job)
     if as_json:
         shown = {
-            "imp_uid": job.imp_uid,
-            "receipt_key": job.receipt_key,
+            **job_ids(job),
             "ledger": ledger or None,
             "history": history,
             "event": event,
@@ -228,7 +209,6 @@ def settle(receipt_key: str, imp_uid: bool, as_json: bool) -> None:
     RECEIPT_KEY is iamport:<imp_uid>, iamport-external:<merchant_uid>, or a bare imp_uid.
     """
     job = named_job(receipt_key, imp_uid=imp_uid)
-    name = job.imp_uid or job.receipt_key
     runtime = get_runtime(celery_app().conf)
     outcome = settle_job(
         job,
@@ -237,10 +217,6 @@ def settle(receipt_key: str, imp_uid: bool, as_json: bool) -> None:
         events=runtime.events,
         settle_seconds=runtime.settle_seconds,
     )
-    emit(
-        {"imp_uid": job.imp_uid, "receipt_key": job.receipt_key, "outcome": outcome},
-        as_json=as_json,
-        text=f"{name}: {outcome}",
-    )
+    emit({**job_ids(job), "outcome": outcome}, as_json=as_json, text=f"{job_name(job)}: {outcome}")
     if outcome == "unknown":
         sys.exit(1)

@@ -28,10 +28,21 @@ from worker.core.types import JobKey, Payment, Receipt
 
 
 @dataclass(frozen=True)
-class Replayed:
+class _OfJob:
+    """What a command found of one job."""
+
+    job: JobKey
+
+    @property
+    def imp_uid(self) -> str | None:
+        """The V1 payment's id; None for another kind of job."""
+        return self.job.imp_uid
+
+
+@dataclass(frozen=True)
+class Replayed(_OfJob):
     """One replayed job: the new task id, or why it was not replayed."""
 
-    imp_uid: str
     task_id: str | None
     skipped: str | None = None
 
@@ -39,61 +50,63 @@ class Replayed:
 def replay(
     client: redis.Redis,
     app: Celery,
-    imp_uids: Iterable[str],
+    jobs: Iterable[JobKey | str],
     *,
     corrections: dict[str, Any] | None = None,
 ) -> Iterator[Replayed]:
-    """Re-enqueue failed jobs from their sealed payloads, with ``corrections`` applied.
+    """Re-enqueue failed jobs (a string: a V1 payment's imp_uid) from their sealed
+    payloads, with ``corrections`` applied.
 
     A correction of the identifier replaces the sealed one. The ledger keeps
     the earlier attempts in the job's history; the replay is a new attempt,
     with a fresh attempt budget. A cancellation that failed for good
-    (``cancel_failed``, the receipt still live) is sent again as it was. A job
-    that keeps no payload is replayed only with an identifier given.
+    (``cancel_failed``, the receipt still live) is sent again as it was. A
+    payment's job that keeps no payload is replayed only with an identifier
+    given; another kind's payload cannot be rebuilt from an identifier.
     """
-    for imp_uid in imp_uids:
-        source = replay_source(client, imp_uid)
+    for job in map(JobKey.of, jobs):
+        source = replay_source(client, job)
         if source.cancel is not None:
             if corrections:
-                yield Replayed(imp_uid, None, skipped="a cancellation takes no corrections")
+                yield Replayed(job, None, skipped="a cancellation takes no corrections")
                 continue
-            yield Replayed(imp_uid, enqueue_cancel(source.cancel, app=app))
+            yield Replayed(job, enqueue_cancel(source.cancel, app=app))
             continue
         if source.state != "failed":
-            yield Replayed(imp_uid, None, skipped=f"state is {source.state}")
+            yield Replayed(job, None, skipped=f"state is {source.state}")
             continue
         payload = dict(source.payload)
-        if not payload and "identifier" in (corrections or {}):
+        if not payload and job.imp_uid is not None and "identifier" in (corrections or {}):
             # A partial refund's re-issue that had no payload to issue from (no_payload):
             # the operator's identifier is the payload; i'mport computes the balance.
-            payload = {"imp_uid": imp_uid}
+            payload = {"imp_uid": job.imp_uid}
         if not payload:
-            yield Replayed(imp_uid, None, skipped="no payload kept")
+            yield Replayed(job, None, skipped="no payload kept")
             continue
         if corrections:
             if "identifier" in corrections:
                 payload.pop("identifier_sealed", None)
             payload.update(corrections)
-        yield Replayed(imp_uid, enqueue_issue(payload, app=app))
+        # The kept payload names its job (an external receipt's: its kind and merchant_uid).
+        yield Replayed(job, enqueue_issue(payload, app=app))
 
 
-def replay_reason(client: redis.Redis, reason: str, *, limit: int = 1000) -> list[str]:
-    """The imp_uids of failed jobs whose last failure had ``reason``."""
-    return [job["imp_uid"] for job in dead_jobs(client, reason=reason, limit=limit)]
+def replay_reason(client: redis.Redis, reason: str, *, limit: int = 1000) -> list[JobKey]:
+    """The failed jobs, of every kind, whose last failure had ``reason``."""
+    return [job for job, _ in dead_jobs(client, reason=reason, limit=limit)]
 
 
 @dataclass(frozen=True)
-class Mismatch:
-    """A payment on which the ledger and i'mport disagree."""
+class Mismatch(_OfJob):
+    """A job on which the ledger and i'mport disagree."""
 
-    imp_uid: str
     ledger: str
     iamport: str
 
 
 @dataclass(frozen=True)
-class NotChecked:
-    """A payment i'mport did not answer for: neither clean nor a mismatch, so it is reported.
+class NotChecked(_OfJob):
+    """A job i'mport did not answer for: neither clean nor a mismatch, so it is reported.
 
     ``reason`` is the failure-reason vocabulary of the events for what i'mport
     answered last (``rate_limited``, ``unavailable`` and ``unreachable`` for
@@ -101,30 +114,30 @@ class NotChecked:
     request or of the provider's message is kept: no identifier can leak.
     """
 
-    imp_uid: str
     ledger: str
     reason: str
     status: int | None
 
 
-#: Lookups per payment when i'mport answers "not now" (a 429, a 503, no answer).
+#: Lookups per job when i'mport answers "not now" (a 429, a 503, no answer).
 LOOKUP_ATTEMPTS = 3
 #: The longest wait before one retry, whatever Retry-After says, in seconds.
 LOOKUP_RETRY_WAIT_MAX = 2.0
 #: The seconds of waiting a whole run may spend on retries: past it, a lookup
-#: that fails is reported at once, so an outage costs one try per payment.
+#: that fails is reported at once, so an outage costs one try per job.
 RECONCILE_RETRY_BUDGET = 10.0
 
 
 def reconcile(
     client: redis.Redis,
     provider: Provider,
-    imp_uids: Iterable[str],
+    jobs: Iterable[JobKey | str],
     *,
     retry_budget: float = RECONCILE_RETRY_BUDGET,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Mismatch | NotChecked]:
-    """Compare the ledger with i'mport for each payment; yield where they disagree.
+    """Compare the ledger with i'mport for each job (a string: a V1 payment's imp_uid);
+    yield where they disagree.
 
     Issued in the ledger must mean an active receipt at i'mport, and the very
     one the ledger recorded; failed or cancelled must mean none. A receipt the
@@ -133,38 +146,39 @@ def reconcile(
     or an issue made outside this worker: either way a human must look.
     In-flight jobs are skipped: they are settling.
 
-    A payment i'mport does not answer for is a :class:`NotChecked`, and the
+    A job i'mport does not answer for is a :class:`NotChecked`, and the
     run goes on: one rate limit over a long list must not hide a late double
     issue further down. A transient answer is retried a little
     (``LOOKUP_ATTEMPTS``), but the waiting of the whole run is capped at
-    ``retry_budget`` seconds, so a long outage reports every payment rather
-    than hanging.
+    ``retry_budget`` seconds, so a long outage reports every job rather
+    than hanging. An external receipt is looked up by its merchant_uid
+    (``GET /receipts/external/{merchant_uid}``).
     """
     budget = [retry_budget]
-    for imp_uid in imp_uids:
-        recorded = ledger_state(client, imp_uid)
+    for job in map(JobKey.of, jobs):
+        recorded = ledger_state(client, job)
         state = recorded.state
         if state in {"in_flight", "received"}:
             continue
         try:
-            receipt, _ = _look_up(provider, imp_uid, budget, sleep)
+            receipt, _ = _look_up(provider, job, budget, sleep)
         except ProviderError as error:
-            yield NotChecked(imp_uid, state, lookup_failure(error), error.status)
+            yield NotChecked(job, state, lookup_failure(error), error.status)
             continue
         live = receipt is not None
         if (state == "issued") != live:
-            yield Mismatch(imp_uid, state, "active receipt" if live else "no active receipt")
+            yield Mismatch(job, state, "active receipt" if live else "no active receipt")
         elif receipt is not None and _another_receipt(recorded.receipt_tid, receipt.receipt_tid):
-            yield Mismatch(imp_uid, state, "another active receipt than the ledger's")
+            yield Mismatch(job, state, "another active receipt than the ledger's")
 
 
 def _look_up(
-    provider: Provider, imp_uid: str, budget: list[float], sleep: Callable[[float], None]
+    provider: Provider, job: JobKey, budget: list[float], sleep: Callable[[float], None]
 ) -> tuple[Receipt | None, Payment | None]:
     """find_issued, retried on a transient answer while ``budget[0]`` (seconds, shared) lasts."""
     for attempt in range(1, LOOKUP_ATTEMPTS + 1):
         try:
-            return find_issued(provider, JobKey.payment(imp_uid))
+            return find_issued(provider, job)
         except TransientError as error:
             wait = lookup_wait(error.retry_after, attempt=attempt, cap=LOOKUP_RETRY_WAIT_MAX)
             if attempt == LOOKUP_ATTEMPTS or wait > budget[0]:

@@ -6,56 +6,65 @@ import sys
 
 import click
 
-from worker.adapters.store.views import ledger_payments
+from worker.adapters.store.views import ledger_jobs
 from worker.celery.runtime import get_runtime
 from worker.cli.common import (
     EXIT_NOT_CHECKED,
     EXIT_NOT_FOUND,
     celery_app,
     emit,
+    imp_uid_option,
+    job_ids,
+    job_name,
     json_option,
     ledger_redis,
+    named_job,
+    receipt_keys_argument,
 )
 from worker.cli.operations import Mismatch
 from worker.cli.operations import reconcile as compare
 
 
 @click.command()
-@click.argument("imp_uids", nargs=-1)
+@receipt_keys_argument
+@imp_uid_option
 @click.option("--limit", type=int, default=10_000, show_default=True)
 @json_option
-def reconcile(imp_uids: tuple[str, ...], limit: int, as_json: bool) -> None:
-    """Compare the ledger with i'mport (every record, or the given ones).
+def reconcile(receipt_keys: tuple[str, ...], imp_uid: bool, limit: int, as_json: bool) -> None:
+    """Compare the ledger with i'mport (every record, of every kind, or the given ones).
 
-    Exit 1 on a mismatch; else 4 if i'mport did not answer for some payment
-    (not checked, so not known to be clean).
+    RECEIPT_KEYS are iamport:<imp_uid>, iamport-external:<merchant_uid>, or bare imp_uids;
+    an external receipt is looked up by its merchant_uid. Exit 1 on a mismatch; else 4 if
+    i'mport did not answer for some job (not checked, so not known to be clean).
     """
     client = ledger_redis()
     runtime = get_runtime(celery_app().conf)
-    targets = list(imp_uids) or ledger_payments(client, limit=limit)
+    named = [named_job(name, imp_uid=imp_uid) for name in receipt_keys]
+    targets = named or ledger_jobs(client, limit=limit)
     mismatches = not_checked = 0
     for found in compare(client, runtime.client, targets):
+        name = job_name(found.job)
         if isinstance(found, Mismatch):
             mismatches += 1
             emit(
-                {"imp_uid": found.imp_uid, "ledger": found.ledger, "iamport": found.iamport},
+                {**job_ids(found.job), "ledger": found.ledger, "iamport": found.iamport},
                 as_json=as_json,
-                text=f"{found.imp_uid}: ledger {found.ledger}, i'mport {found.iamport}",
+                text=f"{name}: ledger {found.ledger}, i'mport {found.iamport}",
             )
             continue
         not_checked += 1
         status = f", HTTP {found.status}" if found.status is not None else ""
         emit(
             {
-                "imp_uid": found.imp_uid,
+                **job_ids(found.job),
                 "ledger": found.ledger,
                 "not_checked": found.reason,
                 "status": found.status,
             },
             as_json=as_json,
-            text=f"{found.imp_uid}: ledger {found.ledger}, not checked ({found.reason}{status})",
+            text=f"{name}: ledger {found.ledger}, not checked ({found.reason}{status})",
         )
-    # On stderr in both modes: stdout stays one line per payment to look at.
+    # On stderr in both modes: stdout stays one line per job to look at.
     click.echo(
         f"{len(targets) - not_checked} checked, {mismatches} mismatched, {not_checked} not checked",
         err=True,

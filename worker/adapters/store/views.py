@@ -4,7 +4,7 @@ Only :mod:`worker.adapters.store` knows the Redis layout: key names, a record's
 hash fields, the indexes. The entry points and the observability read through
 these views, which return plain values (a masked record as a dict, a typed
 :class:`ReplaySource`, counts), never a raw hash (issue 13). Every read view is here,
-the ledger's indexes' too (``stuck``, ``dead_job_ids``, ``job_history``,
+the ledger's indexes' too (``stuck``, ``dead_job_keys``, ``job_history``,
 ``jobs_by_state``, ``oldest_due_seconds``): :mod:`worker.adapters.store.ledger` holds
 the job's transitions only.
 """
@@ -25,11 +25,11 @@ from worker.adapters.store.keys import (
     DEAD_JOBS_KEY,
     DEAD_MESSAGES_KEY,
     DUE_KEY,
+    JOB_PREFIX,
     LEDGER_PREFIX,
     history_of,
     ledger_key,
     payment_of,
-    payment_receipt_key,
     record_key,
 )
 from worker.adapters.store.redis_client import as_text
@@ -43,12 +43,17 @@ TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
 def shown_job(client: redis.Redis, job: JobKey | str) -> dict[str, Any] | None:
     """A job's ledger record (a string: a V1 payment's imp_uid) as an operator may see it
     (masked), or None."""
-    raw = client.hgetall(record_key(_receipt_key(job)))
+    raw = client.hgetall(_record(job))
     return shown_record(raw) if raw else None
 
 
 def _receipt_key(job: JobKey | str) -> str:
     return JobKey.of(job).receipt_key
+
+
+def _record(job: JobKey | str) -> str:
+    """The record of a job (a string: a V1 payment's imp_uid)."""
+    return record_key(_receipt_key(job))
 
 
 def stuck_jobs(
@@ -66,26 +71,29 @@ def _cancel_failed(record: dict[str, Any]) -> bool:
 
 def dead_jobs(
     client: redis.Redis, *, reason: str | None = None, limit: int = 100
-) -> list[dict[str, Any]]:
-    """Jobs that failed for good, newest first, masked; only ``reason`` if given.
+) -> list[tuple[JobKey, dict[str, Any]]]:
+    """Jobs that failed for good, of every kind, newest first, each with its masked record;
+    only ``reason`` if given.
 
-    ``failed`` says what failed: ``issue`` (the job is failed) or ``cancel``
-    (cancel_failed: the refunded payment's receipt is still live). Index
-    entries whose record has expired (``LEDGER_RETENTION``) are dropped here.
+    The record shown carries ``imp_uid`` (null but for a V1 payment), ``receipt_key``,
+    and ``failed``, which says what failed: ``issue`` (the job is failed) or ``cancel``
+    (cancel_failed: the refunded payment's receipt is still live). Index entries whose
+    record has expired (``LEDGER_RETENTION``) are dropped here.
     """
     found = []
-    for imp_uid in dead_job_ids(client, limit=10_000):
-        raw = client.hgetall(ledger_key(imp_uid))
+    for job in dead_job_keys(client, limit=10_000):
+        raw = client.hgetall(_record(job))
         if not raw:
             # Its record expired: nothing left to replay.
-            client.zrem(DEAD_JOBS_KEY, payment_receipt_key(imp_uid))
+            client.zrem(DEAD_JOBS_KEY, job.receipt_key)
             continue
         record = shown_record(raw)
         failure = record.get("last_error") or {}
         if reason is not None and failure.get("reason") != reason:
             continue
         failed = "cancel" if _cancel_failed(record) else "issue"
-        found.append({"imp_uid": imp_uid, "failed": failed, **record})
+        shown = {"imp_uid": job.imp_uid, "receipt_key": job.receipt_key, "failed": failed}
+        found.append((job, {**shown, **record}))
         if len(found) >= limit:
             break
     return found
@@ -105,15 +113,13 @@ class ReplaySource:
     payload: dict[str, Any]
 
 
-def replay_source(client: redis.Redis, imp_uid: str) -> ReplaySource:
-    """The parts of a payment's record that a replay sends again."""
-    raw = client.hgetall(ledger_key(imp_uid))
+def replay_source(client: redis.Redis, job: JobKey | str) -> ReplaySource:
+    """The parts of a job's record (a string: a V1 payment's imp_uid) that a replay sends
+    again."""
+    raw = client.hgetall(_record(job))
     record = {as_text(k): as_text(v) for k, v in raw.items()}
     cancel = None
-    if (
-        _cancel_failed(record)
-        and client.zscore(DEAD_JOBS_KEY, payment_receipt_key(imp_uid)) is not None
-    ):
+    if _cancel_failed(record) and client.zscore(DEAD_JOBS_KEY, _receipt_key(job)) is not None:
         cancel = json.loads(record["cancel"])
     return ReplaySource(
         state=record.get("state", "unknown"),
@@ -124,17 +130,18 @@ def replay_source(client: redis.Redis, imp_uid: str) -> ReplaySource:
 
 @dataclass(frozen=True)
 class LedgerState:
-    """A payment's state in the ledger, and the receipt it recorded (if any)."""
+    """A job's state in the ledger, and the receipt it recorded (if any)."""
 
     state: str
     receipt_tid: str | None
 
 
-def ledger_state(client: redis.Redis, imp_uid: str) -> LedgerState:
-    """The state (``unknown`` without a record) and the recorded receipt's id of a payment."""
+def ledger_state(client: redis.Redis, job: JobKey | str) -> LedgerState:
+    """The state (``unknown`` without a record) and the recorded receipt's id of a job
+    (a string: a V1 payment's imp_uid)."""
     state, recorded = (
         as_text(value) if value is not None else None
-        for value in client.hmget(ledger_key(imp_uid), ["state", "receipt"])
+        for value in client.hmget(_record(job), ["state", "receipt"])
     )
     try:
         tid = json.loads(recorded or "{}").get("receipt_tid")
@@ -143,16 +150,21 @@ def ledger_state(client: redis.Redis, imp_uid: str) -> LedgerState:
     return LedgerState(state or "unknown", tid if isinstance(tid, str) else None)
 
 
-def ledger_payments(client: redis.Redis, *, limit: int = 10_000) -> list[str]:
-    """imp_uids with a ledger record (SCAN: cheap for Redis, fine for a one-off check)."""
+def ledger_jobs(client: redis.Redis, *, limit: int = 10_000) -> list[JobKey]:
+    """The jobs with a record, of every kind this release knows, by receipt key (SCAN:
+    cheap for Redis, fine for a one-off check)."""
     found = []
-    # Every hash under the prefix is a record, whatever its imp_uid; before the
-    # migration to layout 2 the prefix also held the indexes and side keys, none a hash.
-    for key in client.scan_iter(match=f"{LEDGER_PREFIX}*", count=1000, _type="hash"):
-        found.append(as_text(key)[len(LEDGER_PREFIX) :])
-        if len(found) >= limit:
-            break
-    return sorted(found)
+    # Every hash under the ledger's prefix is a V1 payment's record, whatever its imp_uid;
+    # before the migration to layout 2 the prefix also held the indexes and side keys, none
+    # a hash. Every hash under ``job:`` is another kind's, by receipt key.
+    for prefix, job_of in ((LEDGER_PREFIX, JobKey.payment), (JOB_PREFIX, JobKey.parse)):
+        for key in client.scan_iter(match=f"{prefix}*", count=1000, _type="hash"):
+            job = job_of(as_text(key)[len(prefix) :])
+            if job is not None:
+                found.append(job)
+            if len(found) >= limit:
+                return sorted(found, key=_receipt_key)
+    return sorted(found, key=_receipt_key)
 
 
 def dead_message_count(client: redis.Redis) -> int:
@@ -246,9 +258,13 @@ def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
     return shown
 
 
-def dead_job_ids(client: redis.Redis, *, limit: int = 100) -> list[str]:
-    """imp_uids whose job failed for good, newest first: the ledger's dead letters."""
-    return _payments(client.zrevrange(DEAD_JOBS_KEY, 0, limit - 1))
+def dead_job_keys(client: redis.Redis, *, limit: int = 100) -> list[JobKey]:
+    """The jobs that failed for good, newest first: the ledger's dead letters (of a kind
+    this release knows)."""
+    found = (
+        JobKey.parse(as_text(member)) for member in client.zrevrange(DEAD_JOBS_KEY, 0, limit - 1)
+    )
+    return [job for job in found if job is not None]
 
 
 def _payments(members: Any) -> list[str]:
