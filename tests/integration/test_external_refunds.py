@@ -10,6 +10,7 @@ refund again, or an earlier one arriving late) is a duplicate: no DELETE, no POS
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,11 +18,13 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from tests.support.commands import run_cashreceipt
 from tests.support.payloads import PHONE, external_payload
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
+from tests.support.worker import worker_env
 from worker.adapters.store.keys import DEAD_JOBS_KEY
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 
@@ -50,6 +53,13 @@ def requests_of(sandbox: Sandbox, merchant_uid: str) -> list[str]:
         for r in sandbox.admin.external_requests(merchant_uid)
         if r["method"] in {"POST", "DELETE"}
     ]
+
+
+def last_post(sandbox: Sandbox, merchant_uid: str) -> dict[str, Any]:
+    """The body of the last POST the sandbox saw for the merchant_uid."""
+    found = [r for r in sandbox.admin.external_requests(merchant_uid) if r["method"] == "POST"]
+    body: dict[str, Any] = found[-1]["body"]
+    return body
 
 
 def events_of(results: ResultStream, task_id: str, count: int) -> list[dict[str, Any]]:
@@ -96,7 +106,7 @@ def test_a_partial_refund_cancels_then_issues_the_balance_under_the_same_id(
     assert reissued["type"] == "cash_receipt.issued"
     assert reissued["data"]["receipt"]["amount"] == 20000
     assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE", "POST"]
-    balance = sandbox.admin.external_requests(merchant_uid)[-1]["body"]
+    balance = last_post(sandbox, merchant_uid)
     assert (balance["amount"], balance["tax_free"]) == (20000, 1000)
     assert "vat_amount" not in balance
     assert PHONE not in str(results.all())
@@ -185,3 +195,43 @@ def test_a_mixed_tax_sale_must_say_what_is_left_tax_free(
     assert event["data"]["error"]["reason"] == "invalid_payload"
     assert "remaining_tax_free" in str(event["data"]["error"])
     assert requests_of(sandbox, merchant_uid) == ["POST"]
+
+
+def test_replay_issues_the_refused_balance_under_a_derived_id(
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    merchant_uid: str,
+) -> None:
+    """After ``id_taken``, a plain replay sends the balance (never the sale's total) and
+    meets the same refusal; ``replay --new-id`` issues it once under <merchant_uid>-r1,
+    the same job however often it is run, and the old job leaves the dead letters."""
+    issued(producer, results, merchant_uid, tax_free=3000)
+    refunded = refund(merchant_uid, remaining_amount=20000, remaining_tax_free=1000)
+    assert len(events_of(results, enqueue_cancel(refunded, app=producer), 2)) == 2
+    env = worker_env(redis_server.url, sandbox.url)
+    key = f"iamport-external:{merchant_uid}"
+
+    plain = run_cashreceipt(env, "replay", key)
+    assert plain.returncode == 0, plain.stderr
+    [again] = events_of(results, plain.stdout.split()[-1], 1)
+    assert again["data"]["error"]["reason"] == "id_taken"
+    balance = last_post(sandbox, merchant_uid)
+    assert (balance["amount"], balance["tax_free"]) == (20000, 1000)
+
+    derived = f"{merchant_uid}-r1"
+    for duplicate in (False, True):  # run twice: the same job, issued once
+        replayed = run_cashreceipt(env, "replay", "--json", "--new-id", key)
+        assert replayed.returncode == 0, replayed.stderr
+        [line] = [json.loads(text) for text in replayed.stdout.splitlines()]
+        assert line["issued_as"] == f"iamport-external:{derived}"
+        event = results.wait(line["task_id"])
+        assert (event["type"], event["data"]["merchant_uid"]) == ("cash_receipt.issued", derived)
+        assert (event["data"]["receipt"]["amount"], event["data"]["duplicate"]) == (
+            20000,
+            duplicate,
+        )
+    assert sandbox.admin.external_issued_count(derived) == 1
+    assert redis_server.client().zscore(DEAD_JOBS_KEY, key) is None
+    assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE", "POST", "POST"]

@@ -73,6 +73,13 @@ def dead(reason: str | None, limit: int, as_json: bool) -> None:
     "prefer --identifier-stdin).",
 )
 @click.option("--identifier-type", help="Its type, if it changes.")
+@click.option(
+    "--new-id",
+    "new_id",
+    is_flag=True,
+    help="External receipts only: issue under <merchant_uid>-r1, for a merchant_uid "
+    "i'mport will not issue under again (reason id_taken).",
+)
 @json_option
 def replay(
     *,
@@ -82,13 +89,15 @@ def replay(
     identifier_stdin: bool,
     identifier: str | None,
     identifier_type: str | None,
+    new_id: bool,
     as_json: bool,
 ) -> None:
     """Re-enqueue failed jobs after the cause is fixed (a corrected identifier, credentials).
 
     RECEIPT_KEYS are iamport:<imp_uid>, iamport-external:<merchant_uid>, or bare imp_uids.
-    A failed issue is sent again from its kept payload (an external receipt's too); a
-    cancellation that failed for good (cancel_failed) is sent again as it was.
+    A failed issue is sent again from its kept payload (an external receipt's too; after
+    a partial refund, for the balance it left); a cancellation that failed for good
+    (cancel_failed) is sent again as it was.
     """
     if not receipt_keys and reason is None:
         raise click.UsageError("name receipt keys (or imp_uids), or --reason")
@@ -107,7 +116,10 @@ def replay(
     named = [named_job(name, imp_uid=imp_uid) for name in receipt_keys]
     targets = named or replay_reason(client, reason or "")
     replayed = 0
-    for outcome in replay_jobs(client, celery_app(), targets, corrections=corrections or None):
+    outcomes = replay_jobs(
+        client, celery_app(), targets, corrections=corrections or None, new_id=new_id
+    )
+    for outcome in outcomes:
         item = {**job_ids(outcome.job), "task_id": outcome.task_id, "skipped": outcome.skipped}
         name = job_name(outcome.job)
         text = (
@@ -115,6 +127,9 @@ def replay(
             if outcome.task_id
             else f"{name}: skipped ({outcome.skipped})"
         )
+        if outcome.issued_as is not None:
+            item["issued_as"] = outcome.issued_as.receipt_key
+            text += f", issued as {outcome.issued_as.receipt_key}"
         emit(item, as_json=as_json, text=text)
         replayed += outcome.task_id is not None
     if replayed == 0:

@@ -16,14 +16,18 @@ from celery import Celery
 
 from worker.adapters.store.views import (
     dead_jobs,
+    forget_dead,
     ledger_state,
     replay_source,
 )
 from worker.celery.producer import enqueue_cancel, enqueue_issue
+from worker.core.contract import EXTERNAL
 from worker.core.errors import ConnectionFailed, ProviderError, RateLimited, TransientError
 from worker.core.issuing import find_issued
 from worker.core.ports import Provider
+from worker.core.refunds import balance_fields
 from worker.core.retry import lookup_wait, reason_for
+from worker.core.schemas import partial_refund
 from worker.core.types import JobKey, Payment, Receipt
 
 
@@ -45,6 +49,8 @@ class Replayed(_OfJob):
 
     task_id: str | None
     skipped: str | None = None
+    #: The job the replay issues under, when not this one (``--new-id``).
+    issued_as: JobKey | None = None
 
 
 def replay(
@@ -53,9 +59,16 @@ def replay(
     jobs: Iterable[JobKey | str],
     *,
     corrections: dict[str, Any] | None = None,
+    new_id: bool = False,
 ) -> Iterator[Replayed]:
     """Re-enqueue failed jobs (a string: a V1 payment's imp_uid) from their sealed
     payloads, with ``corrections`` applied.
+
+    An external receipt whose partial refund's re-issue failed is replayed for the
+    balance that refund left (``remaining_amount``), not the sale's total. ``new_id``
+    issues it under a derived merchant_uid (:func:`derived_merchant_uid`), for when
+    i'mport refuses a new receipt under the old one (``id_taken``); the old job then
+    leaves the dead letters, and later refunds of the sale name the new merchant_uid.
 
     A correction of the identifier replaces the sealed one. The ledger keeps
     the earlier attempts in the job's history; the replay is a new attempt,
@@ -87,8 +100,26 @@ def replay(
             if "identifier" in corrections:
                 payload.pop("identifier_sealed", None)
             payload.update(corrections)
+        if job.kind == EXTERNAL and source.refund is not None and partial_refund(source.refund):
+            payload = balance_fields(payload, source.refund)
+        if new_id:
+            if job.kind != EXTERNAL:
+                yield Replayed(job, None, skipped="only an external receipt takes a new id")
+                continue
+            payload["merchant_uid"] = derived_merchant_uid(job.id)
         # The kept payload names its job (an external receipt's: its kind and merchant_uid).
-        yield Replayed(job, enqueue_issue(payload, app=app))
+        task_id = enqueue_issue(payload, app=app)
+        if new_id:
+            forget_dead(client, job)
+            yield Replayed(job, task_id, issued_as=JobKey.external(payload["merchant_uid"]))
+            continue
+        yield Replayed(job, task_id)
+
+
+def derived_merchant_uid(merchant_uid: str) -> str:
+    """The merchant_uid a balance is issued under when i'mport refuses its own again:
+    ``<merchant_uid>-r1``. The same each time, so a replay run twice is one job."""
+    return f"{merchant_uid}-r1"
 
 
 def replay_reason(client: redis.Redis, reason: str, *, limit: int = 1000) -> list[JobKey]:

@@ -148,20 +148,24 @@ def receipt_covering(client: Provider, job: JobKey, remaining: int) -> Receipt |
 
 def balance_request(request: ReceiptRequest, refund: Mapping[str, Any]) -> ReceiptRequest:
     """The receipt a partial refund leaves: a payment's as it was (i'mport computes the
-    balance); an external receipt's for ``remaining_amount``.
-
-    Its tax-free part is ``remaining_tax_free``: a sale that had one must say what is left
-    of it, or the refund is refused before anything is cancelled. Its VAT was set for
-    the whole sale, so the balance's is left to the provider to compute.
-    """
+    balance); an external receipt's for ``remaining_amount`` (:func:`balance_fields`)."""
     if request.job.kind != EXTERNAL:
         return request
-    options: dict[str, Any] = {
-        key: value for key, value in request.options.items() if key != "vat_amount"
-    }
-    options["amount"] = refund["remaining_amount"]
+    return replace(request, options=balance_fields(request.options, refund))
+
+
+def balance_fields(receipt: Mapping[str, Any], refund: Mapping[str, Any]) -> dict[str, Any]:
+    """An external receipt's fields (a payload, or a request's options) for the balance
+    a partial ``refund`` leaves: ``amount`` is ``remaining_amount``.
+
+    Its tax-free part is ``remaining_tax_free``: a sale that had one must say what is left
+    of it, or :class:`InvalidPayload` is raised (before anything is cancelled). Its VAT
+    was set for the whole sale, so the balance's is left to the provider to compute.
+    """
+    fields = {key: value for key, value in receipt.items() if key != "vat_amount"}
+    fields["amount"] = refund["remaining_amount"]
     tax_free = refund.get("remaining_tax_free")
-    if tax_free is None and options.get("tax_free"):
+    if tax_free is None and fields.get("tax_free"):
         raise InvalidPayload(
             {
                 "remaining_tax_free": [
@@ -170,7 +174,7 @@ def balance_request(request: ReceiptRequest, refund: Mapping[str, Any]) -> Recei
             }
         )
     if tax_free is not None:
-        options["tax_free"] = tax_free
+        fields["tax_free"] = tax_free
     else:
-        options.pop("tax_free", None)
-    return replace(request, options=options)
+        fields.pop("tax_free", None)
+    return fields

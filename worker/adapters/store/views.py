@@ -105,12 +105,15 @@ class ReplaySource:
 
     ``state`` is the job's state (``unknown`` without a record); ``cancel`` the
     message of a cancellation that failed for good and is still a dead letter
-    (None otherwise); ``payload`` the sealed issue payload kept (empty if none).
+    (None otherwise); ``payload`` the sealed issue payload kept (empty if none);
+    ``refund`` the partial refund a failed job's balance was to be issued for
+    (None when its failure was no re-issue's).
     """
 
     state: str
     cancel: dict[str, Any] | None
     payload: dict[str, Any]
+    refund: dict[str, Any] | None = None
 
 
 def replay_source(client: redis.Redis, job: JobKey | str) -> ReplaySource:
@@ -121,11 +124,20 @@ def replay_source(client: redis.Redis, job: JobKey | str) -> ReplaySource:
     cancel = None
     if _cancel_failed(record) and client.zscore(DEAD_JOBS_KEY, _receipt_key(job)) is not None:
         cancel = json.loads(record["cancel"])
+    refund = None
+    if record.get("state") == "failed" and record.get("op") == "cancel" and "cancel" in record:
+        refund = json.loads(record["cancel"])
     return ReplaySource(
         state=record.get("state", "unknown"),
         cancel=cancel,
         payload=json.loads(record.get("payload") or "{}"),
+        refund=refund,
     )
+
+
+def forget_dead(client: redis.Redis, job: JobKey) -> None:
+    """Take a job off the dead letters: its balance was replayed under another id."""
+    client.zrem(DEAD_JOBS_KEY, job.receipt_key)
 
 
 @dataclass(frozen=True)
