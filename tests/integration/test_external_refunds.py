@@ -111,6 +111,15 @@ def test_a_partial_refund_cancels_then_issues_the_balance_under_the_same_id(
     assert "vat_amount" not in balance
     assert PHONE not in str(results.all())
 
+    # The sale confirmed again is this job's, though its receipt is now for the balance;
+    # another amount under the merchant_uid is still another sale's.
+    again = results.wait(enqueue_issue(external_payload(merchant_uid, tax_free=3000), app=producer))
+    assert (again["type"], again["data"]["duplicate"]) == ("cash_receipt.issued", True)
+    assert again["data"]["receipt"]["amount"] == 20000
+    other = results.wait(enqueue_issue(external_payload(merchant_uid, amount=5000), app=producer))
+    assert other["data"]["error"]["reason"] == "id_conflict"
+    assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE", "POST"]
+
 
 @pytest.mark.usefixtures("reissue_allowed")
 def test_a_repeated_or_stale_refund_is_a_duplicate_with_nothing_sent(

@@ -402,7 +402,7 @@ def issue_settled(
     """
     if claim.kind is ClaimKind.ISSUED:
         issued = (claim.receipt or {}).get("amount")
-        if wanted is not None and issued != wanted:
+        if wanted is not None and issued != wanted and _sold(terminal) != wanted:
             message = (
                 f"this merchant_uid already carries a receipt for {issued} won, not {wanted}: "
                 "another sale's; issue this one under another merchant_uid"
@@ -414,6 +414,14 @@ def issue_settled(
     # cancelled: a stale issue message never issues again.
     terminal.refused("cancelled", CANCELLED_MESSAGE)
     return Failed("cancelled", f"cancelled: {CANCELLED_MESSAGE}")
+
+
+def _sold(terminal: TerminalPublisher) -> int | None:
+    """The amount the job's kept payload was confirmed for: after a partial refund the
+    live receipt is for the balance, and the sale confirmed again is still this job's."""
+    view = terminal.store.view(terminal.job) if terminal.job is not None else None
+    amount = (view.payload or {}).get("amount") if view is not None else None
+    return amount if isinstance(amount, int) else None
 
 
 def cancel_settled(terminal: TerminalPublisher, claim: Claim) -> Instruction:
