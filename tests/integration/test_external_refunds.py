@@ -244,3 +244,18 @@ def test_replay_issues_the_refused_balance_under_a_derived_id(
     assert sandbox.admin.external_issued_count(derived) == 1
     assert redis_server.client().zscore(DEAD_JOBS_KEY, key) is None
     assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE", "POST", "POST"]
+
+
+@pytest.mark.usefixtures("reissue_allowed")
+def test_a_confirmation_after_a_partial_refund_issues_the_balance(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
+) -> None:
+    """The refund came first (events out of order): nothing to cancel yet, and the
+    confirmation that follows issues what the refund left, not the sale's total."""
+    first = enqueue_cancel(refund(merchant_uid, remaining_amount=20000), app=producer)
+    [cancelled] = events_of(results, first, 1)
+    assert (cancelled["type"], cancelled["data"]["receipt"]) == ("cash_receipt.cancelled", None)
+    event = results.wait(enqueue_issue(external_payload(merchant_uid), app=producer))
+    assert (event["type"], event["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 20000)
+    assert last_post(sandbox, merchant_uid)["amount"] == 20000
+    assert requests_of(sandbox, merchant_uid) == ["POST"]

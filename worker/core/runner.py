@@ -526,12 +526,20 @@ class IssueRunner(JobRunner):
         if not settling and (wait := self.delete_wait()) > 0:
             return self.wait_out_delete(claim, wait)
         try:
+            request = self.after_refunds()
+        except InvalidPayload as error:
+            if not terminal.finish_unrun(
+                fence=claim.fence, op=self.op, reason=error.reason, message=str(error)
+            ):
+                return None
+            return Failed(error.reason, f"{error.reason}: {error}")
+        try:
             if settling:
-                issued = settle_issue(self.provider, self.request, self.sends(claim))
+                issued = settle_issue(self.provider, request, self.sends(claim))
             else:
                 issued = issue_receipt(
                     self.provider,
-                    self.request,
+                    request,
                     look_first=claim.resumed,
                     operation=self.operation("issue", claim),
                     sends=self.sends(claim),
@@ -545,6 +553,19 @@ class IssueRunner(JobRunner):
         ):
             return None
         return Done(Outcome.ISSUED_DUPLICATE if issued.duplicate else Outcome.ISSUED)
+
+
+    def after_refunds(self) -> ReceiptRequest:
+        """The receipt to issue: an external receipt's job that a partial refund reached
+        first (it came before its confirmation, or the re-issue failed) issues the
+        balance it left, not the sale's total (:func:`balance_request`)."""
+        if self.job.kind != EXTERNAL:
+            return self.request
+        kept = self.store.view(self.job)
+        refund = kept.cancel if kept is not None else None
+        if refund is None or not partial_refund(refund):
+            return self.request
+        return balance_request(self.request, refund)
 
 
 class UnreadableRunner(JobRunner):
