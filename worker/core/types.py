@@ -12,24 +12,33 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from worker.core.contract import EXTERNAL, IAMPORT, PAYMENT
+from worker.core.contract import EXTERNAL, IAMPORT, PAYMENT, PORTONE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class JobKey:
     """Which receipt job: one per provider, kind and the provider's own id.
 
     Its :attr:`receipt_key` is the job's one name everywhere: in events, in the
     store's indexes and side keys, and in the operator's commands. No kind's
     prefix is a prefix of another's, so two jobs of two kinds never share a
-    key, whatever their ids.
+    key, whatever their ids. Two keys are equal when they name one job: the same
+    receipt key. PortOne V2 names a payment's receipt and an external one by the
+    same ``paymentId`` (the merchant chooses it for cash taken outside): to PortOne
+    they are one receipt, so both kinds are one job, ``portone:<payment_id>``.
     """
 
     provider: str
     kind: str
     #: The provider's id: an ``imp_uid`` for a V1 payment, a ``merchant_uid`` for a V1
-    #: external receipt.
+    #: external receipt, a ``paymentId`` for PortOne V2.
     id: str
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobKey) and other.receipt_key == self.receipt_key
+
+    def __hash__(self) -> int:
+        return hash(self.receipt_key)
 
     @classmethod
     def payment(cls, imp_uid: str) -> JobKey:
@@ -42,6 +51,11 @@ class JobKey:
         return cls(IAMPORT, EXTERNAL, merchant_uid)
 
     @classmethod
+    def portone(cls, payment_id: str, kind: str = PAYMENT) -> JobKey:
+        """The job of a PortOne V2 receipt, of either kind: one per ``paymentId``."""
+        return cls(PORTONE, kind, payment_id)
+
+    @classmethod
     def of(cls, job: JobKey | str) -> JobKey:
         """``job``; a string is a V1 payment's imp_uid, as operators, the CLI and the tests
         name a payment to the adapters."""
@@ -49,12 +63,16 @@ class JobKey:
 
     @property
     def prefix(self) -> str:
-        """``iamport``, ``iamport-external``: the receipt key's part before the id."""
-        return self.provider if self.kind == PAYMENT else f"{self.provider}-{self.kind}"
+        """``iamport``, ``iamport-external``, ``portone``: the receipt key's part before
+        the id."""
+        if self.kind == PAYMENT or self.provider == PORTONE:
+            return self.provider
+        return f"{self.provider}-{self.kind}"
 
     @property
     def receipt_key(self) -> str:
-        """``iamport:<imp_uid>`` or ``iamport-external:<merchant_uid>``."""
+        """``iamport:<imp_uid>``, ``iamport-external:<merchant_uid>`` or
+        ``portone:<payment_id>``."""
         return f"{self.prefix}:{self.id}"
 
     @property
