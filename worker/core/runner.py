@@ -554,7 +554,6 @@ class IssueRunner(JobRunner):
             return None
         return Done(Outcome.ISSUED_DUPLICATE if issued.duplicate else Outcome.ISSUED)
 
-
     def after_refunds(self) -> ReceiptRequest:
         """The receipt to issue: an external receipt's job that a partial refund reached
         first (it came before its confirmation, or the re-issue failed) issues the
