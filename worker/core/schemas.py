@@ -11,12 +11,12 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from worker.core.contract import EXTERNAL, IAMPORT, KINDS, PAY_METHODS, PAYMENT
+from worker.core.contract import EXTERNAL, IAMPORT, KINDS, PAY_METHODS, PAYMENT, PORTONE
 from worker.core.masking import (
     PAYLOAD_FIELDS,
     PERSONAL_FIELDS,
@@ -239,7 +239,7 @@ SERVED_KINDS = (PAYMENT, EXTERNAL)
 #: V1's ``product_type``: what was sold (KSNET requires it).
 PRODUCT_TYPES = ("real", "digital")
 #: Fields that name the job, not the receipt: never sent to the provider as receipt fields.
-_JOB_FIELDS = frozenset({"provider", "kind", "imp_uid", "merchant_uid"})
+_JOB_FIELDS = frozenset({"provider", "kind", "imp_uid", "merchant_uid", "payment_id"})
 
 
 class _ReceiptSchema(Schema):
@@ -282,16 +282,13 @@ class PaymentConfirmedSchema(_ReceiptSchema):
     company_name = _optional_text(100)
 
 
-class ExternalReceiptSchema(_ReceiptSchema):
-    """The ``issue_cash_receipt`` payload of ``kind: external``: cash taken outside i'mport.
+class _OrderSchema(_ReceiptSchema):
+    """A receipt whose payload carries the order: no payment of the provider's tells it.
 
-    No payment exists to read the amount or the order from, so the payload carries
-    them, as V1's external receipt requires: ``channel_key``,
-    ``order_name`` (V1's ``name``: one name across kinds and providers), ``amount``
-    (the total) and ``identifier``. Unknown fields are dropped, never sent on.
+    ``channel_key``, ``order_name`` (V1's ``name``, V2's ``orderName``: one name across
+    kinds and providers), ``amount`` (the total) and ``identifier``.
     """
 
-    merchant_uid = provider_id()
     channel_key = Text(required=True, validate=validate.Length(min=1, max=100))
     order_name = Text(required=True, validate=validate.Length(min=1, max=200))
     amount = _amount(minimum=1, required=True)
@@ -304,6 +301,66 @@ class ExternalReceiptSchema(_ReceiptSchema):
             value = data.get(part)
             if isinstance(total, int) and value is not None and value > total:
                 raise ValidationError("Must not exceed amount.", field_name=part)
+
+
+class ExternalReceiptSchema(_OrderSchema):
+    """The ``issue_cash_receipt`` payload of ``kind: external``: cash taken outside i'mport.
+
+    No payment exists to read the amount or the order from, so the payload carries
+    them, as V1's external receipt requires. Unknown fields are dropped, never sent on.
+    """
+
+    merchant_uid = provider_id()
+
+
+class PaidAt(fields.Field):  # type: ignore[type-arg]
+    """When the cash was paid: RFC 3339 with a UTC offset, or a UNIX time in seconds.
+
+    Normalised once, here, to RFC 3339 in UTC: the payload is kept and sent as it is
+    on every retry, so the request body stays the same under one idempotency key.
+    Never "now": a receipt's date decides the five-day issuance rule.
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, bool):
+            raise ValidationError(_PAID_AT)
+        if isinstance(value, int):
+            try:
+                moment = datetime.fromtimestamp(value, tz=UTC)
+            except (OverflowError, OSError, ValueError):
+                raise ValidationError(_PAID_AT) from None
+        elif isinstance(value, str) and len(value) <= 40:
+            try:
+                moment = datetime.fromisoformat(value)
+            except ValueError:
+                raise ValidationError(_PAID_AT) from None
+            if moment.tzinfo is None:
+                raise ValidationError("Must carry a UTC offset (Z or +09:00).")
+        else:
+            raise ValidationError(_PAID_AT)
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+_PAID_AT = "Must be an RFC 3339 date-time or a UNIX time in seconds."
+#: The one currency a Korean cash receipt is issued in.
+CURRENCIES = ("KRW",)
+
+
+class PortOneReceiptSchema(_OrderSchema):
+    """The ``issue_cash_receipt`` payload of ``provider: portone`` (PortOne V2), either kind.
+
+    V2 names the receipt by a ``payment_id``: PortOne's payment's, or for cash taken
+    outside PortOne one the merchant chooses. The store is configuration
+    (``PORTONE_STORE_ID``), never the payload's.
+    """
+
+    provider = Text(required=True, validate=validate.Equal(PORTONE))
+    payment_id = provider_id()
+    currency = Text(
+        load_default="KRW",
+        validate=validate.OneOf(CURRENCIES, error="Must be 'KRW': cash receipts are in won."),
+    )
+    paid_at = PaidAt(load_default=None, allow_none=True)
 
 
 @dataclass(frozen=True)
@@ -321,12 +378,10 @@ class ReceiptRequest(ReceiptOrder):
         buyer's name, e-mail and phone travel together in ``buyer_sealed``.
         Nothing personal is held in clear unless plaintext was allowed.
         """
-        named: dict[str, Any] = (
-            {"imp_uid": self.job.id}
-            if self.job.kind == PAYMENT
-            else {"provider": self.job.provider, "kind": self.job.kind}
-        )
-        message = {**named, "merchant_uid": self.merchant_uid, **self.receipt_fields()}
+        named = naming_payload(self.job)
+        if self.job.provider == IAMPORT:
+            named.setdefault("merchant_uid", self.merchant_uid)
+        message = {**named, **self.receipt_fields()}
         if sealer.enabled:
             identifier = message.pop("identifier")
             message["identifier_sealed"] = self.sealed_identifier or sealer.seal(identifier)
@@ -338,6 +393,16 @@ class ReceiptRequest(ReceiptOrder):
 
 _PAYLOAD_SCHEMA = PaymentConfirmedSchema()
 _EXTERNAL_SCHEMA = ExternalReceiptSchema()
+_PORTONE_SCHEMA = PortOneReceiptSchema()
+
+
+def _schema_of(fields: Mapping[str, Any]) -> Schema:
+    """The schema of a payload's provider and kind, as given; never guessed from the
+    other fields. A provider this release does not serve meets the V1 payment schema,
+    whose ``provider`` field refuses it by name."""
+    if fields.get("provider") == PORTONE and PORTONE in SERVED_PROVIDERS:
+        return _PORTONE_SCHEMA
+    return _EXTERNAL_SCHEMA if fields.get("kind") == EXTERNAL else _PAYLOAD_SCHEMA
 
 
 def load_payload(raw: object, sealer: Unsealer | None = None) -> ReceiptRequest:
@@ -357,7 +422,7 @@ def load_payload(raw: object, sealer: Unsealer | None = None) -> ReceiptRequest:
         fields.update(_buyer_fields(_unsealed(fields, "buyer_sealed", sealer)[0]))
     # The kind chooses the schema; never the fields present (a payment payload without
     # imp_uid stays invalid), and the schema judges the kind itself.
-    schema = _EXTERNAL_SCHEMA if fields.get("kind") == EXTERNAL else _PAYLOAD_SCHEMA
+    schema = _schema_of(fields)
     try:
         data: dict[str, Any] = schema.load(fields)
     except ValidationError as error:
@@ -369,15 +434,16 @@ def load_payload(raw: object, sealer: Unsealer | None = None) -> ReceiptRequest:
     }
     # Reused only when it seals the normalised digits themselves, under the newest key.
     same = reusable and isinstance(token, str) and data["identifier"] == fields["identifier"]
-    job = (
-        JobKey.external(data["merchant_uid"])
-        if data["kind"] == EXTERNAL
-        else JobKey.payment(data["imp_uid"])
-    )
+    if data["provider"] == PORTONE:
+        job = JobKey.portone(data["payment_id"], data["kind"])
+    elif data["kind"] == EXTERNAL:
+        job = JobKey.external(data["merchant_uid"])
+    else:
+        job = JobKey.payment(data["imp_uid"])
     return ReceiptRequest(
         job=job,
         identifier=data["identifier"],
-        merchant_uid=data["merchant_uid"],
+        merchant_uid=data.get("merchant_uid"),
         options=options,
         sealed_identifier=token if same else None,
     )
@@ -470,6 +536,8 @@ def _flatten(messages: Any) -> dict[str, list[str]]:
 
 def naming_payload(job: JobKey) -> dict[str, Any]:
     """The least payload that names ``job``: what a claim records for a job it only ends."""
+    if job.provider == PORTONE:
+        return {"provider": job.provider, "kind": job.kind, "payment_id": job.id}
     if job.kind == EXTERNAL:
         return {"provider": job.provider, "kind": job.kind, "merchant_uid": job.id}
     return {"imp_uid": job.id}
