@@ -15,26 +15,21 @@ core's provider-neutral :class:`~worker.core.types.Receipt` and
 from __future__ import annotations
 
 import logging
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import requests
-from urllib3.exceptions import NewConnectionError
 
 from worker.adapters.iamport.answers import CHANGING_METHODS, error_for_answer, is_envelope
 from worker.adapters.iamport.shapes import read_payment, read_receipt, receipt_body
 from worker.adapters.privacy.logmask import remember_secret
 from worker.adapters.store.keys import token_key
+from worker.adapters.transport import RequestObserver, send, unobserved
 from worker.core.contract import EXTERNAL
 from worker.core.errors import (
     AuthenticationFailed,
-    ConnectionFailed,
-    OutcomeUnknown,
-    ProviderError,
-    ProviderUnavailable,
     UnexpectedResponse,
 )
 from worker.core.masking import mask_text
@@ -59,17 +54,6 @@ class TokenCache(Protocol):
         """Cache ``token`` for ``ttl`` seconds."""
 
 
-class RequestObserver(Protocol):
-    """Told about every HTTP request: method, endpoint, status ('none' without an answer), time."""
-
-    def __call__(self, method: str, endpoint: str, status: str, seconds: float) -> None:
-        """Record one request (the latency histogram of :mod:`worker.adapters.observe.metrics`)."""
-
-
-def _unobserved(method: str, endpoint: str, status: str, seconds: float) -> None:
-    """No observer: nothing to record."""
-
-
 def _unnoted() -> None:
     """No one to tell that a request is about to go out."""
 
@@ -91,7 +75,7 @@ class IamportClient:
         session: requests.Session,
         token_cache: TokenCache,
         timeout: float,
-        observe: RequestObserver = _unobserved,
+        observe: RequestObserver = unobserved,
     ) -> None:
         if not imp_key or not imp_secret:
             raise ValueError("i'mport credentials are missing: set IAMPORT_KEY and IAMPORT_SECRET")
@@ -244,37 +228,18 @@ class IamportClient:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         started = time.monotonic()
-        status = "none"
-        try:
-            http = self._session.request(
-                method, self._base_url + path, json=json, headers=headers, timeout=self._timeout
-            )
-            status = str(http.status_code)
-        except requests.ConnectTimeout:
-            raise ConnectionFailed(f"{method} {path}: connect timeout") from None
-        except requests.exceptions.SSLError as error:
-            # Before ConnectionError, whose subclass this is: an untrusted or
-            # mismatched certificate stops the TLS handshake, so no byte of the
-            # request was sent. Read as "connection dropped" it would make a
-            # POST an unknown outcome. Other TLS errors (a broken record or an
-            # abrupt close mid-answer) may come after the request went out.
-            if _certificate_refused(error):
-                raise ConnectionFailed(
-                    f"{method} {path}: TLS certificate not trusted (nothing was sent)"
-                ) from None
-            raise _unknown_outcome(method, path, "TLS error") from None
-        except requests.Timeout:
-            # The request went out; i'mport may have acted on it.
-            raise _unknown_outcome(method, path, "read timeout") from None
-        except requests.ConnectionError as error:
-            if _never_connected(error):
-                raise ConnectionFailed(f"{method} {path}: connection refused") from None
-            raise _unknown_outcome(method, path, "connection dropped") from None
-        except requests.RequestException as error:
-            # Chaining is cut everywhere here: requests' texts quote URLs and arguments.
-            raise ConnectionFailed(f"{method} {path}: {type(error).__name__}") from None
-        finally:
-            self._observe(method, _endpoint(path), status, time.monotonic() - started)
+        http = send(
+            self._session,
+            method,
+            self._base_url + path,
+            path=path,
+            endpoint=_endpoint(path),
+            changes=_changes(method, path),
+            timeout=self._timeout,
+            headers=headers,
+            json=json,
+            observe=self._observe,
+        )
         log.debug(
             "i'mport %s %s -> %s in %.1f ms",
             method,
@@ -346,33 +311,3 @@ def _receipt_path(job: JobKey) -> str:
 def _changes(method: str, path: str) -> bool:
     """Whether a request may change a receipt at i'mport: a token request may not."""
     return method in CHANGING_METHODS and path != TOKEN_PATH
-
-
-def _unknown_outcome(method: str, path: str, what: str) -> ProviderError:
-    if not _changes(method, path):
-        # A lookup or a token request changes no receipt, so a lost answer is
-        # simply a transient failure, not an outcome to look up.
-        return ProviderUnavailable(f"{method} {path}: {what}")
-    return OutcomeUnknown(f"{method} {path}: {what}; the outcome must be looked up")
-
-
-def _certificate_refused(error: requests.exceptions.SSLError) -> bool:
-    """True when the server's certificate failed verification, so the handshake never finished.
-
-    requests wraps urllib3's MaxRetryError, whose reason is urllib3's SSLError
-    around the ssl module's own error; the type decides, as in
-    :func:`_never_connected`, not the message.
-    """
-    reason = getattr(error.args[0], "reason", None) if error.args else None
-    cause = reason.args[0] if reason is not None and reason.args else None
-    return isinstance(cause, ssl.SSLCertVerificationError)
-
-
-def _never_connected(error: requests.ConnectionError) -> bool:
-    """True when the TCP connection was refused or never made, so nothing was sent.
-
-    Anything else (a reset, a close without an answer) happened after the
-    request may have been written, so its outcome is unknown.
-    """
-    reason = getattr(error.args[0], "reason", None) if error.args else None
-    return isinstance(reason, NewConnectionError)

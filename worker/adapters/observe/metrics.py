@@ -134,7 +134,7 @@ class Metrics:
     def observe_iamport(self, method: str, endpoint: str, status: str, seconds: float) -> None:
         """One request to i'mport.
 
-        The shape of :class:`worker.adapters.iamport.client.RequestObserver`.
+        The shape of :class:`worker.adapters.transport.RequestObserver`.
         """
         self.iamport_seconds.labels(method, endpoint, status).observe(seconds)
 
