@@ -28,6 +28,7 @@ from worker.config.parse import (
     env_flag,
     env_int,
     env_number,
+    env_providers,
     env_str,
     env_url,
     fernet_keys,
@@ -36,6 +37,7 @@ from worker.config.parse import (
     with_secret_files,
 )
 from worker.config.timing import (
+    attempt_timeout,
     check_backoff,
     check_event_retention,
     check_visibility_timeout,
@@ -95,8 +97,42 @@ iamport_settle_seconds = env_number(
     minimum=0.0,
     maximum=3600.0,
 )
+# PROVIDERS: which providers' jobs this worker runs, and which the producers and the
+# ingress accept; the same list for every worker on the queue (README, "PortOne V2").
+providers = env_providers(_env, "PROVIDERS", defaults.PROVIDERS)
+# PortOne V2 (issue 16): read always, required only when PROVIDERS names portone.
+portone_api_url = env_url(
+    _env, "PORTONE_API_URL", defaults.PORTONE_API_URL, schemes=("https", "http")
+)
+portone_allow_http = env_flag(_env, "PORTONE_ALLOW_HTTP")
+portone_api_secret = env_str(_env, "PORTONE_API_SECRET")
+portone_store_id = env_str(_env, "PORTONE_STORE_ID")
+# PortOne recommends a read timeout of at least 60 s; a disconnect does not cancel
+# the request on its server.
+portone_timeout = env_number(
+    _env, "PORTONE_TIMEOUT", defaults.PORTONE_TIMEOUT, minimum=0.1, maximum=300.0
+)
+# V2's bound on late processing: at least the read timeout.
+portone_settle_seconds = env_number(
+    _env,
+    "PORTONE_SETTLE_SECONDS",
+    max(defaults.PORTONE_SETTLE_SECONDS, portone_timeout),
+    minimum=portone_timeout,
+    maximum=3600.0,
+)
+if "portone" in providers:
+    refuse_plain_http(
+        portone_api_url,
+        allow_http=portone_allow_http,
+        name="PORTONE",
+        what="the PortOne API secret",
+    )
 # Every provider's bound; the lease and the visibility timeout wait out the largest.
-settle_seconds = settle_bound({"iamport": iamport_settle_seconds})
+_settle_bounds = {"iamport": iamport_settle_seconds, "portone": portone_settle_seconds}
+_timeouts = {"iamport": iamport_timeout, "portone": portone_timeout}
+settle_seconds = settle_bound({name: _settle_bounds[name] for name in providers})
+# The time rule's read timeout, in i'mport's terms: the slowest provider configured's.
+_attempt_timeout = attempt_timeout({name: _timeouts[name] for name in providers})
 retry_backoff_base = env_number(_env, "RETRY_BACKOFF_BASE", 1.0, minimum=0.01, maximum=3600.0)
 retry_backoff_max = env_number(
     _env, "RETRY_BACKOFF_MAX", defaults.RETRY_BACKOFF_MAX, minimum=0.01, maximum=3600.0
@@ -133,7 +169,7 @@ duplicate_wait = env_number(
 
 _longest_countdown = min(retry_backoff_max, retry_countdown_max)
 _minimum_visibility = minimum_visibility_timeout(
-    iamport_timeout=iamport_timeout,
+    iamport_timeout=_attempt_timeout,
     longest_countdown=_longest_countdown,
     duplicate_wait=duplicate_wait,
     settle_seconds=settle_seconds,
@@ -143,7 +179,7 @@ broker_visibility_timeout = env_int(
 )
 check_visibility_timeout(
     broker_visibility_timeout,
-    iamport_timeout=iamport_timeout,
+    iamport_timeout=_attempt_timeout,
     longest_countdown=_longest_countdown,
     duplicate_wait=duplicate_wait,
     settle_seconds=settle_seconds,
@@ -160,7 +196,7 @@ worker_concurrency = env_int(_env, "WORKER_CONCURRENCY", 64, minimum=1, maximum=
 # bound on late processing; past that the sweeper hands the job to another
 # task, so a job whose worker died resumes after this lease, well inside the
 # visibility timeout.
-ledger_lease_seconds = lease_seconds(iamport_timeout, settle_seconds)
+ledger_lease_seconds = lease_seconds(_attempt_timeout, settle_seconds)
 ledger_retention = env_int(
     _env, "LEDGER_RETENTION", defaults.LEDGER_RETENTION, minimum=60, maximum=365 * 24 * 3600
 )

@@ -35,6 +35,14 @@ INGRESS_STREAM = "payment.events"
 #: The consumer group every ingress instance reads it in (``INGRESS_GROUP``).
 INGRESS_GROUP = "cashreceipt-ingress"
 
+#: The providers a worker serves and producers may name (``PROVIDERS``).
+PROVIDERS = ("iamport",)
+#: PortOne V2's API (``PORTONE_API_URL``).
+PORTONE_API_URL = "https://api.portone.io"
+#: PortOne V2's read timeout (``PORTONE_TIMEOUT``): PortOne recommends at least 60 s.
+PORTONE_TIMEOUT = 60.0
+#: How long after a request PortOne V2 may still act on it (``PORTONE_SETTLE_SECONDS``).
+PORTONE_SETTLE_SECONDS = 60.0
 #: i'mport's read timeout, in seconds (``IAMPORT_TIMEOUT``).
 IAMPORT_TIMEOUT = 10.0
 #: How long after a request i'mport may still act on it (``IAMPORT_SETTLE_SECONDS``;

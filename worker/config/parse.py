@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from worker.config import ConfigError
+from worker.core.contract import PROVIDERS
 from worker.core.urls import redact_url
 
 
@@ -118,7 +119,12 @@ def env_secret(env: Mapping[str, str], name: str) -> tuple[str, str | None]:
 #: Settings that hold a credential and may come from a file instead (``X_FILE``):
 #: Docker and Kubernetes hand secrets over as files, never in the environment that
 #: ``docker inspect`` and /proc/<pid>/environ show.
-SECRET_FILE_VARIABLES = ("IAMPORT_SECRET_FILE", "REDIS_URL_FILE", "BROKER_URL_FILE")
+SECRET_FILE_VARIABLES = (
+    "IAMPORT_SECRET_FILE",
+    "PORTONE_API_SECRET_FILE",
+    "REDIS_URL_FILE",
+    "BROKER_URL_FILE",
+)
 
 
 def with_secret_files(env: Mapping[str, str]) -> Mapping[str, str]:
@@ -195,3 +201,21 @@ def refuse_same_stream(ingress_stream: str, result_stream: str) -> None:
             f"INGRESS_STREAM and RESULT_STREAM are both {ingress_stream!r}: the ingress would "
             "read the result events as payment events"
         )
+
+
+def env_providers(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of the providers the contract names (``iamport``,
+    ``portone``), each once; unset or empty: ``default``."""
+    text = env_str(env, name)
+    if not text:
+        return default
+    named = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in named if part not in PROVIDERS]
+    if unknown:
+        raise ConfigError(
+            f"{name} names {', '.join(map(repr, unknown))}: the providers are "
+            f"{', '.join(PROVIDERS)}"
+        )
+    if not named:
+        raise ConfigError(f"{name} names no provider")
+    return tuple(dict.fromkeys(named))

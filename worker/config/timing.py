@@ -21,6 +21,26 @@ MAX_HTTP_REQUESTS_PER_ATTEMPT = MAX_PROVIDER_CALLS_PER_ATTEMPT * HTTP_REQUESTS_P
 VISIBILITY_MARGIN_SECONDS = 10
 
 
+#: The most HTTP requests one call makes, per provider: PortOne V2 sends once (its API
+#: secret needs no token, so there is no renewal and no resend).
+HTTP_REQUESTS_PER_CALL_OF = {"iamport": HTTP_REQUESTS_PER_CALL, "portone": 1}
+
+
+def attempt_timeout(timeouts: Mapping[str, float]) -> float:
+    """The read timeout, in i'mport's terms, whose longest attempt is the longest attempt
+    of every provider configured (``{"iamport": IAMPORT_TIMEOUT, "portone":
+    PORTONE_TIMEOUT}``): the time rule's functions below take it as ``iamport_timeout``.
+
+    One worker serves every provider configured, so its lease and visibility timeout
+    cover the slowest: PortOne V2's 60 s read timeout with one request per call weighs
+    like an i'mport timeout of 15 s with four.
+    """
+    return max(
+        timeout * HTTP_REQUESTS_PER_CALL_OF[provider] / HTTP_REQUESTS_PER_CALL
+        for provider, timeout in timeouts.items()
+    )
+
+
 def longest_attempt_seconds(iamport_timeout: float) -> float:
     """The longest one attempt can run: every request waits out connect and read.
 
@@ -35,7 +55,6 @@ def settle_bound(bounds: Mapping[str, float]) -> float:
 
     One worker serves every provider, and a lease or a redelivery cannot tell
     whose request a dead worker had in flight: they wait out the longest.
-    (PortOne V2's PORTONE_SETTLE_SECONDS joins IAMPORT_SETTLE_SECONDS here.)
     """
     return max(bounds.values(), default=0.0)
 

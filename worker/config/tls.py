@@ -82,18 +82,20 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def refuse_plain_http(url: str, *, allow_http: bool) -> None:
-    """Stop when IAMPORT_API_URL would send the i'mport key and secret unencrypted.
+def refuse_plain_http(
+    url: str, *, allow_http: bool, name: str = "IAMPORT", what: str = "the i'mport key and secret"
+) -> None:
+    """Stop when ``<name>_API_URL`` would send a provider's credentials unencrypted.
 
     Plain http is fine on loopback (the sandbox under ``make run`` and the
-    tests) and, with IAMPORT_ALLOW_HTTP=1, on a private network such as the
+    tests) and, with ``<name>_ALLOW_HTTP=1``, on a private network such as the
     compose stack's ``http://sandbox:8787``; anywhere else it is a typo.
     """
     parts = urlsplit(url)
     if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
         raise ConfigError(
-            f"IAMPORT_API_URL={redact_url(url)} is plain http: the i'mport key and secret "
-            "would cross the network unencrypted. Use https, or set IAMPORT_ALLOW_HTTP=1 for a "
+            f"{name}_API_URL={redact_url(url)} is plain http: {what} "
+            f"would cross the network unencrypted. Use https, or set {name}_ALLOW_HTTP=1 for a "
             "sandbox on a private network"
         )
 

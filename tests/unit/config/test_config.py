@@ -189,6 +189,27 @@ def test_settle_seconds_default_and_setting(env: dict[str, str], bound: str) -> 
     assert result.stdout.split() == [bound, bound]
 
 
+@pytest.mark.parametrize(
+    ("providers", "settle", "lease"),
+    [
+        ("iamport", "60.0", "470.0"),
+        # V2's 60 s read timeout, one request per call: an attempt of 600 s bounds the lease.
+        ("iamport,portone", "60.0", "670.0"),
+        ("portone", "60.0", "670.0"),
+    ],
+)
+def test_the_time_rule_covers_every_provider_configured(
+    providers: str, settle: str, lease: str
+) -> None:
+    """The lease and the visibility timeout wait out the slowest provider in PROVIDERS."""
+    code = "import celeryconfig as c; print(c.providers, c.settle_seconds, c.ledger_lease_seconds)"
+    result = python_clean(code, PROVIDERS=providers)
+    assert result.returncode == 0, result.stderr
+    named, *timing_ = result.stdout.strip().rsplit(" ", 2)
+    assert timing_ == [settle, lease]
+    assert named == repr(tuple(providers.split(",")))
+
+
 def test_defaults_load_and_derive_the_visibility_timeout() -> None:
     """With nothing set, the documented defaults apply and the timeout is derived."""
     result = load_in_subprocess()
@@ -251,6 +272,17 @@ def test_defaults_load_and_derive_the_visibility_timeout() -> None:
         ({"METRICS_PORT": "70000"}, "METRICS_PORT must be between 0 and 65535"),
         ({"METRICS_ADDRESS": "localhost"}, "METRICS_ADDRESS must be an IP address"),
         ({"WORKER_POOL": "gevent"}, "WORKER_POOL must be one of threads, prefork"),
+        ({"PROVIDERS": "iamport,toss"}, "PROVIDERS names 'toss': the providers are iamport"),
+        ({"PROVIDERS": " , "}, "PROVIDERS names no provider"),
+        ({"PORTONE_TIMEOUT": "0"}, "PORTONE_TIMEOUT must be between"),
+        (
+            {"PORTONE_TIMEOUT": "60", "PORTONE_SETTLE_SECONDS": "30"},
+            "PORTONE_SETTLE_SECONDS must be between 60",
+        ),
+        (
+            {"PROVIDERS": "portone", "PORTONE_API_URL": "http://10.0.0.5:8787/portone"},
+            "set PORTONE_ALLOW_HTTP=1",
+        ),
     ],
 )
 def test_bad_settings_stop_at_start_with_a_clear_message(env: dict[str, str], message: str) -> None:
