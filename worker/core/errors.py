@@ -17,6 +17,9 @@ of these, so a caller decides what to do by class, never by parsing message text
     └── PermanentError            the same request will fail the same way
         ├── InvalidRequest        400 with no receipt behind it
         ├── NotEligible           the payment is not a paid virtual-account or transfer payment
+        │   └── NotPaid           a PortOne V2 payment not paid yet (a virtual account awaiting
+        │                         its deposit): replayable once it is
+        ├── AmountMismatch        the payload's amount is not the PortOne V2 payment's
         ├── IdConflict            the merchant's id already carries a receipt that is not this job's
         ├── IdTaken               the merchant's id is spent: its receipt was cancelled, and the
         │                         provider issues no other under it (a re-issue after a refund)
@@ -111,6 +114,16 @@ class InvalidRequest(PermanentError):
 
 class NotEligible(PermanentError):
     """The payment cannot carry a cash receipt: not paid, or not by virtual account or transfer."""
+
+
+class NotPaid(NotEligible):
+    """A PortOne V2 payment that is not ``PAID`` or ``PARTIAL_CANCELLED``: a virtual
+    account not yet deposited. Replaying the job after the deposit issues it."""
+
+
+class AmountMismatch(PermanentError):
+    """The payload names an amount the PortOne V2 payment does not have: the receipt
+    would tell the tax service another sum than the buyer paid."""
 
 
 class IdConflict(PermanentError):

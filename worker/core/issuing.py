@@ -22,12 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from worker.core.contract import EXTERNAL
+from worker.core.contract import EXTERNAL, PAYMENT, PORTONE
 from worker.core.errors import (
+    AmountMismatch,
     IdConflict,
     IdTaken,
     InvalidRequest,
     NotEligible,
+    NotPaid,
     OutcomeUnknown,
     ProviderError,
 )
@@ -132,6 +134,10 @@ def issue_receipt(
     may have created the receipt without hearing the answer (the caller has
     waited out the bound on late processing before this lookup).
     """
+    if _payment_first(request.job):
+        adopted = _check_payment(client, request)
+        if adopted is not None:
+            return Issued(adopted, duplicate=not look_first)
     if look_first:
         existing, _ = find_issued(client, request.job)
         if existing is not None:
@@ -195,6 +201,49 @@ def _this_jobs(receipt: Receipt, request: ReceiptRequest) -> Receipt:
     )
 
 
+def _payment_first(job: JobKey) -> bool:
+    """Whether a job's payment is read before anything is sent: a PortOne V2 payment's.
+
+    (V1 reads the payment only when a 400 needs explaining: i'mport itself refuses a
+    receipt for a payment that is not a paid cash one.)
+    """
+    return job.provider == PORTONE and job.kind == PAYMENT
+
+
+def _check_payment(client: Provider, request: ReceiptRequest) -> Receipt | None:
+    """A PortOne V2 payment must be paid, for the payload's amount; a receipt it already
+    carries (issued in the payment window) is adopted, and None means: issue.
+
+    Raises :class:`NotPaid` (a virtual account not yet deposited: replayable),
+    :class:`NotEligible` (not a cash payment) or :class:`AmountMismatch`.
+    """
+    job = request.job
+    payment = client.get_payment(job.id)
+    if not payment.paid:
+        raise NotPaid(
+            f"PortOne payment {job.id} is {payment.status}: a receipt is issued once it is "
+            "PAID (a virtual account, once deposited); replay the job then",
+            status=None,
+        )
+    if not payment.cash:
+        raise NotEligible(
+            f"PortOne payment {job.id} was paid by {payment.pay_method}: a cash receipt is "
+            "for a virtual-account or transfer payment",
+            status=None,
+        )
+    wanted = request.options.get("amount")
+    if wanted != payment.amount:
+        raise AmountMismatch(
+            f"the payload's amount is {wanted} won, PortOne payment {job.id}'s is {payment.amount}",
+            status=None,
+        )
+    if not payment.cash_receipt_issued:
+        return None
+    # Issued in the payment window: adopted, never a second receipt for the tax service.
+    found, _ = find_issued(client, job, payment=payment)
+    return found
+
+
 def _not_spent(client: Provider, job: JobKey) -> None:
     """Raises :class:`IdTaken` when an external receipt's "already issued" comes from a
     cancelled receipt: the merchant_uid is spent, and another POST would be refused too."""
@@ -222,24 +271,27 @@ def settle_issue(client: Provider, request: ReceiptRequest, sends: SendLog) -> I
     return Issued(_this_jobs(existing, request), duplicate=False)
 
 
-def find_issued(client: Provider, job: JobKey) -> tuple[Receipt | None, Payment | None]:
-    """The job's active receipt, if any, and the payment when it had to be read.
+def find_issued(
+    client: Provider, job: JobKey, *, payment: Payment | None = None
+) -> tuple[Receipt | None, Payment | None]:
+    """The job's active receipt, if any, and the payment when it had to be read
+    (``payment``: already read).
 
     An external receipt has no payment to read: its lookup is the only word.
     """
     receipt = client.find_receipt(job)
     if receipt is not None and receipt.active:
         return receipt, None
-    imp_uid = job.imp_uid
-    if imp_uid is None:
+    payment_id = job.imp_uid or (job.id if _payment_first(job) else None)
+    if payment_id is None:
         return None, None
-    payment = client.get_payment(imp_uid)
+    payment = payment or client.get_payment(payment_id)
     if payment.cash_receipt_issued:
         # The PG offers no lookup (or issued it itself): all we can know is
         # that a receipt exists and what it is for.
         return (
             Receipt(
-                imp_uid=imp_uid,
+                imp_uid=job.imp_uid,
                 receipt_tid=None,
                 apply_num=None,
                 type=None,

@@ -18,12 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from worker.core.errors import (
+    AmountMismatch,
     AuthenticationFailed,
     IdConflict,
     IdTaken,
     InvalidRequest,
     IssuanceFailed,
     NotEligible,
+    NotPaid,
     PermanentError,
     ProviderError,
     TransientError,
@@ -120,11 +122,15 @@ ID_CONFLICT = "id_conflict"
 #: The failure reason of a job whose merchant-chosen id is spent: its receipt was
 #: cancelled, and the provider issues no other under it.
 ID_TAKEN = "id_taken"
+#: The failure reason of a PortOne V2 payment not paid yet: replayable once it is.
+NOT_PAID = "not_paid"
 # The failure reasons of the result-event contract, for errors we give up on.
 REASON_BY_CLASS: tuple[tuple[type[ProviderError], str], ...] = (
     (AuthenticationFailed, "auth"),
     (UnsupportedPg, "unsupported_pg"),
+    (NotPaid, NOT_PAID),
     (NotEligible, "not_eligible"),
+    (AmountMismatch, "amount_mismatch"),
     (IdConflict, ID_CONFLICT),
     (IdTaken, ID_TAKEN),
     (InvalidRequest, "rejected"),

@@ -1,0 +1,126 @@
+"""PortOne V2 payments (issue 16): the payment is read first, paid, for the amount asked;
+a receipt it already carries is adopted, never issued twice."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from worker.core.errors import AmountMismatch, NotEligible, NotPaid
+from worker.core.events import RETRYABLE_REASONS
+from worker.core.issuing import issue_receipt
+from worker.core.ports import OperationId
+from worker.core.retry import reason_for
+from worker.core.types import JobKey, Payment, Receipt, ReceiptOrder
+
+JOB = JobKey.portone("pay-1")
+OPERATION = OperationId(job=JOB, step="issue", fence=1)
+PAID = Payment(
+    imp_uid="pay-1",
+    merchant_uid=None,
+    pay_method="PaymentMethodVirtualAccount",
+    pg_provider=None,
+    status="PAID",
+    amount=33000,
+    cancel_amount=0,
+    currency="KRW",
+    cash_receipt_issued=False,
+    paid=True,
+    cash=True,
+)
+LIVE = Receipt(
+    imp_uid=None,
+    receipt_tid="pg-1",
+    apply_num="123",
+    type="person",
+    amount=33000,
+    vat=3000,
+    receipt_url=None,
+    applied_at=1,
+    cancelled_at=0,
+)
+
+
+class V2:
+    """A PortOne V2 stand-in: the payment it shows, the receipt it has, the POSTs it got."""
+
+    def __init__(self, payment: Payment, receipt: Receipt | None = None) -> None:
+        self.payment, self.receipt, self.posts = payment, receipt, 0
+
+    def get_payment(self, payment_id: str) -> Payment:
+        assert payment_id == "pay-1"
+        return self.payment
+
+    def find_receipt(self, job: JobKey) -> Receipt | None:
+        return self.receipt
+
+    def issue_receipt(self, request: ReceiptOrder, **_: Any) -> Receipt:
+        self.posts += 1
+        return LIVE
+
+
+def order(amount: int = 33000) -> Any:
+    return ReceiptOrder(job=JOB, identifier="01055554321", options={"amount": amount})
+
+
+def test_a_paid_payment_is_issued_once() -> None:
+    client = V2(PAID)
+    issued = issue_receipt(client, order(), look_first=False, operation=OPERATION)  # type: ignore[arg-type]
+    assert (issued.receipt, issued.duplicate, client.posts) == (LIVE, False, 1)
+
+
+@pytest.mark.parametrize(
+    ("payment", "amount", "error", "reason"),
+    [
+        (
+            replace(PAID, status="VIRTUAL_ACCOUNT_ISSUED", paid=False),
+            33000,
+            NotPaid,
+            "not_paid",
+        ),
+        (replace(PAID, pay_method="PaymentMethodCard", cash=False), 33000, NotEligible, None),
+        (PAID, 30000, AmountMismatch, "amount_mismatch"),
+    ],
+)
+def test_a_payment_that_cannot_have_this_receipt_sends_nothing(
+    payment: Payment, amount: int, error: type[Exception], reason: str | None
+) -> None:
+    client = V2(payment)
+    with pytest.raises(error) as caught:
+        issue_receipt(client, order(amount), look_first=False, operation=OPERATION)  # type: ignore[arg-type]
+    assert client.posts == 0
+    if reason is not None:
+        assert reason_for(caught.value) == reason  # type: ignore[arg-type]
+
+
+def test_not_paid_can_be_replayed() -> None:
+    assert "not_paid" in RETRYABLE_REASONS
+
+
+@pytest.mark.parametrize("shown", [LIVE, None])
+def test_a_receipt_issued_in_the_payment_window_is_adopted(shown: Receipt | None) -> None:
+    """cashReceipt, or only cashReceiptIssuanceStatus ISSUED: no POST, or the tax service
+    would get two receipts."""
+    client = V2(replace(PAID, cash_receipt_issued=True), shown)
+    issued = issue_receipt(client, order(), look_first=False, operation=OPERATION)  # type: ignore[arg-type]
+    assert client.posts == 0
+    assert issued.duplicate
+    assert issued.receipt.amount == 33000
+    assert issued.receipt.imp_uid is None
+
+
+def test_an_external_v2_job_reads_no_payment() -> None:
+    """A paymentId the merchant chose for cash taken outside names no PortOne payment."""
+
+    class NoPayment(V2):
+        def get_payment(self, payment_id: str) -> Payment:
+            raise AssertionError("an external receipt has no payment to read")
+
+    client = NoPayment(PAID)
+    external = ReceiptOrder(
+        job=JobKey.portone("pay-1", "external"), identifier="0", options={"amount": 1}
+    )
+    issue_receipt(client, external, look_first=False, operation=OPERATION)  # type: ignore[arg-type]
+    assert client.posts == 1
