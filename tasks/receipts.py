@@ -187,8 +187,8 @@ class _Run:
         metrics = self.runtime.metrics
         for _ in range(runner.late if runner is not None else 0):
             # A receipt that appeared after a settled lookup: counted for the alert.
-            metrics.late_processing(self.runtime.client.name)
-        metrics.task_ended(task=self.op, outcome=outcome, reason=self.reason)
+            metrics.late_processing(self.job)
+        metrics.task_ended(job=self.job, task=self.op, outcome=outcome, reason=self.reason)
 
     def fail(self, reason: str, text: str) -> ReceiptFailed:
         """The exception that ends this run as a failure, after its event is published."""

@@ -343,7 +343,8 @@ def test_no_identifier_leaks_anywhere(
         assert "DEBUG" in worker_log, (
             "the worker did not log at DEBUG; the search would prove little"
         )
-    assert "cashreceipt_receipts_issued_total 6.0" in metrics  # with the killed job
+    # With the killed job; every count about a job names its provider and kind.
+    assert 'cashreceipt_receipts_issued_total{kind="payment",provider="iamport"} 6.0' in metrics
     assert "<sealed>" in flower_api or "****" in flower_api
     for name, identifier in CANARIES.items():
         for form in forms(identifier):

@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.ingress import run_once, xadd
+from tests.support.payloads import external_payload
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
@@ -47,7 +48,14 @@ def new_uid(name: str) -> str:
 
 def send(producer: Celery, imp_uid: str, **extra: Any) -> str:
     """What a bare checkout sends: the identifier in clear, in two fields."""
-    payload = {"imp_uid": imp_uid, "identifier": PHONE, "buyer_tel": PHONE, **extra}
+    return send_payload(
+        producer, {"imp_uid": imp_uid, "identifier": PHONE, "buyer_tel": PHONE, **extra}
+    )
+
+
+def send_payload(producer: Celery, payload: dict[str, Any]) -> str:
+    """``payload`` as a bare producer sends it: nothing recorded first, so that every
+    message, a duplicate's too, is a worker's run."""
     return str(producer.send_task("issue_cash_receipt", args=[payload], queue="cash_receipts").id)
 
 
@@ -114,6 +122,28 @@ RUN_COUNTERS = frozenset(
 def runs_counted(samples: Samples) -> float:
     """How many issue runs the counters have seen end."""
     return sum(count for (name, _), count in samples.items() if name in RUN_COUNTERS)
+
+
+#: The labels of every count about a V1 payment's job.
+PAYMENT = {"provider": "iamport", "kind": "payment"}
+
+
+def scrape_when(port: int, ready: Callable[[Samples], bool], *, message: str) -> Samples:
+    """The worker's /metrics once ``ready`` says so (within 15 s)."""
+
+    def scraped() -> Samples | None:
+        samples = scrape(port)
+        return samples if ready(samples) else None
+
+    found: Samples = wait_for(scraped, timeout=15, message=message)
+    return found
+
+
+def scrape_counted(port: int, *, runs: int) -> Samples:
+    """The worker's /metrics once its counters have seen ``runs`` issue runs end."""
+    return scrape_when(
+        port, lambda samples: runs_counted(samples) >= runs, message=f"{runs} runs to be counted"
+    )
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -248,22 +278,21 @@ def test_counters_add_up_across_the_worker_processes(
         duplicates = [send(producer, uid["ok"]), send(producer, uid["slow1"])]
         for task_id in duplicates:
             assert results.wait(task_id, timeout=30)["data"]["duplicate"] is True
-
-        def counted() -> Samples | None:
-            samples = scrape(port)
-            return samples if runs_counted(samples) >= runs else None
-
-        samples = wait_for(counted, timeout=15, message=f"{runs} runs to be counted")
+        samples = scrape_counted(port, runs=runs)
         lines = json_lines(output.text)
 
     issued = [e for e in results.all() if e["type"] == "cash_receipt.issued"]
-    assert value(samples, "cashreceipt_receipts_issued_total") == 4
+    assert value(samples, "cashreceipt_receipts_issued_total", **PAYMENT) == 4
     assert len([e for e in issued if not e["data"]["duplicate"]]) == 4
-    assert value(samples, "cashreceipt_receipts_failed_total", reason="rejected") == 1
-    assert value(samples, "cashreceipt_receipts_failed_total", reason="invalid_payload") == 1
+    failed = "cashreceipt_receipts_failed_total"
+    assert value(samples, failed, **PAYMENT, reason="rejected") == 1
+    assert value(samples, failed, **PAYMENT, reason="invalid_payload") == 1
     retries = "cashreceipt_retries_total"
-    assert value(samples, retries, task="issue", cause="provider_unavailable", how="countdown") == 1
-    assert value(samples, retries, task="issue", cause="issuance_failed", how="countdown") == 2
+    retried = {**PAYMENT, "task": "issue", "how": "countdown"}
+    assert value(samples, retries, **retried, cause="provider_unavailable") == 1
+    assert value(samples, retries, **retried, cause="issuance_failed") == 2
+    duplicates = "cashreceipt_duplicates_absorbed_total"
+    assert value(samples, duplicates, **PAYMENT, task="issue") == 2
     latency = "cashreceipt_iamport_request_duration_seconds_count"
     assert value(samples, latency, method="POST", endpoint="receipts", status="200") == 4
     assert value(samples, latency, method="POST", endpoint="receipts", status="503") == 1
@@ -294,6 +323,49 @@ def test_counters_add_up_across_the_worker_processes(
         assert output.pid not in pids
     else:
         assert pids == {output.pid}
+
+
+def test_an_external_receipts_runs_are_counted_as_kind_external(
+    own_redis: RedisServer, sandbox: Sandbox
+) -> None:
+    """Issue 15: an external receipt issued, the same sale again (a duplicate), another
+    sale under its merchant_uid (id_conflict) and its full refund count with
+    provider="iamport", kind="external"; a payment's issue beside them with kind="payment"."""
+    port = free_port()
+    producer = Celery("checkout", broker=own_redis.url)
+    results = ResultStream(own_redis.client())
+    merchant_uid = f"order-obs-{uuid.uuid4().hex[:8]}"
+    external = {"provider": "iamport", "kind": "external"}
+    cancelled = "cashreceipt_receipts_cancelled_total"
+    env = worker_env(
+        own_redis.url, sandbox.url, METRICS_PORT=str(port), METRICS_ADDRESS="127.0.0.1"
+    )
+    with running_worker(env):
+        for payload in (
+            external_payload(merchant_uid),
+            external_payload(merchant_uid),
+            external_payload(merchant_uid, amount=11000),
+            {"imp_uid": new_uid("beside"), "identifier": PHONE},
+        ):
+            results.wait(send_payload(producer, payload), timeout=30)
+        refund = {"kind": "external", "merchant_uid": merchant_uid}
+        refunded = producer.send_task("cancel_cash_receipt", args=[refund], queue="cash_receipts")
+        assert results.wait(str(refunded.id), timeout=30)["type"] == "cash_receipt.cancelled"
+        samples = scrape_when(
+            port,
+            lambda found: runs_counted(found) >= 4 and value(found, cancelled, **external) > 0,
+            message="the four issue runs and the refund to be counted",
+        )
+    assert value(samples, "cashreceipt_receipts_issued_total", **external) == 1
+    assert value(samples, "cashreceipt_duplicates_absorbed_total", **external, task="issue") == 1
+    assert (
+        value(samples, "cashreceipt_receipts_failed_total", **external, reason="id_conflict") == 1
+    )
+    assert value(samples, cancelled, **external) == 1
+    assert value(samples, "cashreceipt_receipts_issued_total", **PAYMENT) == 1
+    counted = {name: dict(labels) for name, labels in samples if name in RUN_COUNTERS}
+    assert all({"provider", "kind"} <= set(labels) for labels in counted.values())
+    assert merchant_uid not in str(samples)
 
 
 def test_state_is_read_from_redis_and_the_broker_at_scrape_time(own_redis: RedisServer) -> None:

@@ -22,6 +22,7 @@ from tests.support.worker import ProcessOutput, worker_env
 from worker.adapters.store.keys import DUE_KEY, payment_receipt_key
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.sweeper import Sweeper
+from worker.core.types import JobKey
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "cashreceipt")
@@ -178,6 +179,26 @@ def test_one_sweep_at_a_time(own_redis: RedisServer) -> None:
     assert {message["name"] for message in sent} == {"issue_cash_receipt"}
     assert all(0 <= message["countdown"] <= 5 for message in sent)
     assert all("gAAAA" not in message["argsrepr"] for message in sent)
+
+
+def test_the_sweeper_hands_the_metrics_each_job_it_re_sent(own_redis: RedisServer) -> None:
+    """What it re-sent, job by job, of each kind: the count carries provider and kind."""
+    ledger = ledger_on(own_redis)
+    due = [JobKey.payment("imp_due"), JobKey.external("order-due")]
+    for job in due:
+        ledger.receive(job, task_id=f"t-{job.id}", payload=PAYLOAD, resend_after=-1)
+    counted: list[list[JobKey]] = []
+    sweeper = Sweeper(
+        ledger=ledger,
+        client=own_redis.client(),
+        send=lambda *_, **__: None,
+        interval=5,
+        resent=counted.append,
+    )
+    assert sweeper.sweep_once() == 2
+    assert [sorted(batch, key=lambda job: job.receipt_key) for batch in counted] == [
+        sorted(due, key=lambda job: job.receipt_key)
+    ]
 
 
 def test_stuck_lists_a_job_the_sweeper_re_sends_forever(

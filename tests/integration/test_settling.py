@@ -92,7 +92,7 @@ def test_a_post_processed_beyond_the_bound_is_counted(
     assert [r["status"] for r in posts(sandbox, imp_uid)][1:] == [400]
     assert sandbox.admin.issued_count(imp_uid) == 1
     detected = "cashreceipt_late_processing_detected_total"
-    assert value(samples, detected, provider="iamport") == 1
+    assert value(samples, detected, provider="iamport", kind="payment") == 1
 
 
 def test_a_long_bound_parks_the_job_until_the_settling_lookup(

@@ -256,7 +256,7 @@ def _start_sweeper(**_: Any) -> None:
         client=runtime.redis,
         send=app.send_task,
         interval=float(app.conf.sweep_interval),
-        resent=runtime.metrics.resent.inc,
+        resent=runtime.metrics.jobs_resent,
     )
     sweeper.start()
     _sweepers.append(sweeper)

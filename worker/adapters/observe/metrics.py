@@ -20,7 +20,11 @@ Two kinds of number, measured in two ways:
   the same fleet-wide values: aggregate them with ``max``, never ``sum``.
 
 Labels never carry an imp_uid, a task id or anything from a payload: they
-would be personal data or unbounded series.
+would be personal data or unbounded series. Every count about jobs carries the
+job's ``provider`` and ``kind`` (:data:`JOB_LABELS`, from its
+:class:`~worker.core.types.JobKey`): a bounded pair, ``unknown`` for a run whose
+payload named no job. The i'mport latency histogram is per HTTP request, not per job
+(a token request is no job's), and has neither.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from worker.adapters.store.views import (
     oldest_due_seconds,
 )
 from worker.core.outcome import Outcome
+from worker.core.types import JobKey
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,16 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: The most due-index entries one scrape reads to split them by state; beyond
 #: it (a backlog of this size is an outage in itself) the rest count as "unknown".
+
+#: The labels every count about jobs starts with: which provider, which kind of job.
+JOB_LABELS = ("provider", "kind")
+#: Their value for a run whose payload named no job it could read.
+UNKNOWN_JOB = "unknown"
+
+
+def job_labels(job: JobKey | None) -> tuple[str, str]:
+    """A job's :data:`JOB_LABELS` values: ``("iamport", "external")``; ``unknown`` for none."""
+    return (job.provider, job.kind) if job is not None else (UNKNOWN_JOB, UNKNOWN_JOB)
 
 
 class Metrics:
@@ -72,54 +87,57 @@ class Metrics:
         self.issued = Counter(
             "cashreceipt_receipts_issued",
             "Receipts issued by i'mport for a job (re-issues after a partial refund included)",
+            JOB_LABELS,
             registry=registry,
         )
         self.failed = Counter(
             "cashreceipt_receipts_failed",
             "Issue jobs that ended in a failure event, by reason",
-            ["reason"],
+            [*JOB_LABELS, "reason"],
             registry=registry,
         )
         self.cancelled = Counter(
             "cashreceipt_receipts_cancelled",
             "Receipts cancelled after a refund",
+            JOB_LABELS,
             registry=registry,
         )
         self.cancel_failed = Counter(
             "cashreceipt_cancellations_failed",
             "Cancellations that ended in a cancel_failed event, by reason",
-            ["reason"],
+            [*JOB_LABELS, "reason"],
             registry=registry,
         )
         self.retries = Counter(
             "cashreceipt_retries",
             "Attempts handed back to retry later: as a Celery countdown or parked in the ledger",
-            ["task", "cause", "how"],
+            [*JOB_LABELS, "task", "cause", "how"],
             registry=registry,
         )
         self.duplicates = Counter(
             "cashreceipt_duplicates_absorbed",
             "Task messages that found their job already done and ended without calling i'mport",
-            ["task"],
+            [*JOB_LABELS, "task"],
             registry=registry,
         )
         self.errors = Counter(
             "cashreceipt_task_errors",
             "Task runs that raised something unexpected (a bug, or Redis gone mid-task)",
-            ["task"],
+            [*JOB_LABELS, "task"],
             registry=registry,
         )
         self.resent = Counter(
             "cashreceipt_sweeper_resent_jobs",
             "Jobs the sweeper re-sent from the ledger (lost messages, parked jobs, dead workers)",
+            JOB_LABELS,
             registry=registry,
         )
         self.late = Counter(
             "cashreceipt_late_processing_detected",
             "Receipts that appeared after a lookup made past the provider's bound on late "
             "processing (IAMPORT_SETTLE_SECONDS) found none: the limit of the exactly-once "
-            "guarantee was crossed, by provider",
-            ["provider"],
+            "guarantee was crossed, by provider and kind of job",
+            JOB_LABELS,
             registry=registry,
         )
         self.iamport_seconds = Histogram(
@@ -138,30 +156,40 @@ class Metrics:
         """
         self.iamport_seconds.labels(method, endpoint, status).observe(seconds)
 
-    def late_processing(self, provider: str) -> None:
-        """A provider acted on a request later than its bound: alert, and reconcile."""
-        self.late.labels(provider).inc()
+    def late_processing(self, job: JobKey | None) -> None:
+        """A provider acted on a request of ``job`` later than its bound: alert, and
+        reconcile."""
+        self.late.labels(*job_labels(job)).inc()
 
-    def task_ended(self, *, task: str, outcome: Outcome, reason: str | None) -> None:
-        """Count one task run by how it ended (:class:`~worker.core.outcome.Outcome`)."""
+    def jobs_resent(self, jobs: Iterable[JobKey]) -> None:
+        """The sweeper re-sent these jobs from the ledger."""
+        for job in jobs:
+            self.resent.labels(*job_labels(job)).inc()
+
+    def task_ended(
+        self, *, job: JobKey | None, task: str, outcome: Outcome, reason: str | None
+    ) -> None:
+        """Count one task run of ``job`` (None: its payload named none) by how it ended
+        (:class:`~worker.core.outcome.Outcome`)."""
+        of_job = job_labels(job)
         cause = reason or "unknown"
         if outcome.issues:
-            self.issued.inc()
+            self.issued.labels(*of_job).inc()
         if outcome.cancels:
-            self.cancelled.inc()
+            self.cancelled.labels(*of_job).inc()
         if outcome.duplicate:
-            self.duplicates.labels(task).inc()
+            self.duplicates.labels(*of_job, task).inc()
         elif outcome is Outcome.FAILED and task == "issue":
-            self.failed.labels(cause).inc()
+            self.failed.labels(*of_job, cause).inc()
         elif outcome is Outcome.FAILED:
-            self.cancel_failed.labels(cause).inc()
+            self.cancel_failed.labels(*of_job, cause).inc()
         elif outcome is Outcome.CANCELLED_REISSUE_FAILED:
-            self.failed.labels(cause).inc()
+            self.failed.labels(*of_job, cause).inc()
         elif outcome in {Outcome.RETRY, Outcome.PARKED}:
-            kind = "countdown" if outcome is Outcome.RETRY else "parked"
-            self.retries.labels(task, cause, kind).inc()
+            how = "countdown" if outcome is Outcome.RETRY else "parked"
+            self.retries.labels(*of_job, task, cause, how).inc()
         elif outcome is Outcome.ERROR:
-            self.errors.labels(task).inc()
+            self.errors.labels(*of_job, task).inc()
 
 
 # -- state, read at scrape time ------------------------------------------------------

@@ -32,6 +32,7 @@ from worker.adapters.store.layout import fold_layout_1_indexes
 from worker.adapters.store.ledger import FENCE_HEADER, Ledger
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import masked_args_repr
+from worker.core.types import JobKey
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Sweeper:
         send: Callable[..., Any],
         interval: float,
         rand: Callable[[], float] = random.random,
-        resent: Callable[[int], object] = lambda count: None,
+        resent: Callable[[list[JobKey]], object] = lambda jobs: None,
     ) -> None:
         self._ledger = ledger
         self._redis = client
@@ -86,7 +87,7 @@ class Sweeper:
                 )
             if jobs:
                 log.info("sweeper re-sent %d job(s) from the ledger", len(jobs))
-                self._resent(len(jobs))
+                self._resent([job.job for job in jobs])
             if expire_dead_messages(self._redis):
                 log.info("sweeper dropped parked messages past their retention")
             return len(jobs)
