@@ -210,7 +210,7 @@ class _Run:
         """What the runner needs from the configuration."""
         return Rules(
             policy=self.runtime.policy,
-            settle_seconds=self.runtime.settle_seconds,
+            settle_seconds=self.runtime.settle_seconds_for(self.job),
             countdown_max=float(self.conf.retry_countdown_max),
         )
 
@@ -352,7 +352,7 @@ class _IssueRun(_Run):
         runner = IssueRunner(
             request=request,
             store=self.runtime.ledger,
-            provider=self.runtime.client,
+            provider=self.runtime.provider_for(self.job),
             terminal=terminal,
             rules=self.rules(),
             message=self.message,
@@ -366,7 +366,7 @@ class _IssueRun(_Run):
         assert terminal.job is not None
         runner = UnreadableRunner(
             store=self.runtime.ledger,
-            provider=self.runtime.client,
+            provider=self.runtime.provider_for(self.job),
             terminal=terminal,
             rules=self.rules(),
             job=terminal.job,
@@ -393,7 +393,7 @@ class _CancelRun(_Run):
         runner = CancelRunner(
             sealer=self.runtime.sealer,
             store=self.runtime.ledger,
-            provider=self.runtime.client,
+            provider=self.runtime.provider_for(self.job),
             terminal=terminal,
             rules=self.rules(),
             message=self.message,

@@ -67,11 +67,17 @@ def _read_settings(sender: Celery, **_: Any) -> None:
 @signals.worker_init.connect
 def _refuse_to_start_misconfigured(**_: Any) -> None:
     """A worker without credentials or a PII key would fail every task; fail once, at start."""
-    if not (app.conf.iamport_key and app.conf.iamport_secret):
+    served = tuple(app.conf.providers)
+    if "iamport" in served and not (app.conf.iamport_key and app.conf.iamport_secret):
         raise SystemExit(
             "cashreceipt: configuration error: IAMPORT_KEY and IAMPORT_SECRET must be set "
-            "to start a worker (for a local try without credentials, use `make run`, which "
-            "starts the i'mport sandbox)"
+            "to start a worker that serves iamport (PROVIDERS) (for a local try without "
+            "credentials, use `make run`, which starts the i'mport sandbox)"
+        )
+    if "portone" in served and not (app.conf.portone_api_secret and app.conf.portone_store_id):
+        raise SystemExit(
+            "cashreceipt: configuration error: PORTONE_API_SECRET (or PORTONE_API_SECRET_FILE) "
+            "and PORTONE_STORE_ID must be set to start a worker that serves portone (PROVIDERS)"
         )
     try:
         Sealer.from_conf(app.conf)

@@ -11,6 +11,7 @@ worker's "received" log never show the identifier.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -25,16 +26,19 @@ from worker.celery.app import app as worker_app
 from worker.config.defaults import (
     LEDGER_LEASE_SECONDS,
     LEDGER_RETENTION,
+    PROVIDERS,
     RESULT_STREAM,
     RESULT_STREAM_RETENTION,
     VISIBILITY_TIMEOUT,
 )
 from worker.config.load import redis_url
+from worker.config.parse import env_providers
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
 from worker.core.masking import masked_args_repr
 from worker.core.ports import ClaimKind
 from worker.core.runner import reused, settled_message
 from worker.core.schemas import (
+    InvalidPayload,
     cancellation_job,
     load_cancellation,
     load_payload,
@@ -75,6 +79,7 @@ def enqueue_issue(
         app = worker_app
     sealer = Sealer.from_conf(app.conf)
     request = load_payload(payload, sealer)
+    _refuse_unserved(app, request.job)
     message = request.to_message(sealer)
     task_id = task_id or str(uuid.uuid4())
     # The ledger first: if the message is lost on its way to a worker, the
@@ -158,6 +163,30 @@ def end_settled(
     if claim.kind is not ClaimKind.DONE:
         settled_message(terminal, claim, message)
     return task_id
+
+
+def served_providers(app: Celery) -> tuple[str, ...]:
+    """The providers the workers serve: the app's PROVIDERS, or the environment's for an
+    app that is not ours (a producer's own Celery app)."""
+    configured = getattr(app.conf, "providers", None)
+    if configured:
+        return tuple(configured)
+    return env_providers(os.environ, "PROVIDERS", PROVIDERS)
+
+
+def _refuse_unserved(app: Celery, job: JobKey) -> None:
+    """A payload for a provider no worker serves is refused here, in the producer's request,
+    rather than ending ``not_configured`` seconds later."""
+    served = served_providers(app)
+    if job.provider not in served:
+        raise InvalidPayload(
+            {
+                "provider": [
+                    f"Must be one of PROVIDERS ({', '.join(served)}): the workers do not "
+                    f"serve {job.provider!r}."
+                ]
+            }
+        )
 
 
 def _send(app: Celery, task: str, message: Mapping[str, Any], task_id: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,28 +20,54 @@ from worker.adapters.iamport.client import IamportClient
 from worker.adapters.iamport.session import http_session
 from worker.adapters.iamport.tokens import RedisTokenCache
 from worker.adapters.observe.metrics import Metrics
+from worker.adapters.portone.client import PortOneClient
 from worker.adapters.privacy.sealing import Sealer
 from worker.adapters.store.events import EventPublisher
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.redis_client import redis_client
 from worker.celery.stopping import StoppableAdapter
 from worker.config.load import redis_url
+from worker.core.ports import Provider
+from worker.core.providers import provider_for
 from worker.core.retry import RetryPolicy
+from worker.core.types import JobKey
 
 
 @dataclass(frozen=True)
 class Runtime:
     """Everything with side effects that a task uses."""
 
-    client: IamportClient
+    #: The clients of the providers this worker serves (PROVIDERS), by name.
+    providers: Mapping[str, Provider]
     events: EventPublisher
     redis: redis.Redis
     ledger: Ledger
     policy: RetryPolicy
     sealer: Sealer
     metrics: Metrics
-    #: IAMPORT_SETTLE_SECONDS: how long after sending i'mport may still act on a request.
-    settle_seconds: float
+    #: Each served provider's bound on late processing (IAMPORT_SETTLE_SECONDS,
+    #: PORTONE_SETTLE_SECONDS): a settling lookup waits out its job's provider's.
+    settle_bounds: Mapping[str, float]
+
+    def provider_for(self, job: JobKey | None) -> Provider:
+        """The client that runs ``job`` (:func:`worker.core.providers.provider_for`)."""
+        return provider_for(self.providers, job)
+
+    def settle_seconds_for(self, job: JobKey | None) -> float:
+        """How long after a request ``job``'s provider may still act on it."""
+        if job is not None and job.provider in self.settle_bounds:
+            return self.settle_bounds[job.provider]
+        return max(self.settle_bounds.values(), default=0.0)
+
+    @property
+    def client(self) -> Provider:
+        """The i'mport client, for the operator's V1 commands (reconcile, settle)."""
+        return self.provider_for(JobKey.payment(""))
+
+    @property
+    def settle_seconds(self) -> float:
+        """The largest bound configured."""
+        return self.settle_seconds_for(None)
 
 
 _lock = threading.Lock()
@@ -72,8 +99,10 @@ def build_runtime(conf: Any) -> Runtime:
         adapter=StoppableAdapter,
     )
     metrics = Metrics()
-    return Runtime(
-        client=IamportClient(
+    providers: dict[str, Provider] = {}
+    served = tuple(getattr(conf, "providers", ("iamport",)))
+    if "iamport" in served:
+        providers["iamport"] = IamportClient(
             base_url=conf.iamport_api_url,
             imp_key=conf.iamport_key or "",
             imp_secret=conf.iamport_secret or "",
@@ -81,7 +110,26 @@ def build_runtime(conf: Any) -> Runtime:
             token_cache=RedisTokenCache(client),
             timeout=float(conf.iamport_timeout),
             observe=metrics.observe_iamport,
-        ),
+        )
+    if "portone" in served:
+        providers["portone"] = PortOneClient(
+            base_url=conf.portone_api_url,
+            api_secret=conf.portone_api_secret or "",
+            store_id=conf.portone_store_id or "",
+            session=http_session(
+                conf.portone_api_url,
+                pool_size=int(conf.worker_concurrency),
+                env=os.environ,
+                adapter=StoppableAdapter,
+            ),
+            timeout=float(conf.portone_timeout),
+            observe=metrics.observe_portone,
+        )
+    bounds = {"iamport": float(conf.iamport_settle_seconds)}
+    if "portone" in served:
+        bounds["portone"] = float(conf.portone_settle_seconds)
+    return Runtime(
+        providers=providers,
         events=EventPublisher(
             client,
             stream=conf.result_stream,
@@ -103,5 +151,5 @@ def build_runtime(conf: Any) -> Runtime:
             backoff_max=float(conf.retry_backoff_max),
         ),
         metrics=metrics,
-        settle_seconds=float(conf.iamport_settle_seconds),
+        settle_bounds={name: bound for name, bound in bounds.items() if name in served},
     )

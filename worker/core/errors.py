@@ -20,6 +20,7 @@ of these, so a caller decides what to do by class, never by parsing message text
         │   └── NotPaid           a PortOne V2 payment not paid yet (a virtual account awaiting
         │                         its deposit): replayable once it is
         ├── AmountMismatch        the payload's amount is not the PortOne V2 payment's
+        ├── NotConfigured         the job's provider is not in this worker's PROVIDERS
         ├── IdConflict            the merchant's id already carries a receipt that is not this job's
         ├── IdTaken               the merchant's id is spent: its receipt was cancelled, and the
         │                         provider issues no other under it (a re-issue after a refund)
@@ -124,6 +125,11 @@ class NotPaid(NotEligible):
 class AmountMismatch(PermanentError):
     """The payload names an amount the PortOne V2 payment does not have: the receipt
     would tell the tax service another sum than the buyer paid."""
+
+
+class NotConfigured(PermanentError):
+    """The job names a provider this worker does not serve (``PROVIDERS``): nothing is
+    sent. Replayable once every worker on the queue serves it."""
 
 
 class IdConflict(PermanentError):

@@ -35,7 +35,14 @@ def event_kind(event_type: str) -> str:
 # Whether a retry of the same job could still help, per failure reason.
 # An unreadable payload opens again once the key that sealed it is configured again.
 RETRYABLE_REASONS = frozenset(
-    {"retries_exhausted", "auth", "not_eligible", "not_paid", PAYLOAD_UNREADABLE}
+    {
+        "retries_exhausted",
+        "auth",
+        "not_eligible",
+        "not_paid",
+        "not_configured",
+        PAYLOAD_UNREADABLE,
+    }
 )
 
 

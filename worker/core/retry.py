@@ -24,6 +24,7 @@ from worker.core.errors import (
     IdTaken,
     InvalidRequest,
     IssuanceFailed,
+    NotConfigured,
     NotEligible,
     NotPaid,
     PermanentError,
@@ -124,6 +125,8 @@ ID_CONFLICT = "id_conflict"
 ID_TAKEN = "id_taken"
 #: The failure reason of a PortOne V2 payment not paid yet: replayable once it is.
 NOT_PAID = "not_paid"
+#: The failure reason of a job whose provider this worker does not serve (PROVIDERS).
+NOT_CONFIGURED = "not_configured"
 # The failure reasons of the result-event contract, for errors we give up on.
 REASON_BY_CLASS: tuple[tuple[type[ProviderError], str], ...] = (
     (AuthenticationFailed, "auth"),
@@ -131,6 +134,7 @@ REASON_BY_CLASS: tuple[tuple[type[ProviderError], str], ...] = (
     (NotPaid, NOT_PAID),
     (NotEligible, "not_eligible"),
     (AmountMismatch, "amount_mismatch"),
+    (NotConfigured, NOT_CONFIGURED),
     (IdConflict, ID_CONFLICT),
     (IdTaken, ID_TAKEN),
     (InvalidRequest, "rejected"),

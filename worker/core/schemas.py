@@ -212,7 +212,9 @@ def _served(default: str, served: tuple[str, ...], what: str) -> Text:
 
 
 def _provider() -> Text:
-    return _served(IAMPORT, SERVED_PROVIDERS, "this release issues i'mport (V1) receipts")
+    return _served(
+        IAMPORT, SERVED_PROVIDERS, "i'mport (PortOne V1) or PortOne V2, which PROVIDERS names"
+    )
 
 
 def _kind() -> Text:
@@ -234,7 +236,7 @@ def _amount(*, minimum: int = 0, required: bool = False) -> fields.Integer:
 
 
 #: The payload's ``provider`` and ``kind`` this release serves.
-SERVED_PROVIDERS = (IAMPORT,)
+SERVED_PROVIDERS = (IAMPORT, PORTONE)
 SERVED_KINDS = (PAYMENT, EXTERNAL)
 #: V1's ``product_type``: what was sold (KSNET requires it).
 PRODUCT_TYPES = ("real", "digital")
@@ -553,8 +555,11 @@ def readable_job(raw: object) -> JobKey | None:
     if not isinstance(raw, Mapping):
         return None
     provider, kind = raw.get("provider", IAMPORT), raw.get("kind", PAYMENT)
-    if provider != IAMPORT or kind not in KINDS:
+    if provider not in (IAMPORT, PORTONE) or kind not in KINDS:
         return None
+    if provider == PORTONE:
+        payment_id = _readable_id(raw.get("payment_id"))
+        return JobKey.portone(payment_id, kind) if payment_id is not None else None
     if kind == EXTERNAL:
         merchant_uid = _readable_id(raw.get("merchant_uid"))
         return JobKey.external(merchant_uid) if merchant_uid is not None else None
@@ -677,7 +682,7 @@ class PaymentCancelledSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    provider = _provider()
+    provider = _served(IAMPORT, (IAMPORT,), "refunds of PortOne V2 receipts are not served yet")
     kind = _kind()
     # Which of the two names the job is the kind's to say (_the_kinds_own_fields).
     imp_uid = provider_id(required=False)

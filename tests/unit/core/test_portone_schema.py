@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 from marshmallow import ValidationError
 
-from worker.core.schemas import InvalidPayload, PortOneReceiptSchema, load_payload
+from worker.adapters.privacy.sealing import Sealer
+from worker.core.schemas import (
+    InvalidPayload,
+    PortOneReceiptSchema,
+    load_cancellation,
+    load_payload,
+    readable_job,
+)
+from worker.core.types import JobKey
 
 SCHEMA = PortOneReceiptSchema()
 
@@ -64,8 +72,25 @@ def test_paid_at_that_names_no_moment_is_refused(given: object) -> None:
     assert "paid_at" in caught.value.messages
 
 
-def test_this_release_does_not_serve_portone_yet() -> None:
-    """Until the V2 client is wired, a V2 payload fails by name, never reaches i'mport."""
+def test_a_v2_payload_names_its_job_and_goes_round_its_message() -> None:
+    """``portone:<payment_id>``, one job for both kinds; the message the worker keeps and
+    re-publishes loads as the same request, the store never from it."""
+    sealer = Sealer([], allow_plaintext=True)
+    request = load_payload(payload(kind="external", paid_at=1796549400, storeId="other"))
+    assert request.job == JobKey.portone("pay-1") == JobKey.portone("pay-1", "external")
+    assert request.job.receipt_key == "portone:pay-1"
+    message = request.to_message(sealer)
+    assert {key: message[key] for key in ("provider", "kind", "payment_id")} == {
+        "provider": "portone",
+        "kind": "external",
+        "payment_id": "pay-1",
+    }
+    assert "merchant_uid" not in message and "storeId" not in message
+    assert load_payload(message) == request
+    assert readable_job(message) == request.job
+
+
+def test_a_v2_refund_is_not_served_yet() -> None:
     with pytest.raises(InvalidPayload) as caught:
-        load_payload(payload())
+        load_cancellation({"provider": "portone", "payment_id": "pay-1"})
     assert "provider" in caught.value.errors

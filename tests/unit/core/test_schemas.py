@@ -268,8 +268,8 @@ def test_provider_and_kind_default_to_a_v1_payment_and_are_not_sent() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "said"),
     [
-        ("provider", "portone", "i'mport (V1)"),
-        ("provider", "IAMPORT", "i'mport (V1)"),
+        ("provider", "toss", "or PortOne V2"),
+        ("provider", "IAMPORT", "or PortOne V2"),
         ("kind", "refund", "cash taken outside"),
         ("kind", None, "Field may not be null"),
         ("product_type", "physical", "Must be one of"),

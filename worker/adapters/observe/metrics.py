@@ -148,6 +148,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.portone_seconds = Histogram(
+            "cashreceipt_portone_request_duration_seconds",
+            "Time of each HTTP request to PortOne V2, by method, endpoint and HTTP status "
+            "('none' when no answer came)",
+            ["method", "endpoint", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe_portone(self, method: str, endpoint: str, status: str, seconds: float) -> None:
+        """One request to PortOne V2 (the shape of
+        :class:`worker.adapters.transport.RequestObserver`)."""
+        self.portone_seconds.labels(method, endpoint, status).observe(seconds)
 
     def observe_iamport(self, method: str, endpoint: str, status: str, seconds: float) -> None:
         """One request to i'mport.
