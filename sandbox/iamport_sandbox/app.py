@@ -1,18 +1,16 @@
-"""HTTP face of the sandbox: i'mport's routes, the admin API, and where faults strike.
+"""HTTP face of the sandbox: i'mport's routes and the admin API.
 
-Faults are applied here rather than in the merchant model because most of them are about the
-transport (a dropped socket, a request that never gets an answer), which only the server sees.
+Every API request goes through pipeline.py, where faults strike; this module says what i'mport
+checks and does, and serves the admin API that stages and inspects it all.
 """
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, Final
 
 from aiohttp import web
@@ -27,21 +25,17 @@ from iamport_sandbox.faults import (
     parse_step,
 )
 from iamport_sandbox.keys import Key
+from iamport_sandbox.pipeline import Dialect, finish, json_response, serve
 from iamport_sandbox.state import EXTERNAL_REISSUE_MODES, UNAUTHORIZED, Merchant, Reply, error, ok
 from iamport_sandbox.tokens import AdjustableClock, TokenPolicy, TokenStore
 
 log = logging.getLogger("iamport_sandbox")
 
 ADMIN: Final = "/__sandbox__"
-_JSON: Final = "application/json"
 _FORMS: Final = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
-_STATUS_MESSAGES: Final[Mapping[int, str]] = {
-    500: "PG사 통신 장애로 요청을 처리하지 못했습니다. (sandbox fault)",
-    502: "Bad Gateway (sandbox fault)",
-    503: "Service Temporarily Unavailable (sandbox fault)",
-    504: "Gateway Timeout (sandbox fault)",
-}
+# i'mport answers every fault in its envelope, and its latency comes before the token check.
+IAMPORT: Final = Dialect(error=error, gateway_pages=False, delay_first=True)
 
 
 @dataclass
@@ -71,23 +65,8 @@ class BadInput(ValueError):
     """A client body the sandbox cannot read; answered as 400, never as a crash."""
 
 
-def _response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> web.Response:
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    return web.Response(
-        body=body, status=status, headers=headers, content_type=_JSON, charset="utf-8"
-    )
-
-
-def _reason(status: int) -> str:
-    """The status's own phrase, e.g. "Request Timeout", for an injected answer."""
-    try:
-        return f"{HTTPStatus(status).phrase} (sandbox fault)"
-    except ValueError:
-        return "(sandbox fault)"
-
-
 def _admin_error(message: str) -> web.Response:
-    return _response(400, {"error": message})
+    return json_response(400, {"error": message})
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
@@ -107,11 +86,6 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadInput("요청 본문은 JSON 객체여야 합니다. (body must be a JSON object)")
     return data
-
-
-def _seconds_text(seconds: float) -> str:
-    """HTTP wants whole seconds; a fraction is kept only when asked for, so tests run fast."""
-    return str(int(seconds)) if seconds == int(seconds) else f"{seconds:g}"
 
 
 def _token_of(request: web.Request) -> str | None:
@@ -171,7 +145,7 @@ class Sandbox:
         try:
             params = await _read_body(request)
         except BadInput as exc:
-            return self._finish(entry, error(400, str(exc)))
+            return finish(entry, error(400, str(exc)))
         entry["body"] = rules.mask_fields(params)
         key, secret = params.get("imp_key"), params.get("imp_secret")
         if not key or not secret:
@@ -183,7 +157,7 @@ class Sandbox:
             reply = ok(
                 {"access_token": token.access_token, "now": now, "expired_at": token.expired_at}
             )
-        return self._finish(entry, reply)
+        return finish(entry, reply)
 
     async def get_payment(self, request: web.Request) -> web.StreamResponse:
         return await self._guarded(
@@ -248,12 +222,12 @@ class Sandbox:
     async def _guarded(
         self, request: web.Request, key: Key, endpoint: str, operation: Operation
     ) -> web.StreamResponse:
-        """Run a payment or external receipt endpoint through the fault plan, the token check and
-        the operation; faults and audit go by `key`, so the two kinds never meet."""
+        """Run a payment or external receipt endpoint through the pipeline: faults and audit go
+        by `key`, so the two kinds never meet."""
         entry = self._begin(request, key)
         if endpoint == "receipts" and request.method in {"POST", "DELETE"}:
             # Judged on arrival: only answers written before now can have informed the client.
-            entry["blind"] = self.merchant.audit.arrived(key, request.method)
+            entry["blind"] = self.merchant.audit.arrived(key, issuing=request.method == "POST")
         bad_body: str | None = None
         params: dict[str, Any] = {}
         if request.method == "POST":
@@ -262,114 +236,8 @@ class Sandbox:
             except BadInput as exc:
                 bad_body = str(exc)
             entry["body"] = rules.mask_fields(params)
-
-        step = self.faults.pick(key, request.method, endpoint)
-        kind = step.kind if step is not None else None
-        entry["fault"] = kind
-        delay = self.faults.delay_seconds(step)
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-        if step is not None:
-            early = await self._early_fault(request, entry, step)
-            if early is not None:
-                return early
-        if not self.tokens.is_valid(_token_of(request)):
-            return self._finish(entry, error(401, UNAUTHORIZED))
-        if bad_body is not None:
-            return self._finish(entry, error(400, bad_body))
-        reject = step.message if step is not None and kind == "reject" else None
-        reply = operation(key.uid, params, reject)
-        if kind == "drop_after":
-            entry["status"] = None
-            entry["outcome"] = reply.status
-            self._log(entry)
-            return self._drop(request)
-        response = self._finish(entry, reply)
-        if reply.shows is not None:
-            await self._answer_lookup(request, response, key, reply)
-        return response
-
-    async def _answer_lookup(
-        self, request: web.Request, response: web.Response, key: Key, reply: Reply
-    ) -> None:
-        """Write a lookup's answer now, then let the audit know what the client has been told.
-
-        A client that gave up (its read timeout) and closed the connection was told nothing:
-        writing to it raises.
-        """
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-        except ConnectionError:
-            return
-        if reply.shows is not None:
-            self.merchant.audit.answered(key, reply.shows)
-
-    async def _early_fault(  # noqa: PLR0911 (one answer per fault kind)
-        self, request: web.Request, entry: dict[str, Any], step: FaultStep
-    ) -> web.StreamResponse | None:
-        """Faults that answer (or refuse to) before the request reaches the merchant."""
-        if step.kind == "drop_before":
-            self._log(entry)
-            return self._drop(request)
-        if step.kind == "hang":
-            self._log(entry)
-            await self._hang(request, step.seconds)
-            return self._drop(request)
-        if step.kind == "status":
-            return self._finish(entry, error(step.status, _STATUS_MESSAGES[step.status]))
-        if step.kind == "rate_limit":
-            headers = {"Retry-After": _seconds_text(step.retry_after)}
-            return self._finish(entry, error(429, "Too Many Requests (sandbox fault)", headers))
-        if step.kind == "garbage":
-            entry["status"] = step.status
-            self._log(entry)
-            return web.Response(text=step.body, status=step.status, content_type="text/html")
-        if step.kind == "answer":
-            return self._answer(entry, step)
-        if step.kind == "revoke_tokens":
-            self.tokens.revoke_all()
-            return self._finish(entry, error(401, UNAUTHORIZED))
-        return None
-
-    def _answer(self, entry: dict[str, Any], step: FaultStep) -> web.Response:
-        """A status with the body kind asked for, and Retry-After if given; nothing is done."""
-        entry["status"] = step.status
-        self._log(entry)
-        header = step.retry_after_header
-        headers = {} if header is None else {"Retry-After": header}
-        reason = _reason(step.status)
-        if step.body_kind == "envelope":
-            return _response(step.status, error(step.status, reason).body, headers)
-        if step.body_kind == "json":
-            return _response(step.status, {"error": reason, "status": step.status}, headers)
-        if step.body_kind == "html":
-            page = f"<html><body><h1>{step.status} {html.escape(reason)}</h1></body></html>"
-            return web.Response(
-                text=page, status=step.status, headers=headers, content_type="text/html"
-            )
-        return web.Response(body=b"", status=step.status, headers=headers)
-
-    def _drop(self, request: web.Request) -> web.StreamResponse:
-        """Close the socket with nothing written; aiohttp then skips the response it is given."""
-        request.protocol.force_close()
-        return web.Response()
-
-    async def _hang(self, request: web.Request, seconds: float) -> None:
-        """Hold the request unanswered until the time is up, the client leaves, or we stop.
-
-        Polling the transport is what frees the slot when a client times out; aiohttp does not
-        cancel handlers on disconnect by default.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while not self.closing:
-            transport = request.transport
-            remaining = deadline - loop.time()
-            if transport is None or transport.is_closing() or remaining <= 0:
-                return
-            await asyncio.sleep(min(0.1, remaining))
+        call = _IamportCall(self, request, key, endpoint, entry, params, bad_body, operation)
+        return await serve(self, request, IAMPORT, call)
 
     # -- request log ------------------------------------------------------------------------
 
@@ -389,36 +257,15 @@ class Sandbox:
         self.merchant.requests.append(entry)
         return entry
 
-    def _finish(self, entry: dict[str, Any], reply: Reply) -> web.Response:
-        entry["status"] = reply.status
-        self._log(entry)
-        return _response(reply.status, reply.body, reply.headers)
-
-    @staticmethod
-    def _log(entry: dict[str, Any]) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            status = entry["status"]
-            if status is None:
-                outcome = entry.get("outcome")
-                status = "(no response)" if outcome is None else f"(no response; did {outcome})"
-            log.debug(
-                "%s %s -> %s fault=%s body=%s",
-                entry["method"],
-                entry["path"],
-                status,
-                entry["fault"],
-                json.dumps(entry["body"], ensure_ascii=False),
-            )
-
     # -- admin API --------------------------------------------------------------------------
 
     async def admin_health(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, {"ok": True})
+        return json_response(200, {"ok": True})
 
     async def admin_reset(self, _request: web.Request) -> web.StreamResponse:
         self.reset()
         log.info("admin: reset to startup state")
-        return _response(200, {"ok": True})
+        return json_response(200, {"ok": True})
 
     async def admin_put_payment(self, request: web.Request) -> web.StreamResponse:
         imp_uid = request.match_info["imp_uid"]
@@ -427,20 +274,20 @@ class Sandbox:
         except InvalidInput as exc:
             return _admin_error(str(exc))
         log.info("admin: payment %s seeded", imp_uid)
-        return _response(200, payment.to_json())
+        return json_response(200, payment.to_json())
 
     async def admin_get_payment(self, request: web.Request) -> web.StreamResponse:
-        return _response(200, self.merchant.payment(request.match_info["imp_uid"]).to_json())
+        return json_response(200, self.merchant.payment(request.match_info["imp_uid"]).to_json())
 
     async def admin_requests(self, request: web.Request) -> web.StreamResponse:
         filters = {f: request.query[f] for f in ("imp_uid", "merchant_uid") if f in request.query}
-        return _response(200, self.merchant.requests_view(filters))
+        return json_response(200, self.merchant.requests_view(filters))
 
     async def admin_receipts(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, self.merchant.receipts_view())
+        return json_response(200, self.merchant.receipts_view())
 
     async def admin_get_audit(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, self.merchant.audit.view())
+        return json_response(200, self.merchant.audit.view())
 
     async def admin_put_audit(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -454,10 +301,10 @@ class Sandbox:
             return _admin_error('body must be {"allow_duplicates": true|false}')
         self.merchant.audit.allow_duplicates = allow
         log.info("admin: duplicates %s", "allowed" if allow else "refused")
-        return _response(200, self.merchant.audit.view())
+        return json_response(200, self.merchant.audit.view())
 
     async def admin_get_external_reissue(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, {"external_reissue": self.merchant.external_reissue})
+        return json_response(200, {"external_reissue": self.merchant.external_reissue})
 
     async def admin_put_external_reissue(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -473,10 +320,10 @@ class Sandbox:
             return _admin_error(f'body must be {{"external_reissue": {modes}}}')
         self.merchant.external_reissue = body["external_reissue"]
         log.info("admin: external re-issue after a cancel: %s", self.merchant.external_reissue)
-        return _response(200, {"external_reissue": self.merchant.external_reissue})
+        return json_response(200, {"external_reissue": self.merchant.external_reissue})
 
     async def admin_get_token(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, self._token_view())
+        return json_response(200, self._token_view())
 
     async def admin_put_token(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -484,15 +331,15 @@ class Sandbox:
         except InvalidInput as exc:
             return _admin_error(str(exc))
         log.info("admin: token policy %s", self.tokens.policy)
-        return _response(200, self._token_view())
+        return json_response(200, self._token_view())
 
     async def admin_revoke_tokens(self, _request: web.Request) -> web.StreamResponse:
         self.tokens.revoke_all()
         log.info("admin: every token revoked")
-        return _response(200, {"ok": True})
+        return json_response(200, {"ok": True})
 
     async def admin_get_clock(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
+        return json_response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
 
     async def admin_advance_clock(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -501,7 +348,7 @@ class Sandbox:
         except InvalidInput as exc:
             return _admin_error(str(exc))
         log.info("admin: clock advanced by %ss", seconds)
-        return _response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
+        return json_response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
 
     async def admin_script(self, request: web.Request) -> web.StreamResponse:
         return await self._script(request, _payment_key(request))
@@ -516,10 +363,10 @@ class Sandbox:
             return _admin_error(str(exc))
         self.faults.append(key, steps)
         log.info("admin: %d fault step(s) scripted for %s %s", len(steps), key.id_field, key.uid)
-        return _response(200, self.faults.to_json())
+        return json_response(200, self.faults.to_json())
 
     async def admin_get_faults(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, self.faults.to_json())
+        return json_response(200, self.faults.to_json())
 
     async def admin_put_faults(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -527,12 +374,12 @@ class Sandbox:
         except InvalidInput as exc:
             return _admin_error(str(exc))
         log.info("admin: fault rates %s", self.faults.rates)
-        return _response(200, self.faults.to_json())
+        return json_response(200, self.faults.to_json())
 
     async def admin_clear_faults(self, _request: web.Request) -> web.StreamResponse:
         self.faults.clear()
         log.info("admin: faults cleared")
-        return _response(200, self.faults.to_json())
+        return json_response(200, self.faults.to_json())
 
     async def receipt_view(self, request: web.Request) -> web.StreamResponse:
         """What `receipt_url` points at, so a demo can follow the link."""
@@ -561,6 +408,46 @@ class Sandbox:
                 "expired_at": current.expired_at,
             },
         }
+
+
+@dataclass
+class _IamportCall:
+    """An i'mport request: its token, body and operation, and the lookups the audit hears of."""
+
+    sandbox: Sandbox
+    request: web.Request
+    key: Key
+    endpoint: str
+    entry: dict[str, Any]
+    params: dict[str, Any]
+    bad_body: str | None
+    operation: Operation
+
+    def admit(self) -> Reply | None:
+        if not self.sandbox.tokens.is_valid(_token_of(self.request)):
+            return error(401, UNAUTHORIZED)
+        if self.bad_body is not None:
+            return error(400, self.bad_body)
+        return None
+
+    def act(self, reject: FaultStep | None) -> Reply:
+        return self.operation(self.key.uid, self.params, None if reject is None else reject.message)
+
+    def abandon(self) -> None:
+        """Nothing was held for the work."""
+
+    def revoke(self) -> Reply:
+        self.sandbox.tokens.revoke_all()
+        return error(401, UNAUTHORIZED)
+
+    def watch(self, reply: Reply) -> bool:
+        """A lookup's answer is written at once, so the audit knows whether it was told."""
+        return reply.shows is not None
+
+    def told(self, reply: Reply | None, *, answered: bool) -> None:
+        """A client that gave up (its read timeout) and closed the connection was told nothing."""
+        if reply is not None and reply.shows is not None and answered:
+            self.sandbox.merchant.audit.answered(self.key, reply.shows)
 
 
 def _payment_key(request: web.Request) -> Key:

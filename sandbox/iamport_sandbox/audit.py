@@ -79,16 +79,17 @@ class Audit:
         if audit.shown is None or shown.epoch >= audit.shown.epoch:
             audit.shown = shown
 
-    def arrived(self, key: Key, method: str) -> bool:
-        """Judge a POST or DELETE on a receipt as it arrives; True (and counted) when blind."""
+    def arrived(self, key: Key, *, issuing: bool) -> bool:
+        """Judge a request to issue (a POST) or to cancel (a DELETE) as it arrives; True (and
+        counted) when blind."""
         audit = self._of(key)
         shown = audit.shown
         if shown is None or shown.epoch != audit.epoch:
             return False
-        if method == "POST" and shown.active:
+        if issuing and shown.active:
             audit.blind_posts += 1
             return True
-        if method == "DELETE" and not shown.active:
+        if not issuing and not shown.active:
             audit.blind_deletes += 1
             return True
         return False
