@@ -31,7 +31,7 @@ SHUTDOWN_TIMEOUT = 1.0
 EPILOG = """\
 default credentials: --imp-key sandbox_key --imp-secret sandbox_secret
 fault kinds for --fault-rate: status_500 status_502 status_503 status_504 rate_limit
-  drop_before drop_after hang revoke_tokens reject
+  drop_before drop_after hang hang_after revoke_tokens reject
 script-only kinds: latency status garbage answer
 admin API (no auth): http://HOST:PORT/__sandbox__/ ; see docs/sandbox.md
 """

@@ -142,10 +142,31 @@ async def serve(
         log_entry(entry)
         call.told(reply, answered=False)
         return drop(request)
+    if kind == "hang_after":
+        assert step is not None
+        entry["outcome"] = reply.status
+        await hang(host, request, step.seconds)
+        return await _late_answer(request, call, reply)
     response = finish(entry, reply)
     answered = True
     if call.watch(reply):
         answered = await write(request, response)
+    call.told(reply, answered=answered)
+    return response
+
+
+async def _late_answer(request: web.Request, call: Call, reply: Reply) -> web.StreamResponse:
+    """A `hang_after` answer: written now if the client is still there, else never."""
+    entry = call.entry
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        log_entry(entry)
+        call.told(reply, answered=False)
+        return drop(request)
+    response = finish(entry, reply)
+    answered = await write(request, response)
+    if not answered:
+        entry["status"] = None
     call.told(reply, answered=answered)
     return response
 
