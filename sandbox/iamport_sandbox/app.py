@@ -6,7 +6,6 @@ checks and does, and serves the admin API that stages and inspects it all.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 from collections.abc import Callable
@@ -15,14 +14,13 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from iamport_sandbox import keys, rules
+from iamport_sandbox import admin, keys, rules
 from iamport_sandbox.errors import InvalidInput
 from iamport_sandbox.faults import (
     DEFAULT_HANG_SECONDS,
     DEFAULT_REJECT_MESSAGE,
     FaultPlan,
     FaultStep,
-    parse_step,
 )
 from iamport_sandbox.keys import Key
 from iamport_sandbox.pipeline import Dialect, finish, json_response, serve
@@ -63,10 +61,6 @@ class SandboxConfig:
 
 class BadInput(ValueError):
     """A client body the sandbox cannot read; answered as 400, never as a crash."""
-
-
-def _admin_error(message: str) -> web.Response:
-    return json_response(400, {"error": message})
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
@@ -270,9 +264,9 @@ class Sandbox:
     async def admin_put_payment(self, request: web.Request) -> web.StreamResponse:
         imp_uid = request.match_info["imp_uid"]
         try:
-            payment = self.merchant.seed_payment(imp_uid, await _admin_json(request))
+            payment = self.merchant.seed_payment(imp_uid, await admin.read_json(request))
         except InvalidInput as exc:
-            return _admin_error(str(exc))
+            return admin.error(str(exc))
         log.info("admin: payment %s seeded", imp_uid)
         return json_response(200, payment.to_json())
 
@@ -291,14 +285,14 @@ class Sandbox:
 
     async def admin_put_audit(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = await _admin_json(request)
+            body = await admin.read_json(request)
         except InvalidInput as exc:
-            return _admin_error(str(exc))
+            return admin.error(str(exc))
         if not isinstance(body, dict) or set(body) != {"allow_duplicates"}:
-            return _admin_error('body must be {"allow_duplicates": true|false}')
+            return admin.error('body must be {"allow_duplicates": true|false}')
         allow = body["allow_duplicates"]
         if not isinstance(allow, bool):
-            return _admin_error('body must be {"allow_duplicates": true|false}')
+            return admin.error('body must be {"allow_duplicates": true|false}')
         self.merchant.audit.allow_duplicates = allow
         log.info("admin: duplicates %s", "allowed" if allow else "refused")
         return json_response(200, self.merchant.audit.view())
@@ -308,17 +302,14 @@ class Sandbox:
 
     async def admin_put_external_reissue(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = await _admin_json(request)
+            body = await admin.read_json(request)
         except InvalidInput as exc:
-            return _admin_error(str(exc))
-        modes = "|".join(f'"{mode}"' for mode in EXTERNAL_REISSUE_MODES)
-        if (
-            not isinstance(body, dict)
-            or set(body) != {"external_reissue"}
-            or body["external_reissue"] not in EXTERNAL_REISSUE_MODES
-        ):
-            return _admin_error(f'body must be {{"external_reissue": {modes}}}')
-        self.merchant.external_reissue = body["external_reissue"]
+            return admin.error(str(exc))
+        try:
+            mode = admin.choice(body, "external_reissue", EXTERNAL_REISSUE_MODES)
+        except InvalidInput as exc:
+            return admin.error(str(exc))
+        self.merchant.external_reissue = mode
         log.info("admin: external re-issue after a cancel: %s", self.merchant.external_reissue)
         return json_response(200, {"external_reissue": self.merchant.external_reissue})
 
@@ -327,9 +318,9 @@ class Sandbox:
 
     async def admin_put_token(self, request: web.Request) -> web.StreamResponse:
         try:
-            self.tokens.policy = _token_policy(await _admin_json(request), self.tokens.policy)
+            self.tokens.policy = _token_policy(await admin.read_json(request), self.tokens.policy)
         except InvalidInput as exc:
-            return _admin_error(str(exc))
+            return admin.error(str(exc))
         log.info("admin: token policy %s", self.tokens.policy)
         return json_response(200, self._token_view())
 
@@ -343,36 +334,27 @@ class Sandbox:
 
     async def admin_advance_clock(self, request: web.Request) -> web.StreamResponse:
         try:
-            seconds = _advance_seconds(await _admin_json(request))
+            seconds = admin.seconds(await admin.read_json(request), "advance_seconds")
             self.clock.advance(seconds)
         except InvalidInput as exc:
-            return _admin_error(str(exc))
+            return admin.error(str(exc))
         log.info("admin: clock advanced by %ss", seconds)
         return json_response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
 
     async def admin_script(self, request: web.Request) -> web.StreamResponse:
-        return await self._script(request, _payment_key(request))
+        return await admin.script(request, self.faults, _payment_key(request))
 
     async def admin_script_external(self, request: web.Request) -> web.StreamResponse:
-        return await self._script(request, _external_key(request))
-
-    async def _script(self, request: web.Request, key: Key) -> web.StreamResponse:
-        try:
-            steps = _script_steps(await _admin_json(request))
-        except InvalidInput as exc:
-            return _admin_error(str(exc))
-        self.faults.append(key, steps)
-        log.info("admin: %d fault step(s) scripted for %s %s", len(steps), key.id_field, key.uid)
-        return json_response(200, self.faults.to_json())
+        return await admin.script(request, self.faults, _external_key(request))
 
     async def admin_get_faults(self, _request: web.Request) -> web.StreamResponse:
         return json_response(200, self.faults.to_json())
 
     async def admin_put_faults(self, request: web.Request) -> web.StreamResponse:
         try:
-            self.faults.configure(await _admin_json(request))
+            self.faults.configure(await admin.read_json(request))
         except InvalidInput as exc:
-            return _admin_error(str(exc))
+            return admin.error(str(exc))
         log.info("admin: fault rates %s", self.faults.rates)
         return json_response(200, self.faults.to_json())
 
@@ -386,12 +368,7 @@ class Sandbox:
         receipt = self.merchant.find_receipt(request.match_info["receipt_tid"])
         if receipt is None:
             raise web.HTTPNotFound(text="no such receipt")
-        rows = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in receipt.annotation().items()
-        )
-        page = f"<!doctype html><title>현금영수증 (sandbox)</title><table>{rows}</table>"
-        return web.Response(text=page, content_type="text/html")
+        return admin.receipt_page(receipt.annotation())
 
     def _token_view(self) -> dict[str, Any]:
         policy = self.tokens.policy
@@ -458,16 +435,6 @@ def _external_key(request: web.Request) -> Key:
     return keys.external(request.match_info["merchant_uid"])
 
 
-async def _admin_json(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise InvalidInput("body is not valid JSON") from None
-
-
 _POLICY_FIELDS: Final = {
     "lifetime_seconds": "lifetime",
     "extend_window_seconds": "extend_window",
@@ -489,20 +456,6 @@ def _token_policy(body: Any, current: TokenPolicy) -> TokenPolicy:
             raise InvalidInput(f"{key} must be a whole number of seconds")
         values[attr] = value
     return TokenPolicy(**values)
-
-
-def _advance_seconds(body: Any) -> float:
-    seconds = body.get("advance_seconds") if isinstance(body, dict) else None
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise InvalidInput('body must be {"advance_seconds": N} with N >= 0')
-    return float(seconds)
-
-
-def _script_steps(body: Any) -> list[FaultStep]:
-    script = body.get("script") if isinstance(body, dict) else None
-    if not isinstance(script, list) or not script:
-        raise InvalidInput('body must be {"script": [step, ...]} with at least one step')
-    return [parse_step(raw) for raw in script]
 
 
 SANDBOX_KEY: Final = web.AppKey("sandbox", Sandbox)
