@@ -1,4 +1,5 @@
-"""HTTP face of the sandbox: i'mport's routes and the admin API.
+"""HTTP face of the sandbox: i'mport's routes and the admin API; PortOne V2's beside them
+(portone_http.py, under /portone).
 
 Every API request goes through pipeline.py, where faults strike; this module says what i'mport
 checks and does, and serves the admin API that stages and inspects it all.
@@ -24,6 +25,7 @@ from iamport_sandbox.faults import (
 )
 from iamport_sandbox.keys import Key
 from iamport_sandbox.pipeline import Dialect, finish, json_response, serve
+from iamport_sandbox.portone_http import PortOneConfig, PortOneServer
 from iamport_sandbox.state import EXTERNAL_REISSUE_MODES, UNAUTHORIZED, Merchant, Reply, error, ok
 from iamport_sandbox.tokens import AdjustableClock, TokenPolicy, TokenStore
 
@@ -57,6 +59,8 @@ class SandboxConfig:
     late_limit_seconds: float | None = None
     # Whether a merchant_uid whose external receipts are all cancelled may be issued again.
     external_reissue: str = "refuse"
+    # PortOne V2, served under /portone by the same process.
+    portone: PortOneConfig = field(default_factory=PortOneConfig)
 
 
 class BadInput(ValueError):
@@ -109,6 +113,9 @@ class Sandbox:
         )
         self.faults = self._startup_faults()
         self.closing = False
+        self.portone = PortOneServer(
+            self, self.clock, self.merchant.audit, config.portone, id_seed=config.seed
+        )
 
     def _startup_faults(self) -> FaultPlan:
         plan = FaultPlan(self.config.seed)
@@ -131,6 +138,7 @@ class Sandbox:
         self.tokens = TokenStore(self.clock, TokenPolicy(lifetime=self.config.token_lifetime))
         self.clock.offset = 0.0
         self.faults = self._startup_faults()
+        self.portone.reset()
 
     # -- i'mport API ------------------------------------------------------------------------
 
@@ -496,4 +504,5 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_get(f"{ADMIN}/external/reissue", sandbox.admin_get_external_reissue)
     app.router.add_put(f"{ADMIN}/external/reissue", sandbox.admin_put_external_reissue)
     app.router.add_get(f"{ADMIN}/receipt-view/{{receipt_tid}}", sandbox.receipt_view)
+    sandbox.portone.add_routes(app.router)
     return app

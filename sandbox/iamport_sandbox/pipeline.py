@@ -171,7 +171,7 @@ async def _late_answer(request: web.Request, call: Call, reply: Reply) -> web.St
     return response
 
 
-async def _early_fault(  # noqa: PLR0911 (one answer per fault kind)
+async def _early_fault(
     host: Host, request: web.Request, dialect: Dialect, call: Call, step: FaultStep
 ) -> web.StreamResponse | None:
     """Faults that answer (or refuse to) before the request reaches the API; nothing is done."""
@@ -180,9 +180,16 @@ async def _early_fault(  # noqa: PLR0911 (one answer per fault kind)
         refusal = call.revoke()
         call.told(refusal, answered=True)
         return finish(entry, refusal)
-    if step.kind not in {"drop_before", "hang", "status", "rate_limit", "garbage", "answer"}:
-        return None
-    call.told(None, answered=False)
+    response = await _injected(host, request, dialect, entry, step)
+    if response is not None:
+        call.told(None, answered=False)
+    return response
+
+
+async def _injected(  # noqa: PLR0911 (one answer per fault kind)
+    host: Host, request: web.Request, dialect: Dialect, entry: dict[str, Any], step: FaultStep
+) -> web.StreamResponse | None:
+    """What the client meets in place of the API's answer, if the step is such a fault."""
     if step.kind == "drop_before":
         log_entry(entry)
         return drop(request)
@@ -201,7 +208,9 @@ async def _early_fault(  # noqa: PLR0911 (one answer per fault kind)
         entry["status"] = step.status
         log_entry(entry)
         return web.Response(text=step.body, status=step.status, content_type="text/html")
-    return answer(entry, dialect, step.status, step.body_kind, step.retry_after_header)
+    if step.kind == "answer":
+        return answer(entry, dialect, step.status, step.body_kind, step.retry_after_header)
+    return None
 
 
 def answer(
