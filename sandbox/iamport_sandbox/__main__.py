@@ -24,14 +24,23 @@ from iamport_sandbox.faults import (
     parse_rate_flag,
     parse_step,
 )
+from iamport_sandbox.idempotency import DEFAULT_RETENTION_SECONDS
+from iamport_sandbox.portone import REISSUE_MODES
+from iamport_sandbox.portone_http import (
+    DEFAULT_CHANNEL_KEY,
+    DEFAULT_SECRET,
+    DEFAULT_STORE_ID,
+    PortOneConfig,
+)
 from iamport_sandbox.state import EXTERNAL_REISSUE_MODES
 
 SHUTDOWN_TIMEOUT = 1.0
 
 EPILOG = """\
 default credentials: --imp-key sandbox_key --imp-secret sandbox_secret
+PortOne V2 under /portone: Authorization: PortOne sandbox_portone_secret
 fault kinds for --fault-rate: status_500 status_502 status_503 status_504 rate_limit
-  drop_before drop_after hang revoke_tokens reject
+  drop_before drop_after hang hang_after revoke_tokens reject
 script-only kinds: latency status garbage answer
 admin API (no auth): http://HOST:PORT/__sandbox__/ ; see docs/sandbox.md
 """
@@ -60,7 +69,8 @@ def _script(text: str) -> tuple[str, list[FaultStep]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iamport-sandbox",
-        description="Local simulator of the i'mport (PortOne V1) cash-receipt REST API.",
+        description="Local simulator of the i'mport (PortOne V1) cash-receipt REST API, and of "
+        "PortOne V2's under /portone.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -151,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "receipts are all cancelled (allow) or answers 'already issued' (refuse); the real API's "
         "answer is unconfirmed (default %(default)s)",
     )
+    _add_portone_arguments(parser)
     parser.add_argument("--seed", type=int, default=None, help="seed for fault draws and ids")
     parser.add_argument(
         "--log-level",
@@ -159,6 +170,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEBUG logs every request, with identifiers masked (default %(default)s)",
     )
     return parser
+
+
+def _add_portone_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("PortOne V2 (served under /portone)")
+    group.add_argument(
+        "--portone-secret",
+        default=DEFAULT_SECRET,
+        metavar="SECRET",
+        help="the V2 API secret of 'Authorization: PortOne <secret>' (default %(default)s)",
+    )
+    group.add_argument(
+        "--portone-store-id",
+        default=DEFAULT_STORE_ID,
+        metavar="STORE_ID",
+        help="the store the secret belongs to; another storeId is 403 (default %(default)s)",
+    )
+    group.add_argument(
+        "--portone-channel-key",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help=f"a channel key POST /cash-receipts accepts; repeatable; others are 404 "
+        f"CHANNEL_NOT_FOUND (default {DEFAULT_CHANNEL_KEY})",
+    )
+    group.add_argument(
+        "--portone-reissue",
+        choices=REISSUE_MODES,
+        default="refuse",
+        help="whether POST /cash-receipts issues again for a paymentId whose receipts are all "
+        "cancelled (allow) or answers 409 CASH_RECEIPT_ALREADY_ISSUED (refuse); the real API's "
+        "answer is unconfirmed (default %(default)s)",
+    )
+    group.add_argument(
+        "--idempotency-retention",
+        type=float,
+        default=DEFAULT_RETENTION_SECONDS,
+        metavar="SECONDS",
+        help="how long an Idempotency-Key is kept, on the sandbox clock, from its first "
+        "request (default %(default)g: PortOne's 3 hours)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
@@ -172,6 +223,10 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         raise SystemExit("--late-limit-seconds must not be negative")
     if not args.reject_message:
         raise SystemExit("--reject-message must not be empty")
+    if args.idempotency_retention < 0:
+        raise SystemExit("--idempotency-retention must not be negative")
+    if not args.portone_secret or not args.portone_store_id:
+        raise SystemExit("--portone-secret and --portone-store-id must not be empty")
     scripts: dict[str, list[FaultStep]] = {}
     for imp_uid, steps in args.fault_script:
         scripts.setdefault(imp_uid, []).extend(steps)
@@ -190,6 +245,13 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         allow_duplicates=args.allow_duplicates,
         late_limit_seconds=args.late_limit_seconds,
         external_reissue=args.external_reissue,
+        portone=PortOneConfig(
+            secret=args.portone_secret,
+            store_id=args.portone_store_id,
+            channel_keys=tuple(args.portone_channel_key or [DEFAULT_CHANNEL_KEY]),
+            reissue=args.portone_reissue,
+            idempotency_retention=args.idempotency_retention,
+        ),
     )
 
 

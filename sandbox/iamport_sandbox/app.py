@@ -1,47 +1,41 @@
-"""HTTP face of the sandbox: i'mport's routes, the admin API, and where faults strike.
+"""HTTP face of the sandbox: i'mport's routes and the admin API; PortOne V2's beside them
+(portone_http.py, under /portone).
 
-Faults are applied here rather than in the merchant model because most of them are about the
-transport (a dropped socket, a request that never gets an answer), which only the server sees.
+Every API request goes through pipeline.py, where faults strike; this module says what i'mport
+checks and does, and serves the admin API that stages and inspects it all.
 """
 
 from __future__ import annotations
 
-import asyncio
-import html
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, Final
 
 from aiohttp import web
 
-from iamport_sandbox import keys, rules
+from iamport_sandbox import admin, keys, rules
 from iamport_sandbox.errors import InvalidInput
 from iamport_sandbox.faults import (
     DEFAULT_HANG_SECONDS,
     DEFAULT_REJECT_MESSAGE,
     FaultPlan,
     FaultStep,
-    parse_step,
 )
 from iamport_sandbox.keys import Key
+from iamport_sandbox.pipeline import Dialect, finish, json_response, serve
+from iamport_sandbox.portone_http import PortOneConfig, PortOneServer
 from iamport_sandbox.state import EXTERNAL_REISSUE_MODES, UNAUTHORIZED, Merchant, Reply, error, ok
 from iamport_sandbox.tokens import AdjustableClock, TokenPolicy, TokenStore
 
 log = logging.getLogger("iamport_sandbox")
 
 ADMIN: Final = "/__sandbox__"
-_JSON: Final = "application/json"
 _FORMS: Final = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
-_STATUS_MESSAGES: Final[Mapping[int, str]] = {
-    500: "PG사 통신 장애로 요청을 처리하지 못했습니다. (sandbox fault)",
-    502: "Bad Gateway (sandbox fault)",
-    503: "Service Temporarily Unavailable (sandbox fault)",
-    504: "Gateway Timeout (sandbox fault)",
-}
+# i'mport answers every fault in its envelope, and its latency comes before the token check.
+IAMPORT: Final = Dialect(error=error, gateway_pages=False, delay_first=True)
 
 
 @dataclass
@@ -65,29 +59,12 @@ class SandboxConfig:
     late_limit_seconds: float | None = None
     # Whether a merchant_uid whose external receipts are all cancelled may be issued again.
     external_reissue: str = "refuse"
+    # PortOne V2, served under /portone by the same process.
+    portone: PortOneConfig = field(default_factory=PortOneConfig)
 
 
 class BadInput(ValueError):
     """A client body the sandbox cannot read; answered as 400, never as a crash."""
-
-
-def _response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> web.Response:
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    return web.Response(
-        body=body, status=status, headers=headers, content_type=_JSON, charset="utf-8"
-    )
-
-
-def _reason(status: int) -> str:
-    """The status's own phrase, e.g. "Request Timeout", for an injected answer."""
-    try:
-        return f"{HTTPStatus(status).phrase} (sandbox fault)"
-    except ValueError:
-        return "(sandbox fault)"
-
-
-def _admin_error(message: str) -> web.Response:
-    return _response(400, {"error": message})
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
@@ -107,11 +84,6 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadInput("요청 본문은 JSON 객체여야 합니다. (body must be a JSON object)")
     return data
-
-
-def _seconds_text(seconds: float) -> str:
-    """HTTP wants whole seconds; a fraction is kept only when asked for, so tests run fast."""
-    return str(int(seconds)) if seconds == int(seconds) else f"{seconds:g}"
 
 
 def _token_of(request: web.Request) -> str | None:
@@ -141,6 +113,9 @@ class Sandbox:
         )
         self.faults = self._startup_faults()
         self.closing = False
+        self.portone = PortOneServer(
+            self, self.clock, self.merchant.audit, config.portone, id_seed=config.seed
+        )
 
     def _startup_faults(self) -> FaultPlan:
         plan = FaultPlan(self.config.seed)
@@ -163,6 +138,7 @@ class Sandbox:
         self.tokens = TokenStore(self.clock, TokenPolicy(lifetime=self.config.token_lifetime))
         self.clock.offset = 0.0
         self.faults = self._startup_faults()
+        self.portone.reset()
 
     # -- i'mport API ------------------------------------------------------------------------
 
@@ -171,7 +147,7 @@ class Sandbox:
         try:
             params = await _read_body(request)
         except BadInput as exc:
-            return self._finish(entry, error(400, str(exc)))
+            return finish(entry, error(400, str(exc)))
         entry["body"] = rules.mask_fields(params)
         key, secret = params.get("imp_key"), params.get("imp_secret")
         if not key or not secret:
@@ -183,7 +159,7 @@ class Sandbox:
             reply = ok(
                 {"access_token": token.access_token, "now": now, "expired_at": token.expired_at}
             )
-        return self._finish(entry, reply)
+        return finish(entry, reply)
 
     async def get_payment(self, request: web.Request) -> web.StreamResponse:
         return await self._guarded(
@@ -248,12 +224,12 @@ class Sandbox:
     async def _guarded(
         self, request: web.Request, key: Key, endpoint: str, operation: Operation
     ) -> web.StreamResponse:
-        """Run a payment or external receipt endpoint through the fault plan, the token check and
-        the operation; faults and audit go by `key`, so the two kinds never meet."""
+        """Run a payment or external receipt endpoint through the pipeline: faults and audit go
+        by `key`, so the two kinds never meet."""
         entry = self._begin(request, key)
         if endpoint == "receipts" and request.method in {"POST", "DELETE"}:
             # Judged on arrival: only answers written before now can have informed the client.
-            entry["blind"] = self.merchant.audit.arrived(key, request.method)
+            entry["blind"] = self.merchant.audit.arrived(key, issuing=request.method == "POST")
         bad_body: str | None = None
         params: dict[str, Any] = {}
         if request.method == "POST":
@@ -262,114 +238,8 @@ class Sandbox:
             except BadInput as exc:
                 bad_body = str(exc)
             entry["body"] = rules.mask_fields(params)
-
-        step = self.faults.pick(key, request.method, endpoint)
-        kind = step.kind if step is not None else None
-        entry["fault"] = kind
-        delay = self.faults.delay_seconds(step)
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-        if step is not None:
-            early = await self._early_fault(request, entry, step)
-            if early is not None:
-                return early
-        if not self.tokens.is_valid(_token_of(request)):
-            return self._finish(entry, error(401, UNAUTHORIZED))
-        if bad_body is not None:
-            return self._finish(entry, error(400, bad_body))
-        reject = step.message if step is not None and kind == "reject" else None
-        reply = operation(key.uid, params, reject)
-        if kind == "drop_after":
-            entry["status"] = None
-            entry["outcome"] = reply.status
-            self._log(entry)
-            return self._drop(request)
-        response = self._finish(entry, reply)
-        if reply.shows is not None:
-            await self._answer_lookup(request, response, key, reply)
-        return response
-
-    async def _answer_lookup(
-        self, request: web.Request, response: web.Response, key: Key, reply: Reply
-    ) -> None:
-        """Write a lookup's answer now, then let the audit know what the client has been told.
-
-        A client that gave up (its read timeout) and closed the connection was told nothing:
-        writing to it raises.
-        """
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-        except ConnectionError:
-            return
-        if reply.shows is not None:
-            self.merchant.audit.answered(key, reply.shows)
-
-    async def _early_fault(  # noqa: PLR0911 (one answer per fault kind)
-        self, request: web.Request, entry: dict[str, Any], step: FaultStep
-    ) -> web.StreamResponse | None:
-        """Faults that answer (or refuse to) before the request reaches the merchant."""
-        if step.kind == "drop_before":
-            self._log(entry)
-            return self._drop(request)
-        if step.kind == "hang":
-            self._log(entry)
-            await self._hang(request, step.seconds)
-            return self._drop(request)
-        if step.kind == "status":
-            return self._finish(entry, error(step.status, _STATUS_MESSAGES[step.status]))
-        if step.kind == "rate_limit":
-            headers = {"Retry-After": _seconds_text(step.retry_after)}
-            return self._finish(entry, error(429, "Too Many Requests (sandbox fault)", headers))
-        if step.kind == "garbage":
-            entry["status"] = step.status
-            self._log(entry)
-            return web.Response(text=step.body, status=step.status, content_type="text/html")
-        if step.kind == "answer":
-            return self._answer(entry, step)
-        if step.kind == "revoke_tokens":
-            self.tokens.revoke_all()
-            return self._finish(entry, error(401, UNAUTHORIZED))
-        return None
-
-    def _answer(self, entry: dict[str, Any], step: FaultStep) -> web.Response:
-        """A status with the body kind asked for, and Retry-After if given; nothing is done."""
-        entry["status"] = step.status
-        self._log(entry)
-        header = step.retry_after_header
-        headers = {} if header is None else {"Retry-After": header}
-        reason = _reason(step.status)
-        if step.body_kind == "envelope":
-            return _response(step.status, error(step.status, reason).body, headers)
-        if step.body_kind == "json":
-            return _response(step.status, {"error": reason, "status": step.status}, headers)
-        if step.body_kind == "html":
-            page = f"<html><body><h1>{step.status} {html.escape(reason)}</h1></body></html>"
-            return web.Response(
-                text=page, status=step.status, headers=headers, content_type="text/html"
-            )
-        return web.Response(body=b"", status=step.status, headers=headers)
-
-    def _drop(self, request: web.Request) -> web.StreamResponse:
-        """Close the socket with nothing written; aiohttp then skips the response it is given."""
-        request.protocol.force_close()
-        return web.Response()
-
-    async def _hang(self, request: web.Request, seconds: float) -> None:
-        """Hold the request unanswered until the time is up, the client leaves, or we stop.
-
-        Polling the transport is what frees the slot when a client times out; aiohttp does not
-        cancel handlers on disconnect by default.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while not self.closing:
-            transport = request.transport
-            remaining = deadline - loop.time()
-            if transport is None or transport.is_closing() or remaining <= 0:
-                return
-            await asyncio.sleep(min(0.1, remaining))
+        call = _IamportCall(self, request, key, endpoint, entry, params, bad_body, operation)
+        return await serve(self, request, IAMPORT, call)
 
     # -- request log ------------------------------------------------------------------------
 
@@ -389,162 +259,124 @@ class Sandbox:
         self.merchant.requests.append(entry)
         return entry
 
-    def _finish(self, entry: dict[str, Any], reply: Reply) -> web.Response:
-        entry["status"] = reply.status
-        self._log(entry)
-        return _response(reply.status, reply.body, reply.headers)
-
-    @staticmethod
-    def _log(entry: dict[str, Any]) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            status = entry["status"]
-            if status is None:
-                outcome = entry.get("outcome")
-                status = "(no response)" if outcome is None else f"(no response; did {outcome})"
-            log.debug(
-                "%s %s -> %s fault=%s body=%s",
-                entry["method"],
-                entry["path"],
-                status,
-                entry["fault"],
-                json.dumps(entry["body"], ensure_ascii=False),
-            )
-
     # -- admin API --------------------------------------------------------------------------
 
     async def admin_health(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, {"ok": True})
+        return json_response(200, {"ok": True})
 
     async def admin_reset(self, _request: web.Request) -> web.StreamResponse:
         self.reset()
         log.info("admin: reset to startup state")
-        return _response(200, {"ok": True})
+        return json_response(200, {"ok": True})
 
     async def admin_put_payment(self, request: web.Request) -> web.StreamResponse:
         imp_uid = request.match_info["imp_uid"]
         try:
-            payment = self.merchant.seed_payment(imp_uid, await _admin_json(request))
+            payment = self.merchant.seed_payment(imp_uid, await admin.read_json(request))
         except InvalidInput as exc:
-            return _admin_error(str(exc))
+            return admin.error(str(exc))
         log.info("admin: payment %s seeded", imp_uid)
-        return _response(200, payment.to_json())
+        return json_response(200, payment.to_json())
 
     async def admin_get_payment(self, request: web.Request) -> web.StreamResponse:
-        return _response(200, self.merchant.payment(request.match_info["imp_uid"]).to_json())
+        return json_response(200, self.merchant.payment(request.match_info["imp_uid"]).to_json())
 
     async def admin_requests(self, request: web.Request) -> web.StreamResponse:
         filters = {f: request.query[f] for f in ("imp_uid", "merchant_uid") if f in request.query}
-        return _response(200, self.merchant.requests_view(filters))
+        return json_response(200, self.merchant.requests_view(filters))
 
     async def admin_receipts(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, self.merchant.receipts_view())
+        return json_response(200, self.merchant.receipts_view())
 
     async def admin_get_audit(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, self.merchant.audit.view())
+        return json_response(200, self.merchant.audit.view())
 
     async def admin_put_audit(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = await _admin_json(request)
+            body = await admin.read_json(request)
         except InvalidInput as exc:
-            return _admin_error(str(exc))
+            return admin.error(str(exc))
         if not isinstance(body, dict) or set(body) != {"allow_duplicates"}:
-            return _admin_error('body must be {"allow_duplicates": true|false}')
+            return admin.error('body must be {"allow_duplicates": true|false}')
         allow = body["allow_duplicates"]
         if not isinstance(allow, bool):
-            return _admin_error('body must be {"allow_duplicates": true|false}')
+            return admin.error('body must be {"allow_duplicates": true|false}')
         self.merchant.audit.allow_duplicates = allow
         log.info("admin: duplicates %s", "allowed" if allow else "refused")
-        return _response(200, self.merchant.audit.view())
+        return json_response(200, self.merchant.audit.view())
 
     async def admin_get_external_reissue(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, {"external_reissue": self.merchant.external_reissue})
+        return json_response(200, {"external_reissue": self.merchant.external_reissue})
 
     async def admin_put_external_reissue(self, request: web.Request) -> web.StreamResponse:
         try:
-            body = await _admin_json(request)
+            body = await admin.read_json(request)
         except InvalidInput as exc:
-            return _admin_error(str(exc))
-        modes = "|".join(f'"{mode}"' for mode in EXTERNAL_REISSUE_MODES)
-        if (
-            not isinstance(body, dict)
-            or set(body) != {"external_reissue"}
-            or body["external_reissue"] not in EXTERNAL_REISSUE_MODES
-        ):
-            return _admin_error(f'body must be {{"external_reissue": {modes}}}')
-        self.merchant.external_reissue = body["external_reissue"]
+            return admin.error(str(exc))
+        try:
+            mode = admin.choice(body, "external_reissue", EXTERNAL_REISSUE_MODES)
+        except InvalidInput as exc:
+            return admin.error(str(exc))
+        self.merchant.external_reissue = mode
         log.info("admin: external re-issue after a cancel: %s", self.merchant.external_reissue)
-        return _response(200, {"external_reissue": self.merchant.external_reissue})
+        return json_response(200, {"external_reissue": self.merchant.external_reissue})
 
     async def admin_get_token(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, self._token_view())
+        return json_response(200, self._token_view())
 
     async def admin_put_token(self, request: web.Request) -> web.StreamResponse:
         try:
-            self.tokens.policy = _token_policy(await _admin_json(request), self.tokens.policy)
+            self.tokens.policy = _token_policy(await admin.read_json(request), self.tokens.policy)
         except InvalidInput as exc:
-            return _admin_error(str(exc))
+            return admin.error(str(exc))
         log.info("admin: token policy %s", self.tokens.policy)
-        return _response(200, self._token_view())
+        return json_response(200, self._token_view())
 
     async def admin_revoke_tokens(self, _request: web.Request) -> web.StreamResponse:
         self.tokens.revoke_all()
         log.info("admin: every token revoked")
-        return _response(200, {"ok": True})
+        return json_response(200, {"ok": True})
 
     async def admin_get_clock(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
+        return json_response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
 
     async def admin_advance_clock(self, request: web.Request) -> web.StreamResponse:
         try:
-            seconds = _advance_seconds(await _admin_json(request))
+            seconds = admin.seconds(await admin.read_json(request), "advance_seconds")
             self.clock.advance(seconds)
         except InvalidInput as exc:
-            return _admin_error(str(exc))
+            return admin.error(str(exc))
         log.info("admin: clock advanced by %ss", seconds)
-        return _response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
+        return json_response(200, {"now": self.clock(), "offset_seconds": self.clock.offset})
 
     async def admin_script(self, request: web.Request) -> web.StreamResponse:
-        return await self._script(request, _payment_key(request))
+        return await admin.script(request, self.faults, _payment_key(request))
 
     async def admin_script_external(self, request: web.Request) -> web.StreamResponse:
-        return await self._script(request, _external_key(request))
-
-    async def _script(self, request: web.Request, key: Key) -> web.StreamResponse:
-        try:
-            steps = _script_steps(await _admin_json(request))
-        except InvalidInput as exc:
-            return _admin_error(str(exc))
-        self.faults.append(key, steps)
-        log.info("admin: %d fault step(s) scripted for %s %s", len(steps), key.id_field, key.uid)
-        return _response(200, self.faults.to_json())
+        return await admin.script(request, self.faults, _external_key(request))
 
     async def admin_get_faults(self, _request: web.Request) -> web.StreamResponse:
-        return _response(200, self.faults.to_json())
+        return json_response(200, self.faults.to_json())
 
     async def admin_put_faults(self, request: web.Request) -> web.StreamResponse:
         try:
-            self.faults.configure(await _admin_json(request))
+            self.faults.configure(await admin.read_json(request))
         except InvalidInput as exc:
-            return _admin_error(str(exc))
+            return admin.error(str(exc))
         log.info("admin: fault rates %s", self.faults.rates)
-        return _response(200, self.faults.to_json())
+        return json_response(200, self.faults.to_json())
 
     async def admin_clear_faults(self, _request: web.Request) -> web.StreamResponse:
         self.faults.clear()
         log.info("admin: faults cleared")
-        return _response(200, self.faults.to_json())
+        return json_response(200, self.faults.to_json())
 
     async def receipt_view(self, request: web.Request) -> web.StreamResponse:
         """What `receipt_url` points at, so a demo can follow the link."""
         receipt = self.merchant.find_receipt(request.match_info["receipt_tid"])
         if receipt is None:
             raise web.HTTPNotFound(text="no such receipt")
-        rows = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in receipt.annotation().items()
-        )
-        page = f"<!doctype html><title>현금영수증 (sandbox)</title><table>{rows}</table>"
-        return web.Response(text=page, content_type="text/html")
+        return admin.receipt_page(receipt.annotation())
 
     def _token_view(self) -> dict[str, Any]:
         policy = self.tokens.policy
@@ -563,22 +395,52 @@ class Sandbox:
         }
 
 
+@dataclass
+class _IamportCall:
+    """An i'mport request: its token, body and operation, and the lookups the audit hears of."""
+
+    sandbox: Sandbox
+    request: web.Request
+    key: Key
+    endpoint: str
+    entry: dict[str, Any]
+    params: dict[str, Any]
+    bad_body: str | None
+    operation: Operation
+
+    def admit(self) -> Reply | None:
+        if not self.sandbox.tokens.is_valid(_token_of(self.request)):
+            return error(401, UNAUTHORIZED)
+        if self.bad_body is not None:
+            return error(400, self.bad_body)
+        return None
+
+    def act(self, reject: FaultStep | None) -> Reply:
+        return self.operation(self.key.uid, self.params, None if reject is None else reject.message)
+
+    def abandon(self) -> None:
+        """Nothing was held for the work."""
+
+    def revoke(self) -> Reply:
+        self.sandbox.tokens.revoke_all()
+        return error(401, UNAUTHORIZED)
+
+    def watch(self, reply: Reply) -> bool:
+        """A lookup's answer is written at once, so the audit knows whether it was told."""
+        return reply.shows is not None
+
+    def told(self, reply: Reply | None, *, answered: bool) -> None:
+        """A client that gave up (its read timeout) and closed the connection was told nothing."""
+        if reply is not None and reply.shows is not None and answered:
+            self.sandbox.merchant.audit.answered(self.key, reply.shows)
+
+
 def _payment_key(request: web.Request) -> Key:
     return keys.payment(request.match_info["imp_uid"])
 
 
 def _external_key(request: web.Request) -> Key:
     return keys.external(request.match_info["merchant_uid"])
-
-
-async def _admin_json(request: web.Request) -> Any:
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise InvalidInput("body is not valid JSON") from None
 
 
 _POLICY_FIELDS: Final = {
@@ -602,20 +464,6 @@ def _token_policy(body: Any, current: TokenPolicy) -> TokenPolicy:
             raise InvalidInput(f"{key} must be a whole number of seconds")
         values[attr] = value
     return TokenPolicy(**values)
-
-
-def _advance_seconds(body: Any) -> float:
-    seconds = body.get("advance_seconds") if isinstance(body, dict) else None
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise InvalidInput('body must be {"advance_seconds": N} with N >= 0')
-    return float(seconds)
-
-
-def _script_steps(body: Any) -> list[FaultStep]:
-    script = body.get("script") if isinstance(body, dict) else None
-    if not isinstance(script, list) or not script:
-        raise InvalidInput('body must be {"script": [step, ...]} with at least one step')
-    return [parse_step(raw) for raw in script]
 
 
 SANDBOX_KEY: Final = web.AppKey("sandbox", Sandbox)
@@ -656,4 +504,5 @@ def build_app(config: SandboxConfig) -> web.Application:
     app.router.add_get(f"{ADMIN}/external/reissue", sandbox.admin_get_external_reissue)
     app.router.add_put(f"{ADMIN}/external/reissue", sandbox.admin_put_external_reissue)
     app.router.add_get(f"{ADMIN}/receipt-view/{{receipt_tid}}", sandbox.receipt_view)
+    sandbox.portone.add_routes(app.router)
     return app

@@ -1,11 +1,12 @@
 """Which failure, if any, the next request meets.
 
-Faults come from two places. A script per imp_uid (or per external receipt's merchant_uid) lets a
-test stage an exact sequence ("503, then drop after creating, then succeed"); global rates let a
-benchmark or soak run meet failures at random, reproducibly with a seed. A scripted step wins over
-the rates, so a test that scripts an imp_uid is never disturbed by rates set for a load run. The
-external receipt routes are `receipts` requests like the payment ones, so every kind and rate
-applies to them too.
+Faults come from two places. A script per imp_uid (or per external receipt's merchant_uid, or per
+PortOne V2 paymentId) lets a test stage an exact sequence ("503, then drop after creating, then
+succeed"); global rates let a benchmark or soak run meet failures at random, reproducibly with a
+seed. A scripted step wins over the rates, so a test that scripts an imp_uid is never disturbed by
+rates set for a load run. The external receipt routes and V2's cash-receipt routes are `receipts`
+requests like the payment ones, so every kind and rate applies to them too; V2's cancel, a POST,
+is told from its issue by the endpoint `cancel`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from iamport_sandbox.errors import InvalidInput
-from iamport_sandbox.keys import EXTERNAL, PAYMENT, Key
+from iamport_sandbox.keys import EXTERNAL, PAYMENT, PORTONE, Key
 
 STEP_KINDS: Final = (
     "latency",
@@ -29,11 +30,13 @@ STEP_KINDS: Final = (
     "reject",
     "garbage",
     "answer",
+    "hang_after",
 )
 
 # Rate names in the order they are drawn for a request; the first that fires is the fault.
-# Cheap, "nothing happened" faults come before the ones that act, and drop_after comes last so
-# its rate is the share of requests that succeed on the server yet fail for the client.
+# Cheap, "nothing happened" faults come before the ones that act, and drop_after and hang_after
+# come last so their rates are the shares of requests that succeed on the server yet fail for the
+# client (a dropped connection; an answer held past the client's read timeout).
 RATE_KINDS: Final = (
     "revoke_tokens",
     "drop_before",
@@ -45,12 +48,17 @@ RATE_KINDS: Final = (
     "status_504",
     "reject",
     "drop_after",
+    "hang_after",
 )
 
 INJECTABLE_STATUSES: Final = frozenset({500, 502, 503, 504})
 METHODS: Final = frozenset({"GET", "POST", "DELETE"})
-ENDPOINTS: Final = frozenset({"receipts", "payments"})
+# `cancel` is PortOne V2's POST /payments/{paymentId}/cash-receipt/cancel; i'mport's cancels are
+# DELETE /receipts/....
+ENDPOINTS: Final = frozenset({"receipts", "payments", "cancel"})
 DEFAULT_REJECT_MESSAGE: Final = "[PG] 현금영수증 발급이 거절되었습니다."
+# The PG's code in a V2 PG_PROVIDER error (i'mport's envelope has no place for one).
+DEFAULT_PG_CODE: Final = "SANDBOX_REJECT"
 DEFAULT_HANG_SECONDS: Final = 3600.0
 # What a load balancer or gateway in front of an API answers when the API behind it is sick: not
 # i'mport's envelope, not even JSON.
@@ -72,6 +80,7 @@ class FaultStep:
     retry_after: float = 1.0
     seconds: float = DEFAULT_HANG_SECONDS
     message: str = DEFAULT_REJECT_MESSAGE
+    pg_code: str = DEFAULT_PG_CODE
     body: str = DEFAULT_GARBAGE_BODY
     body_kind: str = "envelope"
     # An `answer` step's Retry-After header, as sent: seconds or an HTTP date; None sends none.
@@ -109,6 +118,7 @@ def parse_step(raw: Any) -> FaultStep:
         "retry_after",
         "seconds",
         "message",
+        "pg_code",
         "body",
         "body_kind",
     }
@@ -122,13 +132,20 @@ def parse_step(raw: Any) -> FaultStep:
             raise InvalidInput(f"method must be one of GET, POST, DELETE, got {raw['method']!r}")
     endpoint = raw.get("endpoint")
     if endpoint is not None and endpoint not in ENDPOINTS:
-        raise InvalidInput(f"endpoint must be 'receipts' or 'payments', got {endpoint!r}")
+        raise InvalidInput(f"endpoint must be 'receipts', 'payments' or 'cancel', got {endpoint!r}")
     if kind == "reject":
         # A rejection is the PG refusing to issue or cancel; a lookup has nothing to refuse.
         method = method or "POST"
         endpoint = endpoint or "receipts"
-        if method not in {"POST", "DELETE"} or endpoint != "receipts":
-            raise InvalidInput("a reject step applies only to POST or DELETE /receipts")
+        if (method, endpoint) not in {
+            ("POST", "receipts"),
+            ("DELETE", "receipts"),
+            ("POST", "cancel"),
+        }:
+            raise InvalidInput(
+                "a reject step applies only to an issue or a cancel: POST or DELETE /receipts, "
+                "or (V2) POST with endpoint 'cancel'"
+            )
     status = _status(raw, kind)
     body_kind = raw.get("body_kind", "envelope")
     if body_kind not in BODY_KINDS:
@@ -140,6 +157,9 @@ def parse_step(raw: Any) -> FaultStep:
     message = raw.get("message", DEFAULT_REJECT_MESSAGE)
     if not isinstance(message, str) or not message:
         raise InvalidInput("message must be a non-empty string")
+    pg_code = raw.get("pg_code", DEFAULT_PG_CODE)
+    if not isinstance(pg_code, str) or not pg_code:
+        raise InvalidInput("pg_code must be a non-empty string")
     return FaultStep(
         kind=kind,
         method=method,
@@ -149,6 +169,7 @@ def parse_step(raw: Any) -> FaultStep:
         retry_after=retry_after,
         seconds=_number(raw, "seconds", DEFAULT_HANG_SECONDS),
         message=message,
+        pg_code=pg_code,
         body=body,
         body_kind=body_kind,
         retry_after_header=header,
@@ -341,6 +362,7 @@ class FaultPlan:
             "seed": self.seed,
             "scripts": self._scripts_json(PAYMENT),
             "external_scripts": self._scripts_json(EXTERNAL),
+            "portone_scripts": self._scripts_json(PORTONE),
         }
 
     def _scripts_json(self, kind: str) -> dict[str, list[dict[str, Any]]]:

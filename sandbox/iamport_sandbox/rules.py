@@ -81,8 +81,9 @@ PRODUCT_TYPES: Final = frozenset({"real", "digital"})
 PAYMENT_STATUSES: Final = frozenset({"ready", "paid", "cancelled", "failed"})
 
 # Fields that identify a person; they never reach the request log or the process log in clear.
-MASKED_FIELDS: Final = frozenset({"identifier", "buyer_tel"})
-SECRET_FIELDS: Final = frozenset({"imp_secret"})
+# i'mport's names, then PortOne V2's (customer.identityNumber, customer.phoneNumber).
+MASKED_FIELDS: Final = frozenset({"identifier", "buyer_tel", "identityNumber", "phoneNumber"})
+SECRET_FIELDS: Final = frozenset({"imp_secret", "apiSecret"})
 
 TS1_MESSAGE: Final = "[TS1] 발행 요청 번호 오류"
 
@@ -152,13 +153,16 @@ def mask(value: str) -> str:
 
 
 def mask_fields(body: Mapping[str, Any]) -> dict[str, Any]:
-    """Copy a request body with personal numbers masked and secrets hidden, for logs."""
+    """Copy a request body with personal numbers masked and secrets hidden, for logs; objects
+    within it (V2's `customer`) too."""
     masked: dict[str, Any] = {}
     for key, value in body.items():
         if key in SECRET_FIELDS:
             masked[key] = "***"
         elif key in MASKED_FIELDS and value is not None:
             masked[key] = mask(str(value))
+        elif isinstance(value, Mapping):
+            masked[key] = mask_fields(value)
         else:
             masked[key] = value
     return masked

@@ -12,7 +12,7 @@ import random
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from iamport_sandbox import keys, rules
 from iamport_sandbox.audit import Audit, Shown
@@ -288,6 +288,17 @@ def _check_issuable(payment: Payment, request: IssueRequest, params: Mapping[str
         raise Refusal(400, "nice_v2는 현금영수증카드 번호(taxcard)로 API 발행을 할 수 없습니다.")
 
 
+def check_seed(fields: Any, allowed: frozenset[str]) -> None:
+    """An admin seed is a JSON object of known payment fields."""
+    if not isinstance(fields, dict):
+        raise InvalidInput("body must be a JSON object")
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise InvalidInput(
+            f"unknown payment fields: {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
 def _seed_value(name: str, value: Any) -> Any:
     """Check one admin-seeded payment field."""
     if name in {"amount", "cancel_amount"}:
@@ -311,7 +322,43 @@ def _seed_value(name: str, value: Any) -> Any:
     return value.strip()
 
 
-class Merchant:
+PaymentT = TypeVar("PaymentT")
+ReceiptT = TypeVar("ReceiptT")
+KeyT = TypeVar("KeyT")
+
+
+class Ledger(Generic[PaymentT, ReceiptT, KeyT]):
+    """What the sandbox keeps for one API: payments by id, receipts by key and in the order they
+    were made, how many each key's POSTs created, the request log, and approval numbers."""
+
+    def __init__(self, clock: Clock, *, id_seed: int | None = None) -> None:
+        self._clock = clock
+        self._ids = random.Random(id_seed)  # noqa: S311 - fake approval numbers, not secrets
+        self._receipt_seq = 0
+        self.payments: dict[str, PaymentT] = {}
+        self.receipts: dict[KeyT, list[ReceiptT]] = {}
+        self.all_receipts: list[ReceiptT] = []
+        self.issued_counts: Counter[KeyT] = Counter()
+        self.requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
+
+    def reset(self) -> None:
+        """Forget everything but the receipt sequence, so receipt ids stay unique for the run."""
+        self.payments.clear()
+        self.receipts.clear()
+        self.all_receipts.clear()
+        self.issued_counts.clear()
+        self.requests.clear()
+
+    def _next_receipt_seq(self) -> int:
+        self._receipt_seq += 1
+        return self._receipt_seq
+
+    def _approval_number(self) -> str:
+        """A 9-digit number, as the NTS approval number looks."""
+        return f"{self._ids.randrange(10**9):09d}"
+
+
+class Merchant(Ledger[Payment, Receipt, Key]):
     """One merchant account's payments and receipts, plus the record of every API request."""
 
     def __init__(
@@ -322,24 +369,12 @@ class Merchant:
         allow_duplicates: bool = False,
         external_reissue: str = "refuse",
     ) -> None:
-        self._clock = clock
+        super().__init__(clock, id_seed=id_seed)
         self.audit = Audit(allow_duplicates=allow_duplicates)
         self.external_reissue = external_reissue
-        self._ids = random.Random(id_seed)  # noqa: S311 - fake approval numbers, not secrets
-        self._receipt_seq = 0
-        self.payments: dict[str, Payment] = {}
-        self.receipts: dict[Key, list[Receipt]] = {}
-        self.all_receipts: list[Receipt] = []
-        self.issued_counts: Counter[Key] = Counter()
-        self.requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
 
     def reset(self) -> None:
-        """Forget everything but the receipt sequence, so receipt ids stay unique for the run."""
-        self.payments.clear()
-        self.receipts.clear()
-        self.all_receipts.clear()
-        self.issued_counts.clear()
-        self.requests.clear()
+        super().reset()
         self.audit.clear()
 
     # -- payments ---------------------------------------------------------------------------
@@ -365,14 +400,7 @@ class Merchant:
 
     def seed_payment(self, imp_uid: str, fields: Any) -> Payment:
         """Create or update a payment from admin input; InvalidInput leaves it untouched."""
-        if not isinstance(fields, dict):
-            raise InvalidInput("body must be a JSON object")
-        unknown = sorted(set(fields) - SEEDABLE_FIELDS)
-        if unknown:
-            raise InvalidInput(
-                f"unknown payment fields: {', '.join(unknown)}; "
-                f"allowed: {', '.join(sorted(SEEDABLE_FIELDS))}"
-            )
+        check_seed(fields, SEEDABLE_FIELDS)
         key = keys.payment(imp_uid)
         updated = asdict(self.payment(imp_uid))
         updated.update({name: _seed_value(name, value) for name, value in fields.items()})
@@ -424,12 +452,11 @@ class Merchant:
         pg_provider: str = "",
     ) -> Receipt:
         was_active = self.has_receipt(key)
-        self._receipt_seq += 1
-        receipt_tid = f"SBX-RCT-{self._receipt_seq:010d}"
+        receipt_tid = f"SBX-RCT-{self._next_receipt_seq():010d}"
         receipt = Receipt(
             key=key,
             receipt_tid=receipt_tid,
-            apply_num=f"{self._ids.randrange(10**9):09d}",
+            apply_num=self._approval_number(),
             type=request.type,
             amount=amount,
             vat=vat,

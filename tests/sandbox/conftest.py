@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.sandbox.client import Api
+from tests.sandbox.client import Api, PortOneApi
 from tests.support.sandbox import Sandbox, running_sandbox
 
 
@@ -35,3 +35,15 @@ def api(sandbox: Sandbox) -> Api:
 def imp_uid() -> str:
     """A payment nobody has touched: the sandbox's default paid vbank payment."""
     return f"imp_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def v2(sandbox: Sandbox) -> PortOneApi:
+    """A PortOne V2 client of the sandbox's /portone, with its secret."""
+    return PortOneApi(sandbox.portone_url, sandbox.portone_secret)
+
+
+@pytest.fixture
+def payment_id() -> str:
+    """A V2 paymentId nobody has touched."""
+    return f"pay-{uuid.uuid4().hex[:12]}"

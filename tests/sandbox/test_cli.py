@@ -39,10 +39,16 @@ def test_help_documents_flags_and_default_credentials() -> None:
         "--seed",
         "--log-level",
         "--external-reissue",
+        "--portone-secret",
+        "--portone-store-id",
+        "--portone-channel-key",
+        "--portone-reissue",
+        "--idempotency-retention",
     ]:
         assert flag in result.stdout
     assert "sandbox_key" in result.stdout
     assert "sandbox_secret" in result.stdout
+    assert "Authorization: PortOne sandbox_portone_secret" in result.stdout
 
 
 def test_console_script_is_installed() -> None:
@@ -72,6 +78,10 @@ def test_version() -> None:
         ["--fault-script", 'imp_1=[{"kind":"explode"}]'],
         ["--late-limit-seconds", "-1"],
         ["--external-reissue", "sometimes"],
+        ["--portone-reissue", "sometimes"],
+        ["--idempotency-retention", "-1"],
+        ["--idempotency-retention", "3h"],
+        ["--portone-secret", ""],
     ],
 )
 def test_bad_flags_exit_non_zero(args: list[str]) -> None:

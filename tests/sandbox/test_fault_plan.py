@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from iamport_sandbox.errors import InvalidInput
 from iamport_sandbox.faults import RATE_KINDS, FaultPlan, parse_rate_flag, parse_step
-from iamport_sandbox.keys import Key, external, payment
+from iamport_sandbox.keys import Key, external, payment, portone
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,18 @@ def test_bad_steps_are_refused(raw: Any) -> None:
     """Every malformed step is an InvalidInput with a message, never a crash."""
     with pytest.raises(InvalidInput, match=r"\w"):
         parse_step(raw)
+
+
+def test_reject_of_a_v2_cancel_names_its_endpoint() -> None:
+    """V2 cancels with a POST, so a reject for it says endpoint `cancel`, and carries a pg_code."""
+    step = parse_step({"kind": "reject", "endpoint": "cancel", "pg_code": "C01"})
+    assert (step.method, step.endpoint, step.pg_code) == ("POST", "cancel", "C01")
+    assert step.matches("POST", "cancel")
+    assert not step.matches("POST", "receipts")
+    with pytest.raises(InvalidInput):
+        parse_step({"kind": "reject", "endpoint": "cancel", "method": "GET"})
+    with pytest.raises(InvalidInput):
+        parse_step({"kind": "reject", "pg_code": ""})
 
 
 def test_reject_defaults_to_issuing() -> None:
@@ -68,9 +80,12 @@ def test_script_is_consumed_in_order_by_matching_requests() -> None:
         (external("x"), payment("x")),
         (payment("external:x"), external("x")),
         (external("x"), payment("iamport-external:x")),
+        (portone("x"), payment("x")),
+        (portone("x"), external("x")),
+        (payment("x"), portone("x")),
     ],
 )
-def test_payment_and_external_scripts_never_share_a_key(scripted: Key, other: Key) -> None:
+def test_scripts_of_different_kinds_never_share_a_key(scripted: Key, other: Key) -> None:
     """A step scripted for one kind of id is never consumed by the other, whatever the ids."""
     plan = FaultPlan()
     plan.append(scripted, [parse_step({"kind": "status", "status": 503})])

@@ -9,6 +9,7 @@ import requests
 
 from tests.sandbox.client import Api, failure, success
 from tests.support.sandbox import Sandbox
+from tests.support.wait import wait_for
 
 
 def test_latency_step_delays_then_answers(api: Api, sandbox: Sandbox, imp_uid: str) -> None:
@@ -159,6 +160,35 @@ def test_drop_after_on_cancel_cancels(api: Api, sandbox: Sandbox, imp_uid: str) 
     assert success(api.lookup(imp_uid))["cancelled_at"] > 0
 
 
+def test_hang_after_acts_then_outlasts_the_client(api: Api, sandbox: Sandbox, imp_uid: str) -> None:
+    """hang_after issues at once, then holds the answer: the client's read timeout fires with
+    the receipt made, and the log says what was done though nothing was sent."""
+    sandbox.script(imp_uid, {"kind": "hang_after", "method": "POST"})
+    started = time.monotonic()
+    with pytest.raises(requests.ReadTimeout):
+        api.call("POST", f"/receipts/{imp_uid}", json={"identifier": "01012345678"}, timeout=0.5)
+    assert time.monotonic() - started < 2
+    assert sandbox.issued_count(imp_uid) == 1
+    assert success(api.lookup(imp_uid))["cancelled_at"] == 0
+    wait_for(
+        lambda: sandbox.requests(imp_uid)[0].get("outcome") == 200,
+        timeout=5,
+        message="the held POST to be logged",
+    )
+    (post, _lookup) = sandbox.requests(imp_uid)
+    assert (post["fault"], post["status"], post["outcome"]) == ("hang_after", None, 200)
+
+
+def test_short_hang_after_answers_late(api: Api, sandbox: Sandbox, imp_uid: str) -> None:
+    """A hang_after shorter than the client's timeout delivers the answer, late."""
+    sandbox.script(imp_uid, {"kind": "hang_after", "seconds": 0.3})
+    started = time.monotonic()
+    success(api.issue(imp_uid))
+    assert time.monotonic() - started >= 0.3
+    (post,) = sandbox.requests(imp_uid)
+    assert (post["status"], post["outcome"]) == (200, 200)
+
+
 def test_hang_outlasts_the_client_timeout(api: Api, sandbox: Sandbox, imp_uid: str) -> None:
     """A hang never answers: a 0.5 s read timeout fires and nothing is created."""
     sandbox.script(imp_uid, {"kind": "hang"})
@@ -238,7 +268,8 @@ def test_status_rates(api: Api, sandbox: Sandbox, imp_uid: str, rate: str, statu
 
 
 def test_rates_for_every_other_kind(api: Api, sandbox: Sandbox, imp_uid: str) -> None:
-    """rate_limit, drop_before, drop_after, hang, revoke_tokens and reject each fire at rate 1."""
+    """rate_limit, drop_before, drop_after, hang, hang_after, revoke_tokens and reject each fire
+    at rate 1."""
     sandbox.set_rates(rates={"rate_limit": 1.0}, retry_after=2)
     response = api.issue(imp_uid)
     failure(response, 429)
@@ -260,6 +291,12 @@ def test_rates_for_every_other_kind(api: Api, sandbox: Sandbox, imp_uid: str) ->
     sandbox.set_rates(rates={"hang": 1.0}, hang_seconds=30)
     with pytest.raises(requests.ReadTimeout):
         api.call("GET", f"/payments/{imp_uid}", timeout=0.3)
+
+    sandbox.set_rates(rates={"hang_after": 1.0}, hang_seconds=30)
+    with pytest.raises(requests.ReadTimeout):
+        api.call("DELETE", f"/receipts/{imp_uid}", timeout=0.3)
+    sandbox.clear_faults()
+    assert success(api.lookup(imp_uid))["cancelled_at"] > 0
 
     sandbox.set_rates(rates={"revoke_tokens": 1.0})
     failure(api.payment(imp_uid), 401)

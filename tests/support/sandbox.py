@@ -1,7 +1,8 @@
 """Start the i'mport sandbox as the real console program and drive its admin API.
 
 Tests talk to it over loopback HTTP exactly as the worker does, so nothing here imports the
-sandbox package: what is tested is the process a user runs.
+sandbox package: what is tested is the process a user runs. The same process serves PortOne V2
+under `/portone` (`Sandbox.portone_url`); its admin helpers are the `portone_*` ones.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from tests.support.wait import wait_for
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_KEY = "sandbox_key"
 DEFAULT_SECRET = "sandbox_secret"
+DEFAULT_PORTONE_SECRET = "sandbox_portone_secret"
+DEFAULT_PORTONE_STORE_ID = "store-sandbox"
+DEFAULT_PORTONE_CHANNEL_KEY = "channel-key-sandbox"
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 STOP_TIMEOUT = 5.0
 ADMIN_TIMEOUT = 5.0
 
@@ -145,6 +150,70 @@ class SandboxAdmin:
     def clear_faults(self) -> None:
         self._call("DELETE", "faults")
 
+    # -- PortOne V2 (/portone) ------------------------------------------------------------------
+
+    def seed_portone_payment(self, payment_id: str, **fields: Any) -> dict[str, Any]:
+        """Create or update a V2 payment: `status`, `amount={...}`, `paidAt`, `method`,
+        `cashReceipt={...}` (issued at approval), `cashReceiptIssuanceStatus`, `orderName`,
+        `currency`. Returns the Payment as GET /payments/{paymentId} answers it."""
+        result: dict[str, Any] = self._call("PUT", f"portone/payments/{payment_id}", fields)
+        return result
+
+    def portone_payment(self, payment_id: str) -> dict[str, Any]:
+        """A seeded V2 payment, without the API's auth."""
+        result: dict[str, Any] = self._call("GET", f"portone/payments/{payment_id}")
+        return result
+
+    def portone_requests(self, payment_id: str | None = None) -> list[dict[str, Any]]:
+        """Every V2 API request seen (for one paymentId if given), oldest first: headers with
+        the secret hidden, identity numbers masked, the Idempotency-Key as sent, and what the
+        sandbox did with it (`idempotency`: new, replayed, outstanding, reused, invalid)."""
+        query = {"paymentId": payment_id} if payment_id is not None else {}
+        entries: list[dict[str, Any]] = self._call("GET", "portone/requests", **query)["requests"]
+        return entries
+
+    def portone_receipts(self) -> dict[str, Any]:
+        """`{"receipts": [CashReceipt + "request", ...], "issued_counts": {paymentId: n}}`."""
+        result: dict[str, Any] = self._call("GET", "portone/receipts")
+        return result
+
+    def portone_issued_count(self, payment_id: str) -> int:
+        """How many receipts POST /cash-receipts created for the paymentId (a double issue: 2)."""
+        return int(self.portone_receipts()["issued_counts"].get(payment_id, 0))
+
+    def portone_audit(self) -> dict[str, Any]:
+        """The audit's `portone` section: blind POSTs and cancels, blind retries, receipts."""
+        result: dict[str, Any] = self.audit()["portone"]
+        return result
+
+    def script_portone(self, payment_id: str, *steps: dict[str, Any]) -> dict[str, Any]:
+        """As `script`, for a V2 paymentId (a V2 cancel is matched by `"endpoint": "cancel"`)."""
+        result: dict[str, Any] = self._call(
+            "POST", f"portone/faults/{payment_id}", {"script": list(steps)}
+        )
+        return result
+
+    def portone_reissue(self) -> str:
+        """Whether a paymentId whose receipts are all cancelled may be issued again."""
+        return str(self._call("GET", "portone/reissue")["reissue"])
+
+    def set_portone_reissue(self, mode: str) -> dict[str, Any]:
+        """`allow` or `refuse` a V2 re-issue after a cancel, until the next reset."""
+        result: dict[str, Any] = self._call("PUT", "portone/reissue", {"reissue": mode})
+        return result
+
+    def portone_idempotency(self) -> dict[str, Any]:
+        """`{"retention_seconds": N, "keys": {key: {"state", "status", ...}}}`."""
+        result: dict[str, Any] = self._call("GET", "portone/idempotency")
+        return result
+
+    def set_idempotency_retention(self, seconds: float) -> dict[str, Any]:
+        """How long Idempotency-Keys are kept (on the sandbox clock), stored ones included."""
+        result: dict[str, Any] = self._call(
+            "PUT", "portone/idempotency", {"retention_seconds": seconds}
+        )
+        return result
+
 
 class Sandbox(SandboxAdmin):
     """A running sandbox process. Its admin methods are on it directly and on `.admin`."""
@@ -158,6 +227,9 @@ class Sandbox(SandboxAdmin):
         imp_secret: str,
         process: subprocess.Popen[bytes],
         log_path: Path,
+        portone_secret: str = DEFAULT_PORTONE_SECRET,
+        portone_store_id: str = DEFAULT_PORTONE_STORE_ID,
+        portone_channel_key: str = DEFAULT_PORTONE_CHANNEL_KEY,
     ) -> None:
         super().__init__(url)
         self.port = port
@@ -165,6 +237,18 @@ class Sandbox(SandboxAdmin):
         self.imp_secret = imp_secret
         self.process = process
         self.log_path = log_path
+        # PortOne V2: the worker's PORTONE_API_URL, its secret, store and a channel it accepts.
+        self.portone_url = f"{url}/portone"
+        self.portone_secret = portone_secret
+        self.portone_store_id = portone_store_id
+        self.portone_channel_key = portone_channel_key
+
+    def portone_headers(self, idempotency_key: str | None = None) -> dict[str, str]:
+        """V2's headers: `Authorization: PortOne <secret>`, and the key quoted if given."""
+        headers = {"Authorization": f"PortOne {self.portone_secret}"}
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_KEY_HEADER] = f'"{idempotency_key}"'
+        return headers
 
     @property
     def admin(self) -> SandboxAdmin:
@@ -196,6 +280,16 @@ def _flag(args: tuple[str, ...], name: str, default: str) -> str:
     return value
 
 
+def _first_flag(args: tuple[str, ...], name: str, default: str) -> str:
+    """The first value of a repeatable flag (`--portone-channel-key`), else the default."""
+    for index, arg in enumerate(args):
+        if arg == name and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(name + "="):
+            return arg.partition("=")[2]
+    return default
+
+
 @contextmanager
 def running_sandbox(*extra_args: str, port: int | None = None) -> Iterator[Sandbox]:
     """Run `iamport-sandbox` on loopback until the block ends.
@@ -223,6 +317,11 @@ def running_sandbox(*extra_args: str, port: int | None = None) -> Iterator[Sandb
                 imp_secret=_flag(extra_args, "--imp-secret", DEFAULT_SECRET),
                 process=process,
                 log_path=log_path,
+                portone_secret=_flag(extra_args, "--portone-secret", DEFAULT_PORTONE_SECRET),
+                portone_store_id=_flag(extra_args, "--portone-store-id", DEFAULT_PORTONE_STORE_ID),
+                portone_channel_key=_first_flag(
+                    extra_args, "--portone-channel-key", DEFAULT_PORTONE_CHANNEL_KEY
+                ),
             )
             yield sandbox
             if process.poll() is not None:
@@ -248,11 +347,22 @@ def wait_external_posts_processed(
     _wait_acted_on(lambda: sandbox.external_requests(merchant_uid), timeout=timeout)
 
 
-def _wait_acted_on(requests_of: Callable[[], list[dict[str, Any]]], *, timeout: float) -> None:
+def wait_portone_posts_processed(sandbox: SandboxAdmin, payment_id: str, *, timeout: float) -> None:
+    """Until the sandbox is done with every V2 POST (issue or cancel) for ``payment_id``:
+    acted on and answered, or dropped, or given up on by its client."""
+    _wait_acted_on(
+        lambda: sandbox.portone_requests(payment_id), timeout=timeout, done=lambda e: e["done"]
+    )
+
+
+def _wait_acted_on(
+    requests_of: Callable[[], list[dict[str, Any]]],
+    *,
+    timeout: float,
+    done: Callable[[dict[str, Any]], bool] = lambda entry: entry["status"] is not None,
+) -> None:
     wait_for(
-        lambda: all(
-            entry["status"] is not None for entry in requests_of() if entry["method"] == "POST"
-        ),
+        lambda: all(done(entry) for entry in requests_of() if entry["method"] == "POST"),
         timeout=timeout,
         message="the late POST to be processed",
     )
