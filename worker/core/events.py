@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.core.contract import EXTERNAL
+from worker.core.contract import EXTERNAL, PORTONE
 from worker.core.ports import TaskEnd
 from worker.core.schemas import PAYLOAD_UNREADABLE, InvalidPayload
 from worker.core.types import JobKey
@@ -147,15 +147,19 @@ def task_end_of(event: Mapping[str, Any] | None) -> TaskEnd | None:
 
 def job_fields(job: JobKey | None) -> dict[str, Any]:
     """What names the job in every event and outcome log line: ``receipt_key``,
-    ``provider``, ``kind``, and ``imp_uid`` (a V1 payment's id; null for another kind)."""
+    ``provider``, ``kind``, ``imp_uid`` (a V1 payment's id; null for another kind) and, for
+    a PortOne V2 job, ``payment_id`` (absent for a V1 one, whose events keep their shape)."""
     if job is None:
         return {"receipt_key": None, "provider": None, "kind": None, "imp_uid": None}
-    return {
+    fields: dict[str, Any] = {
         "receipt_key": job.receipt_key,
         "provider": job.provider,
         "kind": job.kind,
         "imp_uid": job.imp_uid,
     }
+    if job.provider == PORTONE:
+        fields["payment_id"] = job.id
+    return fields
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ FIELDS = (
     "provider",
     "kind",
     "imp_uid",
+    "payment_id",
     "attempt",
     "outcome",
     "reason",

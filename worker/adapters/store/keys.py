@@ -44,6 +44,8 @@ LAYOUT_VERSION = 2
 PAYMENT_RECEIPT_PREFIX = "iamport:"
 #: The receipt key of a V1 external receipt is this prefix and its merchant_uid.
 EXTERNAL_RECEIPT_PREFIX = "iamport-external:"
+#: A PortOne V2 job's receipt key starts so, whatever its kind (one job per paymentId).
+PORTONE_RECEIPT_PREFIX = "portone:"
 #: Ledger records (hashes), one per V1 payment: ``cash_receipt:ledger:<imp_uid>``.
 LEDGER_PREFIX = "cash_receipt:ledger:"
 #: The records of every other kind of job, by receipt key (:func:`record_key`).
@@ -117,7 +119,8 @@ def ledger_key(imp_uid: str) -> str:
 
 def record_key(receipt_key: str) -> str:
     """The record of the job a receipt key names: a V1 payment's under the ledger's
-    prefix (layout 1's place, kept), a V1 external receipt's under ``job:``.
+    prefix (layout 1's place, kept), a V1 external receipt's and a PortOne V2 job's under
+    ``job:``.
 
     Raises ValueError for a key of no kind this release knows: a record must never
     be named by a string that is no job's.
@@ -125,7 +128,7 @@ def record_key(receipt_key: str) -> str:
     imp_uid = payment_of(receipt_key)
     if imp_uid is not None:
         return ledger_key(imp_uid)
-    if receipt_key.startswith(EXTERNAL_RECEIPT_PREFIX):
+    if receipt_key.startswith((EXTERNAL_RECEIPT_PREFIX, PORTONE_RECEIPT_PREFIX)):
         return f"{JOB_PREFIX}{receipt_key}"
     raise ValueError("not a receipt key of a kind this release knows")
 

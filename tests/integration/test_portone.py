@@ -1,0 +1,222 @@
+"""PortOne V2 cash receipts (issue 16) through a real worker and the sandbox's V2 API.
+
+A worker that serves ``PROVIDERS=iamport,portone`` issues ``provider: portone`` jobs with
+``POST /cash-receipts`` under the sandbox's ``/portone`` prefix: the API secret on every
+call, an ``Idempotency-Key`` on every POST, the payment read first for ``kind: payment``.
+A worker that does not serve portone ends such a job ``not_configured``, sending nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from tests.support.payloads import PHONE
+from tests.support.redis_server import RedisServer
+from tests.support.results import ResultStream
+from tests.support.sandbox import Sandbox, wait_portone_posts_processed
+from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
+from worker.celery.producer import enqueue_issue
+from worker.core.schemas import InvalidPayload
+
+pytestmark = pytest.mark.integration
+
+SERVED = ("iamport", "portone")
+
+
+def portone_env(redis_server: RedisServer, sandbox: Sandbox, **more: str) -> dict[str, str]:
+    return worker_env(
+        redis_server.url,
+        sandbox.url,
+        PROVIDERS=",".join(SERVED),
+        PORTONE_API_URL=sandbox.portone_url,
+        PORTONE_API_SECRET=sandbox.portone_secret,
+        PORTONE_STORE_ID=sandbox.portone_store_id,
+        PORTONE_TIMEOUT="1",
+        PORTONE_SETTLE_SECONDS="1",
+        **more,
+    )
+
+
+@pytest.fixture(scope="module")
+def v2_worker(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[ProcessOutput]:
+    with running_worker(portone_env(redis_server, sandbox)) as output:
+        yield output
+
+
+@pytest.fixture(scope="module")
+def v2_producer(redis_server: RedisServer) -> Iterator[Celery]:
+    """A producer whose app says which providers the workers serve."""
+    app = producer_app(redis_server.url)
+    app.conf.providers = SERVED
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def payment_id() -> str:
+    return f"pay-{uuid.uuid4().hex[:12]}"
+
+
+def v2_payload(sandbox: Sandbox, payment_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "provider": "portone",
+        "kind": "external",
+        "payment_id": payment_id,
+        "channel_key": sandbox.portone_channel_key,
+        "order_name": "Counter sale",
+        "amount": 33000,
+        "identifier": PHONE,
+        **fields,
+    }
+
+
+def posts(sandbox: Sandbox, payment_id: str) -> list[dict[str, Any]]:
+    return [
+        entry
+        for entry in sandbox.admin.portone_requests(payment_id)
+        if entry["method"] == "POST" and entry["path"].endswith("/cash-receipts")
+    ]
+
+
+@pytest.mark.usefixtures("v2_worker")
+def test_an_external_v2_receipt_is_issued_once_with_a_key_and_the_secret(
+    v2_producer: Celery, sandbox: Sandbox, results: ResultStream, payment_id: str
+) -> None:
+    task_id = enqueue_issue(
+        v2_payload(sandbox, payment_id, tax_free=3000, paid_at="2026-12-06T18:30:00+09:00"),
+        app=v2_producer,
+    )
+    event = results.wait(task_id)
+    assert event["type"] == "cash_receipt.issued", event
+    data = event["data"]
+    assert {key: data[key] for key in ("receipt_key", "provider", "kind", "payment_id")} == {
+        "receipt_key": f"portone:{payment_id}",
+        "provider": "portone",
+        "kind": "external",
+        "payment_id": payment_id,
+    }
+    assert data["imp_uid"] is None
+    assert (data["receipt"]["amount"], data["receipt"]["type"]) == (33000, "person")
+    assert data["receipt"]["apply_num"]
+    [post] = posts(sandbox, payment_id)
+    key = post["headers"]["Idempotency-Key"]
+    assert key.startswith('"') and key.endswith('"') and len(key) == 45
+    assert post["headers"]["Authorization"] != f"PortOne {sandbox.portone_secret}"  # hidden
+    body = post["body"]
+    assert (body["paymentId"], body["storeId"], body["amount"]) == (
+        payment_id,
+        sandbox.portone_store_id,
+        {"total": 33000, "taxFree": 3000},
+    )
+    assert body["paidAt"] == "2026-12-06T09:30:00Z"
+    assert sandbox.admin.portone_issued_count(payment_id) == 1
+    assert PHONE not in str(results.all())
+
+
+@pytest.mark.usefixtures("v2_worker")
+def test_an_answer_lost_after_the_work_is_settled_by_a_lookup_not_a_second_receipt(
+    v2_producer: Celery, sandbox: Sandbox, results: ResultStream, payment_id: str
+) -> None:
+    """PortOne acts, then the answer comes after the worker's timeout: the retry looks
+    (after PORTONE_SETTLE_SECONDS) and finds the receipt; one receipt, one event."""
+    sandbox.admin.script_portone(payment_id, {"kind": "hang_after", "seconds": 3})
+    event = results.wait(enqueue_issue(v2_payload(sandbox, payment_id), app=v2_producer))
+    assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.issued", False)
+    wait_portone_posts_processed(sandbox.admin, payment_id, timeout=10)
+    assert sandbox.admin.portone_issued_count(payment_id) == 1
+    assert len(posts(sandbox, payment_id)) == 1
+
+
+@pytest.mark.usefixtures("v2_worker")
+@pytest.mark.parametrize(
+    ("seeded", "outcome", "reason", "sent"),
+    [
+        ({"status": "PAID"}, "cash_receipt.issued", None, 1),
+        ({"status": "VIRTUAL_ACCOUNT_ISSUED"}, "cash_receipt.failed", "not_paid", 0),
+        (
+            {"status": "PAID", "amount": {"total": 30000}},
+            "cash_receipt.failed",
+            "amount_mismatch",
+            0,
+        ),
+    ],
+)
+def test_a_v2_payment_is_read_first(
+    seeded: dict[str, Any],
+    outcome: str,
+    reason: str | None,
+    sent: int,
+    v2_producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    payment_id: str,
+) -> None:
+    """Issued only when PAID, for the payment's amount; a virtual account not yet
+    deposited ends not_paid, replayable; nothing is sent otherwise."""
+    fields: dict[str, Any] = {
+        "amount": {"total": 33000},
+        "method": "VIRTUAL_ACCOUNT",
+        **seeded,
+    }
+    sandbox.admin.seed_portone_payment(payment_id, **fields)
+    event = results.wait(
+        enqueue_issue(v2_payload(sandbox, payment_id, kind="payment"), app=v2_producer)
+    )
+    assert event["type"] == outcome, event
+    if reason is not None:
+        assert event["data"]["error"]["reason"] == reason
+    assert len(posts(sandbox, payment_id)) == sent
+
+
+@pytest.mark.usefixtures("v2_worker")
+def test_a_receipt_issued_in_the_payment_window_is_adopted(
+    v2_producer: Celery, sandbox: Sandbox, results: ResultStream, payment_id: str
+) -> None:
+    sandbox.admin.seed_portone_payment(
+        payment_id,
+        status="PAID",
+        amount={"total": 33000},
+        method="TRANSFER",
+        cashReceipt={"type": "PERSONAL", "totalAmount": 33000},
+    )
+    event = results.wait(
+        enqueue_issue(v2_payload(sandbox, payment_id, kind="payment"), app=v2_producer)
+    )
+    assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.issued", True)
+    assert posts(sandbox, payment_id) == []
+
+
+def test_a_worker_that_does_not_serve_portone_sends_nothing(
+    own_redis: RedisServer, sandbox: Sandbox, payment_id: str
+) -> None:
+    """A worker that serves iamport only (its own queue: every worker on one queue must
+    serve the same providers): a V2 job ends not_configured, replayable, nothing sent."""
+    app = producer_app(own_redis.url)
+    results = ResultStream(own_redis.client())
+    with running_worker(worker_env(own_redis.url, sandbox.url)):
+        task_id = str(
+            app.send_task(
+                "issue_cash_receipt", args=[v2_payload(sandbox, payment_id)], queue="cash_receipts"
+            ).id
+        )
+        event = results.wait(task_id)
+    app.close()
+    assert event["type"] == "cash_receipt.failed"
+    assert (event["data"]["error"]["reason"], event["data"]["error"]["retryable"]) == (
+        "not_configured",
+        True,
+    )
+    assert sandbox.admin.portone_requests(payment_id) == []
+
+
+def test_the_producer_refuses_a_provider_no_worker_serves(
+    producer: Celery, sandbox: Sandbox, payment_id: str
+) -> None:
+    with pytest.raises(InvalidPayload) as caught:
+        enqueue_issue(v2_payload(sandbox, payment_id), app=producer)
+    assert "PROVIDERS" in caught.value.errors["provider"][0]
