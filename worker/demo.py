@@ -45,6 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LOGS = ROOT / ".run"
 SANDBOX_KEY, SANDBOX_SECRET = "sandbox_key", "sandbox_secret"
+#: The sandbox's PortOne V2 defaults (docs/sandbox.md).
+PORTONE_SANDBOX_SECRET = "sandbox_portone_secret"  # noqa: S105 (the sandbox's documented default)
+PORTONE_SANDBOX_STORE = "store-sandbox"
+PORTONE_CHANNEL_KEY = "channel-key-sandbox"
 # A demo's worker holds nothing worth 30 s of soft shutdown, and Ctrl-C should feel
 # immediate; an operator's WORKER_SOFT_SHUTDOWN_TIMEOUT still wins.
 DEMO_SOFT_SHUTDOWN = "5"
@@ -57,7 +61,7 @@ FLOWER_GRACE = 3.0
 
 def samples(run_id: str) -> list[dict[str, Any]]:
     """Sample receipts: payments confirmed, one sale in cash outside i'mport (an external
-    receipt), and a last one the tax service refuses."""
+    receipt), the same through PortOne V2, and a last one the tax service refuses."""
     return [
         {
             "imp_uid": f"demo_{run_id}_phone",
@@ -88,6 +92,17 @@ def samples(run_id: str) -> list[dict[str, Any]]:
             "amount": 22000,
             "identifier": "010-2345-6789",
             "pay_method": "trans",
+        },
+        {
+            # The same through PortOne V2, where PROVIDERS names it (the sandbox's does).
+            "provider": "portone",
+            "kind": "external",
+            "payment_id": f"cash-{run_id}-6",
+            "channel_key": PORTONE_CHANNEL_KEY,
+            "order_name": "Counter sale (V2)",
+            "amount": 16500,
+            "identifier": "010-3456-7890",
+            "identifier_type": "phone",
         },
         {
             # 11 digits that are not a mobile number: the sandbox's tax service
@@ -207,6 +222,13 @@ def _demo_defaults(env: dict[str, str], logs: Path, *, sandbox_port: int | None)
             IAMPORT_KEY=SANDBOX_KEY,
             IAMPORT_SECRET=SANDBOX_SECRET,
         )
+        # The sandbox serves PortOne V2 under /portone, with its documented defaults.
+        env.setdefault("PROVIDERS", "iamport,portone")
+        env.update(
+            PORTONE_API_URL=f"http://127.0.0.1:{sandbox_port}/portone",
+            PORTONE_API_SECRET=PORTONE_SANDBOX_SECRET,
+            PORTONE_STORE_ID=PORTONE_SANDBOX_STORE,
+        )
     if not (env.get("PII_ENCRYPTION_KEYS") or env.get("PII_ENCRYPTION_KEYS_FILE")):
         env["PII_ENCRYPTION_KEYS_FILE"] = str(_local_key_file(logs))
     if not env.get("FLOWER_BASIC_AUTH"):
@@ -259,7 +281,12 @@ def _feed_and_show(
     config = load_celeryconfig()
     client = redis_client(config.ledger_backend_url)
     run_id = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
-    payloads = samples(run_id)
+    # Only the providers the worker serves: a live run without PortOne sends no V2 sample.
+    payloads = [
+        payload
+        for payload in samples(run_id)
+        if payload.get("provider", "iamport") in config.providers
+    ]
     jobs = [load_payload(payload).job for payload in payloads]
     tasks = {enqueue_issue(payload): job for payload, job in zip(payloads, jobs, strict=True)}
     print(

@@ -93,9 +93,10 @@ def test_make_run_shows_receipts_and_one_failure(own_redis: RedisServer) -> None
         "appendonly is no"
     ) in result.stdout
     assert "may lose queued payments and ledger records: fine for a demo only." in result.stdout
-    assert result.stdout.count(" ISSUED ") == 4
+    assert result.stdout.count(" ISSUED ") == 5
     # The sale in cash at a counter: an external receipt, named by its receipt key.
     assert re.search(r"iamport-external:counter-\S+ +ISSUED  amount 22000", result.stdout)
+    assert re.search(r"portone:cash-\S+ +ISSUED  amount 16500", result.stdout)
     assert "FAILED  rejected after 3 attempts: HTTP 500" in result.stdout
     assert "TS1" in result.stdout
 
