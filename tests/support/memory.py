@@ -579,10 +579,18 @@ class MemoryStore:
         return True
 
     def note_sent(
-        self, job: JobKey | str, *, fence: int, at: float, op: str, delete: bool = False
+        self,
+        job: JobKey | str,
+        *,
+        fence: int,
+        at: float,
+        op: str,
+        delete: bool = False,
+        operation: str | None = None,
     ) -> bool:
         imp_uid = _name(job)
-        return self._note(imp_uid, fence, sent_fields(at=at, op=op, delete=delete))
+        fields = sent_fields(at=at, op=op, delete=delete, operation=operation)
+        return self._note(imp_uid, fence, fields)
 
     def note_answered(self, job: JobKey | str, *, fence: int) -> bool:
         imp_uid = _name(job)

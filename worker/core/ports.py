@@ -35,28 +35,45 @@ from worker.core.types import JobKey, Payment, Receipt, ReceiptOrder
 
 @dataclass(frozen=True)
 class OperationId:
-    """Which request, of which job, under which claim: a provider's idempotency key.
+    """Which request, of which job, in which generation: a provider's idempotency key.
 
-    ``fence`` is the fence of the claim that sends the request: the job's
-    generation. It tells apart two requests of one payment that must both take
-    effect (the first issue, and the re-issue for the balance after a partial
-    refund), and the same request sent again within one claim (a resend after a
-    token renewal) keeps it. PortOne V2 makes its idempotency key from it;
-    i'mport V1 has no idempotency key and ignores it. A retry under a new claim
-    is a new operation: the rule that keeps it from issuing twice is the
-    lookup before it (:mod:`worker.core.issuing`), not this id.
+    ``generation`` is the fence of the claim that first sent this step's request, while
+    its outcome is unknown: a retry of a request that got no answer is the same
+    request, under the same key, so a provider that keeps keys (PortOne V2) replays
+    its answer rather than act twice. A definite answer settles the request
+    (``JobStore.note_answered``), and the next attempt's request is a new one, under its
+    own claim's fence. Steps tell apart two requests of one job that must both take
+    effect (the first issue, and the re-issue for the balance after a partial refund);
+    a new claim of a finished job (a replay, a new confirmation) is a new generation.
+    i'mport V1 has no idempotency key and ignores it; the rule that keeps a receipt to
+    one remains the lookup before a POST (:mod:`worker.core.issuing`).
     """
 
     job: JobKey
     #: ``issue`` (the POST of an issue job), ``cancel`` (the DELETE of a refund) or
     #: ``reissue`` (the POST of a partial refund, for the balance).
     step: str
-    fence: int
+    generation: int
 
     @property
     def key(self) -> str:
-        """The id as one string: ``<step>:<fence>:<receipt key>``."""
-        return f"{self.step}:{self.fence}:{self.job.receipt_key}"
+        """The id as one string: ``<step>:<generation>:<receipt key>``."""
+        return f"{self.step}:{self.generation}:{self.job.receipt_key}"
+
+    @property
+    def sent(self) -> str:
+        """What a job keeps of the request while its outcome is unknown:
+        ``<step>:<generation>`` (:func:`kept_generation` reads it back)."""
+        return f"{self.step}:{self.generation}"
+
+
+def kept_generation(sent: str | None, step: str) -> int | None:
+    """The generation of a job's unsettled request of ``step`` (``OperationId.sent``), or
+    None when the unsettled request, if any, was another step's."""
+    if not sent:
+        return None
+    kept_step, _, generation = sent.partition(":")
+    return int(generation) if kept_step == step and generation.isdigit() else None
 
 
 class Provider(Protocol):
@@ -165,6 +182,9 @@ class JobView:
     #: Which operation sent that request (``issue`` or ``cancel``); None: unrecorded (a
     #: record of older code), which means the job's own.
     sent_op: str | None
+    #: The unsettled request's step and generation (:attr:`OperationId.sent`); None: none
+    #: kept (settled, or a record of older code, whose retry starts a new generation).
+    sent_operation: str | None = None
     #: When any attempt last sent a DELETE for the payment (epoch s), answered or not: the
     #: provider may act on it late, so no POST goes out until the bound after it. None: none.
     delete_sent_at: float | None = None
@@ -244,9 +264,17 @@ class JobStore(Protocol):
         """Hand the job back to the store until ``until`` (epoch s): a long wait."""
 
     def note_sent(
-        self, job: JobKey, *, fence: int, at: float, op: str, delete: bool = False
+        self,
+        job: JobKey,
+        *,
+        fence: int,
+        at: float,
+        op: str,
+        delete: bool = False,
+        operation: str | None = None,
     ) -> bool:
-        """A POST or DELETE of ``op`` goes out at ``at`` (store time): kept until answered.
+        """A POST or DELETE of ``op`` goes out at ``at`` (store time): kept until answered,
+        with ``operation`` (:attr:`OperationId.sent`), whose key a retry sends again.
 
         Recorded before the request leaves, so a retry, a takeover after a crash
         and ``cashreceipt settle`` all wait out the bound from it before a lookup.

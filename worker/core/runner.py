@@ -54,6 +54,7 @@ from worker.core.ports import (
     Provider,
     TaskEnd,
     Unsealer,
+    kept_generation,
 )
 from worker.core.refunds import (
     balance_request,
@@ -191,6 +192,8 @@ class JobRunner:
         self.sent_at: float | None = None
         #: ... by which operation (None: unrecorded, the job's own) ...
         self.sent_op: str | None = None
+        #: ... as which step and generation (OperationId.sent; None: unrecorded) ...
+        self.sent_operation: str | None = None
         #: ... and whether this run sent it (not adopted from the store).
         self.sent_here = False
         self._acted = False
@@ -244,6 +247,7 @@ class JobRunner:
                 job = self.store.view(self.job)
                 self.sent_at = job.sent_at if job else None
                 self.sent_op = job.sent_op if job else None
+                self.sent_operation = job.sent_operation if job else None
                 wait = settle_delay(
                     self.sent_at, bound=self.rules.settle_seconds, now=self.store.now()
                 )
@@ -344,14 +348,19 @@ class JobRunner:
             policy=self.rules.policy,
         )
 
-    def sends(self, claim: Claim, *, delete: bool = False) -> SendLog:
+    def sends(
+        self, claim: Claim, *, delete: bool = False, operation: OperationId | None = None
+    ) -> SendLog:
         """The store as this run's :class:`~worker.core.issuing.SendLog`, under its fence
-        (``delete``: the request it logs is a DELETE)."""
-        return _StoreSends(self, claim.fence, delete=delete)
+        (``delete``: the request it logs is a DELETE; ``operation``: which request)."""
+        return _StoreSends(self, claim.fence, delete=delete, operation=operation)
 
     def operation(self, step: str, claim: Claim) -> OperationId:
-        """The id of a request this claim sends (``step``: issue, cancel or reissue)."""
-        return OperationId(job=self.job, step=step, fence=claim.fence)
+        """The id of a request this claim sends (``step``: issue, cancel or reissue): the
+        job's unsettled request of that step again, under its generation; else a new
+        one, under this claim's fence."""
+        kept = kept_generation(self.sent_operation, step) if self.sent_at is not None else None
+        return OperationId(job=self.job, step=step, generation=kept or claim.fence)
 
     def count_late(self, issued: Issued) -> None:
         """A receipt that appeared after a settled lookup: counted for the alert."""
@@ -362,14 +371,27 @@ class JobRunner:
 class _StoreSends:
     """A run's POST and DELETE send times, kept in its job's record under its fence."""
 
-    def __init__(self, run: JobRunner, fence: int, *, delete: bool = False) -> None:
+    def __init__(
+        self,
+        run: JobRunner,
+        fence: int,
+        *,
+        delete: bool = False,
+        operation: OperationId | None = None,
+    ) -> None:
         self._run, self._fence, self._delete = run, fence, delete
+        self._operation = operation.sent if operation is not None else None
 
     def sending(self) -> None:
         run = self._run
         now = run.store.now()
         if not run.store.note_sent(
-            run.job, fence=self._fence, at=now, op=run.op, delete=self._delete
+            run.job,
+            fence=self._fence,
+            at=now,
+            op=run.op,
+            delete=self._delete,
+            operation=self._operation,
         ):
             raise Superseded  # fenced out: the job's new owner sends, not this run
         run.sent_at, run.sent_op, run.sent_here = now, run.op, True
@@ -537,12 +559,13 @@ class IssueRunner(JobRunner):
             if settling:
                 issued = settle_issue(self.provider, request, self.sends(claim))
             else:
+                operation = self.operation("issue", claim)
                 issued = issue_receipt(
                     self.provider,
                     request,
                     look_first=claim.resumed,
-                    operation=self.operation("issue", claim),
-                    sends=self.sends(claim),
+                    operation=operation,
+                    sends=self.sends(claim, operation=operation),
                 )
                 self.count_late(issued)
         except ProviderError as error:
@@ -665,11 +688,12 @@ class CancelRunner(JobRunner):
                         client, self.job, sends=self.sends(claim), seen=self.saw
                     )
                 else:
+                    operation = self.operation("cancel", claim)
                     cancelled = cancel_live_receipt(
                         client,
                         self.job,
-                        operation=self.operation("cancel", claim),
-                        sends=self.sends(claim, delete=True),
+                        operation=operation,
+                        sends=self.sends(claim, delete=True, operation=operation),
                         seen=self.saw,
                     )
                 if not store.note_cancelled(self.job, fence=claim.fence, receipt=cancelled):
@@ -811,7 +835,8 @@ class CancelRunner(JobRunner):
         if not settling and (wait := self.delete_wait()) > 0:
             return self.wait_out_delete(claim, wait)
         try:
-            sends = self.sends(claim)
+            operation = self.operation("reissue", claim)
+            sends = self.sends(claim, operation=operation)
             if settling:
                 issued = settle_issue(self.provider, request, sends)
             else:
@@ -819,7 +844,7 @@ class CancelRunner(JobRunner):
                     self.provider,
                     request,
                     look_first=look_first,
-                    operation=self.operation("reissue", claim),
+                    operation=operation,
                     sends=sends,
                 )
                 self.count_late(issued)

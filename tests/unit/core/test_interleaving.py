@@ -65,7 +65,7 @@ def test_a_takeover_fences_out_the_owner_before_its_post() -> None:
         stepper.drain()
         assert (outcome(stepper, "a"), outcome(stepper, "b")) == (Outcome.DONE, Outcome.ISSUED)
     assert world.provider.sent("POST") == 1
-    assert {call.operation.fence for call in world.provider.calls if call.operation} == {2}
+    assert {call.operation.generation for call in world.provider.calls if call.operation} == {2}
     [a_event] = world.store.events_of("a")
     assert (a_event.type, a_event.data["duplicate"]) == ("cash_receipt.issued", True)
 

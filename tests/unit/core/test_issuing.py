@@ -72,7 +72,7 @@ class ReceiptAppearsAfterTheLookup:
 
 
 #: The POST's operation id (V1 ignores it).
-OPERATION = OperationId(job=JobKey.payment("imp_1"), step="issue", fence=1)
+OPERATION = OperationId(job=JobKey.payment("imp_1"), step="issue", generation=1)
 
 
 def request() -> ReceiptRequest:

@@ -16,7 +16,7 @@ from worker.core.retry import reason_for
 from worker.core.types import JobKey, Payment, Receipt, ReceiptOrder
 
 JOB = JobKey.portone("pay-1")
-OPERATION = OperationId(job=JOB, step="issue", fence=1)
+OPERATION = OperationId(job=JOB, step="issue", generation=1)
 PAID = Payment(
     imp_uid="pay-1",
     merchant_uid=None,

@@ -167,6 +167,26 @@ def test_the_operation_id_carries_the_claims_fence() -> None:
     assert keys == ["issue:1:iamport:imp_1", "issue:2:iamport:imp_1"]
 
 
+def test_a_request_whose_answer_was_lost_is_sent_again_under_its_key() -> None:
+    """No answer (the provider may still act): the retry that finds nothing after the bound
+    sends the same request, under the same generation, so a provider that keeps keys
+    (PortOne V2) answers it rather than act twice. A definite answer ends the generation."""
+    world = World()
+    world.provider.pay("imp_1")
+    world.provider.fail_next("POST", DEFERRED)
+    world.provider.fail_next("POST", ProviderUnavailable("503", status=503))
+    first = world.issue_runner("t1")
+    assert first.run() == Retry(SETTLE, "outcome_unknown")
+    world.clock.advance(SETTLE)
+    second = world.issue_runner("t1", fence=first.fence, attempt=2)
+    retry = second.run()
+    assert isinstance(retry, Retry)
+    world.clock.advance(retry.delay)
+    world.issue_runner("t1", fence=second.fence, attempt=3).run()
+    keys = [call.operation.key for call in world.provider.calls if call.operation]
+    assert keys == ["issue:1:iamport:imp_1", "issue:1:iamport:imp_1", "issue:3:iamport:imp_1"]
+
+
 def test_a_task_that_ended_is_not_reopened_under_its_own_id() -> None:
     """Issue 14, finding 13: the same task id recorded again after its job failed (an ingress
     entry handled again after a crash before its XACK, a producer's retry of the same id)

@@ -8,8 +8,9 @@ like it never retrying by itself: retrying is the task's decision
   login or refresh expires the previous refresh token, so workers sharing a
   secret would log each other out (research §2.1).
 - **An ``Idempotency-Key`` on every POST** (:mod:`worker.core.idempotency`), derived
-  from the job, the step and the claim's fence: a resend of one request carries the
-  same key, and PortOne replays its stored answer rather than act twice.
+  from the job, the step and its generation: a retry of a request that got no answer
+  carries the same key (:class:`~worker.core.ports.OperationId`), and PortOne replays
+  its stored answer, or says it is still at work, rather than act twice.
 - **Explicit timeouts** (``PORTONE_TIMEOUT``): PortOne recommends a read timeout of
   at least 60 s, and a disconnect does not cancel the request on the server, so
   a lost answer is an outcome to look up after ``PORTONE_SETTLE_SECONDS``.
@@ -171,7 +172,7 @@ class PortOneClient:
             store=self._store_id,
             id=operation.job.id,
             operation=operation.step,
-            generation=operation.fence,
+            generation=operation.generation,
         )
 
     def _call(

@@ -381,10 +381,18 @@ class Ledger:
         return job_view(JobKey.of(job), found) if found is not None else None
 
     def note_sent(
-        self, job: JobKey | str, *, fence: int, at: float, op: str, delete: bool = False
+        self,
+        job: JobKey | str,
+        *,
+        fence: int,
+        at: float,
+        op: str,
+        delete: bool = False,
+        operation: str | None = None,
     ) -> bool:
         """A POST or DELETE of ``op`` goes out at ``at``: kept until the provider answers it."""
-        return self._note_fields(job, fence, sent_fields(at=at, op=op, delete=delete))
+        fields = sent_fields(at=at, op=op, delete=delete, operation=operation)
+        return self._note_fields(job, fence, fields)
 
     def note_answered(self, job: JobKey | str, *, fence: int) -> bool:
         """The provider answered the job's last request: nothing is left to settle."""

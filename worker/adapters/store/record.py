@@ -28,6 +28,9 @@ SENT_AT_FIELD = "sent_at"
 #: took over an issue waits out the issue's POST, but only settles a DELETE of its own.
 #: Read only while ``sent_at`` is set; a record without it (older code) means the job's op.
 SENT_OP_FIELD = "sent_op"
+#: Beside it, the step and generation of that request (OperationId.sent): a retry of a
+#: request that got no answer sends it again under the same idempotency key.
+SENT_OPERATION_FIELD = "sent_operation"
 #: When any attempt last sent a DELETE for the payment (epoch seconds, ``repr`` of a float).
 #: Never emptied, and kept across a job's end and re-opening: i'mport may act on a DELETE
 #: late, so no POST goes out until IAMPORT_SETTLE_SECONDS after it (issue 14, finding 14).
@@ -58,6 +61,7 @@ def job_view(job: JobKey, record: Mapping[str, str]) -> JobView:
         sent_at=sent_at(record),
         delete_sent_at=_seconds(record.get(DELETE_SENT_AT_FIELD)),
         sent_op=record.get(SENT_OP_FIELD) or None,
+        sent_operation=record.get(SENT_OPERATION_FIELD) or None,
         cancel_done=record.get(CANCEL_STEP_FIELD) == CANCELLED_STEP,
         cancelled_receipt=_receipt(imp_uid, record.get(CANCELLED_RECEIPT_FIELD)),
         has_receipt=bool(record.get("receipt")),
@@ -78,10 +82,14 @@ def _seconds(raw: str | None) -> float | None:
         return None
 
 
-def sent_fields(*, at: float, op: str, delete: bool = False) -> dict[str, str]:
+def sent_fields(
+    *, at: float, op: str, delete: bool = False, operation: str | None = None
+) -> dict[str, str]:
     """The fields :meth:`~worker.core.ports.JobStore.note_sent` writes; a DELETE's time
     also goes to the field no answer empties."""
     fields = {SENT_AT_FIELD: repr(at), SENT_OP_FIELD: op}
+    if operation is not None:
+        fields[SENT_OPERATION_FIELD] = operation
     if delete:
         fields[DELETE_SENT_AT_FIELD] = repr(at)
     return fields

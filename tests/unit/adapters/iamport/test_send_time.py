@@ -117,7 +117,7 @@ def test_a_resend_after_a_401_takes_the_send_time_again() -> None:
 def test_a_delete_takes_its_send_time_after_the_token() -> None:
     events: list[str] = []
     iamport = client(events, token(), answer(200, RECEIPT), answer(200, RECEIPT))
-    cancel = OperationId(job=JobKey.payment("imp_1"), step="cancel", fence=1)
+    cancel = OperationId(job=JobKey.payment("imp_1"), step="cancel", generation=1)
     cancel_live_receipt(iamport, JobKey.payment("imp_1"), operation=cancel, sends=Sends(events))
     lookup = "GET /receipts/imp_1"
     assert events == ["token", lookup, "sending", "DELETE /receipts/imp_1"]

@@ -45,6 +45,8 @@ def test_the_notes_write_the_fields_earlier_releases_wrote() -> None:
         "sent_op": "cancel",
     }
     assert answered_fields() == {"sent_at": ""}
+    # Since issue 16, beside them: which request, so that its retry sends the same key.
+    assert sent_fields(at=1.5, op="issue", operation="issue:3")["sent_operation"] == "issue:3"
     assert cancelled_fields(None) == {"cancelled_receipt": "", "cancel_step": "cancelled"}
     written = cancelled_fields(RECEIPT)
     assert json.loads(written["cancelled_receipt"]) == RECEIPT.as_dict()
