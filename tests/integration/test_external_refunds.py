@@ -259,3 +259,105 @@ def test_a_confirmation_after_a_partial_refund_issues_the_balance(
     assert (event["type"], event["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 20000)
     assert last_post(sandbox, merchant_uid)["amount"] == 20000
     assert requests_of(sandbox, merchant_uid) == ["POST"]
+
+
+@pytest.mark.parametrize("late", [20000, 10000], ids=["stale", "repeated"])
+def test_a_stale_or_repeated_refund_after_a_refused_reissue_sends_nothing(
+    late: int,
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    merchant_uid: str,
+) -> None:
+    """Review finding F1: with no live receipt (i'mport refused the balance), refund 1 late
+    or refund 2 again is still a duplicate: no POST, no second id_taken, the dead letter
+    kept, and the balance a replay would issue stays refund 2's."""
+    issued(producer, results, merchant_uid)
+    second = enqueue_cancel(refund(merchant_uid, remaining_amount=10000), app=producer)
+    assert [e["type"] for e in events_of(results, second, 2)] == [
+        "cash_receipt.cancelled",
+        "cash_receipt.failed",
+    ]
+    again = enqueue_cancel(refund(merchant_uid, remaining_amount=late), app=producer)
+    [event] = events_of(results, again, 1)
+    assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
+    assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE", "POST"]
+    key = f"iamport-external:{merchant_uid}"
+    assert redis_server.client().zscore(DEAD_JOBS_KEY, key) is not None
+    env = worker_env(redis_server.url, sandbox.url)
+    replayed = run_cashreceipt(env, "replay", "--json", "--new-id", key)
+    [line] = [json.loads(text) for text in replayed.stdout.splitlines()]
+    assert results.wait(line["task_id"])["data"]["receipt"]["amount"] == 10000
+
+
+@pytest.mark.usefixtures("reissue_allowed")
+def test_refunds_before_the_confirmation_leave_the_smallest_balance(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
+) -> None:
+    """Review finding F2: refund 1 then refund 2 (or refund 2 then refund 1, late), both
+    before the confirmation: the sale is issued for what is left after both."""
+    for remaining in (20000, 10000, 20000):
+        events_of(
+            results,
+            enqueue_cancel(refund(merchant_uid, remaining_amount=remaining), app=producer),
+            1,
+        )
+    event = results.wait(enqueue_issue(external_payload(merchant_uid), app=producer))
+    assert (event["type"], event["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 10000)
+    assert last_post(sandbox, merchant_uid)["amount"] == 10000
+
+
+@pytest.mark.usefixtures("reissue_allowed")
+def test_another_sale_under_the_id_never_takes_a_refunded_sales_balance(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
+) -> None:
+    """Review finding F4: the balance's re-issue failed (the PG refused it); a confirmation
+    of another sale under the same merchant_uid (another total, another buyer) is
+    id_conflict, and sends nothing; the first sale's own confirmation issues the balance."""
+    issued(producer, results, merchant_uid)
+    sandbox.admin.script_external(merchant_uid, {"kind": "reject", "method": "POST"})
+    sandbox.admin.script_external(merchant_uid, {"kind": "reject", "method": "POST"})
+    sandbox.admin.script_external(merchant_uid, {"kind": "reject", "method": "POST"})
+    task_id = enqueue_cancel(refund(merchant_uid, remaining_amount=20000), app=producer)
+    failed = events_of(results, task_id, 2)[1]
+    assert failed["data"]["error"]["reason"] == "rejected"
+    posted = len(requests_of(sandbox, merchant_uid))
+    other = external_payload(merchant_uid, amount=44000, identifier="01033334444")
+    event = results.wait(enqueue_issue(other, app=producer))
+    assert event["data"]["error"]["reason"] == "id_conflict"
+    assert len(requests_of(sandbox, merchant_uid)) == posted
+    same = results.wait(enqueue_issue(external_payload(merchant_uid), app=producer))
+    assert (same["type"], same["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 20000)
+
+
+def test_new_id_only_for_a_spent_id_that_fits_and_is_no_order_of_the_merchants(
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    redis_server: RedisServer,
+    merchant_uid: str,
+) -> None:
+    """Review findings F3, F5 and F6: --new-id is refused (nothing sent) for a failure that
+    is not id_taken (its receipt may exist), for a derived id past 100 characters, and for
+    a derived id the ledger holds as the merchant's own order."""
+    env = worker_env(redis_server.url, sandbox.url)
+
+    def new_id(job: str) -> dict[str, Any]:
+        replayed = run_cashreceipt(env, "replay", "--json", "--new-id", job)
+        assert replayed.returncode == 1, replayed.stdout
+        [line] = [json.loads(text) for text in replayed.stdout.splitlines()]
+        assert line["task_id"] is None
+        return line
+
+    rejected = external_payload(merchant_uid, identifier="12345678901")
+    assert results.wait(enqueue_issue(rejected, app=producer))["type"] == "cash_receipt.failed"
+    assert "not id_taken" in new_id(f"iamport-external:{merchant_uid}")["skipped"]
+
+    for name in ("L" * 98, f"{merchant_uid}-own"):
+        issued(producer, results, name)
+        spent = enqueue_cancel(refund(name, remaining_amount=20000), app=producer)
+        assert events_of(results, spent, 2)[1]["data"]["error"]["reason"] == "id_taken"
+    assert "100 characters" in new_id(f"iamport-external:{'L' * 98}")["skipped"]
+    issued(producer, results, f"{merchant_uid}-own-r1", amount=20000)
+    assert "order of its own" in new_id(f"iamport-external:{merchant_uid}-own")["skipped"]

@@ -16,7 +16,7 @@ import pytest
 from celery import Celery
 
 from tests.support.payloads import PHONE
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, running_redis
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, wait_portone_posts_processed
 from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
@@ -43,18 +43,32 @@ def portone_env(redis_server: RedisServer, sandbox: Sandbox, **more: str) -> dic
 
 
 @pytest.fixture(scope="module")
-def v2_worker(redis_server: RedisServer, sandbox: Sandbox) -> Iterator[ProcessOutput]:
-    with running_worker(portone_env(redis_server, sandbox)) as output:
+def v2_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis, so a queue, of this module's own: every worker on one queue must serve the
+    same providers, and the session's worker serves iamport only."""
+    with running_redis(tmp_path_factory.mktemp("v2-redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def v2_worker(v2_redis: RedisServer, sandbox: Sandbox) -> Iterator[ProcessOutput]:
+    with running_worker(portone_env(v2_redis, sandbox)) as output:
         yield output
 
 
 @pytest.fixture(scope="module")
-def v2_producer(redis_server: RedisServer) -> Iterator[Celery]:
+def v2_producer(v2_redis: RedisServer) -> Iterator[Celery]:
     """A producer whose app says which providers the workers serve."""
-    app = producer_app(redis_server.url)
+    app = producer_app(v2_redis.url)
     app.conf.providers = SERVED
     yield app
     app.close()
+
+
+@pytest.fixture
+def results(v2_redis: RedisServer) -> ResultStream:
+    """The events of this module's Redis."""
+    return ResultStream(v2_redis.client())
 
 
 @pytest.fixture

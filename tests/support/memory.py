@@ -32,6 +32,7 @@ from typing import Any
 
 from worker.adapters.store.record import (
     answered_fields,
+    balance_fields,
     cancelled_fields,
     job_view,
     sent_fields,
@@ -301,6 +302,11 @@ def _partial(cancel: str | None) -> bool:
     return isinstance(amount, int | float) and not isinstance(amount, bool)
 
 
+def _external_partial(cancel: str | None) -> bool:
+    """Whether a cancellation is an external receipt's partial refund (partial.lua)."""
+    return _partial(cancel) and json.loads(cancel or "{}").get("kind") == "external"
+
+
 @dataclass(frozen=True)
 class Event:
     """One entry of the stream."""
@@ -417,7 +423,9 @@ class MemoryStore:
         if (
             rec is not None
             and state == "cancelled"
-            and not (_partial(rec.get("cancel")) and not _partial(text))
+            and not (
+                _partial(rec.get("cancel")) and (not _partial(text) or _external_partial(text))
+            )
         ):
             return state
         due = now + int(resend_after * 1000)
@@ -484,7 +492,9 @@ class MemoryStore:
         after_partial = _partial(rec.get("cancel"))
         if state == "issued" and op == "issue":
             return Claim(ClaimKind.ISSUED, receipt=_json(rec.get("receipt")))
-        if state == "cancelled" and not (after_partial and (op == "issue" or not _partial(text))):
+        if state == "cancelled" and not (
+            after_partial and (op == "issue" or not _partial(text) or _external_partial(text))
+        ):
             return Claim(ClaimKind.CANCELLED, receipt=_json(rec.get("receipt")))
         if op == "issue" and recorded_op == "cancel" and state in {"in_flight", "received"}:
             if not after_partial:
@@ -591,6 +601,9 @@ class MemoryStore:
         imp_uid = _name(job)
         fields = sent_fields(at=at, op=op, delete=delete, operation=operation)
         return self._note(imp_uid, fence, fields)
+
+    def note_balance(self, job: JobKey | str, *, fence: int, balance: Mapping[str, Any]) -> bool:
+        return self._note(_name(job), fence, balance_fields(balance))
 
     def note_answered(self, job: JobKey | str, *, fence: int) -> bool:
         imp_uid = _name(job)

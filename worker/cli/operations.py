@@ -15,10 +15,12 @@ import redis
 from celery import Celery
 
 from worker.adapters.store.views import (
+    ReplaySource,
     dead_jobs,
-    forget_dead,
+    has_record,
     ledger_state,
     replay_source,
+    replayed_under,
 )
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.contract import EXTERNAL
@@ -26,8 +28,7 @@ from worker.core.errors import ConnectionFailed, ProviderError, RateLimited, Tra
 from worker.core.issuing import find_issued
 from worker.core.ports import Provider
 from worker.core.refunds import balance_fields
-from worker.core.retry import lookup_wait, reason_for
-from worker.core.schemas import partial_refund
+from worker.core.retry import ID_TAKEN, lookup_wait, reason_for
 from worker.core.types import JobKey, Payment, Receipt
 
 
@@ -100,26 +101,65 @@ def replay(
             if "identifier" in corrections:
                 payload.pop("identifier_sealed", None)
             payload.update(corrections)
-        if job.kind == EXTERNAL and source.refund is not None and partial_refund(source.refund):
-            payload = balance_fields(payload, source.refund)
-        if new_id:
-            if job.kind != EXTERNAL:
-                yield Replayed(job, None, skipped="only an external receipt takes a new id")
-                continue
-            payload["merchant_uid"] = derived_merchant_uid(job.id)
-        # The kept payload names its job (an external receipt's: its kind and merchant_uid).
-        task_id = enqueue_issue(payload, app=app)
-        if new_id:
-            forget_dead(client, job)
-            yield Replayed(job, task_id, issued_as=JobKey.external(payload["merchant_uid"]))
+        if job.kind == EXTERNAL and source.balance is not None:
+            remaining = {
+                "remaining_amount": source.balance["amount"],
+                "remaining_tax_free": source.balance.get("tax_free"),
+            }
+            payload = balance_fields(payload, remaining)
+        if not new_id:
+            # The kept payload names its job (an external receipt's: kind and merchant_uid).
+            yield Replayed(job, enqueue_issue(payload, app=app))
             continue
-        yield Replayed(job, task_id)
+        refused = new_id_refused(client, job, source)
+        if refused is not None:
+            yield Replayed(job, None, skipped=refused)
+            continue
+        derived = derived_merchant_uid(job.id)
+        payload["merchant_uid"] = derived
+        task_id = enqueue_issue(payload, app=app)
+        replayed_under(client, job, derived)
+        yield Replayed(job, task_id, issued_as=JobKey.external(derived))
+
+
+#: The longest merchant_uid i'mport takes (and the payload's schema).
+MERCHANT_UID_MAX = 100
 
 
 def derived_merchant_uid(merchant_uid: str) -> str:
     """The merchant_uid a balance is issued under when i'mport refuses its own again:
     ``<merchant_uid>-r1``. The same each time, so a replay run twice is one job."""
     return f"{merchant_uid}-r1"
+
+
+def new_id_refused(client: redis.Redis, job: JobKey, source: ReplaySource) -> str | None:
+    """Why ``--new-id`` must not issue ``job``'s balance under a derived id; None: it may.
+
+    Only for an external receipt whose merchant_uid i'mport will not issue under again
+    (``id_taken``): any other failure may hide a receipt that exists (an unsettled POST),
+    and a second one, under another id, would be a second receipt for one sale. The
+    derived id must fit i'mport's 100 characters and be no order of the merchant's own:
+    one the ledger already holds is taken unless this job's replay made it.
+    """
+    if job.kind != EXTERNAL:
+        return "only an external receipt takes a new id"
+    if source.reason != ID_TAKEN:
+        return (
+            f"its last failure is {source.reason or 'none'}, not {ID_TAKEN}: replay it "
+            "under its own merchant_uid, whose lookup finds a receipt that exists"
+        )
+    derived = derived_merchant_uid(job.id)
+    if len(derived) > MERCHANT_UID_MAX:
+        return (
+            f"{derived!r} would pass i'mport's {MERCHANT_UID_MAX} characters: issue the "
+            "balance by hand under an order id of your own"
+        )
+    if source.replayed_as != derived and has_record(client, JobKey.external(derived)):
+        return (
+            f"{derived!r} is already an order of its own in the ledger: issue the balance "
+            "by hand under another order id"
+        )
+    return None
 
 
 def replay_reason(client: redis.Redis, reason: str, *, limit: int = 1000) -> list[JobKey]:

@@ -34,7 +34,7 @@ from typing import Any
 
 from worker.core.budget import MAX_PROVIDER_CALLS_PER_ATTEMPT, BudgetedProvider, BudgetSpent
 from worker.core.contract import EXTERNAL
-from worker.core.errors import OutcomeUnknown, ProviderError, TransientError
+from worker.core.errors import IdConflict, OutcomeUnknown, ProviderError, TransientError
 from worker.core.events import CANCELLED_MESSAGE, invalid_detail, no_payload_detail
 from worker.core.issuing import (
     Issued,
@@ -542,7 +542,9 @@ class IssueRunner(JobRunner):
             return None
         return Failed(reason, f"{reason}: {failure_message(error)}")
 
-    def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
+    def act(  # noqa: PLR0911 (one return per way an attempt ends)
+        self, terminal: TerminalPublisher, claim: Claim
+    ) -> Instruction | None:
         """Issue as the job's owner; None when another task took the job over meanwhile."""
         settling = self.settling(claim)
         if not settling and (wait := self.delete_wait()) > 0:
@@ -555,6 +557,8 @@ class IssueRunner(JobRunner):
             ):
                 return None
             return Failed(error.reason, f"{error.reason}: {error}")
+        except IdConflict as error:
+            return self.failed(error, claim, partial(self.give_up, terminal, claim, error))
         try:
             if settling:
                 issued = settle_issue(self.provider, request, self.sends(claim))
@@ -584,9 +588,23 @@ class IssueRunner(JobRunner):
         if self.job.kind != EXTERNAL:
             return self.request
         kept = self.store.view(self.job)
-        refund = kept.cancel if kept is not None else None
-        if refund is None or not partial_refund(refund):
+        balance = kept.balance if kept is not None else None
+        if balance is None:
             return self.request
+        wanted, sale = self.request.options.get("amount"), balance.get("sale")
+        if sale is not None and wanted not in (sale, balance["amount"]):
+            # Merchants reuse their ids: a confirmation for another total is another sale,
+            # which must not take this one's balance (nor its buyer this one's receipt).
+            raise IdConflict(
+                f"{self.job.receipt_key}'s sale of {sale} won was refunded to "
+                f"{balance['amount']}: a confirmation for {wanted} is another sale's; issue "
+                "it under another merchant_uid",
+                status=None,
+            )
+        refund = {
+            "remaining_amount": balance["amount"],
+            "remaining_tax_free": balance.get("tax_free"),
+        }
         return balance_request(self.request, refund)
 
 
@@ -659,7 +677,9 @@ class CancelRunner(JobRunner):
         # cancelled already: this cancellation repeated one that happened.
         return cancel_settled(self.terminal, claim)
 
-    def act(self, terminal: TerminalPublisher, claim: Claim) -> Instruction | None:
+    def act(  # noqa: PLR0911 (one return per way a refund's attempt ends)
+        self, terminal: TerminalPublisher, claim: Claim
+    ) -> Instruction | None:
         store, client = self.store, self.provider
         self.live = None
         job = store.view(self.job)
@@ -674,6 +694,8 @@ class CancelRunner(JobRunner):
             self.open_kept(payload) if leaves_balance and payload is not None else (None, None)
         )
         try:
+            if not cancel_done and leaves_balance and self.stale(job):
+                return self.stale_refund(terminal, claim, job)
             if not cancel_done and leaves_balance and (live := self.covering(job)):
                 # This refund was already handled (the same event, sent again):
                 # no DELETE, no POST; the live receipt stays the job's.
@@ -682,6 +704,10 @@ class CancelRunner(JobRunner):
                 return Done(Outcome.CANCELLED_DUPLICATE) if ok else None
             if not cancel_done and unopened is not None:
                 return self.refuse_unopened(terminal, claim, unopened)
+            if not cancel_done and leaves_balance and self.job.kind == EXTERNAL:
+                balance = self.balance_left(job)
+                if not store.note_balance(self.job, fence=claim.fence, balance=balance):
+                    return None
             if not cancel_done:
                 if self.settling(claim):
                     cancelled = settle_cancel(
@@ -731,6 +757,44 @@ class CancelRunner(JobRunner):
             ok = terminal.finish_cancelled(fence=claim.fence, cancelled=cancelled)
             return Done(Outcome.CANCELLED) if ok else None
         return self.reissue(terminal, claim, cancelled, request, unopened, look_first=look_first)
+
+    def stale(self, job: JobView | None) -> bool:
+        """Whether an external receipt's refund leaves no less than the balance an earlier
+        one left: the same refund again, or an earlier one that came late."""
+        recorded = job.balance if job is not None else None
+        return (
+            self.job.kind == EXTERNAL
+            and recorded is not None
+            and self.message["remaining_amount"] >= recorded["amount"]
+        )
+
+    def stale_refund(
+        self, terminal: TerminalPublisher, claim: Claim, job: JobView | None
+    ) -> Instruction | None:
+        """A stale or repeated refund (:meth:`stale`): a duplicate, nothing sent, whether or
+        not a receipt is live; None: fenced out."""
+        live = self.provider.find_receipt(self.job)
+        if live is not None and live.active:
+            earlier = job.cancelled_receipt if job is not None else None
+            ok = terminal.finish_cancel_duplicate(
+                fence=claim.fence, live=live, earlier=earlier.as_dict() if earlier else None
+            )
+        else:
+            failed = job is not None and job.failed_before
+            ok = terminal.finish_refund_stale(fence=claim.fence, failed=failed)
+        return Done(Outcome.CANCELLED_DUPLICATE) if ok else None
+
+    def balance_left(self, job: JobView | None) -> dict[str, Any]:
+        """What this refund leaves of the sale: the new balance, and the sale's total (from
+        the balance recorded, else the kept payload), so a later confirmation can tell
+        the same sale from another one under the merchant_uid."""
+        recorded = (job.balance if job is not None else None) or {}
+        kept = (job.payload if job is not None else None) or {}
+        return {
+            "amount": self.message["remaining_amount"],
+            "tax_free": self.message.get("remaining_tax_free"),
+            "sale": recorded.get("sale", kept.get("amount")),
+        }
 
     def covering(self, job: JobView | None) -> Receipt | None:
         """The live receipt when it already covers the balance this refund leaves: the

@@ -163,6 +163,22 @@ class TerminalPublisher:
         )
         return entry is not None
 
+    def finish_refund_stale(self, *, fence: int, failed: bool) -> bool:
+        """A refund an earlier one already covered, on a job with no live receipt (its
+        balance not issued yet, or refused): a duplicate, and the job as it was, failed
+        (a dead letter still) or cancelled (its confirmation still to issue the balance)."""
+        assert self.job is not None
+        entry = self.store.finish(
+            self.job,
+            fence=fence,
+            state="failed" if failed else "cancelled",
+            task_id=self.task_id,
+            event_type=CANCELLED,
+            data=self._data(duplicate=True, detail={"receipt": None}),
+            settled=True,
+        )
+        return entry is not None
+
     def finish_cancel_duplicate(
         self, *, fence: int, live: Receipt, earlier: Mapping[str, Any] | None
     ) -> bool:

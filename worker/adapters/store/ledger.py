@@ -62,6 +62,7 @@ from worker.adapters.store.keys import (
 from worker.adapters.store.once import OnceScript
 from worker.adapters.store.record import (
     answered_fields,
+    balance_fields,
     cancelled_fields,
     job_view,
     sent_fields,
@@ -393,6 +394,10 @@ class Ledger:
         """A POST or DELETE of ``op`` goes out at ``at``: kept until the provider answers it."""
         fields = sent_fields(at=at, op=op, delete=delete, operation=operation)
         return self._note_fields(job, fence, fields)
+
+    def note_balance(self, job: JobKey | str, *, fence: int, balance: Mapping[str, Any]) -> bool:
+        """An external receipt's balance after the refund this claim handles."""
+        return self._note_fields(job, fence, balance_fields(balance))
 
     def note_answered(self, job: JobKey | str, *, fence: int) -> bool:
         """The provider answered the job's last request: nothing is left to settle."""

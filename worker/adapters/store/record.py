@@ -28,6 +28,8 @@ SENT_AT_FIELD = "sent_at"
 #: took over an issue waits out the issue's POST, but only settles a DELETE of its own.
 #: Read only while ``sent_at`` is set; a record without it (older code) means the job's op.
 SENT_OP_FIELD = "sent_op"
+#: An external receipt's balance after its partial refunds (JSON; JobView.balance).
+BALANCE_FIELD = "balance"
 #: Beside it, the step and generation of that request (OperationId.sent): a retry of a
 #: request that got no answer sends it again under the same idempotency key.
 SENT_OPERATION_FIELD = "sent_operation"
@@ -62,6 +64,8 @@ def job_view(job: JobKey, record: Mapping[str, str]) -> JobView:
         delete_sent_at=_seconds(record.get(DELETE_SENT_AT_FIELD)),
         sent_op=record.get(SENT_OP_FIELD) or None,
         sent_operation=record.get(SENT_OPERATION_FIELD) or None,
+        balance=_json(record.get(BALANCE_FIELD)),
+        failed_before=bool(record.get("last_error")),
         cancel_done=record.get(CANCEL_STEP_FIELD) == CANCELLED_STEP,
         cancelled_receipt=_receipt(imp_uid, record.get(CANCELLED_RECEIPT_FIELD)),
         has_receipt=bool(record.get("receipt")),
@@ -93,6 +97,11 @@ def sent_fields(
     if delete:
         fields[DELETE_SENT_AT_FIELD] = repr(at)
     return fields
+
+
+def balance_fields(balance: Mapping[str, Any]) -> dict[str, str]:
+    """The field :meth:`~worker.core.ports.JobStore.note_balance` writes."""
+    return {BALANCE_FIELD: json.dumps(dict(balance), sort_keys=True)}
 
 
 def answered_fields() -> dict[str, str]:

@@ -106,14 +106,17 @@ class ReplaySource:
     ``state`` is the job's state (``unknown`` without a record); ``cancel`` the
     message of a cancellation that failed for good and is still a dead letter
     (None otherwise); ``payload`` the sealed issue payload kept (empty if none);
-    ``refund`` the partial refund a failed job's balance was to be issued for
-    (None when its failure was no re-issue's).
+    ``balance`` an external receipt's balance after its partial refunds (None: none);
+    ``reason`` the last failure's reason; ``replayed_as`` the merchant_uid a ``--new-id``
+    replay issued its balance under.
     """
 
     state: str
     cancel: dict[str, Any] | None
     payload: dict[str, Any]
-    refund: dict[str, Any] | None = None
+    balance: dict[str, Any] | None = None
+    reason: str | None = None
+    replayed_as: str | None = None
 
 
 def replay_source(client: redis.Redis, job: JobKey | str) -> ReplaySource:
@@ -124,20 +127,32 @@ def replay_source(client: redis.Redis, job: JobKey | str) -> ReplaySource:
     cancel = None
     if _cancel_failed(record) and client.zscore(DEAD_JOBS_KEY, _receipt_key(job)) is not None:
         cancel = json.loads(record["cancel"])
-    refund = None
-    if record.get("state") == "failed" and record.get("op") == "cancel" and "cancel" in record:
-        refund = json.loads(record["cancel"])
+    error = json.loads(record.get("last_error") or "{}")
     return ReplaySource(
         state=record.get("state", "unknown"),
         cancel=cancel,
         payload=json.loads(record.get("payload") or "{}"),
-        refund=refund,
+        balance=json.loads(record["balance"]) if record.get("balance") else None,
+        reason=error.get("reason") if isinstance(error, dict) else None,
+        replayed_as=record.get(REPLAYED_AS_FIELD) or None,
     )
 
 
-def forget_dead(client: redis.Redis, job: JobKey) -> None:
-    """Take a job off the dead letters: its balance was replayed under another id."""
+#: A job's record field: the merchant_uid its balance was replayed under (--new-id).
+REPLAYED_AS_FIELD = "replayed_as"
+
+
+def replayed_under(client: redis.Redis, job: JobKey, merchant_uid: str) -> None:
+    """Take a job off the dead letters, its balance replayed under ``merchant_uid``: kept in
+    its record, so that running the replay again is the same job, and the derived id
+    known as this job's, not the merchant's own order."""
+    client.hset(_record(job), REPLAYED_AS_FIELD, merchant_uid)
     client.zrem(DEAD_JOBS_KEY, job.receipt_key)
+
+
+def has_record(client: redis.Redis, job: JobKey) -> bool:
+    """Whether the ledger holds a record of ``job``."""
+    return bool(client.exists(_record(job)))
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ local after_partial = partial(record[8])
 if state == 'issued' and op == 'issue' then
   return {'issued', receipt}
 end
-if state == 'cancelled' and not (after_partial and (op == 'issue' or not partial(ARGV[2])))
-then
+if state == 'cancelled' and not (after_partial
+    and (op == 'issue' or not partial(ARGV[2]) or external_partial(ARGV[2]))) then
   -- A full refund ends the payment's receipts; after a partial one an issue
   -- (or a full refund) still has work to do.
   return {'cancelled', receipt or ''}

@@ -9,3 +9,11 @@ local function partial(cancel)
   local named = decoded['kind'] == 'external' and 'remaining_amount' or 'amount'
   return type(decoded[named]) == 'number'
 end
+-- Whether a cancellation is an external receipt's partial refund: it names the balance
+-- itself, so a second one still has work to do after a first (the worker tells a stale
+-- one by the balance recorded), where a payment's takes its balance from i'mport.
+local function external_partial(cancel)
+  if not partial(cancel) then return false end
+  local decoded = cjson.decode(cancel)
+  return decoded['kind'] == 'external'
+end

@@ -12,7 +12,8 @@ local state, owner = record[1], record[2]
 if state and owner == ARGV[1] then
   return state  -- the same task again (an ingress entry handled twice)
 end
-if state == 'cancelled' and not (partial(record[3]) and not partial(ARGV[2])) then
+if state == 'cancelled'
+    and not (partial(record[3]) and (not partial(ARGV[2]) or external_partial(ARGV[2]))) then
   return state  -- nothing left to cancel: the task reports a duplicate
 end
 if state == 'received' or state == 'in_flight' then
