@@ -31,7 +31,7 @@ from worker.celery.malformed import guard
 from worker.celery.request import carried_fence
 from worker.celery.runtime import Runtime, get_runtime
 from worker.core.contract import CANCEL_TASK, ISSUE_TASK, QUEUE
-from worker.core.events import job_fields
+from worker.core.events import external_id, job_fields
 from worker.core.masking import mask_payload, masked_args_repr
 from worker.core.outcome import Outcome
 from worker.core.retry import poll_again, retry_countdown
@@ -174,6 +174,7 @@ class _Run:
             "task": self.task.name,
             "task_id": str(self.task.request.id),
             **job_fields(self.job),
+            **external_id(self.job),
             "attempt": runner.attempt if runner is not None else self.attempt,
             "outcome": outcome.value,
             "reason": self.reason,

@@ -361,3 +361,30 @@ def test_new_id_only_for_a_spent_id_that_fits_and_is_no_order_of_the_merchants(
     assert "100 characters" in new_id(f"iamport-external:{'L' * 98}")["skipped"]
     issued(producer, results, f"{merchant_uid}-own-r1", amount=20000)
     assert "order of its own" in new_id(f"iamport-external:{merchant_uid}-own")["skipped"]
+
+
+@pytest.mark.usefixtures("reissue_allowed")
+def test_a_balance_recorded_without_its_tax_free_part_is_completed_by_the_refund_again(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
+) -> None:
+    """Review finding F13: a mixed-tax sale's refund came first, without
+    remaining_tax_free; its confirmation fails invalid_payload. The refund sent again
+    with it issues the balance from the confirmation's kept payload; the confirmation sent
+    again is then a duplicate."""
+    first = enqueue_cancel(refund(merchant_uid, remaining_amount=20000), app=producer)
+    events_of(results, first, 1)
+    sale = external_payload(merchant_uid, tax_free=3000)
+    failed = results.wait(enqueue_issue(sale, app=producer))
+    assert failed["data"]["error"]["reason"] == "invalid_payload"
+    again = refund(merchant_uid, remaining_amount=20000, remaining_tax_free=1000)
+    cancelled, reissued = events_of(results, enqueue_cancel(again, app=producer), 2)
+    assert (cancelled["type"], cancelled["data"]["duplicate"]) == ("cash_receipt.cancelled", False)
+    assert (reissued["type"], reissued["data"]["receipt"]["amount"]) == (
+        "cash_receipt.issued",
+        20000,
+    )
+    body = last_post(sandbox, merchant_uid)
+    assert (body["amount"], body["tax_free"]) == (20000, 1000)
+    again_sale = results.wait(enqueue_issue(sale, app=producer))
+    assert (again_sale["type"], again_sale["data"]["duplicate"]) == ("cash_receipt.issued", True)
+    assert requests_of(sandbox, merchant_uid) == ["POST"]

@@ -162,6 +162,14 @@ def job_fields(job: JobKey | None) -> dict[str, Any]:
     return fields
 
 
+def external_id(job: JobKey | None) -> dict[str, Any]:
+    """A V1 external receipt's own id, ``merchant_uid``, for an outcome log line (events
+    carry it already, beside the payment's). Nothing for another kind of job."""
+    if job is not None and job.provider != PORTONE and job.kind == EXTERNAL:
+        return {"merchant_uid": job.id}
+    return {}
+
+
 @dataclass(frozen=True)
 class WaiterEvent:
     """The event of a message that waited on a job, as the job ends: a template.

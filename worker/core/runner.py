@@ -762,11 +762,13 @@ class CancelRunner(JobRunner):
         """Whether an external receipt's refund leaves no less than the balance an earlier
         one left: the same refund again, or an earlier one that came late."""
         recorded = job.balance if job is not None else None
-        return (
-            self.job.kind == EXTERNAL
-            and recorded is not None
-            and self.message["remaining_amount"] >= recorded["amount"]
-        )
+        if self.job.kind != EXTERNAL or recorded is None:
+            return False
+        remaining = self.message["remaining_amount"]
+        if remaining == recorded["amount"] and recorded.get("tax_free") is None:
+            # The same balance, sent again with the tax-free part it lacked: an update.
+            return self.message.get("remaining_tax_free") is None
+        return bool(remaining >= recorded["amount"])
 
     def stale_refund(
         self, terminal: TerminalPublisher, claim: Claim, job: JobView | None

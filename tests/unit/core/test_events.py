@@ -135,3 +135,14 @@ def test_every_event_names_its_job(job: JobKey | None, named: dict[str, Any]) ->
     assert {key: data[key] for key in named} == named
     assert data["imp_uid"] == (job.imp_uid if job else None)
     assert data["merchant_uid"] == ("order:1" if job and job.kind == "external" else "m-1")
+
+
+def test_an_outcome_line_names_an_external_receipt_by_its_merchant_uid() -> None:
+    """Review finding F9: every outcome line carries the provider's own id of the job."""
+    from worker.adapters.observe.logs import FIELDS
+    from worker.core.events import external_id
+
+    assert external_id(JobKey.external("order-7")) == {"merchant_uid": "order-7"}
+    assert external_id(JobKey.payment("imp_1")) == {}
+    assert external_id(JobKey.portone("pay-1", "external")) == {}
+    assert {"merchant_uid", "payment_id"} <= set(FIELDS)

@@ -33,6 +33,7 @@ FIELDS = (
     "kind",
     "imp_uid",
     "payment_id",
+    "merchant_uid",
     "attempt",
     "outcome",
     "reason",
