@@ -687,7 +687,7 @@ def check_always(world: World) -> None:
             and kinds[1] in {ISSUED, FAILED}
         ):
             problems.append(f"{task_id} ({task.op}) has {len(kinds)} terminal events: {kinds}")
-    problems += sale_outcomes(world)
+    problems += sale_outcomes(world, events)
     assert not problems, _report(world, problems)
 
 
@@ -725,21 +725,23 @@ def check_quiet(world: World) -> None:
     assert not problems, _report(world, problems)
 
 
-def sale_outcomes(world: World) -> list[str]:
+def sale_outcomes(world: World, kinds: dict[str, list[str]]) -> list[str]:
     """Each confirmation of the external sale ended as the rules say (README, external
     receipts): a receipt issued once under the merchant_uid, and issued for this amount
     only; ``id_conflict`` for another amount only. A confirmation that overlapped another
     (waited on it, or was taken over by it) hears that one's outcome as a duplicate,
-    whatever its amount."""
+    whatever its amount. ``kinds``: :meth:`World.events_by_task`, as just read."""
+    sales = [task for task in world.tasks.values() if task.job == SALE]
+    if not sales:
+        return []
     problems: list[str] = []
     receipts = world.provider.receipts(SALE)
     if len(receipts) > 1:
         problems.append(f"{len(receipts)} receipts under {SALE.receipt_key}: {receipts}")
     live = receipts[-1] if receipts else None
-    kinds = world.events_by_task()
-    for task in world.tasks.values():
+    for task in sales:
         ended = world.event_data.get(task.task_id, [])
-        if task.job != SALE or len(ended) != 1:
+        if len(ended) != 1:
             continue  # no event yet, or more than one: check_always says so
         [data], [kind] = ended, kinds[task.task_id]
         excused = data["duplicate"] and task.overlapped
