@@ -1,24 +1,29 @@
 """The chaos suite: exactly once, whatever fails.
 
-Payment events, with duplicates, go through the Python helper while the
-sandbox fails a fifth of its answers, drops connections after creating
-receipts, adds latency, and for some payments answers a POST only after the
-client's timeout, having created the receipt; some payments are partly refunded once
-issued (cancel, then re-issue for the rest); workers are SIGKILLed at random points and
-replaced; Redis is killed and restarted once (AOF, fsync always).
+Payment events and V1 external receipts' confirmations (issue 15: cash taken
+outside i'mport, named by its merchant_uid), each with duplicates, go through the
+Python helper while the sandbox fails a fifth of its answers, drops connections
+after creating receipts, adds latency, and for some payments and sales answers a
+POST only after the client's timeout, having created the receipt; some payments are
+partly refunded once issued (cancel, then re-issue for the rest: external receipts
+have no refunds yet); workers are SIGKILLed at random points and replaced; Redis is
+killed and restarted once (AOF, fsync always).
 
 The sandbox runs with duplicates allowed, so a second POST would be a second
 receipt rather than a harmless "already issued", and it counts blind requests
-(docs/sandbox.md). The fleet keeps running for a lease and two sweeps past the
-last first event, so a late duplicate has time to show. Then: never two active
-receipts for a payment, receipts created = 1 + the re-issues the ledger
-recorded, no blind request, exactly one terminal transition per task message and
-1 + re-issues non-duplicate issued events per payment, every ledger record terminal,
-``cashreceipt stuck`` empty and ``cashreceipt reconcile`` clean, and no worker
-stopped on its own (a Redis restart once stopped every worker holding messages).
+(docs/sandbox.md), for payments and external receipts apart. The fleet keeps
+running for a lease and two sweeps past the last first event, so a late duplicate
+has time to show. Then: never two active receipts for a payment or a merchant_uid,
+receipts created = 1 + the re-issues the ledger recorded for a payment and 1 for a
+sale (the sandbox's audit), no blind request, exactly one terminal transition per
+task message, 1 + re-issues non-duplicate issued events per payment and one per
+sale, every sale's events naming the one receipt the sandbox holds for it, every
+ledger record terminal, ``cashreceipt stuck`` empty (it lists payments only) and
+``cashreceipt reconcile`` clean for every job, and no worker stopped on its own (a Redis
+restart once stopped every worker holding messages).
 
-CI runs the short profile (300 payments); ``pytest tests/chaos --chaos-long``
-runs 10,000, with the same assertions.
+CI runs the short profile (300 payments, 60 sales); ``pytest tests/chaos --chaos-long``
+runs 10,000 payments and 2,000 sales, with the same assertions.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -42,13 +48,15 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from tests.support.payloads import external_payload
 from tests.support.redis_server import RedisServer
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import WaitTimeout, wait_for
 from tests.support.worker import BIN, ROOT, TEST_PII_KEY, worker_env
-from worker.adapters.store.keys import ledger_key
+from worker.adapters.store.keys import record_key
 from worker.adapters.store.views import TERMINAL_STATES, job_history
 from worker.celery.producer import enqueue_cancel, enqueue_issue
+from worker.core.types import JobKey
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -75,6 +83,8 @@ SETTLE_SECONDS = 1.0
 #: cancelled (DELETE) and re-issued for the rest (POST), under the same faults.
 REFUND_SHARE = 0.05
 REFUND_AMOUNT = 1000
+#: What the external sales are for: each merchant_uid one of these, its duplicates the same.
+SALE_AMOUNTS = (5000, 11000, 33000)
 CANCEL_EVENTS = frozenset({"cash_receipt.cancelled", "cash_receipt.cancel_failed"})
 
 
@@ -83,6 +93,8 @@ class Profile:
     """How much chaos."""
 
     payments: int
+    #: V1 external receipts, each its own merchant_uid (issue 15); duplicated as payments are.
+    sales: int
     duplicate_share: float
     kills: int
     drain_timeout: float
@@ -123,6 +135,18 @@ class Fleet:
         self.kills += 1
         self.start()
 
+    def wait_started(self, timeout: float = 120) -> None:
+        """Until the newest worker is ready: past its start's fleet check, which refuses the
+        start (exit 1) when the broker cannot be asked, as README documents."""
+        number, process = self.started, self.processes[-1]
+        log = self.logs / f"worker-{number}.log"
+        ready = f"chaos{number}@{socket.gethostname()} ready."
+        wait_for(
+            lambda: process.poll() is not None or ready in log.read_text(errors="replace"),
+            timeout=timeout,
+            message=f"chaos{number} to start",
+        )
+
     def died(self) -> list[str]:
         """Workers that exited though nobody killed them (a Redis restart once did that)."""
         return [
@@ -152,8 +176,10 @@ class Fleet:
 def profile(request: pytest.FixtureRequest) -> Profile:
     """The short CI profile, or the long one with --chaos-long."""
     if request.config.getoption("--chaos-long"):
-        return Profile(payments=10_000, duplicate_share=0.2, kills=6, drain_timeout=1800)
-    return Profile(payments=300, duplicate_share=0.2, kills=3, drain_timeout=240)
+        return Profile(
+            payments=10_000, sales=2_000, duplicate_share=0.2, kills=6, drain_timeout=1800
+        )
+    return Profile(payments=300, sales=60, duplicate_share=0.2, kills=3, drain_timeout=240)
 
 
 @pytest.fixture
@@ -191,7 +217,15 @@ def cashreceipt(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
     )  # fmt: skip
 
 
-def late_margin(requests: list[dict[str, Any]], late_ms: dict[str, float]) -> float:
+def requested(entry: dict[str, Any]) -> JobKey | None:
+    """The job an API request of the sandbox's log was about: a payment or a sale; None for
+    getToken."""
+    if entry.get("merchant_uid") is not None:
+        return JobKey.external(entry["merchant_uid"])
+    return JobKey.payment(entry["imp_uid"]) if entry.get("imp_uid") is not None else None
+
+
+def late_margin(requests: list[dict[str, Any]], late_ms: dict[JobKey, float]) -> float:
     """How long after a late POST was processed its job's retry looked, at the least.
 
     A lookup before it would be followed by a second POST: the double issue
@@ -200,12 +234,12 @@ def late_margin(requests: list[dict[str, Any]], late_ms: dict[str, float]) -> fl
     is the second. Processing ends by the scripted delay plus the jitter.
     """
     jitter = float(FAULTS[FAULTS.index("--latency-jitter-ms") + 1]) / 1000
-    by_payment: dict[str, list[dict[str, Any]]] = {}
+    by_job: dict[JobKey | None, list[dict[str, Any]]] = {}
     for entry in requests:
-        by_payment.setdefault(entry.get("imp_uid") or "", []).append(entry)
+        by_job.setdefault(requested(entry), []).append(entry)
     margins = []
-    for imp_uid, delay in late_ms.items():
-        seen = by_payment.get(imp_uid, [])
+    for job, delay in late_ms.items():
+        seen = by_job.get(job, [])
         post = next(r for r in seen if r["method"] == "POST")
         lookups = [
             r["at"]
@@ -239,7 +273,8 @@ def enqueue_with_patience(
 def test_exactly_once_under_chaos(
     profile: Profile, chaos_redis: RedisServer, chaos_sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    """Every payment: one live receipt, one transition per message, nothing blind or stuck."""
+    """Every payment and sale: one live receipt, one transition per message, nothing blind or
+    stuck."""
     rng = random.Random(20261124)
     env = worker_env(
         chaos_redis.url,
@@ -263,28 +298,41 @@ def test_exactly_once_under_chaos(
     producer.conf.broker_visibility_timeout = 21
 
     imp_uids = [f"chaos_{uuid.uuid4().hex[:10]}" for _ in range(profile.payments)]
-    late = rng.sample(imp_uids, int(profile.payments * LATE_POST_SHARE))
-    late_ms: dict[str, float] = {}
-    for imp_uid in late:
-        delay = late_ms[imp_uid] = rng.uniform(*LATE_POST_MS)
-        chaos_sandbox.admin.script(imp_uid, {"kind": "latency", "ms": delay, "method": "POST"})
-    plan = list(imp_uids)
-    plan += [rng.choice(imp_uids) for _ in range(int(profile.payments * profile.duplicate_share))]
+    payments = [JobKey.payment(imp_uid) for imp_uid in imp_uids]
+    # Each sale its own merchant_uid and amount; its duplicates ask for the same amount.
+    sales = {
+        JobKey.external(f"chaos_sale_{uuid.uuid4().hex[:10]}"): rng.choice(SALE_AMOUNTS)
+        for _ in range(profile.sales)
+    }
+    late = rng.sample(payments, int(profile.payments * LATE_POST_SHARE))
+    late += rng.sample(list(sales), int(profile.sales * LATE_POST_SHARE))
+    late_ms: dict[JobKey, float] = {}
+    for job in late:
+        delay = late_ms[job] = rng.uniform(*LATE_POST_MS)
+        script = chaos_sandbox.admin.script_external if job in sales else chaos_sandbox.admin.script
+        script(job.id, {"kind": "latency", "ms": delay, "method": "POST"})
+    plan = [*payments, *sales]
+    plan += [rng.choice(payments) for _ in range(int(profile.payments * profile.duplicate_share))]
+    plan += [rng.choice(list(sales)) for _ in range(int(profile.sales * profile.duplicate_share))]
     rng.shuffle(plan)
     refunded = set(rng.sample(imp_uids, int(profile.payments * REFUND_SHARE)))
-    sent: list[tuple[str, str]] = []  # (task_id, imp_uid)
-    refunds: list[tuple[str, str]] = []  # (task_id, imp_uid)
+    sent: list[tuple[str, JobKey]] = []  # (task_id, job)
+    refunds: list[tuple[str, JobKey]] = []  # (task_id, job)
     started = time.monotonic()
     drained = 0.0
 
     def produce() -> None:
-        for index, imp_uid in enumerate(plan):
-            payload = {
-                "imp_uid": imp_uid,
-                "merchant_uid": f"order-{index}",
-                "identifier": "01055554321",
-            }
-            sent.append((enqueue_with_patience(producer, payload, time.monotonic() + 60), imp_uid))
+        for index, job in enumerate(plan):
+            payload = (
+                external_payload(job.id, amount=sales[job])
+                if job in sales
+                else {
+                    "imp_uid": job.id,
+                    "merchant_uid": f"order-{index}",
+                    "identifier": "01055554321",
+                }
+            )
+            sent.append((enqueue_with_patience(producer, payload, time.monotonic() + 60), job))
             time.sleep(rng.uniform(0, 0.01))
 
     def refund(deadline: float) -> None:
@@ -305,9 +353,8 @@ def test_exactly_once_under_chaos(
                 waiting.discard(imp_uid)
                 chaos_sandbox.admin.seed_payment(imp_uid, cancel_amount=REFUND_AMOUNT)
                 payload = {"imp_uid": imp_uid, "amount": REFUND_AMOUNT}
-                refunds.append(
-                    (enqueue_with_patience(producer, payload, deadline, enqueue_cancel), imp_uid)
-                )
+                task_id = enqueue_with_patience(producer, payload, deadline, enqueue_cancel)
+                refunds.append((task_id, JobKey.payment(imp_uid)))
             time.sleep(0.3)
 
     producing = threading.Thread(target=produce)
@@ -322,6 +369,9 @@ def test_exactly_once_under_chaos(
         wait_for(lambda p=point: events_so_far() >= p * len(plan), timeout=120, message="progress")
         fleet.kill_one(rng)
         if redis_point is not None and events_so_far() >= redis_point * len(plan):
+            # Not while the replacement starts: its start's fleet check, unable to ask the
+            # broker, would refuse the start (README), and count as a worker that stopped.
+            fleet.wait_started()
             chaos_redis.stop()
             time.sleep(rng.uniform(0.5, 1.5))  # an outage of some length, on purpose
             chaos_redis.start()
@@ -330,6 +380,7 @@ def test_exactly_once_under_chaos(
     producing.join(timeout=300)
     assert not producing.is_alive(), "the producer did not finish"
     if redis_point is not None:
+        fleet.wait_started()
         chaos_redis.stop()
         chaos_redis.start()
         redis_restarts += 1
@@ -371,8 +422,8 @@ def test_exactly_once_under_chaos(
             raise AssertionError(
                 f"{len(silent)} task message(s) without an event: "
                 + "; ".join(
-                    f"{t} ({named[t]}: ledger {client.hget(ledger_key(named[t]), 'task_id')} "
-                    f"{client.hget(ledger_key(named[t]), 'state')}, "
+                    f"{t} ({named[t].receipt_key}: ledger "
+                    f"{client.hmget(record_key(named[t].receipt_key), ['task_id', 'state'])}, "
                     f"history {job_history(client, named[t])[:4]})"
                     for t in silent[:5]
                 )
@@ -400,14 +451,31 @@ def test_exactly_once_under_chaos(
     events = events_by_task()
     audit = chaos_sandbox.admin.audit()
     created = {u: audit["payments"].get(u, {}).get("created", 0) for u in imp_uids}
+    # What the sandbox holds for each sale, from its own audit and receipts, not the events.
+    sale_audit = audit["external"]["merchant_uids"]
+    sale_receipts: dict[str, list[dict[str, Any]]] = {}
+    for receipt in chaos_sandbox.admin.receipts()["external_receipts"]:
+        sale_receipts.setdefault(receipt["merchant_uid"], []).append(receipt)
     requests = chaos_sandbox.admin.requests()
     per_task = Counter({task_id: transitions(task_id, events[task_id]) for task_id in wanted})
     non_duplicate_issued = Counter(
-        event["imp_uid"]
+        event["receipt_key"]
         for batch in events.values()
         for event in batch
         if event["type"] == "cash_receipt.issued" and not event["duplicate"]
     )
+    # Each sale's task messages end issued, naming the one receipt the sandbox created for it.
+    sale_events_apart: dict[str, Any] = {}
+    for task_id, job in sent:
+        if job in sales:
+            held = [
+                ("cash_receipt.issued", r["receipt_tid"]) for r in sale_receipts.get(job.id, [])
+            ]
+            told = [
+                (e["type"], (e.get("receipt") or {}).get("receipt_tid")) for e in events[task_id]
+            ]
+            if told != held:
+                sale_events_apart[task_id] = {"merchant_uid": job.id, "told": told, "held": held}
     failures = [
         e
         for batch in events.values()
@@ -416,34 +484,36 @@ def test_exactly_once_under_chaos(
     ]
     duplicates = sum(1 for batch in events.values() for e in batch if e["duplicate"])
     posts = sum(1 for r in requests if r["method"] == "POST")
-    histories = {imp_uid: job_history(client, imp_uid) for imp_uid in imp_uids}
+    histories = {job: job_history(client, job) for job in [*payments, *sales]}
     # Real task retries: every retry or park the ledger recorded
     # (worker/adapters/store/ledger.py history).
     retries = sum(1 for h in histories.values() for entry in h if entry["outcome"] == "retry")
     reissues = Counter(
-        imp_uid
-        for imp_uid, h in histories.items()
+        job.id
+        for job, h in histories.items()
         for entry in h
         if (entry["op"], entry.get("then")) == ("cancel", "cash_receipt.issued")
     )
-    states = {imp_uid: client.hget(ledger_key(imp_uid), "state") for imp_uid in imp_uids}
+    states = {job: client.hget(record_key(job.receipt_key), "state") for job in [*payments, *sales]}
     late_set = set(late)
-    late_answered = sum(
-        1 for r in requests if r["method"] == "POST" and r.get("imp_uid") in late_set
-    )
+    late_answered = sum(1 for r in requests if r["method"] == "POST" and requested(r) in late_set)
     margin = late_margin(requests, late_ms)
+    jobs = len(imp_uids) + len(sales)
     print(
         "\nchaos: "
-        f"{len(plan)} payment events ({len(imp_uids)} payments, "
-        f"{len(plan) - len(imp_uids)} duplicates), {len(refunds)} partial refunds "
+        f"{len(plan)} payment and sale events ({len(imp_uids)} payments, {len(sales)} external "
+        f"sales, {len(plan) - jobs} duplicates), {len(refunds)} partial refunds "
         f"({sum(reissues.values())} re-issues), "
-        f"{sum(created.values())} receipts, {duplicates} duplicates absorbed, "
-        f"{retries} task retries, {posts - len(imp_uids) - sum(reissues.values())} POSTs "
-        "beyond one per payment and re-issue "
-        f"(each after a lookup found nothing), {len(late)} payments whose POST was "
+        f"{sum(created.values())} payment receipts, "
+        f"{audit['external']['receipts_created']} external receipts, "
+        f"{duplicates} duplicates absorbed, "
+        f"{retries} task retries, {posts - jobs - sum(reissues.values())} POSTs "
+        "beyond one per payment, sale and re-issue "
+        f"(each after a lookup found nothing), {len(late)} payments and sales whose POST was "
         f"processed after the timeout ({late_answered} POSTs for them; the retry's lookup came "
         f"{margin:.2f}s or more after one was processed), {len(requests)} API calls, "
-        f"{audit['blind_posts']} blind POSTs, {audit['blind_deletes']} blind DELETEs, "
+        f"{audit['blind_posts'] + audit['external']['blind_posts']} blind POSTs, "
+        f"{audit['blind_deletes'] + audit['external']['blind_deletes']} blind DELETEs, "
         f"{fleet.kills} worker kills, {redis_restarts} Redis restart(s), "
         f"{fleet.text().count('sweeper re-sent')} sweeps that re-sent jobs, "
         f"drained in {drained:.1f}s, then {lease + 2 * sweep_interval:g}s more (a lease "
@@ -457,7 +527,9 @@ def test_exactly_once_under_chaos(
     nothing_stuck = (stuck.returncode, stuck.stdout, stuck.stderr) == (1, "", "")
     # Asked once the outage is over: reconcile retries only briefly, then reports.
     chaos_sandbox.admin.clear_faults()
-    reconciled = cashreceipt(env, "reconcile")
+    # --limit: without it, reconcile checks the first 10,000 records and says nothing of the
+    # rest (the long profile has 12,000 jobs).
+    reconciled = cashreceipt(env, "reconcile", "--limit", str(jobs))
     broken = {
         # What the provider saw: never a second receipt, nothing sent against a lookup.
         "two active receipts": audit["double_active"],
@@ -467,6 +539,19 @@ def test_exactly_once_under_chaos(
         "blind requests": {
             u: f for u, f in audit["payments"].items() if f["blind_posts"] or f["blind_deletes"]
         },
+        "two active receipts for a merchant_uid": audit["external"]["double_active"],
+        "external receipts created != 1": {
+            job.id: sale_audit.get(job.id) for job in sales
+            if (sale_audit.get(job.id) or {}).get("created") != 1
+        },
+        "external receipts not for the sale's amount, or not live": {
+            job.id: receipts for job, amount in sales.items()
+            for receipts in [sale_receipts.get(job.id, [])]
+            if [(r["amount"], r["cancelled_at"]) for r in receipts] != [(amount, 0)]
+        },
+        "blind requests on external receipts": {
+            u: f for u, f in sale_audit.items() if f["blind_posts"] or f["blind_deletes"]
+        },
         # What the helper's callers saw.
         "failure events": failures[:3],
         "task messages without exactly one terminal event": {
@@ -474,20 +559,25 @@ def test_exactly_once_under_chaos(
         },
         "events for no task message sent": sorted(set(events) - wanted)[:5],
         "payments without 1 + re-issues non-duplicate issued events": [
-            u for u in imp_uids if non_duplicate_issued[u] != 1 + reissues[u]
+            u for u in imp_uids
+            if non_duplicate_issued[JobKey.payment(u).receipt_key] != 1 + reissues[u]
         ],
+        "sales without exactly one non-duplicate issued event": [
+            job.id for job in sales if non_duplicate_issued[job.receipt_key] != 1
+        ],
+        "sale task messages whose event is not the sandbox's one receipt": sale_events_apart,
         "refunds without a re-issue": sorted(refunded - set(reissues)),
         # What operators see.
         "workers that stopped on their own": died,
         "unrecoverable errors in the workers' logs": fleet.text().count("Unrecoverable error"),
         "ledger records not terminal": {
-            u: s for u, s in states.items() if s not in TERMINAL_STATES
+            job.receipt_key: s for job, s in states.items() if s not in TERMINAL_STATES
         },
         "cashreceipt stuck": [] if nothing_stuck else [
             stuck.returncode, stuck.stdout[:500], stuck.stderr[-500:]
         ],
         "cashreceipt reconcile": [] if reconciled.returncode == 0
-        and f"{len(imp_uids)} checked, 0 mismatched, 0 not checked" in reconciled.stderr else [
+        and f"{jobs} checked, 0 mismatched, 0 not checked" in reconciled.stderr else [
             reconciled.returncode, reconciled.stdout[:500], reconciled.stderr[-500:]
         ],
     }  # fmt: skip

@@ -7,27 +7,36 @@ acts late (within IAMPORT_SETTLE_SECONDS), refuses, and accepts a second active 
 so that a double POST is seen rather than refused.
 
 Hypothesis chooses, step by step: confirmations and refunds (full, partial, repeated) of
-two payments in any order; which message a worker takes, and which runner makes its
-next port call; a worker that dies at any gate (its message redelivered or lost); a
-message the broker delivers twice; the clock jumping past leases and settle bounds; the
-provider acting on a request it left unanswered; faults queued for the next request;
-a sweep; a script call re-run as a client retry does; the key rotation's steps.
+two payments in any order; confirmations of an external sale (a V1 external receipt, issue
+15) for its amount or for another sale's under the same merchant_uid; which message a
+worker takes, and which runner makes its next port call; a worker that dies at any gate
+(its message redelivered or lost); a message the broker delivers twice; the clock jumping
+past leases and settle bounds; the provider acting on a request it left unanswered; faults
+queued for the next request; a sweep; a script call re-run as a client retry does; the key
+rotation's steps.
 
 The clock never jumps while a runner is between reading the time for a POST or DELETE
 and sending it (``World.sending``): the send time is recorded before the request
 leaves, so a stall there longer than the settle bound is beyond any guarantee.
 
-After every step: never two active receipts for one payment, never a POST while one is
-active, never more than one terminal event for a message (a partial refund's
-``cancelled`` and its re-issue's event are one transition). At the end (a drain: every
-message and runner to its end, the sweeper's re-sends, the clock past every lease and
-bound): every message ended in exactly one terminal event, every job is terminal,
-``stuck`` is empty, no event says payload_unreadable, and ``reconcile`` finds the ledger
-and the provider agree.
+After every step: never two active receipts for one payment or for the sale's merchant_uid,
+never a POST while one is active, never more than one terminal event for a message (a
+partial refund's ``cancelled`` and its re-issue's event are one transition), and each of
+the sale's confirmations ended as the rules say (``sale_outcomes``: issued only with the
+one receipt under the merchant_uid and for its own amount, ``id_conflict`` only for
+another amount; one that overlapped another may hear its outcome as a duplicate, whatever
+its amount). At the end (a drain: every message and runner to its end, the sweeper's
+re-sends, the clock past every lease and bound): every message ended in exactly one
+terminal event, every job is terminal, ``stuck`` is empty, no event says
+payload_unreadable, and ``reconcile`` finds the ledger and the provider agree, for the
+payments and the sale.
 
-The model holds nothing back: it loses any message (``crash``), since the producers record
-every task whose message they send and end at once a task the ledger answered ``issued``
-or ``cancelled`` for; each defect it found stays below as a fixed example.
+The model loses any message (``crash``), since the producers record every task whose
+message they send and end at once a task the ledger answered ``issued`` or ``cancelled``
+for; each defect it found stays below as a fixed example. It holds back two cases of the
+sale until their defects are fixed on main (``HELD_BACK``, each with a strict xfail
+example): a confirmation while the sale's job is failed as id_conflict, and dropping a
+key while confirmations for two amounts are open.
 
 ``make test`` runs the default profile; ``CASHRECEIPT_MODEL_PROFILE=long`` runs the long
 one (README, "The model-based test").
@@ -53,9 +62,12 @@ from hypothesis.stateful import (
 )
 
 from tests.support.model import (
+    BOUND,
     CHANGING_FAULTS,
+    LEASE,
     LOOKUP_FAULTS,
     PAYMENTS,
+    SALE_AMOUNTS,
     Task,
     World,
     check_always,
@@ -65,9 +77,16 @@ from tests.support.model import (
 )
 from tests.support.redis_server import RedisServer, running_redis
 from worker.adapters.store.keys import terminal_key
+from worker.core.retry import ID_CONFLICT
 
 pytestmark = pytest.mark.integration
 
+#: A waiter's external message under a dropped key no longer runs from its job's copy
+#: when that copy asks for another amount: the model drops keys whatever sales are open.
+SALE_COPY_FIXED = False
+#: A confirmation that re-opens a sale's job failed as id_conflict looks before it POSTs:
+#: the model confirms the sale whatever its job ended as.
+REOPEN_AFTER_CONFLICT_FIXED = False
 PROFILE = os.environ.get("CASHRECEIPT_MODEL_PROFILE", "default")
 #: At most this many workers run at once while the rules play.
 WORKERS = 3
@@ -126,6 +145,20 @@ class ProtocolModel(RuleBasedStateMachine):
     @rule(payment=st.sampled_from(PAYMENTS))
     def confirm(self, payment: str) -> None:
         self.world.confirm(payment)
+
+    @rule(amount=st.sampled_from(SALE_AMOUNTS))
+    def confirm_sale(self, amount: int) -> None:
+        """The external sale confirmed: again, a duplicate for the same amount, and for
+        another a sale of its own under the same merchant_uid (id_conflict, or a duplicate
+        of a confirmation it overlapped)."""
+        if not REOPEN_AFTER_CONFLICT_FIXED and self.world.sale_failure() == ID_CONFLICT:
+            # HELD_BACK (issue 15, shown on this model's world): no confirmation re-opens
+            # the sale's job failed as id_conflict, since its first attempt POSTs without
+            # looking though the job's last lookup found a live receipt under the merchant_uid
+            # (test_a_sale_confirmed_after_an_id_conflict_looks_before_it_posts).
+            self.world.say(f"held back: the sale for {amount} after an id_conflict")
+            return
+        self.world.confirm_sale(amount)
 
     @rule(payment=st.sampled_from(PAYMENTS), partial=st.booleans())
     def refund(self, payment: str, partial: bool) -> None:
@@ -221,6 +254,13 @@ class ProtocolModel(RuleBasedStateMachine):
     def drop_old_keys(self) -> None:
         # Whatever is in the broker: a waiter's message runs from its open job's copy
         # (test_a_waiters_message_under_a_dropped_key_fails_no_job).
+        if not SALE_COPY_FIXED and len(self.world.open_sale_amounts()) > 1:
+            # HELD_BACK (found by this model, issue 15): no key goes while two open
+            # confirmations of the sale ask for two amounts, since the waiter's message then
+            # runs from its job's copy, the other sale's, and reports that receipt as its
+            # own (test_a_waiters_sale_under_a_dropped_key_never_reports_another_amount_as_issued).
+            self.world.say("held back: dropping a key under two sales of one merchant_uid")
+            return
         self.world.drop_old_keys()
 
     # -- the invariants --------------------------------------------------------------------
@@ -253,7 +293,13 @@ def test_the_protocol_model(model_redis: RedisServer) -> None:
     print(f"model profile {PROFILE}: {ProtocolModel.steps} steps")
 
 
-# -- the defects the model found, as fixed examples ------------------------------------
+# -- the defects the model found, as fixed examples; those held back, as strict xfails ---
+
+
+def held_back(reason: str) -> pytest.MarkDecorator:
+    """An example of a defect not yet fixed on main, held back in the machine (HELD_BACK):
+    a strict xfail, which passes once the fix lands and must then become a fixed example."""
+    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 @pytest.fixture
@@ -366,5 +412,86 @@ def test_a_refund_refused_for_good_leaves_the_live_receipt_on_record(world: Worl
     drain(world)
     check_quiet(world)
     world.confirm("imp_a")
+    drain(world)
+    check_quiet(world)
+
+
+@held_back(
+    "found by the model (issue 15): a waiter's external message under a dropped key runs "
+    "from its open job's copy, another sale's, and reports that receipt as its own"
+)
+def test_a_waiters_sale_under_a_dropped_key_never_reports_another_amount_as_issued(
+    world: World,
+) -> None:
+    """The model's shrunk schedule: the external sale is confirmed for 1000, then under
+    the same merchant_uid for 1100 (another sale: a waiter of the open job). The keys
+    rotate, ``cashreceipt reseal`` completes, the old key goes. The second message runs
+    first: its own payload no longer opens, so it runs from its job's copy
+    (``issue_request``), the first sale's, claims the job and issues 1000 under its own
+    task: ``issued``, not a duplicate, with a receipt for 1000. The first sale, whose
+    receipt it is, hears a duplicate."""
+    world.confirm_sale(SALE_AMOUNTS[0])
+    later = world.confirm_sale(SALE_AMOUNTS[1])
+    world.rotate()
+    world.reseal()
+    world.drop_old_keys()
+    world.run_task(later)
+    drain(world)
+    check_quiet(world)
+
+
+def _take_over_another_amounts_post(world: World) -> str:
+    """The sale is confirmed for 1100; its POST is acted on, the answer lost, and the
+    worker dies, its message lost. The sale is confirmed again for 1000 (another sale
+    under the same merchant_uid: a waiter), whose message takes the job over past the
+    lease, waits out the POST, and looks: the 1100 receipt, another sale's. Its retry is
+    handed back (the POST it adopted still counts as unsettled), and the next attempt,
+    past the budget, only looks (``settle_issue``). Returns the 1000 sale's task id."""
+    world.confirm_sale(SALE_AMOUNTS[1])
+    name = world.deliver(world.due()[0])
+    while str(world.stepper.waiting()[name]) != f"{name}: store.note_sent":
+        world.step(name)
+    world.provider.fail_next("POST", fault("lost"))
+    world.step(name)  # the POST goes out, is acted on, and its answer is lost
+    world.crash(name, redeliver=False)
+    other = world.confirm_sale(SALE_AMOUNTS[0])
+    for seconds in (LEASE + 1, BOUND + 2, 5):
+        world.advance(seconds)  # past the lease, past the bound, past the retry's countdown
+        if any(m.task_id == other for m in world.due()):
+            world.run_task(other)
+    return other
+
+
+def test_a_sale_that_takes_over_another_amounts_post_never_adopts_its_receipt(
+    world: World,
+) -> None:
+    """Issue 15, a schedule the model's rules draw (found reading worker/core/issuing.py
+    before ``settle_issue`` compared the amount: it then ended the 1000 sale's task
+    ``issued``, not a duplicate, with the 1100 receipt). The settling attempt finds
+    another sale's receipt: ``id_conflict``, and the 1100 sale, taken over, hears it as
+    a duplicate (README: a confirmation that waits on another hears its outcome,
+    whatever its amount)."""
+    other = _take_over_another_amounts_post(world)
+    drain(world)
+    check_quiet(world)
+    assert world.sale_failure() == ID_CONFLICT
+    assert [data["error"]["reason"] for data in world.event_data[other]] == [ID_CONFLICT]
+
+
+@held_back(
+    "issue 15, shown on the model's world: a confirmation that re-opens a sale's job failed "
+    "as id_conflict POSTs without looking, though the job's last lookup found a live receipt"
+)
+def test_a_sale_confirmed_after_an_id_conflict_looks_before_it_posts(world: World) -> None:
+    """The job failed ``id_conflict``: its lookup found the 1100 receipt live under the
+    merchant_uid (``_take_over_another_amounts_post``). The sale is confirmed for 1100
+    again (the checkout of the sale the receipt is for retries): the failed job re-opens,
+    and its first attempt POSTs at once, as if nothing had been issued. i'mport answers
+    "already issued" and the lookup after it makes it a duplicate; a provider that
+    accepts a second receipt (the sandbox's ``--allow-duplicates``) issues it, and the
+    sandbox counts the POST blind."""
+    _take_over_another_amounts_post(world)
+    drain(world)
+    world.confirm_sale(SALE_AMOUNTS[1])
     drain(world)
     check_quiet(world)

@@ -6,7 +6,10 @@ Celery, no Redis and no HTTP (as dramatiq tests against its StubBroker).
 - :class:`MemoryProvider` models i'mport V1 as the core relies on it: one active
   receipt per payment (a second POST is a 400), the receipt lookup shows the newest
   receipt (active or cancelled), the payment keeps the cumulative refunded amount,
-  and a receipt issued after a cancelled one replaces it in the lookup. Faults are
+  and a receipt issued after a cancelled one replaces it in the lookup. An external
+  receipt (``kind: external``) is kept by its receipt key, for the amount its POST
+  asked; its merchant_uid is taken by any receipt, live or cancelled (the sandbox's
+  default, re-issue refused), and it has no payment to read. Faults are
   scripted per call (:meth:`MemoryProvider.fail_next`): an error before the request
   is acted on, or an answer lost after it was (:data:`LOST`), or one the provider
   acts on only later (:data:`DEFERRED`, applied by :meth:`MemoryProvider.act_late`).
@@ -37,6 +40,7 @@ from worker.adapters.store.record import (
     job_view,
     sent_fields,
 )
+from worker.core.contract import EXTERNAL
 from worker.core.errors import InvalidRequest, OutcomeUnknown, ProviderError
 from worker.core.events import CANCEL_FAILED, WaiterEvent, job_fields, task_end_of, waiter_event
 from worker.core.ports import Claim, ClaimKind, JobView, OperationId, Published, TaskEnd
@@ -68,6 +72,8 @@ DEFERRED = "deferred"
 
 @dataclass
 class _Payment:
+    """A payment, by its imp_uid; or an external sale, by its receipt key (no payment)."""
+
     imp_uid: str
     amount: int
     cancel_amount: int = 0
@@ -159,13 +165,13 @@ class MemoryProvider:
         bound = self.late_bound
         self._deferred.append((self._clock() + bound if bound is not None else math.inf, action))
 
-    def receipts(self, imp_uid: str) -> list[Receipt]:
-        """Every receipt the payment ever had, oldest first."""
-        return list(self._payments[imp_uid].receipts)
+    def receipts(self, job: JobKey | str) -> list[Receipt]:
+        """Every receipt the payment (or the external sale) ever had, oldest first."""
+        return list(self._receipts_of(job))
 
-    def active(self, imp_uid: str) -> list[Receipt]:
-        """The payment's active receipts (V1 allows at most one)."""
-        return [r for r in self._payments[imp_uid].receipts if r.active]
+    def active(self, job: JobKey | str) -> list[Receipt]:
+        """The payment's (or the external sale's) active receipts (V1 allows at most one)."""
+        return [r for r in self._receipts_of(job) if r.active]
 
     def sent(self, method: str) -> int:
         """How many requests of ``method`` were sent."""
@@ -181,10 +187,9 @@ class MemoryProvider:
         on_send: Callable[[], None],
     ) -> Receipt:
         self.settle_due()
-        imp_uid = _name(request.job)
         on_send()
-        self.calls.append(Call("POST", imp_uid, operation))
-        return self._changing("POST", lambda: self._issue(imp_uid))
+        self.calls.append(Call("POST", _name(request.job), operation))
+        return self._changing("POST", lambda: self._issue(request))
 
     def cancel_receipt(
         self, job: JobKey | str, *, operation: OperationId, on_send: Callable[[], None]
@@ -196,11 +201,10 @@ class MemoryProvider:
         return self._changing("DELETE", lambda: self._cancel(imp_uid))
 
     def find_receipt(self, job: JobKey | str) -> Receipt | None:
-        imp_uid = _name(job)
         self.settle_due()
-        self.calls.append(Call("GET receipt", imp_uid))
+        self.calls.append(Call("GET receipt", _name(job)))
         self._fault("GET receipt")
-        receipts = self._payment(imp_uid).receipts
+        receipts = self._receipts_of(job)
         return receipts[-1] if receipts else None
 
     def list_receipts(self, job: JobKey | str) -> list[Receipt]:
@@ -234,6 +238,16 @@ class MemoryProvider:
             raise InvalidRequest(f"no payment {imp_uid}", status=404)
         return payment
 
+    def _receipts_of(self, job: JobKey | str) -> list[Receipt]:
+        """The receipts a lookup reads: a payment's (404 for no payment), or an external
+        sale's, named by its job or its receipt key (none before its first, as V1's 404 says)."""
+        name = _name(job)
+        named = JobKey.parse(name)
+        if named is not None and named.kind == EXTERNAL:
+            sale = self._payments.get(name)
+            return sale.receipts if sale is not None else []
+        return self._payment(name).receipts
+
     def _fault(self, method: str) -> ProviderError | str | None:
         queue = self._faults.get(method)
         if not queue:
@@ -253,26 +267,50 @@ class MemoryProvider:
             raise OutcomeUnknown(f"{method}: connection dropped; the outcome must be looked up")
         return receipt
 
-    def _issue(self, imp_uid: str) -> Receipt:
+    def _issue(self, request: ReceiptOrder) -> Receipt:
+        if request.job.kind == EXTERNAL:
+            return self._issue_external(request)
+        imp_uid = _name(request.job)
         payment = self._payment(imp_uid)
         if self.refuses_second and any(r.active for r in payment.receipts):
             raise InvalidRequest("a cash receipt was already issued", status=400, code=-1)
         left = payment.amount - payment.cancel_amount
         if payment.status != "paid" or payment.pay_method not in {"vbank", "trans"} or left <= 0:
             raise InvalidRequest("no cash receipt for this payment", status=400, code=-1)
+        return self._new_receipt(payment, left, imp_uid=imp_uid)
+
+    def _issue_external(self, request: ReceiptOrder) -> Receipt:
+        """An external receipt for the amount asked; its merchant_uid is taken by any receipt."""
+        name = _name(request.job)
+        amount = int(request.options["amount"])
+        sale = self._payments.setdefault(name, _Payment(name, amount, status="external"))
+        live = any(r.active for r in sale.receipts)
+        if (live and self.refuses_second) or (sale.receipts and not live):
+            raise InvalidRequest("this merchant_uid was already issued", status=400, code=-1)
+        return self._new_receipt(sale, amount, merchant_uid=request.job.id)
+
+    def _new_receipt(
+        self,
+        holder: _Payment,
+        amount: int,
+        *,
+        imp_uid: str | None = None,
+        merchant_uid: str | None = None,
+    ) -> Receipt:
         self._tids += 1
         receipt = Receipt(
             imp_uid=imp_uid,
             receipt_tid=f"tid-{self._tids}",
             apply_num=str(100000 + self._tids),
             type="person",
-            amount=left,
-            vat=left // 11,
+            amount=amount,
+            vat=amount // 11,
             receipt_url=None,
             applied_at=int(self._clock()),
             cancelled_at=0,
+            merchant_uid=merchant_uid,
         )
-        payment.receipts.append(receipt)
+        holder.receipts.append(receipt)
         return receipt
 
     def _cancel(self, imp_uid: str) -> Receipt:

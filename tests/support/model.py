@@ -10,7 +10,8 @@ What is modelled: the broker (a list of :class:`Message`, redelivered, duplicate
 at will), the Celery task around a runner (tasks/receipts.py: a :class:`Retry` becomes
 the next message carrying the fence, :class:`Busy` a retry without one), a worker
 process (a thread of :class:`~tests.support.stepping.Stepper`, crashed at any gate),
-and i'mport (:class:`ModelProvider`).
+and i'mport (:class:`ModelProvider`): two payments and one external sale (a V1 external
+receipt, named by its merchant_uid), whose confirmations may ask for another amount.
 
 The ledger, the provider and the broker's countdowns read one clock: the ledger's
 (:class:`~tests.support.ledger_clock.LedgerClock`, Redis's TIME), which the model
@@ -31,6 +32,7 @@ from cryptography.fernet import Fernet
 
 from tests.support.ledger_clock import LedgerClock
 from tests.support.memory import DEFERRED, LOST, MemoryProvider
+from tests.support.payloads import external_payload
 from tests.support.rerun import RerunningRedis
 from tests.support.runners import RULES
 from tests.support.stepping import Abandoned, Stepper
@@ -42,7 +44,7 @@ from worker.adapters.store.sweeper import Sweeper
 from worker.adapters.store.views import stuck
 from worker.celery.producer import SETTLED, end_settled
 from worker.cli.operations import Mismatch, reconcile
-from worker.core.contract import CANCEL_TASK
+from worker.core.contract import CANCEL_TASK, EXTERNAL
 from worker.core.errors import (
     InvalidRequest,
     OutcomeUnknown,
@@ -52,6 +54,7 @@ from worker.core.errors import (
 )
 from worker.core.events import CANCELLED, FAILED, ISSUED
 from worker.core.ports import EventPublisher, JobStore, OperationId, Provider
+from worker.core.retry import ID_CONFLICT
 from worker.core.runner import (
     Busy,
     CancelRunner,
@@ -71,6 +74,7 @@ from worker.core.schemas import (
     load_cancellation,
     payload_from_args,
     readable_job,
+    readable_merchant_uid,
 )
 from worker.core.terminal import TerminalPublisher
 from worker.core.types import JobKey, Receipt
@@ -78,6 +82,14 @@ from worker.core.types import JobKey, Receipt
 #: The payments the model plays with: two, so that one payment's keys meet another's.
 PAYMENTS = ("imp_a", "imp_b")
 AMOUNT = 1000
+#: The external sale (a V1 external receipt, issue 15): its merchant_uid is a payment's
+#: imp_uid, so that two kinds' keys of one string meet.
+SALE = JobKey.external(PAYMENTS[0])
+#: What its confirmations ask for: the sale's amount, or another sale's under the same
+#: merchant_uid (merchants reuse their ids), which is never this one's duplicate.
+SALE_AMOUNTS = (AMOUNT, AMOUNT + 100)
+#: Every job the model plays with.
+JOBS = (*(JobKey.payment(imp_uid) for imp_uid in PAYMENTS), SALE)
 #: A partial refund's amount: three of them leave 100, a fourth refunds the rest.
 PART = 300
 LEASE = 30.0
@@ -113,10 +125,11 @@ class Sent:
     """A POST or DELETE as it arrived at the provider."""
 
     method: str
+    #: The payment's imp_uid, or the external sale's receipt key.
     imp_uid: str
     at: float
     operation: OperationId | None
-    #: The payment's active receipts when it arrived.
+    #: The payment's (or the sale's) active receipts when it arrived.
     active_before: int
 
 
@@ -129,7 +142,7 @@ class ModelProvider(MemoryProvider):
       (:meth:`act_late`), and at the latest :data:`BOUND` after it arrived: the
       promise the core relies on (IAMPORT_SETTLE_SECONDS).
     - Faults are queued per method (:meth:`fail_next`), and met by whichever
-      payment calls next.
+      payment (or the external sale) calls next.
     """
 
     refuses_second = False
@@ -145,8 +158,9 @@ class ModelProvider(MemoryProvider):
         """Forget the faults no call met: the final drain runs with a healthy provider."""
         self._faults.clear()
 
-    def active_count(self, imp_uid: str) -> int:
-        return len(self.active(imp_uid))
+    def active_count(self, name: str) -> int:
+        """The active receipts of a payment (its imp_uid) or an external sale (its receipt key)."""
+        return len(self.active(name))
 
     # -- the port ----------------------------------------------------------------------
 
@@ -247,9 +261,14 @@ class Task:
 
     task_id: str
     op: str
-    imp_uid: str
+    job: JobKey
     #: A cancellation's payload, as its producer sent it.
     cancel: dict[str, Any] | None = None
+    #: The amount an external receipt's confirmation asks for.
+    amount: int | None = None
+    #: Whether another confirmation of its job was open at the same time (README: a
+    #: confirmation that waits on another hears its outcome, whatever its amount).
+    overlapped: bool = False
 
 
 @dataclass
@@ -309,6 +328,7 @@ class World:
         self.gated_events: EventPublisher = self.stepper.gated("events", self.events)
         self._names = (f"r{n}" for n in itertools.count(1))
         self._events: dict[str, list[str]] = {}
+        self.event_data: dict[str, list[dict[str, Any]]] = {}
         self._read_to = "0-0"
         self._task_ids = (f"t{n}" for n in itertools.count(1))
 
@@ -323,19 +343,28 @@ class World:
 
     def confirm(self, imp_uid: str, task_id: str | None = None) -> str:
         """A payment confirmed: the producer's rule (worker/celery/producer.py enqueue_issue)."""
+        payload = {"imp_uid": imp_uid, "identifier": "01055554321", "merchant_uid": f"m_{imp_uid}"}
+        return self._confirm(payload, task_id)
+
+    def confirm_sale(self, amount: int, task_id: str | None = None) -> str:
+        """The external sale confirmed, for ``amount`` (the producer's rule, as for a payment)."""
+        return self._confirm(external_payload(SALE.id, amount=amount), task_id)
+
+    def _confirm(self, payload: dict[str, Any], task_id: str | None) -> str:
         task_id = task_id or next(self._task_ids)
-        self.tasks.setdefault(task_id, Task(task_id, "issue", imp_uid))
         sealer = self.sealer
-        request = payload_from_args(
-            ({"imp_uid": imp_uid, "identifier": "01055554321", "merchant_uid": f"m_{imp_uid}"},),
-            {},
-            sealer,
-        )
+        request = payload_from_args((payload,), {}, sealer)
+        job = request.job
+        amount = payload["amount"] if job.kind == EXTERNAL else None
+        task = self.tasks.setdefault(task_id, Task(task_id, "issue", job, amount=amount))
+        self._meet(task)
         message = request.to_message(sealer)
         state = self.ledger.receive(
-            imp_uid, task_id=task_id, payload=message, resend_after=RESEND_AFTER
+            job, task_id=task_id, payload=message, resend_after=RESEND_AFTER
         )
-        self.say(f"confirm {imp_uid} as {task_id}: {state}")
+        self.say(
+            f"confirm {job.receipt_key}{f' for {amount}' if amount else ''} as {task_id}: {state}"
+        )
         if state in SETTLED:
             return end_settled(
                 self.ledger, self.events, op="issue", state=state, message=message, task_id=task_id
@@ -360,7 +389,9 @@ class World:
         """A cancellation sent (a new refund, or one repeated by an outbox relay)."""
         task_id = task_id or next(self._task_ids)
         imp_uid = cancel["imp_uid"]
-        self.tasks.setdefault(task_id, Task(task_id, "cancel", imp_uid, dict(cancel)))
+        self.tasks.setdefault(
+            task_id, Task(task_id, "cancel", JobKey.payment(imp_uid), dict(cancel))
+        )
         message = load_cancellation(cancel)
         state = self.ledger.receive_cancel(
             imp_uid, task_id=task_id, cancel=message, resend_after=RESEND_AFTER
@@ -373,6 +404,26 @@ class World:
         if state != "done":
             self._send(Message(task_id, "cancel", message, None, 1, self.clock()))
         return task_id
+
+    def _meet(self, task: Task) -> None:
+        """``task`` and the confirmations of its job still without their event overlap."""
+        events = self.events_by_task()
+        for other in self.tasks.values():
+            same = other is not task and (other.op, other.job) == ("issue", task.job)
+            if same and other.task_id not in events:
+                other.overlapped = task.overlapped = True
+
+    def sale_failure(self) -> str | None:
+        """The reason the sale's job failed, while it is failed."""
+        record = self.ledger.raw_record(SALE) or {}
+        if record.get("state") != "failed":
+            return None
+        return str(json.loads(record.get("last_error") or "{}").get("reason"))
+
+    def open_sale_amounts(self) -> set[int | None]:
+        """The amounts the external sale's confirmations without their event ask for."""
+        events = self.events_by_task()
+        return {t.amount for t in self.tasks.values() if t.job == SALE and t.task_id not in events}
 
     def _send(self, message: Message) -> None:
         self.broker.append(message)
@@ -413,14 +464,13 @@ class World:
 
     def _run(self, message: Message) -> Ran:
         """tasks/receipts.py's run, without Celery: the payload, the runner, its instruction."""
-        imp_uid = message.payload.get("imp_uid")
         terminal = TerminalPublisher(
             events=self.gated_events,
             store=self.gated_store,
             task_id=message.task_id,
             attempts=message.attempt,
             job=readable_job(message.payload),
-            merchant_uid=message.payload.get("merchant_uid"),
+            merchant_uid=readable_merchant_uid(message.payload),
         )
         sealer = self.sealer
         ports: dict[str, Any] = {
@@ -438,11 +488,11 @@ class World:
                     message.payload, sealer=sealer, store=self.gated_store, task_id=message.task_id
                 )
             except PayloadUnreadable as error:
-                if imp_uid is None:
+                if terminal.job is None:
                     terminal.invalid_payload(error)
                     return Ran(Failed(error.reason, str(error)), None, None)
                 runner = UnreadableRunner(
-                    job=JobKey.payment(imp_uid),
+                    job=terminal.job,
                     message=kept_unreadable(message.payload),
                     **ports,
                 )
@@ -464,6 +514,10 @@ class World:
             # A port's error (a Redis error): the task retries later (tasks/receipts.py).
             self.violations.append(f"{message.task_id} raised {error!r}")
             raise
+
+    def run_task(self, task_id: str) -> None:
+        """A worker takes ``task_id``'s message that is due, and runs it to its end."""
+        self.finish(self.deliver(next(m for m in self.due() if m.task_id == task_id)))
 
     def step(self, name: str) -> None:
         call = self.stepper.step(name)
@@ -584,19 +638,21 @@ class World:
         """The types of the events published for each task id, in order.
 
         Read from the stream as it grows (only the entries after those read before):
-        the rules' preconditions ask for it at every step.
+        the rules' preconditions ask for it at every step. :attr:`event_data` holds
+        their data, in the same order.
         """
         for entry_id, fields in self.client.xrange(STREAM, min=f"({self._read_to}"):
             data = json.loads(fields["data"])
             self._events.setdefault(data["task_id"], []).append(fields["type"])
+            self.event_data.setdefault(data["task_id"], []).append(data)
             if (data.get("error") or {}).get("reason") == PAYLOAD_UNREADABLE:
                 self.unreadable.append(data["task_id"])
             self._read_to = entry_id
         return self._events
 
-    def states(self) -> dict[str, str | None]:
-        records = {imp_uid: self.ledger.raw_record(imp_uid) for imp_uid in PAYMENTS}
-        return {imp_uid: (rec or {}).get("state") for imp_uid, rec in records.items()}
+    def states(self) -> dict[JobKey, str | None]:
+        records = {job: self.ledger.raw_record(job) for job in JOBS}
+        return {job: (rec or {}).get("state") for job, rec in records.items()}
 
     def close(self) -> None:
         """Let every thread go: runners still waiting are crashed where they stand."""
@@ -631,6 +687,7 @@ def check_always(world: World) -> None:
             and kinds[1] in {ISSUED, FAILED}
         ):
             problems.append(f"{task_id} ({task.op}) has {len(kinds)} terminal events: {kinds}")
+    problems += sale_outcomes(world, events)
     assert not problems, _report(world, problems)
 
 
@@ -641,26 +698,67 @@ def check_quiet(world: World) -> None:
     events = world.events_by_task()
     for task_id, task in world.tasks.items():
         if task_id not in events:
-            problems.append(f"{task_id} ({task.op} of {task.imp_uid}) ended in no event")
-    for imp_uid, state in world.states().items():
+            problems.append(f"{task_id} ({task.op} of {task.job.receipt_key}) ended in no event")
+    for job, state in world.states().items():
         if state is not None and state not in TERMINAL_STATES:
-            problems.append(f"the job of {imp_uid} is left {state}")
+            problems.append(f"the job of {job.receipt_key} is left {state}")
     if left := stuck(world.client, older_than=-1e9):
         problems.append(f"stuck lists {left}")
-    recorded = [imp_uid for imp_uid, state in world.states().items() if state is not None]
-    for imp_uid in list(recorded):
-        job = world.ledger.view(imp_uid)
-        if job is not None and job.state == "failed" and job.sent_at is not None:
+    recorded = [job for job, state in world.states().items() if state is not None]
+    for job in list(recorded):
+        view = world.ledger.view(job)
+        if view is not None and view.state == "failed" and view.sent_at is not None:
             # Failed while its last request was unsettled (its lookups kept failing): a
             # receipt may be live. README: reconcile shows it, a replay settles it.
-            world.say(f"{imp_uid} failed unsettled: left to reconcile and replay")
-            recorded.remove(imp_uid)
+            world.say(f"{job.receipt_key} failed unsettled: left to reconcile and replay")
+            recorded.remove(job)
+        elif job == SALE and world.sale_failure() == ID_CONFLICT:
+            # Failed finding another sale's receipt under the merchant_uid, live: reconcile
+            # shows it for a human (sale_outcomes checks the receipt is for another amount).
+            world.say(f"{job.receipt_key} failed as id_conflict: left to reconcile")
+            recorded.remove(job)
     for found in reconcile(world.client, world.provider, recorded, sleep=lambda s: None):
         if isinstance(found, Mismatch):
             problems.append(f"the ledger disagrees with the provider: {found}")
         else:
             problems.append(f"reconcile could not check: {found}")
     assert not problems, _report(world, problems)
+
+
+def sale_outcomes(world: World, kinds: dict[str, list[str]]) -> list[str]:
+    """Each confirmation of the external sale ended as the rules say (README, external
+    receipts): a receipt issued once under the merchant_uid, and issued for this amount
+    only; ``id_conflict`` for another amount only. A confirmation that overlapped another
+    (waited on it, or was taken over by it) hears that one's outcome as a duplicate,
+    whatever its amount. ``kinds``: :meth:`World.events_by_task`, as just read."""
+    sales = [task for task in world.tasks.values() if task.job == SALE]
+    if not sales:
+        return []
+    problems: list[str] = []
+    receipts = world.provider.receipts(SALE)
+    if len(receipts) > 1:
+        problems.append(f"{len(receipts)} receipts under {SALE.receipt_key}: {receipts}")
+    live = receipts[-1] if receipts else None
+    for task in sales:
+        ended = world.event_data.get(task.task_id, [])
+        if len(ended) != 1:
+            continue  # no event yet, or more than one: check_always says so
+        [data], [kind] = ended, kinds[task.task_id]
+        excused = data["duplicate"] and task.overlapped
+        shown = f"{task.task_id} (for {task.amount}) ended {kind}, duplicate {data['duplicate']}"
+        if kind == ISSUED:
+            receipt = data.get("receipt") or {}
+            tid, amount = receipt.get("receipt_tid"), receipt.get("amount")
+            if live is None or tid != live.receipt_tid:
+                problems.append(f"{shown} with {tid}, which the provider does not hold: {live}")
+            elif amount != task.amount and not excused:
+                problems.append(f"{shown} with another sale's receipt, for {amount}")
+        elif (data.get("error") or {}).get("reason") == ID_CONFLICT:
+            if live is None:
+                problems.append(f"{shown} as id_conflict, with no receipt under the merchant_uid")
+            elif live.amount == task.amount and not excused:
+                problems.append(f"{shown} as id_conflict, though the receipt is for its amount")
+    return problems
 
 
 def drain(world: World, *, rounds: int = 60) -> None:
