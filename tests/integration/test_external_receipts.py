@@ -354,3 +354,18 @@ def test_replay_by_reason_and_reconcile_of_every_record_take_in_external_receipt
         ]
     finally:
         producer.close()
+
+
+@pytest.mark.usefixtures("worker")
+def test_a_sale_confirmed_after_an_id_conflict_looks_before_it_posts(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
+) -> None:
+    """helper-63's model finding: the job failed id_conflict beside a live receipt; the
+    sale that receipt is for, confirmed now, re-opens the job, and its first attempt
+    looks (no blind POST: the session's check counts them) and adopts it."""
+    _issue_directly(sandbox, merchant_uid, 11000)
+    other = results.wait(enqueue_issue(external_payload(merchant_uid), app=producer))
+    assert other["data"]["error"]["reason"] == "id_conflict"
+    sale = results.wait(enqueue_issue(external_payload(merchant_uid, amount=11000), app=producer))
+    assert (sale["type"], sale["data"]["duplicate"]) == ("cash_receipt.issued", True)
+    assert len(posts(sandbox, merchant_uid)) == 1  # the merchant's own, outside the worker

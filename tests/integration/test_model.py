@@ -84,9 +84,6 @@ pytestmark = pytest.mark.integration
 #: A waiter's external message under a dropped key no longer runs from its job's copy
 #: when that copy asks for another amount: the model drops keys whatever sales are open.
 SALE_COPY_FIXED = False
-#: A confirmation that re-opens a sale's job failed as id_conflict looks before it POSTs:
-#: the model confirms the sale whatever its job ended as.
-REOPEN_AFTER_CONFLICT_FIXED = False
 PROFILE = os.environ.get("CASHRECEIPT_MODEL_PROFILE", "default")
 #: At most this many workers run at once while the rules play.
 WORKERS = 3
@@ -151,13 +148,6 @@ class ProtocolModel(RuleBasedStateMachine):
         """The external sale confirmed: again, a duplicate for the same amount, and for
         another a sale of its own under the same merchant_uid (id_conflict, or a duplicate
         of a confirmation it overlapped)."""
-        if not REOPEN_AFTER_CONFLICT_FIXED and self.world.sale_failure() == ID_CONFLICT:
-            # HELD_BACK (issue 15, shown on this model's world): no confirmation re-opens
-            # the sale's job failed as id_conflict, since its first attempt POSTs without
-            # looking though the job's last lookup found a live receipt under the merchant_uid
-            # (test_a_sale_confirmed_after_an_id_conflict_looks_before_it_posts).
-            self.world.say(f"held back: the sale for {amount} after an id_conflict")
-            return
         self.world.confirm_sale(amount)
 
     @rule(payment=st.sampled_from(PAYMENTS), partial=st.booleans())
@@ -478,10 +468,6 @@ def test_a_sale_that_takes_over_another_amounts_post_never_adopts_its_receipt(
     assert [data["error"]["reason"] for data in world.event_data[other]] == [ID_CONFLICT]
 
 
-@held_back(
-    "issue 15, shown on the model's world: a confirmation that re-opens a sale's job failed "
-    "as id_conflict POSTs without looking, though the job's last lookup found a live receipt"
-)
 def test_a_sale_confirmed_after_an_id_conflict_looks_before_it_posts(world: World) -> None:
     """The job failed ``id_conflict``: its lookup found the 1100 receipt live under the
     merchant_uid (``_take_over_another_amounts_post``). The sale is confirmed for 1100

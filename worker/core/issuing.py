@@ -132,16 +132,19 @@ def issue_receipt(
 
     ``look_first`` is set on every attempt after the first: an earlier attempt
     may have created the receipt without hearing the answer (the caller has
-    waited out the bound on late processing before this lookup).
+    waited out the bound on late processing before this lookup). An external
+    receipt's job looks on every attempt.
     """
     if _payment_first(request.job):
         adopted = _check_payment(client, request)
         if adopted is not None:
             return Issued(adopted, duplicate=not look_first)
-    if look_first:
+    if look_first or request.job.kind == EXTERNAL:
+        # An external receipt's id is the merchant's own, reused at will: even a first
+        # attempt looks (a job re-opened after id_conflict stands beside a live receipt).
         existing, _ = find_issued(client, request.job)
         if existing is not None:
-            return Issued(_this_jobs(existing, request), duplicate=False)
+            return Issued(_this_jobs(existing, request), duplicate=not look_first)
     try:
         receipt = send_logged(
             sends,
