@@ -351,6 +351,7 @@ class _IssueRun(_Run):
             raise self.fail("invalid_payload", f"invalid_payload: {error}") from None
         self.message = request.to_message(sealer)
         runner = IssueRunner(
+            sealer=sealer,
             request=request,
             store=self.runtime.ledger,
             provider=self.runtime.provider_for(self.job),

@@ -369,3 +369,28 @@ def test_a_sale_confirmed_after_an_id_conflict_looks_before_it_posts(
     sale = results.wait(enqueue_issue(external_payload(merchant_uid, amount=11000), app=producer))
     assert (sale["type"], sale["data"]["duplicate"]) == ("cash_receipt.issued", True)
     assert len(posts(sandbox, merchant_uid)) == 1  # the merchant's own, outside the worker
+
+
+@pytest.mark.usefixtures("worker")
+@pytest.mark.parametrize(
+    "changed", [{"identifier": "01033334444"}, {"tax_free": 33000}], ids=["buyer", "tax_free"]
+)
+def test_another_buyer_or_tax_split_under_the_id_is_another_sale(
+    changed: dict[str, Any],
+    producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    merchant_uid: str,
+) -> None:
+    """Review finding F8: the same total under a reused merchant_uid, for another buyer or
+    another tax-free part than the job's kept payload, is id_conflict, never a duplicate
+    of the first sale's receipt (a confirmation that overlaps the first one in flight
+    still hears its outcome, as the README says)."""
+    first = results.wait(enqueue_issue(external_payload(merchant_uid), app=producer))
+    assert first["type"] == "cash_receipt.issued"
+    other = results.wait(enqueue_issue(external_payload(merchant_uid, **changed), app=producer))
+    assert (other["type"], other["data"]["error"]["reason"]) == (
+        "cash_receipt.failed",
+        "id_conflict",
+    )
+    assert len(posts(sandbox, merchant_uid)) == 1

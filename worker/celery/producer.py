@@ -98,7 +98,13 @@ def enqueue_issue(
         return task_id
     if state in SETTLED:
         return end_settled(
-            ledger, _events(app), op="issue", state=state, message=message, task_id=task_id
+            ledger,
+            _events(app),
+            op="issue",
+            state=state,
+            message=message,
+            task_id=task_id,
+            sealer=sealer,
         )
     return _send(app, ISSUE_TASK, message, task_id)
 
@@ -139,6 +145,7 @@ def end_settled(
     state: str,
     message: Mapping[str, Any],
     task_id: str,
+    sealer: Sealer | None = None,
 ) -> str:
     """End a task the ledger did not record: its one event now, and no message sent.
 
@@ -161,7 +168,7 @@ def end_settled(
     )
     claim = ledger.settled_claim(job, task_id=task_id, state=state, op=op)
     if claim.kind is not ClaimKind.DONE:
-        settled_message(terminal, claim, message)
+        settled_message(terminal, claim, message, sealer)
     return task_id
 
 

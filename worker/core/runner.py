@@ -414,23 +414,24 @@ def reused(ended: TaskEnd, *, job: JobKey, op: str) -> bool:
 
 
 def issue_settled(
-    terminal: TerminalPublisher, claim: Claim, *, wanted: int | None = None
+    terminal: TerminalPublisher,
+    claim: Claim,
+    *,
+    message: Mapping[str, Any] | None = None,
+    sealer: Unsealer | None = None,
 ) -> Instruction:
     """An issue message found its job ended: a duplicate of the receipt, or a stale one.
 
-    ``wanted``: the amount an external receipt's payload asks for (None for a payment,
-    whose receipt is the payment's whatever its amount). A job that issued another
-    amount under the same merchant_uid was another sale's: not a duplicate.
+    ``message``: the issue's payload. An external receipt's names the merchant's own id,
+    which merchants reuse: a job that issued under it for another sale (another total,
+    or, as far as the job's kept payload tells with ``sealer``, another buyer or another
+    tax-free part) is not this message's duplicate but an ``id_conflict``.
     """
     if claim.kind is ClaimKind.ISSUED:
-        issued = (claim.receipt or {}).get("amount")
-        if wanted is not None and issued != wanted and _sold(terminal) != wanted:
-            message = (
-                f"this merchant_uid already carries a receipt for {issued} won, not {wanted}: "
-                "another sale's; issue this one under another merchant_uid"
-            )
-            terminal.id_conflict(message)
-            return Failed(ID_CONFLICT, f"{ID_CONFLICT}: {message}")
+        conflict = _another_sale(terminal, claim, message, sealer)
+        if conflict is not None:
+            terminal.id_conflict(conflict)
+            return Failed(ID_CONFLICT, f"{ID_CONFLICT}: {conflict}")
         terminal.issued_duplicate(claim.receipt or {})
         return Done(Outcome.ISSUED_DUPLICATE)
     # cancelled: a stale issue message never issues again.
@@ -438,12 +439,55 @@ def issue_settled(
     return Failed("cancelled", f"cancelled: {CANCELLED_MESSAGE}")
 
 
-def _sold(terminal: TerminalPublisher) -> int | None:
-    """The amount the job's kept payload was confirmed for: after a partial refund the
-    live receipt is for the balance, and the sale confirmed again is still this job's."""
+def _another_sale(
+    terminal: TerminalPublisher,
+    claim: Claim,
+    message: Mapping[str, Any] | None,
+    sealer: Unsealer | None,
+) -> str | None:
+    """Why an external receipt's ended job is another sale than ``message`` asks for; None:
+    the same sale (or a payment's job, whose receipt is the payment's whatever it says).
+
+    The amount is compared with the receipt's, and with the total the job's kept payload
+    was confirmed for (after a partial refund the receipt is the balance's). The buyer's
+    identifier and the tax-free part are compared with the kept payload when both open.
+    """
+    wanted = external_amount(message or {})
+    if wanted is None:
+        return None
+    issued = (claim.receipt or {}).get("amount")
     view = terminal.store.view(terminal.job) if terminal.job is not None else None
-    amount = (view.payload or {}).get("amount") if view is not None else None
-    return amount if isinstance(amount, int) else None
+    kept_payload = view.payload if view is not None else None
+    kept = _opened(kept_payload, sealer)
+    asked = _opened(message, sealer)
+    sold = (kept_payload or {}).get("amount")
+    if wanted not in (issued, sold):
+        return (
+            f"this merchant_uid already carries a receipt for {issued} won, not {wanted}: "
+            "another sale's; issue this one under another merchant_uid"
+        )
+    if kept is not None and asked is not None:
+        if kept.identifier != asked.identifier:
+            return (
+                "this merchant_uid already carries a receipt for another buyer's identifier: "
+                "another sale's; issue this one under another merchant_uid"
+            )
+        if kept.options.get("tax_free") != asked.options.get("tax_free"):
+            return (
+                "this merchant_uid already carries a receipt with another tax-free part: "
+                "another sale's; issue this one under another merchant_uid"
+            )
+    return None
+
+
+def _opened(payload: Mapping[str, Any] | None, sealer: Unsealer | None) -> ReceiptRequest | None:
+    """A payload opened and validated, or None when it is absent or cannot be read."""
+    if payload is None or sealer is None:
+        return None
+    try:
+        return load_payload(payload, sealer)
+    except InvalidPayload:
+        return None
 
 
 def cancel_settled(terminal: TerminalPublisher, claim: Claim) -> Instruction:
@@ -453,7 +497,10 @@ def cancel_settled(terminal: TerminalPublisher, claim: Claim) -> Instruction:
 
 
 def settled_message(
-    terminal: TerminalPublisher, claim: Claim, message: Mapping[str, Any]
+    terminal: TerminalPublisher,
+    claim: Claim,
+    message: Mapping[str, Any],
+    sealer: Unsealer | None = None,
 ) -> Instruction:
     """A message of ``claim.op`` whose job has ended so that it has nothing to do: its event.
 
@@ -463,7 +510,7 @@ def settled_message(
     """
     if claim.op == "cancel":
         return cancel_settled(terminal, claim)
-    return issue_settled(terminal, claim, wanted=external_amount(message))
+    return issue_settled(terminal, claim, message=message, sealer=sealer)
 
 
 def external_amount(message: Mapping[str, Any]) -> int | None:
@@ -518,6 +565,7 @@ class IssueRunner(JobRunner):
         message: dict[str, Any],
         carried_fence: int | None = None,
         attempt: int = 1,
+        sealer: Unsealer | None = None,
     ) -> None:
         super().__init__(
             store=store,
@@ -530,9 +578,11 @@ class IssueRunner(JobRunner):
             attempt=attempt,
         )
         self.request = request
+        #: Opens the job's kept payload, to tell another sale under a reused id.
+        self.sealer = sealer
 
     def settled(self, claim: Claim) -> Instruction:
-        return issue_settled(self.terminal, claim, wanted=external_amount(self.message))
+        return issue_settled(self.terminal, claim, message=self.message, sealer=self.sealer)
 
     def give_up(
         self, terminal: TerminalPublisher, claim: Claim, error: ProviderError, reason: str
