@@ -15,6 +15,7 @@ from worker.adapters.observe.logs import setup_process_logging
 from worker.adapters.store.redis_client import redis_client
 from worker.celery import app
 from worker.config.load import load_celeryconfig
+from worker.core.masking import one_line
 from worker.core.types import JobKey
 
 #: Exit codes (README, "Operator tools").
@@ -46,7 +47,7 @@ imp_uid_option = click.option(
 def job_name(job: JobKey) -> str:
     """How a line of text names a job: a V1 payment by its imp_uid, as before receipt keys;
     any other by its receipt key."""
-    return job.imp_uid or job.receipt_key
+    return one_line(job.imp_uid or job.receipt_key)
 
 
 def job_ids(job: JobKey) -> dict[str, str | None]:

@@ -285,6 +285,16 @@ def encodable(text: str) -> bool:
     return _SURROGATE.search(text) is None
 
 
+#: Control characters: a newline or an escape code in an id would forge a line of text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line of text: each control character as its ``\\xNN`` escape, so
+    an id that carries a newline or a terminal's escape code cannot forge a log line."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group(0)):02x}", shown_text(text))
+
+
 def shown_text(text: str) -> str:
     """``text`` with each surrogate replaced by U+FFFD, so that it can be written anywhere."""
     return _SURROGATE.sub("\ufffd", text)

@@ -146,3 +146,19 @@ def test_an_outcome_line_names_an_external_receipt_by_its_merchant_uid() -> None
     assert external_id(JobKey.payment("imp_1")) == {}
     assert external_id(JobKey.portone("pay-1", "external")) == {}
     assert {"merchant_uid", "payment_id"} <= set(FIELDS)
+
+
+def test_an_id_cannot_forge_a_line_of_text() -> None:
+    """Review finding F10: a merchant_uid with a newline or an escape code is shown as one
+    line in the text log's outcome line and the CLI's text, its controls escaped."""
+    from worker.adapters.observe.logs import outcome_line
+    from worker.cli.common import job_name
+
+    forged = "e\n[2026-12-06 21:00:00,000: INFO/MainProcess] victim: issued\x1b[2K"
+    line = outcome_line(
+        {"receipt_key": f"iamport-external:{forged}", "attempt": 1, "outcome": "issued"}
+    )
+    name = job_name(JobKey.external(forged))
+    for shown in (line, name):
+        assert "\n" not in shown and "\x1b" not in shown
+        assert "\\x0a" in shown and "\\x1b" in shown

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from worker.adapters.privacy.logmask import MaskPersonalData, install
 from worker.config.load import config_secrets
-from worker.core.masking import mask_text
+from worker.core.masking import mask_text, one_line
 
 #: The ``extra`` fields a JSON line carries as keys of its own. Anything else a
 #: library attaches is left out: Celery's ``data`` holds a task's arguments.
@@ -133,7 +133,7 @@ def outcome_line(fields: Mapping[str, Any]) -> str:
 
     ``imp_x attempt 2: retry (provider_unavailable) after 130 ms, i'mport said 503``
     """
-    job = fields.get("imp_uid") or fields.get("receipt_key") or "-"
+    job = one_line(str(fields.get("imp_uid") or fields.get("receipt_key") or "-"))
     line = f"{job} attempt {fields.get('attempt')}: {fields['outcome']}"
     if fields.get("reason"):
         line += f" ({fields['reason']})"
