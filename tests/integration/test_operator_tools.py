@@ -68,11 +68,15 @@ def test_stuck_lists_overdue_jobs(own_redis: RedisServer, sandbox: Sandbox) -> N
     ledger = ledger_on(own_redis)
     ledger.receive("imp_late", task_id="t-late", payload=PAYLOAD, resend_after=-120)
     ledger.receive("imp_fine", task_id="t-fine", payload=PAYLOAD, resend_after=3600)
+    # An external receipt's job is listed too, by its receipt key (issue 15).
+    external = JobKey.external("order-late")
+    ledger.receive(external, task_id="t-order", payload=PAYLOAD, resend_after=-60 * 5)
     result = cli(own_redis, sandbox, "stuck", "--older-than", "60")
     assert result.returncode == 0, result.stderr
     listed = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [(r["imp_uid"], r["state"], r["task_id"]) for r in listed] == [
-        ("imp_late", "received", "t-late")
+    assert [(r["receipt_key"], r["state"], r["task_id"]) for r in listed] == [
+        ("iamport-external:order-late", "received", "t-order"),
+        ("iamport:imp_late", "received", "t-late"),
     ]
     assert listed[0]["payload"]["identifier_sealed"] == "<sealed>"
 

@@ -16,6 +16,7 @@ from worker.adapters.store.clock import ClockOffset, redis_now
 from worker.adapters.store.keys import DUE_KEY, payment_receipt_key
 from worker.adapters.store.ledger import Ledger
 from worker.adapters.store.views import oldest_due_seconds, stuck
+from worker.core.types import JobKey
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +61,7 @@ def test_a_host_whose_clock_runs_slow_records_a_job_due_by_redis(
     due = client.zscore(DUE_KEY, payment_receipt_key(imp_uid))
     assert due is not None
     assert 55 <= due / 1000 - redis_now(client) <= 60
-    assert imp_uid not in stuck(client, older_than=0)
+    assert JobKey.payment(imp_uid) not in stuck(client, older_than=0)
 
 
 def test_the_test_offset_moves_every_script_clock(redis_server: RedisServer, imp_uid: str) -> None:
@@ -76,7 +77,7 @@ def test_the_test_offset_moves_every_script_clock(redis_server: RedisServer, imp
 
     offset.ms += int((LEASE + 1) * 1000)
     assert abs(second.now() - (redis_now(client) + LEASE + 1)) < 1
-    assert imp_uid in stuck(client, older_than=0, clock_offset=offset)
+    assert JobKey.payment(imp_uid) in stuck(client, older_than=0, clock_offset=offset)
     assert oldest_due_seconds(client, clock_offset=offset) >= 1
     [job] = [
         job for job in second.due_jobs(limit=500, regrace_seconds=LEASE) if job.imp_uid == imp_uid

@@ -187,12 +187,12 @@ def stuck(older_than: float, limit: int, as_json: bool) -> None:
     """List jobs overdue in a non-terminal state (no worker runs them, or they keep failing)."""
     client = ledger_redis()
     found = False
-    for imp_uid, record in stuck_jobs(client, older_than=older_than, limit=limit):
+    for job, record in stuck_jobs(client, older_than=older_than, limit=limit):
         found = True
         emit(
-            {"imp_uid": imp_uid, **record},
+            {**job_ids(job), **record},
             as_json=as_json,
-            text=f"{imp_uid}  {record.get('state')} {record.get('op', 'issue')}"
+            text=f"{job_name(job)}  {record.get('state')} {record.get('op', 'issue')}"
             f"  attempts {record.get('attempts')}",
         )
     if not found:

@@ -28,8 +28,6 @@ from worker.adapters.store.keys import (
     JOB_PREFIX,
     LEDGER_PREFIX,
     history_of,
-    ledger_key,
-    payment_of,
     record_key,
 )
 from worker.adapters.store.redis_client import as_text
@@ -58,10 +56,11 @@ def _record(job: JobKey | str) -> str:
 
 def stuck_jobs(
     client: redis.Redis, *, older_than: float, limit: int = 100
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Jobs overdue in a non-terminal state, oldest first, each with its masked record."""
-    for imp_uid in stuck(client, older_than=older_than, limit=limit):
-        yield imp_uid, shown_record(client.hgetall(ledger_key(imp_uid)))
+) -> Iterator[tuple[JobKey, dict[str, Any]]]:
+    """Jobs of every kind overdue in a non-terminal state, oldest first, each with its
+    masked record."""
+    for job in stuck(client, older_than=older_than, limit=limit):
+        yield job, shown_record(client.hgetall(_record(job)))
 
 
 def _cancel_failed(record: dict[str, Any]) -> bool:
@@ -223,8 +222,8 @@ def stuck(
     older_than: float,
     limit: int = 100,
     clock_offset: ClockOffset | None = None,
-) -> list[str]:
-    """imp_uids whose non-terminal job has been due for longer than ``older_than`` seconds.
+) -> list[JobKey]:
+    """Jobs of every kind, not ended, due for longer than ``older_than`` seconds.
 
     A healthy fleet re-sends a due job within one sweep interval, and the next
     claim moves it on, so anything overdue by much more is stuck: no worker
@@ -236,17 +235,18 @@ def stuck(
     Oldest first. Overdue by the ledger's clock, Redis's (``clock_offset``: a test's).
     """
     ceiling = redis_now_ms(client, clock_offset) - int(older_than * 1000)
-    overdue: list[tuple[int, str]] = []
-    members = _payments(client.zrange(DUE_KEY, 0, -1))
+    overdue: list[tuple[int, str, JobKey]] = []
+    parsed = (JobKey.parse(as_text(member)) for member in client.zrange(DUE_KEY, 0, -1))
+    members = [job for job in parsed if job is not None]
     for start in range(0, len(members), 500):
         batch = members[start : start + 500]
         pipe = client.pipeline(transaction=False)
-        for imp_uid in batch:
+        for job in batch:
             pipe.hmget(
-                ledger_key(imp_uid),
+                _record(job),
                 ["state", "lease_until", "next_attempt_at", "updated_at", "created_at"],
             )
-        for imp_uid, fields in zip(batch, pipe.execute(), strict=True):
+        for job, fields in zip(batch, pipe.execute(), strict=True):
             state, lease, next_at, updated, created = (
                 as_text(f) if f is not None else None for f in fields
             )
@@ -254,8 +254,8 @@ def stuck(
                 continue
             due = (lease if state == "in_flight" else next_at) or updated or created or "0"
             if int(due) <= ceiling:
-                overdue.append((int(due), imp_uid))
-    return [imp_uid for _, imp_uid in sorted(overdue)[:limit]]
+                overdue.append((int(due), job.receipt_key, job))
+    return [job for _, _, job in sorted(overdue, key=lambda entry: entry[:2])[:limit]]
 
 
 def shown_record(raw: Mapping[Any, Any]) -> dict[str, Any]:
@@ -294,12 +294,6 @@ def dead_job_keys(client: redis.Redis, *, limit: int = 100) -> list[JobKey]:
     return [job for job in found if job is not None]
 
 
-def _payments(members: Any) -> list[str]:
-    """The imp_uids of an index's members (receipt keys), other kinds of job left out."""
-    found = (payment_of(as_text(member)) for member in members)
-    return [imp_uid for imp_uid in found if imp_uid is not None]
-
-
 def job_history(client: redis.Redis, job: JobKey | str) -> list[dict[str, Any]]:
     """The attempts and outcomes the ledger kept for a job, newest first."""
     key = history_of(_receipt_key(job))
@@ -328,8 +322,8 @@ def jobs_by_state(client: redis.Redis, *, limit: int = LEDGER_SCAN_LIMIT) -> dic
         if not members:
             break
         with client.pipeline(transaction=False) as pipe:
-            for imp_uid in _payments(members):
-                pipe.hget(ledger_key(imp_uid), "state")
+            for job in filter(None, (JobKey.parse(as_text(member)) for member in members)):
+                pipe.hget(_record(job), "state")
             states = pipe.execute()
         for state in states:
             # A finished job leaves the index lazily (the sweeper drops it).
