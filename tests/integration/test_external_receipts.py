@@ -346,6 +346,10 @@ def test_replay_by_reason_and_reconcile_of_every_record_take_in_external_receipt
         everything = run_cashreceipt(env, "reconcile", "--json")
         assert (everything.returncode, everything.stdout) == (0, ""), everything.stderr
         assert "2 checked, 0 mismatched, 0 not checked" in everything.stderr
+        assert "stopped at --limit" not in everything.stderr
+        # A limit that cuts the records short says so (it was silent: helper-63's finding).
+        cut = run_cashreceipt(env, "reconcile", "--json", "--limit", "1")
+        assert "stopped at --limit 1: the ledger may hold more records" in cut.stderr
         cancel_behind_our_back(sandbox, merchant_uid)
         found = run_cashreceipt(env, "reconcile", "--json")
         assert found.returncode == 1, found.stderr

@@ -23,6 +23,7 @@ from worker.cli.common import (
 )
 from worker.cli.operations import Mismatch
 from worker.cli.operations import reconcile as compare
+from worker.core.contract import IAMPORT
 
 
 @click.command()
@@ -40,7 +41,22 @@ def reconcile(receipt_keys: tuple[str, ...], imp_uid: bool, limit: int, as_json:
     client = ledger_redis()
     runtime = get_runtime(celery_app().conf)
     named = [named_job(name, imp_uid=imp_uid) for name in receipt_keys]
-    targets = named or ledger_jobs(client, limit=limit)
+    found_jobs = named or ledger_jobs(client, limit=limit)
+    if not named and len(found_jobs) >= limit:
+        click.echo(
+            f"stopped at --limit {limit}: the ledger may hold more records; raise --limit "
+            "to check them all",
+            err=True,
+        )
+    # PortOne V2's receipts are looked up through its own API, which reconcile does not
+    # use yet (issue 16): they are left out, and counted.
+    targets = [job for job in found_jobs if job.provider == IAMPORT]
+    if len(targets) < len(found_jobs):
+        click.echo(
+            f"{len(found_jobs) - len(targets)} PortOne V2 job(s) left out: reconcile does not "
+            "look them up yet",
+            err=True,
+        )
     mismatches = not_checked = 0
     for found in compare(client, runtime.client, targets):
         name = job_name(found.job)
