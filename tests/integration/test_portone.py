@@ -8,6 +8,7 @@ A worker that does not serve portone ends such a job ``not_configured``, sending
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from tests.support.commands import run_cashreceipt
 from tests.support.payloads import PHONE
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.results import ResultStream
@@ -234,3 +236,30 @@ def test_the_producer_refuses_a_provider_no_worker_serves(
     with pytest.raises(InvalidPayload) as caught:
         enqueue_issue(v2_payload(sandbox, payment_id), app=producer)
     assert "PROVIDERS" in caught.value.errors["provider"][0]
+
+
+@pytest.mark.usefixtures("v2_worker")
+def test_reconcile_lists_a_v2_payment_id_and_sees_a_second_live_receipt(
+    v2_redis: RedisServer,
+    v2_producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    payment_id: str,
+) -> None:
+    """reconcile looks a V2 job up through PortOne's API, and lists its payment id: a
+    second live receipt (one the PG issued at approval, found later) is a mismatch."""
+    sandbox.admin.seed_portone_payment(
+        payment_id, status="PAID", amount={"total": 33000}, method="TRANSFER"
+    )
+    sale = v2_payload(sandbox, payment_id, kind="payment")
+    assert results.wait(enqueue_issue(sale, app=v2_producer))["type"] == "cash_receipt.issued"
+    env = portone_env(v2_redis, sandbox)
+    key = f"portone:{payment_id}"
+    clean = run_cashreceipt(env, "reconcile", "--json", key)
+    assert clean.returncode == 0, clean.stderr
+    assert "1 checked, 0 mismatched" in clean.stderr
+    sandbox.admin.seed_portone_payment(payment_id, cashReceipt={"type": "PERSONAL"})
+    found = run_cashreceipt(env, "reconcile", "--json", key)
+    assert found.returncode == 1, found.stderr
+    [line] = [json.loads(text) for text in found.stdout.splitlines()]
+    assert (line["receipt_key"], line["iamport"]) == (key, "2 active receipts")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Celery
@@ -23,7 +23,7 @@ from worker.adapters.store.views import (
     replayed_under,
 )
 from worker.celery.producer import enqueue_cancel, enqueue_issue
-from worker.core.contract import EXTERNAL
+from worker.core.contract import EXTERNAL, PORTONE
 from worker.core.errors import ConnectionFailed, ProviderError, RateLimited, TransientError
 from worker.core.issuing import find_issued
 from worker.core.ports import Provider
@@ -201,7 +201,7 @@ RECONCILE_RETRY_BUDGET = 10.0
 
 def reconcile(
     client: redis.Redis,
-    provider: Provider,
+    provider: Provider | Callable[[JobKey], Provider],
     jobs: Iterable[JobKey | str],
     *,
     retry_budget: float = RECONCILE_RETRY_BUDGET,
@@ -223,7 +223,9 @@ def reconcile(
     (``LOOKUP_ATTEMPTS``), but the waiting of the whole run is capped at
     ``retry_budget`` seconds, so a long outage reports every job rather
     than hanging. An external receipt is looked up by its merchant_uid
-    (``GET /receipts/external/{merchant_uid}``).
+    (``GET /receipts/external/{merchant_uid}``). ``provider``: one for every job, or
+    the one of each job's provider; a PortOne V2 job is also listed (``GET
+    /cash-receipts`` by its payment id), where a second live receipt shows.
     """
     budget = [retry_budget]
     for job in map(JobKey.of, jobs):
@@ -231,16 +233,37 @@ def reconcile(
         state = recorded.state
         if state in {"in_flight", "received"}:
             continue
+        client_of_job = _provider_of(provider, job)
         try:
-            receipt, _ = _look_up(provider, job, budget, sleep)
+            receipt, _ = _look_up(client_of_job, job, budget, sleep)
+            live = _live_receipts(client_of_job, job)
         except ProviderError as error:
             yield NotChecked(job, state, lookup_failure(error), error.status)
+            continue
+        if live > 1:
+            yield Mismatch(job, state, f"{live} active receipts")
             continue
         live = receipt is not None
         if (state == "issued") != live:
             yield Mismatch(job, state, "active receipt" if live else "no active receipt")
         elif receipt is not None and _another_receipt(recorded.receipt_tid, receipt.receipt_tid):
             yield Mismatch(job, state, "another active receipt than the ledger's")
+
+
+def _provider_of(provider: Provider | Callable[[JobKey], Provider], job: JobKey) -> Provider:
+    """The provider that looks ``job`` up: the one given, or the one of its provider."""
+    if hasattr(provider, "find_receipt"):
+        return cast(Provider, provider)
+    assert callable(provider)
+    return provider(job)
+
+
+def _live_receipts(provider: Provider, job: JobKey) -> int:
+    """How many live receipts a PortOne V2 payment id has (its list); 1 for another kind,
+    whose provider keeps one per id."""
+    if job.provider != PORTONE:
+        return 1
+    return sum(1 for receipt in provider.list_receipts(job) if receipt.active)
 
 
 def _look_up(

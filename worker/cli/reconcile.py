@@ -23,7 +23,6 @@ from worker.cli.common import (
 )
 from worker.cli.operations import Mismatch
 from worker.cli.operations import reconcile as compare
-from worker.core.contract import IAMPORT
 
 
 @click.command()
@@ -32,7 +31,7 @@ from worker.core.contract import IAMPORT
 @click.option("--limit", type=int, default=10_000, show_default=True)
 @json_option
 def reconcile(receipt_keys: tuple[str, ...], imp_uid: bool, limit: int, as_json: bool) -> None:
-    """Compare the ledger with i'mport (every record, of every kind, or the given ones).
+    """Compare the ledger with the providers (every record, of every kind, or the given ones).
 
     RECEIPT_KEYS are iamport:<imp_uid>, iamport-external:<merchant_uid>, or bare imp_uids;
     an external receipt is looked up by its merchant_uid. Exit 1 on a mismatch; else 4 if
@@ -41,24 +40,15 @@ def reconcile(receipt_keys: tuple[str, ...], imp_uid: bool, limit: int, as_json:
     client = ledger_redis()
     runtime = get_runtime(celery_app().conf)
     named = [named_job(name, imp_uid=imp_uid) for name in receipt_keys]
-    found_jobs = named or ledger_jobs(client, limit=limit)
-    if not named and len(found_jobs) >= limit:
+    targets = named or ledger_jobs(client, limit=limit)
+    if not named and len(targets) >= limit:
         click.echo(
             f"stopped at --limit {limit}: the ledger may hold more records; raise --limit "
             "to check them all",
             err=True,
         )
-    # PortOne V2's receipts are looked up through its own API, which reconcile does not
-    # use yet (issue 16): they are left out, and counted.
-    targets = [job for job in found_jobs if job.provider == IAMPORT]
-    if len(targets) < len(found_jobs):
-        click.echo(
-            f"{len(found_jobs) - len(targets)} PortOne V2 job(s) left out: reconcile does not "
-            "look them up yet",
-            err=True,
-        )
     mismatches = not_checked = 0
-    for found in compare(client, runtime.client, targets):
+    for found in compare(client, runtime.provider_for, targets):
         name = job_name(found.job)
         if isinstance(found, Mismatch):
             mismatches += 1

@@ -92,6 +92,8 @@ class JobKey:
 _BY_PREFIX = {
     JobKey.payment("").prefix: JobKey.payment,
     JobKey.external("").prefix: JobKey.external,
+    # Both kinds of a V2 job are one job; its key does not say which (its payload does).
+    JobKey.portone("").prefix: JobKey.portone,
 }
 
 

@@ -28,3 +28,8 @@ def test_v1_kinds_are_two_jobs_v2_kinds_one() -> None:
     assert len({JobKey.portone("x"), JobKey.portone("x", "external")}) == 1
     assert JobKey.portone("x") != JobKey.payment("x")
     assert JobKey.portone("x").imp_uid is None
+
+
+def test_a_v2_receipt_key_names_its_job() -> None:
+    assert JobKey.parse("portone:pay-1") == JobKey.portone("pay-1")
+    assert JobKey.parse("portone:") == JobKey.portone("")
