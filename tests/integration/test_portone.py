@@ -21,8 +21,9 @@ from tests.support.payloads import PHONE
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, wait_portone_posts_processed
+from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
-from worker.celery.producer import enqueue_issue
+from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.schemas import InvalidPayload
 
 pytestmark = pytest.mark.integration
@@ -263,3 +264,78 @@ def test_reconcile_lists_a_v2_payment_id_and_sees_a_second_live_receipt(
     assert found.returncode == 1, found.stderr
     [line] = [json.loads(text) for text in found.stdout.splitlines()]
     assert (line["receipt_key"], line["iamport"]) == (key, "2 active receipts")
+
+
+def cancel_posts(sandbox: Sandbox, payment_id: str) -> list[dict[str, Any]]:
+    return [
+        entry
+        for entry in sandbox.admin.portone_requests(payment_id)
+        if entry["method"] == "POST" and entry["path"].endswith("/cash-receipt/cancel")
+    ]
+
+
+def events_of(results: ResultStream, task_id: str, count: int) -> list[dict[str, Any]]:
+    wait_for(lambda: len(results.for_task(task_id)) >= count, message=f"{count} events")
+    found = sorted(results.for_task(task_id), key=lambda event: event["id"])
+    assert len(found) == count, found
+    return found
+
+
+@pytest.mark.usefixtures("v2_worker")
+@pytest.mark.parametrize("reissue", ["allow", "refuse"])
+def test_a_v2_external_receipt_is_refunded_as_v1_s_is(
+    reissue: str,
+    v2_producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    payment_id: str,
+) -> None:
+    """A partial refund: the cancel (with its own key), then the balance under the same
+    payment id; where PortOne refuses a re-issue, cancelled and one failure, id_taken."""
+    sandbox.admin.set_portone_reissue(reissue)
+    try:
+        issued = results.wait(enqueue_issue(v2_payload(sandbox, payment_id), app=v2_producer))
+        assert issued["type"] == "cash_receipt.issued"
+        refund = {
+            "provider": "portone",
+            "kind": "external",
+            "payment_id": payment_id,
+            "remaining_amount": 20000,
+        }
+        cancelled, then = events_of(results, enqueue_cancel(refund, app=v2_producer), 2)
+    finally:
+        sandbox.admin.set_portone_reissue("refuse")
+    assert cancelled["type"] == "cash_receipt.cancelled"
+    assert cancelled["data"]["receipt"]["amount"] == 33000
+    [cancel] = cancel_posts(sandbox, payment_id)
+    assert (
+        cancel["headers"]["Idempotency-Key"]
+        != posts(sandbox, payment_id)[0]["headers"]["Idempotency-Key"]
+    )
+    if reissue == "allow":
+        assert (then["type"], then["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 20000)
+        assert posts(sandbox, payment_id)[-1]["body"]["amount"] == {"total": 20000}
+    else:
+        assert (then["type"], then["data"]["error"]["reason"]) == (
+            "cash_receipt.failed",
+            "id_taken",
+        )
+
+
+@pytest.mark.usefixtures("v2_worker")
+def test_a_v2_payment_is_refunded_in_full_and_its_partial_refund_is_refused_at_once(
+    v2_producer: Celery, sandbox: Sandbox, results: ResultStream, payment_id: str
+) -> None:
+    sandbox.admin.seed_portone_payment(
+        payment_id, status="PAID", amount={"total": 33000}, method="TRANSFER"
+    )
+    sale = v2_payload(sandbox, payment_id, kind="payment")
+    assert results.wait(enqueue_issue(sale, app=v2_producer))["type"] == "cash_receipt.issued"
+    partial = {"provider": "portone", "payment_id": payment_id, "amount": 13000}
+    with pytest.raises(InvalidPayload) as caught:
+        enqueue_cancel(partial, app=v2_producer)
+    assert "not served yet" in caught.value.errors["amount"][0]
+    full = {"provider": "portone", "payment_id": payment_id}
+    [event] = events_of(results, enqueue_cancel(full, app=v2_producer), 1)
+    assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", False)
+    assert len(cancel_posts(sandbox, payment_id)) == 1

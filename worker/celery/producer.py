@@ -275,6 +275,7 @@ def enqueue_cancel(
         app = worker_app
     message = load_cancellation(payload)
     job = cancellation_job(message)
+    _refuse_unserved(app, job)
     task_id = task_id or refund_task_id(job, message.get("refund_id")) or str(uuid.uuid4())
     # The ledger first, as for an issue: a refund whose message is lost must
     # not leave its receipt live. The sweeper re-sends it when it is due.

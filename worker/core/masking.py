@@ -111,6 +111,9 @@ SHOWN_FIELDS = frozenset(
         "refund_id",
         "remaining_amount",
         "remaining_tax_free",
+        "payment_id",
+        "currency",
+        "paid_at",
     }
 )
 #: Personal fields the schemas know: masked, with a hint a support agent can match.
@@ -172,6 +175,7 @@ _SHOWN_CHOICES: dict[str, frozenset[object]] = {
     "provider": frozenset({"iamport", "portone"}),
     "kind": frozenset({"payment", "external"}),
     "pay_method": frozenset(PAY_METHODS),
+    "currency": frozenset({"KRW"}),
 }
 _SHOWN_AMOUNTS = frozenset(
     {"amount", "tax_free", "vat_amount", "remaining_amount", "remaining_tax_free"}

@@ -682,11 +682,13 @@ class PaymentCancelledSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    provider = _served(IAMPORT, (IAMPORT,), "refunds of PortOne V2 receipts are not served yet")
+    provider = _provider()
     kind = _kind()
-    # Which of the two names the job is the kind's to say (_the_kinds_own_fields).
+    # Which of these names the job is the provider's and the kind's to say
+    # (_the_kinds_own_fields).
     imp_uid = provider_id(required=False)
     merchant_uid = provider_id(required=False)
+    payment_id = provider_id(required=False)
     # The refunded amount of a partial refund; absent for a full one.
     amount = fields.Integer(
         load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1)
@@ -698,6 +700,9 @@ class PaymentCancelledSchema(Schema):
 
     @validates_schema(skip_on_field_errors=False)
     def _the_kinds_own_fields(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("provider") == PORTONE:
+            _portone_refund(data)
+            return
         if data.get("kind") == EXTERNAL:
             _external_refund(data)
             return
@@ -711,10 +716,33 @@ class PaymentCancelledSchema(Schema):
                 )
 
 
+def _portone_refund(data: Mapping[str, Any]) -> None:
+    """A PortOne V2 receipt's refund names its payment_id. V2's cancel takes no amount: a
+    partial refund is a cancel and a re-issue of the balance, which an external receipt's
+    refund says (as V1's does); a V2 payment's balance is not served yet (issue 16)."""
+    if data.get("payment_id") is None:
+        raise ValidationError("Missing data for required field.", field_name="payment_id")
+    if data.get("kind") == EXTERNAL:
+        _balance_said(data)
+        return
+    for name in ("amount", "remaining_amount", "remaining_tax_free"):
+        if data.get(name) is not None:
+            raise ValidationError(
+                "A partial refund of a PortOne V2 payment is not served yet: send its full "
+                "refund, or issue the balance by hand.",
+                field_name=name,
+            )
+
+
 def _external_refund(data: Mapping[str, Any]) -> None:
     """An external receipt's refund names its merchant_uid, and a partial one its balance."""
     if data.get("merchant_uid") is None:
         raise ValidationError("Missing data for required field.", field_name="merchant_uid")
+    _balance_said(data)
+
+
+def _balance_said(data: Mapping[str, Any]) -> None:
+    """A partial refund with no payment to read the balance from says it."""
     remaining, tax_free = data.get("remaining_amount"), data.get("remaining_tax_free")
     if data.get("amount") is not None and remaining is None:
         raise ValidationError(
@@ -740,6 +768,11 @@ def load_cancellation(raw: object) -> dict[str, Any]:
         data: dict[str, Any] = _CANCEL_SCHEMA.load(dict(raw))
     except ValidationError as error:
         raise InvalidPayload(_flatten(error.messages)) from None
+    if data["provider"] == PORTONE:
+        data.pop("imp_uid", None)
+        data.pop("merchant_uid", None)
+    else:
+        data.pop("payment_id", None)
     if data["kind"] == EXTERNAL:
         data.pop("imp_uid", None)
         if data.get("remaining_amount") == 0:
@@ -749,6 +782,8 @@ def load_cancellation(raw: object) -> dict[str, Any]:
 
 def cancellation_job(message: Mapping[str, Any]) -> JobKey:
     """The job a validated cancellation names."""
+    if message.get("provider") == PORTONE:
+        return JobKey.portone(message["payment_id"], message.get("kind", PAYMENT))
     if message.get("kind") == EXTERNAL:
         return JobKey.external(message["merchant_uid"])
     return JobKey.payment(message["imp_uid"])

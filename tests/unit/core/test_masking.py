@@ -19,6 +19,7 @@ from worker.core.schemas import (
     ExternalReceiptSchema,
     PaymentCancelledSchema,
     PaymentConfirmedSchema,
+    PortOneReceiptSchema,
 )
 
 
@@ -182,6 +183,7 @@ def test_every_schema_field_is_classified() -> None:
     schema_fields = {
         *PaymentConfirmedSchema().fields,
         *ExternalReceiptSchema().fields,
+        *PortOneReceiptSchema().fields,
         *PaymentCancelledSchema().fields,
     }
     assert schema_fields | SEALED_FIELDS == PAYLOAD_FIELDS

@@ -11,6 +11,7 @@ from worker.adapters.privacy.sealing import Sealer
 from worker.core.schemas import (
     InvalidPayload,
     PortOneReceiptSchema,
+    cancellation_job,
     load_cancellation,
     load_payload,
     readable_job,
@@ -90,7 +91,14 @@ def test_a_v2_payload_names_its_job_and_goes_round_its_message() -> None:
     assert readable_job(message) == request.job
 
 
-def test_a_v2_refund_is_not_served_yet() -> None:
+def test_a_v2_refund_names_its_payment_id_and_a_payments_partial_one_waits() -> None:
+    """A V2 cancellation names its payment_id; a V2 payment's partial refund is refused by
+    name (not served yet); an external one says its balance, as V1's does."""
+    message = load_cancellation({"provider": "portone", "payment_id": "pay-1"})
+    assert cancellation_job(message) == JobKey.portone("pay-1")
     with pytest.raises(InvalidPayload) as caught:
-        load_cancellation({"provider": "portone", "payment_id": "pay-1"})
-    assert "provider" in caught.value.errors
+        load_cancellation({"provider": "portone", "payment_id": "pay-1", "amount": 1000})
+    assert "not served yet" in caught.value.errors["amount"][0]
+    with pytest.raises(InvalidPayload) as caught:
+        load_cancellation({"provider": "portone", "kind": "external", "amount": 1000})
+    assert "payment_id" in caught.value.errors
