@@ -17,7 +17,9 @@ type overrides its status (research §2.2)::
     IDEMPOTENCY_OUTSTANDING_REQUEST  409  OutcomeUnknown: the first request with this key
                                       is still being processed (UNCONFIRMED: in PortOne's
                                       docs, in no OpenAPI file)
-    any other IDEMPOTENCY_*      any  OutcomeUnknown: look up before anything is sent again
+    any other IDEMPOTENCY_*      any  ProviderUnavailable: PortOne refused the key without
+                                      acting; the request is settled, so the retry looks
+                                      first and sends a new key (a new generation)
     any other type               by its status, as below
 
 An answer without PortOne's JSON came from something in between, or from PortOne
@@ -114,9 +116,13 @@ def _typed(
     if kind == "PG_PROVIDER":
         pg = f"pgCode {_masked(body.get('pgCode'))}: {_masked(body.get('pgMessage'))}"
         text, message = f"{text} ({pg})", f"{message or ''} ({pg})".strip()
-    if kind == OUTSTANDING or kind.startswith("IDEMPOTENCY"):
+    if kind == OUTSTANDING:
         return OutcomeUnknown(
             f"{text}; the outcome must be looked up", status=status, retry_after=retry_after
+        )
+    if kind.startswith("IDEMPOTENCY"):
+        return ProviderUnavailable(
+            f"{text}; looking up, then a new key", status=status, retry_after=retry_after
         )
     found = _BY_TYPE.get(kind)
     if found is IssuanceFailed:

@@ -56,7 +56,8 @@ def typed(kind: str, **more: object) -> dict[str, object]:
         (500, typed("INVALID_REQUEST"), True, InvalidRequest),
         # Still being processed under this key (UNCONFIRMED): the outcome is unknown.
         (409, typed("IDEMPOTENCY_OUTSTANDING_REQUEST"), True, OutcomeUnknown),
-        (422, typed("IDEMPOTENCY_KEY_MISMATCH"), True, OutcomeUnknown),
+        # Any other idempotency error: refused without acting; look, then a new key.
+        (422, typed("IDEMPOTENCY_KEY_MISMATCH"), True, ProviderUnavailable),
         # A type this release does not know: by its status.
         (503, typed("SOMETHING_NEW"), True, OutcomeUnknown),
         (503, typed("SOMETHING_NEW"), False, ProviderUnavailable),
