@@ -135,14 +135,15 @@ def issue_receipt(
     waited out the bound on late processing before this lookup). An external
     receipt's job looks on every attempt.
     """
+    payment = None
     if _payment_first(request.job):
-        adopted = _check_payment(client, request)
+        adopted, payment = _check_payment(client, request)
         if adopted is not None:
             return Issued(adopted, duplicate=not look_first)
     if look_first or request.job.kind == EXTERNAL:
         # An external receipt's id is the merchant's own, reused at will: even a first
         # attempt looks (a job re-opened after id_conflict stands beside a live receipt).
-        existing, _ = find_issued(client, request.job)
+        existing, _ = find_issued(client, request.job, payment=payment)
         if existing is not None:
             return Issued(_this_jobs(existing, request), duplicate=not look_first)
     try:
@@ -163,9 +164,9 @@ def issue_receipt(
         # attempt the receipt predates this job: a duplicate. On a later one it
         # may be this job's own earlier POST, processed after its lookup missed
         # it (an answer that came after the timeout): not a duplicate.
-        existing, payment = find_issued(client, request.job)
-        if existing is None and request.job.kind == EXTERNAL:
-            _not_spent(client, request.job)
+        existing, latest, payment = _look(client, request.job)
+        if existing is None and latest is not None and request.job.kind == EXTERNAL:
+            raise _spent(request.job) from None
         if existing is not None:
             _this_jobs(existing, request)
             if look_first:
@@ -213,9 +214,10 @@ def _payment_first(job: JobKey) -> bool:
     return job.provider == PORTONE and job.kind == PAYMENT
 
 
-def _check_payment(client: Provider, request: ReceiptRequest) -> Receipt | None:
+def _check_payment(client: Provider, request: ReceiptRequest) -> tuple[Receipt | None, Payment]:
     """A PortOne V2 payment must be paid, for the payload's amount; a receipt it already
-    carries (issued in the payment window) is adopted, and None means: issue.
+    carries (issued in the payment window) is adopted, and None means: issue. The payment
+    read comes back too, so that the lookup after it does not read it again.
 
     Raises :class:`NotPaid` (a virtual account not yet deposited: replayable),
     :class:`NotEligible` (not a cash payment) or :class:`AmountMismatch`.
@@ -241,22 +243,20 @@ def _check_payment(client: Provider, request: ReceiptRequest) -> Receipt | None:
             status=None,
         )
     if not payment.cash_receipt_issued:
-        return None
+        return None, payment
     # Issued in the payment window: adopted, never a second receipt for the tax service.
     found, _ = find_issued(client, job, payment=payment)
-    return found
+    return found, payment
 
 
-def _not_spent(client: Provider, job: JobKey) -> None:
-    """Raises :class:`IdTaken` when an external receipt's "already issued" comes from a
-    cancelled receipt: the merchant_uid is spent, and another POST would be refused too."""
-    latest = client.find_receipt(job)
-    if latest is not None and not latest.active:
-        raise IdTaken(
-            f"{job.receipt_key} carries a cancelled receipt, and i'mport issues no other "
-            "under it: replay with --new-id to issue under a derived merchant_uid",
-            status=400,
-        )
+def _spent(job: JobKey) -> IdTaken:
+    """An external receipt's "already issued" behind which only a cancelled receipt
+    stands: the merchant_uid is spent, and another POST would be refused too."""
+    return IdTaken(
+        f"{job.receipt_key} carries a cancelled receipt, and i'mport issues no other "
+        "under it: replay with --new-id to issue under a derived merchant_uid",
+        status=400,
+    )
 
 
 def settle_issue(client: Provider, request: ReceiptRequest, sends: SendLog) -> Issued:
@@ -282,12 +282,20 @@ def find_issued(
 
     An external receipt has no payment to read: its lookup is the only word.
     """
+    existing, _, read = _look(client, job, payment=payment)
+    return existing, read
+
+
+def _look(
+    client: Provider, job: JobKey, *, payment: Payment | None = None
+) -> tuple[Receipt | None, Receipt | None, Payment | None]:
+    """:func:`find_issued`, and the newest receipt the lookup showed, live or cancelled."""
     receipt = client.find_receipt(job)
     if receipt is not None and receipt.active:
-        return receipt, None
+        return receipt, receipt, None
     payment_id = job.imp_uid or (job.id if _payment_first(job) else None)
     if payment_id is None:
-        return None, None
+        return None, receipt, None
     payment = payment or client.get_payment(payment_id)
     if payment.cash_receipt_issued:
         # The PG offers no lookup (or issued it itself): all we can know is
@@ -304,6 +312,7 @@ def find_issued(
                 applied_at=None,
                 cancelled_at=0,
             ),
+            receipt,
             payment,
         )
-    return None, payment
+    return None, receipt, payment

@@ -302,18 +302,26 @@ class ExternalIdSpent(ExternalIdTaken):
     def __init__(self) -> None:
         super().__init__(amount=33000)
         self.receipt = Receipt(**{**self.receipt.as_dict(), "cancelled_at": 1700000000})
+        self.lookups = 0
+
+    def find_receipt(self, job: JobKey) -> Receipt | None:
+        self.lookups += 1
+        return super().find_receipt(job)
 
 
 @pytest.mark.parametrize("look_first", [False, True])
 def test_an_external_id_whose_receipt_was_cancelled_is_taken(look_first: bool) -> None:
     """A 400 "already issued" behind which only a cancelled receipt stands: the id is
     spent (a re-issue after a refund, where i'mport refuses it), a failure of its own."""
+    client = ExternalIdSpent()
     with pytest.raises(IdTaken) as caught:
         issue_receipt(
-            ExternalIdSpent(),  # type: ignore[arg-type]
+            client,  # type: ignore[arg-type]
             load_payload(EXTERNAL),
             look_first=look_first,
             operation=OPERATION,
         )
     assert reason_for(caught.value) == "id_taken"
+    # One look before the POST, one after its 400: the same lookup tells "spent".
+    assert client.lookups == 2
     assert "--new-id" in str(caught.value)

@@ -47,10 +47,11 @@ class V2:
     """A PortOne V2 stand-in: the payment it shows, the receipt it has, the POSTs it got."""
 
     def __init__(self, payment: Payment, receipt: Receipt | None = None) -> None:
-        self.payment, self.receipt, self.posts = payment, receipt, 0
+        self.payment, self.receipt, self.posts, self.payments = payment, receipt, 0, 0
 
     def get_payment(self, payment_id: str) -> Payment:
         assert payment_id == "pay-1"
+        self.payments += 1
         return self.payment
 
     def find_receipt(self, job: JobKey) -> Receipt | None:
@@ -65,10 +66,12 @@ def order(amount: int = 33000) -> Any:
     return ReceiptOrder(job=JOB, identifier="01055554321", options={"amount": amount})
 
 
-def test_a_paid_payment_is_issued_once() -> None:
+@pytest.mark.parametrize("look_first", [False, True])
+def test_a_paid_payment_is_issued_once_reading_the_payment_once(look_first: bool) -> None:
     client = V2(PAID)
-    issued = issue_receipt(client, order(), look_first=False, operation=OPERATION)  # type: ignore[arg-type]
+    issued = issue_receipt(client, order(), look_first=look_first, operation=OPERATION)  # type: ignore[arg-type]
     assert (issued.receipt, issued.duplicate, client.posts) == (LIVE, False, 1)
+    assert client.payments == 1
 
 
 @pytest.mark.parametrize(
