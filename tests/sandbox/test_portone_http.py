@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any
 
 import pytest
@@ -484,7 +483,7 @@ def test_list_filters_by_payment_id_and_pages(v2: PortOneApi, sandbox: Sandbox) 
     {number, size, totalCount}; statuses FAILED means ISSUE_FAILED."""
     for index in range(3):
         v2_success(v2.issue(f"list-{index}", orderName=f"주문 {index}"))
-        time.sleep(0.002)
+        sandbox.advance_clock(1)  # distinct issue times, by the sandbox's own clock
     v2_success(v2.cancel("list-1"))
     v2_failure(v2.issue("list-f", customer={"identityNumber": "0"}), 502, "PG_PROVIDER")
 
