@@ -15,6 +15,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import requests
 from urllib3.exceptions import NewConnectionError
@@ -90,6 +91,21 @@ def send(
     finally:
         observe(method, endpoint, status, time.monotonic() - started)
     return http
+
+
+def path_segment(value: str) -> str:
+    """A provider's id as one segment of a URL path: every character but letters, digits
+    and ``_.-~`` escaped, so that no id can name another path (``/``, ``?``, ``#``)."""
+    return quote(value, safe="")
+
+
+def json_body(http: requests.Response) -> Any:
+    """An answer's body as JSON, or None when it is none (an empty body, a gateway's page):
+    whatever its status, the client reads what it says from this."""
+    try:
+        return http.json()
+    except ValueError:
+        return None
 
 
 def unknown_outcome(method: str, path: str, what: str, *, changes: bool) -> ProviderError:

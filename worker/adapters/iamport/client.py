@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import requests
 
@@ -26,7 +25,13 @@ from worker.adapters.iamport.answers import CHANGING_METHODS, error_for_answer, 
 from worker.adapters.iamport.shapes import read_payment, read_receipt, receipt_body
 from worker.adapters.privacy.logmask import remember_secret
 from worker.adapters.store.keys import token_key
-from worker.adapters.transport import RequestObserver, send, unobserved
+from worker.adapters.transport import (
+    RequestObserver,
+    json_body,
+    path_segment,
+    send,
+    unobserved,
+)
 from worker.core.contract import EXTERNAL
 from worker.core.errors import (
     AuthenticationFailed,
@@ -153,7 +158,7 @@ class IamportClient:
 
     def get_payment(self, imp_uid: str) -> Payment:
         """``GET /payments/{imp_uid}``."""
-        return read_payment(self._call("GET", f"/payments/{_path(imp_uid)}"))
+        return read_payment(self._call("GET", f"/payments/{path_segment(imp_uid)}"))
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -262,10 +267,7 @@ def _envelope(
     What an answer means is decided by :func:`worker.adapters.iamport.answers.error_for_answer`
     from its status and whether its body is i'mport's envelope.
     """
-    try:
-        body = http.json()
-    except ValueError:
-        body = None
+    body = json_body(http)
     if http.status_code == 404 and not_found_ok:
         raise _NotFound
     if is_envelope(body):
@@ -297,15 +299,11 @@ def _endpoint(path: str) -> str:
     return path.strip("/").split("/", 1)[0]
 
 
-def _path(imp_uid: str) -> str:
-    return quote(imp_uid, safe="")
-
-
 def _receipt_path(job: JobKey) -> str:
     """Where a job's receipt lives: a payment's, or an external receipt's by merchant_uid."""
     if job.kind == EXTERNAL:
-        return f"/receipts/external/{_path(job.id)}"
-    return f"/receipts/{_path(job.id)}"
+        return f"/receipts/external/{path_segment(job.id)}"
+    return f"/receipts/{path_segment(job.id)}"
 
 
 def _changes(method: str, path: str) -> bool:

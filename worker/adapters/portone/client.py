@@ -27,7 +27,6 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import requests
 
@@ -39,7 +38,13 @@ from worker.adapters.portone.shapes import (
     read_payment,
 )
 from worker.adapters.privacy.logmask import remember_secret
-from worker.adapters.transport import RequestObserver, send, unobserved
+from worker.adapters.transport import (
+    RequestObserver,
+    json_body,
+    path_segment,
+    send,
+    unobserved,
+)
 from worker.core.contract import PORTONE
 from worker.core.errors import UnexpectedResponse
 from worker.core.idempotency import header_value, idempotency_key
@@ -117,7 +122,9 @@ class PortOneClient:
     def find_receipt(self, job: JobKey) -> Receipt | None:
         """``GET /payments/{paymentId}/cash-receipt``; None when PortOne has none."""
         answer = self._call(
-            "GET", f"/payments/{_path(job.id)}/cash-receipt", none_on="CASH_RECEIPT_NOT_FOUND"
+            "GET",
+            f"/payments/{path_segment(job.id)}/cash-receipt",
+            none_on="CASH_RECEIPT_NOT_FOUND",
         )
         return read_cash_receipt(answer) if answer is not None else None
 
@@ -141,7 +148,7 @@ class PortOneClient:
 
     def get_payment(self, payment_id: str) -> Payment:
         """``GET /payments/{paymentId}``."""
-        answer = self._call("GET", f"/payments/{_path(payment_id)}")
+        answer = self._call("GET", f"/payments/{path_segment(payment_id)}")
         assert answer is not None
         return read_payment(answer)
 
@@ -155,7 +162,7 @@ class PortOneClient:
         """
         self._call(
             "POST",
-            f"/payments/{_path(job.id)}/cash-receipt/cancel",
+            f"/payments/{path_segment(job.id)}/cash-receipt/cancel",
             key=self._key(operation),
             on_send=on_send,
         )
@@ -207,10 +214,7 @@ class PortOneClient:
             params=params,
             observe=self._observe,
         )
-        try:
-            body = http.json()
-        except ValueError:
-            body = None
+        body = json_body(http)
         if 200 <= http.status_code < 300 and isinstance(body, dict):
             return body
         if none_on is not None and error_type(body) == none_on:
@@ -224,10 +228,6 @@ class PortOneClient:
             request=f"{method} {path}",
             changes=changes,
         )
-
-
-def _path(payment_id: str) -> str:
-    return quote(payment_id, safe="")
 
 
 def _endpoint(path: str) -> str:
