@@ -100,8 +100,10 @@ def build_runtime(conf: Any) -> Runtime:
     )
     metrics = Metrics()
     providers: dict[str, Provider] = {}
+    bounds: dict[str, float] = {}
     served = tuple(getattr(conf, "providers", ("iamport",)))
     if "iamport" in served:
+        bounds["iamport"] = float(conf.iamport_settle_seconds)
         providers["iamport"] = IamportClient(
             base_url=conf.iamport_api_url,
             imp_key=conf.iamport_key or "",
@@ -112,6 +114,7 @@ def build_runtime(conf: Any) -> Runtime:
             observe=metrics.observe_iamport,
         )
     if "portone" in served:
+        bounds["portone"] = float(conf.portone_settle_seconds)
         providers["portone"] = PortOneClient(
             base_url=conf.portone_api_url,
             api_secret=conf.portone_api_secret or "",
@@ -125,9 +128,6 @@ def build_runtime(conf: Any) -> Runtime:
             timeout=float(conf.portone_timeout),
             observe=metrics.observe_portone,
         )
-    bounds = {"iamport": float(conf.iamport_settle_seconds)}
-    if "portone" in served:
-        bounds["portone"] = float(conf.portone_settle_seconds)
     return Runtime(
         providers=providers,
         events=EventPublisher(
@@ -151,5 +151,5 @@ def build_runtime(conf: Any) -> Runtime:
             backoff_max=float(conf.retry_backoff_max),
         ),
         metrics=metrics,
-        settle_bounds={name: bound for name, bound in bounds.items() if name in served},
+        settle_bounds=bounds,
     )
