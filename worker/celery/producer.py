@@ -39,9 +39,9 @@ from worker.core.ports import ClaimKind
 from worker.core.runner import reused, settled_message
 from worker.core.schemas import (
     InvalidPayload,
-    cancellation_job,
     load_cancellation,
     load_payload,
+    payload_job,
     readable_job,
 )
 from worker.core.terminal import TerminalPublisher
@@ -274,7 +274,7 @@ def enqueue_cancel(
     if app is None:
         app = worker_app
     message = load_cancellation(payload)
-    job = cancellation_job(message)
+    job = payload_job(message)
     _refuse_unserved(app, job)
     task_id = task_id or refund_task_id(job, message.get("refund_id")) or str(uuid.uuid4())
     # The ledger first, as for an issue: a refund whose message is lost must

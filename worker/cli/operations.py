@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import redis
 from celery import Celery
@@ -27,7 +27,7 @@ from worker.core.contract import EXTERNAL, PORTONE
 from worker.core.errors import ConnectionFailed, ProviderError, RateLimited, TransientError
 from worker.core.issuing import find_issued
 from worker.core.ports import Provider
-from worker.core.refunds import balance_fields
+from worker.core.refunds import balance_fields, recorded_refund
 from worker.core.retry import ID_TAKEN, lookup_wait, reason_for
 from worker.core.types import JobKey, Payment, Receipt
 
@@ -102,11 +102,7 @@ def replay(
                 payload.pop("identifier_sealed", None)
             payload.update(corrections)
         if job.kind == EXTERNAL and source.balance is not None:
-            remaining = {
-                "remaining_amount": source.balance["amount"],
-                "remaining_tax_free": source.balance.get("tax_free"),
-            }
-            payload = balance_fields(payload, remaining)
+            payload = balance_fields(payload, recorded_refund(source.balance))
         if not new_id:
             # The kept payload names its job (an external receipt's: kind and merchant_uid).
             yield Replayed(job, enqueue_issue(payload, app=app))
@@ -201,7 +197,7 @@ RECONCILE_RETRY_BUDGET = 10.0
 
 def reconcile(
     client: redis.Redis,
-    provider: Provider | Callable[[JobKey], Provider],
+    provider_for: Callable[[JobKey], Provider],
     jobs: Iterable[JobKey | str],
     *,
     retry_budget: float = RECONCILE_RETRY_BUDGET,
@@ -223,9 +219,9 @@ def reconcile(
     (``LOOKUP_ATTEMPTS``), but the waiting of the whole run is capped at
     ``retry_budget`` seconds, so a long outage reports every job rather
     than hanging. An external receipt is looked up by its merchant_uid
-    (``GET /receipts/external/{merchant_uid}``). ``provider``: one for every job, or
-    the one of each job's provider; a PortOne V2 job is also listed (``GET
-    /cash-receipts`` by its payment id), where a second live receipt shows.
+    (``GET /receipts/external/{merchant_uid}``), through its provider
+    (``provider_for``); a PortOne V2 job is also listed (``GET /cash-receipts`` by its
+    payment id), where a second live receipt shows.
     """
     budget = [retry_budget]
     for job in map(JobKey.of, jobs):
@@ -233,29 +229,21 @@ def reconcile(
         state = recorded.state
         if state in {"in_flight", "received"}:
             continue
-        client_of_job = _provider_of(provider, job)
+        provider = provider_for(job)
         try:
-            receipt, _ = _look_up(client_of_job, job, budget, sleep)
-            live = _live_receipts(client_of_job, job)
+            receipt, _ = _look_up(provider, job, budget, sleep)
+            live_count = _live_receipts(provider, job)
         except ProviderError as error:
             yield NotChecked(job, state, lookup_failure(error), error.status)
             continue
-        if live > 1:
-            yield Mismatch(job, state, f"{live} active receipts")
+        if live_count > 1:
+            yield Mismatch(job, state, f"{live_count} active receipts")
             continue
         live = receipt is not None
         if (state == "issued") != live:
             yield Mismatch(job, state, "active receipt" if live else "no active receipt")
         elif receipt is not None and _another_receipt(recorded.receipt_tid, receipt.receipt_tid):
             yield Mismatch(job, state, "another active receipt than the ledger's")
-
-
-def _provider_of(provider: Provider | Callable[[JobKey], Provider], job: JobKey) -> Provider:
-    """The provider that looks ``job`` up: the one given, or the one of its provider."""
-    if hasattr(provider, "find_receipt"):
-        return cast(Provider, provider)
-    assert callable(provider)
-    return provider(job)
 
 
 def _live_receipts(provider: Provider, job: JobKey) -> int:

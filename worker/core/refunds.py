@@ -154,6 +154,12 @@ def balance_request(request: ReceiptRequest, refund: Mapping[str, Any]) -> Recei
     return replace(request, options=balance_fields(request.options, refund))
 
 
+def recorded_refund(balance: Mapping[str, Any]) -> dict[str, Any]:
+    """The partial refund a job's recorded balance (:attr:`~worker.core.ports.JobView.balance`)
+    stands for: what every refund so far left, as :func:`balance_fields` takes it."""
+    return {"remaining_amount": balance["amount"], "remaining_tax_free": balance.get("tax_free")}
+
+
 def balance_fields(receipt: Mapping[str, Any], refund: Mapping[str, Any]) -> dict[str, Any]:
     """An external receipt's fields (a payload, or a request's options) for the balance
     a partial ``refund`` leaves: ``amount`` is ``remaining_amount``.

@@ -61,6 +61,7 @@ from worker.core.refunds import (
     cancel_live_receipt,
     receipt_covering,
     receipt_for_balance,
+    recorded_refund,
     settle_cancel,
 )
 from worker.core.retry import (
@@ -76,9 +77,9 @@ from worker.core.schemas import (
     InvalidPayload,
     PayloadUnreadable,
     ReceiptRequest,
-    cancellation_job,
     load_payload,
     partial_refund,
+    payload_job,
     readable_job,
 )
 from worker.core.terminal import TerminalPublisher, error_detail, failure_message
@@ -458,14 +459,13 @@ def _another_sale(
     issued = (claim.receipt or {}).get("amount")
     view = terminal.store.view(terminal.job) if terminal.job is not None else None
     kept_payload = view.payload if view is not None else None
-    kept = _opened(kept_payload, sealer)
-    asked = _opened(message, sealer)
-    sold = (kept_payload or {}).get("amount")
-    if wanted not in (issued, sold):
+    if wanted not in (issued, (kept_payload or {}).get("amount")):
         return (
             f"this merchant_uid already carries a receipt for {issued} won, not {wanted}: "
             "another sale's; issue this one under another merchant_uid"
         )
+    # Opened only now: the amounts tell most sales apart without a decryption.
+    kept, asked = _opened(kept_payload, sealer), _opened(message, sealer)
     if kept is not None and asked is not None:
         if kept.identifier != asked.identifier:
             return (
@@ -651,11 +651,7 @@ class IssueRunner(JobRunner):
                 "it under another merchant_uid",
                 status=None,
             )
-        refund = {
-            "remaining_amount": balance["amount"],
-            "remaining_tax_free": balance.get("tax_free"),
-        }
-        return balance_request(self.request, refund)
+        return balance_request(self.request, recorded_refund(balance))
 
 
 class UnreadableRunner(JobRunner):
@@ -713,7 +709,7 @@ class CancelRunner(JobRunner):
             provider=provider,
             terminal=terminal,
             rules=rules,
-            job=cancellation_job(message),
+            job=payload_job(message),
             message=message,
             carried_fence=carried_fence,
             attempt=attempt,

@@ -400,9 +400,9 @@ _PORTONE_SCHEMA = PortOneReceiptSchema()
 
 def _schema_of(fields: Mapping[str, Any]) -> Schema:
     """The schema of a payload's provider and kind, as given; never guessed from the
-    other fields. A provider this release does not serve meets the V1 payment schema,
-    whose ``provider`` field refuses it by name."""
-    if fields.get("provider") == PORTONE and PORTONE in SERVED_PROVIDERS:
+    other fields. A provider no schema knows meets the V1 payment schema, whose
+    ``provider`` field refuses it by name."""
+    if fields.get("provider") == PORTONE:
         return _PORTONE_SCHEMA
     return _EXTERNAL_SCHEMA if fields.get("kind") == EXTERNAL else _PAYLOAD_SCHEMA
 
@@ -436,14 +436,8 @@ def load_payload(raw: object, sealer: Unsealer | None = None) -> ReceiptRequest:
     }
     # Reused only when it seals the normalised digits themselves, under the newest key.
     same = reusable and isinstance(token, str) and data["identifier"] == fields["identifier"]
-    if data["provider"] == PORTONE:
-        job = JobKey.portone(data["payment_id"], data["kind"])
-    elif data["kind"] == EXTERNAL:
-        job = JobKey.external(data["merchant_uid"])
-    else:
-        job = JobKey.payment(data["imp_uid"])
     return ReceiptRequest(
-        job=job,
+        job=payload_job(data),
         identifier=data["identifier"],
         merchant_uid=data.get("merchant_uid"),
         options=options,
@@ -780,8 +774,9 @@ def load_cancellation(raw: object) -> dict[str, Any]:
     return {key: value for key, value in data.items() if value is not None}
 
 
-def cancellation_job(message: Mapping[str, Any]) -> JobKey:
-    """The job a validated cancellation names."""
+def payload_job(message: Mapping[str, Any]) -> JobKey:
+    """The job a validated payload (an issue's or a cancellation's) names: by its
+    provider and kind, the id of that kind."""
     if message.get("provider") == PORTONE:
         return JobKey.portone(message["payment_id"], message.get("kind", PAYMENT))
     if message.get("kind") == EXTERNAL:

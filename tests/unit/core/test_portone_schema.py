@@ -11,9 +11,9 @@ from worker.adapters.privacy.sealing import Sealer
 from worker.core.schemas import (
     InvalidPayload,
     PortOneReceiptSchema,
-    cancellation_job,
     load_cancellation,
     load_payload,
+    payload_job,
     readable_job,
 )
 from worker.core.types import JobKey
@@ -95,7 +95,7 @@ def test_a_v2_refund_names_its_payment_id_and_a_payments_partial_one_waits() -> 
     """A V2 cancellation names its payment_id; a V2 payment's partial refund is refused by
     name (not served yet); an external one says its balance, as V1's does."""
     message = load_cancellation({"provider": "portone", "payment_id": "pay-1"})
-    assert cancellation_job(message) == JobKey.portone("pay-1")
+    assert payload_job(message) == JobKey.portone("pay-1")
     with pytest.raises(InvalidPayload) as caught:
         load_cancellation({"provider": "portone", "payment_id": "pay-1", "amount": 1000})
     assert "not served yet" in caught.value.errors["amount"][0]
