@@ -179,3 +179,9 @@ def results(redis_server: RedisServer) -> ResultStream:
 def imp_uid() -> str:
     """A payment nobody has seen yet."""
     return f"imp_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def merchant_uid() -> str:
+    """An order nobody has seen yet (an external receipt's id)."""
+    return f"order-{uuid.uuid4().hex[:12]}"

@@ -181,14 +181,6 @@ def test_malformed_cancellation_fails_at_once(producer: Celery, results: ResultS
     assert set(event["data"]["error"]["fields"]) == {"imp_uid", "amount"}
 
 
-def refund_events(results: ResultStream, task_id: str, count: int) -> list[dict[str, Any]]:
-    """The ``count`` events of one cancellation task, in stream order."""
-    wait_for(lambda: len(results.for_task(task_id)) >= count, message=f"{count} refund events")
-    events = sorted(results.for_task(task_id), key=lambda e: e["id"])
-    assert len(events) == count, events
-    return events
-
-
 def refund_twice(
     producer: Celery, sandbox: Sandbox, results: ResultStream, imp_uid: str, **payment: Any
 ) -> dict[str, Any]:
@@ -199,7 +191,7 @@ def refund_twice(
     assert results.wait(enqueue_issue(order, app=producer))["type"] == "cash_receipt.issued"
     sandbox.admin.seed_payment(imp_uid, cancel_amount=11000)
     refund = {"imp_uid": imp_uid, "amount": 11000}
-    _, reissued = refund_events(results, enqueue_cancel(refund, app=producer), 2)
+    _, reissued = results.wait_many(enqueue_cancel(refund, app=producer), 2)
     assert reissued["data"]["receipt"]["amount"] == 22000
 
     again = results.wait(enqueue_cancel(refund, app=producer))
@@ -230,8 +222,8 @@ def test_repeated_partial_refund_is_a_duplicate(
     assert json.loads(record["receipt"])["apply_num"] == live["apply_num"]
 
     sandbox.admin.seed_payment(imp_uid, cancel_amount=16000)  # a second, different refund
-    cancelled, third = refund_events(
-        results, enqueue_cancel({"imp_uid": imp_uid, "amount": 5000}, app=producer), 2
+    cancelled, third = results.wait_many(
+        enqueue_cancel({"imp_uid": imp_uid, "amount": 5000}, app=producer), 2
     )
     assert cancelled["data"]["receipt"]["apply_num"] == live["apply_num"]
     assert (third["type"], third["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 17000)

@@ -33,12 +33,6 @@ pytestmark = pytest.mark.integration
 REFUSED = "12345678901"  # the sandbox's tax service refuses it (TS1)
 
 
-@pytest.fixture
-def merchant_uid() -> str:
-    """An order nobody has seen yet."""
-    return f"order-{uuid.uuid4().hex[:12]}"
-
-
 def posts(sandbox: Sandbox, merchant_uid: str) -> list[dict[str, Any]]:
     return [r for r in sandbox.admin.external_requests(merchant_uid) if r["method"] == "POST"]
 

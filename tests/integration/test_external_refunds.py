@@ -11,7 +11,6 @@ refund again, or an earlier one arriving late) is a duplicate: no DELETE, no POS
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,17 +22,11 @@ from tests.support.payloads import PHONE, external_payload
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox
-from tests.support.wait import wait_for
 from tests.support.worker import worker_env
 from worker.adapters.store.keys import DEAD_JOBS_KEY
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
-
-
-@pytest.fixture
-def merchant_uid() -> str:
-    return f"order-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
@@ -62,14 +55,6 @@ def last_post(sandbox: Sandbox, merchant_uid: str) -> dict[str, Any]:
     return body
 
 
-def events_of(results: ResultStream, task_id: str, count: int) -> list[dict[str, Any]]:
-    """The ``count`` events of one task, in stream order."""
-    wait_for(lambda: len(results.for_task(task_id)) >= count, message=f"{count} events")
-    events = sorted(results.for_task(task_id), key=lambda e: e["id"])
-    assert len(events) == count, events
-    return events
-
-
 def refund(merchant_uid: str, **fields: Any) -> dict[str, Any]:
     return {"kind": "external", "merchant_uid": merchant_uid, **fields}
 
@@ -94,7 +79,7 @@ def test_a_partial_refund_cancels_then_issues_the_balance_under_the_same_id(
         ),
         app=producer,
     )
-    cancelled, reissued = events_of(results, task_id, 2)
+    cancelled, reissued = results.wait_many(task_id, 2)
     assert cancelled["type"] == "cash_receipt.cancelled"
     assert cancelled["data"]["receipt"]["amount"] == 33000
     assert cancelled["data"]["receipt"]["imp_uid"] is None
@@ -129,7 +114,7 @@ def test_a_repeated_or_stale_refund_is_a_duplicate_with_nothing_sent(
     under another task: both late ones are duplicates; only refund 2 sent anything."""
     issued(producer, results, merchant_uid)
     second = enqueue_cancel(refund(merchant_uid, remaining_amount=15000), app=producer)
-    assert [e["type"] for e in events_of(results, second, 2)] == [
+    assert [e["type"] for e in results.wait_many(second, 2)] == [
         "cash_receipt.cancelled",
         "cash_receipt.issued",
     ]
@@ -137,7 +122,7 @@ def test_a_repeated_or_stale_refund_is_a_duplicate_with_nothing_sent(
         refund(merchant_uid, remaining_amount=20000),
         refund(merchant_uid, remaining_amount=15000),
     ):
-        [event] = events_of(results, enqueue_cancel(late, app=producer), 1)
+        [event] = results.wait_many(enqueue_cancel(late, app=producer), 1)
         assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
     assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE", "POST"]
 
@@ -149,7 +134,7 @@ def test_one_refund_id_sent_twice_is_one_task(
     issued(producer, results, merchant_uid)
     message = refund(merchant_uid, remaining_amount=20000, refund_id="refund-7")
     first = enqueue_cancel(message, app=producer)
-    assert len(events_of(results, first, 2)) == 2
+    assert len(results.wait_many(first, 2)) == 2
     assert enqueue_cancel(message, app=producer) == first
     other = enqueue_cancel(refund(f"{merchant_uid}-x", refund_id="refund-7"), app=producer)
     assert other != first
@@ -168,7 +153,7 @@ def test_a_refused_reissue_ends_cancelled_and_one_failure_dead_lettered(
     receipt is cancelled, and the balance fails once, ``id_taken``, replayable."""
     issued(producer, results, merchant_uid)
     task_id = enqueue_cancel(refund(merchant_uid, remaining_amount=20000), app=producer)
-    cancelled, failed = events_of(results, task_id, 2)
+    cancelled, failed = results.wait_many(task_id, 2)
     assert cancelled["type"] == "cash_receipt.cancelled"
     assert failed["type"] == "cash_receipt.failed"
     assert failed["data"]["error"]["reason"] == "id_taken"
@@ -183,11 +168,11 @@ def test_a_full_refund_cancels_and_issues_nothing(
     producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
 ) -> None:
     issued(producer, results, merchant_uid)
-    [event] = events_of(results, enqueue_cancel(refund(merchant_uid), app=producer), 1)
+    [event] = results.wait_many(enqueue_cancel(refund(merchant_uid), app=producer), 1)
     assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", False)
     assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE"]
     again = enqueue_cancel(refund(merchant_uid, remaining_amount=0), app=producer)
-    [event] = events_of(results, again, 1)
+    [event] = results.wait_many(again, 1)
     assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
     assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE"]
 
@@ -199,7 +184,7 @@ def test_a_mixed_tax_sale_must_say_what_is_left_tax_free(
     the refund fails before anything is cancelled; the receipt stays live."""
     issued(producer, results, merchant_uid, tax_free=3000)
     task_id = enqueue_cancel(refund(merchant_uid, remaining_amount=20000), app=producer)
-    [event] = events_of(results, task_id, 1)
+    [event] = results.wait_many(task_id, 1)
     assert event["type"] == "cash_receipt.cancel_failed"
     assert event["data"]["error"]["reason"] == "invalid_payload"
     assert "remaining_tax_free" in str(event["data"]["error"])
@@ -218,13 +203,13 @@ def test_replay_issues_the_refused_balance_under_a_derived_id(
     the same job however often it is run, and the old job leaves the dead letters."""
     issued(producer, results, merchant_uid, tax_free=3000)
     refunded = refund(merchant_uid, remaining_amount=20000, remaining_tax_free=1000)
-    assert len(events_of(results, enqueue_cancel(refunded, app=producer), 2)) == 2
+    assert len(results.wait_many(enqueue_cancel(refunded, app=producer), 2)) == 2
     env = worker_env(redis_server.url, sandbox.url)
     key = f"iamport-external:{merchant_uid}"
 
     plain = run_cashreceipt(env, "replay", key)
     assert plain.returncode == 0, plain.stderr
-    [again] = events_of(results, plain.stdout.split()[-1], 1)
+    [again] = results.wait_many(plain.stdout.split()[-1], 1)
     assert again["data"]["error"]["reason"] == "id_taken"
     balance = last_post(sandbox, merchant_uid)
     assert (balance["amount"], balance["tax_free"]) == (20000, 1000)
@@ -253,7 +238,7 @@ def test_a_confirmation_after_a_partial_refund_issues_the_balance(
     """The refund came first (events out of order): nothing to cancel yet, and the
     confirmation that follows issues what the refund left, not the sale's total."""
     first = enqueue_cancel(refund(merchant_uid, remaining_amount=20000), app=producer)
-    [cancelled] = events_of(results, first, 1)
+    [cancelled] = results.wait_many(first, 1)
     assert (cancelled["type"], cancelled["data"]["receipt"]) == ("cash_receipt.cancelled", None)
     event = results.wait(enqueue_issue(external_payload(merchant_uid), app=producer))
     assert (event["type"], event["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 20000)
@@ -275,12 +260,12 @@ def test_a_stale_or_repeated_refund_after_a_refused_reissue_sends_nothing(
     kept, and the balance a replay would issue stays refund 2's."""
     issued(producer, results, merchant_uid)
     second = enqueue_cancel(refund(merchant_uid, remaining_amount=10000), app=producer)
-    assert [e["type"] for e in events_of(results, second, 2)] == [
+    assert [e["type"] for e in results.wait_many(second, 2)] == [
         "cash_receipt.cancelled",
         "cash_receipt.failed",
     ]
     again = enqueue_cancel(refund(merchant_uid, remaining_amount=late), app=producer)
-    [event] = events_of(results, again, 1)
+    [event] = results.wait_many(again, 1)
     assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
     assert requests_of(sandbox, merchant_uid) == ["POST", "DELETE", "POST"]
     key = f"iamport-external:{merchant_uid}"
@@ -298,8 +283,7 @@ def test_refunds_before_the_confirmation_leave_the_smallest_balance(
     """Review finding F2: refund 1 then refund 2 (or refund 2 then refund 1, late), both
     before the confirmation: the sale is issued for what is left after both."""
     for remaining in (20000, 10000, 20000):
-        events_of(
-            results,
+        results.wait_many(
             enqueue_cancel(refund(merchant_uid, remaining_amount=remaining), app=producer),
             1,
         )
@@ -320,7 +304,7 @@ def test_another_sale_under_the_id_never_takes_a_refunded_sales_balance(
     sandbox.admin.script_external(merchant_uid, {"kind": "reject", "method": "POST"})
     sandbox.admin.script_external(merchant_uid, {"kind": "reject", "method": "POST"})
     task_id = enqueue_cancel(refund(merchant_uid, remaining_amount=20000), app=producer)
-    failed = events_of(results, task_id, 2)[1]
+    failed = results.wait_many(task_id, 2)[1]
     assert failed["data"]["error"]["reason"] == "rejected"
     posted = len(requests_of(sandbox, merchant_uid))
     other = external_payload(merchant_uid, amount=44000, identifier="01033334444")
@@ -357,7 +341,7 @@ def test_new_id_only_for_a_spent_id_that_fits_and_is_no_order_of_the_merchants(
     for name in ("L" * 98, f"{merchant_uid}-own"):
         issued(producer, results, name)
         spent = enqueue_cancel(refund(name, remaining_amount=20000), app=producer)
-        assert events_of(results, spent, 2)[1]["data"]["error"]["reason"] == "id_taken"
+        assert results.wait_many(spent, 2)[1]["data"]["error"]["reason"] == "id_taken"
     assert "100 characters" in new_id(f"iamport-external:{'L' * 98}")["skipped"]
     issued(producer, results, f"{merchant_uid}-own-r1", amount=20000)
     assert "order of its own" in new_id(f"iamport-external:{merchant_uid}-own")["skipped"]
@@ -372,12 +356,12 @@ def test_a_balance_recorded_without_its_tax_free_part_is_completed_by_the_refund
     with it issues the balance from the confirmation's kept payload; the confirmation sent
     again is then a duplicate."""
     first = enqueue_cancel(refund(merchant_uid, remaining_amount=20000), app=producer)
-    events_of(results, first, 1)
+    results.wait_many(first, 1)
     sale = external_payload(merchant_uid, tax_free=3000)
     failed = results.wait(enqueue_issue(sale, app=producer))
     assert failed["data"]["error"]["reason"] == "invalid_payload"
     again = refund(merchant_uid, remaining_amount=20000, remaining_tax_free=1000)
-    cancelled, reissued = events_of(results, enqueue_cancel(again, app=producer), 2)
+    cancelled, reissued = results.wait_many(enqueue_cancel(again, app=producer), 2)
     assert (cancelled["type"], cancelled["data"]["duplicate"]) == ("cash_receipt.cancelled", False)
     assert (reissued["type"], reissued["data"]["receipt"]["amount"]) == (
         "cash_receipt.issued",

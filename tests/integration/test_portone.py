@@ -21,7 +21,6 @@ from tests.support.payloads import PHONE
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, wait_portone_posts_processed
-from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.schemas import InvalidPayload
@@ -274,13 +273,6 @@ def cancel_posts(sandbox: Sandbox, payment_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def events_of(results: ResultStream, task_id: str, count: int) -> list[dict[str, Any]]:
-    wait_for(lambda: len(results.for_task(task_id)) >= count, message=f"{count} events")
-    found = sorted(results.for_task(task_id), key=lambda event: event["id"])
-    assert len(found) == count, found
-    return found
-
-
 @pytest.mark.usefixtures("v2_worker")
 @pytest.mark.parametrize("reissue", ["allow", "refuse"])
 def test_a_v2_external_receipt_is_refunded_as_v1_s_is(
@@ -302,7 +294,7 @@ def test_a_v2_external_receipt_is_refunded_as_v1_s_is(
             "payment_id": payment_id,
             "remaining_amount": 20000,
         }
-        cancelled, then = events_of(results, enqueue_cancel(refund, app=v2_producer), 2)
+        cancelled, then = results.wait_many(enqueue_cancel(refund, app=v2_producer), 2)
     finally:
         sandbox.admin.set_portone_reissue("refuse")
     assert cancelled["type"] == "cash_receipt.cancelled"
@@ -336,6 +328,6 @@ def test_a_v2_payment_is_refunded_in_full_and_its_partial_refund_is_refused_at_o
         enqueue_cancel(partial, app=v2_producer)
     assert "not served yet" in caught.value.errors["amount"][0]
     full = {"provider": "portone", "payment_id": payment_id}
-    [event] = events_of(results, enqueue_cancel(full, app=v2_producer), 1)
+    [event] = results.wait_many(enqueue_cancel(full, app=v2_producer), 1)
     assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", False)
     assert len(cancel_posts(sandbox, payment_id)) == 1

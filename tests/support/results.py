@@ -41,3 +41,15 @@ class ResultStream:
         )
         assert len(events) == 1, events
         return events[0]
+
+    def wait_many(self, task_id: str, count: int, *, timeout: float = 20) -> list[dict[str, Any]]:
+        """The ``count`` events of one task (a partial refund's two), in stream order,
+        once they exist; exactly that many."""
+        wait_for(
+            lambda: len(self.for_task(task_id)) >= count,
+            timeout=timeout,
+            message=f"{count} events of task {task_id}",
+        )
+        events = sorted(self.for_task(task_id), key=lambda event: event["id"])
+        assert len(events) == count, events
+        return events
