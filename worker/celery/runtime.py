@@ -61,7 +61,7 @@ class Runtime:
 
     @property
     def client(self) -> Provider:
-        """The i'mport client, for the operator's V1 commands (reconcile, settle)."""
+        """The i'mport client, for `cashreceipt settle` (V1 jobs only so far)."""
         return self.provider_for(JobKey.payment(""))
 
     @property
