@@ -21,6 +21,7 @@ from tests.support.payloads import PHONE
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, wait_portone_posts_processed
+from tests.support.wait import wait_for
 from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.schemas import InvalidPayload
@@ -315,7 +316,7 @@ def test_a_v2_external_receipt_is_refunded_as_v1_s_is(
 
 
 @pytest.mark.usefixtures("v2_worker")
-def test_a_v2_payment_is_refunded_in_full_and_its_partial_refund_is_refused_at_once(
+def test_a_v2_payment_is_refunded_in_full(
     v2_producer: Celery, sandbox: Sandbox, results: ResultStream, payment_id: str
 ) -> None:
     sandbox.admin.seed_portone_payment(
@@ -323,11 +324,152 @@ def test_a_v2_payment_is_refunded_in_full_and_its_partial_refund_is_refused_at_o
     )
     sale = v2_payload(sandbox, payment_id, kind="payment")
     assert results.wait(enqueue_issue(sale, app=v2_producer))["type"] == "cash_receipt.issued"
-    partial = {"provider": "portone", "payment_id": payment_id, "amount": 13000}
-    with pytest.raises(InvalidPayload) as caught:
-        enqueue_cancel(partial, app=v2_producer)
-    assert "not served yet" in caught.value.errors["amount"][0]
     full = {"provider": "portone", "payment_id": payment_id}
     [event] = results.wait_many(enqueue_cancel(full, app=v2_producer), 1)
     assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", False)
     assert len(cancel_posts(sandbox, payment_id)) == 1
+
+
+def payment_reads(sandbox: Sandbox, payment_id: str) -> list[dict[str, Any]]:
+    return [
+        entry
+        for entry in sandbox.admin.portone_requests(payment_id)
+        if entry["method"] == "GET" and entry["path"].endswith(payment_id)
+    ]
+
+
+def refund_at_portone(sandbox: Sandbox, payment_id: str, cancelled: int, tax_free: int) -> None:
+    """What PortOne's payment shows once the merchant refunded part of it."""
+    sandbox.admin.seed_portone_payment(
+        payment_id,
+        status="PARTIAL_CANCELLED",
+        amount={
+            "total": 33000,
+            "taxFree": 3000,
+            "cancelled": cancelled,
+            "cancelledTaxFree": tax_free,
+        },
+        method="TRANSFER",
+    )
+
+
+@pytest.mark.usefixtures("v2_worker")
+@pytest.mark.parametrize("reissue", ["allow", "refuse"])
+def test_a_v2_payments_partial_refund_re_issues_the_balance_portone_shows(
+    reissue: str,
+    v2_producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    payment_id: str,
+) -> None:
+    """The balance is PortOne's payment's, total - cancelled and taxFree - cancelledTaxFree,
+    with the sale's paidAt; where PortOne refuses the re-issue, the failure names the
+    amount to issue by hand. The same refund again sends nothing."""
+    sandbox.admin.seed_portone_payment(
+        payment_id, status="PAID", amount={"total": 33000, "taxFree": 3000}, method="TRANSFER"
+    )
+    sale = v2_payload(
+        sandbox, payment_id, kind="payment", tax_free=3000, paid_at="2026-12-01T09:00:00+09:00"
+    )
+    sandbox.admin.set_portone_reissue(reissue)
+    try:
+        assert results.wait(enqueue_issue(sale, app=v2_producer))["type"] == "cash_receipt.issued"
+        refund_at_portone(sandbox, payment_id, cancelled=13000, tax_free=1000)
+        refund = {"provider": "portone", "payment_id": payment_id, "amount": 13000}
+        cancelled, then = results.wait_many(enqueue_cancel(refund, app=v2_producer), 2)
+        again = results.wait(enqueue_cancel({**refund, "refund_id": "again"}, app=v2_producer))
+    finally:
+        sandbox.admin.set_portone_reissue("refuse")
+    assert (cancelled["type"], cancelled["data"]["receipt"]["amount"]) == (
+        "cash_receipt.cancelled",
+        33000,
+    )
+    first, *rest = posts(sandbox, payment_id)
+    if reissue == "allow":
+        assert (then["type"], then["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 20000)
+        [reissued] = rest
+        assert reissued["body"]["amount"] == {"total": 20000, "taxFree": 2000}
+        assert reissued["body"]["paidAt"] == first["body"]["paidAt"]
+        assert reissued["headers"]["Idempotency-Key"] != first["headers"]["Idempotency-Key"]
+    else:
+        assert (then["type"], then["data"]["error"]["reason"]) == (
+            "cash_receipt.failed",
+            "id_taken",
+        )
+        message = then["data"]["error"]["message"]
+        assert (
+            "no new id" in message
+            and "issue 20000 won (2000 won of it tax-free) by hand" in message
+        )
+    # The same refund again: nothing cancelled, nothing issued.
+    assert (again["type"], again["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
+    assert len(cancel_posts(sandbox, payment_id)) == 1
+    assert len(posts(sandbox, payment_id)) == 1 + len(rest)
+
+
+@pytest.mark.usefixtures("v2_worker")
+def test_a_v2_payments_refund_waits_until_portone_shows_it(
+    v2_producer: Celery, sandbox: Sandbox, results: ResultStream, payment_id: str
+) -> None:
+    """A refund PortOne's payment does not show yet cancels nothing: the balance would be
+    the whole sale. Once PortOne shows it, the balance is re-issued."""
+    sandbox.admin.seed_portone_payment(
+        payment_id, status="PAID", amount={"total": 33000, "taxFree": 3000}, method="TRANSFER"
+    )
+    sale = v2_payload(sandbox, payment_id, kind="payment", tax_free=3000)
+    sandbox.admin.set_portone_reissue("allow")
+    try:
+        assert results.wait(enqueue_issue(sale, app=v2_producer))["type"] == "cash_receipt.issued"
+        refund = {"provider": "portone", "payment_id": payment_id, "amount": 13000}
+        task_id = enqueue_cancel(refund, app=v2_producer)
+        reads_before = len(payment_reads(sandbox, payment_id))
+        # Two attempts read the payment, and cancelled nothing.
+        wait_for(lambda: len(payment_reads(sandbox, payment_id)) >= reads_before + 2, timeout=30)
+        assert cancel_posts(sandbox, payment_id) == []
+        refund_at_portone(sandbox, payment_id, cancelled=13000, tax_free=1000)
+        cancelled, then = results.wait_many(task_id, 2)
+    finally:
+        sandbox.admin.set_portone_reissue("refuse")
+    assert cancelled["type"] == "cash_receipt.cancelled"
+    assert (then["type"], then["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 20000)
+
+
+@pytest.mark.usefixtures("v2_worker")
+def test_a_re_issue_sent_again_keeps_its_key_and_its_body(
+    v2_producer: Celery, sandbox: Sandbox, results: ResultStream, payment_id: str
+) -> None:
+    """The balance is frozen when the refund is first handled: a re-issue that got no
+    answer goes again under the same key with the same body, even when PortOne's payment
+    has moved meanwhile (a later refund, which its own task handles)."""
+    sandbox.admin.seed_portone_payment(
+        payment_id, status="PAID", amount={"total": 33000, "taxFree": 3000}, method="TRANSFER"
+    )
+    sale = v2_payload(sandbox, payment_id, kind="payment", tax_free=3000)
+    sandbox.admin.set_portone_reissue("allow")
+    try:
+        assert results.wait(enqueue_issue(sale, app=v2_producer))["type"] == "cash_receipt.issued"
+        refund_at_portone(sandbox, payment_id, cancelled=13000, tax_free=1000)
+        # The re-issue's first POST gets no answer (past PORTONE_TIMEOUT, nothing done).
+        sandbox.admin.script_portone(
+            payment_id, {"kind": "hang", "seconds": 3, "method": "POST", "endpoint": "receipts"}
+        )
+        refund = {"provider": "portone", "payment_id": payment_id, "amount": 13000}
+        task_id = enqueue_cancel(refund, app=v2_producer)
+        wait_for(lambda: len(posts(sandbox, payment_id)) == 2, timeout=20)
+        # While it hangs, a second refund reaches PortOne's payment.
+        refund_at_portone(sandbox, payment_id, cancelled=18000, tax_free=1000)
+        cancelled, then = results.wait_many(task_id, 2, timeout=30)
+    finally:
+        sandbox.admin.set_portone_reissue("refuse")
+    assert cancelled["type"] == "cash_receipt.cancelled"
+    assert (then["type"], then["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 20000)
+    _, *reissues = posts(sandbox, payment_id)
+    assert len(reissues) >= 2
+    assert {entry["headers"]["Idempotency-Key"] for entry in reissues} == {
+        reissues[0]["headers"]["Idempotency-Key"]
+    }
+    assert [entry["body"]["amount"] for entry in reissues] == [
+        {"total": 20000, "taxFree": 2000}
+    ] * len(reissues)
+    wait_portone_posts_processed(sandbox.admin, payment_id, timeout=10)
+    assert sandbox.admin.portone_issued_count(payment_id) == 2

@@ -159,14 +159,14 @@ def issue_receipt(
         _this_jobs(existing, request)
         log.info("an ambiguous POST for %s had issued the receipt", request.job.receipt_key)
         return Issued(existing, duplicate=False)
-    except InvalidRequest:
+    except InvalidRequest as refused:
         # 400 also means "already issued"; only a lookup tells which. On a first
         # attempt the receipt predates this job: a duplicate. On a later one it
         # may be this job's own earlier POST, processed after its lookup missed
         # it (an answer that came after the timeout): not a duplicate.
         existing, latest, payment = _look(client, request.job)
-        if existing is None and latest is not None and request.job.kind == EXTERNAL:
-            raise _spent(request.job) from None
+        if existing is None and latest is not None and _own_id(request.job):
+            raise _spent(request, status=refused.status) from None
         if existing is not None:
             _this_jobs(existing, request)
             if look_first:
@@ -236,7 +236,8 @@ def _check_payment(client: Provider, request: ReceiptRequest) -> tuple[Receipt |
             "for a virtual-account or transfer payment",
             status=None,
         )
-    wanted = request.options.get("amount")
+    # A refund's balance is checked by the sale it was taken from.
+    wanted = request.sale if request.sale is not None else request.options.get("amount")
     if wanted != payment.amount:
         raise AmountMismatch(
             f"the payload's amount is {wanted} won, PortOne payment {job.id}'s is {payment.amount}",
@@ -249,13 +250,33 @@ def _check_payment(client: Provider, request: ReceiptRequest) -> tuple[Receipt |
     return found, payment
 
 
-def _spent(job: JobKey) -> IdTaken:
-    """An external receipt's "already issued" behind which only a cancelled receipt
-    stands: the merchant_uid is spent, and another POST would be refused too."""
+def _own_id(job: JobKey) -> bool:
+    """Whether the provider keeps one receipt per id, a cancelled one included: a V1
+    external receipt's merchant_uid, and any PortOne V2 paymentId (whether either issues
+    again after a cancel is unconfirmed)."""
+    return job.kind == EXTERNAL or job.provider == PORTONE
+
+
+def _spent(request: ReceiptRequest, *, status: int | None) -> IdTaken:
+    """An "already issued" behind which only a cancelled receipt stands: the id is spent,
+    and another POST would be refused too. An external receipt's balance can go under a
+    derived id; a PortOne payment's cannot, so the amount to issue by hand is named."""
+    job = request.job
+    if job.kind == EXTERNAL:
+        who, id_name = (
+            ("PortOne", "paymentId") if job.provider == PORTONE else ("i'mport", "merchant_uid")
+        )
+        return IdTaken(
+            f"{job.receipt_key} carries a cancelled receipt, and {who} issues no other "
+            f"under it: replay with --new-id to issue under a derived {id_name}",
+            status=status,
+        )
+    amount, tax_free = request.options.get("amount"), request.options.get("tax_free")
+    part = f" ({tax_free} won of it tax-free)" if tax_free else ""
     return IdTaken(
-        f"{job.receipt_key} carries a cancelled receipt, and i'mport issues no other "
-        "under it: replay with --new-id to issue under a derived merchant_uid",
-        status=400,
+        f"{job.receipt_key} carries a cancelled receipt, and PortOne issues no other for "
+        f"the payment; a payment takes no new id: issue {amount} won{part} by hand",
+        status=status,
     )
 
 
@@ -306,7 +327,7 @@ def _look(
                 receipt_tid=None,
                 apply_num=None,
                 type=None,
-                amount=payment.amount - payment.cancel_amount,
+                amount=payment.balance,
                 vat=None,
                 receipt_url=None,
                 applied_at=None,

@@ -20,6 +20,11 @@ balance's receipt is the kept payload for that amount, under the same merchant_u
 A live receipt for no more than what is left already reflects this refund: the
 same refund again, or an earlier one that came late (refund 1 after refund 2).
 The live receipt decides, not the ledger, so this holds after LEDGER_RETENTION.
+
+A PortOne V2 payment's refund is both: PortOne's payment keeps the cumulative
+``cancelled`` as i'mport's does, but V2's issue takes an amount, so the balance is
+read from the payment (:func:`payment_refund`) and then handled as an external
+receipt's is: recorded, compared with the balance recorded before, re-issued.
 """
 
 from __future__ import annotations
@@ -28,8 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from worker.core.contract import EXTERNAL
-from worker.core.errors import InvalidRequest, OutcomeUnknown
+from worker.core.errors import InvalidRequest, OutcomeUnknown, ProviderUnavailable
 from worker.core.issuing import NOT_ACTED_ON, UNLOGGED, SendLog, send_logged
 from worker.core.ports import OperationId, Provider
 from worker.core.schemas import InvalidPayload, ReceiptRequest
@@ -134,7 +138,7 @@ def receipt_for_balance(
     payment = payment or client.get_payment(job.id)
     if payment.cancel_amount <= 0:
         return None  # i'mport shows no refund yet: this receipt predates it
-    return receipt if receipt.amount == payment.amount - payment.cancel_amount else None
+    return receipt if receipt.amount == payment.balance else None
 
 
 def receipt_covering(client: Provider, job: JobKey, remaining: int) -> Receipt | None:
@@ -147,11 +151,37 @@ def receipt_covering(client: Provider, job: JobKey, remaining: int) -> Receipt |
 
 
 def balance_request(request: ReceiptRequest, refund: Mapping[str, Any]) -> ReceiptRequest:
-    """The receipt a partial refund leaves: a payment's as it was (i'mport computes the
-    balance); an external receipt's for ``remaining_amount`` (:func:`balance_fields`)."""
-    if request.job.kind != EXTERNAL:
+    """The receipt a partial refund leaves: a V1 payment's as it was (i'mport computes the
+    balance); any other for ``remaining_amount`` (:func:`balance_fields`), with the sale's
+    total kept beside it (:attr:`ReceiptRequest.sale`)."""
+    if request.job.imp_uid is not None:
         return request
-    return replace(request, options=balance_fields(request.options, refund))
+    sale = request.sale if request.sale is not None else request.options.get("amount")
+    return replace(request, options=balance_fields(request.options, refund), sale=sale)
+
+
+def payment_refund(client: Provider, job: JobKey, refunded: int) -> dict[str, Any]:
+    """A PortOne V2 payment's partial refund as an external receipt's says it: what the
+    payment has left (``remaining_amount``: ``total - cancelled``, and
+    ``remaining_tax_free``: ``taxFree - cancelledTaxFree`` for a mixed-tax sale).
+
+    V2's cancel takes no amount, and its issue takes the balance: read once, before the
+    cancel step, and recorded (the runner's ``note_balance``), so that every send of the
+    re-issue under one idempotency key carries the same body. A payment that shows less
+    refunded than this refund (``refunded``) has not caught up with it yet: that is
+    transient (:class:`ProviderUnavailable`), and nothing is cancelled meanwhile.
+    """
+    payment = client.get_payment(job.id)
+    if payment.cancel_amount < refunded:
+        raise ProviderUnavailable(
+            f"PortOne payment {job.id} shows {payment.cancel_amount} won refunded, less than "
+            f"this refund's {refunded}: waiting for PortOne to show it",
+            status=None,
+        )
+    tax_free = None
+    if payment.tax_free:
+        tax_free = payment.tax_free - payment.cancel_tax_free
+    return {"remaining_amount": payment.balance, "remaining_tax_free": tax_free}
 
 
 def recorded_refund(balance: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from functools import partial
 from typing import Any
 
 from worker.core.budget import MAX_PROVIDER_CALLS_PER_ATTEMPT, BudgetedProvider, BudgetSpent
-from worker.core.contract import EXTERNAL
+from worker.core.contract import EXTERNAL, PAYMENT, PORTONE
 from worker.core.errors import IdConflict, OutcomeUnknown, ProviderError, TransientError
 from worker.core.events import CANCELLED_MESSAGE, invalid_detail, no_payload_detail
 from worker.core.issuing import (
@@ -59,6 +59,7 @@ from worker.core.ports import (
 from worker.core.refunds import (
     balance_request,
     cancel_live_receipt,
+    payment_refund,
     receipt_covering,
     receipt_for_balance,
     recorded_refund,
@@ -632,17 +633,18 @@ class IssueRunner(JobRunner):
         return Done(Outcome.ISSUED_DUPLICATE if issued.duplicate else Outcome.ISSUED)
 
     def after_refunds(self) -> ReceiptRequest:
-        """The receipt to issue: an external receipt's job that a partial refund reached
-        first (it came before its confirmation, or the re-issue failed) issues the
-        balance it left, not the sale's total (:func:`balance_request`)."""
-        if self.job.kind != EXTERNAL:
+        """The receipt to issue: a job that a partial refund reached first (it came before
+        its confirmation, or the re-issue failed) issues the balance it left, not the
+        sale's total (:func:`balance_request`): an external receipt's, a V2 payment's."""
+        if self.job.imp_uid is not None:
             return self.request
         kept = self.store.view(self.job)
         balance = kept.balance if kept is not None else None
         if balance is None:
             return self.request
         wanted, sale = self.request.options.get("amount"), balance.get("sale")
-        if sale is not None and wanted not in (sale, balance["amount"]):
+        another = sale is not None and wanted not in (sale, balance["amount"])
+        if self.job.kind == EXTERNAL and another:
             # Merchants reuse their ids: a confirmation for another total is another sale,
             # which must not take this one's balance (nor its buyer this one's receipt).
             raise IdConflict(
@@ -718,6 +720,8 @@ class CancelRunner(JobRunner):
         self.sealer = sealer
         #: The live receipt this attempt's last lookup showed (None: none, or none shown).
         self.live: Receipt | None = None
+        #: Whether this refund leaves a balance to re-issue (:meth:`refund_read`).
+        self.leaves_balance = partial_refund(message)
 
     def settled(self, claim: Claim) -> Instruction:
         # cancelled already: this cancellation repeated one that happened.
@@ -733,16 +737,21 @@ class CancelRunner(JobRunner):
         cancel_done = job is not None and job.cancel_done
         cancelled = job.cancelled_receipt if job else None
         payload = job.payload if job else None
-        leaves_balance = partial_refund(self.message)
+        try:
+            refund = self.refund_read(job, cancel_done=cancel_done)
+        except ProviderError as error:
+            return self.failed(error, claim, partial(self.give_up, terminal, claim, error))
         # The balance's receipt is issued from the kept payload: opened before anything is
         # cancelled, so that a payload no key opens cancels nothing (it fails whole).
         request, unopened = (
-            self.open_kept(payload) if leaves_balance and payload is not None else (None, None)
+            self.open_kept(payload, refund)
+            if self.leaves_balance and payload is not None
+            else (None, None)
         )
         try:
-            if not cancel_done and leaves_balance and self.stale(job):
+            if not cancel_done and self.leaves_balance and self.stale(job, refund):
                 return self.stale_refund(terminal, claim, job)
-            if not cancel_done and leaves_balance and (live := self.covering(job)):
+            if not cancel_done and self.leaves_balance and (live := self.covering(job)):
                 # This refund was already handled (the same event, sent again):
                 # no DELETE, no POST; the live receipt stays the job's.
                 earlier = cancelled.as_dict() if cancelled else None
@@ -750,8 +759,8 @@ class CancelRunner(JobRunner):
                 return Done(Outcome.CANCELLED_DUPLICATE) if ok else None
             if not cancel_done and unopened is not None:
                 return self.refuse_unopened(terminal, claim, unopened)
-            if not cancel_done and leaves_balance and self.job.kind == EXTERNAL:
-                balance = self.balance_left(job)
+            if not cancel_done and self.leaves_balance and self.job.imp_uid is None:
+                balance = self.balance_left(job, refund)
                 if not store.note_balance(self.job, fence=claim.fence, balance=balance):
                     return None
             if not cancel_done:
@@ -792,7 +801,7 @@ class CancelRunner(JobRunner):
         """What follows the cancel step: a full refund ends; a partial one issues the balance
         from the ``kept`` payload (``request``, opened, or why not: ``unopened``), looking
         first unless this attempt did the cancel step (:meth:`reissue`)."""
-        leaves_balance = partial_refund(self.message)
+        leaves_balance = self.leaves_balance
         if leaves_balance and kept is None and cancelled is not None:
             # A receipt was cancelled and nothing here can issue its balance: the
             # identifier went with the payload (a record past LEDGER_RETENTION, or a
@@ -804,16 +813,36 @@ class CancelRunner(JobRunner):
             return Done(Outcome.CANCELLED) if ok else None
         return self.reissue(terminal, claim, cancelled, request, unopened, look_first=look_first)
 
-    def stale(self, job: JobView | None) -> bool:
-        """Whether an external receipt's refund leaves no less than the balance an earlier
-        one left: the same refund again, or an earlier one that came late."""
+    def refund_read(self, job: JobView | None, *, cancel_done: bool) -> Mapping[str, Any]:
+        """What this refund leaves, as an external receipt's refund says it; sets
+        :attr:`leaves_balance`.
+
+        A PortOne V2 payment's is read from PortOne's payment
+        (:func:`~worker.core.refunds.payment_refund`) until the cancel step is done, and
+        from the balance recorded then after it: the re-issue's body stays as it was
+        first sent. A payment with nothing left is a full refund.
+        """
+        self.leaves_balance = partial_refund(self.message)
+        if not self.leaves_balance or self.job.provider != PORTONE or self.job.kind != PAYMENT:
+            return self.message
         recorded = job.balance if job is not None else None
-        if self.job.kind != EXTERNAL or recorded is None:
+        if cancel_done and recorded is not None:
+            return recorded_refund(recorded)
+        refund = payment_refund(self.provider, self.job, self.message["amount"])
+        self.leaves_balance = refund["remaining_amount"] > 0
+        return refund
+
+    def stale(self, job: JobView | None, refund: Mapping[str, Any]) -> bool:
+        """Whether a refund leaves no less than the balance an earlier one left (an
+        external receipt's, a V2 payment's): the same refund again, or an earlier one
+        that came late."""
+        recorded = job.balance if job is not None else None
+        if recorded is None:
             return False
-        remaining = self.message["remaining_amount"]
+        remaining = refund["remaining_amount"]
         if remaining == recorded["amount"] and recorded.get("tax_free") is None:
             # The same balance, sent again with the tax-free part it lacked: an update.
-            return self.message.get("remaining_tax_free") is None
+            return refund.get("remaining_tax_free") is None
         return bool(remaining >= recorded["amount"])
 
     def stale_refund(
@@ -832,15 +861,15 @@ class CancelRunner(JobRunner):
             ok = terminal.finish_refund_stale(fence=claim.fence, failed=failed)
         return Done(Outcome.CANCELLED_DUPLICATE) if ok else None
 
-    def balance_left(self, job: JobView | None) -> dict[str, Any]:
+    def balance_left(self, job: JobView | None, refund: Mapping[str, Any]) -> dict[str, Any]:
         """What this refund leaves of the sale: the new balance, and the sale's total (from
         the balance recorded, else the kept payload), so a later confirmation can tell
         the same sale from another one under the merchant_uid."""
         recorded = (job.balance if job is not None else None) or {}
         kept = (job.payload if job is not None else None) or {}
         return {
-            "amount": self.message["remaining_amount"],
-            "tax_free": self.message.get("remaining_tax_free"),
+            "amount": refund["remaining_amount"],
+            "tax_free": refund.get("remaining_tax_free"),
             "sale": recorded.get("sale", kept.get("amount")),
         }
 
@@ -852,12 +881,12 @@ class CancelRunner(JobRunner):
         return receipt_for_balance(self.provider, self.job, recorded=job.receipt if job else None)
 
     def open_kept(
-        self, payload: dict[str, Any]
+        self, payload: dict[str, Any], refund: Mapping[str, Any]
     ) -> tuple[ReceiptRequest | None, InvalidPayload | None]:
         """The balance's receipt, from the job's kept issue payload; or why it cannot be
         opened (no key opens it), or asked for (:func:`balance_request`)."""
         try:
-            return balance_request(load_payload(payload, self.sealer), self.message), None
+            return balance_request(load_payload(payload, self.sealer), refund), None
         except InvalidPayload as error:
             return None, error
 

@@ -702,30 +702,20 @@ class PaymentCancelledSchema(Schema):
             return
         if data.get("imp_uid") is None:
             raise ValidationError("Missing data for required field.", field_name="imp_uid")
-        for name in ("remaining_amount", "remaining_tax_free"):
-            if data.get(name) is not None:
-                raise ValidationError(
-                    "Only for an external receipt: i'mport computes a payment's balance.",
-                    field_name=name,
-                )
+        _balance_unsaid(data, "i'mport computes a payment's balance")
 
 
 def _portone_refund(data: Mapping[str, Any]) -> None:
     """A PortOne V2 receipt's refund names its payment_id. V2's cancel takes no amount: a
-    partial refund is a cancel and a re-issue of the balance, which an external receipt's
-    refund says (as V1's does); a V2 payment's balance is not served yet (issue 16)."""
+    partial refund is a cancel and a re-issue of the balance. An external receipt's
+    refund says the balance (as V1's does); a V2 payment's names its refunded ``amount``,
+    as a V1 payment's does, and its balance is read from PortOne's payment."""
     if data.get("payment_id") is None:
         raise ValidationError("Missing data for required field.", field_name="payment_id")
     if data.get("kind") == EXTERNAL:
         _balance_said(data)
         return
-    for name in ("amount", "remaining_amount", "remaining_tax_free"):
-        if data.get(name) is not None:
-            raise ValidationError(
-                "A partial refund of a PortOne V2 payment is not served yet: send its full "
-                "refund, or issue the balance by hand.",
-                field_name=name,
-            )
+    _balance_unsaid(data, "PortOne's payment says a V2 payment's balance")
 
 
 def _external_refund(data: Mapping[str, Any]) -> None:
@@ -733,6 +723,13 @@ def _external_refund(data: Mapping[str, Any]) -> None:
     if data.get("merchant_uid") is None:
         raise ValidationError("Missing data for required field.", field_name="merchant_uid")
     _balance_said(data)
+
+
+def _balance_unsaid(data: Mapping[str, Any], because: str) -> None:
+    """A payment's refund leaves the balance to the provider's payment to say."""
+    for name in ("remaining_amount", "remaining_tax_free"):
+        if data.get(name) is not None:
+            raise ValidationError(f"Only for an external receipt: {because}.", field_name=name)
 
 
 def _balance_said(data: Mapping[str, Any]) -> None:
@@ -786,8 +783,8 @@ def payload_job(message: Mapping[str, Any]) -> JobKey:
 
 def partial_refund(message: Mapping[str, Any]) -> bool:
     """Whether a validated cancellation is a partial refund: a receipt for the balance
-    follows its cancel. A payment's names its refunded ``amount`` (i'mport knows the
-    balance); an external receipt's names the balance itself."""
+    follows its cancel. A payment's names its refunded ``amount`` (its provider's payment
+    knows the balance); an external receipt's names the balance itself."""
     if message.get("kind") == EXTERNAL:
         return message.get("remaining_amount") is not None
     return message.get("amount") is not None

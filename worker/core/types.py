@@ -111,6 +111,9 @@ class ReceiptOrder:
     merchant_uid: str | None = None
     #: The receipt's other fields that were given (its type, the buyer's), as validated.
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: The sale's total when this receipt is for the balance a partial refund left
+    #: (``amount`` is then the balance): what a PortOne V2 payment's total is checked with.
+    sale: int | None = None
 
     @property
     def imp_uid(self) -> str | None:
@@ -183,3 +186,13 @@ class Payment:
     paid: bool
     #: Paid by a means a cash receipt is for: a virtual account or a bank transfer.
     cash: bool
+    #: The tax-free part of ``amount``, and how much of it was refunded: PortOne V2 says
+    #: both (a V2 payment's refund is re-issued for ``taxFree - cancelledTaxFree``);
+    #: i'mport computes a balance itself, so its reader leaves them unset.
+    tax_free: int | None = None
+    cancel_tax_free: int = 0
+
+    @property
+    def balance(self) -> int:
+        """What is left of the payment after every refund so far."""
+        return self.amount - self.cancel_amount

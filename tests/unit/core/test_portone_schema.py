@@ -13,6 +13,7 @@ from worker.core.schemas import (
     PortOneReceiptSchema,
     load_cancellation,
     load_payload,
+    partial_refund,
     payload_job,
     readable_job,
 )
@@ -91,14 +92,17 @@ def test_a_v2_payload_names_its_job_and_goes_round_its_message() -> None:
     assert readable_job(message) == request.job
 
 
-def test_a_v2_refund_names_its_payment_id_and_a_payments_partial_one_waits() -> None:
-    """A V2 cancellation names its payment_id; a V2 payment's partial refund is refused by
-    name (not served yet); an external one says its balance, as V1's does."""
+def test_a_v2_refund_names_its_payment_id_and_a_payments_partial_one_its_amount() -> None:
+    """A V2 cancellation names its payment_id; a V2 payment's partial refund names the
+    refunded amount, as V1's does (PortOne's payment says the balance, never the
+    payload); an external one says its balance, as V1's does."""
     message = load_cancellation({"provider": "portone", "payment_id": "pay-1"})
     assert payload_job(message) == JobKey.portone("pay-1")
+    partial = {"provider": "portone", "payment_id": "pay-1", "amount": 1000}
+    assert partial_refund(load_cancellation(partial))
     with pytest.raises(InvalidPayload) as caught:
-        load_cancellation({"provider": "portone", "payment_id": "pay-1", "amount": 1000})
-    assert "not served yet" in caught.value.errors["amount"][0]
+        load_cancellation({**partial, "remaining_amount": 4000})
+    assert "PortOne's payment says" in caught.value.errors["remaining_amount"][0]
     with pytest.raises(InvalidPayload) as caught:
         load_cancellation({"provider": "portone", "kind": "external", "amount": 1000})
     assert "payment_id" in caught.value.errors

@@ -139,16 +139,23 @@ def read_payment(answer: Mapping[str, Any]) -> Payment:
         pg_provider=None,
         status=status,
         amount=amount["total"],
-        cancel_amount=cancelled if isinstance(cancelled, int) else 0,
+        cancel_amount=_whole(cancelled),
         currency=str(answer.get("currency") or "KRW"),
         cash_receipt_issued=issued or answer.get("cashReceiptIssuanceStatus") == "ISSUED",
         paid=status in PAID_STATUSES,
         cash=method_type in CASH_METHODS,
+        tax_free=amount["taxFree"] if _integer(amount.get("taxFree")) else None,
+        cancel_tax_free=_whole(amount.get("cancelledTaxFree")),
     )
 
 
 def _integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _whole(value: object) -> int:
+    """An amount that may be absent (nothing refunded): 0 then."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _text(value: object) -> str | None:
