@@ -353,6 +353,20 @@ class StandIn:
         with self._lock:
             self._faults[(operation, payment_id)].extend(faults)
 
+    def seed_receipt(self, payment_id: str, body: dict[str, Any]) -> None:
+        """A receipt PortOne issued before any request of the test (the payment window's)."""
+        with self._lock:
+            self.receipts[(self.store_id, payment_id)].append(
+                Receipt(
+                    payment_id=payment_id,
+                    store_id=self.store_id,
+                    body=body,
+                    issue_number=f"{secrets.randbelow(10**9):09d}",
+                    pg_receipt_id=f"pgr-{secrets.token_hex(6)}",
+                    issued_at=time.time(),
+                )
+            )
+
     def add_payment(self, payment: Payment) -> None:
         with self._lock:
             self.payments[payment.payment_id] = payment
@@ -470,7 +484,7 @@ class StandIn:
         if not stores:
             seen.problems.append(
                 f"no storeId: PortOne acts on the credentials' store ({self.default_store}), "
-                f"not the configured {self.store_id}"
+                f"which need not be the configured one ({self.store_id})"
             )
             return self.default_store
         if stores[0] != self.store_id:
