@@ -216,14 +216,13 @@ def check(
     task_ids: list[str],
     *,
     live: int = 1,
-    allowed: tuple[str, ...] = (),
     timeout: float = EVENT_WAIT,
 ) -> list[dict[str, Any]]:
     """The oracle: valid requests, ``live`` receipts, no blind POST, one event per task."""
     events = [results.wait(task_id, timeout=timeout) for task_id in task_ids]
     settled(standin, payment_id)
     report = f"the stand-in saw:\n{standin.report(payment_id)}\nevents: {events}"
-    problems = [p for p in standin.problems(payment_id) if not any(a in p for a in allowed)]
+    problems = standin.problems(payment_id)
     assert not problems, f"invalid requests: {problems}\n{report}"
     assert not standin.bugs, standin.bugs
     assert standin.blind(payment_id) == [], report
@@ -344,10 +343,6 @@ def test_duplicate_confirmations_make_one_receipt_and_one_event_each(
     assert len(standin.posts(payment_id)) == 1, standin.report(payment_id)
 
 
-#: The cancel's missing storeId has its own test (below), expected to fail.
-NO_STORE = "no storeId: PortOne acts on the credentials' store"
-
-
 @WORKER
 @pytest.mark.parametrize("lost", [False, True], ids=["answered", "answer-dropped"])
 def test_a_full_refund_cancels_the_one_receipt(
@@ -370,7 +365,6 @@ def test_a_full_refund_cancels_the_one_receipt(
         payment_id,
         [issued["data"]["task_id"], task_id],
         live=0,
-        allowed=(NO_STORE,),
     )[1:]
     assert event["type"] == "cash_receipt.cancelled", event
     assert event["data"]["receipt"]["cancelled_at"], event
@@ -386,14 +380,6 @@ def sub_store(standin: StandIn) -> Iterator[StandIn]:
 
 
 @WORKER
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: POST /payments/{id}/cash-receipt/cancel carries no storeId "
-        "(worker/adapters/portone/client.py adds it to GETs only): PortOne then cancels "
-        "in the credentials' store, not PORTONE_STORE_ID's"
-    ),
-)
 def test_every_request_names_the_configured_store(
     sub_store: StandIn, checkout: Celery, results: ResultStream, payment_id: str
 ) -> None:
@@ -419,7 +405,7 @@ def test_a_payment_refund_whose_cancel_is_outstanding_cancels_once(
     assert results.wait(issue, timeout=EVENT_WAIT)["type"] == "cash_receipt.issued"
     refund = {"provider": "portone", "kind": "payment", "payment_id": payment_id}
     cancel = send(checkout, "cancel_cash_receipt", refund)
-    events = check(standin, results, payment_id, [issue, cancel], live=0, allowed=(NO_STORE,))
+    events = check(standin, results, payment_id, [issue, cancel], live=0)
     assert events[1]["type"] == "cash_receipt.cancelled", events
     cancels = standin.posts(payment_id, CANCEL)
     assert len({seen.key for seen in cancels}) == 1, standin.report(payment_id)
@@ -438,14 +424,6 @@ def test_a_receipt_issued_in_the_payment_window_is_adopted_without_a_post(
 
 
 @WORKER
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "defect: reconcile's GET /cash-receipts sends a storeId query parameter that "
-        "getCashReceipts does not declare (PortOneClient._call adds storeId to every GET; "
-        "the store belongs in requestBody's filter, where it already is)"
-    ),
-)
 def test_reconcile_looks_a_v2_job_up_with_a_valid_list_request(
     v2_redis: RedisServer,
     standin: StandIn,
