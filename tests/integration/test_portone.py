@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -473,3 +474,93 @@ def test_a_re_issue_sent_again_keeps_its_key_and_its_body(
     ] * len(reissues)
     wait_portone_posts_processed(sandbox.admin, payment_id, timeout=10)
     assert sandbox.admin.portone_issued_count(payment_id) == 2
+
+
+def replayed_lines(env: dict[str, str], *args: str, exit_code: int = 0) -> list[dict[str, Any]]:
+    done = run_cashreceipt(env, "replay", "--json", *args)
+    assert done.returncode == exit_code, done.stdout + done.stderr
+    return [json.loads(text) for text in done.stdout.splitlines()]
+
+
+@pytest.mark.usefixtures("v2_worker")
+def test_replay_new_id_issues_a_v2_external_balance_under_a_derived_payment_id(
+    v2_redis: RedisServer,
+    v2_producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    payment_id: str,
+) -> None:
+    """PortOne refused the balance under the payment id (id_taken): ``replay --new-id``
+    issues it once under <payment_id>-r1, however often it is run."""
+    issued = results.wait(enqueue_issue(v2_payload(sandbox, payment_id), app=v2_producer))
+    assert issued["type"] == "cash_receipt.issued"
+    refund = {"provider": "portone", "kind": "external", "payment_id": payment_id}
+    _, failed = results.wait_many(
+        enqueue_cancel({**refund, "remaining_amount": 20000}, app=v2_producer), 2
+    )
+    assert failed["data"]["error"]["reason"] == "id_taken"
+    env = portone_env(v2_redis, sandbox)
+    derived = f"{payment_id}-r1"
+    for duplicate in (False, True):
+        [line] = replayed_lines(env, "--new-id", f"portone:{payment_id}")
+        assert line["issued_as"] == f"portone:{derived}", line
+        event = results.wait(line["task_id"])
+        assert (event["type"], event["data"]["payment_id"]) == ("cash_receipt.issued", derived)
+        assert (event["data"]["receipt"]["amount"], event["data"]["duplicate"]) == (
+            20000,
+            duplicate,
+        )
+    assert sandbox.admin.portone_issued_count(derived) == 1
+
+
+@pytest.mark.usefixtures("v2_worker")
+def test_replay_new_id_refuses_a_v2_payment_and_names_the_amount(
+    v2_redis: RedisServer,
+    v2_producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    payment_id: str,
+) -> None:
+    sandbox.admin.seed_portone_payment(
+        payment_id, status="PAID", amount={"total": 33000}, method="TRANSFER"
+    )
+    sale = v2_payload(sandbox, payment_id, kind="payment")
+    assert results.wait(enqueue_issue(sale, app=v2_producer))["type"] == "cash_receipt.issued"
+    refund_at_portone(sandbox, payment_id, cancelled=13000, tax_free=0)
+    refund = {"provider": "portone", "payment_id": payment_id, "amount": 13000}
+    _, failed = results.wait_many(enqueue_cancel(refund, app=v2_producer), 2)
+    assert failed["data"]["error"]["reason"] == "id_taken"
+    env = portone_env(v2_redis, sandbox)
+    [line] = replayed_lines(env, "--new-id", f"portone:{payment_id}", exit_code=1)
+    assert line["task_id"] is None
+    assert "takes no new id: issue its balance, 20000 won, by hand" in line["skipped"]
+
+
+def test_settle_looks_a_v2_job_up_at_portone(
+    tmp_path: Path, sandbox: Sandbox, payment_id: str
+) -> None:
+    """``cashreceipt settle portone:<id>`` asks PortOne (a job no worker ran: the receipt
+    was issued in the payment window), not i'mport; an external one's kind comes from its
+    payload, so its payment id is never read as a PortOne payment's."""
+    other = f"{payment_id}-outside"
+    sandbox.admin.seed_portone_payment(
+        payment_id, status="PAID", amount={"total": 33000}, method="TRANSFER", cashReceipt={}
+    )
+    with running_redis(tmp_path) as server:
+        app = producer_app(server.url)
+        app.conf.providers = SERVED
+        try:
+            adopted = enqueue_issue(v2_payload(sandbox, payment_id, kind="payment"), app=app)
+            resent = enqueue_issue(v2_payload(sandbox, other), app=app)
+        finally:
+            app.close()
+        env = portone_env(server, sandbox)
+        for key, outcome in ((payment_id, "issued"), (other, "resent")):
+            done = run_cashreceipt(env, "settle", "--json", f"portone:{key}")
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert json.loads(done.stdout)["outcome"] == outcome
+        event = ResultStream(server.client()).wait(adopted)
+        assert (event["type"], event["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 33000)
+        assert ResultStream(server.client()).for_task(resent) == []
+    reads = [entry["path"] for entry in sandbox.admin.portone_requests(other)]
+    assert reads and not any(path.endswith(f"/payments/{other}") for path in reads), reads

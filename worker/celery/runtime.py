@@ -60,11 +60,6 @@ class Runtime:
         return max(self.settle_bounds.values(), default=0.0)
 
     @property
-    def client(self) -> Provider:
-        """The i'mport client, for `cashreceipt settle` (V1 jobs only so far)."""
-        return self.provider_for(JobKey.payment(""))
-
-    @property
     def settle_seconds(self) -> float:
         """The largest bound configured."""
         return self.settle_seconds_for(None)

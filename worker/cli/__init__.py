@@ -4,7 +4,7 @@
     cashreceipt status imp_1          the ledger record (masked), its history, the latest event
     cashreceipt tail                  follow the result events
     cashreceipt stuck                 jobs overdue in a non-terminal state
-    cashreceipt settle imp_1          look the receipt up at i'mport, settle the job
+    cashreceipt settle imp_1          look the receipt up at its provider, settle the job
     cashreceipt dead [--reason R]     jobs that failed for good, and malformed ingress entries
     cashreceipt replay imp_1 ...      re-enqueue failed jobs (or --reason R), with corrections
     cashreceipt reconcile [imp_1 ...] compare the ledger with i'mport
@@ -122,7 +122,7 @@ def _failed(error: Exception) -> int:
     elif isinstance(error, SealingUnavailable):
         text = f"cashreceipt: configuration error: {error}"
     elif isinstance(error, ProviderError):
-        text, code = f"cashreceipt: i'mport: {mask_text(str(error))}", EXIT_UNAVAILABLE
+        text, code = f"cashreceipt: provider: {mask_text(str(error))}", EXIT_UNAVAILABLE
     else:
         text = f"cashreceipt: Redis at {_shown_redis_url()}: {_reason(error)}"
         code = EXIT_UNAVAILABLE

@@ -204,18 +204,19 @@ def stuck(older_than: float, limit: int, as_json: bool) -> None:
 @imp_uid_option
 @json_option
 def settle(receipt_key: str, imp_uid: bool, as_json: bool) -> None:
-    """Look the receipt up at i'mport now: adopt it, or hand the job back to be re-sent.
+    """Look the receipt up at its provider now: adopt it, or hand the job back to be re-sent.
 
-    RECEIPT_KEY is iamport:<imp_uid>, iamport-external:<merchant_uid>, or a bare imp_uid.
+    RECEIPT_KEY is iamport:<imp_uid>, iamport-external:<merchant_uid>,
+    portone:<payment_id>, or a bare imp_uid.
     """
     job = named_job(receipt_key, imp_uid=imp_uid)
     runtime = get_runtime(celery_app().conf)
     outcome = settle_job(
         job,
         store=runtime.ledger,
-        client=runtime.client,
+        client=runtime.provider_for(job),
         events=runtime.events,
-        settle_seconds=runtime.settle_seconds,
+        settle_seconds=runtime.settle_seconds_for(job),
     )
     emit({**job_ids(job), "outcome": outcome}, as_json=as_json, text=f"{job_name(job)}: {outcome}")
     if outcome == "unknown":

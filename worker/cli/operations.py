@@ -29,6 +29,7 @@ from worker.core.issuing import find_issued
 from worker.core.ports import Provider
 from worker.core.refunds import balance_fields, recorded_refund
 from worker.core.retry import ID_TAKEN, lookup_wait, reason_for
+from worker.core.schemas import readable_job
 from worker.core.types import JobKey, Payment, Receipt
 
 
@@ -78,8 +79,10 @@ def replay(
     payment's job that keeps no payload is replayed only with an identifier
     given; another kind's payload cannot be rebuilt from an identifier.
     """
-    for job in map(JobKey.of, jobs):
-        source = replay_source(client, job)
+    for named in map(JobKey.of, jobs):
+        source = replay_source(client, named)
+        # A V2 receipt key does not say the kind; the kept payload does.
+        job = readable_job(source.payload) or named
         if source.cancel is not None:
             if corrections:
                 yield Replayed(job, None, skipped="a cancellation takes no corrections")
@@ -101,7 +104,8 @@ def replay(
             if "identifier" in corrections:
                 payload.pop("identifier_sealed", None)
             payload.update(corrections)
-        if job.kind == EXTERNAL and source.balance is not None:
+        if job.imp_uid is None and source.balance is not None:
+            # An external receipt's, or a V2 payment's: the balance its last refund left.
             payload = balance_fields(payload, recorded_refund(source.balance))
         if not new_id:
             # The kept payload names its job (an external receipt's: kind and merchant_uid).
@@ -112,10 +116,18 @@ def replay(
             yield Replayed(job, None, skipped=refused)
             continue
         derived = derived_merchant_uid(job.id)
-        payload["merchant_uid"] = derived
+        issued_as = _under(job, derived)
+        payload["payment_id" if job.provider == PORTONE else "merchant_uid"] = derived
         task_id = enqueue_issue(payload, app=app)
         replayed_under(client, job, derived)
-        yield Replayed(job, task_id, issued_as=JobKey.external(derived))
+        yield Replayed(job, task_id, issued_as=issued_as)
+
+
+def _under(job: JobKey, derived: str) -> JobKey:
+    """The external receipt's job of the same provider under the ``derived`` id."""
+    return (
+        JobKey.portone(derived, EXTERNAL) if job.provider == PORTONE else JobKey.external(derived)
+    )
 
 
 #: The longest merchant_uid i'mport takes (and the payload's schema).
@@ -123,8 +135,9 @@ MERCHANT_UID_MAX = 100
 
 
 def derived_merchant_uid(merchant_uid: str) -> str:
-    """The merchant_uid a balance is issued under when i'mport refuses its own again:
-    ``<merchant_uid>-r1``. The same each time, so a replay run twice is one job."""
+    """The merchant_uid (a V2 external receipt's paymentId) a balance is issued under when
+    the provider refuses its own again: ``<id>-r1``. The same each time, so a replay run
+    twice is one job."""
     return f"{merchant_uid}-r1"
 
 
@@ -138,6 +151,12 @@ def new_id_refused(client: redis.Redis, job: JobKey, source: ReplaySource) -> st
     one the ledger already holds is taken unless this job's replay made it.
     """
     if job.kind != EXTERNAL:
+        if job.provider == PORTONE and source.balance is not None:
+            # A payment's receipt is the payment's: no other id names that sale to PortOne.
+            return (
+                "a PortOne payment takes no new id: issue its balance, "
+                f"{source.balance['amount']} won, by hand"
+            )
         return "only an external receipt takes a new id"
     if source.reason != ID_TAKEN:
         return (
@@ -147,10 +166,10 @@ def new_id_refused(client: redis.Redis, job: JobKey, source: ReplaySource) -> st
     derived = derived_merchant_uid(job.id)
     if len(derived) > MERCHANT_UID_MAX:
         return (
-            f"{derived!r} would pass i'mport's {MERCHANT_UID_MAX} characters: issue the "
+            f"{derived!r} would pass the {MERCHANT_UID_MAX} characters of an id: issue the "
             "balance by hand under an order id of your own"
         )
-    if source.replayed_as != derived and has_record(client, JobKey.external(derived)):
+    if source.replayed_as != derived and has_record(client, _under(job, derived)):
         return (
             f"{derived!r} is already an order of its own in the ledger: issue the balance "
             "by hand under another order id"
@@ -229,6 +248,7 @@ def reconcile(
         state = recorded.state
         if state in {"in_flight", "received"}:
             continue
+        job = recorded.job or job  # noqa: PLW2901 (a V2 job's kind, from its payload)
         provider = provider_for(job)
         try:
             receipt, _ = _look_up(provider, job, budget, sleep)

@@ -6,6 +6,7 @@ from typing import Any
 
 from worker.core.issuing import find_issued, settle_delay
 from worker.core.ports import ClaimKind, EventPublisher, JobStore, JobView, Provider
+from worker.core.schemas import readable_job
 from worker.core.terminal import TerminalPublisher
 from worker.core.types import JobKey
 
@@ -21,14 +22,15 @@ def settle(
     """Force a lookup at the provider and settle the job: ``cashreceipt settle``.
 
     Nothing is done while the provider may still act on the job's last POST or
-    DELETE (``settling``: try again after IAMPORT_SETTLE_SECONDS). The job is
+    DELETE (``settling``: try again after its bound, IAMPORT_SETTLE_SECONDS or
+    PORTONE_SETTLE_SECONDS). The job is
     claimed under its own task id, but only when no live claim holds it (it
     is ``received``, or its owner's lease passed): taking over a worker that
     is still in the middle of its POST would let the re-sent job POST too.
     Such a job is left alone (``busy``). If the provider has an active receipt,
     the job ends issued (its event goes out for the task that started it); if
     not, it is handed back to the store, due now, and the sweeper re-sends it.
-    ``settle_seconds`` is IAMPORT_SETTLE_SECONDS.
+    ``settle_seconds`` is the job's provider's bound.
     """
     imp_uid = key.id
     job = store.view(key)
@@ -45,7 +47,8 @@ def settle(
     claim = store.claim(key, task_id=task_id, payload=payload)
     if claim.kind is not ClaimKind.CLAIMED:
         return claim.kind.value
-    existing, _ = find_issued(client, key)
+    # A V2 receipt key does not say the kind; the kept payload does.
+    existing, _ = find_issued(client, readable_job(payload) or key)
     if existing is not None:
         terminal = TerminalPublisher(
             events=events,
@@ -56,7 +59,7 @@ def settle(
             merchant_uid=payload.get("merchant_uid"),
         )
         return "issued" if terminal.finish(fence=claim.fence, issued=existing) else "fenced"
-    note = {"reason": "settled", "message": "no receipt at i'mport; re-sent"}
+    note = {"reason": "settled", "message": f"no receipt at {key.provider}; re-sent"}
     store.park(key, fence=claim.fence, until=store.now(), error=note)
     return "resent"
 

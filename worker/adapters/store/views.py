@@ -32,6 +32,7 @@ from worker.adapters.store.keys import (
 )
 from worker.adapters.store.redis_client import as_text
 from worker.core.masking import mask_payload
+from worker.core.schemas import readable_job
 from worker.core.types import JobKey
 
 #: The states a job ends in: no worker owes it anything more (``stuck`` skips them).
@@ -160,20 +161,34 @@ class LedgerState:
 
     state: str
     receipt_tid: str | None
+    #: The job as its kept payload (or refund) names it: a V2 job's kind, which its
+    #: receipt key does not say; None without a readable one.
+    job: JobKey | None = None
 
 
 def ledger_state(client: redis.Redis, job: JobKey | str) -> LedgerState:
     """The state (``unknown`` without a record) and the recorded receipt's id of a job
     (a string: a V1 payment's imp_uid)."""
-    state, recorded = (
+    state, recorded, payload, cancel = (
         as_text(value) if value is not None else None
-        for value in client.hmget(_record(job), ["state", "receipt"])
+        for value in client.hmget(_record(job), ["state", "receipt", "payload", "cancel"])
     )
+    tid = _loaded(recorded).get("receipt_tid")
+    named = readable_job(_loaded(payload or cancel))
+    return LedgerState(
+        state or "unknown",
+        tid if isinstance(tid, str) else None,
+        named if named == JobKey.of(job) else None,
+    )
+
+
+def _loaded(text: str | None) -> dict[str, Any]:
+    """A record's JSON field; empty when absent or unreadable."""
     try:
-        tid = json.loads(recorded or "{}").get("receipt_tid")
-    except (ValueError, AttributeError):
-        tid = None
-    return LedgerState(state or "unknown", tid if isinstance(tid, str) else None)
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def ledger_jobs(client: redis.Redis, *, limit: int = 10_000) -> list[JobKey]:
