@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from worker.core.errors import AmountMismatch, NotEligible, NotPaid
+from worker.core.errors import AmountMismatch, NotEligible, NotPaid, ProviderUnavailable
 from worker.core.events import RETRYABLE_REASONS
 from worker.core.issuing import issue_receipt
 from worker.core.ports import OperationId
+from worker.core.refunds import payment_refund
 from worker.core.retry import reason_for
 from worker.core.types import JobKey, Payment, Receipt, ReceiptOrder
 
@@ -127,3 +128,53 @@ def test_an_external_v2_job_reads_no_payment() -> None:
     )
     issue_receipt(client, external, look_first=False, operation=OPERATION)  # type: ignore[arg-type]
     assert client.posts == 1
+
+
+@pytest.mark.parametrize(
+    ("cancelled", "tax_free", "cancelled_tax_free", "refunded", "expected"),
+    [
+        # total - cancelled; taxFree - cancelledTaxFree for a mixed-tax sale
+        (13000, 3000, 1000, 13000, {"remaining_amount": 20000, "remaining_tax_free": 2000}),
+        # a sale with no tax-free part says none
+        (13000, 0, 0, 13000, {"remaining_amount": 20000, "remaining_tax_free": None}),
+        # a later refund already shown: the balance is what PortOne shows now
+        (18000, None, 0, 13000, {"remaining_amount": 15000, "remaining_tax_free": None}),
+        # nothing left: a full refund
+        (33000, None, 0, 13000, {"remaining_amount": 0, "remaining_tax_free": None}),
+    ],
+)
+def test_a_v2_payments_refund_reads_its_balance_from_the_payment(
+    cancelled: int,
+    tax_free: int | None,
+    cancelled_tax_free: int,
+    refunded: int,
+    expected: dict[str, Any],
+) -> None:
+    shown = replace(
+        PAID,
+        status="PARTIAL_CANCELLED",
+        cancel_amount=cancelled,
+        tax_free=tax_free,
+        cancel_tax_free=cancelled_tax_free,
+    )
+    assert payment_refund(V2(shown), JOB, refunded) == expected  # type: ignore[arg-type]
+
+
+def test_a_refund_the_payment_does_not_show_yet_is_transient() -> None:
+    """The balance would be the whole sale: nothing is cancelled, and the task retries."""
+    with pytest.raises(ProviderUnavailable) as caught:
+        payment_refund(V2(replace(PAID, cancel_amount=5000)), JOB, 13000)  # type: ignore[arg-type]
+    assert reason_for(caught.value) not in {"rejected", "id_taken"}
+    assert "shows 5000 won refunded, less than this refund's 13000" in str(caught.value)
+
+
+def test_a_balance_is_checked_by_its_sale_not_by_the_payments_total() -> None:
+    """A refund's re-issue asks for the balance; the payment's total is the sale's."""
+    client = V2(replace(PAID, status="PARTIAL_CANCELLED", cancel_amount=13000))
+    balance = replace(order(20000), sale=33000)
+    issued = issue_receipt(client, balance, look_first=False, operation=OPERATION)  # type: ignore[arg-type]
+    assert (issued.duplicate, client.posts) == (False, 1)
+    with pytest.raises(AmountMismatch):
+        issue_receipt(
+            client, replace(order(20000), sale=30000), look_first=False, operation=OPERATION
+        )  # type: ignore[arg-type]

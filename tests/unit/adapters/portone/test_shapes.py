@@ -191,3 +191,12 @@ def test_issuance_status_alone_says_a_receipt_exists() -> None:
         }
     )
     assert payment.cash_receipt_issued
+
+
+def test_a_payments_tax_free_part_and_its_refunded_share_are_read() -> None:
+    """A V2 payment's balance is re-issued with ``taxFree - cancelledTaxFree``."""
+    amount = {"total": 33000, "taxFree": 3000, "cancelled": 13000, "cancelledTaxFree": 1000}
+    payment = read_payment({"id": "pay-1", "status": "PARTIAL_CANCELLED", "amount": amount})
+    assert (payment.balance, payment.tax_free, payment.cancel_tax_free) == (20000, 3000, 1000)
+    bare = read_payment({"id": "pay-1", "status": "PAID", "amount": {"total": 1}})
+    assert (bare.tax_free, bare.cancel_tax_free, bare.cancel_amount) == (None, 0, 0)
