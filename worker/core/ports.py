@@ -201,9 +201,10 @@ class JobView:
     #: lookup); None: none, or none readable. For a PG whose receipts the provider cannot
     #: look up (KICC, Settlebank) it is the only word on what the live receipt is for.
     receipt: Receipt | None = None
-    #: An external receipt's balance after every partial refund handled so far: the
-    #: smallest ``remaining_amount`` (``amount``), its ``tax_free``, and the ``sale``'s
-    #: total it was taken from. None: no partial refund recorded.
+    #: An external receipt's (or a PortOne V2 payment's) balance after every partial
+    #: refund handled so far: the smallest ``remaining_amount`` (``amount``; a V2
+    #: payment's as PortOne showed it), its ``tax_free``, and the ``sale``'s total it was
+    #: taken from; a re-issue's body is built from it. None: no partial refund recorded.
     balance: dict[str, Any] | None = None
     #: The job ended failed before this claim (its dead letter stays when a refund finds
     #: nothing to do).
@@ -271,8 +272,8 @@ class JobStore(Protocol):
         """Hand the job back to the store until ``until`` (epoch s): a long wait."""
 
     def note_balance(self, job: JobKey, *, fence: int, balance: Mapping[str, Any]) -> bool:
-        """Record an external receipt's balance (:attr:`JobView.balance`) as a refund is
-        accepted, before its cancel step. False: fenced out."""
+        """Record an external receipt's or a V2 payment's balance (:attr:`JobView.balance`)
+        as a refund is accepted, before its cancel step. False: fenced out."""
 
     def note_sent(
         self,

@@ -396,7 +396,8 @@ class Ledger:
         return self._note_fields(job, fence, fields)
 
     def note_balance(self, job: JobKey | str, *, fence: int, balance: Mapping[str, Any]) -> bool:
-        """An external receipt's balance after the refund this claim handles."""
+        """An external receipt's or a V2 payment's balance after the refund this claim
+        handles."""
         return self._note_fields(job, fence, balance_fields(balance))
 
     def note_answered(self, job: JobKey | str, *, fence: int) -> bool:

@@ -28,7 +28,8 @@ SENT_AT_FIELD = "sent_at"
 #: took over an issue waits out the issue's POST, but only settles a DELETE of its own.
 #: Read only while ``sent_at`` is set; a record without it (older code) means the job's op.
 SENT_OP_FIELD = "sent_op"
-#: An external receipt's balance after its partial refunds (JSON; JobView.balance).
+#: An external receipt's or a V2 payment's balance after its partial refunds (JSON;
+#: JobView.balance).
 BALANCE_FIELD = "balance"
 #: Beside it, the step and generation of that request (OperationId.sent): a retry of a
 #: request that got no answer sends it again under the same idempotency key.
