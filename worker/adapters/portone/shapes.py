@@ -24,7 +24,7 @@ from worker.core.types import Payment, Receipt, ReceiptOrder
 _TYPES = {"person": "PERSONAL", "company": "CORPORATE"}
 _TYPES_READ = {value: key for key, value in _TYPES.items()}
 #: V2 has no type for a resident registration number (identifier_type ``person``): the
-#: number goes without one, and the PG reads it (issue 16; docs/portone-v2.md).
+#: number goes without one, and the PG reads it (issue 16; README, "PortOne V2 receipts").
 _IDENTIFIER_TYPES = {"phone": "PHONE", "business": "BUSINESS", "taxcard": "CARD"}
 _PRODUCT_TYPES = {"real": "PHYSICAL", "digital": "DIGITAL"}
 _PAY_METHODS = {"trans": "TRANSFER", "vbank": "VIRTUAL_ACCOUNT"}
