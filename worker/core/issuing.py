@@ -188,19 +188,23 @@ def issue_receipt(
 def _this_jobs(receipt: Receipt, request: ReceiptRequest) -> Receipt:
     """``receipt``, when it can be this job's: raises :class:`IdConflict` otherwise.
 
-    A payment's receipt is for the payment, whatever the amount i'mport computed. An
+    A V1 payment's receipt is for the payment, whatever the amount i'mport computed. An
     external receipt is found by the merchant's own id, which merchants reuse: one
     for another amount is another sale's, never this job's duplicate. V1's answer
-    shows no identifier, so the amount is all that can be compared.
+    shows no identifier, so the amount is all that can be compared. A PortOne V2
+    receipt is issued for the amount asked (V2 computes none), so one for another
+    amount under the payment id is not this job's either (a receipt issued at approval
+    is adopted before any of this, by :func:`_check_payment`).
     """
-    if request.job.kind != EXTERNAL:
+    if request.job.imp_uid is not None:
         return receipt
     wanted = request.options.get("amount")
     if receipt.amount == wanted:
         return receipt
+    id_name = "payment id" if request.job.provider == PORTONE else "merchant_uid"
     raise IdConflict(
         f"{request.job.receipt_key} already carries a receipt for {receipt.amount} won, "
-        f"not {wanted}: another sale's, under the same merchant_uid",
+        f"not {wanted}: another sale's, under the same {id_name}",
         status=400,
     )
 

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from worker.core.errors import AmountMismatch, NotEligible, NotPaid, ProviderUnavailable
+from worker.core.errors import (
+    AmountMismatch,
+    IdConflict,
+    InvalidRequest,
+    NotEligible,
+    NotPaid,
+    ProviderUnavailable,
+)
 from worker.core.events import RETRYABLE_REASONS
 from worker.core.issuing import issue_receipt
 from worker.core.ports import OperationId
@@ -178,3 +185,20 @@ def test_a_balance_is_checked_by_its_sale_not_by_the_payments_total() -> None:
         issue_receipt(
             client, replace(order(20000), sale=30000), look_first=False, operation=OPERATION
         )  # type: ignore[arg-type]
+
+
+def test_a_receipt_for_another_amount_under_the_payment_id_is_not_this_jobs() -> None:
+    """V2 issues the amount asked: a 409 "already issued" whose lookup shows a receipt for
+    another amount is ``id_conflict``, never adopted as this job's."""
+
+    class Refusing(V2):
+        def issue_receipt(self, request: ReceiptOrder, **_: Any) -> Receipt:
+            self.posts += 1
+            self.receipt = replace(LIVE, amount=30000)
+            raise InvalidRequest("409 CASH_RECEIPT_ALREADY_ISSUED", status=409)
+
+    client = Refusing(PAID)
+    with pytest.raises(IdConflict) as caught:
+        issue_receipt(client, order(), look_first=False, operation=OPERATION)  # type: ignore[arg-type]
+    assert "30000 won, not 33000" in str(caught.value)
+    assert reason_for(caught.value) == "id_conflict"
