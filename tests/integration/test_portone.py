@@ -17,31 +17,24 @@ import pytest
 from celery import Celery
 
 from tests.support.commands import run_cashreceipt
-from tests.support.payloads import PHONE
+from tests.support.payloads import PHONE, portone_payload
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, wait_portone_posts_processed
-from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
+from tests.support.worker import (
+    BOTH_PROVIDERS,
+    ProcessOutput,
+    portone_env,
+    producer_app,
+    running_worker,
+    worker_env,
+)
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.schemas import InvalidPayload
 
 pytestmark = pytest.mark.integration
 
-SERVED = ("iamport", "portone")
-
-
-def portone_env(redis_server: RedisServer, sandbox: Sandbox, **more: str) -> dict[str, str]:
-    return worker_env(
-        redis_server.url,
-        sandbox.url,
-        PROVIDERS=",".join(SERVED),
-        PORTONE_API_URL=sandbox.portone_url,
-        PORTONE_API_SECRET=sandbox.portone_secret,
-        PORTONE_STORE_ID=sandbox.portone_store_id,
-        PORTONE_TIMEOUT="1",
-        PORTONE_SETTLE_SECONDS="1",
-        **more,
-    )
+SERVED = BOTH_PROVIDERS
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +47,7 @@ def v2_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def v2_worker(v2_redis: RedisServer, sandbox: Sandbox) -> Iterator[ProcessOutput]:
-    with running_worker(portone_env(v2_redis, sandbox)) as output:
+    with running_worker(portone_env(v2_redis.url, sandbox)) as output:
         yield output
 
 
@@ -79,16 +72,7 @@ def payment_id() -> str:
 
 
 def v2_payload(sandbox: Sandbox, payment_id: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "provider": "portone",
-        "kind": "external",
-        "payment_id": payment_id,
-        "channel_key": sandbox.portone_channel_key,
-        "order_name": "Counter sale",
-        "amount": 33000,
-        "identifier": PHONE,
-        **fields,
-    }
+    return portone_payload(payment_id, sandbox.portone_channel_key, **fields)
 
 
 def posts(sandbox: Sandbox, payment_id: str) -> list[dict[str, Any]]:
@@ -253,7 +237,7 @@ def test_reconcile_lists_a_v2_payment_id_and_sees_a_second_live_receipt(
     )
     sale = v2_payload(sandbox, payment_id, kind="payment")
     assert results.wait(enqueue_issue(sale, app=v2_producer))["type"] == "cash_receipt.issued"
-    env = portone_env(v2_redis, sandbox)
+    env = portone_env(v2_redis.url, sandbox)
     key = f"portone:{payment_id}"
     clean = run_cashreceipt(env, "reconcile", "--json", key)
     assert clean.returncode == 0, clean.stderr
