@@ -1,29 +1,39 @@
 """The chaos suite: exactly once, whatever fails.
 
-Payment events and V1 external receipts' confirmations (issue 15: cash taken
-outside i'mport, named by its merchant_uid), each with duplicates, go through the
-Python helper while the sandbox fails a fifth of its answers, drops connections
-after creating receipts, adds latency, and for some payments and sales answers a
-POST only after the client's timeout, having created the receipt; some payments are
-partly refunded once issued (cancel, then re-issue for the rest: external receipts
-have no refunds yet); workers are SIGKILLed at random points and replaced; Redis is
-killed and restarted once (AOF, fsync always).
+Payment events, V1 external receipts' confirmations (issue 15: cash taken outside
+i'mport, named by its merchant_uid) and PortOne V2 receipts (issue 16: ``provider:
+portone``, a PortOne payment's or cash taken outside, named by its paymentId), each with
+duplicates, go through the Python helper to workers that serve both providers while the
+sandbox fails a fifth of its answers, drops connections after creating receipts, adds
+latency, and for some payments, sales and V2 receipts answers a POST only after the
+client's timeout, having created the receipt; some payments are partly refunded once
+issued (cancel, then re-issue for the rest: V1 external receipts have no refunds here),
+some V2 receipts refunded in full (V2's cancel); workers are SIGKILLed at random points
+and replaced; Redis is killed and restarted once (AOF, fsync always).
+
+The sandbox keeps a V2 Idempotency-Key only half a second (``KEY_RETENTION``), less than
+the workers' settle bound: the key of a V2 POST whose answer was lost or late has expired
+when its job's retry comes, and the same key would issue again. The retry must look
+before it POSTs, not rely on the key.
 
 The sandbox runs with duplicates allowed, so a second POST would be a second
 receipt rather than a harmless "already issued", and it counts blind requests
-(docs/sandbox.md), for payments and external receipts apart. The fleet keeps
+(docs/sandbox.md), for payments, external receipts and V2 apart (V2's blind POSTs include
+a retry under a new key after an unanswered POST, with no lookup since). The fleet keeps
 running for a lease and two sweeps past the last first event, so a late duplicate
-has time to show. Then: never two active receipts for a payment or a merchant_uid,
-receipts created = 1 + the re-issues the ledger recorded for a payment and 1 for a
-sale (the sandbox's audit), no blind request, exactly one terminal transition per
-task message, 1 + re-issues non-duplicate issued events per payment and one per
-sale, every sale's events naming the one receipt the sandbox holds for it, every
-ledger record terminal, ``cashreceipt stuck`` empty (it lists payments only) and
-``cashreceipt reconcile`` clean for every job, and no worker stopped on its own (a Redis
-restart once stopped every worker holding messages).
+has time to show. Then: never two active receipts for a payment, a merchant_uid or a
+paymentId, receipts created = 1 + the re-issues the ledger recorded for a payment and 1
+for a sale or a V2 receipt, each for the amount asked and live unless refunded in full (the
+sandbox's audit and receipts), no blind request, exactly one terminal transition per task
+message, 1 + re-issues non-duplicate issued events per payment and one per sale and V2
+receipt, every task message of a sale or V2 receipt never refunded naming the one receipt
+the sandbox holds for it, every ledger record terminal, ``cashreceipt stuck`` empty and
+``cashreceipt reconcile`` clean for every job, some V2 key expired before its job looked again, and
+no worker stopped on its own (a Redis restart once stopped every worker holding messages).
 
-CI runs the short profile (300 payments, 60 sales); ``pytest tests/chaos --chaos-long``
-runs 10,000 payments and 2,000 sales, with the same assertions.
+CI runs the short profile (300 payments, 60 sales, 60 V2 receipts); ``pytest tests/chaos
+--chaos-long`` runs 10,000 payments, 2,000 sales and 2,000 V2 receipts, with the same
+assertions.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,14 +58,15 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from tests.support.payloads import external_payload
+from tests.support.payloads import external_payload, portone_payload
 from tests.support.redis_server import RedisServer
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.wait import WaitTimeout, wait_for
-from tests.support.worker import BIN, ROOT, TEST_PII_KEY, worker_env
+from tests.support.worker import BIN, BOTH_PROVIDERS, ROOT, TEST_PII_KEY, portone_env
 from worker.adapters.store.keys import record_key
 from worker.adapters.store.views import TERMINAL_STATES, job_history
 from worker.celery.producer import enqueue_cancel, enqueue_issue
+from worker.core.contract import EXTERNAL, PAYMENT, PORTONE
 from worker.core.types import JobKey
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -85,6 +96,16 @@ REFUND_SHARE = 0.05
 REFUND_AMOUNT = 1000
 #: What the external sales are for: each merchant_uid one of these, its duplicates the same.
 SALE_AMOUNTS = (5000, 11000, 33000)
+#: How long the sandbox keeps a PortOne V2 Idempotency-Key (--idempotency-retention), from its
+#: first request: shorter than the worker's settle bound, so the key of every V2 POST whose
+#: answer was lost, or came after the timeout, has expired by the time its job's retry acts.
+#: The same key again would then issue a second receipt: the retry must look, not rely on it.
+KEY_RETENTION = 0.5
+#: A share of the V2 receipts is refunded in full once issued: V2's cancel, with its own key.
+V2_REFUND_SHARE = 0.1
+#: The share of V2 receipts whose first POST is processed after the timeout (LATE_POST_MS): more
+#: than V1's, since each is a key that expires before its job's retry.
+V2_LATE_SHARE = 0.2
 CANCEL_EVENTS = frozenset({"cash_receipt.cancelled", "cash_receipt.cancel_failed"})
 
 
@@ -95,6 +116,9 @@ class Profile:
     payments: int
     #: V1 external receipts, each its own merchant_uid (issue 15); duplicated as payments are.
     sales: int
+    #: PortOne V2 receipts (issue 16), each its own paymentId: half PortOne payments (``kind:
+    #: payment``, seeded PAID), half cash taken outside (``kind: external``); duplicated too.
+    v2: int
     duplicate_share: float
     kills: int
     drain_timeout: float
@@ -177,9 +201,14 @@ def profile(request: pytest.FixtureRequest) -> Profile:
     """The short CI profile, or the long one with --chaos-long."""
     if request.config.getoption("--chaos-long"):
         return Profile(
-            payments=10_000, sales=2_000, duplicate_share=0.2, kills=6, drain_timeout=1800
+            payments=10_000,
+            sales=2_000,
+            v2=2_000,
+            duplicate_share=0.2,
+            kills=6,
+            drain_timeout=1800,
         )
-    return Profile(payments=300, sales=60, duplicate_share=0.2, kills=3, drain_timeout=240)
+    return Profile(payments=300, sales=60, v2=60, duplicate_share=0.2, kills=3, drain_timeout=240)
 
 
 @pytest.fixture
@@ -195,7 +224,8 @@ def chaos_sandbox() -> Iterator[Sandbox]:
     It acts on no request later than the workers' IAMPORT_SETTLE_SECONDS after it arrived.
     """
     late_limit = ("--late-limit-seconds", str(SETTLE_SECONDS))
-    with running_sandbox(*FAULTS, "--allow-duplicates", *late_limit) as sandbox:
+    retention = ("--idempotency-retention", str(KEY_RETENTION))
+    with running_sandbox(*FAULTS, "--allow-duplicates", *late_limit, *retention) as sandbox:
         yield sandbox
 
 
@@ -218,8 +248,10 @@ def cashreceipt(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
 
 
 def requested(entry: dict[str, Any]) -> JobKey | None:
-    """The job an API request of the sandbox's log was about: a payment or a sale; None for
-    getToken."""
+    """The job an API request of the sandbox's logs was about: a payment, a sale or a V2
+    paymentId; None for getToken."""
+    if entry.get("paymentId") is not None:
+        return JobKey.portone(entry["paymentId"])
     if entry.get("merchant_uid") is not None:
         return JobKey.external(entry["merchant_uid"])
     return JobKey.payment(entry["imp_uid"]) if entry.get("imp_uid") is not None else None
@@ -241,14 +273,94 @@ def late_margin(requests: list[dict[str, Any]], late_ms: dict[JobKey, float]) ->
     for job, delay in late_ms.items():
         seen = by_job.get(job, [])
         post = next(r for r in seen if r["method"] == "POST")
-        lookups = [
-            r["at"]
-            for r in seen
-            if r["method"] == "GET" and r["path"].startswith("/receipts/") and r["at"] > post["at"]
-        ]
+        lookups = [r["at"] for r in seen if is_lookup(r) and r["at"] > post["at"]]
         if len(lookups) >= 2:
             margins.append(lookups[1] - (post["at"] + delay / 1000 + jitter))
     return min(margins, default=float("inf"))
+
+
+def is_lookup(entry: dict[str, Any]) -> bool:
+    """Whether a request of the sandbox's logs looked a receipt up: i'mport's ``GET
+    /receipts/...``, V2's ``GET .../cash-receipt``."""
+    path = entry["path"]
+    return entry["method"] == "GET" and (
+        path.startswith("/receipts/") or path.endswith("/cash-receipt")
+    )
+
+
+def is_v2_issue(entry: dict[str, Any]) -> bool:
+    """Whether a request of the V2 log is an issue (``POST /cash-receipts``), not a cancel."""
+    return entry["method"] == "POST" and entry["path"].endswith("/cash-receipts")
+
+
+def keys_expired_mid_job(requests: list[dict[str, Any]], late: set[JobKey]) -> int:
+    """V2 jobs whose first POST went unanswered (dropped, or answered after the worker's
+    timeout) and whose job looked again only once that POST's Idempotency-Key had expired
+    (KEY_RETENTION after it): the retry that resending the key would have issued twice."""
+    by_job: dict[JobKey | None, list[dict[str, Any]]] = {}
+    for entry in requests:
+        by_job.setdefault(requested(entry), []).append(entry)
+    expired = 0
+    for job, seen in by_job.items():
+        post = next((r for r in seen if is_v2_issue(r)), None)
+        if post is None or (post["status"] is not None and job not in late):
+            continue
+        if any(r["at"] > post["at"] + KEY_RETENTION for r in seen if is_lookup(r)):
+            expired += 1
+    return expired
+
+
+def audit_of_ids(
+    name: str, section: dict[str, Any], by_id: str, jobs: Iterable[JobKey], blind_undo: str
+) -> dict[str, Any]:
+    """What a section of the sandbox's audit (external receipts', V2's) says against its jobs,
+    each its own id: never two active receipts, one created, nothing blind (``blind_undo``:
+    the section's count of blind cancels)."""
+    found = section[by_id]
+    return {
+        f"two active receipts for a {name}": section["double_active"],
+        f"receipts created != 1 for a {name}": {
+            job.id: found.get(job.id) for job in jobs
+            if (found.get(job.id) or {}).get("created") != 1
+        },
+        f"blind requests for a {name}": {
+            u: f for u, f in found.items() if f["blind_posts"] or f[blind_undo]
+        },
+    }  # fmt: skip
+
+
+def issue_payload(job: JobKey, index: int, amount: int | None, channel_key: str) -> dict[str, Any]:
+    """What the checkout sends for ``job``: a V1 payment's, a V1 sale's or a V2 receipt's."""
+    if job.provider == PORTONE:
+        return portone_payload(job.id, channel_key, kind=job.kind, amount=amount)
+    if job.kind == EXTERNAL:
+        return external_payload(job.id, amount=amount)
+    return {"imp_uid": job.id, "merchant_uid": f"order-{index}", "identifier": "01055554321"}
+
+
+def draw_v2(count: int, rng: random.Random, sandbox: Sandbox) -> dict[JobKey, int]:
+    """``count`` V2 receipts, each its own paymentId and amount, of both kinds in turn; a
+    payment's is seeded PAID by transfer, for that amount."""
+    v2: dict[JobKey, int] = {}
+    for number in range(count):
+        job = JobKey.portone(f"chaos_v2_{uuid.uuid4().hex[:10]}", (PAYMENT, EXTERNAL)[number % 2])
+        v2[job] = rng.choice(SALE_AMOUNTS)
+        if job.kind == PAYMENT:
+            sandbox.admin.seed_portone_payment(
+                job.id, status="PAID", amount={"total": v2[job]}, method="TRANSFER"
+            )
+    return v2
+
+
+def script_late_post(sandbox: Sandbox, job: JobKey, delay_ms: float) -> None:
+    """``job``'s first POST to issue is processed ``delay_ms`` after it arrives."""
+    step = {"kind": "latency", "ms": delay_ms, "method": "POST"}
+    if job.provider == PORTONE:
+        sandbox.admin.script_portone(job.id, {**step, "endpoint": "receipts"})
+    elif job.kind == EXTERNAL:
+        sandbox.admin.script_external(job.id, step)
+    else:
+        sandbox.admin.script(job.id, step)
 
 
 def enqueue_with_patience(
@@ -276,11 +388,13 @@ def test_exactly_once_under_chaos(
     """Every payment and sale: one live receipt, one transition per message, nothing blind or
     stuck."""
     rng = random.Random(20261124)
-    env = worker_env(
+    env = portone_env(
         chaos_redis.url,
-        chaos_sandbox.url,
+        chaos_sandbox,
         IAMPORT_TIMEOUT=str(IAMPORT_TIMEOUT),
         IAMPORT_SETTLE_SECONDS=str(SETTLE_SECONDS),
+        PORTONE_TIMEOUT=str(IAMPORT_TIMEOUT),
+        PORTONE_SETTLE_SECONDS=str(SETTLE_SECONDS),
         RETRY_BACKOFF_BASE="0.05",
         RETRY_BACKOFF_MAX="0.5",
         RETRY_COUNTDOWN_MAX="0.5",
@@ -296,6 +410,7 @@ def test_exactly_once_under_chaos(
     producer = Celery("checkout", broker=chaos_redis.url)
     producer.conf.pii_encryption_keys = [TEST_PII_KEY]
     producer.conf.broker_visibility_timeout = 21
+    producer.conf.providers = BOTH_PROVIDERS
 
     imp_uids = [f"chaos_{uuid.uuid4().hex[:10]}" for _ in range(profile.payments)]
     payments = [JobKey.payment(imp_uid) for imp_uid in imp_uids]
@@ -304,40 +419,40 @@ def test_exactly_once_under_chaos(
         JobKey.external(f"chaos_sale_{uuid.uuid4().hex[:10]}"): rng.choice(SALE_AMOUNTS)
         for _ in range(profile.sales)
     }
+    v2 = draw_v2(profile.v2, rng, chaos_sandbox)
+    amounts = {**sales, **v2}
     late = rng.sample(payments, int(profile.payments * LATE_POST_SHARE))
     late += rng.sample(list(sales), int(profile.sales * LATE_POST_SHARE))
+    # More of V2's: each is a key that expires before its job's retry (KEY_RETENTION).
+    late += rng.sample(list(v2), int(profile.v2 * V2_LATE_SHARE))
     late_ms: dict[JobKey, float] = {}
     for job in late:
-        delay = late_ms[job] = rng.uniform(*LATE_POST_MS)
-        script = chaos_sandbox.admin.script_external if job in sales else chaos_sandbox.admin.script
-        script(job.id, {"kind": "latency", "ms": delay, "method": "POST"})
-    plan = [*payments, *sales]
+        late_ms[job] = rng.uniform(*LATE_POST_MS)
+        script_late_post(chaos_sandbox, job, late_ms[job])
+    plan = [*payments, *sales, *v2]
     plan += [rng.choice(payments) for _ in range(int(profile.payments * profile.duplicate_share))]
     plan += [rng.choice(list(sales)) for _ in range(int(profile.sales * profile.duplicate_share))]
+    plan += [rng.choice(list(v2)) for _ in range(int(profile.v2 * profile.duplicate_share))]
     rng.shuffle(plan)
-    refunded = set(rng.sample(imp_uids, int(profile.payments * REFUND_SHARE)))
+    refunded = set(rng.sample(payments, int(profile.payments * REFUND_SHARE)))
+    # V2 receipts refunded in full: the cancel alone (V2 has no partial cancel).
+    refunded |= set(rng.sample(list(v2), int(profile.v2 * V2_REFUND_SHARE)))
     sent: list[tuple[str, JobKey]] = []  # (task_id, job)
     refunds: list[tuple[str, JobKey]] = []  # (task_id, job)
     started = time.monotonic()
     drained = 0.0
 
     def produce() -> None:
+        channel_key = chaos_sandbox.portone_channel_key
         for index, job in enumerate(plan):
-            payload = (
-                external_payload(job.id, amount=sales[job])
-                if job in sales
-                else {
-                    "imp_uid": job.id,
-                    "merchant_uid": f"order-{index}",
-                    "identifier": "01055554321",
-                }
-            )
+            payload = issue_payload(job, index, amounts.get(job), channel_key)
             sent.append((enqueue_with_patience(producer, payload, time.monotonic() + 60), job))
             time.sleep(rng.uniform(0, 0.01))
 
     def refund(deadline: float) -> None:
-        """Refund part of each chosen payment as soon as its receipt is issued."""
-        waiting, after = set(refunded), "-"
+        """Refund each chosen job as soon as its receipt is issued: part of a V1 payment
+        (cancel, then re-issue the rest), all of a V2 receipt (V2's cancel)."""
+        waiting, after = {job.receipt_key: job for job in refunded}, "-"
         while waiting and time.monotonic() < deadline:
             issued = set()
             try:
@@ -346,15 +461,21 @@ def test_exactly_once_under_chaos(
                 ):
                     after = entry_id
                     if fields["type"] == "cash_receipt.issued":
-                        issued.add(json.loads(fields["data"])["imp_uid"])
+                        issued.add(json.loads(fields["data"])["receipt_key"])
             except (redis.RedisError, ConnectionError):
                 pass  # Redis is down on purpose: look again once it is back
-            for imp_uid in sorted(waiting & issued):
-                waiting.discard(imp_uid)
-                chaos_sandbox.admin.seed_payment(imp_uid, cancel_amount=REFUND_AMOUNT)
-                payload = {"imp_uid": imp_uid, "amount": REFUND_AMOUNT}
+            for receipt_key in sorted(set(waiting) & issued):
+                job = waiting.pop(receipt_key)
+                payload: dict[str, Any] = {
+                    "provider": "portone",
+                    "kind": job.kind,
+                    "payment_id": job.id,
+                }
+                if job.provider != PORTONE:
+                    chaos_sandbox.admin.seed_payment(job.id, cancel_amount=REFUND_AMOUNT)
+                    payload = {"imp_uid": job.id, "amount": REFUND_AMOUNT}
                 task_id = enqueue_with_patience(producer, payload, deadline, enqueue_cancel)
-                refunds.append((task_id, JobKey.payment(imp_uid)))
+                refunds.append((task_id, job))
             time.sleep(0.3)
 
     producing = threading.Thread(target=produce)
@@ -451,11 +572,18 @@ def test_exactly_once_under_chaos(
     events = events_by_task()
     audit = chaos_sandbox.admin.audit()
     created = {u: audit["payments"].get(u, {}).get("created", 0) for u in imp_uids}
-    # What the sandbox holds for each sale, from its own audit and receipts, not the events.
-    sale_audit = audit["external"]["merchant_uids"]
-    sale_receipts: dict[str, list[dict[str, Any]]] = {}
+    # What the sandbox holds for each sale and V2 receipt, from its own audit and receipts, not
+    # the events: (amount, live, receipt_tid) for each receipt, oldest first.
+    held_receipts: dict[JobKey, list[tuple[int | None, bool, str | None]]] = {}
     for receipt in chaos_sandbox.admin.receipts()["external_receipts"]:
-        sale_receipts.setdefault(receipt["merchant_uid"], []).append(receipt)
+        held_receipts.setdefault(JobKey.external(receipt["merchant_uid"]), []).append(
+            (receipt["amount"], receipt["cancelled_at"] == 0, receipt["receipt_tid"])
+        )
+    for receipt in chaos_sandbox.admin.portone_receipts()["receipts"]:
+        held_receipts.setdefault(JobKey.portone(receipt["paymentId"]), []).append(
+            (receipt.get("amount"), receipt["status"] == "ISSUED", receipt.get("pgReceiptId"))
+        )
+    v2_requests = chaos_sandbox.admin.portone_requests()
     requests = chaos_sandbox.admin.requests()
     per_task = Counter({task_id: transitions(task_id, events[task_id]) for task_id in wanted})
     non_duplicate_issued = Counter(
@@ -464,18 +592,17 @@ def test_exactly_once_under_chaos(
         for event in batch
         if event["type"] == "cash_receipt.issued" and not event["duplicate"]
     )
-    # Each sale's task messages end issued, naming the one receipt the sandbox created for it.
+    # Each task message of a sale or a V2 receipt never refunded ends issued, naming the one
+    # receipt the sandbox created for it.
     sale_events_apart: dict[str, Any] = {}
     for task_id, job in sent:
-        if job in sales:
-            held = [
-                ("cash_receipt.issued", r["receipt_tid"]) for r in sale_receipts.get(job.id, [])
-            ]
+        if job in amounts and job not in refunded:
+            held = [("cash_receipt.issued", tid) for _, _, tid in held_receipts.get(job, [])]
             told = [
                 (e["type"], (e.get("receipt") or {}).get("receipt_tid")) for e in events[task_id]
             ]
             if told != held:
-                sale_events_apart[task_id] = {"merchant_uid": job.id, "told": told, "held": held}
+                sale_events_apart[task_id] = {"job": job.receipt_key, "told": told, "held": held}
     failures = [
         e
         for batch in events.values()
@@ -484,7 +611,8 @@ def test_exactly_once_under_chaos(
     ]
     duplicates = sum(1 for batch in events.values() for e in batch if e["duplicate"])
     posts = sum(1 for r in requests if r["method"] == "POST")
-    histories = {job: job_history(client, job) for job in [*payments, *sales]}
+    v2_posts = sum(1 for r in v2_requests if is_v2_issue(r))
+    histories = {job: job_history(client, job) for job in [*payments, *amounts]}
     # Real task retries: every retry or park the ledger recorded
     # (worker/adapters/store/ledger.py history).
     retries = sum(1 for h in histories.values() for entry in h if entry["outcome"] == "retry")
@@ -494,18 +622,24 @@ def test_exactly_once_under_chaos(
         for entry in h
         if (entry["op"], entry.get("then")) == ("cancel", "cash_receipt.issued")
     )
-    states = {job: client.hget(record_key(job.receipt_key), "state") for job in [*payments, *sales]}
+    states = {job: client.hget(record_key(job.receipt_key), "state") for job in histories}
     late_set = set(late)
-    late_answered = sum(1 for r in requests if r["method"] == "POST" and requested(r) in late_set)
-    margin = late_margin(requests, late_ms)
-    jobs = len(imp_uids) + len(sales)
+    late_answered = sum(
+        1 for r in [*requests, *v2_requests] if r["method"] == "POST" and requested(r) in late_set
+    )
+    margin = late_margin([*requests, *v2_requests], late_ms)
+    expired = keys_expired_mid_job(v2_requests, late_set)
+    jobs = len(imp_uids) + len(amounts)
     print(
         "\nchaos: "
         f"{len(plan)} payment and sale events ({len(imp_uids)} payments, {len(sales)} external "
-        f"sales, {len(plan) - jobs} duplicates), {len(refunds)} partial refunds "
-        f"({sum(reissues.values())} re-issues), "
+        f"sales, {len(v2)} PortOne V2 receipts, {len(plan) - jobs} duplicates), "
+        f"{len(refunds)} refunds ({sum(reissues.values())} partial with a re-issue, "
+        f"{len(refunded & set(v2))} of V2 receipts in full), "
         f"{sum(created.values())} payment receipts, "
         f"{audit['external']['receipts_created']} external receipts, "
+        f"{audit['portone']['receipts_created']} V2 receipts ({v2_posts - len(v2)} V2 POSTs "
+        f"beyond one per receipt; {expired} V2 keys expired before their job looked again), "
         f"{duplicates} duplicates absorbed, "
         f"{retries} task retries, {posts - jobs - sum(reissues.values())} POSTs "
         "beyond one per payment, sale and re-issue "
@@ -514,6 +648,8 @@ def test_exactly_once_under_chaos(
         f"{margin:.2f}s or more after one was processed), {len(requests)} API calls, "
         f"{audit['blind_posts'] + audit['external']['blind_posts']} blind POSTs, "
         f"{audit['blind_deletes'] + audit['external']['blind_deletes']} blind DELETEs, "
+        f"{audit['portone']['blind_posts']} blind V2 POSTs, "
+        f"{audit['portone']['blind_cancels']} blind V2 cancels, "
         f"{fleet.kills} worker kills, {redis_restarts} Redis restart(s), "
         f"{fleet.text().count('sweeper re-sent')} sweeps that re-sent jobs, "
         f"drained in {drained:.1f}s, then {lease + 2 * sweep_interval:g}s more (a lease "
@@ -530,6 +666,11 @@ def test_exactly_once_under_chaos(
     # --limit: without it, reconcile checks the first 10,000 records and says nothing of the
     # rest (the long profile has 12,000 jobs).
     reconciled = cashreceipt(env, "reconcile", "--limit", str(jobs))
+    reconcile_clean = (
+        reconciled.returncode == 0
+        and reconciled.stdout == ""
+        and f"{jobs} checked, 0 mismatched, 0 not checked" in reconciled.stderr
+    )
     broken = {
         # What the provider saw: never a second receipt, nothing sent against a lookup.
         "two active receipts": audit["double_active"],
@@ -539,18 +680,14 @@ def test_exactly_once_under_chaos(
         "blind requests": {
             u: f for u, f in audit["payments"].items() if f["blind_posts"] or f["blind_deletes"]
         },
-        "two active receipts for a merchant_uid": audit["external"]["double_active"],
-        "external receipts created != 1": {
-            job.id: sale_audit.get(job.id) for job in sales
-            if (sale_audit.get(job.id) or {}).get("created") != 1
-        },
-        "external receipts not for the sale's amount, or not live": {
-            job.id: receipts for job, amount in sales.items()
-            for receipts in [sale_receipts.get(job.id, [])]
-            if [(r["amount"], r["cancelled_at"]) for r in receipts] != [(amount, 0)]
-        },
-        "blind requests on external receipts": {
-            u: f for u, f in sale_audit.items() if f["blind_posts"] or f["blind_deletes"]
+        **audit_of_ids("merchant_uid", audit["external"], "merchant_uids", sales, "blind_deletes"),
+        # V2's blind POSTs count its blind retries (a new key after an unanswered POST).
+        **audit_of_ids("V2 paymentId", audit["portone"], "payment_ids", v2, "blind_cancels"),
+        # One receipt, for the amount asked, live unless refunded in full.
+        "external or V2 receipts not for the amount asked, or not as their refund left them": {
+            job.receipt_key: receipts for job, amount in amounts.items()
+            for receipts in [held_receipts.get(job, [])]
+            if [(a, live) for a, live, _ in receipts] != [(amount, job not in refunded)]
         },
         # What the helper's callers saw.
         "failure events": failures[:3],
@@ -562,11 +699,14 @@ def test_exactly_once_under_chaos(
             u for u in imp_uids
             if non_duplicate_issued[JobKey.payment(u).receipt_key] != 1 + reissues[u]
         ],
-        "sales without exactly one non-duplicate issued event": [
-            job.id for job in sales if non_duplicate_issued[job.receipt_key] != 1
+        "sales and V2 receipts without exactly one non-duplicate issued event": [
+            job.receipt_key for job in amounts if non_duplicate_issued[job.receipt_key] != 1
         ],
-        "sale task messages whose event is not the sandbox's one receipt": sale_events_apart,
-        "refunds without a re-issue": sorted(refunded - set(reissues)),
+        "sale and V2 task messages whose event is not the sandbox's one receipt":
+            sale_events_apart,
+        "partial refunds without a re-issue": sorted(
+            job.id for job in refunded if job in payments and job.id not in reissues
+        ),
         # What operators see.
         "workers that stopped on their own": died,
         "unrecoverable errors in the workers' logs": fleet.text().count("Unrecoverable error"),
@@ -576,8 +716,7 @@ def test_exactly_once_under_chaos(
         "cashreceipt stuck": [] if nothing_stuck else [
             stuck.returncode, stuck.stdout[:500], stuck.stderr[-500:]
         ],
-        "cashreceipt reconcile": [] if reconciled.returncode == 0
-        and f"{jobs} checked, 0 mismatched, 0 not checked" in reconciled.stderr else [
+        "cashreceipt reconcile": [] if reconcile_clean else [
             reconciled.returncode, reconciled.stdout[:500], reconciled.stderr[-500:]
         ],
     }  # fmt: skip
@@ -587,4 +726,5 @@ def test_exactly_once_under_chaos(
     assert fleet.kills >= profile.kills
     assert redis_restarts == 1
     assert retries > 0
+    assert expired > 0, "no V2 key expired before its job looked again"
     assert "01055554321" not in fleet.text()

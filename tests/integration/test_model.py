@@ -13,21 +13,24 @@ worker takes, and which runner makes its next port call; a worker that dies at a
 (its message redelivered or lost); a message the broker delivers twice; the clock jumping
 past leases and settle bounds; the provider acting on a request it left unanswered; faults
 queued for the next request; a sweep; a script call re-run as a client retry does; the key
-rotation's steps.
+rotation's steps. PortOne V2 (issue 16) plays beside i'mport: confirmations of a V2 payment
+and of a V2 sale (either amount), their full refunds, faults and late acts on V2's side,
+and every V2 Idempotency-Key expiring at once, in the middle of whatever job.
 
 The clock never jumps while a runner is between reading the time for a POST or DELETE
 and sending it (``World.sending``): the send time is recorded before the request
 leaves, so a stall there longer than the settle bound is beyond any guarantee.
 
-After every step: never two active receipts for one payment or for the sale's merchant_uid,
-never a POST while one is active, never more than one terminal event for a message (a
-partial refund's ``cancelled`` and its re-issue's event are one transition), and each of
-the sale's confirmations ended as the rules say (``sale_outcomes``: issued only with the
-one receipt under the merchant_uid and for its own amount, ``id_conflict`` only for
-another amount; one that overlapped another may hear its outcome as a duplicate, whatever
-its amount). At the end (a drain: every message and runner to its end, the sweeper's
-re-sends, the clock past every lease and bound): every message ended in exactly one
-terminal event, every job is terminal, ``stuck`` is empty, no event says
+After every step: never two active receipts for one payment, the sale's merchant_uid or a
+V2 paymentId, never a POST while one is active (a V2 POST replayed under its key too), never
+a V2 POST under a new key after one went unanswered with no lookup since, never more than
+one terminal event for a message (a partial refund's ``cancelled`` and its re-issue's event
+are one transition), and each of the sales' confirmations ended as the rules say
+(``sale_outcomes``: issued only with the one receipt under its id and for its own amount,
+``id_conflict`` only for another amount; one that overlapped another may hear its outcome as
+a duplicate, whatever its amount). At the end (a drain: every message and runner to its
+end, the sweeper's re-sends, the clock past every lease and bound): every message ended in
+exactly one terminal event, every job is terminal, ``stuck`` is empty, no event says
 payload_unreadable, and ``reconcile`` finds the ledger and the provider agree, for the
 payments and the sale.
 
@@ -68,6 +71,9 @@ from tests.support.model import (
     LOOKUP_FAULTS,
     PAYMENTS,
     SALE_AMOUNTS,
+    SALES,
+    V2_PAYMENT,
+    V2_SALE,
     Task,
     World,
     check_always,
@@ -78,8 +84,12 @@ from tests.support.model import (
 from tests.support.redis_server import RedisServer, running_redis
 from worker.adapters.store.keys import terminal_key
 from worker.core.retry import ID_CONFLICT
+from worker.core.types import JobKey
 
 pytestmark = pytest.mark.integration
+
+#: What the checkouts confirm: the V1 payments, and the V2 payment.
+CONFIRMED = (*PAYMENTS, V2_PAYMENT)
 
 #: A waiter's external message under a dropped key no longer runs from its job's copy
 #: when that copy asks for another amount: the model drops keys whatever sales are open.
@@ -129,30 +139,35 @@ class ProtocolModel(RuleBasedStateMachine):
     def _pick(self, items: list[str], index: int) -> str:
         return items[index % len(items)]
 
-    @initialize(issued=st.sets(st.sampled_from(PAYMENTS)))
-    def start(self, issued: set[str]) -> None:
+    @initialize(issued=st.sets(st.sampled_from(CONFIRMED)))
+    def start(self, issued: set[str | JobKey]) -> None:
         """Some payments start with their receipt issued (confirmed, and run to the end),
         so that refunds meet a live receipt from the first step."""
-        for payment in sorted(issued):
+        for payment in sorted(issued, key=lambda p: JobKey.of(p).receipt_key):
             self.world.confirm(payment)
             self.world.finish(self.world.deliver(self.world.due()[0]))
 
     # -- producers -------------------------------------------------------------------------
 
-    @rule(payment=st.sampled_from(PAYMENTS))
-    def confirm(self, payment: str) -> None:
+    @rule(payment=st.sampled_from(CONFIRMED))
+    def confirm(self, payment: str | JobKey) -> None:
         self.world.confirm(payment)
 
-    @rule(amount=st.sampled_from(SALE_AMOUNTS))
-    def confirm_sale(self, amount: int) -> None:
-        """The external sale confirmed: again, a duplicate for the same amount, and for
-        another a sale of its own under the same merchant_uid (id_conflict, or a duplicate
+    @rule(amount=st.sampled_from(SALE_AMOUNTS), sale=st.sampled_from(SALES))
+    def confirm_sale(self, amount: int, sale: JobKey) -> None:
+        """An external sale (V1's or V2's) confirmed: again, a duplicate for the same amount,
+        and for another a sale of its own under the same id (id_conflict, or a duplicate
         of a confirmation it overlapped)."""
-        self.world.confirm_sale(amount)
+        self.world.confirm_sale(amount, sale=sale)
 
     @rule(payment=st.sampled_from(PAYMENTS), partial=st.booleans())
     def refund(self, payment: str, partial: bool) -> None:
         self.world.refund(payment, partial=partial)
+
+    @rule(job=st.sampled_from((V2_PAYMENT, V2_SALE)))
+    def refund_v2(self, job: JobKey) -> None:
+        """A V2 receipt refunded in full: V2's cancel, under its own key."""
+        self.world.refund_v2(job)
 
     @precondition(lambda self: self._refunds())
     @rule(index=st.integers(0, 7))
@@ -205,26 +220,41 @@ class ProtocolModel(RuleBasedStateMachine):
     def tick(self, seconds: float) -> None:
         self.world.advance(seconds)
 
-    @rule()
-    def provider_acts(self) -> None:
-        """The provider acts now on the requests it left unanswered."""
-        self.world.provider.act_late()
-        self.world.say("the provider acts on what it left unanswered")
+    @rule(v2=st.booleans())
+    def provider_acts(self, v2: bool) -> None:
+        """The provider (i'mport, or PortOne V2) acts now on the requests it left unanswered."""
+        provider = self.world.providers[v2]
+        provider.act_late()
+        self.world.say(f"{provider.name} acts on what it left unanswered")
 
-    @rule(method=st.sampled_from(["POST", "DELETE"]), kind=st.sampled_from(CHANGING_FAULTS))
-    def fail_next_change(self, method: str, kind: str) -> None:
-        """The next POST or DELETE, whichever payment's, meets ``kind``."""
-        self._fail_next(method, kind)
+    @rule()
+    def expire_keys(self) -> None:
+        """PortOne V2's Idempotency-Keys expire now, whatever job is in the middle of what:
+        a request sent again under its key acts again."""
+        self.world.portone.expire_keys()
+        self.world.say("PortOne's idempotency keys expire")
 
     @rule(
-        method=st.sampled_from(["GET receipt", "GET payment"]), kind=st.sampled_from(LOOKUP_FAULTS)
+        method=st.sampled_from(["POST", "DELETE"]),
+        kind=st.sampled_from(CHANGING_FAULTS),
+        v2=st.booleans(),
     )
-    def fail_next_lookup(self, method: str, kind: str) -> None:
-        self._fail_next(method, kind)
+    def fail_next_change(self, method: str, kind: str, v2: bool) -> None:
+        """The next POST or DELETE (V2's cancel), whichever job's, meets ``kind``."""
+        self._fail_next(method, kind, v2)
 
-    def _fail_next(self, method: str, kind: str) -> None:
-        self.world.provider.fail_next(method, fault(kind))
-        self.world.say(f"the next {method} meets {kind}")
+    @rule(
+        method=st.sampled_from(["GET receipt", "GET payment"]),
+        kind=st.sampled_from(LOOKUP_FAULTS),
+        v2=st.booleans(),
+    )
+    def fail_next_lookup(self, method: str, kind: str, v2: bool) -> None:
+        self._fail_next(method, kind, v2)
+
+    def _fail_next(self, method: str, kind: str, v2: bool) -> None:
+        provider = self.world.providers[v2]
+        provider.fail_next(method, fault(kind))
+        self.world.say(f"the next {method} to {provider.name} meets {kind}")
 
     @rule()
     def rerun_script(self) -> None:
@@ -244,7 +274,8 @@ class ProtocolModel(RuleBasedStateMachine):
     def drop_old_keys(self) -> None:
         # Whatever is in the broker: a waiter's message runs from its open job's copy
         # (test_a_waiters_message_under_a_dropped_key_fails_no_job).
-        if not SALE_COPY_FIXED and len(self.world.open_sale_amounts()) > 1:
+        opened = (self.world.open_sale_amounts(sale) for sale in SALES)
+        if not SALE_COPY_FIXED and any(len(amounts) > 1 for amounts in opened):
             # HELD_BACK (found by this model, issue 15): no key goes while two open
             # confirmations of the sale ask for two amounts, since the waiter's message then
             # runs from its job's copy, the other sale's, and reports that receipt as its

@@ -18,32 +18,25 @@ import pytest
 from celery import Celery
 
 from tests.support.commands import run_cashreceipt
-from tests.support.payloads import PHONE
+from tests.support.payloads import PHONE, portone_payload
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.results import ResultStream
 from tests.support.sandbox import Sandbox, wait_portone_posts_processed
 from tests.support.wait import wait_for
-from tests.support.worker import ProcessOutput, producer_app, running_worker, worker_env
+from tests.support.worker import (
+    BOTH_PROVIDERS,
+    ProcessOutput,
+    portone_env,
+    producer_app,
+    running_worker,
+    worker_env,
+)
 from worker.celery.producer import enqueue_cancel, enqueue_issue
 from worker.core.schemas import InvalidPayload
 
 pytestmark = pytest.mark.integration
 
-SERVED = ("iamport", "portone")
-
-
-def portone_env(redis_server: RedisServer, sandbox: Sandbox, **more: str) -> dict[str, str]:
-    return worker_env(
-        redis_server.url,
-        sandbox.url,
-        PROVIDERS=",".join(SERVED),
-        PORTONE_API_URL=sandbox.portone_url,
-        PORTONE_API_SECRET=sandbox.portone_secret,
-        PORTONE_STORE_ID=sandbox.portone_store_id,
-        PORTONE_TIMEOUT="1",
-        PORTONE_SETTLE_SECONDS="1",
-        **more,
-    )
+SERVED = BOTH_PROVIDERS
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +49,7 @@ def v2_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def v2_worker(v2_redis: RedisServer, sandbox: Sandbox) -> Iterator[ProcessOutput]:
-    with running_worker(portone_env(v2_redis, sandbox)) as output:
+    with running_worker(portone_env(v2_redis.url, sandbox)) as output:
         yield output
 
 
@@ -81,16 +74,7 @@ def payment_id() -> str:
 
 
 def v2_payload(sandbox: Sandbox, payment_id: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "provider": "portone",
-        "kind": "external",
-        "payment_id": payment_id,
-        "channel_key": sandbox.portone_channel_key,
-        "order_name": "Counter sale",
-        "amount": 33000,
-        "identifier": PHONE,
-        **fields,
-    }
+    return portone_payload(payment_id, sandbox.portone_channel_key, **fields)
 
 
 def posts(sandbox: Sandbox, payment_id: str) -> list[dict[str, Any]]:
@@ -255,7 +239,7 @@ def test_reconcile_lists_a_v2_payment_id_and_sees_a_second_live_receipt(
     )
     sale = v2_payload(sandbox, payment_id, kind="payment")
     assert results.wait(enqueue_issue(sale, app=v2_producer))["type"] == "cash_receipt.issued"
-    env = portone_env(v2_redis, sandbox)
+    env = portone_env(v2_redis.url, sandbox)
     key = f"portone:{payment_id}"
     clean = run_cashreceipt(env, "reconcile", "--json", key)
     assert clean.returncode == 0, clean.stderr
@@ -499,7 +483,7 @@ def test_replay_new_id_issues_a_v2_external_balance_under_a_derived_payment_id(
         enqueue_cancel({**refund, "remaining_amount": 20000}, app=v2_producer), 2
     )
     assert failed["data"]["error"]["reason"] == "id_taken"
-    env = portone_env(v2_redis, sandbox)
+    env = portone_env(v2_redis.url, sandbox)
     derived = f"{payment_id}-r1"
     for duplicate in (False, True):
         [line] = replayed_lines(env, "--new-id", f"portone:{payment_id}")
@@ -530,7 +514,7 @@ def test_replay_new_id_refuses_a_v2_payment_and_names_the_amount(
     refund = {"provider": "portone", "payment_id": payment_id, "amount": 13000}
     _, failed = results.wait_many(enqueue_cancel(refund, app=v2_producer), 2)
     assert failed["data"]["error"]["reason"] == "id_taken"
-    env = portone_env(v2_redis, sandbox)
+    env = portone_env(v2_redis.url, sandbox)
     [line] = replayed_lines(env, "--new-id", f"portone:{payment_id}", exit_code=1)
     assert line["task_id"] is None
     assert "takes no new id: issue its balance, 20000 won, by hand" in line["skipped"]
@@ -554,7 +538,7 @@ def test_settle_looks_a_v2_job_up_at_portone(
             resent = enqueue_issue(v2_payload(sandbox, other), app=app)
         finally:
             app.close()
-        env = portone_env(server, sandbox)
+        env = portone_env(server.url, sandbox)
         for key, outcome in ((payment_id, "issued"), (other, "resent")):
             done = run_cashreceipt(env, "settle", "--json", f"portone:{key}")
             assert done.returncode == 0, done.stdout + done.stderr
@@ -564,3 +548,27 @@ def test_settle_looks_a_v2_job_up_at_portone(
         assert ResultStream(server.client()).for_task(resent) == []
     reads = [entry["path"] for entry in sandbox.admin.portone_requests(other)]
     assert reads and not any(path.endswith(f"/payments/{other}") for path in reads), reads
+
+
+@pytest.mark.usefixtures("v2_worker")
+def test_reconcile_checks_a_refunded_v2_external_receipt(
+    v2_redis: RedisServer,
+    v2_producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    payment_id: str,
+) -> None:
+    """An external V2 receipt issued, then refunded in full: the ledger says cancelled, and
+    PortOne shows the receipt CANCELLED. reconcile must find them agreeing."""
+    issued = results.wait(enqueue_issue(v2_payload(sandbox, payment_id), app=v2_producer))
+    assert issued["type"] == "cash_receipt.issued"
+    refund = {"provider": "portone", "kind": "external", "payment_id": payment_id}
+    [cancelled] = results.wait_many(enqueue_cancel(refund, app=v2_producer), 1)
+    assert cancelled["type"] == "cash_receipt.cancelled"
+    found = run_cashreceipt(
+        portone_env(v2_redis.url, sandbox), "reconcile", f"portone:{payment_id}"
+    )
+    assert (found.returncode, "1 checked, 0 mismatched, 0 not checked" in found.stderr) == (
+        0,
+        True,
+    ), (found.stdout, found.stderr)

@@ -11,7 +11,10 @@ at will), the Celery task around a runner (tasks/receipts.py: a :class:`Retry` b
 the next message carrying the fence, :class:`Busy` a retry without one), a worker
 process (a thread of :class:`~tests.support.stepping.Stepper`, crashed at any gate),
 and i'mport (:class:`ModelProvider`): two payments and one external sale (a V1 external
-receipt, named by its merchant_uid), whose confirmations may ask for another amount.
+receipt, named by its merchant_uid), whose confirmations may ask for another amount; and
+PortOne V2 (:class:`PortOneModel`, issue 16): a payment (read before anything is sent) and a
+sale, each named by its paymentId, with Idempotency-Keys that expire, in the middle of a
+job when the model says so.
 
 The ledger, the provider and the broker's countdowns read one clock: the ledger's
 (:class:`~tests.support.ledger_clock.LedgerClock`, Redis's TIME), which the model
@@ -32,7 +35,7 @@ from cryptography.fernet import Fernet
 
 from tests.support.ledger_clock import LedgerClock
 from tests.support.memory import DEFERRED, LOST, MemoryProvider
-from tests.support.payloads import external_payload
+from tests.support.payloads import external_payload, portone_payload
 from tests.support.rerun import RerunningRedis
 from tests.support.runners import RULES
 from tests.support.stepping import Abandoned, Stepper
@@ -44,13 +47,14 @@ from worker.adapters.store.sweeper import Sweeper
 from worker.adapters.store.views import stuck
 from worker.celery.producer import SETTLED, end_settled
 from worker.cli.operations import Mismatch, reconcile
-from worker.core.contract import CANCEL_TASK, EXTERNAL
+from worker.core.contract import CANCEL_TASK, EXTERNAL, PAYMENT, PORTONE
 from worker.core.errors import (
     InvalidRequest,
     OutcomeUnknown,
     ProviderError,
     ProviderUnavailable,
     RateLimited,
+    TransientError,
 )
 from worker.core.events import CANCELLED, FAILED, ISSUED
 from worker.core.ports import EventPublisher, JobStore, OperationId, Provider
@@ -73,11 +77,12 @@ from worker.core.schemas import (
     kept_unreadable,
     load_cancellation,
     payload_from_args,
+    payload_job,
     readable_job,
     readable_merchant_uid,
 )
 from worker.core.terminal import TerminalPublisher
-from worker.core.types import JobKey, Receipt
+from worker.core.types import JobKey, Payment, Receipt
 
 #: The payments the model plays with: two, so that one payment's keys meet another's.
 PAYMENTS = ("imp_a", "imp_b")
@@ -88,8 +93,21 @@ SALE = JobKey.external(PAYMENTS[0])
 #: What its confirmations ask for: the sale's amount, or another sale's under the same
 #: merchant_uid (merchants reuse their ids), which is never this one's duplicate.
 SALE_AMOUNTS = (AMOUNT, AMOUNT + 100)
+#: PortOne V2's jobs (issue 16): a payment, whose payment is read before anything is sent,
+#: and a sale (cash taken outside). Their paymentIds are the V1 jobs' ids, so that the keys
+#: of three kinds of one string meet.
+V2_PAYMENT = JobKey.portone(PAYMENTS[1])
+V2_SALE = JobKey.portone(PAYMENTS[0], EXTERNAL)
+#: The external sales, V1's and V2's: their confirmations may ask for another sale's amount.
+SALES = (SALE, V2_SALE)
+#: The channel V2's payloads name (the model's PortOne takes any).
+CHANNEL = "channel-model"
+#: How long PortOne V2 keeps an Idempotency-Key after its first request (PortOne: 3 hours):
+#: past the settle bound, so a settling retry finds its key kept or expired as the clock
+#: moves; ``expire_keys`` ends every key at once.
+KEY_RETENTION = 90.0
 #: Every job the model plays with.
-JOBS = (*(JobKey.payment(imp_uid) for imp_uid in PAYMENTS), SALE)
+JOBS = (*(JobKey.payment(imp_uid) for imp_uid in PAYMENTS), SALE, V2_PAYMENT, V2_SALE)
 #: A partial refund's amount: three of them leave 100, a fourth refunds the rest.
 PART = 300
 LEASE = 30.0
@@ -193,6 +211,131 @@ class ModelProvider(MemoryProvider):
                     self.violations.append(
                         f"{self.active_count(imp_uid)} active receipts of {imp_uid}"
                     )
+
+
+@dataclass
+class _Kept:
+    """An Idempotency-Key PortOne V2 keeps: its first request's time, and the answer of the
+    work done under it; None while that work is still being processed (outstanding)."""
+
+    first: float
+    answer: Receipt | ProviderError | None = None
+
+
+class PortOneModel(ModelProvider):
+    """PortOne V2 as an adversary that keeps its promises, beside i'mport's (docs/sandbox.md).
+
+    - An Idempotency-Key on every POST (the issue, the cancel): the work's answer is kept
+      :data:`KEY_RETENTION` after the key's first request (or until :meth:`expire_keys`) and
+      replayed to a request under the key, which does nothing again; a request under a key
+      whose work is still being processed is a 409, an unknown outcome. A key that expired
+      is new: the same request acts again.
+    - A 5xx before the API (the ``503`` fault) is a gateway's page: to a POST, an unknown
+      outcome, as the V2 adapter reads it (worker/adapters/portone/answers.py).
+    - Beside :class:`ModelProvider`'s: a POST to issue under a new key after one went
+      unanswered, with no lookup answered since, is a violation (the sandbox's blind retry).
+    """
+
+    name = PORTONE
+    clean_answer: tuple[int | None, int | None] = (200, None)
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(clock)
+        self.keys: dict[str, _Kept] = {}
+        #: Job name -> the key of its last POST to issue, while it went unanswered.
+        self._unanswered: dict[str, str] = {}
+        #: The key of the request being handled (a deferred one is outstanding under it).
+        self._key: str | None = None
+
+    def expire_keys(self) -> None:
+        """Every key whose work is done expires now: its request, sent again, acts again."""
+        self.keys = {key: kept for key, kept in self.keys.items() if kept.answer is None}
+
+    # -- the port: lookups ---------------------------------------------------------------
+
+    def find_receipt(self, job: JobKey | str) -> Receipt | None:
+        found = super().find_receipt(job)
+        self._unanswered.pop(_job_name(job), None)
+        return found
+
+    def get_payment(self, imp_uid: str) -> Payment:
+        """A V2 payment, by its paymentId (kept under its receipt key)."""
+        name = JobKey.portone(imp_uid).receipt_key
+        payment = super().get_payment(name)
+        self._unanswered.pop(name, None)
+        return payment
+
+    def _receipts_of(self, job: JobKey | str) -> list[Receipt]:
+        """A paymentId's receipts; none before its first (V2's 404), of either kind."""
+        held = self._payments.get(_job_name(job))
+        return held.receipts if held is not None else []
+
+    # -- the port: changes ---------------------------------------------------------------
+
+    def _changing(self, method: str, action: Callable[[], Receipt]) -> Receipt:
+        call = self.calls[-1]
+        assert call.operation is not None, "a V2 POST carries its key"
+        key = call.operation.key
+        kept = self.keys.get(key)
+        if kept is not None and kept.answer is not None and self._expired(kept):
+            del self.keys[key]
+            kept = None
+        if method == "POST":
+            earlier = self._unanswered.get(call.imp_uid)
+            if earlier is not None and earlier != key:
+                self.violations.append(
+                    f"a POST under a new key ({key}) after {earlier} went unanswered, "
+                    "with no lookup answered since"
+                )
+        self._key = key
+        try:
+            receipt = super()._changing(method, lambda: self._keyed(key, kept, action))
+        except ProviderUnavailable as error:
+            self._went_unanswered(method, call.imp_uid, key)
+            raise OutcomeUnknown(f"{method}: a gateway's page; look it up", status=503) from error
+        except TransientError:
+            self._went_unanswered(method, call.imp_uid, key)
+            raise
+        except ProviderError:
+            self._unanswered.pop(call.imp_uid, None)
+            raise
+        self._unanswered.pop(call.imp_uid, None)
+        return receipt
+
+    def _expired(self, kept: _Kept) -> bool:
+        return self._clock() >= kept.first + KEY_RETENTION
+
+    def _went_unanswered(self, method: str, name: str, key: str) -> None:
+        if method == "POST":
+            self._unanswered[name] = key
+
+    def _defer(self, action: Callable[[], object]) -> None:
+        """A request left unanswered: its key is outstanding until the work is done."""
+        if self._key is not None and self._key not in self.keys:
+            self.keys[self._key] = _Kept(first=self._clock())
+        super()._defer(action)
+
+    def _keyed(self, key: str, kept: _Kept | None, action: Callable[[], Receipt]) -> Receipt:
+        """The work under ``key``: the kept answer replayed, or done and kept."""
+        if kept is not None:
+            if kept.answer is None:
+                raise OutcomeUnknown("409 IDEMPOTENCY_OUTSTANDING_REQUEST", status=409)
+            if isinstance(kept.answer, ProviderError):
+                raise kept.answer
+            return kept.answer
+        entry = self.keys.setdefault(key, _Kept(first=self._clock()))
+        try:
+            receipt = action()
+        except ProviderError as error:
+            entry.answer = error
+            raise
+        entry.answer = receipt
+        return receipt
+
+
+def _job_name(job: JobKey | str) -> str:
+    """A V2 job's name in the provider: its receipt key (``portone:<paymentId>``)."""
+    return job if isinstance(job, str) else job.receipt_key
 
 
 def fault(kind: str) -> ProviderError | str:
@@ -302,6 +445,10 @@ class World:
         self.provider = ModelProvider(self.clock)
         for imp_uid in PAYMENTS:
             self.provider.pay(imp_uid, AMOUNT)
+        self.portone = PortOneModel(self.clock)
+        self.portone.pay(V2_PAYMENT.receipt_key, AMOUNT, pay_method="trans")
+        #: The V2 jobs refunded (in full: V2's cancel takes no amount).
+        self.refunded_v2: set[JobKey] = set()
         self.ledger = Ledger(
             self.rerunning,
             stream=STREAM,
@@ -325,6 +472,7 @@ class World:
         )
         self.gated_store: JobStore = self.stepper.gated("store", self.ledger)
         self.gated_provider: Provider = self.stepper.gated("provider", self.provider)
+        self.gated_portone: Provider = self.stepper.gated("provider", self.portone)
         self.gated_events: EventPublisher = self.stepper.gated("events", self.events)
         self._names = (f"r{n}" for n in itertools.count(1))
         self._events: dict[str, list[str]] = {}
@@ -339,16 +487,34 @@ class World:
     def say(self, line: str) -> None:
         self.log.append(line)
 
+    @property
+    def providers(self) -> tuple[ModelProvider, ModelProvider]:
+        """i'mport and PortOne V2."""
+        return self.provider, self.portone
+
+    def provider_of(self, job: JobKey) -> ModelProvider:
+        """The provider a job's requests go to (the runtime's ``Runtime.client``)."""
+        return self.portone if job.provider == PORTONE else self.provider
+
     # -- producers -----------------------------------------------------------------------
 
-    def confirm(self, imp_uid: str, task_id: str | None = None) -> str:
-        """A payment confirmed: the producer's rule (worker/celery/producer.py enqueue_issue)."""
-        payload = {"imp_uid": imp_uid, "identifier": "01055554321", "merchant_uid": f"m_{imp_uid}"}
+    def confirm(self, payment: str | JobKey, task_id: str | None = None) -> str:
+        """A payment confirmed (a V1 imp_uid, or the V2 payment's job): the producer's rule
+        (worker/celery/producer.py enqueue_issue)."""
+        job = JobKey.of(payment)
+        if job.provider == PORTONE:
+            return self._confirm(portone_payload(job.id, CHANNEL, PAYMENT, amount=AMOUNT), task_id)
+        payload = {"imp_uid": job.id, "identifier": "01055554321", "merchant_uid": f"m_{job.id}"}
         return self._confirm(payload, task_id)
 
-    def confirm_sale(self, amount: int, task_id: str | None = None) -> str:
-        """The external sale confirmed, for ``amount`` (the producer's rule, as for a payment)."""
-        return self._confirm(external_payload(SALE.id, amount=amount), task_id)
+    def confirm_sale(self, amount: int, task_id: str | None = None, *, sale: JobKey = SALE) -> str:
+        """An external sale (V1's, or V2's) confirmed, for ``amount`` (the producer's rule, as
+        for a payment)."""
+        if sale.provider == PORTONE:
+            payload = portone_payload(sale.id, CHANNEL, EXTERNAL, amount=amount)
+        else:
+            payload = external_payload(sale.id, amount=amount)
+        return self._confirm(payload, task_id)
 
     def _confirm(self, payload: dict[str, Any], task_id: str | None) -> str:
         task_id = task_id or next(self._task_ids)
@@ -385,16 +551,24 @@ class World:
             cancel["amount"] = amount
         return self.cancel(cancel)
 
+    def refund_v2(self, job: JobKey) -> str | None:
+        """A V2 receipt refunded in full (the payment's refund at PortOne first), then its
+        cancellation; None: refunded already."""
+        if job in self.refunded_v2:
+            return None
+        self.refunded_v2.add(job)
+        if job.kind == PAYMENT:
+            self.portone.refund(job.receipt_key, AMOUNT)
+        return self.cancel({"provider": PORTONE, "kind": job.kind, "payment_id": job.id})
+
     def cancel(self, cancel: dict[str, Any], task_id: str | None = None) -> str:
         """A cancellation sent (a new refund, or one repeated by an outbox relay)."""
         task_id = task_id or next(self._task_ids)
-        imp_uid = cancel["imp_uid"]
-        self.tasks.setdefault(
-            task_id, Task(task_id, "cancel", JobKey.payment(imp_uid), dict(cancel))
-        )
         message = load_cancellation(cancel)
+        job = payload_job(message)
+        self.tasks.setdefault(task_id, Task(task_id, "cancel", job, dict(cancel)))
         state = self.ledger.receive_cancel(
-            imp_uid, task_id=task_id, cancel=message, resend_after=RESEND_AFTER
+            job, task_id=task_id, cancel=message, resend_after=RESEND_AFTER
         )
         self.say(f"refund {json.dumps(cancel)} as {task_id}: {state}")
         if state == "cancelled":
@@ -413,17 +587,17 @@ class World:
             if same and other.task_id not in events:
                 other.overlapped = task.overlapped = True
 
-    def sale_failure(self) -> str | None:
+    def sale_failure(self, sale: JobKey = SALE) -> str | None:
         """The reason the sale's job failed, while it is failed."""
-        record = self.ledger.raw_record(SALE) or {}
+        record = self.ledger.raw_record(sale) or {}
         if record.get("state") != "failed":
             return None
         return str(json.loads(record.get("last_error") or "{}").get("reason"))
 
-    def open_sale_amounts(self) -> set[int | None]:
+    def open_sale_amounts(self, sale: JobKey = SALE) -> set[int | None]:
         """The amounts the external sale's confirmations without their event ask for."""
         events = self.events_by_task()
-        return {t.amount for t in self.tasks.values() if t.job == SALE and t.task_id not in events}
+        return {t.amount for t in self.tasks.values() if t.job == sale and t.task_id not in events}
 
     def _send(self, message: Message) -> None:
         self.broker.append(message)
@@ -473,9 +647,10 @@ class World:
             merchant_uid=readable_merchant_uid(message.payload),
         )
         sealer = self.sealer
+        v2 = terminal.job is not None and terminal.job.provider == PORTONE
         ports: dict[str, Any] = {
             "store": self.gated_store,
-            "provider": self.gated_provider,
+            "provider": self.gated_portone if v2 else self.gated_provider,
             "terminal": terminal,
             "rules": RULES,
             "carried_fence": message.fence,
@@ -598,7 +773,8 @@ class World:
 
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
-        self.provider.settle_due()
+        for provider in self.providers:
+            provider.settle_due()
         self.say(f"the clock jumps {seconds:g} s")
 
     def sweep(self) -> int:
@@ -668,8 +844,9 @@ TERMINAL_STATES = frozenset({"issued", "failed", "cancelled"})
 
 def check_always(world: World) -> None:
     """The invariants after every step (tests/integration/test_model.py)."""
-    world.provider.settle_due()
-    problems = list(world.provider.violations) + list(world.violations)
+    for provider in world.providers:
+        provider.settle_due()
+    problems = [*world.provider.violations, *world.portone.violations, *world.violations]
     events = world.events_by_task()
     if world.unreadable:
         problems.append(
@@ -712,14 +889,12 @@ def check_quiet(world: World) -> None:
             # receipt may be live. README: reconcile shows it, a replay settles it.
             world.say(f"{job.receipt_key} failed unsettled: left to reconcile and replay")
             recorded.remove(job)
-        elif job == SALE and world.sale_failure() == ID_CONFLICT:
+        elif job in SALES and world.sale_failure(job) == ID_CONFLICT:
             # Failed finding another sale's receipt under the merchant_uid, live: reconcile
             # shows it for a human (sale_outcomes checks the receipt is for another amount).
             world.say(f"{job.receipt_key} failed as id_conflict: left to reconcile")
             recorded.remove(job)
-    for found in reconcile(
-        world.client, lambda _job: world.provider, recorded, sleep=lambda s: None
-    ):
+    for found in reconcile(world.client, world.provider_of, recorded, sleep=lambda s: None):
         if isinstance(found, Mismatch):
             problems.append(f"the ledger disagrees with the provider: {found}")
         else:
@@ -728,18 +903,25 @@ def check_quiet(world: World) -> None:
 
 
 def sale_outcomes(world: World, kinds: dict[str, list[str]]) -> list[str]:
-    """Each confirmation of the external sale ended as the rules say (README, external
-    receipts): a receipt issued once under the merchant_uid, and issued for this amount
-    only; ``id_conflict`` for another amount only. A confirmation that overlapped another
-    (waited on it, or was taken over by it) hears that one's outcome as a duplicate,
-    whatever its amount. ``kinds``: :meth:`World.events_by_task`, as just read."""
-    sales = [task for task in world.tasks.values() if task.job == SALE]
+    """Each confirmation of an external sale (V1's, V2's) ended as the rules say (README,
+    external receipts): a receipt issued once under the merchant_uid (the paymentId), and
+    issued for this amount only; ``id_conflict`` for another amount only. A confirmation that
+    overlapped another (waited on it, or was taken over by it) hears that one's outcome as a
+    duplicate, whatever its amount. ``kinds``: :meth:`World.events_by_task`, as just read."""
+    problems: list[str] = []
+    for sale in SALES:
+        problems += _sale_outcomes(world, kinds, sale)
+    return problems
+
+
+def _sale_outcomes(world: World, kinds: dict[str, list[str]], sale: JobKey) -> list[str]:
+    sales = [task for task in world.tasks.values() if task.job == sale]
     if not sales:
         return []
     problems: list[str] = []
-    receipts = world.provider.receipts(SALE)
+    receipts = world.provider_of(sale).receipts(sale)
     if len(receipts) > 1:
-        problems.append(f"{len(receipts)} receipts under {SALE.receipt_key}: {receipts}")
+        problems.append(f"{len(receipts)} receipts under {sale.receipt_key}: {receipts}")
     live = receipts[-1] if receipts else None
     for task in sales:
         ended = world.event_data.get(task.task_id, [])
@@ -757,7 +939,7 @@ def sale_outcomes(world: World, kinds: dict[str, list[str]]) -> list[str]:
                 problems.append(f"{shown} with another sale's receipt, for {amount}")
         elif (data.get("error") or {}).get("reason") == ID_CONFLICT:
             if live is None:
-                problems.append(f"{shown} as id_conflict, with no receipt under the merchant_uid")
+                problems.append(f"{shown} as id_conflict, with no receipt under its id")
             elif live.amount == task.amount and not excused:
                 problems.append(f"{shown} as id_conflict, though the receipt is for its amount")
     return problems
@@ -783,10 +965,11 @@ def drain(world: World, *, rounds: int = 60) -> None:
                     world.step(name)
         else:
             raise AssertionError(_report(world, [f"runners still run: {world.waiting()}"]))
-        pending = bool(world.broker) or bool(world.provider.deferred)
+        pending = bool(world.broker) or any(p.deferred for p in world.providers)
         open_jobs = any(s not in TERMINAL_STATES for s in world.states().values() if s)
         if not pending and not open_jobs:
-            world.provider.drop_faults()
+            for provider in world.providers:
+                provider.drop_faults()
             return
         world.advance(LEASE + 1)
         world.sweep()

@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet
 
 from tests.support.commands import WORKER, argv
 from tests.support.rabbitmq import broker_for
+from tests.support.sandbox import Sandbox
 from tests.support.wait import wait_for
 from worker.contract import rabbitmq_queues
 
@@ -102,6 +103,25 @@ def worker_env(redis_url: str, sandbox_url: str, **overrides: str) -> dict[str, 
         env["BROKER_URL"] = broker
     env.update(overrides)
     return env
+
+
+#: The providers a worker of :func:`portone_env` serves, as its producers must name them.
+BOTH_PROVIDERS = ("iamport", "portone")
+
+
+def portone_env(redis_url: str, sandbox: Sandbox, **overrides: str) -> dict[str, str]:
+    """:func:`worker_env` of a worker that serves PortOne V2 too (``PROVIDERS=iamport,portone``),
+    through the sandbox's ``/portone``. Every worker on one queue serves the same providers:
+    such a worker needs a Redis (a queue) of its own."""
+    v2 = {
+        "PROVIDERS": ",".join(BOTH_PROVIDERS),
+        "PORTONE_API_URL": sandbox.portone_url,
+        "PORTONE_API_SECRET": sandbox.portone_secret,
+        "PORTONE_STORE_ID": sandbox.portone_store_id,
+        "PORTONE_TIMEOUT": "1",
+        "PORTONE_SETTLE_SECONDS": "1",
+    }
+    return worker_env(redis_url, sandbox.url, **{**v2, **overrides})
 
 
 def producer_app(redis_url: str) -> Celery:
