@@ -25,7 +25,7 @@ from iamport_sandbox.faults import (
     parse_step,
 )
 from iamport_sandbox.idempotency import DEFAULT_RETENTION_SECONDS
-from iamport_sandbox.portone import REISSUE_MODES
+from iamport_sandbox.portone import LOOKUP_MODES, REISSUE_MODES
 from iamport_sandbox.portone_http import (
     DEFAULT_CHANNEL_KEY,
     DEFAULT_SECRET,
@@ -195,6 +195,14 @@ def _add_portone_arguments(parser: argparse.ArgumentParser) -> None:
         f"CHANNEL_NOT_FOUND (default {DEFAULT_CHANNEL_KEY})",
     )
     group.add_argument(
+        "--portone-lookup",
+        choices=LOOKUP_MODES,
+        default="issued_first",
+        help="which receipt GET /payments/{paymentId}/cash-receipt shows of several: the "
+        "newest ISSUED one, else the newest (issued_first), or the first, of any state "
+        "(oldest); the real API's choice is unconfirmed (default %(default)s)",
+    )
+    group.add_argument(
         "--portone-reissue",
         choices=REISSUE_MODES,
         default="refuse",
@@ -250,6 +258,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
             store_id=args.portone_store_id,
             channel_keys=tuple(args.portone_channel_key or [DEFAULT_CHANNEL_KEY]),
             reissue=args.portone_reissue,
+            lookup=args.portone_lookup,
             idempotency_retention=args.idempotency_retention,
         ),
     )

@@ -33,6 +33,11 @@ MERCHANT_ID: Final = "merchant-sandbox"
 # Whether a paymentId whose receipts are all cancelled may be issued again: the real API's answer
 # is unknown (research refunds-domain.md §3), so both are offered; refusing is the default.
 REISSUE_MODES: Final = ("refuse", "allow")
+# Which receipt GET /payments/{paymentId}/cash-receipt shows when a paymentId has several (a
+# cancelled one and its re-issue): unconfirmed, so both readings are offered. `issued_first`
+# (the default) shows the newest ISSUED one, else the newest; `oldest` the first the paymentId
+# had, of any state (a cancelled one, while its re-issue is live).
+LOOKUP_MODES: Final = ("issued_first", "oldest")
 # V2 identity-number types, as the i'mport rule (rules.identifier_rejection) names them.
 _IDENTITY_TYPES: Final[Mapping[str, str]] = {
     "PHONE": "phone",
@@ -321,6 +326,7 @@ class PortOne(Ledger[V2Payment, V2Receipt, str]):
         store_id: str,
         channel_keys: tuple[str, ...],
         reissue: str = "refuse",
+        lookup: str = "issued_first",
         id_seed: int | None = None,
     ) -> None:
         super().__init__(clock, id_seed=id_seed)
@@ -328,6 +334,7 @@ class PortOne(Ledger[V2Payment, V2Receipt, str]):
         self.store_id = store_id
         self.channel_keys = channel_keys
         self.reissue = reissue
+        self.lookup_mode = lookup
 
     def check_store(self, store_id: str | None) -> None:
         """`storeId` is optional; given, it must be the store the secret belongs to."""
@@ -361,8 +368,11 @@ class PortOne(Ledger[V2Payment, V2Receipt, str]):
         )
 
     def current(self, payment_id: str) -> V2Receipt | None:
-        """What the lookup shows: the newest ISSUED receipt, else the latest of any state."""
+        """What the lookup shows: the newest ISSUED receipt, else the latest of any state; in
+        the `oldest` lookup mode, the first of any state."""
         history = self._history(payment_id)
+        if self.lookup_mode == "oldest":
+            return history[0] if history else None
         return self._newest(payment_id, ISSUED) or (history[-1] if history else None)
 
     def _in_payment(self, payment_id: str) -> V2Receipt | None:

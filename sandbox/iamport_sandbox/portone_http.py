@@ -40,7 +40,7 @@ from iamport_sandbox.idempotency import (
 )
 from iamport_sandbox.keys import Key
 from iamport_sandbox.pipeline import Dialect, Host, finish, json_response, serve
-from iamport_sandbox.portone import REISSUE_MODES, PortOne
+from iamport_sandbox.portone import LOOKUP_MODES, REISSUE_MODES, PortOne
 from iamport_sandbox.portone_input import (
     parse_issue,
     parse_list,
@@ -76,6 +76,7 @@ class PortOneConfig:
     store_id: str = DEFAULT_STORE_ID
     channel_keys: tuple[str, ...] = (DEFAULT_CHANNEL_KEY,)
     reissue: str = "refuse"
+    lookup: str = "issued_first"
     idempotency_retention: float = DEFAULT_RETENTION_SECONDS
 
 
@@ -103,6 +104,7 @@ class PortOneServer:
             store_id=config.store_id,
             channel_keys=config.channel_keys,
             reissue=config.reissue,
+            lookup=config.lookup,
             id_seed=id_seed,
         )
         self.idempotency = IdempotencyStore(clock, config.idempotency_retention)
@@ -111,6 +113,7 @@ class PortOneServer:
     def reset(self) -> None:
         self.model.reset()
         self.model.reissue = self.config.reissue
+        self.model.lookup_mode = self.config.lookup
         self.idempotency.clear()
         self.idempotency.retention_seconds = self.config.idempotency_retention
         self.access_tokens.clear()
@@ -346,6 +349,21 @@ class PortOneServer:
         log.info("admin: V2 re-issue after a cancel: %s", self.model.reissue)
         return json_response(200, {"reissue": self.model.reissue})
 
+    async def admin_get_lookup(self, _request: web.Request) -> web.StreamResponse:
+        return json_response(200, {"lookup": self.model.lookup_mode})
+
+    async def admin_put_lookup(self, request: web.Request) -> web.StreamResponse:
+        try:
+            self.model.lookup_mode = admin.choice(
+                await admin.read_json(request), "lookup", LOOKUP_MODES
+            )
+        except InvalidInput as exc:
+            return admin.error(str(exc))
+        log.info(
+            "admin: V2 lookup of a paymentId with several receipts: %s", self.model.lookup_mode
+        )
+        return json_response(200, {"lookup": self.model.lookup_mode})
+
     async def admin_get_idempotency(self, _request: web.Request) -> web.StreamResponse:
         return json_response(200, self.idempotency.view())
 
@@ -379,6 +397,8 @@ class PortOneServer:
         router.add_post(f"{ADMIN}/faults/{{paymentId}}", self.admin_script)
         router.add_get(f"{ADMIN}/reissue", self.admin_get_reissue)
         router.add_put(f"{ADMIN}/reissue", self.admin_put_reissue)
+        router.add_get(f"{ADMIN}/lookup", self.admin_get_lookup)
+        router.add_put(f"{ADMIN}/lookup", self.admin_put_lookup)
         router.add_get(f"{ADMIN}/idempotency", self.admin_get_idempotency)
         router.add_put(f"{ADMIN}/idempotency", self.admin_put_idempotency)
         router.add_get(f"{ADMIN}/receipt-view/{{pgReceiptId}}", self.receipt_view)

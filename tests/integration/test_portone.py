@@ -572,3 +572,46 @@ def test_reconcile_checks_a_refunded_v2_external_receipt(
         0,
         True,
     ), (found.stdout, found.stderr)
+
+
+@pytest.mark.usefixtures("v2_worker")
+@pytest.mark.parametrize("lookup", ["issued_first", "oldest"])
+def test_a_second_refund_cancels_the_live_re_issue_whichever_receipt_the_lookup_shows(
+    lookup: str,
+    v2_redis: RedisServer,
+    v2_producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    payment_id: str,
+) -> None:
+    """Two partial refunds of a V2 external receipt, where PortOne's lookup may show the
+    first (cancelled) receipt while the re-issue is live: the list finds the live one, so
+    the second refund cancels it rather than take "cancelled" for "nothing live"."""
+    sandbox.admin.set_portone_reissue("allow")
+    sandbox.admin.set_portone_lookup(lookup)
+    try:
+        issued = results.wait(enqueue_issue(v2_payload(sandbox, payment_id), app=v2_producer))
+        assert issued["type"] == "cash_receipt.issued"
+        refund = {"provider": "portone", "kind": "external", "payment_id": payment_id}
+        events = []
+        for remaining in (20000, 15000):
+            task_id = enqueue_cancel({**refund, "remaining_amount": remaining}, app=v2_producer)
+            events.append(results.wait_many(task_id, 2))
+        reconciled = run_cashreceipt(
+            portone_env(v2_redis.url, sandbox), "reconcile", f"portone:{payment_id}"
+        )
+    finally:
+        sandbox.admin.set_portone_reissue("refuse")
+        sandbox.admin.set_portone_lookup("issued_first")
+    assert [[event["type"] for event in pair] for pair in events] == [
+        ["cash_receipt.cancelled", "cash_receipt.issued"]
+    ] * 2
+    assert [pair[0]["data"]["receipt"]["amount"] for pair in events] == [33000, 20000]
+    assert events[1][1]["data"]["receipt"]["amount"] == 15000
+    live = [
+        receipt
+        for receipt in sandbox.admin.portone_receipts()["receipts"]
+        if receipt["paymentId"] == payment_id and receipt["status"] == "ISSUED"
+    ]
+    assert [receipt["amount"] for receipt in live] == [15000]
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr

@@ -202,6 +202,12 @@ class SandboxAdmin:
         result: dict[str, Any] = self._call("PUT", "portone/reissue", {"reissue": mode})
         return result
 
+    def set_portone_lookup(self, mode: str) -> dict[str, Any]:
+        """Which receipt the V2 lookup shows of several (`issued_first`, `oldest`), until the
+        next reset."""
+        result: dict[str, Any] = self._call("PUT", "portone/lookup", {"lookup": mode})
+        return result
+
     def portone_idempotency(self) -> dict[str, Any]:
         """`{"retention_seconds": N, "keys": {key: {"state", "status", ...}}}`."""
         result: dict[str, Any] = self._call("GET", "portone/idempotency")

@@ -120,19 +120,35 @@ class PortOneClient:
         return read_issued(answer, request)
 
     def find_receipt(self, job: JobKey) -> Receipt | None:
-        """``GET /payments/{paymentId}/cash-receipt``; None when PortOne has none."""
+        """``GET /payments/{paymentId}/cash-receipt``: the live receipt if any, else the one
+        shown; None when PortOne has none.
+
+        A payment id has several receipts once a refund cancelled one and re-issued the
+        balance, and which of them the lookup shows is unconfirmed. So when it shows one
+        that is not live (cancelled, or a failed issue), the list is asked for a live one
+        beside it: never "nothing live" while a re-issue stands.
+        """
         answer = self._call(
             "GET",
             f"/payments/{path_segment(job.id)}/cash-receipt",
             params=self._store,
             none_on="CASH_RECEIPT_NOT_FOUND",
         )
-        return read_cash_receipt(answer) if answer is not None else None
+        if answer is None:
+            return None
+        shown = read_cash_receipt(answer)
+        if shown is not None and shown.active:
+            return shown
+        return next(iter(self.list_receipts(job, statuses=("ISSUED",))), shown)
 
-    def list_receipts(self, job: JobKey) -> list[Receipt]:
-        """``GET /cash-receipts`` filtered by the payment id, newest first."""
+    def list_receipts(self, job: JobKey, *, statuses: tuple[str, ...] = ()) -> list[Receipt]:
+        """``GET /cash-receipts`` filtered by the payment id (and ``statuses``, if given),
+        newest first. Its window is PortOne's default: issued in the last 90 days."""
+        filters: dict[str, Any] = {"storeId": self._store_id, "paymentId": job.id}
+        if statuses:
+            filters["statuses"] = list(statuses)
         query = {
-            "filter": {"storeId": self._store_id, "paymentId": job.id},
+            "filter": filters,
             "sort": {"by": "STATUS_UPDATED_AT", "order": "DESC"},
             "page": {"number": 0, "size": _PAGE_SIZE},
         }
@@ -159,7 +175,9 @@ class PortOneClient:
         """``POST /payments/{paymentId}/cash-receipt/cancel``, then the receipt as cancelled.
 
         V2's cancel answers only the amount and the time: the receipt itself is looked
-        up, so the cancelled event names it as V1's does.
+        up, so the cancelled event names it as V1's does. The list's newest CANCELLED one
+        is the receipt just cancelled: the lookup may show an older one (a payment id's
+        first receipt, cancelled by an earlier refund).
         """
         self._call(
             "POST",
@@ -168,7 +186,8 @@ class PortOneClient:
             key=self._key(operation),
             on_send=on_send,
         )
-        cancelled = self.find_receipt(job)
+        listed = self.list_receipts(job, statuses=("CANCELLED",))
+        cancelled = listed[0] if listed else self.find_receipt(job)
         if cancelled is None or cancelled.active:
             raise UnexpectedResponse("PortOne answered the cancel, but shows no cancelled receipt")
         return cancelled
