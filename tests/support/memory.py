@@ -340,9 +340,11 @@ def _partial(cancel: str | None) -> bool:
     return isinstance(amount, int | float) and not isinstance(amount, bool)
 
 
-def _external_partial(cancel: str | None) -> bool:
-    """Whether a cancellation is an external receipt's partial refund (partial.lua)."""
-    return _partial(cancel) and json.loads(cancel or "{}").get("kind") == "external"
+def _recorded_partial(cancel: str | None) -> bool:
+    """Whether a cancellation is a partial refund whose balance the worker records: an
+    external receipt's or a PortOne V2 payment's (partial.lua)."""
+    decoded = json.loads(cancel or "{}") if _partial(cancel) else {}
+    return decoded.get("kind") == "external" or decoded.get("provider") == "portone"
 
 
 @dataclass(frozen=True)
@@ -462,7 +464,7 @@ class MemoryStore:
             rec is not None
             and state == "cancelled"
             and not (
-                _partial(rec.get("cancel")) and (not _partial(text) or _external_partial(text))
+                _partial(rec.get("cancel")) and (not _partial(text) or _recorded_partial(text))
             )
         ):
             return state
@@ -531,7 +533,7 @@ class MemoryStore:
         if state == "issued" and op == "issue":
             return Claim(ClaimKind.ISSUED, receipt=_json(rec.get("receipt")))
         if state == "cancelled" and not (
-            after_partial and (op == "issue" or not _partial(text) or _external_partial(text))
+            after_partial and (op == "issue" or not _partial(text) or _recorded_partial(text))
         ):
             return Claim(ClaimKind.CANCELLED, receipt=_json(rec.get("receipt")))
         if op == "issue" and recorded_op == "cancel" and state in {"in_flight", "received"}:
@@ -570,6 +572,8 @@ class MemoryStore:
             and state in {"in_flight", "received"}
         ):
             _cancel_waiter(rec, owner)
+            if rec.get("cancel_step") == "cancelled":
+                rec["cancel_step"] = "inherited"  # that one's cancel step is not this one's
         if recorded_op != op and state in {"in_flight", "received"}:
             attempts = 0
         attempts += 1

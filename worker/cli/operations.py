@@ -104,8 +104,10 @@ def replay(
             if "identifier" in corrections:
                 payload.pop("identifier_sealed", None)
             payload.update(corrections)
-        if job.imp_uid is None and source.balance is not None:
-            # An external receipt's, or a V2 payment's: the balance its last refund left.
+        if job.kind == EXTERNAL and source.balance is not None:
+            # The balance its last refund left. A V2 payment's payload keeps the sale's
+            # total, which PortOne's payment is checked with: the worker issues the
+            # recorded balance (IssueRunner.after_refunds).
             payload = balance_fields(payload, recorded_refund(source.balance))
         if not new_id:
             # The kept payload names its job (an external receipt's: kind and merchant_uid).

@@ -247,6 +247,15 @@ def _check_payment(client: Provider, request: ReceiptRequest) -> tuple[Receipt |
             f"the payload's amount is {wanted} won, PortOne payment {job.id}'s is {payment.amount}",
             status=None,
         )
+    tax_free = request.options.get("tax_free") or 0
+    if request.sale is None and tax_free != (payment.tax_free or 0):
+        # A split the payment does not have: its refunds' balances (read from the payment)
+        # could never be re-issued for this receipt's (issue 16 review, finding 6).
+        raise AmountMismatch(
+            f"the payload's tax-free part is {tax_free} won, PortOne payment {job.id}'s is "
+            f"{payment.tax_free or 0}",
+            status=None,
+        )
     if not payment.cash_receipt_issued:
         return None, payment
     # Issued in the payment window: adopted, never a second receipt for the tax service.

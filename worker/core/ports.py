@@ -191,6 +191,10 @@ class JobView:
     #: A refund's cancel step is done (:meth:`JobStore.note_cancelled`): a retry only
     #: re-issues, never cancels again.
     cancel_done: bool = False
+    #: Another refund's cancel step was done, and this refund took the job over from it:
+    #: the balance that one re-issued may be live by now, so this one takes its own steps
+    #: (it finishes that one's only when it is the same refund again).
+    cancel_inherited: bool = False
     #: The receipt the job's latest cancel step cancelled, kept after its refund ended so
     #: that a repeated refund event can name it; None: none was live, or no cancel step.
     cancelled_receipt: Receipt | None = None

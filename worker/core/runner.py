@@ -34,7 +34,13 @@ from typing import Any
 
 from worker.core.budget import MAX_PROVIDER_CALLS_PER_ATTEMPT, BudgetedProvider, BudgetSpent
 from worker.core.contract import EXTERNAL, PAYMENT, PORTONE
-from worker.core.errors import IdConflict, OutcomeUnknown, ProviderError, TransientError
+from worker.core.errors import (
+    IdConflict,
+    OutcomeUnknown,
+    ProviderError,
+    ProviderUnavailable,
+    TransientError,
+)
 from worker.core.events import CANCELLED_MESSAGE, invalid_detail, no_payload_detail
 from worker.core.issuing import (
     Issued,
@@ -44,6 +50,7 @@ from worker.core.issuing import (
     settle_delay,
     settle_issue,
 )
+from worker.core.masking import shown_text
 from worker.core.outcome import Outcome
 from worker.core.ports import (
     Claim,
@@ -730,7 +737,7 @@ class CancelRunner(JobRunner):
     def act(  # noqa: PLR0911 (one return per way a refund's attempt ends)
         self, terminal: TerminalPublisher, claim: Claim
     ) -> Instruction | None:
-        store, client = self.store, self.provider
+        store = self.store
         self.live = None
         job = store.view(self.job)
         # A retry after the cancel step only re-issues (note_cancelled, below).
@@ -738,7 +745,7 @@ class CancelRunner(JobRunner):
         cancelled = job.cancelled_receipt if job else None
         payload = job.payload if job else None
         try:
-            refund = self.refund_read(job, cancel_done=cancel_done)
+            refund, cancel_done = self.refund_read(job, cancel_done=cancel_done)
         except ProviderError as error:
             return self.failed(error, claim, partial(self.give_up, terminal, claim, error))
         # The balance's receipt is issued from the kept payload: opened before anything is
@@ -764,20 +771,10 @@ class CancelRunner(JobRunner):
                 if not store.note_balance(self.job, fence=claim.fence, balance=balance):
                     return None
             if not cancel_done:
-                if self.settling(claim):
-                    cancelled = settle_cancel(
-                        client, self.job, sends=self.sends(claim), seen=self.saw
-                    )
-                else:
-                    operation = self.operation("cancel", claim)
-                    cancelled = cancel_live_receipt(
-                        client,
-                        self.job,
-                        operation=operation,
-                        sends=self.sends(claim, delete=True, operation=operation),
-                        seen=self.saw,
-                    )
-                if not store.note_cancelled(self.job, fence=claim.fence, receipt=cancelled):
+                noted, cancelled = self.cancel_step(
+                    claim, inherited=bool(job and job.cancel_inherited)
+                )
+                if not noted:
                     return None
         except ProviderError as error:
             return self.failed(error, claim, partial(self.give_up, terminal, claim, error))
@@ -813,15 +810,53 @@ class CancelRunner(JobRunner):
             return Done(Outcome.CANCELLED) if ok else None
         return self.reissue(terminal, claim, cancelled, request, unopened, look_first=look_first)
 
-    def refund_read(self, job: JobView | None, *, cancel_done: bool) -> Mapping[str, Any]:
-        """What this refund leaves, as an external receipt's refund says it; sets
-        :attr:`leaves_balance`.
+    def cancel_step(self, claim: Claim, *, inherited: bool) -> tuple[bool, Receipt | None]:
+        """Cancel the live receipt (only look, when settling) and record the step: whether
+        it was recorded (False: fenced out), and the receipt cancelled."""
+        if self.settling(claim):
+            cancelled = settle_cancel(
+                self.provider, self.job, sends=self.sends(claim), seen=self.saw
+            )
+        else:
+            operation = self.operation("cancel", claim)
+            cancelled = cancel_live_receipt(
+                self.provider,
+                self.job,
+                operation=operation,
+                sends=self.sends(claim, delete=True, operation=operation),
+                seen=self.saw,
+            )
+        if not self.store.note_cancelled(self.job, fence=claim.fence, receipt=cancelled):
+            return False, cancelled
+        if inherited:
+            # The request the refund taken over left unsettled (its re-issue) was waited
+            # out and looked for: this refund's own re-issue takes a new key.
+            self.sends(claim).answered()
+        return True, cancelled
+
+    def refund_read(
+        self, job: JobView | None, *, cancel_done: bool
+    ) -> tuple[Mapping[str, Any], bool]:
+        """What this refund leaves, as an external receipt's refund says it, and whether the
+        cancel step is done for it; sets :attr:`leaves_balance`.
 
         A PortOne V2 payment's is read from PortOne's payment
         (:func:`~worker.core.refunds.payment_refund`) until the cancel step is done, and
         from the balance recorded then after it: the re-issue's body stays as it was
-        first sent. A payment with nothing left is a full refund.
+        first sent. A payment with nothing left is a full refund. A refund that took the
+        job over from another whose cancel step was done (``cancel_inherited``) takes its
+        own steps, unless it is that refund again (or an older one, late): then it
+        finishes that one's, from the balance recorded.
         """
+        refund = self.balance_read(job, cancel_done=cancel_done)
+        taken_over = job is not None and job.cancel_inherited
+        if taken_over and self.leaves_balance and self.stale(job, refund):
+            assert job is not None and job.balance is not None
+            return recorded_refund(job.balance), True
+        return refund, cancel_done
+
+    def balance_read(self, job: JobView | None, *, cancel_done: bool) -> Mapping[str, Any]:
+        """:meth:`refund_read`'s balance, before a takeover is considered."""
         self.leaves_balance = partial_refund(self.message)
         if not self.leaves_balance or self.job.provider != PORTONE or self.job.kind != PAYMENT:
             return self.message
@@ -829,6 +864,20 @@ class CancelRunner(JobRunner):
         if cancel_done and recorded is not None:
             return recorded_refund(recorded)
         refund = payment_refund(self.provider, self.job, self.message["amount"])
+        refund_id = self.message.get("refund_id")
+        if (
+            recorded is not None
+            and refund["remaining_amount"] >= recorded["amount"]
+            and refund_id is not None
+            and refund_id not in recorded.get("refunds", ())
+        ):
+            # A refund not handled before, which the payment does not show beyond those
+            # that were: PortOne has not caught up with it (issue 16 review, finding 4).
+            raise ProviderUnavailable(
+                f"PortOne payment {self.job.id} shows no refund beyond those handled: "
+                f"waiting for PortOne to show refund {shown_text(refund_id)}",
+                status=None,
+            )
         self.leaves_balance = refund["remaining_amount"] > 0
         return refund
 
@@ -867,11 +916,17 @@ class CancelRunner(JobRunner):
         the same sale from another one under the merchant_uid."""
         recorded = (job.balance if job is not None else None) or {}
         kept = (job.payload if job is not None else None) or {}
-        return {
+        refunds = list(recorded.get("refunds", ()))
+        if (refund_id := self.message.get("refund_id")) is not None:
+            refunds.append(refund_id)
+        balance = {
             "amount": refund["remaining_amount"],
             "tax_free": refund.get("remaining_tax_free"),
             "sale": recorded.get("sale", kept.get("amount")),
         }
+        # The refunds handled so far, by refund_id: one PortOne does not show yet is told
+        # from one it does (refund_read).
+        return {**balance, "refunds": refunds} if refunds else balance
 
     def covering(self, job: JobView | None) -> Receipt | None:
         """The live receipt when it already covers the balance this refund leaves: the

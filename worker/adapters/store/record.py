@@ -44,6 +44,8 @@ DELETE_SENT_AT_FIELD = "delete_sent_at"
 CANCEL_STEP_FIELD = "cancel_step"
 #: The value of :data:`CANCEL_STEP_FIELD` once the live receipt is cancelled.
 CANCELLED_STEP = "cancelled"
+#: Its value once another refund took over a job whose cancel step was done (claim.lua).
+INHERITED_STEP = "inherited"
 #: Beside it, the receipt the cancel step cancelled (JSON; empty: there was none). Kept
 #: after the refund ends: a repeated refund event names it.
 CANCELLED_RECEIPT_FIELD = "cancelled_receipt"
@@ -68,6 +70,7 @@ def job_view(job: JobKey, record: Mapping[str, str]) -> JobView:
         balance=_json(record.get(BALANCE_FIELD)),
         failed_before=bool(record.get("last_error")),
         cancel_done=record.get(CANCEL_STEP_FIELD) == CANCELLED_STEP,
+        cancel_inherited=record.get(CANCEL_STEP_FIELD) == INHERITED_STEP,
         cancelled_receipt=_receipt(imp_uid, record.get(CANCELLED_RECEIPT_FIELD)),
         has_receipt=bool(record.get("receipt")),
         receipt=_receipt(imp_uid, record.get("receipt")),

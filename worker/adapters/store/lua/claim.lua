@@ -33,7 +33,7 @@ if state == 'issued' and op == 'issue' then
   return {'issued', receipt}
 end
 if state == 'cancelled' and not (after_partial
-    and (op == 'issue' or not partial(ARGV[2]) or external_partial(ARGV[2]))) then
+    and (op == 'issue' or not partial(ARGV[2]) or recorded_partial(ARGV[2]))) then
   -- A full refund ends the payment's receipts; after a partial one an issue
   -- (or a full refund) still has work to do.
   return {'cancelled', receipt or ''}
@@ -82,6 +82,12 @@ elseif owner and owner ~= ARGV[1] and recorded_op == 'cancel' and op == 'cancel'
   -- A cancellation takes over another's (parked, or its worker gone): that one
   -- ends with this one's outcome, as a duplicate (issue 14, finding 12).
   cancel_waiter(KEYS[1], owner)
+  if redis.call('HGET', KEYS[1], 'cancel_step') == 'cancelled' then
+    -- That one's cancel step is not this one's: the balance it re-issued may be live by
+    -- now. This refund takes its own steps; the worker finishes that one's only when this
+    -- one is the same refund again (issue 16 review, findings 1 and 2).
+    redis.call('HSET', KEYS[1], 'cancel_step', 'inherited')
+  end
 end
 if recorded_op ~= op and (state == 'in_flight' or state == 'received') then
   -- Another operation takes over an unfinished job (a refund of a parked issue): it

@@ -9,11 +9,13 @@ local function partial(cancel)
   local named = decoded['kind'] == 'external' and 'remaining_amount' or 'amount'
   return type(decoded[named]) == 'number'
 end
--- Whether a cancellation is an external receipt's partial refund: it names the balance
--- itself, so a second one still has work to do after a first (the worker tells a stale
--- one by the balance recorded), where a payment's takes its balance from i'mport.
-local function external_partial(cancel)
+-- Whether a cancellation is a partial refund whose balance the worker records: an
+-- external receipt's (it names the balance) or a PortOne V2 payment's (read from the
+-- payment, and frozen): a second one still has work to do after a first (the worker
+-- tells a stale one by the balance recorded), where a V1 payment's balance is i'mport's
+-- to compute when it issues.
+local function recorded_partial(cancel)
   if not partial(cancel) then return false end
   local decoded = cjson.decode(cancel)
-  return decoded['kind'] == 'external'
+  return decoded['kind'] == 'external' or decoded['provider'] == 'portone'
 end

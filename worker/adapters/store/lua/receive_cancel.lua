@@ -13,7 +13,7 @@ if state and owner == ARGV[1] then
   return state  -- the same task again (an ingress entry handled twice)
 end
 if state == 'cancelled'
-    and not (partial(record[3]) and (not partial(ARGV[2]) or external_partial(ARGV[2]))) then
+    and not (partial(record[3]) and (not partial(ARGV[2]) or recorded_partial(ARGV[2]))) then
   return state  -- nothing left to cancel: the task reports a duplicate
 end
 if state == 'received' or state == 'in_flight' then
