@@ -8,8 +8,9 @@ same Redis (flushed between runs):
 ``ours``
     ``celery -A worker worker`` in its default configuration.
 ``bare``
-    :mod:`cashreceipt_bench.bare`: one POST and one XADD per task, with the same
-    Celery settings.
+    :mod:`cashreceipt_bench.bare`: a receipt's HTTP calls and one XADD per task, with
+    the same Celery settings: one POST for i'mport V1; for PortOne V2, the GET of the
+    payment and the POST that our worker makes for ``kind: payment``.
 ``prefork``
     :mod:`cashreceipt_bench.prefork`: our task under Celery's default prefork
     configuration (a child per core, early acks, prefetch 4).
@@ -31,6 +32,11 @@ Profiles:
 ``soak``
     A long run (100,000 receipts by default) with the worker's RSS sampled.
 
+``--provider``
+    Which receipts the throughput and latency profiles issue: ``iamport`` (V1, the
+    default), ``portone`` (V2 payments, under the sandbox's ``/portone``; ours and bare
+    only), or both, measured in the same run at each L.
+
 Absolute numbers on a shared machine are noise; the ratios are taken in the
 same run, minutes apart, on the same Redis and sandbox.
 """
@@ -49,17 +55,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import redis
+import requests
 from celery import Celery
 from cryptography.fernet import Fernet
 
-from cashreceipt_bench.bare import BARE_TASK
+from cashreceipt_bench.bare import BARE_PORTONE_TASK, BARE_TASK
 from cashreceipt_bench.servers import (
     RedisServer,
     free_port,
@@ -74,15 +81,27 @@ from worker.core.contract import QUEUE
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
 SANDBOX_KEY, SANDBOX_SECRET = "sandbox_key", "sandbox_secret"
+#: The sandbox's PortOne V2 defaults (docs/sandbox.md, "PortOne V2").
+SANDBOX_PORTONE_SECRET = "sandbox_portone_secret"  # noqa: S105 - the sandbox's documented default
+SANDBOX_PORTONE_STORE, SANDBOX_PORTONE_CHANNEL = "store-sandbox", "channel-key-sandbox"
+#: A new V2 payment in the sandbox: PAID by virtual account, 11,000 won.
+PORTONE_AMOUNT = 11000
 #: A run fails when no result event arrives for this long.
 STALL_SECONDS = 60.0
 #: The share of N left out at the start of a drain, as warm-up.
 WARMUP_SHARE = 0.05
 PROFILES = ("throughput", "latency", "scaleout", "soak")
+IAMPORT, PORTONE = "iamport", "portone"
+#: The receipts the throughput and latency profiles can issue (``--provider``).
+PROVIDERS = (IAMPORT, PORTONE)
+#: HTTP calls per receipt, ours and bare alike, at L each (PortOne V2: the payment's GET
+#: and the POST).
+CALLS = {IAMPORT: 1, PORTONE: 2}
 #: The README's settings (and Celery's own): none of the caller's reach a measured worker.
 SETTING_PREFIXES = (
     "CELERY_", "REDIS_", "IAMPORT_", "RETRY_", "RESULT_", "BROKER_", "PII_", "ALLOW_",
     "WORKER_", "LEDGER_", "SWEEP_", "DUPLICATE_", "INGRESS_", "ISSUANCE_", "METRICS_", "LOG_",
+    "PORTONE_", "PROVIDERS",
 )  # fmt: skip
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -99,6 +118,8 @@ class Options:
     n: int = 1500
     latencies: tuple[int, ...] = (0, 50, 200)
     profiles: tuple[str, ...] = ("throughput", "latency")
+    #: Whose receipts the throughput and latency profiles issue: i'mport V1's, PortOne V2's.
+    providers: tuple[str, ...] = (IAMPORT,)
     light_rate: float = 10.0
     light_n: int = 100
     scaleout_latency: int = 1000
@@ -195,6 +216,13 @@ class Kind:
     app: str
     args: tuple[str, ...] = ()
     our_task: bool = True
+    #: Whose receipts it issues: i'mport V1's, or PortOne V2 payments'.
+    provider: str = IAMPORT
+
+    @property
+    def label(self) -> str:
+        """The name, and the provider when it is not i'mport (logs, progress)."""
+        return self.name if self.provider == IAMPORT else f"{self.name}-{self.provider}"
 
 
 class Bench:
@@ -209,6 +237,8 @@ class Bench:
         self.producer = Celery("bench-producer", broker=redis_server.url)
         self.producer.conf.task_serializer = "json"
         self.producer.conf.pii_encryption_keys = [self.key]
+        # The helper refuses a payload of a provider the workers do not serve.
+        self.producer.conf.providers = PROVIDERS
         self.sandbox_url = ""
         self._runs = 0
 
@@ -230,17 +260,31 @@ class Bench:
         env.update(extra)
         return env
 
+    def portone_env(self) -> dict[str, str]:
+        """A worker that serves PortOne V2 as well, against the sandbox's ``/portone``; its
+        timeouts and settle bound at their defaults."""
+        return {
+            "PROVIDERS": f"{IAMPORT},{PORTONE}",
+            "PORTONE_API_URL": f"{self.sandbox_url}/portone",
+            "PORTONE_API_SECRET": SANDBOX_PORTONE_SECRET,
+            "PORTONE_STORE_ID": SANDBOX_PORTONE_STORE,
+        }
+
     def start_worker(self, kind: Kind, *, name: str) -> WorkerProcess:
         """``celery -A <app> worker`` as an operator starts it, in its own process group."""
         self._runs += 1
-        log_path = self.folder / f"worker-{self._runs:03d}-{kind.name}.log"
+        log_path = self.folder / f"worker-{self._runs:03d}-{kind.label}.log"
         extra = () if kind.name == "prefork" else self.options.worker_args
         command = [
             str(BIN / "celery"), "-A", kind.app, "worker", "-n", f"{name}@%h", *kind.args, *extra,
         ]  # fmt: skip
         with log_path.open("wb") as log:
             # Each worker process on a host serves its metrics on a port of its own.
-            extra_env = {"METRICS_PORT": str(free_port()), **self.options.env}
+            extra_env = {
+                "METRICS_PORT": str(free_port()),
+                **(self.portone_env() if kind.provider == PORTONE else {}),
+                **self.options.env,
+            }
             process = subprocess.Popen(
                 command,
                 env=self.env(extra=extra_env),
@@ -277,7 +321,18 @@ class Bench:
 
     # -- producing
 
-    def payload(self, run: str, index: int) -> dict[str, Any]:
+    def payload(self, run: str, index: int, provider: str = IAMPORT) -> dict[str, Any]:
+        if provider == PORTONE:
+            return {
+                "provider": PORTONE,
+                "kind": "payment",
+                "payment_id": f"pay-{run}-{index}",
+                "channel_key": SANDBOX_PORTONE_CHANNEL,
+                "order_name": "Bench sale",
+                "amount": PORTONE_AMOUNT,
+                "identifier": "010-1234-5678",
+                "identifier_type": "phone",
+            }
         return {
             "imp_uid": f"imp_{run}_{index}",
             "merchant_uid": f"order-{run}-{index}",
@@ -285,17 +340,50 @@ class Bench:
             "identifier_type": "phone",
         }
 
+    def payloads(self, kind: Kind, run: str, n: int) -> list[dict[str, Any]]:
+        """``n`` payloads of the kind's provider, their V2 payments seeded in the sandbox
+        (PAID by virtual account, 11,000 won): a V2 payment must exist to be read."""
+        made = [self.payload(run, index, kind.provider) for index in range(n)]
+        if kind.provider == PORTONE:
+            with requests.Session() as admin:
+                for payload in made:
+                    admin.put(
+                        f"{self.sandbox_url}/__sandbox__/portone/payments/{payload['payment_id']}",
+                        json={},
+                        timeout=10,
+                    ).raise_for_status()
+        return made
+
+    def calls(self, kind: Kind, run: str) -> dict[str, int]:
+        """The API calls the sandbox logged for a run's receipts, by method and path with
+        the id left out: what each kind makes per receipt, counted rather than assumed.
+        (i'mport's token calls name no receipt and are not counted.)"""
+        if kind.provider == PORTONE:
+            url, field, prefix = "__sandbox__/portone/requests", "paymentId", f"pay-{run}-"
+        else:
+            url, field, prefix = "__sandbox__/requests", "imp_uid", f"imp_{run}_"
+        answer = requests.get(f"{self.sandbox_url}/{url}", timeout=60)
+        answer.raise_for_status()
+        counted: dict[str, int] = {}
+        for entry in answer.json()["requests"]:
+            found = entry.get(field)
+            if isinstance(found, str) and found.startswith(prefix):
+                name = f"{entry['method']} {entry['path'].replace(found, '{id}')}"
+                counted[name] = counted.get(name, 0) + 1
+        return counted
+
     def send(self, kind: Kind, payload: dict[str, Any]) -> str:
         """One payment event: through our helper, or for the bare task a plain send_task."""
         if kind.our_task:
             return enqueue_issue(payload, app=self.producer)
         task_id = str(uuid.uuid4())
-        self.producer.send_task(
-            BARE_TASK,
-            args=[{"imp_uid": payload["imp_uid"], "identifier": "01012345678"}],
-            task_id=task_id,
-            queue=QUEUE,
-        )
+        if kind.provider == PORTONE:
+            bare = {name: payload[name] for name in ("payment_id", "channel_key", "order_name")}
+            bare |= {"amount": PORTONE_AMOUNT, "identifier": "01012345678"}
+            task, args = BARE_PORTONE_TASK, bare
+        else:
+            task, args = BARE_TASK, {"imp_uid": payload["imp_uid"], "identifier": "01012345678"}
+        self.producer.send_task(task, args=[args], task_id=task_id, queue=QUEUE)
         return task_id
 
     def fresh(self) -> str:
@@ -321,14 +409,14 @@ class Bench:
     ) -> dict[str, Any]:
         """Enqueue ``n`` events, start the worker(s), time the drain between 5% and 100%."""
         run = self.fresh()
-        progress = Progress(f"{kind.name} L={latency_ms} enqueue", n, self.options.progress)
-        for index in range(n):
-            self.send(kind, self.payload(run, index))
+        progress = Progress(f"{kind.label} L={latency_ms} enqueue", n, self.options.progress)
+        for index, payload in enumerate(self.payloads(kind, run, n)):
+            self.send(kind, payload)
             progress.update(index + 1)
         progress.done()
         reader = self.results()
         warmup = max(1, math.ceil(n * WARMUP_SHARE))
-        progress = Progress(f"{kind.name} L={latency_ms} drain", n, self.options.progress)
+        progress = Progress(f"{kind.label} L={latency_ms} drain", n, self.options.progress)
         count = processes if processes is not None else self.options.processes
         with self.workers(kind, count) as started:
             reader.wait(warmup, started, progress)
@@ -339,22 +427,26 @@ class Bench:
             seen1 = reader.count
             rss = sum(tree_rss_bytes(w.pid) for w in started)
         progress.done()
+        calls = self.calls(kind, run)
         first, last = reader.times_ms[warmup - 1], reader.times_ms[n - 1]
         elapsed = max(last - first, 1) / 1000
         bad = reader.unexpected(our_task=kind.our_task)
         if bad:
             raise BenchError(
-                f"{kind.name}: {len(bad)} result events were not a new receipt: {bad[:3]}"
+                f"{kind.label}: {len(bad)} result events were not a new receipt: {bad[:3]}"
             )
         return {
             "profile": profile,
             "kind": kind.name,
+            "provider": kind.provider,
             "latency_ms": latency_ms,
             "n": n,
             "processes": count,
             "receipts_per_s": (n - warmup) / elapsed,
             "cpu_ms_per_receipt": (cpu1 - cpu0) * 1000 / max(seen1 - seen0, 1),
             "rss_mb": rss / 2**20,
+            "calls_per_receipt": sum(calls.values()) / n,
+            "calls": calls,
         }
 
     def light(self, kind: Kind, *, latency_ms: int) -> dict[str, Any]:
@@ -362,21 +454,25 @@ class Bench:
         run = self.fresh()
         opts = self.options
         reader = self.results()
+        warmups, payloads = (
+            self.payloads(kind, run + "w", 5),
+            self.payloads(kind, run, opts.light_n),
+        )
         with self.workers(kind, self.options.processes) as started:
             # Warm up: the worker is ready, has its token and connections.
-            for index in range(5):
-                self.send(kind, self.payload(run + "w", index))
+            for index, payload in enumerate(warmups):
+                self.send(kind, payload)
                 reader.wait(index + 1, started, None)
             reader.follow()
             sent: dict[str, float] = {}
-            progress = Progress(f"{kind.name} L={latency_ms} light", opts.light_n, opts.progress)
+            progress = Progress(f"{kind.label} L={latency_ms} light", opts.light_n, opts.progress)
             start = time.perf_counter()
             for index in range(opts.light_n):
                 delay = start + index / opts.light_rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
                 sent_at = time.perf_counter()
-                sent[self.send(kind, self.payload(run, index))] = sent_at
+                sent[self.send(kind, payloads[index])] = sent_at
                 progress.update(index + 1)
             reader.wait(5 + opts.light_n, started, None)
             rss = sum(tree_rss_bytes(w.pid) for w in started)
@@ -388,6 +484,7 @@ class Bench:
         return {
             "profile": "latency",
             "kind": kind.name,
+            "provider": kind.provider,
             "latency_ms": latency_ms,
             "n": opts.light_n,
             "rate_per_s": opts.light_rate,
@@ -448,6 +545,8 @@ class ResultReader:
         self.times_ms: list[int] = []
         self.types: list[str] = []
         self.data: list[dict[str, Any]] = []
+        #: The HTTP status of the bare task's last call, by event.
+        self.statuses: list[str] = []
         self.seen_at: dict[str, float] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -461,6 +560,7 @@ class ResultReader:
                 data = json.loads(fields.get("data") or "{}")
                 self.times_ms.append(int(entry_id.partition("-")[0]))
                 self.types.append(fields.get("type", ""))
+                self.statuses.append(fields.get("status", ""))
                 self.data.append(data)
                 self.seen_at[str(data.get("task_id"))] = now
                 self.count += 1
@@ -498,9 +598,14 @@ class ResultReader:
             self._thread.join(5)
 
     def unexpected(self, *, our_task: bool) -> list[str]:
-        """Events other than a new, non-duplicate receipt (or the bare task's event)."""
+        """Events other than a new, non-duplicate receipt (or the bare task's event of a
+        call answered 200: a refused call is cheaper, and would flatter the baseline)."""
         if not our_task:
-            return [t for t in self.types if t != "bench.bare"]
+            return [
+                f"{kind} {status}"
+                for kind, status in zip(self.types, self.statuses, strict=True)
+                if (kind, status) != ("bench.bare", "200")
+            ]
         return [
             f"{kind}: {data.get('error') or data.get('duplicate')}"
             for kind, data in zip(self.types, self.data, strict=True)
@@ -552,12 +657,26 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 OURS = Kind(name="ours", app="worker")
 BARE = Kind(name="bare", app="cashreceipt_bench.bare", our_task=False)
+#: The same two on PortOne V2 payments: no prefork baseline (V1's answers what the pool buys).
+OURS_PORTONE = Kind(name="ours", app="worker", provider=PORTONE)
+BARE_PORTONE = Kind(name="bare", app="cashreceipt_bench.bare", our_task=False, provider=PORTONE)
 #: Celery's defaults: prefork, a child per core, prefetch 4; early acks come from the app.
 PREFORK = Kind(
     name="prefork",
     app="cashreceipt_bench.prefork",
     args=("-P", "prefork", "-c", str(os.cpu_count() or 1), "--prefetch-multiplier", "4"),
 )
+
+
+def drain_kinds(providers: Sequence[str]) -> list[Kind]:
+    """The kinds the throughput profile drains, for the providers asked for."""
+    kinds = [OURS, BARE, PREFORK] if IAMPORT in providers else []
+    return kinds + ([OURS_PORTONE, BARE_PORTONE] if PORTONE in providers else [])
+
+
+def light_kinds(providers: Sequence[str]) -> list[Kind]:
+    """The kinds the latency profile times, for the providers asked for."""
+    return [kind for kind in drain_kinds(providers) if kind is not PREFORK]
 
 
 def prefork_n(n: int, latency_ms: int) -> int:
@@ -617,7 +736,7 @@ def _profiles(bench: Bench, options: Options) -> list[dict[str, Any]]:
         with bench.sandbox(latency):
             for repeat in range(options.repeat):
                 if "throughput" in options.profiles:
-                    kinds = _rotated((OURS, BARE, PREFORK), repeat)
+                    kinds = _rotated(drain_kinds(options.providers), repeat)
                     for kind in kinds:
                         single = kind is PREFORK
                         n = prefork_n(options.n, latency) if single else options.n
@@ -626,7 +745,7 @@ def _profiles(bench: Bench, options: Options) -> list[dict[str, Any]]:
                         )
                         rows.append({**row, "repeat": repeat})
                 if "latency" in options.profiles:
-                    for kind in _rotated((OURS, BARE), repeat):
+                    for kind in _rotated(light_kinds(options.providers), repeat):
                         rows.append({**bench.light(kind, latency_ms=latency), "repeat": repeat})
     if "scaleout" in options.profiles:
         with bench.sandbox(options.scaleout_latency):
@@ -652,10 +771,17 @@ def _rotated(items: Sequence[T], by: int) -> list[T]:
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (profile, kind, L, processes): medians of the repeats; latencies pooled."""
+    """One row per (profile, kind, provider, L, processes): medians of the repeats;
+    latencies pooled."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        key = (row["profile"], row["kind"], row["latency_ms"], row.get("processes"))
+        key = (
+            row["profile"],
+            row["kind"],
+            row.get("provider", IAMPORT),
+            row["latency_ms"],
+            row.get("processes"),
+        )
         groups.setdefault(key, []).append(row)
     summary = []
     for members in groups.values():
@@ -738,8 +864,39 @@ def render(rows: Sequence[Row], options: Options) -> str:
     return "".join(parts).lstrip("\n")
 
 
+#: What a provider's tables add to their title: V1's are the README's first tables as they were.
+TITLES = {
+    IAMPORT: "",
+    PORTONE: ", PortOne V2 payments (ours and bare: GET the payment, then POST the receipt)",
+}
+_PREFORK_COLUMNS = {"prefork/s", "÷prefork", "rss prefork"}
+
+
+def _provider_rows(rows: Sequence[Row], profile: str, provider: str) -> list[Row]:
+    return [r for r in rows if r["profile"] == profile and r.get("provider", IAMPORT) == provider]
+
+
+Section = Callable[[Sequence[Row], Options, str], tuple[str, list[str]]]
+
+
+def _per_provider(section: Section, rows: Sequence[Row], options: Options) -> tuple[str, list[str]]:
+    """One table per provider asked for, in the order asked (V1's first by default)."""
+    texts, verdicts = [], []
+    for provider in options.providers:
+        text, found = section(rows, options, provider)
+        texts.append(text)
+        verdicts += found
+    return "".join(texts), verdicts
+
+
 def _throughput(rows: Sequence[Row], options: Options) -> tuple[str, list[str]]:
-    drains = [r for r in rows if r["profile"] == "throughput"]
+    return _per_provider(_throughput_of, rows, options)
+
+
+def _throughput_of(rows: Sequence[Row], options: Options, provider: str) -> tuple[str, list[str]]:
+    drains = _provider_rows(rows, "throughput", provider)
+    v1 = _provider_rows(rows, "throughput", IAMPORT) if provider != IAMPORT else []
+    label = "" if provider == IAMPORT else " V2"
     body, verdicts = [], []
     for latency in options.latencies:
         ours = _find(drains, kind="ours", latency_ms=latency)
@@ -747,7 +904,7 @@ def _throughput(rows: Sequence[Row], options: Options) -> tuple[str, list[str]]:
         pre = _find(drains, kind="prefork", latency_ms=latency)
         if ours is None:
             continue
-        rate, cpu = "receipts_per_s", "cpu_ms_per_receipt"
+        rate, cpu, calls = "receipts_per_s", "cpu_ms_per_receipt", "calls_per_receipt"
         body.append([
             str(latency),
             _num(_get(ours, rate)), _num(_get(bare, rate)), _num(_get(pre, rate), ".1f"),
@@ -755,47 +912,53 @@ def _throughput(rows: Sequence[Row], options: Options) -> tuple[str, list[str]]:
             _num(_get(ours, cpu), ".2f"), _num(_get(bare, cpu), ".2f"),
             _ratio(_get(ours, cpu), _get(bare, cpu)),
             _num(_get(ours, "rss_mb")), _num(_get(bare, "rss_mb")), _num(_get(pre, "rss_mb")),
+            _num(_get(ours, calls), ".2f"), _num(_get(bare, calls), ".2f"),
         ])  # fmt: skip
         if bare:
             ratio = ours[rate] / bare[rate]
+            ours_v1, bare_v1 = (_find(v1, kind=k, latency_ms=latency) for k in ("ours", "bare"))
+            beside = f" (V1 {_ratio(_get(ours_v1, rate), _get(bare_v1, rate))})" if v1 else ""
             verdicts.append(
-                _verdict(f"L={latency}: throughput ours/bare {ratio:.2f} >= 0.70", ratio >= 0.7)
+                _verdict(
+                    f"L={latency}{label}: throughput ours/bare {ratio:.2f} >= 0.70{beside}",
+                    ratio >= 0.7,
+                )
             )
         if pre and latency >= 200:
             ratio = ours[rate] / pre[rate]
             verdicts.append(_verdict(f"L={latency}: ours/prefork {ratio:.1f} >= 20", ratio >= 20))
-        if bare and latency == 0:
+        if bare and latency == 0 and provider == IAMPORT:
             ratio = ours[cpu] / bare[cpu]
             verdicts.append(_verdict(f"L=0: CPU ours/bare {ratio:.2f} <= 1.5", ratio <= 1.5))
     if not body:
         return "", []
     processes = _get(_find(drains, kind="ours"), "processes")
+    header = [
+        "L ms", "ours/s", "bare/s", "prefork/s", "÷bare", "÷prefork", "cpu ours", "cpu bare",
+        "cpu÷bare", "rss ours", "rss bare", "rss prefork", "calls ours", "calls bare",
+    ]  # fmt: skip
+    if not any(r["kind"] == "prefork" for r in drains):
+        kept = [i for i, name in enumerate(header) if name not in _PREFORK_COLUMNS]
+        header, body = [header[i] for i in kept], [[row[i] for i in kept] for row in body]
+    # V1's table comes first, as it always did; a later one is set apart by a blank line.
     text = (
-        f"Throughput: drain of N prefilled events, {processes:.0f} worker process(es) of ours "
-        "and of bare, medians of the repeats (receipts/s; CPU ms per receipt; RSS MB)\n"
-        + _table(
-            [
-                "L ms",
-                "ours/s",
-                "bare/s",
-                "prefork/s",
-                "÷bare",
-                "÷prefork",
-                "cpu ours",
-                "cpu bare",
-                "cpu÷bare",
-                "rss ours",
-                "rss bare",
-                "rss prefork",
-            ],
-            body,
-        )
+        ("" if provider == IAMPORT else "\n")
+        + f"Throughput{TITLES[provider]}: drain of N prefilled events, {processes:.0f} worker "
+        "process(es) of ours and of bare, medians of the repeats (receipts/s; CPU ms per "
+        "receipt; RSS MB; API calls per receipt, as the sandbox logged them)\n"
+        + _table(header, body)
     )
     return text, verdicts
 
 
 def _light(rows: Sequence[Row], options: Options) -> tuple[str, list[str]]:
-    lights = [r for r in rows if r["profile"] == "latency"]
+    return _per_provider(_light_of, rows, options)
+
+
+def _light_of(rows: Sequence[Row], options: Options, provider: str) -> tuple[str, list[str]]:
+    lights = _provider_rows(rows, "latency", provider)
+    # The provider's own latency: L per call, and a V2 receipt makes two.
+    calls = CALLS[provider]
     body, verdicts = [], []
     for latency in options.latencies:
         ours = _find(lights, kind="ours", latency_ms=latency)
@@ -805,9 +968,11 @@ def _light(rows: Sequence[Row], options: Options) -> tuple[str, list[str]]:
         cells = [str(latency), f"{ours['rate_per_s']:g}", str(ours["n"])]
         for row in (ours, bare):
             cells += [_num(_get(row, k), ".1f") for k in ("p50_ms", "p95_ms", "p99_ms")]
-        bare_wait = _get(bare, "p50_ms")
-        cells.append(_ratio(ours["p50_ms"] - latency, bare_wait - latency if bare_wait else None))
+        bare_wait, waited = _get(bare, "p50_ms"), calls * latency
+        cells.append(_ratio(ours["p50_ms"] - waited, bare_wait - waited if bare_wait else None))
         body.append(cells)
+        if provider != IAMPORT:
+            continue
         ok = ours["p50_ms"] <= latency + 15 and ours["p99_ms"] <= latency + 60
         verdicts.append(
             _verdict(
@@ -818,9 +983,10 @@ def _light(rows: Sequence[Row], options: Options) -> tuple[str, list[str]]:
         )
     if not body:
         return "", []
-    text = "\nLatency at light load: enqueue -> result event, ms (repeats pooled)\n" + _table(
+    title = f"Latency at light load{TITLES[provider]}: enqueue -> result event, ms (repeats pooled)"
+    text = f"\n{title}\n" + _table(
         ["L ms", "events/s", "events", "ours p50", "p95", "p99", "bare p50", "p95", "p99",
-         "(p50-L)÷bare"],
+         "(p50-L)÷bare" if calls == 1 else f"(p50-{calls}L)÷bare"],
         body,
     )  # fmt: skip
     return text, verdicts

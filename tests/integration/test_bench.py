@@ -34,14 +34,15 @@ def readme_bench_command() -> list[str]:
     return words
 
 
-@pytest.mark.timeout(600)
-def test_readme_bench_command_prints_its_tables(tmp_path: Path) -> None:
-    """Every kind of worker drains, the light-load run times each event, the JSON agrees."""
-    words = readme_bench_command()
-    json_path = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "IAMPORT_"))}
+def run_bench(*arguments: str, json_path: Path) -> str:
+    """``cashreceipt bench`` with these arguments, tiny; its stdout, once it exited 0."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CELERY_", "IAMPORT_", "PORTONE_", "PROVIDERS"))
+    }
     finished = subprocess.run(
-        [str(CLI), *words[1:], *TINY, "--json", str(json_path)],
+        [str(CLI), *arguments, *TINY, "--json", str(json_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -49,7 +50,15 @@ def test_readme_bench_command_prints_its_tables(tmp_path: Path) -> None:
         check=False,
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
-    out = finished.stdout
+    return finished.stdout
+
+
+@pytest.mark.timeout(600)
+def test_readme_bench_command_prints_its_tables(tmp_path: Path) -> None:
+    """Every kind of worker drains, the light-load run times each event, the JSON agrees."""
+    words = readme_bench_command()
+    json_path = tmp_path / "bench.json"
+    out = run_bench(*words[1:], json_path=json_path)
     assert "Throughput" in out
     assert "Latency at light load" in out
     assert re.search(r"^\s+0\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+", out, re.MULTILINE), out
@@ -75,3 +84,30 @@ def test_readme_bench_command_prints_its_tables(tmp_path: Path) -> None:
         assert len(row["latencies_ms"]) == 10
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
     assert document["machine"]["cpus"] == os.cpu_count()
+
+
+@pytest.mark.timeout(600)
+def test_portone_v2_receipts_are_measured_with_the_same_calls_on_both_sides(
+    tmp_path: Path,
+) -> None:
+    """--provider portone: ours and bare each issue every V2 payment with its GET and its
+    POST, as the sandbox logged them, and the V2 tables are printed."""
+    json_path = tmp_path / "bench.json"
+    out = run_bench("bench", "--provider", "portone", json_path=json_path)
+    assert "Throughput, PortOne V2 payments" in out
+    assert "Latency at light load, PortOne V2 payments" in out
+    assert "L=0 V2: throughput ours/bare" in out
+
+    document = json.loads(json_path.read_text(encoding="utf-8"))
+    summary = {(row["profile"], row["kind"], row["provider"]): row for row in document["summary"]}
+    assert set(summary) == {
+        ("throughput", "ours", "portone"),
+        ("throughput", "bare", "portone"),
+        ("latency", "ours", "portone"),
+        ("latency", "bare", "portone"),
+    }
+    for kind in ("ours", "bare"):
+        row = summary["throughput", kind, "portone"]
+        assert row["receipts_per_s"] > 0
+        assert row["calls"] == {"GET /portone/payments/{id}": 20, "POST /portone/cash-receipts": 20}
+        assert len(summary["latency", kind, "portone"]["latencies_ms"]) == 10

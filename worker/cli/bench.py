@@ -32,6 +32,14 @@ BENCH_MISSING = (
     show_default=True,
     help="Comma-separated: throughput, latency, scaleout, soak (soak is long).",
 )
+@click.option(
+    "--provider",
+    "providers",
+    default="iamport",
+    show_default=True,
+    help="Comma-separated: whose receipts the throughput and latency profiles issue, "
+    "iamport (V1), portone (PortOne V2 payments, ours and bare only), or both, in one run.",
+)
 @click.option("--light-n", default=100, show_default=True, help="Events per light-load run.")
 @click.option("--light-rate", default=10.0, show_default=True, help="Light-load events/s.")
 @click.option("--scaleout-latency", default=1000, show_default=True, help="L of scaleout, ms.")
@@ -68,6 +76,7 @@ def bench(  # noqa: PLR0917 (click passes every option positionally)
     n: int,
     latencies: str,
     profiles: str,
+    providers: str,
     light_n: int,
     light_rate: float,
     scaleout_latency: int,
@@ -99,6 +108,13 @@ def bench(  # noqa: PLR0917 (click passes every option positionally)
     unknown = sorted(set(chosen) - set(run.PROFILES))
     if unknown:
         raise click.BadParameter(f"unknown profile {', '.join(unknown)}", param_hint="--profile")
+    issuers = tuple(dict.fromkeys(p.strip() for p in providers.split(",") if p.strip()))
+    unknown = sorted(set(issuers) - set(run.PROVIDERS))
+    if unknown or not issuers:
+        raise click.BadParameter(
+            f"unknown provider {', '.join(unknown)}" if unknown else "no provider",
+            param_hint="--provider",
+        )
     try:
         levels = tuple(int(part) for part in latencies.split(",") if part.strip())
         env = run.parse_env(env_pairs)
@@ -108,6 +124,7 @@ def bench(  # noqa: PLR0917 (click passes every option positionally)
         n=n,
         latencies=levels,
         profiles=chosen,
+        providers=issuers,
         light_n=light_n,
         light_rate=light_rate,
         scaleout_latency=scaleout_latency,
