@@ -26,8 +26,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON l
 
 def named_job(name: str, *, imp_uid: bool) -> JobKey:
     """The job a command's argument names: a receipt key when a known prefix starts it
-    (``iamport:``, ``iamport-external:``), else, as before receipt keys, a V1 payment's
-    imp_uid; ``--imp-uid`` reads any string as one."""
+    (``iamport:``, ``iamport-external:``, ``portone:``), else, as before receipt keys, a
+    V1 payment's imp_uid; ``--imp-uid`` reads any string as one."""
     job = None if imp_uid else JobKey.parse(name)
     return job if job is not None else JobKey.payment(name)
 

@@ -77,8 +77,8 @@ def dead(reason: str | None, limit: int, as_json: bool) -> None:
     "--new-id",
     "new_id",
     is_flag=True,
-    help="External receipts only: issue under <merchant_uid>-r1, for a merchant_uid "
-    "i'mport will not issue under again (reason id_taken).",
+    help="External receipts only: issue under <merchant_uid>-r1 (a V2 one's <payment_id>-r1), "
+    "for an id the provider will not issue under again (reason id_taken).",
 )
 @json_option
 def replay(
@@ -94,7 +94,8 @@ def replay(
 ) -> None:
     """Re-enqueue failed jobs after the cause is fixed (a corrected identifier, credentials).
 
-    RECEIPT_KEYS are iamport:<imp_uid>, iamport-external:<merchant_uid>, or bare imp_uids.
+    RECEIPT_KEYS are iamport:<imp_uid>, iamport-external:<merchant_uid>,
+    portone:<payment_id>, or bare imp_uids.
     A failed issue is sent again from its kept payload (an external receipt's too; after
     a partial refund, for the balance it left); a cancellation that failed for good
     (cancel_failed) is sent again as it was.

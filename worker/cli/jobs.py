@@ -111,7 +111,8 @@ def _payload(text: str | None, path: str | None, fields: dict[str, Any]) -> dict
 def status(receipt_key: str, imp_uid: bool, as_json: bool) -> None:
     """Show a job's ledger record (masked), its history and its latest event.
 
-    RECEIPT_KEY is iamport:<imp_uid>, iamport-external:<merchant_uid>, or a bare imp_uid.
+    RECEIPT_KEY is iamport:<imp_uid>, iamport-external:<merchant_uid>, portone:<payment_id>,
+    or a bare imp_uid.
     """
     job = named_job(receipt_key, imp_uid=imp_uid)
     name = job_name(job)

@@ -33,9 +33,10 @@ from worker.cli.operations import reconcile as compare
 def reconcile(receipt_keys: tuple[str, ...], imp_uid: bool, limit: int, as_json: bool) -> None:
     """Compare the ledger with the providers (every record, of every kind, or the given ones).
 
-    RECEIPT_KEYS are iamport:<imp_uid>, iamport-external:<merchant_uid>, or bare imp_uids;
-    an external receipt is looked up by its merchant_uid. Exit 1 on a mismatch; else 4 if
-    i'mport did not answer for some job (not checked, so not known to be clean).
+    RECEIPT_KEYS are iamport:<imp_uid>, iamport-external:<merchant_uid>, portone:<payment_id>,
+    or bare imp_uids; an external receipt is looked up by its merchant_uid, a V2 one by its
+    payment id. Exit 1 on a mismatch; else 4 if a provider did not answer for some job
+    (not checked, so not known to be clean).
     """
     client = ledger_redis()
     runtime = get_runtime(celery_app().conf)
