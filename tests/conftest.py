@@ -185,3 +185,9 @@ def imp_uid() -> str:
 def merchant_uid() -> str:
     """An order nobody has seen yet (an external receipt's id)."""
     return f"order-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def payment_id() -> str:
+    """A PortOne V2 payment nobody has seen yet."""
+    return f"pay-{uuid.uuid4().hex[:12]}"

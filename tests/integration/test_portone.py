@@ -9,7 +9,6 @@ A worker that does not serve portone ends such a job ``not_configured``, sending
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,14 @@ from tests.support.commands import run_cashreceipt
 from tests.support.payloads import PHONE, portone_payload
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.results import ResultStream
-from tests.support.sandbox import Sandbox, wait_portone_posts_processed
+from tests.support.sandbox import (
+    PORTONE_CANCEL_PATH,
+    Sandbox,
+    portone_live,
+    portone_payment_reads,
+    portone_posts,
+    wait_portone_posts_processed,
+)
 from tests.support.wait import wait_for
 from tests.support.worker import (
     BOTH_PROVIDERS,
@@ -68,21 +74,8 @@ def results(v2_redis: RedisServer) -> ResultStream:
     return ResultStream(v2_redis.client())
 
 
-@pytest.fixture
-def payment_id() -> str:
-    return f"pay-{uuid.uuid4().hex[:12]}"
-
-
 def v2_payload(sandbox: Sandbox, payment_id: str, **fields: Any) -> dict[str, Any]:
     return portone_payload(payment_id, sandbox.portone_channel_key, **fields)
-
-
-def posts(sandbox: Sandbox, payment_id: str) -> list[dict[str, Any]]:
-    return [
-        entry
-        for entry in sandbox.admin.portone_requests(payment_id)
-        if entry["method"] == "POST" and entry["path"].endswith("/cash-receipts")
-    ]
 
 
 @pytest.mark.usefixtures("v2_worker")
@@ -105,7 +98,7 @@ def test_an_external_v2_receipt_is_issued_once_with_a_key_and_the_secret(
     assert data["imp_uid"] is None
     assert (data["receipt"]["amount"], data["receipt"]["type"]) == (33000, "person")
     assert data["receipt"]["apply_num"]
-    [post] = posts(sandbox, payment_id)
+    [post] = portone_posts(sandbox, payment_id)
     key = post["headers"]["Idempotency-Key"]
     assert key.startswith('"') and key.endswith('"') and len(key) == 45
     assert post["headers"]["Authorization"] != f"PortOne {sandbox.portone_secret}"  # hidden
@@ -131,7 +124,7 @@ def test_an_answer_lost_after_the_work_is_settled_by_a_lookup_not_a_second_recei
     assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.issued", False)
     wait_portone_posts_processed(sandbox.admin, payment_id, timeout=10)
     assert sandbox.admin.portone_issued_count(payment_id) == 1
-    assert len(posts(sandbox, payment_id)) == 1
+    assert len(portone_posts(sandbox, payment_id)) == 1
 
 
 @pytest.mark.usefixtures("v2_worker")
@@ -172,7 +165,7 @@ def test_a_v2_payment_is_read_first(
     assert event["type"] == outcome, event
     if reason is not None:
         assert event["data"]["error"]["reason"] == reason
-    assert len(posts(sandbox, payment_id)) == sent
+    assert len(portone_posts(sandbox, payment_id)) == sent
 
 
 @pytest.mark.usefixtures("v2_worker")
@@ -190,7 +183,7 @@ def test_a_receipt_issued_in_the_payment_window_is_adopted(
         enqueue_issue(v2_payload(sandbox, payment_id, kind="payment"), app=v2_producer)
     )
     assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.issued", True)
-    assert posts(sandbox, payment_id) == []
+    assert portone_posts(sandbox, payment_id) == []
 
 
 def test_a_worker_that_does_not_serve_portone_sends_nothing(
@@ -251,14 +244,6 @@ def test_reconcile_lists_a_v2_payment_id_and_sees_a_second_live_receipt(
     assert (line["receipt_key"], line["iamport"]) == (key, "2 active receipts")
 
 
-def cancel_posts(sandbox: Sandbox, payment_id: str) -> list[dict[str, Any]]:
-    return [
-        entry
-        for entry in sandbox.admin.portone_requests(payment_id)
-        if entry["method"] == "POST" and entry["path"].endswith("/cash-receipt/cancel")
-    ]
-
-
 @pytest.mark.usefixtures("v2_worker")
 @pytest.mark.parametrize("reissue", ["allow", "refuse"])
 def test_a_v2_external_receipt_is_refunded_as_v1_s_is(
@@ -285,14 +270,14 @@ def test_a_v2_external_receipt_is_refunded_as_v1_s_is(
         sandbox.admin.set_portone_reissue("refuse")
     assert cancelled["type"] == "cash_receipt.cancelled"
     assert cancelled["data"]["receipt"]["amount"] == 33000
-    [cancel] = cancel_posts(sandbox, payment_id)
+    [cancel] = portone_posts(sandbox, payment_id, PORTONE_CANCEL_PATH)
     assert (
         cancel["headers"]["Idempotency-Key"]
-        != posts(sandbox, payment_id)[0]["headers"]["Idempotency-Key"]
+        != portone_posts(sandbox, payment_id)[0]["headers"]["Idempotency-Key"]
     )
     if reissue == "allow":
         assert (then["type"], then["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 20000)
-        assert posts(sandbox, payment_id)[-1]["body"]["amount"] == {"total": 20000}
+        assert portone_posts(sandbox, payment_id)[-1]["body"]["amount"] == {"total": 20000}
     else:
         assert (then["type"], then["data"]["error"]["reason"]) == (
             "cash_receipt.failed",
@@ -312,15 +297,7 @@ def test_a_v2_payment_is_refunded_in_full(
     full = {"provider": "portone", "payment_id": payment_id}
     [event] = results.wait_many(enqueue_cancel(full, app=v2_producer), 1)
     assert (event["type"], event["data"]["duplicate"]) == ("cash_receipt.cancelled", False)
-    assert len(cancel_posts(sandbox, payment_id)) == 1
-
-
-def payment_reads(sandbox: Sandbox, payment_id: str) -> list[dict[str, Any]]:
-    return [
-        entry
-        for entry in sandbox.admin.portone_requests(payment_id)
-        if entry["method"] == "GET" and entry["path"].endswith(payment_id)
-    ]
+    assert len(portone_posts(sandbox, payment_id, PORTONE_CANCEL_PATH)) == 1
 
 
 def refund_at_portone(sandbox: Sandbox, payment_id: str, cancelled: int, tax_free: int) -> None:
@@ -370,7 +347,7 @@ def test_a_v2_payments_partial_refund_re_issues_the_balance_portone_shows(
         "cash_receipt.cancelled",
         33000,
     )
-    first, *rest = posts(sandbox, payment_id)
+    first, *rest = portone_posts(sandbox, payment_id)
     if reissue == "allow":
         assert (then["type"], then["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 20000)
         [reissued] = rest
@@ -389,8 +366,8 @@ def test_a_v2_payments_partial_refund_re_issues_the_balance_portone_shows(
         )
     # The same refund again: nothing cancelled, nothing issued.
     assert (again["type"], again["data"]["duplicate"]) == ("cash_receipt.cancelled", True)
-    assert len(cancel_posts(sandbox, payment_id)) == 1
-    assert len(posts(sandbox, payment_id)) == 1 + len(rest)
+    assert len(portone_posts(sandbox, payment_id, PORTONE_CANCEL_PATH)) == 1
+    assert len(portone_posts(sandbox, payment_id)) == 1 + len(rest)
 
 
 @pytest.mark.usefixtures("v2_worker")
@@ -408,10 +385,12 @@ def test_a_v2_payments_refund_waits_until_portone_shows_it(
         assert results.wait(enqueue_issue(sale, app=v2_producer))["type"] == "cash_receipt.issued"
         refund = {"provider": "portone", "payment_id": payment_id, "amount": 13000}
         task_id = enqueue_cancel(refund, app=v2_producer)
-        reads_before = len(payment_reads(sandbox, payment_id))
+        reads_before = len(portone_payment_reads(sandbox, payment_id))
         # Two attempts read the payment, and cancelled nothing.
-        wait_for(lambda: len(payment_reads(sandbox, payment_id)) >= reads_before + 2, timeout=30)
-        assert cancel_posts(sandbox, payment_id) == []
+        wait_for(
+            lambda: len(portone_payment_reads(sandbox, payment_id)) >= reads_before + 2, timeout=30
+        )
+        assert portone_posts(sandbox, payment_id, PORTONE_CANCEL_PATH) == []
         refund_at_portone(sandbox, payment_id, cancelled=13000, tax_free=1000)
         cancelled, then = results.wait_many(task_id, 2)
     finally:
@@ -441,7 +420,7 @@ def test_a_re_issue_sent_again_keeps_its_key_and_its_body(
         )
         refund = {"provider": "portone", "payment_id": payment_id, "amount": 13000}
         task_id = enqueue_cancel(refund, app=v2_producer)
-        wait_for(lambda: len(posts(sandbox, payment_id)) == 2, timeout=20)
+        wait_for(lambda: len(portone_posts(sandbox, payment_id)) == 2, timeout=20)
         # While it hangs, a second refund reaches PortOne's payment.
         refund_at_portone(sandbox, payment_id, cancelled=18000, tax_free=1000)
         cancelled, then = results.wait_many(task_id, 2, timeout=30)
@@ -449,7 +428,7 @@ def test_a_re_issue_sent_again_keeps_its_key_and_its_body(
         sandbox.admin.set_portone_reissue("refuse")
     assert cancelled["type"] == "cash_receipt.cancelled"
     assert (then["type"], then["data"]["receipt"]["amount"]) == ("cash_receipt.issued", 20000)
-    _, *reissues = posts(sandbox, payment_id)
+    _, *reissues = portone_posts(sandbox, payment_id)
     assert len(reissues) >= 2
     assert {entry["headers"]["Idempotency-Key"] for entry in reissues} == {
         reissues[0]["headers"]["Idempotency-Key"]
@@ -609,10 +588,6 @@ def test_a_second_refund_cancels_the_live_re_issue_whichever_receipt_the_lookup_
     ] * 2
     assert [pair[0]["data"]["receipt"]["amount"] for pair in events] == [33000, 20000]
     assert events[1][1]["data"]["receipt"]["amount"] == 15000
-    live = [
-        receipt
-        for receipt in sandbox.admin.portone_receipts()["receipts"]
-        if receipt["paymentId"] == payment_id and receipt["status"] == "ISSUED"
-    ]
+    live = portone_live(sandbox, payment_id)
     assert [receipt["amount"] for receipt in live] == [15000]
     assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr

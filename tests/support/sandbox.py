@@ -341,6 +341,41 @@ def running_sandbox(*extra_args: str, port: int | None = None) -> Iterator[Sandb
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+#: The paths of a V2 paymentId's two POSTs: the issue and the cancel.
+PORTONE_ISSUE_PATH = "/cash-receipts"
+PORTONE_CANCEL_PATH = "/cash-receipt/cancel"
+
+
+def portone_posts(
+    sandbox: SandboxAdmin, payment_id: str, path: str = PORTONE_ISSUE_PATH
+) -> list[dict[str, Any]]:
+    """The V2 POSTs for ``payment_id`` seen, oldest first: its issues (``POST
+    /cash-receipts``), or with :data:`PORTONE_CANCEL_PATH` its cancels."""
+    return [
+        entry
+        for entry in sandbox.portone_requests(payment_id)
+        if entry["method"] == "POST" and entry["path"].endswith(path)
+    ]
+
+
+def portone_payment_reads(sandbox: SandboxAdmin, payment_id: str) -> list[dict[str, Any]]:
+    """The reads of V2 payment ``payment_id`` (``GET /payments/{paymentId}``) seen."""
+    return [
+        entry
+        for entry in sandbox.portone_requests(payment_id)
+        if entry["method"] == "GET" and entry["path"].endswith(payment_id)
+    ]
+
+
+def portone_live(sandbox: SandboxAdmin, payment_id: str) -> list[dict[str, Any]]:
+    """The V2 paymentId's live (ISSUED) receipts, oldest first."""
+    return [
+        receipt
+        for receipt in sandbox.portone_receipts()["receipts"]
+        if receipt["paymentId"] == payment_id and receipt["status"] == "ISSUED"
+    ]
+
+
 def wait_posts_processed(sandbox: SandboxAdmin, imp_uid: str, *, timeout: float) -> None:
     """Until every POST for ``imp_uid`` has been acted on: the sandbox fills in its status then."""
     _wait_acted_on(lambda: sandbox.requests(imp_uid), timeout=timeout)
