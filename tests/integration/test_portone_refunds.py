@@ -228,6 +228,30 @@ def test_a_later_refund_portone_does_not_show_yet_waits_for_it(
     assert live(sandbox, payment_id) == [30000]
 
 
+@pytest.mark.usefixtures("reissue_allowed")
+def test_refunds_handled_out_of_order_are_both_accounted_for(
+    v2_producer: Celery, sandbox: Sandbox, results: ResultStream, payment_id: str
+) -> None:
+    """r1 (2000) and r2 (1000) both reached PortOne; r2's message is handled first, and its
+    balance is already both's. r1's message, late, is shown beyond what r2 accounts for:
+    a duplicate at once, never a wait for a refund PortOne will show no more of."""
+    issue(v2_producer, results, sandbox, payment_id)
+    portone_shows(sandbox, payment_id, cancelled=3000)
+    later = enqueue_cancel(refund(payment_id, 1000, "r2"), app=v2_producer)
+    assert summary(results.wait_many(later, 2)) == [
+        ("cash_receipt.cancelled", False, 33000),
+        ("cash_receipt.issued", False, 30000),
+    ]
+    late = results.wait(enqueue_cancel(refund(payment_id, 2000, "r1"), app=v2_producer))
+    # A duplicate names the receipt the refunds cancelled, as every repeated refund does.
+    assert summary([late]) == [("cash_receipt.cancelled", True, 33000)]
+    assert (issues_sent(sandbox, payment_id), cancels_sent(sandbox, payment_id)) == (
+        [33000, 30000],
+        1,
+    )
+    assert live(sandbox, payment_id) == [30000]
+
+
 def test_two_refunds_before_the_confirmation_leave_the_final_balance(
     v2_producer: Celery, sandbox: Sandbox, results: ResultStream, payment_id: str
 ) -> None:

@@ -160,7 +160,9 @@ def balance_request(request: ReceiptRequest, refund: Mapping[str, Any]) -> Recei
     return replace(request, options=balance_fields(request.options, refund), sale=sale)
 
 
-def payment_refund(client: Provider, job: JobKey, refunded: int) -> dict[str, Any]:
+def payment_refund(
+    client: Provider, job: JobKey, refunded: int, *, handled: int = 0
+) -> dict[str, Any]:
     """A PortOne V2 payment's partial refund as an external receipt's says it: what the
     payment has left (``remaining_amount``: ``total - cancelled``, and
     ``remaining_tax_free``: ``taxFree - cancelledTaxFree`` for a mixed-tax sale).
@@ -168,14 +170,16 @@ def payment_refund(client: Provider, job: JobKey, refunded: int) -> dict[str, An
     V2's cancel takes no amount, and its issue takes the balance: read once, before the
     cancel step, and recorded (the runner's ``note_balance``), so that every send of the
     re-issue under one idempotency key carries the same body. A payment that shows less
-    refunded than this refund (``refunded``) has not caught up with it yet: that is
-    transient (:class:`ProviderUnavailable`), and nothing is cancelled meanwhile.
+    refunded than this refund (``refunded``), beyond what the refunds ``handled`` before
+    it account for, has not caught up with it yet: that is transient
+    (:class:`ProviderUnavailable`), and nothing is cancelled meanwhile.
     """
     payment = client.get_payment(job.id)
-    if payment.cancel_amount < refunded:
+    if payment.cancel_amount - handled < refunded:
+        beyond = f" beyond the {handled} won handled before" if handled else ""
         raise ProviderUnavailable(
-            f"PortOne payment {job.id} shows {payment.cancel_amount} won refunded, less than "
-            f"this refund's {refunded}: waiting for PortOne to show it",
+            f"PortOne payment {job.id} shows {payment.cancel_amount} won refunded{beyond}, "
+            f"less than this refund's {refunded}: waiting for PortOne to show it",
             status=None,
         )
     tax_free = None

@@ -38,7 +38,6 @@ from worker.core.errors import (
     IdConflict,
     OutcomeUnknown,
     ProviderError,
-    ProviderUnavailable,
     TransientError,
 )
 from worker.core.events import CANCELLED_MESSAGE, invalid_detail, no_payload_detail
@@ -50,7 +49,6 @@ from worker.core.issuing import (
     settle_delay,
     settle_issue,
 )
-from worker.core.masking import shown_text
 from worker.core.outcome import Outcome
 from worker.core.ports import (
     Claim,
@@ -863,21 +861,19 @@ class CancelRunner(JobRunner):
         recorded = job.balance if job is not None else None
         if cancel_done and recorded is not None:
             return recorded_refund(recorded)
-        refund = payment_refund(self.provider, self.job, self.message["amount"])
+        # A refund_id not handled before is a new refund: PortOne must show it beyond what
+        # the refunds handled so far account for, or it has not caught up (issue 16 review,
+        # finding 4). One handled late, after a later one (reordered), is accounted for by
+        # what PortOne shows beyond them. Without a refund_id only this refund's own amount
+        # can be asked for: the same refund sent again is told by its balance (stale).
         refund_id = self.message.get("refund_id")
-        if (
-            recorded is not None
-            and refund["remaining_amount"] >= recorded["amount"]
-            and refund_id is not None
-            and refund_id not in recorded.get("refunds", ())
-        ):
-            # A refund not handled before, which the payment does not show beyond those
-            # that were: PortOne has not caught up with it (issue 16 review, finding 4).
-            raise ProviderUnavailable(
-                f"PortOne payment {self.job.id} shows no refund beyond those handled: "
-                f"waiting for PortOne to show refund {shown_text(refund_id)}",
-                status=None,
-            )
+        fresh = recorded is not None and refund_id not in (None, *recorded.get("refunds", ()))
+        refund = payment_refund(
+            self.provider,
+            self.job,
+            self.message["amount"],
+            handled=recorded.get("refunded", 0) if fresh and recorded else 0,
+        )
         self.leaves_balance = refund["remaining_amount"] > 0
         return refund
 
@@ -916,17 +912,20 @@ class CancelRunner(JobRunner):
         the same sale from another one under the merchant_uid."""
         recorded = (job.balance if job is not None else None) or {}
         kept = (job.payload if job is not None else None) or {}
-        refunds = list(recorded.get("refunds", ()))
-        if (refund_id := self.message.get("refund_id")) is not None:
-            refunds.append(refund_id)
         balance = {
             "amount": refund["remaining_amount"],
             "tax_free": refund.get("remaining_tax_free"),
             "sale": recorded.get("sale", kept.get("amount")),
         }
-        # The refunds handled so far, by refund_id: one PortOne does not show yet is told
-        # from one it does (refund_read).
-        return {**balance, "refunds": refunds} if refunds else balance
+        if self.job.kind == EXTERNAL:
+            return balance
+        # A V2 payment's refunds handled so far: their refund_ids, and how much they
+        # refunded, which PortOne's payment must show beyond for a new one (balance_read).
+        refunds = list(recorded.get("refunds", ()))
+        if (refund_id := self.message.get("refund_id")) is not None:
+            refunds.append(refund_id)
+        refunded = recorded.get("refunded", 0) + self.message["amount"]
+        return {**balance, "refunds": refunds, "refunded": refunded}
 
     def covering(self, job: JobView | None) -> Receipt | None:
         """The live receipt when it already covers the balance this refund leaves: the
