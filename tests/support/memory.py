@@ -35,7 +35,6 @@ from typing import Any
 
 from worker.adapters.store.record import (
     answered_fields,
-    balance_fields,
     cancelled_fields,
     job_view,
     sent_fields,
@@ -644,16 +643,19 @@ class MemoryStore:
         fields = sent_fields(at=at, op=op, delete=delete, operation=operation)
         return self._note(imp_uid, fence, fields)
 
-    def note_balance(self, job: JobKey | str, *, fence: int, balance: Mapping[str, Any]) -> bool:
-        return self._note(_name(job), fence, balance_fields(balance))
-
     def note_answered(self, job: JobKey | str, *, fence: int) -> bool:
         imp_uid = _name(job)
         return self._note(imp_uid, fence, answered_fields())
 
-    def note_cancelled(self, job: JobKey | str, *, fence: int, receipt: Receipt | None) -> bool:
-        imp_uid = _name(job)
-        return self._note(imp_uid, fence, cancelled_fields(receipt))
+    def note_cancelled(
+        self,
+        job: JobKey | str,
+        *,
+        fence: int,
+        receipt: Receipt | None,
+        balance: Mapping[str, Any] | None = None,
+    ) -> bool:
+        return self._note(_name(job), fence, cancelled_fields(receipt, balance))
 
     def _note(self, imp_uid: str, fence: int, fields: Mapping[str, str]) -> bool:
         rec = self.records.get(imp_uid) or {}

@@ -275,10 +275,6 @@ class JobStore(Protocol):
     def park(self, job: JobKey, *, fence: int, until: float, error: Mapping[str, Any]) -> bool:
         """Hand the job back to the store until ``until`` (epoch s): a long wait."""
 
-    def note_balance(self, job: JobKey, *, fence: int, balance: Mapping[str, Any]) -> bool:
-        """Record an external receipt's or a V2 payment's balance (:attr:`JobView.balance`)
-        as a refund is accepted, before its cancel step. False: fenced out."""
-
     def note_sent(
         self,
         job: JobKey,
@@ -301,11 +297,21 @@ class JobStore(Protocol):
     def note_answered(self, job: JobKey, *, fence: int) -> bool:
         """The provider answered the job's last request: nothing is left to settle."""
 
-    def note_cancelled(self, job: JobKey, *, fence: int, receipt: Receipt | None) -> bool:
+    def note_cancelled(
+        self,
+        job: JobKey,
+        *,
+        fence: int,
+        receipt: Receipt | None,
+        balance: Mapping[str, Any] | None = None,
+    ) -> bool:
         """A refund's cancel step is done (``receipt``: what it cancelled, None: none was live).
 
         One fenced write, before the re-issue: a retry after it re-issues only,
-        and does not cancel the re-issued receipt.
+        and does not cancel the re-issued receipt. ``balance``: an external receipt's or
+        a V2 payment's balance after this refund (:attr:`JobView.balance`), recorded with
+        the step and not before: a refund whose cancel failed has left no balance, and its
+        retry is no repeat of a refund handled. The re-issue's body is built from it.
         """
 
     def finish(

@@ -168,7 +168,7 @@ def payment_refund(
     ``remaining_tax_free``: ``taxFree - cancelledTaxFree`` for a mixed-tax sale).
 
     V2's cancel takes no amount, and its issue takes the balance: read once, before the
-    cancel step, and recorded (the runner's ``note_balance``), so that every send of the
+    cancel step, and recorded with it (``note_cancelled``), so that every send of the
     re-issue under one idempotency key carries the same body. A payment that shows less
     refunded than this refund (``refunded``), beyond what the refunds ``handled`` before
     it account for, has not caught up with it yet: that is transient

@@ -764,13 +764,14 @@ class CancelRunner(JobRunner):
                 return Done(Outcome.CANCELLED_DUPLICATE) if ok else None
             if not cancel_done and unopened is not None:
                 return self.refuse_unopened(terminal, claim, unopened)
-            if not cancel_done and self.leaves_balance and self.job.imp_uid is None:
-                balance = self.balance_left(job, refund)
-                if not store.note_balance(self.job, fence=claim.fence, balance=balance):
-                    return None
             if not cancel_done:
+                balance = (
+                    self.balance_left(job, refund)
+                    if self.leaves_balance and self.job.imp_uid is None
+                    else None
+                )
                 noted, cancelled = self.cancel_step(
-                    claim, inherited=bool(job and job.cancel_inherited)
+                    claim, inherited=bool(job and job.cancel_inherited), balance=balance
                 )
                 if not noted:
                     return None
@@ -808,9 +809,12 @@ class CancelRunner(JobRunner):
             return Done(Outcome.CANCELLED) if ok else None
         return self.reissue(terminal, claim, cancelled, request, unopened, look_first=look_first)
 
-    def cancel_step(self, claim: Claim, *, inherited: bool) -> tuple[bool, Receipt | None]:
-        """Cancel the live receipt (only look, when settling) and record the step: whether
-        it was recorded (False: fenced out), and the receipt cancelled."""
+    def cancel_step(
+        self, claim: Claim, *, inherited: bool, balance: Mapping[str, Any] | None
+    ) -> tuple[bool, Receipt | None]:
+        """Cancel the live receipt (only look, when settling) and record the step with the
+        ``balance`` it leaves: whether it was recorded (False: fenced out), and the receipt
+        cancelled."""
         if self.settling(claim):
             cancelled = settle_cancel(
                 self.provider, self.job, sends=self.sends(claim), seen=self.saw
@@ -824,7 +828,9 @@ class CancelRunner(JobRunner):
                 sends=self.sends(claim, delete=True, operation=operation),
                 seen=self.saw,
             )
-        if not self.store.note_cancelled(self.job, fence=claim.fence, receipt=cancelled):
+        if not self.store.note_cancelled(
+            self.job, fence=claim.fence, receipt=cancelled, balance=balance
+        ):
             return False, cancelled
         if inherited:
             # The request the refund taken over left unsettled (its re-issue) was waited

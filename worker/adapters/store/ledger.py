@@ -62,7 +62,6 @@ from worker.adapters.store.keys import (
 from worker.adapters.store.once import OnceScript
 from worker.adapters.store.record import (
     answered_fields,
-    balance_fields,
     cancelled_fields,
     job_view,
     sent_fields,
@@ -395,18 +394,21 @@ class Ledger:
         fields = sent_fields(at=at, op=op, delete=delete, operation=operation)
         return self._note_fields(job, fence, fields)
 
-    def note_balance(self, job: JobKey | str, *, fence: int, balance: Mapping[str, Any]) -> bool:
-        """An external receipt's or a V2 payment's balance after the refund this claim
-        handles."""
-        return self._note_fields(job, fence, balance_fields(balance))
-
     def note_answered(self, job: JobKey | str, *, fence: int) -> bool:
         """The provider answered the job's last request: nothing is left to settle."""
         return self._note_fields(job, fence, answered_fields())
 
-    def note_cancelled(self, job: JobKey | str, *, fence: int, receipt: Receipt | None) -> bool:
-        """A refund's cancel step is done: the step and what it cancelled, in one write."""
-        return self._note_fields(job, fence, cancelled_fields(receipt))
+    def note_cancelled(
+        self,
+        job: JobKey | str,
+        *,
+        fence: int,
+        receipt: Receipt | None,
+        balance: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """A refund's cancel step is done: the step, what it cancelled and the balance it
+        leaves, in one write."""
+        return self._note_fields(job, fence, cancelled_fields(receipt, balance))
 
     def _note_fields(self, job: JobKey | str, fence: int, fields: Mapping[str, str]) -> bool:
         """Several fields of a step in one fenced write: one round trip, no torn step."""

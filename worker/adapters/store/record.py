@@ -103,11 +103,6 @@ def sent_fields(
     return fields
 
 
-def balance_fields(balance: Mapping[str, Any]) -> dict[str, str]:
-    """The field :meth:`~worker.core.ports.JobStore.note_balance` writes."""
-    return {BALANCE_FIELD: json.dumps(dict(balance), sort_keys=True)}
-
-
 def answered_fields() -> dict[str, str]:
     """The fields :meth:`~worker.core.ports.JobStore.note_answered` writes: ``sent_at`` emptied.
 
@@ -116,9 +111,13 @@ def answered_fields() -> dict[str, str]:
     return {SENT_AT_FIELD: ""}
 
 
-def cancelled_fields(receipt: Receipt | None) -> dict[str, str]:
-    """The fields :meth:`~worker.core.ports.JobStore.note_cancelled` writes, in one write."""
-    return {
+def cancelled_fields(
+    receipt: Receipt | None, balance: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """The fields :meth:`~worker.core.ports.JobStore.note_cancelled` writes, in one write:
+    the balance too, when the refund leaves one the job records."""
+    fields = {BALANCE_FIELD: json.dumps(dict(balance), sort_keys=True)} if balance else {}
+    return fields | {
         CANCELLED_RECEIPT_FIELD: json.dumps(receipt.as_dict()) if receipt else "",
         CANCEL_STEP_FIELD: CANCELLED_STEP,
     }
