@@ -18,6 +18,7 @@ import pytest
 from celery import Celery
 
 from tests.support.commands import run_cashreceipt
+from tests.support.defects import REFUND_STALE_AFTER_ITS_OWN_BALANCE
 from tests.support.payloads import PHONE, external_payload
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
@@ -372,3 +373,18 @@ def test_a_balance_recorded_without_its_tax_free_part_is_completed_by_the_refund
     again_sale = results.wait(enqueue_issue(sale, app=producer))
     assert (again_sale["type"], again_sale["data"]["duplicate"]) == ("cash_receipt.issued", True)
     assert requests_of(sandbox, merchant_uid) == ["POST"]
+
+
+@REFUND_STALE_AFTER_ITS_OWN_BALANCE
+@pytest.mark.usefixtures("reissue_allowed")
+def test_a_partial_refund_whose_delete_failed_still_issues_the_balance(
+    producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str
+) -> None:
+    issued(producer, results, merchant_uid)
+    sandbox.admin.script_external(
+        merchant_uid, {"kind": "status", "status": 503, "method": "DELETE"}
+    )
+    cancel = refund(merchant_uid, amount=13000, remaining_amount=20000)
+    told = results.transition(enqueue_cancel(cancel, app=producer), timeout=30)
+    assert told == [("cash_receipt.cancelled", False, 33000), ("cash_receipt.issued", False, 20000)]
+    assert requests_of(sandbox, merchant_uid)[-1] == "POST"

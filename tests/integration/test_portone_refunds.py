@@ -19,7 +19,7 @@ bound; a refund message that comes meanwhile takes the job over.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import pytest
 from celery import Celery
 
 from tests.support.commands import run_cashreceipt
+from tests.support.defects import REFUND_STALE_AFTER_ITS_OWN_BALANCE
 from tests.support.payloads import portone_payload
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.results import ResultStream
@@ -173,6 +174,16 @@ def job_state(server: RedisServer, payment_id: str) -> str | None:
     return state
 
 
+def wait_parked(server: RedisServer, payment_id: str, sent: Callable[[], bool], what: str) -> None:
+    """Until ``sent`` holds and the payment's job is parked (state ``received``)."""
+    wait_for(
+        lambda: sent() and job_state(server, payment_id) == "received",
+        timeout=20,
+        interval=POLL,
+        message=f"{what} and the job to park",
+    )
+
+
 def summary(events: list[dict[str, Any]]) -> list[tuple[str, bool, int | None]]:
     """Each event's type, whether a duplicate, and its receipt's amount."""
     return [
@@ -285,14 +296,8 @@ def test_a_second_refund_that_takes_a_parked_job_over_re_issues_its_own_balance(
     issue(parking_producer, results, sandbox, payment_id)
     portone_shows(sandbox, payment_id, cancelled=2000)
     first = enqueue_cancel(refund(payment_id, 2000, "r1"), app=parking_producer)
-    wait_for(
-        lambda: (
-            cancels_sent(sandbox, payment_id) == 1
-            and job_state(parking_redis, payment_id) == "received"
-        ),
-        timeout=20,
-        interval=POLL,
-        message="r1 to cancel and park",
+    wait_parked(
+        parking_redis, payment_id, lambda: cancels_sent(sandbox, payment_id) == 1, "r1 to cancel"
     )
     portone_shows(sandbox, payment_id, cancelled=5000)
     second = enqueue_cancel(refund(payment_id, 3000, "r2"), app=parking_producer)
@@ -406,4 +411,85 @@ def test_a_plain_replay_of_a_failed_re_issue_issues_the_balance(
     assert (sandbox.admin.portone_issued_count(payment_id), live(sandbox, payment_id)) == (
         2,
         [20000],
+    )
+
+
+def refund_of(
+    sandbox: Sandbox, kind: str, payment_id: str, amount: int, cancelled: int
+) -> dict[str, Any]:
+    """The refund ``r<cancelled>`` of ``amount`` of a 33000 won V2 sale of ``kind``,
+    ``cancelled`` refunded in all: an external receipt's says what is left, a payment's its
+    amount, once PortOne's payment shows it."""
+    if kind == "payment":
+        portone_shows(sandbox, payment_id, cancelled=cancelled)
+        return refund(payment_id, amount, f"r{cancelled}")
+    return {"provider": "portone", "kind": kind, "payment_id": payment_id,
+            "remaining_amount": 33000 - cancelled}  # fmt: skip
+
+
+def issued_v2(
+    producer: Celery, results: ResultStream, sandbox: Sandbox, kind: str, payment_id: str
+) -> None:
+    """A 33000 won V2 sale of ``kind`` issued (a payment's seeded PAID first)."""
+    if kind == "payment":
+        issue(producer, results, sandbox, payment_id)
+        return
+    payload = portone_payload(payment_id, sandbox.portone_channel_key, kind=kind)
+    assert results.wait(enqueue_issue(payload, app=producer))["type"] == "cash_receipt.issued"
+
+
+@REFUND_STALE_AFTER_ITS_OWN_BALANCE
+@pytest.mark.usefixtures("reissue_allowed")
+@pytest.mark.parametrize("kind", ["payment", "external"])
+def test_a_partial_refund_whose_cancel_got_no_answer_still_re_issues_the_balance(
+    kind: str, v2_producer: Celery, sandbox: Sandbox, results: ResultStream, payment_id: str
+) -> None:
+    """The cancel's 503 is an unknown outcome: the retry looks, cancels, and re-issues the
+    balance, however the balance was recorded before the cancel was sent."""
+    issued_v2(v2_producer, results, sandbox, kind, payment_id)
+    cancel = refund_of(sandbox, kind, payment_id, 13000, 13000)
+    sandbox.admin.script_portone(
+        payment_id, {"kind": "status", "status": 503, "method": "POST", "endpoint": "cancel"}
+    )
+    told = results.transition(enqueue_cancel(cancel, app=v2_producer), timeout=30)
+    assert (told, live(sandbox, payment_id)) == (
+        [("cash_receipt.cancelled", False, 33000), ("cash_receipt.issued", False, 20000)],
+        [20000],
+    )
+
+
+@pytest.mark.usefixtures("reissue_allowed")
+@pytest.mark.parametrize("kind", ["payment", "external"])
+def test_a_refund_that_takes_over_a_re_issue_left_unanswered_leaves_its_own_balance(
+    kind: str,
+    parking_producer: Celery,
+    sandbox: Sandbox,
+    parking_results: ResultStream,
+    parking_redis: RedisServer,
+    payment_id: str,
+) -> None:
+    """r1's re-issue POST is dropped before PortOne acts; r1 parks to look after the settle
+    bound; r2 takes the job over: in the end one receipt is live, for what both refunds
+    leave, and no Idempotency-Key was sent with two bodies."""
+    issued_v2(parking_producer, parking_results, sandbox, kind, payment_id)
+    sandbox.admin.script_portone(
+        payment_id, {"kind": "drop_before", "method": "POST", "endpoint": "receipts"}
+    )
+    first = enqueue_cancel(refund_of(sandbox, kind, payment_id, 1000, 1000), app=parking_producer)
+    wait_parked(
+        parking_redis,
+        payment_id,
+        lambda: len(issues_sent(sandbox, payment_id)) == 2,
+        "r1's re-issue to go unanswered",
+    )
+    second = enqueue_cancel(refund_of(sandbox, kind, payment_id, 2000, 3000), app=parking_producer)
+    for task in (first, second):
+        parking_results.transition(task, timeout=40)
+    wait_portone_posts_processed(sandbox.admin, payment_id, timeout=10)
+    bodies: dict[str, set[str]] = {}
+    for entry in portone_posts(sandbox.admin, payment_id):
+        bodies.setdefault(entry["idempotency_key"], set()).add(json.dumps(entry["body"]))
+    assert (live(sandbox, payment_id), [len(b) for b in bodies.values()]) == (
+        [30000],
+        [1] * len(bodies),
     )

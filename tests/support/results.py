@@ -53,3 +53,15 @@ class ResultStream:
         events = sorted(self.for_task(task_id), key=lambda event: event["id"])
         assert len(events) == count, events
         return events
+
+    def transition(self, task_id: str, *, timeout: float = 20) -> list[tuple[str, bool, Any]]:
+        """What ``task_id``'s terminal transition said, once it is out (a partial refund's
+        cancelled and issued events go out together): each event's type, whether a
+        duplicate, and the amount of the receipt it names (None: none)."""
+        events = wait_for(
+            lambda: self.for_task(task_id), timeout=timeout, message=f"the events of task {task_id}"
+        )
+        return [
+            (e["type"], e["data"]["duplicate"], (e["data"]["receipt"] or {}).get("amount"))
+            for e in sorted(events, key=lambda event: event["id"])
+        ]

@@ -159,6 +159,24 @@ class SandboxAdmin:
         result: dict[str, Any] = self._call("PUT", f"portone/payments/{payment_id}", fields)
         return result
 
+    def refund_portone_payment(
+        self,
+        payment_id: str,
+        *,
+        total: int,
+        cancelled: int,
+        tax_free: int | None = None,
+        cancelled_tax_free: int = 0,
+    ) -> dict[str, Any]:
+        """What PortOne's payment (paid by transfer) shows once the merchant refunded
+        ``cancelled`` of its ``total`` (``cancelled_tax_free`` of its ``tax_free`` part)."""
+        amount = {"total": total, "cancelled": cancelled}
+        if tax_free is not None:
+            amount |= {"taxFree": tax_free, "cancelledTaxFree": cancelled_tax_free}
+        return self.seed_portone_payment(
+            payment_id, status="PARTIAL_CANCELLED", amount=amount, method="TRANSFER"
+        )
+
     def portone_payment(self, payment_id: str) -> dict[str, Any]:
         """A seeded V2 payment, without the API's auth."""
         result: dict[str, Any] = self._call("GET", f"portone/payments/{payment_id}")
