@@ -8,8 +8,13 @@ sandbox fails a fifth of its answers, drops connections after creating receipts,
 latency, and for some payments, sales and V2 receipts answers a POST only after the
 client's timeout, having created the receipt; some payments are partly refunded once
 issued (cancel, then re-issue for the rest: V1 external receipts have no refunds here),
-some V2 receipts refunded in full (V2's cancel); workers are SIGKILLed at random points
-and replaced; Redis is killed and restarted once (AOF, fsync always).
+some V2 receipts refunded in full (V2's cancel), and some V2 receipts of each kind refunded in
+part three times (the first refund, a second, the first again: a duplicate), the sandbox
+allowing a re-issue under the paymentId, a PortOne payment re-seeded PARTIAL_CANCELLED before
+each refund is sent (and before the first's re-issue may be sent again), faults scripted on
+their cancels and re-issues; workers are SIGKILLed at random points and replaced; Redis is
+killed and restarted once (AOF, fsync always). A worker defect holds parts of the V2 partial
+refunds back until it is fixed (REFUND_STALE_FIXED).
 
 The sandbox keeps a V2 Idempotency-Key only half a second (``KEY_RETENTION``), less than
 the workers' settle bound: the key of a V2 POST whose answer was lost or late has expired
@@ -23,8 +28,10 @@ a retry under a new key after an unanswered POST, with no lookup since). The fle
 running for a lease and two sweeps past the last first event, so a late duplicate
 has time to show. Then: never two active receipts for a payment, a merchant_uid or a
 paymentId, receipts created = 1 + the re-issues the ledger recorded for a payment and 1
-for a sale or a V2 receipt, each for the amount asked and live unless refunded in full (the
-sandbox's audit and receipts), no blind request, exactly one terminal transition per task
+for a sale or a V2 receipt (1 + re-issues for one refunded in part), the first for the amount
+asked and one live unless refunded in full, for what the refunds left (the sandbox's audit and
+receipts), no V2 Idempotency-Key sent with two requests (the request log), a repeated refund a
+duplicate, no blind request, exactly one terminal transition per task
 message, 1 + re-issues non-duplicate issued events per payment and one per sale and V2
 receipt, every task message of a sale or V2 receipt never refunded naming the one receipt
 the sandbox holds for it, every ledger record terminal, ``cashreceipt stuck`` empty and
@@ -48,7 +55,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +67,7 @@ from kombu.exceptions import OperationalError
 
 from tests.support.payloads import external_payload, portone_payload
 from tests.support.redis_server import RedisServer
-from tests.support.sandbox import Sandbox, running_sandbox
+from tests.support.sandbox import Sandbox, SandboxAdmin, running_sandbox
 from tests.support.wait import WaitTimeout, wait_for
 from tests.support.worker import BIN, BOTH_PROVIDERS, ROOT, TEST_PII_KEY, portone_env
 from worker.adapters.store.keys import record_key
@@ -106,6 +113,34 @@ V2_REFUND_SHARE = 0.1
 #: The share of V2 receipts whose first POST is processed after the timeout (LATE_POST_MS): more
 #: than V1's, since each is a key that expires before its job's retry.
 V2_LATE_SHARE = 0.2
+#: A share of each kind of V2 receipt (none of those refunded in full) is refunded in part, three
+#: times: the first refund (V2_PARTIAL_REFUNDS[0]) once issued; the second once the first's
+#: re-issue was sent (PortOne's payment moving while that re-issue may be sent again); the first
+#: again once both ended, an outbox relay's repeat (a duplicate). The sandbox allows a re-issue
+#: under a paymentId whose receipt was cancelled. A payment's refund names the refunded amount
+#: (PortOne's payment is re-seeded PARTIAL_CANCELLED first), an external one's what is left.
+V2_PARTIAL_SHARE = 0.2
+V2_PARTIAL_REFUNDS = (1000, 2000)
+#: Faults scripted on a partly refunded V2 receipt's first cancel and first re-issue POST, in
+#: turn: no answer, nothing done (the same key sent again, with the same body, after a lookup);
+#: or done with the answer lost (settled by a lookup).
+V2_REFUND_FAULTS = (
+    ({"kind": "status", "status": 503}, {"kind": "hang", "seconds": 1}),
+    ({"kind": "drop_after"}, {"kind": "drop_before"}),
+)
+#: Whether the defect of tests/support/defects.py REFUND_STALE_AFTER_ITS_OWN_BALANCE is fixed: a
+#: partial refund whose cancel failed (a fault, a worker killed, Redis down) is judged stale on its
+#: retry by the balance it recorded itself, and the whole sale's receipt stays live. Until then the
+#: V2 partial refunds are held back from what triggers it: they start once the workers were killed
+#: and Redis restarted, their cancels meet no fault (scripted no-op steps, which win over the
+#: sandbox's rates, SHIELD of each request before a cancel), only their re-issues do. Set it
+#: True with the fix: they then start as soon as issued, their cancels faulted too.
+REFUND_STALE_FIXED = False
+#: How many of a V2 receipt's requests of each kind that may come before a cancel (a payment's
+#: read, a receipt's lookup, the cancel) a no-op step spares the rates, while REFUND_STALE_FIXED
+#: is False: more than its three refunds make.
+SHIELD = 30
+SHIELDED = (("GET", "payments"), ("GET", "receipts"), ("POST", "cancel"))
 CANCEL_EVENTS = frozenset({"cash_receipt.cancelled", "cash_receipt.cancel_failed"})
 
 
@@ -226,6 +261,8 @@ def chaos_sandbox() -> Iterator[Sandbox]:
     late_limit = ("--late-limit-seconds", str(SETTLE_SECONDS))
     retention = ("--idempotency-retention", str(KEY_RETENTION))
     with running_sandbox(*FAULTS, "--allow-duplicates", *late_limit, *retention) as sandbox:
+        # A V2 receipt's balance is re-issued under its paymentId (V2_PARTIAL_SHARE).
+        sandbox.admin.set_portone_reissue("allow")
         yield sandbox
 
 
@@ -293,6 +330,11 @@ def is_v2_issue(entry: dict[str, Any]) -> bool:
     return entry["method"] == "POST" and entry["path"].endswith("/cash-receipts")
 
 
+def is_v2_cancel(entry: dict[str, Any]) -> bool:
+    """Whether a request of the V2 log is a cancel (``POST .../cash-receipt/cancel``)."""
+    return entry["method"] == "POST" and entry["path"].endswith("/cash-receipt/cancel")
+
+
 def keys_expired_mid_job(requests: list[dict[str, Any]], late: set[JobKey]) -> int:
     """V2 jobs whose first POST went unanswered (dropped, or answered after the worker's
     timeout) and whose job looked again only once that POST's Idempotency-Key had expired
@@ -311,17 +353,17 @@ def keys_expired_mid_job(requests: list[dict[str, Any]], late: set[JobKey]) -> i
 
 
 def audit_of_ids(
-    name: str, section: dict[str, Any], by_id: str, jobs: Iterable[JobKey], blind_undo: str
+    name: str, section: dict[str, Any], by_id: str, jobs: Mapping[JobKey, int], blind_undo: str
 ) -> dict[str, Any]:
     """What a section of the sandbox's audit (external receipts', V2's) says against its jobs,
-    each its own id: never two active receipts, one created, nothing blind (``blind_undo``:
-    the section's count of blind cancels)."""
+    each its own id: never two active receipts, as many created as ``jobs`` says (1 + the
+    job's re-issues), nothing blind (``blind_undo``: the section's count of blind cancels)."""
     found = section[by_id]
     return {
         f"two active receipts for a {name}": section["double_active"],
-        f"receipts created != 1 for a {name}": {
-            job.id: found.get(job.id) for job in jobs
-            if (found.get(job.id) or {}).get("created") != 1
+        f"receipts created != 1 + re-issues for a {name}": {
+            job.id: (found.get(job.id), created) for job, created in jobs.items()
+            if (found.get(job.id) or {}).get("created") != created
         },
         f"blind requests for a {name}": {
             u: f for u, f in found.items() if f["blind_posts"] or f[blind_undo]
@@ -361,6 +403,115 @@ def script_late_post(sandbox: Sandbox, job: JobKey, delay_ms: float) -> None:
         sandbox.admin.script_external(job.id, step)
     else:
         sandbox.admin.script(job.id, step)
+
+
+@dataclass
+class Refund:
+    """One refund the suite sends for a job, once its moment came (``after``): ``issued``, the
+    job's receipt issued; ``reissued``, the job's earlier refund's re-issue sent (a POST to issue
+    after a cancel), or that refund ended; ``ended``, every earlier refund of the job ended."""
+
+    job: JobKey
+    payload: dict[str, Any]
+    after: str = "issued"
+    #: What the sandbox is told first, at its own moment (``prepare_after``, no later than
+    #: ``after``): what the provider's payment shows once refunded.
+    prepare: Callable[[SandboxAdmin], object] | None = None
+    prepare_after: str = "issued"
+    #: Faults scripted for the job's next requests, before it is sent.
+    faults: tuple[dict[str, Any], ...] = ()
+    #: The same refund as an earlier one, sent again: a duplicate.
+    repeat: bool = False
+    #: Sent only once every worker kill and the Redis restart are over (REFUND_STALE_FIXED).
+    calm: bool = False
+    task_id: str | None = None
+
+
+def v1_partial_refund(job: JobKey) -> list[Refund]:
+    """A V1 payment's partial refund: i'mport's payment shows it, then the cancellation."""
+    return [
+        Refund(
+            job,
+            {"imp_uid": job.id, "amount": REFUND_AMOUNT},
+            prepare=lambda admin: admin.seed_payment(job.id, cancel_amount=REFUND_AMOUNT),
+        )
+    ]
+
+
+def v2_full_refund(job: JobKey) -> list[Refund]:
+    """A V2 receipt's full refund: V2's cancel alone."""
+    return [Refund(job, {"provider": PORTONE, "kind": job.kind, "payment_id": job.id})]
+
+
+def v2_partial_refunds(job: JobKey, total: int, number: int) -> list[Refund]:
+    """A V2 receipt's refunds in part (V2_PARTIAL_SHARE): the first, the second, the first again;
+    the ``number``-th such receipt's first cancel and re-issue meet V2_REFUND_FAULTS in turn."""
+    first, second = V2_PARTIAL_REFUNDS
+    on_cancel, on_reissue = V2_REFUND_FAULTS[number % len(V2_REFUND_FAULTS)]
+    faults: tuple[dict[str, Any], ...] = (
+        {**on_cancel, "method": "POST", "endpoint": "cancel"},
+        {**on_reissue, "method": "POST", "endpoint": "receipts"},
+    )
+    if not REFUND_STALE_FIXED:
+        spared = {"kind": "latency", "ms": 0}
+        shield = [{**spared, "method": m, "endpoint": e} for m, e in SHIELDED] * SHIELD
+        faults = (faults[1], *shield)
+
+    def refund(refunded: int, left: int, after: str, moved: str, **more: Any) -> Refund:
+        """``moved``: when PortOne's payment shows it (a payment's)."""
+        payload = {"provider": PORTONE, "kind": job.kind, "payment_id": job.id, "amount": refunded}
+        prepare = None
+        if job.kind == EXTERNAL:
+            payload["remaining_amount"] = left
+        elif not more.get("repeat"):
+            prepare = lambda admin: admin.refund_portone_payment(  # noqa: E731
+                job.id, total=total, cancelled=total - left
+            )
+        return Refund(job, payload, after, prepare, moved, **more)
+
+    calm = not REFUND_STALE_FIXED
+    # As soon as the first's re-issue was sent, PortOne's payment shows the second refund and
+    # it is sent: it may take over the first, parked to look after its re-issue's fault.
+    return [
+        refund(first, total - first, "issued", "issued", faults=faults, calm=calm),
+        refund(second, total - first - second, "reissued", "reissued"),
+        refund(first, total - first, "ended", "ended", repeat=True),
+    ]
+
+
+def receipts_left(amount: int, *, in_full: bool, in_part: bool) -> tuple[int, list[int]]:
+    """What the sandbox should hold for a sale or a V2 receipt of ``amount``: its first
+    receipt's amount, and the live ones': one for ``amount`` unless refunded ``in_full``, none
+    then; refunded ``in_part``, one for what every refund (V2_PARTIAL_REFUNDS) left."""
+    if in_full:
+        return amount, []
+    return amount, [amount - sum(V2_PARTIAL_REFUNDS) if in_part else amount]
+
+
+def reissue_sent(requests: list[dict[str, Any]]) -> bool:
+    """Whether a V2 job's log shows a POST to issue after a cancel: a refund's re-issue."""
+    cancels = (n for n, r in enumerate(requests) if is_v2_cancel(r))
+    first_cancel = next(cancels, None)
+    return first_cancel is not None and any(is_v2_issue(r) for r in requests[first_cancel:])
+
+
+def keys_reused(requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """V2 Idempotency-Keys sent with more than one request (path and body), by the log, or that
+    the sandbox found reused: the same key for another request."""
+    sent: dict[str, set[str]] = {}
+    for r in requests:
+        if r["method"] == "POST" and r["idempotency_key"] is not None:
+            request = json.dumps([r["path"], r["body"]], sort_keys=True)
+            sent.setdefault(r["idempotency_key"], set()).add(request)
+    return {key: sorted(bodies) for key, bodies in sent.items() if len(bodies) > 1} | {
+        r["idempotency_key"]: "reused" for r in requests if r["idempotency"] == "reused"
+    }
+
+
+def what_told(batch: list[dict[str, Any]]) -> list[tuple[str, bool, int | None]]:
+    """What a task message's events said: each one's type, whether a duplicate, and the
+    amount of the receipt it names."""
+    return [(e["type"], e["duplicate"], (e.get("receipt") or {}).get("amount")) for e in batch]
 
 
 def enqueue_with_patience(
@@ -434,9 +585,19 @@ def test_exactly_once_under_chaos(
     plan += [rng.choice(list(sales)) for _ in range(int(profile.sales * profile.duplicate_share))]
     plan += [rng.choice(list(v2)) for _ in range(int(profile.v2 * profile.duplicate_share))]
     rng.shuffle(plan)
-    refunded = set(rng.sample(payments, int(profile.payments * REFUND_SHARE)))
-    # V2 receipts refunded in full: the cancel alone (V2 has no partial cancel).
-    refunded |= set(rng.sample(list(v2), int(profile.v2 * V2_REFUND_SHARE)))
+    partly = rng.sample(payments, int(profile.payments * REFUND_SHARE))
+    plans = {job: v1_partial_refund(job) for job in partly}
+    # V2 receipts refunded in full: the cancel alone.
+    in_full_drawn = rng.sample(list(v2), int(profile.v2 * V2_REFUND_SHARE))
+    plans |= {job: v2_full_refund(job) for job in in_full_drawn}
+    in_full = set(in_full_drawn)
+    # V2 receipts refunded in part, of each kind: the cancel and the balance re-issued, twice.
+    in_part: list[JobKey] = []
+    for kind in (PAYMENT, EXTERNAL):
+        of_kind = [job for job in v2 if job.kind == kind and job not in in_full]
+        in_part += rng.sample(of_kind, int(profile.v2 / 2 * V2_PARTIAL_SHARE))
+    plans |= {job: v2_partial_refunds(job, v2[job], n) for n, job in enumerate(in_part)}
+    refunded = set(plans)
     sent: list[tuple[str, JobKey]] = []  # (task_id, job)
     refunds: list[tuple[str, JobKey]] = []  # (task_id, job)
     started = time.monotonic()
@@ -449,35 +610,61 @@ def test_exactly_once_under_chaos(
             sent.append((enqueue_with_patience(producer, payload, time.monotonic() + 60), job))
             time.sleep(rng.uniform(0, 0.01))
 
+    def came(moment: str, refund: Refund, earlier: list[Refund], seen: set[str]) -> bool:
+        """Whether a ``moment`` of ``refund`` (:class:`Refund`) came, its job's ``earlier``
+        refunds sent; ``seen``: the receipt keys issued and the task ids ended so far."""
+        if refund.calm and not calm.is_set():
+            return False
+        if moment == "issued":
+            return refund.job.receipt_key in seen
+        if all(e.task_id in seen for e in earlier):
+            return True
+        return moment == "reissued" and reissue_sent(
+            chaos_sandbox.admin.portone_requests(refund.job.id)
+        )
+
     def refund(deadline: float) -> None:
-        """Refund each chosen job as soon as its receipt is issued: part of a V1 payment
-        (cancel, then re-issue the rest), all of a V2 receipt (V2's cancel)."""
-        waiting, after = {job.receipt_key: job for job in refunded}, "-"
+        """Send each refunded job's refunds in turn, each as soon as its moment came: part of
+        a V1 payment (cancel, then re-issue the rest), all of a V2 receipt (V2's cancel), or
+        part of a V2 receipt, twice and the first again (v2_partial_refunds)."""
+        waiting = {job: list(steps) for job, steps in plans.items()}
+        done: dict[JobKey, list[Refund]] = {job: [] for job in plans}
+        seen: set[str] = set()  # receipt keys issued, task ids ended
+        prepared: set[int] = set()
+        after = "-"
         while waiting and time.monotonic() < deadline:
-            issued = set()
             try:
                 for entry_id, fields in chaos_redis.client().xrange(
                     "cash_receipt.events", min=after if after == "-" else f"({after}"
                 ):
                     after = entry_id
+                    data = json.loads(fields["data"])
                     if fields["type"] == "cash_receipt.issued":
-                        issued.add(json.loads(fields["data"])["receipt_key"])
+                        seen.add(data["receipt_key"])
+                    if fields["type"] in CANCEL_EVENTS:
+                        seen.add(data["task_id"])
             except (redis.RedisError, ConnectionError):
                 pass  # Redis is down on purpose: look again once it is back
-            for receipt_key in sorted(set(waiting) & issued):
-                job = waiting.pop(receipt_key)
-                payload: dict[str, Any] = {
-                    "provider": "portone",
-                    "kind": job.kind,
-                    "payment_id": job.id,
-                }
-                if job.provider != PORTONE:
-                    chaos_sandbox.admin.seed_payment(job.id, cancel_amount=REFUND_AMOUNT)
-                    payload = {"imp_uid": job.id, "amount": REFUND_AMOUNT}
-                task_id = enqueue_with_patience(producer, payload, deadline, enqueue_cancel)
-                refunds.append((task_id, job))
+            for job in list(waiting):
+                step = waiting[job][0]
+                if id(step) not in prepared and came(step.prepare_after, step, done[job], seen):
+                    if step.faults:
+                        chaos_sandbox.admin.script_portone(job.id, *step.faults)
+                    if step.prepare is not None:
+                        step.prepare(chaos_sandbox.admin)
+                    prepared.add(id(step))
+                if id(step) not in prepared or not came(step.after, step, done[job], seen):
+                    continue
+                step.task_id = enqueue_with_patience(
+                    producer, step.payload, deadline, enqueue_cancel
+                )
+                refunds.append((step.task_id, job))
+                done[job].append(waiting[job].pop(0))
+                if not waiting[job]:
+                    del waiting[job]
             time.sleep(0.3)
 
+    calm = threading.Event()  # every worker kill and the Redis restart are over
     producing = threading.Thread(target=produce)
     producing.start()
     refunding = threading.Thread(target=refund, args=(time.monotonic() + profile.drain_timeout,))
@@ -505,10 +692,11 @@ def test_exactly_once_under_chaos(
         chaos_redis.stop()
         chaos_redis.start()
         redis_restarts += 1
+    calm.set()
 
     refunding.join(timeout=profile.drain_timeout + 60)
     assert not refunding.is_alive(), "the refunds did not finish"
-    assert len(refunds) == len(refunded), "a refunded payment was never issued"
+    assert len(refunds) == sum(map(len, plans.values())), "a refund was never sent"
     client = chaos_redis.client()
 
     def events_by_task() -> dict[str, list[dict[str, object]]]:
@@ -629,17 +817,25 @@ def test_exactly_once_under_chaos(
     )
     margin = late_margin([*requests, *v2_requests], late_ms)
     expired = keys_expired_mid_job(v2_requests, late_set)
+    # POSTs to issue sent again under their Idempotency-Key (their bodies checked below).
+    resent_keys = sum(
+        1
+        for n in Counter(r["idempotency_key"] for r in v2_requests if is_v2_issue(r)).values()
+        if n > 1
+    )
     jobs = len(imp_uids) + len(amounts)
     print(
         "\nchaos: "
         f"{len(plan)} payment and sale events ({len(imp_uids)} payments, {len(sales)} external "
         f"sales, {len(v2)} PortOne V2 receipts, {len(plan) - jobs} duplicates), "
         f"{len(refunds)} refunds ({sum(reissues.values())} partial with a re-issue, "
-        f"{len(refunded & set(v2))} of V2 receipts in full), "
+        f"{len(in_full)} of V2 receipts in full, {len(in_part)} V2 receipts refunded in part "
+        f"three times: the first, the second, the first again), "
         f"{sum(created.values())} payment receipts, "
         f"{audit['external']['receipts_created']} external receipts, "
         f"{audit['portone']['receipts_created']} V2 receipts ({v2_posts - len(v2)} V2 POSTs "
-        f"beyond one per receipt; {expired} V2 keys expired before their job looked again), "
+        f"beyond one per receipt; {expired} V2 keys expired before their job looked again, "
+        f"{resent_keys} sent again), "
         f"{duplicates} duplicates absorbed, "
         f"{retries} task retries, {posts - jobs - sum(reissues.values())} POSTs "
         "beyond one per payment, sale and re-issue "
@@ -680,15 +876,25 @@ def test_exactly_once_under_chaos(
         "blind requests": {
             u: f for u, f in audit["payments"].items() if f["blind_posts"] or f["blind_deletes"]
         },
-        **audit_of_ids("merchant_uid", audit["external"], "merchant_uids", sales, "blind_deletes"),
+        **audit_of_ids(
+            "merchant_uid", audit["external"], "merchant_uids", dict.fromkeys(sales, 1),
+            "blind_deletes",
+        ),
         # V2's blind POSTs count its blind retries (a new key after an unanswered POST).
-        **audit_of_ids("V2 paymentId", audit["portone"], "payment_ids", v2, "blind_cancels"),
-        # One receipt, for the amount asked, live unless refunded in full.
+        **audit_of_ids(
+            "V2 paymentId", audit["portone"], "payment_ids",
+            {job: 1 + reissues[job.id] for job in v2}, "blind_cancels",
+        ),
+        # Receipts created as the audit says (1 + re-issues), the first for the amount asked,
+        # one live unless refunded in full: for what the refunds left.
         "external or V2 receipts not for the amount asked, or not as their refund left them": {
             job.receipt_key: receipts for job, amount in amounts.items()
             for receipts in [held_receipts.get(job, [])]
-            if [(a, live) for a, live, _ in receipts] != [(amount, job not in refunded)]
+            if (receipts[0][0] if receipts else None, [a for a, live, _ in receipts if live])
+            != receipts_left(amount, in_full=job in in_full, in_part=job in in_part)
         },
+        # Nothing sent again under its Idempotency-Key but the request it was first sent with.
+        "V2 Idempotency-Keys sent with another request": keys_reused(v2_requests),
         # What the helper's callers saw.
         "failure events": failures[:3],
         "task messages without exactly one terminal event": {
@@ -699,14 +905,26 @@ def test_exactly_once_under_chaos(
             u for u in imp_uids
             if non_duplicate_issued[JobKey.payment(u).receipt_key] != 1 + reissues[u]
         ],
-        "sales and V2 receipts without exactly one non-duplicate issued event": [
-            job.receipt_key for job in amounts if non_duplicate_issued[job.receipt_key] != 1
+        "sales and V2 receipts without 1 + re-issues non-duplicate issued events": [
+            job.receipt_key for job in amounts
+            if non_duplicate_issued[job.receipt_key] != 1 + reissues[job.id]
         ],
         "sale and V2 task messages whose event is not the sandbox's one receipt":
             sale_events_apart,
         "partial refunds without a re-issue": sorted(
             job.id for job in refunded if job in payments and job.id not in reissues
         ),
+        "V2 receipts refunded in part without a re-issue (what each refund's events told)": {
+            job.id: [what_told(events.get(s.task_id, [])) for s in plans[job]]
+            for job in in_part if not reissues[job.id]
+        },
+        "repeated refunds that were not a duplicate, nothing sent": {
+            step.task_id: [(e["type"], e["duplicate"]) for e in events[step.task_id]]
+            for steps in plans.values() for step in steps
+            if step.repeat and step.task_id is not None
+            and [(e["type"], e["duplicate"]) for e in events[step.task_id]]
+            != [("cash_receipt.cancelled", True)]
+        },
         # What operators see.
         "workers that stopped on their own": died,
         "unrecoverable errors in the workers' logs": fleet.text().count("Unrecoverable error"),
