@@ -445,7 +445,8 @@ def v2_full_refund(job: JobKey) -> list[Refund]:
 
 def v2_partial_refunds(job: JobKey, total: int, number: int) -> list[Refund]:
     """A V2 receipt's refunds in part (V2_PARTIAL_SHARE): the first, the second, the first again;
-    the ``number``-th such receipt's first cancel and re-issue meet V2_REFUND_FAULTS in turn."""
+    the ``number``-th such receipt's first cancel and re-issue meet V2_REFUND_FAULTS in turn,
+    and its second refund is sent at one moment or the other, two receipts at a time."""
     first, second = V2_PARTIAL_REFUNDS
     on_cancel, on_reissue = V2_REFUND_FAULTS[number % len(V2_REFUND_FAULTS)]
     faults: tuple[dict[str, Any], ...] = (
@@ -470,11 +471,14 @@ def v2_partial_refunds(job: JobKey, total: int, number: int) -> list[Refund]:
         return Refund(job, payload, after, prepare, moved, **more)
 
     calm = not REFUND_STALE_FIXED
-    # As soon as the first's re-issue was sent, PortOne's payment shows the second refund and
-    # it is sent: it may take over the first, parked to look after its re-issue's fault.
+    # As soon as the first's re-issue was sent, PortOne's payment shows the second refund; in
+    # turn, the second is sent then (it may take over the first, parked to look after its
+    # re-issue's fault) or once the first ended (the first's re-issue, sent again under its
+    # key, meets a payment that has moved).
+    second_after = ("reissued", "ended")[number // 2 % 2]
     return [
         refund(first, total - first, "issued", "issued", faults=faults, calm=calm),
-        refund(second, total - first - second, "reissued", "reissued"),
+        refund(second, total - first - second, second_after, "reissued"),
         refund(first, total - first, "ended", "ended", repeat=True),
     ]
 
