@@ -13,8 +13,7 @@ part three times (the first refund, a second, the first again: a duplicate), the
 allowing a re-issue under the paymentId, a PortOne payment re-seeded PARTIAL_CANCELLED before
 each refund is sent (and before the first's re-issue may be sent again), faults scripted on
 their cancels and re-issues; workers are SIGKILLed at random points and replaced; Redis is
-killed and restarted once (AOF, fsync always). A worker defect holds parts of the V2 partial
-refunds back until it is fixed (REFUND_STALE_FIXED).
+killed and restarted once (AOF, fsync always).
 
 The sandbox keeps a V2 Idempotency-Key only half a second (``KEY_RETENTION``), less than
 the workers' settle bound: the key of a V2 POST whose answer was lost or late has expired
@@ -128,19 +127,6 @@ V2_REFUND_FAULTS = (
     ({"kind": "status", "status": 503}, {"kind": "hang", "seconds": 1}),
     ({"kind": "drop_after"}, {"kind": "drop_before"}),
 )
-#: Whether the defect of tests/support/defects.py REFUND_STALE_AFTER_ITS_OWN_BALANCE is fixed: a
-#: partial refund whose cancel failed (a fault, a worker killed, Redis down) is judged stale on its
-#: retry by the balance it recorded itself, and the whole sale's receipt stays live. Until then the
-#: V2 partial refunds are held back from what triggers it: they start once the workers were killed
-#: and Redis restarted, their cancels meet no fault (scripted no-op steps, which win over the
-#: sandbox's rates, SHIELD of each request before a cancel), only their re-issues do. Set it
-#: True with the fix: they then start as soon as issued, their cancels faulted too.
-REFUND_STALE_FIXED = False
-#: How many of a V2 receipt's requests of each kind that may come before a cancel (a payment's
-#: read, a receipt's lookup, the cancel) a no-op step spares the rates, while REFUND_STALE_FIXED
-#: is False: more than its three refunds make.
-SHIELD = 30
-SHIELDED = (("GET", "payments"), ("GET", "receipts"), ("POST", "cancel"))
 CANCEL_EVENTS = frozenset({"cash_receipt.cancelled", "cash_receipt.cancel_failed"})
 
 
@@ -422,8 +408,6 @@ class Refund:
     faults: tuple[dict[str, Any], ...] = ()
     #: The same refund as an earlier one, sent again: a duplicate.
     repeat: bool = False
-    #: Sent only once every worker kill and the Redis restart are over (REFUND_STALE_FIXED).
-    calm: bool = False
     task_id: str | None = None
 
 
@@ -453,10 +437,6 @@ def v2_partial_refunds(job: JobKey, total: int, number: int) -> list[Refund]:
         {**on_cancel, "method": "POST", "endpoint": "cancel"},
         {**on_reissue, "method": "POST", "endpoint": "receipts"},
     )
-    if not REFUND_STALE_FIXED:
-        spared = {"kind": "latency", "ms": 0}
-        shield = [{**spared, "method": m, "endpoint": e} for m, e in SHIELDED] * SHIELD
-        faults = (faults[1], *shield)
 
     def refund(refunded: int, left: int, after: str, moved: str, **more: Any) -> Refund:
         """``moved``: when PortOne's payment shows it (a payment's)."""
@@ -470,14 +450,13 @@ def v2_partial_refunds(job: JobKey, total: int, number: int) -> list[Refund]:
             )
         return Refund(job, payload, after, prepare, moved, **more)
 
-    calm = not REFUND_STALE_FIXED
     # As soon as the first's re-issue was sent, PortOne's payment shows the second refund; in
     # turn, the second is sent then (it may take over the first, parked to look after its
     # re-issue's fault) or once the first ended (the first's re-issue, sent again under its
     # key, meets a payment that has moved).
     second_after = ("reissued", "ended")[number // 2 % 2]
     return [
-        refund(first, total - first, "issued", "issued", faults=faults, calm=calm),
+        refund(first, total - first, "issued", "issued", faults=faults),
         refund(second, total - first - second, second_after, "reissued"),
         refund(first, total - first, "ended", "ended", repeat=True),
     ]
@@ -617,8 +596,6 @@ def test_exactly_once_under_chaos(
     def came(moment: str, refund: Refund, earlier: list[Refund], seen: set[str]) -> bool:
         """Whether a ``moment`` of ``refund`` (:class:`Refund`) came, its job's ``earlier``
         refunds sent; ``seen``: the receipt keys issued and the task ids ended so far."""
-        if refund.calm and not calm.is_set():
-            return False
         if moment == "issued":
             return refund.job.receipt_key in seen
         if all(e.task_id in seen for e in earlier):
@@ -668,7 +645,6 @@ def test_exactly_once_under_chaos(
                     del waiting[job]
             time.sleep(0.3)
 
-    calm = threading.Event()  # every worker kill and the Redis restart are over
     producing = threading.Thread(target=produce)
     producing.start()
     refunding = threading.Thread(target=refund, args=(time.monotonic() + profile.drain_timeout,))
@@ -696,7 +672,6 @@ def test_exactly_once_under_chaos(
         chaos_redis.stop()
         chaos_redis.start()
         redis_restarts += 1
-    calm.set()
 
     refunding.join(timeout=profile.drain_timeout + 60)
     assert not refunding.is_alive(), "the refunds did not finish"

@@ -18,7 +18,6 @@ import pytest
 from celery import Celery
 
 from tests.support.commands import run_cashreceipt
-from tests.support.defects import REFUND_STALE_AFTER_ITS_OWN_BALANCE
 from tests.support.payloads import PHONE, external_payload
 from tests.support.redis_server import RedisServer
 from tests.support.results import ResultStream
@@ -375,7 +374,6 @@ def test_a_balance_recorded_without_its_tax_free_part_is_completed_by_the_refund
     assert requests_of(sandbox, merchant_uid) == ["POST"]
 
 
-@REFUND_STALE_AFTER_ITS_OWN_BALANCE
 @pytest.mark.usefixtures("reissue_allowed")
 def test_a_partial_refund_whose_delete_failed_still_issues_the_balance(
     producer: Celery, sandbox: Sandbox, results: ResultStream, merchant_uid: str

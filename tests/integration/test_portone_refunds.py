@@ -28,7 +28,6 @@ import pytest
 from celery import Celery
 
 from tests.support.commands import run_cashreceipt
-from tests.support.defects import REFUND_STALE_AFTER_ITS_OWN_BALANCE
 from tests.support.payloads import portone_payload
 from tests.support.redis_server import RedisServer, running_redis
 from tests.support.results import ResultStream
@@ -438,7 +437,6 @@ def issued_v2(
     assert results.wait(enqueue_issue(payload, app=producer))["type"] == "cash_receipt.issued"
 
 
-@REFUND_STALE_AFTER_ITS_OWN_BALANCE
 @pytest.mark.usefixtures("reissue_allowed")
 @pytest.mark.parametrize("kind", ["payment", "external"])
 def test_a_partial_refund_whose_cancel_got_no_answer_still_re_issues_the_balance(
