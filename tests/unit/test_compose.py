@@ -27,14 +27,14 @@ COMPOSE_ONLY = {"FLOWER_BASIC_AUTH", "FLOWER_PUBLISH_ADDRESS"}
 #: Each credential's secret, and the only services that get it.
 SECRETS = {
     "redis": {"redis_password"},
-    "worker": {"redis_url", "pii_keys", "iamport_secret"},
+    "worker": {"redis_url", "pii_keys", "iamport_secret", "portone_secret"},
     "ingress": {"redis_url", "pii_keys"},
     "flower": {"redis_url", "flower_basic_auth"},
     "sandbox": set(),
 }
 #: Settings that hold a credential: never a plain value in the environment or .env.
 CREDENTIALS = ("IAMPORT_SECRET", "REDIS_URL", "BROKER_URL", "FLOWER_BASIC_AUTH")
-CREDENTIALS += ("PII_ENCRYPTION_KEYS",)
+CREDENTIALS += ("PII_ENCRYPTION_KEYS", "PORTONE_API_SECRET")
 #: Variables celeryconfig.py names only to refuse them: not settings.
 REFUSED = {"CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL"}
 REFUSED |= {"CELERY_RESULT_BACKEND"}
