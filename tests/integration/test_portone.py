@@ -591,3 +591,45 @@ def test_a_second_refund_cancels_the_live_re_issue_whichever_receipt_the_lookup_
     live = portone_live(sandbox, payment_id)
     assert [receipt["amount"] for receipt in live] == [15000]
     assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+
+
+@pytest.mark.usefixtures("v2_worker")
+@pytest.mark.parametrize(
+    "other",
+    [{"amount": 5000}, {"kind": "payment"}, {"identifier": "01099998888"}],
+    ids=["another-amount", "another-kind", "another-buyer"],
+)
+def test_another_sale_under_a_payment_id_in_flight_is_an_id_conflict(
+    other: dict[str, Any],
+    v2_producer: Celery,
+    sandbox: Sandbox,
+    results: ResultStream,
+    payment_id: str,
+) -> None:
+    """A job for another sale under the payment id of one still in flight fails
+    ``id_conflict`` at once, never hears the first's receipt as its own; the same sale
+    again waits and hears it, a duplicate."""
+    if other.get("kind") == "payment":
+        sandbox.admin.seed_portone_payment(
+            payment_id, status="PAID", amount={"total": 33000}, method="TRANSFER"
+        )
+    # The first POST is slow (within PORTONE_TIMEOUT): the job is in flight meanwhile.
+    sandbox.admin.script_portone(
+        payment_id, {"kind": "latency", "ms": 800, "method": "POST", "endpoint": "receipts"}
+    )
+    first = enqueue_issue(v2_payload(sandbox, payment_id), app=v2_producer)
+    wait_for(lambda: len(portone_posts(sandbox, payment_id)) == 1, timeout=10)
+    conflicting = enqueue_issue(v2_payload(sandbox, payment_id, **other), app=v2_producer)
+    same = enqueue_issue(v2_payload(sandbox, payment_id), app=v2_producer)
+    refused = results.wait(conflicting)
+    assert (refused["type"], refused["data"]["error"]["reason"]) == (
+        "cash_receipt.failed",
+        "id_conflict",
+    )
+    assert "payment id" in refused["data"]["error"]["message"]
+    issued, again = results.wait(first), results.wait(same)
+    assert (issued["type"], issued["data"]["duplicate"]) == ("cash_receipt.issued", False)
+    assert (again["type"], again["data"]["duplicate"]) == ("cash_receipt.issued", True)
+    for task_id in (first, conflicting, same):
+        assert len(results.for_task(task_id)) == 1
+    assert len(portone_posts(sandbox, payment_id)) == 1

@@ -643,6 +643,9 @@ class MemoryStore:
         fields = sent_fields(at=at, op=op, delete=delete, operation=operation)
         return self._note(imp_uid, fence, fields)
 
+    def stop_waiting(self, job: JobKey | str, task_id: str) -> None:
+        self.waiters.get(_name(job), set()).discard(task_id)
+
     def note_answered(self, job: JobKey | str, *, fence: int) -> bool:
         imp_uid = _name(job)
         return self._note(imp_uid, fence, answered_fields())

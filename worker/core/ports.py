@@ -269,6 +269,10 @@ class JobStore(Protocol):
     ) -> Claim:
         """Try to own the job for one attempt of ``op`` (``issue`` or ``cancel``)."""
 
+    def stop_waiting(self, job: JobKey, task_id: str) -> None:
+        """``task_id`` no longer waits on the job (a busy claim entered it): it will not hear
+        the owner's outcome as its own, and claims again when its message comes back."""
+
     def extend(self, job: JobKey, *, fence: int, seconds: float, error: Mapping[str, Any]) -> bool:
         """Hold the claim through a short retry countdown plus one more attempt."""
 

@@ -236,7 +236,7 @@ class JobRunner:
                 return Done(Outcome.DONE)  # a redelivery: this task already published
             if claim.kind is not ClaimKind.BUSY:
                 return self.settled(claim)
-            return Busy()
+            return self.busy()
 
     def attempt_once(self, claim: Claim) -> Instruction | None:
         """The claimed attempt: act, unless the job's last request is not settled yet.
@@ -271,6 +271,10 @@ class JobRunner:
 
     def settled(self, claim: Claim) -> Instruction:
         raise NotImplementedError
+
+    def busy(self) -> Instruction:
+        """Another task holds the job: wait on it, and hear its outcome."""
+        return Busy()
 
     def hand_back(
         self, claim: Claim, error: ProviderError, delay: float, *, cause: str | None = None
@@ -459,30 +463,47 @@ def _another_sale(
     was confirmed for (after a partial refund the receipt is the balance's). The buyer's
     identifier and the tax-free part are compared with the kept payload when both open.
     """
-    wanted = external_amount(message or {})
-    if wanted is None:
-        return None
-    issued = (claim.receipt or {}).get("amount")
     view = terminal.store.view(terminal.job) if terminal.job is not None else None
     kept_payload = view.payload if view is not None else None
+    issued = (claim.receipt or {}).get("amount")
+    return another_sale(kept_payload, message or {}, sealer, issued=issued)
+
+
+def another_sale(
+    kept_payload: Mapping[str, Any] | None,
+    message: Mapping[str, Any],
+    sealer: Unsealer | None,
+    *,
+    issued: int | None = None,
+) -> str | None:
+    """Why ``message`` is another sale than the one its job keeps (``kept_payload``, and
+    the receipt it ``issued``, if any); None: the same sale, or a V1 payment's job.
+
+    For a merchant's own id (a V1 external receipt's merchant_uid, a PortOne V2 payment
+    id of either kind): another kind under a V2 payment id, another amount, and, as far
+    as both payloads open with ``sealer``, another buyer or another tax-free part.
+    """
+    wanted = own_id_amount(message)
+    if wanted is None:
+        return None
+    portone = message.get("provider") == PORTONE
+    name = "payment id" if portone else "merchant_uid"
+    another = f"another sale's; issue this one under another {name}"
+    kept_kind = (kept_payload or {}).get("kind", PAYMENT)
+    if portone and kept_payload and kept_kind != message.get("kind", PAYMENT):
+        return f"this {name} already names a receipt of kind {kept_kind}: {another}"
     if wanted not in (issued, (kept_payload or {}).get("amount")):
-        return (
-            f"this merchant_uid already carries a receipt for {issued} won, not {wanted}: "
-            "another sale's; issue this one under another merchant_uid"
-        )
+        shown = issued if issued is not None else (kept_payload or {}).get("amount")
+        return f"this {name} already carries a receipt for {shown} won, not {wanted}: {another}"
     # Opened only now: the amounts tell most sales apart without a decryption.
     kept, asked = _opened(kept_payload, sealer), _opened(message, sealer)
     if kept is not None and asked is not None:
         if kept.identifier != asked.identifier:
             return (
-                "this merchant_uid already carries a receipt for another buyer's identifier: "
-                "another sale's; issue this one under another merchant_uid"
+                f"this {name} already carries a receipt for another buyer's identifier: {another}"
             )
         if kept.options.get("tax_free") != asked.options.get("tax_free"):
-            return (
-                "this merchant_uid already carries a receipt with another tax-free part: "
-                "another sale's; issue this one under another merchant_uid"
-            )
+            return f"this {name} already carries a receipt with another tax-free part: {another}"
     return None
 
 
@@ -519,10 +540,12 @@ def settled_message(
     return issue_settled(terminal, claim, message=message, sealer=sealer)
 
 
-def external_amount(message: Mapping[str, Any]) -> int | None:
-    """The amount an external receipt's message asks for; None for a payment's."""
+def own_id_amount(message: Mapping[str, Any]) -> int | None:
+    """The amount a message asks for, when its id is one a merchant may reuse for another
+    sale (a V1 external receipt's, any PortOne V2 payment id); None for a V1 payment's."""
     amount = message.get("amount")
-    return amount if message.get("kind") == EXTERNAL and isinstance(amount, int) else None
+    own = message.get("kind") == EXTERNAL or message.get("provider") == PORTONE
+    return amount if own and isinstance(amount, int) else None
 
 
 def issue_request(
@@ -589,6 +612,20 @@ class IssueRunner(JobRunner):
 
     def settled(self, claim: Claim) -> Instruction:
         return issue_settled(self.terminal, claim, message=self.message, sealer=self.sealer)
+
+    def busy(self) -> Instruction:
+        """Another task holds the job. For the same sale, wait and hear its outcome. For
+        another sale under the same id (another kind, amount, buyer or tax-free part),
+        that outcome would be another sale's: this message stops waiting, and claims
+        again when it comes back. Then the job has ended, and the rules of an ended job
+        judge it: ``id_conflict`` beside the other sale's receipt, or this sale issued
+        if the other one failed."""
+        job = self.store.view(self.job)
+        if job is None or job.op != "issue" or job.task_id == self.terminal.task_id:
+            return Busy()
+        if another_sale(job.payload, self.message, self.sealer) is not None:
+            self.store.stop_waiting(self.job, self.terminal.task_id)
+        return Busy()
 
     def give_up(
         self, terminal: TerminalPublisher, claim: Claim, error: ProviderError, reason: str

@@ -394,6 +394,10 @@ class Ledger:
         fields = sent_fields(at=at, op=op, delete=delete, operation=operation)
         return self._note_fields(job, fence, fields)
 
+    def stop_waiting(self, job: JobKey | str, task_id: str) -> None:
+        """Take ``task_id`` off the job's waiters."""
+        self._redis.srem(_waiters(job), task_id)
+
     def note_answered(self, job: JobKey | str, *, fence: int) -> bool:
         """The provider answered the job's last request: nothing is left to settle."""
         return self._note_fields(job, fence, answered_fields())
@@ -436,6 +440,7 @@ def _record(job: JobKey | str) -> str:
 
 
 def _waiters(job: JobKey | str) -> str:
+    """The job's waiters: issue messages that hear its outcome as theirs (claim.lua)."""
     return waiters_of(_receipt_key(job))
 
 
