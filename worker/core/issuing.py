@@ -40,7 +40,10 @@ from worker.core.types import JobKey, Payment, Receipt
 log = logging.getLogger(__name__)
 
 #: Why a job fails when its settling lookup found its unsettled request not acted on.
-NOT_ACTED_ON = "no answer, and i'mport had not acted on the request after IAMPORT_SETTLE_SECONDS"
+NOT_ACTED_ON = (
+    "no answer, and the provider had not acted on the request after its settle bound "
+    "(IAMPORT_SETTLE_SECONDS, PORTONE_SETTLE_SECONDS)"
+)
 
 
 def settle_delay(sent_at: float | None, *, bound: float, now: float) -> float:
@@ -228,6 +231,12 @@ def _check_payment(client: Provider, request: ReceiptRequest) -> tuple[Receipt |
     """
     job = request.job
     payment = client.get_payment(job.id)
+    if payment.status in _NEVER_PAID:
+        raise NotEligible(
+            f"PortOne payment {job.id} is {payment.status}: it will not be paid, and no "
+            "receipt is issued for it",
+            status=None,
+        )
     if not payment.paid:
         raise NotPaid(
             f"PortOne payment {job.id} is {payment.status}: a receipt is issued once it is "
@@ -268,6 +277,11 @@ def _own_id(job: JobKey) -> bool:
     external receipt's merchant_uid, and any PortOne V2 paymentId (whether either issues
     again after a cancel is unconfirmed)."""
     return job.kind == EXTERNAL or job.provider == PORTONE
+
+
+#: V2 payment statuses that end without a payment to issue for: a replay would not help,
+#: unlike a virtual account not yet deposited (``not_paid``).
+_NEVER_PAID = frozenset({"CANCELLED", "FAILED"})
 
 
 def _spent(request: ReceiptRequest, *, status: int | None) -> IdTaken:

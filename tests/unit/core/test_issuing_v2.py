@@ -93,6 +93,9 @@ def test_a_paid_payment_is_issued_once_reading_the_payment_once(look_first: bool
         ),
         (replace(PAID, pay_method="PaymentMethodCard", cash=False), 33000, NotEligible, None),
         (PAID, 30000, AmountMismatch, "amount_mismatch"),
+        # Never to be paid: not replayable, unlike not_paid.
+        (replace(PAID, status="CANCELLED", paid=False), 33000, NotEligible, "not_eligible"),
+        (replace(PAID, status="FAILED", paid=False), 33000, NotEligible, "not_eligible"),
     ],
 )
 def test_a_payment_that_cannot_have_this_receipt_sends_nothing(

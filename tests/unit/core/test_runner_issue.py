@@ -121,8 +121,8 @@ def test_an_unsettled_post_never_ends_failed_before_its_settling_lookup() -> Non
     delivery = world.deliver(lambda **kw: world.issue_runner("t1", **kw))
     assert delivery.last == Failed(
         "retries_exhausted",
-        "retries_exhausted: no answer, and i'mport had not acted on the request after "
-        "IAMPORT_SETTLE_SECONDS",
+        "retries_exhausted: no answer, and the provider had not acted on the request after "
+        "its settle bound (IAMPORT_SETTLE_SECONDS, PORTONE_SETTLE_SECONDS)",
     )
     assert world.provider.sent("POST") == 1  # the settling attempts never POST
     [event] = world.store.events_of("t1")
