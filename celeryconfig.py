@@ -30,6 +30,7 @@ from worker.config.parse import (
     env_number,
     env_providers,
     env_str,
+    env_token,
     env_url,
     fernet_keys,
     refuse_celery_variables,
@@ -105,7 +106,7 @@ portone_api_url = env_url(
     _env, "PORTONE_API_URL", defaults.PORTONE_API_URL, schemes=("https", "http")
 )
 portone_allow_http = env_flag(_env, "PORTONE_ALLOW_HTTP")
-portone_api_secret = env_str(_env, "PORTONE_API_SECRET")
+portone_api_secret = env_token(_env, "PORTONE_API_SECRET")
 portone_store_id = env_str(_env, "PORTONE_STORE_ID")
 # PortOne recommends a read timeout of at least 60 s; a disconnect does not cancel
 # the request on its server.

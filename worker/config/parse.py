@@ -25,6 +25,21 @@ def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> st
     return value or default
 
 
+def env_token(env: Mapping[str, str], name: str) -> str | None:
+    """A credential sent in an HTTP header: printable ASCII, no space or line break.
+
+    Refused at start, by name and never echoed: otherwise every request fails in the
+    HTTP library, and every job only after its whole retry budget.
+    """
+    value = env_str(env, name)
+    if value is not None and not re.fullmatch(r"[!-~]+", value):
+        raise ConfigError(
+            f"{name} must be printable ASCII with no space or line break: it is sent in "
+            "an HTTP header"
+        )
+    return value
+
+
 def env_number(
     env: Mapping[str, str], name: str, default: float, *, minimum: float, maximum: float
 ) -> float:

@@ -11,10 +11,18 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    pre_load,
+    validate,
+    validates_schema,
+)
 
 from worker.core.contract import EXTERNAL, IAMPORT, KINDS, PAY_METHODS, PAYMENT, PORTONE
 from worker.core.masking import (
@@ -320,7 +328,9 @@ class PaidAt(fields.Field):  # type: ignore[type-arg]
 
     Normalised once, here, to RFC 3339 in UTC: the payload is kept and sent as it is
     on every retry, so the request body stays the same under one idempotency key.
-    Never "now": a receipt's date decides the five-day issuance rule.
+    Never "now": a receipt's date decides the five-day issuance rule. A time before
+    2000 or more than a day ahead is a mistake (0, a milliseconds count, a typo), not a
+    sale's: refused rather than sent to the tax service.
     """
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
@@ -333,17 +343,21 @@ class PaidAt(fields.Field):  # type: ignore[type-arg]
                 raise ValidationError(_PAID_AT) from None
         elif isinstance(value, str) and len(value) <= 40:
             try:
-                moment = datetime.fromisoformat(value)
+                # RFC 3339 allows a lowercase t and z.
+                moment = datetime.fromisoformat(value.upper())
             except ValueError:
                 raise ValidationError(_PAID_AT) from None
             if moment.tzinfo is None:
                 raise ValidationError("Must carry a UTC offset (Z or +09:00).")
         else:
             raise ValidationError(_PAID_AT)
+        if not _EARLIEST_PAID_AT <= moment <= datetime.now(UTC) + timedelta(days=1):
+            raise ValidationError("Must be a time since 2000, and not more than a day ahead.")
         return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 _PAID_AT = "Must be an RFC 3339 date-time or a UNIX time in seconds."
+_EARLIEST_PAID_AT = datetime(2000, 1, 1, tzinfo=UTC)
 #: The one currency a Korean cash receipt is issued in.
 CURRENCIES = ("KRW",)
 
@@ -358,6 +372,14 @@ class PortOneReceiptSchema(_OrderSchema):
 
     provider = Text(required=True, validate=validate.Equal(PORTONE))
     payment_id = provider_id()
+
+    @pre_load
+    def _currency_in_capitals(self, data: Any, **_: Any) -> Any:
+        """``krw`` is KRW: ISO 4217 codes are compared in capitals."""
+        if isinstance(data, dict) and isinstance(data.get("currency"), str):
+            return {**data, "currency": data["currency"].upper()}
+        return data
+
     currency = Text(
         load_default="KRW",
         validate=validate.OneOf(CURRENCIES, error="Must be 'KRW': cash receipts are in won."),

@@ -106,3 +106,19 @@ def test_a_v2_refund_names_its_payment_id_and_a_payments_partial_one_its_amount(
     with pytest.raises(InvalidPayload) as caught:
         load_cancellation({"provider": "portone", "kind": "external", "amount": 1000})
     assert "payment_id" in caught.value.errors
+
+
+@pytest.mark.parametrize("paid_at", [-5, 0, 32503680000, "1999-12-31T23:59:59Z"])
+def test_a_paid_at_that_is_no_sales_time_is_refused(paid_at: object) -> None:
+    """0, a negative number, year 3000: a mistake, never sent to the tax service."""
+    with pytest.raises(InvalidPayload) as caught:
+        load_payload(payload(paid_at=paid_at))
+    assert "paid_at" in caught.value.errors
+
+
+def test_lowercase_rfc_3339_and_currency_are_read() -> None:
+    request = load_payload(payload(paid_at="2026-12-01t09:00:00z", currency="krw"))
+    assert (request.options["paid_at"], request.options["currency"]) == (
+        "2026-12-01T09:00:00Z",
+        "KRW",
+    )
