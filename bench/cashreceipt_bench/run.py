@@ -840,7 +840,9 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 
 
 def _get(row: Row | None, name: str) -> float | None:
-    return None if row is None else float(row[name])
+    # A row from before a column was added (calls_per_receipt) has none of it.
+    value = None if row is None else row.get(name)
+    return None if value is None else float(value)
 
 
 def _ratio(a: float | None, b: float | None) -> str:

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from marshmallow import (
@@ -329,8 +329,8 @@ class PaidAt(fields.Field):  # type: ignore[type-arg]
     Normalised once, here, to RFC 3339 in UTC: the payload is kept and sent as it is
     on every retry, so the request body stays the same under one idempotency key.
     Never "now": a receipt's date decides the five-day issuance rule. A time before
-    2000 or more than a day ahead is a mistake (0, a milliseconds count, a typo), not a
-    sale's: refused rather than sent to the tax service.
+    2000 or after 2099 is a mistake (0, a milliseconds count, a typo), not a sale's:
+    refused rather than sent to the tax service.
     """
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
@@ -351,13 +351,16 @@ class PaidAt(fields.Field):  # type: ignore[type-arg]
                 raise ValidationError("Must carry a UTC offset (Z or +09:00).")
         else:
             raise ValidationError(_PAID_AT)
-        if not _EARLIEST_PAID_AT <= moment <= datetime.now(UTC) + timedelta(days=1):
-            raise ValidationError("Must be a time since 2000, and not more than a day ahead.")
+        if not _EARLIEST_PAID_AT <= moment < _LATEST_PAID_AT:
+            raise ValidationError("Must be a time from 2000 to 2099.")
         return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 _PAID_AT = "Must be an RFC 3339 date-time or a UNIX time in seconds."
 _EARLIEST_PAID_AT = datetime(2000, 1, 1, tzinfo=UTC)
+#: Fixed, not "now": the core reads no clock (a payload's validity must not change with
+#: the hour it is read at, by the producer or a worker).
+_LATEST_PAID_AT = datetime(2100, 1, 1, tzinfo=UTC)
 #: The one currency a Korean cash receipt is issued in.
 CURRENCIES = ("KRW",)
 
