@@ -202,14 +202,23 @@ def _this_jobs(receipt: Receipt, request: ReceiptRequest) -> Receipt:
     if request.job.imp_uid is not None:
         return receipt
     wanted = request.options.get("amount")
-    if receipt.amount == wanted:
-        return receipt
     id_name = "payment id" if request.job.provider == PORTONE else "merchant_uid"
-    raise IdConflict(
-        f"{request.job.receipt_key} already carries a receipt for {receipt.amount} won, "
-        f"not {wanted}: another sale's, under the same {id_name}",
-        status=400,
-    )
+    if receipt.amount != wanted:
+        raise IdConflict(
+            f"{request.job.receipt_key} already carries a receipt for {receipt.amount} won, "
+            f"not {wanted}: another sale's, under the same {id_name}",
+            status=400,
+        )
+    # V2's lookup also shows the receipt's type (PERSONAL, CORPORATE): another is another
+    # sale's, or another buyer's.
+    wanted_type = request.options.get("type") or "person"
+    if request.job.provider == PORTONE and receipt.type not in (None, wanted_type):
+        raise IdConflict(
+            f"{request.job.receipt_key} already carries a {receipt.type} receipt, not a "
+            f"{wanted_type} one: another sale's, under the same {id_name}",
+            status=400,
+        )
+    return receipt
 
 
 def _payment_first(job: JobKey) -> bool:

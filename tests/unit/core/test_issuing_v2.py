@@ -205,3 +205,12 @@ def test_a_receipt_for_another_amount_under_the_payment_id_is_not_this_jobs() ->
         issue_receipt(client, order(), look_first=False, operation=OPERATION)  # type: ignore[arg-type]
     assert "30000 won, not 33000" in str(caught.value)
     assert reason_for(caught.value) == "id_conflict"
+
+
+def test_a_live_receipt_of_another_type_under_the_payment_id_is_not_this_jobs() -> None:
+    """A CORPORATE receipt for the same amount is not a PERSONAL sale's duplicate."""
+    client = V2(PAID, replace(LIVE, type="company"))
+    with pytest.raises(IdConflict) as caught:
+        issue_receipt(client, order(), look_first=True, operation=OPERATION)  # type: ignore[arg-type]
+    assert "company receipt, not a person one" in str(caught.value)
+    assert client.posts == 0
