@@ -29,7 +29,7 @@ from worker.core.issuing import find_issued
 from worker.core.ports import Provider
 from worker.core.refunds import balance_fields, recorded_refund
 from worker.core.retry import ID_TAKEN, lookup_wait, reason_for
-from worker.core.schemas import readable_job
+from worker.core.schemas import kept_job
 from worker.core.types import JobKey, Payment, Receipt
 
 
@@ -81,8 +81,7 @@ def replay(
     """
     for named in map(JobKey.of, jobs):
         source = replay_source(client, named)
-        # A V2 receipt key does not say the kind; the kept payload does.
-        job = readable_job(source.payload) or named
+        job = kept_job(named, source.payload)
         if source.cancel is not None:
             if corrections:
                 yield Replayed(job, None, skipped="a cancellation takes no corrections")
@@ -245,12 +244,11 @@ def reconcile(
     payment id), where a second live receipt shows.
     """
     budget = [retry_budget]
-    for job in map(JobKey.of, jobs):
-        recorded = ledger_state(client, job)
-        state = recorded.state
+    for named in map(JobKey.of, jobs):
+        recorded = ledger_state(client, named)
+        state, job = recorded.state, recorded.job
         if state in {"in_flight", "received"}:
             continue
-        job = recorded.job or job  # noqa: PLW2901 (a V2 job's kind, from its payload)
         provider = provider_for(job)
         try:
             receipt, _ = _look_up(provider, job, budget, sleep)

@@ -139,7 +139,7 @@ def issue_receipt(
     receipt's job looks on every attempt.
     """
     payment = None
-    if _payment_first(request.job):
+    if payment_first(request.job):
         adopted, payment = _check_payment(client, request)
         if adopted is not None:
             return Issued(adopted, duplicate=not look_first)
@@ -221,7 +221,7 @@ def _this_jobs(receipt: Receipt, request: ReceiptRequest) -> Receipt:
     return receipt
 
 
-def _payment_first(job: JobKey) -> bool:
+def payment_first(job: JobKey) -> bool:
     """Whether a job's payment is read before anything is sent: a PortOne V2 payment's.
 
     (V1 reads the payment only when a 400 needs explaining: i'mport itself refuses a
@@ -350,7 +350,7 @@ def _look(
     receipt = client.find_receipt(job)
     if receipt is not None and receipt.active:
         return receipt, receipt, None
-    payment_id = job.imp_uid or (job.id if _payment_first(job) else None)
+    payment_id = job.imp_uid or (job.id if payment_first(job) else None)
     if payment_id is None:
         return None, receipt, None
     payment = payment or client.get_payment(payment_id)

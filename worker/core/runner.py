@@ -34,18 +34,14 @@ from typing import Any
 
 from worker.core.budget import MAX_PROVIDER_CALLS_PER_ATTEMPT, BudgetedProvider, BudgetSpent
 from worker.core.contract import EXTERNAL, PAYMENT, PORTONE
-from worker.core.errors import (
-    IdConflict,
-    OutcomeUnknown,
-    ProviderError,
-    TransientError,
-)
+from worker.core.errors import IdConflict, OutcomeUnknown, ProviderError, TransientError
 from worker.core.events import CANCELLED_MESSAGE, invalid_detail, no_payload_detail
 from worker.core.issuing import (
     Issued,
     SendLog,
     Superseded,
     issue_receipt,
+    payment_first,
     settle_delay,
     settle_issue,
 )
@@ -834,14 +830,13 @@ class CancelRunner(JobRunner):
         """What follows the cancel step: a full refund ends; a partial one issues the balance
         from the ``kept`` payload (``request``, opened, or why not: ``unopened``), looking
         first unless this attempt did the cancel step (:meth:`reissue`)."""
-        leaves_balance = self.leaves_balance
-        if leaves_balance and kept is None and cancelled is not None:
+        if self.leaves_balance and kept is None and cancelled is not None:
             # A receipt was cancelled and nothing here can issue its balance: the
             # identifier went with the payload (a record past LEDGER_RETENTION, or a
             # receipt this worker never issued). Said, not silent (issue 14, finding 9).
             failure = no_payload_detail()
             return self.reissue_failed(terminal, claim, cancelled, failure, sent=False)
-        if not leaves_balance or kept is None:
+        if not self.leaves_balance or kept is None:
             ok = terminal.finish_cancelled(fence=claim.fence, cancelled=cancelled)
             return Done(Outcome.CANCELLED) if ok else None
         return self.reissue(terminal, claim, cancelled, request, unopened, look_first=look_first)
@@ -899,7 +894,7 @@ class CancelRunner(JobRunner):
     def balance_read(self, job: JobView | None, *, cancel_done: bool) -> Mapping[str, Any]:
         """:meth:`refund_read`'s balance, before a takeover is considered."""
         self.leaves_balance = partial_refund(self.message)
-        if not self.leaves_balance or self.job.provider != PORTONE or self.job.kind != PAYMENT:
+        if not self.leaves_balance or not payment_first(self.job):
             return self.message
         recorded = job.balance if job is not None else None
         if cancel_done and recorded is not None:
@@ -910,13 +905,10 @@ class CancelRunner(JobRunner):
         # what PortOne shows beyond them. Without a refund_id only this refund's own amount
         # can be asked for: the same refund sent again is told by its balance (stale).
         refund_id = self.message.get("refund_id")
-        fresh = recorded is not None and refund_id not in (None, *recorded.get("refunds", ()))
-        refund = payment_refund(
-            self.provider,
-            self.job,
-            self.message["amount"],
-            handled=recorded.get("refunded", 0) if fresh and recorded else 0,
-        )
+        handled = 0
+        if recorded is not None and refund_id not in (None, *recorded.get("refunds", ())):
+            handled = recorded.get("refunded", 0)
+        refund = payment_refund(self.provider, self.job, self.message["amount"], handled=handled)
         self.leaves_balance = refund["remaining_amount"] > 0
         return refund
 

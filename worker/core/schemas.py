@@ -586,6 +586,14 @@ def readable_job(raw: object) -> JobKey | None:
     return JobKey.payment(imp_uid) if imp_uid is not None else None
 
 
+def kept_job(job: JobKey, kept: Mapping[str, Any] | None) -> JobKey:
+    """``job`` as the payload it keeps (``kept``: an issue's or a refund's) names it: a
+    ``portone:`` receipt key does not say the kind, the payload does. ``job`` itself when
+    the payload names no job, or another one."""
+    named = readable_job(kept or {})
+    return named if named == job else job
+
+
 def _readable_id(value: object) -> str | None:
     if isinstance(value, str) and 0 < len(value) <= 100 and encodable(value):
         return value

@@ -6,7 +6,7 @@ from typing import Any
 
 from worker.core.issuing import find_issued, settle_delay
 from worker.core.ports import ClaimKind, EventPublisher, JobStore, JobView, Provider
-from worker.core.schemas import readable_job
+from worker.core.schemas import kept_job
 from worker.core.terminal import TerminalPublisher
 from worker.core.types import JobKey
 
@@ -47,8 +47,7 @@ def settle(
     claim = store.claim(key, task_id=task_id, payload=payload)
     if claim.kind is not ClaimKind.CLAIMED:
         return claim.kind.value
-    # A V2 receipt key does not say the kind; the kept payload does.
-    existing, _ = find_issued(client, readable_job(payload) or key)
+    existing, _ = find_issued(client, kept_job(key, payload))
     if existing is not None:
         terminal = TerminalPublisher(
             events=events,

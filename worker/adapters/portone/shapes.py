@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from worker.core.errors import UnexpectedResponse
 from worker.core.types import Payment, Receipt, ReceiptOrder
@@ -149,13 +149,13 @@ def read_payment(answer: Mapping[str, Any]) -> Payment:
     )
 
 
-def _integer(value: object) -> bool:
+def _integer(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _whole(value: object) -> int:
     """An amount that may be absent (nothing refunded): 0 then."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if _integer(value) else 0
 
 
 def _text(value: object) -> str | None:

@@ -32,7 +32,7 @@ from worker.adapters.store.keys import (
 )
 from worker.adapters.store.redis_client import as_text
 from worker.core.masking import mask_payload
-from worker.core.schemas import readable_job
+from worker.core.schemas import kept_job
 from worker.core.types import JobKey
 
 #: The states a job ends in: no worker owes it anything more (``stuck`` skips them).
@@ -161,9 +161,8 @@ class LedgerState:
 
     state: str
     receipt_tid: str | None
-    #: The job as its kept payload (or refund) names it: a V2 job's kind, which its
-    #: receipt key does not say; None without a readable one.
-    job: JobKey | None = None
+    #: The job as its kept payload (or refund) names it (:func:`kept_job`).
+    job: JobKey
 
 
 def ledger_state(client: redis.Redis, job: JobKey | str) -> LedgerState:
@@ -174,11 +173,10 @@ def ledger_state(client: redis.Redis, job: JobKey | str) -> LedgerState:
         for value in client.hmget(_record(job), ["state", "receipt", "payload", "cancel"])
     )
     tid = _loaded(recorded).get("receipt_tid")
-    named = readable_job(_loaded(payload or cancel))
     return LedgerState(
         state or "unknown",
         tid if isinstance(tid, str) else None,
-        named if named == JobKey.of(job) else None,
+        kept_job(JobKey.of(job), _loaded(payload or cancel)),
     )
 
 
