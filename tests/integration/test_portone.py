@@ -300,18 +300,17 @@ def test_a_v2_payment_is_refunded_in_full(
     assert len(portone_posts(sandbox, payment_id, PORTONE_CANCEL_PATH)) == 1
 
 
-def refund_at_portone(sandbox: Sandbox, payment_id: str, cancelled: int, tax_free: int) -> None:
-    """What PortOne's payment shows once the merchant refunded part of it."""
-    sandbox.admin.seed_portone_payment(
+def refund_at_portone(
+    sandbox: Sandbox, payment_id: str, cancelled: int, tax_free: int | None = None
+) -> None:
+    """What PortOne's 33000 won payment shows once the merchant refunded part of it; with
+    ``tax_free``, of a sale with 3000 won tax-free, that much of it refunded."""
+    sandbox.admin.refund_portone_payment(
         payment_id,
-        status="PARTIAL_CANCELLED",
-        amount={
-            "total": 33000,
-            "taxFree": 3000,
-            "cancelled": cancelled,
-            "cancelledTaxFree": tax_free,
-        },
-        method="TRANSFER",
+        total=33000,
+        cancelled=cancelled,
+        tax_free=None if tax_free is None else 3000,
+        cancelled_tax_free=tax_free or 0,
     )
 
 
@@ -490,7 +489,7 @@ def test_replay_new_id_refuses_a_v2_payment_and_names_the_amount(
     )
     sale = v2_payload(sandbox, payment_id, kind="payment")
     assert results.wait(enqueue_issue(sale, app=v2_producer))["type"] == "cash_receipt.issued"
-    refund_at_portone(sandbox, payment_id, cancelled=13000, tax_free=0)
+    refund_at_portone(sandbox, payment_id, cancelled=13000)
     refund = {"provider": "portone", "payment_id": payment_id, "amount": 13000}
     _, failed = results.wait_many(enqueue_cancel(refund, app=v2_producer), 2)
     assert failed["data"]["error"]["reason"] == "id_taken"

@@ -130,11 +130,9 @@ def portone_shows(
     sandbox: Sandbox, payment_id: str, *, cancelled: int, tax_free: int | None = None
 ) -> None:
     """PortOne's payment of 33000 won (TRANSFER), with ``cancelled`` of it refunded."""
-    amount: dict[str, Any] = {"total": 33000, "cancelled": cancelled}
-    if tax_free is not None:
-        amount["taxFree"] = tax_free
-    status = "PAID" if not cancelled else "PARTIAL_CANCELLED" if cancelled < 33000 else "CANCELLED"
-    sandbox.admin.seed_portone_payment(payment_id, status=status, amount=amount, method="TRANSFER")
+    sandbox.admin.refund_portone_payment(
+        payment_id, total=33000, cancelled=cancelled, tax_free=tax_free
+    )
 
 
 def sale(sandbox: Sandbox, payment_id: str, **fields: Any) -> dict[str, Any]:

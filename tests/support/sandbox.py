@@ -169,12 +169,17 @@ class SandboxAdmin:
         cancelled_tax_free: int = 0,
     ) -> dict[str, Any]:
         """What PortOne's payment (paid by transfer) shows once the merchant refunded
-        ``cancelled`` of its ``total`` (``cancelled_tax_free`` of its ``tax_free`` part)."""
+        ``cancelled`` of its ``total`` (``cancelled_tax_free`` of its ``tax_free`` part):
+        PAID with nothing refunded, CANCELLED with all of it."""
         amount = {"total": total, "cancelled": cancelled}
         if tax_free is not None:
             amount |= {"taxFree": tax_free, "cancelledTaxFree": cancelled_tax_free}
+        status = "PARTIAL_CANCELLED" if 0 < cancelled < total else "CANCELLED"
         return self.seed_portone_payment(
-            payment_id, status="PARTIAL_CANCELLED", amount=amount, method="TRANSFER"
+            payment_id,
+            status="PAID" if not cancelled else status,
+            amount=amount,
+            method="TRANSFER",
         )
 
     def portone_payment(self, payment_id: str) -> dict[str, Any]:
